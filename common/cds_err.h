@@ -1,0 +1,31 @@
+/* cds_err: an error value that carries one human-readable line.
+ *
+ * Libraries never print and never exit: a failing call fills a cds_err with a
+ * line that names the thing that went wrong and how to fix it, and returns -1
+ * (or NULL).  The caller decides whether to print it, wrap it, or retry.  The
+ * buffer is fixed-size so that reporting an error can never itself fail for
+ * lack of memory. */
+#ifndef CDS_ERR_H
+#define CDS_ERR_H
+
+#include <stddef.h>
+
+#define CDS_ERR_MAX 512
+
+typedef struct cds_err {
+    char msg[CDS_ERR_MAX];
+} cds_err;
+
+/* Formats the message into err (if err is not NULL) and returns -1, so a
+ * failing path can be written as `return cds_errf(err, "...", ...);`. */
+int cds_errf(cds_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prepends "context: " to an existing message (truncating if needed) and
+ * returns -1. */
+int cds_err_wrap(cds_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+void cds_err_clear(cds_err *err);
+
+#endif

@@ -1,0 +1,34 @@
+/* Small helpers shared by every module: clocks, sleeping, random tokens,
+ * strict number parsing, password redaction and reading secret files. */
+#ifndef CDS_UTIL_H
+#define CDS_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cds_err.h"
+
+/* Milliseconds on CLOCK_MONOTONIC (for intervals) and CLOCK_REALTIME (only
+ * for log lines: queue time always comes from the Redis server). */
+int64_t cds_mono_ms(void);
+int64_t cds_wall_ms(void);
+void cds_sleep_ms(int64_t ms);
+
+/* Fills out with 2*nbytes lowercase hex characters from getrandom(2) and a
+ * terminating NUL; out must hold 2*nbytes+1 bytes. */
+int cds_random_hex(char *out, size_t nbytes, cds_err *err);
+/* A uniform double in [0, 1) from getrandom(2). */
+double cds_random_unit(void);
+
+/* Strict parsers: the whole string must be a number in [min, max]. */
+int cds_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
+int cds_parse_double(const char *s, double *out);
+
+/* Copies url into out with any password replaced by "***", e.g.
+ * redis://:secret@host:6379/0 -> redis://:***@host:6379/0. */
+void cds_redact_url(const char *url, char *out, size_t outsz);
+
+/* Reads the first line of a file holding a secret (no trailing newline). */
+int cds_read_secret_file(const char *path, char *out, size_t outsz, cds_err *err);
+
+#endif

@@ -1,0 +1,42 @@
+-- Shared by every queue script (prepended at build time).
+--
+-- Time comes from the server (TIME), never from a client clock.  Numbers are
+-- formatted with %d before they reach Redis: Lua's default conversion keeps
+-- only 14 significant digits, which would corrupt wait scores.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function int(x)
+  return string.format('%d', x)
+end
+
+-- Position in a wait set: larger priority first, then FIFO by job id.
+-- |priority| <= 2^20 and id mod 2^32 keep the score an exact double.
+local function wait_score(priority, id)
+  return int(-tonumber(priority) * 4294967296 + (tonumber(id) % 4294967296))
+end
+
+local function wake(key)
+  redis.call('LPUSH', key, '1')
+  redis.call('LTRIM', key, 0, 63)
+end
+
+-- Frees a unique key only if it still names this job.
+local function free_unique(ukey, unique, id)
+  if unique and unique ~= '' and redis.call('GET', ukey) == id then
+    redis.call('DEL', ukey)
+  end
+end
+
+-- Moves a job to its queue's dead-letter set with a reason.
+local function bury(jkey, deadkey, ukey, id, now, reason)
+  redis.call('HSET', jkey, 'state', 'dead', 'dead_reason', reason, 'finished_ms', int(now))
+  redis.call('ZADD', deadkey, int(now), id)
+  free_unique(ukey, redis.call('HGET', jkey, 'unique'), id)
+end
+
+local function has_dependents(jkey)
+  return redis.call('HGET', jkey, 'has_dependents') == '1' and 1 or 0
+end

@@ -1,0 +1,64 @@
+/* Internals shared by the queue_*.c files: the connection struct, an argv
+ * builder, and script calls with NOSCRIPT recovery.  Not installed. */
+#ifndef CDS_QUEUE_INT_H
+#define CDS_QUEUE_INT_H
+
+#include <hiredis/hiredis.h>
+
+#include "queue.h"
+
+enum queue_script {
+    QS_ENQUEUE, QS_CLAIM, QS_START, QS_HEARTBEAT, QS_ACK, QS_FAIL, QS_RELEASE, QS_REAP,
+    QS_PROMOTE, QS_RESOLVE, QS_CANCEL, QS_RETRY, QS_TRIM, QS_UNLOCK, QS_BEAT, QS_COUNT
+};
+
+struct queue_conn {
+    redisContext *c;
+    queue_url url;
+    char url_redacted[700];
+    char prefix[QUEUE_NAME_MAX];
+    int timeout_ms;
+    int broken;
+    char sha[QS_COUNT][41];
+};
+
+/* A growable argv of owned strings: one Redis command. */
+typedef struct qargs {
+    size_t n, cap;
+    char **v;
+    size_t *len;
+} qargs;
+
+void qargs_init(qargs *a);
+void qargs_free(qargs *a);
+void qargs_reset(qargs *a);
+void qargs_add(qargs *a, const char *s);
+void qargs_addn(qargs *a, const char *s, size_t n);
+void qargs_addf(qargs *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Adds prefix + formatted name. */
+void qargs_key(qargs *a, const queue_conn *q, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Runs one command; an error reply becomes -1/NULL with the message. */
+redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err);
+/* Runs a script: EVALSHA sha nkeys keys... args... */
+redisReply *qc_eval(queue_conn *q, int script, const qargs *keys, const qargs *args, cds_err *err);
+/* Builds the EVALSHA argv of a script call into cmd (for pipelines). */
+void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qargs *args, qargs *cmd);
+/* Sends n commands in one round trip and reads the n replies into out.  A
+ * NOSCRIPT reply (the server lost its scripts) reloads them and re-runs that
+ * command.  On a transport error every reply is freed and -1 returned. */
+int qc_pipeline(queue_conn *q, qargs *cmds, size_t n, redisReply **out, cds_err *err);
+void qc_free_replies(redisReply **r, size_t n);
+
+/* Reply helpers. */
+int qc_reply_is(const redisReply *r, size_t i, const char *s);
+const char *qc_reply_str(const redisReply *r, size_t i);
+long long qc_reply_int(const redisReply *r, size_t i);
+
+int qc_name_ok(const char *s, size_t max);
+
+/* Releases the jobs that wait on finished job id, recursively burying the
+ * dependents of dependents that die with it. */
+int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *st, cds_err *err);
+
+#endif
