@@ -304,7 +304,10 @@ static int open_socket(queue_conn *q, cds_err *err)
         return cds_errf(err, "cannot connect to Redis at %s: %s (is redis-server running? set --redis or CDS_REDIS_URL)",
                         q->url_redacted, q->c->errstr);
     redisSetTimeout(q->c, tv);
-    redisEnableKeepAlive(q->c);
+    /* Keep-alive notices a peer that vanished without closing (a dead node);
+     * it is a TCP option, so unix sockets go without. */
+    if (!q->url.is_unix && redisEnableKeepAlive(q->c) != REDIS_OK)
+        return cds_errf(err, "cannot enable TCP keep-alive to Redis at %s: %s", q->url_redacted, q->c->errstr);
     q->broken = 0;
     return 0;
 }

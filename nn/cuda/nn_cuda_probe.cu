@@ -27,6 +27,7 @@
 #include <nccl.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "nn_cuda.h"
@@ -60,12 +61,17 @@ extern "C" int nn_cuda_versions(nn_cuda_info *info)
  * Frees whatever it allocated on every path. */
 static int nn_probe_kernel(cds_err *err)
 {
-    static float hx[NN_PROBE_N], hy[NN_PROBE_N];
-    float *dx = NULL, *dy = NULL;
+    float *hx = NULL, *hy = NULL, *dx = NULL, *dy = NULL;
     const size_t bytes = sizeof(float) * NN_PROBE_N;
     cudaError_t rc;
     int ret = -1;
 
+    hx = (float *)malloc(bytes);
+    hy = (float *)malloc(bytes);
+    if (hx == NULL || hy == NULL) {
+        cds_errf(err, "out of memory allocating %zu bytes for the probe kernel", 2 * bytes);
+        goto out;
+    }
     for (int i = 0; i < NN_PROBE_N; i++) {
         hx[i] = (float)i;
         hy[i] = 1.0f;
@@ -106,6 +112,8 @@ static int nn_probe_kernel(cds_err *err)
 out:
     cudaFree(dx);
     cudaFree(dy);
+    free(hx);
+    free(hy);
     return ret;
 }
 

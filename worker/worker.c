@@ -1,0 +1,445 @@
+/* The cds-worker loop.
+ *
+ * Three threads, each with its own Redis connection where it needs one:
+ *   main       claims up to `batch` jobs from its queues (round robin), runs
+ *              them one after another, acks or fails each, and when there is
+ *              nothing to claim waits on the queues' wake-up lists (BLPOP of at
+ *              most a second: hiredis 0.14 cannot interrupt a blocking call, so
+ *              a stop is noticed within a second);
+ *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
+ *              job lost when its lease is gone (cancelled or reaped, so the
+ *              runner stops and never acks), renews the worker's registration
+ *              key, and runs the reaper pass under its mutex;
+ *   signals    waits in sigwait() for SIGTERM/SIGINT: the first asks the main
+ *              thread to finish the job in hand, ack it and exit; the second to
+ *              release its lease at once (the job goes back to the queue, no
+ *              attempt counted) and exit.
+ * Signals are blocked in every thread but the signal thread, so no handler and
+ * no global flag is needed.  The held-jobs table is the only state the threads
+ * share, under one mutex.
+ *
+ * A lost Redis connection is retried with capped exponential backoff and
+ * jitter; jobs in hand keep running meanwhile and are acked once Redis is back
+ * (if their lease expired meanwhile the ack is refused and the job's other run
+ * counts: delivery is at least once). */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cds_util.h"
+#include "worker.h"
+
+typedef struct held {
+    queue_job job;
+    atomic_int lost;
+} held;
+
+struct worker {
+    const worker_cfg *cfg;
+    cds_log log;
+    queue_conn *q;
+    atomic_int stop; /* 0 run, 1 drain (finish the job in hand), 2 stop now */
+    atomic_int done; /* tells the helper threads to exit */
+    pthread_mutex_t mu;
+    held *held;
+    size_t n_held;
+    char current[QUEUE_ID_MAX];
+    sigset_t sigs;
+};
+
+struct worker_run_ctx {
+    worker *w;
+    held *h;
+};
+
+int worker_run_should_abort(const worker_run_ctx *ctx)
+{
+    return atomic_load(&ctx->w->stop) >= 2 || atomic_load(&ctx->h->lost);
+}
+
+const cds_log *worker_run_log(const worker_run_ctx *ctx) { return &ctx->w->log; }
+
+/* ---- connections --------------------------------------------------------- */
+
+static queue_conn *connect_once(const worker_cfg *cfg, cds_err *err)
+{
+    queue_opts o = {.url = cfg->url, .password_file = cfg->password_file, .prefix = cfg->prefix};
+    return queue_connect(&o, err);
+}
+
+/* Reconnects *q with backoff until it works or `give_up` says so. */
+static int reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int (*give_up)(worker *))
+{
+    int64_t delay = 100;
+    for (int attempt = 1;; attempt++) {
+        cds_err err;
+        if (queue_reconnect(q, &err) == 0) {
+            cds_logf(&w->log, CDS_LOG_INFO, "%s: reconnected to Redis at %s", who, queue_url_redacted(q));
+            return 0;
+        }
+        if (attempt == 1 || attempt % 10 == 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "%s: %s; retrying in %lld ms", who, err.msg, (long long)delay);
+        int64_t until = cds_mono_ms() + (int64_t)(delay * (0.5 + 0.5 * cds_random_unit()));
+        while (cds_mono_ms() < until) {
+            if (give_up(w))
+                return -1;
+            cds_sleep_ms(50);
+        }
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
+    }
+}
+
+static int main_gives_up(worker *w) { return atomic_load(&w->stop) >= 2; }
+static int helper_gives_up(worker *w) { return atomic_load(&w->done); }
+
+/* ---- signals ------------------------------------------------------------- */
+
+static void *signal_thread(void *arg)
+{
+    worker *w = arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&w->sigs, &sig) != 0)
+            continue;
+        if (sig == SIGUSR1) /* sent by worker_run itself at exit */
+            return NULL;
+        int level = atomic_fetch_add(&w->stop, 1) + 1;
+        pthread_mutex_lock(&w->mu);
+        char cur[QUEUE_ID_MAX];
+        snprintf(cur, sizeof cur, "%s", w->current);
+        pthread_mutex_unlock(&w->mu);
+        if (!cur[0])
+            cds_logf(&w->log, CDS_LOG_INFO, "%s: no job in hand, exiting", strsignal(sig));
+        else if (level == 1)
+            cds_logf(&w->log, CDS_LOG_INFO, "%s: finishing job %s, then exiting (send it again to release the job now)",
+                     strsignal(sig), cur);
+        else
+            cds_logf(&w->log, CDS_LOG_INFO, "%s again: releasing job %s and exiting now", strsignal(sig), cur);
+    }
+}
+
+/* ---- heartbeat ----------------------------------------------------------- */
+
+static json_t *registration(worker *w)
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    char queues[1024] = "";
+    for (size_t i = 0; i < w->cfg->n_queues; i++)
+        snprintf(queues + strlen(queues), sizeof queues - strlen(queues), "%s%s", i ? "," : "", w->cfg->queues[i]);
+    pthread_mutex_lock(&w->mu);
+    char cur[QUEUE_ID_MAX];
+    snprintf(cur, sizeof cur, "%s", w->current);
+    pthread_mutex_unlock(&w->mu);
+    int stop = atomic_load(&w->stop);
+    char pid[32];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur, "state",
+                     stop ? "draining" : cur[0] ? "busy" : "idle");
+}
+
+/* Extends the leases of every held job and flags the ones that are lost. */
+static int beat_leases(worker *w, queue_conn *q, cds_err *err)
+{
+    pthread_mutex_lock(&w->mu);
+    size_t n = w->n_held;
+    queue_job *snap = n ? calloc(n, sizeof *snap) : NULL;
+    for (size_t i = 0; snap && i < n; i++)
+        snap[i] = w->held[i].job; /* shallow: only id, token, queue are read */
+    pthread_mutex_unlock(&w->mu);
+    if (n == 0)
+        return 0;
+    if (!snap)
+        return cds_errf(err, "out of memory");
+    int *alive = calloc(n, sizeof *alive);
+    int rc = alive ? queue_heartbeat(q, snap, n, w->cfg->lease_ms, alive, err) : cds_errf(err, "out of memory");
+    if (rc == 0) {
+        pthread_mutex_lock(&w->mu);
+        for (size_t i = 0; i < n; i++)
+            for (size_t k = 0; !alive[i] && k < w->n_held; k++)
+                if (strcmp(w->held[k].job.id, snap[i].id) == 0 && !atomic_exchange(&w->held[k].lost, 1))
+                    cds_logf(&w->log, CDS_LOG_WARN, "lease on job %s lost (cancelled, or expired and requeued); abandoning it",
+                             snap[i].id);
+        pthread_mutex_unlock(&w->mu);
+    }
+    free(alive);
+    free(snap);
+    return rc;
+}
+
+static void *heartbeat_thread(void *arg)
+{
+    worker *w = arg;
+    cds_err err;
+    queue_conn *q = connect_once(w->cfg, &err);
+    if (!q) {
+        cds_logf(&w->log, CDS_LOG_ERROR, "heartbeat: %s", err.msg);
+        return NULL;
+    }
+    int64_t hb_every = w->cfg->lease_ms / 3 < 1000 ? w->cfg->lease_ms / 3 : 1000;
+    int64_t next_hb = 0, next_reg = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
+    while (!atomic_load(&w->done)) {
+        int64_t now = cds_mono_ms();
+        int rc = 0;
+        if (now >= next_hb) {
+            rc = beat_leases(w, q, &err);
+            next_hb = now + hb_every;
+        }
+        if (rc == 0 && now >= next_reg) {
+            json_t *info = registration(w);
+            rc = queue_worker_beat(q, w->cfg->id, info, 5000, &err);
+            json_decref(info);
+            next_reg = now + 1000;
+        }
+        if (rc == 0 && now >= next_reap) {
+            queue_maint_stats st;
+            rc = queue_maintain(q, w->cfg->id, &w->cfg->maint, &st, &err);
+            if (rc == 0 && (st.requeued || st.buried))
+                cds_logf(&w->log, CDS_LOG_INFO, "reaper: requeued %ld expired leases, dead-lettered %ld jobs",
+                         st.requeued, st.buried);
+            next_reap = now + w->cfg->reap_every_ms;
+        }
+        if (rc != 0) {
+            if (queue_conn_broken(q)) {
+                if (reconnect_with_backoff(w, q, "heartbeat", helper_gives_up) != 0)
+                    break;
+            } else {
+                cds_logf(&w->log, CDS_LOG_WARN, "heartbeat: %s", err.msg);
+            }
+        }
+        cds_sleep_ms(20);
+    }
+    if (!queue_conn_broken(q))
+        queue_worker_gone(q, w->cfg->id, &err);
+    queue_close(q);
+    return NULL;
+}
+
+/* ---- running jobs -------------------------------------------------------- */
+
+static void set_current(worker *w, const char *id)
+{
+    pthread_mutex_lock(&w->mu);
+    snprintf(w->current, sizeof w->current, "%s", id ? id : "");
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Runs op until it succeeds, fails for a reason other than the connection, or
+ * the worker must stop now.  Returns op's result. */
+#define WITH_RECONNECT(w, call)                                                        \
+    ({                                                                                 \
+        int rc_;                                                                       \
+        while ((rc_ = (call)) != 0 && queue_conn_broken((w)->q) &&                     \
+               reconnect_with_backoff((w), (w)->q, "worker", main_gives_up) == 0)      \
+            ;                                                                          \
+        rc_;                                                                           \
+    })
+
+static void release_job(worker *w, held *h)
+{
+    cds_err err;
+    int released = 0;
+    if (WITH_RECONNECT(w, queue_release(w->q, &h->job, &released, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "could not release job %s (%s); its lease will expire and it will be requeued",
+                 h->job.id, err.msg);
+    else if (released)
+        cds_logf(&w->log, CDS_LOG_INFO, "released job %s back to queue %s", h->job.id, h->job.queue);
+}
+
+static void ack_job(worker *w, held *h, const char *result, int64_t ms)
+{
+    cds_err err;
+    int acked = 0;
+    if (WITH_RECONNECT(w, queue_ack(w->q, &h->job, 1, &result, &acked, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_ERROR, "ack of job %s failed: %s", h->job.id, err.msg);
+    else if (!acked)
+        cds_logf(&w->log, CDS_LOG_WARN, "ack of job %s refused: the lease was lost (cancelled, or expired and given to another worker)",
+                 h->job.id);
+    else
+        cds_logf(&w->log, CDS_LOG_INFO, "job %s %s done in %lld ms", h->job.id, h->job.type, (long long)ms);
+}
+
+static void fail_job(worker *w, held *h, const char *reason, int permanent)
+{
+    cds_err err;
+    queue_fail_result fr;
+    if (WITH_RECONNECT(w, queue_fail(w->q, &h->job, reason, permanent, &fr, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_ERROR, "recording the failure of job %s failed: %s", h->job.id, err.msg);
+    else if (fr.lost)
+        cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s) but its lease was already lost", h->job.id, reason);
+    else if (fr.dead)
+        cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s): dead-lettered after %lld attempts", h->job.id, reason,
+                 (long long)fr.attempts);
+    else
+        cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s): retry in %lld ms", h->job.id, reason,
+                 (long long)fr.delay_ms);
+}
+
+static void run_one(worker *w, held *h)
+{
+    set_current(w, h->job.id);
+    worker_run_ctx ctx = {.w = w, .h = h};
+    worker_run_fn run = worker_find_runner(h->job.type);
+    cds_err err = {""};
+    char *result = NULL;
+    int64_t t0 = cds_mono_ms();
+    int rc;
+    if (!run)
+        rc = WORKER_RUN_PERMANENT,
+        cds_errf(&err, "no runner for job type '%s' in this worker (known: %s)", h->job.type, worker_known_types());
+    else
+        rc = run(&ctx, &h->job, &result, &err);
+    if (rc == 0)
+        ack_job(w, h, result, cds_mono_ms() - t0);
+    else if (rc == WORKER_RUN_ABORTED) {
+        if (!atomic_load(&h->lost))
+            release_job(w, h);
+    } else
+        fail_job(w, h, err.msg[0] ? err.msg : "failed", rc == WORKER_RUN_PERMANENT);
+    free(result);
+    set_current(w, NULL);
+}
+
+/* Claims from the queues in turn, starting after the last one served. */
+static size_t claim_some(worker *w, size_t *rr, int64_t *wait_ms)
+{
+    *wait_ms = 1000;
+    for (size_t k = 0; k < w->cfg->n_queues; k++) {
+        const char *qn = w->cfg->queues[(*rr + k) % w->cfg->n_queues];
+        queue_job *jobs = calloc(w->cfg->batch, sizeof *jobs);
+        size_t n = 0;
+        queue_claim_info info = {0};
+        cds_err err;
+        if (!jobs || WITH_RECONNECT(w, queue_claim(w->q, qn, w->cfg->id, w->cfg->lease_ms, w->cfg->batch, jobs,
+                                                   &n, &info, &err)) != 0) {
+            if (jobs)
+                cds_logf(&w->log, CDS_LOG_WARN, "claim from queue %s: %s", qn, err.msg);
+            free(jobs);
+            *wait_ms = 200;
+            return 0;
+        }
+        if (n == 0 && info.next_due_ms >= 0) {
+            /* A delayed job is due: promote it here rather than wait for the reaper. */
+            if (info.next_due_ms <= info.now_ms) {
+                queue_maint_stats st = {0};
+                queue_promote(w->q, qn, &st, &err);
+                *wait_ms = 0;
+            } else if (info.next_due_ms - info.now_ms < *wait_ms) {
+                *wait_ms = info.next_due_ms - info.now_ms;
+            }
+        }
+        if (n > 0) {
+            pthread_mutex_lock(&w->mu);
+            for (size_t i = 0; i < n; i++) {
+                w->held[i].job = jobs[i];
+                atomic_store(&w->held[i].lost, 0);
+            }
+            w->n_held = n;
+            pthread_mutex_unlock(&w->mu);
+            free(jobs);
+            *rr = (*rr + k + 1) % w->cfg->n_queues;
+            return n;
+        }
+        free(jobs);
+    }
+    return 0;
+}
+
+static void drop_held(worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    for (size_t i = 0; i < w->n_held; i++)
+        queue_job_clear(&w->held[i].job);
+    w->n_held = 0;
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int64_t serve(worker *w)
+{
+    size_t rr = 0;
+    int64_t jobs_run = 0;
+    int64_t idle_since = cds_mono_ms();
+    while (atomic_load(&w->stop) == 0) {
+        if (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs)
+            break;
+        int64_t wait_ms;
+        size_t n = claim_some(w, &rr, &wait_ms);
+        for (size_t i = 0; i < n; i++) {
+            held *h = &w->held[i];
+            int stop = atomic_load(&w->stop);
+            if (stop >= 2 || (stop == 1 && i > 0) || (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs))
+                release_job(w, h); /* not started: give it back */
+            else if (atomic_load(&h->lost))
+                ; /* cancelled before it started */
+            else {
+                run_one(w, h);
+                jobs_run++;
+            }
+        }
+        drop_held(w);
+        if (n > 0) {
+            idle_since = cds_mono_ms();
+            continue;
+        }
+        if (w->cfg->idle_exit_ms && cds_mono_ms() - idle_since >= w->cfg->idle_exit_ms) {
+            cds_logf(&w->log, CDS_LOG_INFO, "idle for %lld ms: exiting", (long long)w->cfg->idle_exit_ms);
+            break;
+        }
+        int woken;
+        cds_err err;
+        if (wait_ms > 0 &&
+            WITH_RECONNECT(w, queue_wait(w->q, w->cfg->queues, w->cfg->n_queues, (int)wait_ms, &woken, &err)) != 0)
+            cds_sleep_ms(100);
+    }
+    return jobs_run;
+}
+
+int worker_run(const worker_cfg *cfg)
+{
+    worker w;
+    memset(&w, 0, sizeof w);
+    w.cfg = cfg;
+    cds_log_init(&w.log, stderr, cfg->log_level, cfg->id);
+    pthread_mutex_init(&w.mu, NULL);
+    w.held = calloc(cfg->batch, sizeof *w.held);
+
+    /* Block the stop signals here so every thread inherits the mask and only
+     * the signal thread sees them. */
+    sigemptyset(&w.sigs);
+    sigaddset(&w.sigs, SIGTERM);
+    sigaddset(&w.sigs, SIGINT);
+    sigaddset(&w.sigs, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &w.sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    cds_err err;
+    w.q = connect_once(cfg, &err);
+    if (!w.q || queue_check_eviction_policy(w.q, &err) != 0) {
+        fprintf(stderr, "cds-worker: %s\n", err.msg);
+        queue_close(w.q);
+        free(w.held);
+        return 2;
+    }
+    char queues[512] = "";
+    for (size_t i = 0; i < cfg->n_queues; i++)
+        snprintf(queues + strlen(queues), sizeof queues - strlen(queues), "%s%s", i ? "," : "", cfg->queues[i]);
+    cds_logf(&w.log, CDS_LOG_INFO, "serving queues %s on %s (prefix %s, lease %lld ms, batch %zu)", queues,
+             queue_url_redacted(w.q), queue_prefix(w.q), (long long)cfg->lease_ms, cfg->batch);
+
+    pthread_t sig_t, hb_t;
+    pthread_create(&sig_t, NULL, signal_thread, &w);
+    pthread_create(&hb_t, NULL, heartbeat_thread, &w);
+    int64_t n = serve(&w);
+    atomic_store(&w.done, 1);
+    pthread_join(hb_t, NULL);
+    pthread_kill(sig_t, SIGUSR1);
+    pthread_join(sig_t, NULL);
+    cds_logf(&w.log, CDS_LOG_INFO, "stopped after %lld jobs", (long long)n);
+    queue_close(w.q);
+    free(w.held);
+    pthread_mutex_destroy(&w.mu);
+    return 0;
+}

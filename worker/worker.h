@@ -1,0 +1,55 @@
+/* worker: the cds-worker daemon.  One process serves one GPU (or the CPU) and
+ * claims jobs from one or more queues; see worker.c for the loop. */
+#ifndef CDS_WORKER_H
+#define CDS_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "cds_err.h"
+#include "cds_log.h"
+#include "queue.h"
+
+#define WORKER_MAX_QUEUES 16
+
+typedef struct worker_cfg {
+    const char *url;
+    const char *password_file;
+    const char *prefix;
+    const char *queues[WORKER_MAX_QUEUES];
+    size_t n_queues;
+    char id[128];
+    int64_t lease_ms;
+    size_t batch;
+    int64_t idle_exit_ms;  /* 0: never */
+    int64_t max_jobs;      /* 0: no limit */
+    int64_t reap_every_ms;
+    queue_maint_opts maint;
+    cds_log_level log_level;
+} worker_cfg;
+
+typedef struct worker worker;
+
+/* What a runner returns besides 0 (done). */
+enum { WORKER_RUN_FAILED = -1, WORKER_RUN_PERMANENT = -2, WORKER_RUN_ABORTED = -3 };
+
+/* What a runner may ask of the worker while it runs. */
+typedef struct worker_run_ctx worker_run_ctx;
+/* 1 when the runner must stop now: the worker was told to stop at once, or
+ * its lease on the job was lost (reaped or cancelled). */
+int worker_run_should_abort(const worker_run_ctx *ctx);
+const cds_log *worker_run_log(const worker_run_ctx *ctx);
+
+/* A job type: runs one job; on failure fills err with the reason and returns
+ * one of the WORKER_RUN_* codes; may set *result to a malloc'd JSON text. */
+typedef int (*worker_run_fn)(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err);
+
+/* The runner for a type, or NULL. */
+worker_run_fn worker_find_runner(const char *type);
+/* A comma-separated list of known types, for messages. */
+const char *worker_known_types(void);
+
+/* Runs until told to stop; returns the process exit code. */
+int worker_run(const worker_cfg *cfg);
+
+#endif

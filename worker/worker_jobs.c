@@ -1,0 +1,65 @@
+/* Built-in job types.  The diagnostic ones exist for tests, demos and
+ * benchmarks: diag.sleep stands in for any job that takes time (it sleeps in
+ * short slices so that a stop or a lost lease interrupts it promptly),
+ * diag.fail for one that fails.  Later modules add ETL shards and DDP ranks
+ * to the table below. */
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cds_util.h"
+#include "worker.h"
+
+static int run_diag_sleep(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
+{
+    json_error_t je;
+    json_t *p = json_loads(job->payload, 0, &je);
+    json_t *ms = p ? json_object_get(p, "ms") : NULL;
+    if (!ms || !json_is_integer(ms) || json_integer_value(ms) < 0 || json_integer_value(ms) > 86400000) {
+        json_decref(p);
+        cds_errf(err, "diag.sleep payload must be {\"ms\": N} with 0 <= N <= 86400000, got %s", job->payload);
+        return WORKER_RUN_PERMANENT;
+    }
+    int64_t total = json_integer_value(ms);
+    json_decref(p);
+    int64_t end = cds_mono_ms() + total;
+    for (int64_t now = cds_mono_ms(); now < end; now = cds_mono_ms()) {
+        if (worker_run_should_abort(ctx))
+            return WORKER_RUN_ABORTED;
+        cds_sleep_ms(end - now < 10 ? end - now : 10);
+    }
+    if (worker_run_should_abort(ctx))
+        return WORKER_RUN_ABORTED;
+    (void)result;
+    return 0;
+}
+
+static int run_diag_fail(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
+{
+    (void)ctx;
+    (void)result;
+    json_t *p = json_loads(job->payload, 0, NULL);
+    const char *msg = p ? json_string_value(json_object_get(p, "message")) : NULL;
+    int permanent = p && json_is_true(json_object_get(p, "permanent"));
+    cds_errf(err, "%s", msg ? msg : "diag.fail: failing as asked");
+    json_decref(p);
+    return permanent ? WORKER_RUN_PERMANENT : WORKER_RUN_FAILED;
+}
+
+static const struct {
+    const char *type;
+    worker_run_fn run;
+} runners[] = {
+    {"diag.sleep", run_diag_sleep},
+    {"diag.fail", run_diag_fail},
+};
+
+worker_run_fn worker_find_runner(const char *type)
+{
+    for (size_t i = 0; i < sizeof runners / sizeof runners[0]; i++)
+        if (strcmp(runners[i].type, type) == 0)
+            return runners[i].run;
+    return NULL;
+}
+
+const char *worker_known_types(void) { return "diag.sleep, diag.fail"; }

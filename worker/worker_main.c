@@ -1,0 +1,153 @@
+/* cds-worker: command-line parsing; the loop is in worker.c. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cds_util.h"
+#include "worker.h"
+
+static void usage(FILE *out)
+{
+    fputs("usage: cds-worker [options]\n"
+          "Claims jobs from Redis queues and runs them (one worker per GPU).\n"
+          "\n"
+          "  --redis URL               redis://[:password@]host:port/db or unix:///path?db=N\n"
+          "                            (default: $CDS_REDIS_URL, else redis://127.0.0.1:6379/0)\n"
+          "  --redis-password-file F   read the Redis password from F (keeps it out of ps)\n"
+          "  --prefix P                key prefix (default cds:)\n"
+          "  --queue Q                 queue to serve; repeat for several (default: default)\n"
+          "  --id NAME                 worker id (default: host-pid-random)\n"
+          "  --lease SECONDS           lease per claimed job, renewed by heartbeats (default 30)\n"
+          "  --batch N                 jobs claimed per call (default 1; more for tiny jobs)\n"
+          "  --idle-exit SECONDS       exit after this long without work (default: never)\n"
+          "  --max-jobs N              exit after running N jobs\n"
+          "  --reap-every SECONDS      reaper pass interval (default 1)\n"
+          "  --keep-done N             finished jobs kept per queue (default 10000)\n"
+          "  --keep-done-age SECONDS   ... and for how long (default 7 days)\n"
+          "  --log-level LEVEL         debug, info, warn or error (default info)\n"
+          "  --help                    this text\n"
+          "\n"
+          "Signals: the first SIGTERM or SIGINT finishes the job in hand, acks it and exits;\n"
+          "a second one releases the job back to its queue at once and exits.\n"
+          "Exit status: 0 stopped cleanly, 2 bad usage or Redis unreachable at start.\n",
+          out);
+}
+
+static int bad_usage(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "cds-worker: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, " (see cds-worker --help)\n");
+    return 2;
+}
+
+static int parse_seconds(const char *s, int64_t *ms)
+{
+    double v;
+    if (cds_parse_double(s, &v) != 0 || v < 0 || v > 1e9)
+        return -1;
+    *ms = (int64_t)(v * 1000.0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    worker_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.lease_ms = 30000;
+    cfg.batch = 1;
+    cfg.reap_every_ms = 1000;
+    cfg.log_level = CDS_LOG_INFO;
+    queue_maint_opts_init(&cfg.maint);
+
+    enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
+           O_KEEP, O_KEEPAGE, O_LOG, O_HELP };
+    static const struct option opts[] = {
+        {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
+        {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
+        {"id", required_argument, 0, O_ID},               {"lease", required_argument, 0, O_LEASE},
+        {"batch", required_argument, 0, O_BATCH},         {"idle-exit", required_argument, 0, O_IDLE},
+        {"max-jobs", required_argument, 0, O_MAXJOBS},    {"reap-every", required_argument, 0, O_REAP},
+        {"keep-done", required_argument, 0, O_KEEP},      {"keep-done-age", required_argument, 0, O_KEEPAGE},
+        {"log-level", required_argument, 0, O_LOG},       {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0},
+    };
+    opterr = 0;
+    int c;
+    int64_t v;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case O_REDIS: cfg.url = optarg; break;
+        case O_PWFILE: cfg.password_file = optarg; break;
+        case O_PREFIX: cfg.prefix = optarg; break;
+        case O_QUEUE:
+            if (cfg.n_queues == WORKER_MAX_QUEUES)
+                return bad_usage("too many --queue options (at most 16)%s", "");
+            cfg.queues[cfg.n_queues++] = optarg;
+            break;
+        case O_ID:
+            if (strlen(optarg) == 0 || strlen(optarg) >= sizeof cfg.id || strpbrk(optarg, " \t\r\n"))
+                return bad_usage("bad --id '%s': use up to 127 characters without spaces", optarg);
+            snprintf(cfg.id, sizeof cfg.id, "%s", optarg);
+            break;
+        case O_LEASE:
+            if (parse_seconds(optarg, &cfg.lease_ms) != 0 || cfg.lease_ms < 100)
+                return bad_usage("bad --lease '%s': give seconds, at least 0.1", optarg);
+            break;
+        case O_BATCH:
+            if (cds_parse_i64(optarg, 1, 1000, &v) != 0)
+                return bad_usage("bad --batch '%s': use 1 to 1000", optarg);
+            cfg.batch = (size_t)v;
+            break;
+        case O_IDLE:
+            if (parse_seconds(optarg, &cfg.idle_exit_ms) != 0)
+                return bad_usage("bad --idle-exit '%s': give seconds", optarg);
+            break;
+        case O_MAXJOBS:
+            if (cds_parse_i64(optarg, 1, INT64_MAX, &cfg.max_jobs) != 0)
+                return bad_usage("bad --max-jobs '%s': use a positive integer", optarg);
+            break;
+        case O_REAP:
+            if (parse_seconds(optarg, &cfg.reap_every_ms) != 0 || cfg.reap_every_ms < 10)
+                return bad_usage("bad --reap-every '%s': give seconds, at least 0.01", optarg);
+            break;
+        case O_KEEP:
+            if (cds_parse_i64(optarg, 0, INT64_MAX, &cfg.maint.keep_done) != 0)
+                return bad_usage("bad --keep-done '%s': use a count", optarg);
+            break;
+        case O_KEEPAGE:
+            if (parse_seconds(optarg, &cfg.maint.keep_done_ms) != 0)
+                return bad_usage("bad --keep-done-age '%s': give seconds", optarg);
+            break;
+        case O_LOG:
+            if (strcmp(optarg, "debug") == 0) cfg.log_level = CDS_LOG_DEBUG;
+            else if (strcmp(optarg, "info") == 0) cfg.log_level = CDS_LOG_INFO;
+            else if (strcmp(optarg, "warn") == 0) cfg.log_level = CDS_LOG_WARN;
+            else if (strcmp(optarg, "error") == 0) cfg.log_level = CDS_LOG_ERROR;
+            else return bad_usage("bad --log-level '%s': use debug, info, warn or error", optarg);
+            break;
+        case O_HELP: usage(stdout); return 0;
+        default:
+            return bad_usage("unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return bad_usage("unexpected argument '%s'", argv[optind]);
+    if (cfg.n_queues == 0)
+        cfg.queues[cfg.n_queues++] = QUEUE_DEFAULT_NAME;
+    for (size_t i = 0; i < cfg.n_queues; i++)
+        if (strlen(cfg.queues[i]) == 0 || strlen(cfg.queues[i]) >= QUEUE_NAME_MAX ||
+            strspn(cfg.queues[i], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+                strlen(cfg.queues[i]))
+            return bad_usage("bad --queue '%s': use letters, digits, '.', '_' or '-'", cfg.queues[i]);
+    if (!cfg.id[0]) {
+        char host[64] = "host", rnd[9];
+        gethostname(host, sizeof host - 1);
+        if (cds_random_hex(rnd, 4, NULL) != 0)
+            snprintf(rnd, sizeof rnd, "0");
+        snprintf(cfg.id, sizeof cfg.id, "%s-%d-%s", host, (int)getpid(), rnd);
+    }
+    return worker_run(&cfg);
+}
