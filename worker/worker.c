@@ -35,6 +35,9 @@
 typedef struct held {
     queue_job job;
     atomic_int lost;
+    int to_ack;     /* ran to completion; its ack is pending */
+    char *result;
+    int64_t ran_ms;
 } held;
 
 struct worker {
@@ -249,17 +252,41 @@ static void release_job(worker *w, held *h)
         cds_logf(&w->log, CDS_LOG_INFO, "released job %s back to queue %s", h->job.id, h->job.queue);
 }
 
-static void ack_job(worker *w, held *h, const char *result, int64_t ms)
+/* Acks the completed jobs among held[0..n) in one call: a batch of tiny jobs
+ * costs one round trip, not one per job. */
+static void ack_pending(worker *w, held *hs, size_t n)
 {
+    size_t k = 0;
+    queue_job jobs[n];
+    const char *results[n];
+    size_t idx[n];
+    for (size_t i = 0; i < n; i++)
+        if (hs[i].to_ack) {
+            jobs[k] = hs[i].job;
+            results[k] = hs[i].result;
+            idx[k++] = i;
+        }
+    if (k == 0)
+        return;
     cds_err err;
-    int acked = 0;
-    if (WITH_RECONNECT(w, queue_ack(w->q, &h->job, 1, &result, &acked, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_ERROR, "ack of job %s failed: %s", h->job.id, err.msg);
-    else if (!acked)
-        cds_logf(&w->log, CDS_LOG_WARN, "ack of job %s refused: the lease was lost (cancelled, or expired and given to another worker)",
-                 h->job.id);
-    else
-        cds_logf(&w->log, CDS_LOG_INFO, "job %s %s done in %lld ms", h->job.id, h->job.type, (long long)ms);
+    int acked[k];
+    if (WITH_RECONNECT(w, queue_ack(w->q, jobs, k, results, acked, &err)) != 0) {
+        cds_logf(&w->log, CDS_LOG_ERROR, "ack of %zu jobs failed: %s; their leases will expire and they will run again",
+                 k, err.msg);
+        memset(acked, 0, sizeof acked);
+    }
+    for (size_t j = 0; j < k; j++) {
+        held *h = &hs[idx[j]];
+        if (acked[j])
+            cds_logf(&w->log, CDS_LOG_INFO, "job %s %s done in %lld ms", h->job.id, h->job.type, (long long)h->ran_ms);
+        else
+            cds_logf(&w->log, CDS_LOG_WARN,
+                     "ack of job %s refused: the lease was lost (cancelled, or expired and given to another worker)",
+                     h->job.id);
+        h->to_ack = 0;
+        free(h->result);
+        h->result = NULL;
+    }
 }
 
 static void fail_job(worker *w, held *h, const char *reason, int permanent)
@@ -292,9 +319,12 @@ static void run_one(worker *w, held *h)
         cds_errf(&err, "no runner for job type '%s' in this worker (known: %s)", h->job.type, worker_known_types());
     else
         rc = run(&ctx, &h->job, &result, &err);
-    if (rc == 0)
-        ack_job(w, h, result, cds_mono_ms() - t0);
-    else if (rc == WORKER_RUN_ABORTED) {
+    if (rc == 0) {
+        h->to_ack = 1;
+        h->result = result;
+        h->ran_ms = cds_mono_ms() - t0;
+        result = NULL;
+    } else if (rc == WORKER_RUN_ABORTED) {
         if (!atomic_load(&h->lost))
             release_job(w, h);
     } else
@@ -367,6 +397,8 @@ static int64_t serve(worker *w)
             break;
         int64_t wait_ms;
         size_t n = claim_some(w, &rr, &wait_ms);
+        size_t acked_upto = 0;
+        int64_t batch_start = cds_mono_ms();
         for (size_t i = 0; i < n; i++) {
             held *h = &w->held[i];
             int stop = atomic_load(&w->stop);
@@ -377,6 +409,13 @@ static int64_t serve(worker *w)
             else {
                 run_one(w, h);
                 jobs_run++;
+            }
+            /* Flush acks at the end of the batch, and early when the batch is
+             * slow so that finished work is not held back. */
+            if (i + 1 == n || cds_mono_ms() - batch_start >= 20) {
+                ack_pending(w, &w->held[acked_upto], i + 1 - acked_upto);
+                acked_upto = i + 1;
+                batch_start = cds_mono_ms();
             }
         }
         drop_held(w);

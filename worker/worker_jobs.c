@@ -1,7 +1,7 @@
 /* Built-in job types.  The diagnostic ones exist for tests, demos and
  * benchmarks: diag.sleep stands in for any job that takes time (it sleeps in
  * short slices so that a stop or a lost lease interrupts it promptly),
- * diag.fail for one that fails.  Later modules add ETL shards and DDP ranks
+ * diag.fail for one that fails, diag.noop for measuring the queue itself.  Later modules add ETL shards and DDP ranks
  * to the table below. */
 #include <string.h>
 
@@ -46,12 +46,22 @@ static int run_diag_fail(worker_run_ctx *ctx, const queue_job *job, char **resul
     return permanent ? WORKER_RUN_PERMANENT : WORKER_RUN_FAILED;
 }
 
+static int run_diag_noop(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
+{
+    (void)ctx;
+    (void)job;
+    (void)result;
+    (void)err;
+    return 0;
+}
+
 static const struct {
     const char *type;
     worker_run_fn run;
 } runners[] = {
     {"diag.sleep", run_diag_sleep},
     {"diag.fail", run_diag_fail},
+    {"diag.noop", run_diag_noop},
 };
 
 worker_run_fn worker_find_runner(const char *type)
@@ -62,4 +72,4 @@ worker_run_fn worker_find_runner(const char *type)
     return NULL;
 }
 
-const char *worker_known_types(void) { return "diag.sleep, diag.fail"; }
+const char *worker_known_types(void) { return "diag.sleep, diag.fail, diag.noop"; }
