@@ -65,13 +65,44 @@ int queue_job_spec_check(const queue_job_spec *s, cds_err *err)
 
 static const char *spec_queue(const queue_job_spec *s) { return s->queue ? s->queue : QUEUE_DEFAULT_NAME; }
 
-static void build_enqueue(queue_conn *q, const queue_job_spec *s, long long id, qargs *cmd)
+/* Jobs per enqueue script call: big enough to amortise the call, small enough
+ * that one call does not hold the server for long (about 10 ms). */
+#define ENQUEUE_CALL_MAX 500
+
+/* Adds one job's keys and arguments to an enqueue call (see enqueue.lua). */
+static void add_enqueue_job(queue_conn *q, const queue_job_spec *s, long long id, qargs *keys, qargs *args)
 {
-    const char *qn = spec_queue(s);
+    qargs_key(keys, q, "job:%lld", id);
+    if (s->unique)
+        qargs_key(keys, q, "unique:%s", s->unique);
+    else
+        qargs_key(keys, q, "job:%lld", id);
+    for (size_t i = 0; i < s->n_after; i++) {
+        qargs_key(keys, q, "job:%s", s->after[i]);
+        qargs_key(keys, q, "job:%s:dependents", s->after[i]);
+    }
+    qargs_addf(args, "%lld", id);
+    qargs_add(args, s->type);
+    qargs_add(args, s->payload ? s->payload : "{}");
+    qargs_addf(args, "%lld", (long long)s->priority);
+    qargs_addf(args, "%lld", (long long)s->delay_ms);
+    qargs_addf(args, "%lld", (long long)s->max_attempts);
+    qargs_addf(args, "%lld", (long long)s->max_stalls);
+    qargs_addf(args, "%lld", (long long)s->backoff_base_ms);
+    qargs_addf(args, "%lld", (long long)s->backoff_cap_ms);
+    qargs_add(args, s->unique ? s->unique : "");
+    qargs_addf(args, "%zu", s->n_after);
+    for (size_t i = 0; i < s->n_after; i++)
+        qargs_add(args, s->after[i]);
+}
+
+/* Builds one enqueue call for specs[0..n), which share a queue. */
+static void build_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, long long first_id, qargs *cmd)
+{
+    const char *qn = spec_queue(&specs[0]);
     qargs keys, args;
     qargs_init(&keys);
     qargs_init(&args);
-    qargs_key(&keys, q, "job:%lld", id);
     qargs_key(&keys, q, "q:%s:wait", qn);
     qargs_key(&keys, q, "q:%s:delayed", qn);
     qargs_key(&keys, q, "q:%s:blocked", qn);
@@ -79,31 +110,22 @@ static void build_enqueue(queue_conn *q, const queue_job_spec *s, long long id, 
     qargs_key(&keys, q, "queues");
     qargs_key(&keys, q, "q:%s:wake", qn);
     qargs_key(&keys, q, "q:%s:stats", qn);
-    if (s->unique)
-        qargs_key(&keys, q, "unique:%s", s->unique);
-    else
-        qargs_key(&keys, q, "job:%lld", id);
-    for (size_t i = 0; i < s->n_after; i++) {
-        qargs_key(&keys, q, "job:%s", s->after[i]);
-        qargs_key(&keys, q, "job:%s:dependents", s->after[i]);
-    }
-    qargs_addf(&args, "%lld", id);
     qargs_add(&args, qn);
-    qargs_add(&args, s->type);
-    qargs_add(&args, s->payload ? s->payload : "{}");
-    qargs_addf(&args, "%lld", (long long)s->priority);
-    qargs_addf(&args, "%lld", (long long)s->delay_ms);
-    qargs_addf(&args, "%lld", (long long)s->max_attempts);
-    qargs_addf(&args, "%lld", (long long)s->max_stalls);
-    qargs_addf(&args, "%lld", (long long)s->backoff_base_ms);
-    qargs_addf(&args, "%lld", (long long)s->backoff_cap_ms);
-    qargs_add(&args, s->unique ? s->unique : "");
-    qargs_addf(&args, "%zu", s->n_after);
-    for (size_t i = 0; i < s->n_after; i++)
-        qargs_add(&args, s->after[i]);
+    qargs_addf(&args, "%zu", n);
+    for (size_t i = 0; i < n; i++)
+        add_enqueue_job(q, &specs[i], first_id + (long long)i, &keys, &args);
     qc_build_eval(q, QS_ENQUEUE, &keys, &args, cmd);
     qargs_free(&keys);
     qargs_free(&args);
+}
+
+/* Length of the run of specs from i on that share a queue (at most max). */
+static size_t same_spec_queue_run(const queue_job_spec *specs, size_t i, size_t n, size_t max)
+{
+    size_t k = i + 1;
+    while (k < n && k - i < max && strcmp(spec_queue(&specs[k]), spec_queue(&specs[i])) == 0)
+        k++;
+    return k - i;
 }
 
 static long long alloc_ids(queue_conn *q, size_t n, cds_err *err)
@@ -134,40 +156,58 @@ int queue_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, queue_en
     long long first = alloc_ids(q, n, err);
     if (first < 0)
         return -1;
-    qargs *cmds = calloc(n, sizeof *cmds);
-    redisReply **rep = calloc(n, sizeof *rep);
-    if (!cmds || !rep) {
+    /* One call per run of jobs of the same queue, all calls in one pipeline. */
+    size_t ncalls = 0;
+    for (size_t i = 0; i < n; i += same_spec_queue_run(specs, i, n, ENQUEUE_CALL_MAX))
+        ncalls++;
+    qargs *cmds = calloc(ncalls, sizeof *cmds);
+    redisReply **rep = calloc(ncalls, sizeof *rep);
+    size_t *starts = calloc(ncalls, sizeof *starts);
+    if (!cmds || !rep || !starts) {
         free(cmds);
         free(rep);
+        free(starts);
         return cds_errf(err, "out of memory enqueueing %zu jobs", n);
     }
-    for (size_t i = 0; i < n; i++)
-        build_enqueue(q, &specs[i], first + (long long)i, &cmds[i]);
-    int rc = qc_pipeline(q, cmds, n, rep, err);
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        redisReply *r = rep[i];
-        memset(&out[i], 0, sizeof out[i]);
+    for (size_t i = 0, c = 0; i < n; c++) {
+        size_t run = same_spec_queue_run(specs, i, n, ENQUEUE_CALL_MAX);
+        starts[c] = i;
+        build_enqueue(q, &specs[i], run, first + (long long)i, &cmds[c]);
+        i += run;
+    }
+    int rc = qc_pipeline(q, cmds, ncalls, rep, err);
+    for (size_t c = 0; rc == 0 && c < ncalls; c++) {
+        redisReply *r = rep[c];
         if (r->type == REDIS_REPLY_ERROR) {
             rc = cds_errf(err, "enqueue refused by Redis at %s: %s", q->url_redacted, r->str);
-        } else if (qc_reply_is(r, 0, "created")) {
-            snprintf(out[i].id, sizeof out[i].id, "%lld", first + (long long)i);
-            snprintf(out[i].state, sizeof out[i].state, "%s", qc_reply_str(r, 1));
-        } else if (qc_reply_is(r, 0, "duplicate")) {
-            out[i].duplicate = 1;
-            snprintf(out[i].id, sizeof out[i].id, "%s", qc_reply_str(r, 1));
-            snprintf(out[i].state, sizeof out[i].state, "live");
-        } else if (qc_reply_is(r, 0, "unknown_dep")) {
-            rc = cds_errf(err, "unknown dependency job %s: --after needs the id of an existing job (see jobctl list)",
-                          qc_reply_str(r, 1));
-        } else {
-            rc = cds_errf(err, "unexpected reply from the enqueue script");
+            break;
+        }
+        for (size_t j = 0; rc == 0 && j < r->elements; j++) {
+            size_t i = starts[c] + j;
+            const redisReply *e = r->element[j];
+            memset(&out[i], 0, sizeof out[i]);
+            if (qc_reply_is(e, 0, "created")) {
+                snprintf(out[i].id, sizeof out[i].id, "%lld", first + (long long)i);
+                snprintf(out[i].state, sizeof out[i].state, "%s", qc_reply_str(e, 1));
+            } else if (qc_reply_is(e, 0, "duplicate")) {
+                out[i].duplicate = 1;
+                snprintf(out[i].id, sizeof out[i].id, "%s", qc_reply_str(e, 1));
+                snprintf(out[i].state, sizeof out[i].state, "live");
+            } else if (qc_reply_is(e, 0, "unknown_dep")) {
+                rc = cds_errf(err, "unknown dependency job %s: --after needs the id of an existing job (see jobctl list)",
+                              qc_reply_str(e, 1));
+            } else {
+                rc = cds_errf(err, "job id %lld is already taken: is another deployment using prefix %s?",
+                              first + (long long)i, q->prefix);
+            }
         }
     }
-    qc_free_replies(rep, n);
-    for (size_t i = 0; i < n; i++)
-        qargs_free(&cmds[i]);
+    qc_free_replies(rep, ncalls);
+    for (size_t c = 0; c < ncalls; c++)
+        qargs_free(&cmds[c]);
     free(cmds);
     free(rep);
+    free(starts);
     return rc;
 }
 

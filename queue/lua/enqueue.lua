@@ -1,76 +1,94 @@
--- Creates one job.
--- KEYS: 1 job, 2 wait, 3 delayed, 4 blocked, 5 dead, 6 queues, 7 wake, 8 stats,
---       9 unique key (the job key again when there is none),
---       then for each dependency: its job key, its dependents set.
--- ARGV: 1 id, 2 queue, 3 type, 4 payload, 5 priority, 6 delay_ms,
---       7 max_attempts, 8 max_stalls, 9 backoff_base_ms, 10 backoff_cap_ms,
---       11 unique ('' for none), 12 ndeps, 13.. dependency ids.
--- Returns {'created', state} | {'duplicate', live_id} | {'unknown_dep', id}.
-local id = ARGV[1]
-local unique = ARGV[11]
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.error_reply('ERR job ' .. id .. ' already exists')
-end
-if unique ~= '' then
-  local live = redis.call('GET', KEYS[9])
-  if live then return {'duplicate', live} end
-end
-
+-- Creates a batch of jobs of one queue (one call, so a producer of many small
+-- jobs pays the script overhead once per batch, not once per job).
+-- KEYS: 1 wait, 2 delayed, 3 blocked, 4 dead, 5 queues, 6 wake, 7 stats,
+--       then for each job: its job key, its unique key (the job key again when
+--       it has none), and for each of its dependencies the dependency's job
+--       key and dependents set.
+-- ARGV: 1 queue, 2 number of jobs, then for each job: id, type, payload,
+--       priority, delay_ms, max_attempts, max_stalls, backoff_base_ms,
+--       backoff_cap_ms, unique ('' for none), ndeps, dependency ids...
+-- Returns one reply per job: {'created', state} | {'duplicate', live_id} |
+-- {'unknown_dep', id} | {'exists'}.
+local queue = ARGV[1]
 local now = now_ms()
-local ndeps = tonumber(ARGV[12])
-local pending = 0
-local dead_reason = nil
-for i = 1, ndeps do
-  local did = ARGV[12 + i]
-  local st = redis.call('HGET', KEYS[8 + 2 * i], 'state')
-  if not st then return {'unknown_dep', did} end
-  if st == 'dead' and not dead_reason then
-    dead_reason = 'dependency ' .. did .. ' is dead: ' ..
-      (redis.call('HGET', KEYS[8 + 2 * i], 'dead_reason') or '')
-  elseif st == 'cancelled' and not dead_reason then
-    dead_reason = 'dependency ' .. did .. ' was cancelled'
-  elseif st ~= 'done' then
-    pending = pending + 1
-  end
-end
+local k, a = 8, 3
+local out = {}
+local woke = false
+local created = 0
 
-local after = {}
-for i = 1, ndeps do after[i] = ARGV[12 + i] end
-local delay = tonumber(ARGV[6])
-redis.call('HSET', KEYS[1],
-  'id', id, 'queue', ARGV[2], 'type', ARGV[3], 'payload', ARGV[4],
-  'priority', ARGV[5], 'attempts', '0', 'max_attempts', ARGV[7],
-  'stalls', '0', 'max_stalls', ARGV[8],
-  'backoff_base_ms', ARGV[9], 'backoff_cap_ms', ARGV[10],
-  'unique', unique, 'after', table.concat(after, ' '),
-  'created_ms', int(now), 'due_ms', int(now + delay))
-redis.call('SADD', KEYS[6], ARGV[2])
-redis.call('HINCRBY', KEYS[8], 'enqueued', 1)
-
-if dead_reason then
-  bury(KEYS[1], KEYS[5], KEYS[9], id, now, dead_reason)
-  return {'created', 'dead'}
-end
-if unique ~= '' then redis.call('SET', KEYS[9], id) end
-
-local state
-if pending > 0 then
+local function enqueue_one()
+  local jkey, ukey = KEYS[k], KEYS[k + 1]
+  local id, jtype, payload, priority, delay = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  local unique, ndeps = ARGV[a + 9], tonumber(ARGV[a + 10])
+  local dkeys, dsets, dids = {}, {}, {}
   for i = 1, ndeps do
-    local dk = KEYS[8 + 2 * i]
-    if redis.call('HGET', dk, 'state') ~= 'done' then
-      redis.call('SADD', KEYS[9 + 2 * i], id)
-      redis.call('HSET', dk, 'has_dependents', '1')
+    dkeys[i] = KEYS[k + 2 * i]
+    dsets[i] = KEYS[k + 2 * i + 1]
+    dids[i] = ARGV[a + 10 + i]
+  end
+  local fields = {ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8]}
+  k = k + 2 + 2 * ndeps
+  a = a + 11 + ndeps
+
+  if redis.call('EXISTS', jkey) == 1 then return {'exists'} end
+  if unique ~= '' then
+    local live = redis.call('GET', ukey)
+    if live then return {'duplicate', live} end
+  end
+  local pending, dead_reason = 0, nil
+  for i = 1, ndeps do
+    local st = redis.call('HGET', dkeys[i], 'state')
+    if not st then return {'unknown_dep', dids[i]} end
+    if st == 'dead' and not dead_reason then
+      dead_reason = 'dependency ' .. dids[i] .. ' is dead: ' ..
+        (redis.call('HGET', dkeys[i], 'dead_reason') or '')
+    elseif st == 'cancelled' and not dead_reason then
+      dead_reason = 'dependency ' .. dids[i] .. ' was cancelled'
+    elseif st ~= 'done' then
+      pending = pending + 1
     end
   end
-  state = 'blocked'
-  redis.call('ZADD', KEYS[4], int(now), id)
-elseif delay > 0 then
-  state = 'delayed'
-  redis.call('ZADD', KEYS[3], int(now + delay), id)
-else
-  state = 'waiting'
-  redis.call('ZADD', KEYS[2], wait_score(ARGV[5], id), id)
-  wake(KEYS[7])
+
+  local state
+  if dead_reason then state = 'dead'
+  elseif pending > 0 then state = 'blocked'
+  elseif delay > 0 then state = 'delayed'
+  else state = 'waiting' end
+  redis.call('HSET', jkey,
+    'id', id, 'queue', queue, 'type', jtype, 'payload', payload, 'state', state,
+    'priority', priority, 'attempts', '0', 'max_attempts', fields[1],
+    'stalls', '0', 'max_stalls', fields[2],
+    'backoff_base_ms', fields[3], 'backoff_cap_ms', fields[4],
+    'unique', unique, 'after', table.concat(dids, ' '),
+    'created_ms', int(now), 'due_ms', int(now + delay))
+  created = created + 1
+
+  if dead_reason then
+    bury(jkey, KEYS[4], ukey, id, now, dead_reason)
+    return {'created', 'dead'}
+  end
+  if unique ~= '' then redis.call('SET', ukey, id) end
+  if state == 'blocked' then
+    for i = 1, ndeps do
+      if redis.call('HGET', dkeys[i], 'state') ~= 'done' then
+        redis.call('SADD', dsets[i], id)
+        redis.call('HSET', dkeys[i], 'has_dependents', '1')
+      end
+    end
+    redis.call('ZADD', KEYS[3], int(now), id)
+  elseif state == 'delayed' then
+    redis.call('ZADD', KEYS[2], int(now + delay), id)
+  else
+    redis.call('ZADD', KEYS[1], wait_score(priority, id), id)
+    woke = true
+  end
+  return {'created', state}
 end
-redis.call('HSET', KEYS[1], 'state', state)
-return {'created', state}
+
+for j = 1, tonumber(ARGV[2]) do out[j] = enqueue_one() end
+if created > 0 then
+  redis.call('SADD', KEYS[5], queue)
+  redis.call('HINCRBY', KEYS[7], 'enqueued', created)
+end
+if woke then wake(KEYS[6]) end
+return out
