@@ -51,8 +51,7 @@ static int check_id(const char *id, cds_err *err)
 static int job_get(queue_conn *q, const char *id, const char *f1, const char *f2, char *v1, char *v2,
                    size_t vsz, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "HMGET");
     qargs_key(&cmd, q, "job:%s", id);
     qargs_add(&cmd, f1);
@@ -71,32 +70,31 @@ static int job_get(queue_conn *q, const char *id, const char *f1, const char *f2
     return rc;
 }
 
-int queue_cancel(queue_conn *q, const char *id, char prev_state[16], cds_err *err)
+/* The queue and unique key of a job, which name the keys its scripts touch. */
+static int job_locate(queue_conn *q, const char *id, char *queue, char *unique, size_t sz, cds_err *err)
 {
     if (check_id(id, err) != 0)
         return -1;
+    return job_get(q, id, "queue", "unique", queue, unique, sz, err);
+}
+
+int queue_cancel(queue_conn *q, const char *id, char prev_state[16], cds_err *err)
+{
     char queue[256], unique[256];
-    int rc = job_get(q, id, "queue", "unique", queue, unique, sizeof queue, err);
+    int rc = job_locate(q, id, queue, unique, sizeof queue, err);
     if (rc != 0)
         return rc;
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "job:%s", id);
     for (int i = 0; i < 4; i++)
         qargs_key(&keys, q, "q:%s:%s", queue, state_sets[i]);
     qargs_key(&keys, q, "q:%s:lease", queue);
     qargs_key(&keys, q, "q:%s:cancelled", queue);
-    if (*unique)
-        qargs_key(&keys, q, "unique:%s", unique);
-    else
-        qargs_key(&keys, q, "job:%s", id);
+    qargs_unique_key(&keys, q, unique, id);
     qargs_key(&keys, q, "q:%s:stats", queue);
     qargs_add(&args, id);
     qargs_add(&args, queue);
-    redisReply *r = qc_eval(q, QS_CANCEL, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_CANCEL, &keys, &args, err);
     if (!r)
         return -1;
     int deps = 0;
@@ -119,28 +117,19 @@ int queue_cancel(queue_conn *q, const char *id, char prev_state[16], cds_err *er
 
 int queue_retry(queue_conn *q, const char *id, cds_err *err)
 {
-    if (check_id(id, err) != 0)
-        return -1;
     char queue[256], unique[256];
-    int rc = job_get(q, id, "queue", "unique", queue, unique, sizeof queue, err);
+    int rc = job_locate(q, id, queue, unique, sizeof queue, err);
     if (rc != 0)
         return rc;
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "job:%s", id);
     qargs_key(&keys, q, "q:%s:dead", queue);
     qargs_key(&keys, q, "q:%s:cancelled", queue);
     qargs_key(&keys, q, "q:%s:wait", queue);
-    if (*unique)
-        qargs_key(&keys, q, "unique:%s", unique);
-    else
-        qargs_key(&keys, q, "job:%s", id);
+    qargs_unique_key(&keys, q, unique, id);
     qargs_key(&keys, q, "q:%s:wake", queue);
     qargs_add(&args, id);
-    redisReply *r = qc_eval(q, QS_RETRY, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_RETRY, &keys, &args, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "ok"))
@@ -161,38 +150,33 @@ int queue_show(queue_conn *q, const char *id, json_t **out, cds_err *err)
     *out = NULL;
     if (check_id(id, err) != 0)
         return -1;
-    qargs cmds[2];
-    redisReply *rep[2];
-    qargs_init(&cmds[0]);
-    qargs_init(&cmds[1]);
-    qargs_add(&cmds[0], "HGETALL");
-    qargs_key(&cmds[0], q, "job:%s", id);
-    qargs_add(&cmds[1], "SMEMBERS");
-    qargs_key(&cmds[1], q, "job:%s:dependents", id);
-    int rc = qc_pipeline(q, cmds, 2, rep, err);
-    qargs_free(&cmds[0]);
-    qargs_free(&cmds[1]);
-    if (rc != 0)
+    qbatch b;
+    if (qbatch_init(&b, 2, err) != 0)
         return -1;
-    if (rep[0]->type != REDIS_REPLY_ARRAY || rep[0]->elements == 0) {
-        qc_free_replies(rep, 2);
+    qargs_add(&b.cmd[0], "HGETALL");
+    qargs_key(&b.cmd[0], q, "job:%s", id);
+    qargs_add(&b.cmd[1], "SMEMBERS");
+    qargs_key(&b.cmd[1], q, "job:%s:dependents", id);
+    int rc = qbatch_run(q, &b, err);
+    if (rc == 0 && (b.reply[0]->type != REDIS_REPLY_ARRAY || b.reply[0]->elements == 0)) {
         cds_errf(err, "no job %s under prefix %s (see jobctl list)", id, q->prefix);
-        return QUEUE_NOT_FOUND;
+        rc = QUEUE_NOT_FOUND;
     }
-    json_t *o = hash_to_json(rep[0]);
-    json_t *deps = json_array();
-    for (size_t i = 0; rep[1]->type == REDIS_REPLY_ARRAY && i < rep[1]->elements; i++)
-        json_array_append_new(deps, json_string(rep[1]->element[i]->str));
-    json_object_set_new(o, "dependents", deps);
-    qc_free_replies(rep, 2);
-    *out = o;
-    return 0;
+    if (rc == 0) {
+        json_t *o = hash_to_json(b.reply[0]);
+        json_t *deps = json_array();
+        for (size_t i = 0; b.reply[1]->type == REDIS_REPLY_ARRAY && i < b.reply[1]->elements; i++)
+            json_array_append_new(deps, json_string(b.reply[1]->element[i]->str));
+        json_object_set_new(o, "dependents", deps);
+        *out = o;
+    }
+    qbatch_free(&b);
+    return rc;
 }
 
 static redisReply *smembers(queue_conn *q, const char *name, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "SMEMBERS");
     qargs_key(&cmd, q, "%s", name);
     redisReply *r = qc_command(q, &cmd, err);
@@ -221,32 +205,42 @@ static int state_index(const char *state)
     return -1;
 }
 
+/* Runs a ZRANGE-like command with WITHSCORES and fetches the hash
+ * "<kind>:<member>" of every member in one pipeline.  *ids keeps the
+ * members and scores; b->reply[i] is the hash of member i. */
+static int members_with_hashes(queue_conn *q, qargs *range, const char *kind, redisReply **ids, qbatch *b,
+                               cds_err *err)
+{
+    memset(b, 0, sizeof *b);
+    *ids = qc_command(q, range, err);
+    qargs_free(range);
+    if (!*ids)
+        return -1;
+    size_t n = (*ids)->type == REDIS_REPLY_ARRAY ? (*ids)->elements / 2 : 0;
+    if (qbatch_init(b, n, err) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        qargs_add(&b->cmd[i], "HGETALL");
+        qargs_key(&b->cmd[i], q, "%s:%s", kind, (*ids)->element[2 * i]->str);
+    }
+    return qbatch_run(q, b, err);
+}
+
 /* Appends the jobs of one queue and state to arr, with a summary of each. */
 static int list_one(queue_conn *q, const char *queue, int si, size_t limit, json_t *arr, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "ZRANGE");
     qargs_key(&cmd, q, "q:%s:%s", queue, state_sets[si]);
     qargs_add(&cmd, "0");
     qargs_addf(&cmd, "%zu", limit - 1);
     qargs_add(&cmd, "WITHSCORES");
-    redisReply *ids = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
-    if (!ids)
-        return -1;
-    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements / 2 : 0;
-    qargs *cmds = calloc(n ? n : 1, sizeof *cmds);
-    redisReply **rep = calloc(n ? n : 1, sizeof *rep);
-    int rc = 0;
-    for (size_t i = 0; i < n; i++) {
-        qargs_add(&cmds[i], "HGETALL");
-        qargs_key(&cmds[i], q, "job:%s", ids->element[2 * i]->str);
-    }
-    if (n)
-        rc = qc_pipeline(q, cmds, n, rep, err);
+    redisReply *ids = NULL;
+    qbatch b;
+    int rc = members_with_hashes(q, &cmd, "job", &ids, &b, err);
+    size_t n = b.n;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        json_t *o = hash_to_json(rep[i]);
+        json_t *o = hash_to_json(b.reply[i]);
         json_object_set_new(o, "id", json_string(ids->element[2 * i]->str));
         json_object_set_new(o, "state", json_string(job_states[si]));
         json_object_set_new(o, "queue", json_string(queue));
@@ -256,12 +250,9 @@ static int list_one(queue_conn *q, const char *queue, int si, size_t limit, json
             json_object_set_new(o, "lease_deadline_ms", json_integer(strtoll(ids->element[2 * i + 1]->str, NULL, 10)));
         json_array_append_new(arr, o);
     }
-    qc_free_replies(rep, n);
-    for (size_t i = 0; i < n; i++)
-        qargs_free(&cmds[i]);
-    free(cmds);
-    free(rep);
-    freeReplyObject(ids);
+    qbatch_free(&b);
+    if (ids)
+        freeReplyObject(ids);
     return rc;
 }
 
@@ -314,22 +305,20 @@ int queue_stats(queue_conn *q, json_t **out, cds_err *err)
     json_array_foreach(names, i, v)
     {
         const char *qn = json_string_value(v);
-        qargs cmds[N_STATES + 1];
-        redisReply *rep[N_STATES + 1];
-        for (size_t k = 0; k < N_STATES; k++) {
-            qargs_init(&cmds[k]);
-            qargs_add(&cmds[k], "ZCARD");
-            qargs_key(&cmds[k], q, "q:%s:%s", qn, state_sets[k]);
-        }
-        qargs_init(&cmds[N_STATES]);
-        qargs_add(&cmds[N_STATES], "HGETALL");
-        qargs_key(&cmds[N_STATES], q, "q:%s:stats", qn);
-        if (rc == 0)
-            rc = qc_pipeline(q, cmds, N_STATES + 1, rep, err);
-        for (size_t k = 0; k <= N_STATES; k++)
-            qargs_free(&cmds[k]);
-        if (rc != 0)
+        qbatch b;
+        if (rc != 0 || (rc = qbatch_init(&b, N_STATES + 1, err)) != 0)
             break;
+        for (size_t k = 0; k < N_STATES; k++) {
+            qargs_add(&b.cmd[k], "ZCARD");
+            qargs_key(&b.cmd[k], q, "q:%s:%s", qn, state_sets[k]);
+        }
+        qargs_add(&b.cmd[N_STATES], "HGETALL");
+        qargs_key(&b.cmd[N_STATES], q, "q:%s:stats", qn);
+        if ((rc = qbatch_run(q, &b, err)) != 0) {
+            qbatch_free(&b);
+            break;
+        }
+        redisReply **rep = b.reply;
         json_t *o = json_object();
         for (size_t k = 0; k < N_STATES; k++)
             json_object_set_new(o, job_states[k], json_integer(rep[k]->type == REDIS_REPLY_INTEGER ? rep[k]->integer : 0));
@@ -339,7 +328,7 @@ int queue_stats(queue_conn *q, json_t **out, cds_err *err)
                                 json_integer(strtoll(rep[N_STATES]->element[k + 1]->str, NULL, 10)));
         json_object_set_new(o, "counters", counters);
         json_object_set_new(all, qn, o);
-        qc_free_replies(rep, N_STATES + 1);
+        qbatch_free(&b);
     }
     json_decref(names);
     if (rc != 0) {
@@ -354,9 +343,7 @@ int queue_stats(queue_conn *q, json_t **out, cds_err *err)
 
 int queue_worker_beat(queue_conn *q, const char *worker, const json_t *info, int64_t ttl_ms, cds_err *err)
 {
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "worker:%s", worker);
     qargs_key(&keys, q, "workers");
     qargs_add(&args, worker);
@@ -374,9 +361,7 @@ int queue_worker_beat(queue_conn *q, const char *worker, const json_t *info, int
             free(s);
         }
     }
-    redisReply *r = qc_eval(q, QS_BEAT, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_BEAT, &keys, &args, err);
     if (!r)
         return -1;
     freeReplyObject(r);
@@ -385,8 +370,7 @@ int queue_worker_beat(queue_conn *q, const char *worker, const json_t *info, int
 
 int queue_worker_gone(queue_conn *q, const char *worker, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "DEL");
     qargs_key(&cmd, q, "worker:%s", worker);
     redisReply *r = qc_command(q, &cmd, err);
@@ -400,40 +384,28 @@ int queue_worker_gone(queue_conn *q, const char *worker, cds_err *err)
 int queue_workers(queue_conn *q, json_t **out, cds_err *err)
 {
     *out = NULL;
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "ZREVRANGE");
     qargs_key(&cmd, q, "workers");
     qargs_add(&cmd, "0");
     qargs_add(&cmd, "999");
     qargs_add(&cmd, "WITHSCORES");
-    redisReply *ids = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
-    if (!ids)
-        return -1;
-    size_t n = ids->type == REDIS_REPLY_ARRAY ? ids->elements / 2 : 0;
-    qargs *cmds = calloc(n ? n : 1, sizeof *cmds);
-    redisReply **rep = calloc(n ? n : 1, sizeof *rep);
-    for (size_t i = 0; i < n; i++) {
-        qargs_add(&cmds[i], "HGETALL");
-        qargs_key(&cmds[i], q, "worker:%s", ids->element[2 * i]->str);
-    }
-    int rc = n ? qc_pipeline(q, cmds, n, rep, err) : 0;
+    redisReply *ids = NULL;
+    qbatch b;
+    int rc = members_with_hashes(q, &cmd, "worker", &ids, &b, err);
+    size_t n = b.n;
     json_t *arr = json_array();
     for (size_t i = 0; rc == 0 && i < n; i++) {
         long long seen = strtoll(ids->element[2 * i + 1]->str, NULL, 10);
-        json_t *o = hash_to_json(rep[i]);
+        json_t *o = hash_to_json(b.reply[i]);
         json_object_set_new(o, "id", json_string(ids->element[2 * i]->str));
-        json_object_set_new(o, "alive", json_boolean(rep[i]->type == REDIS_REPLY_ARRAY && rep[i]->elements > 0));
+        json_object_set_new(o, "alive", json_boolean(b.reply[i]->type == REDIS_REPLY_ARRAY && b.reply[i]->elements > 0));
         json_object_set_new(o, "last_seen_ms", json_integer(seen));
         json_array_append_new(arr, o);
     }
-    qc_free_replies(rep, n);
-    for (size_t i = 0; i < n; i++)
-        qargs_free(&cmds[i]);
-    free(cmds);
-    free(rep);
-    freeReplyObject(ids);
+    qbatch_free(&b);
+    if (ids)
+        freeReplyObject(ids);
     if (rc != 0) {
         json_decref(arr);
         return -1;

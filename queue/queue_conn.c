@@ -110,6 +110,14 @@ void qargs_key(qargs *a, const queue_conn *q, const char *fmt, ...)
     va_end(ap);
 }
 
+void qargs_unique_key(qargs *keys, const queue_conn *q, const char *unique, const char *id)
+{
+    if (unique && *unique)
+        qargs_key(keys, q, "unique:%s", unique);
+    else
+        qargs_key(keys, q, "job:%s", id);
+}
+
 /* ---- replies ------------------------------------------------------------- */
 
 int qc_reply_is(const redisReply *r, size_t i, const char *s)
@@ -242,6 +250,14 @@ redisReply *qc_eval(queue_conn *q, int script, const qargs *keys, const qargs *a
     return out;
 }
 
+redisReply *qc_run(queue_conn *q, int script, qargs *keys, qargs *args, cds_err *err)
+{
+    redisReply *r = qc_eval(q, script, keys, args, err);
+    qargs_free(keys);
+    qargs_free(args);
+    return r;
+}
+
 void qc_free_replies(redisReply **r, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -289,6 +305,34 @@ int qc_pipeline(queue_conn *q, qargs *cmds, size_t n, redisReply **out, cds_err 
         }
     }
     return 0;
+}
+
+int qbatch_init(qbatch *b, size_t n, cds_err *err)
+{
+    b->n = n;
+    b->cmd = calloc(n ? n : 1, sizeof *b->cmd);
+    b->reply = calloc(n ? n : 1, sizeof *b->reply);
+    if (!b->cmd || !b->reply) {
+        qbatch_free(b);
+        return cds_errf(err, "out of memory for a pipeline of %zu commands", n);
+    }
+    return 0;
+}
+
+int qbatch_run(queue_conn *q, qbatch *b, cds_err *err)
+{
+    return b->n ? qc_pipeline(q, b->cmd, b->n, b->reply, err) : 0;
+}
+
+void qbatch_free(qbatch *b)
+{
+    for (size_t i = 0; b->cmd && i < b->n; i++)
+        qargs_free(&b->cmd[i]);
+    if (b->reply)
+        qc_free_replies(b->reply, b->n);
+    free(b->cmd);
+    free(b->reply);
+    memset(b, 0, sizeof *b);
 }
 
 /* ---- connect ------------------------------------------------------------- */

@@ -38,10 +38,16 @@ void qargs_addf(qargs *a, const char *fmt, ...) __attribute__((format(printf, 2,
 /* Adds prefix + formatted name. */
 void qargs_key(qargs *a, const queue_conn *q, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* Adds the key of a job's unique key, or, when it has none, the job's own key
+ * as a stand-in (scripts take a fixed number of keys per job). */
+void qargs_unique_key(qargs *keys, const queue_conn *q, const char *unique, const char *id);
+
 /* Runs one command; an error reply becomes -1/NULL with the message. */
 redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err);
 /* Runs a script: EVALSHA sha nkeys keys... args... */
 redisReply *qc_eval(queue_conn *q, int script, const qargs *keys, const qargs *args, cds_err *err);
+/* qc_eval, then frees keys and args (the common case). */
+redisReply *qc_run(queue_conn *q, int script, qargs *keys, qargs *args, cds_err *err);
 /* Builds the EVALSHA argv of a script call into cmd (for pipelines). */
 void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qargs *args, qargs *cmd);
 /* Sends n commands in one round trip and reads the n replies into out.  A
@@ -49,6 +55,17 @@ void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qar
  * command.  On a transport error every reply is freed and -1 returned. */
 int qc_pipeline(queue_conn *q, qargs *cmds, size_t n, redisReply **out, cds_err *err);
 void qc_free_replies(redisReply **r, size_t n);
+
+/* n commands sent in one pipeline, and their replies. */
+typedef struct qbatch {
+    size_t n;
+    qargs *cmd;
+    redisReply **reply;
+} qbatch;
+
+int qbatch_init(qbatch *b, size_t n, cds_err *err);
+int qbatch_run(queue_conn *q, qbatch *b, cds_err *err);
+void qbatch_free(qbatch *b);
 
 /* Reply helpers. */
 int qc_reply_is(const redisReply *r, size_t i, const char *s);

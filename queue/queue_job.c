@@ -72,11 +72,10 @@ static const char *spec_queue(const queue_job_spec *s) { return s->queue ? s->qu
 /* Adds one job's keys and arguments to an enqueue call (see enqueue.lua). */
 static void add_enqueue_job(queue_conn *q, const queue_job_spec *s, long long id, qargs *keys, qargs *args)
 {
-    qargs_key(keys, q, "job:%lld", id);
-    if (s->unique)
-        qargs_key(keys, q, "unique:%s", s->unique);
-    else
-        qargs_key(keys, q, "job:%lld", id);
+    char idstr[QUEUE_ID_MAX];
+    snprintf(idstr, sizeof idstr, "%lld", id);
+    qargs_key(keys, q, "job:%s", idstr);
+    qargs_unique_key(keys, q, s->unique, idstr);
     for (size_t i = 0; i < s->n_after; i++) {
         qargs_key(keys, q, "job:%s", s->after[i]);
         qargs_key(keys, q, "job:%s:dependents", s->after[i]);
@@ -100,9 +99,7 @@ static void add_enqueue_job(queue_conn *q, const queue_job_spec *s, long long id
 static void build_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, long long first_id, qargs *cmd)
 {
     const char *qn = spec_queue(&specs[0]);
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:wait", qn);
     qargs_key(&keys, q, "q:%s:delayed", qn);
     qargs_key(&keys, q, "q:%s:blocked", qn);
@@ -130,8 +127,7 @@ static size_t same_spec_queue_run(const queue_job_spec *specs, size_t i, size_t 
 
 static long long alloc_ids(queue_conn *q, size_t n, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "INCRBY");
     qargs_key(&cmd, q, "seq");
     qargs_addf(&cmd, "%zu", n);
@@ -160,24 +156,23 @@ int queue_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, queue_en
     size_t ncalls = 0;
     for (size_t i = 0; i < n; i += same_spec_queue_run(specs, i, n, ENQUEUE_CALL_MAX))
         ncalls++;
-    qargs *cmds = calloc(ncalls, sizeof *cmds);
-    redisReply **rep = calloc(ncalls, sizeof *rep);
+    qbatch b;
+    if (qbatch_init(&b, ncalls, err) != 0)
+        return -1;
     size_t *starts = calloc(ncalls, sizeof *starts);
-    if (!cmds || !rep || !starts) {
-        free(cmds);
-        free(rep);
-        free(starts);
+    if (!starts) {
+        qbatch_free(&b);
         return cds_errf(err, "out of memory enqueueing %zu jobs", n);
     }
     for (size_t i = 0, c = 0; i < n; c++) {
         size_t run = same_spec_queue_run(specs, i, n, ENQUEUE_CALL_MAX);
         starts[c] = i;
-        build_enqueue(q, &specs[i], run, first + (long long)i, &cmds[c]);
+        build_enqueue(q, &specs[i], run, first + (long long)i, &b.cmd[c]);
         i += run;
     }
-    int rc = qc_pipeline(q, cmds, ncalls, rep, err);
+    int rc = qbatch_run(q, &b, err);
     for (size_t c = 0; rc == 0 && c < ncalls; c++) {
-        redisReply *r = rep[c];
+        redisReply *r = b.reply[c];
         if (r->type == REDIS_REPLY_ERROR) {
             rc = cds_errf(err, "enqueue refused by Redis at %s: %s", q->url_redacted, r->str);
             break;
@@ -202,11 +197,7 @@ int queue_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, queue_en
             }
         }
     }
-    qc_free_replies(rep, ncalls);
-    for (size_t c = 0; c < ncalls; c++)
-        qargs_free(&cmds[c]);
-    free(cmds);
-    free(rep);
+    qbatch_free(&b);
     free(starts);
     return rc;
 }
@@ -231,9 +222,7 @@ static char *dup_or_empty(const redisReply *r, size_t i)
 static int start_jobs(queue_conn *q, const char *queue, const char *worker, queue_job *cand, size_t m,
                       queue_job *out, size_t *n, cds_err *err)
 {
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:lease", queue);
     qargs_add(&args, worker);
     for (size_t i = 0; i < m; i++) {
@@ -241,9 +230,7 @@ static int start_jobs(queue_conn *q, const char *queue, const char *worker, queu
         qargs_add(&args, cand[i].id);
         qargs_add(&args, cand[i].token);
     }
-    redisReply *r = qc_eval(q, QS_START, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_START, &keys, &args, err);
     if (!r)
         return -1;
     for (size_t i = 0; i < m && i < r->elements; i++) {
@@ -273,9 +260,7 @@ int queue_claim(queue_conn *q, const char *queue, const char *worker, int64_t le
     queue_job *cand = calloc(max, sizeof *cand);
     if (!cand)
         return cds_errf(err, "out of memory claiming %zu jobs", max);
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:wait", queue);
     qargs_key(&keys, q, "q:%s:active", queue);
     qargs_key(&keys, q, "q:%s:lease", queue);
@@ -325,9 +310,7 @@ int queue_heartbeat(queue_conn *q, const queue_job *jobs, size_t n, int64_t leas
 {
     for (size_t i = 0; i < n;) {
         size_t run = same_queue_run(jobs, i, n);
-        qargs keys, args;
-        qargs_init(&keys);
-        qargs_init(&args);
+        qargs keys = {0}, args = {0};
         qargs_key(&keys, q, "q:%s:active", jobs[i].queue);
         qargs_key(&keys, q, "q:%s:lease", jobs[i].queue);
         qargs_addf(&args, "%lld", (long long)lease_ms);
@@ -335,9 +318,7 @@ int queue_heartbeat(queue_conn *q, const queue_job *jobs, size_t n, int64_t leas
             qargs_add(&args, jobs[k].id);
             qargs_add(&args, jobs[k].token);
         }
-        redisReply *r = qc_eval(q, QS_HEARTBEAT, &keys, &args, err);
-        qargs_free(&keys);
-        qargs_free(&args);
+        redisReply *r = qc_run(q, QS_HEARTBEAT, &keys, &args, err);
         if (!r)
             return -1;
         for (size_t k = 0; k < run; k++)
@@ -353,26 +334,19 @@ int queue_ack(queue_conn *q, const queue_job *jobs, size_t n, const char *const 
 {
     for (size_t i = 0; i < n;) {
         size_t run = same_queue_run(jobs, i, n);
-        qargs keys, args;
-        qargs_init(&keys);
-        qargs_init(&args);
+        qargs keys = {0}, args = {0};
         qargs_key(&keys, q, "q:%s:active", jobs[i].queue);
         qargs_key(&keys, q, "q:%s:lease", jobs[i].queue);
         qargs_key(&keys, q, "q:%s:done", jobs[i].queue);
         qargs_key(&keys, q, "q:%s:stats", jobs[i].queue);
         for (size_t k = i; k < i + run; k++) {
             qargs_key(&keys, q, "job:%s", jobs[k].id);
-            if (jobs[k].unique && *jobs[k].unique)
-                qargs_key(&keys, q, "unique:%s", jobs[k].unique);
-            else
-                qargs_key(&keys, q, "job:%s", jobs[k].id);
+            qargs_unique_key(&keys, q, jobs[k].unique, jobs[k].id);
             qargs_add(&args, jobs[k].id);
             qargs_add(&args, jobs[k].token);
             qargs_add(&args, results && results[k] ? results[k] : "");
         }
-        redisReply *r = qc_eval(q, QS_ACK, &keys, &args, err);
-        qargs_free(&keys);
-        qargs_free(&args);
+        redisReply *r = qc_run(q, QS_ACK, &keys, &args, err);
         if (!r)
             return -1;
         long long outcome[run];
@@ -393,28 +367,21 @@ int queue_fail(queue_conn *q, const queue_job *job, const char *reason, int perm
                cds_err *err)
 {
     memset(res, 0, sizeof *res);
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:active", job->queue);
     qargs_key(&keys, q, "q:%s:lease", job->queue);
     qargs_key(&keys, q, "q:%s:delayed", job->queue);
     qargs_key(&keys, q, "q:%s:dead", job->queue);
     qargs_key(&keys, q, "q:%s:stats", job->queue);
     qargs_key(&keys, q, "job:%s", job->id);
-    if (job->unique && *job->unique)
-        qargs_key(&keys, q, "unique:%s", job->unique);
-    else
-        qargs_key(&keys, q, "job:%s", job->id);
+    qargs_unique_key(&keys, q, job->unique, job->id);
     qargs_add(&args, job->id);
     qargs_add(&args, job->token);
     qargs_add(&args, reason && *reason ? reason : "failed");
     /* The random factor of the backoff, in [0.5, 1]. */
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     qargs_add(&args, permanent ? "1" : "0");
-    redisReply *r = qc_eval(q, QS_FAIL, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_FAIL, &keys, &args, err);
     if (!r)
         return -1;
     int deps = 0;
@@ -435,9 +402,7 @@ int queue_fail(queue_conn *q, const queue_job *job, const char *reason, int perm
 
 int queue_release(queue_conn *q, const queue_job *job, int *released, cds_err *err)
 {
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:active", job->queue);
     qargs_key(&keys, q, "q:%s:lease", job->queue);
     qargs_key(&keys, q, "q:%s:wait", job->queue);
@@ -445,9 +410,7 @@ int queue_release(queue_conn *q, const queue_job *job, int *released, cds_err *e
     qargs_key(&keys, q, "q:%s:wake", job->queue);
     qargs_add(&args, job->id);
     qargs_add(&args, job->token);
-    redisReply *r = qc_eval(q, QS_RELEASE, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_RELEASE, &keys, &args, err);
     if (!r)
         return -1;
     *released = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
@@ -462,8 +425,7 @@ int queue_wait(queue_conn *q, const char *const *queues, size_t nq, int timeout_
         timeout_ms = 1000;
     if (timeout_ms <= 0)
         return 0;
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "BLPOP");
     for (size_t i = 0; i < nq; i++)
         qargs_key(&cmd, q, "q:%s:wake", queues[i]);

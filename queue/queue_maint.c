@@ -30,8 +30,7 @@ void queue_maint_opts_init(queue_maint_opts *o)
 
 static long long server_now_ms(queue_conn *q, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "TIME");
     redisReply *r = qc_command(q, &cmd, err);
     qargs_free(&cmd);
@@ -55,42 +54,16 @@ static redisReply *read_ids(queue_conn *q, qargs *cmd, cds_err *err)
     return r;
 }
 
-/* Fetches one field of many job hashes in one round trip. */
-static int job_fields(queue_conn *q, const redisReply *ids, const char *field, redisReply **out, cds_err *err)
-{
-    size_t n = ids->elements;
-    qargs *cmds = calloc(n ? n : 1, sizeof *cmds);
-    if (!cmds)
-        return cds_errf(err, "out of memory");
-    for (size_t i = 0; i < n; i++) {
-        qargs_add(&cmds[i], "HGET");
-        qargs_key(&cmds[i], q, "job:%s", ids->element[i]->str);
-        qargs_add(&cmds[i], field);
-    }
-    int rc = qc_pipeline(q, cmds, n, out, err);
-    for (size_t i = 0; i < n; i++)
-        qargs_free(&cmds[i]);
-    free(cmds);
-    return rc;
-}
-
-static void unique_key(qargs *keys, queue_conn *q, const char *id, const redisReply *unique)
-{
-    if (unique && unique->type == REDIS_REPLY_STRING && unique->len > 0)
-        qargs_key(keys, q, "unique:%s", unique->str);
-    else
-        qargs_key(keys, q, "job:%s", id);
-}
-
-int queue_reap(queue_conn *q, const char *queue, queue_maint_stats *st, cds_err *err)
+/* Ids of a queue's set (active: by lease deadline, delayed: by due time)
+ * whose score has passed, by the server's clock, oldest first. */
+static redisReply *ids_due(queue_conn *q, const char *queue, const char *set, cds_err *err)
 {
     long long now = server_now_ms(q, err);
     if (now < 0)
-        return -1;
-    qargs cmd;
-    qargs_init(&cmd);
+        return NULL;
+    qargs cmd = {0};
     qargs_add(&cmd, "ZRANGEBYSCORE");
-    qargs_key(&cmd, q, "q:%s:active", queue);
+    qargs_key(&cmd, q, "q:%s:%s", queue, set);
     qargs_add(&cmd, "-inf");
     qargs_addf(&cmd, "%lld", now);
     qargs_add(&cmd, "LIMIT");
@@ -98,84 +71,83 @@ int queue_reap(queue_conn *q, const char *queue, queue_maint_stats *st, cds_err 
     qargs_addf(&cmd, "%d", SCAN_LIMIT);
     redisReply *ids = read_ids(q, &cmd, err);
     qargs_free(&cmd);
+    return ids;
+}
+
+/* Fetches one field of many job hashes in one round trip. */
+static int job_fields(queue_conn *q, const redisReply *ids, const char *field, qbatch *b, cds_err *err)
+{
+    if (qbatch_init(b, ids->elements, err) != 0)
+        return -1;
+    for (size_t i = 0; i < ids->elements; i++) {
+        qargs_add(&b->cmd[i], "HGET");
+        qargs_key(&b->cmd[i], q, "job:%s", ids->element[i]->str);
+        qargs_add(&b->cmd[i], field);
+    }
+    return qbatch_run(q, b, err);
+}
+
+static const char *reply_text(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? r->str : NULL;
+}
+
+int queue_reap(queue_conn *q, const char *queue, queue_maint_stats *st, cds_err *err)
+{
+    redisReply *ids = ids_due(q, queue, "active", err);
     if (!ids)
         return -1;
     size_t n = ids->elements;
-    redisReply **uniq = calloc(n ? n : 1, sizeof *uniq);
-    redisReply **rep = calloc(n ? n : 1, sizeof *rep);
-    qargs *cmds = calloc(n ? n : 1, sizeof *cmds);
-    int rc = (!uniq || !rep || !cmds) ? cds_errf(err, "out of memory") : 0;
-    if (rc == 0 && n)
-        rc = job_fields(q, ids, "unique", uniq, err);
+    qbatch uniq = {0}, reap = {0};
+    int rc = job_fields(q, ids, "unique", &uniq, err);
+    if (rc == 0)
+        rc = qbatch_init(&reap, n, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         const char *id = ids->element[i]->str;
-        qargs keys, args;
-        qargs_init(&keys);
-        qargs_init(&args);
+        qargs keys = {0}, args = {0};
         qargs_key(&keys, q, "q:%s:active", queue);
         qargs_key(&keys, q, "q:%s:lease", queue);
         qargs_key(&keys, q, "q:%s:wait", queue);
         qargs_key(&keys, q, "q:%s:dead", queue);
         qargs_key(&keys, q, "q:%s:stats", queue);
         qargs_key(&keys, q, "job:%s", id);
-        unique_key(&keys, q, id, uniq[i]);
+        qargs_unique_key(&keys, q, reply_text(uniq.reply[i]), id);
         qargs_key(&keys, q, "q:%s:wake", queue);
         qargs_add(&args, id);
-        qc_build_eval(q, QS_REAP, &keys, &args, &cmds[i]);
+        qc_build_eval(q, QS_REAP, &keys, &args, &reap.cmd[i]);
         qargs_free(&keys);
         qargs_free(&args);
     }
-    if (rc == 0 && n)
-        rc = qc_pipeline(q, cmds, n, rep, err);
+    if (rc == 0)
+        rc = qbatch_run(q, &reap, err);
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        if (qc_reply_is(rep[i], 0, "requeued")) {
+        const redisReply *r = reap.reply[i];
+        if (qc_reply_is(r, 0, "requeued")) {
             if (st)
                 st->requeued++;
-        } else if (qc_reply_is(rep[i], 0, "dead")) {
+        } else if (qc_reply_is(r, 0, "dead")) {
             if (st)
                 st->buried++;
-            if (qc_reply_int(rep[i], 1) == 1)
+            if (qc_reply_int(r, 1) == 1)
                 rc = queue_resolve_dependents(q, ids->element[i]->str, st, err);
-        } else if (rep[i] && rep[i]->type == REDIS_REPLY_ERROR) {
-            rc = cds_errf(err, "reaping job %s: %s", ids->element[i]->str, rep[i]->str);
+        } else if (r->type == REDIS_REPLY_ERROR) {
+            rc = cds_errf(err, "reaping job %s: %s", ids->element[i]->str, r->str);
         }
     }
-    if (uniq)
-        qc_free_replies(uniq, n);
-    if (rep)
-        qc_free_replies(rep, n);
-    for (size_t i = 0; cmds && i < n; i++)
-        qargs_free(&cmds[i]);
-    free(uniq);
-    free(rep);
-    free(cmds);
+    qbatch_free(&uniq);
+    qbatch_free(&reap);
     freeReplyObject(ids);
     return rc;
 }
 
 int queue_promote(queue_conn *q, const char *queue, queue_maint_stats *st, cds_err *err)
 {
-    long long now = server_now_ms(q, err);
-    if (now < 0)
-        return -1;
-    qargs cmd;
-    qargs_init(&cmd);
-    qargs_add(&cmd, "ZRANGEBYSCORE");
-    qargs_key(&cmd, q, "q:%s:delayed", queue);
-    qargs_add(&cmd, "-inf");
-    qargs_addf(&cmd, "%lld", now);
-    qargs_add(&cmd, "LIMIT");
-    qargs_add(&cmd, "0");
-    qargs_addf(&cmd, "%d", SCAN_LIMIT);
-    redisReply *ids = read_ids(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *ids = ids_due(q, queue, "delayed", err);
     if (!ids)
         return -1;
     int rc = 0;
     if (ids->elements > 0) {
-        qargs keys, args;
-        qargs_init(&keys);
-        qargs_init(&args);
+        qargs keys = {0}, args = {0};
         qargs_key(&keys, q, "q:%s:delayed", queue);
         qargs_key(&keys, q, "q:%s:wait", queue);
         qargs_key(&keys, q, "q:%s:wake", queue);
@@ -183,9 +155,7 @@ int queue_promote(queue_conn *q, const char *queue, queue_maint_stats *st, cds_e
             qargs_key(&keys, q, "job:%s", ids->element[i]->str);
             qargs_add(&args, ids->element[i]->str);
         }
-        redisReply *r = qc_eval(q, QS_PROMOTE, &keys, &args, err);
-        qargs_free(&keys);
-        qargs_free(&args);
+        redisReply *r = qc_run(q, QS_PROMOTE, &keys, &args, err);
         if (!r)
             rc = -1;
         else {
@@ -203,8 +173,7 @@ int queue_promote(queue_conn *q, const char *queue, queue_maint_stats *st, cds_e
 static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int *dead_with_deps, cds_err *err)
 {
     *dead_with_deps = 0;
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "HMGET");
     qargs_key(&cmd, q, "job:%s", id);
     qargs_add(&cmd, "queue");
@@ -220,15 +189,13 @@ static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int
         freeReplyObject(h);
         return 0; /* trimmed or never existed */
     }
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "job:%s", id);
     qargs_key(&keys, q, "q:%s:blocked", queue);
     qargs_key(&keys, q, "q:%s:wait", queue);
     qargs_key(&keys, q, "q:%s:delayed", queue);
     qargs_key(&keys, q, "q:%s:dead", queue);
-    unique_key(&keys, q, id, h->element[2]);
+    qargs_unique_key(&keys, q, reply_text(h->element[2]), id);
     qargs_key(&keys, q, "q:%s:wake", queue);
     qargs_add(&args, id);
     char *list = strdup(after);
@@ -239,9 +206,7 @@ static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int
     }
     free(list);
     freeReplyObject(h);
-    redisReply *r = qc_eval(q, QS_RESOLVE, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_RESOLVE, &keys, &args, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "released") && st)
@@ -266,8 +231,7 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
     int rc = 0;
     while (n > 0 && rc == 0) {
         char *cur = todo[--n];
-        qargs cmd;
-        qargs_init(&cmd);
+        qargs cmd = {0};
         qargs_add(&cmd, "SMEMBERS");
         qargs_key(&cmd, q, "job:%s:dependents", cur);
         redisReply *deps = read_ids(q, &cmd, err);
@@ -303,8 +267,7 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
 
 int queue_resolve_blocked(queue_conn *q, const char *queue, queue_maint_stats *st, cds_err *err)
 {
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "ZRANGE");
     qargs_key(&cmd, q, "q:%s:blocked", queue);
     qargs_add(&cmd, "0");
@@ -328,8 +291,7 @@ static int trim_set(queue_conn *q, const char *queue, const char *set, int64_t k
                     long long now, queue_maint_stats *st, cds_err *err)
 {
     /* Old ones first, then the oldest of those beyond the count. */
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "ZCARD");
     qargs_key(&cmd, q, "q:%s:%s", queue, set);
     redisReply *card = qc_command(q, &cmd, err);
@@ -361,18 +323,14 @@ static int trim_set(queue_conn *q, const char *queue, const char *set, int64_t k
         return -1;
     int rc = 0;
     if (ids->elements > 0) {
-        qargs keys, args;
-        qargs_init(&keys);
-        qargs_init(&args);
+        qargs keys = {0}, args = {0};
         qargs_key(&keys, q, "q:%s:%s", queue, set);
         for (size_t i = 0; i < ids->elements; i++) {
             qargs_key(&keys, q, "job:%s", ids->element[i]->str);
             qargs_key(&keys, q, "job:%s:dependents", ids->element[i]->str);
             qargs_add(&args, ids->element[i]->str);
         }
-        redisReply *r = qc_eval(q, QS_TRIM, &keys, &args, err);
-        qargs_free(&keys);
-        qargs_free(&args);
+        redisReply *r = qc_run(q, QS_TRIM, &keys, &args, err);
         if (!r)
             rc = -1;
         else {
@@ -399,14 +357,10 @@ int queue_trim(queue_conn *q, const char *queue, const queue_maint_opts *o, queu
 
 static int unlock(queue_conn *q, const char *owner, cds_err *err)
 {
-    qargs keys, args;
-    qargs_init(&keys);
-    qargs_init(&args);
+    qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "reaper:lock");
     qargs_add(&args, owner);
-    redisReply *r = qc_eval(q, QS_UNLOCK, &keys, &args, err);
-    qargs_free(&keys);
-    qargs_free(&args);
+    redisReply *r = qc_run(q, QS_UNLOCK, &keys, &args, err);
     if (!r)
         return -1;
     freeReplyObject(r);
@@ -422,8 +376,7 @@ int queue_maintain(queue_conn *q, const char *owner, const queue_maint_opts *o, 
         o = &defaults;
     }
     memset(st, 0, sizeof *st);
-    qargs cmd;
-    qargs_init(&cmd);
+    qargs cmd = {0};
     qargs_add(&cmd, "SET");
     qargs_key(&cmd, q, "reaper:lock");
     qargs_add(&cmd, owner);
