@@ -35,6 +35,7 @@
 typedef struct held {
     queue_job job;
     atomic_int lost;
+    int finished;   /* the runner returned: a vanished lease is no news */
     int to_ack;     /* ran to completion; its ack is pending */
     char *result;
     int64_t ran_ms;
@@ -150,20 +151,24 @@ static int beat_leases(worker *w, queue_conn *q, cds_err *err)
     pthread_mutex_lock(&w->mu);
     size_t n = w->n_held;
     queue_job *snap = n ? calloc(n, sizeof *snap) : NULL;
+    size_t m = 0;
     for (size_t i = 0; snap && i < n; i++)
-        snap[i] = w->held[i].job; /* shallow: only id, token, queue are read */
+        if (!w->held[i].finished)
+            snap[m++] = w->held[i].job; /* shallow: only id, token, queue are read */
     pthread_mutex_unlock(&w->mu);
-    if (n == 0)
+    n = m;
+    if (n == 0) {
+        free(snap);
         return 0;
-    if (!snap)
-        return cds_errf(err, "out of memory");
+    }
     int *alive = calloc(n, sizeof *alive);
     int rc = alive ? queue_heartbeat(q, snap, n, w->cfg->lease_ms, alive, err) : cds_errf(err, "out of memory");
     if (rc == 0) {
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < n; i++)
             for (size_t k = 0; !alive[i] && k < w->n_held; k++)
-                if (strcmp(w->held[k].job.id, snap[i].id) == 0 && !atomic_exchange(&w->held[k].lost, 1))
+                if (strcmp(w->held[k].job.id, snap[i].id) == 0 && !w->held[k].finished &&
+                    !atomic_exchange(&w->held[k].lost, 1))
                     cds_logf(&w->log, CDS_LOG_WARN, "lease on job %s lost (cancelled, or expired and requeued); abandoning it",
                              snap[i].id);
         pthread_mutex_unlock(&w->mu);
@@ -177,10 +182,15 @@ static void *heartbeat_thread(void *arg)
 {
     worker *w = arg;
     cds_err err;
-    queue_conn *q = connect_once(w->cfg, &err);
-    if (!q) {
-        cds_logf(&w->log, CDS_LOG_ERROR, "heartbeat: %s", err.msg);
-        return NULL;
+    queue_conn *q;
+    int64_t delay = 100;
+    while (!(q = connect_once(w->cfg, &err))) {
+        /* Without this connection leases would silently expire: keep trying. */
+        cds_logf(&w->log, CDS_LOG_WARN, "heartbeat: %s; retrying in %lld ms", err.msg, (long long)delay);
+        for (int64_t until = cds_mono_ms() + delay; cds_mono_ms() < until; cds_sleep_ms(20))
+            if (atomic_load(&w->done))
+                return NULL;
+        delay = delay * 2 > 5000 ? 5000 : delay * 2;
     }
     int64_t hb_every = w->cfg->lease_ms / 3 < 1000 ? w->cfg->lease_ms / 3 : 1000;
     int64_t next_hb = 0, next_reg = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
@@ -305,6 +315,15 @@ static void fail_job(worker *w, held *h, const char *reason, int permanent)
                  (long long)fr.delay_ms);
 }
 
+/* From here on the job's lease may vanish (ack, fail, release) without the
+ * heartbeat taking it for a loss. */
+static void mark_finished(worker *w, held *h)
+{
+    pthread_mutex_lock(&w->mu);
+    h->finished = 1;
+    pthread_mutex_unlock(&w->mu);
+}
+
 static void run_one(worker *w, held *h)
 {
     set_current(w, h->job.id);
@@ -319,6 +338,7 @@ static void run_one(worker *w, held *h)
         cds_errf(&err, "no runner for job type '%s' in this worker (known: %s)", h->job.type, worker_known_types());
     else
         rc = run(&ctx, &h->job, &result, &err);
+    mark_finished(w, h);
     if (rc == 0) {
         h->to_ack = 1;
         h->result = result;
@@ -366,6 +386,7 @@ static size_t claim_some(worker *w, size_t *rr, int64_t *wait_ms)
             for (size_t i = 0; i < n; i++) {
                 w->held[i].job = jobs[i];
                 atomic_store(&w->held[i].lost, 0);
+                w->held[i].finished = 0;
             }
             w->n_held = n;
             pthread_mutex_unlock(&w->mu);
@@ -402,11 +423,12 @@ static int64_t serve(worker *w)
         for (size_t i = 0; i < n; i++) {
             held *h = &w->held[i];
             int stop = atomic_load(&w->stop);
-            if (stop >= 2 || (stop == 1 && i > 0) || (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs))
+            if (stop >= 2 || (stop == 1 && i > 0) || (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs)) {
+                mark_finished(w, h);
                 release_job(w, h); /* not started: give it back */
-            else if (atomic_load(&h->lost))
-                ; /* cancelled before it started */
-            else {
+            } else if (atomic_load(&h->lost)) {
+                mark_finished(w, h); /* cancelled before it started */
+            } else {
                 run_one(w, h);
                 jobs_run++;
             }
