@@ -7,7 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static int64_t clock_ms(clockid_t id)
 {
@@ -94,22 +99,38 @@ int cds_parse_double(const char *s, double *out)
     return 0;
 }
 
+int cds_url_userinfo(const char *url, const char **start, const char **at)
+{
+    const char *scheme = strstr(url, "://");
+    const char *rest = scheme ? scheme + 3 : url;
+    const char *end;
+    if (strncmp(url, "unix://", 7) == 0) {
+        if (*rest == '/')
+            return 0;
+        end = strstr(rest, "@/");
+    } else {
+        end = strrchr(rest, '@');
+    }
+    if (!end)
+        return 0;
+    *start = rest;
+    *at = end;
+    return 1;
+}
+
 void cds_redact_url(const char *url, char *out, size_t outsz)
 {
     if (outsz == 0)
         return;
-    const char *scheme = strstr(url, "://");
-    const char *auth_start = scheme ? scheme + 3 : url;
-    const char *at = strchr(auth_start, '@');
-    const char *slash = strchr(auth_start, '/');
-    if (!at || (slash && slash < at)) {
+    const char *start, *at;
+    if (!cds_url_userinfo(url, &start, &at)) {
         snprintf(out, outsz, "%s", url);
         return;
     }
-    const char *colon = memchr(auth_start, ':', (size_t)(at - auth_start));
+    const char *colon = memchr(start, ':', (size_t)(at - start));
     if (!colon) {
         /* redis://password@host is accepted as a bare password too. */
-        snprintf(out, outsz, "%.*s***%s", (int)(auth_start - url), url, at);
+        snprintf(out, outsz, "%.*s***%s", (int)(start - url), url, at);
         return;
     }
     snprintf(out, outsz, "%.*s:***%s", (int)(colon - url), url, at);
@@ -129,5 +150,53 @@ int cds_read_secret_file(const char *path, char *out, size_t outsz, cds_err *err
     out[strcspn(out, "\r\n")] = '\0';
     if (!*out)
         return cds_errf(err, "password file %s is empty (write the password on its first line)", path);
+    return 0;
+}
+
+int cds_mkdirs(const char *path, cds_err *err)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return cds_errf(err, "path too long: %.64s...", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return cds_errf(err, "cannot create directory %s: %s", buf, strerror(errno));
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+int cds_rmtree(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0 : -1;
+    return nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+int cds_fsync_dir(const char *path, cds_err *err)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return cds_errf(err, "cannot open directory %s: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    if (rc != 0)
+        return cds_errf(err, "fsync of directory %s failed: %s", path, strerror(e));
     return 0;
 }

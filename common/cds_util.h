@@ -24,11 +24,24 @@ double cds_random_unit(void);
 int cds_parse_i64(const char *s, int64_t min, int64_t max, int64_t *out);
 int cds_parse_double(const char *s, double *out);
 
+/* Finds the user info of a URL ("user:password" before the host): for
+ * scheme://... it ends at the last '@' (a password may hold '@' or '/'); for
+ * unix://..., whose socket path starts with '/', it ends at the first "@/".
+ * Returns 1 and sets [*start, *at) when there is one, else 0. */
+int cds_url_userinfo(const char *url, const char **start, const char **at);
+
 /* Copies url into out with any password replaced by "***", e.g.
  * redis://:secret@host:6379/0 -> redis://:***@host:6379/0. */
 void cds_redact_url(const char *url, char *out, size_t outsz);
 
 /* Reads the first line of a file holding a secret (no trailing newline). */
 int cds_read_secret_file(const char *path, char *out, size_t outsz, cds_err *err);
+
+/* mkdir -p. */
+int cds_mkdirs(const char *path, cds_err *err);
+/* rm -rf (does not follow symlinks); 0 also when path does not exist. */
+int cds_rmtree(const char *path);
+/* fsync a directory, so a rename inside it is durable. */
+int cds_fsync_dir(const char *path, cds_err *err);
 
 #endif

@@ -204,13 +204,24 @@ int queue_retry(queue_conn *q, const char *id, cds_err *err);
 /* The job hash as a JSON object (numbers as numbers). */
 int queue_show(queue_conn *q, const char *id, json_t **out, cds_err *err);
 /* Jobs in a state ("waiting", "delayed", "blocked", "active", "done", "dead",
- * "cancelled"), of one queue or (queue NULL) all, oldest first, at most limit. */
+ * "cancelled") of one queue, or (queue NULL) of each queue in turn: per queue
+ * in the set's order (next to run first for waiting, oldest first for the
+ * finished sets), at most limit per queue. */
 int queue_list(queue_conn *q, const char *queue, const char *state, size_t limit, json_t **out,
                cds_err *err);
 /* Per queue: the size of each set and the counters. */
 int queue_stats(queue_conn *q, json_t **out, cds_err *err);
 /* Queue names known to this prefix (a JSON array). */
 int queue_names(queue_conn *q, json_t **out, cds_err *err);
+
+/* ---- records ------------------------------------------------------------- */
+
+/* A record is a hash <prefix><name> of plain string fields (a dataset, later a
+ * sweep), readable with redis-cli HGETALL.  set writes the string fields of a
+ * JSON object (other values as JSON text). */
+int queue_record_set(queue_conn *q, const char *name, const json_t *fields, cds_err *err);
+/* The record's fields as a JSON object of strings; QUEUE_NOT_FOUND if none. */
+int queue_record_get(queue_conn *q, const char *name, json_t **out, cds_err *err);
 
 /* ---- workers ------------------------------------------------------------- */
 

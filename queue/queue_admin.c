@@ -339,6 +339,65 @@ int queue_stats(queue_conn *q, json_t **out, cds_err *err)
     return 0;
 }
 
+/* ---- records ------------------------------------------------------------- */
+
+static void add_json_value(qargs *a, const json_t *v)
+{
+    if (json_is_string(v)) {
+        qargs_add(a, json_string_value(v));
+    } else {
+        char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        qargs_add(a, t ? t : "");
+        free(t);
+    }
+}
+
+int queue_record_set(queue_conn *q, const char *name, const json_t *fields, cds_err *err)
+{
+    if (json_object_size(fields) == 0)
+        return 0;
+    qargs cmd = {0};
+    qargs_add(&cmd, "HSET");
+    qargs_key(&cmd, q, "%s", name);
+    const char *k;
+    json_t *v;
+    json_object_foreach((json_t *)fields, k, v)
+    {
+        qargs_add(&cmd, k);
+        add_json_value(&cmd, v);
+    }
+    redisReply *r = qc_command(q, &cmd, err);
+    qargs_free(&cmd);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_record_get(queue_conn *q, const char *name, json_t **out, cds_err *err)
+{
+    *out = NULL;
+    qargs cmd = {0};
+    qargs_add(&cmd, "HGETALL");
+    qargs_key(&cmd, q, "%s", name);
+    redisReply *r = qc_command(q, &cmd, err);
+    qargs_free(&cmd);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+        rc = QUEUE_NOT_FOUND;
+        cds_errf(err, "no %s under prefix %s", name, q->prefix);
+    } else {
+        json_t *o = json_object();
+        for (size_t i = 0; i + 1 < r->elements; i += 2)
+            json_object_set_new(o, r->element[i]->str, json_string(r->element[i + 1]->str));
+        *out = o;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
 /* ---- workers ------------------------------------------------------------- */
 
 int queue_worker_beat(queue_conn *q, const char *worker, const json_t *info, int64_t ttl_ms, cds_err *err)
@@ -353,13 +412,7 @@ int queue_worker_beat(queue_conn *q, const char *worker, const json_t *info, int
     json_object_foreach((json_t *)info, k, v)
     {
         qargs_add(&args, k);
-        if (json_is_string(v))
-            qargs_add(&args, json_string_value(v));
-        else {
-            char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-            qargs_add(&args, s ? s : "");
-            free(s);
-        }
+        add_json_value(&args, v);
     }
     redisReply *r = qc_run(q, QS_BEAT, &keys, &args, err);
     if (!r)

@@ -197,6 +197,7 @@ static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int
     qargs_key(&keys, q, "q:%s:dead", queue);
     qargs_unique_key(&keys, q, reply_text(h->element[2]), id);
     qargs_key(&keys, q, "q:%s:wake", queue);
+    qargs_key(&keys, q, "q:%s:stats", queue);
     qargs_add(&args, id);
     char *list = strdup(after);
     char *save = NULL;

@@ -22,9 +22,8 @@ static int bad(cds_err *err, const char *url, const char *why)
 /* Splits "[user][:password]@" off the front of rest. */
 static int parse_userinfo(const char *url, const char **rest, queue_url *out, cds_err *err)
 {
-    const char *at = strchr(*rest, '@');
-    const char *slash = strchr(*rest, '/');
-    if (!at || (slash && slash < at))
+    const char *start, *at;
+    if (!cds_url_userinfo(url, &start, &at))
         return 0;
     const char *colon = memchr(*rest, ':', (size_t)(at - *rest));
     size_t ulen = colon ? (size_t)(colon - *rest) : 0;

@@ -358,6 +358,11 @@ static void test_dependencies(queue_conn *q)
     ok(why && strstr(why, want) && strstr(why, "bad input"), "with that reason (%s)", why ? why : "none");
     json_decref(o);
     ok(state_is(q, x.id, "dead"), "and so does a job waiting on that one, transitively");
+    json_t *st = NULL;
+    queue_stats(q, &st, &err);
+    long long dead2 = json_integer_value(json_object_get(json_object_get(json_object_get(st, "deps2"), "counters"), "dead"));
+    json_decref(st);
+    is_int(dead2, 2, "both dependency deaths are counted in the queue's dead counter");
 
     const char *unknown[] = {"987654321"};
     s.after = unknown;

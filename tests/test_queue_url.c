@@ -32,6 +32,9 @@ int main(void)
     parses("redis://alice:hunter2@h:1/2", 0, "h", 1, 2, "hunter2");
     parses("unix:///run/redis.sock", 1, "/run/redis.sock", 0, 0, "");
     parses("unix://:hunter2@/run/redis.sock?db=5", 1, "/run/redis.sock", 0, 5, "hunter2");
+    parses("redis://:pa/ss@h:2/1", 0, "h", 2, 1, "pa/ss");
+    parses("redis://:p@ss@h:2/1", 0, "h", 2, 1, "p@ss");
+    parses("unix://:pa/ss@/run/r.sock?db=2", 1, "/run/r.sock", 0, 2, "pa/ss");
     refuses("http://h:1/0", "unknown scheme");
     refuses("redis://:hunter2@h:99999/0", "port");
     refuses("redis://:hunter2@h:1/x", "database");
@@ -43,6 +46,12 @@ int main(void)
     ok(strcmp(out, "redis://:***@h:1/0") == 0, "redacts a password (%s)", out);
     cds_redact_url("redis://alice:hunter2@h:1/0", out, sizeof out);
     ok(strcmp(out, "redis://alice:***@h:1/0") == 0, "redacts a password after a user (%s)", out);
+    cds_redact_url("redis://:hu/nter2@h:1/0", out, sizeof out);
+    ok(strcmp(out, "redis://:***@h:1/0") == 0, "redacts a password holding '/' (%s)", out);
+    cds_redact_url("redis://:hu@nter2@h:1/0", out, sizeof out);
+    ok(strcmp(out, "redis://:***@h:1/0") == 0, "redacts a password holding '@' (%s)", out);
+    cds_redact_url("unix://:hu/nter2@/run/r.sock", out, sizeof out);
+    ok(strcmp(out, "unix://:***@/run/r.sock") == 0, "redacts a unix socket URL's password (%s)", out);
     cds_redact_url("redis://h:1/0", out, sizeof out);
     ok(strcmp(out, "redis://h:1/0") == 0, "leaves a URL without a password alone");
     return tap_done();

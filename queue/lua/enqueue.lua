@@ -64,6 +64,7 @@ local function enqueue_one()
   created = created + 1
 
   if dead_reason then
+    redis.call('HINCRBY', KEYS[7], 'dead', 1)
     bury(jkey, KEYS[4], ukey, id, now, dead_reason)
     return {'created', 'dead'}
   end

@@ -2,15 +2,15 @@
 -- is dead, cancelled or gone; released (waiting, or delayed if its delay has
 -- not run out) when all are done; otherwise still blocked.  Idempotent, so both
 -- the finishing worker and the reaper may call it.
--- KEYS: 1 job, 2 blocked, 3 wait, 4 delayed, 5 dead, 6 unique, 7 wake, then dependency job keys
+-- KEYS: 1 job, 2 blocked, 3 wait, 4 delayed, 5 dead, 6 unique, 7 wake, 8 stats, then dependency job keys
 -- ARGV: 1 id, then dependency ids
 -- Returns {'noop'} | {'blocked'} | {'released', state} | {'dead', has_dependents}.
 local id = ARGV[1]
 if redis.call('HGET', KEYS[1], 'state') ~= 'blocked' then return {'noop'} end
 local now = now_ms()
 local pending = 0
-for i = 8, #KEYS do
-  local did = ARGV[i - 6]
+for i = 9, #KEYS do
+  local did = ARGV[i - 7]
   local st = redis.call('HGET', KEYS[i], 'state')
   local reason = nil
   if not st then
@@ -24,6 +24,7 @@ for i = 8, #KEYS do
   end
   if reason then
     redis.call('ZREM', KEYS[2], id)
+    redis.call('HINCRBY', KEYS[8], 'dead', 1)
     bury(KEYS[1], KEYS[5], KEYS[6], id, now, reason)
     return {'dead', has_dependents(KEYS[1])}
   end

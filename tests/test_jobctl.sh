@@ -1,0 +1,265 @@
+#!/usr/bin/env bash
+# jobctl as a user runs it, against the test Redis of scripts/with-services
+# (CDS_TEST_REDIS_URL) under a prefix of its own: what each command prints,
+# valid JSON with --json, priority, delay, unique keys, cancel and retry, and
+# for every refusal the exit status, exactly one line on stderr starting with
+# "jobctl: ", and no password in any output.  AUTH is tried against a private
+# redis-server with requirepass on a unix socket, stopped at the end.
+# usage: test_jobctl.sh PATH/TO/jobctl
+set -u
+jobctl=${1:?usage: test_jobctl.sh PATH/TO/jobctl}
+py=/usr/bin/python3 # Debian's, not a pyenv shim that may lack the stdlib we need
+[ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! CDS_TEST_REDIS_URL is not set: run through scripts/with-services"; exit 1; }
+url=$CDS_TEST_REDIS_URL
+prefix="t:jobctl:$$:"
+pw=s3cret-pw
+tmp=$(mktemp -d /tmp/cds-jobctl-test.XXXXXX)
+redis_pid=
+cleanup() {
+    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+    if command -v redis-cli >/dev/null; then
+        redis-cli -u "$url" --scan --pattern "$prefix*" 2>/dev/null | xargs -r redis-cli -u "$url" DEL >/dev/null 2>&1
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+unset CDS_REDIS_URL # every run names its Redis
+
+n=0; failed=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+is() { # GOT WANT NAME
+    if [ "$1" = "$2" ]; then ok 0 "$3"; else ok 1 "$3"; echo "#   got '$1', want '$2'"; fi
+}
+# jc ARGS...: jobctl on the test Redis and prefix; stdout in $tmp/out,
+# stderr in $tmp/err, exit status in $rc.
+jc() { "$jobctl" --redis "$url" --prefix "$prefix" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
+# raw ARGS...: jobctl with nothing added.
+raw() { "$jobctl" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
+# ok_out STATUS NAME: ok, and on failure the last run's output as comments.
+ok_out() { ok "$1" "$2"; [ "$1" = 0 ] || sed 's/^/#   /' "$tmp/out" "$tmp/err"; }
+out() { cat "$tmp/out"; }
+err() { cat "$tmp/err"; }
+# valid_json: stdout of the last run is one JSON document.
+valid_json() { "$py" -c 'import json,sys; json.load(sys.stdin)' <"$tmp/out" 2>/dev/null; }
+# jget EXPR: evaluates a Python expression over the JSON document d on stdout.
+jget() { "$py" -c "import json,sys; d = json.load(sys.stdin); print($1)" <"$tmp/out" 2>/dev/null; }
+# refused WANT_RC PATTERN NAME: the last run exited WANT_RC with exactly one
+# line on stderr, "jobctl: ..." matching PATTERN, and no password anywhere.
+refused() {
+    local lines why=""
+    lines=$(wc -l <"$tmp/err")
+    [ "$rc" = "$1" ] || why="exit $rc, want $1; "
+    [ "$lines" = 1 ] || why="$why$lines lines on stderr; "
+    grep -q '^jobctl: ' "$tmp/err" || why="${why}no 'jobctl: ' prefix; "
+    grep -q -- "$2" "$tmp/err" || why="${why}no '$2' in it; "
+    ! grep -q -e "$pw" -e wrongpw -e "pa/ss" "$tmp/out" "$tmp/err" || why="${why}a password leaked; "
+    ok "$([ -z "$why" ]; echo $?)" "$3: exit $1, one line ($(head -c 300 "$tmp/err" | head -1))"
+    [ -z "$why" ] || echo "#   $why"
+}
+
+# ---- enqueue and show -------------------------------------------------------------
+jc enqueue diag.sleep --payload '{"ms": 100}' --queue jq
+id=$(out)
+ok "$([ "$rc" = 0 ] && [[ "$id" =~ ^[0-9]+$ ]] && [ ! -s "$tmp/err" ]; echo $?)" "enqueue prints a job id ($id) and nothing on stderr"
+jc show "$id" --json
+ok "$(valid_json; echo $?)" "show --json is valid JSON"
+is "$(jget 'd["type"], d["queue"], json.loads(d["payload"]), d["state"], d["id"]')" \
+    "diag.sleep jq {'ms': 100} waiting $id" "show --json has the type, queue, payload, state and id"
+jc show "$id"
+ok_out "$([ "$rc" = 0 ] && grep -q '^type  *diag.sleep$' "$tmp/out" && grep -q '^payload  *{"ms": 100}$' "$tmp/out" &&
+      grep -q '^attempts  *0 of 5$' "$tmp/out"; echo $?)" "show prints one field per line"
+
+printf '{\n  "ms": 7,\n  "note": "from a file"\n}\n' >"$tmp/spec.json"
+jc --json enqueue diag.sleep --spec "$tmp/spec.json" --queue jq --max-attempts 2 --max-stalls 0 \
+    --backoff-base 0.25 --backoff-cap 1.5
+sid=$(jget 'd["id"]')
+is "$(jget 'd["duplicate"], d["state"]')" "False waiting" "enqueue --json (global option before the command) says created, waiting"
+jc show "$sid" --json
+is "$(jget 'json.loads(d["payload"])["note"], d["max_attempts"], d["max_stalls"], d["backoff_base_ms"], d["backoff_cap_ms"]')" \
+    "from a file 2 0 250 1500" "--spec, --max-attempts, --max-stalls and decimal backoff seconds are stored"
+
+jc enqueue diag.sleep --count 3 --queue jq
+ok "$([ "$rc" = 0 ] && [ "$(grep -cE '^[0-9]+$' "$tmp/out")" = 3 ] && [ "$(sort -u "$tmp/out" | wc -l)" = 3 ]; echo $?)" \
+    "--count 3 prints three distinct ids"
+jc enqueue diag.sleep --count 2 --queue jq --json
+is "$(jget 'len(d), d[0]["state"]')" "2 waiting" "--count 2 --json is an array of two"
+
+# ---- priority and delay ------------------------------------------------------------
+jc enqueue diag.sleep --queue jp; low=$(out)
+jc enqueue diag.sleep --queue jp --priority 10; high=$(out)
+jc enqueue diag.sleep --queue jp --priority -5; lowest=$(out)
+jc list --queue jp --json
+is "$(jget '" ".join(j["id"] for j in d)')" "$high $low $lowest" "list --queue orders waiting jobs by priority, FIFO among equals"
+jc list --queue jp
+ok_out "$([ "$rc" = 0 ] && head -1 "$tmp/out" | grep -q '^ *ID  QUEUE  TYPE  *STATE  *PRI  ATTEMPTS  WHEN$' &&
+      [ "$(wc -l <"$tmp/out")" = 4 ] && grep -qE "^ *$high +jp +diag.sleep +waiting +10 +0/5 +queued [0-9]+ms ago$" "$tmp/out" &&
+      [ "$(awk 'NR == 1 { print index($0, "WHEN") } NR > 1 { print index($0, "queued") }' "$tmp/out" | sort -u | wc -l)" = 1 ]; echo $?)" \
+    "list prints an aligned table"
+jc enqueue diag.sleep --queue jp --delay 30.5; delayed=$(out)
+jc show "$delayed" --json
+is "$(jget 'd["state"], 30000 <= d["due_ms"] - d["created_ms"] <= 31000')" "delayed True" "--delay 30.5 makes a delayed job due 30.5 s later"
+jc list --state delayed --queue jp
+ok_out "$([ "$rc" = 0 ] && grep -qE "^ *$delayed .*delayed .*due in 3[01]s$" "$tmp/out"; echo $?)" "list --state delayed shows when it is due"
+jc list --state active --json
+is "$(out | tr -d '[:space:]')" "[]" "list --state active --json of an empty state is []"
+jc list --queue jp --limit 2 --json
+is "$(jget 'len(d)')" "2" "--limit 2 lists two jobs"
+
+# ---- unique keys -------------------------------------------------------------------
+key=nightly-$$
+jc enqueue diag.sleep --queue jq --unique "$key"; first=$(out)
+jc enqueue diag.sleep --queue jq --unique "$key"
+ok "$([ "$rc" = 0 ] && [ "$(out)" = "$first" ] && [ "$(err)" = "jobctl: job $first already holds unique key $key" ]; echo $?)" \
+    "a duplicate unique enqueue prints the live job's id, exits 0, and says so on stderr"
+jc enqueue diag.sleep --queue jq --unique "$key" --json
+is "$(jget 'd["id"], d["duplicate"]')" "$first True" "... and with --json says duplicate: true"
+
+# ---- cancel and retry --------------------------------------------------------------
+jc cancel "$first"
+ok "$([ "$rc" = 0 ] && [ "$(out)" = "cancelled job $first (it was waiting)" ]; echo $?)" "cancel of a waiting job"
+jc show "$first" --json
+is "$(jget 'd["state"]')" "cancelled" "show says cancelled"
+jc enqueue diag.sleep --queue jq --unique "$key"; second=$(out)
+ok "$([ "$rc" = 0 ] && [ "$second" != "$first" ] && [ ! -s "$tmp/err" ]; echo $?)" "the cancel freed the unique key: a new job $second takes it"
+jc retry "$first"
+refused 1 "unique key '$key' is held by live job $second" "retry of a cancelled job whose key another job holds is refused"
+jc cancel "$second"
+jc retry "$first"
+ok "$([ "$rc" = 0 ] && [ "$(out)" = "job $first is waiting again" ]; echo $?)" "retry of a cancelled job"
+jc show "$first" --json
+is "$(jget 'd["state"]')" "waiting" "show says waiting again"
+jc cancel "$second" --json
+refused 1 "already cancelled: nothing to cancel" "cancel of a finished job"
+jc retry "$first"
+refused 1 "only dead or cancelled jobs can be retried" "retry of a live job"
+jc --json cancel "$id"
+is "$(jget 'd["id"], d["state"], d["previous_state"]')" "$id cancelled waiting" "cancel --json"
+
+# ---- dependencies ------------------------------------------------------------------
+jc enqueue diag.sleep --queue jq --after "$sid"; blocked=$(out)
+jc show "$blocked" --json
+is "$(jget 'd["state"], d["after"]')" "blocked $sid" "--after a live job makes a blocked job"
+jc enqueue diag.sleep --queue jq --after 999999999
+refused 1 "unknown dependency job 999999999" "--after an unknown id exits 1"
+jc enqueue diag.sleep --queue jq --after "$first" --after "$id"; orphan=$(out)
+ok "$([ "$rc" = 0 ] && grep -q "^jobctl: job $orphan was created dead" "$tmp/err" && [ "$(wc -l <"$tmp/err")" = 1 ]; echo $?)" \
+    "--after a cancelled job creates it dead, with a one-line notice"
+
+# ---- stats and workers -------------------------------------------------------------
+jc stats --json
+ok "$(valid_json; echo $?)" "stats --json is valid JSON"
+is "$(jget 'd["jp"]["waiting"], d["jp"]["delayed"], d["jq"]["counters"]["enqueued"] > 5')" "3 1 True" "stats counts jobs per state and queue"
+jc stats
+ok_out "$([ "$rc" = 0 ] && head -1 "$tmp/out" | grep -q '^QUEUE  WAITING  DELAYED  BLOCKED  ACTIVE  DONE  DEAD  CANCELLED  ENQUEUED  RETRIED  STALLED$' &&
+      grep -qE '^jp  +3  +1  +0  +0  +0  +0  +0  +4  +0  +0$' "$tmp/out"; echo $?)" "stats prints one row per queue"
+jc workers --json
+is "$(out | tr -d '[:space:]')" "[]" "workers --json with no workers is []"
+# Two workers as cds-worker registers them: one live (hash and set entry), one
+# whose hash expired a minute ago.
+now=$(date +%s%3N)
+redis-cli -u "$url" HSET "${prefix}worker:w-1" host node-1 pid 4242 queues jq,jp job "$id" state busy last_seen_ms "$now" >/dev/null
+redis-cli -u "$url" ZADD "${prefix}workers" "$now" w-1 "$((now - 60000))" w-gone >/dev/null
+jc workers --json
+ok "$(valid_json; echo $?)" "workers --json is valid JSON"
+is "$(jget '[(w["id"], w["alive"], w.get("host")) for w in d]')" "[('w-1', True, 'node-1'), ('w-gone', False, None)]" "workers lists live and gone workers"
+jc workers
+ok_out "$([ "$rc" = 0 ] && head -1 "$tmp/out" | grep -q '^ID *ALIVE  HOST *PID *QUEUES *JOB *STATE *LAST SEEN$' &&
+      grep -qE "^w-1 +yes +node-1 +4242 +jq,jp +$id +busy +[0-9]+ms ago$" "$tmp/out" &&
+      grep -qE '^w-gone +no +- +- +- +- +gone +1m0[0-9]s ago$' "$tmp/out"; echo $?)" "workers prints a table"
+
+# ---- help --------------------------------------------------------------------------
+raw --help
+ok "$([ "$rc" = 0 ] && grep -q '^usage: jobctl' "$tmp/out" && [ ! -s "$tmp/err" ]; echo $?)" "--help exits 0"
+for c in enqueue show list cancel retry stats workers; do
+    raw "$c" --help
+    ok "$([ "$rc" = 0 ] && grep -q "^usage: jobctl $c" "$tmp/out"; echo $?)" "$c --help exits 0"
+done
+
+# ---- bad usage (exit 2) ------------------------------------------------------------
+jc frobnicate
+refused 2 "unknown command 'frobnicate'" "an unknown command"
+raw
+refused 2 "no command given" "no command"
+jc list --bogus
+refused 2 "unknown option --bogus" "an unknown option"
+jc enqueue diag.sleep --redis-pass "$pw"
+refused 2 "unknown option --redis-pass " "an abbreviated option (--redis-pass SECRET) is refused without echoing its value"
+jc enqueue diag.sleep --priority
+refused 2 "option --priority needs a value" "a missing option value"
+jc enqueue
+refused 2 "needs the job TYPE" "enqueue without a type"
+jc show 12 13
+refused 2 "unexpected argument '13'" "an extra argument"
+jc enqueue diag.sleep --priority 12abc
+refused 2 "bad --priority '12abc'" "a bad number"
+jc enqueue diag.sleep --priority 1000001
+refused 2 "bad --priority '1000001'" "a priority out of range"
+jc enqueue diag.sleep --delay -1
+refused 2 "bad --delay '-1'" "a negative delay"
+jc enqueue diag.sleep --payload '{"ms": 100'
+refused 2 "payload is not valid JSON" "malformed JSON in --payload"
+printf '{"ms": 100,}\n' >"$tmp/bad.json"
+jc enqueue diag.sleep --spec "$tmp/bad.json"
+refused 2 "spec file $tmp/bad.json is not valid JSON: .* line 1" "malformed JSON in --spec"
+jc enqueue diag.sleep --spec "$tmp/missing.json"
+refused 2 "cannot read --spec file" "a missing --spec file"
+jc enqueue 'bad type!'
+refused 2 "bad job type 'bad type!'" "a bad job type"
+jc enqueue diag.sleep --unique u --count 2
+refused 2 "cannot go with --count" "--unique with --count 2"
+jc show abc
+refused 2 "bad job id 'abc'" "a malformed job id"
+jc list --state finished
+refused 2 "unknown state 'finished'" "an unknown state"
+jc list --queue 'no/such'
+refused 2 "bad queue name 'no/such'" "a bad queue name"
+
+# ---- unknown ids (exit 1) ----------------------------------------------------------
+for c in show cancel retry; do
+    jc "$c" 999999999
+    refused 1 "no job 999999999 under prefix $prefix" "$c of an unknown id"
+done
+
+# ---- Redis unreachable, bad URLs, AUTH (exit 2) ------------------------------------
+raw --redis http://x stats
+refused 2 "bad Redis URL 'http://x': unknown scheme" "a bad URL"
+raw --redis "http://:$pw@x" stats
+refused 2 "bad Redis URL 'http://:\*\*\*@x'" "a bad URL with a password is redacted"
+raw --redis "redis://:pa/ss@127.0.0.1:1/0" stats
+refused 2 "bad Redis URL (not shown" "a password with '/' (which defeats redaction) is refused without echoing the URL"
+raw --redis "redis://:$pw@x@127.0.0.1:1/0" stats
+refused 2 "bad Redis URL (not shown" "a password with '@' is refused without echoing the URL"
+raw --redis "unix://:$pw/x@/tmp/r.sock" stats
+refused 2 "bad Redis URL (not shown" "... in a unix:// URL too"
+port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+raw --redis "redis://:$pw@127.0.0.1:$port/0" stats
+refused 2 "cannot connect to Redis at redis://:\*\*\*@127.0.0.1:$port/0" "a down Redis"
+CDS_REDIS_URL="redis://:$pw@127.0.0.1:$port/0" "$jobctl" show 1 >"$tmp/out" 2>"$tmp/err"; rc=$?
+refused 2 "cannot connect to Redis" "a down Redis named by CDS_REDIS_URL"
+
+server=${CDS_REDIS_SERVER:-redis-server}
+printf 'port 0\nunixsocket %s/r.sock\nrequirepass %s\nsave ""\nappendonly no\ndir %s\n' "$tmp" "$pw" "$tmp" >"$tmp/redis.conf"
+"$server" "$tmp/redis.conf" >"$tmp/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 100); do [ -S "$tmp/r.sock" ] && break; sleep 0.05; done
+[ -S "$tmp/r.sock" ] || { echo "Bail out! the private redis-server did not start: $(tail -3 "$tmp/redis.log")"; exit 1; }
+raw --redis "unix://:wrongpw@$tmp/r.sock" --prefix "$prefix" stats
+refused 2 "refused AUTH" "a refused AUTH"
+raw --redis "unix://$tmp/r.sock" --prefix "$prefix" stats
+refused 2 "NOAUTH" "no password for a server that needs one"
+echo "$pw" >"$tmp/pw"
+echo wrongpw >"$tmp/wrongpw"
+raw --redis "unix://$tmp/r.sock" --redis-password-file "$tmp/wrongpw" --prefix "$prefix" stats
+refused 2 "refused AUTH" "a wrong password in --redis-password-file"
+raw enqueue diag.sleep --redis "unix://$tmp/r.sock" --redis-password-file "$tmp/pw" --prefix "$prefix"
+aid=$(out)
+ok "$([ "$rc" = 0 ] && [[ "$aid" =~ ^[0-9]+$ ]] && [ ! -s "$tmp/err" ]; echo $?)" "a good --redis-password-file works (global options after the command)"
+raw --redis "unix://:$pw@$tmp/r.sock" --prefix "$prefix" show "$aid"
+ok "$([ "$rc" = 0 ] && grep -q 'diag.sleep' "$tmp/out" && ! grep -q "$pw" "$tmp/out" "$tmp/err"; echo $?)" "a good password in the URL works and is not printed"
+raw --redis "unix://:$pw@$tmp/r.sock" --prefix "$prefix" show 999999
+refused 1 "no job 999999 under prefix" "errors after an AUTH with a URL password do not show it"
+raw --redis "unix://$tmp/r.sock" --redis-password-file "$tmp/none" stats
+refused 2 "cannot read password file $tmp/none" "a missing password file"
+
+echo "1..$n"
+[ "$failed" = 0 ]

@@ -1,0 +1,898 @@
+/* jobctl: the job queue from a shell or from cron (docs/jobctl.md).
+ *
+ *   jobctl [--redis URL] [--redis-password-file FILE] [--prefix P] [--json]
+ *          COMMAND ARGS...
+ *
+ * Structure.  main() reads the global options that come before the command
+ * (getopt_long with "+", so it stops at the command word), finds the command
+ * in commands[] and hands it the rest of argv.  Each cmd_*() parses its own
+ * options with next_option(), over a table that ends with GLOBAL_OPTIONS, so
+ * the global options are accepted after the command too; next_option()
+ * stores those in the struct jobctl, refuses abbreviated option names, and
+ * turns getopt's complaints into one-line usage errors.  A command then checks
+ * everything it can without Redis (numbers, JSON, names, ids), connects
+ * (open_queue), makes one library call, and prints the result: the library's
+ * JSON with --json, else a table or a job sheet (jobctl_fmt.c).
+ *
+ * Errors.  Every failure is one line on stderr, "jobctl: <what went wrong>
+ * (<how to fix it>)", from fail(), and an exit status:
+ *   0  done, including an enqueue whose --unique key a live job holds (it
+ *      prints that job's id: a cron rerun is a no-op);
+ *   1  the job named is not there (show, cancel, retry, --after), or its
+ *      state refuses the operation (cancel a finished job, retry a live one),
+ *      or Redis refused the command;
+ *   2  bad usage or input (command, option, number, JSON, URL, id), or Redis
+ *      unreachable, refusing AUTH, or lost mid-command.
+ * The library's cds_err messages already name the problem and the fix and
+ * redact the password of a URL; fail() passes them through.  jobctl never
+ * prints the raw --redis argument, refuses a URL whose password the
+ * redaction could not find (check_url_shape), and scrubs the URL's password
+ * from every message it prints anyway (scrub_password).
+ *
+ * State.  No globals: the global options live in a struct jobctl handed to
+ * each command; getopt's optind and optarg are the only shared variables. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cds_util.h"
+#include "jobctl_fmt.h"
+#include "queue.h"
+
+enum exit_code { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
+
+typedef struct jobctl {
+    const char *cmd;           /* the command being run, for messages */
+    const char *url;           /* --redis; NULL: $CDS_REDIS_URL, else the default */
+    const char *password_file; /* --redis-password-file */
+    const char *prefix;        /* --prefix; NULL: the library's default */
+    int json;                  /* --json */
+} jobctl;
+
+/* ---- messages ------------------------------------------------------------ */
+
+/* The URL jobctl will connect to, as the library chooses it. */
+static const char *effective_url(const jobctl *j)
+{
+    const char *env = getenv("CDS_REDIS_URL");
+    if (j->url)
+        return j->url;
+    return env && *env ? env : QUEUE_DEFAULT_URL;
+}
+
+/* The user info of a URL, "[user][:password]", as [*start, *end); 0 if it
+ * has none.  It ends at the last '@' (a host, port and database hold none),
+ * except in a unix:// URL, whose path may: there it ends at the first "@/"
+ * (the socket path is absolute), and a URL whose path follows "unix://"
+ * directly has none. */
+static int url_userinfo(const char *url, const char **start, const char **end)
+{
+    const char *scheme = strstr(url, "://");
+    const char *s = scheme ? scheme + 3 : url;
+    const char *at;
+    if (strncmp(url, "unix://", 7) == 0) {
+        if (*s == '/')
+            return 0;
+        at = strstr(s, "@/");
+        if (!at)
+            at = strrchr(s, '@');
+    } else {
+        at = strrchr(s, '@');
+    }
+    if (!at)
+        return 0;
+    *start = s;
+    *end = at;
+    return 1;
+}
+
+/* Replaces every copy of the password of url in msg with "***". */
+static void scrub_password(char *msg, size_t size, const char *url)
+{
+    const char *s, *e;
+    if (!url || !url_userinfo(url, &s, &e))
+        return;
+    const char *colon = memchr(s, ':', (size_t)(e - s));
+    const char *pw = colon ? colon + 1 : s;
+    size_t n = (size_t)(e - pw);
+    if (n < 3) /* too short to tell from ordinary text; still never echoed */
+        return;
+    char out[CDS_ERR_MAX * 2];
+    size_t o = 0;
+    for (const char *p = msg; *p && o + 4 < sizeof out;) {
+        if (strncmp(p, pw, n) == 0) {
+            memcpy(out + o, "***", 3);
+            o += 3;
+            p += n;
+        } else {
+            out[o++] = *p++;
+        }
+    }
+    out[o] = '\0';
+    snprintf(msg, size, "%s", out);
+}
+
+/* Prints "jobctl: <message>" as exactly one line on stderr; returns code. */
+static int fail(const jobctl *j, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(const jobctl *j, int code, const char *fmt, ...)
+{
+    char msg[CDS_ERR_MAX * 2];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    scrub_password(msg, sizeof msg, effective_url(j));
+    for (char *p = msg; *p; p++)
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    fflush(stdout);
+    fprintf(stderr, "jobctl: %s\n", msg);
+    return code;
+}
+
+/* A one-line usage error that points at the command's help. */
+static int usage_error(const jobctl *j, const char *what)
+{
+    if (j->cmd)
+        return fail(j, EXIT_USAGE, "%s (see jobctl %s --help)", what, j->cmd);
+    return fail(j, EXIT_USAGE, "%s (see jobctl --help)", what);
+}
+
+/* ---- options ------------------------------------------------------------- */
+
+enum {
+    OPT_REDIS = 1000, OPT_PASSWORD_FILE, OPT_PREFIX, OPT_JSON, OPT_HELP,
+    OPT_COMMAND /* first code of a command's own options */
+};
+
+#define GLOBAL_OPTIONS                                                                   \
+    {"redis", required_argument, 0, OPT_REDIS},                                          \
+        {"redis-password-file", required_argument, 0, OPT_PASSWORD_FILE},                \
+        {"prefix", required_argument, 0, OPT_PREFIX}, {"json", no_argument, 0, OPT_JSON}, \
+        {"help", no_argument, 0, OPT_HELP}, { 0, 0, 0, 0 }
+
+/* next_option() results besides an option code. */
+#define NEXT_END (-1)
+#define NEXT_HELP (-2)
+#define NEXT_BAD (-3) /* a usage error was printed */
+
+/* "--name" of an argv element "--name=value" (the value may be a secret). */
+static void option_name(const char *arg, char *out, size_t n)
+{
+    snprintf(out, n, "%.*s", (int)strcspn(arg, "="), arg);
+}
+
+/* The argv element getopt_long just matched with option index idx. */
+static const char *matched_element(char **argv, const struct option *o)
+{
+    if (o->has_arg == required_argument && optarg == argv[optind - 1])
+        return argv[optind - 2]; /* "--name value" */
+    return argv[optind - 1];     /* "--name" or "--name=value" */
+}
+
+/* Returns the next option of the command (its code), NEXT_END, NEXT_HELP, or
+ * NEXT_BAD.  Global options are stored in j and skipped.  Abbreviations
+ * ("--redis-pass" for --redis-password-file) are refused: a misspelt option
+ * must not quietly take a password as a file name. */
+static int next_option(jobctl *j, int argc, char **argv, const char *shortopts, const struct option *opts)
+{
+    for (;;) {
+        int idx = -1;
+        int c = getopt_long(argc, argv, shortopts, opts, &idx);
+        char name[64], what[160];
+        if (c == '?' || c == ':') {
+            const char *arg = argv[optind - 1];
+            if (strncmp(arg, "--", 2) == 0 || optopt <= 0 || optopt > 127)
+                option_name(arg, name, sizeof name);
+            else
+                snprintf(name, sizeof name, "-%c", optopt);
+            snprintf(what, sizeof what,
+                     c == ':'              ? "option %s needs a value"
+                     : optopt >= OPT_REDIS ? "option %s takes no value"
+                                           : "unknown option %s",
+                     name);
+            usage_error(j, what);
+            return NEXT_BAD;
+        }
+        if (idx >= 0) {
+            option_name(matched_element(argv, &opts[idx]), name, sizeof name);
+            if (strncmp(name, "--", 2) != 0 || strcmp(name + 2, opts[idx].name) != 0) {
+                snprintf(what, sizeof what, "unknown option %s (write options in full, e.g. --%s)", name,
+                         opts[idx].name);
+                usage_error(j, what);
+                return NEXT_BAD;
+            }
+        }
+        switch (c) {
+        case -1: return NEXT_END;
+        case 'h':
+        case OPT_HELP: return NEXT_HELP;
+        case OPT_REDIS: j->url = optarg; break;
+        case OPT_PASSWORD_FILE: j->password_file = optarg; break;
+        case OPT_PREFIX: j->prefix = optarg; break;
+        case OPT_JSON: j->json = 1; break;
+        default: return c;
+        }
+    }
+}
+
+/* Strict whole number in [min, max] for option opt. */
+static int parse_int_option(const jobctl *j, const char *opt, const char *s, int64_t min, int64_t max,
+                            int64_t *out)
+{
+    char what[200];
+    if (cds_parse_i64(s, min, max, out) == 0)
+        return 0;
+    snprintf(what, sizeof what, "bad %s '%.40s': give a whole number from %lld to %lld", opt, s, (long long)min,
+             (long long)max);
+    return usage_error(j, what);
+}
+
+/* Seconds, decimals allowed (2.5), as milliseconds; 0 to ten years. */
+static int parse_seconds_option(const jobctl *j, const char *opt, const char *s, int64_t *ms)
+{
+    char what[200];
+    double v;
+    if (cds_parse_double(s, &v) == 0 && v >= 0 && v <= 10.0 * 365 * 86400) {
+        *ms = (int64_t)llround(v * 1000.0);
+        return 0;
+    }
+    snprintf(what, sizeof what, "bad %s '%.40s': give seconds from 0 to 315360000, decimals allowed (e.g. 2.5)",
+             opt, s);
+    return usage_error(j, what);
+}
+
+/* Job ids are what enqueue printed: positive integers. */
+static int check_job_id(const jobctl *j, const char *id)
+{
+    int64_t v;
+    if (cds_parse_i64(id, 1, INT64_MAX, &v) == 0)
+        return 0;
+    return fail(j, EXIT_USAGE, "bad job id '%.40s': job ids are positive integers, as printed by jobctl enqueue "
+                               "(see jobctl list)", id);
+}
+
+/* The library checks queue names as part of a job spec. */
+static int check_queue_name(const jobctl *j, const char *queue)
+{
+    queue_job_spec s;
+    cds_err err;
+    queue_job_spec_init(&s);
+    s.type = "jobctl.check";
+    s.queue = queue;
+    if (queue_job_spec_check(&s, &err) == 0)
+        return 0;
+    return fail(j, EXIT_USAGE, "%s", err.msg);
+}
+
+/* Exactly n positional arguments after the options; missing says what the
+ * command needs ("needs a job ID"). */
+static int want_args(const jobctl *j, int argc, char **argv, int n, const char *missing)
+{
+    char msg[200];
+    if (argc - optind == n)
+        return 0;
+    if (argc - optind < n)
+        snprintf(msg, sizeof msg, "%s %s", j->cmd, missing);
+    else
+        snprintf(msg, sizeof msg, "unexpected argument '%.40s'", argv[optind + n]);
+    return usage_error(j, msg);
+}
+
+/* ---- Redis --------------------------------------------------------------- */
+
+/* A user info holding '/' or '@' would be taken for part of the host or path
+ * by the URL parser and its redaction; refuse it without echoing it. */
+static int check_url_shape(const jobctl *j)
+{
+    const char *s, *e;
+    if (!url_userinfo(effective_url(j), &s, &e))
+        return 0;
+    for (const char *p = s; p < e; p++)
+        if (*p == '/' || *p == '@')
+            return fail(j, EXIT_USAGE,
+                        "bad Redis URL (not shown: it holds a password): the part before '@' contains '/' or '@', "
+                        "which a URL cannot carry (put the password in a file and use --redis-password-file)");
+    return 0;
+}
+
+/* Connects, or prints why not; returns 0 or an exit code. */
+static int open_queue(const jobctl *j, queue_conn **q)
+{
+    cds_err err;
+    *q = NULL;
+    if (check_url_shape(j) != 0)
+        return EXIT_USAGE;
+    queue_opts o = {
+        .url = effective_url(j), .password_file = j->password_file, .prefix = j->prefix, .timeout_ms = 5000};
+    *q = queue_connect(&o, &err);
+    if (!*q)
+        return fail(j, EXIT_USAGE, "%s", err.msg);
+    return 0;
+}
+
+/* Reports a failed library call: 1 when Redis answered (no such job, a state
+ * that refuses), 2 when it could not be reached. */
+static int op_failed(const jobctl *j, const queue_conn *q, int rc, const cds_err *err)
+{
+    int code = rc != QUEUE_NOT_FOUND && queue_conn_broken(q) ? EXIT_USAGE : EXIT_REFUSED;
+    return fail(j, code, "%s", err->msg);
+}
+
+static void print_json(const json_t *v)
+{
+    json_dumpf(v, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+    fputc('\n', stdout);
+}
+
+/* ---- enqueue ------------------------------------------------------------- */
+
+static const char usage_enqueue[] =
+    "usage: jobctl enqueue TYPE [--payload JSON | --spec FILE.json] [--queue Q] [--priority N]\n"
+    "                      [--delay SECONDS] [--unique KEY] [--max-attempts N] [--max-stalls N]\n"
+    "                      [--backoff-base SECONDS] [--backoff-cap SECONDS] [--after ID]... [--count N]\n"
+    "Adds a job of TYPE (e.g. diag.sleep) and prints its id.\n"
+    "  --payload JSON         the job's input (default {})\n"
+    "  --spec FILE.json       read the payload from a file (e.g. jobs/diag-sleep.json)\n"
+    "  --queue Q              queue to put it in (default: default)\n"
+    "  --priority N           -1000000 to 1000000; larger runs first, FIFO among equals (default 0)\n"
+    "  --delay SECONDS        not runnable before then (decimals allowed)\n"
+    "  --unique KEY           at most one live job holds KEY: if one does, print its id, create\n"
+    "                         nothing and exit 0 (for cron); the key frees when that job is done,\n"
+    "                         dead or cancelled\n"
+    "  --max-attempts N       failed runs before the dead-letter set, 1 to 1000 (default 5)\n"
+    "  --max-stalls N         expired leases tolerated, 0 to 1000 (default 3)\n"
+    "  --backoff-base SECONDS retry delay after failure n is min(cap, base*2^(n-1)) * U[0.5, 1]\n"
+    "  --backoff-cap SECONDS  (defaults 1 and 3600)\n"
+    "  --after ID             run only after job ID is done (repeatable); if it goes dead or is\n"
+    "                         cancelled this job goes dead; an unknown ID is refused (exit 1)\n"
+    "  --count N              enqueue N identical jobs in one batch, one id per line\n"
+    "With --json: {\"id\", \"duplicate\", \"state\"}, or an array of them for --count N > 1.\n";
+
+enum enqueue_option {
+    E_PAYLOAD = OPT_COMMAND, E_SPEC, E_QUEUE, E_PRIORITY, E_DELAY, E_UNIQUE, E_MAX_ATTEMPTS, E_MAX_STALLS,
+    E_BACKOFF_BASE, E_BACKOFF_CAP, E_AFTER, E_COUNT
+};
+
+typedef struct enqueue_args {
+    queue_job_spec spec;
+    const char *payload_arg;
+    const char *spec_file;
+    char *payload_text; /* owned: the --spec file's contents */
+    const char **after; /* argv strings */
+    int64_t count;
+} enqueue_args;
+
+#define SPEC_FILE_MAX (64 << 20)
+
+/* Reads a --spec file into a->payload_text. */
+static int read_spec_file(const jobctl *j, const char *path, enqueue_args *a)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return fail(j, EXIT_USAGE, "cannot read --spec file %s: %s (check the path)", path, strerror(errno));
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    while (buf) {
+        len += fread(buf + len, 1, cap - len - 1, f);
+        if (len < cap - 1 || len >= SPEC_FILE_MAX)
+            break;
+        char *grown = realloc(buf, cap * 2);
+        if (!grown) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = grown;
+        cap *= 2;
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf)
+        return fail(j, EXIT_USAGE, "out of memory reading --spec file %s", path);
+    if (bad || len >= SPEC_FILE_MAX) {
+        free(buf);
+        return fail(j, EXIT_USAGE, bad ? "cannot read --spec file %s: read error" : "--spec file %s is over 64 MiB: "
+                                         "put large data in a dataset and name it in the payload", path);
+    }
+    buf[len] = '\0';
+    a->payload_text = buf;
+    return 0;
+}
+
+/* The payload must be JSON; say where it is not, naming its source. */
+static int check_payload_json(const jobctl *j, const char *text, const char *what, const char *path)
+{
+    json_error_t je;
+    json_t *v = json_loads(text, JSON_DECODE_ANY, &je);
+    if (v) {
+        json_decref(v);
+        return 0;
+    }
+    return fail(j, EXIT_USAGE, "%s%s%s is not valid JSON: %s at line %d column %d (write it like '{\"ms\": 100}')",
+                what, path ? " " : "", path ? path : "", je.text, je.line, je.column);
+}
+
+/* Applies one enqueue option to a; returns 0 or an exit code. */
+static int enqueue_option(const jobctl *j, int c, enqueue_args *a, size_t *n_after)
+{
+    queue_job_spec *s = &a->spec;
+    switch (c) {
+    case E_PAYLOAD: a->payload_arg = optarg; return 0;
+    case E_SPEC: a->spec_file = optarg; return 0;
+    case E_QUEUE: s->queue = optarg; return 0;
+    case E_PRIORITY:
+        return parse_int_option(j, "--priority", optarg, -QUEUE_PRIORITY_MAX, QUEUE_PRIORITY_MAX, &s->priority);
+    case E_DELAY: return parse_seconds_option(j, "--delay", optarg, &s->delay_ms);
+    case E_UNIQUE: s->unique = optarg; return 0;
+    case E_MAX_ATTEMPTS: return parse_int_option(j, "--max-attempts", optarg, 1, 1000, &s->max_attempts);
+    case E_MAX_STALLS: return parse_int_option(j, "--max-stalls", optarg, 0, 1000, &s->max_stalls);
+    case E_BACKOFF_BASE: return parse_seconds_option(j, "--backoff-base", optarg, &s->backoff_base_ms);
+    case E_BACKOFF_CAP: return parse_seconds_option(j, "--backoff-cap", optarg, &s->backoff_cap_ms);
+    case E_AFTER:
+        if (check_job_id(j, optarg) != 0)
+            return EXIT_USAGE;
+        a->after[(*n_after)++] = optarg;
+        return 0;
+    case E_COUNT: return parse_int_option(j, "--count", optarg, 1, 1000000, &a->count);
+    default: return usage_error(j, "unexpected option");
+    }
+}
+
+/* Parses and checks everything an enqueue needs before Redis. */
+static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
+{
+    static const struct option opts[] = {
+        {"payload", required_argument, 0, E_PAYLOAD},
+        {"spec", required_argument, 0, E_SPEC},
+        {"queue", required_argument, 0, E_QUEUE},
+        {"priority", required_argument, 0, E_PRIORITY},
+        {"delay", required_argument, 0, E_DELAY},
+        {"unique", required_argument, 0, E_UNIQUE},
+        {"max-attempts", required_argument, 0, E_MAX_ATTEMPTS},
+        {"max-stalls", required_argument, 0, E_MAX_STALLS},
+        {"backoff-base", required_argument, 0, E_BACKOFF_BASE},
+        {"backoff-cap", required_argument, 0, E_BACKOFF_CAP},
+        {"after", required_argument, 0, E_AFTER},
+        {"count", required_argument, 0, E_COUNT},
+        GLOBAL_OPTIONS};
+    size_t n_after = 0;
+    int c = NEXT_END, rc = 0;
+    queue_job_spec_init(&a->spec);
+    a->count = 1;
+    a->after = calloc((size_t)argc + 1, sizeof *a->after);
+    if (!a->after)
+        return fail(j, EXIT_USAGE, "out of memory");
+    while (rc == 0 && (c = next_option(j, argc, argv, ":h", opts)) >= 0)
+        rc = enqueue_option(j, c, a, &n_after);
+    if (rc != 0 || c == NEXT_BAD)
+        return EXIT_USAGE;
+    if (c == NEXT_HELP)
+        return fputs(usage_enqueue, stdout), -1;
+    if (want_args(j, argc, argv, 1, "needs the job TYPE (e.g. jobctl enqueue diag.sleep)") != 0)
+        return EXIT_USAGE;
+    a->spec.type = argv[optind];
+    a->spec.after = a->after;
+    a->spec.n_after = n_after;
+    if (a->payload_arg && a->spec_file)
+        return usage_error(j, "give the payload with --payload or --spec, not both");
+    if (a->spec.unique && a->count > 1)
+        return usage_error(j, "--unique admits one live job, so it cannot go with --count N > 1");
+    if (a->spec_file) {
+        if (read_spec_file(j, a->spec_file, a) != 0 ||
+            check_payload_json(j, a->payload_text, "--spec file", a->spec_file) != 0)
+            return EXIT_USAGE;
+        a->spec.payload = a->payload_text;
+    } else if (a->payload_arg) {
+        if (check_payload_json(j, a->payload_arg, "--payload", NULL) != 0)
+            return EXIT_USAGE;
+        a->spec.payload = a->payload_arg;
+    }
+    cds_err err;
+    if (queue_job_spec_check(&a->spec, &err) != 0)
+        return fail(j, EXIT_USAGE, "%s", err.msg);
+    return 0;
+}
+
+/* {"id", "duplicate", "state"}; a duplicate's state is not known here. */
+static json_t *enqueued_json(const queue_enqueued *e)
+{
+    if (e->duplicate)
+        return json_pack("{s:s, s:b}", "id", e->id, "duplicate", 1);
+    return json_pack("{s:s, s:b, s:s}", "id", e->id, "duplicate", 0, "state", e->state);
+}
+
+/* Prints the ids (or JSON), and a notice on stderr for a duplicate or a job
+ * born dead (a job it waits for is dead or cancelled). */
+static void print_enqueued(const jobctl *j, const enqueue_args *a, const queue_enqueued *out, size_t n)
+{
+    if (j->json && n == 1) {
+        json_t *o = enqueued_json(&out[0]);
+        print_json(o);
+        json_decref(o);
+    } else if (j->json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(arr, enqueued_json(&out[i]));
+        print_json(arr);
+        json_decref(arr);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", out[i].id);
+    }
+    if (out[0].duplicate)
+        fail(j, EXIT_DONE, "job %s already holds unique key %s", out[0].id, a->spec.unique);
+    else if (strcmp(out[0].state, "dead") == 0)
+        fail(j, EXIT_DONE, "job %s%s%s %s created dead: a job it waits for (--after) is dead or cancelled "
+                           "(see jobctl show %s)", out[0].id, n > 1 ? " to " : "", n > 1 ? out[n - 1].id : "",
+             n > 1 ? "were" : "was", out[0].id);
+}
+
+static int cmd_enqueue(jobctl *j, int argc, char **argv)
+{
+    enqueue_args a = {0};
+    queue_job_spec *specs = NULL;
+    queue_enqueued *out = NULL;
+    queue_conn *q = NULL;
+    int rc = parse_enqueue(j, argc, argv, &a);
+    if (rc == 0) {
+        size_t n = (size_t)a.count;
+        specs = calloc(n, sizeof *specs);
+        out = calloc(n, sizeof *out);
+        if (!specs || !out)
+            rc = fail(j, EXIT_USAGE, "out of memory for %zu jobs: use a smaller --count", n);
+        for (size_t i = 0; rc == 0 && i < n; i++)
+            specs[i] = a.spec;
+        if (rc == 0)
+            rc = open_queue(j, &q);
+        cds_err err;
+        int qrc = rc == 0 ? queue_enqueue(q, specs, n, out, &err) : 0;
+        if (qrc != 0)
+            rc = op_failed(j, q, qrc, &err);
+        else if (rc == 0)
+            print_enqueued(j, &a, out, n);
+    }
+    queue_close(q);
+    free(specs);
+    free(out);
+    free(a.after);
+    free(a.payload_text);
+    return rc < 0 ? EXIT_DONE : rc;
+}
+
+/* ---- show, cancel, retry ------------------------------------------------- */
+
+static const char usage_show[] =
+    "usage: jobctl show ID\n"
+    "Prints one job: type, queue, state, priority, attempts, times, worker, last error,\n"
+    "dead reason, payload and result.  Exit 1 if there is no such job.\n";
+static const char usage_cancel[] =
+    "usage: jobctl cancel ID\n"
+    "Cancels a waiting, delayed, blocked or running job (a running job's worker loses its\n"
+    "lease: its result is refused).  Jobs waiting on it (--after) go dead.  Exit 1 if there is\n"
+    "no such job or it already finished (done, dead or cancelled).\n";
+static const char usage_retry[] =
+    "usage: jobctl retry ID\n"
+    "Puts a dead or cancelled job back to waiting with its attempts and stalls reset, taking\n"
+    "its unique key back.  Exit 1 if there is no such job, it is not dead or cancelled, or\n"
+    "another live job holds its unique key.\n";
+
+/* Parses "CMD ID" with only the global options; returns 0, -1 for --help, or
+ * an exit code. */
+static int parse_id_command(jobctl *j, int argc, char **argv, const char *usage, const char **id)
+{
+    static const struct option opts[] = {GLOBAL_OPTIONS};
+    int c = next_option(j, argc, argv, ":h", opts);
+    if (c == NEXT_HELP)
+        return fputs(usage, stdout), -1;
+    if (c != NEXT_END)
+        return EXIT_USAGE;
+    if (want_args(j, argc, argv, 1, "needs a job ID, as printed by jobctl enqueue or jobctl list") != 0)
+        return EXIT_USAGE;
+    *id = argv[optind];
+    return check_job_id(j, *id);
+}
+
+static int cmd_show(jobctl *j, int argc, char **argv)
+{
+    const char *id;
+    queue_conn *q;
+    int rc = parse_id_command(j, argc, argv, usage_show, &id);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    json_t *job;
+    int qrc = queue_show(q, id, &job, &err);
+    if (qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (j->json)
+        print_json(job);
+    else
+        fmt_show(stdout, job, cds_wall_ms());
+    json_decref(job);
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_cancel(jobctl *j, int argc, char **argv)
+{
+    const char *id;
+    queue_conn *q;
+    int rc = parse_id_command(j, argc, argv, usage_cancel, &id);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    char prev[16] = "";
+    int qrc = queue_cancel(q, id, prev, &err);
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else if (j->json) {
+        json_t *o = json_pack("{s:s, s:s, s:s}", "id", id, "state", "cancelled", "previous_state", prev);
+        print_json(o);
+        json_decref(o);
+    } else {
+        printf("cancelled job %s (it was %s)\n", id, prev);
+    }
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_retry(jobctl *j, int argc, char **argv)
+{
+    const char *id;
+    queue_conn *q;
+    int rc = parse_id_command(j, argc, argv, usage_retry, &id);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    int qrc = queue_retry(q, id, &err);
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else if (j->json) {
+        json_t *o = json_pack("{s:s, s:s}", "id", id, "state", "waiting");
+        print_json(o);
+        json_decref(o);
+    } else {
+        printf("job %s is waiting again\n", id);
+    }
+    queue_close(q);
+    return rc;
+}
+
+/* ---- list ---------------------------------------------------------------- */
+
+static const char usage_list[] =
+    "usage: jobctl list [--state STATE] [--queue Q] [--limit N]\n"
+    "Lists jobs in one state, per queue in run order (waiting: by priority, then FIFO) or\n"
+    "oldest first: id, queue, type, state, priority, attempts, and when it was queued, is\n"
+    "due, started or finished.\n"
+    "  --state STATE  waiting (default), delayed, blocked, active, done, dead or cancelled\n"
+    "  --queue Q      one queue (default: every queue)\n"
+    "  --limit N      at most N jobs, 1 to 100000 (default 100)\n";
+
+static int check_state(const jobctl *j, const char *state)
+{
+    static const char *const states[] = {"waiting", "delayed", "blocked", "active", "done", "dead", "cancelled"};
+    for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+        if (strcmp(state, states[i]) == 0)
+            return 0;
+    return fail(j, EXIT_USAGE, "unknown state '%.40s': use waiting, delayed, blocked, active, done, dead or "
+                               "cancelled (see jobctl list --help)", state);
+}
+
+/* The library lists up to limit jobs per queue; keep limit in all. */
+static void truncate_array(json_t *arr, size_t limit)
+{
+    while (json_array_size(arr) > limit)
+        json_array_remove(arr, json_array_size(arr) - 1);
+}
+
+static int cmd_list(jobctl *j, int argc, char **argv)
+{
+    enum { L_STATE = OPT_COMMAND, L_QUEUE, L_LIMIT };
+    static const struct option opts[] = {
+        {"state", required_argument, 0, E_PAYLOAD},
+        {"queue", required_argument, 0, E_SPEC},
+        {"limit", required_argument, 0, E_QUEUE},
+        GLOBAL_OPTIONS};
+    const char *state = "waiting", *queue = NULL;
+    int64_t limit = 100;
+    int c = NEXT_END, rc = 0;
+    while (rc == 0 && (c = next_option(j, argc, argv, ":h", opts)) >= 0) {
+        if (c == L_STATE)
+            state = optarg;
+        else if (c == L_QUEUE)
+            queue = optarg;
+        else
+            rc = parse_int_option(j, "--limit", optarg, 1, 100000, &limit);
+    }
+    if (rc != 0 || c == NEXT_BAD)
+        return EXIT_USAGE;
+    if (c == NEXT_HELP)
+        return fputs(usage_list, stdout), EXIT_DONE;
+    if (want_args(j, argc, argv, 0, "") != 0 || check_state(j, state) != 0 ||
+        (queue && check_queue_name(j, queue) != 0))
+        return EXIT_USAGE;
+    queue_conn *q;
+    if ((rc = open_queue(j, &q)) != 0)
+        return rc;
+    cds_err err;
+    json_t *jobs;
+    int qrc = queue_list(q, queue, state, (size_t)limit, &jobs, &err);
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else {
+        truncate_array(jobs, (size_t)limit);
+        if (j->json)
+            print_json(jobs);
+        else if (json_array_size(jobs) == 0)
+            printf("no %s jobs%s%s under prefix %s\n", state, queue ? " in queue " : "", queue ? queue : "",
+                   queue_prefix(q));
+        else
+            fmt_list(stdout, jobs, cds_wall_ms());
+        json_decref(jobs);
+    }
+    queue_close(q);
+    return rc;
+}
+
+/* ---- stats, workers ------------------------------------------------------ */
+
+static const char usage_stats[] =
+    "usage: jobctl stats\n"
+    "One row per queue: how many jobs are in each state now, and the counters of jobs\n"
+    "enqueued, retried and stalled since the queue was first used (--json adds the done,\n"
+    "dead and cancelled counters, which outlive trimming).\n";
+static const char usage_workers[] =
+    "usage: jobctl workers\n"
+    "Workers seen recently: id, alive (registration not expired), host, pid, queues, job in\n"
+    "hand, state (idle, busy, draining; gone when not alive) and when last seen.\n";
+
+/* Parses a command that takes only the global options. */
+static int parse_no_args(jobctl *j, int argc, char **argv, const char *usage)
+{
+    static const struct option opts[] = {GLOBAL_OPTIONS};
+    int c = next_option(j, argc, argv, ":h", opts);
+    if (c == NEXT_HELP)
+        return fputs(usage, stdout), -1;
+    if (c != NEXT_END || want_args(j, argc, argv, 0, "") != 0)
+        return EXIT_USAGE;
+    return 0;
+}
+
+static int cmd_stats(jobctl *j, int argc, char **argv)
+{
+    queue_conn *q;
+    int rc = parse_no_args(j, argc, argv, usage_stats);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    json_t *stats;
+    int qrc = queue_stats(q, &stats, &err);
+    if (qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (j->json)
+        print_json(stats);
+    else if (json_object_size(stats) == 0)
+        printf("no queues under prefix %s\n", queue_prefix(q));
+    else
+        fmt_stats(stdout, stats);
+    json_decref(stats);
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_workers(jobctl *j, int argc, char **argv)
+{
+    queue_conn *q;
+    int rc = parse_no_args(j, argc, argv, usage_workers);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    json_t *workers;
+    int qrc = queue_workers(q, &workers, &err);
+    if (qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (j->json)
+        print_json(workers);
+    else if (json_array_size(workers) == 0)
+        printf("no workers under prefix %s\n", queue_prefix(q));
+    else
+        fmt_workers(stdout, workers, cds_wall_ms());
+    json_decref(workers);
+    queue_close(q);
+    return rc;
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static const char usage_main[] =
+    "usage: jobctl [--redis URL] [--redis-password-file FILE] [--prefix P] [--json] COMMAND ...\n"
+    "The Cerebro-DS job queue from a shell or cron.\n"
+    "\n"
+    "commands:\n"
+    "  enqueue TYPE [options]  add a job and print its id (jobctl enqueue --help)\n"
+    "  show ID                 one job: state, attempts, times, error, payload\n"
+    "  list [--state S] [--queue Q] [--limit N]\n"
+    "                          jobs in a state (default waiting)\n"
+    "  cancel ID               cancel a waiting, delayed, blocked or running job\n"
+    "  retry ID                put a dead or cancelled job back to waiting\n"
+    "  stats                   jobs per state and counters, per queue\n"
+    "  workers                 workers seen recently, alive or not\n"
+    "  help [COMMAND]          this help, or a command's (also: jobctl COMMAND --help)\n"
+    "\n"
+    "global options (before or after the command):\n"
+    "  --redis URL                 redis://[[user]:password@]host[:port][/db] or\n"
+    "                              unix://[[user]:password@]/path/to.sock[?db=N]\n"
+    "                              (default: $CDS_REDIS_URL, else redis://127.0.0.1:6379/0)\n"
+    "  --redis-password-file FILE  the password, from FILE's first line (not seen by ps)\n"
+    "  --prefix P                  the deployment's key prefix (default cds:)\n"
+    "  --json                      print JSON instead of a table\n"
+    "\n"
+    "exit status: 0 done (a duplicate --unique enqueue too); 1 no such job, or its state\n"
+    "refuses the operation; 2 bad usage or input, or Redis unreachable or refusing AUTH.\n";
+
+typedef struct command {
+    const char *name;
+    int (*run)(jobctl *j, int argc, char **argv);
+    const char *usage;
+} command;
+
+static const command commands[] = {
+    {"enqueue", cmd_enqueue, usage_enqueue}, {"show", cmd_show, usage_show},
+    {"list", cmd_list, usage_list},          {"cancel", cmd_cancel, usage_cancel},
+    {"retry", cmd_retry, usage_retry},       {"stats", cmd_stats, usage_stats},
+    {"workers", cmd_workers, usage_workers},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const command *find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(name, commands[i].name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* jobctl help [COMMAND] */
+static int print_help(const jobctl *j, int argc, char **argv)
+{
+    if (argc < 2)
+        return fputs(usage_main, stdout), EXIT_DONE;
+    const command *c = find_command(argv[1]);
+    if (!c)
+        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats or workers "
+                                   "(see jobctl --help)", argv[1]);
+    fputs(c->usage, stdout);
+    return EXIT_DONE;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {GLOBAL_OPTIONS};
+    jobctl j = {0};
+    opterr = 0;
+    optind = 0;
+    int c = next_option(&j, argc, argv, "+:h", opts); /* "+": stop at the command */
+    if (c == NEXT_HELP)
+        return fputs(usage_main, stdout), EXIT_DONE;
+    if (c != NEXT_END)
+        return EXIT_USAGE;
+    if (optind >= argc)
+        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats or workers "
+                                    "(see jobctl --help)");
+    int first = optind;
+    if (strcmp(argv[first], "help") == 0)
+        return print_help(&j, argc - first, argv + first);
+    const command *cmd = find_command(argv[first]);
+    if (!cmd)
+        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats or workers "
+                                    "(see jobctl --help)", argv[first]);
+    j.cmd = cmd->name;
+    optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */
+    return cmd->run(&j, argc - first, argv + first);
+}
