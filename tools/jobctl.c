@@ -39,7 +39,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_log.h"
 #include "cds_util.h"
+#include "etl_queue.h"
+#include "etl_unload.h"
 #include "jobctl_fmt.h"
 #include "queue.h"
 
@@ -532,6 +535,45 @@ static void print_enqueued(const jobctl *j, const enqueue_args *a, const queue_e
              n > 1 ? "were" : "was", out[0].id);
 }
 
+/* `jobctl enqueue etl --spec FILE.json`: plans the unload here (this needs
+ * the database) and enqueues its shard jobs and the job that finishes the
+ * dataset, whose id is printed (wait on it with --after). */
+static int enqueue_etl(jobctl *j, const enqueue_args *a)
+{
+    if (!a->spec.payload)
+        return usage_error(j, "enqueue etl needs the ETL spec: --spec FILE.json (see docs/etl.md)");
+    json_t *spec = json_loads(a->spec.payload, 0, NULL);
+    etl_spec parsed;
+    cds_err err;
+    if (etl_spec_from_json(spec, &parsed, &err) != 0) {
+        json_decref(spec);
+        return fail(j, EXIT_USAGE, "ETL spec %s: %s", a->spec_file ? a->spec_file : "(--payload)", err.msg);
+    }
+    etl_spec_free(&parsed);
+    queue_conn *q = NULL;
+    int rc = open_queue(j, &q);
+    if (rc == 0) {
+        cds_log log;
+        cds_log_init(&log, stderr, CDS_LOG_WARN, "jobctl");
+        etl_enqueued res;
+        if (etl_enqueue(q, spec, a->spec.queue, a->spec.priority, &res, &log, &err) != 0) {
+            rc = queue_conn_broken(q) ? fail(j, EXIT_USAGE, "%s", err.msg) : fail(j, EXIT_REFUSED, "%s", err.msg);
+        } else if (j->json) {
+            json_t *o = json_pack("{s:s, s:s, s:i}", "id", res.finish_id, "dataset", res.dataset, "shard_jobs",
+                                  (int)res.n_shard_jobs);
+            print_json(o);
+            json_decref(o);
+        } else {
+            printf("%s\n", res.finish_id);
+            fprintf(stderr, "jobctl: dataset %s: %zu shard jobs, finished by job %s\n", res.dataset, res.n_shard_jobs,
+                    res.finish_id);
+        }
+    }
+    queue_close(q);
+    json_decref(spec);
+    return rc;
+}
+
 static int cmd_enqueue(jobctl *j, int argc, char **argv)
 {
     enqueue_args a = {0};
@@ -539,7 +581,9 @@ static int cmd_enqueue(jobctl *j, int argc, char **argv)
     queue_enqueued *out = NULL;
     queue_conn *q = NULL;
     int rc = parse_enqueue(j, argc, argv, &a);
-    if (rc == 0) {
+    if (rc == 0 && strcmp(a.spec.type, "etl") == 0) {
+        rc = enqueue_etl(j, &a);
+    } else if (rc == 0) {
         size_t n = (size_t)a.count;
         specs = calloc(n, sizeof *specs);
         out = calloc(n, sizeof *out);

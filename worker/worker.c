@@ -65,6 +65,7 @@ int worker_run_should_abort(const worker_run_ctx *ctx)
 }
 
 const cds_log *worker_run_log(const worker_run_ctx *ctx) { return &ctx->w->log; }
+queue_conn *worker_run_queue(const worker_run_ctx *ctx) { return ctx->w->q; }
 
 /* ---- connections --------------------------------------------------------- */
 
@@ -299,7 +300,7 @@ static void ack_pending(worker *w, held *hs, size_t n)
     }
 }
 
-static void fail_job(worker *w, held *h, const char *reason, int permanent)
+static void fail_job(worker *w, held *h, const char *reason, int permanent, worker_dead_fn on_dead)
 {
     cds_err err;
     queue_fail_result fr;
@@ -307,9 +308,12 @@ static void fail_job(worker *w, held *h, const char *reason, int permanent)
         cds_logf(&w->log, CDS_LOG_ERROR, "recording the failure of job %s failed: %s", h->job.id, err.msg);
     else if (fr.lost)
         cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s) but its lease was already lost", h->job.id, reason);
-    else if (fr.dead)
+    else if (fr.dead) {
         cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s): dead-lettered after %lld attempts", h->job.id, reason,
                  (long long)fr.attempts);
+        if (on_dead)
+            on_dead(w->q, &h->job, reason, &w->log);
+    }
     else
         cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s): retry in %lld ms", h->job.id, reason,
                  (long long)fr.delay_ms);
@@ -328,7 +332,8 @@ static void run_one(worker *w, held *h)
 {
     set_current(w, h->job.id);
     worker_run_ctx ctx = {.w = w, .h = h};
-    worker_run_fn run = worker_find_runner(h->job.type);
+    worker_dead_fn on_dead = NULL;
+    worker_run_fn run = worker_find_runner(h->job.type, &on_dead);
     cds_err err = {""};
     char *result = NULL;
     int64_t t0 = cds_mono_ms();
@@ -348,7 +353,7 @@ static void run_one(worker *w, held *h)
         if (!atomic_load(&h->lost))
             release_job(w, h);
     } else
-        fail_job(w, h, err.msg[0] ? err.msg : "failed", rc == WORKER_RUN_PERMANENT);
+        fail_job(w, h, err.msg[0] ? err.msg : "failed", rc == WORKER_RUN_PERMANENT, on_dead);
     free(result);
     set_current(w, NULL);
 }

@@ -39,13 +39,19 @@ typedef struct worker_run_ctx worker_run_ctx;
  * its lease on the job was lost (reaped or cancelled). */
 int worker_run_should_abort(const worker_run_ctx *ctx);
 const cds_log *worker_run_log(const worker_run_ctx *ctx);
+/* The worker's own connection (the runner runs on the thread that owns it). */
+queue_conn *worker_run_queue(const worker_run_ctx *ctx);
 
 /* A job type: runs one job; on failure fills err with the reason and returns
  * one of the WORKER_RUN_* codes; may set *result to a malloc'd JSON text. */
 typedef int (*worker_run_fn)(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err);
 
-/* The runner for a type, or NULL. */
-worker_run_fn worker_find_runner(const char *type);
+/* Called when a job of this type has gone to the dead-letter set, so the
+ * state it belongs to (a dataset, a sweep) can be marked failed. */
+typedef void (*worker_dead_fn)(queue_conn *q, const queue_job *job, const char *reason, const cds_log *log);
+
+/* The runner for a type, or NULL; *on_dead (may be NULL) gets its hook. */
+worker_run_fn worker_find_runner(const char *type, worker_dead_fn *on_dead);
 /* A comma-separated list of known types, for messages. */
 const char *worker_known_types(void);
 

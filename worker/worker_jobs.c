@@ -1,13 +1,14 @@
 /* Built-in job types.  The diagnostic ones exist for tests, demos and
  * benchmarks: diag.sleep stands in for any job that takes time (it sleeps in
  * short slices so that a stop or a lost lease interrupts it promptly),
- * diag.fail for one that fails, diag.noop for measuring the queue itself.  Later modules add ETL shards and DDP ranks
- * to the table below. */
+ * diag.fail for one that fails, diag.noop for measuring the queue itself.  etl.shard and
+ * etl.finish run an unload enqueued by `jobctl enqueue etl`; DDP ranks come later. */
 #include <string.h>
 
 #include <jansson.h>
 
 #include "cds_util.h"
+#include "etl_queue.h"
 #include "worker.h"
 
 static int run_diag_sleep(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
@@ -55,21 +56,50 @@ static int run_diag_noop(worker_run_ctx *ctx, const queue_job *job, char **resul
     return 0;
 }
 
+static int run_etl_shard(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
+{
+    (void)result;
+    return etl_run_shard_job(worker_run_queue(ctx), job->payload, worker_run_log(ctx), err) == 0 ? 0
+                                                                                               : WORKER_RUN_FAILED;
+}
+
+static int run_etl_finish(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
+{
+    (void)result;
+    return etl_run_finish_job(worker_run_queue(ctx), job->payload, worker_run_log(ctx), err) == 0 ? 0
+                                                                                                : WORKER_RUN_FAILED;
+}
+
+static void etl_dead(queue_conn *q, const queue_job *job, const char *reason, const cds_log *log)
+{
+    cds_err err;
+    if (etl_mark_failed(q, job->payload, reason, &err) != 0)
+        cds_logf(log, CDS_LOG_WARN, "could not mark the dataset of job %s failed: %s", job->id, err.msg);
+}
+
 static const struct {
     const char *type;
     worker_run_fn run;
+    worker_dead_fn on_dead;
 } runners[] = {
-    {"diag.sleep", run_diag_sleep},
-    {"diag.fail", run_diag_fail},
-    {"diag.noop", run_diag_noop},
+    {"diag.sleep", run_diag_sleep, NULL},
+    {"diag.fail", run_diag_fail, NULL},
+    {"diag.noop", run_diag_noop, NULL},
+    {"etl.shard", run_etl_shard, etl_dead},
+    {"etl.finish", run_etl_finish, etl_dead},
 };
 
-worker_run_fn worker_find_runner(const char *type)
+worker_run_fn worker_find_runner(const char *type, worker_dead_fn *on_dead)
 {
     for (size_t i = 0; i < sizeof runners / sizeof runners[0]; i++)
-        if (strcmp(runners[i].type, type) == 0)
+        if (strcmp(runners[i].type, type) == 0) {
+            if (on_dead)
+                *on_dead = runners[i].on_dead;
             return runners[i].run;
+        }
+    if (on_dead)
+        *on_dead = NULL;
     return NULL;
 }
 
-const char *worker_known_types(void) { return "diag.sleep, diag.fail, diag.noop"; }
+const char *worker_known_types(void) { return "diag.sleep, diag.fail, diag.noop, etl.shard, etl.finish"; }

@@ -1,0 +1,63 @@
+/* Internals of an unload plan shared by etl_plan.c (making it), etl_stream.c
+ * (running its tasks) and etl_dataset.c (finishing).  Not installed. */
+#ifndef CDS_ETL_PLAN_INT_H
+#define CDS_ETL_PLAN_INT_H
+
+#include <libpq-fe.h>
+
+#include "etl_criteo.h"
+#include "etl_unload.h"
+
+typedef enum { ETL_LAYOUT_COLUMNS, ETL_LAYOUT_MADLIB, ETL_LAYOUT_CRITEO } etl_layout;
+typedef enum { ETL_COL_NUMBER, ETL_COL_ARRAY, ETL_COL_BYTEA } etl_col_kind;
+typedef enum { ETL_LABEL_INT, ETL_LABEL_ONEHOT, ETL_LABEL_TEXT } etl_label_kind;
+
+typedef struct etl_col {
+    char *name;
+    uint32_t oid;
+    etl_col_kind kind;
+    int ndim;
+    int dims[ETL_NPY_MAX_DIMS];
+    int64_t count; /* values per row */
+} etl_col;
+
+typedef struct etl_task {
+    char *split;
+    int shard;
+    char **queries; /* one COPY per stream; a Greenplum shard may have several */
+    size_t n_queries;
+} etl_task;
+
+struct etl_plan {
+    json_t *json; /* the whole plan, as carried by the queue */
+    char *dsn;    /* as given (may hold a password): never written anywhere */
+    const char *dataset, *staging, *dataset_dir, *source_table;
+    int replace;
+    int jobs;
+    int greenplum;
+    etl_layout layout;
+    etl_col *cols;
+    size_t n_cols;
+    char *label_name;
+    uint32_t label_oid;
+    etl_label_kind label_kind;
+    int num_classes;
+    char **dict; /* sorted text labels */
+    size_t n_dict;
+    etl_dtype x_dtype;
+    int64_t x_shape[ETL_NPY_MAX_DIMS];
+    int x_ndim;
+    int64_t row_elems;
+    int bytea_f32; /* bytea features hold little-endian float32 */
+    etl_criteo criteo;
+    uint32_t criteo_oids[40];
+    etl_task *tasks;
+    size_t n_tasks;
+};
+
+/* Runs a query that must succeed, for the planner and the streams. */
+PGresult *etl_pq_exec(PGconn *c, const char *what, const char *sql, int nparams, const char *const *params,
+                      ExecStatusType want, cds_err *err);
+PGconn *etl_pq_connect(const char *dsn, cds_err *err);
+
+#endif

@@ -1,0 +1,200 @@
+/* etl_queue: see etl_queue.h. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "etl_plan_int.h"
+#include "etl_queue.h"
+#include "etl_unload.h"
+
+static void record_name(char *out, size_t n, const char *dataset) { snprintf(out, n, "dataset:%s", dataset); }
+
+int etl_enqueue(queue_conn *q, const json_t *spec_json, const char *queue_name, int64_t priority, etl_enqueued *out,
+                const cds_log *log, cds_err *err)
+{
+    memset(out, 0, sizeof *out);
+    etl_spec spec;
+    if (etl_spec_from_json(spec_json, &spec, err) != 0)
+        return -1;
+    etl_plan *p = etl_plan_make(&spec, log, err);
+    etl_spec_free(&spec);
+    if (!p)
+        return -1;
+    const char *token = json_string_value(json_object_get(p->json, "token"));
+    char rec[200];
+    record_name(rec, sizeof rec, p->dataset);
+    snprintf(out->dataset, sizeof out->dataset, "%s", p->dataset);
+
+    json_t *fields = json_object();
+    json_object_set_new(fields, "state", json_string("loading"));
+    json_object_set_new(fields, "token", json_string(token));
+    json_object_set_new(fields, "plan", json_incref(p->json));
+    json_object_set(fields, "spec", json_object_get(p->json, "spec"));
+    json_object_set_new(fields, "shards", json_integer(json_integer_value(json_object_get(json_object_get(p->json, "spec"), "shards"))));
+    json_object_set_new(fields, "version", json_string(""));
+    json_object_set_new(fields, "error", json_string(""));
+    int rc = queue_record_set(q, rec, fields, err);
+    json_decref(fields);
+
+    size_t n = p->n_tasks;
+    queue_job_spec *jobs = calloc(n, sizeof *jobs);
+    queue_enqueued *done = calloc(n, sizeof *done);
+    char **payloads = calloc(n + 1, sizeof *payloads);
+    char **ids = calloc(n, sizeof *ids);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        json_t *pl = json_pack("{s:s, s:s, s:i}", "dataset", p->dataset, "token", token, "task", (int)i);
+        payloads[i] = json_dumps(pl, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(pl);
+        queue_job_spec_init(&jobs[i]);
+        jobs[i].type = "etl.shard";
+        jobs[i].queue = queue_name;
+        jobs[i].payload = payloads[i];
+        jobs[i].priority = priority;
+        /* A stream cut by the server is worth retrying soon. */
+        jobs[i].backoff_base_ms = 2000;
+        jobs[i].backoff_cap_ms = 60000;
+    }
+    if (rc == 0)
+        rc = queue_enqueue(q, jobs, n, done, err);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        ids[i] = done[i].id;
+    if (rc == 0) {
+        json_t *pl = json_pack("{s:s, s:s}", "dataset", p->dataset, "token", token);
+        payloads[n] = json_dumps(pl, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(pl);
+        queue_job_spec fin;
+        queue_job_spec_init(&fin);
+        fin.type = "etl.finish";
+        fin.queue = queue_name;
+        fin.payload = payloads[n];
+        fin.priority = priority;
+        fin.after = (const char *const *)ids;
+        fin.n_after = n;
+        queue_enqueued f;
+        rc = queue_enqueue(q, &fin, 1, &f, err);
+        if (rc == 0) {
+            snprintf(out->finish_id, sizeof out->finish_id, "%s", f.id);
+            out->n_shard_jobs = n;
+            json_t *upd = json_pack("{s:s}", "finish_job", f.id);
+            queue_record_set(q, rec, upd, err);
+            json_decref(upd);
+        }
+    }
+    for (size_t i = 0; i <= n; i++)
+        free(payloads[i]);
+    free(payloads);
+    free(ids);
+    free(jobs);
+    free(done);
+    etl_plan_free(p);
+    return rc;
+}
+
+/* Reads a job payload and the plan it refers to. */
+static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, char *rec, size_t recsz, cds_err *err)
+{
+    json_error_t je;
+    *pl = json_loads(payload, 0, &je);
+    const char *dataset = *pl ? json_string_value(json_object_get(*pl, "dataset")) : NULL;
+    const char *token = *pl ? json_string_value(json_object_get(*pl, "token")) : NULL;
+    if (!dataset || !token)
+        return cds_errf(err, "ETL job payload must hold dataset and token, got %s", payload), NULL;
+    record_name(rec, recsz, dataset);
+    json_t *r = NULL;
+    if (queue_record_get(q, rec, &r, err) != 0)
+        return cds_err_wrap(err, "dataset record of %s", dataset), NULL;
+    etl_plan *p = NULL;
+    if (strcmp(json_string_value(json_object_get(r, "token")) ?: "", token) != 0) {
+        cds_errf(err, "dataset %s was enqueued again (unload %s is no longer current); this job is obsolete", dataset,
+                 token);
+    } else {
+        json_t *plan = json_loads(json_string_value(json_object_get(r, "plan")) ?: "", 0, &je);
+        /* The plan's DSN has no password: libpq finds it in the worker's
+         * PGPASSWORD or ~/.pgpass. */
+        p = plan ? etl_plan_from_json(plan, NULL, err) : NULL;
+        if (!plan)
+            cds_errf(err, "dataset record of %s holds no readable plan: %s", dataset, je.text);
+        json_decref(plan);
+    }
+    json_decref(r);
+    return p;
+}
+
+int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
+{
+    json_t *pl;
+    char rec[200];
+    etl_plan *p = plan_of(q, payload, &pl, rec, sizeof rec, err);
+    if (!p) {
+        json_decref(pl);
+        return -1;
+    }
+    size_t task = (size_t)json_integer_value(json_object_get(pl, "task"));
+    int64_t rows = 0;
+    int rc = etl_unload_task(p, task, NULL, &rows, err);
+    if (rc == 0) {
+        char field[64];
+        snprintf(field, sizeof field, "rows:%s:%d", etl_plan_task_split(p, task), etl_plan_task_shard(p, task));
+        json_t *upd = json_object();
+        json_object_set_new(upd, field, json_integer(rows));
+        rc = queue_record_set(q, rec, upd, err);
+        json_decref(upd);
+        if (log)
+            cds_logf(log, CDS_LOG_INFO, "dataset %s: %s shard %d unloaded, %lld rows", p->dataset,
+                     etl_plan_task_split(p, task), etl_plan_task_shard(p, task), (long long)rows);
+    }
+    etl_plan_free(p);
+    json_decref(pl);
+    return rc;
+}
+
+int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
+{
+    json_t *pl;
+    char rec[200];
+    etl_plan *p = plan_of(q, payload, &pl, rec, sizeof rec, err);
+    if (!p) {
+        json_decref(pl);
+        return -1;
+    }
+    char version[65];
+    int rc = etl_dataset_finish(p, version, err);
+    if (rc == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/dataset.json", p->dataset_dir);
+        json_error_t je;
+        json_t *d = json_load_file(path, 0, &je);
+        json_t *upd = json_pack("{s:s, s:s, s:O}", "state", "ready", "version", version, "splits",
+                                d ? json_object_get(d, "splits") : json_null());
+        rc = queue_record_set(q, rec, upd, err);
+        json_decref(upd);
+        json_decref(d);
+        if (log)
+            cds_logf(log, CDS_LOG_INFO, "dataset %s ready, version %.16s", p->dataset, version);
+    }
+    etl_plan_free(p);
+    json_decref(pl);
+    return rc;
+}
+
+int etl_mark_failed(queue_conn *q, const char *payload, const char *reason, cds_err *err)
+{
+    json_t *pl = json_loads(payload, 0, NULL);
+    const char *dataset = pl ? json_string_value(json_object_get(pl, "dataset")) : NULL;
+    const char *token = pl ? json_string_value(json_object_get(pl, "token")) : NULL;
+    int rc = 0;
+    if (dataset && token) {
+        char rec[200];
+        record_name(rec, sizeof rec, dataset);
+        json_t *r = NULL;
+        if (queue_record_get(q, rec, &r, err) == 0 &&
+            strcmp(json_string_value(json_object_get(r, "token")) ?: "", token) == 0) {
+            json_t *upd = json_pack("{s:s, s:s}", "state", "failed", "error", reason);
+            rc = queue_record_set(q, rec, upd, err);
+            json_decref(upd);
+        }
+        json_decref(r);
+    }
+    json_decref(pl);
+    return rc;
+}

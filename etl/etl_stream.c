@@ -1,0 +1,586 @@
+/* etl_stream: running the tasks of a plan.
+ *
+ * A task is one (split, shard).  It opens a shard writer in the staging
+ * directory, then for each of its COPY queries opens a connection, starts a
+ * read-only repeatable-read transaction (through the exported snapshot when
+ * one is given), records the transaction's snapshot point, and streams the
+ * COPY through the binary decoder into a row converter.  The converter turns
+ * each row's fields into one row of features (float32, uint8, or the 39
+ * Criteo indices) and one int32 class id, batching rows so the shard writer
+ * sees few large appends.  Any problem with a value (NULL, ragged array, a
+ * value outside uint8, an unknown label) stops the task with a message that
+ * names the column, the table and the row; the writer is then aborted so no
+ * partial shard remains.
+ *
+ * etl_unload_all runs the tasks on at most `jobs` threads, each with its own
+ * connections, under one exported snapshot on PostgreSQL. */
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cds_util.h"
+#include "etl_copy.h"
+#include "etl_plan_int.h"
+#include "etl_shard.h"
+#include "etl_value.h"
+
+#define BATCH_ROWS 1024
+
+typedef struct converter {
+    const etl_plan *p;
+    const etl_task *task;
+    etl_shard_writer *w;
+    uint8_t *x;    /* BATCH_ROWS rows of features */
+    int32_t *y;
+    size_t n;      /* rows in the batch */
+    size_t xrow;   /* bytes per feature row */
+    int64_t rows;  /* rows converted so far */
+    float *tmp;    /* scratch for one MADlib buffer or array */
+    size_t tmp_cap;
+} converter;
+
+static int flush(converter *cv, cds_err *err)
+{
+    if (cv->n == 0)
+        return 0;
+    int rc = etl_shard_append(cv->w, cv->x, cv->y, cv->n, err);
+    cv->n = 0;
+    return rc;
+}
+
+static int where_failed(const converter *cv, cds_err *err)
+{
+    return cds_err_wrap(err, "row %lld of table %s", (long long)cv->rows + 1, cv->p->source_table);
+}
+
+/* Stores one value at element i of the current feature row. */
+static int put_value(converter *cv, int64_t i, double v, const char *col, cds_err *err)
+{
+    uint8_t *row = cv->x + cv->n * cv->xrow;
+    if (cv->p->x_dtype == ETL_U8) {
+        if (!(v >= 0 && v <= 255 && v == floor(v)))
+            return cds_errf(err, "value %g in column \"%s\" does not fit uint8 (0..255 integers); use --dtype float32", v,
+                            col);
+        row[i] = (uint8_t)v;
+    } else {
+        float f = (float)v;
+        memcpy(row + i * 4, &f, 4);
+    }
+    return 0;
+}
+
+static float *scratch(converter *cv, size_t n)
+{
+    if (n > cv->tmp_cap) {
+        free(cv->tmp);
+        cv->tmp = malloc(n * sizeof *cv->tmp);
+        cv->tmp_cap = cv->tmp ? n : 0;
+    }
+    return cv->tmp;
+}
+
+static int put_array(converter *cv, const etl_col *col, const etl_field *f, int64_t at, cds_err *err)
+{
+    etl_array a;
+    if (etl_array_open(f->data, f->len, &a, err) != 0)
+        return cds_err_wrap(err, "column \"%s\"", col->name);
+    int same = a.ndim == col->ndim;
+    for (int d = 0; same && d < a.ndim; d++)
+        same = a.dims[d] == col->dims[d];
+    if (!same) {
+        char want[64] = "", got[64] = "";
+        for (int d = 0; d < col->ndim; d++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%d", d ? "x" : "", col->dims[d]);
+        for (int d = 0; d < a.ndim; d++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%d", d ? "x" : "", a.dims[d]);
+        return cds_errf(err, "ragged arrays in column \"%s\": shape %s after %s; all rows must have the same dimensions",
+                        col->name, got[0] ? got : "(empty)", want);
+    }
+    uint8_t *row = cv->x + cv->n * cv->xrow;
+    int rc = cv->p->x_dtype == ETL_U8 ? etl_array_read_u8(&a, row + at, a.count, err)
+                                      : etl_array_read_f32(&a, (float *)(void *)(row + at * 4), a.count, err);
+    return rc == 0 ? 0 : cds_err_wrap(err, "column \"%s\"", col->name);
+}
+
+static int put_bytea(converter *cv, const etl_col *col, const etl_field *f, int64_t at, cds_err *err)
+{
+    int64_t want = cv->p->bytea_f32 ? col->count * 4 : col->count;
+    if (f->len != want)
+        return cds_errf(err, "column \"%s\" holds %d bytes but --feature-shape%s needs %lld; fix the shape or the encoding",
+                        col->name, f->len, cv->p->bytea_f32 ? " with float32le" : "", (long long)want);
+    uint8_t *row = cv->x + cv->n * cv->xrow;
+    if (!cv->p->bytea_f32) {
+        if (cv->p->x_dtype == ETL_U8) {
+            memcpy(row + at, f->data, (size_t)f->len);
+        } else {
+            float *out = (float *)(void *)(row + at * 4);
+            for (int64_t i = 0; i < col->count; i++)
+                out[i] = (float)f->data[i];
+        }
+        return 0;
+    }
+    for (int64_t i = 0; i < col->count; i++) {
+        float v;
+        memcpy(&v, f->data + 4 * i, 4); /* little-endian, as this machine */
+        if (put_value(cv, at + i, v, col->name, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int strcmp_indirect(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int label_index(const etl_plan *p, const etl_field *f, int32_t *out, cds_err *err)
+{
+    if (f->len < 0)
+        return cds_errf(err, "NULL in label column \"%s\"; filter it out (e.g. --where '\"%s\" IS NOT NULL')",
+                        p->label_name, p->label_name);
+    if (p->label_kind == ETL_LABEL_TEXT) {
+        char buf[1024];
+        size_t n = (size_t)f->len < sizeof buf - 1 ? (size_t)f->len : sizeof buf - 1;
+        memcpy(buf, f->data, n);
+        buf[n] = '\0';
+        const char *key = buf;
+        char **hit = bsearch(&key, p->dict, p->n_dict, sizeof *p->dict, strcmp_indirect);
+        if (!hit)
+            return cds_errf(err, "label '%s' in column \"%s\" is not in the class dictionary made at planning (was the table changed during the unload?)",
+                            buf, p->label_name);
+        *out = (int32_t)(hit - p->dict);
+        return 0;
+    }
+    if (p->label_kind == ETL_LABEL_ONEHOT) {
+        etl_array a;
+        if (etl_array_open(f->data, f->len, &a, err) != 0)
+            return cds_err_wrap(err, "label column \"%s\"", p->label_name);
+        if (a.ndim != 1 || a.count != p->num_classes)
+            return cds_errf(err, "one-hot label in column \"%s\" has %lld values, expected %d", p->label_name,
+                            (long long)a.count, p->num_classes);
+        int hot = -1, ones = 0;
+        for (int64_t i = 0; i < a.count; i++) {
+            double v;
+            if (etl_array_next(&a, &v, err) != 0)
+                return cds_err_wrap(err, "label column \"%s\"", p->label_name);
+            if (v == 1) {
+                hot = (int)i;
+                ones++;
+            } else if (v != 0) {
+                ones = 99;
+            }
+        }
+        if (ones != 1)
+            return cds_errf(err, "label column \"%s\" is not one-hot (exactly one 1, the rest 0); use an integer class column",
+                            p->label_name);
+        *out = hot;
+        return 0;
+    }
+    double v;
+    if (etl_decode_number(p->label_oid, f->data, f->len, &v, err) != 0)
+        return cds_err_wrap(err, "label column \"%s\"", p->label_name);
+    if (v < 0 || v >= p->num_classes || v != floor(v))
+        return cds_errf(err, "label %g in column \"%s\" is outside the classes 0..%d found at planning", v,
+                        p->label_name, p->num_classes - 1);
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int convert_columns(converter *cv, const etl_field *f, int nf, cds_err *err)
+{
+    const etl_plan *p = cv->p;
+    if ((size_t)nf != p->n_cols + 1)
+        return cds_errf(err, "COPY returned %d fields, expected %zu", nf, p->n_cols + 1);
+    int64_t at = 0;
+    for (size_t c = 0; c < p->n_cols; c++) {
+        const etl_col *col = &p->cols[c];
+        if (f[c].len < 0)
+            return cds_errf(err, "NULL in feature column \"%s\"; fill or filter NULLs (e.g. --where '\"%s\" IS NOT NULL')",
+                            col->name, col->name);
+        int rc;
+        if (col->kind == ETL_COL_ARRAY)
+            rc = put_array(cv, col, &f[c], at, err);
+        else if (col->kind == ETL_COL_BYTEA)
+            rc = put_bytea(cv, col, &f[c], at, err);
+        else {
+            double v;
+            rc = etl_decode_number(col->oid, f[c].data, f[c].len, &v, err);
+            if (rc == 0)
+                rc = put_value(cv, at, v, col->name, err);
+        }
+        if (rc != 0)
+            return -1;
+        at += col->count;
+    }
+    if (label_index(p, &f[p->n_cols], &cv->y[cv->n], err) != 0)
+        return -1;
+    cv->n++;
+    cv->rows++;
+    return cv->n == BATCH_ROWS ? flush(cv, err) : 0;
+}
+
+static int convert_criteo(converter *cv, const etl_field *f, int nf, cds_err *err)
+{
+    /* The select list is the 39 features then the label; the transform wants
+     * the label first. */
+    etl_field row[40];
+    if (nf != 40)
+        return cds_errf(err, "COPY returned %d fields, expected 40 for the criteo transform", nf);
+    row[0] = f[39];
+    memcpy(row + 1, f, 39 * sizeof *f);
+    int32_t *idx = (int32_t *)(void *)(cv->x + cv->n * cv->xrow);
+    if (etl_criteo_row(&cv->p->criteo, cv->p->criteo_oids, row, 40, &cv->y[cv->n], idx, err) != 0)
+        return -1;
+    cv->n++;
+    cv->rows++;
+    return cv->n == BATCH_ROWS ? flush(cv, err) : 0;
+}
+
+/* A MADlib buffer: independent_var (array or float32 bytea) with its shape,
+ * dependent_var (one-hot array) with its shape; unpacked into rows. */
+static int convert_madlib(converter *cv, const etl_field *f, int nf, cds_err *err)
+{
+    const etl_plan *p = cv->p;
+    if (nf != 4)
+        return cds_errf(err, "COPY returned %d fields, expected 4 for a MADlib table", nf);
+    for (int i = 0; i < 4; i++)
+        if (f[i].len < 0)
+            return cds_errf(err, "NULL in MADlib column \"%s\"", p->cols[i].name);
+    etl_array xs, ys, xv, yv;
+    if (etl_array_open(f[1].data, f[1].len, &xs, err) != 0 || etl_array_open(f[3].data, f[3].len, &ys, err) != 0)
+        return cds_err_wrap(err, "MADlib shape columns");
+    double d;
+    int64_t nrows = 0, per = 1, classes = 0;
+    for (int64_t i = 0; i < xs.count; i++) {
+        if (etl_array_next(&xs, &d, err) != 0)
+            return -1;
+        if (i == 0)
+            nrows = (int64_t)d;
+        else
+            per *= (int64_t)d;
+    }
+    if (ys.count != 2 || etl_array_next(&ys, &d, err) != 0 || (int64_t)d != nrows || etl_array_next(&ys, &d, err) != 0)
+        return cds_errf(err, "MADlib dependent_var_shape must be {rows, classes} matching independent_var_shape");
+    classes = (int64_t)d;
+    if (per != p->row_elems || classes != p->num_classes)
+        return cds_errf(err, "MADlib buffer shape (%lld values per row, %lld classes) differs from the first buffer's (%lld, %d)",
+                        (long long)per, (long long)classes, (long long)p->row_elems, p->num_classes);
+    float *xf = scratch(cv, (size_t)(nrows * per));
+    if (!xf && nrows * per > 0)
+        return cds_errf(err, "out of memory unpacking a MADlib buffer of %lld rows", (long long)nrows);
+    if (p->cols[0].oid == ETL_OID_BYTEA) {
+        if (f[0].len != nrows * per * 4)
+            return cds_errf(err, "MADlib independent_var holds %d bytes, expected %lld float32 values", f[0].len,
+                            (long long)(nrows * per));
+        memcpy(xf, f[0].data, (size_t)f[0].len);
+    } else {
+        if (etl_array_open(f[0].data, f[0].len, &xv, err) != 0 || xv.count != nrows * per)
+            return cds_errf(err, "MADlib independent_var does not hold rows x values = %lld", (long long)(nrows * per));
+        if (etl_array_read_f32(&xv, xf, xv.count, err) != 0)
+            return -1;
+    }
+    if (etl_array_open(f[2].data, f[2].len, &yv, err) != 0 || yv.count != nrows * classes)
+        return cds_errf(err, "MADlib dependent_var does not hold rows x classes = %lld", (long long)(nrows * classes));
+    for (int64_t r = 0; r < nrows; r++) {
+        int hot = -1;
+        for (int64_t k = 0; k < classes; k++) {
+            if (etl_array_next(&yv, &d, err) != 0)
+                return -1;
+            if (d == 1)
+                hot = hot < 0 ? (int)k : -2;
+        }
+        if (hot < 0)
+            return cds_errf(err, "MADlib dependent_var row %lld of a buffer is not one-hot", (long long)r);
+        for (int64_t i = 0; i < per; i++)
+            if (put_value(cv, i, xf[r * per + i], "independent_var", err) != 0)
+                return -1;
+        cv->y[cv->n++] = hot;
+        cv->rows++;
+        if (cv->n == BATCH_ROWS && flush(cv, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int on_row(void *ctx, const etl_field *f, int nf, cds_err *err)
+{
+    converter *cv = ctx;
+    int rc;
+    switch (cv->p->layout) {
+    case ETL_LAYOUT_CRITEO: rc = convert_criteo(cv, f, nf, err); break;
+    case ETL_LAYOUT_MADLIB: rc = convert_madlib(cv, f, nf, err); break;
+    default: rc = convert_columns(cv, f, nf, err); break;
+    }
+    return rc == 0 ? 0 : where_failed(cv, err);
+}
+
+/* ---- one COPY stream ----------------------------------------------------- */
+
+static int begin_read(PGconn *c, const char *snapshot, char *snap_point, size_t sz, cds_err *err)
+{
+    PGresult *r = etl_pq_exec(c, "starting the read transaction", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                              0, NULL, PGRES_COMMAND_OK, err);
+    if (!r)
+        return -1;
+    PQclear(r);
+    if (snapshot) {
+        char *lit = PQescapeLiteral(c, snapshot, strlen(snapshot));
+        char sql[256];
+        snprintf(sql, sizeof sql, "SET TRANSACTION SNAPSHOT %s", lit ? lit : "''");
+        PQfreemem(lit);
+        if (!(r = etl_pq_exec(c, "joining the exported snapshot", sql, 0, NULL, PGRES_COMMAND_OK, err)))
+            return -1;
+        PQclear(r);
+    }
+    /* Parallel streams over one big table must each read it from the start:
+     * a synchronized scan would hand them rows in rotated order. */
+    if (!(r = etl_pq_exec(c, "setting up the stream", "SET LOCAL synchronize_seqscans = off", 0, NULL,
+                          PGRES_COMMAND_OK, err)))
+        return -1;
+    PQclear(r);
+    if (!(r = etl_pq_exec(c, "reading the snapshot point", "SELECT txid_current_snapshot()::text", 0, NULL,
+                          PGRES_TUPLES_OK, err)))
+        return -1;
+    snprintf(snap_point, sz, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
+static int stream_copy(PGconn *c, const char *query, converter *cv, cds_err *err)
+{
+    PGresult *r = PQexec(c, query);
+    if (PQresultStatus(r) != PGRES_COPY_OUT) {
+        cds_errf(err, "starting COPY: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        return -1;
+    }
+    PQclear(r);
+    etl_copy_parser *parser = etl_copy_parser_new(on_row, cv, err);
+    if (!parser)
+        return -1;
+    int rc = 0;
+    for (;;) {
+        char *buf = NULL;
+        int n = PQgetCopyData(c, &buf, 0);
+        if (n > 0) {
+            if (rc == 0)
+                rc = etl_copy_parser_feed(parser, (const uint8_t *)buf, (size_t)n, err);
+            PQfreemem(buf);
+            continue;
+        }
+        if (n == -2 && rc == 0)
+            rc = cds_errf(err, "COPY stream broke: %s (the connection was lost; retry the unload)", PQerrorMessage(c));
+        break;
+    }
+    /* Drain the results: the server's verdict on the COPY. */
+    while ((r = PQgetResult(c)) != NULL) {
+        if (PQresultStatus(r) != PGRES_COMMAND_OK && rc == 0)
+            rc = cds_errf(err, "COPY failed: %s", PQresultErrorMessage(r));
+        PQclear(r);
+    }
+    if (rc == 0)
+        rc = etl_copy_parser_finish(parser, err);
+    etl_copy_parser_free(parser);
+    return rc;
+}
+
+static int run_query(const etl_plan *p, const char *query, const char *snapshot, converter *cv, json_t *points,
+                     cds_err *err)
+{
+    PGconn *c = etl_pq_connect(p->dsn, err);
+    if (!c)
+        return -1;
+    char point[512] = "";
+    int rc = begin_read(c, snapshot, point, sizeof point, err);
+    if (rc == 0)
+        rc = stream_copy(c, query, cv, err);
+    if (rc == 0)
+        json_array_append_new(points, json_string(point));
+    if (rc == 0)
+        rc = flush(cv, err);
+    PGresult *r = PQexec(c, rc == 0 ? "COMMIT" : "ROLLBACK");
+    PQclear(r);
+    PQfinish(c);
+    return rc;
+}
+
+static void iso_now(char *out, size_t n)
+{
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* The manifest fields a shard gets besides the files. */
+static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *snapshot, json_t *points)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "dataset", json_string(p->dataset));
+    json_object_set_new(m, "split", json_string(t->split));
+    json_object_set_new(m, "num_classes", json_integer(p->num_classes));
+    if (p->n_dict)
+        json_object_set(m, "classes", json_object_get(p->json, "classes"));
+    json_object_set(m, "layout", json_object_get(p->json, "layout"));
+    if (p->layout == ETL_LAYOUT_CRITEO)
+        json_object_set(m, "transform", json_pack("{s:s, s:O}", "name", "criteo", "params",
+                                                  json_object_get(p->json, "criteo")));
+    json_t *src = json_object();
+    json_object_set(src, "query", json_object_get(p->json, "source_query"));
+    json_t *qs = json_array();
+    for (size_t i = 0; i < t->n_queries; i++)
+        json_array_append_new(qs, json_string(t->queries[i]));
+    json_object_set_new(src, "copy", qs);
+    json_object_set(src, "server", json_object_get(p->json, "server"));
+    json_object_set_new(src, "snapshot", json_pack("{s:s?, s:O}", "exported", snapshot, "points", points));
+    json_object_set(src, "spec", json_object_get(p->json, "spec"));
+    json_object_set_new(m, "source", src);
+    char when[32];
+    iso_now(when, sizeof when);
+    json_object_set_new(m, "unloaded_at", json_string(when));
+    json_object_set(m, "unload", json_object_get(p->json, "token"));
+    return m;
+}
+
+int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *rows, cds_err *err)
+{
+    if (i >= p->n_tasks)
+        return cds_errf(err, "no task %zu in the plan (it has %zu)", i, p->n_tasks);
+    const etl_task *t = &p->tasks[i];
+    char split_dir[4096];
+    snprintf(split_dir, sizeof split_dir, "%s/%s", p->staging, t->split);
+    converter cv = {.p = p, .task = t};
+    cv.xrow = (size_t)p->row_elems * etl_dtype_size(p->x_dtype);
+    cv.x = malloc(cv.xrow * BATCH_ROWS);
+    cv.y = malloc(sizeof *cv.y * BATCH_ROWS);
+    if (!cv.x || !cv.y) {
+        free(cv.x);
+        free(cv.y);
+        return cds_errf(err, "out of memory for a batch of %d rows of %zu bytes", BATCH_ROWS, cv.xrow);
+    }
+    cv.w = etl_shard_begin(split_dir, t->shard, p->x_dtype, p->x_shape, p->x_ndim, err);
+    int rc = cv.w ? 0 : -1;
+    json_t *points = json_array();
+    for (size_t q = 0; rc == 0 && q < t->n_queries; q++)
+        rc = run_query(p, t->queries[q], snapshot, &cv, points, err);
+    if (rc == 0) {
+        json_t *extra = manifest_extra(p, t, snapshot, points);
+        rc = etl_shard_commit(cv.w, extra, 1, err);
+        json_decref(extra);
+    } else if (cv.w) {
+        etl_shard_abort(cv.w);
+    }
+    json_decref(points);
+    if (rc != 0)
+        cds_err_wrap(err, "unloading %s shard %d of dataset %s", t->split, t->shard, p->dataset);
+    if (rows)
+        *rows = cv.rows;
+    free(cv.x);
+    free(cv.y);
+    free(cv.tmp);
+    return rc;
+}
+
+/* ---- all tasks, in parallel ---------------------------------------------- */
+
+typedef struct pool {
+    const etl_plan *p;
+    const cds_log *log;
+    const char *snapshot;
+    atomic_size_t next;
+    atomic_int failed;
+    pthread_mutex_t mu;
+    cds_err err;
+    int64_t rows;
+} pool;
+
+static void *pool_worker(void *arg)
+{
+    pool *pl = arg;
+    for (;;) {
+        size_t i = atomic_fetch_add(&pl->next, 1);
+        if (i >= pl->p->n_tasks || atomic_load(&pl->failed))
+            return NULL;
+        cds_err err;
+        int64_t rows = 0;
+        int64_t t0 = cds_mono_ms();
+        if (etl_unload_task(pl->p, i, pl->snapshot, &rows, &err) != 0) {
+            pthread_mutex_lock(&pl->mu);
+            if (!atomic_exchange(&pl->failed, 1))
+                pl->err = err;
+            pthread_mutex_unlock(&pl->mu);
+            return NULL;
+        }
+        pthread_mutex_lock(&pl->mu);
+        pl->rows += rows;
+        pthread_mutex_unlock(&pl->mu);
+        if (pl->log)
+            cds_logf(pl->log, CDS_LOG_INFO, "%s shard %d: %lld rows in %.2f s", pl->p->tasks[i].split,
+                     pl->p->tasks[i].shard, (long long)rows, (cds_mono_ms() - t0) / 1000.0);
+    }
+}
+
+/* On PostgreSQL: a transaction that exports its snapshot and stays open
+ * while the streams read through it. */
+static PGconn *export_snapshot(const etl_plan *p, char *id, size_t sz, cds_err *err)
+{
+    PGconn *c = etl_pq_connect(p->dsn, err);
+    if (!c)
+        return NULL;
+    PGresult *r = etl_pq_exec(c, "starting the snapshot transaction", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                              0, NULL, PGRES_COMMAND_OK, err);
+    if (r) {
+        PQclear(r);
+        r = etl_pq_exec(c, "exporting the snapshot", "SELECT pg_export_snapshot()", 0, NULL, PGRES_TUPLES_OK, err);
+    }
+    if (!r) {
+        PQfinish(c);
+        return NULL;
+    }
+    snprintf(id, sz, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return c;
+}
+
+int etl_unload_all(const etl_plan *p, const cds_log *log, char version[65], cds_err *err)
+{
+    char snap[128] = "";
+    PGconn *holder = NULL;
+    if (!p->greenplum && !(holder = export_snapshot(p, snap, sizeof snap, err)))
+        return -1;
+    /* A writer hitting RLIMIT_FSIZE must see EFBIG, not die of SIGXFSZ. */
+    signal(SIGXFSZ, SIG_IGN);
+    pool pl = {.p = p, .log = log, .snapshot = snap[0] ? snap : NULL};
+    pthread_mutex_init(&pl.mu, NULL);
+    int jobs = p->jobs > 0 ? p->jobs : 4;
+    if ((size_t)jobs > p->n_tasks)
+        jobs = (int)p->n_tasks;
+    pthread_t th[256];
+    for (int i = 0; i < jobs; i++)
+        pthread_create(&th[i], NULL, pool_worker, &pl);
+    for (int i = 0; i < jobs; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&pl.mu);
+    if (holder) {
+        PQclear(PQexec(holder, "COMMIT"));
+        PQfinish(holder);
+    }
+    if (atomic_load(&pl.failed)) {
+        etl_dataset_discard(p);
+        *err = pl.err;
+        return -1;
+    }
+    if (etl_dataset_finish(p, version, err) != 0) {
+        etl_dataset_discard(p);
+        return -1;
+    }
+    if (log)
+        cds_logf(log, CDS_LOG_INFO, "dataset %s version %.16s: %lld rows in %zu shards", p->dataset, version,
+                 (long long)pl.rows, p->n_tasks);
+    return 0;
+}
