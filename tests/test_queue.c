@@ -134,6 +134,12 @@ static void test_lease_expiry(queue_conn *q)
     ok(alive == 0, "the first holder's heartbeat learns it lost the lease");
     queue_ack(q, &j2, 1, NULL, &acked, &err);
     ok(acked == 1 && state_is(q, e.id, "done"), "the new holder completes it");
+    acked = 0;
+    queue_ack(q, &j2, 1, NULL, &acked, &err);
+    ok(acked == 1, "the same ack sent again (a reply lost with the connection) is still a success");
+    acked = 1;
+    queue_ack(q, &j, 1, NULL, &acked, &err);
+    ok(acked == 0, "while the lost lease's ack stays refused");
     queue_job_clear(&j);
     queue_job_clear(&j2);
 }

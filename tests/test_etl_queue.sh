@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# ETL as queue jobs, against the harness's real Redis and PostgreSQL:
+# Fashion-MNIST from the Debian package into PostgreSQL and out into 2 shards
+# (with a 10% validation split and the test table) through jobctl enqueue etl
+# and two cds-worker processes; then a backend killed in the middle of a shard
+# job: the job fails with a clear error, no partial shard is visible, and the
+# retry succeeds.  usage: test_etl_queue.sh BUILD_ROOT
+set -u
+build=${1:?usage: test_etl_queue.sh BUILD_ROOT}
+py=/usr/bin/python3
+[ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
+export PGDATABASE=cds_etlq_$$
+createdb "$PGDATABASE" || { echo "Bail out! createdb failed"; exit 1; }
+root=$(mktemp -d /tmp/cds-etlq-test.XXXXXX)
+prefix="t:etlq:$$:"
+jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; rm -rf "$root"
+}
+trap cleanup EXIT
+n=0; failed=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+worker() { "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "$1" --reap-every 0.2 "${@:2}" 2>>"$root/$1.log" & pids+=($!); }
+wait_state() { # JOB STATE SECONDS
+    for _ in $(seq $(($3 * 10))); do
+        [ "$(jobctl show "$1" --json | $py -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = "$2" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+"$build/tools/load-fashion-mnist" >/dev/null
+ok $? "load-fashion-mnist fills fashion_mnist_train and fashion_mnist_test"
+cat >"$root/fm.json" <<JSON
+{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
+ "dtype": "uint8", "valid_fraction": 0.1, "test_table": "fashion_mnist_test",
+ "dataset": "fmnist", "shards": 2, "data_root": "$root"}
+JSON
+id=$(jobctl enqueue etl --spec "$root/fm.json" 2>/dev/null)
+ok $? "jobctl enqueue etl prints the finishing job's id ($id)"
+rec=$(redis-cli -u "$CDS_TEST_REDIS_URL" HGET "${prefix}dataset:fmnist" state)
+ok "$([ "$rec" = loading ]; echo $?)" "the dataset record says loading"
+worker fm-a --idle-exit 3
+worker fm-b --idle-exit 3
+wait_state "$id" done 120
+ok $? "two workers run the 6 shard jobs and the finishing job"
+wait "${pids[@]}" 2>/dev/null; pids=()
+ok "$([ "$(redis-cli -u "$CDS_TEST_REDIS_URL" HGET "${prefix}dataset:fmnist" state)" = ready ]; echo $?)" "the dataset record says ready"
+ok "$([ "$(grep -c 'etl.shard done' "$root/fm-a.log")" -ge 1 ] && [ "$(grep -c 'etl.shard done' "$root/fm-b.log")" -ge 1 ]; echo $?)" "both workers unloaded shards"
+$py - "$root/datasets/fmnist" "$(redis-cli -u "$CDS_TEST_REDIS_URL" HGET "${prefix}dataset:fmnist" version)" <<'PY'
+import json, sys, numpy as np
+d, version = sys.argv[1], sys.argv[2]
+rows = {}
+for split in ("train", "valid", "test"):
+    rows[split] = 0
+    for k in (0, 1):
+        x = np.load(f"{d}/{split}/shard-{k}/x.npy", mmap_mode="r")
+        y = np.load(f"{d}/{split}/shard-{k}/y.npy", mmap_mode="r")
+        m = json.load(open(f"{d}/{split}/shard-{k}/manifest.json"))
+        assert x.shape[1:] == (28, 28, 1) and x.dtype == np.uint8 and y.dtype == np.int32, (x.shape, x.dtype)
+        assert len(x) == len(y) == m["rows"] and m["dataset_version"] == version
+        assert y.min() >= 0 and y.max() <= 9
+        rows[split] += len(y)
+assert rows["train"] + rows["valid"] == 60000 and rows["test"] == 10000, rows
+assert 5000 < rows["valid"] < 7000, rows
+print("# rows", rows)
+PY
+ok $? "numpy loads every shard: 60,000 train+valid rows (about 10% valid), 10,000 test, one version"
+
+# A backend killed in the middle of a shard job.
+psql -X -q -c "CREATE TABLE slow (id int PRIMARY KEY, a real, lab int)"
+psql -X -q -c "INSERT INTO slow SELECT i, i, i % 2 FROM generate_series(1, 3000) i"
+cat >"$root/slow.json" <<JSON
+{"table": "slow", "features": ["a"], "label": "lab", "dataset": "slow", "shards": 1, "data_root": "$root",
+ "where": "pg_sleep(0.001) IS NOT NULL"}
+JSON
+id=$(jobctl enqueue etl --spec "$root/slow.json" 2>/dev/null)
+worker slow-a
+killed=1
+for _ in $(seq 200); do
+    pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%slow%' AND pid <> pg_backend_pid() LIMIT 1")
+    if [ -n "$pid" ]; then psql -X -At -c "SELECT pg_terminate_backend($pid)" >/dev/null; killed=0; break; fi
+    sleep 0.05
+done
+ok $killed "the shard job's COPY backend was terminated mid-stream"
+for _ in $(seq 50); do grep -q "failed (" "$root/slow-a.log" && break; sleep 0.1; done
+grep "failed (" "$root/slow-a.log" | head -1 | grep -q "terminating connection\|connection"
+ok $? "the shard job fails with a clear error ($(grep -o 'failed (.\{0,90\}' "$root/slow-a.log" | head -1))"
+ls -a "$root/datasets" | grep -q "^slow$"; [ $? -ne 0 ] && ! find "$root/datasets" -path '*slow*' -name 'shard-0' | grep -q .
+ok $? "no shard of the failed attempt is visible"
+wait_state "$id" done 60
+ok $? "the retry succeeds and the dataset is finished"
+$py -c "import numpy as np; y = np.load('$root/datasets/slow/train/shard-0/y.npy'); assert len(y) == 3000"
+ok $? "with all 3000 rows"
+echo "1..$n"
+[ $failed -eq 0 ]
