@@ -38,8 +38,10 @@ static void hex(const unsigned char *d, unsigned n, char *out)
         sprintf(out + 2 * i, "%02x", d[i]);
 }
 
-static int compute_version(const etl_plan *p, char version[65], json_t *splits, cds_err *err)
+/* Also finds the largest class id over all shards (*max_label). */
+static int compute_version(const etl_plan *p, char version[65], json_t *splits, int64_t *max_label, cds_err *err)
 {
+    *max_label = -1;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     int rc = 0;
@@ -63,6 +65,8 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
             json_object_set_new(splits, t->split, sp);
         }
         json_int_t rows = json_integer_value(json_object_get(m, "rows"));
+        if (json_integer_value(json_object_get(m, "max_label")) > *max_label)
+            *max_label = json_integer_value(json_object_get(m, "max_label"));
         json_object_set_new(sp, "shards", json_integer(json_integer_value(json_object_get(sp, "shards")) + 1));
         json_object_set_new(sp, "rows", json_integer(json_integer_value(json_object_get(sp, "rows")) + rows));
         json_array_append_new(json_object_get(sp, "rows_per_shard"), json_integer(rows));
@@ -76,7 +80,7 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
     return rc;
 }
 
-static int write_dataset_json(const etl_plan *p, const char *version, json_t *splits, cds_err *err)
+static int write_dataset_json(const etl_plan *p, const char *version, json_t *splits, int num_classes, cds_err *err)
 {
     char path[4096], tmp[4200];
     snprintf(path, sizeof path, "%s/dataset.json", p->staging);
@@ -87,7 +91,7 @@ static int write_dataset_json(const etl_plan *p, const char *version, json_t *sp
     gmtime_r(&t, &tm);
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
     json_t *d = json_pack("{s:s, s:i, s:s, s:s, s:O, s:i, s:s, s:O, s:O}", "format", "cds-dataset", "format_version", 1,
-                          "dataset", p->dataset, "version", version, "splits", splits, "num_classes", p->num_classes,
+                          "dataset", p->dataset, "version", version, "splits", splits, "num_classes", num_classes,
                           "finished_at", when, "x", json_object_get(p->json, "x"), "spec",
                           json_object_get(p->json, "spec"));
     if (p->n_dict)
@@ -110,14 +114,21 @@ static int exists(const char *path)
 int etl_dataset_finish(const etl_plan *p, char version[65], cds_err *err)
 {
     json_t *splits = json_object();
-    int rc = compute_version(p, version, splits, err);
+    int64_t max_label;
+    int rc = compute_version(p, version, splits, &max_label, err);
+    int num_classes = p->num_classes > 0 ? p->num_classes : (int)max_label + 1;
+    if (rc == 0 && num_classes < 2)
+        rc = cds_errf(err, "label column \"%s\" holds %d class(es) in dataset %s; a classifier needs at least 2",
+                      p->label_name, num_classes, p->dataset);
     for (size_t i = 0; i < p->n_tasks && rc == 0; i++) {
         char dir[4096];
         snprintf(dir, sizeof dir, "%s/%s/shard-%d", p->staging, p->tasks[i].split, p->tasks[i].shard);
         rc = etl_shard_manifest_set(dir, "dataset_version", json_string(version), err);
+        if (rc == 0 && p->num_classes < 1)
+            rc = etl_shard_manifest_set(dir, "num_classes", json_integer(num_classes), err);
     }
     if (rc == 0)
-        rc = write_dataset_json(p, version, splits, err);
+        rc = write_dataset_json(p, version, splits, num_classes, err);
     json_decref(splits);
     if (rc == 0)
         rc = cds_fsync_dir(p->staging, err);

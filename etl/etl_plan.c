@@ -510,15 +510,12 @@ static int plan_label(planner *pl, cds_err *err)
     sbuf sql = {0};
     const char *kind;
     if (oid == ETL_OID_INT2 || oid == ETL_OID_INT4 || oid == ETL_OID_INT8) {
-        kind = "int";
-        sb_add(&sql, "SELECT min(m), max(x), sum(n) FROM (");
-        for (int t = 0, first = 1; t < 3; t++)
-            if (tabs[t]) {
-                sb_add(&sql, "%sSELECT min(%s) AS m, max(%s) AS x, count(*) - count(%s) AS n FROM %s",
-                       first ? "" : " UNION ALL ", q, q, q, tabs[t]->qualified);
-                first = 0;
-            }
-        sb_add(&sql, ") s");
+        /* Integer ids need no scan here: the streams check each id and the
+         * class count (largest id + 1) is settled when the dataset is
+         * finished. */
+        free(q);
+        json_object_set_new(lab, "kind", json_string("int"));
+        return 0;
     } else if (etl_array_elem_oid(oid)) {
         kind = "onehot";
         sb_add(&sql, "SELECT array_length(%s, 1) FROM %s WHERE %s IS NOT NULL LIMIT 1", q, pl->train.qualified, q);
@@ -544,17 +541,7 @@ static int plan_label(planner *pl, cds_err *err)
         return -1;
     int rc = 0;
     if (strcmp(kind, "int") == 0) {
-        if (PQgetisnull(r, 0, 1))
-            rc = cds_errf(err, "label column \"%s\" of table \"%s\" has no values", s->label, pl->train.display);
-        else if (strtoll(PQgetvalue(r, 0, 0), NULL, 10) < 0)
-            rc = cds_errf(err, "label column \"%s\" of table \"%s\" has negative class ids (min %s); class ids must be 0..K-1",
-                          s->label, pl->train.display, PQgetvalue(r, 0, 0));
-        else if (strtoll(PQgetvalue(r, 0, 1), NULL, 10) >= 1000000)
-            rc = cds_errf(err, "label column \"%s\" of table \"%s\" has class id %s; class ids must be below 1000000",
-                          s->label, pl->train.display, PQgetvalue(r, 0, 1));
-        else
-            json_object_set_new(pl->plan, "num_classes", json_integer(strtoll(PQgetvalue(r, 0, 1), NULL, 10) + 1));
-    } else if (strcmp(kind, "onehot") == 0) {
+        rc = 0; /* not reached: integer labels return above */    } else if (strcmp(kind, "onehot") == 0) {
         if (PQntuples(r) == 0 || PQgetisnull(r, 0, 0))
             rc = cds_errf(err, "label column \"%s\" of table \"%s\" has no values", s->label, pl->train.display);
         else

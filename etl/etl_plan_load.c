@@ -53,8 +53,9 @@ static int load_label(etl_plan *p, cds_err *err)
     const char *kind = jstr(lab, "kind");
     p->label_kind = strcmp(kind, "text") == 0 ? ETL_LABEL_TEXT : strcmp(kind, "onehot") == 0 ? ETL_LABEL_ONEHOT
                                                                                               : ETL_LABEL_INT;
+    /* 0 for integer labels: settled at finish from the largest id seen. */
     p->num_classes = (int)json_integer_value(json_object_get(p->json, "num_classes"));
-    if (p->num_classes < 1)
+    if (p->num_classes < 1 && p->label_kind != ETL_LABEL_INT)
         return bad_plan(err, "no class count");
     json_t *classes = json_object_get(p->json, "classes");
     p->n_dict = json_array_size(classes);

@@ -28,6 +28,7 @@
 #include "etl_plan_int.h"
 #include "etl_shard.h"
 #include "etl_value.h"
+#include "etl_writeq.h"
 
 #define BATCH_ROWS 1024
 
@@ -35,8 +36,10 @@ typedef struct converter {
     const etl_plan *p;
     const etl_task *task;
     etl_shard_writer *w;
-    uint8_t *x;    /* BATCH_ROWS rows of features */
+    etl_writeq *wq; /* hands full batches to the writer thread */
+    uint8_t *x;    /* the batch being filled: BATCH_ROWS rows of features */
     int32_t *y;
+    int32_t max_label; /* the largest class id seen (for integer labels) */
     size_t n;      /* rows in the batch */
     size_t xrow;   /* bytes per feature row */
     int64_t rows;  /* rows converted so far */
@@ -48,7 +51,11 @@ static int flush(converter *cv, cds_err *err)
 {
     if (cv->n == 0)
         return 0;
-    int rc = etl_shard_append(cv->w, cv->x, cv->y, cv->n, err);
+    for (size_t i = 0; i < cv->n; i++)
+        if (cv->y[i] > cv->max_label)
+            cv->max_label = cv->y[i];
+    int rc = etl_writeq_submit(cv->wq, cv->n, err);
+    etl_writeq_batch(cv->wq, &cv->x, &cv->y);
     cv->n = 0;
     return rc;
 }
@@ -184,9 +191,11 @@ static int label_index(const etl_plan *p, const etl_field *f, int32_t *out, cds_
     double v;
     if (etl_decode_number(p->label_oid, f->data, f->len, &v, err) != 0)
         return cds_err_wrap(err, "label column \"%s\"", p->label_name);
-    if (v < 0 || v >= p->num_classes || v != floor(v))
-        return cds_errf(err, "label %g in column \"%s\" is outside the classes 0..%d found at planning", v,
-                        p->label_name, p->num_classes - 1);
+    /* The class count of integer labels is the largest id + 1 over every
+     * shard, settled when the dataset is finished (no extra scan up front). */
+    if (v < 0 || v != floor(v) || v >= ETL_MAX_CLASSES || (p->num_classes > 0 && v >= p->num_classes))
+        return cds_errf(err, "label %g in column \"%s\" is not a class id (a whole number 0..%d)", v, p->label_name,
+                        p->num_classes > 0 ? p->num_classes - 1 : ETL_MAX_CLASSES - 1);
     *out = (int32_t)v;
     return 0;
 }
@@ -418,12 +427,15 @@ static void iso_now(char *out, size_t n)
 }
 
 /* The manifest fields a shard gets besides the files. */
-static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *snapshot, json_t *points)
+static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *snapshot, json_t *points,
+                              int32_t max_label)
 {
     json_t *m = json_object();
+    json_object_set_new(m, "max_label", json_integer(max_label));
     json_object_set_new(m, "dataset", json_string(p->dataset));
     json_object_set_new(m, "split", json_string(t->split));
-    json_object_set_new(m, "num_classes", json_integer(p->num_classes));
+    if (p->num_classes > 0)
+        json_object_set_new(m, "num_classes", json_integer(p->num_classes));
     if (p->n_dict)
         json_object_set(m, "classes", json_object_get(p->json, "classes"));
     json_object_set(m, "layout", json_object_get(p->json, "layout"));
@@ -454,22 +466,27 @@ int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *
     const etl_task *t = &p->tasks[i];
     char split_dir[4096];
     snprintf(split_dir, sizeof split_dir, "%s/%s", p->staging, t->split);
-    converter cv = {.p = p, .task = t};
+    converter cv = {.p = p, .task = t, .max_label = -1};
     cv.xrow = (size_t)p->row_elems * etl_dtype_size(p->x_dtype);
-    cv.x = malloc(cv.xrow * BATCH_ROWS);
-    cv.y = malloc(sizeof *cv.y * BATCH_ROWS);
-    if (!cv.x || !cv.y) {
-        free(cv.x);
-        free(cv.y);
-        return cds_errf(err, "out of memory for a batch of %d rows of %zu bytes", BATCH_ROWS, cv.xrow);
-    }
     cv.w = etl_shard_begin(split_dir, t->shard, p->x_dtype, p->x_shape, p->x_ndim, err);
     int rc = cv.w ? 0 : -1;
+    if (rc == 0 && !(cv.wq = etl_writeq_new(cv.w, cv.xrow, BATCH_ROWS, err)))
+        rc = -1;
+    if (cv.wq)
+        etl_writeq_batch(cv.wq, &cv.x, &cv.y);
     json_t *points = json_array();
     for (size_t q = 0; rc == 0 && q < t->n_queries; q++)
         rc = run_query(p, t->queries[q], snapshot, &cv, points, err);
+    if (cv.wq) {
+        cds_err werr;
+        if (etl_writeq_finish(cv.wq, &werr) != 0 && rc == 0) {
+            *err = werr;
+            rc = -1;
+        }
+        etl_writeq_free(cv.wq); /* the writer thread is gone after this */
+    }
     if (rc == 0) {
-        json_t *extra = manifest_extra(p, t, snapshot, points);
+        json_t *extra = manifest_extra(p, t, snapshot, points, cv.max_label);
         rc = etl_shard_commit(cv.w, extra, 1, err);
         json_decref(extra);
     } else if (cv.w) {
@@ -480,8 +497,6 @@ int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *
         cds_err_wrap(err, "unloading %s shard %d of dataset %s", t->split, t->shard, p->dataset);
     if (rows)
         *rows = cv.rows;
-    free(cv.x);
-    free(cv.y);
     free(cv.tmp);
     return rc;
 }

@@ -32,6 +32,7 @@
 #include "etl_npy.h"
 
 #define ETL_MAX_SHARDS 4096
+#define ETL_MAX_CLASSES 1000000
 
 /* What the user asked for: the options of cds-etl unload, or the JSON spec of
  * `jobctl enqueue etl` (same names, '-' written as '_'). */
