@@ -225,13 +225,13 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
 {
     /* A work list instead of recursion: a chain of dependencies may be long. */
     size_t cap = 16, n = 0;
-    char **todo = malloc(cap * sizeof *todo);
-    if (!todo)
+    char **pending_ids = malloc(cap * sizeof *pending_ids);
+    if (!pending_ids)
         return cds_errf(err, "out of memory");
-    todo[n++] = strdup(id);
+    pending_ids[n++] = strdup(id);
     int rc = 0;
     while (n > 0 && rc == 0) {
-        char *cur = todo[--n];
+        char *cur = pending_ids[--n];
         qargs cmd = {0};
         qargs_add(&cmd, "SMEMBERS");
         qargs_key(&cmd, q, "job:%s:dependents", cur);
@@ -247,22 +247,22 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
             rc = resolve_one(q, deps->element[i]->str, st, &more, err);
             if (rc == 0 && more) {
                 if (n == cap) {
-                    char **bigger = realloc(todo, 2 * cap * sizeof *todo);
+                    char **bigger = realloc(pending_ids, 2 * cap * sizeof *pending_ids);
                     if (!bigger) {
                         rc = cds_errf(err, "out of memory");
                         break;
                     }
-                    todo = bigger;
+                    pending_ids = bigger;
                     cap *= 2;
                 }
-                todo[n++] = strdup(deps->element[i]->str);
+                pending_ids[n++] = strdup(deps->element[i]->str);
             }
         }
         freeReplyObject(deps);
     }
     while (n > 0)
-        free(todo[--n]);
-    free(todo);
+        free(pending_ids[--n]);
+    free(pending_ids);
     return rc;
 }
 
