@@ -566,7 +566,12 @@ int etl_unload_all(const etl_plan *p, const cds_log *log, char version[65], cds_
 {
     char snap[128] = "";
     PGconn *holder = NULL;
-    if (!p->greenplum && !(holder = export_snapshot(p, snap, sizeof snap, err)))
+    /* One stream is one transaction, already a consistent cut: only several
+     * streams need a snapshot to share. */
+    size_t streams = 0;
+    for (size_t i = 0; i < p->n_tasks; i++)
+        streams += p->tasks[i].n_queries;
+    if (!p->greenplum && streams > 1 && !(holder = export_snapshot(p, snap, sizeof snap, err)))
         return -1;
     /* A writer hitting RLIMIT_FSIZE must see EFBIG, not die of SIGXFSZ. */
     signal(SIGXFSZ, SIG_IGN);
