@@ -226,11 +226,11 @@ refused 2 "bad Redis URL 'http://x': unknown scheme" "a bad URL"
 raw --redis "http://:$pw@x" stats
 refused 2 "bad Redis URL 'http://:\*\*\*@x'" "a bad URL with a password is redacted"
 raw --redis "redis://:pa/ss@127.0.0.1:1/0" stats
-refused 2 "bad Redis URL (not shown" "a password with '/' (which defeats redaction) is refused without echoing the URL"
+refused 2 "cannot connect to Redis at redis://:\*\*\*@127.0.0.1:1/0" "a password holding '/' is parsed and redacted"
 raw --redis "redis://:$pw@x@127.0.0.1:1/0" stats
-refused 2 "bad Redis URL (not shown" "a password with '@' is refused without echoing the URL"
+refused 2 "cannot connect to Redis at redis://:\*\*\*@127.0.0.1:1/0" "a password holding '@' is parsed and redacted"
 raw --redis "unix://:$pw/x@/tmp/r.sock" stats
-refused 2 "bad Redis URL (not shown" "... in a unix:// URL too"
+refused 2 "cannot connect to Redis at unix://:\*\*\*@/tmp/r.sock" "... in a unix:// URL too"
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 raw --redis "redis://:$pw@127.0.0.1:$port/0" stats
 refused 2 "cannot connect to Redis at redis://:\*\*\*@127.0.0.1:$port/0" "a down Redis"

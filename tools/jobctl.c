@@ -25,9 +25,8 @@
  *      unreachable, refusing AUTH, or lost mid-command.
  * The library's cds_err messages already name the problem and the fix and
  * redact the password of a URL; fail() passes them through.  jobctl never
- * prints the raw --redis argument, refuses a URL whose password the
- * redaction could not find (check_url_shape), and scrubs the URL's password
- * from every message it prints anyway (scrub_password).
+ * prints the raw --redis argument, and scrubs the URL's password from every
+ * message it prints anyway (scrub_password).
  *
  * State.  No globals: the global options live in a struct jobctl handed to
  * each command; getopt's optind and optarg are the only shared variables. */
@@ -67,37 +66,11 @@ static const char *effective_url(const jobctl *j)
     return env && *env ? env : QUEUE_DEFAULT_URL;
 }
 
-/* The user info of a URL, "[user][:password]", as [*start, *end); 0 if it
- * has none.  It ends at the last '@' (a host, port and database hold none),
- * except in a unix:// URL, whose path may: there it ends at the first "@/"
- * (the socket path is absolute), and a URL whose path follows "unix://"
- * directly has none. */
-static int url_userinfo(const char *url, const char **start, const char **end)
-{
-    const char *scheme = strstr(url, "://");
-    const char *s = scheme ? scheme + 3 : url;
-    const char *at;
-    if (strncmp(url, "unix://", 7) == 0) {
-        if (*s == '/')
-            return 0;
-        at = strstr(s, "@/");
-        if (!at)
-            at = strrchr(s, '@');
-    } else {
-        at = strrchr(s, '@');
-    }
-    if (!at)
-        return 0;
-    *start = s;
-    *end = at;
-    return 1;
-}
-
 /* Replaces every copy of the password of url in msg with "***". */
 static void scrub_password(char *msg, size_t size, const char *url)
 {
     const char *s, *e;
-    if (!url || !url_userinfo(url, &s, &e))
+    if (!url || !cds_url_userinfo(url, &s, &e))
         return;
     const char *colon = memchr(s, ':', (size_t)(e - s));
     const char *pw = colon ? colon + 1 : s;
@@ -288,28 +261,11 @@ static int want_args(const jobctl *j, int argc, char **argv, int n, const char *
 
 /* ---- Redis --------------------------------------------------------------- */
 
-/* A user info holding '/' or '@' would be taken for part of the host or path
- * by the URL parser and its redaction; refuse it without echoing it. */
-static int check_url_shape(const jobctl *j)
-{
-    const char *s, *e;
-    if (!url_userinfo(effective_url(j), &s, &e))
-        return 0;
-    for (const char *p = s; p < e; p++)
-        if (*p == '/' || *p == '@')
-            return fail(j, EXIT_USAGE,
-                        "bad Redis URL (not shown: it holds a password): the part before '@' contains '/' or '@', "
-                        "which a URL cannot carry (put the password in a file and use --redis-password-file)");
-    return 0;
-}
-
 /* Connects, or prints why not; returns 0 or an exit code. */
 static int open_queue(const jobctl *j, queue_conn **q)
 {
     cds_err err;
     *q = NULL;
-    if (check_url_shape(j) != 0)
-        return EXIT_USAGE;
     queue_opts o = {
         .url = effective_url(j), .password_file = j->password_file, .prefix = j->prefix, .timeout_ms = 5000};
     *q = queue_connect(&o, &err);
