@@ -120,15 +120,37 @@ static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, char *
     return p;
 }
 
-int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
-{
-    json_t *pl;
+/* What an etl.* job works on: its payload, its dataset record, the plan. */
+typedef struct job_ctx {
+    json_t *payload;
     char rec[200];
-    etl_plan *p = plan_of(q, payload, &pl, rec, sizeof rec, err);
-    if (!p) {
-        json_decref(pl);
+    etl_plan *plan;
+} job_ctx;
+
+static int job_open(queue_conn *q, const char *payload, job_ctx *j, cds_err *err)
+{
+    j->plan = plan_of(q, payload, &j->payload, j->rec, sizeof j->rec, err);
+    if (!j->plan) {
+        json_decref(j->payload);
         return -1;
     }
+    return 0;
+}
+
+static void job_close(job_ctx *j)
+{
+    etl_plan_free(j->plan);
+    json_decref(j->payload);
+}
+
+int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
+{
+    job_ctx j;
+    if (job_open(q, payload, &j, err) != 0)
+        return -1;
+    etl_plan *p = j.plan;
+    json_t *pl = j.payload;
+    const char *rec = j.rec;
     size_t task = (size_t)json_integer_value(json_object_get(pl, "task"));
     int64_t rows = 0;
     int rc = etl_unload_task(p, task, NULL, &rows, err);
@@ -143,20 +165,17 @@ int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cd
             cds_logf(log, CDS_LOG_INFO, "dataset %s: %s shard %d unloaded, %lld rows", p->dataset,
                      etl_plan_task_split(p, task), etl_plan_task_shard(p, task), (long long)rows);
     }
-    etl_plan_free(p);
-    json_decref(pl);
+    job_close(&j);
     return rc;
 }
 
 int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
 {
-    json_t *pl;
-    char rec[200];
-    etl_plan *p = plan_of(q, payload, &pl, rec, sizeof rec, err);
-    if (!p) {
-        json_decref(pl);
+    job_ctx j;
+    if (job_open(q, payload, &j, err) != 0)
         return -1;
-    }
+    etl_plan *p = j.plan;
+    const char *rec = j.rec;
     char version[65];
     int rc = etl_dataset_finish(p, version, err);
     if (rc == 0) {
@@ -172,8 +191,7 @@ int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, c
         if (log)
             cds_logf(log, CDS_LOG_INFO, "dataset %s ready, version %.16s", p->dataset, version);
     }
-    etl_plan_free(p);
-    json_decref(pl);
+    job_close(&j);
     return rc;
 }
 
