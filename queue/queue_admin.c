@@ -56,8 +56,7 @@ static int job_get(queue_conn *q, const char *id, const char *f1, const char *f2
     qargs_key(&cmd, q, "job:%s", id);
     qargs_add(&cmd, f1);
     qargs_add(&cmd, f2);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     const char *a = qc_reply_str(r, 0), *b = qc_reply_str(r, 1);
@@ -179,8 +178,7 @@ static redisReply *smembers(queue_conn *q, const char *name, cds_err *err)
     qargs cmd = {0};
     qargs_add(&cmd, "SMEMBERS");
     qargs_key(&cmd, q, "%s", name);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     return r;
 }
 
@@ -366,12 +364,7 @@ int queue_record_set(queue_conn *q, const char *name, const json_t *fields, cds_
         qargs_add(&cmd, k);
         add_json_value(&cmd, v);
     }
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
-    if (!r)
-        return -1;
-    freeReplyObject(r);
-    return 0;
+    return qc_do(q, &cmd, err);
 }
 
 int queue_record_get(queue_conn *q, const char *name, json_t **out, cds_err *err)
@@ -380,8 +373,7 @@ int queue_record_get(queue_conn *q, const char *name, json_t **out, cds_err *err
     qargs cmd = {0};
     qargs_add(&cmd, "HGETALL");
     qargs_key(&cmd, q, "%s", name);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     int rc = 0;
@@ -426,12 +418,7 @@ int queue_worker_gone(queue_conn *q, const char *worker, cds_err *err)
     qargs cmd = {0};
     qargs_add(&cmd, "DEL");
     qargs_key(&cmd, q, "worker:%s", worker);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
-    if (!r)
-        return -1;
-    freeReplyObject(r);
-    return 0;
+    return qc_do(q, &cmd, err);
 }
 
 int queue_workers(queue_conn *q, json_t **out, cds_err *err)

@@ -200,6 +200,22 @@ redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err)
     return reply_or_error(q, raw_command(q, cmd), err);
 }
 
+redisReply *qc_take(queue_conn *q, qargs *cmd, cds_err *err)
+{
+    redisReply *r = qc_command(q, cmd, err);
+    qargs_free(cmd);
+    return r;
+}
+
+int qc_do(queue_conn *q, qargs *cmd, cds_err *err)
+{
+    redisReply *r = qc_take(q, cmd, err);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
 static int load_scripts(queue_conn *q, cds_err *err)
 {
     for (int i = 0; i < QS_COUNT; i++) {
@@ -467,8 +483,7 @@ int queue_check_eviction_policy(queue_conn *q, cds_err *err)
     qargs_init(&cmd);
     qargs_add(&cmd, "INFO");
     qargs_add(&cmd, "memory");
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     char policy[64] = "";

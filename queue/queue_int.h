@@ -44,6 +44,10 @@ void qargs_unique_key(qargs *keys, const queue_conn *q, const char *unique, cons
 
 /* Runs one command; an error reply becomes -1/NULL with the message. */
 redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err);
+/* qc_command, then frees cmd. */
+redisReply *qc_take(queue_conn *q, qargs *cmd, cds_err *err);
+/* qc_take for a command whose reply only matters as success. */
+int qc_do(queue_conn *q, qargs *cmd, cds_err *err);
 /* Runs a script: EVALSHA sha nkeys keys... args... */
 redisReply *qc_eval(queue_conn *q, int script, const qargs *keys, const qargs *args, cds_err *err);
 /* qc_eval, then frees keys and args (the common case). */

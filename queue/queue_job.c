@@ -131,8 +131,7 @@ static long long alloc_ids(queue_conn *q, size_t n, cds_err *err)
     qargs_add(&cmd, "INCRBY");
     qargs_key(&cmd, q, "seq");
     qargs_addf(&cmd, "%zu", n);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     long long last = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
@@ -430,8 +429,7 @@ int queue_wait(queue_conn *q, const char *const *queues, size_t nq, int timeout_
     for (size_t i = 0; i < nq; i++)
         qargs_key(&cmd, q, "q:%s:wake", queues[i]);
     qargs_addf(&cmd, "%.3f", timeout_ms / 1000.0);
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     *woken = r->type == REDIS_REPLY_ARRAY;

@@ -32,8 +32,7 @@ static long long server_now_ms(queue_conn *q, cds_err *err)
 {
     qargs cmd = {0};
     qargs_add(&cmd, "TIME");
-    redisReply *r = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
     long long ms = qc_reply_int(r, 0) * 1000 + qc_reply_int(r, 1) / 1000;
@@ -179,8 +178,7 @@ static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int
     qargs_add(&cmd, "queue");
     qargs_add(&cmd, "after");
     qargs_add(&cmd, "unique");
-    redisReply *h = qc_command(q, &cmd, err);
-    qargs_free(&cmd);
+    redisReply *h = qc_take(q, &cmd, err);
     if (!h)
         return -1;
     const char *queue = qc_reply_str(h, 0);
