@@ -172,16 +172,20 @@ static void test_sigkill_mid_run(const char *url)
     proc_wait(w[0].pid, 5000);
     ok(all_done(q, e, N, 30000), "after SIGKILL of one worker, all %d jobs finish", N);
     is_int(done_counter(q), N, "the queue counted exactly %d completions", N);
-    int once = 1, total = 0;
+    /* A worker killed between its ack and its log line leaves a job that
+     * Redis counts as done with no "done" line, so the logs can only prove
+     * "never twice"; "at least once" is the done counter above. */
+    int twice = 0, unlogged = 0;
     for (int i = 0; i < N; i++) {
         int c = completions(w, 2, e[i].id);
-        total += c;
-        if (c != 1) {
-            once = 0;
+        unlogged += c == 0;
+        if (c > 1) {
+            twice++;
             printf("# job %s completed %d times\n", e[i].id, c);
         }
     }
-    ok(once, "each job finished exactly once across the two workers' logs (%d completions)", total);
+    ok(twice == 0, "no job finished twice across the two workers' logs (%d acked by the killed worker before it logged)",
+       unlogged);
     ok(file_count(w[0].log, "done in") > 0 && file_count(w[1].log, "done in") > 0, "both workers had done work");
     kill(w[1].pid, SIGTERM);
     proc_wait(w[1].pid, 5000);

@@ -1,0 +1,2 @@
+/* kern_pool.c: being written; see nn_kern_cpu.h. */
+#include "nn_kern_cpu.h"

@@ -1,0 +1,127 @@
+/* nn_kern_cpu: the CPU reference kernels of the training engine.
+ *
+ * Every kernel works on plain float arrays in row-major NCHW order and knows
+ * nothing about tensors, devices or models: nn_ops dispatches to these (or to
+ * the CUDA kernels) from the tensors' device.  Because they are the reference
+ * the CUDA backend is checked against, they favour being obviously right, and
+ * the fast paths (GEMM through OpenBLAS, im2col) are themselves checked against
+ * naive loops in the tests.
+ *
+ * Conventions shared by every kernel:
+ *   - forward kernels overwrite their outputs;
+ *   - backward kernels ACCUMULATE (+=) into every gradient they are given
+ *     (input gradient and parameter gradients alike), so a tensor read by two
+ *     layers (a residual fork) gets the sum of both contributions, and the
+ *     caller zeroes gradients once before a backward pass;
+ *   - an input-gradient pointer may be NULL when nobody needs it (the first
+ *     layer of a model), and the kernel then skips that work;
+ *   - weight layouts are PyTorch's (linear [O,I], conv [OC,IC,KH,KW]) except
+ *     the sparse linear layer, whose weight is [I,O] like nn.EmbeddingBag so a
+ *     row per active index is contiguous;
+ *   - results do not depend on timing: the same inputs and the same OpenBLAS
+ *     thread count give bit-identical outputs. */
+#ifndef CDS_NN_KERN_CPU_H
+#define CDS_NN_KERN_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- linear: y[N,O] = x[N,I] · w[O,I]^T + b[O] ---- */
+void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y, int N, int I, int O);
+/* dx[N,I] += dy·w; dw[O,I] += dy^T·x; db[O] += Σ_n dy.  b/db may be NULL. */
+void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw, float *db, int N, int I,
+                       int O);
+
+/* ---- sparse linear: the dense linear layer applied to a multi-hot vector.
+ * Row n of the input is K indices idx[n*K .. n*K+K) into [0, I); the dense
+ * input it stands for has x[n,i] = number of times i appears in that row, so
+ * y[n,:] = b + Σ_k w[idx[n,k], :] with w laid out [I,O].  Indices are checked
+ * by the caller (nn_ops), not here. ---- */
+void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b, float *y, int N, int K, int O);
+/* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:]. */
+void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O);
+
+/* ---- conv2d: square stride and padding, as every model here uses ---- */
+typedef struct nn_conv_geom {
+    int N, C, H, W;      /* input */
+    int OC, KH, KW;      /* weight [OC, C, KH, KW] */
+    int stride, pad;
+    int OH, OW;          /* output; filled by nn_conv_geom_init */
+} nn_conv_geom;
+/* Computes OH, OW; returns -1 when the output would be empty. */
+int nn_conv_geom_init(nn_conv_geom *g);
+/* Floats of scratch the forward and backward kernels need (im2col buffer). */
+size_t nn_cpu_conv2d_work(const nn_conv_geom *g);
+/* y[N,OC,OH,OW]; b may be NULL. */
+void nn_cpu_conv2d_fwd(const nn_conv_geom *g, const float *x, const float *w, const float *b, float *y, float *work);
+/* dx (may be NULL), dw, db (may be NULL) accumulate. */
+void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, const float *dy, float *dx, float *dw,
+                       float *db, float *work);
+
+/* ---- pooling: k×k window, square stride and padding ---- */
+typedef struct nn_pool_geom {
+    int N, C, H, W;
+    int k, stride, pad;
+    int OH, OW;          /* filled by nn_pool_geom_init (floor mode, as PyTorch and Keras 'valid') */
+} nn_pool_geom;
+int nn_pool_geom_init(nn_pool_geom *g);
+/* Max pooling; padding counts as -infinity (PyTorch).  argmax[N,C,OH,OW]
+ * records the flat h*W+w of the winner within its (n,c) plane (the first one
+ * on ties), for the backward pass. */
+void nn_cpu_maxpool_fwd(const nn_pool_geom *g, const float *x, float *y, int32_t *argmax);
+void nn_cpu_maxpool_bwd(const nn_pool_geom *g, const int32_t *argmax, const float *dy, float *dx);
+/* Average pooling; padding counts as zeros and the divisor is always k*k
+ * (PyTorch's count_include_pad=True). */
+void nn_cpu_avgpool_fwd(const nn_pool_geom *g, const float *x, float *y);
+void nn_cpu_avgpool_bwd(const nn_pool_geom *g, const float *dy, float *dx);
+/* Global average pool: x[N,C,HW] -> y[N,C]. */
+void nn_cpu_gap_fwd(const float *x, float *y, int N, int C, int HW);
+void nn_cpu_gap_bwd(const float *dy, float *dx, int N, int C, int HW);
+
+/* ---- batch normalisation over (N, HW) per channel; HW = 1 for [N,C] ----
+ * Training: normalises with the batch mean and biased variance, saves mean and
+ * 1/sqrt(var+eps) per channel for the backward pass, and updates the running
+ * statistics as PyTorch does: run = (1-momentum)·run + momentum·batch, with
+ * the unbiased variance (N·HW/(N·HW-1)) for run_var.  Statistics are summed
+ * in double so the result does not drift with the batch size. */
+void nn_cpu_bn_fwd_train(const float *x, const float *gamma, const float *beta, float *y, float *save_mean,
+                         float *save_invstd, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
+                         int HW);
+void nn_cpu_bn_fwd_infer(const float *x, const float *gamma, const float *beta, const float *run_mean,
+                         const float *run_var, float *y, float eps, int N, int C, int HW);
+/* Backward of the training-mode forward. */
+void nn_cpu_bn_bwd(const float *x, const float *gamma, const float *save_mean, const float *save_invstd,
+                   const float *dy, float *dx, float *dgamma, float *dbeta, int N, int C, int HW);
+
+/* ---- element-wise ---- */
+void nn_cpu_relu_fwd(const float *x, float *y, size_t n);         /* y may equal x */
+void nn_cpu_relu_bwd(const float *y, const float *dy, float *dx, size_t n); /* uses the output: dx += dy·[y>0] */
+void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n);
+/* Dropout (inverted): y = x·mask/(1-p), mask[i] = 1 with probability 1-p,
+ * drawn from a counter-based generator of (seed, i) alone, so the mask does
+ * not depend on threads or on what ran before.  mask gets 0/1 bytes. */
+void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n);
+void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
+
+/* ---- softmax cross-entropy on class ids ----
+ * logits[N,K], labels[N] in [0,K).  Returns the mean loss over the batch and
+ * writes dlogits = (softmax - onehot)/N (overwritten, it is where the backward
+ * pass starts); dlogits may be NULL (evaluation).  *top1 and *top5 (may be
+ * NULL) get the number of rows whose label is among the 1 / 5 largest logits
+ * (ties counted against the label: a label tied with others is ranked after
+ * them, so a constant output scores no hits). */
+double nn_cpu_softmax_xent(const float *logits, const int32_t *labels, float *dlogits, int N, int K, int *top1,
+                           int *top5);
+
+/* ---- optimiser steps over one parameter tensor of n floats ----
+ * g is the gradient of the data loss; l2 > 0 adds the gradient of
+ * l2·Σw² (2·l2·w) first, as Keras's l2(λ) regulariser.  Formulas are
+ * PyTorch's: SGD buf = mu·buf + g, w -= lr·buf; Adam with bias correction,
+ * w -= lr·m̂/(sqrt(v̂)+eps), t counting from 1. */
+void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2);
+void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                      float eps, float l2, long t);
+/* λ·Σw² in double (the regularisation term of the loss). */
+double nn_cpu_sumsq(const float *w, size_t n);
+
+#endif
