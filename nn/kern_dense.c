@@ -1,2 +1,121 @@
-/* kern_dense.c: being written; see nn_kern_cpu.h. */
+/* kern_dense: the linear layer and its sparse (multi-hot) form.
+ *
+ * Dense linear, y[N,O] = x[N,I]·w[O,I]^T + b: every product goes through
+ * OpenBLAS's sgemm.  The forward pass first writes the bias into each row of
+ * y and then lets sgemm add x·w^T with beta = 1, so no second pass over y is
+ * needed.  The backward pass uses beta = 1 as well, which is exactly the
+ * accumulate (+=) contract of nn_kern_cpu.h:
+ *   dx[N,I] += dy[N,O]·w[O,I]      (skipped when dx is NULL)
+ *   dw[O,I] += dy^T[O,N]·x[N,I]
+ *   db[O]   += Σ_n dy[n,:]          (skipped when db is NULL)
+ * The bias sum walks the rows in order, so it is deterministic; sgemm is
+ * deterministic for a fixed thread count, which is all the header promises.
+ *
+ * Sparse linear: row n of the input is K indices into [0, I) standing for
+ * the multi-hot vector that counts them, and w is laid out [I,O] so that the
+ * row of one index is O contiguous floats.  The forward pass gathers:
+ *   y[n,:] = b + Σ_k w[idx[n,k], :]
+ * and the backward pass scatters dy back into the same rows:
+ *   dw[idx[n,k], :] += dy[n,:]
+ * A repeated index in a row is simply visited twice, which is the count the
+ * dense vector would hold.  Rows are processed in the fixed order (n, then k)
+ * so two rows that share an index add into dw in the same order every run:
+ * the result is bit-identical across runs without any atomics.  Both inner
+ * loops are plain axpy-like loops over O floats that the compiler vectorises.
+ *
+ * Degenerate shapes (a zero dimension) are handled here rather than handed
+ * to sgemm, which rejects leading dimensions of 0. */
 #include "nn_kern_cpu.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#include <cblas.h>
+/* cblas.h pulls in <complex.h>, whose macro I would rewrite the parameter
+ * named I (input features) below; nothing here uses complex numbers. */
+#undef I
+
+/* ---- dense linear ---- */
+
+/* y[n,:] = b, or 0 without a bias, so that sgemm can add into it. */
+static void fill_rows_with_bias(float *y, const float *b, int N, int O)
+{
+    for (int n = 0; n < N; n++) {
+        float *row = y + (size_t)n * O;
+        if (b)
+            memcpy(row, b, (size_t)O * sizeof *row);
+        else
+            memset(row, 0, (size_t)O * sizeof *row);
+    }
+}
+
+/* db[o] += Σ_n dy[n,o], rows in order. */
+static void add_column_sums(const float *dy, float *db, int N, int O)
+{
+    for (int n = 0; n < N; n++) {
+        const float *row = dy + (size_t)n * O;
+        for (int o = 0; o < O; o++)
+            db[o] += row[o];
+    }
+}
+
+void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y, int N, int I, int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    fill_rows_with_bias(y, b, N, O);
+    if (I <= 0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, 1.0f, y, O);
+}
+
+void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw, float *db, int N, int I,
+                       int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    if (db)
+        add_column_sums(dy, db, N, O);
+    if (I <= 0)
+        return;
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
+}
+
+/* ---- sparse linear ---- */
+
+/* dst[0..O) += src[0..O); restrict lets the compiler vectorise without a
+ * runtime overlap check (a row of w never overlaps y, nor dy a row of dw). */
+static void add_row(float *restrict dst, const float *restrict src, int O)
+{
+    for (int o = 0; o < O; o++)
+        dst[o] += src[o];
+}
+
+void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b, float *y, int N, int K, int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    fill_rows_with_bias(y, b, N, O);
+    for (int n = 0; n < N; n++) {
+        float *yrow = y + (size_t)n * O;
+        const int32_t *row_idx = idx + (size_t)n * K;
+        for (int k = 0; k < K; k++)
+            add_row(yrow, w + (size_t)row_idx[k] * O, O);
+    }
+}
+
+void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    if (db)
+        add_column_sums(dy, db, N, O);
+    for (int n = 0; n < N; n++) {
+        const float *dyrow = dy + (size_t)n * O;
+        const int32_t *row_idx = idx + (size_t)n * K;
+        for (int k = 0; k < K; k++)
+            add_row(dw + (size_t)row_idx[k] * O, dyrow, O);
+    }
+}

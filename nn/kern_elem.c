@@ -1,2 +1,93 @@
-/* kern_elem.c: being written; see nn_kern_cpu.h. */
+/* kern_elem: element-wise layers (ReLU, addition, inverted dropout).
+ *
+ * ReLU keeps NaN as NaN (x < 0 is false for NaN), as PyTorch does, so a
+ * diverging model shows up in the loss instead of being silently zeroed.
+ * Its backward pass reads the output: y > 0 exactly where x > 0, and the
+ * output is what a layer keeps anyway (the forward may run in place).
+ *
+ * Dropout draws mask[i] from a counter-based generator: a 64-bit hash of
+ * (seed, i) alone, built from SplitMix64's finaliser (a bijection of 64-bit
+ * words with full avalanche).  The seed is hashed once into a key, and
+ * element i hashes key + i·φ (φ = 2^64/golden ratio, SplitMix64's
+ * increment), i.e. the i-th output of a SplitMix64 stream started at the
+ * key.  So the mask does not depend on n, on threads, or on earlier calls,
+ * and distinct seeds give unrelated streams.  The top 53 bits of the hash
+ * make a uniform u in [0, 1) and the element is kept when u >= p, so
+ * P(keep) = 1 - p up to 2^-53.  Kept elements are scaled by 1/(1-p) so the
+ * expectation of y is x; p >= 1 drops everything (PyTorch gives zeros). */
+#include <stddef.h>
+
 #include "nn_kern_cpu.h"
+
+#define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
+
+void nn_cpu_relu_fwd(const float *x, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i] < 0.0f ? 0.0f : x[i];
+}
+
+void nn_cpu_relu_bwd(const float *y, const float *dy, float *dx, size_t n)
+{
+    if (!dx)
+        return;
+    for (size_t i = 0; i < n; i++)
+        dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+
+/* SplitMix64's output function. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Keep threshold on the 53-bit draw: keep iff draw >= p·2^53. */
+static uint64_t keep_threshold(float p)
+{
+    if (p <= 0.0f)
+        return 0;
+    return (uint64_t)((double)p * 9007199254740992.0); /* 2^53; p < 1 here */
+}
+
+/* 1/(1-p) in float, or 0 when everything is dropped. */
+static float keep_scale(float p)
+{
+    return p < 1.0f ? (float)(1.0 / (1.0 - (double)p)) : 0.0f;
+}
+
+void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n)
+{
+    if (p >= 1.0f) {
+        for (size_t i = 0; i < n; i++) {
+            mask[i] = 0;
+            y[i] = 0.0f;
+        }
+        return;
+    }
+    uint64_t key = mix64(seed);
+    uint64_t threshold = keep_threshold(p);
+    float scale = keep_scale(p);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t draw = mix64(key + (uint64_t)i * SPLITMIX_GAMMA) >> 11;
+        uint8_t keep = draw >= threshold;
+        mask[i] = keep;
+        y[i] = keep ? x[i] * scale : 0.0f;
+    }
+}
+
+void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p, size_t n)
+{
+    if (!dx)
+        return;
+    float scale = keep_scale(p);
+    for (size_t i = 0; i < n; i++)
+        dx[i] += mask[i] ? dy[i] * scale : 0.0f;
+}

@@ -1,2 +1,169 @@
-/* kern_pool.c: being written; see nn_kern_cpu.h. */
+/* kern_pool.c: max, average and global average pooling on the CPU, with
+ * PyTorch's semantics (MaxPool2d, AvgPool2d with count_include_pad=True,
+ * AdaptiveAvgPool2d(1)), floor mode.
+ *
+ * Windows.  Output (oh, ow) covers input rows oh·s-p .. oh·s-p+k-1 and the
+ * same for columns; each kernel clamps that window to the input and works on
+ * the real elements only.  nn_pool_geom_init refuses pad > k/2 (PyTorch does
+ * too), which with floor mode guarantees that every window holds at least one
+ * real element:  the first window starts at -p > -k, and the last one at
+ * (OH-1)·s-p <= H+p-k < H.  Hence:
+ *   - max pooling never needs a -infinity sentinel: the running maximum
+ *     starts at the window's first real element, so padding can never win
+ *     (not even against inputs that are themselves -infinity), and argmax
+ *     always names a real element.  Scanning row by row with a strict '>'
+ *     keeps the first of equal maxima, i.e. the smallest flat index.  A NaN
+ *     wins over numbers (the first NaN is kept), as in PyTorch, so a
+ *     diverging model is not hidden by the pooling;
+ *   - average pooling's divisor is always k·k: the window never extends past
+ *     the padded input (hend = oh·s-p+k <= H+p), which is exactly when
+ *     PyTorch's count_include_pad divisor equals k·k.
+ *
+ * Backward kernels accumulate into dx in a fixed order (output by output),
+ * so overlapping windows (stride < k) sum deterministically. */
+#include <math.h>
+
 #include "nn_kern_cpu.h"
+
+static int pool_out_size(int in, int k, int stride, int pad)
+{
+    long span = (long)in + 2L * pad - k;
+    if (span < 0)
+        return 0;
+    return (int)(span / stride + 1);
+}
+
+int nn_pool_geom_init(nn_pool_geom *g)
+{
+    if (g->N <= 0 || g->C <= 0 || g->H <= 0 || g->W <= 0 || g->k <= 0 || g->stride <= 0 || g->pad < 0 ||
+        2 * g->pad > g->k)
+        return -1;
+    g->OH = pool_out_size(g->H, g->k, g->stride, g->pad);
+    g->OW = pool_out_size(g->W, g->k, g->stride, g->pad);
+    return g->OH > 0 && g->OW > 0 ? 0 : -1;
+}
+
+/* The part [*lo, *hi) of window o that lies inside an axis of n elements. */
+static void window_span(int o, int n, const nn_pool_geom *g, int *lo, int *hi)
+{
+    int start = o * g->stride - g->pad;
+    int end = start + g->k;
+    *lo = start < 0 ? 0 : start;
+    *hi = end > n ? n : end;
+}
+
+void nn_cpu_maxpool_fwd(const nn_pool_geom *g, const float *x, float *y, int32_t *argmax)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)g->N * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *restrict xp = x + pl * H * W;
+        float *restrict yp = y + pl * OH * OW;
+        int32_t *restrict ap = argmax + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0, h1;
+            window_span(oh, H, g, &h0, &h1);
+            for (int ow = 0; ow < OW; ow++) {
+                int w0, w1;
+                window_span(ow, W, g, &w0, &w1);
+                int best_at = h0 * W + w0;
+                float best = xp[best_at];
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++) {
+                        const float v = xp[h * W + w];
+                        if (v > best || (isnan(v) && !isnan(best))) {
+                            best = v;
+                            best_at = h * W + w;
+                        }
+                    }
+                yp[oh * OW + ow] = best;
+                ap[oh * OW + ow] = best_at;
+            }
+        }
+    }
+}
+
+void nn_cpu_maxpool_bwd(const nn_pool_geom *g, const int32_t *argmax, const float *dy, float *dx)
+{
+    const size_t in_plane = (size_t)g->H * g->W, out_plane = (size_t)g->OH * g->OW;
+    const size_t planes = (size_t)g->N * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const int32_t *restrict ap = argmax + pl * out_plane;
+        const float *restrict dyp = dy + pl * out_plane;
+        float *restrict dxp = dx + pl * in_plane;
+        for (size_t o = 0; o < out_plane; o++)
+            dxp[ap[o]] += dyp[o];
+    }
+}
+
+void nn_cpu_avgpool_fwd(const nn_pool_geom *g, const float *x, float *y)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const float inv = 1.0f / (float)(g->k * g->k);
+    const size_t planes = (size_t)g->N * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *restrict xp = x + pl * H * W;
+        float *restrict yp = y + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0, h1;
+            window_span(oh, H, g, &h0, &h1);
+            for (int ow = 0; ow < OW; ow++) {
+                int w0, w1;
+                window_span(ow, W, g, &w0, &w1);
+                float s = 0.0f;
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++)
+                        s += xp[h * W + w];
+                yp[oh * OW + ow] = s * inv;
+            }
+        }
+    }
+}
+
+void nn_cpu_avgpool_bwd(const nn_pool_geom *g, const float *dy, float *dx)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const float inv = 1.0f / (float)(g->k * g->k);
+    const size_t planes = (size_t)g->N * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *restrict dyp = dy + pl * OH * OW;
+        float *restrict dxp = dx + pl * H * W;
+        for (int oh = 0; oh < OH; oh++) {
+            int h0, h1;
+            window_span(oh, H, g, &h0, &h1);
+            for (int ow = 0; ow < OW; ow++) {
+                int w0, w1;
+                window_span(ow, W, g, &w0, &w1);
+                const float d = dyp[oh * OW + ow] * inv;
+                for (int h = h0; h < h1; h++)
+                    for (int w = w0; w < w1; w++)
+                        dxp[h * W + w] += d;
+            }
+        }
+    }
+}
+
+/* Sums in double: a plane can hold thousands of pixels (56x56), and the mean
+ * should not depend on their order more than it must. */
+void nn_cpu_gap_fwd(const float *x, float *y, int N, int C, int HW)
+{
+    const size_t planes = (size_t)N * C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *restrict xp = x + pl * HW;
+        double s = 0.0;
+        for (int i = 0; i < HW; i++)
+            s += xp[i];
+        y[pl] = (float)(s / HW);
+    }
+}
+
+void nn_cpu_gap_bwd(const float *dy, float *dx, int N, int C, int HW)
+{
+    const size_t planes = (size_t)N * C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *restrict dxp = dx + pl * HW;
+        const float d = dy[pl] / (float)HW;
+        for (int i = 0; i < HW; i++)
+            dxp[i] += d;
+    }
+}

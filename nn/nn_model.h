@@ -1,0 +1,79 @@
+/* nn_model: a network built from a model spec (docs/models.md), with its
+ * parameters, batch-norm buffers and every activation it needs for its
+ * largest batch.
+ *
+ * The model is a list of nodes in execution order; each node reads one or two
+ * earlier nodes (two for a residual add).  Forward runs the list in order,
+ * backward in reverse, accumulating into the gradient of each node's inputs,
+ * so a node read twice (the fork before a residual block) receives the sum.
+ * Parameters are created in PyTorch's named_parameters() order, with its
+ * names, which is what checkpoints and the golden tests rely on. */
+#ifndef CDS_NN_MODEL_H
+#define CDS_NN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cds_err.h"
+#include "nn_tensor.h"
+
+typedef struct nn_model nn_model;
+
+typedef struct nn_param {
+    const char *name;
+    nn_tensor w;    /* the weights */
+    nn_tensor g;    /* their gradient after nn_model_backward (data loss only; optimisers add L2) */
+    int decay;      /* 1 for convolution and linear weights: the L2 term applies */
+} nn_param;
+
+typedef struct nn_buffer {
+    const char *name; /* "<bn>.running_mean", "<bn>.running_var" */
+    nn_tensor t;
+} nn_buffer;
+
+typedef struct nn_metrics {
+    int n;          /* rows */
+    double loss;    /* mean cross-entropy of the batch plus the L2 term */
+    double xent;    /* mean cross-entropy alone */
+    int top1, top5; /* rows whose label is among the 1 / 5 best logits */
+} nn_metrics;
+
+/* Builds the model of a spec's "model" object (JSON text of that object),
+ * sized for batches of at most max_batch rows, with weights initialised
+ * from seed.  Errors name the field and what is allowed. */
+nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err);
+void nn_model_free(nn_model *m);
+
+/* The spec as canonical JSON (keys sorted), for checkpoints. */
+const char *nn_model_spec(const nn_model *m);
+const char *nn_model_arch(const nn_model *m);
+int nn_model_classes(const nn_model *m);
+/* Shape of one sample, channels first ({C,H,W} or {I}); for a sparse model
+ * {nnz} and *sparse_dim gets the index range (else 0). */
+int nn_model_input(const nn_model *m, int shape[3], int *sparse_dim);
+int nn_model_max_batch(const nn_model *m);
+
+size_t nn_model_nparams(const nn_model *m);        /* scalars */
+size_t nn_model_param_count(const nn_model *m);    /* tensors */
+nn_param *nn_model_param(nn_model *m, size_t i);
+size_t nn_model_buffer_count(const nn_model *m);
+nn_buffer *nn_model_buffer(nn_model *m, size_t i);
+/* Output shape of the last node, e.g. {N, classes}: for checks. */
+size_t nn_model_activation_bytes(const nn_model *m);
+
+/* Forward pass over n rows: x (n samples of floats, dense models) or idx
+ * (n·nnz indices, sparse models); labels may be NULL (no loss, e.g. for a
+ * prediction).  train = 1 uses batch statistics and updates the running
+ * ones, and applies dropout with masks drawn from dropout_seed; l2 adds
+ * l2·Σw² to out->loss.  Labels and indices are checked against the model. */
+int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
+                     uint64_t dropout_seed, double l2, nn_metrics *out, cds_err *err);
+/* Gradient of the mean cross-entropy of the last training forward with
+ * respect to every parameter (written to each nn_param's g; the L2 term is
+ * left to the optimiser). */
+int nn_model_backward(nn_model *m, cds_err *err);
+/* The logits of the last forward: n × classes floats. */
+const float *nn_model_logits(const nn_model *m);
+/* l2·Σw² over the decayed weights, in double. */
+double nn_model_l2(nn_model *m, double l2);
+
+#endif

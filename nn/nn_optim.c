@@ -1,0 +1,259 @@
+/* nn_optim: train-spec parsing, learning-rate schedules and the SGD / Adam
+ * optimisers over a model (see nn_optim.h).
+ *
+ * State tensors live in one block, laid out parameter by parameter (Adam:
+ * m then v for each), and are named after their parameter so a checkpoint
+ * can be read without knowing this layout. */
+#include "nn_optim.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn_ops.h"
+
+struct nn_optim {
+    nn_model *model;
+    const nn_train_cfg *cfg;
+    int64_t t;
+    size_t n_state;
+    nn_tensor *state;
+    char **names;
+    float *block;
+};
+
+/* ------------------------------------------------------------ the spec */
+
+static int cfg_number(json_t *o, const char *field, double def, double lo, double hi, double *out, cds_err *err)
+{
+    json_t *v = json_object_get(o, field);
+    if (!v) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v) || !(json_number_value(v) >= lo && json_number_value(v) <= hi))
+        return cds_errf(err, "train spec: \"%s\" must be a number in [%g, %g]", field, lo, hi);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int cfg_floats(json_t *a, const char *field, float *out, int *n, double lo, cds_err *err)
+{
+    if (!json_is_array(a) || json_array_size(a) < 1 || json_array_size(a) > 16)
+        return cds_errf(err, "train spec: \"normalize\".\"%s\" must be an array of 1 to 16 numbers (one per channel)",
+                        field);
+    for (size_t i = 0; i < json_array_size(a); i++) {
+        json_t *v = json_array_get(a, i);
+        if (!json_is_number(v) || json_number_value(v) < lo)
+            return cds_errf(err, "train spec: \"normalize\".\"%s\"[%zu] must be a number%s", field, i,
+                            lo > 0 ? " above 0" : "");
+        out[i] = (float)json_number_value(v);
+    }
+    *n = (int)json_array_size(a);
+    return 0;
+}
+
+static int cfg_normalize(json_t *o, nn_train_cfg *c, cds_err *err)
+{
+    c->scale = 1.0f;
+    c->n_norm = 0;
+    json_t *nz = json_object_get(o, "normalize");
+    if (!nz)
+        return 0;
+    if (!json_is_object(nz))
+        return cds_errf(err, "train spec: \"normalize\" must be an object {scale, mean, std}");
+    double scale;
+    if (cfg_number(nz, "scale", 1.0, 1e-12, 1e12, &scale, err) != 0)
+        return -1;
+    c->scale = (float)scale;
+    json_t *mean = json_object_get(nz, "mean"), *std = json_object_get(nz, "std");
+    if (!mean && !std)
+        return 0;
+    int nm = 0, ns = 0;
+    if (cfg_floats(mean, "mean", c->mean, &nm, -1e30, err) != 0 || cfg_floats(std, "std", c->std, &ns, 1e-30, err) != 0)
+        return -1;
+    if (nm != ns)
+        return cds_errf(err, "train spec: \"normalize\" has %d means and %d stds: give one of each per channel", nm,
+                        ns);
+    c->n_norm = nm;
+    return 0;
+}
+
+static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
+{
+    c->sched = NN_SCHED_CONSTANT;
+    json_t *s = json_object_get(o, "schedule");
+    if (!s)
+        return 0;
+    const char *kind = json_string_value(json_object_get(s, "kind"));
+    if (!json_is_object(s) || !kind)
+        return cds_errf(err, "train spec: \"schedule\" must be an object with \"kind\": constant, step or cosine");
+    double v;
+    if (strcmp(kind, "constant") == 0)
+        return 0;
+    if (strcmp(kind, "step") == 0) {
+        c->sched = NN_SCHED_STEP;
+        if (cfg_number(s, "every", 1, 1, 1e6, &v, err) != 0)
+            return -1;
+        c->sched_every = (int)v;
+        return cfg_number(s, "gamma", 0.1, 0, 1, &c->sched_gamma, err);
+    }
+    if (strcmp(kind, "cosine") == 0) {
+        c->sched = NN_SCHED_COSINE;
+        if (cfg_number(s, "epochs", 0, 1, 1e6, &v, err) != 0)
+            return -1;
+        if (!json_object_get(s, "epochs"))
+            return cds_errf(err, "train spec: a cosine \"schedule\" needs \"epochs\" (its period)");
+        c->sched_epochs = (int)v;
+        return cfg_number(s, "min_lr", 0, 0, 1e3, &c->sched_min_lr, err);
+    }
+    return cds_errf(err, "train spec: \"schedule\".\"kind\" \"%s\" is not constant, step or cosine", kind);
+}
+
+int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
+{
+    memset(c, 0, sizeof *c);
+    json_error_t jerr;
+    json_t *o = json_loads(train_json, 0, &jerr);
+    if (!o)
+        return cds_errf(err, "train spec: not JSON (%s at line %d)", jerr.text, jerr.line);
+    int rc = -1;
+    double batch, seed;
+    const char *opt = json_string_value(json_object_get(o, "optimizer"));
+    if (!json_is_object(o)) {
+        cds_errf(err, "train spec: must be a JSON object (see docs/models.md)");
+        goto out;
+    }
+    if (!opt || (strcmp(opt, "sgd") != 0 && strcmp(opt, "adam") != 0)) {
+        cds_errf(err, "train spec: \"optimizer\" must be \"sgd\" or \"adam\"");
+        goto out;
+    }
+    c->adam = strcmp(opt, "adam") == 0;
+    if (!json_object_get(o, "lr")) {
+        cds_errf(err, "train spec: \"lr\" (the learning rate) is required");
+        goto out;
+    }
+    if (cfg_number(o, "lr", 0, 0, 1e3, &c->lr, err) || cfg_number(o, "momentum", 0.9, 0, 1, &c->momentum, err) ||
+        cfg_number(o, "beta1", 0.9, 0, 0.999999, &c->beta1, err) ||
+        cfg_number(o, "beta2", 0.999, 0, 0.99999999, &c->beta2, err) ||
+        cfg_number(o, "eps", 1e-8, 0, 1, &c->eps, err) || cfg_number(o, "l2", 0, 0, 10, &c->l2, err) ||
+        cfg_number(o, "batch", 32, 1, 1 << 20, &batch, err) || cfg_number(o, "seed", 1, 0, 9007199254740992.0, &seed, err) ||
+        cfg_schedule(o, c, err) || cfg_normalize(o, c, err))
+        goto out;
+    c->batch = (int)batch;
+    c->seed = (uint64_t)seed;
+    c->json = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17));
+    if (!c->json) {
+        cds_errf(err, "out of memory");
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(o);
+    return rc;
+}
+
+void nn_train_cfg_free(nn_train_cfg *c)
+{
+    free(c->json);
+    c->json = NULL;
+}
+
+double nn_train_cfg_lr(const nn_train_cfg *c, int64_t epoch)
+{
+    switch (c->sched) {
+    case NN_SCHED_STEP:
+        return c->lr * pow(c->sched_gamma, (double)(epoch / c->sched_every));
+    case NN_SCHED_COSINE: {
+        double e = (double)(epoch < c->sched_epochs ? epoch : c->sched_epochs);
+        return c->sched_min_lr + (c->lr - c->sched_min_lr) * (1 + cos(M_PI * e / c->sched_epochs)) / 2;
+    }
+    case NN_SCHED_CONSTANT:
+        break;
+    }
+    return c->lr;
+}
+
+/* ----------------------------------------------------------- optimisers */
+
+nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
+{
+    nn_optim *o = calloc(1, sizeof *o);
+    if (!o)
+        return cds_errf(err, "out of memory"), NULL;
+    o->model = m;
+    o->cfg = c;
+    size_t np = nn_model_param_count(m), per = c->adam ? 2 : 1, total = 0;
+    o->n_state = np * per;
+    o->state = calloc(o->n_state, sizeof *o->state);
+    o->names = calloc(o->n_state, sizeof *o->names);
+    for (size_t i = 0; i < np; i++)
+        total += (nn_model_param(m, i)->w.n + 15) / 16 * 16 * per;
+    o->block = aligned_alloc(64, (total ? total : 16) * sizeof(float));
+    if (!o->state || !o->names || !o->block) {
+        nn_optim_free(o);
+        return cds_errf(err, "out of memory for the optimiser state of %zu parameters", nn_model_nparams(m)), NULL;
+    }
+    memset(o->block, 0, (total ? total : 16) * sizeof(float));
+    static const char *const prefix[2][2] = {{"buf:", NULL}, {"m:", "v:"}};
+    size_t off = 0;
+    for (size_t i = 0; i < np; i++) {
+        const nn_param *p = nn_model_param(m, i);
+        for (size_t k = 0; k < per; k++) {
+            nn_tensor *t = &o->state[i * per + k];
+            *t = p->w;
+            t->data = o->block + off;
+            off += (p->w.n + 15) / 16 * 16;
+            size_t len = strlen(p->name) + 8;
+            o->names[i * per + k] = malloc(len);
+            if (!o->names[i * per + k]) {
+                nn_optim_free(o);
+                return cds_errf(err, "out of memory"), NULL;
+            }
+            snprintf(o->names[i * per + k], len, "%s%s", prefix[c->adam][k], p->name);
+        }
+    }
+    return o;
+}
+
+void nn_optim_free(nn_optim *o)
+{
+    if (!o)
+        return;
+    for (size_t i = 0; o->names && i < o->n_state; i++)
+        free(o->names[i]);
+    free(o->names);
+    free(o->state);
+    free(o->block);
+    free(o);
+}
+
+int nn_optim_step(nn_optim *o, double lr, cds_err *err)
+{
+    const nn_train_cfg *c = o->cfg;
+    o->t++;
+    for (size_t i = 0; i < nn_model_param_count(o->model); i++) {
+        nn_param *p = nn_model_param(o->model, i);
+        float l2 = p->decay ? (float)c->l2 : 0.0f;
+        int rc = c->adam ? nn_op_adam_step(&p->w, &p->g, &o->state[2 * i], &o->state[2 * i + 1], (float)lr,
+                                           (float)c->beta1, (float)c->beta2, (float)c->eps, l2, (long)o->t, err)
+                         : nn_op_sgd_step(&p->w, &p->g, &o->state[i], (float)lr, (float)c->momentum, l2, err);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int64_t nn_optim_t(const nn_optim *o) { return o->t; }
+void nn_optim_set_t(nn_optim *o, int64_t t) { o->t = t; }
+const char *nn_optim_name(const nn_optim *o) { return o->cfg->adam ? "adam" : "sgd"; }
+size_t nn_optim_state_count(const nn_optim *o) { return o->n_state; }
+
+nn_tensor *nn_optim_state(nn_optim *o, size_t i, const char **name)
+{
+    if (name)
+        *name = o->names[i];
+    return &o->state[i];
+}

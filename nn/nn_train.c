@@ -1,0 +1,340 @@
+/* nn_train: passes over shards, evaluation and checkpoints (see nn_train.h).
+ *
+ * State that decides the future of a run, and so is in every checkpoint:
+ * weights, batch-norm running statistics, optimiser moments and step count,
+ * epoch, global step, the shards visited in this epoch and the generator
+ * that draws one dropout seed per training step.  Wall time is not state:
+ * it goes to the caller's progress line only. */
+#include "nn_train.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cds_util.h"
+#include "nn_ckpt.h"
+#include "nn_data.h"
+#include "nn_rng.h"
+
+struct nn_trainer {
+    char *spec;             /* {"model":..,"train":..} canonical */
+    nn_train_cfg cfg;
+    nn_model *model;
+    nn_optim *optim;
+    int64_t epoch, step;
+    int32_t *visited;
+    size_t n_visited, cap_visited;
+    nn_rng rng;
+};
+
+static const uint64_t RNG_STREAM = 0x747261696e; /* keeps the dropout stream apart from initialisation */
+
+static char *member_json(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return v ? json_dumps(v, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+}
+
+static nn_trainer *trainer_build(const char *model_json, const char *train_json, cds_err *err)
+{
+    nn_trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return cds_errf(err, "out of memory"), NULL;
+    if (nn_train_cfg_parse(train_json, &t->cfg, err) != 0) {
+        free(t);
+        return NULL;
+    }
+    t->model = nn_model_new(model_json, t->cfg.batch, t->cfg.seed, err);
+    if (!t->model)
+        goto fail;
+    t->optim = nn_optim_new(t->model, &t->cfg, err);
+    if (!t->optim)
+        goto fail;
+    size_t len = strlen(nn_model_spec(t->model)) + strlen(t->cfg.json) + 32;
+    t->spec = malloc(len);
+    if (!t->spec) {
+        cds_errf(err, "out of memory");
+        goto fail;
+    }
+    snprintf(t->spec, len, "{\"model\":%s,\"train\":%s}", nn_model_spec(t->model), t->cfg.json);
+    nn_rng_seed(&t->rng, nn_rng_mix(t->cfg.seed, RNG_STREAM, 0));
+    return t;
+fail:
+    nn_trainer_free(t);
+    return NULL;
+}
+
+nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
+{
+    json_error_t jerr;
+    json_t *o = json_loads(spec_json, 0, &jerr);
+    if (!o)
+        return cds_errf(err, "spec: not JSON (%s at line %d)", jerr.text, jerr.line), NULL;
+    char *model = member_json(o, "model"), *train = member_json(o, "train");
+    nn_trainer *t = NULL;
+    if (!json_is_object(o) || !model || !train)
+        cds_errf(err, "spec: must be an object with \"model\" and \"train\" (see docs/models.md)");
+    else
+        t = trainer_build(model, train, err);
+    free(model);
+    free(train);
+    json_decref(o);
+    return t;
+}
+
+void nn_trainer_free(nn_trainer *t)
+{
+    if (!t)
+        return;
+    nn_optim_free(t->optim);
+    nn_model_free(t->model);
+    nn_train_cfg_free(&t->cfg);
+    free(t->visited);
+    free(t->spec);
+    free(t);
+}
+
+/* ------------------------------------------------------------- passes */
+
+static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuffle, nn_data **out, cds_err *err)
+{
+    nn_data_opts o;
+    memset(&o, 0, sizeof o);
+    o.batch = t->cfg.batch;
+    o.seed = t->cfg.seed;
+    o.shuffle = shuffle;
+    int shape[3], sparse_dim = 0;
+    o.sample_ndim = nn_model_input(t->model, shape, &sparse_dim);
+    for (int i = 0; i < o.sample_ndim; i++)
+        o.sample_shape[i] = shape[i];
+    o.sparse = sparse_dim > 0;
+    o.sparse_dim = sparse_dim;
+    o.scale = t->cfg.scale;
+    o.n_norm = t->cfg.n_norm;
+    for (int i = 0; i < t->cfg.n_norm; i++) {
+        o.mean[i] = t->cfg.mean[i];
+        o.std[i] = t->cfg.std[i];
+    }
+    o.prefetch = 1;
+    o.classes = nn_model_classes(t->model);
+    *out = nn_data_open(dir, shard_index, &o, err);
+    return *out ? 0 : -1;
+}
+
+static void stats_add(nn_pass_stats *st, const nn_metrics *mt)
+{
+    st->rows += mt->n;
+    st->loss_sum += mt->loss * mt->n;
+    st->xent_sum += mt->xent * mt->n;
+    st->top1 += mt->top1;
+    st->top5 += mt->top5;
+}
+
+static int visit(nn_trainer *t, int shard_index, cds_err *err)
+{
+    if (t->n_visited == t->cap_visited) {
+        size_t cap = t->cap_visited ? t->cap_visited * 2 : 16;
+        int32_t *v = realloc(t->visited, cap * sizeof *v);
+        if (!v)
+            return cds_errf(err, "out of memory");
+        t->visited = v;
+        t->cap_visited = cap;
+    }
+    t->visited[t->n_visited++] = shard_index;
+    return 0;
+}
+
+int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
+                           void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    memset(st, 0, sizeof *st);
+    nn_data *d;
+    if (open_shard(t, shard_dir, shard_index, 1, &d, err) != 0)
+        return -1;
+    int64_t t0 = cds_mono_ms(), total = nn_data_rows(d);
+    double lr = nn_trainer_lr(t);
+    int rc = nn_data_begin(d, t->epoch, err);
+    nn_batch b;
+    int n;
+    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
+        nn_metrics mt;
+        uint64_t dropout_seed = nn_rng_next(&t->rng);
+        if (nn_model_forward(t->model, b.x, b.idx, b.y, n, 1, dropout_seed, t->cfg.l2, &mt, err) != 0 ||
+            nn_model_backward(t->model, err) != 0 || nn_optim_step(t->optim, lr, err) != 0) {
+            rc = -1;
+            break;
+        }
+        t->step++;
+        stats_add(st, &mt);
+        if (progress)
+            progress(ctx, st->rows, total, st);
+    }
+    if (rc == 0 && n < 0)
+        rc = -1;
+    nn_data_close(d);
+    st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
+    if (rc != 0)
+        return cds_err_wrap(err, "training on %s", shard_dir);
+    return visit(t, shard_index, err);
+}
+
+int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)
+{
+    nn_data *d;
+    if (open_shard(t, shard_dir, 0, 0, &d, err) != 0)
+        return -1;
+    int64_t t0 = cds_mono_ms();
+    int rc = nn_data_begin(d, 0, err);
+    nn_batch b;
+    int n = 0;
+    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
+        nn_metrics mt;
+        if (nn_model_forward(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, &mt, err) != 0) {
+            rc = -1;
+            break;
+        }
+        stats_add(st, &mt);
+    }
+    if (rc == 0 && n < 0)
+        rc = -1;
+    nn_data_close(d);
+    st->seconds += (double)(cds_mono_ms() - t0) / 1000.0;
+    return rc == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);
+}
+
+void nn_trainer_end_epoch(nn_trainer *t)
+{
+    t->epoch++;
+    t->n_visited = 0;
+}
+
+/* -------------------------------------------------------- checkpoints */
+
+static nn_ckpt_tensor as_ckpt(const char *name, const nn_tensor *x)
+{
+    nn_ckpt_tensor c;
+    memset(&c, 0, sizeof c);
+    c.name = (char *)name;
+    c.ndim = x->ndim;
+    for (int i = 0; i < x->ndim; i++)
+        c.shape[i] = x->shape[i];
+    c.data = x->data;
+    return c;
+}
+
+int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err)
+{
+    nn_model *m = t->model;
+    size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m), ns = nn_optim_state_count(t->optim);
+    nn_ckpt c;
+    memset(&c, 0, sizeof c);
+    c.params = calloc(np + nb + 1, sizeof *c.params);
+    c.opt_state = calloc(ns + 1, sizeof *c.opt_state);
+    if (!c.params || !c.opt_state) {
+        free(c.params);
+        free(c.opt_state);
+        return cds_errf(err, "out of memory");
+    }
+    for (size_t i = 0; i < np; i++)
+        c.params[c.n_params++] = as_ckpt(nn_model_param(m, i)->name, &nn_model_param(m, i)->w);
+    for (size_t i = 0; i < nb; i++)
+        c.params[c.n_params++] = as_ckpt(nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t);
+    for (size_t i = 0; i < ns; i++) {
+        const char *name;
+        nn_tensor *x = nn_optim_state(t->optim, i, &name);
+        c.opt_state[c.n_opt_state++] = as_ckpt(name, x);
+    }
+    c.spec_json = (char *)nn_model_spec(m);
+    c.hparams_json = t->cfg.json;
+    c.epoch = t->epoch;
+    c.step = t->step;
+    c.visited = t->visited;
+    c.n_visited = t->n_visited;
+    c.optimizer = (char *)nn_optim_name(t->optim);
+    c.opt_t = nn_optim_t(t->optim);
+    memcpy(c.rng, t->rng.s, sizeof c.rng);
+    int rc = nn_ckpt_save(path, &c, err);
+    free(c.params);
+    free(c.opt_state);
+    return rc;
+}
+
+/* Copies a checkpoint tensor into a model tensor of the same name and shape. */
+static int restore(const nn_ckpt_tensor *all, size_t n, const char *name, nn_tensor *dst, const char *path,
+                   cds_err *err)
+{
+    const nn_ckpt_tensor *s = nn_ckpt_find(all, n, name);
+    if (!s)
+        return cds_errf(err, "checkpoint %s has no tensor %s: it was written for another model", path, name);
+    size_t count = 1;
+    for (int i = 0; i < s->ndim; i++)
+        count *= (size_t)s->shape[i];
+    if (count != dst->n || s->ndim != dst->ndim)
+        return cds_errf(err, "checkpoint %s: tensor %s has %zu values, the model %zu: it was written for another model",
+                        path, name, count, dst->n);
+    memcpy(dst->data, s->data, count * sizeof(float));
+    return 0;
+}
+
+static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, cds_err *err)
+{
+    nn_model *m = t->model;
+    size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m);
+    if (c->n_params != np + nb || c->n_opt_state != nn_optim_state_count(t->optim))
+        return cds_errf(err, "checkpoint %s holds %zu tensors and %zu optimiser tensors, the model needs %zu and %zu",
+                        path, c->n_params, c->n_opt_state, np + nb, nn_optim_state_count(t->optim));
+    if (strcmp(c->optimizer, nn_optim_name(t->optim)) != 0)
+        return cds_errf(err, "checkpoint %s was written by %s, the spec says %s", path, c->optimizer,
+                        nn_optim_name(t->optim));
+    for (size_t i = 0; i < np; i++)
+        if (restore(c->params, c->n_params, nn_model_param(m, i)->name, &nn_model_param(m, i)->w, path, err) != 0)
+            return -1;
+    for (size_t i = 0; i < nb; i++)
+        if (restore(c->params, c->n_params, nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t, path, err) != 0)
+            return -1;
+    for (size_t i = 0; i < nn_optim_state_count(t->optim); i++) {
+        const char *name;
+        nn_tensor *x = nn_optim_state(t->optim, i, &name);
+        if (restore(c->opt_state, c->n_opt_state, name, x, path, err) != 0)
+            return -1;
+    }
+    nn_optim_set_t(t->optim, c->opt_t);
+    t->epoch = c->epoch;
+    t->step = c->step;
+    memcpy(t->rng.s, c->rng, sizeof t->rng.s);
+    for (size_t i = 0; i < c->n_visited; i++)
+        if (visit(t, c->visited[i], err) != 0)
+            return -1;
+    return 0;
+}
+
+nn_trainer *nn_trainer_load(const char *ckpt_path, cds_err *err)
+{
+    nn_ckpt c;
+    if (nn_ckpt_load(ckpt_path, &c, err) != 0)
+        return NULL;
+    nn_trainer *t = trainer_build(c.spec_json, c.hparams_json, err);
+    if (t && restore_all(t, &c, ckpt_path, err) != 0) {
+        nn_trainer_free(t);
+        t = NULL;
+    }
+    nn_ckpt_free(&c);
+    return t;
+}
+
+/* ----------------------------------------------------------- accessors */
+
+int64_t nn_trainer_epoch(const nn_trainer *t) { return t->epoch; }
+int64_t nn_trainer_step(const nn_trainer *t) { return t->step; }
+double nn_trainer_lr(const nn_trainer *t) { return nn_train_cfg_lr(&t->cfg, t->epoch); }
+nn_model *nn_trainer_model(nn_trainer *t) { return t->model; }
+const nn_train_cfg *nn_trainer_cfg(const nn_trainer *t) { return &t->cfg; }
+const char *nn_trainer_spec(const nn_trainer *t) { return t->spec; }
+
+size_t nn_trainer_visited(const nn_trainer *t, const int32_t **shards)
+{
+    if (shards)
+        *shards = t->visited;
+    return t->n_visited;
+}

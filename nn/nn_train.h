@@ -1,0 +1,57 @@
+/* nn_train: a model, its optimiser and its place in training, moved through
+ * shards one pass at a time, and saved to and restored from checkpoints.
+ *
+ * The unit of work is one pass over one shard (a MOP sub-epoch); an epoch is
+ * a sequence of passes ended by nn_trainer_end_epoch.  Everything a pass does
+ * is a function of the trainer's state and the shard: the batch order comes
+ * from (seed, epoch, shard), dropout masks from a generator whose state is
+ * checkpointed, so a run resumed from a checkpoint is bit-identical to one
+ * that never stopped (with the same OpenBLAS thread count). */
+#ifndef CDS_NN_TRAIN_H
+#define CDS_NN_TRAIN_H
+
+#include <stdint.h>
+#include "cds_err.h"
+#include "nn_model.h"
+#include "nn_optim.h"
+
+typedef struct nn_pass_stats {
+    int64_t rows;
+    double loss_sum;        /* Σ over batches of mean loss × rows (incl. L2) */
+    double xent_sum;        /* the same for the cross-entropy alone */
+    int64_t top1, top5;
+    double seconds;
+} nn_pass_stats;
+
+/* Called after each batch with rows done so far out of the pass's total. */
+typedef void (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far);
+
+typedef struct nn_trainer nn_trainer;
+
+/* A fresh trainer from a spec {"model": {...}, "train": {...}} (JSON text). */
+nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err);
+/* A trainer restored from a checkpoint: spec, weights, running statistics,
+ * optimiser state, epoch, step, visited shards and generator state. */
+nn_trainer *nn_trainer_load(const char *ckpt_path, cds_err *err);
+void nn_trainer_free(nn_trainer *t);
+
+/* One training pass over a shard directory (shard-<k>); shard_index seeds its
+ * order and is recorded as visited in the current epoch. */
+int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
+                           void *ctx, nn_pass_stats *st, cds_err *err);
+/* Evaluation over a shard: no updates, running statistics, file order.
+ * Stats are added to *st (so several shards sum). */
+int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err);
+void nn_trainer_end_epoch(nn_trainer *t);
+int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err);
+
+int64_t nn_trainer_epoch(const nn_trainer *t);
+int64_t nn_trainer_step(const nn_trainer *t);
+size_t nn_trainer_visited(const nn_trainer *t, const int32_t **shards);
+double nn_trainer_lr(const nn_trainer *t);
+nn_model *nn_trainer_model(nn_trainer *t);
+const nn_train_cfg *nn_trainer_cfg(const nn_trainer *t);
+/* {"model": ..., "train": ...} canonical. */
+const char *nn_trainer_spec(const nn_trainer *t);
+
+#endif
