@@ -14,19 +14,63 @@
  *
  *   Adam (PyTorch, t counting from 1):
  *     m = β1·m + (1-β1)·g';  v = β2·v + (1-β2)·g'²
- *     w -= (lr/(1-β1^t)) · m / (sqrt(v)/sqrt(1-β2^t) + eps)
+ *     w -= (lr/(1-β1^t)) · m / (sqrt(v)·(1/sqrt(1-β2^t)) + eps)
  *   The bias corrections are scalars computed once in double, as PyTorch's
  *   Python floats are; the per-element work is in float.
  *
- * The square root is __builtin_sqrtf of a value known to be >= 0, written
- * so the compiler can vectorise it (no errno path is taken for v >= 0, but
- * GCC only drops the check when told; the loop stays correct either way).
+ * Vectorisation: GCC's -O2 vectorises neither loop (unknown trip count, and
+ * sqrtf's errno path), which made Adam 3-4x slower than memory speed.  So
+ * the element loops are written once as a scalar step function and, where
+ * SSE exists (all of x86-64), also four lanes at a time with the same
+ * operations in the same order: IEEE single-precision lane arithmetic
+ * rounds exactly as the scalar code does, so the result does not depend on
+ * which path handled an element (the tail always runs scalar).
  *
- * nn_cpu_sumsq returns Σw² in double (the caller multiplies by λ). */
+ * nn_cpu_sumsq returns Σw² in double (the caller multiplies by λ), with four
+ * interleaved partial sums so the adds pipeline; the order is fixed, so the
+ * result is deterministic. */
+#include "nn_kern_cpu.h"
+
 #include <math.h>
 #include <stddef.h>
 
-#include "nn_kern_cpu.h"
+#ifdef __SSE__
+#include <xmmintrin.h>
+#endif
+
+/* ---- SGD ---- */
+
+typedef struct sgd_coef {
+    float lr, momentum, decay;
+} sgd_coef;
+
+static void sgd_scalar(float *w, const float *g, float *buf, size_t i0, size_t n, sgd_coef k)
+{
+    for (size_t i = i0; i < n; i++) {
+        float b = k.momentum * buf[i] + (g[i] + k.decay * w[i]);
+        buf[i] = b;
+        w[i] -= k.lr * b;
+    }
+}
+
+/* Returns how many leading elements it handled (a multiple of 4). */
+static size_t sgd_lanes(float *w, const float *g, float *buf, size_t n, sgd_coef k)
+{
+    size_t i = 0;
+#ifdef __SSE__
+    __m128 lr = _mm_set1_ps(k.lr), mom = _mm_set1_ps(k.momentum), decay = _mm_set1_ps(k.decay);
+    for (; i + 4 <= n; i += 4) {
+        __m128 wi = _mm_loadu_ps(w + i);
+        __m128 gi = _mm_add_ps(_mm_loadu_ps(g + i), _mm_mul_ps(decay, wi));
+        __m128 b = _mm_add_ps(_mm_mul_ps(mom, _mm_loadu_ps(buf + i)), gi);
+        _mm_storeu_ps(buf + i, b);
+        _mm_storeu_ps(w + i, _mm_sub_ps(wi, _mm_mul_ps(lr, b)));
+    }
+#else
+    (void)w, (void)g, (void)buf, (void)n, (void)k;
+#endif
+    return i;
+}
 
 void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2)
 {
@@ -36,11 +80,52 @@ void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, f
             w[i] -= lr * (g[i] + decay * w[i]);
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        float b = momentum * buf[i] + (g[i] + decay * w[i]);
-        buf[i] = b;
-        w[i] -= lr * b;
+    sgd_coef k = {lr, momentum, decay};
+    size_t done = sgd_lanes(w, g, buf, n, k);
+    sgd_scalar(w, g, buf, done, n, k);
+}
+
+/* ---- Adam ---- */
+
+typedef struct adam_coef {
+    float step;         /* lr/(1-β1^t) */
+    float inv_sqrt_bc2; /* 1/sqrt(1-β2^t) */
+    float beta1, beta2, c1, c2, eps, decay;
+} adam_coef;
+
+static void adam_scalar(float *w, const float *g, float *m, float *v, size_t i0, size_t n, adam_coef k)
+{
+    for (size_t i = i0; i < n; i++) {
+        float gi = g[i] + k.decay * w[i];
+        float mi = k.beta1 * m[i] + k.c1 * gi;
+        float vi = k.beta2 * v[i] + k.c2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] -= k.step * mi / (sqrtf(vi) * k.inv_sqrt_bc2 + k.eps);
     }
+}
+
+static size_t adam_lanes(float *w, const float *g, float *m, float *v, size_t n, adam_coef k)
+{
+    size_t i = 0;
+#ifdef __SSE__
+    __m128 step = _mm_set1_ps(k.step), ibc2 = _mm_set1_ps(k.inv_sqrt_bc2), b1 = _mm_set1_ps(k.beta1);
+    __m128 b2 = _mm_set1_ps(k.beta2), c1 = _mm_set1_ps(k.c1), c2 = _mm_set1_ps(k.c2);
+    __m128 eps = _mm_set1_ps(k.eps), decay = _mm_set1_ps(k.decay);
+    for (; i + 4 <= n; i += 4) {
+        __m128 wi = _mm_loadu_ps(w + i);
+        __m128 gi = _mm_add_ps(_mm_loadu_ps(g + i), _mm_mul_ps(decay, wi));
+        __m128 mi = _mm_add_ps(_mm_mul_ps(b1, _mm_loadu_ps(m + i)), _mm_mul_ps(c1, gi));
+        __m128 vi = _mm_add_ps(_mm_mul_ps(b2, _mm_loadu_ps(v + i)), _mm_mul_ps(_mm_mul_ps(c2, gi), gi));
+        _mm_storeu_ps(m + i, mi);
+        _mm_storeu_ps(v + i, vi);
+        __m128 denom = _mm_add_ps(_mm_mul_ps(_mm_sqrt_ps(vi), ibc2), eps);
+        _mm_storeu_ps(w + i, _mm_sub_ps(wi, _mm_div_ps(_mm_mul_ps(step, mi), denom)));
+    }
+#else
+    (void)w, (void)g, (void)m, (void)v, (void)n, (void)k;
+#endif
+    return i;
 }
 
 void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
@@ -48,23 +133,31 @@ void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, fl
 {
     double bc1 = 1.0 - pow((double)beta1, (double)t);
     double bc2 = 1.0 - pow((double)beta2, (double)t);
-    float step = (float)((double)lr / bc1);
-    float inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-    float decay = 2.0f * l2, c1 = 1.0f - beta1, c2 = 1.0f - beta2;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] + decay * w[i];
-        float mi = beta1 * m[i] + c1 * gi;
-        float vi = beta2 * v[i] + c2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] -= step * mi / (__builtin_sqrtf(vi) * inv_sqrt_bc2 + eps);
-    }
+    adam_coef k = {
+        .step = (float)((double)lr / bc1),
+        .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
+        .beta1 = beta1,
+        .beta2 = beta2,
+        .c1 = 1.0f - beta1,
+        .c2 = 1.0f - beta2,
+        .eps = eps,
+        .decay = 2.0f * l2,
+    };
+    size_t done = adam_lanes(w, g, m, v, n, k);
+    adam_scalar(w, g, m, v, done, n, k);
 }
 
 double nn_cpu_sumsq(const float *w, size_t n)
 {
-    double s = 0.0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)w[i] * w[i];
-    return s;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)w[i] * w[i];
+        s1 += (double)w[i + 1] * w[i + 1];
+        s2 += (double)w[i + 2] * w[i + 2];
+        s3 += (double)w[i + 3] * w[i + 3];
+    }
+    for (; i < n; i++)
+        s0 += (double)w[i] * w[i];
+    return (s0 + s1) + (s2 + s3);
 }

@@ -143,8 +143,9 @@ void nn_cpu_avgpool_bwd(const nn_pool_geom *g, const float *dy, float *dx)
     }
 }
 
-/* Sums in double: a plane can hold thousands of pixels (56x56), and the mean
- * should not depend on their order more than it must. */
+/* Sums in double: a plane can hold thousands of pixels (56x56), whose float
+ * sum would lose digits the mean should keep; the cost is nil next to the
+ * convolutions around it. */
 void nn_cpu_gap_fwd(const float *x, float *y, int N, int C, int HW)
 {
     const size_t planes = (size_t)N * C;

@@ -25,7 +25,8 @@
  * copies bin chunks straight into the float arrays (the unpacker would hold
  * the whole file) and checks every length against the bytes left in the file
  * before allocating, so a crafted file that passes the CRC still cannot make
- * it allocate more than the file's size or read past its end.  The reader
+ * it allocate more than a small multiple of the file's size (a JSON value
+ * costs jansson more than its msgpack byte) or read past its end.  The reader
  * accepts any valid msgpack encoding of an integer and any chunking of the
  * tensor data; only the writer is strict about encodings.
  *
@@ -124,7 +125,8 @@ static const char *write_hint(int e)
     case EIO: return "the disk reported an I/O error; check it, then retry";
     case EROFS: return "the filesystem is read-only; checkpoint to another directory";
     case EACCES: case EPERM: return "this user may not write there; fix the permissions or choose another directory";
-    case ENOENT: case ENOTDIR: return "the directory does not exist; create it or fix the path";
+    case ENOENT: return "the directory does not exist; create it or fix the path";
+    case ENOTDIR: return "a part of the path is not a directory; fix the path";
     default: return "check the filesystem, then retry";
     }
 }
@@ -421,6 +423,8 @@ int nn_ckpt_save_with(const char *path, const nn_ckpt *c, const nn_ckpt_save_opt
     char tmp[PATH_MAX], dir[PATH_MAX], hex[17];
     if (!path || !*path || strlen(path) + 21 >= sizeof tmp)
         return cds_errf(err, "saving checkpoint: the path is empty or longer than %d bytes", PATH_MAX - 22);
+    if (!c)
+        return cds_errf(err, "saving checkpoint %s: no checkpoint given", path);
     if (check_ckpt(path, c, chunk, err) != 0)
         return -1;
     json_t *spec = parse_object(path, "model spec", c->spec_json, err);
@@ -453,7 +457,8 @@ int nn_ckpt_save_with(const char *path, const nn_ckpt *c, const nn_ckpt_save_opt
     }
     created = 1;
     if (pack_body(&w, c, spec, hparams, chunk) != 0 || pack_tail(&w) != 0 || finish_file(&w) != 0) {
-        *err = w.first_err;
+        if (err)
+            *err = w.first_err;
         goto out;
     }
     if (rename(tmp, path) != 0) {

@@ -26,10 +26,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- linear: y[N,O] = x[N,I] · w[O,I]^T + b[O] ---- */
-void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y, int N, int I, int O);
-/* dx[N,I] += dy·w; dw[O,I] += dy^T·x; db[O] += Σ_n dy.  b/db may be NULL. */
-void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw, float *db, int N, int I,
+/* ---- linear: y[N,O] = x[N,D] · w[O,D]^T + b[O] (D, not I: cblas.h brings
+ * <complex.h>, whose macro I would eat a parameter of that name) ---- */
+void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y, int N, int D, int O);
+/* dx[N,D] += dy·w; dw[O,D] += dy^T·x; db[O] += Σ_n dy.  b/db may be NULL. */
+void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw, float *db, int N, int D,
                        int O);
 
 /* ---- sparse linear: the dense linear layer applied to a multi-hot vector.
@@ -64,6 +65,8 @@ typedef struct nn_pool_geom {
     int k, stride, pad;
     int OH, OW;          /* filled by nn_pool_geom_init (floor mode, as PyTorch and Keras 'valid') */
 } nn_pool_geom;
+/* Computes OH, OW; returns -1 when the output would be empty or pad > k/2
+ * (PyTorch's rule: every window then holds a real element). */
 int nn_pool_geom_init(nn_pool_geom *g);
 /* Max pooling; padding counts as -infinity (PyTorch).  argmax[N,C,OH,OW]
  * records the flat h*W+w of the winner within its (n,c) plane (the first one

@@ -520,7 +520,7 @@ static int spec_parse(nn_model *m, json_t *o, int *hidden, int *n_hidden, cds_er
     if (!json_is_integer(cl) || json_integer_value(cl) < 2 || json_integer_value(cl) > 1 << 20)
         return cds_errf(err, "model spec: \"classes\" must be an integer of at least 2");
     m->classes = (int)json_integer_value(cl);
-    double width, dropout, mom, eps;
+    double width = 1, dropout = 0, mom = 0.1, eps = 1e-5;
     if (spec_number(o, "width", 1.0, 1e-3, 64, &width, err) || spec_number(o, "dropout", 0, 0, 0.99, &dropout, err) ||
         spec_number(o, "bn_momentum", 0.1, 0, 1, &mom, err) || spec_number(o, "bn_eps", 1e-5, 1e-12, 1, &eps, err))
         return -1;

@@ -120,7 +120,7 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
     if (!o)
         return cds_errf(err, "train spec: not JSON (%s at line %d)", jerr.text, jerr.line);
     int rc = -1;
-    double batch, seed;
+    double batch = 32, seed = 1;
     const char *opt = json_string_value(json_object_get(o, "optimizer"));
     if (!json_is_object(o)) {
         cds_errf(err, "train spec: must be a JSON object (see docs/models.md)");

@@ -271,7 +271,9 @@ static void test_conv_reference(rng *r)
      *   - 1x1 s1 p0 with few pixels, 1x1 stride 2: through im2col;
      *   - 12x12 output, N 3: two images per GEMM, last group partial;
      *   - 10x10 output, N 5: three images per GEMM, last group partial;
-     *   - the ResNet stem (7x7 s2 p3) and a VGG/ResNet 3x3 p1 at 16x16. */
+     *   - the ResNet stem (7x7 s2 p3) and a VGG/ResNet 3x3 p1 at 16x16;
+     *   - a kernel larger than the input, and rows of >= 32 pixels (im2col
+     *     copies those with memcpy, shorter ones with a loop). */
     static const nn_conv_geom fixed[] = {
         {.N = 3, .C = 5, .H = 16, .W = 20, .OC = 7, .KH = 1, .KW = 1, .stride = 1, .pad = 0},
         {.N = 2, .C = 4, .H = 3, .W = 5, .OC = 6, .KH = 1, .KW = 1, .stride = 1, .pad = 0},
@@ -281,6 +283,7 @@ static void test_conv_reference(rng *r)
         {.N = 2, .C = 3, .H = 22, .W = 18, .OC = 8, .KH = 7, .KW = 7, .stride = 2, .pad = 3},
         {.N = 2, .C = 8, .H = 16, .W = 16, .OC = 8, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
         {.N = 1, .C = 2, .H = 2, .W = 3, .OC = 3, .KH = 7, .KW = 5, .stride = 3, .pad = 3},
+        {.N = 2, .C = 2, .H = 4, .W = 37, .OC = 3, .KH = 3, .KW = 5, .stride = 1, .pad = 2},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         conv_vs_reference(r, fixed[i], 1);

@@ -304,29 +304,41 @@ static int parse_args(int argc, char **argv, run_opts *o)
     return 0;
 }
 
-static nn_trainer *make_trainer(const run_opts *o)
+/* Returns 0 with *out set, 1 (the checkpoint could not be used) or 2 (bad
+ * spec or usage). */
+static int make_trainer(const run_opts *o, nn_trainer **out)
 {
     cds_err err;
     char *spec = NULL;
+    *out = NULL;
     if (o->spec && !(spec = read_file(o->spec))) {
         fprintf(stderr, "cds-train: cannot read --spec %s: %s\n", o->spec, strerror(errno));
-        return NULL;
+        return 2;
     }
-    nn_trainer *t = o->resume ? nn_trainer_load(o->resume, &err) : nn_trainer_new(spec, &err);
-    if (!t)
-        fprintf(stderr, "cds-train: %s%s\n", o->resume ? "" : "--spec: ", err.msg);
-    if (t && o->resume && spec) {
-        nn_trainer *fresh = nn_trainer_new(spec, &err);
-        if (!fresh || strcmp(nn_trainer_spec(fresh), nn_trainer_spec(t)) != 0) {
+    int rc = 0;
+    nn_trainer *fresh = spec ? nn_trainer_new(spec, &err) : NULL;
+    if (spec && !fresh) {
+        fprintf(stderr, "cds-train: --spec %s: %s\n", o->spec, err.msg);
+        rc = 2;
+    } else if (o->resume) {
+        nn_trainer *t = nn_trainer_load(o->resume, &err);
+        if (!t) {
+            fprintf(stderr, "cds-train: %s\n", err.msg);
+            rc = 1;
+        } else if (fresh && strcmp(nn_trainer_spec(fresh), nn_trainer_spec(t)) != 0) {
             fprintf(stderr, "cds-train: --spec %s is not the spec checkpoint %s was trained with: drop --spec to use "
                             "the checkpoint's\n", o->spec, o->resume);
             nn_trainer_free(t);
-            t = NULL;
+            rc = 2;
+        } else {
+            *out = t;
         }
         nn_trainer_free(fresh);
+    } else {
+        *out = fresh;
     }
     free(spec);
-    return t;
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -346,9 +358,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "cds-train: --out %s: %s\n", o.out, err.msg);
         rc = 2;
     }
-    nn_trainer *t = rc == 0 ? make_trainer(&o) : NULL;
-    if (rc == 0 && !t)
-        rc = 1;
+    nn_trainer *t = NULL;
+    if (rc == 0)
+        rc = make_trainer(&o, &t);
     if (t) {
         fprintf(stderr, "cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d BLAS threads\n",
                 nn_model_arch(nn_trainer_model(t)), nn_model_nparams(nn_trainer_model(t)), o.data.n,
