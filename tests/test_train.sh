@@ -24,10 +24,13 @@ json_field() { "$py" -c "import json,sys; print(json.loads(open(sys.argv[1]).rea
 
 "$build/tools/load-fashion-mnist" >/dev/null 2>"$tmp/err"
 ok $? "Fashion-MNIST loaded into PostgreSQL"
+mkdir -p "$tmp/data"
 "$build/tools/cds-etl" unload --table fashion_mnist_train --features pixels --label label --dataset fm \
     --shards 2 --data-root "$tmp/data" --where "id < 4000" --test-table fashion_mnist_test \
     --dtype uint8 --feature-shape 28x28x1 >/dev/null 2>"$tmp/err"
-ok $? "4000 training rows unloaded into 2 shards, with the test split"
+rc=$?
+ok $rc "4000 training rows unloaded into 2 shards, with the test split"
+[ $rc = 0 ] || { sed 's/^/# /' "$tmp/err"; echo "Bail out! the unload failed"; exit 1; }
 ds=$tmp/data/datasets/fm
 
 # A narrower CNN than jobs/models/fashion-cnn.json keeps the test quick.

@@ -361,12 +361,12 @@ int main(int argc, char **argv)
     nn_trainer *t = NULL;
     if (rc == 0)
         rc = make_trainer(&o, &t);
-    if (t) {
-        fprintf(stderr, "cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d BLAS threads\n",
+    if (t && !o.json)
+        printf("cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d BLAS threads\n",
                 nn_model_arch(nn_trainer_model(t)), nn_model_nparams(nn_trainer_model(t)), o.data.n,
                 (long long)nn_trainer_epoch(t), o.epochs, openblas_get_num_threads());
+    if (t)
         rc = train_epochs(&o, t);
-    }
     nn_trainer_free(t);
     free_shards(&o.data);
     free_shards(&o.valid);
