@@ -16,23 +16,38 @@
  * P(keep) = 1 - p up to 2^-53.  Kept elements are scaled by 1/(1-p) so the
  * expectation of y is x; p >= 1 drops everything (PyTorch gives zeros). */
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "nn_kern_cpu.h"
 
 #define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
 
+/* Both loops are written as an unconditional store of a select so the
+ * compiler vectorises them (a `+= cond ? dy : 0` becomes a branch per element
+ * otherwise, mispredicted half the time on real activations). */
 void nn_cpu_relu_fwd(const float *x, float *y, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        y[i] = x[i] < 0.0f ? 0.0f : x[i];
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
 }
 
-void nn_cpu_relu_bwd(const float *y, const float *dy, float *dx, size_t n)
+void nn_cpu_relu_bwd(const float *restrict y, const float *restrict dy, float *restrict dx, size_t n)
 {
     if (!dx)
         return;
-    for (size_t i = 0; i < n; i++)
-        dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        /* The mask as bits: a select would be compiled as a load of dy[i]
+         * guarded by a branch, which does not vectorise. */
+        uint32_t d, keep = y[i] > 0.0f ? 0xffffffffu : 0u;
+        memcpy(&d, &dy[i], sizeof d);
+        d &= keep;
+        float g;
+        memcpy(&g, &d, sizeof g);
+        dx[i] += g;
+    }
 }
 
 void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n)

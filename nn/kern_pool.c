@@ -52,8 +52,57 @@ static void window_span(int o, int n, const nn_pool_geom *g, int *lo, int *hi)
     *hi = end > n ? n : end;
 }
 
+/* "v beats best": larger, or the first NaN against a number. */
+static inline int max_beats(float v, float best)
+{
+    return v > best || (v != v && best == best);
+}
+
+/* The 2×2 stride-2 unpadded window of the small CNN and VGG: the same scan
+ * order (row by row) and rule as the general loop, unrolled, which lets the
+ * compiler keep everything in registers. */
+static void maxpool_fwd_2x2(const nn_pool_geom *g, const float *x, float *y, int32_t *argmax)
+{
+    const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
+    const size_t planes = (size_t)g->N * g->C;
+    for (size_t pl = 0; pl < planes; pl++) {
+        const float *restrict xp = x + pl * H * W;
+        float *restrict yp = y + pl * OH * OW;
+        int32_t *restrict ap = argmax + pl * OH * OW;
+        for (int oh = 0; oh < OH; oh++) {
+            const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+            for (int ow = 0; ow < OW; ow++) {
+                int at = 2 * oh * W + 2 * ow;
+                float best = r0[2 * ow];
+                int best_at = at;
+                float v = r0[2 * ow + 1];
+                if (max_beats(v, best)) {
+                    best = v;
+                    best_at = at + 1;
+                }
+                v = r1[2 * ow];
+                if (max_beats(v, best)) {
+                    best = v;
+                    best_at = at + W;
+                }
+                v = r1[2 * ow + 1];
+                if (max_beats(v, best)) {
+                    best = v;
+                    best_at = at + W + 1;
+                }
+                yp[oh * OW + ow] = best;
+                ap[oh * OW + ow] = best_at;
+            }
+        }
+    }
+}
+
 void nn_cpu_maxpool_fwd(const nn_pool_geom *g, const float *x, float *y, int32_t *argmax)
 {
+    if (g->k == 2 && g->stride == 2 && g->pad == 0) {
+        maxpool_fwd_2x2(g, x, y, argmax);
+        return;
+    }
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
     const size_t planes = (size_t)g->N * g->C;
     for (size_t pl = 0; pl < planes; pl++) {

@@ -45,6 +45,7 @@ typedef struct node {
     nn_pool_geom pg;
     float p;                /* dropout probability */
     int has_grad;           /* the backward pass needs this node's gradient */
+    int zeroed;             /* this backward pass has cleared dy already */
     size_t y_off, dy_off, aux_off;
     nn_tensor y, dy;
     void *aux;
@@ -896,8 +897,6 @@ int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int3
     if (!labels)
         return 0;
     node *last = &m->nodes[m->n_nodes - 1];
-    if (train)
-        memset(nn_arena_at(m->grad, 0), 0, nn_arena_bytes(m->grad));
     if (nn_op_softmax_xent(&last->y, labels, train ? &last->dy : NULL, &out->xent, &out->top1, &out->top5, err) != 0)
         return -1;
     out->loss = out->xent + nn_model_l2(m, l2);
@@ -941,13 +940,33 @@ static int backward_node(nn_model *m, node *d, cds_err *err)
     return 0;
 }
 
+/* Clears a node's gradient just before its first consumer (in backward
+ * order) accumulates into it: while that consumer's output is still in cache,
+ * instead of one memset of the whole gradient arena per step. */
+static int zero_grad_once(nn_model *m, int id, cds_err *err)
+{
+    node *a = id >= 0 ? &m->nodes[id] : NULL;
+    if (!a || !a->has_grad || a->zeroed)
+        return 0;
+    a->zeroed = 1;
+    if (a->kind == K_FLATTEN) /* its gradient is its input's memory */
+        m->nodes[a->in].zeroed = 1;
+    return nn_op_zero(&a->dy, err);
+}
+
 int nn_model_backward(nn_model *m, cds_err *err)
 {
     if (!m->trained)
         return cds_errf(err, "backward pass without a training forward pass with labels before it");
     memset(m->gblock, 0, m->p_total * sizeof(float));
-    for (size_t i = m->n_nodes; i-- > 1;)
-        if (backward_node(m, &m->nodes[i], err) != 0)
+    for (size_t i = 0; i < m->n_nodes; i++)
+        m->nodes[i].zeroed = 0;
+    m->nodes[m->n_nodes - 1].zeroed = 1; /* written by the loss */
+    for (size_t i = m->n_nodes; i-- > 1;) {
+        node *d = &m->nodes[i];
+        if (zero_grad_once(m, d->in, err) != 0 || zero_grad_once(m, d->in2, err) != 0 ||
+            backward_node(m, d, err) != 0)
             return -1;
+    }
     return 0;
 }

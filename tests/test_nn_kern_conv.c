@@ -675,6 +675,7 @@ static void test_pool_reference(rng *r)
 {
     static const nn_pool_geom fixed[] = {
         {.N = 2, .C = 3, .H = 8, .W = 8, .k = 2, .stride = 2, .pad = 0},  /* CNN, VGG */
+        {.N = 1, .C = 2, .H = 7, .W = 9, .k = 2, .stride = 2, .pad = 0},  /* the 2x2 fast path, odd sizes (floor) */
         {.N = 2, .C = 2, .H = 11, .W = 12, .k = 3, .stride = 2, .pad = 1}, /* ResNet stem */
         {.N = 1, .C = 2, .H = 5, .W = 7, .k = 4, .stride = 1, .pad = 2},   /* even k, pad k/2 */
     };
