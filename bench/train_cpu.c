@@ -8,13 +8,13 @@
  * a warm-up, whole steps are timed back to back for about S seconds.  One
  * JSON line per row: {"row", "samples_per_s", "threads", "batch", "steps",
  * "seconds"}. */
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cds_util.h"
 #include "nn_optim.h"
+#include "nn_par.h"
 #include "nn_rng.h"
 
 enum { DIM = 7306, NNZ = 39 };
@@ -131,7 +131,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "train_cpu: --threads must be at least 1 and --seconds above 0\n");
         return 2;
     }
-    openblas_set_num_threads(threads);
+    nn_par_set_threads(threads);
     int rc = 0;
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         if (want) {

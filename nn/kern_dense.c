@@ -31,6 +31,8 @@
 #include <string.h>
 
 #include <cblas.h>
+
+#include "nn_par.h"
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
@@ -69,7 +71,7 @@ void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y,
     fill_rows_with_bias(y, b, N, O);
     if (I <= 0)
         return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, 1.0f, y, O);
+    nn_par_sgemm(CblasNoTrans, CblasTrans, N, O, I, 1.0f, x, I, w, I, 1.0f, y, O);
 }
 
 void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *dx, float *dw, float *db, int N, int I,
@@ -82,8 +84,8 @@ void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *d
     if (I <= 0)
         return;
     if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
+        nn_par_sgemm(CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, dy, O, w, I, 1.0f, dx, I);
+    nn_par_sgemm(CblasTrans, CblasNoTrans, O, I, N, 1.0f, dy, O, x, I, 1.0f, dw, I);
 }
 
 /* ---- sparse linear ---- */

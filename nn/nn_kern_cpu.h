@@ -48,10 +48,13 @@ typedef struct nn_conv_geom {
     int OC, KH, KW;      /* weight [OC, C, KH, KW] */
     int stride, pad;
     int OH, OW;          /* output; filled by nn_conv_geom_init */
+    int threads;         /* threads the kernels split images across; set by nn_conv_geom_init from
+                            nn_par_threads(), and what nn_cpu_conv2d_work sizes the scratch for */
 } nn_conv_geom;
 /* Computes OH, OW; returns -1 when the output would be empty. */
 int nn_conv_geom_init(nn_conv_geom *g);
-/* Floats of scratch the forward and backward kernels need (im2col buffer). */
+/* Floats of scratch the forward and backward kernels need (im2col buffers
+ * and private weight gradients, per thread). */
 size_t nn_cpu_conv2d_work(const nn_conv_geom *g);
 /* y[N,OC,OH,OW]; b may be NULL. */
 void nn_cpu_conv2d_fwd(const nn_conv_geom *g, const float *x, const float *w, const float *b, float *y, float *work);

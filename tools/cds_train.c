@@ -6,7 +6,6 @@
  * and, with --out, writes a checkpoint.  --resume continues from a
  * checkpoint exactly where it stopped (bit-identical to an uninterrupted run
  * with the same --threads), skipping shards it had already visited. */
-#include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -17,6 +16,7 @@
 #include <unistd.h>
 
 #include "cds_util.h"
+#include "nn_par.h"
 #include "nn_train.h"
 
 #define MAX_SHARDS 4096
@@ -39,7 +39,7 @@ static void usage(FILE *out)
           "  --epochs N     train until N epochs are done (counting those of a resumed checkpoint)\n"
           "  --resume CKPT  continue from a checkpoint written by --out\n"
           "  --out DIR      write DIR/epoch-E.ckpt after every epoch\n"
-          "  --threads T    BLAS threads (default: all cores); results are reproducible per T\n"
+          "  --threads T    threads (default: all cores); results are reproducible per T\n"
           "  --json         one JSON object per epoch on stdout instead of a text line\n"
           "Exit status: 0 done, 1 training failed, 2 bad usage.\n",
           out);
@@ -351,8 +351,7 @@ int main(int argc, char **argv)
         free_shards(&o.valid);
         return rc < 0 ? 0 : rc;
     }
-    if (o.threads)
-        openblas_set_num_threads(o.threads);
+    nn_par_set_threads(o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
     cds_err err;
     if (o.out && cds_mkdirs(o.out, &err) != 0) {
         fprintf(stderr, "cds-train: --out %s: %s\n", o.out, err.msg);
@@ -362,9 +361,9 @@ int main(int argc, char **argv)
     if (rc == 0)
         rc = make_trainer(&o, &t);
     if (t && !o.json)
-        printf("cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d BLAS threads\n",
+        printf("cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d threads\n",
                 nn_model_arch(nn_trainer_model(t)), nn_model_nparams(nn_trainer_model(t)), o.data.n,
-                (long long)nn_trainer_epoch(t), o.epochs, openblas_get_num_threads());
+                (long long)nn_trainer_epoch(t), o.epochs, nn_par_threads());
     if (t)
         rc = train_epochs(&o, t);
     nn_trainer_free(t);
