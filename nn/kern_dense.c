@@ -33,6 +33,8 @@
 #include <cblas.h>
 
 #include "nn_par.h"
+
+#include <omp.h>
 #ifdef __SSE__
 #include <xmmintrin.h>
 #endif
@@ -114,11 +116,17 @@ void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b
     if (N <= 0 || O <= 0)
         return;
     fill_rows_with_bias(y, b, N, O);
-    for (int n = 0; n < N; n++) {
-        float *yrow = y + (size_t)n * O;
-        const int32_t *row_idx = idx + (size_t)n * K;
-        for (int k = 0; k < K; k++)
-            add_row(yrow, w + (size_t)row_idx[k] * O, O);
+    /* Rows of y are independent: threads take contiguous runs of rows. */
+#pragma omp parallel num_threads(nn_par_threads()) if (N >= 16)
+    {
+        long lo, hi;
+        nn_par_share(N, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        for (long n = lo; n < hi; n++) {
+            float *yrow = y + (size_t)n * O;
+            const int32_t *row_idx = idx + (size_t)n * K;
+            for (int k = 0; k < K; k++)
+                add_row(yrow, w + (size_t)row_idx[k] * O, O);
+        }
     }
 }
 
@@ -128,10 +136,18 @@ void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, fl
         return;
     if (db)
         add_column_sums(dy, db, N, O);
-    for (int n = 0; n < N; n++) {
-        const float *dyrow = dy + (size_t)n * O;
-        const int32_t *row_idx = idx + (size_t)n * K;
-        for (int k = 0; k < K; k++)
-            add_row(dw + (size_t)row_idx[k] * O, dyrow, O);
+    /* Two rows of the batch may hit the same row of dw, so threads split
+     * the columns instead: each walks every (n, k) in order over its own
+     * slice of O, which keeps the per-element sum order of one thread. */
+#pragma omp parallel num_threads(nn_par_threads()) if (O >= 64 && N >= 16)
+    {
+        long lo, hi;
+        nn_par_share(O, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
+        for (int n = 0; n < N && hi > lo; n++) {
+            const float *dyrow = dy + (size_t)n * O + lo;
+            const int32_t *row_idx = idx + (size_t)n * K;
+            for (int k = 0; k < K; k++)
+                add_row(dw + (size_t)row_idx[k] * O + lo, dyrow, (int)(hi - lo));
+        }
     }
 }

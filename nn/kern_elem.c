@@ -20,14 +20,20 @@
 #include <string.h>
 
 #include "nn_kern_cpu.h"
+#include "nn_par.h"
 
 #define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
 
 /* Both loops are written as an unconditional store of a select so the
  * compiler vectorises them (a `+= cond ? dy : 0` becomes a branch per element
  * otherwise, mispredicted half the time on real activations). */
+/* Element-wise loops go parallel above this size; the partition cannot
+ * change a result. */
+#define PAR_MIN 65536
+
 void nn_cpu_relu_fwd(const float *x, float *y, size_t n)
 {
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         float v = x[i];
         y[i] = v < 0.0f ? 0.0f : v;
@@ -38,6 +44,7 @@ void nn_cpu_relu_bwd(const float *restrict y, const float *restrict dy, float *r
 {
     if (!dx)
         return;
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++) {
         /* The mask as bits: a select would be compiled as a load of dy[i]
          * guarded by a branch, which does not vectorise. */
@@ -52,6 +59,7 @@ void nn_cpu_relu_bwd(const float *restrict y, const float *restrict dy, float *r
 
 void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n)
 {
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= PAR_MIN)
     for (size_t i = 0; i < n; i++)
         y[i] = a[i] + b[i];
 }

@@ -32,6 +32,7 @@
 #include <stddef.h>
 
 #include "nn_kern_cpu.h"
+#include "nn_par.h"
 
 static const float *plane_c(const float *base, int n, int c, int C, int HW)
 {
@@ -87,6 +88,9 @@ void nn_cpu_bn_fwd_train(const float *x, const float *gamma, const float *beta, 
     if (N <= 0 || C <= 0 || HW <= 0)
         return;
     double M = (double)N * HW;
+    /* Channels are independent and each is done by one thread whole, so the
+     * thread count cannot change a result. */
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if ((long)N * C * HW >= 65536)
     for (int c = 0; c < C; c++) {
         double mean = channel_mean(x, c, N, C, HW);
         double var = channel_var(x, mean, c, N, C, HW);
@@ -106,6 +110,9 @@ void nn_cpu_bn_fwd_infer(const float *x, const float *gamma, const float *beta, 
 {
     if (N <= 0 || C <= 0 || HW <= 0)
         return;
+    /* Channels are independent and each is done by one thread whole, so the
+     * thread count cannot change a result. */
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if ((long)N * C * HW >= 65536)
     for (int c = 0; c < C; c++) {
         double invstd = 1.0 / sqrt((double)run_var[c] + (double)eps);
         normalise_channel(x, y, run_mean[c], (float)(gamma[c] * invstd), beta[c], c, N, C, HW);
@@ -118,6 +125,9 @@ void nn_cpu_bn_bwd(const float *x, const float *gamma, const float *save_mean, c
     if (N <= 0 || C <= 0 || HW <= 0)
         return;
     double M = (double)N * HW;
+    /* Channels are independent and each is done by one thread whole, so the
+     * thread count cannot change a result. */
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if ((long)N * C * HW >= 65536)
     for (int c = 0; c < C; c++) {
         float mean = save_mean[c], invstd = save_invstd[c];
         double sum_dy = 0.0, sum_dy_xhat = 0.0;

@@ -30,6 +30,14 @@
  * interleaved partial sums so the adds pipeline; the order is fixed, so the
  * result is deterministic. */
 #include "nn_kern_cpu.h"
+#include "nn_par.h"
+
+#include <omp.h>
+
+/* Element-wise updates are split across threads above this size: the
+ * partition cannot change a result, each element being updated alone. */
+#define PAR_MIN 32768
+
 
 #include <math.h>
 #include <stddef.h>
@@ -81,8 +89,14 @@ void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, f
         return;
     }
     sgd_coef k = {lr, momentum, decay};
-    size_t done = sgd_lanes(w, g, buf, n, k);
-    sgd_scalar(w, g, buf, done, n, k);
+    int t = n >= PAR_MIN ? nn_par_threads() : 1;
+#pragma omp parallel num_threads(t) if (t > 1)
+    {
+        long lo, hi;
+        nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
+        size_t done = sgd_lanes(w + lo, g + lo, buf + lo, (size_t)(hi - lo), k);
+        sgd_scalar(w + lo, g + lo, buf + lo, done, (size_t)(hi - lo), k);
+    }
 }
 
 /* ---- Adam ---- */
@@ -143,8 +157,14 @@ void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, fl
         .eps = eps,
         .decay = 2.0f * l2,
     };
-    size_t done = adam_lanes(w, g, m, v, n, k);
-    adam_scalar(w, g, m, v, done, n, k);
+    int th = n >= PAR_MIN ? nn_par_threads() : 1;
+#pragma omp parallel num_threads(th) if (th > 1)
+    {
+        long lo, hi;
+        nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
+        size_t done = adam_lanes(w + lo, g + lo, m + lo, v + lo, (size_t)(hi - lo), k);
+        adam_scalar(w + lo, g + lo, m + lo, v + lo, done, (size_t)(hi - lo), k);
+    }
 }
 
 double nn_cpu_sumsq(const float *w, size_t n)

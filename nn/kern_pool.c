@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include "nn_kern_cpu.h"
+#include "nn_par.h"
 
 static int pool_out_size(int in, int k, int stride, int pad)
 {
@@ -65,6 +66,7 @@ static void maxpool_fwd_2x2(const nn_pool_geom *g, const float *x, float *y, int
 {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW;
     const size_t planes = (size_t)g->N * g->C;
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (planes * H * W >= 65536)
     for (size_t pl = 0; pl < planes; pl++) {
         const float *restrict xp = x + pl * H * W;
         float *restrict yp = y + pl * OH * OW;

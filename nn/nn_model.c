@@ -958,12 +958,15 @@ int nn_model_backward(nn_model *m, cds_err *err)
 {
     if (!m->trained)
         return cds_errf(err, "backward pass without a training forward pass with labels before it");
-    memset(m->gblock, 0, m->p_total * sizeof(float));
     for (size_t i = 0; i < m->n_nodes; i++)
         m->nodes[i].zeroed = 0;
     m->nodes[m->n_nodes - 1].zeroed = 1; /* written by the loss */
     for (size_t i = m->n_nodes; i-- > 1;) {
         node *d = &m->nodes[i];
+        /* A parameter belongs to one node: clear its gradient right before
+         * that node accumulates into it, while it is about to be in cache. */
+        if ((d->pw >= 0 && nn_op_zero(gw(m, d), err) != 0) || (d->pb >= 0 && nn_op_zero(gb(m, d), err) != 0))
+            return -1;
         if (zero_grad_once(m, d->in, err) != 0 || zero_grad_once(m, d->in2, err) != 0 ||
             backward_node(m, d, err) != 0)
             return -1;

@@ -5,6 +5,7 @@
  * backend will add its case to backend_for.  Shapes are checked by the model
  * when it is built, once, not here on every step. */
 #include "nn_ops.h"
+#include "nn_par.h"
 
 #include <string.h>
 
@@ -200,7 +201,9 @@ int nn_op_acc(const nn_tensor *dy, nn_tensor *dx, cds_err *err)
     ON_CPU("accumulate", dy, dx);
     float *restrict d = dx->data;
     const float *restrict s = dy->data;
-    for (size_t i = 0; i < dy->n; i++)
+    size_t n = dy->n;
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= 65536)
+    for (size_t i = 0; i < n; i++)
         d[i] += s[i];
     return 0;
 }
