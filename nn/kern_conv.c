@@ -323,7 +323,7 @@ static void bias_grad_add(const float *restrict dy, float *restrict db, int N, i
 /* Backward of images [n_lo, n_hi): dw accumulates into dw_acc (the
  * caller's dw or a thread's private one), dx into its own images. */
 static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, int n_hi, const float *x,
-                           const float *w, const float *dy, float *dx, float *dw_acc, float *work)
+                           const float *w, const float *dy, float *dx, float *dw_acc, float dw_beta, float *work)
 {
     const size_t x_img = (size_t)g->C * g->H * g->W;
     const size_t y_img = (size_t)g->OC * p->ohw;
@@ -333,8 +333,9 @@ static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
         const float *dyg = dy + (size_t)n0 * y_img;
         if (p->direct) {
             const float *xn = x + (size_t)n0 * x_img;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->OC, g->C, cols, 1.0f, dyg, cols, xn, cols, 1.0f,
-                        dw_acc, p->ckk);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->OC, g->C, cols, 1.0f, dyg, cols, xn, cols,
+                        dw_beta, dw_acc, p->ckk);
+            dw_beta = 1.0f;
             if (dx)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, g->C, cols, g->OC, 1.0f, w, p->ckk, dyg, cols,
                             1.0f, dx + (size_t)n0 * x_img, cols);
@@ -348,8 +349,9 @@ static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
             gather_group(dyg, tt, gb, g->OC, p->ohw);
             dyg = tt;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->OC, p->ckk, cols, 1.0f, dyg, cols, col, cols, 1.0f,
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, g->OC, p->ckk, cols, 1.0f, dyg, cols, col, cols, dw_beta,
                     dw_acc, p->ckk);
+        dw_beta = 1.0f;
         if (!dx)
             continue;
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, p->ckk, cols, g->OC, 1.0f, w, p->ckk, dyg, cols, 0.0f,
@@ -368,26 +370,30 @@ void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, co
     if (db)
         bias_grad_add(dy, db, g->N, g->OC, p.ohw);
     if (t == 1) {
-        conv_bwd_range(g, &p, 0, g->N, x, w, dy, dx, dw, work);
+        conv_bwd_range(g, &p, 0, g->N, x, w, dy, dx, dw, 1.0f, work);
         return;
     }
     /* Thread 0 accumulates straight into dw, the others into their own
-     * copies, which are then added in thread order: a fixed sum order. */
+     * copies (the first GEMM writes them with beta = 0, so they need no
+     * clearing), which are then added in thread order: a fixed sum order.
+     * A thread whose share of images is empty has no copy to add. */
 #pragma omp parallel num_threads(t)
     {
         int id = omp_get_thread_num(), nt = omp_get_num_threads();
         float *mine = work + (size_t)id * per;
         float *acc = id == 0 ? dw : mine + per - wsize;
-        if (id > 0)
-            memset(acc, 0, wsize * sizeof *acc);
         long lo, hi;
         nn_par_share(g->N, id, nt, p.group, &lo, &hi);
         if (hi > lo)
-            conv_bwd_range(g, &p, (int)lo, (int)hi, x, w, dy, dx, acc, mine);
+            conv_bwd_range(g, &p, (int)lo, (int)hi, x, w, dy, dx, acc, id == 0 ? 1.0f : 0.0f, mine);
 #pragma omp barrier
         long e0, e1;
         nn_par_share((long)wsize, id, nt, 16, &e0, &e1);
         for (int k = 1; k < nt; k++) {
+            long k_lo, k_hi;
+            nn_par_share(g->N, k, nt, p.group, &k_lo, &k_hi);
+            if (k_hi <= k_lo)
+                continue;
             const float *part = work + (size_t)k * per + per - wsize;
             for (long e = e0; e < e1; e++)
                 dw[e] += part[e];
