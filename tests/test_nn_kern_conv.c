@@ -476,14 +476,14 @@ static void test_conv_1x1_vs_general(rng *r)
     ok(nn_cpu_conv2d_work(&g3) > 0, "3x3 pad 1 takes the im2col path");
     size_t nx = conv_x_n(&g1), ny = conv_y_n(&g1), n1 = conv_w_n(&g1), n3 = conv_w_n(&g3), no = (size_t)g1.OC;
     float *x = FALLOC(nx), *w1 = FALLOC(n1), *w3 = FALLOC(n3), *b = FALLOC(no), *dy = FALLOC(ny);
-    float *y1 = FALLOC(ny), *y3 = FALLOC(ny), *work = conv_work(&g3);
+    float *y1 = FALLOC(ny), *y3 = FALLOC(ny), *work = conv_work(&g3), *work1 = conv_work(&g1);
     fill_sym(r, x, nx);
     fill_sym(r, w1, n1);
     fill_sym(r, b, no);
     fill_sym(r, dy, ny);
     for (size_t i = 0; i < n1; i++)
         w3[i * 9 + 4] = w1[i]; /* [oc, c] -> centre of [oc, c, 3, 3] */
-    nn_cpu_conv2d_fwd(&g1, x, w1, b, y1, NULL);
+    nn_cpu_conv2d_fwd(&g1, x, w1, b, y1, work1);
     nn_cpu_conv2d_fwd(&g3, x, w3, b, y3, work);
     /* both sum the same C products (the 3x3 adds exact zeros), so the only
      * difference is summation order: Σ|terms| <= C + |b| <= 7 here */
@@ -492,7 +492,7 @@ static void test_conv_1x1_vs_general(rng *r)
 
     float *dx1 = FALLOC(nx), *dx3 = FALLOC(nx), *dw1 = FALLOC(n1), *dw3 = FALLOC(n3), *db1 = FALLOC(no),
           *db3 = FALLOC(no);
-    nn_cpu_conv2d_bwd(&g1, x, w1, dy, dx1, dw1, db1, NULL);
+    nn_cpu_conv2d_bwd(&g1, x, w1, dy, dx1, dw1, db1, work1);
     nn_cpu_conv2d_bwd(&g3, x, w3, dy, dx3, dw3, db3, work);
     double *dx3d = to_double(dx3, nx), *dwc = DALLOC(n1), *db3d = to_double(db3, no);
     for (size_t i = 0; i < n1; i++)
@@ -502,7 +502,7 @@ static void test_conv_1x1_vs_general(rng *r)
     check_close("1x1 direct bwd dw == 3x3 centre dw", "", dw1, dwc, NULL, n1, REL * 544, 0.0);
     check_close("1x1 direct bwd db == 3x3 db", "", db1, db3d, NULL, no, REL * 544, 0.0);
 
-    free(x), free(w1), free(w3), free(b), free(dy), free(y1), free(y3), free(work), free(y3d);
+    free(x), free(w1), free(w3), free(b), free(dy), free(y1), free(y3), free(work), free(work1), free(y3d);
     free(dx1), free(dx3), free(dw1), free(dw3), free(db1), free(db3), free(dx3d), free(dwc), free(db3d);
 }
 

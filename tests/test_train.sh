@@ -54,6 +54,9 @@ ok "$([ -s "$tmp/a/epoch-1.ckpt" ] && ! ls "$tmp/a" | grep -q tmp; echo $?)" "a 
 "$train" --data "$ds/train" --spec "$tmp/spec.json" --epochs 2 --threads 1 --json --out "$tmp/b" >/dev/null 2>&1
 "$train" --data "$ds/train" --spec "$tmp/spec.json" --epochs 1 --threads 1 --json --out "$tmp/c" >/dev/null 2>&1
 ok "$(cmp -s "$tmp/b/epoch-1.ckpt" "$tmp/c/epoch-1.ckpt"; echo $?)" "the same spec, seed and thread count give a byte-identical checkpoint"
+"$train" --data "$ds/train" --spec "$tmp/spec.json" --epochs 1 --threads 2 --json --out "$tmp/t2a" >/dev/null 2>&1
+"$train" --data "$ds/train" --spec "$tmp/spec.json" --epochs 1 --threads 2 --json --out "$tmp/t2b" >/dev/null 2>&1
+ok "$(cmp -s "$tmp/t2a/epoch-1.ckpt" "$tmp/t2b/epoch-1.ckpt"; echo $?)" "with 2 threads too, two runs give byte-identical checkpoints"
 "$train" --data "$ds/train" --resume "$tmp/c/epoch-1.ckpt" --epochs 2 --threads 1 --json --out "$tmp/c" >"$tmp/out" 2>"$tmp/err"
 ok $? "resume from epoch 1 to epoch 2"
 ok "$(cmp -s "$tmp/b/epoch-2.ckpt" "$tmp/c/epoch-2.ckpt"; echo $?)" "resuming gives the same bytes as never stopping"
