@@ -112,6 +112,24 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
     return cds_errf(err, "train spec: \"schedule\".\"kind\" \"%s\" is not constant, step or cosine", kind);
 }
 
+static int cfg_check_fields(json_t *o, cds_err *err)
+{
+    static const char *const known[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
+                                        "seed", "schedule", "normalize", NULL};
+    const char *k;
+    json_t *v;
+    json_object_foreach(o, k, v) {
+        int found = 0;
+        for (int i = 0; known[i]; i++)
+            found |= strcmp(k, known[i]) == 0;
+        if (!found)
+            return cds_errf(err, "train spec: unknown field \"%s\" (known: optimizer, lr, momentum, beta1, beta2, eps, "
+                                 "l2, batch, seed, schedule, normalize)", k);
+    }
+    (void)v;
+    return 0;
+}
+
 int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
 {
     memset(c, 0, sizeof *c);
@@ -130,6 +148,8 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
         cds_errf(err, "train spec: \"optimizer\" must be \"sgd\" or \"adam\"");
         goto out;
     }
+    if (cfg_check_fields(o, err) != 0)
+        goto out;
     c->adam = strcmp(opt, "adam") == 0;
     if (!json_object_get(o, "lr")) {
         cds_errf(err, "train spec: \"lr\" (the learning rate) is required");

@@ -6,7 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "nn_model.h"
+#include "nn_optim.h"
 #include "nn_rng.h"
 #include "tap.h"
 
@@ -205,8 +208,76 @@ static void test_bad_batches(void)
     nn_model_free(m);
 }
 
+/* Every example spec users copy from jobs/models/ builds and parses. */
+static void test_example_specs(void)
+{
+    static const char *const names[] = {"fashion-cnn", "criteo-confA", "cifar-resnet18", "imagenet-resnet50",
+                                        "imagenet-vgg16"};
+    const char *root = getenv("CDS_SOURCE_ROOT");
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/jobs/models/%s.json", root ? root : ".", names[i]);
+        json_error_t jerr;
+        json_t *o = json_load_file(path, 0, &jerr);
+        char *model = o ? json_dumps(json_object_get(o, "model"), 0) : NULL;
+        char *train = o ? json_dumps(json_object_get(o, "train"), 0) : NULL;
+        cds_err err = {{0}};
+        nn_model *m = model ? nn_model_new(model, 1, 1, &err) : NULL;
+        nn_train_cfg cfg;
+        int cfg_ok = train && nn_train_cfg_parse(train, &cfg, &err) == 0;
+        ok(m && cfg_ok, "jobs/models/%s.json: the model builds and the train spec parses%s%s", names[i],
+           err.msg[0] ? ": " : "", err.msg);
+        if (cfg_ok)
+            nn_train_cfg_free(&cfg);
+        nn_model_free(m);
+        free(model);
+        free(train);
+        json_decref(o);
+    }
+}
+
+static void expect_train_error(const char *train, const char *needle, const char *what)
+{
+    nn_train_cfg c;
+    cds_err err = {{0}};
+    int rc = nn_train_cfg_parse(train, &c, &err);
+    ok(rc != 0 && strstr(err.msg, needle) != NULL, "%s is refused: %s", what, err.msg);
+    if (rc == 0)
+        nn_train_cfg_free(&c);
+}
+
+static void test_train_specs(void)
+{
+    expect_train_error("{\"optimizer\":\"adam\"}", "\"lr\"", "a train spec without lr");
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"learning_rate\":0.1}", "unknown field \"learning_rate\"",
+                       "a misspelt train field");
+    expect_train_error("{\"optimizer\":\"sgd\",\"lr\":0.1,\"schedule\":{\"kind\":\"cosine\"}}", "needs \"epochs\"",
+                       "a cosine schedule without a period");
+    expect_train_error("{\"optimizer\":\"sgd\",\"lr\":0.1,\"normalize\":{\"mean\":[0,0],\"std\":[1]}}", "2 means and 1 stds",
+                       "mismatched normalisation");
+    expect_train_error("{\"optimizer\":\"sgd\",\"lr\":-1}", "\"lr\" must be", "a negative learning rate");
+    nn_train_cfg c;
+    cds_err err;
+    int rc = nn_train_cfg_parse("{\"optimizer\":\"sgd\",\"lr\":0.1,\"schedule\":{\"kind\":\"step\",\"every\":2,"
+                                "\"gamma\":0.5}}", &c, &err);
+    ok(rc == 0 && nn_train_cfg_lr(&c, 0) == 0.1 && nn_train_cfg_lr(&c, 1) == 0.1 && nn_train_cfg_lr(&c, 2) == 0.05 &&
+           nn_train_cfg_lr(&c, 5) == 0.1 * 0.25,
+       "step schedule: lr·γ^⌊epoch/every⌋ (0.1, 0.1, 0.05, ..., 0.025 at epoch 5)");
+    if (rc == 0)
+        nn_train_cfg_free(&c);
+    rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.1,\"schedule\":{\"kind\":\"cosine\",\"epochs\":4,"
+                            "\"min_lr\":0.01}}", &c, &err);
+    ok(rc == 0 && fabs(nn_train_cfg_lr(&c, 0) - 0.1) < 1e-12 && fabs(nn_train_cfg_lr(&c, 2) - 0.055) < 1e-12 &&
+           fabs(nn_train_cfg_lr(&c, 4) - 0.01) < 1e-12 && fabs(nn_train_cfg_lr(&c, 9) - 0.01) < 1e-12,
+       "cosine schedule: 0.1 at epoch 0, midway 0.055 at 2, min_lr 0.01 from epoch 4 on");
+    if (rc == 0)
+        nn_train_cfg_free(&c);
+}
+
 int main(void)
 {
+    test_train_specs();
+    test_example_specs();
     test_param_counts();
     test_seeded_init();
     test_sparse_equals_dense();
