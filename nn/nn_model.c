@@ -671,7 +671,9 @@ static int allocate(nn_model *m, cds_err *err)
     return 0;
 }
 
-nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err)
+/* Parses the spec and lays out the node list and parameter table (nothing
+ * allocated for weights or activations yet). */
+static nn_model *model_plan(const char *model_json, int max_batch, cds_err *err)
 {
     if (max_batch < 1)
         return cds_errf(err, "batch size %d: must be at least 1", max_batch), NULL;
@@ -716,26 +718,48 @@ nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds
         *err = m->build_err;
         goto fail;
     }
-    /* The convolution scratch goes first in the activation arena, so
-     * resolve_buffers finds it at offset 0. */
-    m->act = nn_arena_new(NN_CPU);
-    m->grad = nn_arena_new(NN_CPU);
-    if (!m->act || !m->grad) {
-        cds_errf(err, "out of memory");
-        goto fail;
-    }
-    if (m->work_floats)
-        nn_arena_reserve(m->act, m->work_floats * sizeof(float));
-    plan_buffers(m);
-    if (allocate(m, err) != 0)
-        goto fail;
-    init_params(m, seed);
     json_decref(o);
     return m;
 fail:
     json_decref(o);
     nn_model_free(m);
     return NULL;
+}
+
+int nn_model_validate(const char *model_json, size_t *nparams, cds_err *err)
+{
+    nn_model *m = model_plan(model_json, 1, err);
+    if (!m)
+        return -1;
+    if (nparams)
+        *nparams = nn_model_nparams(m);
+    nn_model_free(m);
+    return 0;
+}
+
+nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err)
+{
+    nn_model *m = model_plan(model_json, max_batch, err);
+    if (!m)
+        return NULL;
+    /* The convolution scratch goes first in the activation arena, so
+     * resolve_buffers finds it at offset 0. */
+    m->act = nn_arena_new(NN_CPU);
+    m->grad = nn_arena_new(NN_CPU);
+    if (!m->act || !m->grad) {
+        cds_errf(err, "out of memory");
+        nn_model_free(m);
+        return NULL;
+    }
+    if (m->work_floats)
+        nn_arena_reserve(m->act, m->work_floats * sizeof(float));
+    plan_buffers(m);
+    if (allocate(m, err) != 0) {
+        nn_model_free(m);
+        return NULL;
+    }
+    init_params(m, seed);
+    return m;
 }
 
 void nn_model_free(nn_model *m)

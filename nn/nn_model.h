@@ -42,6 +42,10 @@ typedef struct nn_metrics {
  * from seed.  Errors name the field and what is allowed. */
 nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err);
 void nn_model_free(nn_model *m);
+/* Checks a model spec as nn_model_new would, without allocating weights or
+ * activations (cheap even for VGG-16); *nparams (may be NULL) gets the
+ * parameter count. */
+int nn_model_validate(const char *model_json, size_t *nparams, cds_err *err);
 
 /* The spec as canonical JSON (keys sorted), for checkpoints. */
 const char *nn_model_spec(const nn_model *m);

@@ -44,6 +44,9 @@ static void test_param_counts(void)
         }
         is_int((long long)nn_model_nparams(m), (long long)want[i].params, "%s: %zu parameters", nn_model_arch(m),
                want[i].params);
+        size_t planned = 0;
+        ok(nn_model_validate(want[i].spec, &planned, &err) == 0 && planned == want[i].params,
+           "%s: nn_model_validate counts the same without allocating", nn_model_arch(m));
         nn_model_free(m);
     }
 }
@@ -167,9 +170,11 @@ static void test_sparse_equals_dense(void)
 
 static void expect_error(const char *spec, const char *needle, const char *what)
 {
-    cds_err err = {{0}};
+    cds_err err = {{0}}, verr = {{0}};
     nn_model *m = build(spec, 4, 1, &err);
     ok(!m && strstr(err.msg, needle) != NULL, "%s is refused: %s", what, err.msg);
+    ok(nn_model_validate(spec, NULL, &verr) != 0 && strcmp(verr.msg, err.msg) == 0,
+       "...and nn_model_validate refuses it with the same message");
     nn_model_free(m);
 }
 

@@ -1,0 +1,112 @@
+/* queue_mop: the state of Model Hopper Parallelism sweeps in Redis
+ * (DESIGN.md §5), and the Lua-scheduled hops that move models between the
+ * workers that hold the shards.
+ *
+ * A sweep has M models and K shards; every epoch each model visits every
+ * shard exactly once, in any order.  A visit (a "sub-epoch") is a lease on a
+ * model, not a queue job: a worker serving shard k asks one script for work,
+ * and the script picks a model that is idle and has not visited k in its
+ * current epoch, leases it (token, deadline) and returns it.  Invariants, at
+ * every moment:
+ *   - a model is leased to at most one worker;
+ *   - a worker holds at most one model (it asks again only after commit,
+ *     release or loss of its lease);
+ *   - within an epoch a model visits each shard at most once, and a visit
+ *     counts only when committed with the lease's token before its deadline;
+ *   - there is no barrier between models: model A may be in epoch 3 while
+ *     model B is in epoch 1.
+ * The commit publishes the new checkpoint version (the path the worker wrote
+ * under a temporary name and renamed), records the visit in the sweep's
+ * schedule (an append-only list, the basis of replay) and wakes idle workers.
+ * A lease that is not renewed expires; the reaper returns the model to idle at
+ * its last committed checkpoint, so a dead worker loses only its sub-epoch.
+ *
+ * Keys (all under the prefix, with the sweep id in braces so one sweep's keys
+ * share a Redis Cluster hash slot; docs/redis-keys.md):
+ *   sweep:{S}           hash   the sweep: state, dataset, dataset_version, shards, epochs, models, created,
+ *                              spec (JSON), updated
+ *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|done|failed|cancelled),
+ *                              epoch (0-based, the epoch in progress), visited (K characters '0'/'1': shards
+ *                              visited this epoch), version (committed checkpoint version, 0 = initial), ckpt
+ *                              (its path), token, worker, shard, deadline (ms), spec (the model's JSON), reason
+ *   sweep:{S}:schedule  list   committed visits in commit order: "m epoch shard version worker"
+ *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation
+ *   sweeps              zset   sweep ids by creation time
+ *   mop:wake            list   a token pushed on every commit, release and reap; idle workers BLPOP it
+ */
+#ifndef CDS_QUEUE_MOP_H
+#define CDS_QUEUE_MOP_H
+
+#include <stdint.h>
+
+#include "cds_err.h"
+#include "queue.h"
+
+#define QUEUE_SWEEP_ID_MAX 32
+#define QUEUE_MOP_PATH_MAX 1024
+
+typedef struct queue_sweep_def {
+    const char *id;              /* caller-chosen, [A-Za-z0-9_-], at most 31 chars */
+    const char *dataset;         /* dataset name and the version pinned at creation */
+    const char *dataset_version;
+    int shards;                  /* K */
+    int epochs;                  /* E */
+    int models;                  /* M */
+    const char *const *model_specs; /* M JSON texts ({"model":..,"train":..}), stored per model */
+    const char *spec_json;       /* the sweep spec as given, stored for display and replay */
+} queue_sweep_def;
+
+/* Creates the sweep with every model idle at epoch 0, version 0.  Refuses an
+ * id that exists (QUEUE_NOT_FOUND is not used: -1 with a message). */
+int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err);
+
+typedef struct queue_mop_lease {
+    int model;                   /* m */
+    int epoch;                   /* the epoch this visit belongs to */
+    int shard;                   /* the shard it is for (the one asked for) */
+    int64_t version;             /* committed checkpoint version to start from (0: initialise from the seed) */
+    char ckpt[QUEUE_MOP_PATH_MAX]; /* its path ("" for version 0) */
+    char token[QUEUE_TOKEN_MAX];
+    int64_t deadline_ms;
+} queue_mop_lease;
+
+/* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
+ * model can visit k now (all busy, all visited k this epoch, or the sweep is
+ * paused/finished), -1 on error.  *sweep_done (may be NULL) is set when every
+ * model of the sweep is done, failed or cancelled. */
+int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
+int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
+
+/* Moves the deadline of a held lease; returns 0, QUEUE_NOT_FOUND when the
+ * lease is gone (expired and reaped, cancelled), -1 on error. */
+int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err);
+
+typedef struct queue_mop_commit_result {
+    int accepted;                /* 0: the lease was lost; the caller must discard its file */
+    int epoch_done;              /* this visit completed the model's epoch (an evaluation was queued) */
+    int model_done;              /* ... and it was the model's last epoch */
+    int64_t version;             /* the new committed version */
+    char superseded[QUEUE_MOP_PATH_MAX]; /* the checkpoint this one replaces ("" if none), for retention */
+} queue_mop_commit_result;
+
+/* Publishes the checkpoint the leased visit produced (already renamed into
+ * place at ckpt_path) if the lease still holds: records the visit, bumps the
+ * version, frees the model (or finishes it), wakes idle workers. */
+int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
+                     queue_mop_commit_result *r, cds_err *err);
+/* Gives the model back without a visit (drain, error that is not the
+ * model's fault); 0, QUEUE_NOT_FOUND if the lease was already gone. */
+int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err);
+/* Marks the leased model failed with a reason (NaN loss, out of memory);
+ * the rest of the sweep goes on. */
+int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
+                         cds_err *err);
+/* Returns expired leases to idle (at their last committed version); *n gets
+ * how many.  Safe to run from every worker. */
+int queue_mop_reap(queue_conn *q, const char *sweep, int *n, cds_err *err);
+/* Blocks up to timeout_ms (at most 1000) on the wake-up list. */
+int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
+
+#endif
