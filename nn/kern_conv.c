@@ -114,7 +114,7 @@ int nn_conv_geom_init(nn_conv_geom *g)
 static size_t conv_thread_work(const nn_conv_geom *g, const conv_plan *p);
 static int conv_threads(const nn_conv_geom *g);
 
-size_t nn_cpu_conv2d_work(const nn_conv_geom *g)
+static size_t conv_work_full(const nn_conv_geom *g)
 {
     conv_plan p = conv_plan_of(g);
     if (p.direct && conv_threads(g) == 1)
@@ -287,7 +287,8 @@ static int conv_threads(const nn_conv_geom *g)
     return g->threads > 1 ? g->threads : 1;
 }
 
-void nn_cpu_conv2d_fwd(const nn_conv_geom *g, const float *x, const float *w, const float *b, float *y, float *work)
+static void conv_fwd_full(const nn_conv_geom *g, const float *x, const float *w, const float *b, float *y,
+                          float *work)
 {
     const conv_plan p = conv_plan_of(g);
     const int t = conv_threads(g);
@@ -361,8 +362,8 @@ static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
     }
 }
 
-void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, const float *dy, float *dx, float *dw,
-                       float *db, float *work)
+static void conv_bwd_full(const nn_conv_geom *g, const float *x, const float *w, const float *dy, float *dx,
+                          float *dw, float *db, float *work)
 {
     const conv_plan p = conv_plan_of(g);
     const int t = conv_threads(g);
@@ -399,4 +400,99 @@ void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, co
                 dw[e] += part[e];
         }
     }
+}
+
+/* ---- taps that only ever see padding -------------------------------------
+ *
+ * On a small input a kernel tap can lie in the padding for every output
+ * pixel: a 3x3 pad-1 convolution of a 1x1 map uses only its centre tap, so
+ * im2col + GEMM would multiply eight zero rows out of nine (ResNet-18's last
+ * stage on 32x32 inputs).  Such a convolution is the same as one with the
+ * kernel cut down to the taps in use and the padding reduced by as much, so
+ * the kernels run that one, on a copy of the used part of w, and add its
+ * weight gradient back into the used part of dw (the unused taps' gradient is
+ * exactly zero).  Decided from the geometry alone. */
+
+/* The cut-down geometry, when some taps are never used; *lo is the first
+ * used tap (the same on both axes: only square cuts are taken). */
+static int pruned_geom(const nn_conv_geom *g, nn_conv_geom *p, int *lo)
+{
+    int kh_lo = g->pad - (g->OH - 1) * g->stride, kh_hi = g->pad + g->H;
+    int kw_lo = g->pad - (g->OW - 1) * g->stride, kw_hi = g->pad + g->W;
+    kh_lo = kh_lo > 0 ? kh_lo : 0;
+    kw_lo = kw_lo > 0 ? kw_lo : 0;
+    kh_hi = kh_hi < g->KH ? kh_hi : g->KH;
+    kw_hi = kw_hi < g->KW ? kw_hi : g->KW;
+    if ((kh_lo == 0 && kh_hi == g->KH && kw_lo == 0 && kw_hi == g->KW) || kh_lo != kw_lo ||
+        kh_hi - kh_lo != kw_hi - kw_lo || kh_hi <= kh_lo)
+        return 0;
+    *p = *g;
+    p->KH = p->KW = kh_hi - kh_lo;
+    p->pad = g->pad - kh_lo;
+    if (nn_conv_geom_init(p) != 0 || p->OH != g->OH || p->OW != g->OW)
+        return 0;
+    p->threads = g->threads;
+    *lo = kh_lo;
+    return 1;
+}
+
+static size_t pruned_w_size(const nn_conv_geom *p)
+{
+    return (size_t)p->OC * p->C * p->KH * p->KW;
+}
+
+/* Copies the used taps of w into wp, or adds dwp back into them (add = 1). */
+static void taps_copy(const nn_conv_geom *g, const nn_conv_geom *p, int lo, float *full, float *part, int add)
+{
+    const size_t planes = (size_t)g->OC * g->C;
+#pragma omp parallel for schedule(static) num_threads(conv_threads(g)) if (planes >= 4096)
+    for (size_t pl = 0; pl < planes; pl++)
+        for (int i = 0; i < p->KH; i++)
+            for (int j = 0; j < p->KW; j++) {
+                float *f = full + pl * g->KH * g->KW + (size_t)(lo + i) * g->KW + (lo + j);
+                float *q = part + pl * p->KH * p->KW + (size_t)i * p->KW + j;
+                if (add)
+                    *f += *q;
+                else
+                    *q = *f;
+            }
+}
+
+size_t nn_cpu_conv2d_work(const nn_conv_geom *g)
+{
+    nn_conv_geom p;
+    int lo;
+    if (!pruned_geom(g, &p, &lo))
+        return conv_work_full(g);
+    return 2 * pruned_w_size(&p) + conv_work_full(&p);
+}
+
+void nn_cpu_conv2d_fwd(const nn_conv_geom *g, const float *x, const float *w, const float *b, float *y, float *work)
+{
+    nn_conv_geom p;
+    int lo;
+    if (!pruned_geom(g, &p, &lo)) {
+        conv_fwd_full(g, x, w, b, y, work);
+        return;
+    }
+    float *wp = work;
+    taps_copy(g, &p, lo, (float *)w, wp, 0);
+    conv_fwd_full(&p, x, wp, b, y, work + 2 * pruned_w_size(&p));
+}
+
+void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, const float *dy, float *dx, float *dw,
+                       float *db, float *work)
+{
+    nn_conv_geom p;
+    int lo;
+    if (!pruned_geom(g, &p, &lo)) {
+        conv_bwd_full(g, x, w, dy, dx, dw, db, work);
+        return;
+    }
+    size_t nw = pruned_w_size(&p);
+    float *wp = work, *dwp = work + nw;
+    taps_copy(g, &p, lo, (float *)w, wp, 0);
+    memset(dwp, 0, nw * sizeof *dwp);
+    conv_bwd_full(&p, x, wp, dy, dx, dwp, db, work + 2 * nw);
+    taps_copy(g, &p, lo, dw, dwp, 1);
 }

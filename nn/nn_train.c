@@ -8,6 +8,7 @@
 #include "nn_train.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,15 +166,26 @@ int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index
             rc = -1;
             break;
         }
+        if (!isfinite(mt.loss)) {
+            rc = NN_TRAIN_DIVERGED;
+            cds_errf(err, "the loss became %s at step %lld (lr %g): the model diverged", isnan(mt.loss) ? "NaN" : "infinite",
+                     (long long)t->step, lr);
+            break;
+        }
         t->step++;
         stats_add(st, &mt);
-        if (progress)
-            progress(ctx, st->rows, total, st);
+        if (progress && progress(ctx, st->rows, total, st) != 0) {
+            rc = NN_TRAIN_STOPPED;
+            cds_errf(err, "stopped after %lld of %lld rows", (long long)st->rows, (long long)total);
+            break;
+        }
     }
     if (rc == 0 && n < 0)
         rc = -1;
     nn_data_close(d);
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
+    if (rc == NN_TRAIN_STOPPED || rc == NN_TRAIN_DIVERGED)
+        return cds_err_wrap(err, "training on %s", shard_dir), rc;
     if (rc != 0)
         return cds_err_wrap(err, "training on %s", shard_dir);
     return visit(t, shard_index, err);

@@ -23,8 +23,14 @@ typedef struct nn_pass_stats {
     double seconds;
 } nn_pass_stats;
 
-/* Called after each batch with rows done so far out of the pass's total. */
-typedef void (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far);
+/* Called after each batch with rows done so far out of the pass's total;
+ * a non-zero return stops the pass (nn_trainer_train_shard then fails with
+ * NN_TRAIN_STOPPED and the trainer must not be saved: its state is mid-pass). */
+typedef int (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far);
+#define NN_TRAIN_STOPPED 2
+/* nn_trainer_train_shard's return when the loss became NaN or infinite: the
+ * model diverged (its hyper-parameters are at fault, not the worker). */
+#define NN_TRAIN_DIVERGED 3
 
 typedef struct nn_trainer nn_trainer;
 

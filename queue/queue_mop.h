@@ -23,12 +23,14 @@
  *
  * Keys (all under the prefix, with the sweep id in braces so one sweep's keys
  * share a Redis Cluster hash slot; docs/redis-keys.md):
- *   sweep:{S}           hash   the sweep: state, dataset, dataset_version, shards, epochs, models, created,
- *                              spec (JSON), updated
+ *   sweep:{S}           hash   the sweep: state (running|paused|done|cancelled), dataset, dataset_version,
+ *                              shards, epochs, models, created, spec (JSON), updated, and (added by mop) id,
+ *                              live (models not yet done/failed/cancelled), finished (ms, or "")
  *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|done|failed|cancelled),
  *                              epoch (0-based, the epoch in progress), visited (K characters '0'/'1': shards
  *                              visited this epoch), version (committed checkpoint version, 0 = initial), ckpt
- *                              (its path), token, worker, shard, deadline (ms), spec (the model's JSON), reason
+ *                              (its path), token, worker, shard, deadline (ms), spec (the model's JSON), reason,
+ *                              and (added by mop) stalls (leases reaped), commit (receipt of the last commit)
  *   sweep:{S}:schedule  list   committed visits in commit order: "m epoch shard version worker"
  *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation
  *   sweeps              zset   sweep ids by creation time
@@ -80,7 +82,9 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
 
 /* Moves the deadline of a held lease; returns 0, QUEUE_NOT_FOUND when the
- * lease is gone (expired and reaped, cancelled), -1 on error. */
+ * lease is gone (expired and reaped, cancelled), -1 on error.  A lease past
+ * its deadline is gone even before a reaper frees the model: renew, commit
+ * and reap all judge a lease alive iff now <= deadline (server time). */
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err);
 
 typedef struct queue_mop_commit_result {
@@ -100,7 +104,8 @@ int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l,
  * model's fault); 0, QUEUE_NOT_FOUND if the lease was already gone. */
 int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err);
 /* Marks the leased model failed with a reason (NaN loss, out of memory);
- * the rest of the sweep goes on. */
+ * the rest of the sweep goes on.  0, QUEUE_NOT_FOUND if the lease was
+ * already gone. */
 int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
                          cds_err *err);
 /* Returns expired leases to idle (at their last committed version); *n gets
@@ -108,5 +113,21 @@ int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease
 int queue_mop_reap(queue_conn *q, const char *sweep, int *n, cds_err *err);
 /* Blocks up to timeout_ms (at most 1000) on the wake-up list. */
 int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
+
+/* (added by mop) Pauses ("paused": no new leases; leases in flight may renew
+ * and commit), resumes ("running") or cancels ("cancelled": final; every
+ * unfinished model becomes cancelled and loses its lease, so its worker's
+ * next renew or commit is refused) a sweep.  Setting the current state again
+ * is a no-op.  Returns 0, QUEUE_NOT_FOUND (no such sweep), -1 (unknown
+ * state, or the sweep is already done or cancelled). */
+int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err);
+
+/* ---- read-only views (queue_sweep_read.c) ---- */
+
+/* Every sweep id, oldest first (malloc'd array of malloc'd strings). */
+int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err);
+void queue_sweep_list_free(char **ids, size_t n);
+/* The sweep hash as a JSON object of strings; QUEUE_NOT_FOUND if absent. */
+int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 
 #endif

@@ -261,5 +261,72 @@ refused 1 "no job 999999 under prefix" "errors after an AUTH with a URL password
 raw --redis "unix://$tmp/r.sock" --redis-password-file "$tmp/none" stats
 refused 2 "cannot read password file $tmp/none" "a missing password file"
 
+# ---- enqueue sweep -----------------------------------------------------------------
+# Dataset records as etl_queue.c writes them: "shards" per split from the ETL
+# spec while loading; state ready, the version and the splits (JSON) when done.
+ds=fm$$
+ver=$(printf '%064d' 7)
+redis-cli -u "$url" HSET "${prefix}dataset:$ds" state ready token t1 shards 3 version "$ver" error "" \
+    splits '{"train": {"shards": 3, "rows": 600, "rows_per_shard": [200, 200, 200]}, "valid": {"shards": 3, "rows": 60, "rows_per_shard": [20, 20, 20]}}' >/dev/null
+redis-cli -u "$url" HSET "${prefix}dataset:$ds-loading" state loading token t2 shards 4 version "" error "" >/dev/null
+redis-cli -u "$url" HSET "${prefix}dataset:$ds-failed" state failed token t3 shards 2 version "" error "COPY failed: disk full" >/dev/null
+sed "s/\"fmnist\"/\"$ds\"/" "$CDS_SOURCE_ROOT/jobs/sweep-fashion-mnist.json" >"$tmp/sweep.json"
+# sweep_field ID FIELD: one field of the sweep hash, read from HGETALL.
+sweep_field() { redis-cli -u "$url" HGETALL "${prefix}sweep:{$1}" | paste -d '\t' - - | awk -F '\t' -v f="$2" '$1 == f { print $2 }'; }
+jc enqueue sweep --spec "$tmp/sweep.json"
+sw=$(out)
+ok_out "$([ "$rc" = 0 ] && [[ "$sw" =~ ^s[0-9]+$ ]] &&
+      [ "$(head -1 "$tmp/err")" = "jobctl: sweep $sw: 16 models x 3 shards x 5 epochs on dataset $ds version ${ver:0:16}..." ] &&
+      [ "$(sed -n 2p "$tmp/err")" = "  model 0: cnn adam lr=0.001 batch=64 l2=0" ] &&
+      [ "$(sed -n 17p "$tmp/err")" = "  model 15: mlp adam lr=0.0001 batch=256 l2=0.0001" ] && [ "$(wc -l <"$tmp/err")" = 17 ]; echo $?)" \
+    "enqueue sweep prints the sweep id ($sw), and a line per model on stderr"
+is "$(for f in state dataset dataset_version models shards epochs; do printf '%s ' "$(sweep_field "$sw" $f)"; done)" \
+    "running $ds $ver 16 3 5 " "HGETALL of the sweep: running, the dataset pinned at its version, 16 models, 3 shards, 5 epochs"
+is "$(redis-cli -u "$url" HGET "${prefix}sweep:{$sw}:models" 15.spec)" \
+    '{"model":{"arch":"mlp","classes":10,"hidden":[256],"input":[784]},"train":{"batch":256,"l2":0.0001,"lr":0.0001,"normalize":{"mean":[0.28599999999999998],"scale":0.0039215686274509803,"std":[0.35299999999999998]},"optimizer":"adam","schedule":{"kind":"constant"},"seed":1}}' \
+    "model 15's canonical spec is stored with the sweep"
+ok "$(sweep_field "$sw" spec | "$py" -c 'import json,sys; d = json.load(sys.stdin); sys.exit(not (d["dataset"] == sys.argv[1] and d["seed"] == 1 and len(d["models"]) == 2))' "$ds"; echo $?)" \
+    "the sweep spec is stored as JSON"
+jc enqueue sweep --spec "$tmp/sweep.json"
+ok "$([ "$rc" = 0 ] && [ "$(out)" = "s$((${sw#s} + 1))" ]; echo $?)" "the next sweep takes the next id ($(out))"
+jc enqueue sweep --spec "$tmp/sweep.json" --id "s$((${sw#s} + 2))"
+jc enqueue sweep --spec "$tmp/sweep.json"
+ok "$([ "$rc" = 0 ] && [ "$(out)" = "s$((${sw#s} + 3))" ]; echo $?)" "an id taken by --id is skipped ($(out))"
+jc --json enqueue sweep --spec "$tmp/sweep.json" --id my-sweep_1
+is "$(jget 'd["id"], d["models"], d["shards"], d["epochs"], d["dataset"], d["dataset_version"] == "'"$ver"'"')" \
+    "my-sweep_1 16 3 5 $ds True" "--id and --json: id, models, shards, epochs, dataset and version"
+jc enqueue sweep --spec "$tmp/sweep.json" --id my-sweep_1
+refused 1 "sweep 'my-sweep_1' already exists" "a sweep id that exists"
+sed "s/\"$ds\"/\"$ds-loading\"/" "$tmp/sweep.json" >"$tmp/sweep-loading.json"
+jc enqueue sweep --spec "$tmp/sweep-loading.json" --json
+lsw=$(jget 'd["id"]')
+is "$(jget 'd["shards"], repr(d["dataset_version"])')" "4 ''" "a loading dataset: its shards per split, no version yet (--json)"
+is "$(sweep_field "$lsw" dataset)/$(sweep_field "$lsw" dataset_version)/$(sweep_field "$lsw" shards)" "$ds-loading//4" \
+    "... and the sweep records the dataset with an empty version"
+sed "s/\"$ds\"/\"$ds-failed\"/" "$tmp/sweep.json" >"$tmp/sweep-failed.json"
+jc enqueue sweep --spec "$tmp/sweep-failed.json"
+refused 1 "dataset $ds-failed failed to load: COPY failed: disk full" "a failed dataset"
+sed "s/\"$ds\"/\"nosuch$$\"/" "$tmp/sweep.json" >"$tmp/sweep-missing.json"
+jc enqueue sweep --spec "$tmp/sweep-missing.json"
+refused 1 "no dataset nosuch$$ under prefix $prefix" "a dataset that does not exist"
+sed 's/"lr": \[0.001, 0.0001\]/"lr": [0.001, -1]/' "$tmp/sweep.json" >"$tmp/sweep-bad.json"
+jc enqueue sweep --spec "$tmp/sweep-bad.json"
+refused 2 "$tmp/sweep-bad.json: sweep spec \$.grid.lr\[1\]: must be a positive number" "a bad spec: exit 2 with the JSON path"
+sed 's/"arch": "mlp"/"arch": "lenet"/' "$tmp/sweep.json" >"$tmp/sweep-bad.json"
+jc enqueue sweep --spec "$tmp/sweep-bad.json"
+refused 2 "sweep spec \$.models\[1\]: model spec: \"arch\" must be one of" "a bad model: exit 2 with the JSON path"
+raw --redis "redis://127.0.0.1:$port/0" enqueue sweep --spec "$tmp/sweep-bad.json"
+refused 2 "sweep spec \$.models\[1\]" "a bad spec is refused before Redis is reached"
+jc enqueue sweep --spec "$tmp/sweep.json" --id 'bad id!'
+refused 2 "bad sweep id 'bad id!'" "a malformed --id"
+jc enqueue sweep --spec "$tmp/sweep.json" --queue jq
+refused 2 "--queue does not apply to enqueue sweep" "a job option with enqueue sweep"
+jc enqueue sweep
+refused 2 "enqueue sweep needs the sweep spec" "enqueue sweep without --spec"
+jc enqueue diag.sleep --id x
+refused 2 "--id names a sweep" "--id with a job type"
+raw enqueue --help
+ok "$([ "$rc" = 0 ] && grep -q '^usage: jobctl enqueue sweep --spec FILE.json \[--id ID\]$' "$tmp/out"; echo $?)" "enqueue --help shows enqueue sweep"
+
 echo "1..$n"
 [ "$failed" = 0 ]

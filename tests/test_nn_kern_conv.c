@@ -279,6 +279,12 @@ static void test_conv_reference(rng *r)
         {.N = 2, .C = 4, .H = 3, .W = 5, .OC = 6, .KH = 1, .KW = 1, .stride = 1, .pad = 0},
         {.N = 2, .C = 6, .H = 9, .W = 8, .OC = 5, .KH = 1, .KW = 1, .stride = 2, .pad = 0},
         {.N = 3, .C = 4, .H = 12, .W = 12, .OC = 5, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        /* taps that only see padding: ResNet's last stage at 32x32 inputs (3x3 pad 1 on 1x1; stride 2 from 2x2),
+         * a 5x5 on 2x2 (rows and columns cut alike), and an uneven cut that keeps the full kernel */
+        {.N = 4, .C = 6, .H = 1, .W = 1, .OC = 5, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 3, .C = 4, .H = 2, .W = 2, .OC = 5, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+        {.N = 2, .C = 3, .H = 2, .W = 2, .OC = 4, .KH = 5, .KW = 5, .stride = 1, .pad = 2},
+        {.N = 2, .C = 3, .H = 1, .W = 4, .OC = 4, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
         {.N = 5, .C = 3, .H = 10, .W = 10, .OC = 4, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
         {.N = 2, .C = 3, .H = 22, .W = 18, .OC = 8, .KH = 7, .KW = 7, .stride = 2, .pad = 3},
         {.N = 2, .C = 8, .H = 16, .W = 16, .OC = 8, .KH = 3, .KW = 3, .stride = 1, .pad = 1},

@@ -143,12 +143,12 @@ typedef struct progress_ctx {
     int64_t t0, last;
 } progress_ctx;
 
-static void progress(void *ctx, int64_t done, int64_t total, const nn_pass_stats *st)
+static int progress(void *ctx, int64_t done, int64_t total, const nn_pass_stats *st)
 {
     progress_ctx *p = ctx;
     int64_t now = cds_mono_ms();
     if (!p->enabled || (now - p->last < 200 && done < total))
-        return;
+        return 0;
     p->last = now;
     int width = 30, fill = total ? (int)(width * done / total) : width;
     char bar[64];
@@ -161,6 +161,7 @@ static void progress(void *ctx, int64_t done, int64_t total, const nn_pass_stats
             st->rows ? st->loss_sum / (double)st->rows : 0.0, st->rows ? (double)st->top1 / (double)st->rows : 0.0,
             secs > 0 ? (double)done / secs : 0.0);
     fflush(stderr);
+    return 0;
 }
 
 typedef struct run_opts {

@@ -12,15 +12,19 @@
  * turns getopt's complaints into one-line usage errors.  A command then checks
  * everything it can without Redis (numbers, JSON, names, ids), connects
  * (open_queue), makes one library call, and prints the result: the library's
- * JSON with --json, else a table or a job sheet (jobctl_fmt.c).
+ * JSON with --json, else a table or a job sheet (jobctl_fmt.c).  Two enqueue
+ * types are not plain jobs: `etl` plans an unload and enqueues its jobs
+ * (etl_queue.h), and `sweep` expands a sweep spec (sweep_spec.h), pins the
+ * dataset's version from its record and creates the sweep (queue_mop.h).
  *
  * Errors.  Every failure is one line on stderr, "jobctl: <what went wrong>
  * (<how to fix it>)", from fail(), and an exit status:
  *   0  done, including an enqueue whose --unique key a live job holds (it
  *      prints that job's id: a cron rerun is a no-op);
- *   1  the job named is not there (show, cancel, retry, --after), or its
- *      state refuses the operation (cancel a finished job, retry a live one),
- *      or Redis refused the command;
+ *   1  the job named is not there (show, cancel, retry, --after; the
+ *      dataset of a sweep, or it failed to load), or its state refuses the
+ *      operation (cancel a finished job, retry a live one), or Redis refused
+ *      the command;
  *   2  bad usage or input (command, option, number, JSON, URL, id), or Redis
  *      unreachable, refusing AUTH, or lost mid-command.
  * The library's cds_err messages already name the problem and the fix and
@@ -44,6 +48,9 @@
 #include "etl_unload.h"
 #include "jobctl_fmt.h"
 #include "queue.h"
+#include "queue_int.h" /* qc_take: INCR of the sweep id counter (queue.h has no counter call) */
+#include "queue_mop.h"
+#include "sweep_spec.h"
 
 enum exit_code { EXIT_DONE = 0, EXIT_REFUSED = 1, EXIT_USAGE = 2 };
 
@@ -310,12 +317,35 @@ static const char usage_enqueue[] =
     "  --after ID             run only after job ID is done (repeatable); if it goes dead or is\n"
     "                         cancelled this job goes dead; an unknown ID is refused (exit 1)\n"
     "  --count N              enqueue N identical jobs in one batch, one id per line\n"
-    "With --json: {\"id\", \"duplicate\", \"state\"}, or an array of them for --count N > 1.\n";
+    "With --json: {\"id\", \"duplicate\", \"state\"}, or an array of them for --count N > 1.\n"
+    "\n"
+    "usage: jobctl enqueue sweep --spec FILE.json [--id ID]\n"
+    "Creates a model-selection sweep (docs/sweeps.md, e.g. jobs/sweep-fashion-mnist.json) on a\n"
+    "dataset loaded by jobctl enqueue etl, pinned to its version, and prints the sweep's id; one\n"
+    "line per model goes to stderr.  Exit 1 if the dataset is unknown or failed to load.\n"
+    "  --id ID                the sweep's id, 1 to 31 letters, digits, '_' or '-' (default: s1, s2, ...)\n"
+    "With --json: {\"id\", \"models\", \"shards\", \"epochs\", \"dataset\", \"dataset_version\"}.\n";
 
 enum enqueue_option {
     E_PAYLOAD = OPT_COMMAND, E_SPEC, E_QUEUE, E_PRIORITY, E_DELAY, E_UNIQUE, E_MAX_ATTEMPTS, E_MAX_STALLS,
-    E_BACKOFF_BASE, E_BACKOFF_CAP, E_AFTER, E_COUNT
+    E_BACKOFF_BASE, E_BACKOFF_CAP, E_AFTER, E_COUNT, E_ID
 };
+
+static const struct option enqueue_options[] = {
+    {"payload", required_argument, 0, E_PAYLOAD},
+    {"spec", required_argument, 0, E_SPEC},
+    {"queue", required_argument, 0, E_QUEUE},
+    {"priority", required_argument, 0, E_PRIORITY},
+    {"delay", required_argument, 0, E_DELAY},
+    {"unique", required_argument, 0, E_UNIQUE},
+    {"max-attempts", required_argument, 0, E_MAX_ATTEMPTS},
+    {"max-stalls", required_argument, 0, E_MAX_STALLS},
+    {"backoff-base", required_argument, 0, E_BACKOFF_BASE},
+    {"backoff-cap", required_argument, 0, E_BACKOFF_CAP},
+    {"after", required_argument, 0, E_AFTER},
+    {"count", required_argument, 0, E_COUNT},
+    {"id", required_argument, 0, E_ID},
+    GLOBAL_OPTIONS};
 
 typedef struct enqueue_args {
     queue_job_spec spec;
@@ -324,6 +354,8 @@ typedef struct enqueue_args {
     char *payload_text; /* owned: the --spec file's contents */
     const char **after; /* argv strings */
     int64_t count;
+    const char *sweep_id; /* --id (enqueue sweep) */
+    unsigned seen;        /* bit (code - OPT_COMMAND) of each command option given */
 } enqueue_args;
 
 #define SPEC_FILE_MAX (64 << 20)
@@ -398,6 +430,7 @@ static int enqueue_option(const jobctl *j, int c, enqueue_args *a, size_t *n_aft
         a->after[(*n_after)++] = optarg;
         return 0;
     case E_COUNT: return parse_int_option(j, "--count", optarg, 1, 1000000, &a->count);
+    case E_ID: a->sweep_id = optarg; return 0;
     default: return usage_error(j, "unexpected option");
     }
 }
@@ -405,20 +438,6 @@ static int enqueue_option(const jobctl *j, int c, enqueue_args *a, size_t *n_aft
 /* Parses and checks everything an enqueue needs before Redis. */
 static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
 {
-    static const struct option opts[] = {
-        {"payload", required_argument, 0, E_PAYLOAD},
-        {"spec", required_argument, 0, E_SPEC},
-        {"queue", required_argument, 0, E_QUEUE},
-        {"priority", required_argument, 0, E_PRIORITY},
-        {"delay", required_argument, 0, E_DELAY},
-        {"unique", required_argument, 0, E_UNIQUE},
-        {"max-attempts", required_argument, 0, E_MAX_ATTEMPTS},
-        {"max-stalls", required_argument, 0, E_MAX_STALLS},
-        {"backoff-base", required_argument, 0, E_BACKOFF_BASE},
-        {"backoff-cap", required_argument, 0, E_BACKOFF_CAP},
-        {"after", required_argument, 0, E_AFTER},
-        {"count", required_argument, 0, E_COUNT},
-        GLOBAL_OPTIONS};
     size_t n_after = 0;
     int c = NEXT_END, rc = 0;
     queue_job_spec_init(&a->spec);
@@ -426,8 +445,10 @@ static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
     a->after = calloc((size_t)argc + 1, sizeof *a->after);
     if (!a->after)
         return fail(j, EXIT_USAGE, "out of memory");
-    while (rc == 0 && (c = next_option(j, argc, argv, ":h", opts)) >= 0)
+    while (rc == 0 && (c = next_option(j, argc, argv, ":h", enqueue_options)) >= 0) {
+        a->seen |= 1u << (c - OPT_COMMAND);
         rc = enqueue_option(j, c, a, &n_after);
+    }
     if (rc != 0 || c == NEXT_BAD)
         return EXIT_USAGE;
     if (c == NEXT_HELP)
@@ -441,6 +462,9 @@ static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
         return usage_error(j, "give the payload with --payload or --spec, not both");
     if (a->spec.unique && a->count > 1)
         return usage_error(j, "--unique admits one live job, so it cannot go with --count N > 1");
+    if (a->sweep_id && strcmp(a->spec.type, "sweep") != 0)
+        return usage_error(j, "--id names a sweep: it goes with enqueue sweep only (job ids are handed out by the "
+                              "queue)");
     if (a->spec_file) {
         if (read_spec_file(j, a->spec_file, a) != 0 ||
             check_payload_json(j, a->payload_text, "--spec file", a->spec_file) != 0)
@@ -530,6 +554,185 @@ static int enqueue_etl(jobctl *j, const enqueue_args *a)
     return rc;
 }
 
+/* ---- enqueue sweep ------------------------------------------------------- */
+
+#define SWEEP_SUMMARY_LINES 64 /* model lines printed on stderr; the rest are counted */
+#define SWEEP_ID_TRIES 100     /* counter values skipped when --id sweeps already took them */
+
+/* What a sweep pins of its dataset record. */
+typedef struct pinned_dataset {
+    char version[72]; /* "" while the dataset is loading: the workers wait for ready */
+    int shards;       /* K: the train split's shards */
+    int loading;
+} pinned_dataset;
+
+/* Options of enqueue that make no sense for a sweep (it is not a queue job). */
+static int refuse_job_options(const jobctl *j, const enqueue_args *a)
+{
+    unsigned allowed = 1u << (E_SPEC - OPT_COMMAND) | 1u << (E_PAYLOAD - OPT_COMMAND) | 1u << (E_ID - OPT_COMMAND);
+    for (const struct option *o = enqueue_options; o->name; o++) {
+        if (o->val < OPT_COMMAND || !(a->seen & ~allowed & 1u << (o->val - OPT_COMMAND)))
+            continue;
+        char what[160];
+        snprintf(what, sizeof what, "--%s does not apply to enqueue sweep, which takes only --spec and --id: a "
+                                    "sweep is not a queue job", o->name);
+        return usage_error(j, what);
+    }
+    return 0;
+}
+
+static int check_sweep_id(const jobctl *j, const char *id)
+{
+    size_t n = strlen(id);
+    if (n >= 1 && n < QUEUE_SWEEP_ID_MAX &&
+        strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n)
+        return 0;
+    return fail(j, EXIT_USAGE, "bad sweep id '%.40s': use 1 to %d letters, digits, '_' or '-' (or leave out --id)",
+                id, QUEUE_SWEEP_ID_MAX - 1);
+}
+
+/* K from a dataset record: the train split's shard count once the dataset
+ * is ready (its "splits"), else the shards per split its ETL spec asked for. */
+static int record_shards(const json_t *rec)
+{
+    int64_t k = 0;
+    json_t *splits = json_loads(json_string_value(json_object_get(rec, "splits")) ?: "", 0, NULL);
+    json_t *train = json_object_get(json_object_get(splits, "train"), "shards");
+    if (json_is_integer(train))
+        k = json_integer_value(train);
+    else if (cds_parse_i64(json_string_value(json_object_get(rec, "shards")) ?: "", 1, INT32_MAX, &k) != 0)
+        k = 0;
+    json_decref(splits);
+    return k >= 1 && k <= INT32_MAX ? (int)k : 0;
+}
+
+/* Reads <prefix>dataset:<name> (etl_queue.c writes it) and pins its version
+ * and shard count; refuses a dataset that is unknown or failed (exit 1). */
+static int pin_dataset(const jobctl *j, queue_conn *q, const char *name, pinned_dataset *d)
+{
+    char rec_name[200];
+    snprintf(rec_name, sizeof rec_name, "dataset:%s", name);
+    cds_err err;
+    json_t *rec = NULL;
+    int qrc = queue_record_get(q, rec_name, &rec, &err);
+    if (qrc == QUEUE_NOT_FOUND)
+        return fail(j, EXIT_REFUSED, "no dataset %s under prefix %s (load it first: jobctl enqueue etl --spec "
+                                     "FILE.json with \"dataset\": \"%s\")", name, queue_prefix(q), name);
+    if (qrc != 0)
+        return op_failed(j, q, qrc, &err);
+    const char *state = json_string_value(json_object_get(rec, "state")) ?: "";
+    const char *version = json_string_value(json_object_get(rec, "version")) ?: "";
+    int rc = 0;
+    memset(d, 0, sizeof *d);
+    d->shards = record_shards(rec);
+    d->loading = strcmp(state, "loading") == 0;
+    if (strcmp(state, "failed") == 0)
+        rc = fail(j, EXIT_REFUSED, "dataset %s failed to load: %s (fix the cause and run jobctl enqueue etl again)",
+                  name, json_string_value(json_object_get(rec, "error")) ?: "no reason recorded");
+    else if (!d->loading && (strcmp(state, "ready") != 0 || !*version || strlen(version) >= sizeof d->version))
+        rc = fail(j, EXIT_REFUSED, "dataset %s is in state '%.20s' with version '%.16s': a sweep needs it ready or "
+                                   "loading (see redis-cli HGETALL %sdataset:%s)", name, state, version,
+                  queue_prefix(q), name);
+    else if (d->shards == 0)
+        rc = fail(j, EXIT_REFUSED, "dataset %s has no train shard count in its record (reload it with jobctl "
+                                   "enqueue etl)", name);
+    else if (!d->loading)
+        snprintf(d->version, sizeof d->version, "%s", version);
+    json_decref(rec);
+    return rc;
+}
+
+/* "s" + INCR <prefix>sweep:seq, skipping values a --id sweep already took. */
+static int new_sweep_id(const jobctl *j, queue_conn *q, char id[QUEUE_SWEEP_ID_MAX])
+{
+    cds_err err;
+    for (int t = 0; t < SWEEP_ID_TRIES; t++) {
+        qargs cmd;
+        qargs_init(&cmd);
+        qargs_add(&cmd, "INCR");
+        qargs_key(&cmd, q, "sweep:seq");
+        redisReply *r = qc_take(q, &cmd, &err);
+        if (!r)
+            return op_failed(j, q, -1, &err);
+        long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+        freeReplyObject(r);
+        if (n < 1)
+            return fail(j, EXIT_REFUSED, "%ssweep:seq does not hold a counter (delete it or give --id)",
+                        queue_prefix(q));
+        snprintf(id, QUEUE_SWEEP_ID_MAX, "s%lld", n);
+        json_t *existing = NULL;
+        int qrc = queue_sweep_get(q, id, &existing, &err);
+        json_decref(existing);
+        if (qrc == QUEUE_NOT_FOUND)
+            return 0;
+        if (qrc != 0)
+            return op_failed(j, q, qrc, &err);
+    }
+    return fail(j, EXIT_REFUSED, "sweep ids s<N> up to %s are all taken (give --id)", id);
+}
+
+static void print_sweep(const jobctl *j, const sweep_spec *s, const char *id, const pinned_dataset *d)
+{
+    int m = sweep_spec_model_count(s);
+    if (j->json) {
+        json_t *o = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "id", id, "models", m, "shards", d->shards,
+                              "epochs", sweep_spec_epochs(s), "dataset", sweep_spec_dataset(s), "dataset_version",
+                              d->version);
+        print_json(o);
+        json_decref(o);
+        return;
+    }
+    printf("%s\n", id);
+    fflush(stdout);
+    fprintf(stderr, "jobctl: sweep %s: %d models x %d shards x %d epochs on dataset %s %s%.16s%s\n", id, m,
+            d->shards, sweep_spec_epochs(s), sweep_spec_dataset(s), d->loading ? "(loading: workers wait until it "
+            "is ready)" : "version ", d->version, d->loading ? "" : "...");
+    for (int i = 0; i < m && i < SWEEP_SUMMARY_LINES; i++)
+        fprintf(stderr, "  %s\n", sweep_spec_summary(s, i));
+    if (m > SWEEP_SUMMARY_LINES)
+        fprintf(stderr, "  ... and %d more (redis-cli HGET %ssweep:{%s}:models <m>.spec)\n", m - SWEEP_SUMMARY_LINES,
+                j->prefix ? j->prefix : QUEUE_DEFAULT_PREFIX, id);
+}
+
+/* `jobctl enqueue sweep --spec FILE.json [--id ID]`: expands the sweep
+ * here, pins the dataset's version and shard count from its record, and
+ * creates the sweep's state in Redis (queue_sweep_create); workers take
+ * its models from there. */
+static int enqueue_sweep(jobctl *j, const enqueue_args *a)
+{
+    if (refuse_job_options(j, a) != 0 || (a->sweep_id && check_sweep_id(j, a->sweep_id) != 0))
+        return EXIT_USAGE;
+    if (!a->spec_file && !a->payload_arg)
+        return usage_error(j, "enqueue sweep needs the sweep spec: give --spec FILE.json (docs/sweeps.md)");
+    cds_err err;
+    sweep_spec *s = sweep_spec_parse(a->spec.payload, &err);
+    if (!s)
+        return fail(j, EXIT_USAGE, "%s: %s", a->spec_file ? a->spec_file : "--payload", err.msg);
+    queue_conn *q = NULL;
+    pinned_dataset d;
+    char id[QUEUE_SWEEP_ID_MAX] = "";
+    int rc = open_queue(j, &q);
+    if (rc == 0)
+        rc = pin_dataset(j, q, sweep_spec_dataset(s), &d);
+    if (rc == 0 && a->sweep_id)
+        snprintf(id, sizeof id, "%s", a->sweep_id);
+    else if (rc == 0)
+        rc = new_sweep_id(j, q, id);
+    if (rc == 0) {
+        queue_sweep_def def = {
+            .id = id, .dataset = sweep_spec_dataset(s), .dataset_version = d.version, .shards = d.shards,
+            .epochs = sweep_spec_epochs(s), .models = sweep_spec_model_count(s),
+            .model_specs = sweep_spec_model_specs(s), .spec_json = sweep_spec_json(s)};
+        if (queue_sweep_create(q, &def, &err) != 0)
+            rc = op_failed(j, q, -1, &err);
+        else
+            print_sweep(j, s, id, &d);
+    }
+    queue_close(q);
+    sweep_spec_free(s);
+    return rc;
+}
+
 static int cmd_enqueue(jobctl *j, int argc, char **argv)
 {
     enqueue_args a = {0};
@@ -539,6 +742,8 @@ static int cmd_enqueue(jobctl *j, int argc, char **argv)
     int rc = parse_enqueue(j, argc, argv, &a);
     if (rc == 0 && strcmp(a.spec.type, "etl") == 0) {
         rc = enqueue_etl(j, &a);
+    } else if (rc == 0 && strcmp(a.spec.type, "sweep") == 0) {
+        rc = enqueue_sweep(j, &a);
     } else if (rc == 0) {
         size_t n = (size_t)a.count;
         specs = calloc(n, sizeof *specs);
@@ -816,6 +1021,8 @@ static const char usage_main[] =
     "\n"
     "commands:\n"
     "  enqueue TYPE [options]  add a job and print its id (jobctl enqueue --help)\n"
+    "  enqueue sweep --spec FILE.json [--id ID]\n"
+    "                          create a model-selection sweep and print its id\n"
     "  show ID                 one job: state, attempts, times, error, payload\n"
     "  list [--state S] [--queue Q] [--limit N]\n"
     "                          jobs in a state (default waiting)\n"

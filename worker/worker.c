@@ -30,34 +30,8 @@
 #include <unistd.h>
 
 #include "cds_util.h"
-#include "worker.h"
-
-typedef struct held {
-    queue_job job;
-    atomic_int lost;
-    int finished;   /* the runner returned: a vanished lease is no news */
-    int to_ack;     /* ran to completion; its ack is pending */
-    char *result;
-    int64_t ran_ms;
-} held;
-
-struct worker {
-    const worker_cfg *cfg;
-    cds_log log;
-    queue_conn *q;
-    atomic_int stop; /* 0 run, 1 drain (finish the job in hand), 2 stop now */
-    atomic_int done; /* tells the helper threads to exit */
-    pthread_mutex_t mu;
-    held *held;
-    size_t n_held;
-    char current[QUEUE_ID_MAX];
-    sigset_t sigs;
-};
-
-struct worker_run_ctx {
-    worker *w;
-    held *h;
-};
+#include "nn_par.h"
+#include "worker_int.h"
 
 int worker_run_should_abort(const worker_run_ctx *ctx)
 {
@@ -76,7 +50,7 @@ static queue_conn *connect_once(const worker_cfg *cfg, cds_err *err)
 }
 
 /* Reconnects *q with backoff until it works or `give_up` says so. */
-static int reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int (*give_up)(worker *))
+int worker_reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int (*give_up)(worker *))
 {
     int64_t delay = 100;
     for (int attempt = 1;; attempt++) {
@@ -97,10 +71,34 @@ static int reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int
     }
 }
 
-static int main_gives_up(worker *w) { return atomic_load(&w->stop) >= 2; }
+int worker_main_gives_up(worker *w) { return atomic_load(&w->stop) >= 2; }
 static int helper_gives_up(worker *w) { return atomic_load(&w->done); }
 
 /* ---- signals ------------------------------------------------------------- */
+
+/* Threads that libraries start before main() (OpenBLAS starts its pool from
+ * a constructor) do not have the stop signals blocked, so the kernel may
+ * deliver SIGTERM to one of them.  This handler, the only one installed,
+ * hands such a signal on to the signal thread, where sigwait() takes it.  Its
+ * target is written once, before the handler is installed. */
+static pthread_t signal_thread_id;
+
+static void forward_signal(int sig)
+{
+    pthread_kill(signal_thread_id, sig);
+}
+
+static void install_forwarding(pthread_t target)
+{
+    signal_thread_id = target;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
 
 static void *signal_thread(void *arg)
 {
@@ -113,7 +111,7 @@ static void *signal_thread(void *arg)
             return NULL;
         int level = atomic_fetch_add(&w->stop, 1) + 1;
         pthread_mutex_lock(&w->mu);
-        char cur[QUEUE_ID_MAX];
+        char cur[64];
         snprintf(cur, sizeof cur, "%s", w->current);
         pthread_mutex_unlock(&w->mu);
         if (!cur[0])
@@ -136,7 +134,7 @@ static json_t *registration(worker *w)
     for (size_t i = 0; i < w->cfg->n_queues; i++)
         snprintf(queues + strlen(queues), sizeof queues - strlen(queues), "%s%s", i ? "," : "", w->cfg->queues[i]);
     pthread_mutex_lock(&w->mu);
-    char cur[QUEUE_ID_MAX];
+    char cur[64];
     snprintf(cur, sizeof cur, "%s", w->current);
     pthread_mutex_unlock(&w->mu);
     int stop = atomic_load(&w->stop);
@@ -200,6 +198,8 @@ static void *heartbeat_thread(void *arg)
         int rc = 0;
         if (now >= next_hb) {
             rc = beat_leases(w, q, &err);
+            if (rc == 0 && w->cfg->shard >= 0)
+                rc = worker_mop_beat(w, q, &err);
             next_hb = now + hb_every;
         }
         if (rc == 0 && now >= next_reg) {
@@ -214,11 +214,13 @@ static void *heartbeat_thread(void *arg)
             if (rc == 0 && (st.requeued || st.buried))
                 cds_logf(&w->log, CDS_LOG_INFO, "reaper: requeued %ld expired leases, dead-lettered %ld jobs",
                          st.requeued, st.buried);
+            if (rc == 0 && w->cfg->shard >= 0)
+                rc = worker_mop_reap(w, q, &err);
             next_reap = now + w->cfg->reap_every_ms;
         }
         if (rc != 0) {
             if (queue_conn_broken(q)) {
-                if (reconnect_with_backoff(w, q, "heartbeat", helper_gives_up) != 0)
+                if (worker_reconnect_with_backoff(w, q, "heartbeat", helper_gives_up) != 0)
                     break;
             } else {
                 cds_logf(&w->log, CDS_LOG_WARN, "heartbeat: %s", err.msg);
@@ -234,23 +236,13 @@ static void *heartbeat_thread(void *arg)
 
 /* ---- running jobs -------------------------------------------------------- */
 
-static void set_current(worker *w, const char *id)
+void worker_set_current(worker *w, const char *id)
 {
     pthread_mutex_lock(&w->mu);
     snprintf(w->current, sizeof w->current, "%s", id ? id : "");
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Runs op until it succeeds, fails for a reason other than the connection, or
- * the worker must stop now.  Returns op's result. */
-#define WITH_RECONNECT(w, call)                                                        \
-    ({                                                                                 \
-        int rc_;                                                                       \
-        while ((rc_ = (call)) != 0 && queue_conn_broken((w)->q) &&                     \
-               reconnect_with_backoff((w), (w)->q, "worker", main_gives_up) == 0)      \
-            ;                                                                          \
-        rc_;                                                                           \
-    })
 
 static void release_job(worker *w, held *h)
 {
@@ -330,7 +322,7 @@ static void mark_finished(worker *w, held *h)
 
 static void run_one(worker *w, held *h)
 {
-    set_current(w, h->job.id);
+    worker_set_current(w, h->job.id);
     worker_run_ctx ctx = {.w = w, .h = h};
     worker_dead_fn on_dead = NULL;
     worker_run_fn run = worker_find_runner(h->job.type, &on_dead);
@@ -355,7 +347,7 @@ static void run_one(worker *w, held *h)
     } else
         fail_job(w, h, err.msg[0] ? err.msg : "failed", rc == WORKER_RUN_PERMANENT, on_dead);
     free(result);
-    set_current(w, NULL);
+    worker_set_current(w, NULL);
 }
 
 /* Claims from the queues in turn, starting after the last one served. */
@@ -421,6 +413,13 @@ static int64_t serve(worker *w)
     while (atomic_load(&w->stop) == 0) {
         if (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs)
             break;
+        if (w->cfg->shard >= 0 && worker_mop_step(w) > 0) {
+            jobs_run++;
+            idle_since = cds_mono_ms();
+            continue;
+        }
+        if (atomic_load(&w->stop) != 0)
+            break;
         int64_t wait_ms;
         size_t n = claim_some(w, &rr, &wait_ms);
         size_t acked_upto = 0;
@@ -456,9 +455,15 @@ static int64_t serve(worker *w)
         }
         int woken;
         cds_err err;
-        if (wait_ms > 0 &&
-            WITH_RECONNECT(w, queue_wait(w->q, w->cfg->queues, w->cfg->n_queues, (int)wait_ms, &woken, &err)) != 0)
+        if (w->cfg->shard >= 0) {
+            /* MOP commits wake this list; queue jobs are picked up within
+             * the second it waits at most. */
+            if (WITH_RECONNECT(w, queue_mop_wait(w->q, wait_ms > 0 && wait_ms < 1000 ? (int)wait_ms : 1000, &err)) != 0)
+                cds_sleep_ms(100);
+        } else if (wait_ms > 0 &&
+                   WITH_RECONNECT(w, queue_wait(w->q, w->cfg->queues, w->cfg->n_queues, (int)wait_ms, &woken, &err)) != 0) {
             cds_sleep_ms(100);
+        }
     }
     return jobs_run;
 }
@@ -494,9 +499,15 @@ int worker_run(const worker_cfg *cfg)
         snprintf(queues + strlen(queues), sizeof queues - strlen(queues), "%s%s", i ? "," : "", cfg->queues[i]);
     cds_logf(&w.log, CDS_LOG_INFO, "serving queues %s on %s (prefix %s, lease %lld ms, batch %zu)", queues,
              queue_url_redacted(w.q), queue_prefix(w.q), (long long)cfg->lease_ms, cfg->batch);
+    if (cfg->shard >= 0) {
+        nn_par_set_threads(cfg->threads);
+        cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep (data root %s, %d training threads)",
+                 cfg->shard, cfg->data_root, nn_par_threads());
+    }
 
     pthread_t sig_t, hb_t;
     pthread_create(&sig_t, NULL, signal_thread, &w);
+    install_forwarding(sig_t);
     pthread_create(&hb_t, NULL, heartbeat_thread, &w);
     int64_t n = serve(&w);
     atomic_store(&w.done, 1);

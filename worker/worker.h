@@ -26,6 +26,11 @@ typedef struct worker_cfg {
     int64_t reap_every_ms;
     queue_maint_opts maint;
     cds_log_level log_level;
+    /* MOP: the shard this worker serves (-1: none), where datasets and sweeps
+     * live, and the training threads. */
+    int shard;
+    const char *data_root;
+    int threads;
 } worker_cfg;
 
 typedef struct worker worker;

@@ -27,10 +27,13 @@ static void usage(FILE *out)
           "  --keep-done N             finished jobs kept per queue (default 10000)\n"
           "  --keep-done-age SECONDS   ... and for how long (default 7 days)\n"
           "  --log-level LEVEL         debug, info, warn or error (default info)\n"
+          "  --shard K                 also train MOP sweeps on shard K (needs --data-root)\n"
+          "  --data-root DIR           where datasets/ and sweeps/ are (a shared filesystem)\n"
+          "  --threads T               training threads for MOP visits (default: all cores)\n"
           "  --help                    this text\n"
           "\n"
-          "Signals: the first SIGTERM or SIGINT finishes the job in hand, acks it and exits;\n"
-          "a second one releases the job back to its queue at once and exits.\n"
+          "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
+          "(commits) it and exits; a second one releases it at once and exits.\n"
           "Exit status: 0 stopped cleanly, 2 bad usage or Redis unreachable at start.\n",
           out);
 }
@@ -60,10 +63,11 @@ int main(int argc, char **argv)
     cfg.batch = 1;
     cfg.reap_every_ms = 1000;
     cfg.log_level = CDS_LOG_INFO;
+    cfg.shard = -1;
     queue_maint_opts_init(&cfg.maint);
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
-           O_KEEP, O_KEEPAGE, O_LOG, O_HELP };
+           O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -72,6 +76,8 @@ int main(int argc, char **argv)
         {"max-jobs", required_argument, 0, O_MAXJOBS},    {"reap-every", required_argument, 0, O_REAP},
         {"keep-done", required_argument, 0, O_KEEP},      {"keep-done-age", required_argument, 0, O_KEEPAGE},
         {"log-level", required_argument, 0, O_LOG},       {"help", no_argument, 0, O_HELP},
+        {"shard", required_argument, 0, O_SHARD},         {"data-root", required_argument, 0, O_DATAROOT},
+        {"threads", required_argument, 0, O_THREADS},
         {0, 0, 0, 0},
     };
     opterr = 0;
@@ -129,12 +135,29 @@ int main(int argc, char **argv)
             else return bad_usage("bad --log-level '%s': use debug, info, warn or error", optarg);
             break;
         case O_HELP: usage(stdout); return 0;
+        case O_SHARD:
+            if (cds_parse_i64(optarg, 0, 1 << 20, &v) != 0)
+                return bad_usage("bad --shard '%s': use a shard number from 0", optarg);
+            cfg.shard = (int)v;
+            break;
+        case O_DATAROOT: cfg.data_root = optarg; break;
+        case O_THREADS:
+            if (cds_parse_i64(optarg, 1, 1024, &v) != 0)
+                return bad_usage("bad --threads '%s': use 1 to 1024", optarg);
+            cfg.threads = (int)v;
+            break;
         default:
             return bad_usage("unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
     if (optind < argc)
         return bad_usage("unexpected argument '%s'", argv[optind]);
+    if (cfg.shard >= 0 && !cfg.data_root)
+        return bad_usage("--shard needs --data-root DIR (where datasets/ and sweeps/ are)%s", "");
+    if (cfg.data_root && access(cfg.data_root, W_OK) != 0)
+        return bad_usage("--data-root %s is not a writable directory", cfg.data_root);
+    if (!cfg.threads)
+        cfg.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (cfg.n_queues == 0)
         cfg.queues[cfg.n_queues++] = QUEUE_DEFAULT_NAME;
     for (size_t i = 0; i < cfg.n_queues; i++)

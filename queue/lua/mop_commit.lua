@@ -1,0 +1,56 @@
+-- Publishes the checkpoint of a visit if its lease still holds (model leased
+-- with this token, for this shard, deadline not passed); otherwise changes
+-- nothing and the worker discards its file.
+-- On success: shard k is marked visited, the version goes up by one and the
+-- path becomes the model's checkpoint, the visit is appended to the schedule,
+-- and the model is idle again; if that was the epoch's last shard, the epoch
+-- goes to the evaluation list, the next epoch starts with no shard visited,
+-- and after the last epoch the model is done (and the sweep, when it was the
+-- last live model).  A receipt (token and outcome) is kept so that a commit
+-- resent after a lost reply hears the same answer rather than "lost", which
+-- would make its worker delete the checkpoint now in use.
+-- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models,
+--       3 schedule, 4 evals, 6 wake
+-- ARGV: 1 model m, 2 token, 3 shard k, 4 checkpoint path
+-- Returns {'committed', epoch_done, model_done, version, superseded}
+--       | {'lost'} | {'missing'}.
+local s = redis.call('HMGET', KEYS[1], 'shards', 'epochs', 'live', 'state')
+if not s[1] then return {'missing'} end
+local nshards, nepochs = tonumber(s[1]), tonumber(s[2])
+local m, token, k, path = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local p = m .. '.'
+local f = redis.call('HMGET', KEYS[2], p .. 'state', p .. 'token', p .. 'shard', p .. 'deadline',
+  p .. 'epoch', p .. 'visited', p .. 'version', p .. 'ckpt', p .. 'worker', p .. 'commit')
+local rt, red, rmd, rver, rsup = string.match(f[10] or '', '^(%x+) (%d) (%d) (%d+) (.*)$')
+if rt == token then return {'committed', tonumber(red), tonumber(rmd), rver, rsup} end
+local now = now_ms()
+if f[1] ~= 'leased' or f[2] ~= token or tonumber(f[3]) ~= k or now > tonumber(f[4]) then
+  return {'lost'}
+end
+
+local epoch = tonumber(f[5])
+local visited = string.sub(f[6], 1, k) .. '1' .. string.sub(f[6], k + 2)
+local version = tonumber(f[7]) + 1
+local superseded = f[8]
+redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, k, version, f[9]))
+local epoch_done, model_done, state = 0, 0, 'idle'
+local _, visits = string.gsub(visited, '1', '')
+if visits == nshards then
+  epoch_done = 1
+  redis.call('RPUSH', KEYS[4], string.format('%s %d %d', m, epoch, version))
+  epoch = epoch + 1
+  visited = string.rep('0', nshards)
+  if epoch >= nepochs then
+    model_done, state = 1, 'done'
+  end
+end
+redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 'visited', visited,
+  p .. 'version', int(version), p .. 'ckpt', path, p .. 'token', '', p .. 'shard', '',
+  p .. 'deadline', '',
+  p .. 'commit', string.format('%s %d %d %d %s', token, epoch_done, model_done, version, superseded))
+redis.call('HSET', KEYS[1], 'updated', int(now))
+if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
+end
+wake(KEYS[6])
+return {'committed', epoch_done, model_done, int(version), superseded}

@@ -1,0 +1,54 @@
+-- Leases a model to a worker that serves shard k and is free.
+-- Eligible: idle, not past its last epoch, shard k not yet visited in its
+-- epoch.  Among those the one with the least progress (epoch*K + shards
+-- visited this epoch) wins, the lowest index among equals: models that fell
+-- behind catch up, which shortens the sweep's tail, and the choice depends
+-- only on the state, so a replay with the same commit order picks the same.
+-- Expired leases are not freed here: only mop_reap does that, in one place.
+-- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models
+-- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
+-- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done}
+--       | {'none', sweep_done} | {'bad_shard', K} | {'missing'}.
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live')
+if not s[1] then return {'missing'} end
+local nshards, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+local k = tonumber(ARGV[1])
+if k < 0 or k >= nshards then return {'bad_shard', nshards} end
+local done = (s[1] == 'done' or s[1] == 'cancelled' or tonumber(s[5]) == 0) and 1 or 0
+if s[1] ~= 'running' then return {'none', done} end
+
+-- HMGET in chunks: unpack() of more than a few thousand values overflows
+-- the Lua C stack.
+local best, best_progress
+local chunk = 1000
+for first = 0, nmodels - 1, chunk do
+  local last = math.min(first + chunk, nmodels) - 1
+  local f = {}
+  for m = first, last do
+    local p = int(m) .. '.'
+    f[#f + 1] = p .. 'state'
+    f[#f + 1] = p .. 'epoch'
+    f[#f + 1] = p .. 'visited'
+  end
+  local v = redis.call('HMGET', KEYS[2], unpack(f))
+  for m = first, last do
+    local i = (m - first) * 3
+    local st, epoch, visited = v[i + 1], tonumber(v[i + 2]), v[i + 3]
+    if st == 'idle' and epoch < nepochs and string.sub(visited, k + 1, k + 1) == '0' then
+      local _, visits = string.gsub(visited, '1', '')
+      local progress = epoch * nshards + visits
+      if not best or progress < best_progress then
+        best, best_progress = m, progress
+      end
+    end
+  end
+end
+if not best then return {'none', done} end
+
+local now = now_ms()
+local deadline = int(now + tonumber(ARGV[3]))
+local p = int(best) .. '.'
+redis.call('HSET', KEYS[2], p .. 'state', 'leased', p .. 'token', ARGV[4], p .. 'worker', ARGV[2],
+  p .. 'shard', int(k), p .. 'deadline', deadline)
+local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt')
+return {'leased', int(best), r[1], r[2], r[3], deadline, 0}

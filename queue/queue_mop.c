@@ -1,0 +1,425 @@
+/* Model Hopper Parallelism in Redis (DESIGN.md §5; the API and the keys are
+ * described in queue_mop.h, the keys also in docs/redis-keys.md).
+ *
+ * Every state change of a sweep is one Lua script (queue/lua/mop_*.lua) over
+ * the same six keys, so it is atomic and takes its time from the server:
+ *   create   the sweep hash, every model idle at epoch 0, version 0;
+ *   lease    picks, for a free worker serving shard k, the idle model with
+ *            the least progress that has not visited k in its epoch, and
+ *            leases it (token, deadline);
+ *   renew    moves the deadline while the lease holds;
+ *   commit   publishes the visit's checkpoint while the lease holds, appends
+ *            the visit to the schedule, queues an evaluation at the end of an
+ *            epoch and finishes the model after its last epoch;
+ *   release  gives the model back without a visit; fail marks it failed;
+ *   reap     frees every lease whose deadline passed (the only place that
+ *            frees an expired lease, so "expired" is decided in one script);
+ *   state    pauses, resumes or cancels the sweep.
+ * Invariants the scripts keep: a model has at most one lease token at a
+ * time, and a token is written only by lease and cleared by every script that
+ * ends the lease, so a worker whose lease ended (expired, reaped, cancelled)
+ * can neither renew nor commit; a lease holds iff the model is leased with
+ * that token and now <= deadline, judged the same way by renew, commit and
+ * reap; visited[k] is set only by a commit for shard k, and lease never hands
+ * out a shard already visited in the model's epoch, so each (model, epoch,
+ * shard) is committed exactly once; the sweep's `live` counts the models not
+ * done, failed or cancelled, and the sweep is done when it reaches 0.
+ *
+ * Scripts are sent with EVAL (Redis caches them by their SHA1, so a repeat
+ * costs only the bytes of the text): the connection's EVALSHA table is an
+ * enum in queue_int.h that this module does not own.  mop_run is the one
+ * place to change if the MOP scripts join that table. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cds_util.h"
+#include "queue_int.h"
+#include "queue_mop.h"
+
+extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
+    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[];
+
+/* Bounds on a sweep's shape.  The lease and reap scripts scan every model
+ * (about 2 ms per thousand models, during which Redis serves nobody else), so
+ * the model count is kept where a lease stays in the tens of milliseconds. */
+#define MOP_SHARDS_MAX 4096
+#define MOP_MODELS_MAX 10000
+#define MOP_EPOCHS_MAX 100000
+/* The longest a wait blocks (hiredis 0.14 cannot be interrupted). */
+#define MOP_WAIT_MAX_MS 1000
+
+static int mop_id_ok(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n >= QUEUE_SWEEP_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int check_sweep_id(const char *id, cds_err *err)
+{
+    if (!mop_id_ok(id))
+        return cds_errf(err, "bad sweep id '%s': use 1 to %d letters, digits, '_' or '-'", id ? id : "",
+                        QUEUE_SWEEP_ID_MAX - 1);
+    return 0;
+}
+
+/* The six keys every MOP script takes, in the order the scripts expect. */
+static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
+{
+    qargs_key(keys, q, "sweep:{%s}", sweep);
+    qargs_key(keys, q, "sweep:{%s}:models", sweep);
+    qargs_key(keys, q, "sweep:{%s}:schedule", sweep);
+    qargs_key(keys, q, "sweep:{%s}:evals", sweep);
+    qargs_key(keys, q, "sweeps");
+    qargs_key(keys, q, "mop:wake");
+}
+
+/* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
+ * not an array is an error; so is the script's {'missing'} (no such sweep),
+ * which also sets *missing when the caller passes it. */
+static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
+                           cds_err *err)
+{
+    if (missing)
+        *missing = 0;
+    qargs cmd = {0}, keys = {0};
+    add_sweep_keys(&keys, q, sweep);
+    qargs_add(&cmd, "EVAL");
+    qargs_add(&cmd, script);
+    qargs_addf(&cmd, "%zu", keys.n);
+    for (size_t i = 0; i < keys.n; i++)
+        qargs_addn(&cmd, keys.v[i], keys.len[i]);
+    for (size_t i = 0; i < args->n; i++)
+        qargs_addn(&cmd, args->v[i], args->len[i]);
+    qargs_free(&keys);
+    qargs_free(args);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return NULL;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 || !qc_reply_str(r, 0)) {
+        freeReplyObject(r);
+        cds_errf(err, "unexpected reply from a sweep script at %s", q->url_redacted);
+        return NULL;
+    }
+    if (qc_reply_is(r, 0, "missing")) {
+        freeReplyObject(r);
+        if (missing)
+            *missing = 1;
+        cds_errf(err, "no sweep '%s' under prefix %s (see the list of sweeps)", sweep, q->prefix);
+        return NULL;
+    }
+    return r;
+}
+
+static int unexpected(redisReply *r, const char *what, cds_err *err)
+{
+    const char *s = qc_reply_str(r, 0);
+    cds_errf(err, "unexpected answer '%s' from the sweep %s script", s ? s : "?", what);
+    freeReplyObject(r);
+    return -1;
+}
+
+static void copy_reply_str(char *dst, size_t n, const redisReply *r, size_t i)
+{
+    const char *s = qc_reply_str(r, i);
+    snprintf(dst, n, "%s", s ? s : "");
+}
+
+/* ---- create -------------------------------------------------------------- */
+
+static int check_json(const char *text, const char *what, cds_err *err)
+{
+    json_error_t je;
+    json_t *j = json_loads(text, JSON_DECODE_ANY, &je);
+    if (!j)
+        return cds_errf(err, "%s is not valid JSON: %s at line %d column %d", what, je.text, je.line, je.column);
+    json_decref(j);
+    return 0;
+}
+
+static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
+{
+    if (check_sweep_id(d->id, err) != 0)
+        return -1;
+    if (!d->dataset || !*d->dataset || !d->dataset_version)
+        return cds_errf(err, "sweep '%s' names no dataset: give the dataset and its version", d->id);
+    if (d->shards < 1 || d->shards > MOP_SHARDS_MAX)
+        return cds_errf(err, "sweep '%s': %d shards is out of range: use 1 to %d", d->id, d->shards,
+                        MOP_SHARDS_MAX);
+    if (d->epochs < 1 || d->epochs > MOP_EPOCHS_MAX)
+        return cds_errf(err, "sweep '%s': %d epochs is out of range: use 1 to %d", d->id, d->epochs,
+                        MOP_EPOCHS_MAX);
+    if (d->models < 1 || d->models > MOP_MODELS_MAX)
+        return cds_errf(err, "sweep '%s': %d models is out of range: use 1 to %d", d->id, d->models,
+                        MOP_MODELS_MAX);
+    if (!d->model_specs)
+        return cds_errf(err, "sweep '%s' has no model specs: give one per model", d->id);
+    if (d->spec_json && check_json(d->spec_json, "the sweep spec", err) != 0)
+        return -1;
+    for (int m = 0; m < d->models; m++) {
+        char what[64];
+        snprintf(what, sizeof what, "the spec of model %d", m);
+        if (!d->model_specs[m])
+            return cds_errf(err, "sweep '%s': %s is missing", d->id, what);
+        if (check_json(d->model_specs[m], what, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err)
+{
+    if (check_sweep_def(d, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, d->id);
+    qargs_add(&args, d->dataset);
+    qargs_add(&args, d->dataset_version);
+    qargs_addf(&args, "%d", d->shards);
+    qargs_addf(&args, "%d", d->epochs);
+    qargs_addf(&args, "%d", d->models);
+    qargs_add(&args, d->spec_json ? d->spec_json : "{}");
+    for (int m = 0; m < d->models; m++)
+        qargs_add(&args, d->model_specs[m]);
+    redisReply *r = mop_run(q, queue_lua_mop_create, d->id, &args, NULL, err);
+    if (!r)
+        return -1;
+    if (qc_reply_is(r, 0, "exists")) {
+        freeReplyObject(r);
+        return cds_errf(err, "sweep '%s' already exists under prefix %s: choose another id", d->id, q->prefix);
+    }
+    if (!qc_reply_is(r, 0, "created"))
+        return unexpected(r, "create", err);
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
+                   strcmp(state, "cancelled") != 0))
+        return cds_errf(err, "cannot set sweep '%s' to '%s': use running, paused or cancelled", sweep,
+                        state ? state : "");
+    qargs args = {0};
+    qargs_add(&args, state);
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_state, sweep, &args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    int rc = 0;
+    if (qc_reply_is(r, 0, "final"))
+        rc = cds_errf(err, "sweep '%s' is %s: it cannot be set to %s", sweep, qc_reply_str(r, 1), state);
+    else if (!qc_reply_is(r, 0, "ok"))
+        return unexpected(r, "state", err);
+    freeReplyObject(r);
+    return rc;
+}
+
+/* ---- the worker's side --------------------------------------------------- */
+
+int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err)
+{
+    if (sweep_done)
+        *sweep_done = 0;
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    if (shard < 0)
+        return cds_errf(err, "shard %d of sweep '%s' is negative", shard, sweep);
+    if (!worker || !*worker)
+        return cds_errf(err, "leasing from sweep '%s' needs a worker id", sweep);
+    if (lease_ms < 1)
+        return cds_errf(err, "lease of %lld ms is too short: use 1 ms or more", (long long)lease_ms);
+    char token[QUEUE_TOKEN_MAX];
+    if (cds_random_hex(token, (QUEUE_TOKEN_MAX - 1) / 2, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_addf(&args, "%d", shard);
+    qargs_add(&args, worker);
+    qargs_addf(&args, "%lld", (long long)lease_ms);
+    qargs_add(&args, token);
+    redisReply *r = mop_run(q, queue_lua_mop_lease, sweep, &args, NULL, err);
+    if (!r)
+        return -1;
+    if (qc_reply_is(r, 0, "bad_shard")) {
+        long long k = qc_reply_int(r, 1);
+        freeReplyObject(r);
+        return cds_errf(err, "shard %d is not a shard of sweep '%s': it has shards 0 to %lld", shard, sweep,
+                        k - 1);
+    }
+    if (qc_reply_is(r, 0, "none")) {
+        if (sweep_done)
+            *sweep_done = qc_reply_int(r, 1) != 0;
+        freeReplyObject(r);
+        return 0;
+    }
+    if (!qc_reply_is(r, 0, "leased") || r->elements != 7)
+        return unexpected(r, "lease", err);
+    memset(l, 0, sizeof *l);
+    l->model = (int)qc_reply_int(r, 1);
+    l->epoch = (int)qc_reply_int(r, 2);
+    l->shard = shard;
+    l->version = qc_reply_int(r, 3);
+    copy_reply_str(l->ckpt, sizeof l->ckpt, r, 4);
+    l->deadline_ms = qc_reply_int(r, 5);
+    memcpy(l->token, token, sizeof l->token);
+    freeReplyObject(r);
+    return 1;
+}
+
+int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err)
+{
+    *out = NULL;
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "HGET");
+    qargs_key(&cmd, q, "sweep:{%s}:models", sweep);
+    qargs_addf(&cmd, "%d.spec", model);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    if (r->type != REDIS_REPLY_STRING) {
+        freeReplyObject(r);
+        cds_errf(err, "sweep '%s' has no model %d under prefix %s", sweep, model, q->prefix);
+        return QUEUE_NOT_FOUND;
+    }
+    *out = strdup(r->str);
+    freeReplyObject(r);
+    return *out ? 0 : cds_errf(err, "out of memory reading the spec of model %d of sweep '%s'", model, sweep);
+}
+
+/* The model and token that name a lease to every script that ends it. */
+static int lease_args(const char *sweep, const queue_mop_lease *l, qargs *args, cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs_addf(args, "%d", l->model);
+    qargs_add(args, l->token);
+    return 0;
+}
+
+/* Runs a script that ends or extends a lease.  Returns 0 for the script's
+ * success word (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND
+ * when the lease is gone (the script's "lost", or the sweep itself is gone),
+ * -1 on error. */
+static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
+                        const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
+{
+    int missing;
+    redisReply *r = mop_run(q, script, sweep, args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (qc_reply_is(r, 0, "lost")) {
+        freeReplyObject(r);
+        cds_errf(err, "lease of model %d of sweep '%s' is gone (expired, reaped or cancelled)", l->model, sweep);
+        return QUEUE_NOT_FOUND;
+    }
+    if (!qc_reply_is(r, 0, success))
+        return unexpected(r, what, err);
+    if (out)
+        *out = r;
+    else
+        freeReplyObject(r);
+    return 0;
+}
+
+int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
+{
+    qargs args = {0};
+    if (lease_args(sweep, l, &args, err) != 0)
+        return -1;
+    qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
+    return run_on_lease(q, queue_lua_mop_renew, "renew", "renewed", sweep, l, &args, NULL, err);
+}
+
+int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
+                     queue_mop_commit_result *res, cds_err *err)
+{
+    memset(res, 0, sizeof *res);
+    if (!ckpt_path || !*ckpt_path || strlen(ckpt_path) >= QUEUE_MOP_PATH_MAX)
+        return cds_errf(err, "checkpoint path for model %d of sweep '%s' must be 1 to %d bytes", l->model,
+                        sweep, QUEUE_MOP_PATH_MAX - 1);
+    qargs args = {0};
+    if (lease_args(sweep, l, &args, err) != 0)
+        return -1;
+    qargs_addf(&args, "%d", l->shard);
+    qargs_add(&args, ckpt_path);
+    redisReply *r = NULL;
+    int rc = run_on_lease(q, queue_lua_mop_commit, "commit", "committed", sweep, l, &args, &r, err);
+    if (rc == QUEUE_NOT_FOUND)
+        return 0; /* refused: accepted stays 0 */
+    if (rc != 0)
+        return -1;
+    if (r->elements != 5)
+        return unexpected(r, "commit", err);
+    res->accepted = 1;
+    res->epoch_done = qc_reply_int(r, 1) != 0;
+    res->model_done = qc_reply_int(r, 2) != 0;
+    res->version = qc_reply_int(r, 3);
+    copy_reply_str(res->superseded, sizeof res->superseded, r, 4);
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err)
+{
+    qargs args = {0};
+    if (lease_args(sweep, l, &args, err) != 0)
+        return -1;
+    return run_on_lease(q, queue_lua_mop_release, "release", "released", sweep, l, &args, NULL, err);
+}
+
+int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
+                         cds_err *err)
+{
+    qargs args = {0};
+    if (lease_args(sweep, l, &args, err) != 0)
+        return -1;
+    qargs_add(&args, reason && *reason ? reason : "failed");
+    return run_on_lease(q, queue_lua_mop_fail, "fail", "failed", sweep, l, &args, NULL, err);
+}
+
+int queue_mop_reap(queue_conn *q, const char *sweep, int *n, cds_err *err)
+{
+    *n = 0;
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    redisReply *r = mop_run(q, queue_lua_mop_reap, sweep, &args, NULL, err);
+    if (!r)
+        return -1;
+    if (!qc_reply_is(r, 0, "reaped"))
+        return unexpected(r, "reap", err);
+    *n = (int)qc_reply_int(r, 1);
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err)
+{
+    /* hiredis 0.14 cannot be interrupted by a signal, so a wait never blocks
+     * longer than a second; and never as long as the reply timeout, which
+     * would mark the connection broken. */
+    if (timeout_ms > MOP_WAIT_MAX_MS)
+        timeout_ms = MOP_WAIT_MAX_MS;
+    if (timeout_ms > q->timeout_ms / 2)
+        timeout_ms = q->timeout_ms / 2;
+    if (timeout_ms <= 0)
+        return 0;
+    qargs cmd = {0};
+    qargs_add(&cmd, "BLPOP");
+    qargs_key(&cmd, q, "mop:wake");
+    qargs_addf(&cmd, "%.3f", timeout_ms / 1000.0);
+    return qc_do(q, &cmd, err);
+}

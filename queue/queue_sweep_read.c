@@ -1,0 +1,57 @@
+/* queue_sweep_read: read-only views of MOP sweeps for workers and jobctl
+ * (the mutations are the scripts of queue_mop.c). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue_int.h"
+#include "queue_mop.h"
+
+int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
+{
+    *ids = NULL;
+    *n = 0;
+    qargs cmd = {0};
+    qargs_add(&cmd, "ZRANGE");
+    qargs_key(&cmd, q, "sweeps");
+    qargs_add(&cmd, "0");
+    qargs_add(&cmd, "-1");
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        *ids = calloc(r->elements, sizeof **ids);
+        for (size_t i = 0; *ids && i < r->elements; i++) {
+            (*ids)[i] = strdup(r->element[i]->str ? r->element[i]->str : "");
+            if (!(*ids)[i]) {
+                rc = -1;
+                break;
+            }
+            (*n)++;
+        }
+        if (!*ids || rc != 0) {
+            queue_sweep_list_free(*ids, *n);
+            *ids = NULL;
+            *n = 0;
+            rc = cds_errf(err, "out of memory listing sweeps");
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+void queue_sweep_list_free(char **ids, size_t n)
+{
+    for (size_t i = 0; ids && i < n; i++)
+        free(ids[i]);
+    free(ids);
+}
+
+int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
+{
+    char name[QUEUE_SWEEP_ID_MAX + 16];
+    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
+        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    snprintf(name, sizeof name, "sweep:{%s}", sweep);
+    return queue_record_get(q, name, out, err);
+}

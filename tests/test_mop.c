@@ -1,0 +1,769 @@
+/* Model Hopper Parallelism sweeps (queue_mop.h) against a real redis-server:
+ * creation and its refusals, a full single-threaded sweep driven by two
+ * simulated workers, lost leases (expiry, reap, late commits), failed models,
+ * pause and cancel, the wake-up list, and the invariants under concurrency:
+ * four threads, each its own connection, lease and commit at random with
+ * releases and simulated crashes, after which every (model, epoch, shard) must
+ * have been committed exactly once and no model held by two workers at once.
+ *
+ * Redis state is read back with a plain hiredis connection, as an operator
+ * with redis-cli would.  Leases meant to expire are short (150 ms) and waited
+ * out with a margin; leases meant to hold are long (5 s) so a slow machine
+ * cannot lose them by accident. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "cds_util.h"
+#include "queue_mop.h"
+#include "testutil.h"
+
+static char prefix[64];
+
+#define HOLD_MS 5000  /* a lease that must not expire during a test */
+#define SHORT_MS 150  /* a lease that is meant to expire */
+#define EXPIRE_WAIT_MS 400 /* waiting out a SHORT_MS lease: 250 ms of margin for a loaded machine */
+
+/* ---- reading Redis as redis-cli would ------------------------------------ */
+
+static redisContext *raw_connect(void)
+{
+    queue_url u;
+    cds_err err;
+    if (queue_url_parse(test_redis_url(), &u, &err) != 0)
+        tap_bail("cannot parse CDS_TEST_REDIS_URL");
+    redisContext *c = u.is_unix ? redisConnectUnix(u.path) : redisConnect(u.host, u.port);
+    if (!c || c->err)
+        tap_bail("cannot connect to the test Redis");
+    freeReplyObject(redisCommand(c, "SELECT %d", u.db));
+    return c;
+}
+
+static redisReply *rcmd(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (!r)
+        tap_bail("lost the raw Redis connection");
+    return r;
+}
+
+/* A field of the sweep hash ("" when absent), into buf. */
+static const char *sweep_field(redisContext *c, const char *sweep, const char *field, char *buf, size_t n)
+{
+    redisReply *r = rcmd(c, "HGET %ssweep:{%s} %s", prefix, sweep, field);
+    snprintf(buf, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+    return buf;
+}
+
+static const char *model_field(redisContext *c, const char *sweep, int m, const char *field, char *buf, size_t n)
+{
+    redisReply *r = rcmd(c, "HGET %ssweep:{%s}:models %d.%s", prefix, sweep, m, field);
+    snprintf(buf, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+    return buf;
+}
+
+static int sweep_is(redisContext *c, const char *sweep, const char *field, const char *want)
+{
+    char buf[256];
+    int same = strcmp(sweep_field(c, sweep, field, buf, sizeof buf), want) == 0;
+    if (!same)
+        printf("# sweep %s field %s is '%s', want '%s'\n", sweep, field, buf, want);
+    return same;
+}
+
+static int model_is(redisContext *c, const char *sweep, int m, const char *field, const char *want)
+{
+    char buf[256];
+    int same = strcmp(model_field(c, sweep, m, field, buf, sizeof buf), want) == 0;
+    if (!same)
+        printf("# sweep %s model %d field %s is '%s', want '%s'\n", sweep, m, field, buf, want);
+    return same;
+}
+
+static long long list_len(redisContext *c, const char *key_suffix, const char *sweep)
+{
+    redisReply *r = sweep ? rcmd(c, "LLEN %ssweep:{%s}:%s", prefix, sweep, key_suffix)
+                          : rcmd(c, "LLEN %s%s", prefix, key_suffix);
+    long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+/* ---- sweeps -------------------------------------------------------------- */
+
+#define MAX_MODELS 8
+#define MAX_EPOCHS 4
+#define MAX_SHARDS 4
+
+static const char *const model_specs[MAX_MODELS] = {
+    "{\"model\":\"m0\"}", "{\"model\":\"m1\"}", "{\"model\":\"m2\"}", "{\"model\":\"m3\"}",
+    "{\"model\":\"m4\"}", "{\"model\":\"m5\"}", "{\"model\":\"m6\"}", "{\"model\":\"m7\"}"};
+
+static queue_sweep_def sweep_def(const char *id, int models, int shards, int epochs)
+{
+    queue_sweep_def d = {.id = id, .dataset = "mnist", .dataset_version = "v1", .shards = shards,
+                         .epochs = epochs, .models = models, .model_specs = model_specs,
+                         .spec_json = "{\"grid\":{\"lr\":[0.1,0.01]}}"};
+    return d;
+}
+
+static void create_sweep(queue_conn *q, const char *id, int models, int shards, int epochs)
+{
+    queue_sweep_def d = sweep_def(id, models, shards, epochs);
+    cds_err err;
+    if (queue_sweep_create(q, &d, &err) != 0) {
+        printf("# create %s: %s\n", id, err.msg);
+        tap_bail("cannot create a sweep");
+    }
+}
+
+/* Leases or bails; returns 1/0 as queue_mop_lease_model. */
+static int lease(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t ms, queue_mop_lease *l,
+                 int *done)
+{
+    cds_err err;
+    int rc = queue_mop_lease_model(q, sweep, shard, worker, ms, l, done, &err);
+    if (rc < 0) {
+        printf("# lease %s shard %d: %s\n", sweep, shard, err.msg);
+        tap_bail("lease failed");
+    }
+    return rc;
+}
+
+static queue_mop_commit_result commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *path)
+{
+    queue_mop_commit_result r;
+    cds_err err;
+    if (queue_mop_commit(q, sweep, l, path, &r, &err) != 0) {
+        printf("# commit %s model %d: %s\n", sweep, l->model, err.msg);
+        tap_bail("commit failed");
+    }
+    return r;
+}
+
+/* One schedule entry, "m epoch shard version worker". */
+typedef struct visit {
+    int m, epoch, shard;
+    long long version;
+    char worker[64];
+} visit;
+
+/* Reads the schedule; returns the number of entries (at most max), -1 if one is malformed. */
+static int read_schedule(redisContext *c, const char *sweep, visit *v, int max)
+{
+    redisReply *r = rcmd(c, "LRANGE %ssweep:{%s}:schedule 0 -1", prefix, sweep);
+    int n = 0;
+    for (size_t i = 0; i < r->elements && n < max; i++, n++)
+        if (sscanf(r->element[i]->str, "%d %d %d %lld %63s", &v[n].m, &v[n].epoch, &v[n].shard, &v[n].version,
+                   v[n].worker) != 5) {
+            printf("# malformed schedule entry '%s'\n", r->element[i]->str);
+            n = -1;
+            break;
+        }
+    freeReplyObject(r);
+    return n;
+}
+
+/* The checks every finished sweep must pass: each (model, epoch, shard) of
+ * the models that did not fail committed exactly once, versions of a model
+ * counting up by one in schedule order, and each visit by a worker of the
+ * visit's shard (worker names end in the shard). */
+static void check_schedule(redisContext *c, const char *sweep, int models, int shards, int epochs,
+                           const int *failed, const char *what)
+{
+    visit v[MAX_MODELS * MAX_EPOCHS * MAX_SHARDS + 8];
+    int n = read_schedule(c, sweep, v, (int)(sizeof v / sizeof v[0]));
+    int live = 0;
+    for (int m = 0; m < models; m++)
+        live += !(failed && failed[m]);
+    is_int(n, live * epochs * shards, "%s: the schedule holds one entry per (model, epoch, shard)", what);
+    int seen[MAX_MODELS][MAX_EPOCHS][MAX_SHARDS] = {{{0}}};
+    long long last_version[MAX_MODELS] = {0};
+    int dup = 0, bad_version = 0, bad_worker = 0, out_of_range = 0;
+    for (int i = 0; i < n; i++) {
+        if (v[i].m < 0 || v[i].m >= models || v[i].epoch < 0 || v[i].epoch >= epochs || v[i].shard < 0 ||
+            v[i].shard >= shards || (failed && failed[v[i].m])) {
+            out_of_range++;
+            continue;
+        }
+        dup += seen[v[i].m][v[i].epoch][v[i].shard]++ > 0;
+        bad_version += v[i].version != last_version[v[i].m] + 1;
+        last_version[v[i].m] = v[i].version;
+        size_t wl = strlen(v[i].worker);
+        bad_worker += wl == 0 || v[i].worker[wl - 1] - '0' != v[i].shard;
+    }
+    int missing = 0;
+    for (int m = 0; m < models; m++)
+        for (int e = 0; e < epochs; e++)
+            for (int k = 0; k < shards; k++)
+                missing += !(failed && failed[m]) && seen[m][e][k] == 0;
+    is_int(out_of_range, 0, "%s: no entry names a model, epoch or shard outside the sweep (or a failed model)",
+           what);
+    is_int(dup, 0, "%s: no (model, epoch, shard) committed twice", what);
+    is_int(missing, 0, "%s: every (model, epoch, shard) committed", what);
+    is_int(bad_version, 0, "%s: each model's versions count up by one in schedule order", what);
+    is_int(bad_worker, 0, "%s: each visit was made by a worker serving its shard", what);
+}
+
+static void test_create(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_sweep_def d = sweep_def("create", 3, 2, 3);
+    ok(queue_sweep_create(q, &d, &err) == 0, "create a sweep of 3 models x 2 shards x 3 epochs");
+    ok(sweep_is(c, "create", "state", "running") && sweep_is(c, "create", "shards", "2") &&
+           sweep_is(c, "create", "epochs", "3") && sweep_is(c, "create", "models", "3") &&
+           sweep_is(c, "create", "live", "3") && sweep_is(c, "create", "dataset", "mnist") &&
+           sweep_is(c, "create", "dataset_version", "v1") &&
+           sweep_is(c, "create", "spec", "{\"grid\":{\"lr\":[0.1,0.01]}}"),
+       "the sweep hash holds state, shape, dataset and spec");
+    char created[64];
+    int64_t t;
+    ok(cds_parse_i64(sweep_field(c, "create", "created", created, sizeof created), 1, INT64_MAX, &t) == 0,
+       "created is a server time in ms (%s)", created);
+    int models_ok = 1;
+    for (int m = 0; m < 3; m++)
+        models_ok &= model_is(c, "create", m, "state", "idle") && model_is(c, "create", m, "epoch", "0") &&
+                     model_is(c, "create", m, "visited", "00") && model_is(c, "create", m, "version", "0") &&
+                     model_is(c, "create", m, "ckpt", "") && model_is(c, "create", m, "token", "");
+    ok(models_ok, "every model starts idle at epoch 0, version 0, no shard visited, no checkpoint");
+    redisReply *r = rcmd(c, "ZSCORE %ssweeps create", prefix);
+    ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, created) == 0, "the sweeps index holds it at its creation time");
+    freeReplyObject(r);
+
+    char *spec = NULL;
+    ok(queue_mop_model_spec(q, "create", 1, &spec, &err) == 0 && spec && strcmp(spec, model_specs[1]) == 0,
+       "model_spec returns the model's JSON");
+    free(spec);
+    ok(queue_mop_model_spec(q, "create", 3, &spec, &err) == QUEUE_NOT_FOUND && !spec,
+       "model_spec of a model past the last is QUEUE_NOT_FOUND");
+
+    ok(queue_sweep_create(q, &d, &err) == -1 && strstr(err.msg, "already exists"),
+       "an existing id is refused (%s)", err.msg);
+    ok(sweep_is(c, "create", "live", "3"), "the refused create changed nothing");
+
+    const char *bad_ids[] = {"", "a b", "x{y}", "dots.no", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" /* 32 */};
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
+        queue_sweep_def b = sweep_def(bad_ids[i], 1, 1, 1);
+        ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "bad sweep id"), "sweep id '%s' refused",
+           bad_ids[i]);
+    }
+    queue_sweep_def longest = sweep_def("Aa0_-aaaaaaaaaaaaaaaaaaaaaaaaaa" /* 31 */, 1, 1, 1);
+    ok(queue_sweep_create(q, &longest, &err) == 0, "a 31-character id of every allowed kind is accepted");
+    queue_sweep_def b = sweep_def("shape", 0, 1, 1);
+    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "models"), "0 models refused (%s)", err.msg);
+    b = sweep_def("shape", 1, 0, 1);
+    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "shards"), "0 shards refused (%s)", err.msg);
+    b = sweep_def("shape", 1, 1, 0);
+    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "epochs"), "0 epochs refused (%s)", err.msg);
+    const char *bad_specs[] = {"{\"model\":"};
+    b = sweep_def("shape", 1, 1, 1);
+    b.model_specs = bad_specs;
+    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "not valid JSON"), "a malformed model spec refused (%s)",
+       err.msg);
+    r = rcmd(c, "EXISTS %ssweep:{shape}", prefix);
+    ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "refused sweeps leave no key");
+    freeReplyObject(r);
+
+    queue_mop_lease l;
+    ok(queue_mop_lease_model(q, "nosuch", 0, "w", HOLD_MS, &l, NULL, &err) == -1 && strstr(err.msg, "no sweep"),
+       "leasing from an unknown sweep is an error (%s)", err.msg);
+    ok(queue_mop_lease_model(q, "create", 2, "w", HOLD_MS, &l, NULL, &err) == -1 && strstr(err.msg, "not a shard"),
+       "leasing for a shard the sweep does not have is an error (%s)", err.msg);
+}
+
+/* Two simulated workers, serving shards 0 and 1, each lease a model, and then
+ * both commit, until the sweep is done: two models are in flight at once. */
+static void test_simulation(queue_conn *q, redisContext *c)
+{
+    enum { M = 4, K = 2, E = 2 };
+    create_sweep(q, "sim", M, K, E);
+    queue_mop_lease l[K];
+    int held[K] = {0}, done[K] = {0};
+    int committed[M][E][K] = {{{0}}};
+    long long version[M] = {0};
+    char path[M][64] = {{0}};
+    int order[8], norder = 0;
+    int revisit = 0, bad_version = 0, bad_superseded = 0, bad_start = 0, epoch_flags = 0, model_flags = 0;
+    int rounds = 0;
+    for (; rounds < 100 && !(done[0] && done[1]); rounds++) {
+        for (int k = 0; k < K; k++) {
+            char worker[16];
+            snprintf(worker, sizeof worker, "sim-w%d", k);
+            held[k] = lease(q, "sim", k, worker, HOLD_MS, &l[k], &done[k]);
+            if (!held[k])
+                continue;
+            if (norder < 8)
+                order[norder++] = l[k].model;
+            revisit += committed[l[k].model][l[k].epoch][k] != 0;
+            bad_start += l[k].version != version[l[k].model] || strcmp(l[k].ckpt, path[l[k].model]) != 0;
+        }
+        for (int k = 0; k < K; k++) {
+            if (!held[k])
+                continue;
+            int m = l[k].model;
+            char p[64];
+            snprintf(p, sizeof p, "ckpt/m%d-v%lld", m, version[m] + 1);
+            queue_mop_commit_result r = commit(q, "sim", &l[k], p);
+            if (!r.accepted) {
+                printf("# commit of model %d refused\n", m);
+                bad_version++;
+                continue;
+            }
+            bad_version += r.version != version[m] + 1;
+            bad_superseded += strcmp(r.superseded, path[m]) != 0;
+            committed[m][l[k].epoch][k]++;
+            int visits = 0;
+            for (int s = 0; s < K; s++)
+                visits += committed[m][l[k].epoch][s];
+            epoch_flags += r.epoch_done != (visits == K);
+            model_flags += r.model_done != (visits == K && l[k].epoch == E - 1);
+            version[m] = r.version;
+            snprintf(path[m], sizeof path[m], "%s", p);
+        }
+    }
+    ok(done[0] && done[1], "both workers hear the sweep is done (after %d rounds)", rounds);
+    is_int(revisit, 0, "no lease sends a model to a shard it already visited this epoch");
+    is_int(bad_start, 0, "each lease starts from the model's last committed version and path");
+    is_int(bad_version, 0, "each commit is accepted and bumps the version by one");
+    is_int(bad_superseded, 0, "each commit returns the path it supersedes");
+    is_int(epoch_flags, 0, "epoch_done is set exactly on the visit that completes an epoch");
+    is_int(model_flags, 0, "model_done is set exactly on the last visit of the last epoch");
+    /* The documented rule: least progress first, lowest index among equals.
+     * Round 1: models 0 and 1 (all at 0); round 2: models 2 and 3 (still at 0)
+     * before 0 and 1 (one visit each). */
+    ok(norder >= 4 && order[0] == 0 && order[1] == 1 && order[2] == 2 && order[3] == 3,
+       "leases go to the least advanced model, lowest index first (0 1 2 3)");
+    check_schedule(c, "sim", M, K, E, NULL, "simulation");
+
+    redisReply *r = rcmd(c, "LRANGE %ssweep:{sim}:evals 0 -1", prefix);
+    int evals_ok = r->elements == M * E;
+    int eval_seen[M][E] = {{0}};
+    for (size_t i = 0; evals_ok && i < r->elements; i++) {
+        int m, e;
+        long long v;
+        evals_ok = sscanf(r->element[i]->str, "%d %d %lld", &m, &e, &v) == 3 && m >= 0 && m < M && e >= 0 &&
+                   e < E && v == (long long)(e + 1) * K && !eval_seen[m][e]++;
+    }
+    freeReplyObject(r);
+    ok(evals_ok, "evals hold M x E entries 'm epoch version', one per finished epoch, at version (epoch+1)*K");
+
+    int models_ok = 1;
+    char want_version[16];
+    snprintf(want_version, sizeof want_version, "%d", K * E);
+    for (int m = 0; m < M; m++)
+        models_ok &= model_is(c, "sim", m, "state", "done") && model_is(c, "sim", m, "epoch", "2") &&
+                     model_is(c, "sim", m, "version", want_version) && model_is(c, "sim", m, "token", "");
+    ok(models_ok, "every model is done after epoch %d at version %d", E, K * E);
+    char fin[64];
+    ok(sweep_is(c, "sim", "state", "done") && sweep_is(c, "sim", "live", "0") &&
+           *sweep_field(c, "sim", "finished", fin, sizeof fin),
+       "the sweep is done, with no live model and a finish time");
+    int d = 0;
+    queue_mop_lease extra;
+    ok(lease(q, "sim", 0, "sim-w0", HOLD_MS, &extra, &d) == 0 && d == 1, "a lease after the end returns 0, sweep done");
+    long long wl = list_len(c, "mop:wake", NULL);
+    ok(wl >= 1 && wl <= 64, "the wake-up list was pushed and stays bounded (%lld <= 64)", wl);
+}
+
+static void test_lost_lease(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    create_sweep(q, "lost", 1, 2, 1);
+    queue_mop_lease l;
+    ok(lease(q, "lost", 0, "lost-w0", SHORT_MS, &l, NULL) == 1 && l.model == 0 && l.version == 0 && !*l.ckpt &&
+           strlen(l.token) == 32,
+       "lease returns model 0 at version 0 with a 32-hex token");
+    ok(model_is(c, "lost", 0, "state", "leased") && model_is(c, "lost", 0, "token", l.token) &&
+           model_is(c, "lost", 0, "worker", "lost-w0") && model_is(c, "lost", 0, "shard", "0"),
+       "the model records state, token, worker and shard of its lease");
+    ok(queue_mop_renew(q, "lost", &l, SHORT_MS, &err) == 0, "renew of a live lease succeeds");
+    cds_sleep_ms(EXPIRE_WAIT_MS);
+    ok(queue_mop_renew(q, "lost", &l, SHORT_MS, &err) == QUEUE_NOT_FOUND,
+       "renew past the deadline is QUEUE_NOT_FOUND, before any reap");
+    queue_mop_commit_result r = commit(q, "lost", &l, "ckpt/late");
+    ok(!r.accepted, "a commit past the deadline is refused");
+    ok(model_is(c, "lost", 0, "version", "0") && model_is(c, "lost", 0, "ckpt", "") &&
+           model_is(c, "lost", 0, "visited", "00") && list_len(c, "schedule", "lost") == 0,
+       "the refused commit changed neither version, checkpoint, visits nor schedule");
+    int n = -1;
+    int rc = queue_mop_reap(q, "lost", &n, &err);
+    ok(rc == 0 && n == 1, "reap frees the expired lease (n=%d)", n);
+    ok(model_is(c, "lost", 0, "state", "idle") && model_is(c, "lost", 0, "token", "") &&
+           model_is(c, "lost", 0, "stalls", "1"),
+       "the reaped model is idle, its token cleared, one stall counted");
+    ok(queue_mop_reap(q, "lost", &n, &err) == 0 && n == 0, "a second reap finds nothing");
+    ok(queue_mop_renew(q, "lost", &l, HOLD_MS, &err) == QUEUE_NOT_FOUND, "renew after the reap is QUEUE_NOT_FOUND");
+    ok(queue_mop_release(q, "lost", &l, &err) == QUEUE_NOT_FOUND, "release after the reap is QUEUE_NOT_FOUND");
+    ok(queue_mop_fail_model(q, "lost", &l, "x", &err) == QUEUE_NOT_FOUND, "fail after the reap is QUEUE_NOT_FOUND");
+    r = commit(q, "lost", &l, "ckpt/late");
+    ok(!r.accepted && model_is(c, "lost", 0, "version", "0") && model_is(c, "lost", 0, "ckpt", ""),
+       "a late commit after the reap is refused and changes nothing");
+
+    queue_mop_lease l2;
+    ok(lease(q, "lost", 0, "lost-w1", HOLD_MS, &l2, NULL) == 1 && l2.model == 0 && l2.version == 0 &&
+           strcmp(l2.token, l.token) != 0,
+       "the model is leased again from its last committed version, with a new token");
+    r = commit(q, "lost", &l, "ckpt/zombie");
+    ok(!r.accepted && model_is(c, "lost", 0, "token", l2.token), "the old token cannot commit over the new lease");
+    queue_mop_lease wrong = l2;
+    wrong.shard = 1;
+    r = commit(q, "lost", &wrong, "ckpt/wrong-shard");
+    ok(!r.accepted, "a commit for another shard than the lease's is refused");
+    r = commit(q, "lost", &l2, "ckpt/a");
+    ok(r.accepted && r.version == 1 && !*r.superseded && !r.epoch_done,
+       "the commit of the new lease is accepted at version 1, superseding nothing");
+    r = commit(q, "lost", &l2, "ckpt/a");
+    ok(r.accepted && r.version == 1 && model_is(c, "lost", 0, "version", "1") &&
+           list_len(c, "schedule", "lost") == 1,
+       "the same commit resent (lost reply) hears the same answer and records nothing twice");
+    int done = 1;
+    queue_mop_lease l3;
+    ok(lease(q, "lost", 0, "lost-w1", HOLD_MS, &l3, &done) == 0 && done == 0,
+       "no lease for shard 0 again in the same epoch; the sweep is not done");
+    ok(lease(q, "lost", 1, "lost-w2", HOLD_MS, &l3, &done) == 1 && l3.version == 1 &&
+           strcmp(l3.ckpt, "ckpt/a") == 0,
+       "shard 1 gets the model at version 1 from ckpt/a");
+    r = commit(q, "lost", &l3, "ckpt/b");
+    ok(r.accepted && r.epoch_done && r.model_done && r.version == 2 && strcmp(r.superseded, "ckpt/a") == 0,
+       "the last visit finishes epoch and model, superseding ckpt/a");
+    ok(sweep_is(c, "lost", "state", "done"), "the one-model sweep is done");
+
+    /* A lease kept alive by renewals survives reapers running all the while. */
+    create_sweep(q, "renewed", 1, 1, 1);
+    ok(lease(q, "renewed", 0, "ren-w0", 200, &l, NULL) == 1, "lease a model for 200 ms");
+    int renew_ok = 1, reaped = 0;
+    for (int i = 0; i < 5; i++) {
+        cds_sleep_ms(80);
+        renew_ok &= queue_mop_renew(q, "renewed", &l, 200, &err) == 0;
+        queue_mop_reap(q, "renewed", &n, &err);
+        reaped += n;
+    }
+    ok(renew_ok && reaped == 0, "renewed every 80 ms over 400 ms, the lease is never reaped");
+    r = commit(q, "renewed", &l, "ckpt/renewed");
+    ok(r.accepted, "and its commit, after twice the first lease time, is accepted");
+}
+
+static void test_fail_model(queue_conn *q, redisContext *c)
+{
+    enum { M = 3, K = 1, E = 2 };
+    cds_err err;
+    create_sweep(q, "failing", M, K, E);
+    queue_mop_lease l;
+    ok(lease(q, "failing", 0, "fail-w0", HOLD_MS, &l, NULL) == 1 && l.model == 0, "lease model 0");
+    ok(queue_mop_fail_model(q, "failing", &l, "loss is NaN", &err) == 0, "fail_model with the token succeeds");
+    ok(model_is(c, "failing", 0, "state", "failed") && model_is(c, "failing", 0, "reason", "loss is NaN") &&
+           model_is(c, "failing", 0, "token", "") && sweep_is(c, "failing", "live", "2"),
+       "the model is failed with its reason, and no longer live");
+    ok(queue_mop_fail_model(q, "failing", &l, "again", &err) == QUEUE_NOT_FOUND,
+       "failing it again with the same token is QUEUE_NOT_FOUND");
+    ok(!commit(q, "failing", &l, "ckpt/after-fail").accepted, "a commit after fail is refused");
+    int done = 0, leased_failed = 0, steps = 0;
+    queue_mop_lease x;
+    while (steps < 20 && lease(q, "failing", 0, "fail-w0", HOLD_MS, &x, &done) == 1) {
+        leased_failed += x.model == 0;
+        commit(q, "failing", &x, "ckpt/f");
+        steps++;
+    }
+    ok(done && steps == (M - 1) * E * K, "the other models finish (%d visits) and the sweep is done", steps);
+    is_int(leased_failed, 0, "the failed model is never leased again");
+    ok(sweep_is(c, "failing", "state", "done") && model_is(c, "failing", 0, "state", "failed"),
+       "the sweep is done; the failed model stays failed");
+    int failed[M] = {1, 0, 0};
+    check_schedule(c, "failing", M, K, E, failed, "with a failed model");
+
+    create_sweep(q, "failall", 1, 1, 1);
+    lease(q, "failall", 0, "fail-w0", HOLD_MS, &l, NULL);
+    ok(queue_mop_fail_model(q, "failall", &l, "out of memory", &err) == 0 && sweep_is(c, "failall", "state", "done"),
+       "failing the last live model finishes the sweep");
+}
+
+static void test_states(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    create_sweep(q, "states", 2, 1, 1);
+    queue_mop_lease a, b;
+    int done = 1;
+    lease(q, "states", 0, "st-w0", HOLD_MS, &a, NULL);
+    ok(queue_sweep_set_state(q, "states", "paused", &err) == 0 && sweep_is(c, "states", "state", "paused"),
+       "pause a running sweep");
+    ok(lease(q, "states", 0, "st-w1", HOLD_MS, &b, &done) == 0 && done == 0,
+       "a paused sweep grants no lease and is not done");
+    ok(queue_mop_renew(q, "states", &a, HOLD_MS, &err) == 0 && commit(q, "states", &a, "ckpt/p").accepted,
+       "a lease in flight renews and commits while paused");
+    ok(queue_sweep_set_state(q, "states", "paused", &err) == 0, "pausing again is a no-op");
+    ok(queue_sweep_set_state(q, "states", "running", &err) == 0 && lease(q, "states", 0, "st-w1", HOLD_MS, &b, NULL) == 1,
+       "resumed, it grants leases again");
+    ok(queue_sweep_set_state(q, "states", "cancelled", &err) == 0, "cancel the sweep with a lease in flight");
+    ok(sweep_is(c, "states", "state", "cancelled") && sweep_is(c, "states", "live", "0") &&
+           model_is(c, "states", b.model, "state", "cancelled") && model_is(c, "states", a.model, "state", "done"),
+       "unfinished models are cancelled, finished ones stay done");
+    ok(queue_mop_renew(q, "states", &b, HOLD_MS, &err) == QUEUE_NOT_FOUND, "the holder's renew is QUEUE_NOT_FOUND");
+    ok(!commit(q, "states", &b, "ckpt/c").accepted && model_is(c, "states", b.model, "version", "0"),
+       "the holder's commit is refused and publishes nothing");
+    ok(lease(q, "states", 0, "st-w2", HOLD_MS, &b, &done) == 0 && done == 1, "a cancelled sweep reports done");
+    ok(queue_sweep_set_state(q, "states", "running", &err) == -1 && strstr(err.msg, "cancelled"),
+       "a cancelled sweep cannot run again (%s)", err.msg);
+    ok(queue_sweep_set_state(q, "states", "bogus", &err) == -1, "an unknown state is refused");
+    ok(queue_sweep_set_state(q, "nosuch", "paused", &err) == QUEUE_NOT_FOUND, "an unknown sweep is QUEUE_NOT_FOUND");
+}
+
+/* The lease and reap scripts read the models in chunks of 1000 (Lua's
+ * unpack() limit): a sweep of 2500 models whose first 1200 are finished must
+ * lease and reap model 1200, in the second chunk. */
+static void test_many_models(queue_conn *q, redisContext *c)
+{
+    enum { M = 2500, FIRST_FREE = 1200 };
+    static const char *specs[M];
+    for (int m = 0; m < M; m++)
+        specs[m] = "{}";
+    queue_sweep_def d = sweep_def("many", M, 1, 1);
+    d.model_specs = specs;
+    cds_err err;
+    int64_t t0 = cds_mono_ms();
+    int rc = queue_sweep_create(q, &d, &err);
+    ok(rc == 0, "create a sweep of %d models (%lld ms)", M, (long long)(cds_mono_ms() - t0));
+    for (int m = 0; m < FIRST_FREE; m++)
+        redisAppendCommand(c, "HSET %ssweep:{many}:models %d.state done", prefix, m);
+    for (int m = 0; m < FIRST_FREE; m++) {
+        void *r = NULL;
+        if (redisGetReply(c, &r) != REDIS_OK)
+            tap_bail("lost the raw Redis connection");
+        freeReplyObject(r);
+    }
+    queue_mop_lease l;
+    t0 = cds_mono_ms();
+    int got = lease(q, "many", 0, "many-w0", SHORT_MS, &l, NULL);
+    int64_t dt = cds_mono_ms() - t0;
+    ok(got == 1 && l.model == FIRST_FREE, "the lease scans past the first chunk to model %d (got %d, %lld ms)",
+       FIRST_FREE, got ? l.model : -1, (long long)dt);
+    cds_sleep_ms(EXPIRE_WAIT_MS);
+    int n = -1;
+    rc = queue_mop_reap(q, "many", &n, &err);
+    ok(rc == 0 && n == 1 && model_is(c, "many", FIRST_FREE, "state", "idle"),
+       "the reaper frees an expired lease in the second chunk (n=%d)", n);
+}
+
+/* ---- waiting ------------------------------------------------------------- */
+
+typedef struct late_commit {
+    const char *sweep;
+    queue_mop_lease l;
+    int64_t delay_ms;
+    int accepted;
+} late_commit;
+
+static void *commit_later(void *arg)
+{
+    late_commit *lc = arg;
+    queue_opts o = {.url = test_redis_url(), .prefix = prefix};
+    cds_err err;
+    queue_conn *q = queue_connect(&o, &err);
+    if (!q)
+        return NULL;
+    cds_sleep_ms(lc->delay_ms);
+    queue_mop_commit_result r;
+    lc->accepted = queue_mop_commit(q, lc->sweep, &lc->l, "ckpt/late", &r, &err) == 0 && r.accepted;
+    queue_close(q);
+    return NULL;
+}
+
+static void test_wait(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    freeReplyObject(rcmd(c, "DEL %smop:wake", prefix));
+    int64_t t0 = cds_mono_ms();
+    int rc = queue_mop_wait(q, 1000, &err);
+    int64_t dt = cds_mono_ms() - t0;
+    /* BLPOP with a 1 s timeout: 900 ms allows coarse timers, 1600 a loaded machine. */
+    ok(rc == 0 && dt >= 900 && dt <= 1600, "wait with nothing pushed returns after about 1 s (%lld ms)", (long long)dt);
+    t0 = cds_mono_ms();
+    rc = queue_mop_wait(q, 5000, &err);
+    dt = cds_mono_ms() - t0;
+    ok(rc == 0 && dt <= 1600, "a 5 s wait is capped at 1 s (%lld ms)", (long long)dt);
+
+    create_sweep(q, "waiting", 1, 1, 1);
+    late_commit lc = {.sweep = "waiting", .delay_ms = 200};
+    lease(q, "waiting", 0, "wait-w0", HOLD_MS, &lc.l, NULL);
+    freeReplyObject(rcmd(c, "DEL %smop:wake", prefix));
+    pthread_t th;
+    pthread_create(&th, NULL, commit_later, &lc);
+    t0 = cds_mono_ms();
+    rc = queue_mop_wait(q, 1000, &err);
+    dt = cds_mono_ms() - t0;
+    pthread_join(th, NULL);
+    /* The commit comes 200 ms in; 150 allows timer slack, 800 a slow thread
+     * start while staying clearly below the 1 s timeout. */
+    ok(rc == 0 && lc.accepted && dt >= 150 && dt <= 800, "a commit wakes a waiting worker promptly (%lld ms)",
+       (long long)dt);
+}
+
+/* ---- concurrency --------------------------------------------------------- */
+
+enum { CM = 6, CK = 2, CE = 3, CT = 4 };
+
+typedef struct hammer {
+    atomic_int holder[CM];      /* thread that believes it holds the model, or -1 */
+    pthread_mutex_t mu;
+    int committed[CM][CE][CK];  /* under mu */
+    atomic_int double_holder, revisit, double_commit, zombie_accepted, unexpected_loss, errors;
+    atomic_int commits, crashes, releases;
+    int64_t stop_at;            /* a safety net: the sweep takes well under a second normally */
+} hammer;
+
+typedef struct hammer_arg {
+    hammer *h;
+    int t;
+} hammer_arg;
+
+/* A worker: lease, "train" a few ms, renew, then commit (or, at random,
+ * release, or crash: stop renewing, let the lease expire and try to commit
+ * late as a zombie would).  holder[m] is claimed after a lease and given up
+ * before the lease ends, so a successful claim that finds another holder is a
+ * model leased to two workers at once. */
+static void *hammer_worker(void *arg)
+{
+    hammer_arg *a = arg;
+    hammer *h = a->h;
+    int t = a->t, shard = t % CK;
+    char worker[32];
+    snprintf(worker, sizeof worker, "c-t%d-s%d", t, shard);
+    queue_opts o = {.url = test_redis_url(), .prefix = prefix};
+    cds_err err;
+    queue_conn *q = queue_connect(&o, &err);
+    if (!q) {
+        h->errors++;
+        return NULL;
+    }
+    unsigned seed = 7919u * (unsigned)t + 1u;
+    int nleases = 0;
+    while (cds_mono_ms() < h->stop_at) {
+        int n;
+        if (queue_mop_reap(q, "hammer", &n, &err) != 0) {
+            h->errors++;
+            break;
+        }
+        /* Thread 0 crashes on its first lease and thread 1 releases its
+         * second, so both paths run whatever the random draws. */
+        int crash = (t == 0 && nleases == 0) || rand_r(&seed) % 10 == 0;
+        int release = !crash && ((t == 1 && nleases == 1) || rand_r(&seed) % 10 == 0);
+        queue_mop_lease l;
+        int done = 0;
+        int rc = queue_mop_lease_model(q, "hammer", shard, worker, crash ? SHORT_MS : HOLD_MS, &l, &done, &err);
+        if (rc < 0) {
+            h->errors++;
+            break;
+        }
+        if (rc == 0) {
+            if (done)
+                break;
+            queue_mop_wait(q, 20, &err);
+            continue;
+        }
+        nleases++;
+        int m = l.model, free_mark = -1;
+        if (!atomic_compare_exchange_strong(&h->holder[m], &free_mark, t))
+            h->double_holder++;
+        pthread_mutex_lock(&h->mu);
+        h->revisit += h->committed[m][l.epoch][shard] != 0;
+        pthread_mutex_unlock(&h->mu);
+        if (crash) {
+            atomic_store(&h->holder[m], -1); /* dead: it will touch nothing but a zombie commit */
+            h->crashes++;
+            cds_sleep_ms(EXPIRE_WAIT_MS);
+            queue_mop_commit_result r;
+            if (queue_mop_commit(q, "hammer", &l, "zombie", &r, &err) == 0 && r.accepted)
+                h->zombie_accepted++;
+            continue;
+        }
+        cds_sleep_ms(rand_r(&seed) % 4);
+        if (queue_mop_renew(q, "hammer", &l, HOLD_MS, &err) != 0)
+            h->unexpected_loss++;
+        atomic_store(&h->holder[m], -1);
+        if (release) {
+            h->releases++;
+            if (queue_mop_release(q, "hammer", &l, &err) != 0)
+                h->unexpected_loss++;
+            continue;
+        }
+        char path[64];
+        snprintf(path, sizeof path, "ckpt/m%d-e%d-k%d", m, l.epoch, shard);
+        queue_mop_commit_result r;
+        if (queue_mop_commit(q, "hammer", &l, path, &r, &err) != 0 || !r.accepted) {
+            h->unexpected_loss++;
+            continue;
+        }
+        h->commits++;
+        pthread_mutex_lock(&h->mu);
+        h->double_commit += h->committed[m][l.epoch][shard]++ != 0;
+        pthread_mutex_unlock(&h->mu);
+    }
+    queue_close(q);
+    return NULL;
+}
+
+static void test_concurrency(queue_conn *q, redisContext *c)
+{
+    create_sweep(q, "hammer", CM, CK, CE);
+    static hammer h; /* large enough to keep off the stack; zeroed once */
+    for (int m = 0; m < CM; m++)
+        atomic_init(&h.holder[m], -1);
+    pthread_mutex_init(&h.mu, NULL);
+    h.stop_at = cds_mono_ms() + 15000;
+    pthread_t th[CT];
+    hammer_arg args[CT];
+    int64_t t0 = cds_mono_ms();
+    for (int t = 0; t < CT; t++) {
+        args[t] = (hammer_arg){.h = &h, .t = t};
+        pthread_create(&th[t], NULL, hammer_worker, &args[t]);
+    }
+    for (int t = 0; t < CT; t++)
+        pthread_join(th[t], NULL);
+    tap_diag("%d threads: %d commits, %d crashes, %d releases in %lld ms", CT, (int)h.commits, (int)h.crashes,
+             (int)h.releases, (long long)(cds_mono_ms() - t0));
+    is_int(h.errors, 0, "concurrency: no call failed");
+    ok(sweep_is(c, "hammer", "state", "done"), "concurrency: the sweep finished before the 15 s safety net");
+    is_int(h.commits, CM * CE * CK, "concurrency: one accepted commit per (model, epoch, shard)");
+    is_int(h.double_holder, 0, "concurrency: no model was leased to two workers at once");
+    is_int(h.revisit, 0, "concurrency: no lease sent a model to a shard it had visited in its epoch");
+    is_int(h.double_commit, 0, "concurrency: no (model, epoch, shard) was committed twice");
+    is_int(h.zombie_accepted, 0, "concurrency: no commit of an expired lease was accepted");
+    is_int(h.unexpected_loss, 0, "concurrency: no lease held with renewals was lost");
+    ok(h.crashes >= 1 && h.releases >= 1, "concurrency: crashes (%d) and releases (%d) happened", (int)h.crashes,
+       (int)h.releases);
+    int stalls = 0, zombie_ckpt = 0;
+    char buf[64];
+    for (int m = 0; m < CM; m++) {
+        stalls += atoi(model_field(c, "hammer", m, "stalls", buf, sizeof buf));
+        zombie_ckpt += strcmp(model_field(c, "hammer", m, "ckpt", buf, sizeof buf), "zombie") == 0;
+    }
+    is_int(stalls, h.crashes, "concurrency: every crashed lease was reaped exactly once");
+    is_int(zombie_ckpt, 0, "concurrency: no zombie path was published");
+    check_schedule(c, "hammer", CM, CK, CE, NULL, "concurrency");
+    pthread_mutex_destroy(&h.mu);
+}
+
+int main(void)
+{
+    queue_conn *q = test_connect("mop", prefix, sizeof prefix);
+    redisContext *c = raw_connect();
+    test_create(q, c);
+    test_simulation(q, c);
+    test_lost_lease(q, c);
+    test_fail_model(q, c);
+    test_states(q, c);
+    test_many_models(q, c);
+    test_wait(q, c);
+    test_concurrency(q, c);
+    redisFree(c);
+    queue_close(q);
+    return tap_done();
+}

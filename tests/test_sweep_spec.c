@@ -1,0 +1,387 @@
+/* Sweep specs (tools/sweep_spec.c, docs/sweeps.md): expansion counts and
+ * order, stable ids and byte-exact canonical model specs, defaults made
+ * explicit, every refusal with its JSON path and fix in one line, and the
+ * examples in jobs/ (found through CDS_SOURCE_ROOT). */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn_model.h"
+#include "nn_optim.h"
+#include "sweep_spec.h"
+#include "tap.h"
+
+/* The example of docs/sweeps.md: 2 models x 1 x 2 x 2 x 2 = 16. */
+static const char example[] =
+    "{\"mode\": \"mop\", \"dataset\": \"fmnist\", \"epochs\": 5, \"seed\": 1,"
+    " \"models\": [{\"arch\": \"cnn\", \"input\": [1, 28, 28], \"classes\": 10},"
+    "             {\"arch\": \"mlp\", \"input\": [784], \"hidden\": [256], \"classes\": 10}],"
+    " \"train\": {\"schedule\": {\"kind\": \"constant\"},"
+    "           \"normalize\": {\"scale\": 0.00392156862745098, \"mean\": [0.286], \"std\": [0.353]}},"
+    " \"grid\": {\"optimizer\": [\"adam\"], \"lr\": [0.001, 0.0001], \"batch\": [64, 256], \"l2\": [0.0, 0.0001]}}";
+
+/* The same spec with every object's keys in another order. */
+static const char example_reordered[] =
+    "{\"grid\": {\"l2\": [0.0, 0.0001], \"batch\": [64, 256], \"lr\": [0.001, 0.0001], \"optimizer\": [\"adam\"]},"
+    " \"train\": {\"normalize\": {\"std\": [0.353], \"mean\": [0.286], \"scale\": 0.00392156862745098},"
+    "           \"schedule\": {\"kind\": \"constant\"}},"
+    " \"models\": [{\"classes\": 10, \"input\": [1, 28, 28], \"arch\": \"cnn\"},"
+    "             {\"classes\": 10, \"hidden\": [256], \"input\": [784], \"arch\": \"mlp\"}],"
+    " \"seed\": 1, \"epochs\": 5, \"dataset\": \"fmnist\", \"mode\": \"mop\"}";
+
+/* The example with top-level key set to value (JSON text), or removed when
+ * value is NULL.  Returns malloc'd JSON text. */
+static char *variant(const char *key, const char *value)
+{
+    json_t *root = json_loads(example, 0, NULL);
+    if (value)
+        json_object_set_new(root, key, json_loads(value, JSON_DECODE_ANY, NULL));
+    else
+        json_object_del(root, key);
+    char *text = json_dumps(root, JSON_COMPACT);
+    json_decref(root);
+    return text;
+}
+
+/* n numbers start, start + step, ... as JSON text "[a, b, ...]". */
+static char *number_list(int n, double start, double step)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_real(start + step * i));
+    char *text = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    return text;
+}
+
+/* The parse of text is refused with one line that starts with "sweep spec
+ * <path>: " and holds fix. */
+static void refused(const char *text, const char *path, const char *fix, const char *name)
+{
+    cds_err err = {{0}};
+    sweep_spec *s = sweep_spec_parse(text, &err);
+    char want[160];
+    snprintf(want, sizeof want, "sweep spec %s: ", path);
+    int good = !s && strncmp(err.msg, want, strlen(want)) == 0 && strstr(err.msg, fix) && !strchr(err.msg, '\n');
+    if (!ok(good, "refused: %s", name))
+        tap_diag("got '%s', want '%s...%s'", s ? "(accepted)" : err.msg, want, fix);
+    sweep_spec_free(s);
+}
+
+/* Same, for a variant of the example. */
+static void refused_variant(const char *key, const char *value, const char *path, const char *fix,
+                            const char *name)
+{
+    char *text = variant(key, value);
+    refused(text, path, fix, name);
+    free(text);
+}
+
+static sweep_spec *parse_ok(const char *text, const char *name)
+{
+    cds_err err = {{0}};
+    sweep_spec *s = sweep_spec_parse(text, &err);
+    if (!ok(s != NULL, "parses: %s", name))
+        tap_diag("%s", err.msg);
+    return s;
+}
+
+/* Every model spec of s is a {"model","train"} whose halves pass the nn
+ * checks, with all five grid-set fields present in train. */
+static int specs_valid(const sweep_spec *s)
+{
+    for (int i = 0; i < sweep_spec_model_count(s); i++) {
+        json_t *o = json_loads(sweep_spec_model(s, i), 0, NULL);
+        char *m = o ? json_dumps(json_object_get(o, "model"), JSON_COMPACT) : NULL;
+        char *t = o ? json_dumps(json_object_get(o, "train"), JSON_COMPACT) : NULL;
+        cds_err err;
+        nn_train_cfg c;
+        int good = m && t && json_object_size(o) == 2 && nn_model_validate(m, NULL, &err) == 0 &&
+                   nn_train_cfg_parse(t, &c, &err) == 0;
+        if (good)
+            nn_train_cfg_free(&c);
+        static const char *const fields[] = {"optimizer", "lr", "batch", "l2", "seed"};
+        for (size_t f = 0; good && f < 5; f++)
+            good = json_object_get(json_object_get(o, "train"), fields[f]) != NULL;
+        free(m);
+        free(t);
+        json_decref(o);
+        if (!good)
+            return 0;
+    }
+    return 1;
+}
+
+static void test_example(void)
+{
+    sweep_spec *s = parse_ok(example, "the docs/sweeps.md example");
+    if (!s)
+        return;
+    is_int(sweep_spec_model_count(s), 16, "2 models x 1 optimizer x 2 lr x 2 batch x 2 l2 = 16 models");
+    ok(strcmp(sweep_spec_mode(s), "mop") == 0, "mode mop");
+    ok(strcmp(sweep_spec_dataset(s), "fmnist") == 0, "dataset");
+    is_int(sweep_spec_epochs(s), 5, "epochs");
+    is_int((long long)sweep_spec_seed(s), 1, "seed");
+    /* Order: models outer, then optimizer, lr, batch, l2 (inner). */
+    static const char *const want[][2] = {
+        {"0", "model 0: cnn adam lr=0.001 batch=64 l2=0"},    {"1", "model 1: cnn adam lr=0.001 batch=64 l2=0.0001"},
+        {"2", "model 2: cnn adam lr=0.001 batch=256 l2=0"},   {"4", "model 4: cnn adam lr=0.0001 batch=64 l2=0"},
+        {"7", "model 7: cnn adam lr=0.0001 batch=256 l2=0.0001"}, {"8", "model 8: mlp adam lr=0.001 batch=64 l2=0"},
+        {"15", "model 15: mlp adam lr=0.0001 batch=256 l2=0.0001"},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const char *got = sweep_spec_summary(s, atoi(want[i][0]));
+        if (!ok(got && strcmp(got, want[i][1]) == 0, "summary of model %s", want[i][0]))
+            tap_diag("got '%s', want '%s'", got ? got : "(null)", want[i][1]);
+    }
+    /* Byte-exact canonical spec: keys sorted, compact, %.17g reals (0.286 is
+     * 0.28599999999999998 in binary64), the grid's l2 0.0 kept a real, the
+     * sweep's seed added. */
+    const char *want0 =
+        "{\"model\":{\"arch\":\"cnn\",\"classes\":10,\"input\":[1,28,28]},\"train\":{\"batch\":64,\"l2\":0.0,"
+        "\"lr\":0.001,\"normalize\":{\"mean\":[0.28599999999999998],\"scale\":0.0039215686274509803,"
+        "\"std\":[0.35299999999999998]},\"optimizer\":\"adam\",\"schedule\":{\"kind\":\"constant\"},\"seed\":1}}";
+    if (!ok(strcmp(sweep_spec_model(s, 0), want0) == 0, "model 0's spec is canonical JSON"))
+        tap_diag("got %s", sweep_spec_model(s, 0));
+    const char *want15 =
+        "{\"model\":{\"arch\":\"mlp\",\"classes\":10,\"hidden\":[256],\"input\":[784]},\"train\":{\"batch\":256,"
+        "\"l2\":0.0001,\"lr\":0.0001,\"normalize\":{\"mean\":[0.28599999999999998],\"scale\":0.0039215686274509803,"
+        "\"std\":[0.35299999999999998]},\"optimizer\":\"adam\",\"schedule\":{\"kind\":\"constant\"},\"seed\":1}}";
+    if (!ok(strcmp(sweep_spec_model(s, 15), want15) == 0, "model 15's spec is canonical JSON"))
+        tap_diag("got %s", sweep_spec_model(s, 15));
+    ok(sweep_spec_model_specs(s)[3] == sweep_spec_model(s, 3), "the spec array is the per-model specs");
+    ok(sweep_spec_model(s, -1) == NULL && sweep_spec_model(s, 16) == NULL && sweep_spec_summary(s, 16) == NULL,
+       "out-of-range model ids give NULL");
+    ok(specs_valid(s), "every model spec passes nn_model_validate and nn_train_cfg_parse, with all five fields");
+
+    /* Stable: a second parse, and the same spec with its keys reordered, give
+     * the same ids and bytes. */
+    sweep_spec *again = parse_ok(example, "the example again");
+    sweep_spec *reord = parse_ok(example_reordered, "the example with every key order changed");
+    int same = again && reord && sweep_spec_model_count(again) == 16 && sweep_spec_model_count(reord) == 16;
+    for (int i = 0; same && i < 16; i++)
+        same = strcmp(sweep_spec_model(s, i), sweep_spec_model(again, i)) == 0 &&
+               strcmp(sweep_spec_model(s, i), sweep_spec_model(reord, i)) == 0 &&
+               strcmp(sweep_spec_summary(s, i), sweep_spec_summary(reord, i)) == 0;
+    ok(same, "ids and specs are stable across parses and key orders");
+    ok(reord && strcmp(sweep_spec_json(s), sweep_spec_json(reord)) == 0, "the canonical whole spec ignores key order");
+    /* The canonical whole spec is a sweep spec that expands the same way. */
+    sweep_spec *round = parse_ok(sweep_spec_json(s), "the canonical whole spec");
+    same = round && sweep_spec_model_count(round) == 16 && strcmp(sweep_spec_json(round), sweep_spec_json(s)) == 0;
+    for (int i = 0; same && i < 16; i++)
+        same = strcmp(sweep_spec_model(s, i), sweep_spec_model(round, i)) == 0;
+    ok(same, "the canonical whole spec round-trips to the same models");
+    sweep_spec_free(round);
+    sweep_spec_free(again);
+    sweep_spec_free(reord);
+    sweep_spec_free(s);
+}
+
+static void test_defaults(void)
+{
+    /* No seed, no grid: the base train gives optimizer and lr; batch and l2
+     * take nn_optim's defaults (32 and 0), written into the spec. */
+    const char *text = "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 1,"
+                       " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"classes\": 2}],"
+                       " \"train\": {\"optimizer\": \"sgd\", \"lr\": 0.5}}";
+    sweep_spec *s = parse_ok(text, "a spec without seed and grid");
+    if (s) {
+        is_int(sweep_spec_model_count(s), 1, "no grid: one model per model object");
+        is_int((long long)sweep_spec_seed(s), 1, "the seed defaults to 1");
+        const char *want = "{\"model\":{\"arch\":\"mlp\",\"classes\":2,\"input\":[4]},\"train\":{\"batch\":32,"
+                           "\"l2\":0.0,\"lr\":0.5,\"optimizer\":\"sgd\",\"seed\":1}}";
+        if (!ok(strcmp(sweep_spec_model(s, 0), want) == 0, "defaults of batch and l2 and the seed are explicit"))
+            tap_diag("got %s", sweep_spec_model(s, 0));
+        ok(strstr(sweep_spec_json(s), "\"seed\":1") != NULL, "the canonical whole spec holds the default seed");
+        ok(strcmp(sweep_spec_summary(s, 0), "model 0: mlp sgd lr=0.5 batch=32 l2=0") == 0, "summary with defaults");
+    }
+    sweep_spec_free(s);
+    /* One axis varied, the others from the base; seed 7 on every model. */
+    text = "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 3, \"seed\": 7,"
+           " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"classes\": 2}, {\"arch\": \"mlp\", \"input\": [4],"
+           " \"hidden\": [8], \"classes\": 2}],"
+           " \"train\": {\"optimizer\": \"sgd\", \"lr\": 0.5, \"momentum\": 0.5, \"l2\": 0.001},"
+           " \"grid\": {\"batch\": [8, 16, 4]}}";
+    s = parse_ok(text, "one axis in the grid, the rest in the base");
+    if (s) {
+        is_int(sweep_spec_model_count(s), 6, "2 models x 3 batch sizes");
+        ok(strcmp(sweep_spec_summary(s, 2), "model 2: mlp sgd lr=0.5 batch=4 l2=0.001") == 0 &&
+               strcmp(sweep_spec_summary(s, 3), "model 3: mlp sgd lr=0.5 batch=8 l2=0.001") == 0,
+           "grid values keep their listed order");
+        int seeds = 1;
+        for (int i = 0; i < 6; i++) {
+            json_t *o = json_loads(sweep_spec_model(s, i), 0, NULL);
+            json_t *t = json_object_get(o, "train");
+            seeds &= json_integer_value(json_object_get(t, "seed")) == 7 &&
+                     json_number_value(json_object_get(t, "momentum")) == 0.5;
+            json_decref(o);
+        }
+        ok(seeds, "every model has the sweep's seed and the base's other fields");
+    }
+    sweep_spec_free(s);
+}
+
+static void test_refusals(void)
+{
+    refused("{\"mode\": \"mop\",", "$", "not valid JSON", "malformed JSON");
+    refused("{\"mode\": \"mop\", \"mode\": \"mop\"}", "$", "duplicate", "a duplicate key");
+    refused("[1]", "$", "must be a JSON object", "not an object");
+    refused_variant("models_", "[]", "$.models_", "unknown field", "an unknown top-level field");
+    refused_variant("mode", NULL, "$.mode", "required", "no mode");
+    refused_variant("mode", "\"ddp\"", "$.mode", "other modes come later", "mode ddp");
+    refused_variant("mode", "1", "$.mode", "must be the string \"mop\"", "a mode that is not a string");
+    refused_variant("dataset", NULL, "$.dataset", "required", "no dataset");
+    refused_variant("dataset", "\"../x\"", "$.dataset", "must be a dataset name", "a dataset name with a slash");
+    refused_variant("dataset", "\"\"", "$.dataset", "must be a dataset name", "an empty dataset name");
+    refused_variant("epochs", NULL, "$.epochs", "required: a whole number from 1 to 10000", "no epochs");
+    refused_variant("epochs", "0", "$.epochs", "must be a whole number from 1 to 10000", "epochs 0");
+    refused_variant("epochs", "10001", "$.epochs", "from 1 to 10000", "epochs 10001");
+    refused_variant("epochs", "2.5", "$.epochs", "whole number", "epochs 2.5");
+    refused_variant("seed", "-1", "$.seed", "whole number from 0", "a negative seed");
+    refused_variant("models", NULL, "$.models", "required", "no models");
+    refused_variant("models", "[]", "$.models", "non-empty list", "an empty model list");
+    refused_variant("models", "{\"arch\": \"cnn\"}", "$.models", "non-empty list", "models not a list");
+    refused_variant("models", "[{\"arch\": \"mlp\", \"input\": [784], \"classes\": 10}, \"cnn\"]", "$.models[1]",
+                    "must be a model object", "a model that is not an object");
+    refused_variant("models", "[{\"arch\": \"mlp\", \"input\": [784], \"classes\": 10}, {\"arch\": \"lenet\", "
+                    "\"input\": [1, 28, 28], \"classes\": 10}]", "$.models[1]",
+                    "model spec: \"arch\" must be one of", "an unknown arch, with the model's path");
+    refused_variant("models", "[{\"arch\": \"cnn\", \"input\": [1, 30, 30], \"classes\": 10}]", "$.models[0]",
+                    "divisible by 4", "a cnn input nn_model_validate refuses");
+    refused_variant("grid", "[1]", "$.grid", "must be an object of lists", "a grid that is not an object");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.1], \"momentum\": [0.9]}", "$.grid.momentum",
+                    "unknown field", "an unknown grid axis");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": 0.1}", "$.grid.lr", "must be a list",
+                    "a grid value that is not a list");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": []}", "$.grid.lr", "empty list", "an empty grid list");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.001, 0.01, -1]}", "$.grid.lr[2]",
+                    "must be a positive number", "a negative learning rate");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.001, 0]}", "$.grid.lr[1]",
+                    "must be a positive number", "a zero learning rate");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [\"0.1\"]}", "$.grid.lr[0]",
+                    "must be a positive number", "a learning rate given as a string");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.001, 0.01, 0.001]}", "$.grid.lr[2]",
+                    "duplicate of $.grid.lr[0]", "a duplicate learning rate");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.1], \"l2\": [0, 0.0]}", "$.grid.l2[1]",
+                    "duplicate of $.grid.l2[0]", "0 and 0.0 are the same l2");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.1], \"l2\": [-0.1]}", "$.grid.l2[0]",
+                    "must be a number from 0 to 10", "a negative l2");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.1], \"batch\": [64, 64.5]}", "$.grid.batch[1]",
+                    "must be a whole number from 1", "a fractional batch size");
+    refused_variant("grid", "{\"optimizer\": [\"adam\"], \"lr\": [0.1], \"batch\": [0]}", "$.grid.batch[0]",
+                    "must be a whole number from 1", "a zero batch size");
+    refused_variant("grid", "{\"optimizer\": [\"adamw\"], \"lr\": [0.1]}", "$.grid.optimizer[0]",
+                    "must be \"sgd\" or \"adam\"", "an unknown optimizer");
+    refused_variant("grid", "{\"optimizer\": [\"sgd\", \"sgd\"], \"lr\": [0.1]}", "$.grid.optimizer[1]",
+                    "duplicate of $.grid.optimizer[0]", "a duplicate optimizer");
+    refused_variant("grid", "{\"lr\": [0.1]}", "$.grid.optimizer", "required", "no optimizer anywhere");
+    refused_variant("grid", "{\"optimizer\": [\"sgd\"]}", "$.grid.lr", "required", "no learning rate anywhere");
+    refused_variant("train", "[]", "$.train", "must be a train object", "a train that is not an object");
+    refused_variant("train", "{\"warmup\": 5}", "$.train.warmup", "unknown field", "an unknown train field");
+    refused_variant("train", "{\"seed\": 5}", "$.train.seed", "move it to $.seed", "a seed in the base train");
+    refused_variant("train", "{\"lr\": 0.1}", "$.train.lr", "also set by $.grid.lr", "lr in both base and grid");
+    refused_variant("train", "{\"schedule\": {\"kind\": \"linear\"}}", "$.train", "train spec: \"schedule\"",
+                    "a bad schedule, in nn_train_cfg_parse's words");
+    refused_variant("train", "{\"momentum\": 2}", "$.train", "\"momentum\" must be a number",
+                    "momentum out of range");
+    refused_variant("train", "{\"normalize\": {\"mean\": [0.5, 0.5, 0.5], \"std\": [0.2, 0.2, 0.2]}}",
+                    "$.train.normalize", "has 3 mean/std values but $.models[0] has 1 input channel",
+                    "3 normalisation channels for 1-channel models");
+    refused("{\"mode\": \"mop\", \"dataset\": \"c\", \"epochs\": 1, \"models\": [{\"arch\": \"mlp\", \"sparse\": "
+            "{\"dim\": 10, \"nnz\": 2}, \"classes\": 2}], \"train\": {\"optimizer\": \"adam\", \"lr\": 0.1, "
+            "\"normalize\": {\"mean\": [0.5], \"std\": [0.2]}}}",
+            "$.train.normalize", "$.models[0] is sparse", "normalising a sparse model");
+    refused("{\"mode\": \"mop\", \"dataset\": \"c\", \"epochs\": 1, \"models\": [{\"arch\": \"mlp\", \"input\": [4], "
+            "\"classes\": 2}], \"train\": {\"optimizer\": \"adam\", \"lr\": -0.1}}",
+            "$.train.lr", "must be a positive number", "a bad base value of a grid axis");
+}
+
+static void test_limits(void)
+{
+    /* 2 models x 2048 learning rates = 4096: the limit itself is accepted. */
+    char *lrs = number_list(2048, 0.0001, 0.0001);
+    char grid[65536];
+    snprintf(grid, sizeof grid, "{\"optimizer\": [\"sgd\"], \"lr\": %s}", lrs);
+    char *text = variant("grid", grid);
+    sweep_spec *s = parse_ok(text, "2 x 2048 = 4096 models");
+    is_int(s ? sweep_spec_model_count(s) : 0, 4096, "4096 models are allowed");
+    ok(s && strcmp(sweep_spec_summary(s, 4095), "model 4095: mlp sgd lr=0.2048 batch=32 l2=0") == 0,
+       "the last of 4096 models");
+    sweep_spec_free(s);
+    free(text);
+    free(lrs);
+    /* 2 models x 2049 = 4098. */
+    lrs = number_list(2049, 0.0001, 0.0001);
+    snprintf(grid, sizeof grid, "{\"optimizer\": [\"sgd\"], \"lr\": %s}", lrs);
+    text = variant("grid", grid);
+    refused(text, "$.grid", "gives over 4096 models: split it", "4098 models");
+    free(text);
+    free(lrs);
+    /* Over the limit through the product of small lists: 2 x 2 x 32 x 33. */
+    char *a = number_list(32, 1.0, 1.0), *b = number_list(33, 0.0, 0.1);
+    snprintf(grid, sizeof grid, "{\"optimizer\": [\"sgd\", \"adam\"], \"lr\": %s, \"l2\": %s}", a, b);
+    text = variant("grid", grid);
+    refused(text, "$.grid", "2 models x 2 optimizer x 32 lr x 33 l2 gives over 4096", "4224 models from a product");
+    free(text);
+    free(a);
+    free(b);
+    char *e = variant("epochs", "10000");
+    s = parse_ok(e, "epochs 10000");
+    sweep_spec_free(s);
+    free(e);
+}
+
+/* Reads SOURCE_ROOT/jobs/<name> and expands it. */
+static sweep_spec *parse_job_file(const char *name)
+{
+    const char *root = getenv("CDS_SOURCE_ROOT");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/jobs/%s", root ? root : ".", name);
+    json_error_t je;
+    json_t *j = json_load_file(path, 0, &je);
+    char *text = j ? json_dumps(j, 0) : NULL;
+    json_decref(j);
+    if (!text)
+        tap_diag("cannot read %s: %s", path, je.text);
+    sweep_spec *s = parse_ok(text ? text : "", name);
+    free(text);
+    return s;
+}
+
+static void test_job_files(void)
+{
+    sweep_spec *s = parse_job_file("sweep-fashion-mnist.json");
+    ok(s && sweep_spec_model_count(s) >= 4 && strcmp(sweep_spec_dataset(s), "fmnist") == 0,
+       "sweep-fashion-mnist: at least 4 models on fmnist (%d)", s ? sweep_spec_model_count(s) : 0);
+    ok(s && specs_valid(s), "sweep-fashion-mnist: every spec valid");
+    sweep_spec_free(s);
+
+    s = parse_job_file("sweep-criteo.json");
+    is_int(s ? sweep_spec_model_count(s) : 0, 16, "sweep-criteo: 2 lr x 4 batch x 2 l2 = 16 models");
+    ok(s && strcmp(sweep_spec_summary(s, 0), "model 0: mlp adam lr=0.001 batch=32 l2=0.0001") == 0 &&
+           strcmp(sweep_spec_summary(s, 15), "model 15: mlp adam lr=0.0001 batch=512 l2=1e-05") == 0,
+       "sweep-criteo: first and last configurations");
+    ok(s && strstr(sweep_spec_model(s, 0), "\"sparse\":{\"dim\":7306,\"nnz\":39}") != NULL,
+       "sweep-criteo: the model is confA's sparse MLP");
+    ok(s && specs_valid(s), "sweep-criteo: every spec valid");
+    sweep_spec_free(s);
+
+    s = parse_job_file("sweep-imagenet.json");
+    is_int(s ? sweep_spec_model_count(s) : 0, 16, "sweep-imagenet: 2 models x 2 lr x 2 l2 x 2 batch = 16 models");
+    ok(s && strncmp(sweep_spec_summary(s, 7), "model 7: resnet50 ", 18) == 0 &&
+           strncmp(sweep_spec_summary(s, 8), "model 8: vgg16 ", 15) == 0,
+       "sweep-imagenet: resnet50 then vgg16");
+    ok(s && specs_valid(s), "sweep-imagenet: every spec valid (validation allocates no weights)");
+    sweep_spec_free(s);
+}
+
+int main(void)
+{
+    test_example();
+    test_defaults();
+    test_refusals();
+    test_limits();
+    test_job_files();
+    return tap_done();
+}

@@ -1,0 +1,563 @@
+/* sweep_spec: reads a sweep spec and expands its grid (see sweep_spec.h and
+ * docs/sweeps.md).
+ *
+ * Algorithm.  The spec is checked from the outside in: the top-level fields,
+ * then the base train object and the grid (structure first, then the number
+ * of models the grid would give, and only then every value, so that a huge
+ * grid is refused before anything is quadratic in its size), then the models.
+ * Expansion first builds the G = |optimizer|·|lr|·|batch|·|l2| train objects
+ * (base train plus one value per grid axis plus the sweep's seed), parsing
+ * each with nn_train_cfg_parse; then model m (outer) paired with train g
+ * (inner) is model id m·G + g.  The grid axes nest in the fixed order
+ * optimizer, lr, batch, l2, so ids do not depend on the order of the keys in
+ * the file.
+ *
+ * Invariants.  Every model spec produced has a "train" with optimizer, lr,
+ * batch, l2 and seed all present (batch and l2 take nn_optim's defaults when
+ * neither the grid nor the base gives them), so a model's hyper-parameters
+ * can be read from its spec alone.  A field is set in one place only: the
+ * base train may not hold a field the grid varies, nor the seed (the sweep's
+ * "seed" sets it, the same for every model, so models differ only in their
+ * hyper-parameters).  Grid values are kept as the JSON values given (an l2 of
+ * 0 stays the integer 0), so the same file always gives the same bytes. */
+#include "sweep_spec.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn_model.h"
+#include "nn_optim.h"
+
+#define DUMP_FLAGS (JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17))
+#define DATASET_NAME_MAX 128
+#define PATH_MAX_LEN 96
+
+struct sweep_spec {
+    char *dataset;
+    int epochs;
+    uint64_t seed;
+    int n_models;
+    char **specs;     /* n_models canonical {"model","train"} texts */
+    char **summaries; /* n_models "model i: ..." lines */
+    char *json;       /* the canonical whole spec */
+};
+
+/* The grid axes, outermost first: this order fixes the model ids. */
+enum axis { AX_OPTIMIZER, AX_LR, AX_BATCH, AX_L2, N_AXES };
+static const char *const axis_names[N_AXES] = {"optimizer", "lr", "batch", "l2"};
+
+/* Fields of docs/models.md's train object (nn_optim.c's list). */
+static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
+                                           "seed", "schedule", "normalize", NULL};
+static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid", NULL};
+
+/* Fills err with "sweep spec <path>: <message>"; returns -1. */
+static int spec_err(cds_err *err, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int spec_err(cds_err *err, const char *path, const char *fmt, ...)
+{
+    char msg[CDS_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return cds_errf(err, "sweep spec %s: %s", path, msg);
+}
+
+static int in_list(const char *key, const char *const *list)
+{
+    for (size_t i = 0; list[i]; i++)
+        if (strcmp(key, list[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* "a, b, c" of a NULL-terminated list, for messages. */
+static void join_list(char *out, size_t n, const char *const *list)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; list[i] && o < n; i++)
+        o += (size_t)snprintf(out + o, n - o, "%s%s", i ? ", " : "", list[i]);
+}
+
+/* Refuses a key of object o (at path) that is not in known. */
+static int check_fields(const json_t *o, const char *path, const char *const *known, const char *hint,
+                        cds_err *err)
+{
+    const char *key;
+    const json_t *v;
+    char names[256];
+    join_list(names, sizeof names, known);
+    json_object_foreach((json_t *)o, key, v) {
+        if (!in_list(key, known))
+            return cds_errf(err, "sweep spec %s.%.60s: unknown field (known: %s%s)", path, key, names, hint);
+    }
+    (void)v;
+    return 0;
+}
+
+/* ---- top-level fields ---------------------------------------------------- */
+
+static int parse_mode(const json_t *root, cds_err *err)
+{
+    const json_t *v = json_object_get(root, "mode");
+    if (!v)
+        return spec_err(err, "$.mode", "required: write \"mode\": \"mop\" (Model Hopper Parallelism)");
+    if (!json_is_string(v))
+        return spec_err(err, "$.mode", "must be the string \"mop\" (Model Hopper Parallelism)");
+    if (strcmp(json_string_value(v), "mop") != 0)
+        return spec_err(err, "$.mode", "\"%.40s\" is not supported: only \"mop\" (Model Hopper Parallelism) is for "
+                        "now; other modes come later", json_string_value(v));
+    return 0;
+}
+
+static int dataset_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > DATASET_NAME_MAX || s[0] == '.')
+        return 0;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") == n;
+}
+
+static int parse_dataset(const json_t *root, sweep_spec *s, cds_err *err)
+{
+    const json_t *v = json_object_get(root, "dataset");
+    if (!v)
+        return spec_err(err, "$.dataset", "required: the name of a dataset loaded by jobctl enqueue etl");
+    if (!json_is_string(v) || !dataset_name_ok(json_string_value(v)))
+        return spec_err(err, "$.dataset", "must be a dataset name: 1 to %d letters, digits, '_', '-' or '.' "
+                        "(the \"dataset\" of its ETL spec)", DATASET_NAME_MAX);
+    s->dataset = strdup(json_string_value(v));
+    return s->dataset ? 0 : cds_errf(err, "out of memory");
+}
+
+/* A whole number in [lo, hi]; absent gives def (or an error when def < 0). */
+static int parse_whole(const json_t *root, const char *field, long long lo, long long hi, long long def,
+                       long long *out, cds_err *err)
+{
+    char path[PATH_MAX_LEN];
+    snprintf(path, sizeof path, "$.%s", field);
+    const json_t *v = json_object_get(root, field);
+    if (!v && def >= 0) {
+        *out = def;
+        return 0;
+    }
+    if (!v || !json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return spec_err(err, path, "%s a whole number from %lld to %lld", v ? "must be" : "required:", lo, hi);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* ---- grid and base train ------------------------------------------------- */
+
+typedef struct grid {
+    const json_t *axis[N_AXES]; /* the grid's list, or NULL: not varied */
+    size_t size[N_AXES];        /* 1 for an axis not varied */
+    const json_t *base;         /* the base train object (owned by root, or the empty object) */
+} grid;
+
+/* Checks one value of an axis (from the grid or the base train). */
+static int check_value(enum axis a, const json_t *v, const char *path, cds_err *err)
+{
+    double x = json_number_value(v);
+    switch (a) {
+    case AX_OPTIMIZER:
+        if (!json_is_string(v) || (strcmp(json_string_value(v), "sgd") != 0 && strcmp(json_string_value(v), "adam") != 0))
+            return spec_err(err, path, "must be \"sgd\" or \"adam\"");
+        return 0;
+    case AX_LR:
+        if (!json_is_number(v) || !(x > 0 && x <= 1000))
+            return spec_err(err, path, "must be a positive number (a learning rate, at most 1000)");
+        return 0;
+    case AX_BATCH:
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 20))
+            return spec_err(err, path, "must be a whole number from 1 to %d (a mini-batch size)", 1 << 20);
+        return 0;
+    case AX_L2:
+        if (!json_is_number(v) || !(x >= 0 && x <= 10))
+            return spec_err(err, path, "must be a number from 0 to 10 (the L2 factor)");
+        return 0;
+    case N_AXES: break;
+    }
+    return spec_err(err, path, "internal: unknown axis");
+}
+
+static int same_value(const json_t *a, const json_t *b)
+{
+    if (json_is_number(a) && json_is_number(b))
+        return json_number_value(a) == json_number_value(b);
+    return json_equal((json_t *)a, (json_t *)b);
+}
+
+/* Every value of a grid list valid and given once. */
+static int check_axis_values(enum axis a, const json_t *list, cds_err *err)
+{
+    char path[PATH_MAX_LEN], first[PATH_MAX_LEN];
+    for (size_t i = 0; i < json_array_size(list); i++) {
+        const json_t *v = json_array_get(list, i);
+        snprintf(path, sizeof path, "$.grid.%s[%zu]", axis_names[a], i);
+        if (check_value(a, v, path, err) != 0)
+            return -1;
+        for (size_t k = 0; k < i; k++) {
+            if (!same_value(v, json_array_get(list, k)))
+                continue;
+            snprintf(first, sizeof first, "$.grid.%s[%zu]", axis_names[a], k);
+            if (json_is_string(v))
+                return spec_err(err, path, "duplicate of %s (\"%s\"): give each value once", first,
+                                json_string_value(v));
+            return spec_err(err, path, "duplicate of %s (%g): give each value once", first, json_number_value(v));
+        }
+    }
+    return 0;
+}
+
+/* The grid's structure: an object of non-empty lists over the known axes. */
+static int parse_grid_shape(const json_t *root, grid *g, cds_err *err)
+{
+    static const char *const known[N_AXES + 1] = {"optimizer", "lr", "batch", "l2", NULL};
+    const json_t *gj = json_object_get(root, "grid");
+    for (int a = 0; a < N_AXES; a++)
+        g->size[a] = 1;
+    if (!gj)
+        return 0;
+    if (!json_is_object(gj))
+        return spec_err(err, "$.grid", "must be an object of lists, e.g. {\"lr\": [0.001, 0.0001], \"batch\": [64]}");
+    if (check_fields(gj, "$.grid", known, "; put other hyper-parameters, fixed, in $.train", err) != 0)
+        return -1;
+    for (int a = 0; a < N_AXES; a++) {
+        const json_t *list = json_object_get(gj, axis_names[a]);
+        char path[PATH_MAX_LEN];
+        snprintf(path, sizeof path, "$.grid.%s", axis_names[a]);
+        if (!list)
+            continue;
+        if (!json_is_array(list))
+            return spec_err(err, path, "must be a list of values, e.g. %s", a == AX_OPTIMIZER ? "[\"adam\", \"sgd\"]"
+                            : a == AX_BATCH ? "[64, 256]" : "[0.001, 0.0001]");
+        if (json_array_size(list) == 0)
+            return spec_err(err, path, "empty list: give at least one value, or drop the field");
+        g->axis[a] = list;
+        g->size[a] = json_array_size(list);
+    }
+    return 0;
+}
+
+/* The base train's structure: an object of known fields, none of them set
+ * by the grid or the sweep. */
+static int parse_base_train(const json_t *root, grid *g, cds_err *err)
+{
+    const json_t *t = json_object_get(root, "train");
+    if (!t)
+        return 0;
+    if (!json_is_object(t))
+        return spec_err(err, "$.train", "must be a train object (docs/models.md), e.g. {\"schedule\": {\"kind\": \"constant\"}}");
+    if (check_fields(t, "$.train", train_fields, "", err) != 0)
+        return -1;
+    if (json_object_get(t, "seed"))
+        return spec_err(err, "$.train.seed", "the sweep sets every model's seed: move it to $.seed");
+    for (int a = 0; a < N_AXES; a++) {
+        const json_t *v = json_object_get(t, axis_names[a]);
+        char path[PATH_MAX_LEN];
+        snprintf(path, sizeof path, "$.train.%s", axis_names[a]);
+        if (v && g->axis[a])
+            return spec_err(err, path, "also set by $.grid.%s: give it in one place (the grid to vary it)",
+                            axis_names[a]);
+        if (v && check_value((enum axis)a, v, path, err) != 0)
+            return -1;
+    }
+    g->base = t;
+    return 0;
+}
+
+/* optimizer and lr have no default: one of grid and base must give them. */
+static int check_required_axes(const grid *g, cds_err *err)
+{
+    static const enum axis required[] = {AX_OPTIMIZER, AX_LR};
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        enum axis a = required[i];
+        char path[PATH_MAX_LEN];
+        snprintf(path, sizeof path, "$.grid.%s", axis_names[a]);
+        if (!g->axis[a] && !json_object_get(g->base, axis_names[a]))
+            return spec_err(err, path, "required: give \"%s\" as a list in $.grid or as one value in $.train",
+                            axis_names[a]);
+    }
+    return 0;
+}
+
+/* ---- models -------------------------------------------------------------- */
+
+static int parse_models_shape(const json_t *root, const json_t **models, cds_err *err)
+{
+    *models = json_object_get(root, "models");
+    if (!*models)
+        return spec_err(err, "$.models", "required: a list of model objects (docs/models.md)");
+    if (!json_is_array(*models) || json_array_size(*models) == 0)
+        return spec_err(err, "$.models", "must be a non-empty list of model objects, e.g. "
+                        "[{\"arch\": \"cnn\", \"input\": [1, 28, 28], \"classes\": 10}]");
+    return 0;
+}
+
+/* The number of channels normalize must have for this model: C of [C, H, W]
+ * (or [C, I]), 1 for a flat input, 0 for a sparse one (never normalised);
+ * the same rule as nn_data. */
+static int model_channels(const json_t *model)
+{
+    if (json_object_get(model, "sparse"))
+        return 0;
+    const json_t *in = json_object_get(model, "input");
+    return json_array_size(in) >= 2 ? (int)json_integer_value(json_array_get(in, 0)) : 1;
+}
+
+/* Checks model i alone, then against the normalisation of the train objects
+ * (n_norm means/stds, the same for every grid point: it comes from the base). */
+static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
+{
+    char path[PATH_MAX_LEN];
+    snprintf(path, sizeof path, "$.models[%zu]", i);
+    if (!json_is_object(model))
+        return spec_err(err, path, "must be a model object like {\"arch\": \"cnn\", \"input\": [1, 28, 28], "
+                        "\"classes\": 10} (docs/models.md)");
+    char *text = json_dumps(model, DUMP_FLAGS);
+    if (!text)
+        return cds_errf(err, "out of memory");
+    cds_err merr;
+    int rc = nn_model_validate(text, NULL, &merr);
+    free(text);
+    if (rc != 0)
+        return spec_err(err, path, "%s", merr.msg);
+    int c = model_channels(model);
+    if (n_norm > 0 && c == 0)
+        return spec_err(err, "$.train.normalize", "%s is sparse, which is not normalised: drop mean and std", path);
+    if (n_norm > 0 && n_norm != c)
+        return spec_err(err, "$.train.normalize", "has %d mean/std values but %s has %d input channel%s: give one "
+                        "per channel (models of different channel counts need separate sweeps)", n_norm, path, c,
+                        c == 1 ? "" : "s");
+    return 0;
+}
+
+/* ---- expansion ----------------------------------------------------------- */
+
+/* One grid point: its train object (complete) and what the summary shows. */
+typedef struct point {
+    json_t *train;
+    int adam, batch;
+    double lr, l2;
+} point;
+
+/* Builds the train object of grid point idx[] and checks it. */
+static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, point *p, int *n_norm, cds_err *err)
+{
+    p->train = g->base ? json_deep_copy(g->base) : json_object();
+    if (!p->train)
+        return cds_errf(err, "out of memory");
+    for (int a = 0; a < N_AXES; a++)
+        if (g->axis[a])
+            json_object_set(p->train, axis_names[a], json_array_get(g->axis[a], idx[a]));
+    json_object_set_new(p->train, "seed", json_integer((json_int_t)seed));
+    char *text = json_dumps(p->train, DUMP_FLAGS);
+    if (!text)
+        return cds_errf(err, "out of memory");
+    nn_train_cfg c;
+    cds_err terr;
+    int rc = nn_train_cfg_parse(text, &c, &terr);
+    free(text);
+    if (rc != 0)
+        return spec_err(err, "$.train", "%s", terr.msg);
+    /* Explicit defaults: a model's spec then says what it trains with. */
+    if (!json_object_get(p->train, "batch"))
+        json_object_set_new(p->train, "batch", json_integer(c.batch));
+    if (!json_object_get(p->train, "l2"))
+        json_object_set_new(p->train, "l2", json_real(c.l2));
+    p->adam = c.adam;
+    p->batch = c.batch;
+    p->lr = c.lr;
+    p->l2 = c.l2;
+    *n_norm = c.n_norm;
+    nn_train_cfg_free(&c);
+    return 0;
+}
+
+/* Grid point number k (0-based, l2 fastest) as one index per axis. */
+static void point_index(const grid *g, size_t k, size_t idx[N_AXES])
+{
+    for (int a = N_AXES - 1; a >= 0; a--) {
+        idx[a] = k % g->size[a];
+        k /= g->size[a];
+    }
+}
+
+static int emit_model(sweep_spec *s, int id, const json_t *model, const point *p, cds_err *err)
+{
+    json_t *spec = json_pack("{s:O, s:O}", "model", model, "train", p->train);
+    s->specs[id] = spec ? json_dumps(spec, DUMP_FLAGS) : NULL;
+    json_decref(spec);
+    char line[256];
+    snprintf(line, sizeof line, "model %d: %s %s lr=%g batch=%d l2=%g", id,
+             json_string_value(json_object_get(model, "arch")), p->adam ? "adam" : "sgd", p->lr, p->batch, p->l2);
+    s->summaries[id] = strdup(line);
+    if (!s->specs[id] || !s->summaries[id])
+        return cds_errf(err, "out of memory for %d model specs", s->n_models);
+    return 0;
+}
+
+/* Builds the G grid points, checks every model against them, and writes the
+ * M = models·G specs, model-major. */
+static int expand(sweep_spec *s, const grid *g, const json_t *models, size_t n_points, cds_err *err)
+{
+    point *pts = calloc(n_points, sizeof *pts);
+    s->specs = calloc((size_t)s->n_models, sizeof *s->specs);
+    s->summaries = calloc((size_t)s->n_models, sizeof *s->summaries);
+    int rc = pts && s->specs && s->summaries ? 0 : cds_errf(err, "out of memory for %d models", s->n_models);
+    int n_norm = 0;
+    size_t idx[N_AXES];
+    for (size_t k = 0; rc == 0 && k < n_points; k++) {
+        point_index(g, k, idx);
+        rc = build_point(g, idx, s->seed, &pts[k], &n_norm, err);
+    }
+    for (size_t m = 0; rc == 0 && m < json_array_size(models); m++)
+        rc = check_model(json_array_get(models, m), m, n_norm, err);
+    for (size_t m = 0; rc == 0 && m < json_array_size(models); m++)
+        for (size_t k = 0; rc == 0 && k < n_points; k++)
+            rc = emit_model(s, (int)(m * n_points + k), json_array_get(models, m), &pts[k], err);
+    for (size_t k = 0; pts && k < n_points; k++)
+        json_decref(pts[k].train);
+    free(pts);
+    return rc;
+}
+
+/* ---- the whole spec ------------------------------------------------------ */
+
+static int parse_top(const json_t *root, sweep_spec *s, cds_err *err)
+{
+    if (!json_is_object(root))
+        return spec_err(err, "$", "must be a JSON object {\"mode\", \"dataset\", \"epochs\", \"models\", ...} "
+                        "(see docs/sweeps.md)");
+    if (check_fields(root, "$", top_fields, "", err) != 0 || parse_mode(root, err) != 0 ||
+        parse_dataset(root, s, err) != 0)
+        return -1;
+    long long epochs, seed;
+    if (parse_whole(root, "epochs", 1, SWEEP_MAX_EPOCHS, -1, &epochs, err) != 0 ||
+        parse_whole(root, "seed", 0, 9007199254740992LL, 1, &seed, err) != 0)
+        return -1;
+    s->epochs = (int)epochs;
+    s->seed = (uint64_t)seed;
+    return 0;
+}
+
+/* models × grid points, refused past SWEEP_MAX_MODELS before anything is
+ * built (each factor is at least 1, so the running product only grows). */
+static int count_models(const grid *g, size_t n_models, size_t *n_points, cds_err *err)
+{
+    size_t total = n_models, points = 1;
+    char factors[160];
+    int o = snprintf(factors, sizeof factors, "%zu model%s", n_models, n_models == 1 ? "" : "s");
+    for (int a = 0; a < N_AXES; a++) {
+        points *= g->size[a];
+        total *= g->size[a];
+        if (g->axis[a] && o < (int)sizeof factors)
+            o += snprintf(factors + o, sizeof factors - (size_t)o, " x %zu %s", g->size[a], axis_names[a]);
+        if (total > SWEEP_MAX_MODELS)
+            return spec_err(err, "$.grid", "%s%s gives over %d models: split it into several sweeps", factors,
+                            a < N_AXES - 1 ? " x ..." : "", SWEEP_MAX_MODELS);
+    }
+    *n_points = points;
+    return 0;
+}
+
+static int check_grid_values(const grid *g, cds_err *err)
+{
+    for (int a = 0; a < N_AXES; a++)
+        if (g->axis[a] && check_axis_values((enum axis)a, g->axis[a], err) != 0)
+            return -1;
+    return 0;
+}
+
+/* The canonical whole spec: keys sorted, the seed explicit. */
+static int canonical_spec(json_t *root, sweep_spec *s, cds_err *err)
+{
+    if (!json_object_get(root, "seed"))
+        json_object_set_new(root, "seed", json_integer((json_int_t)s->seed));
+    s->json = json_dumps(root, DUMP_FLAGS);
+    return s->json ? 0 : cds_errf(err, "out of memory");
+}
+
+sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
+{
+    json_error_t je;
+    json_t *root = json_loads(json ? json : "", JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return spec_err(err, "$", "not valid JSON: %s at line %d column %d", je.text, je.line, je.column), NULL;
+    sweep_spec *s = calloc(1, sizeof *s);
+    grid g = {0};
+    const json_t *models = NULL;
+    size_t n_points = 0;
+    int rc = s ? 0 : cds_errf(err, "out of memory");
+    if (rc == 0)
+        rc = parse_top(root, s, err);
+    if (rc == 0)
+        rc = parse_grid_shape(root, &g, err);
+    if (rc == 0)
+        rc = parse_base_train(root, &g, err);
+    if (rc == 0)
+        rc = parse_models_shape(root, &models, err);
+    if (rc == 0)
+        rc = count_models(&g, json_array_size(models), &n_points, err);
+    if (rc == 0)
+        rc = check_grid_values(&g, err);
+    if (rc == 0)
+        rc = check_required_axes(&g, err);
+    if (rc == 0) {
+        s->n_models = (int)(json_array_size(models) * n_points);
+        rc = expand(s, &g, models, n_points, err);
+    }
+    if (rc == 0)
+        rc = canonical_spec(root, s, err);
+    json_decref(root);
+    if (rc != 0) {
+        sweep_spec_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sweep_spec_free(sweep_spec *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n_models; i++) {
+        free(s->specs ? s->specs[i] : NULL);
+        free(s->summaries ? s->summaries[i] : NULL);
+    }
+    free(s->specs);
+    free(s->summaries);
+    free(s->dataset);
+    free(s->json);
+    free(s);
+}
+
+/* ---- accessors ----------------------------------------------------------- */
+
+const char *sweep_spec_mode(const sweep_spec *s)
+{
+    (void)s;
+    return "mop";
+}
+
+const char *sweep_spec_dataset(const sweep_spec *s) { return s->dataset; }
+int sweep_spec_epochs(const sweep_spec *s) { return s->epochs; }
+uint64_t sweep_spec_seed(const sweep_spec *s) { return s->seed; }
+int sweep_spec_model_count(const sweep_spec *s) { return s->n_models; }
+const char *const *sweep_spec_model_specs(const sweep_spec *s) { return (const char *const *)s->specs; }
+const char *sweep_spec_json(const sweep_spec *s) { return s->json; }
+
+const char *sweep_spec_model(const sweep_spec *s, int i)
+{
+    return i >= 0 && i < s->n_models ? s->specs[i] : NULL;
+}
+
+const char *sweep_spec_summary(const sweep_spec *s, int i)
+{
+    return i >= 0 && i < s->n_models ? s->summaries[i] : NULL;
+}

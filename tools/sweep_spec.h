@@ -1,0 +1,48 @@
+/* sweep_spec: a model-selection sweep (docs/sweeps.md) read from JSON and
+ * expanded into the training specs of its models.
+ *
+ * A sweep names a dataset, a number of epochs, a seed, a list of model
+ * objects, a base train object and a grid of optimizer, lr, batch and l2
+ * values.  Expansion is models (outer) × optimizer × lr × batch × l2 (inner),
+ * in that fixed order: model id i is the i-th configuration, so the same spec
+ * always gives the same ids and byte-identical model specs.  Every model spec
+ * is {"model": ..., "train": ...} as docs/models.md defines it, checked with
+ * nn_model_validate and nn_train_cfg_parse, printed canonically (keys sorted,
+ * compact, 17 significant digits).
+ *
+ * Errors are one line, "sweep spec <JSON path>: <problem and fix>". */
+#ifndef CDS_SWEEP_SPEC_H
+#define CDS_SWEEP_SPEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cds_err.h"
+
+#define SWEEP_MAX_MODELS 4096
+#define SWEEP_MAX_EPOCHS 10000
+
+typedef struct sweep_spec sweep_spec;
+
+/* Parses, checks and expands a sweep spec (JSON text). */
+sweep_spec *sweep_spec_parse(const char *json, cds_err *err);
+void sweep_spec_free(sweep_spec *s);
+
+const char *sweep_spec_mode(const sweep_spec *s); /* "mop" */
+const char *sweep_spec_dataset(const sweep_spec *s);
+int sweep_spec_epochs(const sweep_spec *s);
+uint64_t sweep_spec_seed(const sweep_spec *s);
+/* M, the number of models after expansion (1 to SWEEP_MAX_MODELS). */
+int sweep_spec_model_count(const sweep_spec *s);
+/* Model i's spec, {"model":..,"train":..} as canonical JSON; NULL if i is
+ * out of range. */
+const char *sweep_spec_model(const sweep_spec *s, int i);
+/* The M model specs as an array (for queue_sweep_def.model_specs). */
+const char *const *sweep_spec_model_specs(const sweep_spec *s);
+/* "model 3: cnn adam lr=0.001 batch=256 l2=0"; NULL if i is out of range. */
+const char *sweep_spec_summary(const sweep_spec *s, int i);
+/* The whole spec as canonical JSON, with the seed's default made explicit:
+ * what is stored with the sweep, for display and replay. */
+const char *sweep_spec_json(const sweep_spec *s);
+
+#endif

@@ -1,0 +1,252 @@
+/* worker_mop: Model Hopper Parallelism sub-epochs in cds-worker.
+ *
+ * A worker started with --shard k serves shard k of every running sweep: it
+ * asks each sweep in turn (one Lua call, queue_mop_lease_model) for a model
+ * that has not visited k this epoch, and runs the visit:
+ *
+ *   load     the model's committed checkpoint (version 0: a fresh model from
+ *            its spec and seed);
+ *   train    one pass over DATA_ROOT/datasets/<dataset>/train/shard-<k>,
+ *            checking after every batch that the lease still holds and that
+ *            the worker was not told to stop at once;
+ *   write    the new checkpoint to DATA_ROOT/sweeps/<S>/models/<m>/
+ *            v<version>-<token>.ckpt (temporary file, fsync, rename: the name
+ *            is the lease's own, so a worker that lost its lease can never
+ *            overwrite the file of the one that holds it now);
+ *   commit   with the lease's token; refused (the lease was lost) → the file
+ *            is deleted, nothing is published; accepted → the checkpoint it
+ *            supersedes is deleted.
+ *
+ * The heartbeat thread renews the lease (worker_mop_beat) and flags it lost
+ * when it is gone; the pass then stops at the next batch.  A first SIGTERM
+ * lets the visit finish and commit; a second one stops it and releases the
+ * model (its last committed checkpoint stays, so nothing is lost but the
+ * partial pass).  A loss that becomes NaN or infinite marks the model failed;
+ * any other error releases it for another try. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cds_util.h"
+#include "nn_train.h"
+#include "worker_int.h"
+
+typedef struct visit {
+    worker *w;
+    const char *sweep;
+    queue_mop_lease lease;
+    char dataset[256];
+    int shards;
+} visit;
+
+static int should_stop(void *ctx, int64_t done, int64_t total, const nn_pass_stats *st)
+{
+    (void)done, (void)total, (void)st;
+    worker *w = ctx;
+    return atomic_load(&w->stop) >= 2 || atomic_load(&w->mop.lost);
+}
+
+static void slot_set(worker *w, const char *sweep, const queue_mop_lease *l)
+{
+    pthread_mutex_lock(&w->mu);
+    w->mop.active = l != NULL;
+    if (l) {
+        snprintf(w->mop.sweep, sizeof w->mop.sweep, "%s", sweep);
+        w->mop.lease = *l;
+        atomic_store(&w->mop.lost, 0);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Reads the sweep's dataset and shard count. */
+static int sweep_info(worker *w, visit *v, cds_err *err)
+{
+    json_t *o = NULL;
+    int rc = WITH_RECONNECT(w, queue_sweep_get(w->q, v->sweep, &o, err));
+    if (rc != 0)
+        return -1;
+    const char *ds = json_string_value(json_object_get(o, "dataset"));
+    const char *k = json_string_value(json_object_get(o, "shards"));
+    snprintf(v->dataset, sizeof v->dataset, "%s", ds ? ds : "");
+    v->shards = k ? atoi(k) : 0;
+    json_decref(o);
+    if (!v->dataset[0] || v->shards < 1)
+        return cds_errf(err, "sweep %s has no dataset or shard count in Redis", v->sweep);
+    return 0;
+}
+
+static nn_trainer *load_model(worker *w, visit *v, cds_err *err)
+{
+    if (v->lease.version == 0) {
+        char *spec = NULL;
+        if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, v->sweep, v->lease.model, &spec, err)) != 0)
+            return NULL;
+        nn_trainer *t = nn_trainer_new(spec, err);
+        free(spec);
+        return t;
+    }
+    return nn_trainer_load(v->lease.ckpt, err);
+}
+
+static void ckpt_path(const visit *v, char *out, size_t n, char *dir, size_t dn)
+{
+    snprintf(dir, dn, "%s/sweeps/%s/models/%d", v->w->cfg->data_root, v->sweep, v->lease.model);
+    snprintf(out, n, "%s/v%lld-%.12s.ckpt", dir, (long long)v->lease.version + 1, v->lease.token);
+}
+
+static void give_back(worker *w, visit *v, const char *why)
+{
+    cds_err err;
+    int rc = WITH_RECONNECT(w, queue_mop_release(w->q, v->sweep, &v->lease, &err));
+    cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: %s; %s", v->sweep, v->lease.model, why,
+             rc == 0 ? "released it" : rc == QUEUE_NOT_FOUND ? "its lease was already gone" : err.msg);
+}
+
+/* Writes and commits the trained model; returns 0 when committed. */
+static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
+{
+    cds_err err;
+    char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64]; /* room for the file name */
+    ckpt_path(v, path, sizeof path, dir, sizeof dir);
+    if (cds_mkdirs(dir, &err) != 0 || nn_trainer_save(t, path, &err) != 0) {
+        give_back(w, v, err.msg);
+        return -1;
+    }
+    queue_mop_commit_result r;
+    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, &r, &err)) != 0) {
+        unlink(path);
+        cds_logf(&w->log, CDS_LOG_ERROR, "sweep %s model %d: commit failed (%s); its checkpoint is discarded",
+                 v->sweep, v->lease.model, err.msg);
+        return -1;
+    }
+    if (!r.accepted) {
+        unlink(path);
+        cds_logf(&w->log, CDS_LOG_WARN,
+                 "sweep %s model %d epoch %d shard %d: commit refused (the lease was lost); checkpoint discarded",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
+        return -1;
+    }
+    if (r.superseded[0] && strcmp(r.superseded, path) != 0 && unlink(r.superseded) != 0 && errno != ENOENT)
+        cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r.superseded,
+                 strerror(errno));
+    double rows = st->rows ? (double)st->rows : 1.0;
+    cds_logf(&w->log, CDS_LOG_INFO,
+             "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s; committed v%lld%s",
+             v->sweep, v->lease.model, v->lease.epoch, v->lease.shard, st->loss_sum / rows, (double)st->top1 / rows,
+             (long long)st->rows, st->seconds, (long long)r.version,
+             r.model_done ? " (model done)" : r.epoch_done ? " (epoch done)" : "");
+    return 0;
+}
+
+static void run_visit(worker *w, visit *v)
+{
+    cds_err err;
+    char what[64];
+    snprintf(what, sizeof what, "%s/%d", v->sweep, v->lease.model);
+    worker_set_current(w, what);
+    slot_set(w, v->sweep, &v->lease);
+    nn_trainer *t = NULL;
+    if (sweep_info(w, v, &err) != 0 || !(t = load_model(w, v, &err))) {
+        give_back(w, v, err.msg);
+        goto out;
+    }
+    if (nn_trainer_epoch(t) != v->lease.epoch)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: checkpoint is at epoch %lld, the lease says %d",
+                 v->sweep, v->lease.model, (long long)nn_trainer_epoch(t), v->lease.epoch);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/datasets/%s/train/shard-%d", w->cfg->data_root, v->dataset, v->lease.shard);
+    nn_pass_stats st;
+    int rc = nn_trainer_train_shard(t, dir, v->lease.shard, should_stop, w, &st, &err);
+    if (rc == NN_TRAIN_DIVERGED) {
+        int frc = WITH_RECONNECT(w, queue_mop_fail_model(w->q, v->sweep, &v->lease, err.msg, &err));
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d failed: %s%s", v->sweep, v->lease.model, err.msg,
+                 frc == 0 ? "" : " (could not record it)");
+    } else if (rc == NN_TRAIN_STOPPED) {
+        if (atomic_load(&w->mop.lost))
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost mid-pass; abandoning the visit", v->sweep,
+                     v->lease.model);
+        else
+            give_back(w, v, "stopping now");
+    } else if (rc != 0) {
+        give_back(w, v, err.msg);
+    } else {
+        if (nn_trainer_visited(t, NULL) >= (size_t)v->shards)
+            nn_trainer_end_epoch(t);
+        publish(w, v, t, &st);
+    }
+out:
+    nn_trainer_free(t);
+    slot_set(w, NULL, NULL);
+    worker_set_current(w, NULL);
+}
+
+int worker_mop_step(worker *w)
+{
+    cds_err err;
+    char **ids = NULL;
+    size_t n = 0;
+    if (WITH_RECONNECT(w, queue_sweep_list(w->q, &ids, &n, &err)) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "listing sweeps: %s", err.msg);
+        return -1;
+    }
+    int did = 0;
+    for (size_t i = 0; i < n && !did && atomic_load(&w->stop) == 0; i++) {
+        visit v = {.w = w, .sweep = ids[i]};
+        int done = 0;
+        int rc = WITH_RECONNECT(w, queue_mop_lease_model(w->q, ids[i], w->cfg->shard, w->cfg->id, w->cfg->lease_ms,
+                                                         &v.lease, &done, &err));
+        if (rc < 0) {
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a model: %s", ids[i], err.msg);
+            continue;
+        }
+        if (rc == 1) {
+            run_visit(w, &v);
+            did = 1;
+        }
+    }
+    queue_sweep_list_free(ids, n);
+    return did;
+}
+
+int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
+{
+    pthread_mutex_lock(&w->mu);
+    int active = w->mop.active && !atomic_load(&w->mop.lost);
+    char sweep[QUEUE_SWEEP_ID_MAX];
+    queue_mop_lease l = w->mop.lease;
+    snprintf(sweep, sizeof sweep, "%s", w->mop.sweep);
+    pthread_mutex_unlock(&w->mu);
+    if (!active)
+        return 0;
+    int rc = queue_mop_renew(q, sweep, &l, w->cfg->lease_ms, err);
+    if (rc == QUEUE_NOT_FOUND) {
+        pthread_mutex_lock(&w->mu);
+        /* Only the visit we looked at: the slot may hold a newer one by now. */
+        if (w->mop.active && strcmp(w->mop.lease.token, l.token) == 0)
+            atomic_store(&w->mop.lost, 1);
+        pthread_mutex_unlock(&w->mu);
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
+                 l.model);
+        return 0;
+    }
+    return rc;
+}
+
+int worker_mop_reap(worker *w, queue_conn *q, cds_err *err)
+{
+    char **ids = NULL;
+    size_t n = 0;
+    if (queue_sweep_list(q, &ids, &n, err) != 0)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int reaped = 0;
+        rc = queue_mop_reap(q, ids[i], &reaped, err);
+        if (rc == 0 && reaped)
+            cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: %d expired model leases returned to idle", ids[i], reaped);
+    }
+    queue_sweep_list_free(ids, n);
+    return rc;
+}
