@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# MOP end to end against the real Redis and PostgreSQL of scripts/with-services:
+# a Fashion-MNIST subset goes through jobctl enqueue etl into 2 shards, a
+# sweep of 4 small models × 2 epochs is enqueued, and two cds-worker
+# processes (--shard 0 and --shard 1) train it by hopping models between
+# them.  Checks: the sweep finishes; the recorded schedule holds every
+# (model, epoch, shard) exactly once; each model directory keeps only its
+# committed checkpoint, which the Python reader of docs/checkpoint.md loads
+# and whose epoch is 2; both workers trained; a first SIGTERM drains a worker
+# without losing its visit.  usage: test_mop_e2e.sh BUILD_ROOT
+set -u
+build=${1:?usage: test_mop_e2e.sh BUILD_ROOT}
+src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
+py=/usr/bin/python3
+[ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
+export PGDATABASE=cds_mop_$$
+createdb "$PGDATABASE" || { echo "Bail out! createdb $PGDATABASE failed"; exit 1; }
+prefix="t:mop:$$:"
+root=$(mktemp -d /tmp/cds-mop-e2e.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1
+    rm -rf "$root"
+}
+trap cleanup EXIT
+n=0; failed=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
+rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
+worker() { # ID ARGS...
+    "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "$1" --reap-every 0.5 \
+        --data-root "$root" --threads 1 "${@:2}" 2>>"$root/$1.log" &
+    pids+=($!)
+}
+
+"$build/tools/load-fashion-mnist" >/dev/null
+ok $? "Fashion-MNIST loaded"
+cat >"$root/etl.json" <<JSON
+{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
+ "dtype": "uint8", "where": "id < 2000", "valid_fraction": 0.1, "dataset": "fm", "shards": 2, "data_root": "$root"}
+JSON
+jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
+ok $? "jobctl enqueue etl"
+worker etl --idle-exit 2
+wait "${pids[@]}"; pids=()
+ok "$([ "$(rcli HGET "${prefix}dataset:fm" state)" = ready ]; echo $?)" "the dataset is ready"
+
+cat >"$root/sweep.json" <<'JSON'
+{"mode": "mop", "dataset": "fm", "epochs": 2, "seed": 3,
+ "models": [{"arch": "cnn", "input": [1, 28, 28], "classes": 10, "width": 0.25},
+            {"arch": "mlp", "input": [784], "hidden": [32], "classes": 10}],
+ "train": {"normalize": {"scale": 0.00392156862745098, "mean": [0.286], "std": [0.353]}},
+ "grid": {"optimizer": ["adam"], "lr": [0.003, 0.001], "batch": [64]}}
+JSON
+sid=$(jobctl enqueue sweep --spec "$root/sweep.json" --id e2e 2>"$root/err")
+ok $? "jobctl enqueue sweep creates sweep '$sid' ($(tail -1 "$root/err"))"
+ok "$([ "$(rcli HGET "${prefix}sweep:{e2e}" models)" = 4 ] && [ "$(rcli HGET "${prefix}sweep:{e2e}" shards)" = 2 ]; echo $?)" \
+    "4 models over 2 shards"
+
+worker w0 --shard 0 --idle-exit 4
+worker w1 --shard 1 --idle-exit 4
+for _ in $(seq 1200); do
+    [ "$(rcli HGET "${prefix}sweep:{e2e}" state)" = done ] && break
+    sleep 0.1
+done
+ok "$([ "$(rcli HGET "${prefix}sweep:{e2e}" state)" = done ]; echo $?)" "the sweep finishes"
+wait "${pids[@]}"; pids=()
+rcli LRANGE "${prefix}sweep:{e2e}:schedule" 0 -1 >"$root/schedule"
+ok "$([ "$(wc -l <"$root/schedule")" = 16 ] && [ "$(cut -d' ' -f1-3 "$root/schedule" | sort -u | wc -l)" = 16 ]; echo $?)" \
+    "the schedule holds 16 visits, every (model, epoch, shard) once"
+ok "$([ "$(awk '$3 == 0' "$root/schedule" | awk '{print $5}' | sort -u)" = w0 ] && [ "$(awk '$3 == 1' "$root/schedule" | awk '{print $5}' | sort -u)" = w1 ]; echo $?)" \
+    "shard 0 was trained by w0 only, shard 1 by w1 only"
+ok "$([ "$(rcli LLEN "${prefix}sweep:{e2e}:evals")" = 8 ]; echo $?)" "8 finished epochs wait for evaluation"
+good=0
+for m in 0 1 2 3; do
+    files=$(ls "$root/sweeps/e2e/models/$m" 2>/dev/null | grep -c '\.ckpt$')
+    ck=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.ckpt")
+    [ "$files" = 1 ] && [ -f "$ck" ] && "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
+done
+ok "$([ $good = 4 ]; echo $?)" "each model keeps one checkpoint, the committed one, and it loads in Python ($good of 4)"
+ok "$("$py" - "$(rcli HGET "${prefix}sweep:{e2e}:models" 0.ckpt)" <<'PY'
+import msgpack, sys
+d = msgpack.unpackb(open(sys.argv[1], "rb").read(), raw=False, strict_map_key=False)
+print(0 if d["epoch"] == 2 and d["visited"] == [] else 1)
+PY
+)" "the last checkpoint of model 0 is at epoch 2 with no shard visited yet"
+ok "$(grep -q "committed v" "$root/w0.log" && grep -q "committed v" "$root/w1.log" && ! grep -q "refused" "$root/w0.log" "$root/w1.log"; echo $?)" \
+    "both workers committed visits, none refused"
+
+# ---- a first SIGTERM drains: the visit in hand is committed ---------------------
+# A full-width CNN with small batches makes a visit last long enough to be
+# interrupted in the middle.
+cat >"$root/sweep2.json" <<'JSON'
+{"mode": "mop", "dataset": "fm", "epochs": 1, "seed": 3,
+ "models": [{"arch": "cnn", "input": [1, 28, 28], "classes": 10}],
+ "train": {"normalize": {"scale": 0.00392156862745098, "mean": [0.286], "std": [0.353]}},
+ "grid": {"optimizer": ["sgd"], "lr": [0.01], "batch": [8]}}
+JSON
+jobctl enqueue sweep --spec "$root/sweep2.json" --id drain >/dev/null 2>&1
+worker d0 --shard 0
+for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{drain}:models" 0.state)" = leased ] && break; sleep 0.02; done
+kill -TERM "${pids[0]}"
+wait "${pids[0]}"; rc=$?; pids=()
+ok "$([ $rc = 0 ] && grep -q "finishing job drain/0" "$root/d0.log" && grep -q "sweep drain model 0 .*committed v1" "$root/d0.log" && \
+      [ "$(rcli LLEN "${prefix}sweep:{drain}:schedule")" = 1 ] && [ "$(rcli HGET "${prefix}sweep:{drain}:models" 0.state)" = idle ]; echo $?)" \
+    "SIGTERM during a visit: the worker finishes and commits it, then exits 0"
+
+echo "1..$n"
+[ "$failed" = 0 ]
