@@ -319,6 +319,18 @@ static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
     if (!json_is_object(model))
         return spec_err(err, path, "must be a model object like {\"arch\": \"cnn\", \"input\": [1, 28, 28], "
                         "\"classes\": 10} (docs/models.md)");
+    /* "diag.sleep" stands for a model whose visits only sleep: for
+     * benchmarks of the scheduler and chaos tests, where training would only
+     * cost time.  {"arch": "diag.sleep", "ms": N}. */
+    const char *arch = json_string_value(json_object_get(model, "arch"));
+    if (arch && strcmp(arch, "diag.sleep") == 0) {
+        const json_t *ms = json_object_get(model, "ms");
+        if (!json_is_integer(ms) || json_integer_value(ms) < 0 || json_integer_value(ms) > 3600000 ||
+            json_object_size(model) != 2)
+            return spec_err(err, path, "a diag.sleep model is {\"arch\": \"diag.sleep\", \"ms\": N} with N from 0 "
+                                       "to 3600000");
+        return 0;
+    }
     char *text = json_dumps(model, DUMP_FLAGS);
     if (!text)
         return cds_errf(err, "out of memory");

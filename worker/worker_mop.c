@@ -29,6 +29,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "cds_util.h"
 #include "nn_train.h"
 #include "worker_int.h"
@@ -77,17 +79,9 @@ static int sweep_info(worker *w, visit *v, cds_err *err)
     return 0;
 }
 
-static nn_trainer *load_model(worker *w, visit *v, cds_err *err)
+static nn_trainer *load_model(const visit *v, const char *spec, cds_err *err)
 {
-    if (v->lease.version == 0) {
-        char *spec = NULL;
-        if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, v->sweep, v->lease.model, &spec, err)) != 0)
-            return NULL;
-        nn_trainer *t = nn_trainer_new(spec, err);
-        free(spec);
-        return t;
-    }
-    return nn_trainer_load(v->lease.ckpt, err);
+    return v->lease.version == 0 ? nn_trainer_new(spec, err) : nn_trainer_load(v->lease.ckpt, err);
 }
 
 static void ckpt_path(const visit *v, char *out, size_t n, char *dir, size_t dn)
@@ -140,6 +134,67 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
     return 0;
 }
 
+/* The model of a spec, if it is a diag.sleep one: its ms, else -1. */
+static int64_t sleep_model_ms(const char *spec)
+{
+    json_t *o = json_loads(spec, 0, NULL);
+    json_t *m = json_object_get(o, "model");
+    const char *arch = json_string_value(json_object_get(m, "arch"));
+    int64_t ms = arch && strcmp(arch, "diag.sleep") == 0 ? json_integer_value(json_object_get(m, "ms")) : -1;
+    json_decref(o);
+    return ms;
+}
+
+/* A diag.sleep visit: no training, the same lease, checkpoint and commit
+ * path as a real one (the "checkpoint" is a small text file naming the
+ * visit), so the scheduler and its failure handling can be exercised and
+ * measured without spending the time training takes. */
+static void run_sleep_visit(worker *w, visit *v, int64_t ms)
+{
+    cds_err err;
+    if (v->lease.version > 0 && access(v->lease.ckpt, R_OK) != 0) {
+        give_back(w, v, "its committed checkpoint is missing");
+        return;
+    }
+    int64_t until = cds_mono_ms() + ms;
+    while (cds_mono_ms() < until) {
+        if (should_stop(w, 0, 0, NULL)) {
+            if (atomic_load(&w->mop.lost))
+                cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost mid-visit; abandoning it", v->sweep,
+                         v->lease.model);
+            else
+                give_back(w, v, "stopping now");
+            return;
+        }
+        int64_t left = until - cds_mono_ms();
+        cds_sleep_ms(left < 10 ? (left > 0 ? left : 0) : 10);
+    }
+    char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64], tmp[QUEUE_MOP_PATH_MAX + 8];
+    ckpt_path(v, path, sizeof path, dir, sizeof dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = cds_mkdirs(dir, &err) == 0 ? fopen(tmp, "w") : NULL;
+    int ok = f && fprintf(f, "diag.sleep model %d epoch %d shard %d version %lld\n", v->lease.model, v->lease.epoch,
+                          v->lease.shard, (long long)v->lease.version + 1) > 0;
+    ok = f && fclose(f) == 0 && ok && rename(tmp, path) == 0;
+    if (!ok) {
+        unlink(tmp);
+        give_back(w, v, "could not write its checkpoint");
+        return;
+    }
+    queue_mop_commit_result r;
+    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, &r, &err)) != 0 || !r.accepted) {
+        unlink(path);
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d shard %d: commit %s; checkpoint discarded",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
+                 r.accepted ? err.msg : "refused (the lease was lost)");
+        return;
+    }
+    if (r.superseded[0] && strcmp(r.superseded, path) != 0)
+        unlink(r.superseded);
+    cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
+             v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);
+}
+
 static void run_visit(worker *w, visit *v)
 {
     cds_err err;
@@ -148,7 +203,18 @@ static void run_visit(worker *w, visit *v)
     worker_set_current(w, what);
     slot_set(w, v->sweep, &v->lease);
     nn_trainer *t = NULL;
-    if (sweep_info(w, v, &err) != 0 || !(t = load_model(w, v, &err))) {
+    char *spec = NULL;
+    if (sweep_info(w, v, &err) != 0 ||
+        WITH_RECONNECT(w, queue_mop_model_spec(w->q, v->sweep, v->lease.model, &spec, &err)) != 0) {
+        give_back(w, v, err.msg);
+        goto out;
+    }
+    int64_t sleep_ms = sleep_model_ms(spec);
+    if (sleep_ms >= 0) {
+        run_sleep_visit(w, v, sleep_ms);
+        goto out;
+    }
+    if (!(t = load_model(v, spec, &err))) {
         give_back(w, v, err.msg);
         goto out;
     }
@@ -177,6 +243,7 @@ static void run_visit(worker *w, visit *v)
         publish(w, v, t, &st);
     }
 out:
+    free(spec);
     nn_trainer_free(t);
     slot_set(w, NULL, NULL);
     worker_set_current(w, NULL);
