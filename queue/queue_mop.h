@@ -122,6 +122,25 @@ int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
  * state, or the sweep is already done or cancelled). */
 int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err);
 
+/* ---- results (queue_mop_results.c) ---- */
+
+/* The metrics of a committed visit (after its commit was accepted). */
+int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard, int64_t rows,
+                           double loss_sum, double xent_sum, int64_t top1, int64_t top5, cds_err *err);
+/* Takes the oldest finished epoch waiting for evaluation: 1 with the fields
+ * set, 0 when none waits, -1 on error.  A worker that cannot evaluate it
+ * gives it back with queue_mop_put_eval. */
+int queue_mop_take_eval(queue_conn *q, const char *sweep, int *model, int *epoch, int64_t *version, cds_err *err);
+int queue_mop_put_eval(queue_conn *q, const char *sweep, int model, int epoch, int64_t version, cds_err *err);
+/* Records epoch e's metrics (JSON) and keeps the model's best epoch by
+ * validation top-1: *is_best says whether this one is it now, and
+ * *prev_best_epoch which epoch was before (-1: none). */
+int queue_mop_record_result(queue_conn *q, const char *sweep, int model, int epoch, const char *metrics_json,
+                            double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err);
+/* The results hash / the models hash as JSON objects of strings. */
+int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
+int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
+
 /* ---- read-only views (queue_sweep_read.c) ---- */
 
 /* Every sweep id, oldest first (malloc'd array of malloc'd strings). */

@@ -71,14 +71,29 @@ ok "$([ "$(wc -l <"$root/schedule")" = 16 ] && [ "$(cut -d' ' -f1-3 "$root/sched
     "the schedule holds 16 visits, every (model, epoch, shard) once"
 ok "$([ "$(awk '$3 == 0' "$root/schedule" | awk '{print $5}' | sort -u)" = w0 ] && [ "$(awk '$3 == 1' "$root/schedule" | awk '{print $5}' | sort -u)" = w1 ]; echo $?)" \
     "shard 0 was trained by w0 only, shard 1 by w1 only"
-ok "$([ "$(rcli LLEN "${prefix}sweep:{e2e}:evals")" = 8 ]; echo $?)" "8 finished epochs wait for evaluation"
+ok "$([ "$(rcli LLEN "${prefix}sweep:{e2e}:evals")" = 0 ]; echo $?)" "no finished epoch is left waiting for evaluation"
 good=0
 for m in 0 1 2 3; do
-    files=$(ls "$root/sweeps/e2e/models/$m" 2>/dev/null | grep -c '\.ckpt$')
+    d="$root/sweeps/e2e/models/$m"
     ck=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.ckpt")
-    [ "$files" = 1 ] && [ -f "$ck" ] && "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
+    best=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_epoch")
+    [ "$(ls "$d" | grep -c '^v.*\.ckpt$')" = 1 ] && [ -f "$ck" ] && [ "$(ls "$d" | grep -c '^epoch-')" = 0 ] &&
+        [ "$(ls "$d" | grep -c '^best-e')" = 1 ] && [ -f "$d/best-e$((best + 1)).ckpt" ] &&
+        "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
 done
-ok "$([ $good = 4 ]; echo $?)" "each model keeps one checkpoint, the committed one, and it loads in Python ($good of 4)"
+ok "$([ $good = 4 ]; echo $?)" "each model keeps its committed checkpoint and its best epoch's, nothing else; both load ($good of 4)"
+rcli HGETALL "${prefix}sweep:{e2e}:results" >"$root/results"
+ok "$([ "$(grep -c '^[0-3]\.[01]$' "$root/results")" = 8 ] && [ "$(grep -c '^[0-3]\.[01]\.train\.[01]$' "$root/results")" = 16 ]; echo $?)" \
+    "every epoch of every model was evaluated (8 results) and every visit's metrics recorded (16)"
+ok "$("$py" - "$root/sweeps/e2e/results.csv" "$root/datasets/fm" <<'PY'
+import csv, json, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+train = sum(json.load(open(f"{sys.argv[2]}/train/shard-{k}/manifest.json"))["rows"] for k in (0, 1))
+ok = len(rows) == 8 and all(int(r["valid_rows"]) > 0 and int(r["train_rows"]) == train for r in rows)
+best = max(float(r["valid_top1"]) for r in rows)
+print(0 if ok and best > 0.5 else 1)
+PY
+)" "results.csv has 8 epochs, each over all the training rows and the validation split; the best validation top-1 is above 0.5"
 ok "$("$py" - "$(rcli HGET "${prefix}sweep:{e2e}:models" 0.ckpt)" <<'PY'
 import msgpack, sys
 d = msgpack.unpackb(open(sys.argv[1], "rb").read(), raw=False, strict_map_key=False)

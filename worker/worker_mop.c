@@ -122,6 +122,18 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
                  v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
         return -1;
     }
+    if (WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
+                                                 st->rows, st->loss_sum, st->xent_sum, st->top1, st->top5, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: the visit's metrics were not recorded: %s", v->sweep,
+                 v->lease.model, err.msg);
+    if (r.epoch_done) {
+        /* The epoch's checkpoint must outlive the next commit, which deletes
+         * the file it supersedes, until an evaluation has read it. */
+        char epoch_file[QUEUE_MOP_PATH_MAX];
+        snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
+        if (link(path, epoch_file) != 0 && errno != EEXIST)
+            cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
+    }
     if (r.superseded[0] && strcmp(r.superseded, path) != 0 && unlink(r.superseded) != 0 && errno != ENOENT)
         cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r.superseded,
                  strerror(errno));
@@ -249,6 +261,167 @@ out:
     worker_set_current(w, NULL);
 }
 
+/* ---- evaluation ------------------------------------------------------------ */
+
+/* Sums the recorded visits of epoch e of model m (train metrics). */
+static void train_metrics(worker *w, const char *sweep, int m, int e, int shards, nn_pass_stats *tr)
+{
+    memset(tr, 0, sizeof *tr);
+    json_t *res = NULL;
+    cds_err err;
+    if (WITH_RECONNECT(w, queue_mop_results(w->q, sweep, &res, &err)) != 0)
+        return;
+    for (int k = 0; k < shards; k++) {
+        char field[64];
+        snprintf(field, sizeof field, "%d.%d.train.%d", m, e, k);
+        const char *v = json_string_value(json_object_get(res, field));
+        long long rows, t1, t5;
+        double loss, xent;
+        if (v && sscanf(v, "%lld %lf %lf %lld %lld", &rows, &loss, &xent, &t1, &t5) == 5) {
+            tr->rows += rows;
+            tr->loss_sum += loss;
+            tr->xent_sum += xent;
+            tr->top1 += t1;
+            tr->top5 += t5;
+        }
+    }
+    json_decref(res);
+}
+
+/* Evaluates on every shard-<k> under DATA_ROOT/datasets/<ds>/valid. */
+static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_stats *va, cds_err *err)
+{
+    memset(va, 0, sizeof *va);
+    char dir[4096];
+    for (int k = 0;; k++) {
+        snprintf(dir, sizeof dir, "%s/datasets/%s/valid/shard-%d", w->cfg->data_root, dataset, k);
+        if (access(dir, F_OK) != 0)
+            return k == 0 ? cds_errf(err, "dataset %s has no validation shards under %s/datasets/%s/valid: unload it "
+                                          "with a validation split (valid_fraction or valid_table)",
+                                     dataset, w->cfg->data_root, dataset)
+                          : 0;
+        if (nn_trainer_eval_shard(t, dir, va, err) != 0)
+            return -1;
+    }
+}
+
+/* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
+ * the file is new; under an exclusive lock, as several workers append. */
+static void append_csv(worker *w, const char *sweep, const char *line)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sweeps/%s/results.csv", w->cfg->data_root, sweep);
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        cds_logf(&w->log, CDS_LOG_WARN, "cannot append to %s: %s", path, strerror(errno));
+        return;
+    }
+    flockfile(f);
+    int fd = fileno(f);
+    if (lockf(fd, F_LOCK, 0) == 0) {
+        if (ftell(f) == 0 && lseek(fd, 0, SEEK_END) == 0)
+            fputs("sweep,model,epoch,version,train_rows,train_loss,train_top1,valid_rows,valid_loss,valid_top1,"
+                  "valid_top5,time_ms\n", f);
+        fputs(line, f);
+        fflush(f);
+        lockf(fd, F_ULOCK, 0);
+    }
+    funlockfile(f);
+    fclose(f);
+}
+
+static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version)
+{
+    cds_err err;
+    visit v = {.w = w, .sweep = sweep};
+    char dir[QUEUE_MOP_PATH_MAX - 64], file[QUEUE_MOP_PATH_MAX], what[64];
+    snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, sweep, m);
+    snprintf(file, sizeof file, "%s/epoch-%d.ckpt", dir, e);
+    snprintf(what, sizeof what, "%s/%d eval", sweep, m);
+    worker_set_current(w, what);
+    char *spec = NULL;
+    if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, m, &spec, &err)) == 0 && sleep_model_ms(spec) >= 0) {
+        free(spec); /* diag.sleep models have nothing to evaluate */
+        worker_set_current(w, NULL);
+        return;
+    }
+    free(spec);
+    nn_trainer *t = NULL;
+    nn_pass_stats tr, va;
+    if (sweep_info(w, &v, &err) != 0 || !(t = nn_trainer_load(file, &err)) ||
+        eval_valid(w, t, v.dataset, &va, &err) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation failed: %s", sweep, m, e, err.msg);
+        /* A missing checkpoint will not come back: only retry the others. */
+        if (t && WITH_RECONNECT(w, queue_mop_put_eval(w->q, sweep, m, e, version, &err)) != 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "could not requeue it: %s", err.msg);
+        nn_trainer_free(t);
+        worker_set_current(w, NULL);
+        return;
+    }
+    nn_trainer_free(t);
+    train_metrics(w, sweep, m, e, v.shards, &tr);
+    double trn = tr.rows ? (double)tr.rows : 1.0, van = va.rows ? (double)va.rows : 1.0;
+    double vtop1 = (double)va.top1 / van;
+    int64_t now = cds_wall_ms();
+    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:I}", "model", m, "epoch", e + 1,
+                          "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows, "train_loss",
+                          tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "valid_rows", (json_int_t)va.rows,
+                          "valid_loss", va.loss_sum / van, "valid_top1", vtop1, "valid_top5", (double)va.top5 / van,
+                          "time_ms", (json_int_t)now);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    int is_best = 0, prev = -1;
+    if (!text || WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, m, e, text, vtop1, &is_best, &prev, &err)) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: %s", sweep, m, e,
+                 text ? err.msg : "out of memory");
+        free(text);
+        worker_set_current(w, NULL);
+        return;
+    }
+    free(text);
+    char line[1024];
+    snprintf(line, sizeof line, "%s,%d,%d,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%lld\n", sweep, m, e + 1,
+             (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
+             va.loss_sum / van, vtop1, (double)va.top5 / van, (long long)now);
+    append_csv(w, sweep, line);
+    /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
+     * other epoch file goes once evaluated. */
+    char best[QUEUE_MOP_PATH_MAX];
+    snprintf(best, sizeof best, "%s/best-e%d.ckpt", dir, e + 1);
+    if (is_best && rename(file, best) == 0) {
+        if (prev >= 0) {
+            char old[QUEUE_MOP_PATH_MAX];
+            snprintf(old, sizeof old, "%s/best-e%d.ckpt", dir, prev + 1);
+            unlink(old);
+        }
+    } else {
+        unlink(file);
+    }
+    cds_logf(&w->log, CDS_LOG_INFO,
+             "sweep %s model %d epoch %d: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 %.4f%s", sweep, m,
+             e + 1, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,
+             is_best ? " (best so far)" : "");
+    worker_set_current(w, NULL);
+}
+
+/* One waiting evaluation of any sweep: 1 if one ran. */
+static int eval_step(worker *w, char **ids, size_t n)
+{
+    cds_err err;
+    for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
+        int m, e;
+        int64_t version;
+        int rc = WITH_RECONNECT(w, queue_mop_take_eval(w->q, ids[i], &m, &e, &version, &err));
+        if (rc < 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: taking an evaluation: %s", ids[i], err.msg);
+        if (rc == 1) {
+            run_eval(w, ids[i], m, e, version);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int worker_mop_step(worker *w)
 {
     cds_err err;
@@ -273,6 +446,10 @@ int worker_mop_step(worker *w)
             did = 1;
         }
     }
+    /* No model to train here: evaluate a finished epoch instead (no lease;
+     * any worker; training of the next epoch does not wait for it). */
+    if (!did)
+        did = eval_step(w, ids, n);
     queue_sweep_list_free(ids, n);
     return did;
 }

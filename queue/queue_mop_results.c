@@ -1,0 +1,119 @@
+/* queue_mop_results: what a sweep learnt, as workers report it.
+ *
+ *   sweep:{S}:results  hash  "<m>.<e>.train.<k>" = "rows loss_sum xent_sum top1 top5" of each committed
+ *                             visit (written after its commit was accepted), and "<m>.<e>" = the JSON
+ *                             metrics of epoch e of model m once it has been evaluated
+ *
+ * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
+ * commit that completed them).  Evaluation takes no model lease: any worker
+ * pops one and scores the epoch's checkpoint on the validation shards, then
+ * records it here, where a script keeps each model's best epoch.  A worker
+ * that fails to evaluate pushes the entry back. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue_int.h"
+#include "queue_mop.h"
+
+extern const char queue_lua_mop_result[];
+
+static int sweep_ok(const char *sweep, cds_err *err)
+{
+    return qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX) ? 0
+                                                  : cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]",
+                                                             sweep);
+}
+
+int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard, int64_t rows,
+                           double loss_sum, double xent_sum, int64_t top1, int64_t top5, cds_err *err)
+{
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "HSET");
+    qargs_key(&cmd, q, "sweep:{%s}:results", sweep);
+    qargs_addf(&cmd, "%d.%d.train.%d", model, epoch, shard);
+    qargs_addf(&cmd, "%lld %.17g %.17g %lld %lld", (long long)rows, loss_sum, xent_sum, (long long)top1,
+               (long long)top5);
+    return qc_do(q, &cmd, err);
+}
+
+int queue_mop_take_eval(queue_conn *q, const char *sweep, int *model, int *epoch, int64_t *version, cds_err *err)
+{
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "LPOP");
+    qargs_key(&cmd, q, "sweep:{%s}:evals", sweep);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    long long v = 0;
+    if (r->type == REDIS_REPLY_STRING) {
+        rc = sscanf(r->str, "%d %d %lld", model, epoch, &v) == 3 ? 1 : cds_errf(err, "sweep %s: bad evaluation entry '%s'", sweep, r->str);
+        *version = v;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_mop_put_eval(queue_conn *q, const char *sweep, int model, int epoch, int64_t version, cds_err *err)
+{
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "RPUSH");
+    qargs_key(&cmd, q, "sweep:{%s}:evals", sweep);
+    qargs_addf(&cmd, "%d %d %lld", model, epoch, (long long)version);
+    return qc_do(q, &cmd, err);
+}
+
+int queue_mop_record_result(queue_conn *q, const char *sweep, int model, int epoch, const char *metrics_json,
+                            double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
+{
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "EVAL");
+    qargs_add(&cmd, queue_lua_mop_result);
+    qargs_add(&cmd, "2");
+    qargs_key(&cmd, q, "sweep:{%s}:models", sweep);
+    qargs_key(&cmd, q, "sweep:{%s}:results", sweep);
+    qargs_addf(&cmd, "%d", model);
+    qargs_addf(&cmd, "%d", epoch);
+    qargs_add(&cmd, metrics_json);
+    qargs_addf(&cmd, "%.17g", valid_top1);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !qc_reply_str(r, 0)) {
+        rc = cds_errf(err, "unexpected reply recording a result of sweep %s", sweep);
+    } else {
+        *is_best = qc_reply_is(r, 0, "best");
+        const char *prev = qc_reply_str(r, 1);
+        *prev_best_epoch = prev && *prev ? atoi(prev) : -1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
+{
+    char name[QUEUE_SWEEP_ID_MAX + 24];
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    snprintf(name, sizeof name, "sweep:{%s}:results", sweep);
+    return queue_record_get(q, name, out, err);
+}
+
+int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
+{
+    char name[QUEUE_SWEEP_ID_MAX + 24];
+    if (sweep_ok(sweep, err) != 0)
+        return -1;
+    snprintf(name, sizeof name, "sweep:{%s}:models", sweep);
+    return queue_record_get(q, name, out, err);
+}
