@@ -104,6 +104,16 @@ ok "$(grep -q "committed v" "$root/w0.log" && grep -q "committed v" "$root/w1.lo
     "both workers committed visits, none refused"
 
 # ---- a first SIGTERM drains: the visit in hand is committed ---------------------
+jobctl results e2e >"$root/lb" 2>&1
+rc=$?
+top=$(for m in 0 1 2 3; do echo "$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_top1") $m"; done | sort -k1,1gr -k2,2n | head -1 | cut -d' ' -f2)
+ok "$([ $rc = 0 ] && [ "$(grep -c '^ *[1-4] ' "$root/lb")" = 4 ] && [ "$(sed -n 3p "$root/lb" | awk '{print $2}')" = "$top" ]; echo $?)" \
+    "jobctl results ranks the 4 models, model $top (the best validation top-1) first"
+jobctl status e2e >"$root/st" 2>&1
+ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
+jobctl results nosuch >/dev/null 2>"$root/err"
+ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ]; echo $?)" "jobctl results of a missing sweep: exit 1, one line"
+
 # A full-width CNN with small batches makes a visit last long enough to be
 # interrupted in the middle.
 cat >"$root/sweep2.json" <<'JSON'

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cds_log.h"
 #include "cds_util.h"
@@ -49,6 +50,7 @@
 #include "jobctl_fmt.h"
 #include "queue.h"
 #include "queue_int.h" /* qc_take: INCR of the sweep id counter (queue.h has no counter call) */
+#include "jobctl_sweep.h"
 #include "queue_mop.h"
 #include "sweep_spec.h"
 
@@ -776,10 +778,11 @@ static const char usage_show[] =
     "Prints one job: type, queue, state, priority, attempts, times, worker, last error,\n"
     "dead reason, payload and result.  Exit 1 if there is no such job.\n";
 static const char usage_cancel[] =
-    "usage: jobctl cancel ID\n"
+    "usage: jobctl cancel ID | SWEEP\n"
     "Cancels a waiting, delayed, blocked or running job (a running job's worker loses its\n"
     "lease: its result is refused).  Jobs waiting on it (--after) go dead.  Exit 1 if there is\n"
-    "no such job or it already finished (done, dead or cancelled).\n";
+    "no such job or it already finished (done, dead or cancelled).  A SWEEP id (not a number)\n"
+    "cancels the sweep for good: every unfinished model stops, commits in flight are refused.\n";
 static const char usage_retry[] =
     "usage: jobctl retry ID\n"
     "Puts a dead or cancelled job back to waiting with its attempts and stalls reset, taking\n"
@@ -823,8 +826,31 @@ static int cmd_show(jobctl *j, int argc, char **argv)
     return rc;
 }
 
+static int sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state);
+
+/* The first argument after the command that is not an option or an
+ * option's value (the global options with values are the only ones here). */
+static const char *first_positional(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--redis") == 0 || strcmp(argv[i], "--prefix") == 0 ||
+            strcmp(argv[i], "--redis-password-file") == 0) {
+            i++;
+            continue;
+        }
+        if (argv[i][0] != '-')
+            return argv[i];
+    }
+    return NULL;
+}
+
 static int cmd_cancel(jobctl *j, int argc, char **argv)
 {
+    /* A job id is a number; anything else names a sweep. */
+    const char *target = first_positional(argc, argv);
+    int64_t num;
+    if (target && cds_parse_i64(target, 1, INT64_MAX, &num) != 0)
+        return sweep_state_command(j, argc, argv, usage_cancel, "cancelled");
     const char *id;
     queue_conn *q;
     int rc = parse_id_command(j, argc, argv, usage_cancel, &id);
@@ -1013,6 +1039,111 @@ static int cmd_workers(jobctl *j, int argc, char **argv)
     return rc;
 }
 
+/* ---- sweeps ------------------------------------------------------------------ */
+
+static const char usage_results[] =
+    "usage: jobctl results SWEEP\n"
+    "The leaderboard of a MOP sweep: every model ranked by the validation top-1 of its\n"
+    "best epoch so far, with that epoch's top-5, validation and training loss (--json: every\n"
+    "epoch's metrics of every model).\n";
+static const char usage_status[] =
+    "usage: jobctl status SWEEP [--watch]\n"
+    "Progress of a MOP sweep: visits done of all, pace and time left; per model a bar of\n"
+    "epochs and shards visited, its state and its best validation top-1 so far.  --watch\n"
+    "redraws it every 2 s until the sweep is done (Ctrl-C to stop).\n";
+static const char usage_pause[] =
+    "usage: jobctl pause SWEEP\n"
+    "Hands out no new model leases for the sweep; visits in flight still commit.\n";
+static const char usage_resume[] =
+    "usage: jobctl resume SWEEP\n"
+    "Lets a paused sweep go on.\n";
+
+/* One positional SWEEP id (and --watch when watch is not NULL). */
+static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
+{
+    enum { O_WATCH = 400 };
+    static const struct option opts[] = {GLOBAL_OPTIONS, {"watch", no_argument, 0, O_WATCH}};
+    int c;
+    while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(usage, stdout), -1;
+        if (c == O_WATCH && watch) {
+            *watch = 1;
+            continue;
+        }
+        if (c == O_WATCH)
+            return fail(j, EXIT_USAGE, "--watch is for jobctl status only");
+        return EXIT_USAGE;
+    }
+    if (want_args(j, argc, argv, 1, "needs a SWEEP id, as printed by jobctl enqueue sweep") != 0)
+        return EXIT_USAGE;
+    *sweep = argv[optind];
+    return 0;
+}
+
+static int sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state)
+{
+    const char *sweep;
+    queue_conn *q;
+    int rc = parse_sweep_command(j, argc, argv, usage, &sweep, NULL);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    cds_err err;
+    int qrc = queue_sweep_set_state(q, sweep, state, &err);
+    if (qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (j->json) {
+        json_t *o = json_pack("{s:s, s:s}", "sweep", sweep, "state", state);
+        print_json(o);
+        json_decref(o);
+    } else
+        printf("sweep %s is %s\n", sweep, state);
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_pause(jobctl *j, int argc, char **argv) { return sweep_state_command(j, argc, argv, usage_pause, "paused"); }
+static int cmd_resume(jobctl *j, int argc, char **argv) { return sweep_state_command(j, argc, argv, usage_resume, "running"); }
+
+static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int status)
+{
+    const char *sweep;
+    queue_conn *q;
+    int watch = 0;
+    int rc = parse_sweep_command(j, argc, argv, usage, &sweep, status ? &watch : NULL);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    for (;;) {
+        cds_err err;
+        json_t *s = NULL;
+        int qrc = jobctl_sweep_load(q, sweep, &s, &err);
+        if (qrc != 0) {
+            rc = op_failed(j, q, qrc, &err);
+            break;
+        }
+        const char *state = json_string_value(json_object_get(json_object_get(s, "sweep"), "state"));
+        if (watch && isatty(1))
+            fputs("\033[H\033[2J", stdout);
+        if (j->json)
+            print_json(s);
+        else if (status)
+            jobctl_sweep_print_status(stdout, s, cds_wall_ms());
+        else
+            jobctl_sweep_print_results(stdout, s);
+        fflush(stdout);
+        int finished = !state || strcmp(state, "running") != 0;
+        json_decref(s);
+        if (!watch || finished)
+            break;
+        cds_sleep_ms(2000);
+    }
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_results(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_results, 0); }
+static int cmd_status(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_status, 1); }
+
 /* ---- main ---------------------------------------------------------------- */
 
 static const char usage_main[] =
@@ -1030,6 +1161,10 @@ static const char usage_main[] =
     "  retry ID                put a dead or cancelled job back to waiting\n"
     "  stats                   jobs per state and counters, per queue\n"
     "  workers                 workers seen recently, alive or not\n"
+    "  status SWEEP [--watch]  progress of a MOP sweep, per model\n"
+    "  results SWEEP           the leaderboard of a MOP sweep\n"
+    "  pause SWEEP, resume SWEEP, cancel SWEEP\n"
+    "                          stop handing out models / go on / stop the sweep for good\n"
     "  help [COMMAND]          this help, or a command's (also: jobctl COMMAND --help)\n"
     "\n"
     "global options (before or after the command):\n"
@@ -1053,7 +1188,9 @@ static const command commands[] = {
     {"enqueue", cmd_enqueue, usage_enqueue}, {"show", cmd_show, usage_show},
     {"list", cmd_list, usage_list},          {"cancel", cmd_cancel, usage_cancel},
     {"retry", cmd_retry, usage_retry},       {"stats", cmd_stats, usage_stats},
-    {"workers", cmd_workers, usage_workers},
+    {"workers", cmd_workers, usage_workers}, {"status", cmd_status, usage_status},
+    {"results", cmd_results, usage_results}, {"pause", cmd_pause, usage_pause},
+    {"resume", cmd_resume, usage_resume},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1072,7 +1209,7 @@ static int print_help(const jobctl *j, int argc, char **argv)
         return fputs(usage_main, stdout), EXIT_DONE;
     const command *c = find_command(argv[1]);
     if (!c)
-        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats or workers "
+        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
                                    "(see jobctl --help)", argv[1]);
     fputs(c->usage, stdout);
     return EXIT_DONE;
@@ -1090,14 +1227,14 @@ int main(int argc, char **argv)
     if (c != NEXT_END)
         return EXIT_USAGE;
     if (optind >= argc)
-        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats or workers "
+        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
                                     "(see jobctl --help)");
     int first = optind;
     if (strcmp(argv[first], "help") == 0)
         return print_help(&j, argc - first, argv + first);
     const command *cmd = find_command(argv[first]);
     if (!cmd)
-        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats or workers "
+        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
                                     "(see jobctl --help)", argv[first]);
     j.cmd = cmd->name;
     optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */

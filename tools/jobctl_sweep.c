@@ -1,0 +1,192 @@
+/* jobctl_sweep: the leaderboard and progress views of a MOP sweep.
+ *
+ * Both read the sweep hash, the models hash and the results hash once and
+ * build one JSON document (jobctl_sweep_load), which --json prints as is and
+ * the text views format, so scripts and people see the same numbers. */
+#include "jobctl_sweep.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue_mop.h"
+
+static const char *field(const json_t *o, const char *fmt, int m)
+{
+    char key[64];
+    snprintf(key, sizeof key, fmt, m);
+    return json_string_value(json_object_get(o, key));
+}
+
+static int int_field(const json_t *o, const char *key, int def)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v && *v ? atoi(v) : def;
+}
+
+/* "cnn adam lr=0.001 batch=64 l2=0" from a model's spec. */
+static json_t *summary(const char *spec)
+{
+    json_t *o = spec ? json_loads(spec, 0, NULL) : NULL;
+    json_t *m = json_object_get(o, "model"), *t = json_object_get(o, "train");
+    char s[256];
+    snprintf(s, sizeof s, "%s %s lr=%g batch=%lld l2=%g", json_string_value(json_object_get(m, "arch")) ?: "?",
+             json_string_value(json_object_get(t, "optimizer")) ?: "?", json_number_value(json_object_get(t, "lr")),
+             (long long)json_number_value(json_object_get(t, "batch")), json_number_value(json_object_get(t, "l2")));
+    json_decref(o);
+    return json_string(s);
+}
+
+int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
+{
+    *out = NULL;
+    json_t *sw = NULL, *models = NULL, *results = NULL;
+    int rc = queue_sweep_get(q, sweep, &sw, err);
+    if (rc != 0)
+        return rc;
+    if (queue_mop_models(q, sweep, &models, err) < 0 || queue_mop_results(q, sweep, &results, err) < 0) {
+        json_decref(sw);
+        json_decref(models);
+        return -1;
+    }
+    int n = int_field(sw, "models", 0), epochs = int_field(sw, "epochs", 0);
+    json_t *list = json_array();
+    for (int m = 0; m < n; m++) {
+        json_t *e = json_array();
+        for (int k = 0; k < epochs; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "%d.%d", m, k);
+            const char *r = json_string_value(json_object_get(results, key));
+            json_t *metrics = r ? json_loads(r, 0, NULL) : NULL;
+            if (metrics)
+                json_array_append_new(e, metrics);
+        }
+        const char *best = field(models, "%d.best_epoch", m), *top1 = field(models, "%d.best_top1", m);
+        json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o}", "model", m, "state",
+                               field(models, "%d.state", m) ?: "?", "epoch", atoi(field(models, "%d.epoch", m) ?: "0"),
+                               "visited", field(models, "%d.visited", m) ?: "", "summary",
+                               summary(field(models, "%d.spec", m)), "epochs", e);
+        if (best && *best) {
+            json_object_set_new(mo, "best_epoch", json_integer(atoi(best) + 1));
+            json_object_set_new(mo, "best_valid_top1", json_real(atof(top1 ? top1 : "0")));
+        }
+        const char *reason = field(models, "%d.reason", m);
+        if (reason && *reason)
+            json_object_set_new(mo, "reason", json_string(reason));
+        json_array_append_new(list, mo);
+    }
+    json_object_del(sw, "spec"); /* long, and in `jobctl show`-like detail only */
+    *out = json_pack("{s:o, s:o}", "sweep", sw, "models", list);
+    json_decref(models);
+    json_decref(results);
+    return 0;
+}
+
+static double best_of(const json_t *m)
+{
+    const json_t *b = json_object_get(m, "best_valid_top1");
+    return b ? json_number_value(b) : -1.0;
+}
+
+static int by_best(const void *a, const void *b)
+{
+    double x = best_of(*(json_t *const *)a), y = best_of(*(json_t *const *)b);
+    if (x != y)
+        return x < y ? 1 : -1;
+    return (int)(json_integer_value(json_object_get(*(json_t *const *)a, "model")) -
+                 json_integer_value(json_object_get(*(json_t *const *)b, "model")));
+}
+
+/* The metrics of a model's best epoch. */
+static const json_t *best_epoch_metrics(const json_t *m)
+{
+    int best = (int)json_integer_value(json_object_get(m, "best_epoch"));
+    size_t i;
+    const json_t *e;
+    json_array_foreach(json_object_get(m, "epochs"), i, e)
+        if (json_integer_value(json_object_get(e, "epoch")) == best)
+            return e;
+    return NULL;
+}
+
+void jobctl_sweep_print_results(FILE *out, const json_t *s)
+{
+    const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
+    size_t n = json_array_size(models);
+    json_t **order = calloc(n ? n : 1, sizeof *order);
+    for (size_t i = 0; order && i < n; i++)
+        order[i] = json_array_get(models, i);
+    if (order)
+        qsort(order, n, sizeof *order, by_best);
+    fprintf(out, "sweep %s (%s): %zu models on dataset %s, ranked by validation top-1\n",
+            json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
+            n, json_string_value(json_object_get(sw, "dataset")) ?: "?");
+    fprintf(out, "%4s %5s %-40s %-9s %5s %10s %10s %10s %10s\n", "rank", "model", "configuration", "state", "epoch",
+            "valid top1", "valid top5", "valid loss", "train loss");
+    for (size_t i = 0; order && i < n; i++) {
+        const json_t *m = order[i], *e = best_epoch_metrics(m);
+        char ep[16] = "-", t1[16] = "-", t5[16] = "-", vl[16] = "-", tl[16] = "-";
+        if (e) {
+            snprintf(ep, sizeof ep, "%lld", (long long)json_integer_value(json_object_get(e, "epoch")));
+            snprintf(t1, sizeof t1, "%.4f", json_number_value(json_object_get(e, "valid_top1")));
+            snprintf(t5, sizeof t5, "%.4f", json_number_value(json_object_get(e, "valid_top5")));
+            snprintf(vl, sizeof vl, "%.4f", json_number_value(json_object_get(e, "valid_loss")));
+            snprintf(tl, sizeof tl, "%.4f", json_number_value(json_object_get(e, "train_loss")));
+        }
+        fprintf(out, "%4zu %5lld %-40.40s %-9s %5s %10s %10s %10s %10s\n", i + 1,
+                (long long)json_integer_value(json_object_get(m, "model")),
+                json_string_value(json_object_get(m, "summary")) ?: "", json_string_value(json_object_get(m, "state")),
+                ep, t1, t5, vl, tl);
+    }
+    free(order);
+}
+
+void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
+{
+    const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
+    int epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
+    long long created = atoll(json_string_value(json_object_get(sw, "created")) ?: "0");
+    long long finished = atoll(json_string_value(json_object_get(sw, "finished")) ?: "0");
+    long long total = (long long)json_array_size(models) * epochs * shards, done = 0;
+    size_t i;
+    const json_t *m;
+    json_array_foreach(models, i, m) {
+        const char *st = json_string_value(json_object_get(m, "state"));
+        const char *vis = json_string_value(json_object_get(m, "visited"));
+        long long e = json_integer_value(json_object_get(m, "epoch"));
+        long long v = 0;
+        for (const char *c = vis; c && *c; c++)
+            v += *c == '1';
+        done += strcmp(st, "done") == 0 ? (long long)epochs * shards : e * shards + v;
+    }
+    double secs = ((finished ? finished : now_ms) - created) / 1000.0;
+    double rate = secs > 0 ? (double)done / secs : 0;
+    fprintf(out, "sweep %s (%s): %lld of %lld visits, %.1f visits/min", json_string_value(json_object_get(sw, "id")) ?: "?",
+            json_string_value(json_object_get(sw, "state")) ?: "?", done, total, rate * 60);
+    if (!finished && rate > 0 && done < total)
+        fprintf(out, ", about %.0f s left", (double)(total - done) / rate);
+    fprintf(out, ", %.0f s so far\n", secs);
+    json_array_foreach(models, i, m) {
+        const char *st = json_string_value(json_object_get(m, "state"));
+        const char *vis = json_string_value(json_object_get(m, "visited"));
+        long long e = json_integer_value(json_object_get(m, "epoch"));
+        long long v = 0;
+        for (const char *c = vis; c && *c; c++)
+            v += *c == '1';
+        long long units = strcmp(st, "done") == 0 ? (long long)epochs * shards : e * shards + v;
+        long long per_model = (long long)epochs * shards;
+        int width = 24, fill = per_model > 0 ? (int)(width * units / per_model) : 0;
+        char bar[32];
+        for (int k = 0; k < width; k++)
+            bar[k] = k < fill ? '#' : '.';
+        bar[width] = 0;
+        char best[48] = "";
+        if (json_object_get(m, "best_valid_top1"))
+            snprintf(best, sizeof best, "best top1 %.4f (epoch %lld)", best_of(m),
+                     (long long)json_integer_value(json_object_get(m, "best_epoch")));
+        fprintf(out, "  model %-3lld [%s] epoch %lld/%d shards %s  %-9s %-34.34s %s\n",
+                (long long)json_integer_value(json_object_get(m, "model")), bar,
+                e < epochs ? e + 1 : (long long)epochs, epochs, vis, st,
+                json_string_value(json_object_get(m, "summary")) ?: "", best);
+    }
+}
