@@ -130,11 +130,31 @@ stop_episode() {
             st_after_stalls=$(rcli HGET "$models" "$st_m.stalls")
             st_after_state=$(proc_state "$st_pid")
             kill -CONT "$st_pid"
+            watch_refusal
             return 0
         fi
         kill -CONT "$st_pid"
     done
     return 1
+}
+
+# After SIGCONT its pass is over (visits are shorter than the stop), so it
+# goes straight to writing its file and committing, which is refused; had the
+# heartbeat flagged the loss first it would abandon the visit.  Either way the
+# log says so at once.  Meanwhile and for a second after, the model's
+# checkpoint in Redis must never name the stopped lease's token.  Sets
+# refused, named and left (files of that lease in the model's directory).
+watch_refusal() {
+    local until=$(( $(now_ms) + 5000 ))
+    refused="" named=0
+    stale="$root/sweeps/$sweep/models/$st_m/v$((st_ver + 1))-${st_tok:0:12}.ckpt"
+    while [ "$(now_ms)" -lt "$until" ]; do
+        rcli HGET "$models" "$st_m.ckpt" | grep -q "${st_tok:0:12}" && named=1
+        [ -z "$refused" ] && refused=$(grep -E "model $st_m epoch $st_e shard $st_k: commit refused|model $st_m: lease lost mid-visit" \
+                                       "$root/$st_id.log" | head -1) && [ -n "$refused" ] && until=$(( $(now_ms) + 1000 ))
+        sleep 0.05
+    done
+    left=$(ls "$root/sweeps/$sweep/models/$st_m" | grep -c "${st_tok:0:12}")
 }
 
 # ---- SIGTERM drain -------------------------------------------------------------------
@@ -161,6 +181,8 @@ drain_episode() {
 
 # ---- chaos -----------------------------------------------------------------------------
 kills_running=0 kills_hit=0 stop_rc=1 drain_rc=1
+st_m=x st_tok=none st_e=x st_k=x st_ver=0 st_id=none st_held_ms=0 st_stalls=0 st_after_stalls=0 st_after_ver=0
+st_after_state="" refused="" named=1 left=1 stale=none dr_id=none dr_m=x dr_rc=x
 for ((i = 1; i <= KILLS; i++)); do
     pause=$((100 + RANDOM % 400))
     v=$((RANDOM % 4))
@@ -175,7 +197,7 @@ for ((i = 1; i <= KILLS; i++)); do
     start_slot $v
     if [ $i = 4 ]; then
         stop_episode; stop_rc=$?
-        echo "# $(( $(now_ms) - t_start )) ms: SIGCONT $st_id after ${st_held_ms:-?} ms stopped"
+        echo "# $(( $(now_ms) - t_start )) ms: SIGCONT $st_id after $st_held_ms ms stopped"
     fi
     [ $i = 8 ] && { drain_episode; drain_rc=$?; }
 done
@@ -183,39 +205,23 @@ ok "$([ $kills_running -ge 10 ]; echo $?)" \
     "$kills_running of $KILLS SIGKILLs at random moments while the sweep ran (at least 10), each victim restarted under a new id"
 
 # The stopped worker.
-ok "$([ $stop_rc = 0 ]; echo $?)" "SIGSTOP: $st_id stopped while it held model ${st_m:-?} (epoch ${st_e:-?} shard ${st_k:-?}, token ${st_tok:0:12})"
+ok "$([ $stop_rc = 0 ]; echo $?)" "SIGSTOP: $st_id stopped while it held model $st_m (epoch $st_e shard $st_k, token ${st_tok:0:12})"
 ok "$([ $stop_rc = 0 ] && [ "$st_after_state" = T ] && [ "$st_held_ms" -ge $((2000 * LEASE)) ] && \
       [ "$st_after_stalls" -gt "$st_stalls" ] && [ "$st_after_ver" -gt "$st_ver" ]; echo $?)" \
-    "while it stayed stopped (${st_held_ms:-?} ms, lease ${LEASE} s) the reaper took model ${st_m:-?} back (stalls ${st_stalls:-?} -> ${st_after_stalls:-?}) and another worker committed it (v${st_ver:-?} -> v${st_after_ver:-?})"
-# After SIGCONT its pass is over (visits are shorter than the stop), so it goes
-# straight to writing its file and committing; the heartbeat may notice the
-# loss first.  Either way the log says so, within a few heartbeats.
-refused=""
-for _ in $(seq 100); do
-    refused=$(grep -E "model $st_m epoch $st_e shard $st_k: commit refused|model $st_m: lease lost" "$root/$st_id.log" | head -1)
-    [ -n "$refused" ] && break
-    sleep 0.05
-done
+    "while it stayed stopped ($st_held_ms ms, lease ${LEASE} s) the reaper took model $st_m back (stalls $st_stalls -> $st_after_stalls) and another worker committed it (v$st_ver -> v$st_after_ver)"
 ok "$([ $stop_rc = 0 ] && [ -n "$refused" ]; echo $?)" "after SIGCONT its late commit is refused: '${refused#*: }'"
-stale="$root/sweeps/$sweep/models/$st_m/v$((st_ver + 1))-${st_tok:0:12}.ckpt"
-named=0
-for _ in $(seq 20); do # sampled for a second after the refusal, and at the end below
-    rcli HGET "$models" "$st_m.ckpt" | grep -q "${st_tok:0:12}" && named=1
-    sleep 0.05
-done
-ok "$([ $stop_rc = 0 ] && [ $named = 0 ] && [ ! -e "$stale" ] && \
-      ! ls "$root/sweeps/$sweep/models/$st_m" | grep -q "${st_tok:0:12}"; echo $?)" \
+ok "$([ $stop_rc = 0 ] && [ $named = 0 ] && [ $left = 0 ]; echo $?)" \
     "its checkpoint $(basename "$stale") is not published: $st_m.ckpt never names its token and no file of its lease remains"
 
 # The drained worker.
 # What it logged from the signal on: one commit, of the visit it named.
-dr_commit=$(sed -n '/finishing job/,$p' "$root/${dr_id:-x}.log" 2>/dev/null | grep "committed v")
+dr_commit=$(sed -n '/finishing job/,$p' "$root/$dr_id.log" 2>/dev/null | grep "committed v")
 dr_vis=$(sed -E 's/.*model ([0-9]+) epoch ([0-9]+) shard ([0-9]+): .* committed v([0-9]+).*/\1 \2 \3 \4/' <<<"$dr_commit")
 ok "$([ $drain_rc = 0 ] && [ "$dr_rc" = 0 ] && [ "$(wc -l <<<"$dr_commit")" = 1 ] && \
       grep -qE "sweep $sweep model $dr_m epoch [0-9]+ shard [0-9]+: slept [0-9]+ ms; committed v" <<<"$dr_commit" && \
       ! grep -q "releasing job\|stopping now" "$root/$dr_id.log" && \
       rcli LRANGE "$sk:schedule" 0 -1 | grep -qx "$dr_vis $dr_id"; echo $?)" \
-    "SIGTERM: ${dr_id:-?} finishes its visit of model ${dr_m:-?}, commits it ('$dr_vis $dr_id' in the schedule) and exits ${dr_rc:-?}"
+    "SIGTERM: $dr_id finishes its visit of model $dr_m, commits it ('$dr_vis $dr_id' in the schedule) and exits $dr_rc"
 
 # ---- the end -----------------------------------------------------------------------------
 for _ in $(seq 600); do
@@ -243,9 +249,9 @@ seq_bad=$(awk -v K=$K -v M=$M -v last=$((E * K)) '
     { if ($4 != v[$1] + 1 || $2 != int(($4 - 1) / K)) bad = bad " " $1 "@v" $4; v[$1] = $4 }
     END { for (m = 0; m < M; m++) if (v[m] != last) bad = bad " " m "-ends-at-v" v[m]; print bad }' "$root/schedule")
 ok "$([ -z "$seq_bad" ]; echo $?)" "each model's committed versions run 1..$((E * K)) in order, epoch by epoch${seq_bad:+ (wrong:$seq_bad)}"
-ok "$(awk -v m="${st_m:-x}" -v ver=$(( ${st_ver:-0} + 1 )) -v id="${st_id:-x}" '$1 == m && $4 == ver { found = 1; if ($5 == id) exit 1 }
+ok "$(awk -v m="$st_m" -v ver=$(( $st_ver + 1 )) -v id="$st_id" '$1 == m && $4 == ver { found = 1; if ($5 == id) exit 1 }
       END { exit !found }' "$root/schedule"; echo $?)" \
-    "model ${st_m:-?} v$(( ${st_ver:-0} + 1 )), the version the stopped worker was making, was committed by another worker"
+    "model $st_m v$(( $st_ver + 1 )), the version the stopped worker was making, was committed by another worker"
 state_bad=""
 for ((m = 0; m < M; m++)); do
     read -r st ver <<<"$(rcli HMGET "$models" "$m.state" "$m.version" | paste -sd ' ')"
@@ -268,8 +274,8 @@ for ((m = 0; m < M; m++)); do
     [ "$files" = "$(basename "$ck")" ] && [ -f "$ck" ] || file_bad+=" $m:[$(echo $files)]"
 done
 ok "$([ -z "$file_bad" ]; echo $?)" "each model directory holds exactly one checkpoint, the committed one${file_bad:+ (not:$file_bad)}"
-ok "$(rcli HGET "$models" "${st_m:-x}.ckpt" | grep -q "${st_tok:-none}"; [ $? = 1 ] && [ ! -e "$stale" ]; echo $?)" \
-    "at the end too, model ${st_m:-?}'s checkpoint is not the stopped worker's"
+ok "$(rcli HGET "$models" "$st_m.ckpt" | grep -q "$st_tok"; [ $? = 1 ] && [ ! -e "$stale" ]; echo $?)" \
+    "at the end too, model $st_m's checkpoint is not the stopped worker's"
 tmps=$(cd "$root" && find sweeps -name '*.tmp' | sort)
 ok "$([ -z "$tmps" ]; echo $?)" "no temporary file remains under sweeps/${tmps:+ (left: $(echo $tmps))}"
 san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
