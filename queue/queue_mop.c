@@ -171,6 +171,10 @@ static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
             return cds_errf(err, "sweep '%s': %s is missing", d->id, what);
         if (check_json(d->model_specs[m], what, err) != 0)
             return -1;
+        if (d->plans && (!d->plans[m] || strlen(d->plans[m]) != (size_t)d->epochs * d->shards * 4 ||
+                         strspn(d->plans[m], "0123456789") != strlen(d->plans[m])))
+            return cds_errf(err, "sweep '%s': the plan of model %d must be %d shard numbers of 4 digits", d->id, m,
+                            d->epochs * d->shards);
     }
     return 0;
 }
@@ -187,8 +191,11 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err)
     qargs_addf(&args, "%d", d->epochs);
     qargs_addf(&args, "%d", d->models);
     qargs_add(&args, d->spec_json ? d->spec_json : "{}");
+    qargs_add(&args, d->replay_of ? d->replay_of : "");
     for (int m = 0; m < d->models; m++)
         qargs_add(&args, d->model_specs[m]);
+    for (int m = 0; d->plans && m < d->models; m++)
+        qargs_add(&args, d->plans[m]);
     redisReply *r = mop_run(q, queue_lua_mop_create, d->id, &args, NULL, err);
     if (!r)
         return -1;

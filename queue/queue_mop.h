@@ -56,6 +56,12 @@ typedef struct queue_sweep_def {
     int models;                  /* M */
     const char *const *model_specs; /* M JSON texts ({"model":..,"train":..}), stored per model */
     const char *spec_json;       /* the sweep spec as given, stored for display and replay */
+    /* A replay's visit plans (NULL: none): for each model, the shards it must
+     * visit, in order, E·K of them, each as 4 decimal digits ("00010000..."
+     * is shard 1, then shard 0, ...).  A model with a plan is leased for
+     * shard k only when the next shard of its plan is k. */
+    const char *const *plans;
+    const char *replay_of;       /* the sweep a replay follows, or NULL */
 } queue_sweep_def;
 
 /* Creates the sweep with every model idle at epoch 0, version 0.  Refuses an
@@ -146,6 +152,9 @@ int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *er
 /* Every sweep id, oldest first (malloc'd array of malloc'd strings). */
 int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err);
 void queue_sweep_list_free(char **ids, size_t n);
+/* The schedule: committed visits in commit order, "m epoch shard version
+ * worker" (free with queue_sweep_list_free). */
+int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *n, cds_err *err);
 /* The sweep hash as a JSON object of strings; QUEUE_NOT_FOUND if absent. */
 int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 

@@ -55,3 +55,36 @@ int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err
     snprintf(name, sizeof name, "sweep:{%s}", sweep);
     return queue_record_get(q, name, out, err);
 }
+
+int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *n, cds_err *err)
+{
+    *lines = NULL;
+    *n = 0;
+    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
+        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    qargs cmd = {0};
+    qargs_add(&cmd, "LRANGE");
+    qargs_key(&cmd, q, "sweep:{%s}:schedule", sweep);
+    qargs_add(&cmd, "0");
+    qargs_add(&cmd, "-1");
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        *lines = calloc(r->elements, sizeof **lines);
+        for (size_t i = 0; *lines && i < r->elements; i++) {
+            if (!((*lines)[i] = strdup(r->element[i]->str ? r->element[i]->str : "")))
+                break;
+            (*n)++;
+        }
+        if (!*lines || *n != r->elements) {
+            queue_sweep_list_free(*lines, *n);
+            *lines = NULL;
+            *n = 0;
+            rc = cds_errf(err, "out of memory reading the schedule of sweep %s", sweep);
+        }
+    }
+    freeReplyObject(r);
+    return rc;
+}

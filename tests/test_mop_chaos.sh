@@ -15,10 +15,13 @@
 # Then: the sweep is done; the schedule holds every (model, epoch, shard)
 # exactly once and each model's committed versions run 1..E·K in order; each
 # model directory keeps exactly one checkpoint, the committed one, and no
-# temporary file remains under sweeps/.  Victims and moments come from bash's
-# RANDOM seeded with CDS_CHAOS_SEED (printed; a random seed by default), so a
-# failing run can be replayed, up to the timing of the processes themselves;
-# CDS_CHAOS_KEEP=1 keeps the data root with the workers' logs.
+# temporary file remains under sweeps/.  Last, strace holds a worker inside
+# the rename that publishes its checkpoint while it is SIGKILLed, to show
+# what a dead worker leaves behind (TODO checks: nothing collects it yet).
+# Victims and moments come from bash's RANDOM seeded with CDS_CHAOS_SEED
+# (printed; a random seed by default), so a failing run can be replayed, up
+# to the timing of the processes themselves; CDS_CHAOS_KEEP=1 keeps the data
+# root with the workers' logs.
 # usage: test_mop_chaos.sh BUILD_ROOT
 set -u
 build=${1:?usage: test_mop_chaos.sh BUILD_ROOT}
@@ -27,7 +30,7 @@ seed=${CDS_CHAOS_SEED:-$(( ($$ * 7919 + $(date +%s)) % 32768 ))}
 RANDOM=$seed
 echo "# seed $seed (CDS_CHAOS_SEED=$seed replays the victims and the moments)"
 
-M=12 E=6 K=2      # 144 visits: ~8 s of work for 4 workers, longer than the chaos below
+M=12 E=8 K=2      # 192 visits: ~11 s for 4 workers, longer than the chaos below (~7 s)
 LEASE=1           # seconds; the heartbeat renews every LEASE/3
 KILLS=12          # at least 10 are required while the sweep runs
 prefix="t:chaos:$$:"
@@ -184,7 +187,7 @@ kills_running=0 kills_hit=0 stop_rc=1 drain_rc=1
 st_m=x st_tok=none st_e=x st_k=x st_ver=0 st_id=none st_held_ms=0 st_stalls=0 st_after_stalls=0 st_after_ver=0
 st_after_state="" refused="" named=1 left=1 stale=none dr_id=none dr_m=x dr_rc=x
 for ((i = 1; i <= KILLS; i++)); do
-    pause=$((100 + RANDOM % 400))
+    pause=$((100 + RANDOM % 300))
     v=$((RANDOM % 4))
     sleep_ms $pause
     victim=${slot_id[$v]}
@@ -252,6 +255,10 @@ ok "$([ -z "$seq_bad" ]; echo $?)" "each model's committed versions run 1..$((E 
 ok "$(awk -v m="$st_m" -v ver=$(( $st_ver + 1 )) -v id="$st_id" '$1 == m && $4 == ver { found = 1; if ($5 == id) exit 1 }
       END { exit !found }' "$root/schedule"; echo $?)" \
     "model $st_m v$(( $st_ver + 1 )), the version the stopped worker was making, was committed by another worker"
+# Restarted workers (ids c<slot>-g<gen> with gen > 4) took over: their commits are in the schedule.
+ids=$(cut -d' ' -f5 "$root/schedule" | sort -u)
+restarted=$(grep -cE -- '-g([5-9]|[1-9][0-9]+)$' <<<"$ids")
+ok "$([ "$restarted" -ge 1 ]; echo $?)" "the schedule names $(wc -l <<<"$ids") workers, $restarted of them restarted ones"
 state_bad=""
 for ((m = 0; m < M; m++)); do
     read -r st ver <<<"$(rcli HMGET "$models" "$m.state" "$m.version" | paste -sd ' ')"
@@ -274,12 +281,69 @@ for ((m = 0; m < M; m++)); do
     [ "$files" = "$(basename "$ck")" ] && [ -f "$ck" ] || file_bad+=" $m:[$(echo $files)]"
 done
 ok "$([ -z "$file_bad" ]; echo $?)" "each model directory holds exactly one checkpoint, the committed one${file_bad:+ (not:$file_bad)}"
-ok "$(rcli HGET "$models" "$st_m.ckpt" | grep -q "$st_tok"; [ $? = 1 ] && [ ! -e "$stale" ]; echo $?)" \
+ok "$(rcli HGET "$models" "$st_m.ckpt" | grep -q "${st_tok:0:12}"; [ $? = 1 ] && [ ! -e "$stale" ]; echo $?)" \
     "at the end too, model $st_m's checkpoint is not the stopped worker's"
-tmps=$(cd "$root" && find sweeps -name '*.tmp' | sort)
+tmps=$(cd "$root" && find sweeps -name '*.tmp*' | sort)
 ok "$([ -z "$tmps" ]; echo $?)" "no temporary file remains under sweeps/${tmps:+ (left: $(echo $tmps))}"
+
+# ---- a worker killed inside its checkpoint write -----------------------------------------
+# The chaos above almost never lands in the microseconds between writing a
+# visit's file and committing it, so this makes it land there: strace holds
+# the worker's rename() of its checkpoint for 3 s, either before the rename
+# runs (the temporary file exists) or after it ran (the final file exists, not
+# committed), the worker is SIGKILLed in that window, and two plain workers
+# finish the sweep.  Nothing collects the files of a dead worker's lease yet,
+# so both checks are TODO (reported as expected failures; meson flags an
+# unexpected pass once that is fixed, and the marker should go then).
+todo() { # STATUS NAME REASON
+    n=$((n + 1))
+    if [ "$1" = 0 ]; then echo "ok $n - $2 # TODO $3"; else echo "not ok $n - $2 # TODO $3"; fi
+}
+why="nothing deletes the checkpoint files of a dead worker's lease"
+if ! strace -f -qq -o /dev/null true 2>/dev/null || ! command -v pgrep >/dev/null; then
+    for what in "before" "after"; do
+        n=$((n + 1)); echo "ok $n - a worker killed $what renaming its checkpoint # SKIP strace cannot trace here"
+    done
+else
+    for mode in enter exit; do
+        sw=kill-$mode dir="$root/sweeps/kill-$mode/models/0"
+        sed -e 's/"epochs": [0-9]*/"epochs": 1/' -e 's/"models": \[.*\],/"models": [{"arch": "diag.sleep", "ms": 100}],/' \
+            "$root/sweep.json" >"$root/$sw.json"
+        jobctl enqueue sweep --spec "$root/$sw.json" --id "$sw" >/dev/null 2>&1
+        strace -f -qq -o /dev/null -e trace=rename -e inject=rename:delay_$mode=3000000 \
+            "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "x-$mode" --shard 0 \
+            --data-root "$root" --lease "$LEASE" --reap-every 0.2 --threads 1 --idle-exit 60 >>"$root/x-$mode.log" 2>&1 &
+        spid=$!
+        all_pids+=($spid)
+        echo "# $mode: strace started at $(( $(now_ms) - t_start )) ms"
+        [ $mode = enter ] && pat='*.tmp*' || pat='*.ckpt'
+        for _ in $(seq 200); do [ -n "$(find "$dir" -name "$pat" 2>/dev/null)" ] && break; sleep 0.05; done
+        sleep 0.2 # inside the 3 s that strace holds the rename
+        wpid=$(pgrep -P "$spid")
+        [ -n "$wpid" ] && kill -KILL "$wpid"
+        wait "$spid" 2>/dev/null
+        held=$(ls "$dir" 2>/dev/null | tr '\n' ' ')
+        ps=()
+        for k in 0 1; do
+            "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "y-$mode-$k" --shard $k \
+                --data-root "$root" --lease "$LEASE" --reap-every 0.2 --threads 1 --idle-exit 60 >>"$root/y-$mode-$k.log" 2>&1 &
+            ps+=($!) all_pids+=($!)
+        done
+        for _ in $(seq 300); do [ "$(rcli HGET "${prefix}sweep:{$sw}" state)" = done ] && break; sleep 0.05; done
+        echo "# $mode: sweep $sw $(rcli HGET "${prefix}sweep:{$sw}" state) at $(( $(now_ms) - t_start )) ms"
+        kill -TERM "${ps[@]}"
+        wait "${ps[@]}"
+        ck=$(basename "$(rcli HGET "${prefix}sweep:{$sw}:models" 0.ckpt)")
+        left=$(ls "$dir" 2>/dev/null | grep -vx "$ck" | tr '\n' ' ')
+        [ $mode = enter ] && what="before" || what="after"
+        ok "$([ -n "$wpid" ] && [ -n "$held" ] && [ "$(rcli HGET "${prefix}sweep:{$sw}" state)" = done ]; echo $?)" \
+            "a worker SIGKILLed $what renaming its checkpoint (holding ${held% }); the sweep still finishes"
+        todo "$([ -z "$left" ] && [ -n "$held" ]; echo $?)" \
+            "... and only the committed checkpoint $ck remains${left:+ (also: ${left% })}" "$why"
+    done
+fi
 san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
-ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the $gen workers' logs${san:+ (see $(echo $san))}"
+ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the $(ls "$root"/*.log | wc -l) workers' logs${san:+ (see $(echo $san))}"
 [ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; tail -n 15 "$f" | sed 's/^/#   /'; done
 
 echo "1..$n"

@@ -111,8 +111,29 @@ ok "$([ $rc = 0 ] && [ "$(grep -c '^ *[1-4] ' "$root/lb")" = 4 ] && [ "$(sed -n 
     "jobctl results ranks the 4 models, model $top (the best validation top-1) first"
 jobctl status e2e >"$root/st" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
+timeout 10 "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" status e2e --watch >"$root/st2" 2>&1
+ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st2"; echo $?)" "jobctl status --watch of a finished sweep prints once and exits"
 jobctl results nosuch >/dev/null 2>"$root/err"
 ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ]; echo $?)" "jobctl results of a missing sweep: exit 1, one line"
+
+# ---- replay: the recorded order gives the same checkpoints, bit for bit ------------
+rid=$(jobctl replay e2e --id e2r 2>"$root/err")
+ok $? "jobctl replay e2e creates sweep $rid"
+worker r0 --shard 0 --idle-exit 4
+worker r1 --shard 1 --idle-exit 4
+for _ in $(seq 1200); do [ "$(rcli HGET "${prefix}sweep:{e2r}" state)" = done ] && break; sleep 0.1; done
+wait "${pids[@]}"; pids=()
+same=0
+for m in 0 1 2 3; do
+    a=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.ckpt"); b=$(rcli HGET "${prefix}sweep:{e2r}:models" "$m.ckpt")
+    [ "$a" != "$b" ] && cmp -s "$a" "$b" && same=$((same + 1))
+done
+ok "$([ $same = 4 ]; echo $?)" "the replay's final checkpoints are bit-identical to the original's ($same of 4)"
+ok "$(for s in e2e e2r; do rcli LRANGE "${prefix}sweep:{$s}:schedule" 0 -1 | awk '{print $1, $2, $3}' | sort -k1,1n -s; done | \
+      awk 'NR <= 16 {a[NR] = $0} NR > 16 && a[NR - 16] != $0 {bad = 1} END {exit bad}'; echo $?)" \
+    "every model visited its shards in the same order as in the original"
+jobctl replay e2r --id e2e >/dev/null 2>"$root/err"
+ok "$([ $? = 1 ] && grep -q "already exists" "$root/err"; echo $?)" "a replay onto an existing id is refused"
 
 # A full-width CNN with small batches makes a visit last long enough to be
 # interrupted in the middle.

@@ -1062,7 +1062,7 @@ static const char usage_resume[] =
 static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
 {
     enum { O_WATCH = 400 };
-    static const struct option opts[] = {GLOBAL_OPTIONS, {"watch", no_argument, 0, O_WATCH}};
+    static const struct option opts[] = {{"watch", no_argument, 0, O_WATCH}, GLOBAL_OPTIONS};
     int c;
     while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
         if (c == NEXT_HELP)
@@ -1142,6 +1142,49 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
 }
 
 static int cmd_results(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_results, 0); }
+
+static const char usage_replay[] =
+    "usage: jobctl replay SWEEP [--id NEW]\n"
+    "Creates a sweep (NEW, or the next s<N>) that trains the models of the finished SWEEP\n"
+    "again, each visiting its shards in the order SWEEP's schedule recorded; with the same\n"
+    "worker --threads its checkpoints are bit-identical to SWEEP's.  Prints the new id.\n";
+
+static int cmd_replay(jobctl *j, int argc, char **argv)
+{
+    enum { O_ID = 401 };
+    static const struct option opts[] = {{"id", required_argument, 0, O_ID}, GLOBAL_OPTIONS};
+    const char *new_id = NULL;
+    int c;
+    while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(usage_replay, stdout), EXIT_DONE;
+        if (c != O_ID)
+            return EXIT_USAGE;
+        new_id = optarg;
+    }
+    if (want_args(j, argc, argv, 1, "needs the SWEEP id to replay") != 0)
+        return EXIT_USAGE;
+    if (new_id && check_sweep_id(j, new_id) != 0)
+        return EXIT_USAGE;
+    const char *orig = argv[optind];
+    queue_conn *q;
+    int rc = open_queue(j, &q);
+    if (rc != 0)
+        return rc;
+    char id[QUEUE_SWEEP_ID_MAX] = "";
+    if (new_id)
+        snprintf(id, sizeof id, "%s", new_id);
+    else
+        rc = new_sweep_id(j, q, id);
+    cds_err err;
+    int qrc = rc == 0 ? jobctl_sweep_replay(q, orig, id, &err) : 0;
+    if (rc == 0 && qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (rc == 0)
+        printf("%s\n", id);
+    queue_close(q);
+    return rc;
+}
 static int cmd_status(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_status, 1); }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -1163,6 +1206,7 @@ static const char usage_main[] =
     "  workers                 workers seen recently, alive or not\n"
     "  status SWEEP [--watch]  progress of a MOP sweep, per model\n"
     "  results SWEEP           the leaderboard of a MOP sweep\n"
+    "  replay SWEEP [--id NEW] train a finished sweep again in its recorded order\n"
     "  pause SWEEP, resume SWEEP, cancel SWEEP\n"
     "                          stop handing out models / go on / stop the sweep for good\n"
     "  help [COMMAND]          this help, or a command's (also: jobctl COMMAND --help)\n"
@@ -1190,7 +1234,7 @@ static const command commands[] = {
     {"retry", cmd_retry, usage_retry},       {"stats", cmd_stats, usage_stats},
     {"workers", cmd_workers, usage_workers}, {"status", cmd_status, usage_status},
     {"results", cmd_results, usage_results}, {"pause", cmd_pause, usage_pause},
-    {"resume", cmd_resume, usage_resume},
+    {"resume", cmd_resume, usage_resume},    {"replay", cmd_replay, usage_replay},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1209,7 +1253,7 @@ static int print_help(const jobctl *j, int argc, char **argv)
         return fputs(usage_main, stdout), EXIT_DONE;
     const command *c = find_command(argv[1]);
     if (!c)
-        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
+        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
                                    "(see jobctl --help)", argv[1]);
     fputs(c->usage, stdout);
     return EXIT_DONE;
@@ -1227,14 +1271,14 @@ int main(int argc, char **argv)
     if (c != NEXT_END)
         return EXIT_USAGE;
     if (optind >= argc)
-        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
+        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
                                     "(see jobctl --help)");
     int first = optind;
     if (strcmp(argv[first], "help") == 0)
         return print_help(&j, argc - first, argv + first);
     const command *cmd = find_command(argv[first]);
     if (!cmd)
-        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, pause or resume "
+        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
                                     "(see jobctl --help)", argv[first]);
     j.cmd = cmd->name;
     optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */

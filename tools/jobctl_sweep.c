@@ -190,3 +190,68 @@ void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
                 json_string_value(json_object_get(m, "summary")) ?: "", best);
     }
 }
+
+/* ---- replay ------------------------------------------------------------------ */
+
+int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err)
+{
+    json_t *sw = NULL, *models = NULL;
+    char **lines = NULL, **plans = NULL;
+    const char **specs = NULL;
+    size_t n_lines = 0;
+    int rc = queue_sweep_get(q, orig, &sw, err);
+    if (rc != 0)
+        return rc;
+    int M = int_field(sw, "models", 0), E = int_field(sw, "epochs", 0), K = int_field(sw, "shards", 0);
+    if (queue_mop_models(q, orig, &models, err) != 0 || queue_mop_schedule(q, orig, &lines, &n_lines, err) != 0) {
+        rc = -1;
+        goto out;
+    }
+    plans = calloc((size_t)M, sizeof *plans);
+    specs = calloc((size_t)M, sizeof *specs);
+    size_t per = (size_t)E * K * 4 + 1;
+    for (int m = 0; plans && m < M; m++)
+        plans[m] = calloc(per, 1);
+    for (int m = 0; specs && m < M; m++)
+        if (!(specs[m] = field(models, "%d.spec", m)) || !plans[m]) {
+            rc = cds_errf(err, "sweep %s: model %d has no spec in Redis", orig, m);
+            goto out;
+        }
+    if (!plans || !specs) {
+        rc = cds_errf(err, "out of memory");
+        goto out;
+    }
+    /* A model's visits are one at a time, so its entries in the commit
+     * order are its visit order. */
+    for (size_t i = 0; i < n_lines; i++) {
+        int m, e, k;
+        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K ||
+            strlen(plans[m]) + 4 >= per) {
+            rc = cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
+            goto out;
+        }
+        snprintf(plans[m] + strlen(plans[m]), 5, "%04d", k % 10000); /* k < 4096: the scripts cap shards */
+    }
+    for (int m = 0; m < M; m++)
+        if (strlen(plans[m]) != per - 1) {
+            rc = cds_errf(err, "sweep %s: model %d committed %zu of its %d visits (state %s): only a finished model "
+                               "can be replayed", orig, m, strlen(plans[m]) / 4, E * K,
+                          field(models, "%d.state", m) ?: "?");
+            goto out;
+        }
+    queue_sweep_def def = {.id = new_id, .dataset = json_string_value(json_object_get(sw, "dataset")),
+                           .dataset_version = json_string_value(json_object_get(sw, "dataset_version")) ?: "",
+                           .shards = K, .epochs = E, .models = M, .model_specs = specs,
+                           .spec_json = json_string_value(json_object_get(sw, "spec")),
+                           .plans = (const char *const *)plans, .replay_of = orig};
+    rc = queue_sweep_create(q, &def, err);
+out:
+    for (int m = 0; plans && m < M; m++)
+        free(plans[m]);
+    free(plans);
+    free(specs);
+    queue_sweep_list_free(lines, n_lines);
+    json_decref(models);
+    json_decref(sw);
+    return rc;
+}

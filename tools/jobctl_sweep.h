@@ -20,4 +20,10 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s);
  * with throughput and an estimate of the time left from the sweep's pace. */
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms);
 
+/* Creates sweep new_id that trains the models of orig again, each visiting
+ * its shards in the order the original's schedule recorded (so, with the
+ * same seeds and thread counts, its checkpoints come out bit-identical).
+ * Only a sweep whose every model finished can be replayed. */
+int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err);
+
 #endif

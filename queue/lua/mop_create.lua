@@ -3,7 +3,9 @@
 -- Every MOP script takes the same six keys, so the C side builds them once:
 -- KEYS: 1 sweep, 2 models, 3 schedule, 4 evals, 5 sweeps, 6 wake
 -- ARGV: 1 id, 2 dataset, 3 dataset_version, 4 shards K, 5 epochs E,
---       6 models M, 7 sweep spec, 8 .. 7+M one spec per model
+--       6 models M, 7 sweep spec, 8 the sweep it replays (or ''),
+--       9 .. 8+M one spec per model, then optionally 9+M .. 8+2M one visit
+--       plan per model (a replay: E*K shard numbers of 4 digits each)
 -- Returns {'created', created_ms} | {'exists'}.
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 local now = int(now_ms())
@@ -15,14 +17,14 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 -- done when it reaches 0, without a scan.
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2],
   'dataset_version', ARGV[3], 'shards', ARGV[4], 'epochs', ARGV[5], 'models', ARGV[6],
-  'live', ARGV[6], 'spec', ARGV[7], 'created', now, 'updated', now, 'finished', '')
+  'live', ARGV[6], 'spec', ARGV[7], 'replay_of', ARGV[8], 'created', now, 'updated', now, 'finished', '')
 local zeros = string.rep('0', nshards)
 for m = 0, nmodels - 1 do
   local p = int(m) .. '.'
   redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'epoch', '0', p .. 'visited', zeros,
     p .. 'version', '0', p .. 'ckpt', '', p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
-    p .. 'deadline', '', p .. 'spec', ARGV[8 + m], p .. 'reason', '', p .. 'stalls', '0',
-    p .. 'commit', '')
+    p .. 'deadline', '', p .. 'spec', ARGV[9 + m], p .. 'reason', '', p .. 'stalls', '0',
+    p .. 'commit', '', p .. 'plan', ARGV[9 + nmodels + m] or '')
 end
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 return {'created', now}

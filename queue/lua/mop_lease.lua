@@ -4,6 +4,10 @@
 -- visited this epoch) wins, the lowest index among equals: models that fell
 -- behind catch up, which shortens the sweep's tail, and the choice depends
 -- only on the state, so a replay with the same commit order picks the same.
+-- A replay's model has a plan (the shards of its original visits, in order,
+-- 4 digits each): it is eligible for shard k only when its next planned
+-- shard is k, so it sees its shards in the original order and its
+-- checkpoints come out the same.
 -- Expired leases are not freed here: only mop_reap does that, in one place.
 -- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
@@ -29,15 +33,20 @@ for first = 0, nmodels - 1, chunk do
     f[#f + 1] = p .. 'state'
     f[#f + 1] = p .. 'epoch'
     f[#f + 1] = p .. 'visited'
+    f[#f + 1] = p .. 'plan'
   end
   local v = redis.call('HMGET', KEYS[2], unpack(f))
   for m = first, last do
-    local i = (m - first) * 3
-    local st, epoch, visited = v[i + 1], tonumber(v[i + 2]), v[i + 3]
+    local i = (m - first) * 4
+    local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
     if st == 'idle' and epoch < nepochs and string.sub(visited, k + 1, k + 1) == '0' then
       local _, visits = string.gsub(visited, '1', '')
       local progress = epoch * nshards + visits
-      if not best or progress < best_progress then
+      local follows = true
+      if plan and plan ~= '' then
+        follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
+      end
+      if follows and (not best or progress < best_progress) then
         best, best_progress = m, progress
       end
     end
