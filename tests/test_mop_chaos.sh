@@ -234,8 +234,8 @@ done
 t_end=$(now_ms)
 ok "$([ "$(rcli HGET "$sk" state)" = done ]; echo $?)" "the sweep finishes ($(( t_end - t_start )) ms)"
 exits=""
+kill -TERM "${slot_pid[@]}"
 for s in 0 1 2 3; do
-    kill -TERM "${slot_pid[$s]}"
     wait "${slot_pid[$s]}"
     exits+="$? "
 done
@@ -315,7 +315,6 @@ else
             --data-root "$root" --lease "$LEASE" --reap-every 0.2 --threads 1 --idle-exit 60 >>"$root/x-$mode.log" 2>&1 &
         spid=$!
         all_pids+=($spid)
-        echo "# $mode: strace started at $(( $(now_ms) - t_start )) ms"
         [ $mode = enter ] && pat='*.tmp*' || pat='*.ckpt'
         for _ in $(seq 200); do [ -n "$(find "$dir" -name "$pat" 2>/dev/null)" ] && break; sleep 0.05; done
         sleep 0.2 # inside the 3 s that strace holds the rename
@@ -330,7 +329,6 @@ else
             ps+=($!) all_pids+=($!)
         done
         for _ in $(seq 300); do [ "$(rcli HGET "${prefix}sweep:{$sw}" state)" = done ] && break; sleep 0.05; done
-        echo "# $mode: sweep $sw $(rcli HGET "${prefix}sweep:{$sw}" state) at $(( $(now_ms) - t_start )) ms"
         kill -TERM "${ps[@]}"
         wait "${ps[@]}"
         ck=$(basename "$(rcli HGET "${prefix}sweep:{$sw}:models" 0.ckpt)")

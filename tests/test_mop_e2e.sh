@@ -38,7 +38,8 @@ worker() { # ID ARGS...
 ok $? "Fashion-MNIST loaded"
 cat >"$root/etl.json" <<JSON
 {"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
- "dtype": "uint8", "where": "id < 2000", "valid_fraction": 0.1, "dataset": "fm", "shards": 2, "data_root": "$root"}
+ "dtype": "uint8", "where": "id < 2000", "valid_fraction": 0.1, "test_table": "fashion_mnist_test",
+ "dataset": "fm", "shards": 2, "data_root": "$root"}
 JSON
 jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
 ok $? "jobctl enqueue etl"
@@ -109,6 +110,9 @@ rc=$?
 top=$(for m in 0 1 2 3; do echo "$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_top1") $m"; done | sort -k1,1gr -k2,2n | head -1 | cut -d' ' -f2)
 ok "$([ $rc = 0 ] && [ "$(grep -c '^ *[1-4] ' "$root/lb")" = 4 ] && [ "$(sed -n 3p "$root/lb" | awk '{print $2}')" = "$top" ]; echo $?)" \
     "jobctl results ranks the 4 models, model $top (the best validation top-1) first"
+ok "$(grep -q "^chosen model $top (epoch [12]), on the test split: top-1 0\.[5-9]" "$root/lb" && \
+      [ "$(rcli HGET "${prefix}sweep:{e2e}" test | cut -d' ' -f1)" = "$top" ]; echo $?)" \
+    "the chosen model was scored once on the test split, reported apart ($(grep '^chosen' "$root/lb"))"
 jobctl status e2e >"$root/st" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
 timeout 10 "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" status e2e --watch >"$root/st2" 2>&1

@@ -139,6 +139,15 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s)
                 ep, t1, t5, vl, tl);
     }
     free(order);
+    const char *test = json_string_value(json_object_get(sw, "test"));
+    int tm, te;
+    long long rows;
+    double loss, t1, t5;
+    if (test && sscanf(test, "%d %d %lld %lf %lf %lf", &tm, &te, &rows, &loss, &t1, &t5) == 6)
+        fprintf(out, "chosen model %d (epoch %d), on the test split: top-1 %.4f, top-5 %.4f, loss %.4f over %lld rows\n",
+                tm, te, t1, t5, loss, rows);
+    else if (test && strncmp(test, "error ", 6) == 0)
+        fprintf(out, "the chosen model could not be scored on the test split: %s\n", test + 6);
 }
 
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)

@@ -422,6 +422,100 @@ static int eval_step(worker *w, char **ids, size_t n)
     return 0;
 }
 
+/* ---- the chosen model on the test split ---------------------------------------- */
+
+/* Once a sweep is done and every epoch of every model evaluated, one worker
+ * (the first to claim the sweep's test_by field) scores the model with the
+ * best validation top-1, at its best epoch, on the test split, and records
+ * the figure apart from the validation results. */
+static int test_step(worker *w, char **ids, size_t n)
+{
+    cds_err err;
+    for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
+        json_t *sw = NULL, *models = NULL, *results = NULL;
+        if (queue_sweep_get(w->q, ids[i], &sw, &err) != 0)
+            continue;
+        const char *state = json_string_value(json_object_get(sw, "state"));
+        const char *tested = json_string_value(json_object_get(sw, "test_by"));
+        int M = atoi(json_string_value(json_object_get(sw, "models")) ?: "0");
+        int E = atoi(json_string_value(json_object_get(sw, "epochs")) ?: "0");
+        int todo = state && strcmp(state, "done") == 0 && !(tested && *tested);
+        int best_m = -1, best_e = -1, evaluated = 0, expected = 0;
+        double best_top1 = -1;
+        if (todo && queue_mop_models(w->q, ids[i], &models, &err) == 0 &&
+            queue_mop_results(w->q, ids[i], &results, &err) == 0) {
+            for (int m = 0; m < M; m++) {
+                char key[64];
+                snprintf(key, sizeof key, "%d.state", m);
+                const char *st = json_string_value(json_object_get(models, key));
+                if (!st || strcmp(st, "done") != 0)
+                    continue; /* failed and cancelled models are not candidates */
+                expected += E;
+                for (int e = 0; e < E; e++) {
+                    snprintf(key, sizeof key, "%d.%d", m, e);
+                    evaluated += json_object_get(results, key) != NULL;
+                }
+                snprintf(key, sizeof key, "%d.best_top1", m);
+                const char *b = json_string_value(json_object_get(models, key));
+                snprintf(key, sizeof key, "%d.best_epoch", m);
+                const char *be = json_string_value(json_object_get(models, key));
+                if (b && *b && be && *be && atof(b) > best_top1) {
+                    best_top1 = atof(b);
+                    best_m = m;
+                    best_e = atoi(be);
+                }
+            }
+        }
+        char dataset[256];
+        snprintf(dataset, sizeof dataset, "%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
+        json_decref(models);
+        json_decref(results);
+        json_decref(sw);
+        if (!todo || best_m < 0 || evaluated < expected)
+            continue;
+        int claimed = 0;
+        if (queue_sweep_claim_field(w->q, ids[i], "test_by", w->cfg->id, &claimed, &err) != 0 || !claimed)
+            continue;
+        char file[QUEUE_MOP_PATH_MAX], dir[4096], what[64];
+        snprintf(file, sizeof file, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, ids[i], best_m,
+                 best_e + 1);
+        snprintf(what, sizeof what, "%s/%d test", ids[i], best_m);
+        worker_set_current(w, what);
+        nn_trainer *t = nn_trainer_load(file, &err);
+        nn_pass_stats te = {0};
+        int rc = t ? 0 : -1;
+        for (int k = 0; rc == 0; k++) {
+            snprintf(dir, sizeof dir, "%s/datasets/%s/test/shard-%d", w->cfg->data_root, dataset, k);
+            if (access(dir, F_OK) != 0) {
+                if (k == 0)
+                    rc = cds_errf(&err, "dataset %s has no test split: unload it with a test table", dataset);
+                break;
+            }
+            rc = nn_trainer_eval_shard(t, dir, &te, &err);
+        }
+        nn_trainer_free(t);
+        double rows = te.rows ? (double)te.rows : 1.0;
+        char fields[CDS_ERR_MAX + 16];
+        if (rc == 0)
+            snprintf(fields, sizeof fields, "%d %d %lld %.17g %.17g %.17g", best_m, best_e + 1, (long long)te.rows,
+                     te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows);
+        else
+            snprintf(fields, sizeof fields, "error %s", err.msg);
+        if (queue_sweep_set_field(w->q, ids[i], "test", fields, &err) != 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", ids[i], err.msg);
+        if (rc == 0)
+            cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
+                     "top5 %.4f loss %.4f over %lld rows", ids[i], best_m, best_e + 1, best_top1,
+                     (double)te.top1 / rows, (double)te.top5 / rows, te.loss_sum / rows, (long long)te.rows);
+        else
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: scoring the chosen model on the test split failed: %s",
+                     ids[i], fields + 6);
+        worker_set_current(w, NULL);
+        return 1;
+    }
+    return 0;
+}
+
 int worker_mop_step(worker *w)
 {
     cds_err err;
@@ -450,6 +544,8 @@ int worker_mop_step(worker *w)
      * any worker; training of the next epoch does not wait for it). */
     if (!did)
         did = eval_step(w, ids, n);
+    if (!did)
+        did = test_step(w, ids, n);
     queue_sweep_list_free(ids, n);
     return did;
 }
