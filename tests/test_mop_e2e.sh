@@ -117,6 +117,13 @@ jobctl status e2e >"$root/st" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
 timeout 10 "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" status e2e --watch >"$root/st2" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st2"; echo $?)" "jobctl status --watch of a finished sweep prints once and exits"
+jobctl plot e2e --out "$root/curves.png" >/dev/null 2>"$root/err"
+ok "$([ $? = 0 ] && [ "$(head -c 8 "$root/curves.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ]; echo $?)" \
+    "jobctl plot writes the learning curves as a PNG"
+jobctl plot e2e --out "$root/curves.svg" >/dev/null 2>&1
+ok "$([ $? = 0 ] && grep -q "<svg" "$root/curves.svg" && grep -q "validation top-1" "$root/curves.svg"; echo $?)" "...and as SVG"
+jobctl plot e2e --out "$root/curves.gif" >/dev/null 2>"$root/err"
+ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q ".png or .svg" "$root/err"; echo $?)" "another extension: exit 1, one line"
 jobctl results nosuch >/dev/null 2>"$root/err"
 ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ]; echo $?)" "jobctl results of a missing sweep: exit 1, one line"
 

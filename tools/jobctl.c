@@ -1143,6 +1143,46 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
 
 static int cmd_results(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_results, 0); }
 
+static const char usage_plot[] =
+    "usage: jobctl plot SWEEP --out FILE.png|FILE.svg\n"
+    "Draws the learning curves of every model of a sweep by epoch: validation top-1, and\n"
+    "training (solid) and validation (dashed) loss, with gnuplot.\n";
+
+static int cmd_plot(jobctl *j, int argc, char **argv)
+{
+    enum { O_OUT = 402 };
+    static const struct option opts[] = {{"out", required_argument, 0, O_OUT}, GLOBAL_OPTIONS};
+    const char *out = NULL;
+    int c;
+    while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(usage_plot, stdout), EXIT_DONE;
+        if (c != O_OUT)
+            return EXIT_USAGE;
+        out = optarg;
+    }
+    if (want_args(j, argc, argv, 1, "needs the SWEEP id to plot") != 0)
+        return EXIT_USAGE;
+    if (!out)
+        return usage_error(j, "plot needs --out FILE.png or --out FILE.svg");
+    queue_conn *q;
+    int rc = open_queue(j, &q);
+    if (rc != 0)
+        return rc;
+    cds_err err;
+    json_t *s = NULL;
+    int qrc = jobctl_sweep_load(q, argv[optind], &s, &err);
+    if (qrc != 0)
+        rc = op_failed(j, q, qrc, &err);
+    else if (jobctl_sweep_plot(s, out, &err) != 0)
+        rc = fail(j, EXIT_REFUSED, "%s", err.msg);
+    else if (!j->json)
+        printf("%s\n", out);
+    json_decref(s);
+    queue_close(q);
+    return rc;
+}
+
 static const char usage_replay[] =
     "usage: jobctl replay SWEEP [--id NEW]\n"
     "Creates a sweep (NEW, or the next s<N>) that trains the models of the finished SWEEP\n"
@@ -1207,6 +1247,7 @@ static const char usage_main[] =
     "  status SWEEP [--watch]  progress of a MOP sweep, per model\n"
     "  results SWEEP           the leaderboard of a MOP sweep\n"
     "  replay SWEEP [--id NEW] train a finished sweep again in its recorded order\n"
+    "  plot SWEEP --out F.png  learning curves of every model (png or svg)\n"
     "  pause SWEEP, resume SWEEP, cancel SWEEP\n"
     "                          stop handing out models / go on / stop the sweep for good\n"
     "  help [COMMAND]          this help, or a command's (also: jobctl COMMAND --help)\n"
@@ -1235,6 +1276,7 @@ static const command commands[] = {
     {"workers", cmd_workers, usage_workers}, {"status", cmd_status, usage_status},
     {"results", cmd_results, usage_results}, {"pause", cmd_pause, usage_pause},
     {"resume", cmd_resume, usage_resume},    {"replay", cmd_replay, usage_replay},
+    {"plot", cmd_plot, usage_plot},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1253,7 +1295,7 @@ static int print_help(const jobctl *j, int argc, char **argv)
         return fputs(usage_main, stdout), EXIT_DONE;
     const command *c = find_command(argv[1]);
     if (!c)
-        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
+        return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, plot, pause or resume "
                                    "(see jobctl --help)", argv[1]);
     fputs(c->usage, stdout);
     return EXIT_DONE;
@@ -1271,14 +1313,14 @@ int main(int argc, char **argv)
     if (c != NEXT_END)
         return EXIT_USAGE;
     if (optind >= argc)
-        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
+        return fail(&j, EXIT_USAGE, "no command given: use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, plot, pause or resume "
                                     "(see jobctl --help)");
     int first = optind;
     if (strcmp(argv[first], "help") == 0)
         return print_help(&j, argc - first, argv + first);
     const command *cmd = find_command(argv[first]);
     if (!cmd)
-        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, pause or resume "
+        return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, plot, pause or resume "
                                     "(see jobctl --help)", argv[first]);
     j.cmd = cmd->name;
     optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */

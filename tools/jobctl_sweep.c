@@ -5,9 +5,12 @@
  * the text views format, so scripts and people see the same numbers. */
 #include "jobctl_sweep.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "queue_mop.h"
 
@@ -262,5 +265,92 @@ out:
     queue_sweep_list_free(lines, n_lines);
     json_decref(models);
     json_decref(sw);
+    return rc;
+}
+
+/* ---- plot ------------------------------------------------------------------------ */
+
+static int run_gnuplot(const char *script, cds_err *err)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return cds_errf(err, "cannot start gnuplot: %s", strerror(errno));
+    if (pid == 0) {
+        execlp("gnuplot", "gnuplot", script, (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
+        return cds_errf(err, "gnuplot is not installed: apt-get install gnuplot-nox (scripts/install-deps does)");
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return cds_errf(err, "gnuplot failed (exit %d)", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    return 0;
+}
+
+int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
+{
+    const char *ext = strrchr(out, '.');
+    const char *term = ext && strcmp(ext, ".png") == 0 ? "pngcairo size 1200,500 font ',10'"
+                       : ext && strcmp(ext, ".svg") == 0 ? "svg size 1200,500 dynamic font ',10'"
+                                                         : NULL;
+    if (!term)
+        return cds_errf(err, "--out %s: the plot is written as .png or .svg: name the file so", out);
+    char dir[] = "/tmp/cds-plot.XXXXXX";
+    if (!mkdtemp(dir))
+        return cds_errf(err, "cannot make a temporary directory: %s", strerror(errno));
+    const json_t *models = json_object_get(s, "models");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/curves.dat", dir);
+    FILE *d = fopen(path, "w");
+    size_t i, n_curves = 0;
+    const json_t *m;
+    json_array_foreach(models, i, m) {
+        const json_t *epochs = json_object_get(m, "epochs");
+        if (!d || json_array_size(epochs) == 0)
+            continue;
+        /* One gnuplot data block per model, separated by two blank lines. */
+        fprintf(d, "# model %lld: %s\n", (long long)json_integer_value(json_object_get(m, "model")),
+                json_string_value(json_object_get(m, "summary")) ?: "");
+        size_t k;
+        const json_t *e;
+        json_array_foreach(epochs, k, e)
+            fprintf(d, "%lld %.6f %.6f %.6f\n", (long long)json_integer_value(json_object_get(e, "epoch")),
+                    json_number_value(json_object_get(e, "valid_top1")),
+                    json_number_value(json_object_get(e, "train_loss")),
+                    json_number_value(json_object_get(e, "valid_loss")));
+        fprintf(d, "\n\n");
+        n_curves++;
+    }
+    int rc = 0;
+    if (!d || fclose(d) != 0)
+        rc = cds_errf(err, "cannot write %s: %s", path, strerror(errno));
+    else if (n_curves == 0)
+        rc = cds_errf(err, "sweep %s has no evaluated epoch yet: nothing to plot",
+                      json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?");
+    char gp[4096];
+    snprintf(gp, sizeof gp, "%s/plot.gp", dir);
+    FILE *g = rc == 0 ? fopen(gp, "w") : NULL;
+    if (rc == 0 && !g)
+        rc = cds_errf(err, "cannot write %s: %s", gp, strerror(errno));
+    if (g) {
+        fprintf(g, "set terminal %s\nset output '%s'\nset multiplot layout 1,2 title 'sweep %s'\n", term, out,
+                json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?");
+        fprintf(g, "set key bottom right font ',8'\nset xlabel 'epoch'\nset grid\nset ylabel 'validation top-1'\n");
+        fprintf(g, "plot for [i=0:%zu] '%s' index i using 1:2 with linespoints title columnheader(1)\n",
+                n_curves - 1, path);
+        fprintf(g, "set key top right font ',8'\nset ylabel 'loss (solid: train, dashed: validation)'\n");
+        fprintf(g, "plot for [i=0:%zu] '%s' index i using 1:3 with linespoints lc i+1 notitle, "
+                   "for [i=0:%zu] '%s' index i using 1:4 with lines dt 2 lc i+1 notitle\nunset multiplot\n",
+                n_curves - 1, path, n_curves - 1, path);
+        if (fclose(g) != 0)
+            rc = cds_errf(err, "cannot write %s: %s", gp, strerror(errno));
+        else
+            rc = run_gnuplot(gp, err);
+    }
+    unlink(gp);
+    unlink(path);
+    rmdir(dir);
     return rc;
 }

@@ -20,6 +20,9 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s);
  * with throughput and an estimate of the time left from the sweep's pace. */
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms);
 
+/* Draws the learning curves of every model (validation top-1; training and
+ * validation loss) by epoch into out (.png or .svg) with gnuplot. */
+int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err);
 /* Creates sweep new_id that trains the models of orig again, each visiting
  * its shards in the order the original's schedule recorded (so, with the
  * same seeds and thread counts, its checkpoints come out bit-identical).
