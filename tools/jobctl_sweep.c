@@ -337,10 +337,25 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
     if (g) {
         fprintf(g, "set terminal %s\nset output '%s'\nset multiplot layout 1,2 title 'sweep %s'\n", term, out,
                 json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?");
-        fprintf(g, "set key bottom right font ',8'\nset xlabel 'epoch'\nset grid\nset ylabel 'validation top-1'\n");
-        fprintf(g, "plot for [i=0:%zu] '%s' index i using 1:2 with linespoints title columnheader(1)\n",
-                n_curves - 1, path);
-        fprintf(g, "set key top right font ',8'\nset ylabel 'loss (solid: train, dashed: validation)'\n");
+        fprintf(g, "set key bottom right font ',8'\nset xlabel 'epoch'\nset xtics 1\nset grid\n"
+                   "set ylabel 'validation top-1'\nplot");
+        /* Explicit titles: a data block cannot carry one without losing a
+         * row to gnuplot's columnheader. */
+        size_t c = 0;
+        json_array_foreach(models, i, m) {
+            if (json_array_size(json_object_get(m, "epochs")) == 0)
+                continue;
+            char title[160];
+            snprintf(title, sizeof title, "%lld: %s", (long long)json_integer_value(json_object_get(m, "model")),
+                     json_string_value(json_object_get(m, "summary")) ?: "");
+            for (char *t = title; *t; t++)
+                if (*t == '\'' || *t == '\\')
+                    *t = ' ';
+            fprintf(g, "%s '%s' index %zu using 1:2 with linespoints lc %zu title '%s'", c ? "," : "", path, c, c + 1,
+                    title);
+            c++;
+        }
+        fprintf(g, "\nset key top right font ',8'\nset ylabel 'loss (solid: train, dashed: validation)'\n");
         fprintf(g, "plot for [i=0:%zu] '%s' index i using 1:3 with linespoints lc i+1 notitle, "
                    "for [i=0:%zu] '%s' index i using 1:4 with lines dt 2 lc i+1 notitle\nunset multiplot\n",
                 n_curves - 1, path, n_curves - 1, path);
