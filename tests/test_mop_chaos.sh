@@ -17,7 +17,7 @@
 # model directory keeps exactly one checkpoint, the committed one, and no
 # temporary file remains under sweeps/.  Last, strace holds a worker inside
 # the rename that publishes its checkpoint while it is SIGKILLed, to show
-# what a dead worker leaves behind (TODO checks: nothing collects it yet).
+# what a dead worker leaves behind (deleted by the next accepted commit).
 # Victims and moments come from bash's RANDOM seeded with CDS_CHAOS_SEED
 # (printed; a random seed by default), so a failing run can be replayed, up
 # to the timing of the processes themselves; CDS_CHAOS_KEEP=1 keeps the data
@@ -38,9 +38,9 @@ sweep=chaos
 sk="${prefix}sweep:{$sweep}"
 models="$sk:models"
 root=$(mktemp -d /tmp/cds-mop-chaos.XXXXXX)
-all_pids=()
+declare -A live # pids started and not yet waited for: only those may be signalled at exit
 cleanup() {
-    for p in "${all_pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+    for p in "${!live[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
     if [ "${CDS_CHAOS_KEEP:-0}" = 1 ]; then echo "# kept $root (workers' logs, sweeps/)"; else rm -rf "$root"; fi
 }
 trap cleanup EXIT
@@ -50,6 +50,13 @@ rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
 jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
 now_ms() { date +%s%3N; }
 sleep_ms() { local s; printf -v s '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); sleep "$s"; }
+reap() { # PID: waits for it; its exit status
+    local rc
+    wait "$1" 2>/dev/null
+    rc=$?
+    unset "live[$1]"
+    return $rc
+}
 
 # ---- workers: four slots, two per shard; a restart takes a new id -------------
 slot_shard=(0 0 1 1)
@@ -64,7 +71,7 @@ start_slot() { # SLOT
         --idle-exit 60 >>"$root/$id.log" 2>&1 &
     slot_pid[$1]=$!
     slot_id[$1]=$id
-    all_pids+=($!)
+    live[$!]=1
 }
 # lease_of ID: "m token epoch shard version" of the model that worker ID holds, if any.
 lease_of() {
@@ -98,7 +105,7 @@ JSON
 jobctl enqueue sweep --spec "$root/sweep.json" --id "$sweep" >/dev/null 2>"$root/err"
 rc=$?
 ok "$([ $rc = 0 ] && [ "$(rcli HGET "$sk" models)" = $M ] && [ "$(rcli HGET "$sk" shards)" = $K ]; echo $?)" \
-    "jobctl enqueue sweep: $M diag.sleep models x $E epochs x $K shards ($(tail -1 "$root/err"))"
+    "jobctl enqueue sweep: $M diag.sleep models x $E epochs x $K shards ($(head -1 "$root/err"))"
 
 t_start=$(now_ms)
 for s in 0 1 2 3; do start_slot $s; done
@@ -173,7 +180,7 @@ drain_episode() {
         wait_lease "${slot_id[$v]}" 3 >/dev/null || continue
         dr_id=${slot_id[$v]}
         kill -TERM "${slot_pid[$v]}"
-        wait "${slot_pid[$v]}" 2>/dev/null
+        reap "${slot_pid[$v]}"
         dr_rc=$?
         start_slot $v
         dr_m=$(sed -n "s|.*finishing job $sweep/\([0-9]*\),.*|\1|p" "$root/$dr_id.log" | head -1)
@@ -194,7 +201,7 @@ for ((i = 1; i <= KILLS; i++)); do
     held=$(lease_of "$victim")
     [ "$(rcli HGET "$sk" state)" = running ] && kills_running=$((kills_running + 1))
     kill -KILL "${slot_pid[$v]}"
-    wait "${slot_pid[$v]}" 2>/dev/null
+    reap "${slot_pid[$v]}"
     [ -n "$held" ] && kills_hit=$((kills_hit + 1))
     echo "# $(( $(now_ms) - t_start )) ms: SIGKILL $victim (shard ${slot_shard[$v]})${held:+ holding model ${held%% *}}"
     start_slot $v
@@ -236,7 +243,7 @@ ok "$([ "$(rcli HGET "$sk" state)" = done ]; echo $?)" "the sweep finishes ($(( 
 exits=""
 kill -TERM "${slot_pid[@]}"
 for s in 0 1 2 3; do
-    wait "${slot_pid[$s]}"
+    reap "${slot_pid[$s]}"
     exits+="$? "
 done
 ok "$([ "$exits" = "0 0 0 0 " ]; echo $?)" "the four live workers exit 0 on SIGTERM once the sweep is done (${exits% })"
@@ -292,14 +299,8 @@ ok "$([ -z "$tmps" ]; echo $?)" "no temporary file remains under sweeps/${tmps:+
 # the worker's rename() of its checkpoint for 3 s, either before the rename
 # runs (the temporary file exists) or after it ran (the final file exists, not
 # committed), the worker is SIGKILLed in that window, and two plain workers
-# finish the sweep.  Nothing collects the files of a dead worker's lease yet,
-# so both checks are TODO (reported as expected failures; meson flags an
-# unexpected pass once that is fixed, and the marker should go then).
-todo() { # STATUS NAME REASON
-    n=$((n + 1))
-    if [ "$1" = 0 ]; then echo "ok $n - $2 # TODO $3"; else echo "not ok $n - $2 # TODO $3"; fi
-}
-why="nothing deletes the checkpoint files of a dead worker's lease"
+# finish the sweep.  The next accepted commit of the model deletes what the
+# dead lease left (worker_mop.c, prune_model_dir).
 if ! strace -f -qq -o /dev/null true 2>/dev/null || ! command -v pgrep >/dev/null; then
     for what in "before" "after"; do
         n=$((n + 1)); echo "ok $n - a worker killed $what renaming its checkpoint # SKIP strace cannot trace here"
@@ -314,30 +315,31 @@ else
             "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "x-$mode" --shard 0 \
             --data-root "$root" --lease "$LEASE" --reap-every 0.2 --threads 1 --idle-exit 60 >>"$root/x-$mode.log" 2>&1 &
         spid=$!
-        all_pids+=($spid)
+        live[$spid]=1
         [ $mode = enter ] && pat='*.tmp*' || pat='*.ckpt'
         for _ in $(seq 200); do [ -n "$(find "$dir" -name "$pat" 2>/dev/null)" ] && break; sleep 0.05; done
         sleep 0.2 # inside the 3 s that strace holds the rename
         wpid=$(pgrep -P "$spid")
         [ -n "$wpid" ] && kill -KILL "$wpid"
-        wait "$spid" 2>/dev/null
+        reap "$spid"
         held=$(ls "$dir" 2>/dev/null | tr '\n' ' ')
         ps=()
         for k in 0 1; do
             "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "y-$mode-$k" --shard $k \
                 --data-root "$root" --lease "$LEASE" --reap-every 0.2 --threads 1 --idle-exit 60 >>"$root/y-$mode-$k.log" 2>&1 &
-            ps+=($!) all_pids+=($!)
+            ps+=($!)
+            live[$!]=1
         done
         for _ in $(seq 300); do [ "$(rcli HGET "${prefix}sweep:{$sw}" state)" = done ] && break; sleep 0.05; done
         kill -TERM "${ps[@]}"
-        wait "${ps[@]}"
+        for p in "${ps[@]}"; do reap "$p"; done
         ck=$(basename "$(rcli HGET "${prefix}sweep:{$sw}:models" 0.ckpt)")
         left=$(ls "$dir" 2>/dev/null | grep -vx "$ck" | tr '\n' ' ')
         [ $mode = enter ] && what="before" || what="after"
         ok "$([ -n "$wpid" ] && [ -n "$held" ] && [ "$(rcli HGET "${prefix}sweep:{$sw}" state)" = done ]; echo $?)" \
             "a worker SIGKILLed $what renaming its checkpoint (holding ${held% }); the sweep still finishes"
-        todo "$([ -z "$left" ] && [ -n "$held" ]; echo $?)" \
-            "... and only the committed checkpoint $ck remains${left:+ (also: ${left% })}" "$why"
+        ok "$([ -z "$left" ] && [ -n "$held" ]; echo $?)" \
+            "... and only the committed checkpoint $ck remains${left:+ (also: ${left% })}"
     done
 fi
 san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)

@@ -23,6 +23,7 @@
  * model (its last committed checkpoint stays, so nothing is lost but the
  * partial pass).  A loss that becomes NaN or infinite marks the model failed;
  * any other error releases it for another try. */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,65 @@ static void give_back(worker *w, visit *v, const char *why)
              rc == 0 ? "released it" : rc == QUEUE_NOT_FOUND ? "its lease was already gone" : err.msg);
 }
 
+/* Deletes what dead or refused leases left in a model directory: every
+ * v<i>-<token>.ckpt (and its temporary files) with i <= version other than
+ * the one just committed.  Only the lease holder can commit, so such a file
+ * can never be published; its worker died between writing and committing,
+ * or between committing and deleting what it superseded. */
+static void prune_model_dir(worker *w, const char *dir, int64_t version, const char *keep)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    const char *keep_name = strrchr(keep, '/') ? strrchr(keep, '/') + 1 : keep;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long long i;
+        char tail;
+        if (sscanf(e->d_name, "v%lld-%c", &i, &tail) != 2 || i > version || strcmp(e->d_name, keep_name) == 0)
+            continue;
+        char path[QUEUE_MOP_PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (unlink(path) == 0)
+            cds_logf(&w->log, CDS_LOG_INFO, "removed %s, left by a lease that cannot commit", path);
+    }
+    closedir(d);
+}
+
+/* Commits the visit's checkpoint at path: 1 accepted (superseded and
+ * orphaned files removed), 0 refused (the file is deleted: the lease was
+ * lost), -1 when Redis could not say (the file is kept: the commit may have
+ * gone through, and deleting it could remove what Redis now points to). */
+static int commit_visit(worker *w, visit *v, const char *path, const char *dir, queue_mop_commit_result *r)
+{
+    cds_err err;
+    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, r, &err)) != 0) {
+        cds_logf(&w->log, CDS_LOG_ERROR, "sweep %s model %d: commit failed (%s); %s is kept in case it went through",
+                 v->sweep, v->lease.model, err.msg, path);
+        return -1;
+    }
+    if (!r->accepted) {
+        unlink(path);
+        cds_logf(&w->log, CDS_LOG_WARN,
+                 "sweep %s model %d epoch %d shard %d: commit refused (the lease was lost); checkpoint discarded",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
+        return 0;
+    }
+    if (r->epoch_done) {
+        /* The epoch's checkpoint must outlive the next commit, which deletes
+         * the file it supersedes, until an evaluation has read it. */
+        char epoch_file[QUEUE_MOP_PATH_MAX];
+        snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
+        if (link(path, epoch_file) != 0 && errno != EEXIST)
+            cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
+    }
+    if (r->superseded[0] && strcmp(r->superseded, path) != 0 && unlink(r->superseded) != 0 && errno != ENOENT)
+        cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r->superseded,
+                 strerror(errno));
+    prune_model_dir(w, dir, r->version, path);
+    return 1;
+}
+
 /* Writes and commits the trained model; returns 0 when committed. */
 static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
 {
@@ -109,34 +169,12 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
         return -1;
     }
     queue_mop_commit_result r;
-    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, &r, &err)) != 0) {
-        unlink(path);
-        cds_logf(&w->log, CDS_LOG_ERROR, "sweep %s model %d: commit failed (%s); its checkpoint is discarded",
-                 v->sweep, v->lease.model, err.msg);
+    if (commit_visit(w, v, path, dir, &r) != 1)
         return -1;
-    }
-    if (!r.accepted) {
-        unlink(path);
-        cds_logf(&w->log, CDS_LOG_WARN,
-                 "sweep %s model %d epoch %d shard %d: commit refused (the lease was lost); checkpoint discarded",
-                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
-        return -1;
-    }
     if (WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
                                                  st->rows, st->loss_sum, st->xent_sum, st->top1, st->top5, &err)) != 0)
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: the visit's metrics were not recorded: %s", v->sweep,
                  v->lease.model, err.msg);
-    if (r.epoch_done) {
-        /* The epoch's checkpoint must outlive the next commit, which deletes
-         * the file it supersedes, until an evaluation has read it. */
-        char epoch_file[QUEUE_MOP_PATH_MAX];
-        snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
-        if (link(path, epoch_file) != 0 && errno != EEXIST)
-            cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
-    }
-    if (r.superseded[0] && strcmp(r.superseded, path) != 0 && unlink(r.superseded) != 0 && errno != ENOENT)
-        cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r.superseded,
-                 strerror(errno));
     double rows = st->rows ? (double)st->rows : 1.0;
     cds_logf(&w->log, CDS_LOG_INFO,
              "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s; committed v%lld%s",
@@ -194,15 +232,8 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
         return;
     }
     queue_mop_commit_result r;
-    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, &r, &err)) != 0 || !r.accepted) {
-        unlink(path);
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d shard %d: commit %s; checkpoint discarded",
-                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
-                 r.accepted ? err.msg : "refused (the lease was lost)");
+    if (commit_visit(w, v, path, dir, &r) != 1)
         return;
-    }
-    if (r.superseded[0] && strcmp(r.superseded, path) != 0)
-        unlink(r.superseded);
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
              v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);
 }
@@ -342,6 +373,7 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
     char *spec = NULL;
     if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, m, &spec, &err)) == 0 && sleep_model_ms(spec) >= 0) {
         free(spec); /* diag.sleep models have nothing to evaluate */
+        unlink(file);
         worker_set_current(w, NULL);
         return;
     }

@@ -52,5 +52,5 @@ redis.call('HSET', KEYS[1], 'updated', int(now))
 if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
 end
-wake(KEYS[6])
+wake_mop(KEYS[6], 1)
 return {'committed', epoch_done, model_done, int(version), superseded}

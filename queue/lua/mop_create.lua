@@ -27,4 +27,8 @@ for m = 0, nmodels - 1 do
     p .. 'commit', '', p .. 'plan', ARGV[9 + nmodels + m] or '')
 end
 redis.call('ZADD', KEYS[5], now, ARGV[1])
+-- Idle workers wait on the wake-up list: one token per shard, so every
+-- shard's worker looks at the new sweep at once rather than at its next
+-- timeout (up to a second).
+wake_mop(KEYS[6], nshards)
 return {'created', now}

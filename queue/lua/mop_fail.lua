@@ -18,5 +18,5 @@ if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 then
   done = 1
   if state ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', 'done', 'finished', now) end
 end
-wake(KEYS[6])
+wake_mop(KEYS[6], 1)
 return {'failed', done}

@@ -31,6 +31,6 @@ for first = 0, nmodels - 1, chunk do
 end
 if n > 0 then
   redis.call('HSET', KEYS[1], 'updated', int(now))
-  wake(KEYS[6])
+  wake_mop(KEYS[6], 1)
 end
 return {'reaped', n}

@@ -12,5 +12,5 @@ local f = redis.call('HMGET', KEYS[2], p .. 'state', p .. 'token')
 if f[1] ~= 'leased' or f[2] ~= ARGV[2] then return {'lost'} end
 redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '', p .. 'deadline', '')
 redis.call('HSET', KEYS[1], 'updated', int(now_ms()))
-wake(KEYS[6])
+wake_mop(KEYS[6], 1)
 return {'released'}

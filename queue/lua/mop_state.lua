@@ -25,5 +25,7 @@ if want == 'cancelled' then
 else
   redis.call('HSET', KEYS[1], 'state', want, 'updated', now)
 end
-wake(KEYS[6])
+-- Every shard's workers may have work again (a resume), or must hear that
+-- there is none (a cancel).
+wake_mop(KEYS[6], tonumber(redis.call('HGET', KEYS[1], 'shards')) or 1)
 return {'ok', s[1]}

@@ -23,6 +23,16 @@ local function wake(key)
   redis.call('LTRIM', key, 0, 63)
 end
 
+-- MOP's wake-up list: n tokens (one per worker that may have work now: K for
+-- a new or resumed sweep, 1 for a commit), kept to 16, because tokens that
+-- nobody waited for make the next idle worker retry once per token.
+local function wake_mop(key, n)
+  for _ = 1, math.min(n, 16) do
+    redis.call('LPUSH', key, '1')
+  end
+  redis.call('LTRIM', key, 0, 15)
+end
+
 -- Frees a unique key only if it still names this job.
 local function free_unique(ukey, unique, id)
   if unique and unique ~= '' and redis.call('GET', ukey) == id then
