@@ -105,6 +105,8 @@ ok "$(grep -q "committed v" "$root/w0.log" && grep -q "committed v" "$root/w1.lo
     "both workers committed visits, none refused"
 
 # ---- a first SIGTERM drains: the visit in hand is committed ---------------------
+ok "$([ "$(psql -X -A -t -q -c "SELECT count(*), count(DISTINCT model), min(epoch), max(epoch), bool_and(valid_top1 > 0.3 AND valid_rows > 0 AND spec ? 'model') FROM cds_results WHERE sweep = 'e2e'")" = "8|4|1|2|t" ]; echo $?)" \
+    "cds_results in the dataset's database holds the 8 evaluated epochs, with metrics and specs"
 jobctl results e2e >"$root/lb" 2>&1
 rc=$?
 top=$(for m in 0 1 2 3; do echo "$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_top1") $m"; done | sort -k1,1gr -k2,2n | head -1 | cut -d' ' -f2)

@@ -69,4 +69,8 @@ int worker_mop_step(worker *w);
 int worker_mop_beat(worker *w, queue_conn *q, cds_err *err);
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err);
 
+/* cds_results in the dataset's database (worker_results_db.c). */
+int worker_results_db_insert(const char *dsn, const char *sweep, int model, int epoch, const char *spec_json,
+                             const char *metrics_json, cds_err *err);
+
 #endif

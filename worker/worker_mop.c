@@ -336,6 +336,32 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
     }
 }
 
+/* Adds the epoch to cds_results in the database the dataset came from (the
+ * DSN of its ETL plan).  A dataset made without a plan in Redis (by the
+ * cds-etl command) has no database to write to: nothing is written. */
+static void record_in_database(worker *w, const char *sweep, const char *dataset, int m, int epoch,
+                               const char *metrics)
+{
+    cds_err err;
+    char name[300];
+    snprintf(name, sizeof name, "dataset:%s", dataset);
+    json_t *rec = NULL, *plan = NULL;
+    char *spec = NULL;
+    if (!metrics || queue_record_get(w->q, name, &rec, &err) != 0)
+        return;
+    plan = json_loads(json_string_value(json_object_get(rec, "plan")) ?: "", 0, NULL);
+    json_t *ps = json_object_get(plan, "spec");
+    if (plan && queue_mop_model_spec(w->q, sweep, m, &spec, &err) == 0) {
+        const char *dsn = json_string_value(json_object_get(ps, "dsn"));
+        if (worker_results_db_insert(dsn ? dsn : "", sweep, m, epoch, spec, metrics, &err) != 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results: %s", sweep, m,
+                     epoch, err.msg);
+    }
+    free(spec);
+    json_decref(plan);
+    json_decref(rec);
+}
+
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
  * the file is new; under an exclusive lock, as several workers append. */
 static void append_csv(worker *w, const char *sweep, const char *line)
@@ -401,12 +427,14 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
                           "valid_loss", va.loss_sum / van, "valid_top1", vtop1, "valid_top5", (double)va.top5 / van,
                           "time_ms", (json_int_t)now);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    char *text_copy = text ? strdup(text) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
     if (!text || WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, m, e, text, vtop1, &is_best, &prev, &err)) != 0) {
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: %s", sweep, m, e,
                  text ? err.msg : "out of memory");
         free(text);
+        free(text_copy);
         worker_set_current(w, NULL);
         return;
     }
@@ -416,6 +444,7 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
              va.loss_sum / van, vtop1, (double)va.top5 / van, (long long)now);
     append_csv(w, sweep, line);
+    record_in_database(w, sweep, v.dataset, m, e + 1, text_copy);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated. */
     char best[QUEUE_MOP_PATH_MAX];
@@ -433,6 +462,7 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
              "sweep %s model %d epoch %d: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 %.4f%s", sweep, m,
              e + 1, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,
              is_best ? " (best so far)" : "");
+    free(text_copy);
     worker_set_current(w, NULL);
 }
 
