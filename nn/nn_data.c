@@ -28,6 +28,7 @@
  * sets stop and joins the worker.  Every hand-off goes through mu, so each
  * buffer's writes happen before its reads. */
 #include "nn_data.h"
+#include "nn_rng.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -97,39 +98,22 @@ struct nn_data {
 
 #define GOLDEN 0x9E3779B97F4A7C15ull
 
+/* SplitMix64's output for z (nn_rng.h's generator, one step from z). */
 static uint64_t mix64(uint64_t z)
 {
-    z += GOLDEN;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t rotl64(uint64_t v, int k) { return (v << k) | (v >> (64 - k)); }
-
-static uint64_t xoshiro_next(uint64_t s[4])
-{
-    uint64_t r = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return r;
+    return nn_splitmix64(&z);
 }
 
 void nn_data_shuffle(int64_t *order, int64_t n, uint64_t seed, int64_t epoch, int shard_index)
 {
     uint64_t key = mix64(mix64(mix64(seed) ^ (uint64_t)epoch) ^ (uint64_t)(int64_t)shard_index);
-    uint64_t s[4];
+    nn_rng r;
     for (int i = 0; i < 4; i++)
-        s[i] = mix64(key + (uint64_t)i * GOLDEN);
+        r.s[i] = mix64(key + (uint64_t)i * GOLDEN);
     for (int64_t i = 0; i < n; i++)
         order[i] = i;
     for (int64_t i = n - 1; i > 0; i--) {
-        __extension__ unsigned __int128 prod = (unsigned __int128)xoshiro_next(s) * (uint64_t)(i + 1);
+        __extension__ unsigned __int128 prod = (unsigned __int128)nn_rng_next(&r) * (uint64_t)(i + 1);
         int64_t j = (int64_t)(prod >> 64);
         int64_t t = order[i];
         order[i] = order[j];

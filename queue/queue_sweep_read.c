@@ -6,6 +6,26 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
+/* Copies an array reply of strings into a malloc'd array of strings. */
+static int reply_strings(const redisReply *r, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return 0;
+    char **v = calloc(r->elements, sizeof *v);
+    if (!v)
+        return -1;
+    for (size_t i = 0; i < r->elements; i++)
+        if (!(v[i] = strdup(r->element[i]->str ? r->element[i]->str : ""))) {
+            queue_sweep_list_free(v, i);
+            return -1;
+        }
+    *out = v;
+    *n = r->elements;
+    return 0;
+}
+
 int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
 {
     *ids = NULL;
@@ -18,24 +38,7 @@ int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-        *ids = calloc(r->elements, sizeof **ids);
-        for (size_t i = 0; *ids && i < r->elements; i++) {
-            (*ids)[i] = strdup(r->element[i]->str ? r->element[i]->str : "");
-            if (!(*ids)[i]) {
-                rc = -1;
-                break;
-            }
-            (*n)++;
-        }
-        if (!*ids || rc != 0) {
-            queue_sweep_list_free(*ids, *n);
-            *ids = NULL;
-            *n = 0;
-            rc = cds_errf(err, "out of memory listing sweeps");
-        }
-    }
+    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_errf(err, "out of memory listing sweeps");
     freeReplyObject(r);
     return rc;
 }
@@ -70,21 +73,8 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-        *lines = calloc(r->elements, sizeof **lines);
-        for (size_t i = 0; *lines && i < r->elements; i++) {
-            if (!((*lines)[i] = strdup(r->element[i]->str ? r->element[i]->str : "")))
-                break;
-            (*n)++;
-        }
-        if (!*lines || *n != r->elements) {
-            queue_sweep_list_free(*lines, *n);
-            *lines = NULL;
-            *n = 0;
-            rc = cds_errf(err, "out of memory reading the schedule of sweep %s", sweep);
-        }
-    }
+    int rc = reply_strings(r, lines, n) == 0 ? 0
+                                             : cds_errf(err, "out of memory reading the schedule of sweep %s", sweep);
     freeReplyObject(r);
     return rc;
 }

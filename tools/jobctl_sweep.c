@@ -153,6 +153,18 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s)
         fprintf(out, "the chosen model could not be scored on the test split: %s\n", test + 6);
 }
 
+/* Visits a model has committed: all of them once done. */
+static long long model_units(const json_t *m, int epochs, int shards)
+{
+    const char *st = json_string_value(json_object_get(m, "state"));
+    const char *vis = json_string_value(json_object_get(m, "visited"));
+    long long v = 0;
+    for (const char *c = vis; c && *c; c++)
+        v += *c == '1';
+    return st && strcmp(st, "done") == 0 ? (long long)epochs * shards
+                                          : json_integer_value(json_object_get(m, "epoch")) * shards + v;
+}
+
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
 {
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
@@ -162,15 +174,8 @@ void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
     long long total = (long long)json_array_size(models) * epochs * shards, done = 0;
     size_t i;
     const json_t *m;
-    json_array_foreach(models, i, m) {
-        const char *st = json_string_value(json_object_get(m, "state"));
-        const char *vis = json_string_value(json_object_get(m, "visited"));
-        long long e = json_integer_value(json_object_get(m, "epoch"));
-        long long v = 0;
-        for (const char *c = vis; c && *c; c++)
-            v += *c == '1';
-        done += strcmp(st, "done") == 0 ? (long long)epochs * shards : e * shards + v;
-    }
+    json_array_foreach(models, i, m)
+        done += model_units(m, epochs, shards);
     double secs = ((finished ? finished : now_ms) - created) / 1000.0;
     double rate = secs > 0 ? (double)done / secs : 0;
     fprintf(out, "sweep %s (%s): %lld of %lld visits, %.1f visits/min", json_string_value(json_object_get(sw, "id")) ?: "?",
@@ -182,10 +187,7 @@ void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
         const char *st = json_string_value(json_object_get(m, "state"));
         const char *vis = json_string_value(json_object_get(m, "visited"));
         long long e = json_integer_value(json_object_get(m, "epoch"));
-        long long v = 0;
-        for (const char *c = vis; c && *c; c++)
-            v += *c == '1';
-        long long units = strcmp(st, "done") == 0 ? (long long)epochs * shards : e * shards + v;
+        long long units = model_units(m, epochs, shards);
         long long per_model = (long long)epochs * shards;
         int width = 24, fill = per_model > 0 ? (int)(width * units / per_model) : 0;
         char bar[32];
