@@ -261,6 +261,10 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
     if (qc_reply_is(r, 0, "bad_shard")) {
         long long k = qc_reply_int(r, 1);
         freeReplyObject(r);
+        /* A worker serves shard k of every sweep; a sweep with fewer shards
+         * simply has nothing for it. */
+        if (shard >= 0)
+            return 0;
         return cds_errf(err, "shard %d is not a shard of sweep '%s': it has shards 0 to %lld", shard, sweep,
                         k - 1);
     }

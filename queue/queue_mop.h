@@ -79,8 +79,8 @@ typedef struct queue_mop_lease {
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
- * model can visit k now (all busy, all visited k this epoch, or the sweep is
- * paused/finished), -1 on error.  *sweep_done (may be NULL) is set when every
+ * model can visit k now (all busy, all visited k this epoch, the sweep is
+ * paused/finished, or it has fewer than k+1 shards), -1 on error.  *sweep_done (may be NULL) is set when every
  * model of the sweep is done, failed or cancelled. */
 int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
                           queue_mop_lease *l, int *sweep_done, cds_err *err);
@@ -146,6 +146,13 @@ int queue_mop_record_result(queue_conn *q, const char *sweep, int model, int epo
 /* The results hash / the models hash as JSON objects of strings. */
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
+
+/* Records that this worker serves shard k now (hash mop:shards, server
+ * time); the heartbeat thread calls it. */
+int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err);
+/* Shards whose last beat is older than grace_ms: their worker is gone; an
+ * idle worker may serve them too.  Up to max ids into shards. */
+int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
 
 /* ---- read-only views (queue_sweep_read.c) ---- */
 

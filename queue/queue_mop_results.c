@@ -117,3 +117,39 @@ int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *er
     snprintf(name, sizeof name, "sweep:{%s}:models", sweep);
     return queue_record_get(q, name, out, err);
 }
+
+/* ---- shards and the workers that serve them ----------------------------------- */
+
+extern const char queue_lua_mop_shard_beat[], queue_lua_mop_orphans[];
+
+int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err)
+{
+    qargs cmd = {0};
+    qargs_add(&cmd, "EVAL");
+    qargs_add(&cmd, queue_lua_mop_shard_beat);
+    qargs_add(&cmd, "1");
+    qargs_key(&cmd, q, "mop:shards");
+    qargs_addf(&cmd, "%d", shard);
+    return qc_do(q, &cmd, err);
+}
+
+int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
+{
+    *n = 0;
+    qargs cmd = {0};
+    qargs_add(&cmd, "EVAL");
+    qargs_add(&cmd, queue_lua_mop_orphans);
+    qargs_add(&cmd, "1");
+    qargs_key(&cmd, q, "mop:shards");
+    qargs_addf(&cmd, "%lld", (long long)grace_ms);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1)
+        rc = cds_errf(err, "unexpected reply listing orphaned shards");
+    for (size_t i = 1; rc == 0 && i < r->elements && *n < max; i++)
+        shards[(*n)++] = atoi(qc_reply_str(r, i) ?: "-1");
+    freeReplyObject(r);
+    return rc;
+}

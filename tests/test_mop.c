@@ -276,8 +276,12 @@ static void test_create(queue_conn *q, redisContext *c)
     queue_mop_lease l;
     ok(queue_mop_lease_model(q, "nosuch", 0, "w", HOLD_MS, &l, NULL, &err) == -1 && strstr(err.msg, "no sweep"),
        "leasing from an unknown sweep is an error (%s)", err.msg);
-    ok(queue_mop_lease_model(q, "create", 2, "w", HOLD_MS, &l, NULL, &err) == -1 && strstr(err.msg, "not a shard"),
-       "leasing for a shard the sweep does not have is an error (%s)", err.msg);
+    /* A worker serves shard k of every sweep: one with fewer shards simply
+     * has nothing for it; a negative shard is a caller's error. */
+    ok(queue_mop_lease_model(q, "create", 2, "w", HOLD_MS, &l, NULL, &err) == 0,
+       "leasing for a shard beyond the sweep's finds nothing, without an error");
+    ok(queue_mop_lease_model(q, "create", -1, "w", HOLD_MS, &l, NULL, &err) == -1 && strstr(err.msg, "negative"),
+       "leasing for a negative shard is an error (%s)", err.msg);
 }
 
 /* Two simulated workers, serving shards 0 and 1, each lease a model, and then

@@ -148,6 +148,36 @@ ok "$(for s in e2e e2r; do rcli LRANGE "${prefix}sweep:{$s}:schedule" 0 -1 | awk
 jobctl replay e2r --id e2e >/dev/null 2>"$root/err"
 ok "$([ $? = 1 ] && grep -q "already exists" "$root/err"; echo $?)" "a replay onto an existing id is refused"
 
+# ---- a model whose loss diverges fails alone -----------------------------------------
+cat >"$root/nan.json" <<'JSON'
+{"mode": "mop", "dataset": "fm", "epochs": 1, "seed": 3,
+ "models": [{"arch": "mlp", "input": [784], "hidden": [32], "classes": 10}],
+ "train": {"normalize": {"scale": 0.00392156862745098, "mean": [0.286], "std": [0.353]}},
+ "grid": {"optimizer": ["sgd"], "lr": [1000, 0.01], "batch": [64]}}
+JSON
+jobctl enqueue sweep --spec "$root/nan.json" --id nan >/dev/null 2>&1
+worker n0 --shard 0 --idle-exit 3
+worker n1 --shard 1 --idle-exit 3
+for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{nan}" state)" = done ] && break; sleep 0.1; done
+wait "${pids[@]}"; pids=()
+ok "$([ "$(rcli HGET "${prefix}sweep:{nan}:models" 0.state)" = failed ] && \
+      rcli HGET "${prefix}sweep:{nan}:models" 0.reason | grep -q "diverged" && \
+      [ "$(rcli HGET "${prefix}sweep:{nan}:models" 1.state)" = done ] && [ "$(rcli HGET "${prefix}sweep:{nan}" state)" = done ]; echo $?)" \
+    "a model whose loss diverges (lr 1000) is marked failed with the reason; the other finishes; so does the sweep"
+
+# ---- a shard whose worker is gone is served by another -----------------------------
+# Shard 1's worker (r1 above) has exited; w0 alone, with a grace of 1 s, must
+# take shard 1 too and finish the sweep.
+sed 's/"epochs": 2/"epochs": 1/' "$root/sweep.json" >"$root/orph.json"
+jobctl enqueue sweep --spec "$root/orph.json" --id orph >/dev/null 2>&1
+worker o0 --shard 0 --shard-grace 1 --idle-exit 4
+for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{orph}" state)" = done ] && break; sleep 0.1; done
+wait "${pids[@]}"; pids=()
+ok "$([ "$(rcli HGET "${prefix}sweep:{orph}" state)" = done ] && \
+      [ "$(rcli LRANGE "${prefix}sweep:{orph}:schedule" 0 -1 | awk '$3 == 1 && $5 == "o0"' | wc -l)" = 4 ] && \
+      grep -q "served shard 1, whose worker has been gone" "$root/o0.log"; echo $?)" \
+    "a shard whose worker is gone is served by another worker after the grace period; the sweep finishes"
+
 # A full-width CNN with small batches makes a visit last long enough to be
 # interrupted in the middle.
 cat >"$root/sweep2.json" <<'JSON'

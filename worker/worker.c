@@ -71,7 +71,20 @@ int worker_reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int
     }
 }
 
-int worker_main_gives_up(worker *w) { return atomic_load(&w->stop) >= 2; }
+/* The main thread stops retrying Redis when told to stop at once, or when
+ * told to drain with nothing in hand to ack or commit. */
+int worker_main_gives_up(worker *w)
+{
+    int stop = atomic_load(&w->stop);
+    if (stop >= 2)
+        return 1;
+    if (stop == 0)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    int idle = w->current[0] == '\0';
+    pthread_mutex_unlock(&w->mu);
+    return idle;
+}
 static int helper_gives_up(worker *w) { return atomic_load(&w->done); }
 
 /* ---- signals ------------------------------------------------------------- */
@@ -206,6 +219,8 @@ static void *heartbeat_thread(void *arg)
             json_t *info = registration(w);
             rc = queue_worker_beat(q, w->cfg->id, info, 5000, &err);
             json_decref(info);
+            if (rc == 0 && w->cfg->shard >= 0)
+                rc = queue_mop_shard_beat(q, w->cfg->shard, &err);
             next_reg = now + 1000;
         }
         if (rc == 0 && now >= next_reap) {

@@ -31,6 +31,7 @@ typedef struct worker_cfg {
     int shard;
     const char *data_root;
     int threads;
+    int64_t shard_grace_ms; /* serve a shard whose worker is silent this long (0: never) */
 } worker_cfg;
 
 typedef struct worker worker;

@@ -30,6 +30,8 @@ static void usage(FILE *out)
           "  --shard K                 also train MOP sweeps on shard K (needs --data-root)\n"
           "  --data-root DIR           where datasets/ and sweeps/ are (a shared filesystem)\n"
           "  --threads T               training threads for MOP visits (default: all cores)\n"
+          "  --shard-grace SECONDS     also serve a shard whose worker has been silent this long\n"
+          "                            (default 60; 0: never)\n"
           "  --help                    this text\n"
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
@@ -64,10 +66,11 @@ int main(int argc, char **argv)
     cfg.reap_every_ms = 1000;
     cfg.log_level = CDS_LOG_INFO;
     cfg.shard = -1;
+    cfg.shard_grace_ms = 60000;
     queue_maint_opts_init(&cfg.maint);
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
-           O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS };
+           O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -77,7 +80,7 @@ int main(int argc, char **argv)
         {"keep-done", required_argument, 0, O_KEEP},      {"keep-done-age", required_argument, 0, O_KEEPAGE},
         {"log-level", required_argument, 0, O_LOG},       {"help", no_argument, 0, O_HELP},
         {"shard", required_argument, 0, O_SHARD},         {"data-root", required_argument, 0, O_DATAROOT},
-        {"threads", required_argument, 0, O_THREADS},
+        {"threads", required_argument, 0, O_THREADS},     {"shard-grace", required_argument, 0, O_GRACE},
         {0, 0, 0, 0},
     };
     opterr = 0;
@@ -141,6 +144,10 @@ int main(int argc, char **argv)
             cfg.shard = (int)v;
             break;
         case O_DATAROOT: cfg.data_root = optarg; break;
+        case O_GRACE:
+            if (parse_seconds(optarg, &cfg.shard_grace_ms) != 0)
+                return bad_usage("bad --shard-grace '%s': give seconds", optarg);
+            break;
         case O_THREADS:
             if (cds_parse_i64(optarg, 1, 1024, &v) != 0)
                 return bad_usage("bad --threads '%s': use 1 to 1024", optarg);

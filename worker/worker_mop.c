@@ -158,8 +158,11 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
     return 1;
 }
 
-/* Writes and commits the trained model; returns 0 when committed. */
-static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
+/* Writes and commits the trained model; returns 0 when committed.
+ * epoch_end: this visit completes the model's epoch, so the commit will put
+ * the epoch on the evaluation list, where another worker may take it at
+ * once: its epoch-<e>.ckpt must exist before the commit. */
+static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, int epoch_end)
 {
     cds_err err;
     char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64]; /* room for the file name */
@@ -168,8 +171,16 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st)
         give_back(w, v, err.msg);
         return -1;
     }
+    char epoch_file[QUEUE_MOP_PATH_MAX];
+    snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
+    int linked = epoch_end && link(path, epoch_file) == 0;
+    if (epoch_end && !linked && errno != EEXIST)
+        cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     queue_mop_commit_result r;
-    if (commit_visit(w, v, path, dir, &r) != 1)
+    int c = commit_visit(w, v, path, dir, &r);
+    if (c == 0 && linked)
+        unlink(epoch_file); /* refused: that epoch is someone else's to finish */
+    if (c != 1)
         return -1;
     if (WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
                                                  st->rows, st->loss_sum, st->xent_sum, st->top1, st->top5, &err)) != 0)
@@ -281,9 +292,10 @@ static void run_visit(worker *w, visit *v)
     } else if (rc != 0) {
         give_back(w, v, err.msg);
     } else {
-        if (nn_trainer_visited(t, NULL) >= (size_t)v->shards)
+        int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->shards;
+        if (epoch_end)
             nn_trainer_end_epoch(t);
-        publish(w, v, t, &st);
+        publish(w, v, t, &st, epoch_end);
     }
 out:
     free(spec);
@@ -578,6 +590,47 @@ static int test_step(worker *w, char **ids, size_t n)
     return 0;
 }
 
+/* One visit of shard k for the first sweep that has a model for it. */
+static int lease_step(worker *w, char **ids, size_t n, int shard)
+{
+    cds_err err;
+    for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
+        visit v = {.w = w, .sweep = ids[i]};
+        int done = 0;
+        int rc = WITH_RECONNECT(w, queue_mop_lease_model(w->q, ids[i], shard, w->cfg->id, w->cfg->lease_ms, &v.lease,
+                                                         &done, &err));
+        if (rc < 0) {
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a model for shard %d: %s", ids[i], shard, err.msg);
+            continue;
+        }
+        if (rc == 1) {
+            run_visit(w, &v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Shards whose worker has not been heard of for the grace period: this one
+ * serves them too (DATA_ROOT is shared), so a lost node does not hang a
+ * sweep.  Their own worker, back, simply shares them again. */
+static int orphan_step(worker *w, char **ids, size_t n)
+{
+    if (w->cfg->shard_grace_ms <= 0)
+        return 0;
+    int shards[64], ns = 0;
+    cds_err err;
+    if (queue_mop_orphan_shards(w->q, w->cfg->shard_grace_ms, shards, 64, &ns, &err) != 0)
+        return 0;
+    for (int i = 0; i < ns; i++)
+        if (shards[i] != w->cfg->shard && shards[i] >= 0 && lease_step(w, ids, n, shards[i])) {
+            cds_logf(&w->log, CDS_LOG_INFO, "served shard %d, whose worker has been gone for more than %lld ms",
+                     shards[i], (long long)w->cfg->shard_grace_ms);
+            return 1;
+        }
+    return 0;
+}
+
 int worker_mop_step(worker *w)
 {
     cds_err err;
@@ -587,23 +640,13 @@ int worker_mop_step(worker *w)
         cds_logf(&w->log, CDS_LOG_WARN, "listing sweeps: %s", err.msg);
         return -1;
     }
-    int did = 0;
-    for (size_t i = 0; i < n && !did && atomic_load(&w->stop) == 0; i++) {
-        visit v = {.w = w, .sweep = ids[i]};
-        int done = 0;
-        int rc = WITH_RECONNECT(w, queue_mop_lease_model(w->q, ids[i], w->cfg->shard, w->cfg->id, w->cfg->lease_ms,
-                                                         &v.lease, &done, &err));
-        if (rc < 0) {
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a model: %s", ids[i], err.msg);
-            continue;
-        }
-        if (rc == 1) {
-            run_visit(w, &v);
-            did = 1;
-        }
-    }
-    /* No model to train here: evaluate a finished epoch instead (no lease;
-     * any worker; training of the next epoch does not wait for it). */
+    /* Its own shard first; then a shard whose worker is gone; then, with no
+     * model to train, a finished epoch to evaluate (no lease: any worker,
+     * and training of the next epoch does not wait for it); then the test
+     * scoring of a finished sweep. */
+    int did = lease_step(w, ids, n, w->cfg->shard);
+    if (!did)
+        did = orphan_step(w, ids, n);
     if (!did)
         did = eval_step(w, ids, n);
     if (!did)
