@@ -268,6 +268,10 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
         return cds_errf(err, "shard %d is not a shard of sweep '%s': it has shards 0 to %lld", shard, sweep,
                         k - 1);
     }
+    if (qc_reply_is(r, 0, "waiting")) {
+        freeReplyObject(r);
+        return QUEUE_MOP_WAITING;
+    }
     if (qc_reply_is(r, 0, "none")) {
         if (sweep_done)
             *sweep_done = qc_reply_int(r, 1) != 0;

@@ -45,6 +45,9 @@
 #include "queue.h"
 
 #define QUEUE_SWEEP_ID_MAX 32
+/* queue_mop_lease_model: the sweep waits for its dataset to be ready (it was
+ * created while the dataset was loading: no version pinned yet). */
+#define QUEUE_MOP_WAITING 2
 #define QUEUE_MOP_PATH_MAX 1024
 
 typedef struct queue_sweep_def {
@@ -80,7 +83,8 @@ typedef struct queue_mop_lease {
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
  * model can visit k now (all busy, all visited k this epoch, the sweep is
- * paused/finished, or it has fewer than k+1 shards), -1 on error.  *sweep_done (may be NULL) is set when every
+ * paused/finished, or it has fewer than k+1 shards), QUEUE_MOP_WAITING when
+ * the sweep has no dataset version pinned yet, -1 on error.  *sweep_done (may be NULL) is set when every
  * model of the sweep is done, failed or cancelled. */
 int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
                           queue_mop_lease *l, int *sweep_done, cds_err *err);

@@ -148,6 +148,21 @@ ok "$(for s in e2e e2r; do rcli LRANGE "${prefix}sweep:{$s}:schedule" 0 -1 | awk
 jobctl replay e2r --id e2e >/dev/null 2>"$root/err"
 ok "$([ $? = 1 ] && grep -q "already exists" "$root/err"; echo $?)" "a replay onto an existing id is refused"
 
+# ---- a sweep enqueued while its dataset is still loading waits for it ---------------
+sed 's/"dataset": "fm"/"dataset": "fm3"/; s/"id < 2000"/"id < 1000"/' "$root/etl.json" >"$root/etl3.json"
+jobctl enqueue etl --spec "$root/etl3.json" >/dev/null 2>&1
+sed 's/"dataset": "fm"/"dataset": "fm3"/; s/"epochs": 2/"epochs": 1/' "$root/sweep.json" >"$root/early.json"
+jobctl enqueue sweep --spec "$root/early.json" --id early >/dev/null 2>&1
+ok "$([ "$(rcli HGET "${prefix}sweep:{early}" dataset_version)" = "" ]; echo $?)" "a sweep on a loading dataset is created without a pinned version"
+worker e0 --shard 0 --idle-exit 4
+worker e1 --shard 1 --idle-exit 4
+for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{early}" state)" = done ] && break; sleep 0.1; done
+wait "${pids[@]}"; pids=()
+ok "$([ "$(rcli HGET "${prefix}sweep:{early}" state)" = done ] && [ "$(rcli LLEN "${prefix}sweep:{early}:schedule")" = 8 ] && \
+      [ -n "$(rcli HGET "${prefix}dataset:fm3" version)" ] && \
+      [ "$(rcli HGET "${prefix}sweep:{early}" dataset_version)" = "$(rcli HGET "${prefix}dataset:fm3" version)" ]; echo $?)" \
+    "...the workers unload the dataset, pin its version in the sweep, and then train it to the end"
+
 # ---- a model whose loss diverges fails alone -----------------------------------------
 cat >"$root/nan.json" <<'JSON'
 {"mode": "mop", "dataset": "fm", "epochs": 1, "seed": 3,
@@ -195,5 +210,6 @@ ok "$([ $rc = 0 ] && grep -q "finishing job drain/0" "$root/d0.log" && grep -q "
       [ "$(rcli LLEN "${prefix}sweep:{drain}:schedule")" = 1 ] && [ "$(rcli HGET "${prefix}sweep:{drain}:models" 0.state)" = idle ]; echo $?)" \
     "SIGTERM during a visit: the worker finishes and commits it, then exits 0"
 
+[ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; grep -v " info .*committed v" "$f" | tail -n 12 | sed 's/^/#   /'; done
 echo "1..$n"
 [ "$failed" = 0 ]

@@ -547,12 +547,16 @@ static int test_step(worker *w, char **ids, size_t n)
         json_decref(sw);
         if (!todo || best_m < 0 || evaluated < expected)
             continue;
-        int claimed = 0;
-        if (queue_sweep_claim_field(w->q, ids[i], "test_by", w->cfg->id, &claimed, &err) != 0 || !claimed)
-            continue;
         char file[QUEUE_MOP_PATH_MAX], dir[4096], what[64];
         snprintf(file, sizeof file, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, ids[i], best_m,
                  best_e + 1);
+        /* The evaluation that found the best epoch records it first and
+         * renames its checkpoint next: wait for the file. */
+        if (access(file, R_OK) != 0)
+            continue;
+        int claimed = 0;
+        if (queue_sweep_claim_field(w->q, ids[i], "test_by", w->cfg->id, &claimed, &err) != 0 || !claimed)
+            continue;
         snprintf(what, sizeof what, "%s/%d test", ids[i], best_m);
         worker_set_current(w, what);
         nn_trainer *t = nn_trainer_load(file, &err);
@@ -590,6 +594,34 @@ static int test_step(worker *w, char **ids, size_t n)
     return 0;
 }
 
+/* A sweep created while its dataset was loading: once the dataset record
+ * says ready, pin its version in the sweep (then leases flow); if it says
+ * failed, cancel the sweep, with the reason. */
+static void pin_dataset(worker *w, const char *sweep)
+{
+    cds_err err;
+    json_t *sw = NULL, *rec = NULL;
+    if (queue_sweep_get(w->q, sweep, &sw, &err) != 0)
+        return;
+    char name[300];
+    snprintf(name, sizeof name, "dataset:%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
+    if (queue_record_get(w->q, name, &rec, &err) == 0) {
+        const char *state = json_string_value(json_object_get(rec, "state"));
+        const char *version = json_string_value(json_object_get(rec, "version"));
+        if (state && strcmp(state, "ready") == 0 && version && *version) {
+            if (queue_sweep_set_field(w->q, sweep, "dataset_version", version, &err) == 0)
+                cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: dataset %s is ready, version %.16s pinned", sweep,
+                         name + 8, version);
+        } else if (state && strcmp(state, "failed") == 0) {
+            queue_sweep_set_field(w->q, sweep, "reason", "its dataset failed to load", &err);
+            if (queue_sweep_set_state(w->q, sweep, "cancelled", &err) == 0)
+                cds_logf(&w->log, CDS_LOG_WARN, "sweep %s cancelled: dataset %s failed to load", sweep, name + 8);
+        }
+    }
+    json_decref(rec);
+    json_decref(sw);
+}
+
 /* One visit of shard k for the first sweep that has a model for it. */
 static int lease_step(worker *w, char **ids, size_t n, int shard)
 {
@@ -601,6 +633,10 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
                                                          &done, &err));
         if (rc < 0) {
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a model for shard %d: %s", ids[i], shard, err.msg);
+            continue;
+        }
+        if (rc == QUEUE_MOP_WAITING) {
+            pin_dataset(w, ids[i]);
             continue;
         }
         if (rc == 1) {

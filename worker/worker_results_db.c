@@ -37,6 +37,13 @@ static int exec_ok(PGconn *c, PGresult *r, const char *what, cds_err *err)
     return ok ? 0 : -1;
 }
 
+/* "relation cds_results already exists, skipping" and the like: the table
+ * is created on every first use, and its notices would fill worker logs. */
+static void quiet(void *arg, const char *message)
+{
+    (void)arg, (void)message;
+}
+
 int worker_results_db_insert(const char *dsn, const char *sweep, int model, int epoch, const char *spec_json,
                              const char *metrics_json, cds_err *err)
 {
@@ -46,12 +53,17 @@ int worker_results_db_insert(const char *dsn, const char *sweep, int model, int 
         PQfinish(c);
         return -1;
     }
+    PQsetNoticeProcessor(c, quiet, NULL);
     char m[16], e[16];
     snprintf(m, sizeof m, "%d", model);
     snprintf(e, sizeof e, "%d", epoch);
     const char *params[5] = {sweep, m, e, spec_json, metrics_json};
-    int rc = exec_ok(c, PQexec(c, create_sql), "creating cds_results", err);
-    if (rc == 0) {
+    /* Two workers creating the table at once can make one CREATE TABLE IF NOT
+     * EXISTS fail (a unique violation in the catalog): the table exists
+     * then, so go on to the insert, which says so if it really does not. */
+    exec_ok(c, PQexec(c, create_sql), "creating cds_results", err);
+    int rc = 0;
+    {
         PGresult *r = PQexecParams(c, insert_sql, 5, NULL, params, NULL, NULL, 0);
         /* An evaluation run twice (its worker died after the insert) is the
          * same row: keep the first. */

@@ -12,9 +12,12 @@
 -- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
 -- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done}
---       | {'none', sweep_done} | {'bad_shard', K} | {'missing'}.
-local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live')
+--       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version')
 if not s[1] then return {'missing'} end
+-- A sweep created while its dataset was still loading has no version yet:
+-- nothing to train until a worker has seen the dataset ready and pinned it.
+if s[1] == 'running' and s[6] == '' then return {'waiting'} end
 local nshards, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
 local k = tonumber(ARGV[1])
 if k < 0 or k >= nshards then return {'bad_shard', nshards} end
