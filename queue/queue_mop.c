@@ -194,8 +194,10 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err)
     qargs_add(&args, d->replay_of ? d->replay_of : "");
     for (int m = 0; m < d->models; m++)
         qargs_add(&args, d->model_specs[m]);
-    for (int m = 0; d->plans && m < d->models; m++)
-        qargs_add(&args, d->plans[m]);
+    /* Plans (or as many empty ones) come before max_stalls, at a fixed place. */
+    for (int m = 0; m < d->models; m++)
+        qargs_add(&args, d->plans ? d->plans[m] : "");
+    qargs_addf(&args, "%d", d->max_stalls > 0 ? d->max_stalls : 10);
     redisReply *r = mop_run(q, queue_lua_mop_create, d->id, &args, NULL, err);
     if (!r)
         return -1;

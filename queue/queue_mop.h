@@ -65,6 +65,7 @@ typedef struct queue_sweep_def {
      * shard k only when the next shard of its plan is k. */
     const char *const *plans;
     const char *replay_of;       /* the sweep a replay follows, or NULL */
+    int max_stalls;              /* a model whose lease expires more often than this fails (0: 10) */
 } queue_sweep_def;
 
 /* Creates the sweep with every model idle at epoch 0, version 0.  Refuses an

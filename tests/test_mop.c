@@ -490,6 +490,32 @@ static void test_fail_model(queue_conn *q, redisContext *c)
        "failing the last live model finishes the sweep");
 }
 
+/* A model whose every lease expires fails after max_stalls stalls, with the
+ * reason, and does not hold the sweep forever. */
+static void test_stall_limit(queue_conn *q, redisContext *c)
+{
+    queue_sweep_def d = sweep_def("stally", 2, 1, 1);
+    d.max_stalls = 2;
+    cds_err err;
+    ok(queue_sweep_create(q, &d, &err) == 0 && sweep_is(c, "stally", "max_stalls", "2"), "a sweep with max_stalls 2");
+    queue_mop_lease l;
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        lease(q, "stally", 0, "stall-w", SHORT_MS, &l, NULL);
+        cds_sleep_ms(EXPIRE_WAIT_MS);
+        queue_mop_reap(q, "stally", &n, &err);
+    }
+    ok(model_is(c, "stally", 0, "state", "failed") && model_is(c, "stally", 0, "stalls", "3") &&
+           sweep_is(c, "stally", "live", "1"),
+       "after its third stall (more than 2) model 0 is failed and no longer live");
+    char reason[256];
+    ok(strstr(model_field(c, "stally", 0, "reason", reason, sizeof reason), "stalled 3 times") != NULL,
+       "its reason says so (%s)", reason);
+    ok(lease(q, "stally", 0, "stall-w", HOLD_MS, &l, NULL) == 1 && l.model == 1 && commit(q, "stally", &l, "ck").accepted &&
+           sweep_is(c, "stally", "state", "done"),
+       "the other model is leased and committed, and the sweep is done");
+}
+
 static void test_states(queue_conn *q, redisContext *c)
 {
     cds_err err;
@@ -716,7 +742,11 @@ static void *hammer_worker(void *arg)
 
 static void test_concurrency(queue_conn *q, redisContext *c)
 {
-    create_sweep(q, "hammer", CM, CK, CE);
+    queue_sweep_def hd = sweep_def("hammer", CM, CK, CE);
+    hd.max_stalls = 1000; /* crashes are random: no model may fail of them here */
+    cds_err cerr;
+    if (queue_sweep_create(q, &hd, &cerr) != 0)
+        tap_bail("cannot create the hammer sweep");
     static hammer h; /* large enough to keep off the stack; zeroed once */
     for (int m = 0; m < CM; m++)
         atomic_init(&h.holder[m], -1);
@@ -763,6 +793,7 @@ int main(void)
     test_simulation(q, c);
     test_lost_lease(q, c);
     test_fail_model(q, c);
+    test_stall_limit(q, c);
     test_states(q, c);
     test_many_models(q, c);
     test_wait(q, c);

@@ -17,7 +17,8 @@ redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 -- done when it reaches 0, without a scan.
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2],
   'dataset_version', ARGV[3], 'shards', ARGV[4], 'epochs', ARGV[5], 'models', ARGV[6],
-  'live', ARGV[6], 'spec', ARGV[7], 'replay_of', ARGV[8], 'created', now, 'updated', now, 'finished', '')
+  'live', ARGV[6], 'spec', ARGV[7], 'replay_of', ARGV[8], 'created', now, 'updated', now, 'finished', '',
+  'max_stalls', ARGV[9 + 2 * nmodels] or '10')
 local zeros = string.rep('0', nshards)
 for m = 0, nmodels - 1 do
   local p = int(m) .. '.'
