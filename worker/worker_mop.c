@@ -128,7 +128,8 @@ static void prune_model_dir(worker *w, const char *dir, int64_t version, const c
  * orphaned files removed), 0 refused (the file is deleted: the lease was
  * lost), -1 when Redis could not say (the file is kept: the commit may have
  * gone through, and deleting it could remove what Redis now points to). */
-static int commit_visit(worker *w, visit *v, const char *path, const char *dir, queue_mop_commit_result *r)
+static int commit_visit(worker *w, visit *v, const char *path, const char *dir, int keep_epoch,
+                        queue_mop_commit_result *r)
 {
     cds_err err;
     if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, r, &err)) != 0) {
@@ -143,7 +144,7 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
                  v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
         return 0;
     }
-    if (r->epoch_done) {
+    if (r->epoch_done && keep_epoch) {
         /* The epoch's checkpoint must outlive the next commit, which deletes
          * the file it supersedes, until an evaluation has read it. */
         char epoch_file[QUEUE_MOP_PATH_MAX];
@@ -177,7 +178,7 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, 
     if (epoch_end && !linked && errno != EEXIST)
         cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     queue_mop_commit_result r;
-    int c = commit_visit(w, v, path, dir, &r);
+    int c = commit_visit(w, v, path, dir, 1, &r);
     if (c == 0 && linked)
         unlink(epoch_file); /* refused: that epoch is someone else's to finish */
     if (c != 1)
@@ -243,7 +244,7 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
         return;
     }
     queue_mop_commit_result r;
-    if (commit_visit(w, v, path, dir, &r) != 1)
+    if (commit_visit(w, v, path, dir, 0, &r) != 1) /* diag.sleep: nothing to evaluate */
         return;
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
              v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);
