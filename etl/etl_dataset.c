@@ -2,7 +2,7 @@
  * dataset.
  *
  * The version is the SHA-256 of a text listing, in task order, of every
- * shard file with its own SHA-256 (from the shard manifests): the same rows
+ * shard file with its own checksum (XXH3-128, from the shard manifests): the same rows
  * unloaded the same way give the same version, and any change to any shard
  * gives another.  It is stamped into every manifest and into dataset.json;
  * then the staging directory is renamed to DATA_ROOT/datasets/<name>.  An old
@@ -54,7 +54,8 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
             break;
         const char *files[2] = {"x.npy", "y.npy"};
         for (int f = 0; f < 2; f++) {
-            const char *sum = json_string_value(json_object_get(json_object_get(json_object_get(m, "files"), files[f]), "sha256"));
+            const json_t *entry = json_object_get(json_object_get(m, "files"), files[f]);
+            const char *sum = json_string_value(json_object_get(entry, "xxh128"));
             char line[4200];
             int n = snprintf(line, sizeof line, "%s/shard-%d/%s %s\n", t->split, t->shard, files[f], sum ? sum : "");
             EVP_DigestUpdate(md, line, (size_t)n);

@@ -831,6 +831,10 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     }
     if (rc == 0)
         p = etl_plan_from_json(pl.plan, s->dsn, err);
+    if (p) {
+        atomic_store(&p->spare, pl.c);
+        pl.c = NULL;
+    }
     if (p && log)
         cds_logf(log, CDS_LOG_INFO, "plan: %s %s, table %s, %s layout, %zu tasks", 
                  json_string_value(json_object_get(json_object_get(pl.plan, "server"), "kind")),
@@ -842,6 +846,19 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     table_info_free(&pl.valid);
     table_info_free(&pl.test);
     free(pl.key_expr);
-    PQfinish(pl.c);
+    if (pl.c)
+        PQfinish(pl.c);
     return p;
+}
+
+PGconn *etl_plan_conn(const etl_plan *p, cds_err *err)
+{
+    /* The field is the plan's only mutable state; it is atomic so that the
+     * stream threads may race for it. */
+    PGconn *c = atomic_exchange(&((etl_plan *)p)->spare, NULL);
+    if (c && PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) == PQTRANS_IDLE)
+        return c;
+    if (c)
+        PQfinish(c);
+    return etl_pq_connect(p->dsn, err);
 }

@@ -3,6 +3,8 @@
 #ifndef CDS_ETL_PLAN_INT_H
 #define CDS_ETL_PLAN_INT_H
 
+#include <stdatomic.h>
+
 #include <libpq-fe.h>
 
 #include "etl_criteo.h"
@@ -53,7 +55,15 @@ struct etl_plan {
     uint32_t criteo_oids[40];
     etl_task *tasks;
     size_t n_tasks;
+    /* The planner's connection, kept when the plan runs in the process that
+     * made it, for the first stream (or snapshot holder) to take: that
+     * saves a backend start, the largest fixed cost of a small unload.  A
+     * plan read from JSON (a queue job) has none. */
+    _Atomic(PGconn *) spare;
 };
+
+/* The plan's spare connection (once; NULL after), or a new one. */
+PGconn *etl_plan_conn(const etl_plan *p, cds_err *err);
 
 /* Runs a query that must succeed, for the planner and the streams. */
 PGresult *etl_pq_exec(PGconn *c, const char *what, const char *sql, int nparams, const char *const *params,

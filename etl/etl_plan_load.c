@@ -153,6 +153,9 @@ void etl_plan_free(etl_plan *p)
     }
     free(p->tasks);
     free(p->label_name);
+    PGconn *spare = atomic_exchange(&p->spare, NULL);
+    if (spare)
+        PQfinish(spare);
     if (p->dsn)
         memset(p->dsn, 0, strlen(p->dsn));
     free(p->dsn);

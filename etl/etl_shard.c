@@ -5,7 +5,7 @@
  * and y.npy there.  commit() then:
  *
  *   1. closes both files (each flushes, rewrites its header and fsyncs, and
- *      hands back its SHA-256 and size);
+ *      hands back its checksum (XXH3-128) and size);
  *   2. writes manifest.json through a temporary file, fsync and rename;
  *   3. fsyncs the temporary directory, so its entries are durable;
  *   4. renames it to shard-<k> with RENAME_NOREPLACE, so an existing shard is
@@ -25,9 +25,10 @@
  * rows, and for each file its presence, its size against the manifest's
  * "bytes", and (after mapping it) its dtype and shape against the manifest's;
  * both files must have `rows` rows and y must be int32 with one dimension.
- * With verify, the SHA-256 of each file's data (the bytes after the 128-byte
+ * With verify, the checksum of each file's data (the bytes after the 128-byte
  * header, which is what the writer's checksum covers) is recomputed from the
- * mapping.  Every refusal names the shard directory, what is wrong, and that
+ * mapping: XXH3-128 ("xxh128") in format 2, SHA-256 ("sha256") in the
+ * format-1 manifests of earlier versions, which are still read.  Every refusal names the shard directory, what is wrong, and that
  * re-running the unload rebuilds it. */
 #include <errno.h>
 #include <fcntl.h>
@@ -215,19 +216,19 @@ void etl_shard_abort(etl_shard_writer *w)
 }
 
 static json_t *file_entry(etl_dtype dtype, int64_t rows, const int64_t *row_shape, int ndim, int64_t bytes,
-                          const char *sha)
+                          const char *sum)
 {
     json_t *shape = json_array();
     json_array_append_new(shape, json_integer(rows));
     for (int d = 0; d < ndim; d++)
         json_array_append_new(shape, json_integer(row_shape[d]));
     return json_pack("{s:s, s:o, s:I, s:s, s:i}", "dtype", etl_dtype_name(dtype), "shape", shape, "bytes",
-                     (json_int_t)bytes, "sha256", sha, "header_bytes", ETL_NPY_HEADER);
+                     (json_int_t)bytes, "xxh128", sum, "header_bytes", ETL_NPY_HEADER);
 }
 
 /* The standard fields, then those of extra that do not clash with them. */
-static json_t *build_manifest(const etl_shard_writer *w, const json_t *extra, const char *xsha, int64_t xbytes,
-                              const char *ysha, int64_t ybytes)
+static json_t *build_manifest(const etl_shard_writer *w, const json_t *extra, const char *xsum, int64_t xbytes,
+                              const char *ysum, int64_t ybytes)
 {
     json_t *m = json_object(), *files = json_object();
     json_object_set_new(m, "format", json_string(ETL_SHARD_FORMAT));
@@ -244,8 +245,8 @@ static json_t *build_manifest(const etl_shard_writer *w, const json_t *extra, co
         const char *slash = strrchr(name, '/');
         json_object_set_new(m, "split", json_string(slash ? slash + 1 : name));
     }
-    json_object_set_new(files, "x.npy", file_entry(w->x_dtype, w->rows, w->x_row_shape, w->x_ndim, xbytes, xsha));
-    json_object_set_new(files, "y.npy", file_entry(ETL_I32, w->rows, NULL, 0, ybytes, ysha));
+    json_object_set_new(files, "x.npy", file_entry(w->x_dtype, w->rows, w->x_row_shape, w->x_ndim, xbytes, xsum));
+    json_object_set_new(files, "y.npy", file_entry(ETL_I32, w->rows, NULL, 0, ybytes, ysum));
     json_object_set_new(m, "files", files);
     const char *key;
     json_t *value;
@@ -307,18 +308,18 @@ static int install(etl_shard_writer *w, int replace, cds_err *err)
 
 int etl_shard_commit(etl_shard_writer *w, const json_t *extra, int replace, cds_err *err)
 {
-    char xsha[65], ysha[65];
+    char xsum[ETL_SUM_HEX], ysum[ETL_SUM_HEX];
     int64_t xbytes = 0, ybytes = 0;
-    int rc = etl_npy_close(w->x, xsha, &xbytes, err);
+    int rc = etl_npy_close(w->x, xsum, &xbytes, err);
     w->x = NULL;
     if (rc == 0) {
-        rc = etl_npy_close(w->y, ysha, &ybytes, err);
+        rc = etl_npy_close(w->y, ysum, &ybytes, err);
         w->y = NULL;
     }
     if (rc == 0 && extra && !json_is_object(extra))
         rc = cds_errf(err, "committing shard %d: the extra manifest fields are not a JSON object", w->shard);
     if (rc == 0) {
-        json_t *m = build_manifest(w, extra, xsha, xbytes, ysha, ybytes);
+        json_t *m = build_manifest(w, extra, xsum, xbytes, ysum, ybytes);
         rc = write_json_atomic(w->tmp_dir, "manifest.json", m, err);
         json_decref(m);
     }
@@ -345,17 +346,17 @@ static int refuse(const char *dir, cds_err *err, const char *fmt, ...)
     return cds_errf(err, "shard %s: %s; " FIX, dir, what);
 }
 
-static int is_hex64(const char *s)
+static int is_hex(const char *s, size_t n)
 {
-    if (!s || strlen(s) != 64)
+    if (!s || strlen(s) != n)
         return 0;
-    for (int i = 0; i < 64; i++)
+    for (size_t i = 0; i < n; i++)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
             return 0;
     return 1;
 }
 
-static int check_format(const char *dir, const json_t *m, int64_t *rows, cds_err *err)
+static int check_format(const char *dir, const json_t *m, int64_t *rows, int *version, cds_err *err)
 {
     const char *format = json_string_value(json_object_get(m, "format"));
     if (!format || strcmp(format, ETL_SHARD_FORMAT) != 0)
@@ -364,10 +365,11 @@ static int check_format(const char *dir, const json_t *m, int64_t *rows, cds_err
     const json_t *v = json_object_get(m, "format_version");
     if (!json_is_integer(v))
         return refuse(dir, err, "manifest.json has no integer format_version");
-    if (json_integer_value(v) != ETL_SHARD_FORMAT_VERSION)
+    if (json_integer_value(v) != ETL_SHARD_FORMAT_VERSION && json_integer_value(v) != 1)
         return cds_errf(err, "shard %s: manifest format_version %lld is not %d, the one this cds reads (%s)", dir,
                         (long long)json_integer_value(v), ETL_SHARD_FORMAT_VERSION,
                         json_integer_value(v) > ETL_SHARD_FORMAT_VERSION ? "upgrade cds" : FIX);
+    *version = (int)json_integer_value(v);
     const json_t *r = json_object_get(m, "rows");
     if (!json_is_integer(r) || json_integer_value(r) < 0)
         return refuse(dir, err, "manifest.json has no valid \"rows\"");
@@ -376,17 +378,19 @@ static int check_format(const char *dir, const json_t *m, int64_t *rows, cds_err
 }
 
 /* Checks one file against its manifest entry and maps it. */
-static int open_file(const char *dir, const json_t *files, const char *name, int verify, etl_npy_view *v,
-                     cds_err *err)
+static int open_file(const char *dir, const json_t *files, const char *name, int format_version, int verify,
+                     etl_npy_view *v, cds_err *err)
 {
     const json_t *f = json_object_get(files, name);
     const json_t *shape = json_object_get(f, "shape"), *bytes = json_object_get(f, "bytes");
-    const char *sha = json_string_value(json_object_get(f, "sha256"));
+    int old = format_version == 1;
+    const char *sum_field = old ? "sha256" : "xxh128";
+    const char *sum = json_string_value(json_object_get(f, sum_field));
     etl_dtype dtype;
     if (!json_is_object(f) || etl_dtype_parse(json_string_value(json_object_get(f, "dtype")), &dtype) != 0 ||
         !json_is_array(shape) || json_array_size(shape) < 1 || json_array_size(shape) > ETL_NPY_MAX_DIMS ||
-        !json_is_integer(bytes) || !is_hex64(sha))
-        return refuse(dir, err, "manifest.json lacks a valid entry for %s (dtype, shape, bytes, sha256)", name);
+        !json_is_integer(bytes) || !is_hex(sum, old ? 64 : 32))
+        return refuse(dir, err, "manifest.json lacks a valid entry for %s (dtype, shape, bytes, %s)", name, sum_field);
     char path[PATH_MAX];
     if (path_join(path, sizeof path, err, "%s/%s", dir, name) != 0)
         return -1;
@@ -413,11 +417,13 @@ static int open_file(const char *dir, const json_t *files, const char *name, int
     }
     if (verify) {
         char got[65];
-        if (etl_sha256_buf(v->data, v->data_bytes, got, err) != 0)
+        if (old && etl_sha256_buf(v->data, v->data_bytes, got, err) != 0)
             return -1;
-        if (strcmp(got, sha) != 0)
-            return refuse(dir, err, "%s has SHA-256 %.16s..., the manifest says %.16s... (the file is corrupt)", name, got,
-                          sha);
+        if (!old)
+            etl_sum_buf(v->data, v->data_bytes, got);
+        if (strcmp(got, sum) != 0)
+            return refuse(dir, err, "%s has checksum %s %.16s..., the manifest says %.16s... (the file is corrupt)", name,
+                          sum_field, got, sum);
     }
     return 0;
 }
@@ -440,13 +446,14 @@ etl_shard *etl_shard_open(const char *dir, int verify, cds_err *err)
                  : refuse(dir, err, "manifest.json is not valid JSON (%s at line %d)", je.text, je.line);
     if (rc == 0 && !json_is_object(s->manifest))
         rc = refuse(dir, err, "manifest.json is not a JSON object");
+    int version = 0;
     if (rc == 0)
-        rc = check_format(dir, s->manifest, &s->rows, err);
+        rc = check_format(dir, s->manifest, &s->rows, &version, err);
     const json_t *files = json_object_get(s->manifest, "files");
     if (rc == 0)
-        rc = open_file(dir, files, "x.npy", verify, &s->x, err);
+        rc = open_file(dir, files, "x.npy", version, verify, &s->x, err);
     if (rc == 0)
-        rc = open_file(dir, files, "y.npy", verify, &s->y, err);
+        rc = open_file(dir, files, "y.npy", version, verify, &s->y, err);
     if (rc == 0 && (s->y.dtype != ETL_I32 || s->y.ndim != 1))
         rc = refuse(dir, err, "y.npy must be one int32 class id per row, but is %s with %d dimensions",
                     etl_dtype_name(s->y.dtype), s->y.ndim);

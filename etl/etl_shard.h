@@ -9,14 +9,16 @@
  * in the manifest, so a reader never sees half a shard; a failed or aborted
  * writer removes its temporary directory.  A reader maps x and y read-only
  * and refuses a shard whose files disagree with the manifest (missing,
- * truncated, wrong shape, or, when asked, wrong SHA-256).
+ * truncated, wrong shape, or, when asked, a wrong checksum).
  *
- * Manifest (JSON object): "format": "cds-shard", "format_version": 1,
+ * Manifest (JSON object): "format": "cds-shard", "format_version": 2,
  * "dataset", "split", "shard", "rows", "files": {"x.npy": {"dtype",
- * "shape", "bytes", "sha256", "header_bytes"}, "y.npy": {...}}, plus
+ * "shape", "bytes", "xxh128", "header_bytes"}, "y.npy": {...}}, plus
  * whatever the caller adds (classes, transform, source query, server,
- * snapshot, time).  "sha256" covers the data, i.e. the file after its
- * header_bytes (128) bytes of .npy header: `tail -c +129 x.npy | sha256sum`. */
+ * snapshot, time).  "xxh128" (XXH3-128) covers the data, i.e. the file after
+ * its header_bytes (128) bytes of .npy header: `tail -c +129 x.npy | xxhsum
+ * -H2`.  Format 1 was the same with "sha256" (SHA-256) instead; readers
+ * accept both. */
 #ifndef CDS_ETL_SHARD_H
 #define CDS_ETL_SHARD_H
 
@@ -29,7 +31,7 @@
 #include "etl_npy.h"
 
 #define ETL_SHARD_FORMAT "cds-shard"
-#define ETL_SHARD_FORMAT_VERSION 1
+#define ETL_SHARD_FORMAT_VERSION 2
 
 typedef struct etl_shard_writer etl_shard_writer;
 

@@ -401,7 +401,7 @@ static int stream_copy(PGconn *c, const char *query, converter *cv, cds_err *err
 static int run_query(const etl_plan *p, const char *query, const char *snapshot, converter *cv, json_t *points,
                      cds_err *err)
 {
-    PGconn *c = etl_pq_connect(p->dsn, err);
+    PGconn *c = etl_plan_conn(p, err);
     if (!c)
         return -1;
     char point[512] = "";
@@ -544,7 +544,7 @@ static void *pool_worker(void *arg)
  * while the streams read through it. */
 static PGconn *export_snapshot(const etl_plan *p, char *id, size_t sz, cds_err *err)
 {
-    PGconn *c = etl_pq_connect(p->dsn, err);
+    PGconn *c = etl_plan_conn(p, err);
     if (!c)
         return NULL;
     PGresult *r = etl_pq_exec(c, "starting the snapshot transaction", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",

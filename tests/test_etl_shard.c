@@ -136,7 +136,7 @@ static void test_commit_and_open(void)
     s = etl_shard_open(dir, 1, &err);
     const json_t *m = s ? etl_shard_manifest(s) : NULL;
     ok(m && strcmp(json_string_value(json_object_get(m, "format")), "cds-shard") == 0 &&
-           json_integer_value(json_object_get(m, "format_version")) == 1 &&
+           json_integer_value(json_object_get(m, "format_version")) == 2 &&
            json_integer_value(json_object_get(m, "shard")) == 0 && json_integer_value(json_object_get(m, "rows")) == 1234,
        "manifest: format, version, shard, and the real rows (not extra's)");
     ok(m && strcmp(json_string_value(json_object_get(m, "dataset")), "fashion") == 0 &&
@@ -150,8 +150,8 @@ static void test_commit_and_open(void)
            json_array_size(json_object_get(fx, "shape")) == 3 &&
            json_integer_value(json_array_get(json_object_get(fx, "shape"), 0)) == 1234 &&
            json_integer_value(json_object_get(fx, "bytes")) == 128 + 1234 * 24 &&
-           strlen(json_string_value(json_object_get(fx, "sha256"))) == 64,
-       "manifest: x.npy dtype, shape, bytes, sha256");
+           strlen(json_string_value(json_object_get(fx, "xxh128"))) == 32,
+       "manifest: x.npy dtype, shape, bytes, xxh128");
     ok(fy && strcmp(json_string_value(json_object_get(fy, "dtype")), "int32") == 0 &&
            json_integer_value(json_object_get(fy, "bytes")) == 128 + 1234 * 4,
        "manifest: y.npy is int32");
@@ -297,7 +297,7 @@ static void test_damage(void)
     damaged_copy("flip", dir, sizeof dir);
     snprintf(path, sizeof path, "%s/x.npy", dir);
     flip_bit(path, 128 + 777);
-    expect_refused(dir, 1, "x.npy has SHA-256", "a bit flip in x.npy");
+    expect_refused(dir, 1, "x.npy has checksum xxh128", "a bit flip in x.npy");
     etl_shard *s = etl_shard_open(dir, 0, &err);
     ok(s != NULL, "without verify the sizes still match, so it opens");
     etl_shard_close(s);
@@ -327,9 +327,9 @@ static void test_damage(void)
     expect_refused(dir, 0, "x.npy is missing", "a missing x.npy");
 
     damaged_copy("version", dir, sizeof dir);
-    edit_manifest(dir, "format_version", json_integer(2), NULL);
+    edit_manifest(dir, "format_version", json_integer(3), NULL);
     cds_err e2 = {{0}};
-    ok(etl_shard_open(dir, 0, &e2) == NULL && strstr(e2.msg, "format_version 2") && strstr(e2.msg, "upgrade cds"),
+    ok(etl_shard_open(dir, 0, &e2) == NULL && strstr(e2.msg, "format_version 3") && strstr(e2.msg, "upgrade cds"),
        "a newer format_version asks for an upgrade: %s", e2.msg);
 
     damaged_copy("format", dir, sizeof dir);
@@ -337,8 +337,10 @@ static void test_damage(void)
     expect_refused(dir, 0, "format \"something-else\"", "a foreign manifest");
 
     damaged_copy("sha", dir, sizeof dir);
-    edit_manifest(dir, "sha256", json_string("xyz"), "y.npy");
-    expect_refused(dir, 0, "valid entry for y.npy", "a manifest entry without a valid sha256");
+    edit_manifest(dir, "xxh128", json_string("xyz"), "y.npy");
+    expect_refused(dir, 0, "valid entry for y.npy", "a manifest entry without a valid xxh128");
+    edit_manifest(dir, "xxh128", json_string("06B05AB6733A618578AF5F94892F3950"), "y.npy");
+    expect_refused(dir, 0, "valid entry for y.npy", "an xxh128 in capitals (the format writes lower case)");
 
     damaged_copy("json", dir, sizeof dir);
     snprintf(path, sizeof path, "%s/manifest.json", dir);
@@ -358,11 +360,55 @@ static void test_damage(void)
     if (!w || etl_npy_append(w, yf, 60, &err) != 0 || etl_npy_close(w, sha, &bytes, &err) != 0)
         tap_bail(err.msg);
     edit_manifest(dir, "dtype", json_string("float32"), "y.npy");
-    edit_manifest(dir, "sha256", json_string(sha), "y.npy");
+    edit_manifest(dir, "xxh128", json_string(sha), "y.npy");
     expect_refused(dir, 1, "y.npy must be one int32 class id per row", "a float32 y.npy");
 
     snprintf(path, sizeof path, "%s/nowhere", split);
     expect_refused(path, 0, "no manifest.json", "a directory that does not exist");
+}
+
+/* Rewrites a shard's manifest as format 1 wrote it: "sha256" of each file's
+ * data instead of "xxh128". */
+static void make_format1(const char *dir)
+{
+    char path[600];
+    cds_err err = {{0}};
+    snprintf(path, sizeof path, "%s/manifest.json", dir);
+    json_t *m = json_load_file(path, 0, NULL);
+    const char *names[2] = {"x.npy", "y.npy"};
+    for (int f = 0; f < 2; f++) {
+        char file[600], sha[65];
+        etl_npy_view v;
+        snprintf(file, sizeof file, "%s/%s", dir, names[f]);
+        if (!m || etl_npy_map(file, &v, &err) != 0 || etl_sha256_buf(v.data, v.data_bytes, sha, &err) != 0)
+            tap_bail("cannot build a format-1 manifest");
+        etl_npy_unmap(&v);
+        json_t *entry = json_object_get(json_object_get(m, "files"), names[f]);
+        json_object_del(entry, "xxh128");
+        json_object_set_new(entry, "sha256", json_string(sha));
+    }
+    json_object_set_new(m, "format_version", json_integer(1));
+    json_dump_file(m, path, JSON_INDENT(2));
+    json_decref(m);
+}
+
+static void test_format1(void)
+{
+    char dir[400], path[500];
+    cds_err err = {{0}};
+    damaged_copy("v1", dir, sizeof dir);
+    make_format1(dir);
+    etl_shard *s = etl_shard_open(dir, 1, &err);
+    ok(s != NULL && etl_shard_nrows(s) == 60, "a format-1 shard (SHA-256 checksums) still opens and verifies%s%s",
+       s ? "" : ": ", s ? "" : err.msg);
+    etl_shard_close(s);
+    snprintf(path, sizeof path, "%s/x.npy", dir);
+    flip_bit(path, 128 + 5);
+    expect_refused(dir, 1, "x.npy has checksum sha256", "a bit flip in a format-1 shard");
+    damaged_copy("v1-mixed", dir, sizeof dir);
+    edit_manifest(dir, "format_version", json_integer(1), NULL);
+    expect_refused(dir, 0, "lacks a valid entry for x.npy (dtype, shape, bytes, sha256)",
+                   "format 1 with format 2's checksum field");
 }
 
 int main(void)
@@ -376,6 +422,7 @@ int main(void)
     test_replace();
     test_abort();
     test_damage();
+    test_format1();
     cds_rmtree(root);
     return tap_done();
 }

@@ -57,6 +57,13 @@ sql "INSERT INTO arrs SELECT i, ARRAY[i, i+0.5, -i], ARRAY[[i,1,2],[3,4,i]], CAS
 unload --table arrs --features m --label lab --dataset nd --shards 1
 ok $? "a 2-D array column with a one-hot smallint[] label"
 npcheck "$root/datasets/nd/train/shard-0" "x.shape == (30, 2, 3) and np.array_equal(np.sort(x[:, 0, 0]), np.arange(1, 31)) and all(y[k] == (0 if x[k,0,0] % 2 == 0 else 1) for k in range(30)) and m['num_classes'] == 2"; ok $? "N-D shape kept, one-hot converted to class ids"
+# The manifest's checksum is what the standard tool computes (docs/etl.md).
+d="$root/datasets/nd/train/shard-0"
+for f in x y; do
+    want=$($py -c "import json; print(json.load(open('$d/manifest.json'))['files']['$f.npy']['xxh128'])")
+    got=$(tail -c +129 "$d/$f.npy" | xxhsum -H2 | cut -d' ' -f1)
+    [ -n "$want" ] && [ "$got" = "$want" ]; ok $? "$f.npy: tail -c +129 | xxhsum -H2 gives the manifest's xxh128 ($got)"
+done
 unload --table arrs --features v,id --label lab --dataset mix --shards 1
 npcheck "$root/datasets/mix/train/shard-0" "x.shape == (30, 4) and all(x[k,3] == x[k,0] and x[k,1] == x[k,0] + 0.5 and x[k,2] == -x[k,0] for k in range(30))"; ok $? "an array and a scalar column are concatenated per row"
 
