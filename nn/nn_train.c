@@ -66,6 +66,11 @@ fail:
     return NULL;
 }
 
+int nn_err_out_of_memory(const cds_err *err)
+{
+    return err && strstr(err->msg, "out of memory") != NULL;
+}
+
 nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
 {
     json_error_t jerr;

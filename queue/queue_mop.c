@@ -13,8 +13,17 @@
  *            epoch and finishes the model after its last epoch;
  *   release  gives the model back without a visit; fail marks it failed;
  *   reap     frees every lease whose deadline passed (the only place that
- *            frees an expired lease, so "expired" is decided in one script);
- *   state    pauses, resumes or cancels the sweep.
+ *            frees an expired lease, so "expired" is decided in one script),
+ *            puts expired evaluations back, and takes a finished sweep out
+ *            of the active set;
+ *   state    pauses, resumes or cancels the sweep; model does the same for
+ *            one model (its pause is a flag beside its state);
+ *   eval_take, eval_renew, result, eval_end
+ *            lease a finished epoch for evaluation, renew it, record its
+ *            result (ending the lease), or give it back / drop it;
+ *   test_claim, test_renew, test_record
+ *            the same for the test scoring of a done sweep, on its hash;
+ *   enroll   builds the active set once for sweeps made before it existed.
  * Invariants the scripts keep: a model has at most one lease token at a
  * time, and a token is written only by lease and cleared by every script that
  * ends the lease, so a worker whose lease ended (expired, reaped, cancelled)
@@ -23,7 +32,9 @@
  * reap; visited[k] is set only by a commit for shard k, and lease never hands
  * out a shard already visited in the model's epoch, so each (model, epoch,
  * shard) is committed exactly once; the sweep's `live` counts the models not
- * done, failed or cancelled, and the sweep is done when it reaches 0.
+ * done, failed or cancelled, and the sweep is done when it reaches 0.  An
+ * evaluation or test lease holds iff its token is in place and now <=
+ * deadline, judged the same way by its renew, its record and the reaper.
  *
  * Scripts are sent with EVAL (Redis caches them by their SHA1, so a repeat
  * costs only the bytes of the text): the connection's EVALSHA table is an
@@ -38,7 +49,9 @@
 #include "queue_mop.h"
 
 extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
-    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[];
+    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[], queue_lua_mop_model[],
+    queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[], queue_lua_mop_result[],
+    queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[], queue_lua_mop_enroll[];
 
 /* Bounds on a sweep's shape.  The lease and reap scripts scan every model
  * (about 2 ms per thousand models, during which Redis serves nobody else), so
@@ -71,7 +84,7 @@ static int check_sweep_id(const char *id, cds_err *err)
     return 0;
 }
 
-/* The six keys every MOP script takes, in the order the scripts expect. */
+/* The nine keys every MOP script takes, in the order the scripts expect. */
 static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
 {
     qargs_key(keys, q, "sweep:{%s}", sweep);
@@ -80,6 +93,9 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
     qargs_key(keys, q, "sweep:{%s}:evals", sweep);
     qargs_key(keys, q, "sweeps");
     qargs_key(keys, q, "mop:wake");
+    qargs_key(keys, q, "sweep:{%s}:evaling", sweep);
+    qargs_key(keys, q, "sweep:{%s}:results", sweep);
+    qargs_key(keys, q, "sweeps:active");
 }
 
 /* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
@@ -234,6 +250,51 @@ int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, c
     return rc;
 }
 
+int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const char *state, char *previous,
+                              cds_err *err)
+{
+    if (previous)
+        previous[0] = '\0';
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
+                   strcmp(state, "cancelled") != 0))
+        return cds_errf(err, "cannot set model %d of sweep '%s' to '%s': use running, paused or cancelled", model,
+                        sweep, state ? state : "");
+    if (model < 0)
+        return cds_errf(err, "model %d of sweep '%s': a model index is 0 or more (see jobctl status %s)", model,
+                        sweep, sweep);
+    qargs args = {0};
+    qargs_addf(&args, "%d", model);
+    qargs_add(&args, state);
+    qargs_add(&args, "cancelled by jobctl");
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_model, sweep, &args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    int rc = 0;
+    const char *what = strcmp(state, "running") == 0 ? "resumed" : strcmp(state, "paused") == 0 ? "paused" : "cancelled";
+    if (qc_reply_is(r, 0, "ok")) {
+        if (previous)
+            snprintf(previous, 16, "%s", qc_reply_str(r, 1) ?: "");
+    } else if (qc_reply_is(r, 0, "no_model")) {
+        long long m = atoll(qc_reply_str(r, 1) ?: "0");
+        cds_errf(err, "sweep '%s' has no model %d: its models are 0 to %lld (see jobctl status %s)", sweep, model,
+                 m - 1, sweep);
+        rc = QUEUE_NOT_FOUND;
+    } else if (qc_reply_is(r, 0, "final")) {
+        rc = cds_errf(err, "model %d of sweep '%s' is %s: it cannot be %s (only an idle, leased or paused model can)",
+                      model, sweep, qc_reply_str(r, 1) ?: "?", what);
+    } else if (qc_reply_is(r, 0, "not_paused")) {
+        rc = cds_errf(err, "model %d of sweep '%s' is %s, not paused: nothing to resume (jobctl resume %s resumes "
+                           "the sweep)", model, sweep, qc_reply_str(r, 1) ?: "?", sweep);
+    } else {
+        return unexpected(r, "model", err);
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
 /* ---- the worker's side --------------------------------------------------- */
 
 int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
@@ -351,9 +412,176 @@ static int run_on_lease(queue_conn *q, const char *script, const char *what, con
     return 0;
 }
 
+/* ---- evaluation and test leases ------------------------------------------ */
+
+/* Runs a script that ends or extends an evaluation or test lease, whose
+ * arguments start with the token: 0 with the reply in *out (or freed), QUEUE_NOT_FOUND when the
+ * lease is gone, -1 on error. */
+static int run_on_side_lease(queue_conn *q, const char *script, const char *what, const char *success,
+                             const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
+{
+    int missing;
+    redisReply *r = mop_run(q, script, sweep, args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (qc_reply_is(r, 0, "lost")) {
+        freeReplyObject(r);
+        if (l->kind == QUEUE_MOP_TEST)
+            cds_errf(err, "the test-scoring claim on sweep '%s' is gone (expired, and maybe taken over)", sweep);
+        else
+            cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' is gone (expired and put back)", l->model,
+                     l->epoch, sweep);
+        return QUEUE_NOT_FOUND;
+    }
+    if (!qc_reply_is(r, 0, success))
+        return unexpected(r, what, err);
+    if (out)
+        *out = r;
+    else
+        freeReplyObject(r);
+    return 0;
+}
+
+static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
+                            cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, l->token);
+    qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
+    return run_on_side_lease(q, l->kind == QUEUE_MOP_TEST ? queue_lua_mop_test_renew : queue_lua_mop_eval_renew,
+                             "renew", "renewed", sweep, l, &args, NULL, err);
+}
+
+/* Takes a side lease (an evaluation or the test scoring) with one of the
+ * scripts that hand them out: checks the arguments, draws the token into l
+ * and runs the script with (worker, lease_ms, token).  NULL on error. */
+static redisReply *side_lease_take(queue_conn *q, const char *script, const char *sweep, const char *worker,
+                                   int64_t lease_ms, queue_mop_lease *l, cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return NULL;
+    if (!worker || !*worker)
+        return cds_errf(err, "taking work from sweep '%s' needs a worker id", sweep), NULL;
+    if (lease_ms < 1)
+        return cds_errf(err, "lease of %lld ms is too short: use 1 ms or more", (long long)lease_ms), NULL;
+    memset(l, 0, sizeof *l);
+    l->shard = -1;
+    if (cds_random_hex(l->token, (QUEUE_TOKEN_MAX - 1) / 2, err) != 0)
+        return NULL;
+    qargs args = {0};
+    qargs_add(&args, worker);
+    qargs_addf(&args, "%lld", (long long)lease_ms);
+    qargs_add(&args, l->token);
+    return mop_run(q, script, sweep, &args, NULL, err);
+}
+
+int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
+                        cds_err *err)
+{
+    redisReply *r = side_lease_take(q, queue_lua_mop_eval_take, sweep, worker, lease_ms, l, err);
+    if (!r)
+        return -1;
+    if (qc_reply_is(r, 0, "none")) {
+        freeReplyObject(r);
+        return 0;
+    }
+    if (!qc_reply_is(r, 0, "taken") || r->elements != 3)
+        return unexpected(r, "eval_take", err);
+    long long v = 0;
+    const char *entry = qc_reply_str(r, 1);
+    if (!entry || sscanf(entry, "%d %d %lld", &l->model, &l->epoch, &v) != 3) {
+        cds_errf(err, "sweep '%s': bad evaluation entry '%s'", sweep, entry ? entry : "");
+        freeReplyObject(r);
+        return -1;
+    }
+    l->kind = QUEUE_MOP_EVAL;
+    l->version = v;
+    l->deadline_ms = qc_reply_int(r, 2);
+    freeReplyObject(r);
+    return 1;
+}
+
+int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int drop, cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, l->token);
+    qargs_add(&args, drop ? "drop" : "back");
+    return run_on_side_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, NULL, err);
+}
+
+int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
+                            double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
+{
+    *is_best = 0;
+    *prev_best_epoch = -1;
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, l->token);
+    qargs_addf(&args, "%d", l->model);
+    qargs_addf(&args, "%d", l->epoch);
+    qargs_add(&args, metrics_json);
+    qargs_addf(&args, "%.17g", valid_top1);
+    redisReply *r = NULL;
+    int missing;
+    if (!(r = mop_run(q, queue_lua_mop_result, sweep, &args, &missing, err)))
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (qc_reply_is(r, 0, "lost")) {
+        freeReplyObject(r);
+        cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' was lost (expired and put back): its "
+                      "result is not recorded", l->model, l->epoch, sweep);
+        return QUEUE_NOT_FOUND;
+    }
+    if ((!qc_reply_is(r, 0, "best") && !qc_reply_is(r, 0, "kept")) || r->elements != 2)
+        return unexpected(r, "result", err);
+    *is_best = qc_reply_is(r, 0, "best");
+    const char *prev = qc_reply_str(r, 1);
+    *prev_best_epoch = prev && *prev ? atoi(prev) : -1;
+    freeReplyObject(r);
+    return 0;
+}
+
+int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
+                         cds_err *err)
+{
+    redisReply *r = side_lease_take(q, queue_lua_mop_test_claim, sweep, worker, lease_ms, l, err);
+    if (!r)
+        return -1;
+    if (qc_reply_is(r, 0, "pending") || qc_reply_is(r, 0, "taken") || qc_reply_is(r, 0, "recorded")) {
+        freeReplyObject(r);
+        return 0;
+    }
+    if (!qc_reply_is(r, 0, "claimed") || r->elements != 2)
+        return unexpected(r, "test_claim", err);
+    l->kind = QUEUE_MOP_TEST;
+    l->model = -1;
+    l->epoch = -1;
+    l->deadline_ms = qc_reply_int(r, 1);
+    freeReplyObject(r);
+    return 1;
+}
+
+int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *result,
+                          cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, l->token);
+    qargs_add(&args, result && *result ? result : "error no result");
+    qargs_add(&args, sweep);
+    return run_on_side_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
+}
+
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
 {
     qargs args = {0};
+    if (l->kind != QUEUE_MOP_VISIT)
+        return renew_side_lease(q, sweep, l, lease_ms, err);
     if (lease_args(sweep, l, &args, err) != 0)
         return -1;
     qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
@@ -407,20 +635,103 @@ int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease
     return run_on_lease(q, queue_lua_mop_fail, "fail", "failed", sweep, l, &args, NULL, err);
 }
 
-int queue_mop_reap(queue_conn *q, const char *sweep, int *n, cds_err *err)
+int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err *err)
 {
     *n = 0;
+    if (evals)
+        *evals = 0;
     if (check_sweep_id(sweep, err) != 0)
         return -1;
     qargs args = {0};
-    redisReply *r = mop_run(q, queue_lua_mop_reap, sweep, &args, NULL, err);
+    qargs_add(&args, sweep);
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_reap, sweep, &args, &missing, err);
     if (!r)
-        return -1;
-    if (!qc_reply_is(r, 0, "reaped"))
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (!qc_reply_is(r, 0, "reaped") || r->elements != 4)
         return unexpected(r, "reap", err);
     *n = (int)qc_reply_int(r, 1);
+    if (evals)
+        *evals = (int)qc_reply_int(r, 2);
     freeReplyObject(r);
     return 0;
+}
+
+/* ---- the active set ---------------------------------------------------------- */
+
+/* Builds the active set from the index of every sweep, once per deployment
+ * (the marker key says it was done): sweeps made by a version that kept no
+ * active set would otherwise never be looked at again. */
+static int build_active_set(queue_conn *q, cds_err *err)
+{
+    qargs cmd = {0};
+    qargs_add(&cmd, "EXISTS");
+    qargs_key(&cmd, q, "sweeps:active:built");
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int built = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    if (built)
+        return 0;
+    char **ids = NULL;
+    size_t n = 0;
+    if (queue_sweep_list(q, &ids, &n, err) != 0)
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (!mop_id_ok(ids[i]))
+            continue;
+        qargs args = {0};
+        qargs_add(&args, ids[i]);
+        int missing;
+        redisReply *e = mop_run(q, queue_lua_mop_enroll, ids[i], &args, &missing, err);
+        if (e)
+            freeReplyObject(e);
+        else if (!missing)
+            rc = -1;
+    }
+    queue_sweep_list_free(ids, n);
+    if (rc != 0)
+        return -1;
+    qargs set = {0};
+    qargs_add(&set, "SET");
+    qargs_key(&set, q, "sweeps:active:built");
+    qargs_add(&set, "1");
+    return qc_do(q, &set, err);
+}
+
+int queue_sweep_list_active(queue_conn *q, char ***ids, size_t *n, cds_err *err)
+{
+    *ids = NULL;
+    *n = 0;
+    if (build_active_set(q, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "ZRANGE");
+    qargs_key(&cmd, q, "sweeps:active");
+    qargs_add(&cmd, "0");
+    qargs_add(&cmd, "-1");
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    int rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
+        char **v = calloc(r->elements, sizeof *v);
+        for (size_t i = 0; v && i < r->elements; i++)
+            if (!(v[i] = strdup(qc_reply_str(r, i) ?: ""))) {
+                queue_sweep_list_free(v, i);
+                v = NULL;
+            }
+        if (v) {
+            *ids = v;
+            *n = r->elements;
+        } else {
+            rc = cds_errf(err, "out of memory listing the active sweeps");
+        }
+    }
+    freeReplyObject(r);
+    return rc;
 }
 
 int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err)

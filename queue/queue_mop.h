@@ -21,19 +21,55 @@
  * A lease that is not renewed expires; the reaper returns the model to idle at
  * its last committed checkpoint, so a dead worker loses only its sub-epoch.
  *
+ * Control (jobctl): the sweep's state pauses (no new leases; leases in
+ * flight renew and commit), resumes or cancels it; each model also has its
+ * own pause flag (<m>.paused) and can be cancelled alone.  A model is leased
+ * only when the sweep is running AND the model is not paused: the two are
+ * apart, so resuming the sweep does not resume a model paused by itself.  A
+ * pause never touches a lease in flight (the model stays "leased" until it
+ * commits, releases or expires, then idles, paused); a cancel is final and
+ * clears the token like a fail.
+ *
+ * Evaluations and the test scoring are leases too, so they outlive the
+ * worker doing them: taking a finished epoch moves it from the evals list to
+ * the in-flight hash under a token with the worker and a deadline, renewed
+ * by the heartbeat; recording the result ends it (and is refused once lost);
+ * the reaper puts expired ones back at the head of the list.  The test
+ * scoring of a done sweep is claimed on the sweep hash (test_by, test_token,
+ * test_deadline) only when no evaluation waits or is in flight, renewed the
+ * same way, taken over once its deadline passes, and its record is refused
+ * once lost.  Invariants, besides the ones above:
+ *   - a finished epoch is at every moment in exactly one place: waiting in
+ *     evals, in flight under one token, or recorded in the results (or
+ *     dropped by its holder: nothing to evaluate);
+ *   - an evaluation or a test score is recorded only by the holder of a
+ *     lease that holds (token present, now <= deadline), so a worker that
+ *     lost it (dead, hung, reaped) can never overwrite the one who took it
+ *     over;
+ *   - a sweep is in the active set from creation until it is finished:
+ *     cancelled, or done with its test score recorded, and no evaluation
+ *     waiting or in flight; a finished sweep never changes again.
+ *
  * Keys (all under the prefix, with the sweep id in braces so one sweep's keys
- * share a Redis Cluster hash slot; docs/redis-keys.md):
+ * share a Redis Cluster hash slot; docs/redis-keys.md).  Every script takes
+ * the same nine: sweep, models, schedule, evals, sweeps, mop:wake, evaling,
+ * results, sweeps:active.
  *   sweep:{S}           hash   the sweep: state (running|paused|done|cancelled), dataset, dataset_version,
  *                              shards, epochs, models, created, spec (JSON), updated, and (added by mop) id,
- *                              live (models not yet done/failed/cancelled), finished (ms, or "")
+ *                              live (models not yet done/failed/cancelled), finished (ms, or ""),
+ *                              test_by, test_token, test_deadline (the test-scoring claim), test (its result)
  *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|done|failed|cancelled),
  *                              epoch (0-based, the epoch in progress), visited (K characters '0'/'1': shards
  *                              visited this epoch), version (committed checkpoint version, 0 = initial), ckpt
  *                              (its path), token, worker, shard, deadline (ms), spec (the model's JSON), reason,
- *                              and (added by mop) stalls (leases reaped), commit (receipt of the last commit)
+ *                              paused ('1' or ''), and (added by mop) stalls (leases reaped), commit (receipt
+ *                              of the last commit)
  *   sweep:{S}:schedule  list   committed visits in commit order: "m epoch shard version worker"
  *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation
- *   sweeps              zset   sweep ids by creation time
+ *   sweep:{S}:evaling   hash   evaluations in flight: token -> "m epoch version deadline worker"
+ *   sweep:{S}:results   hash   visit metrics and evaluated epochs (queue_mop_results.c)
+ *   sweeps              zset   every sweep id, by creation time (jobctl's listing)
+ *   sweeps:active       zset   the sweeps not finished, by creation time (what workers iterate)
  *   mop:wake            list   a token pushed on every commit, release and reap; idle workers BLPOP it
  */
 #ifndef CDS_QUEUE_MOP_H
@@ -72,10 +108,15 @@ typedef struct queue_sweep_def {
  * id that exists (QUEUE_NOT_FOUND is not used: -1 with a message). */
 int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err);
 
+/* What a queue_mop_lease holds: a model for one visit, an epoch to
+ * evaluate, or a sweep's test scoring.  queue_mop_renew renews any of them. */
+enum { QUEUE_MOP_VISIT = 0, QUEUE_MOP_EVAL = 1, QUEUE_MOP_TEST = 2 };
+
 typedef struct queue_mop_lease {
-    int model;                   /* m */
+    int kind;                    /* QUEUE_MOP_VISIT (0, what a zeroed lease is), _EVAL or _TEST */
+    int model;                   /* m (-1 for a test scoring) */
     int epoch;                   /* the epoch this visit belongs to */
-    int shard;                   /* the shard it is for (the one asked for) */
+    int shard;                   /* the shard it is for (the one asked for); -1 unless a visit */
     int64_t version;             /* committed checkpoint version to start from (0: initialise from the seed) */
     char ckpt[QUEUE_MOP_PATH_MAX]; /* its path ("" for version 0) */
     char token[QUEUE_TOKEN_MAX];
@@ -92,10 +133,11 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
 
-/* Moves the deadline of a held lease; returns 0, QUEUE_NOT_FOUND when the
- * lease is gone (expired and reaped, cancelled), -1 on error.  A lease past
- * its deadline is gone even before a reaper frees the model: renew, commit
- * and reap all judge a lease alive iff now <= deadline (server time). */
+/* Moves the deadline of a held lease of any kind; returns 0, QUEUE_NOT_FOUND
+ * when the lease is gone (expired and reaped, cancelled), -1 on error.  A
+ * lease past its deadline is gone even before a reaper frees the model:
+ * renew, commit and reap all judge a lease alive iff now <= deadline (server
+ * time). */
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err);
 
 typedef struct queue_mop_commit_result {
@@ -119,9 +161,13 @@ int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l
  * already gone. */
 int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
                          cds_err *err);
-/* Returns expired leases to idle (at their last committed version); *n gets
- * how many.  Safe to run from every worker. */
-int queue_mop_reap(queue_conn *q, const char *sweep, int *n, cds_err *err);
+/* Returns expired leases to idle (at their last committed version) and
+ * expired evaluations to the head of the evals list; *n gets how many
+ * models, *evals (may be NULL) how many evaluations.  A finished sweep (see
+ * the invariants above) leaves the active set here, and so does a sweep
+ * whose hash is gone (QUEUE_NOT_FOUND then).  Safe to run from every
+ * worker. */
+int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err *err);
 /* Blocks up to timeout_ms (at most 1000) on the wake-up list. */
 int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
 
@@ -132,22 +178,52 @@ int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
  * is a no-op.  Returns 0, QUEUE_NOT_FOUND (no such sweep), -1 (unknown
  * state, or the sweep is already done or cancelled). */
 int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err);
+/* Pauses ("paused": never leased until resumed; a lease in flight still
+ * renews and commits), resumes ("running") or cancels ("cancelled": final,
+ * its lease token cleared, `live` goes down and the sweep is done when none
+ * is left) one model.  Pausing a paused model is a no-op.  Returns 0,
+ * QUEUE_NOT_FOUND (no such sweep, or no model of that index), -1 with a
+ * message (resume of a model that is not paused; any change to a model that
+ * is done, failed or cancelled; an unknown state).  *previous (may be NULL,
+ * 16 bytes) gets idle, leased or paused. */
+int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const char *state, char *previous,
+                              cds_err *err);
 
 /* ---- results (queue_mop_results.c) ---- */
 
 /* The metrics of a committed visit (after its commit was accepted). */
 int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard, int64_t rows,
                            double loss_sum, double xent_sum, int64_t top1, int64_t top5, cds_err *err);
-/* Takes the oldest finished epoch waiting for evaluation: 1 with the fields
- * set, 0 when none waits, -1 on error.  A worker that cannot evaluate it
- * gives it back with queue_mop_put_eval. */
-int queue_mop_take_eval(queue_conn *q, const char *sweep, int *model, int *epoch, int64_t *version, cds_err *err);
-int queue_mop_put_eval(queue_conn *q, const char *sweep, int model, int epoch, int64_t version, cds_err *err);
-/* Records epoch e's metrics (JSON) and keeps the model's best epoch by
- * validation top-1: *is_best says whether this one is it now, and
- * *prev_best_epoch which epoch was before (-1: none). */
-int queue_mop_record_result(queue_conn *q, const char *sweep, int model, int epoch, const char *metrics_json,
+/* Takes the oldest finished epoch waiting for evaluation, as a lease of
+ * lease_ms (kind QUEUE_MOP_EVAL: model, epoch, version, token, deadline):
+ * 1 with *l filled, 0 when none waits, -1 on error.  Renew it with
+ * queue_mop_renew while evaluating; if it is not renewed the reaper puts the
+ * epoch back for another worker.  It ends with queue_mop_record_result, or
+ * queue_mop_put_eval: drop = 0 gives the epoch back (another worker tries
+ * it), drop = 1 forgets it (nothing to evaluate); 0, QUEUE_NOT_FOUND if the
+ * lease was already gone. */
+int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
+                        cds_err *err);
+int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int drop, cds_err *err);
+/* Records the metrics (JSON) of the epoch the evaluation lease l is for and
+ * ends the lease; keeps the model's best epoch by validation top-1: *is_best
+ * says whether this one is it now, and *prev_best_epoch which epoch was
+ * before (-1: none).  QUEUE_NOT_FOUND (nothing recorded) when the lease was
+ * lost: the epoch went back to the list, someone else evaluates it. */
+int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                             double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err);
+/* Claims the test scoring of a done sweep as a lease of lease_ms (kind
+ * QUEUE_MOP_TEST, model -1): 1 claimed, 0 not now (the sweep is not done,
+ * evaluations wait or are in flight, another worker's claim holds, or the
+ * score is recorded), -1 on error.  Renew with queue_mop_renew; a claim not
+ * renewed past its deadline may be claimed by another worker.  The result
+ * ("<m> <epoch> <rows> <loss> <top1> <top5>", "error <why>" or "none
+ * <why>") is recorded with queue_mop_record_test: 0, or QUEUE_NOT_FOUND
+ * (nothing recorded) when the claim was lost. */
+int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
+                         cds_err *err);
+int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *result,
+                          cds_err *err);
 /* The results hash / the models hash as JSON objects of strings. */
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
@@ -163,12 +239,17 @@ int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int ma
 
 /* Every sweep id, oldest first (malloc'd array of malloc'd strings). */
 int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err);
+/* The active sweeps (not finished: see the invariants above), oldest first,
+ * which is all a worker needs to look at.  The first call on a deployment
+ * whose active set was never built builds it from the index of every sweep. */
+int queue_sweep_list_active(queue_conn *q, char ***ids, size_t *n, cds_err *err);
 void queue_sweep_list_free(char **ids, size_t n);
 /* The schedule: committed visits in commit order, "m epoch shard version
  * worker" (free with queue_sweep_list_free). */
 int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *n, cds_err *err);
 /* Sets a field of the sweep hash only if it is not there yet (*claimed = 1
- * then): one worker wins a one-off task, such as scoring on the test split. */
+ * then).  Not for work a worker may die doing: the test scoring is a lease
+ * (queue_mop_claim_test), so it is taken over when its worker dies. */
 int queue_sweep_claim_field(queue_conn *q, const char *sweep, const char *field, const char *value, int *claimed,
                             cds_err *err);
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err);

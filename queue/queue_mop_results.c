@@ -6,17 +6,17 @@
  *
  * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
  * commit that completed them).  Evaluation takes no model lease: any worker
- * pops one and scores the epoch's checkpoint on the validation shards, then
- * records it here, where a script keeps each model's best epoch.  A worker
- * that fails to evaluate pushes the entry back. */
+ * takes one as an evaluation lease (queue_mop_take_eval, in queue_mop.c with
+ * the other scripts), scores the epoch's checkpoint on the validation
+ * shards, and records the metrics with the lease (queue_mop_record_result),
+ * where the script keeps each model's best epoch.  What is here are the
+ * plain reads and writes that need no script. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "queue_int.h"
 #include "queue_mop.h"
-
-extern const char queue_lua_mop_result[];
 
 static int sweep_ok(const char *sweep, cds_err *err)
 {
@@ -37,67 +37,6 @@ int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoc
     qargs_addf(&cmd, "%lld %.17g %.17g %lld %lld", (long long)rows, loss_sum, xent_sum, (long long)top1,
                (long long)top5);
     return qc_do(q, &cmd, err);
-}
-
-int queue_mop_take_eval(queue_conn *q, const char *sweep, int *model, int *epoch, int64_t *version, cds_err *err)
-{
-    if (sweep_ok(sweep, err) != 0)
-        return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "LPOP");
-    qargs_key(&cmd, q, "sweep:{%s}:evals", sweep);
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    int rc = 0;
-    long long v = 0;
-    if (r->type == REDIS_REPLY_STRING) {
-        rc = sscanf(r->str, "%d %d %lld", model, epoch, &v) == 3 ? 1 : cds_errf(err, "sweep %s: bad evaluation entry '%s'", sweep, r->str);
-        *version = v;
-    }
-    freeReplyObject(r);
-    return rc;
-}
-
-int queue_mop_put_eval(queue_conn *q, const char *sweep, int model, int epoch, int64_t version, cds_err *err)
-{
-    if (sweep_ok(sweep, err) != 0)
-        return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "RPUSH");
-    qargs_key(&cmd, q, "sweep:{%s}:evals", sweep);
-    qargs_addf(&cmd, "%d %d %lld", model, epoch, (long long)version);
-    return qc_do(q, &cmd, err);
-}
-
-int queue_mop_record_result(queue_conn *q, const char *sweep, int model, int epoch, const char *metrics_json,
-                            double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
-{
-    if (sweep_ok(sweep, err) != 0)
-        return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_mop_result);
-    qargs_add(&cmd, "2");
-    qargs_key(&cmd, q, "sweep:{%s}:models", sweep);
-    qargs_key(&cmd, q, "sweep:{%s}:results", sweep);
-    qargs_addf(&cmd, "%d", model);
-    qargs_addf(&cmd, "%d", epoch);
-    qargs_add(&cmd, metrics_json);
-    qargs_addf(&cmd, "%.17g", valid_top1);
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !qc_reply_str(r, 0)) {
-        rc = cds_errf(err, "unexpected reply recording a result of sweep %s", sweep);
-    } else {
-        *is_best = qc_reply_is(r, 0, "best");
-        const char *prev = qc_reply_str(r, 1);
-        *prev_best_epoch = prev && *prev ? atoi(prev) : -1;
-    }
-    freeReplyObject(r);
-    return rc;
 }
 
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err)

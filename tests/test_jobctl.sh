@@ -328,5 +328,50 @@ refused 2 "--id names a sweep" "--id with a job type"
 raw enqueue --help
 ok "$([ "$rc" = 0 ] && grep -q '^usage: jobctl enqueue sweep --spec FILE.json \[--id ID\]$' "$tmp/out"; echo $?)" "enqueue --help shows enqueue sweep"
 
+# ---- pause, resume and cancel of one model of a sweep -------------------------------
+mfield() { redis-cli -u "$url" HGET "${prefix}sweep:{my-sweep_1}:models" "$1"; }
+jc pause my-sweep_1/3
+ok_out "$([ "$rc" = 0 ] && [ "$(out)" = "model 3 of sweep my-sweep_1 is paused (it was idle)" ] && [ "$(mfield 3.paused)" = 1 ] && \
+      [ "$(mfield 3.state)" = idle ]; echo $?)" "pause SWEEP/MODEL pauses that model alone"
+jc status my-sweep_1
+ok_out "$([ "$rc" = 0 ] && grep -q '^  model 3 .* paused ' "$tmp/out" && [ "$(grep -c ' paused ' "$tmp/out")" = 1 ]; echo $?)" \
+    "jobctl status shows model 3 paused, and no other"
+jc --json status my-sweep_1
+is "$(jget 'd["models"][3]["state"], d["models"][2]["state"]')" "paused idle" "status --json says paused too"
+redis-cli -u "$url" HSET "${prefix}sweep:{my-sweep_1}:models" 5.state leased 5.paused 1 >/dev/null
+jc status my-sweep_1
+ok_out "$([ "$rc" = 0 ] && grep -q '^  model 5 .* pausing ' "$tmp/out"; echo $?)" "a paused model whose visit is still in flight shows as pausing"
+redis-cli -u "$url" HSET "${prefix}sweep:{my-sweep_1}:models" 5.state idle 5.paused "" >/dev/null
+jc pause my-sweep_1
+jc resume my-sweep_1
+ok_out "$([ "$rc" = 0 ] && [ "$(mfield 3.paused)" = 1 ]; echo $?)" "resuming the whole sweep leaves the model paused by itself paused"
+jc resume my-sweep_1/3
+ok_out "$([ "$rc" = 0 ] && [ "$(out)" = "model 3 of sweep my-sweep_1 is resumed (it was paused)" ] && [ "$(mfield 3.paused)" = "" ]; echo $?)" \
+    "resume SWEEP/MODEL resumes it"
+jc resume my-sweep_1/3
+refused 1 "model 3 of sweep 'my-sweep_1' is idle, not paused: nothing to resume" "resuming a model that is not paused"
+jc cancel my-sweep_1/3
+ok_out "$([ "$rc" = 0 ] && [ "$(out)" = "model 3 of sweep my-sweep_1 is cancelled (it was idle)" ] && [ "$(mfield 3.state)" = cancelled ] && \
+      [ "$(sweep_field my-sweep_1 live)" = 15 ] && [ "$(sweep_field my-sweep_1 state)" = running ]; echo $?)" \
+    "cancel SWEEP/MODEL cancels that model for good: 15 live models left, the sweep runs on"
+jc cancel my-sweep_1/3
+refused 1 "model 3 of sweep 'my-sweep_1' is cancelled: it cannot be cancelled" "cancelling a cancelled model"
+jc --json pause my-sweep_1/4
+is "$(jget 'd["sweep"], d["model"], d["state"], d["previous_state"]')" "my-sweep_1 4 paused idle" "pause SWEEP/MODEL --json"
+jc pause my-sweep_1/16
+refused 1 "sweep 'my-sweep_1' has no model 16: its models are 0 to 15" "an unknown model index"
+jc pause my-sweep_1/x
+refused 2 "bad model 'x' in 'my-sweep_1/x': give SWEEP/MODEL with MODEL a model index" "a model that is not a number"
+jc resume my-sweep_1/-1
+refused 2 "bad model '-1'" "a negative model"
+jc cancel my-sweep_1/
+refused 2 "bad model ''" "no model after the slash"
+jc pause /3
+refused 2 "bad sweep id in '/3'" "no sweep before the slash"
+jc cancel nosuch/1
+refused 1 "no sweep 'nosuch'" "a model of an unknown sweep"
+raw pause --help
+ok "$([ "$rc" = 0 ] && grep -q '^usage: jobctl pause SWEEP | SWEEP/MODEL$' "$tmp/out"; echo $?)" "pause --help shows SWEEP/MODEL"
+
 echo "1..$n"
 [ "$failed" = 0 ]

@@ -1,7 +1,10 @@
 /* Model Hopper Parallelism sweeps (queue_mop.h) against a real redis-server:
  * creation and its refusals, a full single-threaded sweep driven by two
  * simulated workers, lost leases (expiry, reap, late commits), failed models,
- * pause and cancel, the wake-up list, and the invariants under concurrency:
+ * pause and cancel of the sweep and of single models, evaluations and the
+ * test scoring as leases (taken, expired, reaped, taken over, late records
+ * refused), the active set of sweeps (who leaves it when, and its one-off
+ * rebuild), the wake-up list, and the invariants under concurrency:
  * four threads, each its own connection, lease and commit at random with
  * releases and simulated crashes, after which every (model, epoch, shard) must
  * have been committed exactly once and no model held by two workers at once.
@@ -399,12 +402,12 @@ static void test_lost_lease(queue_conn *q, redisContext *c)
            model_is(c, "lost", 0, "visited", "00") && list_len(c, "schedule", "lost") == 0,
        "the refused commit changed neither version, checkpoint, visits nor schedule");
     int n = -1;
-    int rc = queue_mop_reap(q, "lost", &n, &err);
+    int rc = queue_mop_reap(q, "lost", &n, NULL, &err);
     ok(rc == 0 && n == 1, "reap frees the expired lease (n=%d)", n);
     ok(model_is(c, "lost", 0, "state", "idle") && model_is(c, "lost", 0, "token", "") &&
            model_is(c, "lost", 0, "stalls", "1"),
        "the reaped model is idle, its token cleared, one stall counted");
-    ok(queue_mop_reap(q, "lost", &n, &err) == 0 && n == 0, "a second reap finds nothing");
+    ok(queue_mop_reap(q, "lost", &n, NULL, &err) == 0 && n == 0, "a second reap finds nothing");
     ok(queue_mop_renew(q, "lost", &l, HOLD_MS, &err) == QUEUE_NOT_FOUND, "renew after the reap is QUEUE_NOT_FOUND");
     ok(queue_mop_release(q, "lost", &l, &err) == QUEUE_NOT_FOUND, "release after the reap is QUEUE_NOT_FOUND");
     ok(queue_mop_fail_model(q, "lost", &l, "x", &err) == QUEUE_NOT_FOUND, "fail after the reap is QUEUE_NOT_FOUND");
@@ -448,7 +451,7 @@ static void test_lost_lease(queue_conn *q, redisContext *c)
     for (int i = 0; i < 5; i++) {
         cds_sleep_ms(80);
         renew_ok &= queue_mop_renew(q, "renewed", &l, 200, &err) == 0;
-        queue_mop_reap(q, "renewed", &n, &err);
+        queue_mop_reap(q, "renewed", &n, NULL, &err);
         reaped += n;
     }
     ok(renew_ok && reaped == 0, "renewed every 80 ms over 400 ms, the lease is never reaped");
@@ -503,7 +506,7 @@ static void test_stall_limit(queue_conn *q, redisContext *c)
     for (int i = 0; i < 3; i++) {
         lease(q, "stally", 0, "stall-w", SHORT_MS, &l, NULL);
         cds_sleep_ms(EXPIRE_WAIT_MS);
-        queue_mop_reap(q, "stally", &n, &err);
+        queue_mop_reap(q, "stally", &n, NULL, &err);
     }
     ok(model_is(c, "stally", 0, "state", "failed") && model_is(c, "stally", 0, "stalls", "3") &&
            sweep_is(c, "stally", "live", "1"),
@@ -577,9 +580,300 @@ static void test_many_models(queue_conn *q, redisContext *c)
        FIRST_FREE, got ? l.model : -1, (long long)dt);
     cds_sleep_ms(EXPIRE_WAIT_MS);
     int n = -1;
-    rc = queue_mop_reap(q, "many", &n, &err);
+    rc = queue_mop_reap(q, "many", &n, NULL, &err);
     ok(rc == 0 && n == 1 && model_is(c, "many", FIRST_FREE, "state", "idle"),
        "the reaper frees an expired lease in the second chunk (n=%d)", n);
+}
+
+/* ---- control of single models ---------------------------------------------- */
+
+static int set_model(queue_conn *q, const char *sweep, int m, const char *state, char *prev, cds_err *err)
+{
+    return queue_mop_set_model_state(q, sweep, m, state, prev, err);
+}
+
+static void test_model_control(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char prev[16];
+    queue_mop_lease a, b, x;
+    int done = 1;
+    create_sweep(q, "ctl", 4, 2, 1);
+    ok(set_model(q, "ctl", 0, "paused", prev, &err) == 0 && strcmp(prev, "idle") == 0 &&
+           model_is(c, "ctl", 0, "paused", "1") && model_is(c, "ctl", 0, "state", "idle"),
+       "pause an idle model: its flag is set, its state stays idle (was %s)", prev);
+    ok(lease(q, "ctl", 0, "ctl-w0", HOLD_MS, &a, NULL) == 1 && a.model == 1,
+       "the next lease skips the paused model 0 and takes model 1");
+    ok(set_model(q, "ctl", 1, "paused", prev, &err) == 0 && strcmp(prev, "leased") == 0 &&
+           model_is(c, "ctl", 1, "state", "leased") && model_is(c, "ctl", 1, "token", a.token),
+       "pause a model with a lease in flight: the lease is untouched");
+    ok(queue_mop_renew(q, "ctl", &a, HOLD_MS, &err) == 0 && commit(q, "ctl", &a, "ckpt/ctl1").accepted,
+       "the paused model's lease in flight still renews and commits");
+    ok(model_is(c, "ctl", 1, "state", "idle") && model_is(c, "ctl", 1, "paused", "1"),
+       "after its commit the model is idle and still paused");
+    ok(set_model(q, "ctl", 0, "paused", prev, &err) == 0 && strcmp(prev, "paused") == 0,
+       "pausing a paused model is a no-op");
+    /* Model 1 has the most progress and is paused; 0 is paused: only 2 and 3. */
+    int got[4] = {0}, n = 0;
+    while (n < 8 && lease(q, "ctl", 1, "ctl-w1", HOLD_MS, &x, &done) == 1) {
+        got[x.model]++;
+        commit(q, "ctl", &x, "ckpt/ctl");
+        n++;
+    }
+    ok(got[0] == 0 && got[1] == 0 && got[2] == 1 && got[3] == 1 && done == 0,
+       "shard 1 is visited by models 2 and 3 only; the sweep is not done (got %d %d %d %d)", got[0], got[1], got[2],
+       got[3]);
+    ok(queue_sweep_set_state(q, "ctl", "paused", &err) == 0 && set_model(q, "ctl", 0, "running", prev, &err) == 0 &&
+           strcmp(prev, "paused") == 0 && lease(q, "ctl", 1, "ctl-w1", HOLD_MS, &x, &done) == 0,
+       "resuming model 0 in a paused sweep leases nothing yet");
+    ok(queue_sweep_set_state(q, "ctl", "running", &err) == 0 && model_is(c, "ctl", 1, "paused", "1"),
+       "resuming the sweep leaves model 1, paused by itself, paused");
+    ok(lease(q, "ctl", 1, "ctl-w1", HOLD_MS, &x, &done) == 1 && x.model == 0 && commit(q, "ctl", &x, "c").accepted,
+       "the resumed model 0 is leased again (and not model 1)");
+    ok(lease(q, "ctl", 1, "ctl-w1", HOLD_MS, &x, &done) == 0, "model 1 is never leased while paused");
+    ok(set_model(q, "ctl", 1, "running", prev, &err) == 0 && model_is(c, "ctl", 1, "paused", ""),
+       "resume model 1: its flag is cleared");
+    ok(set_model(q, "ctl", 1, "running", prev, &err) == -1 && strstr(err.msg, "not paused") &&
+           strstr(err.msg, "model 1"),
+       "resuming a model that is not paused is refused (%s)", err.msg);
+
+    /* Cancel: with a lease in flight, then the last one. */
+    ok(lease(q, "ctl", 1, "ctl-w1", HOLD_MS, &b, &done) == 1 && b.model == 1, "model 1 is leased for shard 1");
+    ok(set_model(q, "ctl", 1, "cancelled", prev, &err) == 0 && strcmp(prev, "leased") == 0 &&
+           model_is(c, "ctl", 1, "state", "cancelled") && model_is(c, "ctl", 1, "token", "") &&
+           model_is(c, "ctl", 1, "reason", "cancelled by jobctl") && sweep_is(c, "ctl", "live", "3"),
+       "cancel the leased model: cancelled, token cleared, with a reason; live goes from 4 to 3");
+    ok(queue_mop_renew(q, "ctl", &b, HOLD_MS, &err) == QUEUE_NOT_FOUND, "its holder's renew is refused");
+    ok(!commit(q, "ctl", &b, "ckpt/cancelled").accepted && model_is(c, "ctl", 1, "ckpt", "ckpt/ctl1"),
+       "its holder's commit is refused and publishes nothing");
+    ok(set_model(q, "ctl", 1, "cancelled", prev, &err) == -1 && strstr(err.msg, "is cancelled"),
+       "cancelling it again is refused (%s)", err.msg);
+    ok(set_model(q, "ctl", 1, "running", prev, &err) == -1 && strstr(err.msg, "is cancelled"),
+       "resuming a cancelled model is refused (%s)", err.msg);
+    ok(lease(q, "ctl", 0, "ctl-w0", HOLD_MS, &x, &done) == 1 && x.model == 0 && commit(q, "ctl", &x, "c").accepted &&
+           model_is(c, "ctl", 0, "state", "done"),
+       "model 0 visits shard 0 and is done");
+    ok(set_model(q, "ctl", 0, "cancelled", prev, &err) == -1 && strstr(err.msg, "is done"),
+       "cancelling a done model is refused (%s)", err.msg);
+    ok(set_model(q, "ctl", 0, "paused", prev, &err) == -1 && strstr(err.msg, "is done"),
+       "pausing a done model is refused (%s)", err.msg);
+    ok(set_model(q, "ctl", 9, "paused", prev, &err) == QUEUE_NOT_FOUND && strstr(err.msg, "no model 9") &&
+           strstr(err.msg, "0 to 3"),
+       "an unknown model index is QUEUE_NOT_FOUND (%s)", err.msg);
+    ok(set_model(q, "ctl", -1, "paused", prev, &err) == -1, "a negative model index is refused");
+    ok(set_model(q, "ctl", 0, "bogus", prev, &err) == -1 && strstr(err.msg, "use running"),
+       "an unknown state is refused (%s)", err.msg);
+    ok(set_model(q, "nosuch", 0, "paused", prev, &err) == QUEUE_NOT_FOUND, "an unknown sweep is QUEUE_NOT_FOUND");
+    ok(set_model(q, "ctl", 2, "cancelled", prev, &err) == 0 && sweep_is(c, "ctl", "live", "1") &&
+           sweep_is(c, "ctl", "state", "running"),
+       "cancel model 2: one live model is left, the sweep runs on");
+    ok(set_model(q, "ctl", 3, "cancelled", prev, &err) == 0 && sweep_is(c, "ctl", "live", "0") &&
+           sweep_is(c, "ctl", "state", "done"),
+       "cancelling the last live model makes the sweep done");
+    ok(lease(q, "ctl", 0, "ctl-w0", HOLD_MS, &x, &done) == 0 && done == 1, "and leases report it done");
+}
+
+/* ---- evaluations and the test scoring are leases ------------------------------- */
+
+static long long hash_len(redisContext *c, const char *sweep, const char *suffix)
+{
+    redisReply *r = rcmd(c, "HLEN %ssweep:{%s}:%s", prefix, sweep, suffix);
+    long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return n;
+}
+
+static int has_result(redisContext *c, const char *sweep, const char *field)
+{
+    redisReply *r = rcmd(c, "HEXISTS %ssweep:{%s}:results %s", prefix, sweep, field);
+    int yes = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    return yes;
+}
+
+static int is_active(redisContext *c, const char *sweep)
+{
+    redisReply *r = rcmd(c, "ZSCORE %ssweeps:active %s", prefix, sweep);
+    int yes = r->type == REDIS_REPLY_STRING;
+    freeReplyObject(r);
+    return yes;
+}
+
+/* Leases and commits every visit of a one-shard sweep's epoch for model m. */
+static void finish_epoch(queue_conn *q, const char *sweep, const char *path)
+{
+    queue_mop_lease l;
+    if (lease(q, sweep, 0, "ev-w0", HOLD_MS, &l, NULL) != 1 || !commit(q, sweep, &l, path).accepted)
+        tap_bail("could not finish an epoch");
+}
+
+static void test_eval_lease(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_mop_lease a, b, x;
+    int is_best = 0, prev = 7, n = 0, ne = 0;
+    create_sweep(q, "ev", 1, 1, 2);
+    finish_epoch(q, "ev", "ckpt/ev1");
+    ok(list_len(c, "evals", "ev") == 1, "a finished epoch waits for evaluation");
+    ok(queue_mop_take_eval(q, "ev", "ev-a", SHORT_MS, &a, &err) == 1 && a.kind == QUEUE_MOP_EVAL && a.model == 0 &&
+           a.epoch == 0 && a.version == 1 && strlen(a.token) == 32,
+       "take_eval leases model 0 epoch 0 version 1 with a token");
+    char v[256] = "";
+    redisReply *r = rcmd(c, "HGET %ssweep:{ev}:evaling %s", prefix, a.token);
+    if (r->type == REDIS_REPLY_STRING)
+        snprintf(v, sizeof v, "%s", r->str);
+    freeReplyObject(r);
+    long long dl = 0;
+    ok(list_len(c, "evals", "ev") == 0 && sscanf(v, "0 0 1 %lld ev-a", &dl) == 1 && dl == a.deadline_ms,
+       "it moved from the list to the in-flight hash with its deadline and worker ('%s')", v);
+    ok(queue_mop_take_eval(q, "ev", "ev-b", SHORT_MS, &x, &err) == 0, "nothing else waits: take_eval returns 0");
+    ok(queue_mop_renew(q, "ev", &a, SHORT_MS, &err) == 0, "queue_mop_renew renews an evaluation lease");
+    cds_sleep_ms(EXPIRE_WAIT_MS);
+    ok(queue_mop_renew(q, "ev", &a, SHORT_MS, &err) == QUEUE_NOT_FOUND, "past its deadline the renew is refused");
+    ok(queue_mop_record_result(q, "ev", &a, "{\"late\":1}", 0.5, &is_best, &prev, &err) == QUEUE_NOT_FOUND &&
+           !has_result(c, "ev", "0.0"),
+       "a record past the deadline is refused and records nothing (%s)", err.msg);
+    ok(queue_mop_reap(q, "ev", &n, &ne, &err) == 0 && n == 0 && ne == 1 && list_len(c, "evals", "ev") == 1 &&
+           hash_len(c, "ev", "evaling") == 0,
+       "the reaper puts the expired evaluation back on the list (models %d, evaluations %d)", n, ne);
+    ok(queue_mop_take_eval(q, "ev", "ev-b", HOLD_MS, &b, &err) == 1 && b.model == 0 && b.epoch == 0 &&
+           b.version == 1 && strcmp(a.token, b.token) != 0,
+       "another worker takes it again, with a new token");
+    ok(queue_mop_record_result(q, "ev", &a, "{\"late\":1}", 0.9, &is_best, &prev, &err) == QUEUE_NOT_FOUND &&
+           queue_mop_put_eval(q, "ev", &a, 0, &err) == QUEUE_NOT_FOUND && hash_len(c, "ev", "evaling") == 1,
+       "the first worker, late, can neither record nor give it back");
+    queue_mop_lease wrong = b;
+    wrong.epoch = 1;
+    ok(queue_mop_record_result(q, "ev", &wrong, "{}", 0.9, &is_best, &prev, &err) == QUEUE_NOT_FOUND,
+       "a record for another epoch than the lease's is refused");
+    ok(queue_mop_record_result(q, "ev", &b, "{\"e\":1}", 0.5, &is_best, &prev, &err) == 0 && is_best && prev == -1 &&
+           has_result(c, "ev", "0.0") && hash_len(c, "ev", "evaling") == 0 && model_is(c, "ev", 0, "best_epoch", "0"),
+       "the holder records it: the best epoch so far, the lease ended");
+    ok(queue_mop_record_result(q, "ev", &b, "{\"e\":1}", 0.5, &is_best, &prev, &err) == QUEUE_NOT_FOUND,
+       "recording twice with the same lease is refused");
+
+    finish_epoch(q, "ev", "ckpt/ev2");
+    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && a.epoch == 1 &&
+           queue_mop_put_eval(q, "ev", &a, 0, &err) == 0 && list_len(c, "evals", "ev") == 1 &&
+           hash_len(c, "ev", "evaling") == 0,
+       "put_eval gives an evaluation back to the list");
+    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && queue_mop_put_eval(q, "ev", &a, 1, &err) == 0 &&
+           list_len(c, "evals", "ev") == 0 && hash_len(c, "ev", "evaling") == 0,
+       "put_eval with drop forgets it");
+
+    /* Renewed, an evaluation lease survives reapers running all the while. */
+    create_sweep(q, "evr", 1, 1, 1);
+    finish_epoch(q, "evr", "ckpt/evr");
+    queue_mop_take_eval(q, "evr", "ev-a", 200, &a, &err);
+    int renew_ok = 1, reaped = 0;
+    for (int i = 0; i < 5; i++) {
+        cds_sleep_ms(80);
+        renew_ok &= queue_mop_renew(q, "evr", &a, 200, &err) == 0;
+        queue_mop_reap(q, "evr", &n, &ne, &err);
+        reaped += ne;
+    }
+    ok(renew_ok && reaped == 0 &&
+           queue_mop_record_result(q, "evr", &a, "{}", 0.1, &is_best, &prev, &err) == 0,
+       "renewed every 80 ms over 400 ms, an evaluation is never reaped and its record is accepted");
+}
+
+static void test_test_claim(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_mop_lease a, b, x, e;
+    int is_best, prev;
+    create_sweep(q, "tc", 1, 1, 1);
+    ok(queue_mop_claim_test(q, "tc", "tc-a", HOLD_MS, &x, &err) == 0, "a running sweep's test cannot be claimed");
+    finish_epoch(q, "tc", "ckpt/tc");
+    ok(sweep_is(c, "tc", "state", "done") && queue_mop_claim_test(q, "tc", "tc-a", HOLD_MS, &x, &err) == 0,
+       "nor a done one whose evaluation waits");
+    queue_mop_take_eval(q, "tc", "tc-e", HOLD_MS, &e, &err);
+    ok(queue_mop_claim_test(q, "tc", "tc-a", HOLD_MS, &x, &err) == 0, "nor while its evaluation is in flight");
+    queue_mop_record_result(q, "tc", &e, "{}", 0.7, &is_best, &prev, &err);
+    ok(queue_mop_claim_test(q, "tc", "tc-a", SHORT_MS, &a, &err) == 1 && a.kind == QUEUE_MOP_TEST &&
+           sweep_is(c, "tc", "test_by", "tc-a") && sweep_is(c, "tc", "test_token", a.token),
+       "once everything is evaluated, a worker claims it (test_by, test_token)");
+    ok(queue_mop_claim_test(q, "tc", "tc-b", SHORT_MS, &b, &err) == 0, "a second worker cannot while the claim holds");
+    ok(queue_mop_renew(q, "tc", &a, SHORT_MS, &err) == 0, "queue_mop_renew renews the claim");
+    cds_sleep_ms(EXPIRE_WAIT_MS);
+    ok(queue_mop_renew(q, "tc", &a, SHORT_MS, &err) == QUEUE_NOT_FOUND, "past its deadline the claim's renew is refused");
+    ok(queue_mop_claim_test(q, "tc", "tc-b", HOLD_MS, &b, &err) == 1 && sweep_is(c, "tc", "test_by", "tc-b") &&
+           strcmp(a.token, b.token) != 0,
+       "the expired claim is taken over by another worker");
+    ok(queue_mop_record_test(q, "tc", &a, "0 1 10 0.1 0.9 1", &err) == QUEUE_NOT_FOUND && sweep_is(c, "tc", "test", ""),
+       "the first claimant's late record is refused (%s)", err.msg);
+    ok(is_active(c, "tc"), "the sweep is still active: its test score is not recorded");
+    ok(queue_mop_record_test(q, "tc", &b, "0 1 10 0.2 0.8 1", &err) == 0 && sweep_is(c, "tc", "test", "0 1 10 0.2 0.8 1") &&
+           sweep_is(c, "tc", "test_token", ""),
+       "the new claimant records the score; the claim's token is cleared");
+    ok(!is_active(c, "tc"), "recording the test score takes the finished sweep out of the active set");
+    ok(queue_mop_claim_test(q, "tc", "tc-c", HOLD_MS, &x, &err) == 0 &&
+           queue_mop_record_test(q, "tc", &b, "x", &err) == QUEUE_NOT_FOUND,
+       "a recorded test can be neither claimed nor recorded again");
+}
+
+/* ---- the active set ------------------------------------------------------------ */
+
+static int in_list(char **ids, size_t n, const char *id)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(ids[i], id) == 0)
+            return 1;
+    return 0;
+}
+
+static void test_active_set(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_mop_lease e;
+    int n, ne, is_best, prev;
+    create_sweep(q, "act", 2, 1, 1);
+    ok(is_active(c, "act"), "a new sweep is in the active set");
+    finish_epoch(q, "act", "ckpt/act");
+    ok(queue_sweep_set_state(q, "act", "cancelled", &err) == 0 && queue_mop_reap(q, "act", &n, &ne, &err) == 0 &&
+           is_active(c, "act"),
+       "cancelled with an evaluation waiting, it stays active");
+    queue_mop_take_eval(q, "act", "act-w", HOLD_MS, &e, &err);
+    queue_mop_reap(q, "act", &n, &ne, &err);
+    ok(is_active(c, "act"), "... and with the evaluation in flight");
+    ok(queue_mop_record_result(q, "act", &e, "{}", 0.5, &is_best, &prev, &err) == 0 &&
+           queue_mop_reap(q, "act", &n, &ne, &err) == 0 && !is_active(c, "act"),
+       "once the evaluation is recorded, the next reap takes it out");
+
+    /* A sweep done with nothing to evaluate still waits for its test record. */
+    create_sweep(q, "act2", 1, 1, 1);
+    queue_mop_lease l;
+    lease(q, "act2", 0, "act-w", HOLD_MS, &l, NULL);
+    queue_mop_fail_model(q, "act2", &l, "loss is NaN", &err);
+    queue_mop_reap(q, "act2", &n, &ne, &err);
+    ok(sweep_is(c, "act2", "state", "done") && is_active(c, "act2"),
+       "a done sweep whose test is not recorded stays active");
+
+    char **ids = NULL;
+    size_t nid = 0;
+    ok(queue_sweep_list_active(q, &ids, &nid, &err) == 0 && !in_list(ids, nid, "act") && in_list(ids, nid, "act2") &&
+           in_list(ids, nid, "ev") && !in_list(ids, nid, "tc"),
+       "list_active lists act2 and ev, not the finished act and tc (%zu active)", nid);
+    queue_sweep_list_free(ids, nid);
+    ok(queue_sweep_list(q, &ids, &nid, &err) == 0 && in_list(ids, nid, "act") && in_list(ids, nid, "tc"),
+       "the index of every sweep still lists them (%zu)", nid);
+    queue_sweep_list_free(ids, nid);
+
+    /* A deployment whose sweeps predate the active set: it is built once. */
+    freeReplyObject(rcmd(c, "DEL %ssweeps:active %ssweeps:active:built", prefix, prefix));
+    ok(queue_sweep_list_active(q, &ids, &nid, &err) == 0 && !in_list(ids, nid, "act") && in_list(ids, nid, "act2") &&
+           !in_list(ids, nid, "tc") && in_list(ids, nid, "ev"),
+       "without an active set, the first listing rebuilds it from the index: unfinished sweeps only (%zu)", nid);
+    queue_sweep_list_free(ids, nid);
+    freeReplyObject(rcmd(c, "ZREM %ssweeps:active ev", prefix));
+    ok(queue_sweep_list_active(q, &ids, &nid, &err) == 0 && !in_list(ids, nid, "ev"),
+       "it is rebuilt only once (a marker key says so)");
+    queue_sweep_list_free(ids, nid);
+    freeReplyObject(rcmd(c, "ZADD %ssweeps:active 1 ev", prefix));
+
+    freeReplyObject(rcmd(c, "DEL %ssweep:{act2}", prefix));
+    ok(queue_mop_reap(q, "act2", &n, &ne, &err) == QUEUE_NOT_FOUND && !is_active(c, "act2"),
+       "a sweep whose hash was deleted leaves the active set at the next reap");
 }
 
 /* ---- waiting ------------------------------------------------------------- */
@@ -677,7 +971,7 @@ static void *hammer_worker(void *arg)
     int nleases = 0;
     while (cds_mono_ms() < h->stop_at) {
         int n;
-        if (queue_mop_reap(q, "hammer", &n, &err) != 0) {
+        if (queue_mop_reap(q, "hammer", &n, NULL, &err) != 0) {
             h->errors++;
             break;
         }
@@ -796,6 +1090,10 @@ int main(void)
     test_stall_limit(q, c);
     test_states(q, c);
     test_many_models(q, c);
+    test_model_control(q, c);
+    test_eval_lease(q, c);
+    test_test_claim(q, c);
+    test_active_set(q, c);
     test_wait(q, c);
     test_concurrency(q, c);
     redisFree(c);

@@ -6,7 +6,10 @@
 # them.  Checks: the sweep finishes; the recorded schedule holds every
 # (model, epoch, shard) exactly once; each model directory keeps only its
 # committed checkpoint, which the Python reader of docs/checkpoint.md loads
-# and whose epoch is 2; both workers trained; a first SIGTERM drains a worker
+# and whose epoch is 2; both workers trained; a worker SIGKILLed while it
+# evaluates, then one SIGKILLed while it scores the test split, lose
+# nothing (the next worker takes each over; strace holds them there); every
+# finished sweep leaves the active set; a first SIGTERM drains a worker
 # without losing its visit.  usage: test_mop_e2e.sh BUILD_ROOT
 set -u
 build=${1:?usage: test_mop_e2e.sh BUILD_ROOT}
@@ -192,6 +195,66 @@ ok "$([ "$(rcli HGET "${prefix}sweep:{orph}" state)" = done ] && \
       [ "$(rcli LRANGE "${prefix}sweep:{orph}:schedule" 0 -1 | awk '$3 == 1 && $5 == "o0"' | wc -l)" = 4 ] && \
       grep -q "served shard 1, whose worker has been gone" "$root/o0.log"; echo $?)" \
     "a shard whose worker is gone is served by another worker after the grace period; the sweep finishes"
+
+# ---- a worker killed while it evaluates, or while it scores the test split -----------
+# strace holds the worker's access() of the first validation (then test) shard
+# for 6 s, which is the start of an evaluation (of a test scoring); the worker
+# is SIGKILLed in that window, after its heartbeat has renewed the 1 s lease
+# past its first deadline.  The next worker must find the evaluation put back
+# by the reaper (the claim expired), do it, and record it; the sweep then
+# leaves the active set.
+held_worker() { # PATH ID ARGS...: a worker whose access() of PATH strace holds for 6 s
+    strace -f -qq -o /dev/null -P "$1" -e trace=access,faccessat,faccessat2 \
+        -e inject=access,faccessat,faccessat2:delay_enter=6000000 \
+        "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "$2" --reap-every 0.5 \
+        --data-root "$root" --threads 1 --lease 1 "${@:3}" 2>>"$root/$2.log" &
+    pids+=($!)
+}
+kill_held() { # kills the worker under the last held_worker's strace, then strace (which would sit out its delay)
+    local wpid; wpid=$(pgrep -P "${pids[-1]}")
+    [ -n "$wpid" ] && kill -KILL "$wpid"
+    kill -KILL "${pids[-1]}" 2>/dev/null
+    wait "${pids[-1]}" 2>/dev/null; pids=("${pids[@]:0:${#pids[@]}-1}")
+}
+if ! strace -f -qq -o /dev/null true 2>/dev/null || ! command -v pgrep >/dev/null; then
+    for what in "evaluation" "test scoring"; do n=$((n + 1)); echo "ok $n - a worker killed during its $what # SKIP strace cannot trace here"; done
+else
+    cat >"$root/kev.json" <<'JSON'
+{"mode": "mop", "dataset": "fm", "epochs": 1, "seed": 3,
+ "models": [{"arch": "mlp", "input": [784], "hidden": [32], "classes": 10}],
+ "train": {"normalize": {"scale": 0.00392156862745098, "mean": [0.286], "std": [0.353]}},
+ "grid": {"optimizer": ["adam"], "lr": [0.003], "batch": [64]}}
+JSON
+    jobctl enqueue sweep --spec "$root/kev.json" --id kev >/dev/null 2>"$root/err"
+    held_worker "$root/datasets/fm/valid/shard-0" ka --shard 0 --shard-grace 1
+    for _ in $(seq 600); do [ "$(rcli HLEN "${prefix}sweep:{kev}:evaling")" = 1 ] && break; sleep 0.05; done
+    first=$(rcli HVALS "${prefix}sweep:{kev}:evaling")
+    sleep 1.5 # past the first deadline: only renewals keep the lease
+    later=$(rcli HVALS "${prefix}sweep:{kev}:evaling")
+    kill_held
+    ok "$([ "$(rcli HGET "${prefix}sweep:{kev}" models)" = 1 ] && [ "${first%% *}" = 0 ] && [ "${first##* }" = ka ] && \
+          [ "$(echo "$later" | cut -d' ' -f4)" -gt "$(echo "$first" | cut -d' ' -f4)" ] && [ "$(rcli LLEN "${prefix}sweep:{kev}:evals")" = 0 ]; echo $?)" \
+        "an evaluation in flight is held by its worker, its deadline renewed while it evaluates ('$first' then '$later')"
+    held_worker "$root/datasets/fm/test/shard-0" kb --shard 0
+    for _ in $(seq 400); do [ "$(rcli HGET "${prefix}sweep:{kev}" test_by)" = kb ] && break; sleep 0.05; done
+    first=$(rcli HGET "${prefix}sweep:{kev}" test_deadline)
+    sleep 1.5 # past the claim's first deadline
+    later=$(rcli HGET "${prefix}sweep:{kev}" test_deadline)
+    kill_held
+    ok "$(rcli HEXISTS "${prefix}sweep:{kev}:results" 0.0 | grep -qx 1 && grep -q "sweep kev: 1 expired evaluations put back" "$root/kb.log" && \
+          grep -q "sweep kev model 0 epoch 1: train loss" "$root/kb.log" && [ "$(rcli HGET "${prefix}sweep:{kev}" test)" = "" ] && \
+          [ -n "$first" ] && [ "$later" -gt "$((first + 1000))" ]; echo $?)" \
+        "SIGKILL during an evaluation: the reaper puts it back and the next worker evaluates it; its test claim is renewed while it scores ($first, then $later)"
+    worker kc --shard 0 --lease 1 --idle-exit 2
+    for _ in $(seq 300); do [ -n "$(rcli HGET "${prefix}sweep:{kev}" test)" ] && break; sleep 0.05; done
+    wait "${pids[@]}"; pids=()
+    ok "$([ "$(rcli HGET "${prefix}sweep:{kev}" test_by)" = kc ] && [ "$(rcli HGET "${prefix}sweep:{kev}" test | cut -d' ' -f1-2)" = "0 1" ] && \
+          [ "$(rcli ZSCORE "${prefix}sweeps:active" kev)" = "" ] && [ -n "$(rcli ZSCORE "${prefix}sweeps" kev)" ] && \
+          [ "$(rcli HLEN "${prefix}sweep:{kev}:evaling")" = 0 ]; echo $?)" \
+        "SIGKILL during the test scoring: another worker takes the expired claim over and records it; the sweep leaves the active set"
+fi
+ok "$([ "$(rcli ZCARD "${prefix}sweeps:active")" = 0 ] && [ "$(rcli ZCARD "${prefix}sweeps")" -ge 5 ]; echo $?)" \
+    "every finished sweep left the active set ($(rcli ZRANGE "${prefix}sweeps:active" 0 -1 | tr '\n' ' ')), and all stay in the index"
 
 # A full-width CNN with small batches makes a visit last long enough to be
 # interrupted in the middle.

@@ -778,11 +778,14 @@ static const char usage_show[] =
     "Prints one job: type, queue, state, priority, attempts, times, worker, last error,\n"
     "dead reason, payload and result.  Exit 1 if there is no such job.\n";
 static const char usage_cancel[] =
-    "usage: jobctl cancel ID | SWEEP\n"
+    "usage: jobctl cancel ID | SWEEP | SWEEP/MODEL\n"
     "Cancels a waiting, delayed, blocked or running job (a running job's worker loses its\n"
     "lease: its result is refused).  Jobs waiting on it (--after) go dead.  Exit 1 if there is\n"
     "no such job or it already finished (done, dead or cancelled).  A SWEEP id (not a number)\n"
-    "cancels the sweep for good: every unfinished model stops, commits in flight are refused.\n";
+    "cancels the sweep for good: every unfinished model stops, commits in flight are refused.\n"
+    "SWEEP/MODEL (MODEL: the index jobctl status shows) cancels one model for good the same\n"
+    "way; the sweep is done when no live model is left.  Exit 1 if the model is done, failed\n"
+    "or cancelled already, or the sweep has no such model.\n";
 static const char usage_retry[] =
     "usage: jobctl retry ID\n"
     "Puts a dead or cancelled job back to waiting with its attempts and stalls reset, taking\n"
@@ -1052,11 +1055,15 @@ static const char usage_status[] =
     "epochs and shards visited, its state and its best validation top-1 so far.  --watch\n"
     "redraws it every 2 s until the sweep is done (Ctrl-C to stop).\n";
 static const char usage_pause[] =
-    "usage: jobctl pause SWEEP\n"
-    "Hands out no new model leases for the sweep; visits in flight still commit.\n";
+    "usage: jobctl pause SWEEP | SWEEP/MODEL\n"
+    "Hands out no new model leases for the sweep, or for one model of it (MODEL: the index\n"
+    "jobctl status shows); visits in flight still commit.  Exit 1 if the model is done,\n"
+    "failed or cancelled, or the sweep has no such model.\n";
 static const char usage_resume[] =
-    "usage: jobctl resume SWEEP\n"
-    "Lets a paused sweep go on.\n";
+    "usage: jobctl resume SWEEP | SWEEP/MODEL\n"
+    "Lets a paused sweep, or a paused model of it, go on.  Resuming the sweep does not resume\n"
+    "models paused one by one: resume each with SWEEP/MODEL.  Exit 1 if the model is not\n"
+    "paused.\n";
 
 /* One positional SWEEP id (and --watch when watch is not NULL). */
 static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
@@ -1081,13 +1088,64 @@ static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usa
     return 0;
 }
 
+/* Splits "SWEEP/MODEL" into the sweep id (into sweep) and the model index;
+ * returns 0 or a usage error. */
+static int parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *model)
+{
+    const char *slash = strchr(arg, '/');
+    size_t n = (size_t)(slash - arg);
+    if (n < 1 || n >= QUEUE_SWEEP_ID_MAX ||
+        strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != n)
+        return fail(j, EXIT_USAGE, "bad sweep id in '%.60s': give SWEEP/MODEL, SWEEP as jobctl enqueue sweep printed "
+                                   "it (1 to %d letters, digits, '_' or '-')", arg, QUEUE_SWEEP_ID_MAX - 1);
+    memcpy(sweep, arg, n);
+    sweep[n] = '\0';
+    int64_t m;
+    if (cds_parse_i64(slash + 1, 0, INT32_MAX, &m) != 0)
+        return fail(j, EXIT_USAGE, "bad model '%.40s' in '%.60s': give SWEEP/MODEL with MODEL a model index, 0 or "
+                                   "more, as jobctl status %s shows it", slash + 1, arg, sweep);
+    *model = (int)m;
+    return 0;
+}
+
+/* `jobctl pause|resume|cancel SWEEP/MODEL`: one model's own state. */
+static int model_state_command(jobctl *j, const char *arg, const char *state)
+{
+    char sweep[QUEUE_SWEEP_ID_MAX];
+    int model = -1;
+    queue_conn *q;
+    int rc = parse_sweep_model(j, arg, sweep, &model);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc;
+    cds_err err;
+    char prev[16] = "";
+    int qrc = queue_mop_set_model_state(q, sweep, model, state, prev, &err);
+    const char *shown = strcmp(state, "running") == 0 ? "resumed" : state;
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else if (j->json) {
+        json_t *o = json_pack("{s:s, s:i, s:s, s:s}", "sweep", sweep, "model", model, "state", shown, "previous_state",
+                              prev);
+        print_json(o);
+        json_decref(o);
+    } else {
+        printf("model %d of sweep %s is %s (it was %s)\n", model, sweep, shown, prev);
+    }
+    queue_close(q);
+    return rc;
+}
+
 static int sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state)
 {
     const char *sweep;
     queue_conn *q;
     int rc = parse_sweep_command(j, argc, argv, usage, &sweep, NULL);
-    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+    if (rc != 0)
         return rc < 0 ? EXIT_DONE : rc;
+    if (strchr(sweep, '/'))
+        return model_state_command(j, sweep, state);
+    if ((rc = open_queue(j, &q)) != 0)
+        return rc;
     cds_err err;
     int qrc = queue_sweep_set_state(q, sweep, state, &err);
     if (qrc != 0)
@@ -1250,6 +1308,8 @@ static const char usage_main[] =
     "  plot SWEEP --out F.png  learning curves of every model (png or svg)\n"
     "  pause SWEEP, resume SWEEP, cancel SWEEP\n"
     "                          stop handing out models / go on / stop the sweep for good\n"
+    "  pause|resume|cancel SWEEP/MODEL\n"
+    "                          the same for one model (its index in jobctl status)\n"
     "  help [COMMAND]          this help, or a command's (also: jobctl COMMAND --help)\n"
     "\n"
     "global options (before or after the command):\n"

@@ -40,6 +40,18 @@ static json_t *summary(const char *spec)
     return json_string(s);
 }
 
+/* A model's state as people see it: a model paused by itself (its flag,
+ * apart from the state) is "paused", or "pausing" while a visit it had
+ * leased before the pause is still in flight (that visit still commits). */
+static const char *shown_state(const json_t *models, int m)
+{
+    const char *st = field(models, "%d.state", m) ?: "?";
+    const char *paused = field(models, "%d.paused", m);
+    if (paused && strcmp(paused, "1") == 0 && (strcmp(st, "idle") == 0 || strcmp(st, "leased") == 0))
+        return strcmp(st, "idle") == 0 ? "paused" : "pausing";
+    return st;
+}
+
 int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     *out = NULL;
@@ -65,8 +77,8 @@ int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *e
                 json_array_append_new(e, metrics);
         }
         const char *best = field(models, "%d.best_epoch", m), *top1 = field(models, "%d.best_top1", m);
-        json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o}", "model", m, "state",
-                               field(models, "%d.state", m) ?: "?", "epoch", atoi(field(models, "%d.epoch", m) ?: "0"),
+        json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o}", "model", m, "state", shown_state(models, m),
+                               "epoch", atoi(field(models, "%d.epoch", m) ?: "0"),
                                "visited", field(models, "%d.visited", m) ?: "", "summary",
                                summary(field(models, "%d.spec", m)), "epochs", e);
         if (best && *best) {

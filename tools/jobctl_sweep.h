@@ -10,7 +10,8 @@
 #include "queue.h"
 
 /* Everything about a sweep the two views need, as one JSON object:
- * {"sweep": {...hash...}, "models": [{"model": m, "state", "epoch", "visited",
+ * {"sweep": {...hash...}, "models": [{"model": m, "state" (idle, leased, done,
+ * failed, cancelled, or paused / pausing for a model paused by itself), "epoch", "visited",
  * "best_epoch", "best_valid_top1", "summary", "epochs": [{metrics}...]}...]}.
  * QUEUE_NOT_FOUND if there is no such sweep. */
 int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *err);

@@ -531,6 +531,7 @@ int worker_run(const worker_cfg *cfg)
     pthread_join(sig_t, NULL);
     cds_logf(&w.log, CDS_LOG_INFO, "stopped after %lld jobs", (long long)n);
     queue_close(w.q);
+    worker_results_db_free(w.results_db);
     free(w.held);
     pthread_mutex_destroy(&w.mu);
     return 0;

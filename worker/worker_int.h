@@ -27,6 +27,8 @@ typedef struct mop_slot {
     atomic_int lost;
 } mop_slot;
 
+typedef struct worker_results_db worker_results_db;
+
 struct worker {
     const worker_cfg *cfg;
     cds_log log;
@@ -39,6 +41,7 @@ struct worker {
     char current[64];  /* the job id, or "sweep/model" for a MOP visit */
     sigset_t sigs;
     mop_slot mop;
+    worker_results_db *results_db; /* made on first use by the main thread */
 };
 
 struct worker_run_ctx {
@@ -69,8 +72,11 @@ int worker_mop_step(worker *w);
 int worker_mop_beat(worker *w, queue_conn *q, cds_err *err);
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err);
 
-/* cds_results in the dataset's database (worker_results_db.c). */
-int worker_results_db_insert(const char *dsn, const char *sweep, int model, int epoch, const char *spec_json,
-                             const char *metrics_json, cds_err *err);
+/* cds_results in the dataset's database (worker_results_db.c), through a
+ * connection kept between calls. */
+worker_results_db *worker_results_db_new(void);
+void worker_results_db_free(worker_results_db *db);
+int worker_results_db_insert(worker_results_db *db, const char *dsn, const char *sweep, int model, int epoch,
+                             const char *spec_json, const char *metrics_json, cds_err *err);
 
 #endif

@@ -22,7 +22,17 @@
  * lets the visit finish and commit; a second one stops it and releases the
  * model (its last committed checkpoint stays, so nothing is lost but the
  * partial pass).  A loss that becomes NaN or infinite marks the model failed;
- * any other error releases it for another try. */
+ * any other error releases it for another try.
+ *
+ * With no model to train the worker evaluates a finished epoch, and once a
+ * sweep is done it scores the chosen model on the test split.  Both are
+ * leases too (queue_mop_take_eval, queue_mop_claim_test), held in the same
+ * slot as a visit's, so the heartbeat renews them; a worker that dies doing
+ * one loses nothing but the time, as the reaper puts the evaluation back and
+ * another worker takes an expired test claim over.  A worker whose lease was
+ * lost records nothing and leaves the epoch's checkpoint to the new holder.
+ * Workers look only at the active sweeps (queue_sweep_list_active), which
+ * finished sweeps leave, so the list does not grow with history. */
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -97,6 +107,24 @@ static void give_back(worker *w, visit *v, const char *why)
     int rc = WITH_RECONNECT(w, queue_mop_release(w->q, v->sweep, &v->lease, &err));
     cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: %s; %s", v->sweep, v->lease.model, why,
              rc == 0 ? "released it" : rc == QUEUE_NOT_FOUND ? "its lease was already gone" : err.msg);
+}
+
+/* A model that does not fit this worker's memory (its parameters, optimiser
+ * state or activations for its batch size) would fail the same way on every
+ * retry, so it fails with the reason and the sweep goes on; any other error
+ * gives the model back for another try. */
+static void fail_or_give_back(worker *w, visit *v, const cds_err *why)
+{
+    if (!nn_err_out_of_memory(why)) {
+        give_back(w, v, why->msg);
+        return;
+    }
+    cds_err err;
+    char reason[2 * CDS_ERR_MAX];
+    snprintf(reason, sizeof reason, "out of memory on worker %s: %s", w->cfg->id, why->msg);
+    int rc = WITH_RECONNECT(w, queue_mop_fail_model(w->q, v->sweep, &v->lease, reason, &err));
+    cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d failed: %s%s", v->sweep, v->lease.model, reason,
+             rc == 0 ? "" : rc == QUEUE_NOT_FOUND ? " (its lease was already gone)" : " (could not record it)");
 }
 
 /* Deletes what dead or refused leases left in a model directory: every
@@ -270,7 +298,7 @@ static void run_visit(worker *w, visit *v)
         goto out;
     }
     if (!(t = load_model(v, spec, &err))) {
-        give_back(w, v, err.msg);
+        fail_or_give_back(w, v, &err);
         goto out;
     }
     if (nn_trainer_epoch(t) != v->lease.epoch)
@@ -291,7 +319,7 @@ static void run_visit(worker *w, visit *v)
         else
             give_back(w, v, "stopping now");
     } else if (rc != 0) {
-        give_back(w, v, err.msg);
+        fail_or_give_back(w, v, &err);
     } else {
         int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->shards;
         if (epoch_end)
@@ -344,6 +372,9 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
                                           "with a validation split (valid_fraction or valid_table)",
                                      dataset, w->cfg->data_root, dataset)
                           : 0;
+        /* The evaluation lease went back to the list: someone else does it. */
+        if (atomic_load(&w->mop.lost))
+            return cds_errf(err, "its evaluation lease was lost");
         if (nn_trainer_eval_shard(t, dir, va, err) != 0)
             return -1;
     }
@@ -366,7 +397,10 @@ static void record_in_database(worker *w, const char *sweep, const char *dataset
     json_t *ps = json_object_get(plan, "spec");
     if (plan && queue_mop_model_spec(w->q, sweep, m, &spec, &err) == 0) {
         const char *dsn = json_string_value(json_object_get(ps, "dsn"));
-        if (worker_results_db_insert(dsn ? dsn : "", sweep, m, epoch, spec, metrics, &err) != 0)
+        if (!w->results_db && !(w->results_db = worker_results_db_new()))
+            cds_errf(&err, "out of memory");
+        if (!w->results_db ||
+            worker_results_db_insert(w->results_db, dsn ? dsn : "", sweep, m, epoch, spec, metrics, &err) != 0)
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results: %s", sweep, m,
                      epoch, err.msg);
     }
@@ -400,9 +434,26 @@ static void append_csv(worker *w, const char *sweep, const char *line)
     fclose(f);
 }
 
-static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version)
+/* Ends an evaluation lease without a result: back to the list (another
+ * worker tries it) or dropped (nothing to evaluate). */
+static void end_eval(worker *w, const char *sweep, const queue_mop_lease *l, int drop)
 {
     cds_err err;
+    int rc = WITH_RECONNECT(w, queue_mop_put_eval(w->q, sweep, l, drop, &err));
+    if (rc < 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: could not %s the evaluation: %s (the reaper "
+                 "puts it back when its lease expires)", sweep, l->model, l->epoch, drop ? "drop" : "requeue", err.msg);
+}
+
+/* Evaluates the epoch the evaluation lease l is for; the heartbeat renews
+ * the lease meanwhile (it sits in the MOP slot).  Its result is recorded
+ * only while the lease holds; a lost lease leaves the epoch's checkpoint in
+ * place for the worker that took the evaluation over. */
+static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease *l)
+{
+    cds_err err;
+    int m = l->model, e = l->epoch;
+    int64_t version = l->version;
     visit v = {.w = w, .sweep = sweep};
     char dir[QUEUE_MOP_PATH_MAX - 64], file[QUEUE_MOP_PATH_MAX], what[64];
     snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, sweep, m);
@@ -413,6 +464,7 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
     if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, m, &spec, &err)) == 0 && sleep_model_ms(spec) >= 0) {
         free(spec); /* diag.sleep models have nothing to evaluate */
         unlink(file);
+        end_eval(w, sweep, l, 1);
         worker_set_current(w, NULL);
         return;
     }
@@ -422,9 +474,10 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
     if (sweep_info(w, &v, &err) != 0 || !(t = nn_trainer_load(file, &err)) ||
         eval_valid(w, t, v.dataset, &va, &err) != 0) {
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation failed: %s", sweep, m, e, err.msg);
-        /* A missing checkpoint will not come back: only retry the others. */
-        if (t && WITH_RECONNECT(w, queue_mop_put_eval(w->q, sweep, m, e, version, &err)) != 0)
-            cds_logf(&w->log, CDS_LOG_WARN, "could not requeue it: %s", err.msg);
+        /* A missing checkpoint will not come back: only retry the others.
+         * A lost lease is no longer this worker's to end. */
+        if (!atomic_load(&w->mop.lost))
+            end_eval(w, sweep, l, access(file, R_OK) != 0);
         nn_trainer_free(t);
         worker_set_current(w, NULL);
         return;
@@ -443,9 +496,13 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
     char *text_copy = text ? strdup(text) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
-    if (!text || WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, m, e, text, vtop1, &is_best, &prev, &err)) != 0) {
+    int rrc = text ? WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, l, text, vtop1, &is_best, &prev, &err)) : -1;
+    if (rrc != 0) {
+        /* Not recorded: the epoch file stays, for whoever evaluates it. */
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: %s", sweep, m, e,
                  text ? err.msg : "out of memory");
+        if (!text)
+            end_eval(w, sweep, l, 0);
         free(text);
         free(text_copy);
         worker_set_current(w, NULL);
@@ -479,18 +536,24 @@ static void run_eval(worker *w, const char *sweep, int m, int e, int64_t version
     worker_set_current(w, NULL);
 }
 
+static void run_eval(worker *w, const char *sweep, const queue_mop_lease *l)
+{
+    slot_set(w, sweep, l);
+    run_eval_leased(w, sweep, l);
+    slot_set(w, NULL, NULL);
+}
+
 /* One waiting evaluation of any sweep: 1 if one ran. */
 static int eval_step(worker *w, char **ids, size_t n)
 {
     cds_err err;
     for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
-        int m, e;
-        int64_t version;
-        int rc = WITH_RECONNECT(w, queue_mop_take_eval(w->q, ids[i], &m, &e, &version, &err));
+        queue_mop_lease l;
+        int rc = WITH_RECONNECT(w, queue_mop_take_eval(w->q, ids[i], w->cfg->id, w->cfg->lease_ms, &l, &err));
         if (rc < 0)
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: taking an evaluation: %s", ids[i], err.msg);
         if (rc == 1) {
-            run_eval(w, ids[i], m, e, version);
+            run_eval(w, ids[i], &l);
             return 1;
         }
     }
@@ -499,97 +562,169 @@ static int eval_step(worker *w, char **ids, size_t n)
 
 /* ---- the chosen model on the test split ---------------------------------------- */
 
-/* Once a sweep is done and every epoch of every model evaluated, one worker
- * (the first to claim the sweep's test_by field) scores the model with the
- * best validation top-1, at its best epoch, on the test split, and records
- * the figure apart from the validation results. */
-static int test_step(worker *w, char **ids, size_t n)
+/* The model with the best validation top-1 among the models that finished
+ * (failed and cancelled ones are not candidates), at its best epoch: 0 with
+ * *m, *e set (-1 when there is none), -1 when Redis could not say.
+ * *unevaluated counts epochs of finished models with no result: only ones
+ * whose evaluation was given up (a checkpoint gone), since the claim is
+ * granted when nothing waits or is in flight. */
+static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, int *e_out, double *top1,
+                        int *unevaluated, cds_err *err)
+{
+    json_t *models = NULL, *results = NULL;
+    *m_out = *e_out = -1;
+    *top1 = -1;
+    *unevaluated = 0;
+    if (WITH_RECONNECT(w, queue_mop_models(w->q, sweep, &models, err)) != 0 ||
+        WITH_RECONNECT(w, queue_mop_results(w->q, sweep, &results, err)) != 0) {
+        json_decref(models);
+        return -1;
+    }
+    for (int m = 0; m < M; m++) {
+        char key[64];
+        snprintf(key, sizeof key, "%d.state", m);
+        const char *st = json_string_value(json_object_get(models, key));
+        if (!st || strcmp(st, "done") != 0)
+            continue;
+        for (int e = 0; e < E; e++) {
+            snprintf(key, sizeof key, "%d.%d", m, e);
+            *unevaluated += json_object_get(results, key) == NULL;
+        }
+        snprintf(key, sizeof key, "%d.best_top1", m);
+        const char *b = json_string_value(json_object_get(models, key));
+        snprintf(key, sizeof key, "%d.best_epoch", m);
+        const char *be = json_string_value(json_object_get(models, key));
+        if (b && *b && be && *be && atof(b) > *top1) {
+            *top1 = atof(b);
+            *m_out = m;
+            *e_out = atoi(be);
+        }
+    }
+    json_decref(models);
+    json_decref(results);
+    return 0;
+}
+
+/* The chosen model's checkpoint: best-e<E>.ckpt, which the evaluation that
+ * found it renames right after recording it (so it may take a moment to
+ * appear), or the epoch file itself if that worker died in between. */
+static int find_best_file(worker *w, const char *sweep, int m, int e, char *file, size_t n)
+{
+    char epoch_file[QUEUE_MOP_PATH_MAX];
+    snprintf(file, n, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, sweep, m, e + 1);
+    snprintf(epoch_file, sizeof epoch_file, "%s/sweeps/%s/models/%d/epoch-%d.ckpt", w->cfg->data_root, sweep, m, e);
+    for (int64_t until = cds_mono_ms() + 5000; cds_mono_ms() < until && !atomic_load(&w->mop.lost); cds_sleep_ms(50)) {
+        if (access(file, R_OK) == 0)
+            return 0;
+        if (access(epoch_file, R_OK) == 0 && access(file, R_OK) != 0) {
+            cds_sleep_ms(200); /* a rename in progress lands in this time */
+            if (access(file, R_OK) == 0)
+                return 0;
+            snprintf(file, n, "%s", epoch_file);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* Scores checkpoint file on every shard of the dataset's test split. */
+static int score_test(worker *w, const char *file, const char *dataset, nn_pass_stats *te, cds_err *err)
+{
+    memset(te, 0, sizeof *te);
+    nn_trainer *t = nn_trainer_load(file, err);
+    int rc = t ? 0 : -1;
+    char dir[4096];
+    for (int k = 0; rc == 0; k++) {
+        snprintf(dir, sizeof dir, "%s/datasets/%s/test/shard-%d", w->cfg->data_root, dataset, k);
+        if (access(dir, F_OK) != 0) {
+            if (k == 0)
+                rc = cds_errf(err, "dataset %s has no test split: unload it with a test table", dataset);
+            break;
+        }
+        if (atomic_load(&w->mop.lost))
+            rc = cds_errf(err, "its test-scoring claim was lost");
+        else
+            rc = nn_trainer_eval_shard(t, dir, te, err);
+    }
+    nn_trainer_free(t);
+    return rc;
+}
+
+/* Scores the chosen model of sweep on the test split under the claim l
+ * (in the MOP slot, so the heartbeat renews it) and records the figure, or
+ * why there is none. */
+static void run_test(worker *w, const char *sweep, const char *dataset, int M, int E, const queue_mop_lease *l)
 {
     cds_err err;
-    for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
-        json_t *sw = NULL, *models = NULL, *results = NULL;
-        if (queue_sweep_get(w->q, ids[i], &sw, &err) != 0)
-            continue;
-        const char *state = json_string_value(json_object_get(sw, "state"));
-        const char *tested = json_string_value(json_object_get(sw, "test_by"));
-        int M = atoi(json_string_value(json_object_get(sw, "models")) ?: "0");
-        int E = atoi(json_string_value(json_object_get(sw, "epochs")) ?: "0");
-        int todo = state && strcmp(state, "done") == 0 && !(tested && *tested);
-        int best_m = -1, best_e = -1, evaluated = 0, expected = 0;
-        double best_top1 = -1;
-        if (todo && queue_mop_models(w->q, ids[i], &models, &err) == 0 &&
-            queue_mop_results(w->q, ids[i], &results, &err) == 0) {
-            for (int m = 0; m < M; m++) {
-                char key[64];
-                snprintf(key, sizeof key, "%d.state", m);
-                const char *st = json_string_value(json_object_get(models, key));
-                if (!st || strcmp(st, "done") != 0)
-                    continue; /* failed and cancelled models are not candidates */
-                expected += E;
-                for (int e = 0; e < E; e++) {
-                    snprintf(key, sizeof key, "%d.%d", m, e);
-                    evaluated += json_object_get(results, key) != NULL;
-                }
-                snprintf(key, sizeof key, "%d.best_top1", m);
-                const char *b = json_string_value(json_object_get(models, key));
-                snprintf(key, sizeof key, "%d.best_epoch", m);
-                const char *be = json_string_value(json_object_get(models, key));
-                if (b && *b && be && *be && atof(b) > best_top1) {
-                    best_top1 = atof(b);
-                    best_m = m;
-                    best_e = atoi(be);
-                }
-            }
-        }
-        char dataset[256];
-        snprintf(dataset, sizeof dataset, "%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
-        json_decref(models);
-        json_decref(results);
-        json_decref(sw);
-        if (!todo || best_m < 0 || evaluated < expected)
-            continue;
-        char file[QUEUE_MOP_PATH_MAX], dir[4096], what[64];
-        snprintf(file, sizeof file, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, ids[i], best_m,
-                 best_e + 1);
-        /* The evaluation that found the best epoch records it first and
-         * renames its checkpoint next: wait for the file. */
-        if (access(file, R_OK) != 0)
-            continue;
-        int claimed = 0;
-        if (queue_sweep_claim_field(w->q, ids[i], "test_by", w->cfg->id, &claimed, &err) != 0 || !claimed)
-            continue;
-        snprintf(what, sizeof what, "%s/%d test", ids[i], best_m);
+    char fields[CDS_ERR_MAX + QUEUE_MOP_PATH_MAX + 64], file[QUEUE_MOP_PATH_MAX], what[64];
+    int best_m, best_e, unevaluated;
+    double best_top1;
+    nn_pass_stats te = {0};
+    int rc = choose_model(w, sweep, M, E, &best_m, &best_e, &best_top1, &unevaluated, &err);
+    if (rc != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: reading the results to choose a model: %s", sweep, err.msg);
+        return; /* the claim expires and is taken over */
+    }
+    if (unevaluated)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: %d epochs of finished models were never evaluated; choosing among "
+                 "the others", sweep, unevaluated);
+    if (best_m < 0) {
+        snprintf(fields, sizeof fields, "none no model finished with an evaluated epoch");
+    } else if (find_best_file(w, sweep, best_m, best_e, file, sizeof file) != 0) {
+        snprintf(fields, sizeof fields, "error the chosen model's checkpoint %s is missing", file);
+    } else {
+        snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
         worker_set_current(w, what);
-        nn_trainer *t = nn_trainer_load(file, &err);
-        nn_pass_stats te = {0};
-        int rc = t ? 0 : -1;
-        for (int k = 0; rc == 0; k++) {
-            snprintf(dir, sizeof dir, "%s/datasets/%s/test/shard-%d", w->cfg->data_root, dataset, k);
-            if (access(dir, F_OK) != 0) {
-                if (k == 0)
-                    rc = cds_errf(&err, "dataset %s has no test split: unload it with a test table", dataset);
-                break;
-            }
-            rc = nn_trainer_eval_shard(t, dir, &te, &err);
-        }
-        nn_trainer_free(t);
+        rc = score_test(w, file, dataset, &te, &err);
+        worker_set_current(w, NULL);
         double rows = te.rows ? (double)te.rows : 1.0;
-        char fields[CDS_ERR_MAX + 16];
         if (rc == 0)
             snprintf(fields, sizeof fields, "%d %d %lld %.17g %.17g %.17g", best_m, best_e + 1, (long long)te.rows,
                      te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows);
         else
             snprintf(fields, sizeof fields, "error %s", err.msg);
-        if (queue_sweep_set_field(w->q, ids[i], "test", fields, &err) != 0)
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", ids[i], err.msg);
-        if (rc == 0)
-            cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
-                     "top5 %.4f loss %.4f over %lld rows", ids[i], best_m, best_e + 1, best_top1,
-                     (double)te.top1 / rows, (double)te.top5 / rows, te.loss_sum / rows, (long long)te.rows);
-        else
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: scoring the chosen model on the test split failed: %s",
-                     ids[i], fields + 6);
-        worker_set_current(w, NULL);
+    }
+    if (atomic_load(&w->mop.lost)) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test-scoring claim was lost; another worker scores it", sweep);
+        return;
+    }
+    rc = WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, fields, &err));
+    if (rc != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
+    else if (strncmp(fields, "error ", 6) == 0 || strncmp(fields, "none ", 5) == 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: no test score: %s", sweep, fields);
+    else
+        cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
+                 "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e + 1, best_top1,
+                 (double)te.top1 / (te.rows ? (double)te.rows : 1.0), (double)te.top5 / (te.rows ? (double)te.rows : 1.0),
+                 te.loss_sum / (te.rows ? (double)te.rows : 1.0), (long long)te.rows);
+}
+
+/* Once a sweep is done and no evaluation waits or is in flight, one worker
+ * claims the scoring of its chosen model on the test split (a lease on the
+ * sweep hash: a claimant that dies is taken over once its claim expires)
+ * and records the figure apart from the validation results. */
+static int test_step(worker *w, char **ids, size_t n)
+{
+    cds_err err;
+    for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
+        json_t *sw = NULL;
+        if (queue_sweep_get(w->q, ids[i], &sw, &err) != 0)
+            continue;
+        const char *state = json_string_value(json_object_get(sw, "state"));
+        const char *tested = json_string_value(json_object_get(sw, "test"));
+        int M = atoi(json_string_value(json_object_get(sw, "models")) ?: "0");
+        int E = atoi(json_string_value(json_object_get(sw, "epochs")) ?: "0");
+        char dataset[256];
+        snprintf(dataset, sizeof dataset, "%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
+        int todo = state && strcmp(state, "done") == 0 && !(tested && *tested);
+        json_decref(sw);
+        queue_mop_lease l;
+        if (!todo || WITH_RECONNECT(w, queue_mop_claim_test(w->q, ids[i], w->cfg->id, w->cfg->lease_ms, &l, &err)) != 1)
+            continue;
+        slot_set(w, ids[i], &l);
+        run_test(w, ids[i], dataset, M, E, &l);
+        slot_set(w, NULL, NULL);
         return 1;
     }
     return 0;
@@ -673,8 +808,8 @@ int worker_mop_step(worker *w)
     cds_err err;
     char **ids = NULL;
     size_t n = 0;
-    if (WITH_RECONNECT(w, queue_sweep_list(w->q, &ids, &n, &err)) != 0) {
-        cds_logf(&w->log, CDS_LOG_WARN, "listing sweeps: %s", err.msg);
+    if (WITH_RECONNECT(w, queue_sweep_list_active(w->q, &ids, &n, &err)) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "listing the active sweeps: %s", err.msg);
         return -1;
     }
     /* Its own shard first; then a shard whose worker is gone; then, with no
@@ -709,8 +844,14 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
         if (w->mop.active && strcmp(w->mop.lease.token, l.token) == 0)
             atomic_store(&w->mop.lost, 1);
         pthread_mutex_unlock(&w->mu);
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
-                 l.model);
+        if (l.kind == QUEUE_MOP_VISIT)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
+                     l.model);
+        else if (l.kind == QUEUE_MOP_EVAL)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation lease lost (expired and put back)",
+                     sweep, l.model, l.epoch);
+        else
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test-scoring claim lost (expired)", sweep);
         return 0;
     }
     return rc;
@@ -720,14 +861,19 @@ int worker_mop_reap(worker *w, queue_conn *q, cds_err *err)
 {
     char **ids = NULL;
     size_t n = 0;
-    if (queue_sweep_list(q, &ids, &n, err) != 0)
+    if (queue_sweep_list_active(q, &ids, &n, err) != 0)
         return -1;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        int reaped = 0;
-        rc = queue_mop_reap(q, ids[i], &reaped, err);
+        int reaped = 0, evals = 0;
+        rc = queue_mop_reap(q, ids[i], &reaped, &evals, err);
+        if (rc == QUEUE_NOT_FOUND) /* deleted by hand: it just left the active set */
+            rc = 0;
         if (rc == 0 && reaped)
             cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: %d expired model leases returned to idle", ids[i], reaped);
+        if (rc == 0 && evals)
+            cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: %d expired evaluations put back for another worker", ids[i],
+                     evals);
     }
     queue_sweep_list_free(ids, n);
     return rc;

@@ -9,7 +9,7 @@
 -- last live model).  A receipt (token and outcome) is kept so that a commit
 -- resent after a lost reply hears the same answer rather than "lost", which
 -- would make its worker delete the checkpoint now in use.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models,
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
 --       3 schedule, 4 evals, 6 wake
 -- ARGV: 1 model m, 2 token, 3 shard k, 4 checkpoint path
 -- Returns {'committed', epoch_done, model_done, version, superseded}

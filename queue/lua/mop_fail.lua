@@ -1,7 +1,7 @@
 -- Marks a leased model failed (NaN loss, out of memory): it takes no more
 -- leases and counts as finished, so the rest of the sweep goes on.  As with
 -- release, the holder of an expired but unreaped lease may still report it.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
 -- ARGV: 1 model m, 2 token, 3 reason
 -- Returns {'failed', sweep_done} | {'lost'} | {'missing'}.
 local state = redis.call('HGET', KEYS[1], 'state')

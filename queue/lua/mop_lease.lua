@@ -1,6 +1,6 @@
 -- Leases a model to a worker that serves shard k and is free.
--- Eligible: idle, not past its last epoch, shard k not yet visited in its
--- epoch.  Among those the one with the least progress (epoch*K + shards
+-- Eligible: idle, not paused (jobctl pause S/m), not past its last epoch,
+-- shard k not yet visited in its epoch.  Among those the one with the least progress (epoch*K + shards
 -- visited this epoch) wins, the lowest index among equals: models that fell
 -- behind catch up, which shortens the sweep's tail, and the choice depends
 -- only on the state, so a replay with the same commit order picks the same.
@@ -9,7 +9,7 @@
 -- shard is k, so it sees its shards in the original order and its
 -- checkpoints come out the same.
 -- Expired leases are not freed here: only mop_reap does that, in one place.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
 -- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done}
 --       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
@@ -37,12 +37,13 @@ for first = 0, nmodels - 1, chunk do
     f[#f + 1] = p .. 'epoch'
     f[#f + 1] = p .. 'visited'
     f[#f + 1] = p .. 'plan'
+    f[#f + 1] = p .. 'paused'
   end
   local v = redis.call('HMGET', KEYS[2], unpack(f))
   for m = first, last do
-    local i = (m - first) * 4
+    local i = (m - first) * 5
     local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
-    if st == 'idle' and epoch < nepochs and string.sub(visited, k + 1, k + 1) == '0' then
+    if st == 'idle' and v[i + 5] ~= '1' and epoch < nepochs and string.sub(visited, k + 1, k + 1) == '0' then
       local _, visits = string.gsub(visited, '1', '')
       local progress = epoch * nshards + visits
       local follows = true

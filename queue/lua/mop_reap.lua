@@ -5,12 +5,25 @@
 -- A model that has stalled more than the sweep's max_stalls times (default
 -- 10) fails instead, with the reason: a model that kills every worker that
 -- takes it (out of memory, a crash) must not hold the sweep forever.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
--- ARGV: none
--- Returns {'reaped', n} | {'missing'}.
-local sw = redis.call('HMGET', KEYS[1], 'models', 'max_stalls', 'state')
+-- Evaluations in flight whose deadline passed go back to the head of the
+-- evals list (they were the oldest), so another worker takes them next.
+-- Last, a finished sweep leaves the active set that workers iterate:
+-- cancelled, or done with its test scoring recorded, and no evaluation
+-- waiting or in flight.  Nothing can change such a sweep any more (no
+-- model is live, so nothing commits, and only commits queue evaluations),
+-- so the rule is checked here, by whichever worker reaps next, rather than
+-- in every script that may complete it.  A sweep whose hash is gone leaves
+-- the set too.
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 4 evals,
+--       6 wake, 7 evaling, 9 active
+-- ARGV: 1 the sweep id
+-- Returns {'reaped', models, evaluations, left the active set 0|1} | {'missing'}.
+local sw = redis.call('HMGET', KEYS[1], 'models', 'max_stalls', 'state', 'test')
 local nmodels = tonumber(sw[1])
-if not nmodels then return {'missing'} end
+if not nmodels then
+  redis.call('ZREM', KEYS[9], ARGV[1])
+  return {'missing'}
+end
 local max_stalls = tonumber(sw[2]) or 10
 local now = now_ms()
 local n = 0
@@ -41,8 +54,26 @@ for first = 0, nmodels - 1, chunk do
     end
   end
 end
-if n > 0 then
+
+-- Evaluations in flight are few (at most one per worker): read them all.
+local ne = 0
+local inflight = redis.call('HGETALL', KEYS[7])
+for i = 1, #inflight, 2 do
+  local entry, deadline = string.match(inflight[i + 1], '^(%d+ %d+ %d+) (%d+)')
+  if not entry or now > tonumber(deadline) then
+    redis.call('HDEL', KEYS[7], inflight[i])
+    if entry then redis.call('LPUSH', KEYS[4], entry) end
+    ne = ne + 1
+  end
+end
+if n + ne > 0 then
   redis.call('HSET', KEYS[1], 'updated', int(now))
   wake_mop(KEYS[6], 1)
 end
-return {'reaped', n}
+
+local left = 0
+if (sw[3] == 'cancelled' or (sw[3] == 'done' and sw[4] and sw[4] ~= '')) and
+    redis.call('LLEN', KEYS[4]) == 0 and redis.call('HLEN', KEYS[7]) == 0 then
+  left = redis.call('ZREM', KEYS[9], ARGV[1])
+end
+return {'reaped', n, ne, left}

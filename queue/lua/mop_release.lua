@@ -3,7 +3,7 @@
 -- A lease past its deadline but not yet reaped may still be released by its
 -- holder; nobody else can hold the model until a reaper frees it, so this
 -- only frees it sooner.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
 -- ARGV: 1 model m, 2 token
 -- Returns {'released'} | {'lost'} | {'missing'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end

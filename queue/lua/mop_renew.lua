@@ -2,7 +2,7 @@
 -- model is leased with this token and the deadline has not passed; past the
 -- deadline it is lost even before a reaper frees the model, so renew and
 -- commit agree on when a lease ended.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 model m, 2 token, 3 lease_ms
 -- Returns {'renewed', deadline} | {'lost'} | {'missing'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end

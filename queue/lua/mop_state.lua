@@ -3,7 +3,12 @@
 -- finished becomes cancelled and its lease token is cleared, so a worker in
 -- the middle of a visit hears "lost" at its next renew or commit and discards
 -- its file.  Done and cancelled sweeps do not change state again.
--- KEYS: the six sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
+-- The sweep's state and a model's own pause (<m>.paused, mop_model.lua) are
+-- apart: resuming the sweep leaves models paused one by one paused, and a
+-- model is leased only when both let it.  Cancelling clears those flags.
+-- Finished epochs waiting for evaluation stay and are still evaluated; the
+-- sweep leaves the active set once they are (mop_reap).
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake
 -- ARGV: 1 new state: running, paused or cancelled
 -- Returns {'ok', previous} | {'final', current} | {'missing'}.
 local s = redis.call('HMGET', KEYS[1], 'state', 'models')
@@ -18,7 +23,7 @@ if want == 'cancelled' then
     local st = redis.call('HGET', KEYS[2], p .. 'state')
     if st == 'idle' or st == 'leased' then
       redis.call('HSET', KEYS[2], p .. 'state', 'cancelled', p .. 'reason', 'sweep cancelled',
-        p .. 'token', '', p .. 'shard', '', p .. 'deadline', '')
+        p .. 'token', '', p .. 'shard', '', p .. 'deadline', '', p .. 'paused', '')
     end
   end
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'live', '0', 'finished', now, 'updated', now)
