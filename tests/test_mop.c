@@ -775,6 +775,38 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
     ok(renew_ok && reaped == 0 &&
            queue_mop_record_result(q, "evr", &a, "{}", 0.1, &is_best, &prev, &err) == 0,
        "renewed every 80 ms over 400 ms, an evaluation is never reaped and its record is accepted");
+
+    /* An epoch whose evaluation keeps failing is given up after max_stalls
+     * failures, whether its workers give it back or die (the reaper). */
+    queue_sweep_def d = sweep_def("evx", 1, 1, 2);
+    d.max_stalls = 2;
+    if (queue_sweep_create(q, &d, &err) != 0)
+        tap_bail(err.msg);
+    finish_epoch(q, "evx", "ckpt/evx1");
+    int back = 0;
+    for (int i = 0; i < 2; i++)
+        back += queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 &&
+                queue_mop_put_eval(q, "evx", &a, 0, &err) == 0 && list_len(c, "evals", "evx") == 1;
+    ok(back == 2 && model_is(c, "evx", 0, "eval_fails.0", "2"), "given back twice (max_stalls 2): still waiting");
+    ok(queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 && queue_mop_put_eval(q, "evx", &a, 0, &err) == 0 &&
+           list_len(c, "evals", "evx") == 0 && hash_len(c, "evx", "evaling") == 0,
+       "the third failure drops it");
+    r = rcmd(c, "HGET %ssweep:{evx}:models 0.eval_error.0", prefix);
+    ok(r->type == REDIS_REPLY_STRING && strstr(r->str, "given up after 3 failures"), "with the reason: %s",
+       r->type == REDIS_REPLY_STRING ? r->str : "(none)");
+    freeReplyObject(r);
+    finish_epoch(q, "evx", "ckpt/evx2");
+    int reaped_back = 0;
+    for (int i = 0; i < 3; i++) {
+        if (queue_mop_take_eval(q, "evx", "ev-dies", SHORT_MS, &a, &err) != 1)
+            break;
+        cds_sleep_ms(EXPIRE_WAIT_MS);
+        reaped_back += queue_mop_reap(q, "evx", &n, &ne, &err) == 0 && ne == 1;
+    }
+    ok(reaped_back == 3 && list_len(c, "evals", "evx") == 0 && hash_len(c, "evx", "evaling") == 0 &&
+           model_is(c, "evx", 0, "eval_fails.1", "3"),
+       "an evaluation whose workers die is reaped back twice, then given up (%d reaps)", reaped_back);
+    ok(sweep_is(c, "evx", "state", "done"), "the sweep is done and nothing holds it");
 }
 
 static void test_test_claim(queue_conn *q, redisContext *c)

@@ -6,7 +6,9 @@
 -- 10) fails instead, with the reason: a model that kills every worker that
 -- takes it (out of memory, a crash) must not hold the sweep forever.
 -- Evaluations in flight whose deadline passed go back to the head of the
--- evals list (they were the oldest), so another worker takes them next.
+-- evals list (they were the oldest), so another worker takes them next;
+-- after more than max_stalls failures an epoch's evaluation is given up
+-- (requeue_eval in the prelude).
 -- Last, a finished sweep leaves the active set that workers iterate:
 -- cancelled, or done with its test scoring recorded, and no evaluation
 -- waiting or in flight.  Nothing can change such a sweep any more (no
@@ -62,7 +64,9 @@ for i = 1, #inflight, 2 do
   local entry, deadline = string.match(inflight[i + 1], '^(%d+ %d+ %d+) (%d+)')
   if not entry or now > tonumber(deadline) then
     redis.call('HDEL', KEYS[7], inflight[i])
-    if entry then redis.call('LPUSH', KEYS[4], entry) end
+    if entry then
+      requeue_eval(KEYS[2], KEYS[4], entry, max_stalls, true, 'its worker died or lost the lease')
+    end
     ne = ne + 1
   end
 end

@@ -33,6 +33,25 @@ local function wake_mop(key, n)
   redis.call('LTRIM', key, 0, 15)
 end
 
+-- Returns an evaluation ("m epoch version") that did not finish to the evals
+-- list (at the head when it was the oldest, at the tail otherwise), unless
+-- it has failed more than max_stalls times: an epoch whose evaluation kills
+-- or fails every worker that takes it is dropped then, with the reason in
+-- the models hash (<m>.eval_error.<e>), so it cannot keep its sweep active
+-- for ever.  Returns true when it was requeued.
+local function requeue_eval(models_key, evals_key, entry, max_stalls, head, why)
+  local m, e = string.match(entry, '^(%d+) (%d+) ')
+  if not m then return false end
+  local fails = redis.call('HINCRBY', models_key, m .. '.eval_fails.' .. e, 1)
+  if fails > max_stalls then
+    redis.call('HSET', models_key, m .. '.eval_error.' .. e,
+      string.format('evaluation given up after %d failures (last: %s)', fails, why))
+    return false
+  end
+  redis.call(head and 'LPUSH' or 'RPUSH', evals_key, entry)
+  return true
+end
+
 -- Frees a unique key only if it still names this job.
 local function free_unique(ukey, unique, id)
   if unique and unique ~= '' and redis.call('GET', ukey) == id then
