@@ -34,7 +34,8 @@
  *    that reaches CONV_MIN_COLS columns, capped at N.
  *
  * Scratch (nn_cpu_conv2d_work): C·KH·KW·G·OH·OW floats for col, plus
- * OC·G·OH·OW for t when G > 1; 0 on the direct 1x1 path.  No kernel here
+ * OC·G·OH·OW for t when G > 1, plus one padded input plane (im2col and
+ * col2im work through it, see below); 0 on the direct 1x1 path.  No kernel here
  * allocates. */
 /* nn_kern_cpu.h first: OpenBLAS's cblas.h pulls in <complex.h>, whose macro
  * I would break the header's parameters named I. */
@@ -122,94 +123,114 @@ static size_t conv_work_full(const nn_conv_geom *g)
     return conv_thread_work(g, &p) * (size_t)conv_threads(g);
 }
 
-/* Output indices o in [*lo, *hi) whose input index o·stride + off lies in
- * [0, n_in); outside that range the receptive field is in the padding. */
-static void valid_range(int n_out, int n_in, int stride, int off, int *lo, int *hi)
+/* ---- im2col and col2im through a padded plane -----------------------------
+ *
+ * Both go one channel at a time through a scratch copy of the channel's
+ * plane with its zero border made explicit (Hp = H + 2·pad rows of
+ * Wp = W + 2·pad floats).  Every receptive field then lies inside that plane,
+ * so a row of col for tap (kh, kw) and output row oh is a plain run of OW
+ * floats (stride 1) or a strided gather (stride > 1) with no padding tests;
+ * the border is cleared once per call and never written again.  On the small
+ * maps of the ResNets (8x8 and less) the earlier per-tap clipping spent more
+ * time on range arithmetic and libc calls for 8-float rows than it moved. */
+
+static int padded_h(const nn_conv_geom *g)
 {
-    int l = off >= 0 ? 0 : (-off + stride - 1) / stride;
-    int h = n_in - 1 - off < 0 ? 0 : (n_in - 1 - off) / stride + 1;
-    if (h > n_out)
-        h = n_out;
-    if (l > h)
-        l = h;
-    *lo = l;
-    *hi = h;
+    return g->H + 2 * g->pad;
+}
+
+static int padded_w(const nn_conv_geom *g)
+{
+    return g->W + 2 * g->pad;
+}
+
+/* n floats from src to dst in fixed-size pieces: a plain loop would be turned
+ * into a call to memcpy, which costs more than it moves on 4..16 floats. */
+static inline void copy_run(float *restrict dst, const float *restrict src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        memcpy(dst + i, src + i, 8 * sizeof(float));
+    if (n - i >= 4) {
+        memcpy(dst + i, src + i, 4 * sizeof(float));
+        i += 4;
+    }
+    if (n - i >= 2) {
+        memcpy(dst + i, src + i, 2 * sizeof(float));
+        i += 2;
+    }
+    if (n - i >= 1)
+        dst[i] = src[i];
+}
+
+/* dst[i] += src[i] for n floats, in pieces of 8 (see copy_run). */
+static inline void add_run(float *restrict dst, const float *restrict src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            dst[i + k] += src[i + k];
+    for (; i < n; i++)
+        dst[i] += src[i];
 }
 
 /* col[(c,kh,kw), oh·OW+ow] = x[c, oh·s-p+kh, ow·s-p+kw] or 0 in the padding;
- * rows of col are ld floats apart (ld > OH·OW when images are grouped). */
-static void im2col(const nn_conv_geom *g, const float *restrict x, float *restrict col, size_t ld)
+ * rows of col are ld floats apart (ld > OH·OW when images are grouped).
+ * xp: Hp·Wp floats of scratch. */
+static void im2col(const nn_conv_geom *g, const float *restrict x, float *restrict col, size_t ld,
+                   float *restrict xp)
 {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, pad = g->pad;
+    const int Hp = padded_h(g), Wp = padded_w(g);
+    if (pad > 0)
+        memset(xp, 0, sizeof(float) * (size_t)Hp * Wp);
     float *restrict row = col;
     for (int c = 0; c < g->C; c++) {
         const float *restrict xc = x + (size_t)c * H * W;
-        for (int kh = 0; kh < g->KH; kh++) {
-            int oh_lo, oh_hi;
-            valid_range(OH, H, s, kh - pad, &oh_lo, &oh_hi);
-            for (int kw = 0; kw < g->KW; kw++, row += ld) {
-                int ow_lo, ow_hi;
-                valid_range(OW, W, s, kw - pad, &ow_lo, &ow_hi);
-                const int n_valid = ow_hi - ow_lo;
-                memset(row, 0, sizeof(float) * (size_t)oh_lo * OW);
-                for (int oh = oh_lo; oh < oh_hi; oh++) {
+        for (int h = 0; h < H; h++)
+            copy_run(xp + (size_t)(h + pad) * Wp + pad, xc + (size_t)h * W, W);
+        for (int kh = 0; kh < g->KH; kh++)
+            for (int kw = 0; kw < g->KW; kw++, row += ld)
+                for (int oh = 0; oh < OH; oh++) {
+                    const float *restrict src = xp + (size_t)(oh * s + kh) * Wp + kw;
                     float *restrict dst = row + (size_t)oh * OW;
-                    /* the padded edges are at most pad floats: a call to
-                     * memset (or memcpy for short rows) costs more than it
-                     * moves, and 8x8 layers spent half their time there */
-                    for (int i = 0; i < ow_lo; i++)
-                        dst[i] = 0.0f;
-                    for (int i = ow_hi; i < OW; i++)
-                        dst[i] = 0.0f;
-                    if (n_valid == 0)
-                        continue; /* the source address would lie outside x */
-                    const float *restrict src = xc + (size_t)(oh * s - pad + kh) * W + (ow_lo * s - pad + kw);
-                    if (s == 1 && n_valid >= 32) {
-                        memcpy(dst + ow_lo, src, sizeof(float) * (size_t)n_valid);
-                    } else if (s == 1) {
-                        for (int i = 0; i < n_valid; i++)
-                            dst[ow_lo + i] = src[i];
+                    if (s == 1) {
+                        copy_run(dst, src, OW);
                     } else {
-                        for (int i = 0; i < n_valid; i++)
-                            dst[ow_lo + i] = src[(size_t)i * s];
+                        for (int i = 0; i < OW; i++)
+                            dst[i] = src[(size_t)i * s];
                     }
                 }
-                memset(row + (size_t)oh_hi * OW, 0, sizeof(float) * (size_t)(OH - oh_hi) * OW);
-            }
-        }
     }
 }
 
 /* The adjoint of im2col: dx[c, ih, iw] += every col entry im2col copied from
- * there; entries that came from the padding are dropped. */
-static void col2im_add(const nn_conv_geom *g, const float *restrict col, size_t ld, float *restrict dx)
+ * there; entries that came from the padding are dropped.  Each channel is
+ * summed in the padded scratch plane xp first, in (kh, kw, oh, ow) order,
+ * then added into dx. */
+static void col2im_add(const nn_conv_geom *g, const float *restrict col, size_t ld, float *restrict dx,
+                       float *restrict xp)
 {
     const int H = g->H, W = g->W, OH = g->OH, OW = g->OW, s = g->stride, pad = g->pad;
+    const int Hp = padded_h(g), Wp = padded_w(g);
     const float *restrict row = col;
     for (int c = 0; c < g->C; c++) {
-        float *restrict dxc = dx + (size_t)c * H * W;
-        for (int kh = 0; kh < g->KH; kh++) {
-            int oh_lo, oh_hi;
-            valid_range(OH, H, s, kh - pad, &oh_lo, &oh_hi);
-            for (int kw = 0; kw < g->KW; kw++, row += ld) {
-                int ow_lo, ow_hi;
-                valid_range(OW, W, s, kw - pad, &ow_lo, &ow_hi);
-                const int n_valid = ow_hi - ow_lo;
-                if (n_valid == 0)
-                    continue;
-                for (int oh = oh_lo; oh < oh_hi; oh++) {
-                    const float *restrict src = row + (size_t)oh * OW + ow_lo;
-                    float *restrict dst = dxc + (size_t)(oh * s - pad + kh) * W + (ow_lo * s - pad + kw);
+        memset(xp, 0, sizeof(float) * (size_t)Hp * Wp);
+        for (int kh = 0; kh < g->KH; kh++)
+            for (int kw = 0; kw < g->KW; kw++, row += ld)
+                for (int oh = 0; oh < OH; oh++) {
+                    const float *restrict src = row + (size_t)oh * OW;
+                    float *restrict dst = xp + (size_t)(oh * s + kh) * Wp + kw;
                     if (s == 1) {
-                        for (int i = 0; i < n_valid; i++)
-                            dst[i] += src[i];
+                        add_run(dst, src, OW);
                     } else {
-                        for (int i = 0; i < n_valid; i++)
+                        for (int i = 0; i < OW; i++)
                             dst[(size_t)i * s] += src[i];
                     }
                 }
-            }
-        }
+        float *restrict dxc = dx + (size_t)c * H * W;
+        for (int h = 0; h < H; h++)
+            add_run(dxc + (size_t)h * W, xp + (size_t)(h + pad) * Wp + pad, W);
     }
 }
 
@@ -246,10 +267,18 @@ static void gather_group(const float *restrict y, float *restrict t, int gb, int
 static size_t conv_thread_work(const nn_conv_geom *g, const conv_plan *p)
 {
     size_t cols = (size_t)p->group * (size_t)p->ohw;
-    size_t n = p->direct ? 0 : (size_t)p->ckk * cols;
+    size_t n = p->direct ? 0 : (size_t)p->ckk * cols + (size_t)padded_h(g) * (size_t)padded_w(g);
     if (p->group > 1)
         n += (size_t)g->OC * cols;
     return n + (size_t)g->OC * (size_t)p->ckk;
+}
+
+/* The padded plane of im2col and col2im, after col and t in a thread's
+ * scratch (the private dw sits at its end). */
+static float *plane_scratch(const nn_conv_geom *g, const conv_plan *p, float *work)
+{
+    size_t cols = (size_t)p->group * (size_t)p->ohw;
+    return work + (size_t)p->ckk * cols + (p->group > 1 ? (size_t)g->OC * cols : 0);
 }
 
 /* Forward of images [n_lo, n_hi), in groups, with one thread's scratch. */
@@ -267,7 +296,8 @@ static void conv_fwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
             col = x + (size_t)n0 * x_img;
         } else {
             for (int i = 0; i < gb; i++)
-                im2col(g, x + (size_t)(n0 + i) * x_img, work + (size_t)i * p->ohw, (size_t)cols);
+                im2col(g, x + (size_t)(n0 + i) * x_img, work + (size_t)i * p->ohw, (size_t)cols,
+                       plane_scratch(g, p, work));
             col = work;
         }
         float *out = gb == 1 ? y + (size_t)n0 * y_img : work + (size_t)p->ckk * cols;
@@ -307,18 +337,30 @@ static void conv_fwd_full(const nn_conv_geom *g, const float *x, const float *w,
     }
 }
 
+/* Σ r[0..n) with eight interleaved partial sums, combined pairwise: a
+ * single running sum is one dependent add per element (the latency of an
+ * add), which made the bias gradient of the small CNN's 28x28 layer cost as
+ * much as its weight-gradient GEMM; eight lanes let the adds pipeline and
+ * vectorise.  The order is fixed, so the sum is deterministic. */
+static float sum_run(const float *restrict r, int n)
+{
+    float acc[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += r[j + k];
+    for (int k = 0; j < n; j++, k++)
+        acc[k] += r[j];
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
 /* db[oc] += Σ over images and pixels of dy[n, oc, :], image by image in a
  * fixed order. */
 static void bias_grad_add(const float *restrict dy, float *restrict db, int N, int OC, int ohw)
 {
     for (int n = 0; n < N; n++)
-        for (int oc = 0; oc < OC; oc++) {
-            const float *restrict r = dy + ((size_t)n * OC + oc) * ohw;
-            float s = 0.0f;
-            for (int j = 0; j < ohw; j++)
-                s += r[j];
-            db[oc] += s;
-        }
+        for (int oc = 0; oc < OC; oc++)
+            db[oc] += sum_run(dy + ((size_t)n * OC + oc) * ohw, ohw);
 }
 
 /* Backward of images [n_lo, n_hi): dw accumulates into dw_acc (the
@@ -342,9 +384,9 @@ static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
                             1.0f, dx + (size_t)n0 * x_img, cols);
             continue;
         }
-        float *col = work;
+        float *col = work, *xp = plane_scratch(g, p, work);
         for (int i = 0; i < gb; i++)
-            im2col(g, x + (size_t)(n0 + i) * x_img, col + (size_t)i * p->ohw, (size_t)cols);
+            im2col(g, x + (size_t)(n0 + i) * x_img, col + (size_t)i * p->ohw, (size_t)cols, xp);
         if (gb > 1) {
             float *tt = work + (size_t)p->ckk * cols;
             gather_group(dyg, tt, gb, g->OC, p->ohw);
@@ -358,7 +400,7 @@ static void conv_bwd_range(const nn_conv_geom *g, const conv_plan *p, int n_lo, 
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, p->ckk, cols, g->OC, 1.0f, w, p->ckk, dyg, cols, 0.0f,
                     col, cols);
         for (int i = 0; i < gb; i++)
-            col2im_add(g, col + (size_t)i * p->ohw, (size_t)cols, dx + (size_t)(n0 + i) * x_img);
+            col2im_add(g, col + (size_t)i * p->ohw, (size_t)cols, dx + (size_t)(n0 + i) * x_img, xp);
     }
 }
 
@@ -441,21 +483,42 @@ static size_t pruned_w_size(const nn_conv_geom *p)
     return (size_t)p->OC * p->C * p->KH * p->KW;
 }
 
-/* Copies the used taps of w into wp, or adds dwp back into them (add = 1). */
+/* Copies the used taps of w into wp, or adds dwp back into them (add = 1).
+ * The copy and the add are separate loops, and a single used tap (a 3x3
+ * kernel on a 1x1 map) has its own: the general loop's index arithmetic per
+ * element cost more than the strided memory traffic on ResNet-18's last
+ * stage (512x512 planes). */
 static void taps_copy(const nn_conv_geom *g, const nn_conv_geom *p, int lo, float *full, float *part, int add)
 {
-    const size_t planes = (size_t)g->OC * g->C;
-#pragma omp parallel for schedule(static) num_threads(conv_threads(g)) if (planes >= 4096)
-    for (size_t pl = 0; pl < planes; pl++)
+    const size_t planes = (size_t)g->OC * g->C, fk = (size_t)g->KH * g->KW, pk = (size_t)p->KH * p->KW;
+    const size_t first = (size_t)lo * g->KW + (size_t)lo;
+    const int t = planes >= 4096 ? conv_threads(g) : 1;
+    if (pk == 1) {
+        float *restrict f = full + first;
+        float *restrict q = part;
+        if (add) {
+#pragma omp parallel for schedule(static) num_threads(t)
+            for (size_t pl = 0; pl < planes; pl++)
+                f[pl * fk] += q[pl];
+        } else {
+#pragma omp parallel for schedule(static) num_threads(t)
+            for (size_t pl = 0; pl < planes; pl++)
+                q[pl] = f[pl * fk];
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static) num_threads(t)
+    for (size_t pl = 0; pl < planes; pl++) {
+        float *restrict f = full + pl * fk + first;
+        float *restrict q = part + pl * pk;
         for (int i = 0; i < p->KH; i++)
             for (int j = 0; j < p->KW; j++) {
-                float *f = full + pl * g->KH * g->KW + (size_t)(lo + i) * g->KW + (lo + j);
-                float *q = part + pl * p->KH * p->KW + (size_t)i * p->KW + j;
                 if (add)
-                    *f += *q;
+                    f[(size_t)i * g->KW + j] += q[(size_t)i * p->KW + j];
                 else
-                    *q = *f;
+                    q[(size_t)i * p->KW + j] = f[(size_t)i * g->KW + j];
             }
+    }
 }
 
 size_t nn_cpu_conv2d_work(const nn_conv_geom *g)
