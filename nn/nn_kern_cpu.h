@@ -50,6 +50,9 @@ typedef struct nn_conv_geom {
     int OH, OW;          /* output; filled by nn_conv_geom_init */
     int threads;         /* threads the kernels split images across; set by nn_conv_geom_init from
                             nn_par_threads(), and what nn_cpu_conv2d_work sizes the scratch for */
+    int taps;            /* 1: one GEMM per kernel tap (small maps), 0: im2col; set by nn_conv_geom_init
+                            from the shapes (rule in kern_conv.c); tests flip it, before sizing the
+                            scratch, to compare the two */
 } nn_conv_geom;
 /* Computes OH, OW; returns -1 when the output would be empty. */
 int nn_conv_geom_init(nn_conv_geom *g);

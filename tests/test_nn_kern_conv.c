@@ -15,7 +15,14 @@
  *  4. max-pool ties pick the first element, padding never wins (not even
  *     against -inf inputs), avg-pool divides by k·k at the borders; GAP;
  *  5. a 1x1 convolution (direct path) equals the 3x3 pad-1 convolution whose
- *     kernel is zero except the centre (general path).
+ *     kernel is zero except the centre (general path);
+ *  6. the implicit per-tap GEMM path (small maps): which layers the rule
+ *     sends there, the path forced on 1x1..4x4 and non-square maps, strides
+ *     1 and 2, batch 1 and more, against the double reference (and finite
+ *     differences, and the accumulation checks of 3), and against the
+ *     im2col path on the same random data (ResNet-18's layers at full width
+ *     and random small ones).  The kernels' scratch starts as NaNs, so
+ *     reading scratch that was never written shows.
  *
  * Tolerances.  The kernels sum in float (OpenBLAS sgemm, FMA, blocked); the
  * references sum exactly-converted inputs in double.  The rounding error of
@@ -186,24 +193,40 @@ static void add_start(double *want, double *scale, const float *start, size_t n)
 
 static void geom_str(const nn_conv_geom *g, char *s, size_t n)
 {
-    snprintf(s, n, "[N%d C%d %dx%d -> OC%d k%dx%d s%d p%d -> %dx%d]", g->N, g->C, g->H, g->W, g->OC, g->KH, g->KW,
-             g->stride, g->pad, g->OH, g->OW);
+    snprintf(s, n, "[N%d C%d %dx%d -> OC%d k%dx%d s%d p%d -> %dx%d %s]", g->N, g->C, g->H, g->W, g->OC, g->KH, g->KW,
+             g->stride, g->pad, g->OH, g->OW, g->taps ? "taps" : "im2col");
 }
 
-/* Scratch of exactly the advertised size; NULL when none is needed, which
- * proves the kernel does not touch it. */
+/* Which path a test runs: the one nn_conv_geom_init picks, or either one
+ * forced (the kernels take whichever g->taps names). */
+enum { PATH_RULE = -1, PATH_IM2COL = 0, PATH_TAPS = 1 };
+
+static void conv_setup(nn_conv_geom *g, int path)
+{
+    if (nn_conv_geom_init(g) != 0)
+        tap_bail("test bug: conv geometry refused");
+    if (path != PATH_RULE)
+        g->taps = path;
+}
+
+/* Scratch of exactly the advertised size, full of NaNs so that a kernel
+ * that reads scratch it has not written (say, a partial sum of a thread that
+ * had no work) poisons its results; NULL when none is needed, which proves
+ * the kernel does not touch it. */
 static float *conv_work(const nn_conv_geom *g)
 {
     size_t n = nn_cpu_conv2d_work(g);
-    return n ? FALLOC(n) : NULL;
+    float *w = n ? FALLOC(n) : NULL;
+    for (size_t i = 0; i < n; i++)
+        w[i] = NAN;
+    return w;
 }
 
 /* ---- 1. conv against the double reference ---- */
-static void conv_vs_reference(rng *r, nn_conv_geom g, int with_bias)
+static void conv_vs_reference_on(rng *r, nn_conv_geom g, int with_bias, int path)
 {
     char gs[128];
-    if (nn_conv_geom_init(&g) != 0)
-        tap_bail("test bug: conv geometry refused");
+    conv_setup(&g, path);
     geom_str(&g, gs, sizeof gs);
     size_t nx = conv_x_n(&g), nw = conv_w_n(&g), ny = conv_y_n(&g);
     float *x = FALLOC(nx), *w = FALLOC(nw), *b = FALLOC(g.OC), *y = FALLOC(ny), *dy = FALLOC(ny);
@@ -240,6 +263,11 @@ static void conv_vs_reference(rng *r, nn_conv_geom g, int with_bias)
     free(x), free(w), free(b), free(y), free(dy), free(dx), free(dw), free(db), free(work);
     free(xd), free(wd), free(bd), free(dyd), free(yr), free(ya);
     free(dxr), free(dwr), free(dbr), free(dxa), free(dwa), free(dba);
+}
+
+static void conv_vs_reference(rng *r, nn_conv_geom g, int with_bias)
+{
+    conv_vs_reference_on(r, g, with_bias, PATH_RULE);
 }
 
 static const int kernel_sizes[] = {1, 3, 5, 7};
@@ -350,11 +378,10 @@ static void conv_fd(const nn_conv_geom *g, double *x, double *w, double *b, cons
     free(y);
 }
 
-static void conv_vs_fd(rng *r, nn_conv_geom g)
+static void conv_vs_fd(rng *r, nn_conv_geom g, int path)
 {
     char gs[128];
-    if (nn_conv_geom_init(&g) != 0)
-        tap_bail("test bug: conv geometry refused");
+    conv_setup(&g, path);
     geom_str(&g, gs, sizeof gs);
     size_t nx = conv_x_n(&g), nw = conv_w_n(&g), ny = conv_y_n(&g);
     float *x = FALLOC(nx), *w = FALLOC(nw), *b = FALLOC(g.OC), *dy = FALLOC(ny);
@@ -395,14 +422,22 @@ static void test_conv_fd(rng *r)
         {.N = 1, .C = 2, .H = 8, .W = 9, .OC = 2, .KH = 7, .KW = 3, .stride = 2, .pad = 3},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
-        conv_vs_fd(r, fixed[i]);
+        conv_vs_fd(r, fixed[i], PATH_RULE);
     for (int i = 0; i < 3; i++) {
         nn_conv_geom g;
         do
             g = random_conv_geom(r);
         while ((long)g.N * g.C * g.H * g.W * g.OC * g.KH * g.KW > 40000); /* keep FD cheap */
-        conv_vs_fd(r, g);
+        conv_vs_fd(r, g, PATH_RULE);
     }
+    /* the per-tap path: a non-square map, a strided one, a 1x1 map */
+    static const nn_conv_geom taps[] = {
+        {.N = 2, .C = 2, .H = 2, .W = 3, .OC = 3, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 1, .C = 3, .H = 4, .W = 4, .OC = 2, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+        {.N = 2, .C = 3, .H = 1, .W = 1, .OC = 2, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+    };
+    for (size_t i = 0; i < sizeof taps / sizeof taps[0]; i++)
+        conv_vs_fd(r, taps[i], PATH_TAPS);
 }
 
 /* ---- 3. accumulation, NULLs, determinism ---- */
@@ -411,11 +446,14 @@ static void test_conv_accumulates(rng *r)
     static const nn_conv_geom shapes[] = {
         {.N = 3, .C = 4, .H = 9, .W = 7, .OC = 5, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
         {.N = 2, .C = 3, .H = 16, .W = 16, .OC = 4, .KH = 1, .KW = 1, .stride = 1, .pad = 0},
+        {.N = 3, .C = 5, .H = 4, .W = 3, .OC = 6, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 2, .C = 6, .H = 1, .W = 1, .OC = 4, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
     };
-    for (size_t s = 0; s < 2; s++) {
+    static const int paths[] = {PATH_RULE, PATH_RULE, PATH_TAPS, PATH_TAPS};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         nn_conv_geom g = shapes[s];
         char gs[128];
-        nn_conv_geom_init(&g);
+        conv_setup(&g, paths[s]);
         geom_str(&g, gs, sizeof gs);
         size_t nx = conv_x_n(&g), nw = conv_w_n(&g), ny = conv_y_n(&g), no = (size_t)g.OC;
         float *x = FALLOC(nx), *w = FALLOC(nw), *b = FALLOC(no), *dy = FALLOC(ny), *work = conv_work(&g);
@@ -510,6 +548,170 @@ static void test_conv_1x1_vs_general(rng *r)
 
     free(x), free(w1), free(w3), free(b), free(dy), free(y1), free(y3), free(work), free(work1), free(y3d);
     free(dx1), free(dx3), free(dw1), free(dw3), free(db1), free(db3), free(dx3d), free(dwc), free(db3d);
+}
+
+/* ---- 6. the implicit per-tap GEMM path ----
+ * The rule first: which ResNet-18 (32x32 input) and small-CNN layers take
+ * it.  Then the path against the double reference on every map size it is
+ * meant for (1x1, 2x2, 3x3, 4x4, non-square; batch 1 and more; OC != C;
+ * stride 2; kernels whose taps overhang on both sides), including shapes
+ * whose threads split by images (batch pixels >= channels, among them
+ * batch 1 with more threads than images) and by channels (few pixels, many
+ * channels), so the 2- and 3-thread runs cover both. */
+static void test_conv_taps_rule(void)
+{
+    static const struct {
+        nn_conv_geom g;
+        int taps;
+        const char *why;
+    } layers[] = {
+        {{.N = 32, .C = 3, .H = 32, .W = 32, .OC = 64, .KH = 7, .KW = 7, .stride = 2, .pad = 3}, 0, "stem: 3 channels"},
+        {{.N = 32, .C = 64, .H = 8, .W = 8, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 1, "3x3 at 8x8: 16% zeros"},
+        {{.N = 32, .C = 128, .H = 4, .W = 4, .OC = 128, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 1, "3x3 at 4x4"},
+        {{.N = 32, .C = 256, .H = 2, .W = 2, .OC = 256, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 1, "3x3 at 2x2"},
+        {{.N = 32, .C = 512, .H = 1, .W = 1, .OC = 512, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 1, "3x3 at 1x1"},
+        {{.N = 32, .C = 128, .H = 4, .W = 4, .OC = 256, .KH = 3, .KW = 3, .stride = 2, .pad = 1}, 1, "3x3 s2 4x4 -> 2x2"},
+        {{.N = 32, .C = 64, .H = 8, .W = 8, .OC = 128, .KH = 1, .KW = 1, .stride = 2, .pad = 0}, 0, "1x1 s2: no zeros"},
+        {{.N = 32, .C = 64, .H = 14, .W = 14, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 0, "3x3 at 14x14: 9% zeros"},
+        {{.N = 64, .C = 32, .H = 14, .W = 14, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 0, "CNN: 32 channels"},
+        {{.N = 32, .C = 32, .H = 2, .W = 2, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1}, 0, "2x2, 32 channels"},
+    };
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        nn_conv_geom g = layers[i].g;
+        char gs[128];
+        conv_setup(&g, PATH_RULE);
+        geom_str(&g, gs, sizeof gs);
+        is_int(g.taps, layers[i].taps, "path rule: %s %s", layers[i].why, gs);
+    }
+}
+
+static void test_conv_taps_reference(rng *r)
+{
+    static const nn_conv_geom fixed[] = {
+        /* 1x1 maps: only the centre tap */
+        {.N = 1, .C = 5, .H = 1, .W = 1, .OC = 7, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 6, .H = 1, .W = 1, .OC = 3, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        /* 2x2, 3x3, 4x4 */
+        {.N = 1, .C = 4, .H = 2, .W = 2, .OC = 6, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 6, .H = 2, .W = 2, .OC = 5, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 2, .C = 5, .H = 3, .W = 3, .OC = 7, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 1, .C = 3, .H = 3, .W = 3, .OC = 2, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 3, .C = 4, .H = 4, .W = 4, .OC = 9, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 1, .C = 7, .H = 4, .W = 4, .OC = 5, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        /* non-square maps and kernels, a 5x5 on 3x3, pad 0 */
+        {.N = 2, .C = 5, .H = 2, .W = 5, .OC = 3, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 3, .C = 4, .H = 5, .W = 3, .OC = 6, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 2, .C = 3, .H = 1, .W = 4, .OC = 4, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 2, .C = 3, .H = 3, .W = 4, .OC = 5, .KH = 3, .KW = 5, .stride = 1, .pad = 2},
+        {.N = 2, .C = 4, .H = 3, .W = 3, .OC = 3, .KH = 5, .KW = 5, .stride = 1, .pad = 2},
+        {.N = 2, .C = 4, .H = 4, .W = 3, .OC = 3, .KH = 3, .KW = 3, .stride = 1, .pad = 0},
+        /* stride 2: 4x4 -> 2x2, 2x2 -> 1x1, 5x5 -> 3x3 */
+        {.N = 3, .C = 4, .H = 4, .W = 4, .OC = 6, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+        {.N = 2, .C = 3, .H = 2, .W = 2, .OC = 5, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+        {.N = 2, .C = 3, .H = 5, .W = 5, .OC = 4, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        conv_vs_reference_on(r, fixed[i], i % 3 != 2, PATH_TAPS);
+    /* shapes the rule itself sends down the path: split by channels (few
+     * pixels) and by images with threads */
+    static const nn_conv_geom natural[] = {
+        {.N = 2, .C = 80, .H = 1, .W = 1, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 3, .C = 64, .H = 2, .W = 2, .OC = 72, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 3, .C = 64, .H = 4, .W = 4, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+    };
+    for (size_t i = 0; i < sizeof natural / sizeof natural[0]; i++) {
+        nn_conv_geom g = natural[i];
+        conv_setup(&g, PATH_RULE);
+        ok(g.taps == 1, "the rule takes the per-tap path for C%d %dx%d", g.C, g.H, g.W);
+        conv_vs_reference_on(r, natural[i], 1, PATH_RULE);
+    }
+    for (int i = 0; i < 24; i++) {
+        nn_conv_geom g;
+        do
+            g = random_conv_geom(r);
+        while (g.H > 6 || g.W > 6);
+        conv_vs_reference_on(r, g, i % 4 != 3, PATH_TAPS);
+    }
+}
+
+/* dav1d checkasm style: the per-tap path against im2col on the same random
+ * data, forward and every gradient (accumulated onto the same random start).
+ * Both are float sums of the same products in different orders, each within
+ * REL·Σ|terms| of the exact value (see the top), so they may differ by
+ * 2·REL·Σ|terms|, with Σ|terms| from the double reference; a term dropped,
+ * doubled or misplaced by either is >= 1/K of Σ|terms| (K <= 2304 here, the
+ * 3x3x256 of the largest shape), still 20x over. */
+static void conv_taps_vs_im2col(rng *r, nn_conv_geom g)
+{
+    char gs[128];
+    conv_setup(&g, PATH_TAPS);
+    nn_conv_geom gi = g;
+    gi.taps = 0;
+    geom_str(&g, gs, sizeof gs);
+    size_t nx = conv_x_n(&g), nw = conv_w_n(&g), ny = conv_y_n(&g), no = (size_t)g.OC;
+    float *x = FALLOC(nx), *w = FALLOC(nw), *b = FALLOC(no), *dy = FALLOC(ny);
+    float *yt = FALLOC(ny), *yi = FALLOC(ny), *wt = conv_work(&g), *wi = conv_work(&gi);
+    float *dxt = FALLOC(nx), *dwt = FALLOC(nw), *dbt = FALLOC(no);
+    fill_sym(r, x, nx);
+    fill_sym(r, w, nw);
+    fill_sym(r, b, no);
+    fill_sym(r, dy, ny);
+    fill_sym(r, dxt, nx);
+    fill_sym(r, dwt, nw);
+    fill_sym(r, dbt, no);
+    float *dxi = FALLOC(nx), *dwi = FALLOC(nw), *dbi = FALLOC(no);
+    memcpy(dxi, dxt, sizeof(float) * nx);
+    memcpy(dwi, dwt, sizeof(float) * nw);
+    memcpy(dbi, dbt, sizeof(float) * no);
+
+    nn_cpu_conv2d_fwd(&g, x, w, b, yt, wt);
+    nn_cpu_conv2d_fwd(&gi, x, w, b, yi, wi);
+    nn_cpu_conv2d_bwd(&g, x, w, dy, dxt, dwt, dbt, wt);
+    nn_cpu_conv2d_bwd(&gi, x, w, dy, dxi, dwi, dbi, wi);
+
+    double *xd = to_double(x, nx), *wd = to_double(w, nw), *bd = to_double(b, no), *dyd = to_double(dy, ny);
+    double *yr = DALLOC(ny), *ya = DALLOC(ny), *gx = DALLOC(nx), *gw = DALLOC(nw), *gb = DALLOC(no);
+    double *ax = DALLOC(nx), *aw = DALLOC(nw), *ab = DALLOC(no);
+    ref_conv_fwd(&g, xd, wd, bd, yr, ya);
+    ref_conv_bwd(&g, xd, wd, dyd, gx, gw, gb, ax, aw, ab);
+    add_start(gx, ax, dxi, nx); /* only the scales: the start is the same in both */
+    add_start(gw, aw, dwi, nw);
+    add_start(gb, ab, dbi, no);
+    double *yid = to_double(yi, ny), *dxid = to_double(dxi, nx), *dwid = to_double(dwi, nw), *dbid = to_double(dbi, no);
+    check_close("taps fwd == im2col fwd", gs, yt, yid, ya, ny, 2 * REL, 0.0);
+    check_close("taps dx == im2col dx", gs, dxt, dxid, ax, nx, 2 * REL, 0.0);
+    check_close("taps dw == im2col dw", gs, dwt, dwid, aw, nw, 2 * REL, 0.0);
+    check_close("taps db == im2col db", gs, dbt, dbid, ab, no, 2 * REL, 0.0);
+
+    free(x), free(w), free(b), free(dy), free(yt), free(yi), free(wt), free(wi);
+    free(dxt), free(dwt), free(dbt), free(dxi), free(dwi), free(dbi);
+    free(xd), free(wd), free(bd), free(dyd), free(yr), free(ya), free(gx), free(gw), free(gb);
+    free(ax), free(aw), free(ab), free(yid), free(dxid), free(dwid), free(dbid);
+}
+
+static void test_conv_taps_vs_im2col(rng *r)
+{
+    /* ResNet-18's small-map layers at full width, batch 4 (both thread
+     * splits at 2 and 3 threads) */
+    static const nn_conv_geom resnet[] = {
+        {.N = 4, .C = 64, .H = 8, .W = 8, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 128, .H = 4, .W = 4, .OC = 128, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 256, .H = 2, .W = 2, .OC = 256, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 256, .H = 1, .W = 1, .OC = 256, .KH = 3, .KW = 3, .stride = 1, .pad = 1},
+        {.N = 4, .C = 128, .H = 4, .W = 4, .OC = 256, .KH = 3, .KW = 3, .stride = 2, .pad = 1},
+    };
+    for (size_t i = 0; i < sizeof resnet / sizeof resnet[0]; i++)
+        conv_taps_vs_im2col(r, resnet[i]);
+    for (int i = 0; i < 32; i++) {
+        nn_conv_geom g;
+        do {
+            g = random_conv_geom(r);
+            g.N = rng_int(r, 1, 5);
+            g.C = rng_int(r, 1, 24);
+            g.OC = rng_int(r, 1, 24);
+        } while (g.H > 8 || g.W > 8 || nn_conv_geom_init(&g) != 0);
+        conv_taps_vs_im2col(r, g);
+    }
 }
 
 static void test_conv_geom(void)
@@ -924,6 +1126,9 @@ int main(void)
     test_conv_fd(&r);
     test_conv_accumulates(&r);
     test_conv_1x1_vs_general(&r);
+    test_conv_taps_rule();
+    test_conv_taps_reference(&r);
+    test_conv_taps_vs_im2col(&r);
     test_pool_rules();
     test_pool_reference(&r);
     test_pool_fd(&r);
