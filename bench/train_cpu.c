@@ -2,7 +2,14 @@
  * engine with Adam (lr 1e-3), on one fixed random batch per row, the same
  * rows, batches and step as bench/train-cpu/torch_side.py:
  *
- *   train_cpu --threads T --seconds S [--rows a,b]
+ *   train_cpu --threads T --seconds S [--rows a,b] [--batch B]
+ *
+ * --batch overrides every row's batch size (by hand only: the run script
+ * and the PyTorch side always use the rows' own).
+ *
+ * confA-sparse-lazy is confA-sparse with "lazy": true (lazy Adam on the
+ * sparse fc0.weight, ordinary Adam on the rest; PyTorch: SparseAdam on a
+ * sparse-gradient EmbeddingBag).
  *
  * A step is forward with the mean cross-entropy, backward, Adam step; after
  * a warm-up, whole steps are timed back to back for about S seconds.  One
@@ -22,26 +29,42 @@ enum { DIM = 7306, NNZ = 39 };
 typedef struct row {
     const char *name, *model;
     int batch;
+    int lazy; /* "lazy": true (lazy Adam on the sparse fc0.weight) */
 } row;
 
+#define CONFA_SPARSE "{\"arch\":\"mlp\",\"sparse\":{\"dim\":7306,\"nnz\":39},\"hidden\":[1000,500],\"classes\":2}"
+
 static const row rows[] = {
-    {"confA-dense", "{\"arch\":\"mlp\",\"input\":[7306],\"hidden\":[1000,500],\"classes\":2}", 256},
-    {"confA-sparse", "{\"arch\":\"mlp\",\"sparse\":{\"dim\":7306,\"nnz\":39},\"hidden\":[1000,500],\"classes\":2}", 256},
-    {"cnn", "{\"arch\":\"cnn\",\"input\":[1,28,28],\"classes\":10}", 64},
-    {"resnet18", "{\"arch\":\"resnet18\",\"input\":[3,32,32],\"classes\":10,\"width\":1.0}", 32},
+    {"confA-dense", "{\"arch\":\"mlp\",\"input\":[7306],\"hidden\":[1000,500],\"classes\":2}", 256, 0},
+    {"confA-sparse", CONFA_SPARSE, 256, 0},
+    {"confA-sparse-lazy", CONFA_SPARSE, 256, 1},
+    {"cnn", "{\"arch\":\"cnn\",\"input\":[1,28,28],\"classes\":10}", 64, 0},
+    {"resnet18", "{\"arch\":\"resnet18\",\"input\":[3,32,32],\"classes\":10,\"width\":1.0}", 32, 0},
 };
 
-static int measure(const row *r, int threads, double seconds)
+static int measure(const row *r0, int threads, double seconds, int batch)
 {
+    row rb = *r0;
+    if (batch > 0)
+        rb.batch = batch;
+    const row *r = &rb;
     cds_err err;
     nn_model *m = nn_model_new(r->model, r->batch, 1, &err);
     nn_train_cfg cfg;
-    if (!m || nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.001}", &cfg, &err) != 0) {
+    const char *train = r->lazy ? "{\"optimizer\":\"adam\",\"lr\":0.001,\"lazy\":true}"
+                                : "{\"optimizer\":\"adam\",\"lr\":0.001}";
+    if (!m || nn_train_cfg_parse(train, &cfg, &err) != 0) {
         fprintf(stderr, "train_cpu: %s: %s\n", r->name, err.msg);
         nn_model_free(m);
         return -1;
     }
     nn_optim *o = nn_optim_new(m, &cfg, &err);
+    if (!o) {
+        fprintf(stderr, "train_cpu: %s: %s\n", r->name, err.msg);
+        nn_train_cfg_free(&cfg);
+        nn_model_free(m);
+        return -1;
+    }
     int shape[3], sparse_dim;
     int nd = nn_model_input(m, shape, &sparse_dim);
     size_t per = 1;
@@ -114,6 +137,7 @@ int main(int argc, char **argv)
 {
     int threads = 0;
     double seconds = 5;
+    int batch = 0;
     const char *want = NULL;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
@@ -122,8 +146,10 @@ int main(int argc, char **argv)
             seconds = atof(argv[++i]);
         else if (strcmp(argv[i], "--rows") == 0 && i + 1 < argc)
             want = argv[++i];
+        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
+            batch = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: train_cpu --threads T [--seconds S] [--rows a,b]\n");
+            fprintf(stderr, "usage: train_cpu --threads T [--seconds S] [--rows a,b] [--batch B]\n");
             return 2;
         }
     }
@@ -142,7 +168,7 @@ int main(int argc, char **argv)
             if (!strstr(pad, key))
                 continue;
         }
-        rc |= measure(&rows[i], threads, seconds) != 0;
+        rc |= measure(&rows[i], threads, seconds, batch) != 0;
     }
     return rc;
 }

@@ -23,6 +23,19 @@
  * the result is bit-identical across runs without any atomics.  Both inner
  * loops add one row of O floats to another (add_row, SSE where available).
  *
+ * Row-sparse backward (for lazy optimisers): the same gradient, but only its
+ * touched rows, packed.  The K·N positions p = n·K + k are sorted by
+ * (idx[p], p) with a stable LSD radix sort of 11-bit digits over the index
+ * (as many passes as I needs: two for confA's 7306), then each run of one
+ * index becomes a row: rows[r] is the r-th distinct index in ascending
+ * order, and rg[r,:] the sum of dy[n,:] over its positions in ascending p,
+ * which is the order the dense scatter adds them in, so each packed row
+ * equals its dense row value for value.  No pass touches an untouched row
+ * of the weight, and no memset of the dense gradient is needed: rg is
+ * overwritten.  Threads split the distinct rows (each row is summed by one
+ * thread, in the fixed order), so the result does not depend on the
+ * thread count at all.
+ *
  * Degenerate shapes (a zero dimension) are handled here rather than handed
  * to sgemm, which rejects leading dimensions of 0. */
 #include "nn_kern_cpu.h"
@@ -150,4 +163,85 @@ void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, fl
                 add_row(dw + (size_t)row_idx[k] * O + lo, dyrow, (int)(hi - lo));
         }
     }
+}
+
+/* ---- sparse linear, row-sparse backward ---- */
+
+#define RADIX_BITS 11
+#define RADIX (1 << RADIX_BITS)
+
+size_t nn_cpu_sparse_rows_work(int N, int K)
+{
+    size_t nnz = N > 0 && K > 0 ? (size_t)N * (size_t)K : 0;
+    /* two key arrays (ping-pong), run starts, the digit histogram */
+    return 2 * nnz * sizeof(uint64_t) + (nnz + 1) * sizeof(uint32_t) + RADIX * sizeof(uint32_t);
+}
+
+/* Sorts key = index << 32 | position by index, stably; positions start in
+ * ascending order, so the result is ordered by (index, position).  Returns
+ * the array that holds the result (a or tmp). */
+static uint64_t *sort_by_index(uint64_t *a, uint64_t *tmp, size_t n, int I, uint32_t *count)
+{
+    for (int shift = 32; shift < 64 && I > 1 && ((uint64_t)(I - 1) << 32) >> shift; shift += RADIX_BITS) {
+        memset(count, 0, RADIX * sizeof *count);
+        for (size_t p = 0; p < n; p++)
+            count[(a[p] >> shift) & (RADIX - 1)]++;
+        uint32_t sum = 0;
+        for (int d = 0; d < RADIX; d++) {
+            uint32_t c = count[d];
+            count[d] = sum;
+            sum += c;
+        }
+        for (size_t p = 0; p < n; p++)
+            tmp[count[(a[p] >> shift) & (RADIX - 1)]++] = a[p];
+        uint64_t *t = a;
+        a = tmp;
+        tmp = t;
+    }
+    return a;
+}
+
+/* rg[r,:] = Σ dy[n,:] over the positions of row r, in ascending position. */
+static void sum_rows(const uint64_t *keys, const uint32_t *start, const float *dy, float *rg, long r0, long r1, int K,
+                     int O)
+{
+    for (long r = r0; r < r1; r++) {
+        float *dst = rg + (size_t)r * O;
+        uint32_t p = start[r];
+        memcpy(dst, dy + (size_t)((uint32_t)keys[p] / (uint32_t)K) * O, (size_t)O * sizeof *dst);
+        for (p++; p < start[r + 1]; p++)
+            add_row(dst, dy + (size_t)((uint32_t)keys[p] / (uint32_t)K) * O, O);
+    }
+}
+
+size_t nn_cpu_sparse_linear_bwd_rows(const int32_t *idx, const float *dy, int32_t *rows, float *rg, float *db, int N,
+                                     int K, int O, int I, void *work)
+{
+    if (N <= 0 || O <= 0)
+        return 0;
+    if (db)
+        add_column_sums(dy, db, N, O);
+    size_t nnz = (size_t)N * (size_t)K;
+    if (nnz == 0)
+        return 0;
+    uint64_t *a = work, *tmp = a + nnz;
+    uint32_t *start = (uint32_t *)(tmp + nnz), *count = start + nnz + 1;
+    for (size_t p = 0; p < nnz; p++)
+        a[p] = (uint64_t)(uint32_t)idx[p] << 32 | p;
+    const uint64_t *keys = sort_by_index(a, tmp, nnz, I, count);
+    size_t n_rows = 0;
+    for (size_t p = 0; p < nnz; p++)
+        if (p == 0 || keys[p] >> 32 != keys[p - 1] >> 32) {
+            rows[n_rows] = (int32_t)(keys[p] >> 32);
+            start[n_rows++] = (uint32_t)p;
+        }
+    start[n_rows] = (uint32_t)nnz;
+    int t = (double)nnz * O >= 65536 ? nn_par_threads() : 1;
+#pragma omp parallel num_threads(t) if (t > 1)
+    {
+        long lo, hi;
+        nn_par_share((long)n_rows, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        sum_rows(keys, start, dy, rg, lo, hi, K, O);
+    }
+    return n_rows;
 }

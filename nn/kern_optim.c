@@ -26,6 +26,16 @@
  * rounds exactly as the scalar code does, so the result does not depend on
  * which path handled an element (the tail always runs scalar).
  *
+ * Lazy Adam (torch.optim.SparseAdam 1.13) updates only the rows listed,
+ * from their packed gradient rows; every other row keeps its weights, m
+ * and v bit for bit.  Per element of a listed row, in SparseAdam's order
+ * of operations (g' = g + 2·l2·w here too, for the listed rows only):
+ *     m += (1-β1)·(g' - m);  v += (1-β2)·(g'² - v)
+ *     w -= (lr·sqrt(1-β2^t)/(1-β1^t)) · (m / (sqrt(v) + eps))
+ * Note where eps sits: outside the bias correction, unlike Adam above, as
+ * SparseAdam has it.  Rows are split across threads; each row is updated
+ * alone, so the split cannot change a result.
+ *
  * nn_cpu_sumsq returns Σw² in double (the caller multiplies by λ), with four
  * interleaved partial sums so the adds pipeline; the order is fixed, so the
  * result is deterministic. */
@@ -164,6 +174,73 @@ void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, fl
         nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
         size_t done = adam_lanes(w + lo, g + lo, m + lo, v + lo, (size_t)(hi - lo), k);
         adam_scalar(w + lo, g + lo, m + lo, v + lo, done, (size_t)(hi - lo), k);
+    }
+}
+
+/* ---- lazy Adam ---- */
+
+typedef struct lazy_coef {
+    float step;         /* lr·sqrt(1-β2^t)/(1-β1^t) */
+    float c1, c2, eps, decay;
+} lazy_coef;
+
+static void lazy_scalar(float *w, const float *g, float *m, float *v, size_t i0, size_t n, lazy_coef k)
+{
+    for (size_t i = i0; i < n; i++) {
+        float gi = g[i] + k.decay * w[i];
+        float mi = m[i] + k.c1 * (gi - m[i]);
+        float vi = v[i] + k.c2 * (gi * gi - v[i]);
+        m[i] = mi;
+        v[i] = vi;
+        w[i] -= k.step * (mi / (sqrtf(vi) + k.eps));
+    }
+}
+
+static size_t lazy_lanes(float *w, const float *g, float *m, float *v, size_t n, lazy_coef k)
+{
+    size_t i = 0;
+#ifdef __SSE__
+    __m128 step = _mm_set1_ps(k.step), c1 = _mm_set1_ps(k.c1), c2 = _mm_set1_ps(k.c2);
+    __m128 eps = _mm_set1_ps(k.eps), decay = _mm_set1_ps(k.decay);
+    for (; i + 4 <= n; i += 4) {
+        __m128 wi = _mm_loadu_ps(w + i), mi = _mm_loadu_ps(m + i), vi = _mm_loadu_ps(v + i);
+        __m128 gi = _mm_add_ps(_mm_loadu_ps(g + i), _mm_mul_ps(decay, wi));
+        mi = _mm_add_ps(mi, _mm_mul_ps(c1, _mm_sub_ps(gi, mi)));
+        vi = _mm_add_ps(vi, _mm_mul_ps(c2, _mm_sub_ps(_mm_mul_ps(gi, gi), vi)));
+        _mm_storeu_ps(m + i, mi);
+        _mm_storeu_ps(v + i, vi);
+        __m128 q = _mm_div_ps(mi, _mm_add_ps(_mm_sqrt_ps(vi), eps));
+        _mm_storeu_ps(w + i, _mm_sub_ps(wi, _mm_mul_ps(step, q)));
+    }
+#else
+    (void)w, (void)g, (void)m, (void)v, (void)n, (void)k;
+#endif
+    return i;
+}
+
+void nn_cpu_lazy_adam_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t cols, float *m,
+                           float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
+{
+    double bc1 = 1.0 - pow((double)beta1, (double)t);
+    double bc2 = 1.0 - pow((double)beta2, (double)t);
+    lazy_coef k = {
+        .step = (float)((double)lr * sqrt(bc2) / bc1),
+        .c1 = 1.0f - beta1,
+        .c2 = 1.0f - beta2,
+        .eps = eps,
+        .decay = 2.0f * l2,
+    };
+    int th = n_rows * cols >= PAR_MIN ? nn_par_threads() : 1;
+#pragma omp parallel num_threads(th) if (th > 1)
+    {
+        long lo, hi;
+        nn_par_share((long)n_rows, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        for (long r = lo; r < hi; r++) {
+            size_t at = (size_t)rows[r] * cols;
+            const float *g = rg + (size_t)r * cols;
+            size_t done = lazy_lanes(w + at, g, m + at, v + at, cols, k);
+            lazy_scalar(w + at, g, m + at, v + at, done, cols, k);
+        }
     }
 }
 

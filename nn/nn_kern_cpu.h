@@ -41,6 +41,17 @@ void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *d
 void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b, float *y, int N, int K, int O);
 /* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:]. */
 void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O);
+/* The same gradient kept as its touched rows only (for lazy optimisers), the
+ * one kernel that OVERWRITES its weight gradient: rows[0..r) gets the r
+ * distinct indices of idx in ascending order (r is returned; r ≤ min(N·K, I)),
+ * rg[j,:] = Σ dy[n,:] over the (n,k) with idx[n,k] == rows[j], summed in
+ * (n,k) order, so it equals row rows[j] of the dense dw value for value;
+ * db += Σ_n dy[n,:] (may be NULL).  Nothing is read or written for an
+ * untouched row.  work: nn_cpu_sparse_rows_work(N, K) bytes, 8-aligned;
+ * N·K must be below 2^32. */
+size_t nn_cpu_sparse_rows_work(int N, int K);
+size_t nn_cpu_sparse_linear_bwd_rows(const int32_t *idx, const float *dy, int32_t *rows, float *rg, float *db, int N,
+                                     int K, int O, int I, void *work);
 
 /* ---- conv2d: square stride and padding, as every model here uses ---- */
 typedef struct nn_conv_geom {
@@ -130,6 +141,13 @@ double nn_cpu_softmax_xent(const float *logits, const int32_t *labels, float *dl
 void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2);
 void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                       float eps, float l2, long t);
+/* Lazy Adam (torch.optim.SparseAdam 1.13) over the n_rows listed rows of a
+ * [*, cols] weight, whose gradient rows come packed in rg [n_rows, cols]
+ * (as nn_cpu_sparse_linear_bwd_rows leaves them); other rows, and their m
+ * and v, are not touched.  l2 > 0 adds 2·l2·w to the listed rows' gradient
+ * only.  w -= lr·sqrt(1-β2^t)/(1-β1^t) · m/(sqrt(v) + eps). */
+void nn_cpu_lazy_adam_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t cols, float *m,
+                           float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
 /* λ·Σw² in double (the regularisation term of the loss). */
 double nn_cpu_sumsq(const float *w, size_t n);
 

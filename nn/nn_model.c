@@ -16,7 +16,10 @@
  *   - a flatten node owns no memory: its output and gradient are its input's,
  *     re-shaped, so it costs nothing in either direction;
  *   - parameter names and order are PyTorch's named_parameters() for the same
- *     module, which golden tests and checkpoints depend on. */
+ *     module, which golden tests and checkpoints depend on;
+ *   - in row-sparse mode (lazy optimisers) the embedding weight's gradient
+ *     is the exception to clearing-then-accumulating: its backward writes
+ *     the touched rows packed, and nothing ever clears the [dim, out] g. */
 #include "nn_model.h"
 
 #include <jansson.h>
@@ -85,6 +88,8 @@ struct nn_model {
 
     int n_cur;
     const int32_t *idx_cur;
+    int32_t *row_list;      /* row-sparse mode: the rows of the last backward, and the kernel's scratch */
+    void *row_work;
     int trained;            /* the last forward was a training forward with labels */
     cds_err build_err;
     int failed;
@@ -338,6 +343,7 @@ static int mb_sparse_linear(nn_model *m, const char *name, int out)
     int pb = mb_param(m, name, "bias", 1, &out, INIT_TORCH_BIAS, m->sparse_dim, out, 0);
     if (id < 0 || m->failed)
         return -1;
+    m->params[pw].embedding = 1;
     m->nodes[id].pw = pw;
     m->nodes[id].pb = pb;
     return id;
@@ -777,10 +783,32 @@ void nn_model_free(nn_model *m)
     free(m->pblock);
     free(m->gblock);
     free(m->bblock);
+    free(m->row_list);
+    free(m->row_work);
     nn_arena_free(m->act);
     nn_arena_free(m->grad);
     free(m->spec);
     free(m);
+}
+
+int nn_model_set_row_grads(nn_model *m, int on, cds_err *err)
+{
+    nn_param *p = NULL;
+    for (size_t i = 0; i < m->n_params && !p; i++)
+        p = m->params[i].embedding ? &m->params[i] : NULL;
+    if (!p)
+        return cds_errf(err, "row-sparse gradients need a sparse first layer, and this %s model has none", m->arch);
+    if (on && !m->row_list) {
+        size_t nnz = (size_t)m->max_batch * (size_t)m->nnz;
+        m->row_list = malloc((nnz ? nnz : 1) * sizeof *m->row_list);
+        m->row_work = malloc(nn_cpu_sparse_rows_work(m->max_batch, m->nnz));
+        if (!m->row_list || !m->row_work)
+            return cds_errf(err, "out of memory for the row-sparse gradient of %s", p->name);
+    }
+    p->row_grad = on;
+    p->rows = NULL;
+    p->n_rows = 0;
+    return 0;
 }
 
 /* ------------------------------------------------------------- accessors */
@@ -939,6 +967,12 @@ static int backward_node(nn_model *m, node *d, cds_err *err)
     case K_LINEAR:
         return nn_op_linear_bwd(&a->y, pw(m, d), &d->dy, dx, gw(m, d), gb(m, d), err);
     case K_SPARSE:
+        if (m->params[d->pw].row_grad) {
+            nn_param *p = &m->params[d->pw];
+            p->rows = m->row_list;
+            return nn_op_sparse_linear_bwd_rows(m->idx_cur, m->n_cur, m->nnz, &d->dy, &p->g, m->row_list, &p->n_rows,
+                                                gb(m, d), m->row_work, err);
+        }
         return nn_op_sparse_linear_bwd(m->idx_cur, m->n_cur, m->nnz, &d->dy, gw(m, d), gb(m, d), err);
     case K_CONV:
         return nn_op_conv2d_bwd(&d->cg, &a->y, pw(m, d), &d->dy, dx, gw(m, d), gb(m, d), m->work, err);
@@ -989,7 +1023,8 @@ int nn_model_backward(nn_model *m, cds_err *err)
         node *d = &m->nodes[i];
         /* A parameter belongs to one node: clear its gradient right before
          * that node accumulates into it, while it is about to be in cache. */
-        if ((d->pw >= 0 && nn_op_zero(gw(m, d), err) != 0) || (d->pb >= 0 && nn_op_zero(gb(m, d), err) != 0))
+        int dense_w = d->pw >= 0 && !m->params[d->pw].row_grad; /* row-sparse: overwritten, never cleared */
+        if ((dense_w && nn_op_zero(gw(m, d), err) != 0) || (d->pb >= 0 && nn_op_zero(gb(m, d), err) != 0))
             return -1;
         if (zero_grad_once(m, d->in, err) != 0 || zero_grad_once(m, d->in2, err) != 0 ||
             backward_node(m, d, err) != 0)

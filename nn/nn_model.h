@@ -23,6 +23,15 @@ typedef struct nn_param {
     nn_tensor w;    /* the weights */
     nn_tensor g;    /* their gradient after nn_model_backward (data loss only; optimisers add L2) */
     int decay;      /* 1 for convolution and linear weights: the L2 term applies */
+    int embedding;  /* 1 for a sparse mlp's fc0.weight [dim, out]: a batch reads only the rows of its indices */
+    /* Row-sparse gradient (nn_model_set_row_grads, embedding weights only):
+     * when row_grad is set, nn_model_backward lists in rows the n_rows
+     * distinct input indices of the batch, ascending, and g holds their
+     * gradient rows packed from its start ([n_rows, out]); the rest of g is
+     * stale, and every row not listed has a gradient of exactly zero. */
+    int row_grad;
+    const int32_t *rows;
+    size_t n_rows;
 } nn_param;
 
 typedef struct nn_buffer {
@@ -75,6 +84,11 @@ int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int3
  * respect to every parameter (written to each nn_param's g; the L2 term is
  * left to the optimiser). */
 int nn_model_backward(nn_model *m, cds_err *err);
+/* Switches the gradient of the embedding weight (a sparse mlp's fc0.weight)
+ * to the row-sparse form above (on = 1) or back to dense (on = 0), for lazy
+ * optimisers: the backward pass then neither clears nor scans the whole
+ * [dim, out] gradient.  Fails when the model has no sparse layer. */
+int nn_model_set_row_grads(nn_model *m, int on, cds_err *err);
 /* The logits of the last forward: n × classes floats. */
 const float *nn_model_logits(const nn_model *m);
 /* l2·Σw² over the decayed weights, in double. */

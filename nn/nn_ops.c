@@ -73,6 +73,15 @@ int nn_op_sparse_linear_bwd(const int32_t *idx, int N, int K, const nn_tensor *d
     return 0;
 }
 
+int nn_op_sparse_linear_bwd_rows(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, int32_t *rows,
+                                 size_t *n_rows, nn_tensor *db, void *work, cds_err *err)
+{
+    ON_CPU("sparse linear backward (rows)", dy, dw, db);
+    *n_rows = nn_cpu_sparse_linear_bwd_rows(idx, dy->data, rows, dw->data, data_or_null(db), N, K, dw->shape[1],
+                                            dw->shape[0], work);
+    return 0;
+}
+
 int nn_op_conv2d_fwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
                      float *work, cds_err *err)
 {
@@ -237,6 +246,15 @@ int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v
 {
     ON_CPU("adam step", w, g, m, v);
     nn_cpu_adam_step(w->data, g->data, m->data, v->data, w->n, lr, beta1, beta2, eps, l2, t);
+    return 0;
+}
+
+int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
+                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err)
+{
+    ON_CPU("lazy adam step", w, g, m, v);
+    size_t cols = w->ndim == 2 ? (size_t)w->shape[1] : 1;
+    nn_cpu_lazy_adam_step(w->data, g->data, rows, n_rows, cols, m->data, v->data, lr, beta1, beta2, eps, l2, t);
     return 0;
 }
 

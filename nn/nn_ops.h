@@ -21,6 +21,11 @@ int nn_op_sparse_linear_fwd(const int32_t *idx, int N, int K, const nn_tensor *w
                             cds_err *err);
 int nn_op_sparse_linear_bwd(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
                             cds_err *err);
+/* The weight gradient as its touched rows (nn_cpu_sparse_linear_bwd_rows):
+ * dw [I, O] receives the *n_rows packed rows from its start; rows and work
+ * are host memory sized for N·K. */
+int nn_op_sparse_linear_bwd_rows(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, int32_t *rows,
+                                 size_t *n_rows, nn_tensor *db, void *work, cds_err *err);
 int nn_op_conv2d_fwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
                      float *work, cds_err *err);
 int nn_op_conv2d_bwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *dy,
@@ -52,6 +57,9 @@ int nn_op_sgd_step(nn_tensor *w, const nn_tensor *g, nn_tensor *buf, float lr, f
                    cds_err *err);
 int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v, float lr, float beta1, float beta2,
                     float eps, float l2, long t, cds_err *err);
+/* Lazy Adam over the listed rows of a 2-D w; g holds their packed gradient rows. */
+int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
+                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err);
 int nn_op_sumsq(const nn_tensor *w, double *out, cds_err *err);
 
 #endif

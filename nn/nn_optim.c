@@ -3,7 +3,13 @@
  *
  * State tensors live in one block, laid out parameter by parameter (Adam:
  * m then v for each), and are named after their parameter so a checkpoint
- * can be read without knowing this layout. */
+ * can be read without knowing this layout.
+ *
+ * The optimiser decides the form of a sparse model's embedding gradient:
+ * "lazy" switches it to row-sparse (any other optimiser back to dense, so a
+ * model handed from a lazy optimiser to another one is still right), and
+ * the step hands that weight to the lazy Adam kernel, the other parameters
+ * to the dense one, with the same t. */
 #include "nn_optim.h"
 
 #include <jansson.h>
@@ -13,6 +19,10 @@
 #include <string.h>
 
 #include "nn_ops.h"
+
+#define LAZY_NEEDS_SPARSE                                                                                       \
+    "train spec: \"lazy\" updates the rows of a sparse first layer, and this model has none (no \"sparse\" " \
+    "input): drop \"lazy\" or use a sparse mlp"
 
 struct nn_optim {
     nn_model *model;
@@ -115,7 +125,7 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
 static int cfg_check_fields(json_t *o, cds_err *err)
 {
     static const char *const known[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                        "seed", "schedule", "normalize", NULL};
+                                        "seed", "schedule", "normalize", "lazy", NULL};
     const char *k;
     json_t *v;
     json_object_foreach(o, k, v) {
@@ -124,9 +134,23 @@ static int cfg_check_fields(json_t *o, cds_err *err)
             found |= strcmp(k, known[i]) == 0;
         if (!found)
             return cds_errf(err, "train spec: unknown field \"%s\" (known: optimizer, lr, momentum, beta1, beta2, eps, "
-                                 "l2, batch, seed, schedule, normalize)", k);
+                                 "l2, batch, seed, schedule, normalize, lazy)", k);
     }
     (void)v;
+    return 0;
+}
+
+static int cfg_lazy(json_t *o, nn_train_cfg *c, cds_err *err)
+{
+    json_t *v = json_object_get(o, "lazy");
+    if (!v)
+        return 0;
+    if (!json_is_boolean(v))
+        return cds_errf(err, "train spec: \"lazy\" must be true or false");
+    c->lazy = json_is_true(v);
+    if (c->lazy && !c->adam)
+        return cds_errf(err, "train spec: \"lazy\" is a variant of Adam (only the rows a batch touches are updated): "
+                             "use \"optimizer\": \"adam\" or drop \"lazy\"");
     return 0;
 }
 
@@ -151,6 +175,8 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
     if (cfg_check_fields(o, err) != 0)
         goto out;
     c->adam = strcmp(opt, "adam") == 0;
+    if (cfg_lazy(o, c, err) != 0)
+        goto out;
     if (!json_object_get(o, "lr")) {
         cds_errf(err, "train spec: \"lr\" (the learning rate) is required");
         goto out;
@@ -181,6 +207,16 @@ void nn_train_cfg_free(nn_train_cfg *c)
     c->json = NULL;
 }
 
+int nn_train_cfg_check_model(const nn_train_cfg *c, const char *model_json, cds_err *err)
+{
+    if (!c->lazy)
+        return 0;
+    json_t *o = json_loads(model_json, 0, NULL);
+    int sparse = o && json_is_object(json_object_get(o, "sparse"));
+    json_decref(o);
+    return sparse ? 0 : cds_errf(err, LAZY_NEEDS_SPARSE);
+}
+
 double nn_train_cfg_lr(const nn_train_cfg *c, int64_t epoch)
 {
     switch (c->sched) {
@@ -198,6 +234,14 @@ double nn_train_cfg_lr(const nn_train_cfg *c, int64_t epoch)
 
 /* ----------------------------------------------------------- optimisers */
 
+static int has_embedding(nn_model *m)
+{
+    for (size_t i = 0; i < nn_model_param_count(m); i++)
+        if (nn_model_param(m, i)->embedding)
+            return 1;
+    return 0;
+}
+
 nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
 {
     nn_optim *o = calloc(1, sizeof *o);
@@ -205,6 +249,14 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
         return cds_errf(err, "out of memory"), NULL;
     o->model = m;
     o->cfg = c;
+    if (c->lazy && !has_embedding(m)) {
+        free(o);
+        return cds_errf(err, LAZY_NEEDS_SPARSE), NULL;
+    }
+    if (has_embedding(m) && nn_model_set_row_grads(m, c->lazy, err) != 0) {
+        free(o);
+        return NULL;
+    }
     size_t np = nn_model_param_count(m), per = c->adam ? 2 : 1, total = 0;
     o->n_state = np * per;
     o->state = calloc(o->n_state, sizeof *o->state);
@@ -257,7 +309,11 @@ int nn_optim_step(nn_optim *o, double lr, cds_err *err)
     for (size_t i = 0; i < nn_model_param_count(o->model); i++) {
         nn_param *p = nn_model_param(o->model, i);
         float l2 = p->decay ? (float)c->l2 : 0.0f;
-        int rc = c->adam ? nn_op_adam_step(&p->w, &p->g, &o->state[2 * i], &o->state[2 * i + 1], (float)lr,
+        int rc = c->lazy && p->row_grad
+                     ? nn_op_lazy_adam_step(&p->w, &p->g, p->rows, p->n_rows, &o->state[2 * i], &o->state[2 * i + 1],
+                                            (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, l2, (long)o->t,
+                                            err)
+                 : c->adam ? nn_op_adam_step(&p->w, &p->g, &o->state[2 * i], &o->state[2 * i + 1], (float)lr,
                                            (float)c->beta1, (float)c->beta2, (float)c->eps, l2, (long)o->t, err)
                          : nn_op_sgd_step(&p->w, &p->g, &o->state[i], (float)lr, (float)c->momentum, l2, err);
         if (rc != 0)

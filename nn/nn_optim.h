@@ -6,7 +6,14 @@
  * step count t.  nn_optim_step applies the gradient the model left in each
  * parameter's g, adding the L2 term (2·l2·w) for the decayed weights first,
  * in parameter order, so a step is a pure function of (weights, gradients,
- * state, lr): the basis of bit-identical resumes. */
+ * state, lr): the basis of bit-identical resumes.
+ *
+ * With "lazy", the embedding weight (a sparse mlp's fc0.weight) is updated
+ * by lazy Adam (torch.optim.SparseAdam) from the row-sparse gradient the
+ * model then keeps (nn_model_set_row_grads): only the rows of the batch's
+ * indices move, with their m and v, and the L2 term is added to those rows
+ * only.  Every other parameter gets ordinary Adam.  The state keeps its
+ * full shapes and the one step count t, so checkpoints do not change. */
 #ifndef CDS_NN_OPTIM_H
 #define CDS_NN_OPTIM_H
 
@@ -18,6 +25,7 @@ typedef enum nn_sched_kind { NN_SCHED_CONSTANT, NN_SCHED_STEP, NN_SCHED_COSINE }
 
 typedef struct nn_train_cfg {
     int adam;               /* 0: SGD with momentum */
+    int lazy;               /* Adam only: the embedding weight gets lazy (sparse) Adam; see docs/models.md */
     double lr, momentum, beta1, beta2, eps, l2;
     int batch;
     uint64_t seed;
@@ -35,6 +43,10 @@ typedef struct nn_train_cfg {
 /* Parses a spec's "train" object (JSON text); errors name the field. */
 int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err);
 void nn_train_cfg_free(nn_train_cfg *c);
+/* Whether a parsed train spec can train a model spec (JSON text of the
+ * model object): "lazy" needs a sparse mlp.  nn_optim_new makes the same
+ * check; this one lets a sweep refuse the pair before any worker runs it. */
+int nn_train_cfg_check_model(const nn_train_cfg *c, const char *model_json, cds_err *err);
 /* The learning rate of an epoch (counted from 0) under the schedule. */
 double nn_train_cfg_lr(const nn_train_cfg *c, int64_t epoch);
 

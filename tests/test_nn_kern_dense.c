@@ -17,7 +17,9 @@
  *   5. dropout's mask: a function of (seed, i), binomial kept fraction;
  *   6. softmax cross-entropy: ln K, top-1/top-5 with ties, huge logits;
  *   7. SGD and Adam against PyTorch's formulas in double, and the
- *      accumulate-twice semantics of every backward kernel.
+ *      accumulate-twice semantics of every backward kernel;
+ *   8. the row-sparse sparse backward against the dense one, and lazy Adam
+ *      against SparseAdam's formulas in double.
  *
  * Randomness comes from a seeded SplitMix64, so a failure reproduces. */
 #include <math.h>
@@ -1365,6 +1367,154 @@ static void test_optim_lanes(rng *r)
     free(w), free(g), free(m), free(v), free(w1), free(m1), free(v1);
 }
 
+/* The row-sparse backward against the dense scatter: the same rows, each
+ * equal value for value (both add the same terms in the same (n, k) order,
+ * the dense one onto a zeroed row), and nothing else touched.  Shapes with
+ * small I (many repeats), with I = 1, and with I near 2^31 (three radix
+ * passes; checked against a sort here instead of a dense dw). */
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_sparse_rows(rng *r)
+{
+    int okrows = 1, okvals = 1, okdb = 1, okbig = 1;
+    const int shapes = 40;
+    for (int s = 0; s < shapes; s++) {
+        /* the last shape is confA's first layer at batch 256, big enough to be split across threads */
+        int last = s == shapes - 1;
+        int N = last ? 256 : rng_int(r, 1, 40), K = last ? 39 : rng_int(r, 1, 12), O = last ? 100 : rng_int(r, 1, 70);
+        int I = s == 0 ? 1 : last ? 7306 : rng_int(r, 1, s < 20 ? 30 : 3000);
+        size_t nnz = (size_t)N * K, nw = (size_t)I * O;
+        int32_t *idx = rand_indices(r, N, K, I), *rows = xcalloc(nnz, sizeof *rows);
+        float *dy = frand(r, (size_t)N * O, -1, 1), *dw = fzeros(nw), *db0 = frand(r, O, -1, 1);
+        float *db = fcopy(db0, O), *db2 = fcopy(db0, O), *rg = frand(r, nnz * O, -9, 9); /* overwritten */
+        void *work = xcalloc(nn_cpu_sparse_rows_work(N, K), 1);
+        nn_cpu_sparse_linear_bwd(idx, dy, dw, db, N, K, O);
+        size_t nr = nn_cpu_sparse_linear_bwd_rows(idx, dy, rows, rg, db2, N, K, O, I, work);
+        int32_t *want = xcalloc(nnz, sizeof *want);
+        memcpy(want, idx, nnz * sizeof *want);
+        qsort(want, nnz, sizeof *want, cmp_i32);
+        size_t nd = 0;
+        for (size_t j = 0; j < nnz; j++)
+            if (j == 0 || want[j] != want[j - 1])
+                want[nd++] = want[j];
+        okrows &= nr == nd && memcmp(rows, want, nd * sizeof *rows) == 0;
+        for (size_t j = 0; j < nr && j < nd; j++)
+            for (int o = 0; o < O; o++)
+                okvals &= rg[j * O + (size_t)o] == dw[(size_t)rows[j] * O + (size_t)o];
+        okdb &= memcmp(db, db2, (size_t)O * sizeof *db) == 0;
+        free(idx), free(rows), free(dy), free(dw), free(db0), free(db), free(db2), free(rg), free(work), free(want);
+    }
+    /* indices near 2^31: one row per index value, and two collide on purpose */
+    {
+        const int N = 7, K = 3, O = 5;
+        int32_t idx[21], rows[21];
+        for (int j = 0; j < 21; j++)
+            idx[j] = (int32_t)(2147483000 + (int)(rng_u64(r) % 600));
+        idx[20] = idx[3];
+        float *dy = frand(r, (size_t)N * O, -1, 1), rg[21 * 5];
+        void *work = xcalloc(nn_cpu_sparse_rows_work(N, K), 1);
+        size_t nr = nn_cpu_sparse_linear_bwd_rows(idx, dy, rows, rg, NULL, N, K, O, 2147483647, work);
+        for (size_t j = 0; j < nr; j++) {
+            double sum[5] = {0};
+            int hits = 0;
+            for (int p = 0; p < N * K; p++) {
+                if (idx[p] != rows[j])
+                    continue;
+                hits++;
+                for (int o = 0; o < O; o++)
+                    sum[o] += dy[(p / K) * O + o];
+            }
+            okbig &= hits > 0 && (j == 0 || rows[j] > rows[j - 1]);
+            for (int o = 0; o < O; o++) /* at most 2 terms: one rounding */
+                okbig &= fabs(rg[j * O + (size_t)o] - sum[o]) <= 2 * U * fabs(sum[o]);
+        }
+        int32_t sorted[21];
+        memcpy(sorted, idx, sizeof sorted);
+        qsort(sorted, 21, sizeof *sorted, cmp_i32);
+        size_t nd = 0;
+        for (int j = 0; j < 21; j++)
+            nd += j == 0 || sorted[j] != sorted[j - 1];
+        okbig &= nr == nd && nd <= 20;
+        free(dy), free(work);
+    }
+    ok(okrows, "sparse bwd rows: the distinct indices, ascending, on %d shapes (I = 1 to 7306, repeats)", shapes);
+    ok(okvals, "sparse bwd rows: each packed row equals the dense scatter's row exactly (same terms, same order)");
+    ok(okdb, "sparse bwd rows: db equals the dense kernel's bit for bit");
+    ok(okbig, "sparse bwd rows: indices near 2^31 (three radix passes) sorted, deduplicated and summed");
+}
+
+/* Lazy Adam against SparseAdam's formulas in double over 6 steps, each on
+ * its own random subset of rows: listed rows follow the formulas (error
+ * bounds as test_adam's, with SparseAdam's eps placement), unlisted rows
+ * keep w, m and v bit for bit; one call equals one call per row. */
+static void test_lazy_adam(rng *r)
+{
+    const size_t R = 40, C = 11; /* 11: lanes and the scalar tail */
+    const float lr = 0.01f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, l2 = 0.01f;
+    const int steps = 6;
+    size_t n = R * C;
+    float *w = frand(r, n, -1, 1), *m = fzeros(n), *v = fzeros(n);
+    double *wd = dfrom(w, n), *md = dzeros(n), *vd = dzeros(n), *mabs = dzeros(n), *ew = dzeros(n);
+    int kept = 1, ever[40] = {0};
+    for (long t = 1; t <= steps; t++) {
+        int32_t rows[40];
+        size_t nr = 0;
+        for (size_t i = 0; i < R; i++)
+            if (i != 7 && rng_unit(r) < 0.4) /* row 7 is never listed */
+                rows[nr++] = (int32_t)i, ever[i] = 1;
+        float *g = frand(r, nr * C, -1, 1), *w0 = fcopy(w, n), *m0 = fcopy(m, n), *v0 = fcopy(v, n);
+        nn_cpu_lazy_adam_step(w, g, rows, nr, C, m, v, lr, b1, b2, eps, l2, t);
+        double bc1 = 1 - pow(b1, (double)t), bc2 = 1 - pow(b2, (double)t), step = lr * sqrt(bc2) / bc1;
+        size_t j = 0;
+        for (size_t i = 0; i < R; i++) {
+            if (j < nr && rows[j] == (int32_t)i) {
+                for (size_t c = 0; c < C; c++) {
+                    size_t e = i * C + c;
+                    double gi = g[j * C + c] + 2.0 * l2 * wd[e];
+                    md[e] = b1 * md[e] + (1 - (double)b1) * gi;
+                    vd[e] = b2 * vd[e] + (1 - (double)b2) * gi * gi;
+                    mabs[e] = b1 * mabs[e] + (1 - (double)b1) * fabs(gi);
+                    double denom = sqrt(vd[e]) + eps;
+                    wd[e] -= step * md[e] / denom;
+                    ew[e] += step * (4 * U * mabs[e] * t + 8 * U * fabs(md[e])) / denom + 2 * U * fabs(wd[e]);
+                }
+                j++;
+            } else {
+                kept &= memcmp(w + i * C, w0 + i * C, C * sizeof *w) == 0 &&
+                        memcmp(m + i * C, m0 + i * C, C * sizeof *m) == 0 &&
+                        memcmp(v + i * C, v0 + i * C, C * sizeof *v) == 0;
+            }
+        }
+        free(g), free(w0), free(m0), free(v0);
+    }
+    double *tw = scaled(ew, n, 4);
+    ok(check_close("lazy adam w", w, wd, tw, n),
+       "lazy adam l2=0.01: listed rows = double SparseAdam formulas after %d steps (tol as adam's)", steps);
+    ok(kept && !ever[7], "lazy adam: unlisted rows keep w, m and v bit for bit (row 7 never listed, never moved)");
+    free(w), free(m), free(v), free(wd), free(md), free(vd), free(mabs), free(ew), free(tw);
+    /* one call over 700 rows of 101 (split across threads when there are
+     * several) = one call per row (one thread, lanes then tail) */
+    const size_t BR = 1000, BC = 101, nb = BR * BC;
+    int32_t *rows = xcalloc(BR, sizeof *rows);
+    size_t nr = 0;
+    for (size_t i = 0; i < BR; i++)
+        if (i % 10 < 7)
+            rows[nr++] = (int32_t)i;
+    float *g = frand(r, nr * BC, -1, 1), *bw = frand(r, nb, -1, 1), *bm = frand(r, nb, -1, 1);
+    float *bv = frand(r, nb, 0, 1), *w1 = fcopy(bw, nb), *m1 = fcopy(bm, nb), *v1 = fcopy(bv, nb);
+    nn_cpu_lazy_adam_step(bw, g, rows, nr, BC, bm, bv, lr, b1, b2, eps, l2, 9);
+    for (size_t k = 0; k < nr; k++)
+        nn_cpu_lazy_adam_step(w1, g + k * BC, rows + k, 1, BC, m1, v1, lr, b1, b2, eps, l2, 9);
+    ok(memcmp(bw, w1, nb * sizeof *bw) == 0 && memcmp(bm, m1, nb * sizeof *bm) == 0 &&
+           memcmp(bv, v1, nb * sizeof *bv) == 0,
+       "lazy adam: one call over %zu rows of %zu = one call per row, bit for bit", nr, BC);
+    free(rows), free(g), free(bw), free(bm), free(bv), free(w1), free(m1), free(v1);
+}
+
 static void test_sumsq(rng *r)
 {
     const size_t n = 100001;
@@ -1481,6 +1631,8 @@ int main(void)
     test_sgd(&r);
     test_adam(&r);
     test_optim_lanes(&r);
+    test_sparse_rows(&r);
+    test_lazy_adam(&r);
     test_sumsq(&r);
     test_accumulate_twice(&r);
     return tap_done();

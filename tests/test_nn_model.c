@@ -1,6 +1,8 @@
 /* test_nn_model: models built from specs: parameter counts of the full-size
  * networks, output shapes, determinism of initialisation, the sparse input
- * against the dense one, and the errors a bad spec or bad batch gets. */
+ * against the dense one, the errors a bad spec or bad batch gets, and the
+ * "lazy" train option (its errors, the row-sparse gradient, the rows it
+ * leaves alone). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,9 +281,133 @@ static void test_train_specs(void)
         nn_train_cfg_free(&c);
 }
 
+/* "lazy": refused where it means nothing, with a line that says the fix. */
+static void test_lazy_specs(void)
+{
+    expect_train_error("{\"optimizer\":\"sgd\",\"lr\":0.1,\"lazy\":true}", "\"lazy\" is a variant of Adam",
+                       "lazy with sgd");
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"lazy\":1}", "\"lazy\" must be true or false",
+                       "a lazy that is not a boolean");
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"lazy\":\"yes\"}", "must be true or false",
+                       "a lazy that is a string");
+    const char *dense = "{\"arch\":\"mlp\",\"input\":[10],\"hidden\":[4],\"classes\":3}";
+    const char *sparse = "{\"arch\":\"mlp\",\"sparse\":{\"dim\":10,\"nnz\":2},\"hidden\":[4],\"classes\":3}";
+    nn_train_cfg c, plain;
+    cds_err err = {{0}}, cerr = {{0}};
+    int rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.1,\"lazy\":true}", &c, &err);
+    ok(rc == 0 && c.lazy && c.adam && strstr(c.json, "\"lazy\":true"), "lazy with adam parses, and stays in the canonical "
+                                                                      "JSON (so checkpoints keep it)");
+    int rp = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.1}", &plain, &err);
+    ok(rp == 0 && !plain.lazy, "lazy defaults to false");
+    if (rc != 0 || rp != 0)
+        return;
+    nn_model *m = build(dense, 2, 1, &err);
+    nn_optim *o = m ? nn_optim_new(m, &c, &err) : NULL;
+    ok(m && !o && strstr(err.msg, "has none") && strstr(err.msg, "drop \"lazy\"") && !strchr(err.msg, '\n'),
+       "lazy on a model without a sparse layer is refused by nn_optim_new: %s", err.msg);
+    ok(nn_train_cfg_check_model(&c, dense, &cerr) != 0 && strcmp(cerr.msg, err.msg) == 0 &&
+           nn_train_cfg_check_model(&c, sparse, &cerr) == 0 && nn_train_cfg_check_model(&plain, dense, &cerr) == 0,
+       "nn_train_cfg_check_model refuses the same pair with the same line, and accepts lazy+sparse and plain+dense");
+    nn_model_free(m);
+    nn_train_cfg_free(&c);
+    nn_train_cfg_free(&plain);
+}
+
+/* Lazy Adam through the model and the optimiser (l2 = 0.01, which lazy
+ * applies to touched rows only): the backward lists the batch's distinct
+ * rows with the dense gradient's rows, a row twice in a sample gets twice
+ * the gradient, and rows absent from a batch keep their weights, m and v
+ * bit for bit, also rows a previous batch moved. */
+static void test_lazy_rows(void)
+{
+    enum { D = 30, K = 4, N = 4, H = 8 };
+    const char *spec = "{\"arch\":\"mlp\",\"sparse\":{\"dim\":30,\"nnz\":4},\"hidden\":[8],\"classes\":3}";
+    cds_err err;
+    nn_train_cfg cfg;
+    nn_model *lz = build(spec, N, 3, &err), *dn = build(spec, N, 3, &err);
+    int rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.01,\"l2\":0.01,\"lazy\":true}", &cfg, &err);
+    nn_optim *o = lz && rc == 0 ? nn_optim_new(lz, &cfg, &err) : NULL;
+    ok(lz && dn && o, "a sparse mlp with a lazy Adam");
+    if (!o) {
+        nn_model_free(lz), nn_model_free(dn);
+        return;
+    }
+    /* step 1 touches rows 0..14 only; sample 0 holds 3 twice and 5 once, and no other sample holds either */
+    int32_t b1[N * K] = {3, 5, 3, 0, 1, 2, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14}, y[N] = {0, 1, 2, 1};
+    /* step 2 touches rows 0..6 only */
+    int32_t b2[N * K] = {0, 1, 2, 3, 4, 5, 6, 0, 1, 1, 2, 2, 3, 4, 5, 6};
+    nn_metrics mt;
+    nn_param *p = nn_model_param(lz, 0), *q = nn_model_param(dn, 0);
+    size_t nw = p->w.n;
+    float *w0 = malloc(nw * sizeof *w0), *w1 = malloc(nw * sizeof *w1), *m1 = malloc(nw * sizeof *m1);
+    float *v1 = malloc(nw * sizeof *v1);
+    memcpy(w0, p->w.data, nw * sizeof *w0);
+    int fw = nn_model_forward(lz, NULL, b1, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(lz, &err) == 0 &&
+             nn_model_forward(dn, NULL, b1, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(dn, &err) == 0;
+    int listed = fw && p->row_grad && p->n_rows == 15, same = listed;
+    for (size_t r = 0; listed && r < 15; r++)
+        listed &= p->rows[r] == (int32_t)r;
+    for (size_t r = 0; same && r < D; r++)
+        for (int h = 0; h < H; h++) /* bitwise: the same adds in the same order */
+            same &= r < 15 ? p->g.data[r * H + h] == q->g.data[r * H + h] : q->g.data[r * H + h] == 0.0f;
+    ok(listed, "the backward lists the 15 distinct rows of the batch, ascending (%zu listed)", p->n_rows);
+    ok(same, "the packed gradient rows equal the dense gradient's rows exactly, and the dense one is 0 elsewhere");
+    int twice = fw, nonzero = 0;
+    for (int h = 0; h < H; h++) { /* dy0 + dy0 = 2·dy0 exactly in float */
+        twice &= p->g.data[3 * H + h] == 2.0f * p->g.data[5 * H + h];
+        nonzero |= p->g.data[5 * H + h] != 0.0f;
+    }
+    ok(twice && nonzero, "row 3, twice in sample 0, gets exactly twice the gradient of row 5, once in it");
+    nn_tensor *m = nn_optim_state(o, 0, NULL), *v = nn_optim_state(o, 1, NULL);
+    int st1 = nn_optim_step(o, 0.01, &err) == 0;
+    memcpy(w1, p->w.data, nw * sizeof *w1);
+    memcpy(m1, m->data, nw * sizeof *m1);
+    memcpy(v1, v->data, nw * sizeof *v1);
+    int st2 = nn_model_forward(lz, NULL, b2, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(lz, &err) == 0 &&
+              nn_optim_step(o, 0.01, &err) == 0;
+    size_t row = (size_t)H * sizeof(float);
+    int never = st1 && st2, moved1 = st1, kept = st2, moved2 = st2;
+    for (size_t r = 0; r < D; r++) {
+        size_t at = r * H;
+        if (r >= 15) /* in no batch: as initialised, m and v 0 (l2 > 0 did not reach them) */
+            for (int h = 0; h < H; h++)
+                never &= memcmp(&p->w.data[at + h], &w0[at + h], sizeof(float)) == 0 && m->data[at + h] == 0 &&
+                         v->data[at + h] == 0;
+        else
+            moved1 &= memcmp(w1 + at, w0 + at, row) != 0;
+        if (r >= 7 && r < 15) /* in batch 1 only: as step 1 left them */
+            kept &= memcmp(p->w.data + at, w1 + at, row) == 0 && memcmp(m->data + at, m1 + at, row) == 0 &&
+                    memcmp(v->data + at, v1 + at, row) == 0;
+        if (r < 7)
+            moved2 &= memcmp(p->w.data + at, w1 + at, row) != 0 && memcmp(m->data + at, m1 + at, row) != 0;
+    }
+    ok(never, "rows 15..29, in no batch, keep their initial weights bit for bit, m and v 0, despite l2 > 0");
+    ok(moved1 && kept && moved2, "rows 7..14, in batch 1 only, keep step 1's weights, m and v bit for bit in step 2; "
+                                 "rows 0..6 move in both steps");
+    ok(nn_optim_t(o) == 2, "the step count is shared: t = %lld after two steps", (long long)nn_optim_t(o));
+    /* handed to a plain Adam, the model's gradient is dense again */
+    nn_optim_free(o);
+    nn_train_cfg_free(&cfg);
+    rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.01}", &cfg, &err);
+    o = rc == 0 ? nn_optim_new(lz, &cfg, &err) : NULL;
+    for (size_t i = 0; i < nn_model_param_count(lz); i++)
+        memcpy(nn_model_param(dn, i)->w.data, nn_model_param(lz, i)->w.data, nn_model_param(lz, i)->w.n * sizeof(float));
+    int dense = o && !p->row_grad && nn_model_forward(lz, NULL, b2, y, N, 1, 0, 0, &mt, &err) == 0 &&
+                nn_model_backward(lz, &err) == 0 && nn_model_forward(dn, NULL, b2, y, N, 1, 0, 0, &mt, &err) == 0 &&
+                nn_model_backward(dn, &err) == 0 && memcmp(p->g.data, q->g.data, nw * sizeof(float)) == 0;
+    ok(dense, "a plain Adam optimiser on the same model switches its gradient back to dense (equal to a fresh model's)");
+    free(w0), free(w1), free(m1), free(v1);
+    nn_optim_free(o);
+    nn_train_cfg_free(&cfg);
+    nn_model_free(lz);
+    nn_model_free(dn);
+}
+
 int main(void)
 {
     test_train_specs();
+    test_lazy_specs();
+    test_lazy_rows();
     test_example_specs();
     test_param_counts();
     test_seeded_init();

@@ -295,6 +295,16 @@ static void test_refusals(void)
     refused("{\"mode\": \"mop\", \"dataset\": \"c\", \"epochs\": 1, \"models\": [{\"arch\": \"mlp\", \"input\": [4], "
             "\"classes\": 2}], \"train\": {\"optimizer\": \"adam\", \"lr\": -0.1}}",
             "$.train.lr", "must be a positive number", "a bad base value of a grid axis");
+    refused("{\"mode\": \"mop\", \"dataset\": \"c\", \"epochs\": 1, \"models\": [{\"arch\": \"mlp\", \"sparse\": "
+            "{\"dim\": 10, \"nnz\": 2}, \"classes\": 2}, {\"arch\": \"mlp\", \"input\": [4], \"classes\": 2}], "
+            "\"train\": {\"optimizer\": \"adam\", \"lr\": 0.1, \"lazy\": true}}",
+            "$.models[1]", "drop \"lazy\" or use a sparse mlp", "lazy Adam for a model with no sparse layer");
+    sweep_spec *lazy = parse_ok("{\"mode\": \"mop\", \"dataset\": \"c\", \"epochs\": 1, \"models\": [{\"arch\": "
+                                "\"mlp\", \"sparse\": {\"dim\": 10, \"nnz\": 2}, \"classes\": 2}], \"train\": "
+                                "{\"optimizer\": \"adam\", \"lr\": 0.1, \"lazy\": true}}",
+                                "lazy Adam for a sparse mlp");
+    ok(lazy && strstr(sweep_spec_model(lazy, 0), "\"lazy\":true"), "and the model's train object keeps it");
+    sweep_spec_free(lazy);
 }
 
 static void test_limits(void)

@@ -51,7 +51,7 @@ static const char *const axis_names[N_AXES] = {"optimizer", "lr", "batch", "l2"}
 
 /* Fields of docs/models.md's train object (nn_optim.c's list). */
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                           "seed", "schedule", "normalize", NULL};
+                                           "seed", "schedule", "normalize", "lazy", NULL};
 static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid", NULL};
 
 /* Fills err with "sweep spec <path>: <message>"; returns -1. */
@@ -354,7 +354,7 @@ static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
 /* One grid point: its train object (complete) and what the summary shows. */
 typedef struct point {
     json_t *train;
-    int adam, batch;
+    int adam, batch, lazy;
     double lr, l2;
 } point;
 
@@ -383,6 +383,7 @@ static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, p
     if (!json_object_get(p->train, "l2"))
         json_object_set_new(p->train, "l2", json_real(c.l2));
     p->adam = c.adam;
+    p->lazy = c.lazy;
     p->batch = c.batch;
     p->lr = c.lr;
     p->l2 = c.l2;
@@ -414,6 +415,28 @@ static int emit_model(sweep_spec *s, int id, const json_t *model, const point *p
     return 0;
 }
 
+/* What a train object demands of the model it trains ("lazy" needs a sparse
+ * mlp), so the sweep is refused here rather than by the worker. */
+static int check_pair(const json_t *model, size_t m, const point *p, cds_err *err)
+{
+    const char *arch = json_string_value(json_object_get(model, "arch"));
+    if (!p->lazy || (arch && strcmp(arch, "diag.sleep") == 0))
+        return 0;
+    char *text = json_dumps(model, DUMP_FLAGS);
+    if (!text)
+        return cds_errf(err, "out of memory");
+    nn_train_cfg c = {.adam = 1, .lazy = 1};
+    cds_err merr;
+    int rc = nn_train_cfg_check_model(&c, text, &merr);
+    free(text);
+    if (rc != 0) {
+        char path[64];
+        snprintf(path, sizeof path, "$.models[%zu]", m);
+        return spec_err(err, path, "%s", merr.msg);
+    }
+    return 0;
+}
+
 /* Builds the G grid points, checks every model against them, and writes the
  * M = models·G specs, model-major. */
 static int expand(sweep_spec *s, const grid *g, const json_t *models, size_t n_points, cds_err *err)
@@ -430,6 +453,9 @@ static int expand(sweep_spec *s, const grid *g, const json_t *models, size_t n_p
     }
     for (size_t m = 0; rc == 0 && m < json_array_size(models); m++)
         rc = check_model(json_array_get(models, m), m, n_norm, err);
+    for (size_t m = 0; rc == 0 && m < json_array_size(models); m++)
+        for (size_t k = 0; rc == 0 && k < n_points; k++)
+            rc = check_pair(json_array_get(models, m), m, &pts[k], err);
     for (size_t m = 0; rc == 0 && m < json_array_size(models); m++)
         for (size_t k = 0; rc == 0 && k < n_points; k++)
             rc = emit_model(s, (int)(m * n_points + k), json_array_get(models, m), &pts[k], err);

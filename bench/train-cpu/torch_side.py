@@ -18,6 +18,9 @@ Rows:
   confA-sparse  the same mlp with fc0 = embedding_bag(mode='sum') + bias on
                 39 int32 indices a row (dense gradients, PyTorch's default),
                 batch 256
+  confA-sparse-lazy  the same with embedding_bag(sparse=True): fc0.weight
+                gets a sparse gradient and torch.optim.SparseAdam, every
+                other parameter Adam (both lr 1e-3), batch 256
   cnn           the small cnn on 1x28x28, 10 classes, batch 64
   resnet18      resnet18 (torchvision v1.5 layout) on 3x32x32, width 1,
                 10 classes, batch 32
@@ -41,6 +44,7 @@ DIM, NNZ = 7306, 39
 ROWS = [
     ("confA-dense", dict(CONFA, arch="mlp", input=[DIM]), 256),
     ("confA-sparse", dict(CONFA, arch="mlp", sparse={"dim": DIM, "nnz": NNZ}), 256),
+    ("confA-sparse-lazy", dict(CONFA, arch="mlp", sparse={"dim": DIM, "nnz": NNZ}), 256),
     ("cnn", {"arch": "cnn", "input": [1, 28, 28], "classes": 10}, 64),
     ("resnet18", {"arch": "resnet18", "input": [3, 32, 32], "classes": 10, "width": 1.0}, 32),
 ]
@@ -66,14 +70,22 @@ def measure(row, spec, batch, threads, seconds):
     torch.manual_seed(1)
     gen = torch.Generator().manual_seed(2)
     model = gen_golden.build(spec).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if row.endswith("-lazy"):
+        model.fc0.sparse_grad = True
+        emb = model.fc0.weight
+        opts = [torch.optim.SparseAdam([emb], lr=1e-3),
+                torch.optim.Adam([p for p in model.parameters() if p is not emb], lr=1e-3)]
+    else:
+        opts = [torch.optim.Adam(model.parameters(), lr=1e-3)]
     x, y = random_batch(row, spec, batch, gen)
 
     def step():
-        opt.zero_grad()
+        for opt in opts:
+            opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
 
     warm_until = time.perf_counter() + min(2.0, max(0.5, seconds / 5))
     warm = 0

@@ -42,11 +42,12 @@ class SparseLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim, out))
         self.bias = nn.Parameter(torch.empty(out))
+        self.sparse_grad = False  # True: weight.grad is a sparse tensor (for SparseAdam)
         nn.init.normal_(self.weight)
         nn.init.zeros_(self.bias)
 
     def forward(self, idx):
-        return F.embedding_bag(idx.long(), self.weight, mode="sum") + self.bias
+        return F.embedding_bag(idx.long(), self.weight, mode="sum", sparse=self.sparse_grad) + self.bias
 
 
 class MLP(nn.Module):
@@ -536,6 +537,77 @@ def optim_case(case, spec, train, n, steps, seed, dtype=torch.float32):
     }, losses
 
 
+def lazy_optim_case(case, spec, train, n, steps, seed, dtype=torch.float32):
+    """Ten steps with "lazy": fc0.weight by torch.optim.SparseAdam on the
+    sparse gradient of embedding_bag(sparse=True), every other parameter by
+    Adam.  Each step draws its own batch (one batch for all ten would touch
+    the same rows every step, where lazy and exact Adam agree); x and y hold
+    the ten batches one after the other, step_rows = n.  The l2 term is not
+    part of torch's SparseAdam: docs/models.md adds 2·l2·w to the touched
+    rows of the sparse gradient only, so the loss that is differentiated
+    leaves fc0.weight out of the l2 sum and the term is added to the
+    coalesced gradient's rows by hand; the recorded losses hold the full l2
+    term, as the engine reports it."""
+    model = init_model(spec, seed, dtype)
+    model.train()
+    model.fc0.sparse_grad = True
+    batches = [make_batch(spec, n, seed + 1 + s, dtype) for s in range(steps)]
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    params, bufs = params_list(model), buffers_list(model)
+    emb = model.fc0.weight
+    rest = [p for p in model.parameters() if p is not emb]
+    betas = (train["beta1"], train["beta2"])
+    sparse_opt = torch.optim.SparseAdam([emb], lr=train["lr"], betas=betas, eps=train["eps"])
+    dense_opt = torch.optim.Adam(rest, lr=train["lr"], betas=betas, eps=train["eps"])
+    l2 = train["l2"]
+    losses = []
+    for s, (xb, yb) in enumerate(batches):
+        sparse_opt.zero_grad()
+        dense_opt.zero_grad()
+        logits = model(xb)
+        losses.append(loss64(model, logits, yb, l2))
+        loss = F.cross_entropy(logits, yb.long())
+        if l2 != 0:
+            loss = loss + l2 * sum((w * w).sum() for w in l2_weights(model) if w is not emb)
+        loss.backward()
+        g = emb.grad.coalesce()
+        rows = g.indices()[0]
+        if l2 != 0:
+            g = torch.sparse_coo_tensor(g.indices(), g.values() + 2 * l2 * emb.detach()[rows], g.shape).coalesce()
+            emb.grad = g
+        if s == 0:
+            check_lazy_first_step(train, emb, g, sparse_opt)
+        else:
+            sparse_opt.step()
+        dense_opt.step()
+    return {
+        "case": case, "kind": "optim", "model": json.dumps(spec), "train": json.dumps(train),
+        "l2": float(l2), "x": tensor("x", x), "y": tensor("y", y), "step_rows": n,
+        "params": params, "buffers": bufs, "losses": losses,
+        "params_after": params_list(model), "buffers_after": buffers_list(model),
+    }, losses
+
+
+def check_lazy_first_step(train, emb, g, opt):
+    """Steps SparseAdam once and checks it against docs/models.md's lazy
+    formula at t = 1: a touched row moves by lr·sqrt(1-β2)/(1-β1) ·
+    m/(sqrt(v)+eps) with m = (1-β1)·g, v = (1-β2)·g²; every other row keeps
+    its weights, and its m and v stay 0."""
+    before = emb.detach().clone()
+    opt.step()
+    b1, b2, eps, lr = train["beta1"], train["beta2"], train["eps"], train["lr"]
+    rows = g.indices()[0]
+    m, v = (1 - b1) * g.values(), (1 - b2) * g.values() ** 2
+    want = before[rows] - lr * math.sqrt(1 - b2) / (1 - b1) * m / (v.sqrt() + eps)
+    assert torch.allclose(emb.detach()[rows], want, rtol=1e-5, atol=1e-6)
+    untouched = torch.ones(emb.shape[0], dtype=torch.bool)
+    untouched[rows] = False
+    assert untouched.any() and torch.equal(emb.detach()[untouched], before[untouched])
+    state = opt.state[emb]
+    assert state["step"] == 1 and not state["exp_avg"][untouched].any() and not state["exp_avg_sq"][untouched].any()
+
+
 L2 = 0.001
 
 # Widths and inputs are narrower than the first plan so that all files stay
@@ -554,6 +626,11 @@ FWDBWD = [
     ("vgg11", {"arch": "vgg11", "input": [3, 32, 32], "classes": 6, "width": 0.03125}, 2),
     ("vgg16", {"arch": "vgg16", "input": [3, 32, 32], "classes": 6, "width": 0.03125}, 2),
 ]
+
+# dim 200 with 5 rows of 6 indices a step: each step touches about 30 of
+# the 200 rows, and about 40 rows are in none of the ten batches.
+LAZY_MODEL = {"arch": "mlp", "sparse": {"dim": 200, "nnz": 6}, "hidden": [16, 8], "classes": 3, "width": 1.0,
+              "dropout": 0.0}
 
 OPTIM_MODELS = [
     ("cnn", {"arch": "cnn", "input": [1, 28, 28], "classes": 10, "width": 0.25, "dropout": 0.0}, 3),
@@ -582,6 +659,11 @@ def golden_cases(dtype=torch.float32):
             case = "optim_%s_%s" % (oname, mname)
             obj, losses = optim_case(case, spec, tr, n, 10, 300 + 10 * (2 * j + k), dtype)
             yield case, obj, "losses " + " ".join("%.5f" % v for v in losses)
+    for k, l2 in enumerate((0.0, L2)):
+        tr = dict(ADAM, l2=l2, lazy=True, batch=5, seed=1)
+        case = "optim_lazyadam%s_mlp_sparse" % ("_l2" if l2 else "")
+        obj, losses = lazy_optim_case(case, LAZY_MODEL, tr, 5, 10, 400 + 10 * k, dtype)
+        yield case, obj, "losses " + " ".join("%.5f" % v for v in losses)
 
 
 def decode(t):
