@@ -70,7 +70,7 @@ typedef struct nn_data_opts {
     float mean[NN_DATA_MAX_NORM], std[NN_DATA_MAX_NORM];
     int prefetch;              /* 1: a thread prepares the next batch while the caller trains on this one */
     int classes;               /* > 0: a label outside [0, classes) refuses the shard at open; 0: unchecked */
-    int verify;                /* 1: recompute the SHA-256 of the shard's files at open (reads them all) */
+    int verify;                /* 1: recompute the checksums of the shard's files at open (reads them all) */
 } nn_data_opts;
 
 typedef struct nn_batch {

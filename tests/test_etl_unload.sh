@@ -100,7 +100,7 @@ npcheck "$root/datasets/madlib/train/shard-0" "x.shape == (5, 3) and sorted(map(
 
 "$etl" inspect "$root/datasets/sc/train/shard-0" >"$root/out" 2>&1
 ok $? "cds-etl inspect checks a good shard"
-ok "$(grep -q 'SHA-256' "$root/out"; echo $?)" "and says what it verified"
+ok "$(grep -q 'sizes, shapes and XXH3-128 of every file' "$root/out"; echo $?)" "and says what it verified"
 v=$($py -c "import json; print(json.load(open('$root/datasets/sc/dataset.json'))['version'])")
 npcheck "$root/datasets/sc/train/shard-1" "m['dataset_version'] == '$v' and m['num_classes'] == 3 and m['rows'] == len(y) and m['source']['server']['kind'] == 'postgresql' and len(m['source']['snapshot']['exported']) > 0"; ok $? "manifest: dataset version, class count (settled at finish), rows, server, exported snapshot"
 

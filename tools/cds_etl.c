@@ -202,8 +202,11 @@ static int cmd_inspect(int argc, char **argv)
         printf("source     %s\n", json_string_value(json_object_get(src, "query")));
         printf("server     %s\n", json_string_value(json_object_get(json_object_get(src, "server"), "version")));
         printf("unloaded   %s\n", json_string_value(json_object_get(m, "unloaded_at")));
-        printf("check      %s\n", verify ? "sizes, shapes and SHA-256 of every file match the manifest"
-                                        : "sizes and shapes match the manifest (checksums not verified)");
+        const char *sum = json_integer_value(json_object_get(m, "format_version")) == 1 ? "SHA-256" : "XXH3-128";
+        if (verify)
+            printf("check      sizes, shapes and %s of every file match the manifest\n", sum);
+        else
+            printf("check      sizes and shapes match the manifest (checksums not verified)\n");
     }
     etl_shard_close(s);
     return 0;
