@@ -387,10 +387,22 @@ static int lease_args(const char *sweep, const queue_mop_lease *l, qargs *args, 
     return 0;
 }
 
-/* Runs a script that ends or extends a lease.  Returns 0 for the script's
- * success word (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND
- * when the lease is gone (the script's "lost", or the sweep itself is gone),
- * -1 on error. */
+/* Why a lease is gone, for each kind. */
+static void lease_gone(const char *sweep, const queue_mop_lease *l, cds_err *err)
+{
+    if (l->kind == QUEUE_MOP_TEST)
+        cds_errf(err, "the test-scoring claim on sweep '%s' is gone (expired, and maybe taken over)", sweep);
+    else if (l->kind == QUEUE_MOP_EVAL)
+        cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' is gone (expired and put back)", l->model,
+                 l->epoch, sweep);
+    else
+        cds_errf(err, "lease of model %d of sweep '%s' is gone (expired, reaped or cancelled)", l->model, sweep);
+}
+
+/* Runs a script that ends or extends a lease of any kind (a visit, an
+ * evaluation, the test scoring).  Returns 0 for the script's success word
+ * (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND when the lease
+ * is gone (the script's "lost", or the sweep itself is gone), -1 on error. */
 static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
                         const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
 {
@@ -400,7 +412,7 @@ static int run_on_lease(queue_conn *q, const char *script, const char *what, con
         return missing ? QUEUE_NOT_FOUND : -1;
     if (qc_reply_is(r, 0, "lost")) {
         freeReplyObject(r);
-        cds_errf(err, "lease of model %d of sweep '%s' is gone (expired, reaped or cancelled)", l->model, sweep);
+        lease_gone(sweep, l, err);
         return QUEUE_NOT_FOUND;
     }
     if (!qc_reply_is(r, 0, success))
@@ -414,34 +426,6 @@ static int run_on_lease(queue_conn *q, const char *script, const char *what, con
 
 /* ---- evaluation and test leases ------------------------------------------ */
 
-/* Runs a script that ends or extends an evaluation or test lease, whose
- * arguments start with the token: 0 with the reply in *out (or freed), QUEUE_NOT_FOUND when the
- * lease is gone, -1 on error. */
-static int run_on_side_lease(queue_conn *q, const char *script, const char *what, const char *success,
-                             const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
-{
-    int missing;
-    redisReply *r = mop_run(q, script, sweep, args, &missing, err);
-    if (!r)
-        return missing ? QUEUE_NOT_FOUND : -1;
-    if (qc_reply_is(r, 0, "lost")) {
-        freeReplyObject(r);
-        if (l->kind == QUEUE_MOP_TEST)
-            cds_errf(err, "the test-scoring claim on sweep '%s' is gone (expired, and maybe taken over)", sweep);
-        else
-            cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' is gone (expired and put back)", l->model,
-                     l->epoch, sweep);
-        return QUEUE_NOT_FOUND;
-    }
-    if (!qc_reply_is(r, 0, success))
-        return unexpected(r, what, err);
-    if (out)
-        *out = r;
-    else
-        freeReplyObject(r);
-    return 0;
-}
-
 static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
                             cds_err *err)
 {
@@ -450,8 +434,8 @@ static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_le
     qargs args = {0};
     qargs_add(&args, l->token);
     qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    return run_on_side_lease(q, l->kind == QUEUE_MOP_TEST ? queue_lua_mop_test_renew : queue_lua_mop_eval_renew,
-                             "renew", "renewed", sweep, l, &args, NULL, err);
+    return run_on_lease(q, l->kind == QUEUE_MOP_TEST ? queue_lua_mop_test_renew : queue_lua_mop_eval_renew,
+                        "renew", "renewed", sweep, l, &args, NULL, err);
 }
 
 /* Takes a side lease (an evaluation or the test scoring) with one of the
@@ -510,7 +494,7 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
     qargs args = {0};
     qargs_add(&args, l->token);
     qargs_add(&args, drop ? "drop" : "back");
-    return run_on_side_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, NULL, err);
+    return run_on_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, NULL, err);
 }
 
 int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
@@ -574,7 +558,7 @@ int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_leas
     qargs_add(&args, l->token);
     qargs_add(&args, result && *result ? result : "error no result");
     qargs_add(&args, sweep);
-    return run_on_side_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
+    return run_on_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
 }
 
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)

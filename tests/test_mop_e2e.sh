@@ -12,30 +12,10 @@
 # finished sweep leaves the active set; a first SIGTERM drains a worker
 # without losing its visit.  usage: test_mop_e2e.sh BUILD_ROOT
 set -u
-build=${1:?usage: test_mop_e2e.sh BUILD_ROOT}
 src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
 py=/usr/bin/python3
-[ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
-export PGDATABASE=cds_mop_$$
-createdb "$PGDATABASE" || { echo "Bail out! createdb $PGDATABASE failed"; exit 1; }
-prefix="t:mop:$$:"
-root=$(mktemp -d /tmp/cds-mop-e2e.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1
-    rm -rf "$root"
-}
-trap cleanup EXIT
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
-rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
-worker() { # ID ARGS...
-    "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "$1" --reap-every 0.5 \
-        --data-root "$root" --threads 1 "${@:2}" 2>>"$root/$1.log" &
-    pids+=($!)
-}
+. "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" mop "${1:?usage: test_mop_e2e.sh BUILD_ROOT}"
+worker() { worker_bg "$1" -- "${@:2}"; } # ID ARGS...
 
 "$build/tools/load-fashion-mnist" >/dev/null
 ok $? "Fashion-MNIST loaded"

@@ -12,38 +12,17 @@
 # the two others finish both epochs; the sweep is done; the worker is still
 # running afterwards.  usage: test_mop_oom.sh BUILD_ROOT
 set -u
-build=${1:?usage: test_mop_oom.sh BUILD_ROOT}
-[ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
-export PGDATABASE=cds_oom_$$
-createdb "$PGDATABASE" || { echo "Bail out! createdb $PGDATABASE failed"; exit 1; }
-prefix="t:oom:$$:"
-root=$(mktemp -d /tmp/cds-mop-oom.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1
-    rm -rf "$root"
-}
-trap cleanup EXIT
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
-rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
+. "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" oom "${1:?usage: test_mop_oom.sh BUILD_ROOT}"
 
 if ldd "$build/worker/cds-worker" | grep -q libasan; then
-    capped_env=(env "ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}allocator_may_return_null=1:max_allocation_size_mb=2048")
-    cap=""
+    cap_env=("ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}allocator_may_return_null=1:max_allocation_size_mb=2048")
     how="ASan max_allocation_size_mb=2048"
 else
-    capped_env=(env)
-    cap="ulimit -v 3000000;"
+    cap_env=()
+    worker_wrap="ulimit -v 3000000;"
     how="ulimit -v 3 GB"
 fi
-worker() { # ID ARGS...: a worker under the memory cap
-    bash -c "$cap exec \"\$@\"" worker "${capped_env[@]}" "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" \
-        --prefix "$prefix" --id "$1" --reap-every 0.5 --data-root "$root" --threads 1 "${@:2}" 2>>"$root/$1.log" &
-    pids+=($!)
-}
+worker() { worker_bg "$1" "${cap_env[@]}" -- "${@:2}"; } # ID ARGS...: a worker under the memory cap
 
 psql -X -q -c "CREATE TABLE pts AS SELECT i AS id, array_fill((i % 7)::real / 7, ARRAY[16]) AS x, i % 2 AS label
                FROM generate_series(1, 600) i; ALTER TABLE pts ADD PRIMARY KEY (id)" || { echo "Bail out! cannot create the table"; exit 1; }

@@ -1,0 +1,41 @@
+# Shared set-up of the MOP shell tests that need Redis, PostgreSQL and
+# workers (sourced, not run): test_mop_e2e.sh and test_mop_oom.sh.
+#
+#   . "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" NAME BUILD_ROOT
+#
+# Bails out unless run through scripts/with-services; gives the test its own
+# database (PGDATABASE=cds_NAME_<pid>), Redis key prefix (t:NAME:<pid>:) and
+# data root ($root), removed on exit together with every worker started
+# through worker_bg; and defines ok (TAP), jobctl and rcli.  $n and $failed
+# count the checks.
+mop_name=$1
+build=$2
+[ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
+export PGDATABASE=cds_${mop_name}_$$
+createdb "$PGDATABASE" || { echo "Bail out! createdb $PGDATABASE failed"; exit 1; }
+prefix="t:$mop_name:$$:"
+root=$(mktemp -d "/tmp/cds-mop-$mop_name.XXXXXX")
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1
+    rm -rf "$root"
+}
+trap cleanup EXIT
+n=0; failed=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
+rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
+# worker_bg ID [ENV...] -- ARGS...: a cds-worker in the background, its log
+# in $root/ID.log, its pid in pids; ENV (NAME=VALUE words, or a shell prefix
+# in $worker_wrap, e.g. "ulimit -v N;") applies to it alone.
+worker_wrap=""
+worker_bg() {
+    local id=$1; shift
+    local env=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do env+=("$1"); shift; done
+    [ "${1:-}" = -- ] && shift
+    bash -c "$worker_wrap exec \"\$@\"" worker env "${env[@]}" "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" \
+        --prefix "$prefix" --id "$id" --reap-every 0.5 --data-root "$root" --threads 1 "$@" 2>>"$root/$id.log" &
+    pids+=($!)
+}
