@@ -23,18 +23,25 @@
  * the result is bit-identical across runs without any atomics.  Both inner
  * loops add one row of O floats to another (add_row, SSE where available).
  *
- * Row-sparse backward (for lazy optimisers): the same gradient, but only its
- * touched rows, packed.  The K·N positions p = n·K + k are sorted by
- * (idx[p], p) with a stable LSD radix sort of 11-bit digits over the index
- * (as many passes as I needs: two for confA's 7306), then each run of one
- * index becomes a row: rows[r] is the r-th distinct index in ascending
- * order, and rg[r,:] the sum of dy[n,:] over its positions in ascending p,
- * which is the order the dense scatter adds them in, so each packed row
- * equals its dense row value for value.  No pass touches an untouched row
- * of the weight, and no memset of the dense gradient is needed: rg is
- * overwritten.  Threads split the distinct rows (each row is summed by one
- * thread, in the fixed order), so the result does not depend on the
- * thread count at all.
+ * Row-wise form (what training uses): the K·N positions p = n·K + k of a
+ * batch are sorted once per batch by (idx[p], p) with a stable LSD radix
+ * sort of 11-bit digits over the index (as many passes as I needs: two for
+ * confA's 7306) into a plan: rows[r] is the r-th distinct index in
+ * ascending order, and its positions follow in ascending p.
+ *  - The forward walks the plan: each touched row of w is read once and
+ *    added into the outputs of every position that holds it.  The gather
+ *    above reads a row once per position, 10,000 scattered 4 KB rows a
+ *    confA batch where the plan reads its 5,500 distinct rows in address
+ *    order.  y[n,:] then sums its rows by ascending index rather than by k:
+ *    another order of the same terms, fixed by the batch alone.  Threads
+ *    split the columns, so the result does not depend on their number.
+ *  - The backward packs the touched rows of the gradient: rg[r,:] is the
+ *    sum of dy[n,:] over the positions of rows[r] in ascending p, which is
+ *    the order the dense scatter adds them in, so each packed row equals its
+ *    dense row value for value.  No pass touches an untouched row of the
+ *    weight, and no memset of the dense gradient is needed: rg is
+ *    overwritten.  Threads split the rows (each summed by one thread, in
+ *    the fixed order).
  *
  * Degenerate shapes (a zero dimension) are handled here rather than handed
  * to sgemm, which rejects leading dimensions of 0. */
@@ -165,16 +172,17 @@ void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, fl
     }
 }
 
-/* ---- sparse linear, row-sparse backward ---- */
+/* ---- sparse linear, row-wise ---- */
 
 #define RADIX_BITS 11
 #define RADIX (1 << RADIX_BITS)
 
-size_t nn_cpu_sparse_rows_work(int N, int K)
+size_t nn_cpu_sparse_plan_work(int N, int K)
 {
     size_t nnz = N > 0 && K > 0 ? (size_t)N * (size_t)K : 0;
-    /* two key arrays (ping-pong), run starts, the digit histogram */
-    return 2 * nnz * sizeof(uint64_t) + (nnz + 1) * sizeof(uint32_t) + RADIX * sizeof(uint32_t);
+    /* two key arrays (ping-pong), run starts, the digit histogram, rows */
+    return 2 * nnz * sizeof(uint64_t) + (nnz + 1) * sizeof(uint32_t) + RADIX * sizeof(uint32_t) +
+           nnz * sizeof(int32_t);
 }
 
 /* Sorts key = index << 32 | position by index, stably; positions start in
@@ -201,31 +209,18 @@ static uint64_t *sort_by_index(uint64_t *a, uint64_t *tmp, size_t n, int I, uint
     return a;
 }
 
-/* rg[r,:] = Σ dy[n,:] over the positions of row r, in ascending position. */
-static void sum_rows(const uint64_t *keys, const uint32_t *start, const float *dy, float *rg, long r0, long r1, int K,
-                     int O)
+/* The batch row (sample) of the plan's p-th position. */
+static uint32_t plan_sample(const nn_sparse_plan *pl, uint32_t p)
 {
-    for (long r = r0; r < r1; r++) {
-        float *dst = rg + (size_t)r * O;
-        uint32_t p = start[r];
-        memcpy(dst, dy + (size_t)((uint32_t)keys[p] / (uint32_t)K) * O, (size_t)O * sizeof *dst);
-        for (p++; p < start[r + 1]; p++)
-            add_row(dst, dy + (size_t)((uint32_t)keys[p] / (uint32_t)K) * O, O);
-    }
+    return (uint32_t)pl->keys[p] / (uint32_t)pl->K;
 }
 
-size_t nn_cpu_sparse_linear_bwd_rows(const int32_t *idx, const float *dy, int32_t *rows, float *rg, float *db, int N,
-                                     int K, int O, int I, void *work)
+void nn_cpu_sparse_plan(nn_sparse_plan *pl, const int32_t *idx, int N, int K, int I, void *work)
 {
-    if (N <= 0 || O <= 0)
-        return 0;
-    if (db)
-        add_column_sums(dy, db, N, O);
-    size_t nnz = (size_t)N * (size_t)K;
-    if (nnz == 0)
-        return 0;
+    size_t nnz = N > 0 && K > 0 ? (size_t)N * (size_t)K : 0;
     uint64_t *a = work, *tmp = a + nnz;
     uint32_t *start = (uint32_t *)(tmp + nnz), *count = start + nnz + 1;
+    int32_t *rows = (int32_t *)(count + RADIX);
     for (size_t p = 0; p < nnz; p++)
         a[p] = (uint64_t)(uint32_t)idx[p] << 32 | p;
     const uint64_t *keys = sort_by_index(a, tmp, nnz, I, count);
@@ -236,12 +231,51 @@ size_t nn_cpu_sparse_linear_bwd_rows(const int32_t *idx, const float *dy, int32_
             start[n_rows++] = (uint32_t)p;
         }
     start[n_rows] = (uint32_t)nnz;
+    *pl = (nn_sparse_plan){.n_rows = n_rows, .rows = rows, .start = start, .keys = keys, .K = K};
+}
+
+void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, const float *b, float *y, int N, int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    fill_rows_with_bias(y, b, N, O);
+    double work = (double)pl->start[pl->n_rows] * O;
+#pragma omp parallel num_threads(nn_par_threads()) if (work >= 65536 && O >= 64)
+    {
+        long lo, hi;
+        nn_par_share(O, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
+        for (size_t r = 0; r < pl->n_rows && hi > lo; r++) {
+            const float *wrow = w + (size_t)pl->rows[r] * O + lo;
+            for (uint32_t p = pl->start[r]; p < pl->start[r + 1]; p++)
+                add_row(y + (size_t)plan_sample(pl, p) * O + lo, wrow, (int)(hi - lo));
+        }
+    }
+}
+
+/* rg[r,:] = Σ dy[n,:] over the positions of row r, in ascending position. */
+static void sum_rows(const nn_sparse_plan *pl, const float *dy, float *rg, long r0, long r1, int O)
+{
+    for (long r = r0; r < r1; r++) {
+        float *dst = rg + (size_t)r * O;
+        uint32_t p = pl->start[r];
+        memcpy(dst, dy + (size_t)plan_sample(pl, p) * O, (size_t)O * sizeof *dst);
+        for (p++; p < pl->start[r + 1]; p++)
+            add_row(dst, dy + (size_t)plan_sample(pl, p) * O, O);
+    }
+}
+
+void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O)
+{
+    if (N <= 0 || O <= 0)
+        return;
+    if (db)
+        add_column_sums(dy, db, N, O);
+    size_t nnz = pl->start[pl->n_rows];
     int t = (double)nnz * O >= 65536 ? nn_par_threads() : 1;
 #pragma omp parallel num_threads(t) if (t > 1)
     {
         long lo, hi;
-        nn_par_share((long)n_rows, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
-        sum_rows(keys, start, dy, rg, lo, hi, K, O);
+        nn_par_share((long)pl->n_rows, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        sum_rows(pl, dy, rg, lo, hi, O);
     }
-    return n_rows;
 }

@@ -36,6 +36,14 @@
  * SparseAdam has it.  Rows are split across threads; each row is updated
  * alone, so the split cannot change a result.
  *
+ * The exact steps also take a row-sparse gradient (a sparse first layer's:
+ * the rows a batch touched, packed, every other row zero).  They walk all
+ * rows; an unlisted row is handed to the same step functions with a
+ * gradient read from a constant zero row, so each element goes through the
+ * very operations the dense gradient would have given it and the result is
+ * bit-identical, while the dense gradient (29 MB for confA) is never
+ * cleared, scattered into or read.  Threads split the rows.
+ *
  * nn_cpu_sumsq returns Σw² in double (the caller multiplies by λ), with four
  * interleaved partial sums so the adds pipeline; the order is fixed, so the
  * result is deterministic. */
@@ -90,22 +98,31 @@ static size_t sgd_lanes(float *w, const float *g, float *buf, size_t n, sgd_coef
     return i;
 }
 
-void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2)
+/* One run of n elements; buf NULL is momentum-free SGD. */
+static void sgd_range(float *w, const float *g, float *buf, size_t n, sgd_coef k)
 {
-    float decay = 2.0f * l2;
-    if (momentum == 0.0f || !buf) {
+    if (!buf) {
         for (size_t i = 0; i < n; i++)
-            w[i] -= lr * (g[i] + decay * w[i]);
+            w[i] -= k.lr * (g[i] + k.decay * w[i]);
         return;
     }
-    sgd_coef k = {lr, momentum, decay};
+    size_t done = sgd_lanes(w, g, buf, n, k);
+    sgd_scalar(w, g, buf, done, n, k);
+}
+
+void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2)
+{
+    sgd_coef k = {lr, momentum, 2.0f * l2};
+    if (momentum == 0.0f || !buf) {
+        sgd_range(w, g, NULL, n, k);
+        return;
+    }
     int t = n >= PAR_MIN ? nn_par_threads() : 1;
 #pragma omp parallel num_threads(t) if (t > 1)
     {
         long lo, hi;
         nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
-        size_t done = sgd_lanes(w + lo, g + lo, buf + lo, (size_t)(hi - lo), k);
-        sgd_scalar(w + lo, g + lo, buf + lo, done, (size_t)(hi - lo), k);
+        sgd_range(w + lo, g + lo, buf + lo, (size_t)(hi - lo), k);
     }
 }
 
@@ -152,12 +169,17 @@ static size_t adam_lanes(float *w, const float *g, float *m, float *v, size_t n,
     return i;
 }
 
-void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
-                      float eps, float l2, long t)
+static void adam_range(float *w, const float *g, float *m, float *v, size_t n, adam_coef k)
+{
+    size_t done = adam_lanes(w, g, m, v, n, k);
+    adam_scalar(w, g, m, v, done, n, k);
+}
+
+static adam_coef adam_coefs(float lr, float beta1, float beta2, float eps, float l2, long t)
 {
     double bc1 = 1.0 - pow((double)beta1, (double)t);
     double bc2 = 1.0 - pow((double)beta2, (double)t);
-    adam_coef k = {
+    return (adam_coef){
         .step = (float)((double)lr / bc1),
         .inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2)),
         .beta1 = beta1,
@@ -167,14 +189,105 @@ void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, fl
         .eps = eps,
         .decay = 2.0f * l2,
     };
+}
+
+void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                      float eps, float l2, long t)
+{
+    adam_coef k = adam_coefs(lr, beta1, beta2, eps, l2, t);
     int th = n >= PAR_MIN ? nn_par_threads() : 1;
 #pragma omp parallel num_threads(th) if (th > 1)
     {
         long lo, hi;
         nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
-        size_t done = adam_lanes(w + lo, g + lo, m + lo, v + lo, (size_t)(hi - lo), k);
-        adam_scalar(w + lo, g + lo, m + lo, v + lo, done, (size_t)(hi - lo), k);
+        adam_range(w + lo, g + lo, m + lo, v + lo, (size_t)(hi - lo), k);
     }
+}
+
+/* ---- exact steps over a row-sparse gradient ---- */
+
+/* The gradient of an unlisted row, handed to the dense step functions in
+ * chunks: they then do to each element exactly what they would do with a
+ * zero read from a dense gradient. */
+#define ZERO_CHUNK 1024
+static const float zero_row[ZERO_CHUNK];
+
+typedef struct rows_grad {
+    const float *rg;     /* [n_rows, cols] packed rows */
+    const int32_t *rows; /* ascending */
+    size_t n_rows, cols;
+} rows_grad;
+
+typedef struct rows_update {
+    float *w, *s1, *s2; /* weights and up to two state tensors, [*, cols] */
+    int adam;
+    adam_coef ak;
+    sgd_coef sk;
+} rows_update;
+
+static void update_run(const rows_update *u, size_t at, const float *g, size_t n)
+{
+    if (u->adam)
+        adam_range(u->w + at, g, u->s1 + at, u->s2 + at, n, u->ak);
+    else
+        sgd_range(u->w + at, g, u->s1 ? u->s1 + at : NULL, n, u->sk);
+}
+
+/* First j with rows[j] >= r. */
+static size_t first_listed(const int32_t *rows, size_t n_rows, long r)
+{
+    size_t lo = 0, hi = n_rows;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rows[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Rows [r0, r1): a listed row gets its packed gradient in one run, any
+ * other row zero_row in runs of at most ZERO_CHUNK. */
+static void update_rows(const rows_grad *gr, const rows_update *u, long r0, long r1)
+{
+    size_t j = first_listed(gr->rows, gr->n_rows, r0);
+    for (long r = r0; r < r1; r++) {
+        size_t at = (size_t)r * gr->cols;
+        if (j < gr->n_rows && gr->rows[j] == r) {
+            update_run(u, at, gr->rg + j++ * gr->cols, gr->cols);
+            continue;
+        }
+        for (size_t c = 0; c < gr->cols; c += ZERO_CHUNK)
+            update_run(u, at + c, zero_row, gr->cols - c < ZERO_CHUNK ? gr->cols - c : ZERO_CHUNK);
+    }
+}
+
+static void rows_step(const rows_grad *gr, const rows_update *u, size_t n_total)
+{
+    int th = n_total * gr->cols >= PAR_MIN ? nn_par_threads() : 1;
+#pragma omp parallel num_threads(th) if (th > 1)
+    {
+        long lo, hi;
+        nn_par_share((long)n_total, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        update_rows(gr, u, lo, hi);
+    }
+}
+
+void nn_cpu_adam_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
+                           float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
+{
+    rows_grad gr = {rg, rows, n_rows, cols};
+    rows_update u = {.w = w, .s1 = m, .s2 = v, .adam = 1, .ak = adam_coefs(lr, beta1, beta2, eps, l2, t)};
+    rows_step(&gr, &u, n_total);
+}
+
+void nn_cpu_sgd_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
+                          float *buf, float lr, float momentum, float l2)
+{
+    rows_grad gr = {rg, rows, n_rows, cols};
+    rows_update u = {.w = w, .s1 = momentum == 0.0f ? NULL : buf, .sk = {lr, momentum, 2.0f * l2}};
+    rows_step(&gr, &u, n_total);
 }
 
 /* ---- lazy Adam ---- */

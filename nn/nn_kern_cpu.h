@@ -41,17 +41,31 @@ void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *d
 void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b, float *y, int N, int K, int O);
 /* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:]. */
 void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O);
-/* The same gradient kept as its touched rows only (for lazy optimisers), the
- * one kernel that OVERWRITES its weight gradient: rows[0..r) gets the r
- * distinct indices of idx in ascending order (r is returned; r ≤ min(N·K, I)),
- * rg[j,:] = Σ dy[n,:] over the (n,k) with idx[n,k] == rows[j], summed in
- * (n,k) order, so it equals row rows[j] of the dense dw value for value;
+/* The row-wise form, which training uses: a plan of the batch's positions
+ * grouped by index, built once a batch and read by both passes.  rows[0..n_rows)
+ * are the distinct indices of idx, ascending (n_rows ≤ min(N·K, I)); the
+ * positions p = n·K + k of rows[r] are keys[start[r] .. start[r+1]) (low 32
+ * bits), ascending.  work: nn_cpu_sparse_plan_work(N, K) bytes, 8-aligned,
+ * which the plan points into; N·K must be below 2^32. */
+typedef struct nn_sparse_plan {
+    size_t n_rows;
+    const int32_t *rows;
+    const uint32_t *start;
+    const uint64_t *keys;
+    int K;
+} nn_sparse_plan;
+size_t nn_cpu_sparse_plan_work(int N, int K);
+void nn_cpu_sparse_plan(nn_sparse_plan *pl, const int32_t *idx, int N, int K, int I, void *work);
+/* y[n,:] = b + Σ w[i,:] over the indices i of row n, by ascending i (the same
+ * terms as nn_cpu_sparse_linear_fwd, in another order). */
+void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, const float *b, float *y, int N, int O);
+/* The weight gradient as its touched rows only (for the row-sparse
+ * optimiser steps), the one kernel that OVERWRITES its weight gradient:
+ * rg[r,:] = Σ dy[n,:] over the positions of rows[r], summed in (n,k) order,
+ * so it equals row rows[r] of nn_cpu_sparse_linear_bwd's dw value for value;
  * db += Σ_n dy[n,:] (may be NULL).  Nothing is read or written for an
- * untouched row.  work: nn_cpu_sparse_rows_work(N, K) bytes, 8-aligned;
- * N·K must be below 2^32. */
-size_t nn_cpu_sparse_rows_work(int N, int K);
-size_t nn_cpu_sparse_linear_bwd_rows(const int32_t *idx, const float *dy, int32_t *rows, float *rg, float *db, int N,
-                                     int K, int O, int I, void *work);
+ * untouched row. */
+void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O);
 
 /* ---- conv2d: square stride and padding, as every model here uses ---- */
 typedef struct nn_conv_geom {
@@ -141,6 +155,15 @@ double nn_cpu_softmax_xent(const float *logits, const int32_t *labels, float *dl
 void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, float momentum, float l2);
 void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                       float eps, float l2, long t);
+/* The same two steps, bit for bit, for a [n_total, cols] weight whose
+ * gradient is row-sparse (as nn_cpu_sparse_linear_bwd_rows leaves it): the
+ * n_rows listed rows, ascending, have their gradient rows packed in rg, and
+ * every other row has a gradient of zero.  Every row is updated: the dense
+ * gradient is never built, cleared or read. */
+void nn_cpu_adam_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
+                           float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
+void nn_cpu_sgd_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
+                          float *buf, float lr, float momentum, float l2);
 /* Lazy Adam (torch.optim.SparseAdam 1.13) over the n_rows listed rows of a
  * [*, cols] weight, whose gradient rows come packed in rg [n_rows, cols]
  * (as nn_cpu_sparse_linear_bwd_rows leaves them); other rows, and their m

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "nn_ops.h"
+#include "nn_par.h"
 #include "nn_rng.h"
 
 enum node_kind { K_INPUT, K_LINEAR, K_SPARSE, K_CONV, K_BN, K_RELU, K_MAXPOOL, K_AVGPOOL, K_GAP, K_DROPOUT,
@@ -88,8 +89,8 @@ struct nn_model {
 
     int n_cur;
     const int32_t *idx_cur;
-    int32_t *row_list;      /* row-sparse mode: the rows of the last backward, and the kernel's scratch */
-    void *row_work;
+    nn_sparse_plan sp;      /* sparse models: the last forward batch's indices grouped by row, in sp_work */
+    void *sp_work;
     int trained;            /* the last forward was a training forward with labels */
     cds_err build_err;
     int failed;
@@ -660,6 +661,8 @@ static int allocate(nn_model *m, cds_err *err)
     m->bblock = aligned_alloc(64, bbytes);
     if (!m->pblock || !m->gblock || !m->bblock)
         return cds_errf(err, "out of memory for %zu parameters of %s", nn_model_nparams(m), m->arch);
+    if (m->sparse_dim && !(m->sp_work = malloc(nn_cpu_sparse_plan_work(m->max_batch, m->nnz))))
+        return cds_errf(err, "out of memory for the sparse input plan of a batch of %d", m->max_batch);
     memset(m->gblock, 0, pbytes);
     memset(m->pblock, 0, pbytes);
     for (size_t i = 0; i < m->n_params; i++) {
@@ -783,8 +786,7 @@ void nn_model_free(nn_model *m)
     free(m->pblock);
     free(m->gblock);
     free(m->bblock);
-    free(m->row_list);
-    free(m->row_work);
+    free(m->sp_work);
     nn_arena_free(m->act);
     nn_arena_free(m->grad);
     free(m->spec);
@@ -798,13 +800,6 @@ int nn_model_set_row_grads(nn_model *m, int on, cds_err *err)
         p = m->params[i].embedding ? &m->params[i] : NULL;
     if (!p)
         return cds_errf(err, "row-sparse gradients need a sparse first layer, and this %s model has none", m->arch);
-    if (on && !m->row_list) {
-        size_t nnz = (size_t)m->max_batch * (size_t)m->nnz;
-        m->row_list = malloc((nnz ? nnz : 1) * sizeof *m->row_list);
-        m->row_work = malloc(nn_cpu_sparse_rows_work(m->max_batch, m->nnz));
-        if (!m->row_list || !m->row_work)
-            return cds_errf(err, "out of memory for the row-sparse gradient of %s", p->name);
-    }
     p->row_grad = on;
     p->rows = NULL;
     p->n_rows = 0;
@@ -889,7 +884,9 @@ static int forward_node(nn_model *m, node *d, int train, uint64_t dropout_seed, 
     case K_LINEAR:
         return nn_op_linear_fwd(&a->y, pw(m, d), pb(m, d), &d->y, err);
     case K_SPARSE:
-        return nn_op_sparse_linear_fwd(m->idx_cur, m->n_cur, m->nnz, pw(m, d), pb(m, d), &d->y, err);
+        if (nn_op_sparse_plan(m->idx_cur, m->n_cur, m->nnz, m->sparse_dim, m->sp_work, &m->sp, err) != 0)
+            return -1;
+        return nn_op_sparse_linear_fwd(&m->sp, m->n_cur, pw(m, d), pb(m, d), &d->y, err);
     case K_CONV:
         return nn_op_conv2d_fwd(&d->cg, &a->y, pw(m, d), pb(m, d), &d->y, m->work, err);
     case K_BN:
@@ -927,8 +924,8 @@ static int check_inputs(const nn_model *m, const int32_t *idx, const int32_t *la
     return 0;
 }
 
-int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
-                     uint64_t dropout_seed, double l2, nn_metrics *out, cds_err *err)
+static int model_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
+                         uint64_t dropout_seed, double l2, nn_metrics *out, cds_err *err)
 {
     if (n < 1 || n > m->max_batch)
         return cds_errf(err, "batch of %d rows: the model was built for 1 to %d", n, m->max_batch);
@@ -956,6 +953,16 @@ int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int3
     return 0;
 }
 
+int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
+                     uint64_t dropout_seed, double l2, nn_metrics *out, cds_err *err)
+{
+    nn_par_fp fp;
+    nn_par_fp_enter(&fp);
+    int rc = model_forward(m, x, idx, labels, n, train, dropout_seed, l2, out, err);
+    nn_par_fp_leave(&fp);
+    return rc;
+}
+
 static int backward_node(nn_model *m, node *d, cds_err *err)
 {
     node *a = d->in >= 0 ? &m->nodes[d->in] : NULL;
@@ -969,9 +976,9 @@ static int backward_node(nn_model *m, node *d, cds_err *err)
     case K_SPARSE:
         if (m->params[d->pw].row_grad) {
             nn_param *p = &m->params[d->pw];
-            p->rows = m->row_list;
-            return nn_op_sparse_linear_bwd_rows(m->idx_cur, m->n_cur, m->nnz, &d->dy, &p->g, m->row_list, &p->n_rows,
-                                                gb(m, d), m->row_work, err);
+            p->rows = m->sp.rows;
+            p->n_rows = m->sp.n_rows;
+            return nn_op_sparse_linear_bwd_rows(&m->sp, m->n_cur, &d->dy, &p->g, gb(m, d), err);
         }
         return nn_op_sparse_linear_bwd(m->idx_cur, m->n_cur, m->nnz, &d->dy, gw(m, d), gb(m, d), err);
     case K_CONV:
@@ -1012,7 +1019,7 @@ static int zero_grad_once(nn_model *m, int id, cds_err *err)
     return nn_op_zero(&a->dy, err);
 }
 
-int nn_model_backward(nn_model *m, cds_err *err)
+static int model_backward(nn_model *m, cds_err *err)
 {
     if (!m->trained)
         return cds_errf(err, "backward pass without a training forward pass with labels before it");
@@ -1031,4 +1038,13 @@ int nn_model_backward(nn_model *m, cds_err *err)
             return -1;
     }
     return 0;
+}
+
+int nn_model_backward(nn_model *m, cds_err *err)
+{
+    nn_par_fp fp;
+    nn_par_fp_enter(&fp);
+    int rc = model_backward(m, err);
+    nn_par_fp_leave(&fp);
+    return rc;
 }

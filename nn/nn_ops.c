@@ -57,11 +57,18 @@ int nn_op_linear_bwd(const nn_tensor *x, const nn_tensor *w, const nn_tensor *dy
     return 0;
 }
 
-int nn_op_sparse_linear_fwd(const int32_t *idx, int N, int K, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
+int nn_op_sparse_plan(const int32_t *idx, int N, int K, int dim, void *work, nn_sparse_plan *pl, cds_err *err)
+{
+    (void)err;
+    nn_cpu_sparse_plan(pl, idx, N, K, dim, work);
+    return 0;
+}
+
+int nn_op_sparse_linear_fwd(const nn_sparse_plan *pl, int N, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
                             cds_err *err)
 {
     ON_CPU("sparse linear", w, b, y);
-    nn_cpu_sparse_linear_fwd(idx, w->data, data_or_null(b), y->data, N, K, w->shape[1]);
+    nn_cpu_sparse_linear_fwd_rows(pl, w->data, data_or_null(b), y->data, N, w->shape[1]);
     return 0;
 }
 
@@ -73,12 +80,11 @@ int nn_op_sparse_linear_bwd(const int32_t *idx, int N, int K, const nn_tensor *d
     return 0;
 }
 
-int nn_op_sparse_linear_bwd_rows(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, int32_t *rows,
-                                 size_t *n_rows, nn_tensor *db, void *work, cds_err *err)
+int nn_op_sparse_linear_bwd_rows(const nn_sparse_plan *pl, int N, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
+                                 cds_err *err)
 {
     ON_CPU("sparse linear backward (rows)", dy, dw, db);
-    *n_rows = nn_cpu_sparse_linear_bwd_rows(idx, dy->data, rows, dw->data, data_or_null(db), N, K, dw->shape[1],
-                                            dw->shape[0], work);
+    nn_cpu_sparse_linear_bwd_rows(pl, dy->data, dw->data, data_or_null(db), N, dw->shape[1]);
     return 0;
 }
 
@@ -249,11 +255,36 @@ int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v
     return 0;
 }
 
+/* rows × cols of a row-sparse gradient for w: 2-D, or one column. */
+static size_t row_cols(const nn_tensor *w)
+{
+    return w->ndim == 2 ? (size_t)w->shape[1] : 1;
+}
+
+int nn_op_sgd_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *buf, float lr,
+                        float momentum, float l2, cds_err *err)
+{
+    ON_CPU("sgd step", w, g, buf);
+    size_t cols = row_cols(w);
+    nn_cpu_sgd_rows_step(w->data, g->data, rows, n_rows, w->n / cols, cols, buf->data, lr, momentum, l2);
+    return 0;
+}
+
+int nn_op_adam_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
+                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err)
+{
+    ON_CPU("adam step", w, g, m, v);
+    size_t cols = row_cols(w);
+    nn_cpu_adam_rows_step(w->data, g->data, rows, n_rows, w->n / cols, cols, m->data, v->data, lr, beta1, beta2, eps,
+                          l2, t);
+    return 0;
+}
+
 int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
                          nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err)
 {
     ON_CPU("lazy adam step", w, g, m, v);
-    size_t cols = w->ndim == 2 ? (size_t)w->shape[1] : 1;
+    size_t cols = row_cols(w);
     nn_cpu_lazy_adam_step(w->data, g->data, rows, n_rows, cols, m->data, v->data, lr, beta1, beta2, eps, l2, t);
     return 0;
 }

@@ -16,16 +16,18 @@
 int nn_op_linear_fwd(const nn_tensor *x, const nn_tensor *w, const nn_tensor *b, nn_tensor *y, cds_err *err);
 int nn_op_linear_bwd(const nn_tensor *x, const nn_tensor *w, const nn_tensor *dy, nn_tensor *dx, nn_tensor *dw,
                      nn_tensor *db, cds_err *err);
-/* idx: N rows of K int32 indices in host or device memory of w's device. */
-int nn_op_sparse_linear_fwd(const int32_t *idx, int N, int K, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
+/* The batch's plan (nn_cpu_sparse_plan), in host memory: idx are N rows
+ * of K int32 indices on the host, work nn_cpu_sparse_plan_work(N, K) bytes. */
+int nn_op_sparse_plan(const int32_t *idx, int N, int K, int dim, void *work, nn_sparse_plan *pl, cds_err *err);
+int nn_op_sparse_linear_fwd(const nn_sparse_plan *pl, int N, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
                             cds_err *err);
+/* The dense weight gradient, scattered (dw += ...). */
 int nn_op_sparse_linear_bwd(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
                             cds_err *err);
 /* The weight gradient as its touched rows (nn_cpu_sparse_linear_bwd_rows):
- * dw [I, O] receives the *n_rows packed rows from its start; rows and work
- * are host memory sized for N·K. */
-int nn_op_sparse_linear_bwd_rows(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, int32_t *rows,
-                                 size_t *n_rows, nn_tensor *db, void *work, cds_err *err);
+ * dw [I, O] receives the plan's n_rows packed rows from its start. */
+int nn_op_sparse_linear_bwd_rows(const nn_sparse_plan *pl, int N, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
+                                 cds_err *err);
 int nn_op_conv2d_fwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
                      float *work, cds_err *err);
 int nn_op_conv2d_bwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *dy,
@@ -57,6 +59,12 @@ int nn_op_sgd_step(nn_tensor *w, const nn_tensor *g, nn_tensor *buf, float lr, f
                    cds_err *err);
 int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v, float lr, float beta1, float beta2,
                     float eps, float l2, long t, cds_err *err);
+/* The exact steps for a row-sparse gradient: g holds the packed rows of the
+ * listed rows of a 2-D w, every other row's gradient is zero. */
+int nn_op_sgd_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *buf, float lr,
+                        float momentum, float l2, cds_err *err);
+int nn_op_adam_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
+                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err);
 /* Lazy Adam over the listed rows of a 2-D w; g holds their packed gradient rows. */
 int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
                          nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err);

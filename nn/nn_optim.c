@@ -5,11 +5,12 @@
  * m then v for each), and are named after their parameter so a checkpoint
  * can be read without knowing this layout.
  *
- * The optimiser decides the form of a sparse model's embedding gradient:
- * "lazy" switches it to row-sparse (any other optimiser back to dense, so a
- * model handed from a lazy optimiser to another one is still right), and
- * the step hands that weight to the lazy Adam kernel, the other parameters
- * to the dense one, with the same t. */
+ * A sparse model's embedding gradient is always taken row-sparse under an
+ * optimiser: the backward packs the rows the batch touched, and the step
+ * hands them to the lazy Adam kernel ("lazy") or to the row-sparse form of
+ * the exact SGD or Adam step, which is bit-identical to the dense step but
+ * never builds, clears or reads a dense gradient.  The other parameters go
+ * to the dense steps, with the same t. */
 #include "nn_optim.h"
 
 #include <jansson.h>
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include "nn_ops.h"
+#include "nn_par.h" /* after nn_ops.h: cblas.h brings <complex.h> and its I */
 
 #define LAZY_NEEDS_SPARSE                                                                                       \
     "train spec: \"lazy\" updates the rows of a sparse first layer, and this model has none (no \"sparse\" " \
@@ -253,7 +255,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
         free(o);
         return cds_errf(err, LAZY_NEEDS_SPARSE), NULL;
     }
-    if (has_embedding(m) && nn_model_set_row_grads(m, c->lazy, err) != 0) {
+    if (has_embedding(m) && nn_model_set_row_grads(m, 1, err) != 0) {
         free(o);
         return NULL;
     }
@@ -302,24 +304,40 @@ void nn_optim_free(nn_optim *o)
     free(o);
 }
 
-int nn_optim_step(nn_optim *o, double lr, cds_err *err)
+static int optim_step(nn_optim *o, double lr, cds_err *err)
 {
     const nn_train_cfg *c = o->cfg;
     o->t++;
     for (size_t i = 0; i < nn_model_param_count(o->model); i++) {
         nn_param *p = nn_model_param(o->model, i);
         float l2 = p->decay ? (float)c->l2 : 0.0f;
-        int rc = c->lazy && p->row_grad
-                     ? nn_op_lazy_adam_step(&p->w, &p->g, p->rows, p->n_rows, &o->state[2 * i], &o->state[2 * i + 1],
-                                            (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, l2, (long)o->t,
-                                            err)
-                 : c->adam ? nn_op_adam_step(&p->w, &p->g, &o->state[2 * i], &o->state[2 * i + 1], (float)lr,
-                                           (float)c->beta1, (float)c->beta2, (float)c->eps, l2, (long)o->t, err)
-                         : nn_op_sgd_step(&p->w, &p->g, &o->state[i], (float)lr, (float)c->momentum, l2, err);
+        nn_tensor *s0 = &o->state[c->adam ? 2 * i : i], *s1 = c->adam ? &o->state[2 * i + 1] : NULL;
+        float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
+        long t = (long)o->t;
+        int rc;
+        if (!p->row_grad)
+            rc = c->adam ? nn_op_adam_step(&p->w, &p->g, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
+                         : nn_op_sgd_step(&p->w, &p->g, s0, (float)lr, (float)c->momentum, l2, err);
+        else if (c->lazy)
+            rc = nn_op_lazy_adam_step(&p->w, &p->g, p->rows, p->n_rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
+        else
+            rc = c->adam ? nn_op_adam_rows_step(&p->w, &p->g, p->rows, p->n_rows, s0, s1, (float)lr, b1, b2, eps, l2, t,
+                                                err)
+                         : nn_op_sgd_rows_step(&p->w, &p->g, p->rows, p->n_rows, s0, (float)lr, (float)c->momentum, l2,
+                                               err);
         if (rc != 0)
             return -1;
     }
     return 0;
+}
+
+int nn_optim_step(nn_optim *o, double lr, cds_err *err)
+{
+    nn_par_fp fp;
+    nn_par_fp_enter(&fp);
+    int rc = optim_step(o, lr, err);
+    nn_par_fp_leave(&fp);
+    return rc;
 }
 
 int64_t nn_optim_t(const nn_optim *o) { return o->t; }

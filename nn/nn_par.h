@@ -9,7 +9,16 @@
  *
  * nn_par_set_threads sets the process's thread count once, before models are
  * built (a model sizes its per-thread scratch when it is built); it is the one
- * process-wide setting of the engine, like OpenBLAS's own. */
+ * process-wide setting of the engine, like OpenBLAS's own.
+ *
+ * The kernels run with denormals flushed to zero (x86 MXCSR FTZ and DAZ), as
+ * TensorFlow's and XLA's CPU thread pools do.  Adam's moments of a rarely
+ * touched row decay geometrically into the denormal range, where every
+ * multiply, square root and divide takes a microcode assist: a sparse confA
+ * step spent 40 % of its time there.  Values that small carry no signal a
+ * float32 network can use.  nn_par_fp_enter switches the calling thread and
+ * the OpenMP threads; nn_par_fp_leave gives the calling thread back its own
+ * mode (the OpenMP threads run nothing but kernels, and keep it). */
 #ifndef CDS_NN_PAR_H
 #define CDS_NN_PAR_H
 
@@ -18,6 +27,12 @@
 /* Sets T (at least 1) for OpenMP and makes OpenBLAS single-threaded. */
 void nn_par_set_threads(int t);
 int nn_par_threads(void);
+/* The calling thread's floating-point mode, saved by nn_par_fp_enter. */
+typedef struct nn_par_fp {
+    unsigned int csr;
+} nn_par_fp;
+void nn_par_fp_enter(nn_par_fp *saved);
+void nn_par_fp_leave(const nn_par_fp *saved);
 /* The share [*lo, *hi) of n items that thread `id` of `t` takes: contiguous,
  * sizes differing by at most `align`-sized blocks. */
 void nn_par_share(long n, int id, int t, long align, long *lo, long *hi);

@@ -436,9 +436,29 @@ static int32_t *rand_indices(rng *r, int N, int K, int I)
     return idx;
 }
 
+/* The row-wise forward against the double reference, at a shape of the
+ * caller's (tol γ_{K+2}·Σ|terms|, as the gather's). */
+static int fwd_rows_close(rng *r, const int32_t *idx, int N, int K, int I, int O)
+{
+    size_t nw = (size_t)I * O, ny = (size_t)N * O;
+    float *w = frand(r, nw, -1, 1), *b = frand(r, O, -1, 1), *y = frand(r, ny, -9, 9);
+    double *ry = dzeros(ny), *rym = dzeros(ny);
+    void *work = xcalloc(nn_cpu_sparse_plan_work(N, K), 1);
+    nn_sparse_plan pl;
+    nn_cpu_sparse_plan(&pl, idx, N, K, I, work);
+    nn_cpu_sparse_linear_fwd_rows(&pl, w, b, y, N, O);
+    ref_sparse_fwd(idx, w, b, N, K, O, ry, rym);
+    double *tol = scaled(rym, ny, gamma_n((size_t)K + 2));
+    char what[96];
+    snprintf(what, sizeof what, "sparse y (rows) N=%d K=%d I=%d O=%d", N, K, I, O);
+    int good = check_close(what, y, ry, tol, ny);
+    free(w), free(b), free(y), free(ry), free(rym), free(work), free(tol);
+    return good;
+}
+
 static void test_sparse_random(rng *r)
 {
-    int okf = 1, okdw = 1, okdb = 1;
+    int okf = 1, okr = 1, okdw = 1, okdb = 1;
     const int shapes = 40;
     for (int s = 0; s < shapes; s++) {
         int N = rng_int(r, 1, 12), K = rng_int(r, 1, 40), I = rng_int(r, 1, 60), O = rng_int(r, 1, 50);
@@ -459,6 +479,9 @@ static void test_sparse_random(rng *r)
         okf &= check_close(what, y, ry, tol, ny);
         free(tol);
 
+        /* the row-wise forward adds the same terms in index order: same bound */
+        okr &= fwd_rows_close(r, idx, N, K, I, O);
+
         /* a row of dw gets at most N·K terms: tol γ_{NK+2}·(|init| + Σ|dy|) */
         nn_cpu_sparse_linear_bwd(idx, dy, dw, db, N, K, O);
         ref_sparse_bwd(idx, dy, N, K, I, O, rdw, rdwm, rdb, rdbm);
@@ -477,6 +500,7 @@ static void test_sparse_random(rng *r)
         free(ry), free(rym), free(rdw), free(rdwm), free(rdb), free(rdbm);
     }
     ok(okf, "sparse linear fwd = double reference on %d random shapes (tol γ_{K+2}·Σ|terms|)", shapes);
+    ok(okr, "sparse linear fwd by rows (plan) = double reference on %d random shapes (tol γ_{K+2}·Σ|terms|)", shapes);
     ok(okdw, "sparse linear bwd dw[idx] += dy on %d shapes (tol γ_{NK+2}·Σ|terms|)", shapes);
     ok(okdb, "sparse linear bwd db += Σdy on %d shapes (tol γ_{N+2}·Σ|terms|)", shapes);
 }
@@ -1367,6 +1391,47 @@ static void test_optim_lanes(rng *r)
     free(w), free(g), free(m), free(v), free(w1), free(m1), free(v1);
 }
 
+/* The exact steps over a row-sparse gradient against the dense steps on the
+ * same gradient made dense, bit for bit: random row subsets (none, some,
+ * all), widths of 1, odd ones, and above the 1024-float zero chunk, with
+ * and without l2, some big enough to be split across threads. */
+static void test_rows_steps(rng *r)
+{
+    int oka = 1, okm = 1, okp = 1;
+    const int shapes = 24;
+    for (int s = 0; s < shapes; s++) {
+        size_t I = (size_t)(s < 4 ? rng_int(r, 1, 5) : s < 20 ? rng_int(r, 1, 90) : rng_int(r, 300, 700));
+        size_t C = (size_t)(s % 4 == 0 ? 1 : s % 4 == 1 ? rng_int(r, 1, 40) : s % 4 == 2 ? rng_int(r, 1025, 2600) : 100);
+        int every = s % 5 == 4, none = s % 7 == 3;
+        float l2 = s % 2 ? 0.01f : 0.0f;
+        size_t nw = I * C, nr = 0;
+        int32_t *rows = xcalloc(I, sizeof *rows);
+        for (size_t i = 0; i < I; i++)
+            if (!none && (every || rng_u64(r) % 3 == 0))
+                rows[nr++] = (int32_t)i;
+        float *rg = frand(r, (nr ? nr : 1) * C, -1, 1), *g = fzeros(nw);
+        for (size_t j = 0; j < nr; j++)
+            memcpy(g + (size_t)rows[j] * C, rg + j * C, C * sizeof *g);
+        float *w = frand(r, nw, -1, 1), *m = frand(r, nw, -0.1, 0.1), *v = frand(r, nw, 0, 0.01);
+        float *w2 = fcopy(w, nw), *m2 = fcopy(m, nw), *v2 = fcopy(v, nw);
+        nn_cpu_adam_step(w, g, m, v, nw, 0.01f, 0.9f, 0.999f, 1e-8f, l2, s + 1);
+        nn_cpu_adam_rows_step(w2, rg, rows, nr, I, C, m2, v2, 0.01f, 0.9f, 0.999f, 1e-8f, l2, s + 1);
+        oka &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0 &&
+               memcmp(v, v2, nw * sizeof *v) == 0;
+        nn_cpu_sgd_step(w, g, m, nw, 0.05f, 0.9f, l2);
+        nn_cpu_sgd_rows_step(w2, rg, rows, nr, I, C, m2, 0.05f, 0.9f, l2);
+        okm &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0;
+        nn_cpu_sgd_step(w, g, NULL, nw, 0.05f, 0.0f, l2);
+        nn_cpu_sgd_rows_step(w2, rg, rows, nr, I, C, m2, 0.05f, 0.0f, l2);
+        okp &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0;
+        free(rows), free(rg), free(g), free(w), free(m), free(v), free(w2), free(m2), free(v2);
+    }
+    ok(oka, "adam over a row-sparse gradient = adam over it made dense, bit for bit (%d shapes)", shapes);
+    ok(okm, "sgd with momentum over a row-sparse gradient = over it made dense, bit for bit (%d shapes)", shapes);
+    ok(okp, "plain sgd over a row-sparse gradient = over it made dense, bit for bit, buffer untouched (%d shapes)",
+       shapes);
+}
+
 /* The row-sparse backward against the dense scatter: the same rows, each
  * equal value for value (both add the same terms in the same (n, k) order,
  * the dense one onto a zeroed row), and nothing else touched.  Shapes with
@@ -1378,9 +1443,23 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The row-wise backward through a fresh plan, as the model runs it; the
+ * rows are copied out of the plan's scratch.  Returns their number. */
+static size_t bwd_rows(const int32_t *idx, const float *dy, int32_t *rows, float *rg, float *db, int N, int K, int O,
+                       int I)
+{
+    void *work = xcalloc(nn_cpu_sparse_plan_work(N, K), 1);
+    nn_sparse_plan pl;
+    nn_cpu_sparse_plan(&pl, idx, N, K, I, work);
+    nn_cpu_sparse_linear_bwd_rows(&pl, dy, rg, db, N, O);
+    memcpy(rows, pl.rows, pl.n_rows * sizeof *rows);
+    free(work);
+    return pl.n_rows;
+}
+
 static void test_sparse_rows(rng *r)
 {
-    int okrows = 1, okvals = 1, okdb = 1, okbig = 1;
+    int okrows = 1, okvals = 1, okdb = 1, okbig = 1, okfwd = 1;
     const int shapes = 40;
     for (int s = 0; s < shapes; s++) {
         /* the last shape is confA's first layer at batch 256, big enough to be split across threads */
@@ -1391,9 +1470,9 @@ static void test_sparse_rows(rng *r)
         int32_t *idx = rand_indices(r, N, K, I), *rows = xcalloc(nnz, sizeof *rows);
         float *dy = frand(r, (size_t)N * O, -1, 1), *dw = fzeros(nw), *db0 = frand(r, O, -1, 1);
         float *db = fcopy(db0, O), *db2 = fcopy(db0, O), *rg = frand(r, nnz * O, -9, 9); /* overwritten */
-        void *work = xcalloc(nn_cpu_sparse_rows_work(N, K), 1);
         nn_cpu_sparse_linear_bwd(idx, dy, dw, db, N, K, O);
-        size_t nr = nn_cpu_sparse_linear_bwd_rows(idx, dy, rows, rg, db2, N, K, O, I, work);
+        size_t nr = bwd_rows(idx, dy, rows, rg, db2, N, K, O, I);
+        okfwd &= fwd_rows_close(r, idx, N, K, I, O);
         int32_t *want = xcalloc(nnz, sizeof *want);
         memcpy(want, idx, nnz * sizeof *want);
         qsort(want, nnz, sizeof *want, cmp_i32);
@@ -1406,7 +1485,7 @@ static void test_sparse_rows(rng *r)
             for (int o = 0; o < O; o++)
                 okvals &= rg[j * O + (size_t)o] == dw[(size_t)rows[j] * O + (size_t)o];
         okdb &= memcmp(db, db2, (size_t)O * sizeof *db) == 0;
-        free(idx), free(rows), free(dy), free(dw), free(db0), free(db), free(db2), free(rg), free(work), free(want);
+        free(idx), free(rows), free(dy), free(dw), free(db0), free(db), free(db2), free(rg), free(want);
     }
     /* indices near 2^31: one row per index value, and two collide on purpose */
     {
@@ -1416,8 +1495,7 @@ static void test_sparse_rows(rng *r)
             idx[j] = (int32_t)(2147483000 + (int)(rng_u64(r) % 600));
         idx[20] = idx[3];
         float *dy = frand(r, (size_t)N * O, -1, 1), rg[21 * 5];
-        void *work = xcalloc(nn_cpu_sparse_rows_work(N, K), 1);
-        size_t nr = nn_cpu_sparse_linear_bwd_rows(idx, dy, rows, rg, NULL, N, K, O, 2147483647, work);
+        size_t nr = bwd_rows(idx, dy, rows, rg, NULL, N, K, O, 2147483647);
         for (size_t j = 0; j < nr; j++) {
             double sum[5] = {0};
             int hits = 0;
@@ -1439,8 +1517,9 @@ static void test_sparse_rows(rng *r)
         for (int j = 0; j < 21; j++)
             nd += j == 0 || sorted[j] != sorted[j - 1];
         okbig &= nr == nd && nd <= 20;
-        free(dy), free(work);
+        free(dy);
     }
+    ok(okfwd, "sparse fwd by rows = double reference on the same 40 shapes, confA's at batch 256 among them");
     ok(okrows, "sparse bwd rows: the distinct indices, ascending, on %d shapes (I = 1 to 7306, repeats)", shapes);
     ok(okvals, "sparse bwd rows: each packed row equals the dense scatter's row exactly (same terms, same order)");
     ok(okdb, "sparse bwd rows: db equals the dense kernel's bit for bit");
@@ -1631,6 +1710,7 @@ int main(void)
     test_sgd(&r);
     test_adam(&r);
     test_optim_lanes(&r);
+    test_rows_steps(&r);
     test_sparse_rows(&r);
     test_lazy_adam(&r);
     test_sumsq(&r);

@@ -9,9 +9,11 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <omp.h>
 
 #include "nn_model.h"
 #include "nn_optim.h"
+#include "nn_par.h"
 #include "nn_rng.h"
 #include "tap.h"
 
@@ -385,17 +387,6 @@ static void test_lazy_rows(void)
     ok(moved1 && kept && moved2, "rows 7..14, in batch 1 only, keep step 1's weights, m and v bit for bit in step 2; "
                                  "rows 0..6 move in both steps");
     ok(nn_optim_t(o) == 2, "the step count is shared: t = %lld after two steps", (long long)nn_optim_t(o));
-    /* handed to a plain Adam, the model's gradient is dense again */
-    nn_optim_free(o);
-    nn_train_cfg_free(&cfg);
-    rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.01}", &cfg, &err);
-    o = rc == 0 ? nn_optim_new(lz, &cfg, &err) : NULL;
-    for (size_t i = 0; i < nn_model_param_count(lz); i++)
-        memcpy(nn_model_param(dn, i)->w.data, nn_model_param(lz, i)->w.data, nn_model_param(lz, i)->w.n * sizeof(float));
-    int dense = o && !p->row_grad && nn_model_forward(lz, NULL, b2, y, N, 1, 0, 0, &mt, &err) == 0 &&
-                nn_model_backward(lz, &err) == 0 && nn_model_forward(dn, NULL, b2, y, N, 1, 0, 0, &mt, &err) == 0 &&
-                nn_model_backward(dn, &err) == 0 && memcmp(p->g.data, q->g.data, nw * sizeof(float)) == 0;
-    ok(dense, "a plain Adam optimiser on the same model switches its gradient back to dense (equal to a fresh model's)");
     free(w0), free(w1), free(m1), free(v1);
     nn_optim_free(o);
     nn_train_cfg_free(&cfg);
@@ -403,11 +394,107 @@ static void test_lazy_rows(void)
     nn_model_free(dn);
 }
 
+/* The exact optimisers take a sparse model's embedding gradient row-sparse
+ * and must give bit for bit what they give from the dense gradient: two
+ * copies of one model, the second switched back to the dense scatter, three
+ * steps (rows 15..29 in no batch, so they move through l2 and momentum
+ * alone), every weight and state float compared. */
+static void test_rows_exact(void)
+{
+    enum { N = 4, K = 4 };
+    const char *spec = "{\"arch\":\"mlp\",\"sparse\":{\"dim\":30,\"nnz\":4},\"hidden\":[8],\"classes\":3}";
+    static const char *const train[] = {
+        "{\"optimizer\":\"adam\",\"lr\":0.01,\"l2\":0.01}",
+        "{\"optimizer\":\"sgd\",\"lr\":0.05,\"momentum\":0.9,\"l2\":0.01}",
+        "{\"optimizer\":\"sgd\",\"lr\":0.05,\"momentum\":0,\"l2\":0.01}",
+    };
+    int32_t b1[N * K] = {3, 5, 3, 0, 1, 2, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14}, y[N] = {0, 1, 2, 1};
+    int32_t b2[N * K] = {0, 1, 2, 3, 4, 5, 6, 0, 1, 1, 2, 2, 3, 4, 5, 6};
+    for (size_t c = 0; c < sizeof train / sizeof *train; c++) {
+        cds_err err;
+        nn_train_cfg cfg;
+        nn_model *rw = build(spec, N, 3, &err), *dn = build(spec, N, 3, &err);
+        int rc = nn_train_cfg_parse(train[c], &cfg, &err);
+        nn_optim *orw = rw && rc == 0 ? nn_optim_new(rw, &cfg, &err) : NULL;
+        nn_optim *odn = dn && rc == 0 ? nn_optim_new(dn, &cfg, &err) : NULL;
+        int ran = orw && odn && nn_model_param(rw, 0)->row_grad && nn_model_set_row_grads(dn, 0, &err) == 0;
+        float *w0 = ran ? malloc(nn_model_param(rw, 0)->w.n * sizeof *w0) : NULL;
+        if (w0)
+            memcpy(w0, nn_model_param(rw, 0)->w.data, nn_model_param(rw, 0)->w.n * sizeof *w0);
+        for (int step = 0; ran && step < 3; step++) {
+            const int32_t *b = step == 1 ? b2 : b1;
+            nn_metrics mt;
+            nn_model *ms[2] = {rw, dn};
+            nn_optim *os[2] = {orw, odn};
+            for (int k = 0; k < 2 && ran; k++)
+                ran = nn_model_forward(ms[k], NULL, b, y, N, 1, 0, 0.01, &mt, &err) == 0 &&
+                      nn_model_backward(ms[k], &err) == 0 && nn_optim_step(os[k], 0.01, &err) == 0;
+        }
+        int same = ran && !nn_model_param(dn, 0)->row_grad;
+        for (size_t i = 0; same && i < nn_model_param_count(rw); i++)
+            same = memcmp(nn_model_param(rw, i)->w.data, nn_model_param(dn, i)->w.data,
+                          nn_model_param(rw, i)->w.n * sizeof(float)) == 0;
+        for (size_t i = 0; same && i < nn_optim_state_count(orw); i++) {
+            const nn_tensor *a = nn_optim_state(orw, i, NULL), *d = nn_optim_state(odn, i, NULL);
+            same = memcmp(a->data, d->data, a->n * sizeof(float)) == 0;
+        }
+        int untouched_moved = same; /* row 20 was in no batch: l2 alone moves it */
+        for (int h = 0; untouched_moved && h < 8; h++)
+            untouched_moved = nn_model_param(rw, 0)->w.data[20 * 8 + h] != w0[20 * 8 + h];
+        ok(same && untouched_moved, "%s: the row-sparse gradient steps every weight and state float exactly as the "
+                                    "dense one (rows in no batch included)",
+           train[c]);
+        free(w0);
+        nn_optim_free(orw), nn_optim_free(odn);
+        nn_train_cfg_free(&cfg);
+        nn_model_free(rw), nn_model_free(dn);
+    }
+}
+
+/* 1e-30·1e-10 is a denormal (about 1e-40) unless the thread flushes.  Not
+ * inlined: GCC does not order float arithmetic against a change of MXCSR,
+ * and could otherwise move the product across nn_par_fp_enter. */
+__attribute__((noinline)) static int flushes(void)
+{
+    volatile float a = 1e-30f, b = 1e-10f;
+    float p = a * b;
+    return p == 0.0f;
+}
+
+/* The engine's kernels run with denormals flushed (nn_par.h): on the calling
+ * thread and on every OpenMP thread while inside, and the caller gets its
+ * own mode back on the way out, also from a model's forward pass. */
+static void test_denormals(void)
+{
+    ok(!flushes(), "outside the engine a denormal product is kept (the process's default mode)");
+    nn_par_fp fp;
+    nn_par_fp_enter(&fp);
+    int inside = flushes(), all = 1, team = 0;
+#pragma omp parallel num_threads(3) reduction(&& : all) reduction(+ : team)
+    {
+        all = flushes();
+        team = 1;
+    }
+    nn_par_fp_leave(&fp);
+    ok(inside && all && team >= 1, "inside the engine denormals flush, on the caller and on all %d OpenMP threads", team);
+    ok(!flushes(), "leaving gives the caller its own floating-point mode back");
+    cds_err err;
+    nn_model *m = build("{\"arch\":\"mlp\",\"input\":[5],\"hidden\":[4],\"classes\":2}", 2, 1, &err);
+    float x[10] = {1e-39f, 0, 1, 2, 3, 4, 5, 6, 7, 8};
+    int32_t y[2] = {0, 1};
+    nn_metrics mt;
+    int ran = m && nn_model_forward(m, x, NULL, y, 2, 1, 0, 0, &mt, &err) == 0 && nn_model_backward(m, &err) == 0;
+    ok(ran && !flushes() && isfinite(mt.loss), "a forward and backward pass leave the caller's mode as it was");
+    nn_model_free(m);
+}
+
 int main(void)
 {
     test_train_specs();
     test_lazy_specs();
     test_lazy_rows();
+    test_rows_exact();
+    test_denormals();
     test_example_specs();
     test_param_counts();
     test_seeded_init();
