@@ -34,7 +34,7 @@
  *    confA batch where the plan reads its 5,500 distinct rows in address
  *    order.  y[n,:] then sums its rows by ascending index rather than by k:
  *    another order of the same terms, fixed by the batch alone.  Threads
- *    split the columns, so the result does not depend on their number.
+ *    own runs of batch rows, so the result does not depend on their number.
  *  - The backward packs the touched rows of the gradient: rg[r,:] is the
  *    sum of dy[n,:] over the positions of rows[r] in ascending p, which is
  *    the order the dense scatter adds them in, so each packed row equals its
@@ -240,14 +240,21 @@ void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, con
         return;
     fill_rows_with_bias(y, b, N, O);
     double work = (double)pl->start[pl->n_rows] * O;
-#pragma omp parallel num_threads(nn_par_threads()) if (work >= 65536 && O >= 64)
+#pragma omp parallel num_threads(nn_par_threads()) if (work >= 65536)
     {
+        /* Threads own runs of batch rows (a column split had them write the
+         * same cache line of y at every add), walk the whole plan and skip
+         * the positions of other threads' rows. */
         long lo, hi;
-        nn_par_share(O, omp_get_thread_num(), omp_get_num_threads(), 16, &lo, &hi);
+        nn_par_share(N, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        uint32_t p_lo = (uint32_t)(lo * pl->K), p_hi = (uint32_t)(hi * pl->K);
         for (size_t r = 0; r < pl->n_rows && hi > lo; r++) {
-            const float *wrow = w + (size_t)pl->rows[r] * O + lo;
-            for (uint32_t p = pl->start[r]; p < pl->start[r + 1]; p++)
-                add_row(y + (size_t)plan_sample(pl, p) * O + lo, wrow, (int)(hi - lo));
+            const float *wrow = w + (size_t)pl->rows[r] * O;
+            for (uint32_t p = pl->start[r]; p < pl->start[r + 1]; p++) {
+                uint32_t at = (uint32_t)pl->keys[p];
+                if (at >= p_lo && at < p_hi)
+                    add_row(y + (size_t)plan_sample(pl, p) * O, wrow, O);
+            }
         }
     }
 }

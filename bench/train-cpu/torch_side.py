@@ -7,6 +7,8 @@ For each row, trains the model of tests/golden/gen_golden.py (imported, so
 both halves of the benchmark train the very same networks) with Adam (lr
 1e-3) on one fixed random batch of the right shape, and prints one JSON line:
   {"row": ..., "samples_per_s": ..., "threads": T, "batch": B, "steps": n, "seconds": t}
+Denormals are flushed to zero (torch.set_flush_denormal(True)), as the
+engine's kernels run: both sides do the same arithmetic.
 A step is what a training loop does per batch: zero_grad, forward, the mean
 cross-entropy loss (no l2 term), backward, optimiser step.  After a warm-up
 (which also lets Adam allocate its state) steps are timed back to back for
@@ -115,6 +117,7 @@ def main():
     if unknown:
         ap.error("unknown rows: " + ", ".join(sorted(unknown)))
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
     for row, spec, batch in ROWS:
         if row in wanted:
             print(json.dumps(measure(row, spec, batch, args.threads, args.seconds)), flush=True)
