@@ -85,9 +85,10 @@ int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int3
  * left to the optimiser). */
 int nn_model_backward(nn_model *m, cds_err *err);
 /* Switches the gradient of the embedding weight (a sparse mlp's fc0.weight)
- * to the row-sparse form above (on = 1) or back to dense (on = 0), for lazy
- * optimisers: the backward pass then neither clears nor scans the whole
- * [dim, out] gradient.  Fails when the model has no sparse layer. */
+ * to the row-sparse form above (on = 1; every optimiser asks for it) or
+ * back to dense (on = 0; a model starts dense, which gradient checks read):
+ * the backward pass then neither clears nor scans the whole [dim, out]
+ * gradient.  Fails when the model has no sparse layer. */
 int nn_model_set_row_grads(nn_model *m, int on, cds_err *err);
 /* The logits of the last forward: n × classes floats. */
 const float *nn_model_logits(const nn_model *m);

@@ -8,9 +8,11 @@
  * in parameter order, so a step is a pure function of (weights, gradients,
  * state, lr): the basis of bit-identical resumes.
  *
- * With "lazy", the embedding weight (a sparse mlp's fc0.weight) is updated
- * by lazy Adam (torch.optim.SparseAdam) from the row-sparse gradient the
- * model then keeps (nn_model_set_row_grads): only the rows of the batch's
+ * An optimiser switches a sparse mlp's embedding weight (fc0.weight) to a
+ * row-sparse gradient (nn_model_set_row_grads); exact SGD and Adam update
+ * every row from it, bit for bit as from the dense gradient.
+ * With "lazy", the embedding weight is updated by lazy Adam
+ * (torch.optim.SparseAdam) from those rows instead: only the rows of the batch's
  * indices move, with their m and v, and the L2 term is added to those rows
  * only.  Every other parameter gets ordinary Adam.  The state keeps its
  * full shapes and the one step count t, so checkpoints do not change. */
