@@ -209,12 +209,6 @@ static uint64_t *sort_by_index(uint64_t *a, uint64_t *tmp, size_t n, int I, uint
     return a;
 }
 
-/* The batch row (sample) of the plan's p-th position. */
-static uint32_t plan_sample(const nn_sparse_plan *pl, uint32_t p)
-{
-    return (uint32_t)pl->keys[p] / (uint32_t)pl->K;
-}
-
 void nn_cpu_sparse_plan(nn_sparse_plan *pl, const int32_t *idx, int N, int K, int I, void *work)
 {
     size_t nnz = N > 0 && K > 0 ? (size_t)N * (size_t)K : 0;
@@ -253,7 +247,7 @@ void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, con
             for (uint32_t p = pl->start[r]; p < pl->start[r + 1]; p++) {
                 uint32_t at = (uint32_t)pl->keys[p];
                 if (at >= p_lo && at < p_hi)
-                    add_row(y + (size_t)plan_sample(pl, p) * O, wrow, O);
+                    add_row(y + (size_t)nn_sparse_plan_sample(pl, p) * O, wrow, O);
             }
         }
     }
@@ -265,9 +259,9 @@ static void sum_rows(const nn_sparse_plan *pl, const float *dy, float *rg, long 
     for (long r = r0; r < r1; r++) {
         float *dst = rg + (size_t)r * O;
         uint32_t p = pl->start[r];
-        memcpy(dst, dy + (size_t)plan_sample(pl, p) * O, (size_t)O * sizeof *dst);
+        memcpy(dst, dy + (size_t)nn_sparse_plan_sample(pl, p) * O, (size_t)O * sizeof *dst);
         for (p++; p < pl->start[r + 1]; p++)
-            add_row(dst, dy + (size_t)plan_sample(pl, p) * O, O);
+            add_row(dst, dy + (size_t)nn_sparse_plan_sample(pl, p) * O, O);
     }
 }
 
@@ -277,6 +271,8 @@ void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, fl
         return;
     if (db)
         add_column_sums(dy, db, N, O);
+    if (!rg)
+        return;
     size_t nnz = pl->start[pl->n_rows];
     int t = (double)nnz * O >= 65536 ? nn_par_threads() : 1;
 #pragma omp parallel num_threads(t) if (t > 1)

@@ -27,7 +27,7 @@
  * which path handled an element (the tail always runs scalar).
  *
  * Lazy Adam (torch.optim.SparseAdam 1.13) updates only the rows listed,
- * from their packed gradient rows; every other row keeps its weights, m
+ * from the same row-sparse gradient; every other row keeps its weights, m
  * and v bit for bit.  Per element of a listed row, in SparseAdam's order
  * of operations (g' = g + 2·l2·w here too, for the listed rows only):
  *     m += (1-β1)·(g' - m);  v += (1-β2)·(g'² - v)
@@ -36,13 +36,16 @@
  * SparseAdam has it.  Rows are split across threads; each row is updated
  * alone, so the split cannot change a result.
  *
- * The exact steps also take a row-sparse gradient (a sparse first layer's:
- * the rows a batch touched, packed, every other row zero).  They walk all
+ * The exact steps also take a row-sparse gradient (nn_row_grad: a sparse
+ * first layer's, zero but on the rows a batch touched).  They walk all
  * rows; an unlisted row is handed to the same step functions with a
  * gradient read from a constant zero row, so each element goes through the
  * very operations the dense gradient would have given it and the result is
  * bit-identical, while the dense gradient (29 MB for confA) is never
- * cleared, scattered into or read.  Threads split the rows.
+ * cleared, scattered into or read.  A listed row whose gradient is still a
+ * sum of dy rows is summed a chunk at a time just before its update, in the
+ * order the packed form is summed in, so the two forms agree bit for bit.
+ * Threads split the rows.
  *
  * nn_cpu_sumsq returns Σw² in double (the caller multiplies by λ), with four
  * interleaved partial sums so the adds pipeline; the order is fixed, so the
@@ -59,6 +62,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #ifdef __SSE__
 #include <xmmintrin.h>
@@ -204,92 +208,6 @@ void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, fl
     }
 }
 
-/* ---- exact steps over a row-sparse gradient ---- */
-
-/* The gradient of an unlisted row, handed to the dense step functions in
- * chunks: they then do to each element exactly what they would do with a
- * zero read from a dense gradient. */
-#define ZERO_CHUNK 1024
-static const float zero_row[ZERO_CHUNK];
-
-typedef struct rows_grad {
-    const float *rg;     /* [n_rows, cols] packed rows */
-    const int32_t *rows; /* ascending */
-    size_t n_rows, cols;
-} rows_grad;
-
-typedef struct rows_update {
-    float *w, *s1, *s2; /* weights and up to two state tensors, [*, cols] */
-    int adam;
-    adam_coef ak;
-    sgd_coef sk;
-} rows_update;
-
-static void update_run(const rows_update *u, size_t at, const float *g, size_t n)
-{
-    if (u->adam)
-        adam_range(u->w + at, g, u->s1 + at, u->s2 + at, n, u->ak);
-    else
-        sgd_range(u->w + at, g, u->s1 ? u->s1 + at : NULL, n, u->sk);
-}
-
-/* First j with rows[j] >= r. */
-static size_t first_listed(const int32_t *rows, size_t n_rows, long r)
-{
-    size_t lo = 0, hi = n_rows;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (rows[mid] < r)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
-}
-
-/* Rows [r0, r1): a listed row gets its packed gradient in one run, any
- * other row zero_row in runs of at most ZERO_CHUNK. */
-static void update_rows(const rows_grad *gr, const rows_update *u, long r0, long r1)
-{
-    size_t j = first_listed(gr->rows, gr->n_rows, r0);
-    for (long r = r0; r < r1; r++) {
-        size_t at = (size_t)r * gr->cols;
-        if (j < gr->n_rows && gr->rows[j] == r) {
-            update_run(u, at, gr->rg + j++ * gr->cols, gr->cols);
-            continue;
-        }
-        for (size_t c = 0; c < gr->cols; c += ZERO_CHUNK)
-            update_run(u, at + c, zero_row, gr->cols - c < ZERO_CHUNK ? gr->cols - c : ZERO_CHUNK);
-    }
-}
-
-static void rows_step(const rows_grad *gr, const rows_update *u, size_t n_total)
-{
-    int th = n_total * gr->cols >= PAR_MIN ? nn_par_threads() : 1;
-#pragma omp parallel num_threads(th) if (th > 1)
-    {
-        long lo, hi;
-        nn_par_share((long)n_total, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
-        update_rows(gr, u, lo, hi);
-    }
-}
-
-void nn_cpu_adam_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
-                           float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
-{
-    rows_grad gr = {rg, rows, n_rows, cols};
-    rows_update u = {.w = w, .s1 = m, .s2 = v, .adam = 1, .ak = adam_coefs(lr, beta1, beta2, eps, l2, t)};
-    rows_step(&gr, &u, n_total);
-}
-
-void nn_cpu_sgd_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
-                          float *buf, float lr, float momentum, float l2)
-{
-    rows_grad gr = {rg, rows, n_rows, cols};
-    rows_update u = {.w = w, .s1 = momentum == 0.0f ? NULL : buf, .sk = {lr, momentum, 2.0f * l2}};
-    rows_step(&gr, &u, n_total);
-}
-
 /* ---- lazy Adam ---- */
 
 typedef struct lazy_coef {
@@ -331,30 +249,157 @@ static size_t lazy_lanes(float *w, const float *g, float *m, float *v, size_t n,
     return i;
 }
 
-void nn_cpu_lazy_adam_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t cols, float *m,
-                           float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
+static void lazy_range(float *w, const float *g, float *m, float *v, size_t n, lazy_coef k)
 {
-    double bc1 = 1.0 - pow((double)beta1, (double)t);
-    double bc2 = 1.0 - pow((double)beta2, (double)t);
-    lazy_coef k = {
-        .step = (float)((double)lr * sqrt(bc2) / bc1),
-        .c1 = 1.0f - beta1,
-        .c2 = 1.0f - beta2,
-        .eps = eps,
-        .decay = 2.0f * l2,
-    };
-    int th = n_rows * cols >= PAR_MIN ? nn_par_threads() : 1;
+    size_t done = lazy_lanes(w, g, m, v, n, k);
+    lazy_scalar(w, g, m, v, done, n, k);
+}
+
+/* ---- steps over a row-sparse gradient ---- */
+
+/* Rows are handed to the step functions above in chunks of at most
+ * ZERO_CHUNK floats: an unlisted row as zero_row, so each element gets
+ * exactly what a zero read from a dense gradient would give it, and a
+ * listed row's pending sum taken into a chunk on the stack, in L1 when the
+ * step reads it. */
+#define ZERO_CHUNK 1024
+static const float zero_row[ZERO_CHUNK];
+
+enum { UPD_SGD, UPD_ADAM, UPD_LAZY };
+
+typedef struct rows_update {
+    float *w, *s1, *s2; /* weights and up to two state tensors, [*, cols] */
+    size_t cols;
+    int kind;
+    sgd_coef sk;
+    adam_coef ak;
+    lazy_coef lk;
+} rows_update;
+
+static void update_run(const rows_update *u, size_t at, const float *g, size_t n)
+{
+    switch (u->kind) {
+    case UPD_SGD:
+        sgd_range(u->w + at, g, u->s1 ? u->s1 + at : NULL, n, u->sk);
+        break;
+    case UPD_ADAM:
+        adam_range(u->w + at, g, u->s1 + at, u->s2 + at, n, u->ak);
+        break;
+    default:
+        lazy_range(u->w + at, g, u->s1 + at, u->s2 + at, n, u->lk);
+    }
+}
+
+/* Columns [c, c + len) of listed row j's gradient: in the packed rows, or
+ * summed into buf in the order nn_cpu_sparse_linear_bwd_rows packs them
+ * (a copy of the first dy row, then the others added in position order). */
+static const float *listed_chunk(const nn_row_grad *g, size_t j, size_t cols, size_t c, size_t len, float *buf)
+{
+    if (g->rg)
+        return g->rg + j * cols + c;
+    const nn_sparse_plan *pl = g->plan;
+    uint32_t p = pl->start[j];
+    memcpy(buf, g->dy + (size_t)nn_sparse_plan_sample(pl, p) * cols + c, len * sizeof *buf);
+    for (p++; p < pl->start[j + 1]; p++) {
+        const float *src = g->dy + (size_t)nn_sparse_plan_sample(pl, p) * cols + c;
+        for (size_t i = 0; i < len; i++)
+            buf[i] += src[i];
+    }
+    return buf;
+}
+
+static size_t chunk_len(size_t cols, size_t c)
+{
+    return cols - c < ZERO_CHUNK ? cols - c : ZERO_CHUNK;
+}
+
+static void update_listed(const nn_row_grad *g, const rows_update *u, size_t j)
+{
+    float buf[ZERO_CHUNK];
+    size_t at = (size_t)g->rows[j] * u->cols;
+    for (size_t c = 0; c < u->cols; c += ZERO_CHUNK) {
+        size_t len = chunk_len(u->cols, c);
+        update_run(u, at + c, listed_chunk(g, j, u->cols, c, len, buf), len);
+    }
+}
+
+/* First j with rows[j] >= r. */
+static size_t first_listed(const int32_t *rows, size_t n_rows, long r)
+{
+    size_t lo = 0, hi = n_rows;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rows[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Every row of [r0, r1): listed ones from their gradient, others from zero_row. */
+static void update_all_rows(const nn_row_grad *g, const rows_update *u, long r0, long r1)
+{
+    size_t j = first_listed(g->rows, g->n_rows, r0);
+    for (long r = r0; r < r1; r++) {
+        if (j < g->n_rows && g->rows[j] == r) {
+            update_listed(g, u, j++);
+            continue;
+        }
+        for (size_t c = 0; c < u->cols; c += ZERO_CHUNK)
+            update_run(u, (size_t)r * u->cols + c, zero_row, chunk_len(u->cols, c));
+    }
+}
+
+/* Threads split all n_total rows (exact steps) or the listed ones alone
+ * (lazy); each row is updated by one thread, alone, so the split cannot
+ * change a result. */
+static void rows_step(const nn_row_grad *g, const rows_update *u, size_t n_total)
+{
+    int lazy = u->kind == UPD_LAZY;
+    size_t n = lazy ? g->n_rows : n_total;
+    int th = n * u->cols >= PAR_MIN ? nn_par_threads() : 1;
 #pragma omp parallel num_threads(th) if (th > 1)
     {
         long lo, hi;
-        nn_par_share((long)n_rows, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
-        for (long r = lo; r < hi; r++) {
-            size_t at = (size_t)rows[r] * cols;
-            const float *g = rg + (size_t)r * cols;
-            size_t done = lazy_lanes(w + at, g, m + at, v + at, cols, k);
-            lazy_scalar(w + at, g, m + at, v + at, done, cols, k);
-        }
+        nn_par_share((long)n, omp_get_thread_num(), omp_get_num_threads(), 1, &lo, &hi);
+        if (!lazy)
+            update_all_rows(g, u, lo, hi);
+        for (long j = lo; lazy && j < hi; j++)
+            update_listed(g, u, (size_t)j);
     }
+}
+
+void nn_cpu_adam_rows_step(float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *m, float *v, float lr,
+                           float beta1, float beta2, float eps, float l2, long t)
+{
+    rows_update u = {.w = w, .s1 = m, .s2 = v, .cols = cols, .kind = UPD_ADAM,
+                     .ak = adam_coefs(lr, beta1, beta2, eps, l2, t)};
+    rows_step(g, &u, n_total);
+}
+
+void nn_cpu_sgd_rows_step(float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *buf, float lr,
+                          float momentum, float l2)
+{
+    rows_update u = {.w = w, .s1 = momentum == 0.0f ? NULL : buf, .cols = cols, .kind = UPD_SGD,
+                     .sk = {lr, momentum, 2.0f * l2}};
+    rows_step(g, &u, n_total);
+}
+
+void nn_cpu_lazy_adam_step(float *w, const nn_row_grad *g, size_t cols, float *m, float *v, float lr, float beta1,
+                           float beta2, float eps, float l2, long t)
+{
+    double bc1 = 1.0 - pow((double)beta1, (double)t);
+    double bc2 = 1.0 - pow((double)beta2, (double)t);
+    rows_update u = {.w = w, .s1 = m, .s2 = v, .cols = cols, .kind = UPD_LAZY,
+                     .lk = {
+                         .step = (float)((double)lr * sqrt(bc2) / bc1),
+                         .c1 = 1.0f - beta1,
+                         .c2 = 1.0f - beta2,
+                         .eps = eps,
+                         .decay = 2.0f * l2,
+                     }};
+    rows_step(g, &u, 0);
 }
 
 double nn_cpu_sumsq(const float *w, size_t n)

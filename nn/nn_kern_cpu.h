@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nn_rows.h"
+
 /* ---- linear: y[N,O] = x[N,D] · w[O,D]^T + b[O] (D, not I: cblas.h brings
  * <complex.h>, whose macro I would eat a parameter of that name) ---- */
 void nn_cpu_linear_fwd(const float *x, const float *w, const float *b, float *y, int N, int D, int O);
@@ -42,28 +44,20 @@ void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b
 /* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:]. */
 void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O);
 /* The row-wise form, which training uses: a plan of the batch's positions
- * grouped by index, built once a batch and read by both passes.  rows[0..n_rows)
- * are the distinct indices of idx, ascending (n_rows ≤ min(N·K, I)); the
- * positions p = n·K + k of rows[r] are keys[start[r] .. start[r+1]) (low 32
- * bits), ascending.  work: nn_cpu_sparse_plan_work(N, K) bytes, 8-aligned,
- * which the plan points into; N·K must be below 2^32. */
-typedef struct nn_sparse_plan {
-    size_t n_rows;
-    const int32_t *rows;
-    const uint32_t *start;
-    const uint64_t *keys;
-    int K;
-} nn_sparse_plan;
+ * grouped by index (nn_rows.h), built once a batch and read by both passes
+ * (n_rows ≤ min(N·K, I)).  work: nn_cpu_sparse_plan_work(N, K) bytes,
+ * 8-aligned, which the plan points into; N·K must be below 2^32. */
 size_t nn_cpu_sparse_plan_work(int N, int K);
 void nn_cpu_sparse_plan(nn_sparse_plan *pl, const int32_t *idx, int N, int K, int I, void *work);
 /* y[n,:] = b + Σ w[i,:] over the indices i of row n, by ascending i (the same
  * terms as nn_cpu_sparse_linear_fwd, in another order). */
 void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, const float *b, float *y, int N, int O);
-/* The weight gradient as its touched rows only (for the row-sparse
- * optimiser steps), the one kernel that OVERWRITES its weight gradient:
- * rg[r,:] = Σ dy[n,:] over the positions of rows[r], summed in (n,k) order,
- * so it equals row rows[r] of nn_cpu_sparse_linear_bwd's dw value for value;
- * db += Σ_n dy[n,:] (may be NULL).  Nothing is read or written for an
+/* The weight gradient as its touched rows only, packed, the one kernel
+ * that OVERWRITES its weight gradient: rg[r,:] = Σ dy[n,:] over the
+ * positions of rows[r], summed in (n,k) order, so it equals row rows[r] of
+ * nn_cpu_sparse_linear_bwd's dw value for value; db += Σ_n dy[n,:] (may be
+ * NULL).  rg NULL computes db alone: training leaves the rows as sums for
+ * the optimiser step (nn_row_grad).  Nothing is read or written for an
  * untouched row. */
 void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O);
 
@@ -156,21 +150,18 @@ void nn_cpu_sgd_step(float *w, const float *g, float *buf, size_t n, float lr, f
 void nn_cpu_adam_step(float *w, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
                       float eps, float l2, long t);
 /* The same two steps, bit for bit, for a [n_total, cols] weight whose
- * gradient is row-sparse (as nn_cpu_sparse_linear_bwd_rows leaves it): the
- * n_rows listed rows, ascending, have their gradient rows packed in rg, and
- * every other row has a gradient of zero.  Every row is updated: the dense
- * gradient is never built, cleared or read. */
-void nn_cpu_adam_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
-                           float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
-void nn_cpu_sgd_rows_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t n_total, size_t cols,
-                          float *buf, float lr, float momentum, float l2);
-/* Lazy Adam (torch.optim.SparseAdam 1.13) over the n_rows listed rows of a
- * [*, cols] weight, whose gradient rows come packed in rg [n_rows, cols]
- * (as nn_cpu_sparse_linear_bwd_rows leaves them); other rows, and their m
+ * gradient is row-sparse (nn_row_grad, either form).  Every row is
+ * updated: the dense gradient is never built, cleared or read. */
+void nn_cpu_adam_rows_step(float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *m, float *v, float lr,
+                           float beta1, float beta2, float eps, float l2, long t);
+void nn_cpu_sgd_rows_step(float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *buf, float lr,
+                          float momentum, float l2);
+/* Lazy Adam (torch.optim.SparseAdam 1.13) over the listed rows of a
+ * [*, cols] weight and its row-sparse gradient g; other rows, and their m
  * and v, are not touched.  l2 > 0 adds 2·l2·w to the listed rows' gradient
  * only.  w -= lr·sqrt(1-β2^t)/(1-β1^t) · m/(sqrt(v) + eps). */
-void nn_cpu_lazy_adam_step(float *w, const float *rg, const int32_t *rows, size_t n_rows, size_t cols, float *m,
-                           float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
+void nn_cpu_lazy_adam_step(float *w, const nn_row_grad *g, size_t cols, float *m, float *v, float lr, float beta1,
+                           float beta2, float eps, float l2, long t);
 /* λ·Σw² in double (the regularisation term of the loss). */
 double nn_cpu_sumsq(const float *w, size_t n);
 

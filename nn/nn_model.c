@@ -801,8 +801,7 @@ int nn_model_set_row_grads(nn_model *m, int on, cds_err *err)
     if (!p)
         return cds_errf(err, "row-sparse gradients need a sparse first layer, and this %s model has none", m->arch);
     p->row_grad = on;
-    p->rows = NULL;
-    p->n_rows = 0;
+    p->rows = (nn_row_grad){0};
     return 0;
 }
 
@@ -976,9 +975,8 @@ static int backward_node(nn_model *m, node *d, cds_err *err)
     case K_SPARSE:
         if (m->params[d->pw].row_grad) {
             nn_param *p = &m->params[d->pw];
-            p->rows = m->sp.rows;
-            p->n_rows = m->sp.n_rows;
-            return nn_op_sparse_linear_bwd_rows(&m->sp, m->n_cur, &d->dy, &p->g, gb(m, d), err);
+            p->rows = (nn_row_grad){.rows = m->sp.rows, .n_rows = m->sp.n_rows, .plan = &m->sp, .dy = d->dy.data};
+            return nn_op_sparse_linear_bwd_rows(&m->sp, m->n_cur, &d->dy, NULL, gb(m, d), err);
         }
         return nn_op_sparse_linear_bwd(m->idx_cur, m->n_cur, m->nnz, &d->dy, gw(m, d), gb(m, d), err);
     case K_CONV:

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "cds_err.h"
+#include "nn_rows.h"
 #include "nn_tensor.h"
 
 typedef struct nn_model nn_model;
@@ -25,13 +26,13 @@ typedef struct nn_param {
     int decay;      /* 1 for convolution and linear weights: the L2 term applies */
     int embedding;  /* 1 for a sparse mlp's fc0.weight [dim, out]: a batch reads only the rows of its indices */
     /* Row-sparse gradient (nn_model_set_row_grads, embedding weights only):
-     * when row_grad is set, nn_model_backward lists in rows the n_rows
-     * distinct input indices of the batch, ascending, and g holds their
-     * gradient rows packed from its start ([n_rows, out]); the rest of g is
-     * stale, and every row not listed has a gradient of exactly zero. */
+     * when row_grad is set, nn_model_backward leaves in rows the gradient
+     * as its rows of the batch's distinct input indices (nn_rows.h), as
+     * sums the optimiser step takes; g is not written, and every row not
+     * listed has a gradient of exactly zero.  The sums read the model's
+     * plan and its dy: valid until the next forward pass. */
     int row_grad;
-    const int32_t *rows;
-    size_t n_rows;
+    nn_row_grad rows;
 } nn_param;
 
 typedef struct nn_buffer {

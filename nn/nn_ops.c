@@ -84,7 +84,7 @@ int nn_op_sparse_linear_bwd_rows(const nn_sparse_plan *pl, int N, const nn_tenso
                                  cds_err *err)
 {
     ON_CPU("sparse linear backward (rows)", dy, dw, db);
-    nn_cpu_sparse_linear_bwd_rows(pl, dy->data, dw->data, data_or_null(db), N, dw->shape[1]);
+    nn_cpu_sparse_linear_bwd_rows(pl, dy->data, data_or_null(dw), data_or_null(db), N, dy->shape[1]);
     return 0;
 }
 
@@ -255,37 +255,35 @@ int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v
     return 0;
 }
 
-/* rows × cols of a row-sparse gradient for w: 2-D, or one column. */
+/* Columns of w taken as rows × cols: 2-D, or one column. */
 static size_t row_cols(const nn_tensor *w)
 {
     return w->ndim == 2 ? (size_t)w->shape[1] : 1;
 }
 
-int nn_op_sgd_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *buf, float lr,
-                        float momentum, float l2, cds_err *err)
+int nn_op_sgd_rows_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *buf, float lr, float momentum, float l2,
+                        cds_err *err)
 {
-    ON_CPU("sgd step", w, g, buf);
+    ON_CPU("sgd step", w, buf);
     size_t cols = row_cols(w);
-    nn_cpu_sgd_rows_step(w->data, g->data, rows, n_rows, w->n / cols, cols, buf->data, lr, momentum, l2);
+    nn_cpu_sgd_rows_step(w->data, g, w->n / cols, cols, buf->data, lr, momentum, l2);
     return 0;
 }
 
-int nn_op_adam_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
-                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err)
+int nn_op_adam_rows_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *m, nn_tensor *v, float lr, float beta1,
+                         float beta2, float eps, float l2, long t, cds_err *err)
 {
-    ON_CPU("adam step", w, g, m, v);
+    ON_CPU("adam step", w, m, v);
     size_t cols = row_cols(w);
-    nn_cpu_adam_rows_step(w->data, g->data, rows, n_rows, w->n / cols, cols, m->data, v->data, lr, beta1, beta2, eps,
-                          l2, t);
+    nn_cpu_adam_rows_step(w->data, g, w->n / cols, cols, m->data, v->data, lr, beta1, beta2, eps, l2, t);
     return 0;
 }
 
-int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
-                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err)
+int nn_op_lazy_adam_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *m, nn_tensor *v, float lr, float beta1,
+                         float beta2, float eps, float l2, long t, cds_err *err)
 {
-    ON_CPU("lazy adam step", w, g, m, v);
-    size_t cols = row_cols(w);
-    nn_cpu_lazy_adam_step(w->data, g->data, rows, n_rows, cols, m->data, v->data, lr, beta1, beta2, eps, l2, t);
+    ON_CPU("lazy adam step", w, m, v);
+    nn_cpu_lazy_adam_step(w->data, g, row_cols(w), m->data, v->data, lr, beta1, beta2, eps, l2, t);
     return 0;
 }
 

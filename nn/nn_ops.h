@@ -25,7 +25,8 @@ int nn_op_sparse_linear_fwd(const nn_sparse_plan *pl, int N, const nn_tensor *w,
 int nn_op_sparse_linear_bwd(const int32_t *idx, int N, int K, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
                             cds_err *err);
 /* The weight gradient as its touched rows (nn_cpu_sparse_linear_bwd_rows):
- * dw [I, O] receives the plan's n_rows packed rows from its start. */
+ * dw [I, O] receives the plan's n_rows packed rows from its start; dw NULL
+ * computes db alone (the rows stay sums, nn_row_grad). */
 int nn_op_sparse_linear_bwd_rows(const nn_sparse_plan *pl, int N, const nn_tensor *dy, nn_tensor *dw, nn_tensor *db,
                                  cds_err *err);
 int nn_op_conv2d_fwd(const nn_conv_geom *g, const nn_tensor *x, const nn_tensor *w, const nn_tensor *b, nn_tensor *y,
@@ -59,15 +60,14 @@ int nn_op_sgd_step(nn_tensor *w, const nn_tensor *g, nn_tensor *buf, float lr, f
                    cds_err *err);
 int nn_op_adam_step(nn_tensor *w, const nn_tensor *g, nn_tensor *m, nn_tensor *v, float lr, float beta1, float beta2,
                     float eps, float l2, long t, cds_err *err);
-/* The exact steps for a row-sparse gradient: g holds the packed rows of the
- * listed rows of a 2-D w, every other row's gradient is zero. */
-int nn_op_sgd_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *buf, float lr,
-                        float momentum, float l2, cds_err *err);
-int nn_op_adam_rows_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
-                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err);
-/* Lazy Adam over the listed rows of a 2-D w; g holds their packed gradient rows. */
-int nn_op_lazy_adam_step(nn_tensor *w, const nn_tensor *g, const int32_t *rows, size_t n_rows, nn_tensor *m,
-                         nn_tensor *v, float lr, float beta1, float beta2, float eps, float l2, long t, cds_err *err);
+/* The exact steps, and lazy Adam, over a row-sparse gradient of a 2-D w
+ * (nn_rows.h; its rows and plan on the host, dy on w's device). */
+int nn_op_sgd_rows_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *buf, float lr, float momentum, float l2,
+                        cds_err *err);
+int nn_op_adam_rows_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *m, nn_tensor *v, float lr, float beta1,
+                         float beta2, float eps, float l2, long t, cds_err *err);
+int nn_op_lazy_adam_step(nn_tensor *w, const nn_row_grad *g, nn_tensor *m, nn_tensor *v, float lr, float beta1,
+                         float beta2, float eps, float l2, long t, cds_err *err);
 int nn_op_sumsq(const nn_tensor *w, double *out, cds_err *err);
 
 #endif

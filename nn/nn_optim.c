@@ -319,12 +319,10 @@ static int optim_step(nn_optim *o, double lr, cds_err *err)
             rc = c->adam ? nn_op_adam_step(&p->w, &p->g, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
                          : nn_op_sgd_step(&p->w, &p->g, s0, (float)lr, (float)c->momentum, l2, err);
         else if (c->lazy)
-            rc = nn_op_lazy_adam_step(&p->w, &p->g, p->rows, p->n_rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
+            rc = nn_op_lazy_adam_step(&p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
         else
-            rc = c->adam ? nn_op_adam_rows_step(&p->w, &p->g, p->rows, p->n_rows, s0, s1, (float)lr, b1, b2, eps, l2, t,
-                                                err)
-                         : nn_op_sgd_rows_step(&p->w, &p->g, p->rows, p->n_rows, s0, (float)lr, (float)c->momentum, l2,
-                                               err);
+            rc = c->adam ? nn_op_adam_rows_step(&p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
+                         : nn_op_sgd_rows_step(&p->w, &p->rows, s0, (float)lr, (float)c->momentum, l2, err);
         if (rc != 0)
             return -1;
     }

@@ -1415,14 +1415,15 @@ static void test_rows_steps(rng *r)
         float *w = frand(r, nw, -1, 1), *m = frand(r, nw, -0.1, 0.1), *v = frand(r, nw, 0, 0.01);
         float *w2 = fcopy(w, nw), *m2 = fcopy(m, nw), *v2 = fcopy(v, nw);
         nn_cpu_adam_step(w, g, m, v, nw, 0.01f, 0.9f, 0.999f, 1e-8f, l2, s + 1);
-        nn_cpu_adam_rows_step(w2, rg, rows, nr, I, C, m2, v2, 0.01f, 0.9f, 0.999f, 1e-8f, l2, s + 1);
+        nn_row_grad gr = {.rows = rows, .n_rows = nr, .rg = rg};
+        nn_cpu_adam_rows_step(w2, &gr, I, C, m2, v2, 0.01f, 0.9f, 0.999f, 1e-8f, l2, s + 1);
         oka &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0 &&
                memcmp(v, v2, nw * sizeof *v) == 0;
         nn_cpu_sgd_step(w, g, m, nw, 0.05f, 0.9f, l2);
-        nn_cpu_sgd_rows_step(w2, rg, rows, nr, I, C, m2, 0.05f, 0.9f, l2);
+        nn_cpu_sgd_rows_step(w2, &gr, I, C, m2, 0.05f, 0.9f, l2);
         okm &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0;
         nn_cpu_sgd_step(w, g, NULL, nw, 0.05f, 0.0f, l2);
-        nn_cpu_sgd_rows_step(w2, rg, rows, nr, I, C, m2, 0.05f, 0.0f, l2);
+        nn_cpu_sgd_rows_step(w2, &gr, I, C, m2, 0.05f, 0.0f, l2);
         okp &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0;
         free(rows), free(rg), free(g), free(w), free(m), free(v), free(w2), free(m2), free(v2);
     }
@@ -1430,6 +1431,49 @@ static void test_rows_steps(rng *r)
     ok(okm, "sgd with momentum over a row-sparse gradient = over it made dense, bit for bit (%d shapes)", shapes);
     ok(okp, "plain sgd over a row-sparse gradient = over it made dense, bit for bit, buffer untouched (%d shapes)",
        shapes);
+}
+
+/* A row-sparse gradient left as sums of dy rows (what training hands the
+ * steps) against the same gradient packed by nn_cpu_sparse_linear_bwd_rows:
+ * every step, exact and lazy, gives the same floats bit for bit.  Widths
+ * up to 2600 (sums taken over more than one 1024-float chunk), repeats. */
+static void test_pending_rows(rng *r)
+{
+    int okx = 1;
+    const int shapes = 16;
+    for (int s = 0; s < shapes; s++) {
+        int N = rng_int(r, 1, 40), K = rng_int(r, 1, 9), I = rng_int(r, 1, s < 8 ? 30 : 400);
+        int O = s % 4 == 3 ? rng_int(r, 1025, 2600) : rng_int(r, 1, 70);
+        size_t nnz = (size_t)N * K, nw = (size_t)I * O;
+        int32_t *idx = rand_indices(r, N, K, I);
+        float *dy = frand(r, (size_t)N * O, -1, 1), *rg = fzeros(nnz * (size_t)O);
+        void *work = xcalloc(nn_cpu_sparse_plan_work(N, K), 1);
+        nn_sparse_plan pl;
+        nn_cpu_sparse_plan(&pl, idx, N, K, I, work);
+        nn_cpu_sparse_linear_bwd_rows(&pl, dy, rg, NULL, N, O);
+        nn_row_grad packed = {.rows = pl.rows, .n_rows = pl.n_rows, .rg = rg};
+        nn_row_grad pending = {.rows = pl.rows, .n_rows = pl.n_rows, .plan = &pl, .dy = dy};
+        for (int kind = 0; kind < 3; kind++) {
+            float *w = frand(r, nw, -1, 1), *m = frand(r, nw, -0.1, 0.1), *v = frand(r, nw, 0, 0.01);
+            float *w2 = fcopy(w, nw), *m2 = fcopy(m, nw), *v2 = fcopy(v, nw);
+            float l2 = s % 2 ? 0.01f : 0.0f;
+            if (kind == 0) {
+                nn_cpu_adam_rows_step(w, &packed, (size_t)I, (size_t)O, m, v, 0.01f, 0.9f, 0.999f, 1e-8f, l2, 2);
+                nn_cpu_adam_rows_step(w2, &pending, (size_t)I, (size_t)O, m2, v2, 0.01f, 0.9f, 0.999f, 1e-8f, l2, 2);
+            } else if (kind == 1) {
+                nn_cpu_sgd_rows_step(w, &packed, (size_t)I, (size_t)O, m, 0.05f, 0.9f, l2);
+                nn_cpu_sgd_rows_step(w2, &pending, (size_t)I, (size_t)O, m2, 0.05f, 0.9f, l2);
+            } else {
+                nn_cpu_lazy_adam_step(w, &packed, (size_t)O, m, v, 0.01f, 0.9f, 0.999f, 1e-8f, l2, 2);
+                nn_cpu_lazy_adam_step(w2, &pending, (size_t)O, m2, v2, 0.01f, 0.9f, 0.999f, 1e-8f, l2, 2);
+            }
+            okx &= memcmp(w, w2, nw * sizeof *w) == 0 && memcmp(m, m2, nw * sizeof *m) == 0 &&
+                   memcmp(v, v2, nw * sizeof *v) == 0;
+            free(w), free(m), free(v), free(w2), free(m2), free(v2);
+        }
+        free(idx), free(dy), free(rg), free(work);
+    }
+    ok(okx, "adam, sgd and lazy adam from rows left as sums = from the rows packed, bit for bit (%d shapes)", shapes);
 }
 
 /* The row-sparse backward against the dense scatter: the same rows, each
@@ -1546,7 +1590,7 @@ static void test_lazy_adam(rng *r)
             if (i != 7 && rng_unit(r) < 0.4) /* row 7 is never listed */
                 rows[nr++] = (int32_t)i, ever[i] = 1;
         float *g = frand(r, nr * C, -1, 1), *w0 = fcopy(w, n), *m0 = fcopy(m, n), *v0 = fcopy(v, n);
-        nn_cpu_lazy_adam_step(w, g, rows, nr, C, m, v, lr, b1, b2, eps, l2, t);
+        nn_cpu_lazy_adam_step(w, &(nn_row_grad){.rows = rows, .n_rows = nr, .rg = g}, C, m, v, lr, b1, b2, eps, l2, t);
         double bc1 = 1 - pow(b1, (double)t), bc2 = 1 - pow(b2, (double)t), step = lr * sqrt(bc2) / bc1;
         size_t j = 0;
         for (size_t i = 0; i < R; i++) {
@@ -1585,9 +1629,10 @@ static void test_lazy_adam(rng *r)
             rows[nr++] = (int32_t)i;
     float *g = frand(r, nr * BC, -1, 1), *bw = frand(r, nb, -1, 1), *bm = frand(r, nb, -1, 1);
     float *bv = frand(r, nb, 0, 1), *w1 = fcopy(bw, nb), *m1 = fcopy(bm, nb), *v1 = fcopy(bv, nb);
-    nn_cpu_lazy_adam_step(bw, g, rows, nr, BC, bm, bv, lr, b1, b2, eps, l2, 9);
+    nn_cpu_lazy_adam_step(bw, &(nn_row_grad){.rows = rows, .n_rows = nr, .rg = g}, BC, bm, bv, lr, b1, b2, eps, l2, 9);
     for (size_t k = 0; k < nr; k++)
-        nn_cpu_lazy_adam_step(w1, g + k * BC, rows + k, 1, BC, m1, v1, lr, b1, b2, eps, l2, 9);
+        nn_cpu_lazy_adam_step(w1, &(nn_row_grad){.rows = rows + k, .n_rows = 1, .rg = g + k * BC}, BC, m1, v1, lr, b1,
+                              b2, eps, l2, 9);
     ok(memcmp(bw, w1, nb * sizeof *bw) == 0 && memcmp(bm, m1, nb * sizeof *bm) == 0 &&
            memcmp(bv, v1, nb * sizeof *bv) == 0,
        "lazy adam: one call over %zu rows of %zu = one call per row, bit for bit", nr, BC);
@@ -1711,6 +1756,7 @@ int main(void)
     test_adam(&r);
     test_optim_lanes(&r);
     test_rows_steps(&r);
+    test_pending_rows(&r);
     test_sparse_rows(&r);
     test_lazy_adam(&r);
     test_sumsq(&r);
