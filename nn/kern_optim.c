@@ -24,7 +24,11 @@
  * SSE exists (all of x86-64), also four lanes at a time with the same
  * operations in the same order: IEEE single-precision lane arithmetic
  * rounds exactly as the scalar code does, so the result does not depend on
- * which path handled an element (the tail always runs scalar).
+ * which path handled an element (the tail always runs scalar).  Adam and
+ * lazy Adam also have eight AVX lanes, chosen at run time where the CPU
+ * has AVX: their square root and divide were the limit even at memory
+ * speed (7.3M floats of confA's first layer: 20 % faster; in cache 2×).
+ * No FMA, which would round a multiply-add once instead of twice.
  *
  * Lazy Adam (torch.optim.SparseAdam 1.13) updates only the rows listed,
  * from the same row-sparse gradient; every other row keeps its weights, m
@@ -66,6 +70,10 @@
 
 #ifdef __SSE__
 #include <xmmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CDS_X86_AVX 1
+#include <immintrin.h>
 #endif
 
 /* ---- SGD ---- */
@@ -173,9 +181,41 @@ static size_t adam_lanes(float *w, const float *g, float *m, float *v, size_t n,
     return i;
 }
 
+#ifdef CDS_X86_AVX
+/* Eight lanes, the same operations again (no FMA: a fused multiply-add
+ * rounds once where the scalar code rounds twice). */
+__attribute__((target("avx"))) static size_t adam_lanes8(float *w, const float *g, float *m, float *v, size_t n,
+                                                          adam_coef k)
+{
+    __m256 step = _mm256_set1_ps(k.step), ibc2 = _mm256_set1_ps(k.inv_sqrt_bc2), b1 = _mm256_set1_ps(k.beta1);
+    __m256 b2 = _mm256_set1_ps(k.beta2), c1 = _mm256_set1_ps(k.c1), c2 = _mm256_set1_ps(k.c2);
+    __m256 eps = _mm256_set1_ps(k.eps), decay = _mm256_set1_ps(k.decay);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wi = _mm256_loadu_ps(w + i);
+        __m256 gi = _mm256_add_ps(_mm256_loadu_ps(g + i), _mm256_mul_ps(decay, wi));
+        __m256 mi = _mm256_add_ps(_mm256_mul_ps(b1, _mm256_loadu_ps(m + i)), _mm256_mul_ps(c1, gi));
+        __m256 vi = _mm256_add_ps(_mm256_mul_ps(b2, _mm256_loadu_ps(v + i)), _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        __m256 denom = _mm256_add_ps(_mm256_mul_ps(_mm256_sqrt_ps(vi), ibc2), eps);
+        _mm256_storeu_ps(w + i, _mm256_sub_ps(wi, _mm256_div_ps(_mm256_mul_ps(step, mi), denom)));
+    }
+    return i;
+}
+#endif
+
+/* AVX lanes where the CPU has them, then SSE lanes, then the scalar tail:
+ * every path rounds as the scalar code, so which one an element takes
+ * cannot change it (the tests compare them on the same elements). */
 static void adam_range(float *w, const float *g, float *m, float *v, size_t n, adam_coef k)
 {
-    size_t done = adam_lanes(w, g, m, v, n, k);
+    size_t done = 0;
+#ifdef CDS_X86_AVX
+    if (__builtin_cpu_supports("avx"))
+        done = adam_lanes8(w, g, m, v, n, k);
+#endif
+    done += adam_lanes(w + done, g + done, m + done, v + done, n - done, k);
     adam_scalar(w, g, m, v, done, n, k);
 }
 
@@ -249,9 +289,35 @@ static size_t lazy_lanes(float *w, const float *g, float *m, float *v, size_t n,
     return i;
 }
 
+#ifdef CDS_X86_AVX
+__attribute__((target("avx"))) static size_t lazy_lanes8(float *w, const float *g, float *m, float *v, size_t n,
+                                                          lazy_coef k)
+{
+    __m256 step = _mm256_set1_ps(k.step), c1 = _mm256_set1_ps(k.c1), c2 = _mm256_set1_ps(k.c2);
+    __m256 eps = _mm256_set1_ps(k.eps), decay = _mm256_set1_ps(k.decay);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wi = _mm256_loadu_ps(w + i), mi = _mm256_loadu_ps(m + i), vi = _mm256_loadu_ps(v + i);
+        __m256 gi = _mm256_add_ps(_mm256_loadu_ps(g + i), _mm256_mul_ps(decay, wi));
+        mi = _mm256_add_ps(mi, _mm256_mul_ps(c1, _mm256_sub_ps(gi, mi)));
+        vi = _mm256_add_ps(vi, _mm256_mul_ps(c2, _mm256_sub_ps(_mm256_mul_ps(gi, gi), vi)));
+        _mm256_storeu_ps(m + i, mi);
+        _mm256_storeu_ps(v + i, vi);
+        __m256 q = _mm256_div_ps(mi, _mm256_add_ps(_mm256_sqrt_ps(vi), eps));
+        _mm256_storeu_ps(w + i, _mm256_sub_ps(wi, _mm256_mul_ps(step, q)));
+    }
+    return i;
+}
+#endif
+
 static void lazy_range(float *w, const float *g, float *m, float *v, size_t n, lazy_coef k)
 {
-    size_t done = lazy_lanes(w, g, m, v, n, k);
+    size_t done = 0;
+#ifdef CDS_X86_AVX
+    if (__builtin_cpu_supports("avx"))
+        done = lazy_lanes8(w, g, m, v, n, k);
+#endif
+    done += lazy_lanes(w + done, g + done, m + done, v + done, n - done, k);
     lazy_scalar(w, g, m, v, done, n, k);
 }
 

@@ -1380,7 +1380,7 @@ static void test_optim_lanes(rng *r)
     for (size_t i = 0; i < n; i++)
         nn_cpu_adam_step(w1 + i, g + i, m1 + i, v1 + i, 1, 0.01f, 0.9f, 0.999f, 1e-8f, 0.01f, 3);
     ok(memcmp(w, w1, n * sizeof *w) == 0 && memcmp(m, m1, n * sizeof *m) == 0 && memcmp(v, v1, n * sizeof *v) == 0,
-       "adam: one call over n = n one-element calls, bit for bit");
+       "adam: one call over n = n one-element calls (vector lanes against the scalar code), bit for bit");
     memcpy(w1, w, n * sizeof *w);
     memcpy(m1, m, n * sizeof *m);
     nn_cpu_sgd_step(w, g, m, n, 0.1f, 0.9f, 0.01f);
@@ -1388,6 +1388,20 @@ static void test_optim_lanes(rng *r)
         nn_cpu_sgd_step(w1 + i, g + i, m1 + i, 1, 0.1f, 0.9f, 0.01f);
     ok(memcmp(w, w1, n * sizeof *w) == 0 && memcmp(m, m1, n * sizeof *m) == 0,
        "sgd: one call over n = n one-element calls, bit for bit");
+    /* lazy adam: one row of 37 (eight lanes, four lanes, the scalar tail)
+     * against 37 rows of one (the scalar code alone), the same floats */
+    memcpy(w1, w, n * sizeof *w);
+    memcpy(m1, m, n * sizeof *m);
+    memcpy(v1, v, n * sizeof *v);
+    int32_t one = 0, each[37];
+    for (int i = 0; i < 37; i++)
+        each[i] = i;
+    nn_cpu_lazy_adam_step(w, &(nn_row_grad){.rows = &one, .n_rows = 1, .rg = g}, n, m, v, 0.01f, 0.9f, 0.999f, 1e-8f,
+                          0.01f, 3);
+    nn_cpu_lazy_adam_step(w1, &(nn_row_grad){.rows = each, .n_rows = n, .rg = g}, 1, m1, v1, 0.01f, 0.9f, 0.999f,
+                          1e-8f, 0.01f, 3);
+    ok(memcmp(w, w1, n * sizeof *w) == 0 && memcmp(m, m1, n * sizeof *m) == 0 && memcmp(v, v1, n * sizeof *v) == 0,
+       "lazy adam: one row of n = n rows of one, bit for bit");
     free(w), free(g), free(m), free(v), free(w1), free(m1), free(v1);
 }
 
