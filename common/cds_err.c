@@ -14,16 +14,37 @@ static void flatten_newlines(char *s)
             *s = ' ';
 }
 
-int cds_errf(cds_err *err, const char *fmt, ...)
+static int set_msg(cds_err *err, cds_err_kind kind, const char *fmt, va_list ap)
 {
     if (!err)
         return -1;
-    va_list ap;
-    va_start(ap, fmt);
+    err->kind = kind;
     vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
     flatten_newlines(err->msg);
     return -1;
+}
+
+int cds_errf(cds_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_msg(err, CDS_ERR_FAILED, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int cds_err_nomem(cds_err *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    set_msg(err, CDS_ERR_NOMEM, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int cds_err_is_nomem(const cds_err *err)
+{
+    return err && err->kind == CDS_ERR_NOMEM;
 }
 
 int cds_err_wrap(cds_err *err, const char *fmt, ...)
@@ -52,6 +73,8 @@ int cds_err_wrap(cds_err *err, const char *fmt, ...)
 
 void cds_err_clear(cds_err *err)
 {
-    if (err)
+    if (err) {
+        err->kind = CDS_ERR_FAILED;
         err->msg[0] = '\0';
+    }
 }

@@ -12,8 +12,18 @@
 
 #define CDS_ERR_MAX 512
 
+/* What kind of failure, for the one a caller acts on differently: a job
+ * that ran out of memory would do so again on every retry, so a scheduler
+ * fails it instead of handing it to another worker.  Every other failure
+ * is CDS_ERR_FAILED, which is also what a zeroed cds_err holds. */
+typedef enum cds_err_kind {
+    CDS_ERR_FAILED = 0,
+    CDS_ERR_NOMEM,
+} cds_err_kind;
+
 typedef struct cds_err {
     char msg[CDS_ERR_MAX];
+    cds_err_kind kind;
 } cds_err;
 
 /* Formats the message into err (if err is not NULL) and returns -1, so a
@@ -21,8 +31,16 @@ typedef struct cds_err {
 int cds_errf(cds_err *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Prepends "context: " to an existing message (truncating if needed) and
- * returns -1. */
+/* The same for an allocation that failed: the kind is CDS_ERR_NOMEM, and the
+ * message should still say "out of memory" and for what. */
+int cds_err_nomem(cds_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* err is set and says that memory ran out. */
+int cds_err_is_nomem(const cds_err *err);
+
+/* Prepends "context: " to an existing message (truncating if needed),
+ * keeps its kind, and returns -1. */
 int cds_err_wrap(cds_err *err, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

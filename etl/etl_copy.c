@@ -86,7 +86,7 @@ etl_copy_parser *etl_copy_parser_new(etl_row_fn fn, void *ctx, cds_err *err)
     }
     etl_copy_parser *p = calloc(1, sizeof *p);
     if (!p) {
-        cds_errf(err, "out of memory creating a COPY parser");
+        cds_err_nomem(err, "out of memory creating a COPY parser");
         return NULL;
     }
     p->fn = fn;
@@ -125,7 +125,7 @@ static int grow_fields(etl_copy_parser *p, int n, cds_err *err)
         return 0;
     etl_field *f = realloc(p->fields, (size_t)n * sizeof *f);
     if (!f) {
-        cds_errf(err, "out of memory for %d COPY fields", n);
+        cds_err_nomem(err, "out of memory for %d COPY fields", n);
         return fail(p);
     }
     p->fields = f;
@@ -142,7 +142,7 @@ static int carry_reserve(etl_copy_parser *p, size_t n, cds_err *err)
         cap *= 2;
     uint8_t *c = realloc(p->carry, cap);
     if (!c) {
-        cds_errf(err, "out of memory assembling a COPY row of %zu bytes", n);
+        cds_err_nomem(err, "out of memory assembling a COPY row of %zu bytes", n);
         return fail(p);
     }
     p->carry = c;

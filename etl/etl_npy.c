@@ -268,7 +268,7 @@ etl_npy_writer *etl_npy_create(const char *path, etl_dtype dtype, const int64_t 
     etl_npy_writer *w = calloc(1, sizeof *w);
     if (!w || !(w->path = strdup(path)) || !(w->buf = malloc(WRITE_BUF)) || !(w->sum = XXH3_createState()) ||
         XXH3_128bits_reset(w->sum) != XXH_OK) {
-        cds_errf(err, "out of memory creating %s", path);
+        cds_err_nomem(err, "out of memory creating %s", path);
         if (w) {
             w->fd = -1;
             writer_free(w);

@@ -101,7 +101,7 @@ static int write_json_atomic(const char *dir, const char *name, const json_t *j,
         return -1;
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
     if (!text)
-        return cds_errf(err, "out of memory formatting %s", path);
+        return cds_err_nomem(err, "out of memory formatting %s", path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     int rc = fd < 0 ? -1 : 0;
     if (rc == 0)
@@ -171,7 +171,7 @@ etl_shard_writer *etl_shard_begin(const char *split_dir, int shard, etl_dtype x_
     }
     etl_shard_writer *w = calloc(1, sizeof *w);
     if (!w) {
-        cds_errf(err, "out of memory starting shard %d in %s", shard, split_dir);
+        cds_err_nomem(err, "out of memory starting shard %d in %s", shard, split_dir);
         return NULL;
     }
     w->shard = shard;
@@ -433,7 +433,7 @@ etl_shard *etl_shard_open(const char *dir, int verify, cds_err *err)
     etl_shard *s = calloc(1, sizeof *s);
     if (!s || !(s->dir = strdup(dir))) {
         free(s);
-        cds_errf(err, "out of memory opening shard %s", dir);
+        cds_err_nomem(err, "out of memory opening shard %s", dir);
         return NULL;
     }
     char path[PATH_MAX];

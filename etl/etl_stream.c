@@ -281,7 +281,7 @@ static int convert_madlib(converter *cv, const etl_field *f, int nf, cds_err *er
                         (long long)per, (long long)classes, (long long)p->row_elems, p->num_classes);
     float *xf = scratch(cv, (size_t)(nrows * per));
     if (!xf && nrows * per > 0)
-        return cds_errf(err, "out of memory unpacking a MADlib buffer of %lld rows", (long long)nrows);
+        return cds_err_nomem(err, "out of memory unpacking a MADlib buffer of %lld rows", (long long)nrows);
     if (p->cols[0].oid == ETL_OID_BYTEA) {
         if (f[0].len != nrows * per * 4)
             return cds_errf(err, "MADlib independent_var holds %d bytes, expected %lld float32 values", f[0].len,

@@ -62,14 +62,14 @@ etl_writeq *etl_writeq_new(etl_shard_writer *w, size_t xrow, size_t batch_rows, 
 {
     etl_writeq *q = calloc(1, sizeof *q);
     if (!q)
-        return cds_errf(err, "out of memory"), NULL;
+        return cds_err_nomem(err, "out of memory"), NULL;
     q->w = w;
     for (int i = 0; i < NBUF; i++) {
         q->x[i] = malloc(xrow * batch_rows > 0 ? xrow * batch_rows : 1);
         q->y[i] = malloc(sizeof(int32_t) * batch_rows);
         if (!q->x[i] || !q->y[i]) {
             etl_writeq_free(q);
-            return cds_errf(err, "out of memory for batches of %zu rows of %zu bytes", batch_rows, xrow), NULL;
+            return cds_err_nomem(err, "out of memory for batches of %zu rows of %zu bytes", batch_rows, xrow), NULL;
         }
     }
     q->fill = 0;

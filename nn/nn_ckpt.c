@@ -146,7 +146,7 @@ static int w_oom(ck_writer *w, const char *what)
 {
     if (!w->failed) {
         w->failed = 1;
-        cds_errf(&w->first_err, "saving checkpoint %s: out of memory packing %s", w->path, what);
+        cds_err_nomem(&w->first_err, "saving checkpoint %s: out of memory packing %s", w->path, what);
     }
     return -1;
 }
@@ -446,7 +446,7 @@ int nn_ckpt_save_with(const char *path, const nn_ckpt *c, const nn_ckpt_save_opt
     ck_writer w = {.path = path, .tmp = tmp, .o = o, .fd = -1, .crc = crc32(0L, Z_NULL, 0)};
     int rc = -1, created = 0;
     if (!(w.buf = malloc(IO_BUF))) {
-        cds_errf(err, "saving checkpoint %s: out of memory", path);
+        cds_err_nomem(err, "saving checkpoint %s: out of memory", path);
         goto out;
     }
     w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -560,7 +560,7 @@ static int r_io_fail(ck_reader *r, int e)
 
 static int r_oom(ck_reader *r, const char *what)
 {
-    return cds_errf(r->err, "checkpoint %s: out of memory reading %s", r->path, what);
+    return cds_err_nomem(r->err, "checkpoint %s: out of memory reading %s", r->path, what);
 }
 
 /* Copies the next n bytes. */
@@ -903,7 +903,7 @@ static int r_json_object(ck_reader *r, const char *what, char **out)
     *out = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(j);
     if (!*out)
-        return cds_errf(r->err, "checkpoint %s: out of memory writing %s as JSON", r->path, what);
+        return cds_err_nomem(r->err, "checkpoint %s: out of memory writing %s as JSON", r->path, what);
     return 0;
 }
 
@@ -951,7 +951,7 @@ static int r_tensor_data(ck_reader *r, nn_ckpt_tensor *t, size_t bytes)
         return -1;
     /* At least one float, so an empty tensor still has a valid pointer. */
     if (!(t->data = malloc(bytes ? bytes : sizeof(float))))
-        return cds_errf(r->err, "checkpoint %s: out of memory for tensor %s (%zu bytes)", r->path, t->name, bytes);
+        return cds_err_nomem(r->err, "checkpoint %s: out of memory for tensor %s (%zu bytes)", r->path, t->name, bytes);
     size_t got = 0;
     for (uint64_t i = 0; i < n; i++) {
         mp_head h;
@@ -1139,7 +1139,7 @@ int nn_ckpt_load(const char *path, nn_ckpt *c, cds_err *err)
         goto out;
     }
     if (!(r.buf = malloc(IO_BUF))) {
-        cds_errf(err, "checkpoint %s: out of memory", path);
+        cds_err_nomem(err, "checkpoint %s: out of memory", path);
         goto out;
     }
     r.end = st.st_size >= TAIL_LEN ? (uint64_t)st.st_size - TAIL_LEN : 0;

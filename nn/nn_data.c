@@ -461,7 +461,7 @@ static int alloc_buffers(nn_data *d, cds_err *err)
             b->x = malloc((size_t)(cap * per_row) * sizeof *b->x);
         b->y = malloc((size_t)cap * sizeof *b->y);
         if ((!b->idx && !b->x) || !b->y)
-            return cds_errf(err, "shard %s: out of memory for batches of %lld rows of %lld values: use a smaller "
+            return cds_err_nomem(err, "shard %s: out of memory for batches of %lld rows of %lld values: use a smaller "
                             "batch", d->dir, (long long)cap, (long long)per_row);
     }
     return 0;
@@ -507,7 +507,7 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
     nn_data *d = calloc(1, sizeof *d);
     if (!d || !(d->dir = strdup(shard_dir))) {
         free(d);
-        cds_errf(err, "shard %s: out of memory", shard_dir);
+        cds_err_nomem(err, "shard %s: out of memory", shard_dir);
         return NULL;
     }
     copy_settings(d, shard_index, o);
@@ -527,13 +527,13 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
     if (!d->sparse && d->dtype == ETL_U8) {
         d->lut = malloc((size_t)(d->n_norm ? d->n_norm : 1) * sizeof *d->lut);
         if (!d->lut) {
-            cds_errf(err, "shard %s: out of memory", d->dir);
+            cds_err_nomem(err, "shard %s: out of memory", d->dir);
             goto fail;
         }
         build_luts(d);
     }
     if (d->shuffle && !(d->order = malloc((size_t)(d->rows > 0 ? d->rows : 1) * sizeof *d->order))) {
-        cds_errf(err, "shard %s: out of memory for the order of %lld rows", d->dir, (long long)d->rows);
+        cds_err_nomem(err, "shard %s: out of memory for the order of %lld rows", d->dir, (long long)d->rows);
         goto fail;
     }
     if (alloc_buffers(d, err) != 0)
@@ -616,7 +616,9 @@ static int fail_pass(nn_data *d, const cds_err *why, cds_err *err)
 {
     d->failed = 1;
     d->fail_err = *why;
-    return cds_errf(err, "%s", why->msg);
+    if (err)
+        *err = *why;
+    return -1;
 }
 
 static int give_batch(const nn_data *d, const nn_buf *b, nn_batch *out)
@@ -669,7 +671,10 @@ int nn_data_next(nn_data *d, nn_batch *b, cds_err *err)
     memset(b, 0, sizeof *b);
     if (!d->began)
         return cds_errf(err, "shard %s: nn_data_next before nn_data_begin: start a pass first", d->dir);
-    if (d->failed)
-        return cds_errf(err, "%s", d->fail_err.msg);
+    if (d->failed) {
+        if (err)
+            *err = d->fail_err;
+        return -1;
+    }
     return d->prefetch ? next_prefetched(d, b, err) : next_sync(d, b, err);
 }

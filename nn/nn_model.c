@@ -122,7 +122,16 @@ static int mb_fail(nn_model *m, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(m->build_err.msg, sizeof m->build_err.msg, fmt, ap);
         va_end(ap);
+        m->build_err.kind = CDS_ERR_FAILED;
     }
+    m->failed = 1;
+    return -1;
+}
+
+static int mb_nomem(nn_model *m)
+{
+    if (!m->failed)
+        cds_err_nomem(&m->build_err, "out of memory building the model");
     m->failed = 1;
     return -1;
 }
@@ -147,16 +156,16 @@ static int mb_param(nn_model *m, const char *layer, const char *what, int ndim, 
         return -1;
     size_t cap = m->cap_params;
     if (grow((void **)&m->params, &m->cap_params, m->n_params + 1, sizeof *m->params) != 0)
-        return mb_fail(m, "out of memory building the model");
+        return mb_nomem(m);
     if (cap != m->cap_params) {
         param_plan *pl = realloc(m->plans, m->cap_params * sizeof *m->plans);
         if (!pl)
-            return mb_fail(m, "out of memory building the model");
+            return mb_nomem(m);
         m->plans = pl;
     }
     const char *name = mb_name(m, layer, what);
     if (!name)
-        return mb_fail(m, "out of memory building the model");
+        return mb_nomem(m);
     nn_param *p = &m->params[m->n_params];
     memset(p, 0, sizeof *p);
     p->name = name;
@@ -174,16 +183,16 @@ static int mb_buffer(nn_model *m, const char *layer, const char *what, int c)
         return -1;
     size_t cap = m->cap_bufs;
     if (grow((void **)&m->bufs, &m->cap_bufs, m->n_bufs + 1, sizeof *m->bufs) != 0)
-        return mb_fail(m, "out of memory building the model");
+        return mb_nomem(m);
     if (cap != m->cap_bufs) {
         size_t *off = realloc(m->buf_off, m->cap_bufs * sizeof *m->buf_off);
         if (!off)
-            return mb_fail(m, "out of memory building the model");
+            return mb_nomem(m);
         m->buf_off = off;
     }
     const char *name = mb_name(m, layer, what);
     if (!name)
-        return mb_fail(m, "out of memory building the model");
+        return mb_nomem(m);
     nn_buffer *b = &m->bufs[m->n_bufs];
     b->name = name;
     nn_tensor_shape(&b->t, 1, &c);
@@ -201,7 +210,7 @@ static int mb_node(nn_model *m, enum node_kind kind, int in, int ndim, int c, in
         return mb_fail(m, "input too small for %s: a layer's output would be empty (%dx%d); use a larger input", m->arch,
                        h, w);
     if (grow((void **)&m->nodes, &m->cap_nodes, m->n_nodes + 1, sizeof *m->nodes) != 0)
-        return mb_fail(m, "out of memory building the model");
+        return mb_nomem(m);
     node *n = &m->nodes[m->n_nodes];
     memset(n, 0, sizeof *n);
     n->kind = kind;
@@ -660,9 +669,9 @@ static int allocate(nn_model *m, cds_err *err)
     m->gblock = aligned_alloc(64, pbytes);
     m->bblock = aligned_alloc(64, bbytes);
     if (!m->pblock || !m->gblock || !m->bblock)
-        return cds_errf(err, "out of memory for %zu parameters of %s", nn_model_nparams(m), m->arch);
+        return cds_err_nomem(err, "out of memory for %zu parameters of %s", nn_model_nparams(m), m->arch);
     if (m->sparse_dim && !(m->sp_work = malloc(nn_cpu_sparse_plan_work(m->max_batch, m->nnz))))
-        return cds_errf(err, "out of memory for the sparse input plan of a batch of %d", m->max_batch);
+        return cds_err_nomem(err, "out of memory for the sparse input plan of a batch of %d", m->max_batch);
     memset(m->gblock, 0, pbytes);
     memset(m->pblock, 0, pbytes);
     for (size_t i = 0; i < m->n_params; i++) {
@@ -693,7 +702,7 @@ static nn_model *model_plan(const char *model_json, int max_batch, cds_err *err)
     nn_model *m = calloc(1, sizeof *m);
     if (!m) {
         json_decref(o);
-        return cds_errf(err, "out of memory"), NULL;
+        return cds_err_nomem(err, "out of memory"), NULL;
     }
     m->max_batch = max_batch;
     int hidden[16], n_hidden = 0;
@@ -701,7 +710,7 @@ static nn_model *model_plan(const char *model_json, int max_batch, cds_err *err)
         goto fail;
     m->spec = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (!m->spec) {
-        cds_errf(err, "out of memory");
+        cds_err_nomem(err, "out of memory");
         goto fail;
     }
     if (m->in_ndim == 3)
@@ -756,7 +765,7 @@ nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds
     m->act = nn_arena_new(NN_CPU);
     m->grad = nn_arena_new(NN_CPU);
     if (!m->act || !m->grad) {
-        cds_errf(err, "out of memory");
+        cds_err_nomem(err, "out of memory");
         nn_model_free(m);
         return NULL;
     }

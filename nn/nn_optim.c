@@ -194,7 +194,7 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
     c->seed = (uint64_t)seed;
     c->json = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (!c->json) {
-        cds_errf(err, "out of memory");
+        cds_err_nomem(err, "out of memory");
         goto out;
     }
     rc = 0;
@@ -248,7 +248,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
 {
     nn_optim *o = calloc(1, sizeof *o);
     if (!o)
-        return cds_errf(err, "out of memory"), NULL;
+        return cds_err_nomem(err, "out of memory"), NULL;
     o->model = m;
     o->cfg = c;
     if (c->lazy && !has_embedding(m)) {
@@ -268,7 +268,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
     o->block = aligned_alloc(64, (total ? total : 16) * sizeof(float));
     if (!o->state || !o->names || !o->block) {
         nn_optim_free(o);
-        return cds_errf(err, "out of memory for the optimiser state of %zu parameters", nn_model_nparams(m)), NULL;
+        return cds_err_nomem(err, "out of memory for the optimiser state of %zu parameters", nn_model_nparams(m)), NULL;
     }
     memset(o->block, 0, (total ? total : 16) * sizeof(float));
     static const char *const prefix[2][2] = {{"buf:", NULL}, {"m:", "v:"}};
@@ -284,7 +284,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
             o->names[i * per + k] = malloc(len);
             if (!o->names[i * per + k]) {
                 nn_optim_free(o);
-                return cds_errf(err, "out of memory"), NULL;
+                return cds_err_nomem(err, "out of memory"), NULL;
             }
             snprintf(o->names[i * per + k], len, "%s%s", prefix[c->adam][k], p->name);
         }

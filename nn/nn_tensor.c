@@ -62,7 +62,7 @@ int nn_arena_commit(nn_arena *a, cds_err *err)
     size_t size = a->size ? a->size : NN_ARENA_ALIGN;
     a->base = aligned_alloc(NN_ARENA_ALIGN, size);
     if (!a->base)
-        return cds_errf(err, "out of memory allocating %.1f MiB of activations: use a smaller batch or model",
+        return cds_err_nomem(err, "out of memory allocating %.1f MiB of activations: use a smaller batch or model",
                         (double)size / (1 << 20));
     memset(a->base, 0, size);
     return 0;

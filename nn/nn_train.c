@@ -41,7 +41,7 @@ static nn_trainer *trainer_build(const char *model_json, const char *train_json,
 {
     nn_trainer *t = calloc(1, sizeof *t);
     if (!t)
-        return cds_errf(err, "out of memory"), NULL;
+        return cds_err_nomem(err, "out of memory"), NULL;
     if (nn_train_cfg_parse(train_json, &t->cfg, err) != 0) {
         free(t);
         return NULL;
@@ -55,7 +55,7 @@ static nn_trainer *trainer_build(const char *model_json, const char *train_json,
     size_t len = strlen(nn_model_spec(t->model)) + strlen(t->cfg.json) + 32;
     t->spec = malloc(len);
     if (!t->spec) {
-        cds_errf(err, "out of memory");
+        cds_err_nomem(err, "out of memory");
         goto fail;
     }
     snprintf(t->spec, len, "{\"model\":%s,\"train\":%s}", nn_model_spec(t->model), t->cfg.json);
@@ -64,11 +64,6 @@ static nn_trainer *trainer_build(const char *model_json, const char *train_json,
 fail:
     nn_trainer_free(t);
     return NULL;
-}
-
-int nn_err_out_of_memory(const cds_err *err)
-{
-    return err && strstr(err->msg, "out of memory") != NULL;
 }
 
 nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
@@ -143,7 +138,7 @@ static int visit(nn_trainer *t, int shard_index, cds_err *err)
         size_t cap = t->cap_visited ? t->cap_visited * 2 : 16;
         int32_t *v = realloc(t->visited, cap * sizeof *v);
         if (!v)
-            return cds_errf(err, "out of memory");
+            return cds_err_nomem(err, "out of memory");
         t->visited = v;
         t->cap_visited = cap;
     }
@@ -251,7 +246,7 @@ int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err)
     if (!c.params || !c.opt_state) {
         free(c.params);
         free(c.opt_state);
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     }
     for (size_t i = 0; i < np; i++)
         c.params[c.n_params++] = as_ckpt(nn_model_param(m, i)->name, &nn_model_param(m, i)->w);

@@ -34,13 +34,6 @@ typedef int (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_p
 
 typedef struct nn_trainer nn_trainer;
 
-/* Whether an error of this module (and of the model, optimiser, data and
- * checkpoint code under it) came from a failed allocation: the model, its
- * optimiser state or its activations for the batch size do not fit this
- * machine.  Every such message says "out of memory", a rule the nn/ code
- * keeps so that callers can tell a configuration that cannot run here from
- * a passing fault. */
-int nn_err_out_of_memory(const cds_err *err);
 
 /* A fresh trainer from a spec {"model": {...}, "train": {...}} (JSON text). */
 nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err);

@@ -330,7 +330,7 @@ int qbatch_init(qbatch *b, size_t n, cds_err *err)
     b->reply = calloc(n ? n : 1, sizeof *b->reply);
     if (!b->cmd || !b->reply) {
         qbatch_free(b);
-        return cds_errf(err, "out of memory for a pipeline of %zu commands", n);
+        return cds_err_nomem(err, "out of memory for a pipeline of %zu commands", n);
     }
     return 0;
 }
@@ -359,7 +359,7 @@ static int open_socket(queue_conn *q, cds_err *err)
     q->c = q->url.is_unix ? redisConnectUnixWithTimeout(q->url.path, tv)
                           : redisConnectWithTimeout(q->url.host, q->url.port, tv);
     if (!q->c)
-        return cds_errf(err, "cannot connect to Redis at %s: out of memory", q->url_redacted);
+        return cds_err_nomem(err, "cannot connect to Redis at %s: out of memory", q->url_redacted);
     if (q->c->err)
         return cds_errf(err, "cannot connect to Redis at %s: %s (is redis-server running? set --redis or CDS_REDIS_URL)",
                         q->url_redacted, q->c->errstr);
@@ -433,7 +433,7 @@ queue_conn *queue_connect(const queue_opts *opts, cds_err *err)
 
     queue_conn *q = calloc(1, sizeof *q);
     if (!q)
-        return cds_errf(err, "out of memory"), NULL;
+        return cds_err_nomem(err, "out of memory"), NULL;
     if (queue_url_parse(url, &q->url, err) != 0) {
         free(q);
         return NULL;

@@ -161,7 +161,7 @@ int queue_enqueue(queue_conn *q, const queue_job_spec *specs, size_t n, queue_en
     size_t *starts = calloc(ncalls, sizeof *starts);
     if (!starts) {
         qbatch_free(&b);
-        return cds_errf(err, "out of memory enqueueing %zu jobs", n);
+        return cds_err_nomem(err, "out of memory enqueueing %zu jobs", n);
     }
     for (size_t i = 0, c = 0; i < n; c++) {
         size_t run = same_spec_queue_run(specs, i, n, ENQUEUE_CALL_MAX);
@@ -258,7 +258,7 @@ int queue_claim(queue_conn *q, const char *queue, const char *worker, int64_t le
         return 0;
     queue_job *cand = calloc(max, sizeof *cand);
     if (!cand)
-        return cds_errf(err, "out of memory claiming %zu jobs", max);
+        return cds_err_nomem(err, "out of memory claiming %zu jobs", max);
     qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "q:%s:wait", queue);
     qargs_key(&keys, q, "q:%s:active", queue);

@@ -225,7 +225,7 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
     size_t cap = 16, n = 0;
     char **pending_ids = malloc(cap * sizeof *pending_ids);
     if (!pending_ids)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     pending_ids[n++] = strdup(id);
     int rc = 0;
     while (n > 0 && rc == 0) {
@@ -247,7 +247,7 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
                 if (n == cap) {
                     char **bigger = realloc(pending_ids, 2 * cap * sizeof *pending_ids);
                     if (!bigger) {
-                        rc = cds_errf(err, "out of memory");
+                        rc = cds_err_nomem(err, "out of memory");
                         break;
                     }
                     pending_ids = bigger;

@@ -374,7 +374,7 @@ int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out
     }
     *out = strdup(r->str);
     freeReplyObject(r);
-    return *out ? 0 : cds_errf(err, "out of memory reading the spec of model %d of sweep '%s'", model, sweep);
+    return *out ? 0 : cds_err_nomem(err, "out of memory reading the spec of model %d of sweep '%s'", model, sweep);
 }
 
 /* The model and token that name a lease to every script that ends it. */
@@ -711,7 +711,7 @@ int queue_sweep_list_active(queue_conn *q, char ***ids, size_t *n, cds_err *err)
             *ids = v;
             *n = r->elements;
         } else {
-            rc = cds_errf(err, "out of memory listing the active sweeps");
+            rc = cds_err_nomem(err, "out of memory listing the active sweeps");
         }
     }
     freeReplyObject(r);

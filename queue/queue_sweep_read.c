@@ -38,7 +38,7 @@ int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_errf(err, "out of memory listing sweeps");
+    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_err_nomem(err, "out of memory listing sweeps");
     freeReplyObject(r);
     return rc;
 }
@@ -74,7 +74,7 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
     if (!r)
         return -1;
     int rc = reply_strings(r, lines, n) == 0 ? 0
-                                             : cds_errf(err, "out of memory reading the schedule of sweep %s", sweep);
+                                             : cds_err_nomem(err, "out of memory reading the schedule of sweep %s", sweep);
     freeReplyObject(r);
     return rc;
 }

@@ -179,7 +179,7 @@ static void test_good(const char *name, size_t max_piece, uint64_t seed, uint32_
 {
     tbuf s = good_stream(ext);
     check c = {.stop_at = -1};
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_copy_parser *p = etl_copy_parser_new(on_row, &c, &err);
     int rc = feed_pieces(p, &s, max_piece, seed, &c, &err);
     ok(rc == 0, "%s: stream accepted", name);
@@ -199,7 +199,7 @@ static void test_good(const char *name, size_t max_piece, uint64_t seed, uint32_
 static void expect_refused(const tbuf *s, int bytewise, const char *want, const char *name)
 {
     check c = {.stop_at = -1};
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_copy_parser *p = etl_copy_parser_new(on_row, &c, &err);
     int rc = feed_pieces(p, s, bytewise ? 1 : 0, 0, NULL, &err);
     ok(rc != 0 && strstr(err.msg, want), "%s%s refused: %s", name, bytewise ? " (byte by byte)" : "", err.msg);
@@ -314,7 +314,7 @@ static void test_edges(void)
     put_row(&s, 0);
     tb_copy_trailer(&s);
     check c = {.stop_at = -1};
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_copy_parser *p = etl_copy_parser_new(on_row, &c, &err);
     ok(feed_pieces(p, &s, 0, 0, NULL, &err) == 0 && c.rows == 1 && c.bad == 0, "non-critical flag bits are ignored");
     etl_copy_parser_free(p);
@@ -392,7 +392,7 @@ static void test_corrupted_streams(void)
         if (it % 4 == 0)
             s.len = lcg(&seed) % s.len;
         int rows = 0;
-        cds_err err = {{0}};
+        cds_err err = {0};
         etl_copy_parser *p = etl_copy_parser_new(tolerant_row, &rows, &err);
         if (feed_pieces(p, &s, it % 2 ? 1 + lcg(&seed) % 3000 : 0, seed, NULL, &err) == 0)
             accepted++;

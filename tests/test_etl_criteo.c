@@ -77,7 +77,7 @@ static void test_murmur_smhasher(void)
 static void test_edges(void)
 {
     etl_criteo c;
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_criteo_init(&c);
     is_int(etl_criteo_int_position(&c, 0, 5.0), 1, "no edges: every present value in bucket 1");
 
@@ -230,7 +230,7 @@ static int increasing_in_range(const int32_t idx[39])
 static void test_row_types(void)
 {
     etl_criteo c;
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_criteo_init(&c);
     c.seed = 0;
     double e[] = {0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 377, 610, 987, 1597};
@@ -341,7 +341,7 @@ static int one_line(const cds_err *err)
 static void test_row_errors(void)
 {
     etl_criteo c;
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_criteo_init(&c);
     rowbuf r;
     int32_t label, idx[39];
@@ -414,7 +414,7 @@ static json_t *params_json(const char *text)
 static void test_json(void)
 {
     etl_criteo c, back;
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_criteo_init(&c);
     c.seed = 0xdeadbeefu;
     double awkward[] = {-5, 0.1, 1.0 / 3, 2.5e-300, 7, 123456789.123456789, 1e300};

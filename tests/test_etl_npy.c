@@ -117,7 +117,7 @@ static void test_round_trip(void)
 {
     char path[512], sha[65], sha2[65];
     int64_t bytes = 0, rows = 100000;
-    cds_err err = {{0}};
+    cds_err err = {0};
     path_in_root(path, sizeof path, "x.npy");
     int rc = write_f32(path, rows, sha, &bytes, &err);
     ok(rc == 0, "wrote 100000 x 3 x 4 float32 in appends of 1 to 50000 rows");
@@ -181,7 +181,7 @@ static void test_numpy(void)
     }
     char path[512], out[512], want[512], sha[65];
     int64_t bytes;
-    cds_err err = {{0}};
+    cds_err err = {0};
     path_in_root(path, sizeof path, "np.npy");
     int64_t rows = 5000;
     if (write_f32(path, rows, sha, &bytes, &err) != 0)
@@ -249,7 +249,7 @@ static void write_raw(const char *path, const char *dict, size_t n)
 static void expect_map_refused(const char *path, const char *want, const char *name)
 {
     etl_npy_view v;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int rc = etl_npy_map(path, &v, &err);
     ok(rc != 0 && strstr(err.msg, want) && strstr(err.msg, path), "%s refused: %s", name, err.msg);
     if (rc == 0)
@@ -270,7 +270,7 @@ static void test_corruption(void)
 {
     char good_path[512], path[512], sha[65];
     int64_t bytes;
-    cds_err err = {{0}};
+    cds_err err = {0};
     path_in_root(good_path, sizeof good_path, "good.npy");
     if (write_f32(good_path, 10, sha, &bytes, &err) != 0)
         tap_bail(err.msg);
@@ -353,7 +353,7 @@ static int dir_is_empty(const char *dir)
 static void test_create_errors(void)
 {
     char path[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     path_in_root(path, sizeof path, "no/such/dir/x.npy");
     ok(etl_npy_create(path, ETL_F32, NULL, 0, &err) == NULL && strstr(err.msg, path) &&
            strstr(err.msg, "directory does not exist"),
@@ -389,7 +389,7 @@ static void test_enospc(void)
         return;
     }
     snprintf(path, sizeof path, "%s/x.npy", dir);
-    cds_err err = {{0}};
+    cds_err err = {0};
     int64_t shape[1] = {1024}, bytes;
     etl_npy_writer *w = etl_npy_create(path, ETL_F32, shape, 1, &err);
     float *row = calloc(1024 * 64, sizeof *row);
@@ -422,7 +422,7 @@ static void test_efbig(void)
         signal(SIGXFSZ, SIG_IGN);
         struct rlimit lim = {256 * 1024, 256 * 1024};
         setrlimit(RLIMIT_FSIZE, &lim);
-        cds_err err = {{0}}, again = {{0}};
+        cds_err err = {0}, again = {0};
         char sha[65], msg[2 * CDS_ERR_MAX + 64];
         int64_t bytes;
         etl_npy_writer *w = etl_npy_create(path, ETL_U8, NULL, 0, &err);

@@ -115,7 +115,7 @@ static void shard_dir(char *out, size_t n, int k) { snprintf(out, n, "%s/shard-%
 
 static void test_commit_and_open(void)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     char dir[400];
     shard_dir(dir, sizeof dir, 0);
     etl_shard_writer *w = begin(0, &err);
@@ -195,7 +195,7 @@ static void test_commit_and_open(void)
 
 static void test_replace(void)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     char dir[400];
     shard_dir(dir, sizeof dir, 1);
     ok(write_shard(1, 5, 100, 0, &err) == 0, "shard-1 written");
@@ -221,7 +221,7 @@ static void test_replace(void)
 
 static void test_abort(void)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_shard_writer *w = begin(5, &err);
     ok(w && append_rows(w, 1, 500, &err) == 0, "a writer for shard-5");
     etl_shard_abort(w);
@@ -272,7 +272,7 @@ static void edit_manifest(const char *dir, const char *key, json_t *value, const
 
 static void expect_refused(const char *dir, int verify, const char *want, const char *name)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_shard *s = etl_shard_open(dir, verify, &err);
     ok(s == NULL && strstr(err.msg, want) && strstr(err.msg, dir) && strstr(err.msg, "re-run the unload"),
        "%s refused%s: %s", name, verify ? " (verify)" : "", err.msg);
@@ -292,7 +292,7 @@ static void flip_bit(const char *path, long off)
 static void test_damage(void)
 {
     char dir[400], path[500];
-    cds_err err = {{0}};
+    cds_err err = {0};
 
     damaged_copy("flip", dir, sizeof dir);
     snprintf(path, sizeof path, "%s/x.npy", dir);
@@ -328,7 +328,7 @@ static void test_damage(void)
 
     damaged_copy("version", dir, sizeof dir);
     edit_manifest(dir, "format_version", json_integer(3), NULL);
-    cds_err e2 = {{0}};
+    cds_err e2 = {0};
     ok(etl_shard_open(dir, 0, &e2) == NULL && strstr(e2.msg, "format_version 3") && strstr(e2.msg, "upgrade cds"),
        "a newer format_version asks for an upgrade: %s", e2.msg);
 
@@ -372,7 +372,7 @@ static void test_damage(void)
 static void make_format1(const char *dir)
 {
     char path[600];
-    cds_err err = {{0}};
+    cds_err err = {0};
     snprintf(path, sizeof path, "%s/manifest.json", dir);
     json_t *m = json_load_file(path, 0, NULL);
     const char *names[2] = {"x.npy", "y.npy"};
@@ -395,7 +395,7 @@ static void make_format1(const char *dir)
 static void test_format1(void)
 {
     char dir[400], path[500];
-    cds_err err = {{0}};
+    cds_err err = {0};
     damaged_copy("v1", dir, sizeof dir);
     make_format1(dir);
     etl_shard *s = etl_shard_open(dir, 1, &err);

@@ -22,7 +22,7 @@ static int decode(uint32_t oid, const tbuf *b, double *out, cds_err *err)
 static void check_number(uint32_t oid, const tbuf *b, double want, const char *name)
 {
     double got = -12345;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int rc = decode(oid, b, &got, &err);
     ok(rc == 0 && (got == want || (isnan(want) && isnan(got))) && signbit(got) == signbit(want), "%s = %.17g", name,
        want);
@@ -35,7 +35,7 @@ static void check_number(uint32_t oid, const tbuf *b, double want, const char *n
 static void check_refused(uint32_t oid, const tbuf *b, const char *want, const char *name)
 {
     double got;
-    cds_err err = {{0}};
+    cds_err err = {0};
     ok(decode(oid, b, &got, &err) != 0 && strstr(err.msg, want), "%s refused: %s", name, err.msg);
 }
 
@@ -197,7 +197,7 @@ static void test_array_types(void)
         int dims[3] = {2, 3, 4};
         make_array(&b, oids[t], 3, dims, -5);
         etl_array a;
-        cds_err err = {{0}};
+        cds_err err = {0};
         ok(etl_array_open(b.p, (int32_t)b.len, &a, &err) == 0 && a.ndim == 3 && a.dims[0] == 2 && a.dims[1] == 3 &&
                a.dims[2] == 4 && a.count == 24 && a.elem_oid == oids[t] && !a.has_nulls,
            "%s[] 2x3x4 header", name);
@@ -246,7 +246,7 @@ static void test_arrays_hot_path(void)
         tb_f32(&b, (float)i * 0.5f - 7.25f);
     }
     etl_array a;
-    cds_err err = {{0}};
+    cds_err err = {0};
     float *f = malloc(1024 * sizeof *f);
     ok(etl_array_open(b.p, (int32_t)b.len, &a, &err) == 0 && etl_array_read_f32(&a, f, 1024, &err) == 0,
        "float4[1024] in bulk");
@@ -269,7 +269,7 @@ static void test_array_refusals(void)
 {
     tbuf b = {0};
     etl_array a;
-    cds_err err = {{0}};
+    cds_err err = {0};
     double d;
     float f[8];
 

@@ -57,7 +57,7 @@ int main(void)
 #endif
 
     nn_cuda_info info;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int rc = nn_cuda_probe(&info, &err);
     if (rc != 0)
         tap_diag("nn_cuda_probe: %s", err.msg);

@@ -258,7 +258,7 @@ static int one_line(const char *msg) { return msg[0] && !strchr(msg, '\n'); }
 static void test_round_trip(void)
 {
     char a[512], b[512], why[256];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c, back;
     make_ckpt(&c, 1, 16, SPEC);
     add_specials(&c);
@@ -322,7 +322,7 @@ static void test_round_trip(void)
 static void test_chunks(void)
 {
     char one[512], many[512], why[256];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c, back;
     make_ckpt(&c, 2, 278, SPEC); /* fc.weight: 278*36*4 = 40032 bytes */
     canonicalise(&c, SPEC_CANON);
@@ -455,7 +455,7 @@ static void test_python(void)
         return;
     }
     char path[512], out[16384], why[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 3, 278, SPEC);
     in_root(path, sizeof path, "py.ckpt");
@@ -494,7 +494,7 @@ static void test_python(void)
  * one of the expected phrases.  Returns 1 when it is. */
 static int refused(const char *path, const char *const *phrases, char *msg, size_t mn)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     memset(&c, 0x5a, sizeof c);
     int rc = nn_ckpt_load(path, &c, &err);
@@ -518,7 +518,7 @@ static const char *const DAMAGE[] = {"truncated", "CRC-32 mismatch", "not a cds 
 static void test_truncation(void)
 {
     char good[512], bad[512], msg[CDS_ERR_MAX], first_bad[CDS_ERR_MAX + 64] = "";
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 4, 16, SPEC);
     in_root(good, sizeof good, "trunc-src.ckpt");
@@ -568,7 +568,7 @@ static const char *const CORRUPT[] = {"CRC-32 mismatch", "truncated or damaged",
 static void test_bit_flips(void)
 {
     char good[512], bad[512], msg[CDS_ERR_MAX], first_bad[CDS_ERR_MAX + 64] = "";
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 6, 16, SPEC);
     in_root(good, sizeof good, "flip-src.ckpt");
@@ -618,7 +618,7 @@ static int no_fsync(void *ctx, int fd)
 static void test_structure(void)
 {
     char good[512], bad[512], msg[CDS_ERR_MAX];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 7, 5, SPEC); /* fc.weight [5, 36] */
     in_root(good, sizeof good, "struct-src.ckpt");
@@ -813,7 +813,7 @@ static int still_there(const char *path, const nn_ckpt *want)
 static void test_write_faults(void)
 {
     char path[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt old, big;
     make_ckpt(&old, 8, 16, SPEC);
     canonicalise(&old, SPEC_CANON);
@@ -879,7 +879,7 @@ static void test_write_faults(void)
 static void test_efbig(void)
 {
     char path[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt old, big;
     make_ckpt(&old, 10, 16, SPEC);
     canonicalise(&old, SPEC_CANON);
@@ -924,7 +924,7 @@ static void test_efbig(void)
 static void test_bad_paths(void)
 {
     char path[600], file[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 12, 16, SPEC);
     in_root(path, sizeof path, "no-such-dir/x.ckpt");
@@ -961,7 +961,7 @@ static void test_bad_paths(void)
 static void test_bad_content(void)
 {
     char path[512];
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_ckpt c;
     make_ckpt(&c, 13, 16, SPEC);
     in_root(path, sizeof path, "content.ckpt");
@@ -1022,7 +1022,7 @@ static void write_sparse_shards(char dirs[2][512])
             y[r] = (int32_t)(rng_next(&s) % 3);
         }
         const int64_t shape[1] = {K};
-        cds_err err = {{0}};
+        cds_err err = {0};
         etl_shard_writer *w = etl_shard_begin(split, k, ETL_I32, shape, 1, &err);
         if (!w || etl_shard_append(w, x, y, R, &err) != 0 || etl_shard_commit(w, NULL, 1, &err) != 0)
             tap_bail(err.msg);
@@ -1034,7 +1034,7 @@ static void write_sparse_shards(char dirs[2][512])
  * free, load) after the first pass when stop_after_first; saves to out. */
 static int lazy_run(const char *spec, char dirs[2][512], int stop_after_first, const char *out)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_pass_stats st;
     char mid[512];
     in_root(mid, sizeof mid, "lazy-mid.ckpt");
@@ -1080,7 +1080,7 @@ static void test_lazy_resume(void)
     int ran3 = lazy_run(spec, dirs, 0, d) == 0 && lazy_run(spec, dirs, 1, e) == 0;
     ok(ran3 && same_file(d, e), "lazy with 3 threads: resume = no stop, byte for byte");
     nn_ckpt ck;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int loaded = nn_ckpt_load(a, &ck, &err) == 0;
     const nn_ckpt_tensor *m = loaded ? nn_ckpt_find(ck.opt_state, ck.n_opt_state, "m:fc0.weight") : NULL;
     const nn_ckpt_tensor *v = loaded ? nn_ckpt_find(ck.opt_state, ck.n_opt_state, "v:fc0.weight") : NULL;

@@ -26,7 +26,7 @@ static char root[256], split[300];
 static void write_shard(int k, etl_dtype t, const int64_t *row_shape, int ndim, const void *x, const int32_t *y,
                         size_t rows, char *out, size_t cap)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     etl_shard_writer *w = etl_shard_begin(split, k, t, row_shape, ndim, &err);
     if (!w || (rows && etl_shard_append(w, x, y, rows, &err) != 0) || etl_shard_commit(w, NULL, 1, &err) != 0)
         tap_bail(err.msg);
@@ -48,7 +48,7 @@ static nn_data_opts dense_opts(int batch, int ndim, int s0, int s1, int s2)
 
 static nn_data *open_or_bail(const char *dir, int shard_index, const nn_data_opts *o)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_data *d = nn_data_open(dir, shard_index, o, &err);
     if (!d)
         tap_bail(err.msg);
@@ -65,7 +65,7 @@ typedef struct pass {
 
 static int run_pass(nn_data *d, int64_t epoch, int64_t elems, pass *p)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     memset(p, 0, sizeof *p);
     int64_t rows = nn_data_rows(d);
     p->x = calloc((size_t)(rows * elems + 1), sizeof *p->x);
@@ -287,7 +287,7 @@ static void test_sparse(void)
     for (int pf = 0; pf < 2; pf++) {
         o.prefetch = pf;
         nn_data *d = open_or_bail(dir, 20, &o);
-        cds_err err = {{0}};
+        cds_err err = {0};
         nn_batch b;
         nn_data_begin(d, 0, &err);
         int n = nn_data_next(d, &b, &err);
@@ -310,7 +310,7 @@ static void test_sparse(void)
     for (int pf = 0; pf < 2; pf++) {
         o.prefetch = pf;
         nn_data *d = open_or_bail(bad_dir, 21, &o);
-        cds_err err = {{0}};
+        cds_err err = {0};
         nn_batch b;
         nn_data_begin(d, 0, &err);
         int n1 = nn_data_next(d, &b, &err);
@@ -318,7 +318,7 @@ static void test_sparse(void)
         ok(n1 == 4 && n2 == -1 && strstr(err.msg, bad_dir) && strstr(err.msg, "row 6") &&
                strstr(err.msg, "index 100 at position 2") && strstr(err.msg, "[0,100)") && strstr(err.msg, "sparse dim"),
            "an index out of range fails its batch, naming shard and row (prefetch %d): %s", pf, err.msg);
-        cds_err err2 = {{0}};
+        cds_err err2 = {0};
         ok(nn_data_next(d, &b, &err2) == -1 && strcmp(err.msg, err2.msg) == 0, "the error sticks until begin");
         nn_data_begin(d, 0, &err);
         ok(nn_data_next(d, &b, &err) == 4, "begin starts a fresh pass after an error");
@@ -326,7 +326,7 @@ static void test_sparse(void)
         nn_data_close(d);
         d = open_or_bail(bad_dir, 21, &o);
         pass p;
-        cds_err e3 = {{0}};
+        cds_err e3 = {0};
         ok(run_pass(d, 0, K, &p) == -1 && p.rows == 8 && nn_data_next(d, &b, &e3) == -1 &&
                strstr(e3.msg, "row 9 holds index -1") && strstr(e3.msg, "[0,101)"),
            "with dim 101 the negative index in row 9 fails the last batch: %s", e3.msg);
@@ -501,7 +501,7 @@ static void test_restart(void)
         pass ref0, ref1, p;
         run_pass(d, 0, 2, &ref0);
         run_pass(d, 1, 2, &ref1);
-        cds_err err = {{0}};
+        cds_err err = {0};
         nn_batch b;
         nn_data_begin(d, 0, &err);
         for (int i = 0; i < 3; i++)
@@ -564,7 +564,7 @@ static void test_restart(void)
 
 static void expect_open_error(const char *dir, const nn_data_opts *o, const char *const *want, const char *name)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_data *d = nn_data_open(dir, 0, o, &err);
     int found = d == NULL && strchr(err.msg, '\n') == NULL;
     for (int i = 0; found && want[i]; i++)
@@ -611,7 +611,7 @@ static void test_refusals(void)
     o.classes = 0;
     expect_open_error(d_neg, &o, (const char *const[]){d_neg, "row 1", "label -1", ">= 0", NULL}, "a negative label");
     o.classes = 3;
-    cds_err err = {{0}};
+    cds_err err = {0};
     nn_data *d = nn_data_open(d_u8, 0, &o, &err);
     ok(d != NULL, "labels 0..2 fit 3 classes");
     nn_data_close(d);
@@ -651,7 +651,7 @@ static void test_empty(void)
         o.shuffle = 1;
         o.prefetch = pf;
         nn_data *d = open_or_bail(dir, 60, &o);
-        cds_err err = {{0}};
+        cds_err err = {0};
         nn_batch b;
         ok(nn_data_rows(d) == 0 && nn_data_batches(d) == 0 && nn_data_classes_max(d) == 0 &&
                nn_data_begin(d, 0, &err) == 0 && nn_data_next(d, &b, &err) == 0,

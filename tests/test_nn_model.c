@@ -175,7 +175,7 @@ static void test_sparse_equals_dense(void)
 
 static void expect_error(const char *spec, const char *needle, const char *what)
 {
-    cds_err err = {{0}}, verr = {{0}};
+    cds_err err = {0}, verr = {0};
     nn_model *m = build(spec, 4, 1, &err);
     ok(!m && strstr(err.msg, needle) != NULL, "%s is refused: %s", what, err.msg);
     ok(nn_model_validate(spec, NULL, &verr) != 0 && strcmp(verr.msg, err.msg) == 0,
@@ -231,7 +231,7 @@ static void test_example_specs(void)
         json_t *o = json_load_file(path, 0, &jerr);
         char *model = o ? json_dumps(json_object_get(o, "model"), 0) : NULL;
         char *train = o ? json_dumps(json_object_get(o, "train"), 0) : NULL;
-        cds_err err = {{0}};
+        cds_err err = {0};
         nn_model *m = model ? nn_model_new(model, 1, 1, &err) : NULL;
         nn_train_cfg cfg;
         int cfg_ok = train && nn_train_cfg_parse(train, &cfg, &err) == 0;
@@ -249,7 +249,7 @@ static void test_example_specs(void)
 static void expect_train_error(const char *train, const char *needle, const char *what)
 {
     nn_train_cfg c;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int rc = nn_train_cfg_parse(train, &c, &err);
     ok(rc != 0 && strstr(err.msg, needle) != NULL, "%s is refused: %s", what, err.msg);
     if (rc == 0)
@@ -296,7 +296,7 @@ static void test_lazy_specs(void)
     const char *dense = "{\"arch\":\"mlp\",\"input\":[10],\"hidden\":[4],\"classes\":3}";
     const char *sparse = "{\"arch\":\"mlp\",\"sparse\":{\"dim\":10,\"nnz\":2},\"hidden\":[4],\"classes\":3}";
     nn_train_cfg c, plain;
-    cds_err err = {{0}}, cerr = {{0}};
+    cds_err err = {0}, cerr = {0};
     int rc = nn_train_cfg_parse("{\"optimizer\":\"adam\",\"lr\":0.1,\"lazy\":true}", &c, &err);
     ok(rc == 0 && c.lazy && c.adam && strstr(c.json, "\"lazy\":true"), "lazy with adam parses, and stays in the canonical "
                                                                       "JSON (so checkpoints keep it)");
@@ -492,6 +492,23 @@ static void test_denormals(void)
     nn_model_free(m);
 }
 
+/* The one error kind callers act on: running out of memory.  It survives
+ * wrapping with context and is cleared by any other error. */
+static void test_err_kinds(void)
+{
+    cds_err e = {0};
+    ok(!cds_err_is_nomem(&e) && !cds_err_is_nomem(NULL), "a zeroed error is not out of memory");
+    cds_err_nomem(&e, "out of memory for %d parameters", 7);
+    cds_err_wrap(&e, "model %d", 3);
+    ok(cds_err_is_nomem(&e) && strcmp(e.msg, "model 3: out of memory for 7 parameters") == 0,
+       "cds_err_nomem marks it, and wrapping keeps the mark: %s", e.msg);
+    cds_errf(&e, "a failed write of %s", "x");
+    ok(!cds_err_is_nomem(&e), "a later plain error clears the mark");
+    cds_err_nomem(&e, "out of memory");
+    cds_err_clear(&e);
+    ok(!cds_err_is_nomem(&e) && e.msg[0] == '\0', "clearing clears the mark");
+}
+
 int main(void)
 {
     test_train_specs();
@@ -499,6 +516,7 @@ int main(void)
     test_lazy_rows();
     test_rows_exact();
     test_denormals();
+    test_err_kinds();
     test_example_specs();
     test_param_counts();
     test_seeded_init();

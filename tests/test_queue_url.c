@@ -18,7 +18,7 @@ static void parses(const char *url, int is_unix, const char *host_or_path, int p
 static void refuses(const char *url, const char *why)
 {
     queue_url u;
-    cds_err err = {""};
+    cds_err err = {0};
     int rc = queue_url_parse(url, &u, &err);
     ok(rc == -1 && strstr(err.msg, why) && strstr(err.msg, "bad Redis URL"), "refuses %s (%s)", url, err.msg);
     ok(!strstr(err.msg, "hunter2"), "the refusal does not print the password");

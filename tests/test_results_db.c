@@ -51,7 +51,7 @@ int main(void)
     if (PQstatus(admin) != CONNECTION_OK)
         tap_bail(PQerrorMessage(admin));
 
-    cds_err err = {{0}};
+    cds_err err = {0};
     worker_results_db *rdb = worker_results_db_new();
     ok(rdb != NULL, "a results writer");
     int first = worker_results_db_insert(rdb, dsn, "s1", 0, 1, spec, metrics, &err);
@@ -76,7 +76,7 @@ int main(void)
     is_int(others(), 1, "one connection again");
 
     /* Another DSN (another dataset's database) gets its own connection. */
-    cds_err e2 = {{0}};
+    cds_err e2 = {0};
     ok(worker_results_db_insert(rdb, "host=/nonexistent-dir port=1", "s1", 2, 1, spec, metrics, &e2) != 0 &&
            strstr(e2.msg, "connecting to the dataset's database") && !strchr(e2.msg, '\n'),
        "an unreachable database is a one-line error: %s", e2.msg);

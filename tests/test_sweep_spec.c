@@ -59,7 +59,7 @@ static char *number_list(int n, double start, double step)
  * <path>: " and holds fix. */
 static void refused(const char *text, const char *path, const char *fix, const char *name)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     sweep_spec *s = sweep_spec_parse(text, &err);
     char want[160];
     snprintf(want, sizeof want, "sweep spec %s: ", path);
@@ -80,7 +80,7 @@ static void refused_variant(const char *key, const char *value, const char *path
 
 static sweep_spec *parse_ok(const char *text, const char *name)
 {
-    cds_err err = {{0}};
+    cds_err err = {0};
     sweep_spec *s = sweep_spec_parse(text, &err);
     if (!ok(s != NULL, "parses: %s", name))
         tap_diag("%s", err.msg);

@@ -92,7 +92,7 @@ int main(int argc, char **argv)
     }
 
     nn_cuda_info info;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int rc = nn_cuda_probe(&info, &err);
 
     char rt[32], drv[32], blas[32], dnn[32], nccl[32];

@@ -216,7 +216,7 @@ static int copy_rows(PGconn *c, const options *o, int64_t *positives, cds_err *e
 {
     copybuf b = {c, malloc(COPY_CHUNK + ROW_MAX + 16), 0};
     if (!b.buf)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     copy_put_header(&b);
     rng r;
     rng_seed(&r, o->seed);
@@ -367,7 +367,7 @@ int main(int argc, char **argv)
     options o;
     if (parse_args(argc, argv, &o) != 0)
         return 2;
-    cds_err err = {{0}};
+    cds_err err = {0};
     int64_t t0 = cds_mono_ms(), positives = 0;
     PGconn *c = pg_connect(o.dsn, PROG, &err);
     int rc = c ? generate(c, &o, &positives, &err) : -1;

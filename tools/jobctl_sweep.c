@@ -244,7 +244,7 @@ int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds
             goto out;
         }
     if (!plans || !specs) {
-        rc = cds_errf(err, "out of memory");
+        rc = cds_err_nomem(err, "out of memory");
         goto out;
     }
     /* A model's visits are one at a time, so its entries in the commit

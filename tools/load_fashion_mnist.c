@@ -108,7 +108,7 @@ static int inflate_file(const char *path, idx_file *f, cds_err *err)
     snprintf(zcopy, sizeof zcopy, "%s", zmsg && zmsg[0] ? zmsg : "gzip error");
     int close_rc = gzclose_r(gz);
     if (!buf)
-        return cds_errf(err, "out of memory reading %s", path);
+        return cds_err_nomem(err, "out of memory reading %s", path);
     if (n < 0 || zerr != Z_OK || close_rc != Z_OK) {
         free(buf);
         return cds_errf(err, "%s is corrupt or truncated (%s): reinstall dataset-fashion-mnist or fetch the file again",
@@ -181,7 +181,7 @@ static int copy_rows(PGconn *c, const idx_file *img, const idx_file *lab, int as
 {
     copybuf b = {c, malloc(COPY_CHUNK + 8192), 0};
     if (!b.buf)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     copy_put_header(&b);
     int rc = 0;
     for (uint32_t i = 0; rc == 0 && i < img->count; i++) {
@@ -346,7 +346,7 @@ int main(int argc, char **argv)
     if (parse_args(argc, argv, &o) != 0)
         return 2;
     split splits[2] = {{.file_stem = "train", .suffix = "train"}, {.file_stem = "t10k", .suffix = "test"}};
-    cds_err err = {{0}};
+    cds_err err = {0};
     PGconn *c = NULL;
     int rc = 0;
     for (int i = 0; i < 2; i++)

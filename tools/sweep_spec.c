@@ -131,7 +131,7 @@ static int parse_dataset(const json_t *root, sweep_spec *s, cds_err *err)
         return spec_err(err, "$.dataset", "must be a dataset name: 1 to %d letters, digits, '_', '-' or '.' "
                         "(the \"dataset\" of its ETL spec)", DATASET_NAME_MAX);
     s->dataset = strdup(json_string_value(v));
-    return s->dataset ? 0 : cds_errf(err, "out of memory");
+    return s->dataset ? 0 : cds_err_nomem(err, "out of memory");
 }
 
 /* A whole number in [lo, hi]; absent gives def (or an error when def < 0). */
@@ -333,7 +333,7 @@ static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
     }
     char *text = json_dumps(model, DUMP_FLAGS);
     if (!text)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     cds_err merr;
     int rc = nn_model_validate(text, NULL, &merr);
     free(text);
@@ -363,14 +363,14 @@ static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, p
 {
     p->train = g->base ? json_deep_copy(g->base) : json_object();
     if (!p->train)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     for (int a = 0; a < N_AXES; a++)
         if (g->axis[a])
             json_object_set(p->train, axis_names[a], json_array_get(g->axis[a], idx[a]));
     json_object_set_new(p->train, "seed", json_integer((json_int_t)seed));
     char *text = json_dumps(p->train, DUMP_FLAGS);
     if (!text)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     nn_train_cfg c;
     cds_err terr;
     int rc = nn_train_cfg_parse(text, &c, &terr);
@@ -411,7 +411,7 @@ static int emit_model(sweep_spec *s, int id, const json_t *model, const point *p
              json_string_value(json_object_get(model, "arch")), p->adam ? "adam" : "sgd", p->lr, p->batch, p->l2);
     s->summaries[id] = strdup(line);
     if (!s->specs[id] || !s->summaries[id])
-        return cds_errf(err, "out of memory for %d model specs", s->n_models);
+        return cds_err_nomem(err, "out of memory for %d model specs", s->n_models);
     return 0;
 }
 
@@ -424,7 +424,7 @@ static int check_pair(const json_t *model, size_t m, const point *p, cds_err *er
         return 0;
     char *text = json_dumps(model, DUMP_FLAGS);
     if (!text)
-        return cds_errf(err, "out of memory");
+        return cds_err_nomem(err, "out of memory");
     nn_train_cfg c = {.adam = 1, .lazy = 1};
     cds_err merr;
     int rc = nn_train_cfg_check_model(&c, text, &merr);
@@ -444,7 +444,7 @@ static int expand(sweep_spec *s, const grid *g, const json_t *models, size_t n_p
     point *pts = calloc(n_points, sizeof *pts);
     s->specs = calloc((size_t)s->n_models, sizeof *s->specs);
     s->summaries = calloc((size_t)s->n_models, sizeof *s->summaries);
-    int rc = pts && s->specs && s->summaries ? 0 : cds_errf(err, "out of memory for %d models", s->n_models);
+    int rc = pts && s->specs && s->summaries ? 0 : cds_err_nomem(err, "out of memory for %d models", s->n_models);
     int n_norm = 0;
     size_t idx[N_AXES];
     for (size_t k = 0; rc == 0 && k < n_points; k++) {
@@ -518,7 +518,7 @@ static int canonical_spec(json_t *root, sweep_spec *s, cds_err *err)
     if (!json_object_get(root, "seed"))
         json_object_set_new(root, "seed", json_integer((json_int_t)s->seed));
     s->json = json_dumps(root, DUMP_FLAGS);
-    return s->json ? 0 : cds_errf(err, "out of memory");
+    return s->json ? 0 : cds_err_nomem(err, "out of memory");
 }
 
 sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
@@ -531,7 +531,7 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
     grid g = {0};
     const json_t *models = NULL;
     size_t n_points = 0;
-    int rc = s ? 0 : cds_errf(err, "out of memory");
+    int rc = s ? 0 : cds_err_nomem(err, "out of memory");
     if (rc == 0)
         rc = parse_top(root, s, err);
     if (rc == 0)

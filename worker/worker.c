@@ -174,7 +174,7 @@ static int beat_leases(worker *w, queue_conn *q, cds_err *err)
         return 0;
     }
     int *alive = calloc(n, sizeof *alive);
-    int rc = alive ? queue_heartbeat(q, snap, n, w->cfg->lease_ms, alive, err) : cds_errf(err, "out of memory");
+    int rc = alive ? queue_heartbeat(q, snap, n, w->cfg->lease_ms, alive, err) : cds_err_nomem(err, "out of memory");
     if (rc == 0) {
         pthread_mutex_lock(&w->mu);
         for (size_t i = 0; i < n; i++)
@@ -341,7 +341,7 @@ static void run_one(worker *w, held *h)
     worker_run_ctx ctx = {.w = w, .h = h};
     worker_dead_fn on_dead = NULL;
     worker_run_fn run = worker_find_runner(h->job.type, &on_dead);
-    cds_err err = {""};
+    cds_err err = {0};
     char *result = NULL;
     int64_t t0 = cds_mono_ms();
     int rc;

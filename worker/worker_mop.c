@@ -115,7 +115,7 @@ static void give_back(worker *w, visit *v, const char *why)
  * gives the model back for another try. */
 static void fail_or_give_back(worker *w, visit *v, const cds_err *why)
 {
-    if (!nn_err_out_of_memory(why)) {
+    if (!cds_err_is_nomem(why)) {
         give_back(w, v, why->msg);
         return;
     }
@@ -398,7 +398,7 @@ static void record_in_database(worker *w, const char *sweep, const char *dataset
     if (plan && queue_mop_model_spec(w->q, sweep, m, &spec, &err) == 0) {
         const char *dsn = json_string_value(json_object_get(ps, "dsn"));
         if (!w->results_db && !(w->results_db = worker_results_db_new()))
-            cds_errf(&err, "out of memory");
+            cds_err_nomem(&err, "out of memory");
         if (!w->results_db ||
             worker_results_db_insert(w->results_db, dsn ? dsn : "", sweep, m, epoch, spec, metrics, &err) != 0)
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results: %s", sweep, m,

@@ -88,7 +88,7 @@ static int open_conn(worker_results_db *db, const char *dsn, cds_err *err)
     }
     if (!(db->dsn = strdup(dsn))) {
         drop_conn(db);
-        return cds_errf(err, "out of memory connecting to the dataset's database");
+        return cds_err_nomem(err, "out of memory connecting to the dataset's database");
     }
     PQsetNoticeProcessor(db->c, quiet, NULL);
     return 0;
