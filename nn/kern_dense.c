@@ -41,7 +41,9 @@
  *    dense row value for value.  No pass touches an untouched row of the
  *    weight, and no memset of the dense gradient is needed: rg is
  *    overwritten.  Threads split the rows (each summed by one thread, in
- *    the fixed order).
+ *    the fixed order).  Training does not pack: it leaves the rows as these
+ *    sums for the optimiser step to take (nn_rows.h, kern_optim.c), and
+ *    computes db alone here.
  *
  * Degenerate shapes (a zero dimension) are handled here rather than handed
  * to sgemm, which rejects leading dimensions of 0. */
