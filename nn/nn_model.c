@@ -661,23 +661,46 @@ static void init_params(nn_model *m, uint64_t seed)
     }
 }
 
+/* The dense gradient of an embedding weight lives apart from the gradient
+ * block: an optimiser takes that gradient row-sparse and frees it
+ * (nn_model_set_row_grads), a quarter of a sparse model's memory with Adam.
+ * calloc, so its pages cost nothing until a dense backward writes them. */
+static int alloc_embedding_grad(nn_model *m, nn_param *p, cds_err *err)
+{
+    if (!p->g.data && !(p->g.data = calloc(p->g.n ? p->g.n : 1, sizeof(float))))
+        return cds_err_nomem(err, "out of memory for the dense gradient of %s (%zu floats) of %s", p->name, p->g.n,
+                             m->arch);
+    return 0;
+}
+
 static int allocate(nn_model *m, cds_err *err)
 {
+    size_t g_total = 0;
+    for (size_t i = 0; i < m->n_params; i++)
+        g_total += m->params[i].embedding ? 0 : (m->params[i].w.n + 15) / 16 * 16;
     size_t pbytes = (m->p_total ? m->p_total : 16) * sizeof(float);
+    size_t gbytes = (g_total ? g_total : 16) * sizeof(float);
     size_t bbytes = (m->b_total ? m->b_total : 16) * sizeof(float);
     m->pblock = aligned_alloc(64, pbytes);
-    m->gblock = aligned_alloc(64, pbytes);
+    m->gblock = aligned_alloc(64, gbytes);
     m->bblock = aligned_alloc(64, bbytes);
     if (!m->pblock || !m->gblock || !m->bblock)
         return cds_err_nomem(err, "out of memory for %zu parameters of %s", nn_model_nparams(m), m->arch);
     if (m->sparse_dim && !(m->sp_work = malloc(nn_cpu_sparse_plan_work(m->max_batch, m->nnz))))
         return cds_err_nomem(err, "out of memory for the sparse input plan of a batch of %d", m->max_batch);
-    memset(m->gblock, 0, pbytes);
+    memset(m->gblock, 0, gbytes);
     memset(m->pblock, 0, pbytes);
-    for (size_t i = 0; i < m->n_params; i++) {
-        m->params[i].w.dev = m->params[i].g.dev = NN_CPU;
-        m->params[i].w.data = m->pblock + m->plans[i].off;
-        m->params[i].g.data = m->gblock + m->plans[i].off;
+    for (size_t i = 0, goff = 0; i < m->n_params; i++) {
+        nn_param *p = &m->params[i];
+        p->w.dev = p->g.dev = NN_CPU;
+        p->w.data = m->pblock + m->plans[i].off;
+        if (p->embedding) {
+            if (alloc_embedding_grad(m, p, err) != 0)
+                return -1;
+            continue;
+        }
+        p->g.data = m->gblock + goff;
+        goff += (p->w.n + 15) / 16 * 16;
     }
     for (size_t i = 0; i < m->n_bufs; i++) {
         m->bufs[i].t.dev = NN_CPU;
@@ -788,6 +811,9 @@ void nn_model_free(nn_model *m)
         free(m->names[i]);
     free(m->names);
     free(m->nodes);
+    for (size_t i = 0; m->params && i < m->n_params; i++)
+        if (m->params[i].embedding)
+            free(m->params[i].g.data);
     free(m->params);
     free(m->plans);
     free(m->bufs);
@@ -809,6 +835,12 @@ int nn_model_set_row_grads(nn_model *m, int on, cds_err *err)
         p = m->params[i].embedding ? &m->params[i] : NULL;
     if (!p)
         return cds_errf(err, "row-sparse gradients need a sparse first layer, and this %s model has none", m->arch);
+    if (!on && alloc_embedding_grad(m, p, err) != 0)
+        return -1;
+    if (on) {
+        free(p->g.data);
+        p->g.data = NULL;
+    }
     p->row_grad = on;
     p->rows = (nn_row_grad){0};
     return 0;

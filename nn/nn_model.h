@@ -28,8 +28,8 @@ typedef struct nn_param {
     /* Row-sparse gradient (nn_model_set_row_grads, embedding weights only):
      * when row_grad is set, nn_model_backward leaves in rows the gradient
      * as its rows of the batch's distinct input indices (nn_rows.h), as
-     * sums the optimiser step takes; g is not written, and every row not
-     * listed has a gradient of exactly zero.  The sums read the model's
+     * sums the optimiser step takes; g has no data (its dense buffer is
+     * freed), and every row not listed has a gradient of exactly zero.  The sums read the model's
      * plan and its dy: valid until the next forward pass. */
     int row_grad;
     nn_row_grad rows;

@@ -421,7 +421,11 @@ static void test_rows_exact(void)
         int rc = nn_train_cfg_parse(train[c], &cfg, &err);
         nn_optim *orw = rw && rc == 0 ? nn_optim_new(rw, &cfg, &err) : NULL;
         nn_optim *odn = dn && rc == 0 ? nn_optim_new(dn, &cfg, &err) : NULL;
-        int ran = orw && odn && nn_model_param(rw, 0)->row_grad && nn_model_set_row_grads(dn, 0, &err) == 0;
+        int freed = orw && nn_model_param(rw, 0)->row_grad && !nn_model_param(rw, 0)->g.data;
+        int ran = freed && odn && nn_model_set_row_grads(dn, 0, &err) == 0 && nn_model_param(dn, 0)->g.data;
+        if (c == 0)
+            ok(freed, "under an optimiser the embedding's dense gradient buffer is freed; switching back to dense "
+                      "gives it a new one");
         float *w0 = ran ? malloc(nn_model_param(rw, 0)->w.n * sizeof *w0) : NULL;
         if (w0)
             memcpy(w0, nn_model_param(rw, 0)->w.data, nn_model_param(rw, 0)->w.n * sizeof *w0);
