@@ -731,6 +731,12 @@ static nn_model *model_plan(const char *model_json, int max_batch, cds_err *err)
     int hidden[16], n_hidden = 0;
     if (spec_parse(m, o, hidden, &n_hidden, err) != 0)
         goto fail;
+    if (m->sparse_dim && (uint64_t)max_batch * (uint64_t)m->nnz >= (uint64_t)1 << 32) {
+        /* the sparse plan numbers a batch's indices in 32 bits */
+        cds_errf(err, "batch size %d × \"sparse\".nnz %d is %llu indices a batch: must be below 2^32; use a smaller "
+                      "batch", max_batch, m->nnz, (unsigned long long)max_batch * (unsigned long long)m->nnz);
+        goto fail;
+    }
     m->spec = json_dumps(o, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17));
     if (!m->spec) {
         cds_err_nomem(err, "out of memory");

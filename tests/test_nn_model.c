@@ -212,6 +212,11 @@ static void test_bad_batches(void)
        "a label outside [0, classes) is refused: %s", err.msg);
     ok(nn_model_forward(m, NULL, idx, y, 3, 1, 0, 0, &mt, &err) != 0 && strstr(err.msg, "1 to 2"),
        "a batch larger than the model was built for is refused: %s", err.msg);
+    nn_model *big = nn_model_new("{\"arch\":\"mlp\",\"sparse\":{\"dim\":10,\"nnz\":65536},\"hidden\":[4],"
+                                 "\"classes\":3}",
+                                 65536, 1, &err);
+    ok(!big && strstr(err.msg, "below 2^32"), "a batch whose indices would not number in 32 bits is refused: %s",
+       err.msg);
     ok(nn_model_backward(m, &err) != 0, "backward without a training forward is refused: %s", err.msg);
     ok(nn_model_forward(m, NULL, idx, y, 2, 1, 0, 0, &mt, &err) == 0 && nn_model_backward(m, &err) == 0,
        "a good batch then works");
