@@ -66,6 +66,10 @@ for m in 0 1 2 3; do
         "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
 done
 ok "$([ $good = 4 ]; echo $?)" "each model keeps its committed checkpoint and its best epoch's, nothing else; both load ($good of 4)"
+[ $good = 4 ] || for m in 0 1 2 3; do
+    echo "# model $m: best_epoch $(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_epoch"), files:" \
+        $(ls "$root/sweeps/e2e/models/$m")
+done
 rcli HGETALL "${prefix}sweep:{e2e}:results" >"$root/results"
 ok "$([ "$(grep -c '^[0-3]\.[01]$' "$root/results")" = 8 ] && [ "$(grep -c '^[0-3]\.[01]\.train\.[01]$' "$root/results")" = 16 ]; echo $?)" \
     "every epoch of every model was evaluated (8 results) and every visit's metrics recorded (16)"

@@ -449,6 +449,28 @@ static void end_eval(worker *w, const char *sweep, const queue_mop_lease *l, int
  * the lease meanwhile (it sits in the MOP slot).  Its result is recorded
  * only while the lease holds; a lost lease leaves the epoch's checkpoint in
  * place for the worker that took the evaluation over. */
+/* Two epochs of one model can be evaluated at once.  Recording a result
+ * names the best epoch it replaces (prev), in Redis, atomically; the files
+ * follow outside it.  When a better epoch is recorded after this one but
+ * its worker removes best-e<prev> before this worker has renamed its file
+ * there, that removal finds nothing: so, once renamed, this worker reads
+ * the model's best epoch again and removes its own file if it was
+ * superseded.  Whatever the order, one best-e file remains.  If Redis
+ * cannot say, the file stays: a stale copy is better than none. */
+static void drop_if_superseded(worker *w, const char *sweep, int m, int e, const char *best)
+{
+    json_t *models = NULL;
+    cds_err err;
+    if (WITH_RECONNECT(w, queue_mop_models(w->q, sweep, &models, &err)) != 0)
+        return;
+    char key[64];
+    snprintf(key, sizeof key, "%d.best_epoch", m);
+    const char *be = json_string_value(json_object_get(models, key));
+    if (be && *be && atoi(be) != e)
+        unlink(best);
+    json_decref(models);
+}
+
 static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease *l)
 {
     cds_err err;
@@ -525,6 +547,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
             snprintf(old, sizeof old, "%s/best-e%d.ckpt", dir, prev + 1);
             unlink(old);
         }
+        drop_if_superseded(w, sweep, m, e, best);
     } else {
         unlink(file);
     }
