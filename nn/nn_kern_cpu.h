@@ -40,8 +40,11 @@ void nn_cpu_linear_bwd(const float *x, const float *w, const float *dy, float *d
  * input it stands for has x[n,i] = number of times i appears in that row, so
  * y[n,:] = b + Σ_k w[idx[n,k], :] with w laid out [I,O].  Indices are checked
  * by the caller (nn_ops), not here. ---- */
+/* The gather, sample by sample: the plain form the row-wise forward below is
+ * tested against (training uses the row-wise one). */
 void nn_cpu_sparse_linear_fwd(const int32_t *idx, const float *w, const float *b, float *y, int N, int K, int O);
-/* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:]. */
+/* dw[idx[n,k], :] += dy[n,:]; db += Σ_n dy[n,:] (the dense gradient, for a
+ * model without an optimiser: gradient checks). */
 void nn_cpu_sparse_linear_bwd(const int32_t *idx, const float *dy, float *dw, float *db, int N, int K, int O);
 /* The row-wise form, which training uses: a plan of the batch's positions
  * grouped by index (nn_rows.h), built once a batch and read by both passes

@@ -72,6 +72,9 @@ int qbatch_run(queue_conn *q, qbatch *b, cds_err *err);
 void qbatch_free(qbatch *b);
 
 /* Reply helpers. */
+/* Every member of the sorted set at key (under the prefix), in score order,
+ * as malloc'd strings (queue_sweep_list_free); what names it in errors. */
+int qc_sorted_set(queue_conn *q, const char *key, char ***ids, size_t *n, const char *what, cds_err *err);
 int qc_reply_is(const redisReply *r, size_t i, const char *s);
 const char *qc_reply_str(const redisReply *r, size_t i);
 long long qc_reply_int(const redisReply *r, size_t i);

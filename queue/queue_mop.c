@@ -691,31 +691,7 @@ int queue_sweep_list_active(queue_conn *q, char ***ids, size_t *n, cds_err *err)
     *n = 0;
     if (build_active_set(q, err) != 0)
         return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "ZRANGE");
-    qargs_key(&cmd, q, "sweeps:active");
-    qargs_add(&cmd, "0");
-    qargs_add(&cmd, "-1");
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    int rc = 0;
-    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0) {
-        char **v = calloc(r->elements, sizeof *v);
-        for (size_t i = 0; v && i < r->elements; i++)
-            if (!(v[i] = strdup(qc_reply_str(r, i) ?: ""))) {
-                queue_sweep_list_free(v, i);
-                v = NULL;
-            }
-        if (v) {
-            *ids = v;
-            *n = r->elements;
-        } else {
-            rc = cds_err_nomem(err, "out of memory listing the active sweeps");
-        }
-    }
-    freeReplyObject(r);
-    return rc;
+    return qc_sorted_set(q, "sweeps:active", ids, n, "the active sweeps", err);
 }
 
 int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err)

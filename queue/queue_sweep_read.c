@@ -26,21 +26,26 @@ static int reply_strings(const redisReply *r, char ***out, size_t *n)
     return 0;
 }
 
-int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
+int qc_sorted_set(queue_conn *q, const char *key, char ***ids, size_t *n, const char *what, cds_err *err)
 {
     *ids = NULL;
     *n = 0;
     qargs cmd = {0};
     qargs_add(&cmd, "ZRANGE");
-    qargs_key(&cmd, q, "sweeps");
+    qargs_key(&cmd, q, "%s", key);
     qargs_add(&cmd, "0");
     qargs_add(&cmd, "-1");
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_err_nomem(err, "out of memory listing sweeps");
+    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_err_nomem(err, "out of memory listing %s", what);
     freeReplyObject(r);
     return rc;
+}
+
+int queue_sweep_list(queue_conn *q, char ***ids, size_t *n, cds_err *err)
+{
+    return qc_sorted_set(q, "sweeps", ids, n, "sweeps", err);
 }
 
 void queue_sweep_list_free(char **ids, size_t n)

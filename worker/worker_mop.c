@@ -740,10 +740,10 @@ static int test_step(worker *w, char **ids, size_t n)
         int E = atoi(json_string_value(json_object_get(sw, "epochs")) ?: "0");
         char dataset[256];
         snprintf(dataset, sizeof dataset, "%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
-        int todo = state && strcmp(state, "done") == 0 && !(tested && *tested);
+        int awaits_test = state && strcmp(state, "done") == 0 && !(tested && *tested);
         json_decref(sw);
         queue_mop_lease l;
-        if (!todo || WITH_RECONNECT(w, queue_mop_claim_test(w->q, ids[i], w->cfg->id, w->cfg->lease_ms, &l, &err)) != 1)
+        if (!awaits_test || WITH_RECONNECT(w, queue_mop_claim_test(w->q, ids[i], w->cfg->id, w->cfg->lease_ms, &l, &err)) != 1)
             continue;
         slot_set(w, ids[i], &l);
         run_test(w, ids[i], dataset, M, E, &l);
