@@ -122,7 +122,7 @@ int etl_spec_from_json(const json_t *j, etl_spec *s, cds_err *err)
         if (!known)
             return cds_errf(err, "$.%s: unknown field (see docs/etl.md for the fields of an ETL spec)", key);
     }
-    int64_t v;
+    int64_t v = 0;
     if (get_string(j, "dsn", 0, &s->dsn, err) || get_string(j, "table", 1, &s->table, err) ||
         get_features(j, s, err) || get_string(j, "label", 1, &s->label, err) ||
         get_string(j, "dataset", 1, &s->dataset, err) || get_string(j, "data_root", 1, &s->data_root, err) ||

@@ -1137,7 +1137,7 @@ static int model_state_command(jobctl *j, const char *arg, const char *state)
 
 static int sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state)
 {
-    const char *sweep;
+    const char *sweep = NULL;
     queue_conn *q;
     int rc = parse_sweep_command(j, argc, argv, usage, &sweep, NULL);
     if (rc != 0)
@@ -1165,7 +1165,7 @@ static int cmd_resume(jobctl *j, int argc, char **argv) { return sweep_state_com
 
 static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int status)
 {
-    const char *sweep;
+    const char *sweep = NULL;
     queue_conn *q;
     int watch = 0;
     int rc = parse_sweep_command(j, argc, argv, usage, &sweep, status ? &watch : NULL);

@@ -256,7 +256,7 @@ int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds
             rc = cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
             goto out;
         }
-        snprintf(plans[m] + strlen(plans[m]), 5, "%04d", k % 10000); /* k < 4096: the scripts cap shards */
+        snprintf(plans[m] + strlen(plans[m]), 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
     }
     for (int m = 0; m < M; m++)
         if (strlen(plans[m]) != per - 1) {
