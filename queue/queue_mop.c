@@ -51,7 +51,8 @@
 extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
     queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[], queue_lua_mop_model[],
     queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[], queue_lua_mop_result[],
-    queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[], queue_lua_mop_enroll[];
+    queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[], queue_lua_mop_enroll[],
+    queue_lua_mop_test_fail[], queue_lua_mop_retry[];
 
 /* Bounds on a sweep's shape.  The lease and reap scripts scan every model
  * (about 2 ms per thousand models, during which Redis serves nobody else), so
@@ -101,13 +102,17 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
 /* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
  * not an array is an error; so is the script's {'missing'} (no such sweep),
  * which also sets *missing when the caller passes it. */
-static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
-                           cds_err *err)
+static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *sweep, qargs *extra_keys,
+                                qargs *args, int *missing, cds_err *err)
 {
     if (missing)
         *missing = 0;
     qargs cmd = {0}, keys = {0};
     add_sweep_keys(&keys, q, sweep);
+    for (size_t i = 0; extra_keys && i < extra_keys->n; i++)
+        qargs_addn(&keys, extra_keys->v[i], extra_keys->len[i]);
+    if (extra_keys)
+        qargs_free(extra_keys);
     qargs_add(&cmd, "EVAL");
     qargs_add(&cmd, script);
     qargs_addf(&cmd, "%zu", keys.n);
@@ -133,6 +138,12 @@ static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep,
         return NULL;
     }
     return r;
+}
+
+static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
+                           cds_err *err)
+{
+    return mop_run_keys(q, script, sweep, NULL, args, missing, err);
 }
 
 static int unexpected(redisReply *r, const char *what, cds_err *err)
@@ -195,10 +206,33 @@ static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
     return 0;
 }
 
-int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err)
+/* The sweep a unique key names now ("" when none): read before the create
+ * script, which is handed that sweep's hash as a key and refuses to go on
+ * if the key moved meanwhile. */
+static int unique_holder(queue_conn *q, const char *unique, char *holder, size_t n, cds_err *err)
 {
-    if (check_sweep_def(d, err) != 0)
+    qargs cmd = {0};
+    qargs_add(&cmd, "GET");
+    qargs_key(&cmd, q, "sweeps:unique:%s", unique);
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
         return -1;
+    snprintf(holder, n, "%s", r->type == REDIS_REPLY_STRING && mop_id_ok(r->str) ? r->str : "");
+    freeReplyObject(r);
+    return 0;
+}
+
+static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_of, int *changed, cds_err *err)
+{
+    *changed = 0;
+    char holder[QUEUE_SWEEP_ID_MAX] = "";
+    qargs keys = {0};
+    if (d->unique) {
+        if (unique_holder(q, d->unique, holder, sizeof holder, err) != 0)
+            return -1;
+        qargs_key(&keys, q, "sweeps:unique:%s", d->unique);
+        qargs_key(&keys, q, "sweep:{%s}", holder[0] ? holder : d->id);
+    }
     qargs args = {0};
     qargs_add(&args, d->id);
     qargs_add(&args, d->dataset);
@@ -214,17 +248,47 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err)
     for (int m = 0; m < d->models; m++)
         qargs_add(&args, d->plans ? d->plans[m] : "");
     qargs_addf(&args, "%d", d->max_stalls > 0 ? d->max_stalls : 10);
-    redisReply *r = mop_run(q, queue_lua_mop_create, d->id, &args, NULL, err);
+    qargs_addf(&args, "%d", d->max_attempts > 0 ? d->max_attempts : 5);
+    qargs_addf(&args, "%lld", (long long)(d->backoff_base_ms > 0 ? d->backoff_base_ms : 1000));
+    qargs_addf(&args, "%lld", (long long)(d->backoff_cap_ms > 0 ? d->backoff_cap_ms : 60000));
+    qargs_add(&args, d->unique ? d->unique : "");
+    qargs_add(&args, holder);
+    redisReply *r = mop_run_keys(q, queue_lua_mop_create, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;
+    int rc = 0;
     if (qc_reply_is(r, 0, "exists")) {
-        freeReplyObject(r);
-        return cds_errf(err, "sweep '%s' already exists under prefix %s: choose another id", d->id, q->prefix);
-    }
-    if (!qc_reply_is(r, 0, "created"))
+        rc = cds_errf(err, "sweep '%s' already exists under prefix %s: choose another id", d->id, q->prefix);
+    } else if (qc_reply_is(r, 0, "duplicate")) {
+        if (duplicate_of)
+            copy_reply_str(duplicate_of, QUEUE_SWEEP_ID_MAX, r, 1);
+        rc = QUEUE_MOP_DUPLICATE;
+    } else if (qc_reply_is(r, 0, "changed")) {
+        *changed = 1;
+        rc = -1;
+    } else if (!qc_reply_is(r, 0, "created")) {
         return unexpected(r, "create", err);
+    }
     freeReplyObject(r);
-    return 0;
+    return rc;
+}
+
+int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, char *duplicate_of, cds_err *err)
+{
+    if (duplicate_of)
+        duplicate_of[0] = '\0';
+    if (check_sweep_def(d, err) != 0)
+        return -1;
+    if (d->unique && !qc_name_ok(d->unique, QUEUE_NAME_MAX))
+        return cds_errf(err, "bad unique key '%s': use up to %d of [A-Za-z0-9._-]", d->unique, QUEUE_NAME_MAX - 1);
+    /* The key moves only when a sweep is created with it: a few tries. */
+    for (int i = 0; i < 8; i++) {
+        int changed;
+        int rc = create_once(q, d, duplicate_of, &changed, err);
+        if (!changed)
+            return rc;
+    }
+    return cds_errf(err, "unique key '%s' keeps changing hands: try again", d->unique);
 }
 
 int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err)
@@ -341,7 +405,7 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
         freeReplyObject(r);
         return 0;
     }
-    if (!qc_reply_is(r, 0, "leased") || r->elements != 7)
+    if (!qc_reply_is(r, 0, "leased") || r->elements != 8)
         return unexpected(r, "lease", err);
     memset(l, 0, sizeof *l);
     l->model = (int)qc_reply_int(r, 1);
@@ -350,6 +414,7 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
     l->version = qc_reply_int(r, 3);
     copy_reply_str(l->ckpt, sizeof l->ckpt, r, 4);
     l->deadline_ms = qc_reply_int(r, 5);
+    l->attempts = (int)qc_reply_int(r, 7);
     memcpy(l->token, token, sizeof l->token);
     freeReplyObject(r);
     return 1;
@@ -424,6 +489,33 @@ static int run_on_lease(queue_conn *q, const char *script, const char *what, con
     return 0;
 }
 
+/* A finished sweep frees its unique key, if it still names it, so that the
+ * next cron enqueue with the key makes a new sweep (mop_create also takes
+ * over a key whose sweep finished, should this never run). */
+static int free_unique_key(queue_conn *q, const char *sweep, cds_err *err)
+{
+    qargs cmd = {0};
+    qargs_add(&cmd, "HGET");
+    qargs_key(&cmd, q, "sweep:{%s}", sweep);
+    qargs_add(&cmd, "unique");
+    redisReply *r = qc_take(q, &cmd, err);
+    if (!r)
+        return -1;
+    char unique[QUEUE_NAME_MAX] = "";
+    if (r->type == REDIS_REPLY_STRING && qc_name_ok(r->str, QUEUE_NAME_MAX))
+        snprintf(unique, sizeof unique, "%s", r->str);
+    freeReplyObject(r);
+    if (!unique[0])
+        return 0;
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "sweeps:unique:%s", unique);
+    qargs_add(&args, sweep);
+    if (!(r = qc_run(q, QS_UNLOCK, &keys, &args, err)))
+        return -1;
+    freeReplyObject(r);
+    return 0;
+}
+
 /* ---- evaluation and test leases ------------------------------------------ */
 
 static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
@@ -487,14 +579,26 @@ int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, in
     return 1;
 }
 
-int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int drop, cds_err *err)
+int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *why,
+                       int *failed, cds_err *err)
 {
+    if (failed)
+        *failed = 0;
     if (check_sweep_id(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, l->token);
-    qargs_add(&args, drop ? "drop" : "back");
-    return run_on_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, NULL, err);
+    qargs_add(&args, how == QUEUE_EVAL_DROP ? "drop" : how == QUEUE_EVAL_RETRY ? "retry" : "back");
+    qargs_add(&args, why ? why : "");
+    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
+    redisReply *r = NULL;
+    int rc = run_on_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, &r, err);
+    if (rc != 0)
+        return rc;
+    if (failed)
+        *failed = qc_reply_is(r, 1, "failed");
+    freeReplyObject(r);
+    return 0;
 }
 
 int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
@@ -558,7 +662,86 @@ int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_leas
     qargs_add(&args, l->token);
     qargs_add(&args, result && *result ? result : "error no result");
     qargs_add(&args, sweep);
-    return run_on_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
+    int rc = run_on_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
+    return rc == 0 ? free_unique_key(q, sweep, err) : rc;
+}
+
+int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *why, int *failed,
+                        cds_err *err)
+{
+    if (failed)
+        *failed = 0;
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    qargs args = {0};
+    qargs_add(&args, l->token);
+    qargs_add(&args, why && *why ? why : "failed");
+    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
+    qargs_add(&args, sweep);
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_test_fail, sweep, &args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (qc_reply_is(r, 0, "lost")) {
+        freeReplyObject(r);
+        lease_gone(sweep, l, err);
+        return QUEUE_NOT_FOUND;
+    }
+    if (!qc_reply_is(r, 0, "retry") && !qc_reply_is(r, 0, "failed"))
+        return unexpected(r, "test_fail", err);
+    int final = qc_reply_is(r, 0, "failed");
+    if (failed)
+        *failed = final;
+    freeReplyObject(r);
+    return final ? free_unique_key(q, sweep, err) : 0;
+}
+
+int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const char *from_path, int from_epoch,
+                          int64_t from_version, int *epoch, cds_err *err)
+{
+    if (check_sweep_id(sweep, err) != 0)
+        return -1;
+    if (model < 0)
+        return cds_errf(err, "model %d of sweep '%s': a model index is 0 or more (see jobctl status %s)", model,
+                        sweep, sweep);
+    if (from_path && (!*from_path || strlen(from_path) >= QUEUE_MOP_PATH_MAX))
+        return cds_errf(err, "checkpoint path to retry model %d of sweep '%s' from must be 1 to %d bytes", model,
+                        sweep, QUEUE_MOP_PATH_MAX - 1);
+    qargs args = {0};
+    qargs_addf(&args, "%d", model);
+    qargs_add(&args, sweep);
+    qargs_add(&args, from_path ? from_path : "");
+    qargs_addf(&args, "%d", from_epoch);
+    qargs_addf(&args, "%lld", (long long)from_version);
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_retry, sweep, &args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    int rc = 0;
+    if (qc_reply_is(r, 0, "retried")) {
+        if (epoch)
+            *epoch = (int)qc_reply_int(r, 1);
+    } else if (qc_reply_is(r, 0, "no_model")) {
+        cds_errf(err, "sweep '%s' has no model %d: its models are 0 to %lld (see jobctl status %s)", sweep, model,
+                 qc_reply_int(r, 1) - 1, sweep);
+        rc = QUEUE_NOT_FOUND;
+    } else if (qc_reply_is(r, 0, "not_failed")) {
+        rc = cds_errf(err, "model %d of sweep '%s' is %s, not failed: only a failed model is retried", model, sweep,
+                      qc_reply_str(r, 1) ?: "?");
+    } else if (qc_reply_is(r, 0, "cancelled")) {
+        rc = cds_errf(err, "sweep '%s' is cancelled: nothing in it is retried (enqueue the sweep again)", sweep);
+    } else if (qc_reply_is(r, 0, "newer")) {
+        rc = cds_errf(err, "version %lld is newer than model %d's committed version %s: retry from a kept older "
+                           "checkpoint or the committed one", (long long)from_version, model,
+                      qc_reply_str(r, 1) ?: "?");
+    } else if (qc_reply_is(r, 0, "finished")) {
+        rc = cds_errf(err, "that checkpoint ended epoch %d, the sweep's last: nothing is left to train from it",
+                      from_epoch);
+    } else {
+        return unexpected(r, "retry", err);
+    }
+    freeReplyObject(r);
+    return rc;
 }
 
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
@@ -609,14 +792,40 @@ int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l
     return run_on_lease(q, queue_lua_mop_release, "release", "released", sweep, l, &args, NULL, err);
 }
 
-int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
-                         cds_err *err)
+int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason, int final,
+                         const char *note, int *failed, int64_t *delay_ms, cds_err *err)
 {
+    if (failed)
+        *failed = 0;
+    if (delay_ms)
+        *delay_ms = 0;
     qargs args = {0};
     if (lease_args(sweep, l, &args, err) != 0)
         return -1;
     qargs_add(&args, reason && *reason ? reason : "failed");
-    return run_on_lease(q, queue_lua_mop_fail, "fail", "failed", sweep, l, &args, NULL, err);
+    qargs_add(&args, final ? "final" : "attempt");
+    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
+    qargs_add(&args, note ? note : "");
+    int missing;
+    redisReply *r = mop_run(q, queue_lua_mop_fail, sweep, &args, &missing, err);
+    if (!r)
+        return missing ? QUEUE_NOT_FOUND : -1;
+    if (qc_reply_is(r, 0, "lost")) {
+        freeReplyObject(r);
+        lease_gone(sweep, l, err);
+        return QUEUE_NOT_FOUND;
+    }
+    if (qc_reply_is(r, 0, "retry") && r->elements == 4) {
+        if (delay_ms)
+            *delay_ms = qc_reply_int(r, 3);
+    } else if (qc_reply_is(r, 0, "failed")) {
+        if (failed)
+            *failed = 1;
+    } else {
+        return unexpected(r, "fail", err);
+    }
+    freeReplyObject(r);
+    return 0;
 }
 
 int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err *err)
@@ -637,8 +846,9 @@ int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err
     *n = (int)qc_reply_int(r, 1);
     if (evals)
         *evals = (int)qc_reply_int(r, 2);
+    int left = qc_reply_int(r, 3) != 0;
     freeReplyObject(r);
-    return 0;
+    return left ? free_unique_key(q, sweep, err) : 0;
 }
 
 /* ---- the active set ---------------------------------------------------------- */

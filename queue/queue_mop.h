@@ -54,18 +54,25 @@
  * share a Redis Cluster hash slot; docs/redis-keys.md).  Every script takes
  * the same nine: sweep, models, schedule, evals, sweeps, mop:wake, evaling,
  * results, sweeps:active.
+ * Epochs count from 1 in every key (format 2 in the sweep hash).
  *   sweep:{S}           hash   the sweep: state (running|paused|done|cancelled), dataset, dataset_version,
- *                              shards, epochs, models, created, spec (JSON), updated, and (added by mop) id,
- *                              live (models not yet done/failed/cancelled), finished (ms, or ""),
- *                              test_by, test_token, test_deadline (the test-scoring claim), test (its result)
+ *                              shards, epochs, models, created, spec (JSON), updated, id, format, live
+ *                              (models not yet done/failed/cancelled), finished (ms, or ""), max_stalls,
+ *                              max_attempts, backoff_base_ms, backoff_cap_ms, unique, test_by, test_token,
+ *                              test_deadline (the test-scoring claim), test_attempts, test_not_before,
+ *                              test_error, test (its result, JSON)
  *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|done|failed|cancelled),
- *                              epoch (0-based, the epoch in progress), visited (K characters '0'/'1': shards
- *                              visited this epoch), version (committed checkpoint version, 0 = initial), ckpt
- *                              (its path), token, worker, shard, deadline (ms), spec (the model's JSON), reason,
- *                              paused ('1' or ''), and (added by mop) stalls (leases reaped), commit (receipt
- *                              of the last commit)
+ *                              epoch (the epoch in progress, from 1; a done model keeps its last), visited
+ *                              (K characters '0'/'1': shards visited this epoch), version (committed
+ *                              checkpoint version, 0 = initial), ckpt (its path), token, worker, shard,
+ *                              deadline (ms), spec (the model's JSON), reason, paused ('1' or ''), stalls
+ *                              (leases reaped), attempts (failed visits since the last commit), not_before
+ *                              (ms: no lease before, a failed attempt's backoff), error (the last failed
+ *                              attempt), commit (receipt of the last commit), and per epoch e eval_attempts.e,
+ *                              eval_stalls.e, eval_last_error.e, eval_error.e
  *   sweep:{S}:schedule  list   committed visits in commit order: "m epoch shard version worker"
- *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation
+ *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation ("m epoch version
+ *                              due_ms" while one waits out the backoff of a failed attempt)
  *   sweep:{S}:evaling   hash   evaluations in flight: token -> "m epoch version deadline worker"
  *   sweep:{S}:results   hash   visit metrics and evaluated epochs (queue_mop_results.c)
  *   sweeps              zset   every sweep id, by creation time (jobctl's listing)
@@ -102,11 +109,23 @@ typedef struct queue_sweep_def {
     const char *const *plans;
     const char *replay_of;       /* the sweep a replay follows, or NULL */
     int max_stalls;              /* a model whose lease expires more often than this fails (0: 10) */
+    /* Failed attempts of a visit, an evaluation or the test scoring (0: 5),
+     * and the backoff between them: min(cap, base * 2^(n-1)) * [0.5, 1]
+     * (0: 1000 ms and 60000 ms). */
+    int max_attempts;
+    int64_t backoff_base_ms, backoff_cap_ms;
+    /* A unique key (cron): while the sweep it names is live, a create with
+     * the same key makes nothing and names that sweep; NULL: none. */
+    const char *unique;
 } queue_sweep_def;
 
-/* Creates the sweep with every model idle at epoch 0, version 0.  Refuses an
- * id that exists (QUEUE_NOT_FOUND is not used: -1 with a message). */
-int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, cds_err *err);
+/* Creates the sweep with every model idle at epoch 1, version 0.  Refuses an
+ * id that exists (QUEUE_NOT_FOUND is not used: -1 with a message).  With a
+ * unique key held by a live sweep, creates nothing, sets *duplicate_of (may
+ * be NULL; QUEUE_SWEEP_ID_MAX bytes) to that sweep's id and returns
+ * QUEUE_MOP_DUPLICATE. */
+#define QUEUE_MOP_DUPLICATE 3
+int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, char *duplicate_of, cds_err *err);
 
 /* What a queue_mop_lease holds: a model for one visit, an epoch to
  * evaluate, or a sweep's test scoring.  queue_mop_renew renews any of them. */
@@ -115,12 +134,13 @@ enum { QUEUE_MOP_VISIT = 0, QUEUE_MOP_EVAL = 1, QUEUE_MOP_TEST = 2 };
 typedef struct queue_mop_lease {
     int kind;                    /* QUEUE_MOP_VISIT (0, what a zeroed lease is), _EVAL or _TEST */
     int model;                   /* m (-1 for a test scoring) */
-    int epoch;                   /* the epoch this visit belongs to */
+    int epoch;                   /* the epoch this visit belongs to, or that is evaluated (from 1) */
     int shard;                   /* the shard it is for (the one asked for); -1 unless a visit */
     int64_t version;             /* committed checkpoint version to start from (0: initialise from the seed) */
     char ckpt[QUEUE_MOP_PATH_MAX]; /* its path ("" for version 0) */
     char token[QUEUE_TOKEN_MAX];
     int64_t deadline_ms;
+    int attempts;                /* a visit: failed attempts since the model's last commit */
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
@@ -156,11 +176,17 @@ int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l,
 /* Gives the model back without a visit (drain, error that is not the
  * model's fault); 0, QUEUE_NOT_FOUND if the lease was already gone. */
 int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err);
-/* Marks the leased model failed with a reason (NaN loss, out of memory);
- * the rest of the sweep goes on.  0, QUEUE_NOT_FOUND if the lease was
- * already gone. */
-int queue_mop_fail_model(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason,
-                         cds_err *err);
+/* Records a failed visit of the leased model with its reason.  final = 0:
+ * an attempt (a corrupt checkpoint, an unreadable shard, a full disk): the
+ * model idles through a backoff and is tried again, and fails once the
+ * sweep's max_attempts is reached; final = 1: it fails at once (out of
+ * memory, a diverged loss: every try would end the same).  note (may be
+ * NULL) is added to the reason if the model fails.  The rest of the sweep
+ * goes on.  *failed (may be NULL) says whether the model failed now;
+ * *delay_ms (may be NULL) the backoff otherwise.  0, QUEUE_NOT_FOUND if the
+ * lease was already gone. */
+int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason, int final,
+                         const char *note, int *failed, int64_t *delay_ms, cds_err *err);
 /* Returns expired leases to idle (at their last committed version) and
  * expired evaluations to the head of the evals list; *n gets how many
  * models, *evals (may be NULL) how many evaluations.  A finished sweep (see
@@ -204,7 +230,14 @@ int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoc
  * lease was already gone. */
 int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
                         cds_err *err);
-int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int drop, cds_err *err);
+enum { QUEUE_EVAL_BACK = 0, QUEUE_EVAL_DROP = 1, QUEUE_EVAL_RETRY = 2 };
+/* how: QUEUE_EVAL_BACK gives the epoch back uncounted (a drain); _DROP
+ * forgets it (why, if not NULL or "", is recorded as the epoch's evaluation
+ * error); _RETRY records a failed attempt with why: a backoff, then another
+ * try, until max_attempts fails the evaluation.  *failed (may be NULL) says
+ * whether this ended the evaluation for good. */
+int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *why,
+                       int *failed, cds_err *err);
 /* Records the metrics (JSON) of the epoch the evaluation lease l is for and
  * ends the lease; keeps the model's best epoch by validation top-1: *is_best
  * says whether this one is it now, and *prev_best_epoch which epoch was
@@ -224,6 +257,19 @@ int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, i
                          cds_err *err);
 int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *result,
                           cds_err *err);
+/* A failed attempt at the test scoring under claim l: below max_attempts
+ * the claim ends and the scoring waits out a backoff; at max_attempts the
+ * failure is recorded as the sweep's test result.  *failed (may be NULL)
+ * says which.  0, QUEUE_NOT_FOUND when the claim was lost. */
+int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *why, int *failed,
+                        cds_err *err);
+/* Puts failed model m back (jobctl retry S/m): idle, no attempt or stall
+ * counted, at its committed checkpoint (from_path NULL) or at the older
+ * checkpoint from_path, which ended epoch from_epoch (from 1) at version
+ * from_version.  A done sweep runs again.  *epoch (may be NULL) gets the
+ * epoch it will train next.  QUEUE_NOT_FOUND: no such sweep or model. */
+int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const char *from_path, int from_epoch,
+                          int64_t from_version, int *epoch, cds_err *err);
 /* The results hash / the models hash as JSON objects of strings. */
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err);

@@ -123,7 +123,7 @@ static void create_sweep(queue_conn *q, const char *id, int models, int shards, 
 {
     queue_sweep_def d = sweep_def(id, models, shards, epochs);
     cds_err err;
-    if (queue_sweep_create(q, &d, &err) != 0) {
+    if (queue_sweep_create(q, &d, NULL, &err) != 0) {
         printf("# create %s: %s\n", id, err.msg);
         tap_bail("cannot create a sweep");
     }
@@ -193,12 +193,13 @@ static void check_schedule(redisContext *c, const char *sweep, int models, int s
     long long last_version[MAX_MODELS] = {0};
     int dup = 0, bad_version = 0, bad_worker = 0, out_of_range = 0;
     for (int i = 0; i < n; i++) {
-        if (v[i].m < 0 || v[i].m >= models || v[i].epoch < 0 || v[i].epoch >= epochs || v[i].shard < 0 ||
+        /* Epochs count from 1. */
+        if (v[i].m < 0 || v[i].m >= models || v[i].epoch < 1 || v[i].epoch > epochs || v[i].shard < 0 ||
             v[i].shard >= shards || (failed && failed[v[i].m])) {
             out_of_range++;
             continue;
         }
-        dup += seen[v[i].m][v[i].epoch][v[i].shard]++ > 0;
+        dup += seen[v[i].m][v[i].epoch - 1][v[i].shard]++ > 0;
         bad_version += v[i].version != last_version[v[i].m] + 1;
         last_version[v[i].m] = v[i].version;
         size_t wl = strlen(v[i].worker);
@@ -221,7 +222,7 @@ static void test_create(queue_conn *q, redisContext *c)
 {
     cds_err err;
     queue_sweep_def d = sweep_def("create", 3, 2, 3);
-    ok(queue_sweep_create(q, &d, &err) == 0, "create a sweep of 3 models x 2 shards x 3 epochs");
+    ok(queue_sweep_create(q, &d, NULL, &err) == 0, "create a sweep of 3 models x 2 shards x 3 epochs");
     ok(sweep_is(c, "create", "state", "running") && sweep_is(c, "create", "shards", "2") &&
            sweep_is(c, "create", "epochs", "3") && sweep_is(c, "create", "models", "3") &&
            sweep_is(c, "create", "live", "3") && sweep_is(c, "create", "dataset", "mnist") &&
@@ -234,10 +235,13 @@ static void test_create(queue_conn *q, redisContext *c)
        "created is a server time in ms (%s)", created);
     int models_ok = 1;
     for (int m = 0; m < 3; m++)
-        models_ok &= model_is(c, "create", m, "state", "idle") && model_is(c, "create", m, "epoch", "0") &&
+        models_ok &= model_is(c, "create", m, "state", "idle") && model_is(c, "create", m, "epoch", "1") &&
                      model_is(c, "create", m, "visited", "00") && model_is(c, "create", m, "version", "0") &&
                      model_is(c, "create", m, "ckpt", "") && model_is(c, "create", m, "token", "");
-    ok(models_ok, "every model starts idle at epoch 0, version 0, no shard visited, no checkpoint");
+    ok(models_ok, "every model starts idle at epoch 1, version 0, no shard visited, no checkpoint");
+    ok(sweep_is(c, "create", "format", "2") && sweep_is(c, "create", "max_attempts", "5") &&
+           sweep_is(c, "create", "backoff_base_ms", "1000") && sweep_is(c, "create", "backoff_cap_ms", "60000"),
+       "the sweep says its epochs count from 1 (format 2) and holds the retry defaults (5 attempts, 1 s to 60 s)");
     redisReply *r = rcmd(c, "ZSCORE %ssweeps create", prefix);
     ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, created) == 0, "the sweeps index holds it at its creation time");
     freeReplyObject(r);
@@ -249,28 +253,28 @@ static void test_create(queue_conn *q, redisContext *c)
     ok(queue_mop_model_spec(q, "create", 3, &spec, &err) == QUEUE_NOT_FOUND && !spec,
        "model_spec of a model past the last is QUEUE_NOT_FOUND");
 
-    ok(queue_sweep_create(q, &d, &err) == -1 && strstr(err.msg, "already exists"),
+    ok(queue_sweep_create(q, &d, NULL, &err) == -1 && strstr(err.msg, "already exists"),
        "an existing id is refused (%s)", err.msg);
     ok(sweep_is(c, "create", "live", "3"), "the refused create changed nothing");
 
     const char *bad_ids[] = {"", "a b", "x{y}", "dots.no", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" /* 32 */};
     for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++) {
         queue_sweep_def b = sweep_def(bad_ids[i], 1, 1, 1);
-        ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "bad sweep id"), "sweep id '%s' refused",
+        ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "bad sweep id"), "sweep id '%s' refused",
            bad_ids[i]);
     }
     queue_sweep_def longest = sweep_def("Aa0_-aaaaaaaaaaaaaaaaaaaaaaaaaa" /* 31 */, 1, 1, 1);
-    ok(queue_sweep_create(q, &longest, &err) == 0, "a 31-character id of every allowed kind is accepted");
+    ok(queue_sweep_create(q, &longest, NULL, &err) == 0, "a 31-character id of every allowed kind is accepted");
     queue_sweep_def b = sweep_def("shape", 0, 1, 1);
-    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "models"), "0 models refused (%s)", err.msg);
+    ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "models"), "0 models refused (%s)", err.msg);
     b = sweep_def("shape", 1, 0, 1);
-    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "shards"), "0 shards refused (%s)", err.msg);
+    ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "shards"), "0 shards refused (%s)", err.msg);
     b = sweep_def("shape", 1, 1, 0);
-    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "epochs"), "0 epochs refused (%s)", err.msg);
+    ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "epochs"), "0 epochs refused (%s)", err.msg);
     const char *bad_specs[] = {"{\"model\":"};
     b = sweep_def("shape", 1, 1, 1);
     b.model_specs = bad_specs;
-    ok(queue_sweep_create(q, &b, &err) == -1 && strstr(err.msg, "not valid JSON"), "a malformed model spec refused (%s)",
+    ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "not valid JSON"), "a malformed model spec refused (%s)",
        err.msg);
     r = rcmd(c, "EXISTS %ssweep:{shape}", prefix);
     ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "refused sweeps leave no key");
@@ -310,7 +314,7 @@ static void test_simulation(queue_conn *q, redisContext *c)
                 continue;
             if (norder < 8)
                 order[norder++] = l[k].model;
-            revisit += committed[l[k].model][l[k].epoch][k] != 0;
+            revisit += committed[l[k].model][l[k].epoch - 1][k] != 0;
             bad_start += l[k].version != version[l[k].model] || strcmp(l[k].ckpt, path[l[k].model]) != 0;
         }
         for (int k = 0; k < K; k++) {
@@ -327,12 +331,12 @@ static void test_simulation(queue_conn *q, redisContext *c)
             }
             bad_version += r.version != version[m] + 1;
             bad_superseded += strcmp(r.superseded, path[m]) != 0;
-            committed[m][l[k].epoch][k]++;
+            committed[m][l[k].epoch - 1][k]++;
             int visits = 0;
             for (int s = 0; s < K; s++)
-                visits += committed[m][l[k].epoch][s];
+                visits += committed[m][l[k].epoch - 1][s];
             epoch_flags += r.epoch_done != (visits == K);
-            model_flags += r.model_done != (visits == K && l[k].epoch == E - 1);
+            model_flags += r.model_done != (visits == K && l[k].epoch == E);
             version[m] = r.version;
             snprintf(path[m], sizeof path[m], "%s", p);
         }
@@ -357,11 +361,11 @@ static void test_simulation(queue_conn *q, redisContext *c)
     for (size_t i = 0; evals_ok && i < r->elements; i++) {
         int m, e;
         long long v;
-        evals_ok = sscanf(r->element[i]->str, "%d %d %lld", &m, &e, &v) == 3 && m >= 0 && m < M && e >= 0 &&
-                   e < E && v == (long long)(e + 1) * K && !eval_seen[m][e]++;
+        evals_ok = sscanf(r->element[i]->str, "%d %d %lld", &m, &e, &v) == 3 && m >= 0 && m < M && e >= 1 &&
+                   e <= E && v == (long long)e * K && !eval_seen[m][e - 1]++;
     }
     freeReplyObject(r);
-    ok(evals_ok, "evals hold M x E entries 'm epoch version', one per finished epoch, at version (epoch+1)*K");
+    ok(evals_ok, "evals hold M x E entries 'm epoch version', one per finished epoch (from 1), at version epoch*K");
 
     int models_ok = 1;
     char want_version[16];
@@ -369,7 +373,7 @@ static void test_simulation(queue_conn *q, redisContext *c)
     for (int m = 0; m < M; m++)
         models_ok &= model_is(c, "sim", m, "state", "done") && model_is(c, "sim", m, "epoch", "2") &&
                      model_is(c, "sim", m, "version", want_version) && model_is(c, "sim", m, "token", "");
-    ok(models_ok, "every model is done after epoch %d at version %d", E, K * E);
+    ok(models_ok, "every model is done, at its last epoch %d and version %d", E, K * E);
     char fin[64];
     ok(sweep_is(c, "sim", "state", "done") && sweep_is(c, "sim", "live", "0") &&
            *sweep_field(c, "sim", "finished", fin, sizeof fin),
@@ -410,7 +414,7 @@ static void test_lost_lease(queue_conn *q, redisContext *c)
     ok(queue_mop_reap(q, "lost", &n, NULL, &err) == 0 && n == 0, "a second reap finds nothing");
     ok(queue_mop_renew(q, "lost", &l, HOLD_MS, &err) == QUEUE_NOT_FOUND, "renew after the reap is QUEUE_NOT_FOUND");
     ok(queue_mop_release(q, "lost", &l, &err) == QUEUE_NOT_FOUND, "release after the reap is QUEUE_NOT_FOUND");
-    ok(queue_mop_fail_model(q, "lost", &l, "x", &err) == QUEUE_NOT_FOUND, "fail after the reap is QUEUE_NOT_FOUND");
+    ok(queue_mop_fail_visit(q, "lost", &l, "x", 1, NULL, NULL, NULL, &err) == QUEUE_NOT_FOUND, "fail after the reap is QUEUE_NOT_FOUND");
     r = commit(q, "lost", &l, "ckpt/late");
     ok(!r.accepted && model_is(c, "lost", 0, "version", "0") && model_is(c, "lost", 0, "ckpt", ""),
        "a late commit after the reap is refused and changes nothing");
@@ -466,11 +470,11 @@ static void test_fail_model(queue_conn *q, redisContext *c)
     create_sweep(q, "failing", M, K, E);
     queue_mop_lease l;
     ok(lease(q, "failing", 0, "fail-w0", HOLD_MS, &l, NULL) == 1 && l.model == 0, "lease model 0");
-    ok(queue_mop_fail_model(q, "failing", &l, "loss is NaN", &err) == 0, "fail_model with the token succeeds");
+    ok(queue_mop_fail_visit(q, "failing", &l, "loss is NaN", 1, NULL, NULL, NULL, &err) == 0, "fail_model with the token succeeds");
     ok(model_is(c, "failing", 0, "state", "failed") && model_is(c, "failing", 0, "reason", "loss is NaN") &&
            model_is(c, "failing", 0, "token", "") && sweep_is(c, "failing", "live", "2"),
        "the model is failed with its reason, and no longer live");
-    ok(queue_mop_fail_model(q, "failing", &l, "again", &err) == QUEUE_NOT_FOUND,
+    ok(queue_mop_fail_visit(q, "failing", &l, "again", 1, NULL, NULL, NULL, &err) == QUEUE_NOT_FOUND,
        "failing it again with the same token is QUEUE_NOT_FOUND");
     ok(!commit(q, "failing", &l, "ckpt/after-fail").accepted, "a commit after fail is refused");
     int done = 0, leased_failed = 0, steps = 0;
@@ -489,7 +493,7 @@ static void test_fail_model(queue_conn *q, redisContext *c)
 
     create_sweep(q, "failall", 1, 1, 1);
     lease(q, "failall", 0, "fail-w0", HOLD_MS, &l, NULL);
-    ok(queue_mop_fail_model(q, "failall", &l, "out of memory", &err) == 0 && sweep_is(c, "failall", "state", "done"),
+    ok(queue_mop_fail_visit(q, "failall", &l, "out of memory", 1, NULL, NULL, NULL, &err) == 0 && sweep_is(c, "failall", "state", "done"),
        "failing the last live model finishes the sweep");
 }
 
@@ -500,7 +504,7 @@ static void test_stall_limit(queue_conn *q, redisContext *c)
     queue_sweep_def d = sweep_def("stally", 2, 1, 1);
     d.max_stalls = 2;
     cds_err err;
-    ok(queue_sweep_create(q, &d, &err) == 0 && sweep_is(c, "stally", "max_stalls", "2"), "a sweep with max_stalls 2");
+    ok(queue_sweep_create(q, &d, NULL, &err) == 0 && sweep_is(c, "stally", "max_stalls", "2"), "a sweep with max_stalls 2");
     queue_mop_lease l;
     int n = 0;
     for (int i = 0; i < 3; i++) {
@@ -562,7 +566,7 @@ static void test_many_models(queue_conn *q, redisContext *c)
     d.model_specs = specs;
     cds_err err;
     int64_t t0 = cds_mono_ms();
-    int rc = queue_sweep_create(q, &d, &err);
+    int rc = queue_sweep_create(q, &d, NULL, &err);
     ok(rc == 0, "create a sweep of %d models (%lld ms)", M, (long long)(cds_mono_ms() - t0));
     for (int m = 0; m < FIRST_FREE; m++)
         redisAppendCommand(c, "HSET %ssweep:{many}:models %d.state done", prefix, m);
@@ -716,48 +720,48 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
     finish_epoch(q, "ev", "ckpt/ev1");
     ok(list_len(c, "evals", "ev") == 1, "a finished epoch waits for evaluation");
     ok(queue_mop_take_eval(q, "ev", "ev-a", SHORT_MS, &a, &err) == 1 && a.kind == QUEUE_MOP_EVAL && a.model == 0 &&
-           a.epoch == 0 && a.version == 1 && strlen(a.token) == 32,
-       "take_eval leases model 0 epoch 0 version 1 with a token");
+           a.epoch == 1 && a.version == 1 && strlen(a.token) == 32,
+       "take_eval leases model 0 epoch 1 version 1 with a token");
     char v[256] = "";
     redisReply *r = rcmd(c, "HGET %ssweep:{ev}:evaling %s", prefix, a.token);
     if (r->type == REDIS_REPLY_STRING)
         snprintf(v, sizeof v, "%s", r->str);
     freeReplyObject(r);
     long long dl = 0;
-    ok(list_len(c, "evals", "ev") == 0 && sscanf(v, "0 0 1 %lld ev-a", &dl) == 1 && dl == a.deadline_ms,
+    ok(list_len(c, "evals", "ev") == 0 && sscanf(v, "0 1 1 %lld ev-a", &dl) == 1 && dl == a.deadline_ms,
        "it moved from the list to the in-flight hash with its deadline and worker ('%s')", v);
     ok(queue_mop_take_eval(q, "ev", "ev-b", SHORT_MS, &x, &err) == 0, "nothing else waits: take_eval returns 0");
     ok(queue_mop_renew(q, "ev", &a, SHORT_MS, &err) == 0, "queue_mop_renew renews an evaluation lease");
     cds_sleep_ms(EXPIRE_WAIT_MS);
     ok(queue_mop_renew(q, "ev", &a, SHORT_MS, &err) == QUEUE_NOT_FOUND, "past its deadline the renew is refused");
     ok(queue_mop_record_result(q, "ev", &a, "{\"late\":1}", 0.5, &is_best, &prev, &err) == QUEUE_NOT_FOUND &&
-           !has_result(c, "ev", "0.0"),
+           !has_result(c, "ev", "0.1"),
        "a record past the deadline is refused and records nothing (%s)", err.msg);
     ok(queue_mop_reap(q, "ev", &n, &ne, &err) == 0 && n == 0 && ne == 1 && list_len(c, "evals", "ev") == 1 &&
            hash_len(c, "ev", "evaling") == 0,
        "the reaper puts the expired evaluation back on the list (models %d, evaluations %d)", n, ne);
-    ok(queue_mop_take_eval(q, "ev", "ev-b", HOLD_MS, &b, &err) == 1 && b.model == 0 && b.epoch == 0 &&
+    ok(queue_mop_take_eval(q, "ev", "ev-b", HOLD_MS, &b, &err) == 1 && b.model == 0 && b.epoch == 1 &&
            b.version == 1 && strcmp(a.token, b.token) != 0,
        "another worker takes it again, with a new token");
     ok(queue_mop_record_result(q, "ev", &a, "{\"late\":1}", 0.9, &is_best, &prev, &err) == QUEUE_NOT_FOUND &&
-           queue_mop_put_eval(q, "ev", &a, 0, &err) == QUEUE_NOT_FOUND && hash_len(c, "ev", "evaling") == 1,
+           queue_mop_put_eval(q, "ev", &a, QUEUE_EVAL_BACK, NULL, NULL, &err) == QUEUE_NOT_FOUND && hash_len(c, "ev", "evaling") == 1,
        "the first worker, late, can neither record nor give it back");
     queue_mop_lease wrong = b;
-    wrong.epoch = 1;
+    wrong.epoch = 2;
     ok(queue_mop_record_result(q, "ev", &wrong, "{}", 0.9, &is_best, &prev, &err) == QUEUE_NOT_FOUND,
        "a record for another epoch than the lease's is refused");
     ok(queue_mop_record_result(q, "ev", &b, "{\"e\":1}", 0.5, &is_best, &prev, &err) == 0 && is_best && prev == -1 &&
-           has_result(c, "ev", "0.0") && hash_len(c, "ev", "evaling") == 0 && model_is(c, "ev", 0, "best_epoch", "0"),
+           has_result(c, "ev", "0.1") && hash_len(c, "ev", "evaling") == 0 && model_is(c, "ev", 0, "best_epoch", "1"),
        "the holder records it: the best epoch so far, the lease ended");
     ok(queue_mop_record_result(q, "ev", &b, "{\"e\":1}", 0.5, &is_best, &prev, &err) == QUEUE_NOT_FOUND,
        "recording twice with the same lease is refused");
 
     finish_epoch(q, "ev", "ckpt/ev2");
-    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && a.epoch == 1 &&
-           queue_mop_put_eval(q, "ev", &a, 0, &err) == 0 && list_len(c, "evals", "ev") == 1 &&
+    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && a.epoch == 2 &&
+           queue_mop_put_eval(q, "ev", &a, QUEUE_EVAL_BACK, NULL, NULL, &err) == 0 && list_len(c, "evals", "ev") == 1 &&
            hash_len(c, "ev", "evaling") == 0,
-       "put_eval gives an evaluation back to the list");
-    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && queue_mop_put_eval(q, "ev", &a, 1, &err) == 0 &&
+       "put_eval gives an evaluation back to the list, uncounted");
+    ok(queue_mop_take_eval(q, "ev", "ev-a", HOLD_MS, &a, &err) == 1 && queue_mop_put_eval(q, "ev", &a, QUEUE_EVAL_DROP, NULL, NULL, &err) == 0 &&
            list_len(c, "evals", "ev") == 0 && hash_len(c, "ev", "evaling") == 0,
        "put_eval with drop forgets it");
 
@@ -776,25 +780,46 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
            queue_mop_record_result(q, "evr", &a, "{}", 0.1, &is_best, &prev, &err) == 0,
        "renewed every 80 ms over 400 ms, an evaluation is never reaped and its record is accepted");
 
-    /* An epoch whose evaluation keeps failing is given up after max_stalls
-     * failures, whether its workers give it back or die (the reaper). */
+    /* A failed attempt is counted and waits out a backoff; after
+     * max_attempts the evaluation fails with the reason.  Giving it back
+     * (a drain) counts nothing; dying (the reaper) counts a stall, and past
+     * max_stalls the evaluation is given up. */
     queue_sweep_def d = sweep_def("evx", 1, 1, 2);
     d.max_stalls = 2;
-    if (queue_sweep_create(q, &d, &err) != 0)
+    d.max_attempts = 3;
+    d.backoff_base_ms = 60000; /* far beyond the test: "time passes" when the test moves the due time */
+    if (queue_sweep_create(q, &d, NULL, &err) != 0)
         tap_bail(err.msg);
     finish_epoch(q, "evx", "ckpt/evx1");
     int back = 0;
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 4; i++)
         back += queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 &&
-                queue_mop_put_eval(q, "evx", &a, 0, &err) == 0 && list_len(c, "evals", "evx") == 1;
-    ok(back == 2 && model_is(c, "evx", 0, "eval_fails.0", "2"), "given back twice (max_stalls 2): still waiting");
-    ok(queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 && queue_mop_put_eval(q, "evx", &a, 0, &err) == 0 &&
-           list_len(c, "evals", "evx") == 0 && hash_len(c, "evx", "evaling") == 0,
-       "the third failure drops it");
-    r = rcmd(c, "HGET %ssweep:{evx}:models 0.eval_error.0", prefix);
-    ok(r->type == REDIS_REPLY_STRING && strstr(r->str, "given up after 3 failures"), "with the reason: %s",
-       r->type == REDIS_REPLY_STRING ? r->str : "(none)");
+                queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_BACK, NULL, NULL, &err) == 0 && list_len(c, "evals", "evx") == 1;
+    r = rcmd(c, "HGET %ssweep:{evx}:models 0.eval_attempts.1", prefix);
+    ok(back == 4 && r->type == REDIS_REPLY_NIL, "given back 4 times (a drain): still waiting, no attempt counted");
     freeReplyObject(r);
+    int failed = 1;
+    ok(queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 &&
+           queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_RETRY, "CRC-32 mismatch", &failed, &err) == 0 && !failed &&
+           model_is(c, "evx", 0, "eval_attempts.1", "1") && model_is(c, "evx", 0, "eval_last_error.1", "CRC-32 mismatch"),
+       "a failed attempt is counted with its error, and is not the last (1 of 3)");
+    r = rcmd(c, "LINDEX %ssweep:{evx}:evals 0", prefix);
+    long long due = 0;
+    int parsed = r->type == REDIS_REPLY_STRING && sscanf(r->str, "0 1 1 %lld", &due) == 1;
+    freeReplyObject(r);
+    ok(parsed && due > 0 && queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &x, &err) == 0,
+       "it waits in the list with its due time, and is not taken before it");
+    for (int i = 2; i <= 3; i++) {
+        freeReplyObject(rcmd(c, "LSET %ssweep:{evx}:evals 0 %s", prefix, "0 1 1 1")); /* its backoff has passed */
+        ok(queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 && a.epoch == 1 &&
+               queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_RETRY, "CRC-32 mismatch", &failed, &err) == 0 &&
+               failed == (i == 3),
+           "once due it is taken again; attempt %d of 3 %s", i, i == 3 ? "fails the evaluation" : "is not the last");
+    }
+    char why[256];
+    ok(list_len(c, "evals", "evx") == 0 && hash_len(c, "evx", "evaling") == 0 &&
+           strstr(model_field(c, "evx", 0, "eval_error.1", why, sizeof why), "failed 3 of 3 attempts: CRC-32 mismatch"),
+       "the evaluation failed with the reason: %s", why);
     finish_epoch(q, "evx", "ckpt/evx2");
     int reaped_back = 0;
     for (int i = 0; i < 3; i++) {
@@ -804,8 +829,9 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
         reaped_back += queue_mop_reap(q, "evx", &n, &ne, &err) == 0 && ne == 1;
     }
     ok(reaped_back == 3 && list_len(c, "evals", "evx") == 0 && hash_len(c, "evx", "evaling") == 0 &&
-           model_is(c, "evx", 0, "eval_fails.1", "3"),
-       "an evaluation whose workers die is reaped back twice, then given up (%d reaps)", reaped_back);
+           model_is(c, "evx", 0, "eval_stalls.2", "3") &&
+           strstr(model_field(c, "evx", 0, "eval_error.2", why, sizeof why), "stalled 3 times"),
+       "an evaluation whose workers die is reaped back twice, then given up (%d reaps): %s", reaped_back, why);
     ok(sweep_is(c, "evx", "state", "done"), "the sweep is done and nothing holds it");
 }
 
@@ -844,6 +870,203 @@ static void test_test_claim(queue_conn *q, redisContext *c)
        "a recorded test can be neither claimed nor recorded again");
 }
 
+/* ---- failed attempts, retry, unique keys ---------------------------------------- */
+
+/* "Time passes" for a model waiting out its backoff: the test moves its
+ * not_before into the past rather than sleep (the backoffs here are a
+ * minute, so nothing expires by itself while the test runs). */
+static void backoff_passes(redisContext *c, const char *sweep, int m)
+{
+    freeReplyObject(rcmd(c, "HSET %ssweep:{%s}:models %d.not_before 1", prefix, sweep, m));
+}
+
+/* A visit that fails (a corrupt checkpoint, say) is an attempt, as a queue
+ * job's: counted, with a backoff during which the model is not leased, and
+ * the model fails with the reason at max_attempts; a drain (release) counts
+ * nothing; a commit clears the count. */
+static void test_visit_attempts(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_sweep_def d = sweep_def("att", 2, 1, 1);
+    d.max_attempts = 3;
+    d.backoff_base_ms = 60000;
+    ok(queue_sweep_create(q, &d, NULL, &err) == 0 && sweep_is(c, "att", "max_attempts", "3") &&
+           sweep_is(c, "att", "backoff_base_ms", "60000"),
+       "a sweep with max_attempts 3 and a backoff base of 60 s");
+    queue_mop_lease l, o;
+    int failed = 1;
+    int64_t delay = 0;
+    ok(lease(q, "att", 0, "att-w0", HOLD_MS, &l, NULL) == 1 && l.model == 0 && l.attempts == 0, "lease model 0");
+    ok(queue_mop_fail_visit(q, "att", &l, "CRC-32 mismatch", 0, "an older checkpoint is intact", &failed, &delay,
+                            &err) == 0 && !failed && delay >= 30000 && delay <= 60000,
+       "a failed visit is attempt 1 of 3, retried after %lld ms (base 60 s scaled by [0.5, 1])", (long long)delay);
+    char nb[64];
+    ok(model_is(c, "att", 0, "state", "idle") && model_is(c, "att", 0, "attempts", "1") &&
+           model_is(c, "att", 0, "error", "CRC-32 mismatch") && model_is(c, "att", 0, "token", "") &&
+           atoll(model_field(c, "att", 0, "not_before", nb, sizeof nb)) > 0 && sweep_is(c, "att", "live", "2"),
+       "the model is idle with its attempt, error and not_before (%s), still live", nb);
+    ok(lease(q, "att", 0, "att-w0", HOLD_MS, &o, NULL) == 1 && o.model == 1,
+       "while it waits out its backoff the other model is leased instead");
+    ok(queue_mop_release(q, "att", &o, &err) == 0 && model_is(c, "att", 1, "attempts", "0"),
+       "a release (a drain) counts no attempt");
+    ok(queue_mop_renew(q, "att", &l, HOLD_MS, &err) == QUEUE_NOT_FOUND, "the failed lease cannot be renewed");
+    queue_mop_lease x;
+    int leased_early = 0;
+    for (int i = 0; i < 3; i++)
+        if (lease(q, "att", 0, "att-w0", HOLD_MS, &x, NULL) == 1) {
+            leased_early += x.model == 0;
+            queue_mop_release(q, "att", &x, &err);
+        }
+    is_int(leased_early, 0, "model 0 is not leased before its backoff has passed");
+    for (int i = 2; i <= 3; i++) {
+        backoff_passes(c, "att", 0);
+        ok(lease(q, "att", 0, "att-w0", HOLD_MS, &l, NULL) == 1 && l.model == 0 && l.attempts == i - 1 &&
+               queue_mop_fail_visit(q, "att", &l, "CRC-32 mismatch", 0, "an older checkpoint is intact", &failed,
+                                    &delay, &err) == 0 && failed == (i == 3),
+           "once due it is leased again (attempts so far %d); attempt %d %s", i - 1, i,
+           i == 3 ? "fails the model" : "is not the last");
+    }
+    char reason[512];
+    ok(model_is(c, "att", 0, "state", "failed") && sweep_is(c, "att", "live", "1") &&
+           strcmp(model_field(c, "att", 0, "reason", reason, sizeof reason),
+                  "failed 3 of 3 attempts: CRC-32 mismatch; an older checkpoint is intact") == 0,
+       "the model failed with the reason and the note: %s", reason);
+    /* A commit ends a run of failed attempts. */
+    ok(lease(q, "att", 0, "att-w0", HOLD_MS, &l, NULL) == 1 && l.model == 1 &&
+           queue_mop_fail_visit(q, "att", &l, "disk full", 0, NULL, &failed, &delay, &err) == 0 && !failed,
+       "model 1 fails an attempt");
+    backoff_passes(c, "att", 1);
+    ok(lease(q, "att", 0, "att-w0", HOLD_MS, &l, NULL) == 1 && l.attempts == 1 && commit(q, "att", &l, "ckpt/att1").accepted &&
+           model_is(c, "att", 1, "attempts", "0") && model_is(c, "att", 1, "not_before", "") &&
+           model_is(c, "att", 1, "state", "done") && sweep_is(c, "att", "state", "done"),
+       "its next visit commits: the count is cleared; the sweep is done (one model failed, one done)");
+}
+
+/* jobctl retry S/m puts a failed model back: at its committed checkpoint or
+ * at an older one, and a done sweep runs again. */
+static void test_retry_model(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    int epoch = 0, n, ne;
+    ok(queue_mop_retry_model(q, "att", 1, NULL, 0, 0, &epoch, &err) == -1 && strstr(err.msg, "not failed"),
+       "a model that is not failed is not retried (%s)", err.msg);
+    ok(queue_mop_retry_model(q, "att", 9, NULL, 0, 0, &epoch, &err) == QUEUE_NOT_FOUND, "nor one that does not exist");
+    /* As if its evaluations and test scoring were done. */
+    freeReplyObject(rcmd(c, "HSET %ssweep:{att} test {\"top1\":0.5}", prefix));
+    freeReplyObject(rcmd(c, "DEL %ssweep:{att}:evals", prefix));
+    ok(queue_mop_reap(q, "att", &n, &ne, &err) == 0 && !is_active(c, "att"), "the done sweep left the active set");
+    ok(queue_mop_retry_model(q, "att", 0, NULL, 0, 0, &epoch, &err) == 0 && epoch == 1 &&
+           model_is(c, "att", 0, "state", "idle") && model_is(c, "att", 0, "attempts", "0") &&
+           model_is(c, "att", 0, "reason", "") && model_is(c, "att", 0, "stalls", "0") &&
+           sweep_is(c, "att", "live", "1") && sweep_is(c, "att", "state", "running") && sweep_is(c, "att", "test", "") &&
+           is_active(c, "att"),
+       "the failed model is idle at epoch 1 again: the sweep runs, its test score cleared, active again");
+    queue_mop_lease l;
+    ok(lease(q, "att", 0, "att-w0", HOLD_MS, &l, NULL) == 1 && l.model == 0 && l.attempts == 0 &&
+           commit(q, "att", &l, "ckpt/att0").accepted && sweep_is(c, "att", "state", "done"),
+       "it is leased at once and finishes the sweep");
+
+    /* From an older checkpoint: the epoch after it, no shard visited. */
+    create_sweep(q, "rt", 1, 1, 3);
+    char path[32];
+    for (int e = 1; e <= 2; e++) {
+        snprintf(path, sizeof path, "ckpt/rt-v%d", e);
+        finish_epoch(q, "rt", path);
+    }
+    ok(lease(q, "rt", 0, "ev-w0", HOLD_MS, &l, NULL) == 1 && l.epoch == 3 &&
+           queue_mop_fail_visit(q, "rt", &l, "CRC-32 mismatch", 1, NULL, NULL, NULL, &err) == 0,
+       "a model fails in epoch 3");
+    ok(queue_mop_retry_model(q, "rt", 0, "ckpt/best-e3.ckpt", 3, 2, &epoch, &err) == -1 &&
+           strstr(err.msg, "the sweep's last") && model_is(c, "rt", 0, "state", "failed"),
+       "a checkpoint of the last epoch leaves nothing to train, and changes nothing (%s)", err.msg);
+    ok(queue_mop_retry_model(q, "rt", 0, "ckpt/x", 1, 7, &epoch, &err) == -1 && strstr(err.msg, "newer") &&
+           model_is(c, "rt", 0, "state", "failed"),
+       "a version above the committed one is refused (%s)", err.msg);
+    ok(queue_mop_retry_model(q, "rt", 0, "ckpt/best-e1.ckpt", 1, 1, &epoch, &err) == 0 && epoch == 2 &&
+           model_is(c, "rt", 0, "epoch", "2") && model_is(c, "rt", 0, "visited", "0") &&
+           model_is(c, "rt", 0, "version", "2") && model_is(c, "rt", 0, "ckpt", "ckpt/best-e1.ckpt"),
+       "retried from the checkpoint of epoch 1: epoch 2 next, its version kept rising from 2");
+    ok(lease(q, "rt", 0, "ev-w0", HOLD_MS, &l, NULL) == 1 && l.epoch == 2 && l.version == 2 &&
+           strcmp(l.ckpt, "ckpt/best-e1.ckpt") == 0,
+       "the next lease starts from that file");
+    queue_mop_commit_result r = commit(q, "rt", &l, "ckpt/rt-v3");
+    ok(r.accepted && r.version == 3 && strcmp(r.superseded, "ckpt/best-e1.ckpt") == 0,
+       "its commit is version 3 and names the older file as superseded (the worker keeps best-e files)");
+    ok(queue_sweep_set_state(q, "rt", "cancelled", &err) == 0 &&
+           queue_mop_retry_model(q, "rt", 0, NULL, 0, 0, &epoch, &err) == -1 && strstr(err.msg, "cancelled"),
+       "nothing in a cancelled sweep is retried (%s)", err.msg);
+}
+
+/* A cron line enqueues with a unique key: while its sweep is live a second
+ * enqueue names it and creates nothing; once that sweep finished the key
+ * makes a new one; the reaper frees the key of a finished sweep. */
+static void test_unique_sweep(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char dup[QUEUE_SWEEP_ID_MAX] = "?";
+    queue_sweep_def d = sweep_def("u1", 1, 1, 1);
+    d.unique = "nightly-2026-12-02";
+    ok(queue_sweep_create(q, &d, dup, &err) == 0 && dup[0] == '\0' && sweep_is(c, "u1", "unique", d.unique),
+       "a sweep created with a unique key");
+    redisReply *r = rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
+    ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, "u1") == 0, "the key names it");
+    freeReplyObject(r);
+    queue_sweep_def d2 = sweep_def("u2", 1, 1, 1);
+    d2.unique = d.unique;
+    ok(queue_sweep_create(q, &d2, dup, &err) == QUEUE_MOP_DUPLICATE && strcmp(dup, "u1") == 0,
+       "a second create with the key names the live sweep u1 (%s)", dup);
+    r = rcmd(c, "EXISTS %ssweep:{u2}", prefix);
+    ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "and creates nothing");
+    freeReplyObject(r);
+    freeReplyObject(rcmd(c, "HSET %ssweep:{u1} state done", prefix)); /* finished, not yet reaped */
+    ok(queue_sweep_create(q, &d2, dup, &err) == 0, "once u1 is done the key makes a new sweep (%s)", err.msg);
+    r = rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
+    ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, "u2") == 0, "and names it");
+    freeReplyObject(r);
+    int n, ne;
+    ok(queue_sweep_set_state(q, "u2", "cancelled", &err) == 0 && queue_mop_reap(q, "u2", &n, &ne, &err) == 0 &&
+           !is_active(c, "u2"),
+       "u2 is cancelled and reaped");
+    r = rcmd(c, "EXISTS %ssweeps:unique:nightly-2026-12-02", prefix);
+    ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "the reaper freed the key with it");
+    freeReplyObject(r);
+    queue_sweep_def bad = sweep_def("u3", 1, 1, 1);
+    bad.unique = "no spaces";
+    ok(queue_sweep_create(q, &bad, dup, &err) == -1 && strstr(err.msg, "bad unique key"), "a bad key is refused (%s)",
+       err.msg);
+}
+
+/* The test scoring's failed attempts: a backoff, then the failure is
+ * recorded as the result at max_attempts, which finishes the sweep. */
+static void test_test_attempts(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_sweep_def d = sweep_def("ta", 1, 1, 1);
+    d.max_attempts = 2;
+    d.backoff_base_ms = 60000;
+    if (queue_sweep_create(q, &d, NULL, &err) != 0)
+        tap_bail(err.msg);
+    finish_epoch(q, "ta", "ckpt/ta");
+    queue_mop_lease e, a, x;
+    int is_best, prev, failed = 1;
+    queue_mop_take_eval(q, "ta", "ta-e", HOLD_MS, &e, &err);
+    queue_mop_record_result(q, "ta", &e, "{}", 0.7, &is_best, &prev, &err);
+    ok(queue_mop_claim_test(q, "ta", "ta-a", HOLD_MS, &a, &err) == 1 &&
+           queue_mop_fail_test(q, "ta", &a, "best-e1.ckpt: CRC-32 mismatch", &failed, &err) == 0 && !failed &&
+           sweep_is(c, "ta", "test_attempts", "1") && sweep_is(c, "ta", "test", "") && sweep_is(c, "ta", "test_token", ""),
+       "a failed test scoring is attempt 1 of 2; the claim ends, nothing recorded");
+    ok(queue_mop_claim_test(q, "ta", "ta-b", HOLD_MS, &x, &err) == 0, "nobody claims it during its backoff");
+    ok(queue_mop_fail_test(q, "ta", &a, "again", &failed, &err) == QUEUE_NOT_FOUND, "the ended claim cannot fail again");
+    freeReplyObject(rcmd(c, "HSET %ssweep:{ta} test_not_before 1", prefix));
+    char test[512];
+    ok(queue_mop_claim_test(q, "ta", "ta-b", HOLD_MS, &a, &err) == 1 &&
+           queue_mop_fail_test(q, "ta", &a, "best-e1.ckpt: CRC-32 mismatch", &failed, &err) == 0 && failed &&
+           strstr(sweep_field(c, "ta", "test", test, sizeof test),
+                  "{\"error\":\"test scoring failed 2 of 2 attempts: best-e1.ckpt: CRC-32 mismatch\"}") &&
+           !is_active(c, "ta"),
+       "the second attempt fails it: the reason is the result (%s), the sweep finished", test);
+}
+
 /* ---- the active set ------------------------------------------------------------ */
 
 static int in_list(char **ids, size_t n, const char *id)
@@ -876,7 +1099,7 @@ static void test_active_set(queue_conn *q, redisContext *c)
     create_sweep(q, "act2", 1, 1, 1);
     queue_mop_lease l;
     lease(q, "act2", 0, "act-w", HOLD_MS, &l, NULL);
-    queue_mop_fail_model(q, "act2", &l, "loss is NaN", &err);
+    queue_mop_fail_visit(q, "act2", &l, "loss is NaN", 1, NULL, NULL, NULL, &err);
     queue_mop_reap(q, "act2", &n, &ne, &err);
     ok(sweep_is(c, "act2", "state", "done") && is_active(c, "act2"),
        "a done sweep whose test is not recorded stays active");
@@ -1029,7 +1252,7 @@ static void *hammer_worker(void *arg)
         if (!atomic_compare_exchange_strong(&h->holder[m], &free_mark, t))
             h->double_holder++;
         pthread_mutex_lock(&h->mu);
-        h->revisit += h->committed[m][l.epoch][shard] != 0;
+        h->revisit += h->committed[m][l.epoch - 1][shard] != 0;
         pthread_mutex_unlock(&h->mu);
         if (crash) {
             atomic_store(&h->holder[m], -1); /* dead: it will touch nothing but a zombie commit */
@@ -1059,7 +1282,7 @@ static void *hammer_worker(void *arg)
         }
         h->commits++;
         pthread_mutex_lock(&h->mu);
-        h->double_commit += h->committed[m][l.epoch][shard]++ != 0;
+        h->double_commit += h->committed[m][l.epoch - 1][shard]++ != 0;
         pthread_mutex_unlock(&h->mu);
     }
     queue_close(q);
@@ -1071,7 +1294,7 @@ static void test_concurrency(queue_conn *q, redisContext *c)
     queue_sweep_def hd = sweep_def("hammer", CM, CK, CE);
     hd.max_stalls = 1000; /* crashes are random: no model may fail of them here */
     cds_err cerr;
-    if (queue_sweep_create(q, &hd, &cerr) != 0)
+    if (queue_sweep_create(q, &hd, NULL, &cerr) != 0)
         tap_bail("cannot create the hammer sweep");
     static hammer h; /* large enough to keep off the stack; zeroed once */
     for (int m = 0; m < CM; m++)
@@ -1126,6 +1349,10 @@ int main(void)
     test_eval_lease(q, c);
     test_test_claim(q, c);
     test_active_set(q, c);
+    test_visit_attempts(q, c);
+    test_retry_model(q, c);
+    test_unique_sweep(q, c);
+    test_test_attempts(q, c);
     test_wait(q, c);
     test_concurrency(q, c);
     redisFree(c);

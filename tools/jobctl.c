@@ -571,13 +571,17 @@ typedef struct pinned_dataset {
 /* Options of enqueue that make no sense for a sweep (it is not a queue job). */
 static int refuse_job_options(const jobctl *j, const enqueue_args *a)
 {
-    unsigned allowed = 1u << (E_SPEC - OPT_COMMAND) | 1u << (E_PAYLOAD - OPT_COMMAND) | 1u << (E_ID - OPT_COMMAND);
+    unsigned allowed = 1u << (E_SPEC - OPT_COMMAND) | 1u << (E_PAYLOAD - OPT_COMMAND) | 1u << (E_ID - OPT_COMMAND) |
+                       1u << (E_UNIQUE - OPT_COMMAND) | 1u << (E_MAX_ATTEMPTS - OPT_COMMAND) |
+                       1u << (E_MAX_STALLS - OPT_COMMAND) | 1u << (E_BACKOFF_BASE - OPT_COMMAND) |
+                       1u << (E_BACKOFF_CAP - OPT_COMMAND);
     for (const struct option *o = enqueue_options; o->name; o++) {
         if (o->val < OPT_COMMAND || !(a->seen & ~allowed & 1u << (o->val - OPT_COMMAND)))
             continue;
-        char what[160];
-        snprintf(what, sizeof what, "--%s does not apply to enqueue sweep, which takes only --spec and --id: a "
-                                    "sweep is not a queue job", o->name);
+        char what[320];
+        snprintf(what, sizeof what, "--%s does not apply to enqueue sweep, which takes --spec, --id, --unique, "
+                                    "--max-attempts, --max-stalls, --backoff-base and --backoff-cap: a sweep is not "
+                                    "a queue job", o->name);
         return usage_error(j, what);
     }
     return 0;
@@ -721,14 +725,36 @@ static int enqueue_sweep(jobctl *j, const enqueue_args *a)
     else if (rc == 0)
         rc = new_sweep_id(j, q, id);
     if (rc == 0) {
+        /* An option overrides the spec's max_attempts; the spec, the default. */
+        int attempts = (a->seen & 1u << (E_MAX_ATTEMPTS - OPT_COMMAND)) ? a->spec.max_attempts
+                                                                        : sweep_spec_max_attempts(s);
         queue_sweep_def def = {
             .id = id, .dataset = sweep_spec_dataset(s), .dataset_version = d.version, .shards = d.shards,
             .epochs = sweep_spec_epochs(s), .models = sweep_spec_model_count(s),
-            .model_specs = sweep_spec_model_specs(s), .spec_json = sweep_spec_json(s)};
-        if (queue_sweep_create(q, &def, &err) != 0)
+            .model_specs = sweep_spec_model_specs(s), .spec_json = sweep_spec_json(s),
+            .max_attempts = attempts,
+            .max_stalls = (a->seen & 1u << (E_MAX_STALLS - OPT_COMMAND)) ? a->spec.max_stalls : 0,
+            .backoff_base_ms = (a->seen & 1u << (E_BACKOFF_BASE - OPT_COMMAND)) ? a->spec.backoff_base_ms : 0,
+            .backoff_cap_ms = (a->seen & 1u << (E_BACKOFF_CAP - OPT_COMMAND)) ? a->spec.backoff_cap_ms : 0,
+            .unique = a->spec.unique};
+        char live[QUEUE_SWEEP_ID_MAX];
+        int crc = queue_sweep_create(q, &def, live, &err);
+        if (crc == QUEUE_MOP_DUPLICATE) {
+            /* A cron line runs again while its sweep is live: not an error. */
+            if (j->json) {
+                json_t *o = json_pack("{s:s, s:b, s:s}", "id", live, "duplicate", 1, "unique", def.unique);
+                print_json(o);
+                json_decref(o);
+            } else {
+                printf("%s\n", live);
+                fprintf(stderr, "jobctl: sweep %s holds unique key '%s' and is not finished: nothing enqueued\n",
+                        live, def.unique);
+            }
+        } else if (crc != 0) {
             rc = op_failed(j, q, -1, &err);
-        else
+        } else {
             print_sweep(j, s, id, &d);
+        }
     }
     queue_close(q);
     sweep_spec_free(s);

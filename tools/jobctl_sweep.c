@@ -270,7 +270,7 @@ int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds
                            .shards = K, .epochs = E, .models = M, .model_specs = specs,
                            .spec_json = json_string_value(json_object_get(sw, "spec")),
                            .plans = (const char *const *)plans, .replay_of = orig};
-    rc = queue_sweep_create(q, &def, err);
+    rc = queue_sweep_create(q, &def, NULL, err);
 out:
     for (int m = 0; plans && m < M; m++)
         free(plans[m]);

@@ -38,6 +38,7 @@
 struct sweep_spec {
     char *dataset;
     int epochs;
+    int max_attempts; /* 0: not given */
     uint64_t seed;
     int n_models;
     char **specs;     /* n_models canonical {"model","train"} texts */
@@ -52,7 +53,8 @@ static const char *const axis_names[N_AXES] = {"optimizer", "lr", "batch", "l2"}
 /* Fields of docs/models.md's train object (nn_optim.c's list). */
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
                                            "seed", "schedule", "normalize", "lazy", NULL};
-static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid", NULL};
+static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid",
+                                         "max_attempts", NULL};
 
 /* Fills err with "sweep spec <path>: <message>"; returns -1. */
 static int spec_err(cds_err *err, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -475,11 +477,13 @@ static int parse_top(const json_t *root, sweep_spec *s, cds_err *err)
     if (check_fields(root, "$", top_fields, "", err) != 0 || parse_mode(root, err) != 0 ||
         parse_dataset(root, s, err) != 0)
         return -1;
-    long long epochs, seed;
+    long long epochs, seed, attempts;
     if (parse_whole(root, "epochs", 1, SWEEP_MAX_EPOCHS, -1, &epochs, err) != 0 ||
-        parse_whole(root, "seed", 0, 9007199254740992LL, 1, &seed, err) != 0)
+        parse_whole(root, "seed", 0, 9007199254740992LL, 1, &seed, err) != 0 ||
+        parse_whole(root, "max_attempts", 1, 1000, 0, &attempts, err) != 0)
         return -1;
     s->epochs = (int)epochs;
+    s->max_attempts = (int)attempts;
     s->seed = (uint64_t)seed;
     return 0;
 }
@@ -599,3 +603,5 @@ const char *sweep_spec_summary(const sweep_spec *s, int i)
 {
     return i >= 0 && i < s->n_models ? s->summaries[i] : NULL;
 }
+
+int sweep_spec_max_attempts(const sweep_spec *s) { return s->max_attempts; }

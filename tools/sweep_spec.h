@@ -31,6 +31,9 @@ void sweep_spec_free(sweep_spec *s);
 const char *sweep_spec_mode(const sweep_spec *s); /* "mop" */
 const char *sweep_spec_dataset(const sweep_spec *s);
 int sweep_spec_epochs(const sweep_spec *s);
+/* Failed attempts of a visit, evaluation or test scoring before it fails
+ * ("max_attempts", 1 to 1000); 0 when the spec leaves the default (5). */
+int sweep_spec_max_attempts(const sweep_spec *s);
 uint64_t sweep_spec_seed(const sweep_spec *s);
 /* M, the number of models after expansion (1 to SWEEP_MAX_MODELS). */
 int sweep_spec_model_count(const sweep_spec *s);

@@ -22,6 +22,10 @@ typedef struct held {
 /* The MOP lease in hand, renewed by the heartbeat thread. */
 typedef struct mop_slot {
     int active;
+    /* The main thread is ending the lease (commit, release, fail, record):
+     * the heartbeat neither renews it nor takes its end for a loss, so a
+     * lease that a commit ended is never reported lost. */
+    int finishing;
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease lease;
     atomic_int lost;

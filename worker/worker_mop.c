@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "cds_util.h"
+#include "nn_ckpt.h"
 #include "nn_train.h"
 #include "worker_int.h"
 
@@ -65,11 +66,23 @@ static void slot_set(worker *w, const char *sweep, const queue_mop_lease *l)
 {
     pthread_mutex_lock(&w->mu);
     w->mop.active = l != NULL;
+    w->mop.finishing = 0;
     if (l) {
         snprintf(w->mop.sweep, sizeof w->mop.sweep, "%s", sweep);
         w->mop.lease = *l;
         atomic_store(&w->mop.lost, 0);
     }
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* From here on the main thread ends the lease in hand (commit, release,
+ * fail, record): the heartbeat stops renewing it and does not call its end
+ * a loss.  A renew already in flight that finds the lease ended reports
+ * back after this is set, so it is never logged as lost. */
+static void slot_finishing(worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->mop.finishing = 1;
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -101,30 +114,104 @@ static void ckpt_path(const visit *v, char *out, size_t n, char *dir, size_t dn)
     snprintf(out, n, "%s/v%lld-%.12s.ckpt", dir, (long long)v->lease.version + 1, v->lease.token);
 }
 
+/* Gives the model back without counting an attempt: the worker stops, or
+ * Redis failed the visit, neither of which is the model's doing. */
 static void give_back(worker *w, visit *v, const char *why)
 {
     cds_err err;
+    slot_finishing(w);
     int rc = WITH_RECONNECT(w, queue_mop_release(w->q, v->sweep, &v->lease, &err));
     cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: %s; %s", v->sweep, v->lease.model, why,
              rc == 0 ? "released it" : rc == QUEUE_NOT_FOUND ? "its lease was already gone" : err.msg);
 }
 
-/* A model that does not fit this worker's memory (its parameters, optimiser
- * state or activations for its batch size) would fail the same way on every
- * retry, so it fails with the reason and the sweep goes on; any other error
- * gives the model back for another try. */
-static void fail_or_give_back(worker *w, visit *v, const cds_err *why)
+/* A visit that failed for any reason but a lost lease, a stop or Redis goes
+ * through the accounting of a queue job's attempts (queue_mop_fail_visit):
+ * a backoff and another try, and at the sweep's max_attempts the model
+ * fails with the reason while the sweep goes on.  A model that does not fit
+ * this worker's memory, or whose loss diverged (final), would fail the same
+ * way on every try, so it fails at once.  note: added to the reason if the
+ * model fails (an intact older checkpoint, say). */
+static void visit_failed(worker *w, visit *v, const cds_err *why, int final, const char *note)
 {
-    if (!cds_err_is_nomem(why)) {
+    if (atomic_load(&w->stop) >= 2 || queue_conn_broken(w->q)) {
         give_back(w, v, why->msg);
         return;
     }
     cds_err err;
     char reason[2 * CDS_ERR_MAX];
-    snprintf(reason, sizeof reason, "out of memory on worker %s: %s", w->cfg->id, why->msg);
-    int rc = WITH_RECONNECT(w, queue_mop_fail_model(w->q, v->sweep, &v->lease, reason, &err));
-    cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d failed: %s%s", v->sweep, v->lease.model, reason,
-             rc == 0 ? "" : rc == QUEUE_NOT_FOUND ? " (its lease was already gone)" : " (could not record it)");
+    if (cds_err_is_nomem(why)) {
+        snprintf(reason, sizeof reason, "out of memory on worker %s: %s", w->cfg->id, why->msg);
+        final = 1;
+    } else {
+        snprintf(reason, sizeof reason, "%s", why->msg);
+    }
+    int failed = 0;
+    int64_t delay = 0;
+    slot_finishing(w);
+    int rc = WITH_RECONNECT(
+        w, queue_mop_fail_visit(w->q, v->sweep, &v->lease, reason, final, note, &failed, &delay, &err));
+    if (rc == QUEUE_NOT_FOUND)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d shard %d: %s (its lease was already gone)",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard, reason);
+    else if (rc != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d shard %d: %s (could not record it: %s)",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard, reason, err.msg);
+    else if (failed)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d failed after attempt %d: %s%s%s", v->sweep,
+                 v->lease.model, v->lease.attempts + 1, reason, note && *note ? "; " : "", note ? note : "");
+    else
+        cds_logf(&w->log, CDS_LOG_WARN,
+                 "sweep %s model %d epoch %d shard %d: attempt %d failed: %s; it is tried again in %.1f s",
+                 v->sweep, v->lease.model, v->lease.epoch, v->lease.shard, v->lease.attempts + 1, reason,
+                 (double)delay / 1000.0);
+}
+
+/* The newest intact checkpoint the model keeps besides the committed one
+ * that failed to load (the best epoch's best-e<E>.ckpt, epoch-<e>.ckpt files
+ * waiting for evaluation), said in a form a person can act on; never used
+ * to train from without being asked (jobctl retry --from).  "" when the
+ * model directory holds none. */
+static void intact_older_note(worker *w, const visit *v, const char *failing, char *note, size_t n)
+{
+    char dir[QUEUE_MOP_PATH_MAX - 64];
+    snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, v->sweep, v->lease.model);
+    note[0] = '\0';
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    int best_epoch = -1, is_best = 0;
+    char best_name[256] = "";
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int ep;
+        char tail;
+        int b = sscanf(e->d_name, "best-e%d.ckp%c", &ep, &tail) == 2;
+        if (!b && sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) != 2)
+            continue;
+        char path[QUEUE_MOP_PATH_MAX + 256];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (strcmp(path, failing) == 0 || ep <= best_epoch)
+            continue;
+        nn_ckpt c;
+        cds_err err;
+        if (nn_ckpt_load(path, &c, &err) != 0)
+            continue;
+        nn_ckpt_free(&c);
+        best_epoch = ep;
+        is_best = b;
+        snprintf(best_name, sizeof best_name, "%s", e->d_name);
+    }
+    closedir(d);
+    if (best_epoch < 0)
+        snprintf(note, n, "no intact older checkpoint is kept");
+    else if (is_best)
+        snprintf(note, n, "an intact older checkpoint is kept: %s/%s (end of epoch %d, its best): `jobctl retry "
+                          "%s/%d --from best` trains on from it", dir, best_name, best_epoch, v->sweep, v->lease.model);
+    else
+        snprintf(note, n, "an intact older checkpoint is kept: %s/%s (end of epoch %d): `jobctl retry %s/%d "
+                          "--from epoch-%d` trains on from it", dir, best_name, best_epoch, v->sweep, v->lease.model,
+                 best_epoch);
 }
 
 /* Deletes what dead or refused leases left in a model directory: every
@@ -160,6 +247,7 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
                         queue_mop_commit_result *r)
 {
     cds_err err;
+    slot_finishing(w);
     if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, r, &err)) != 0) {
         cds_logf(&w->log, CDS_LOG_ERROR, "sweep %s model %d: commit failed (%s); %s is kept in case it went through",
                  v->sweep, v->lease.model, err.msg, path);
@@ -180,7 +268,11 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
         if (link(path, epoch_file) != 0 && errno != EEXIST)
             cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     }
-    if (r->superseded[0] && strcmp(r->superseded, path) != 0 && unlink(r->superseded) != 0 && errno != ENOENT)
+    /* Only a v<N>- file: a model retried from an older checkpoint supersedes
+     * that file (a best-e or epoch file), which retention keeps. */
+    const char *base = strrchr(r->superseded, '/') ? strrchr(r->superseded, '/') + 1 : r->superseded;
+    if (r->superseded[0] && base[0] == 'v' && strcmp(r->superseded, path) != 0 && unlink(r->superseded) != 0 &&
+        errno != ENOENT)
         cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r->superseded,
                  strerror(errno));
     prune_model_dir(w, dir, r->version, path);
@@ -197,7 +289,7 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, 
     char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64]; /* room for the file name */
     ckpt_path(v, path, sizeof path, dir, sizeof dir);
     if (cds_mkdirs(dir, &err) != 0 || nn_trainer_save(t, path, &err) != 0) {
-        give_back(w, v, err.msg);
+        visit_failed(w, v, &err, 0, NULL);
         return -1;
     }
     char epoch_file[QUEUE_MOP_PATH_MAX];
@@ -243,7 +335,8 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
 {
     cds_err err;
     if (v->lease.version > 0 && access(v->lease.ckpt, R_OK) != 0) {
-        give_back(w, v, "its committed checkpoint is missing");
+        cds_errf(&err, "its committed checkpoint %s is missing", v->lease.ckpt);
+        visit_failed(w, v, &err, 0, NULL);
         return;
     }
     int64_t until = cds_mono_ms() + ms;
@@ -268,7 +361,8 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
     ok = f && fclose(f) == 0 && ok && rename(tmp, path) == 0;
     if (!ok) {
         unlink(tmp);
-        give_back(w, v, "could not write its checkpoint");
+        cds_errf(&err, "could not write its checkpoint %s", tmp);
+        visit_failed(w, v, &err, 0, NULL);
         return;
     }
     queue_mop_commit_result r;
@@ -289,7 +383,7 @@ static void run_visit(worker *w, visit *v)
     char *spec = NULL;
     if (sweep_info(w, v, &err) != 0 ||
         WITH_RECONNECT(w, queue_mop_model_spec(w->q, v->sweep, v->lease.model, &spec, &err)) != 0) {
-        give_back(w, v, err.msg);
+        visit_failed(w, v, &err, 0, NULL);
         goto out;
     }
     int64_t sleep_ms = sleep_model_ms(spec);
@@ -298,20 +392,23 @@ static void run_visit(worker *w, visit *v)
         goto out;
     }
     if (!(t = load_model(v, spec, &err))) {
-        fail_or_give_back(w, v, &err);
+        char note[2 * QUEUE_MOP_PATH_MAX] = "";
+        if (v->lease.version > 0 && !cds_err_is_nomem(&err))
+            intact_older_note(w, v, v->lease.ckpt, note, sizeof note);
+        visit_failed(w, v, &err, 0, note);
         goto out;
     }
-    if (nn_trainer_epoch(t) != v->lease.epoch)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: checkpoint is at epoch %lld, the lease says %d",
-                 v->sweep, v->lease.model, (long long)nn_trainer_epoch(t), v->lease.epoch);
+    /* The checkpoint counts the epochs it completed; the lease names the
+     * one in progress, from 1. */
+    if (nn_trainer_epoch(t) + 1 != v->lease.epoch)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: checkpoint is in epoch %lld, the lease says %d",
+                 v->sweep, v->lease.model, (long long)nn_trainer_epoch(t) + 1, v->lease.epoch);
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/datasets/%s/train/shard-%d", w->cfg->data_root, v->dataset, v->lease.shard);
     nn_pass_stats st;
     int rc = nn_trainer_train_shard(t, dir, v->lease.shard, should_stop, w, &st, &err);
     if (rc == NN_TRAIN_DIVERGED) {
-        int frc = WITH_RECONNECT(w, queue_mop_fail_model(w->q, v->sweep, &v->lease, err.msg, &err));
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d failed: %s%s", v->sweep, v->lease.model, err.msg,
-                 frc == 0 ? "" : " (could not record it)");
+        visit_failed(w, v, &err, 1, NULL);
     } else if (rc == NN_TRAIN_STOPPED) {
         if (atomic_load(&w->mop.lost))
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost mid-pass; abandoning the visit", v->sweep,
@@ -319,7 +416,7 @@ static void run_visit(worker *w, visit *v)
         else
             give_back(w, v, "stopping now");
     } else if (rc != 0) {
-        fail_or_give_back(w, v, &err);
+        visit_failed(w, v, &err, 0, NULL);
     } else {
         int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->shards;
         if (epoch_end)
@@ -434,15 +531,22 @@ static void append_csv(worker *w, const char *sweep, const char *line)
     fclose(f);
 }
 
-/* Ends an evaluation lease without a result: back to the list (another
- * worker tries it) or dropped (nothing to evaluate). */
-static void end_eval(worker *w, const char *sweep, const queue_mop_lease *l, int drop)
+/* Ends an evaluation lease without a result (queue_mop_put_eval): back to
+ * the list uncounted (the worker stops, Redis failed it), dropped (nothing
+ * to evaluate, or a checkpoint gone for good: why says so), or a failed
+ * attempt, tried again after a backoff until the sweep's max_attempts. */
+static void end_eval(worker *w, const char *sweep, const queue_mop_lease *l, int how, const char *why)
 {
     cds_err err;
-    int rc = WITH_RECONNECT(w, queue_mop_put_eval(w->q, sweep, l, drop, &err));
+    int failed = 0;
+    slot_finishing(w);
+    int rc = WITH_RECONNECT(w, queue_mop_put_eval(w->q, sweep, l, how, why, &failed, &err));
     if (rc < 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: could not %s the evaluation: %s (the reaper "
-                 "puts it back when its lease expires)", sweep, l->model, l->epoch, drop ? "drop" : "requeue", err.msg);
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: could not end the evaluation: %s (the reaper "
+                 "puts it back when its lease expires)", sweep, l->model, l->epoch, err.msg);
+    else if (rc == 0 && failed)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation failed for good (its last attempt): "
+                 "%s", sweep, l->model, l->epoch, why ? why : "");
 }
 
 /* Evaluates the epoch the evaluation lease l is for; the heartbeat renews
@@ -486,7 +590,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, m, &spec, &err)) == 0 && sleep_model_ms(spec) >= 0) {
         free(spec); /* diag.sleep models have nothing to evaluate */
         unlink(file);
-        end_eval(w, sweep, l, 1);
+        end_eval(w, sweep, l, QUEUE_EVAL_DROP, NULL);
         worker_set_current(w, NULL);
         return;
     }
@@ -495,11 +599,19 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     nn_pass_stats tr, va;
     if (sweep_info(w, &v, &err) != 0 || !(t = nn_trainer_load(file, &err)) ||
         eval_valid(w, t, v.dataset, &va, &err) != 0) {
+        /* A lost lease is no longer this worker's to end; a stop or Redis
+         * is not the evaluation's fault; a missing checkpoint will not come
+         * back; anything else is a failed attempt. */
+        int missing = access(file, R_OK) != 0;
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation failed: %s", sweep, m, e, err.msg);
-        /* A missing checkpoint will not come back: only retry the others.
-         * A lost lease is no longer this worker's to end. */
-        if (!atomic_load(&w->mop.lost))
-            end_eval(w, sweep, l, access(file, R_OK) != 0);
+        if (atomic_load(&w->mop.lost))
+            ;
+        else if (atomic_load(&w->stop) >= 2 || queue_conn_broken(w->q))
+            end_eval(w, sweep, l, QUEUE_EVAL_BACK, NULL);
+        else if (missing)
+            end_eval(w, sweep, l, QUEUE_EVAL_DROP, "its checkpoint is gone: it cannot be evaluated");
+        else
+            end_eval(w, sweep, l, QUEUE_EVAL_RETRY, err.msg);
         nn_trainer_free(t);
         worker_set_current(w, NULL);
         return;
@@ -509,7 +621,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     double trn = tr.rows ? (double)tr.rows : 1.0, van = va.rows ? (double)va.rows : 1.0;
     double vtop1 = (double)va.top1 / van;
     int64_t now = cds_wall_ms();
-    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:I}", "model", m, "epoch", e + 1,
+    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:I}", "model", m, "epoch", e,
                           "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows, "train_loss",
                           tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "valid_rows", (json_int_t)va.rows,
                           "valid_loss", va.loss_sum / van, "valid_top1", vtop1, "valid_top5", (double)va.top5 / van,
@@ -518,13 +630,15 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     char *text_copy = text ? strdup(text) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
+    if (text)
+        slot_finishing(w);
     int rrc = text ? WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, l, text, vtop1, &is_best, &prev, &err)) : -1;
     if (rrc != 0) {
         /* Not recorded: the epoch file stays, for whoever evaluates it. */
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: %s", sweep, m, e,
                  text ? err.msg : "out of memory");
         if (!text)
-            end_eval(w, sweep, l, 0);
+            end_eval(w, sweep, l, QUEUE_EVAL_BACK, NULL);
         free(text);
         free(text_copy);
         worker_set_current(w, NULL);
@@ -532,19 +646,19 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     }
     free(text);
     char line[1024];
-    snprintf(line, sizeof line, "%s,%d,%d,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%lld\n", sweep, m, e + 1,
+    snprintf(line, sizeof line, "%s,%d,%d,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%lld\n", sweep, m, e,
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
              va.loss_sum / van, vtop1, (double)va.top5 / van, (long long)now);
     append_csv(w, sweep, line);
-    record_in_database(w, sweep, v.dataset, m, e + 1, text_copy);
+    record_in_database(w, sweep, v.dataset, m, e, text_copy);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated. */
     char best[QUEUE_MOP_PATH_MAX];
-    snprintf(best, sizeof best, "%s/best-e%d.ckpt", dir, e + 1);
+    snprintf(best, sizeof best, "%s/best-e%d.ckpt", dir, e);
     if (is_best && rename(file, best) == 0) {
         if (prev >= 0) {
             char old[QUEUE_MOP_PATH_MAX];
-            snprintf(old, sizeof old, "%s/best-e%d.ckpt", dir, prev + 1);
+            snprintf(old, sizeof old, "%s/best-e%d.ckpt", dir, prev);
             unlink(old);
         }
         drop_if_superseded(w, sweep, m, e, best);
@@ -553,7 +667,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     }
     cds_logf(&w->log, CDS_LOG_INFO,
              "sweep %s model %d epoch %d: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 %.4f%s", sweep, m,
-             e + 1, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,
+             e, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,
              is_best ? " (best so far)" : "");
     free(text_copy);
     worker_set_current(w, NULL);
@@ -609,7 +723,7 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
         const char *st = json_string_value(json_object_get(models, key));
         if (!st || strcmp(st, "done") != 0)
             continue;
-        for (int e = 0; e < E; e++) {
+        for (int e = 1; e <= E; e++) {
             snprintf(key, sizeof key, "%d.%d", m, e);
             *unevaluated += json_object_get(results, key) == NULL;
         }
@@ -634,7 +748,7 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
 static int find_best_file(worker *w, const char *sweep, int m, int e, char *file, size_t n)
 {
     char epoch_file[QUEUE_MOP_PATH_MAX];
-    snprintf(file, n, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, sweep, m, e + 1);
+    snprintf(file, n, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, sweep, m, e);
     snprintf(epoch_file, sizeof epoch_file, "%s/sweeps/%s/models/%d/epoch-%d.ckpt", w->cfg->data_root, sweep, m, e);
     for (int64_t until = cds_mono_ms() + 5000; cds_mono_ms() < until && !atomic_load(&w->mop.lost); cds_sleep_ms(50)) {
         if (access(file, R_OK) == 0)
@@ -673,13 +787,40 @@ static int score_test(worker *w, const char *file, const char *dataset, nn_pass_
     return rc;
 }
 
+/* Records the test result (JSON text) under the claim l, or logs why not. */
+static void record_test(worker *w, const char *sweep, const queue_mop_lease *l, const char *result)
+{
+    cds_err err;
+    slot_finishing(w);
+    if (WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, result, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
+}
+
+/* A failed attempt at the test scoring: a backoff and another try, or, at
+ * the sweep's max_attempts, the failure recorded as the result. */
+static void test_failed(worker *w, const char *sweep, const queue_mop_lease *l, const char *why)
+{
+    cds_err err;
+    int failed = 0;
+    slot_finishing(w);
+    int rc = WITH_RECONNECT(w, queue_mop_fail_test(w->q, sweep, l, why, &failed, &err));
+    if (rc != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test scoring failed (%s) and could not be recorded: %s", sweep,
+                 why, err.msg);
+    else
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test scoring failed: %s%s", sweep, why,
+                 failed ? "; that was its last attempt, the sweep has no test score" : "; it is tried again later");
+}
+
 /* Scores the chosen model of sweep on the test split under the claim l
- * (in the MOP slot, so the heartbeat renews it) and records the figure, or
- * why there is none. */
+ * (in the MOP slot, so the heartbeat renews it) and records the figures as
+ * JSON in the sweep's `test` field ({"model", "epoch", "valid_top1", "rows",
+ * "loss", "top1", "top5"}, or {"none": why} when no model can be chosen);
+ * a failure to score is a failed attempt (test_failed). */
 static void run_test(worker *w, const char *sweep, const char *dataset, int M, int E, const queue_mop_lease *l)
 {
     cds_err err;
-    char fields[CDS_ERR_MAX + QUEUE_MOP_PATH_MAX + 64], file[QUEUE_MOP_PATH_MAX], what[64];
+    char file[QUEUE_MOP_PATH_MAX], what[64];
     int best_m, best_e, unevaluated;
     double best_top1;
     nn_pass_stats te = {0};
@@ -692,35 +833,49 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: %d epochs of finished models were never evaluated; choosing among "
                  "the others", sweep, unevaluated);
     if (best_m < 0) {
-        snprintf(fields, sizeof fields, "none no model finished with an evaluated epoch");
-    } else if (find_best_file(w, sweep, best_m, best_e, file, sizeof file) != 0) {
-        snprintf(fields, sizeof fields, "error the chosen model's checkpoint %s is missing", file);
-    } else {
-        snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
-        worker_set_current(w, what);
-        rc = score_test(w, file, dataset, &te, &err);
-        worker_set_current(w, NULL);
-        double rows = te.rows ? (double)te.rows : 1.0;
-        if (rc == 0)
-            snprintf(fields, sizeof fields, "%d %d %lld %.17g %.17g %.17g", best_m, best_e + 1, (long long)te.rows,
-                     te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows);
-        else
-            snprintf(fields, sizeof fields, "error %s", err.msg);
+        record_test(w, sweep, l, "{\"none\":\"no model finished with an evaluated epoch\"}");
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: no test score: no model finished with an evaluated epoch", sweep);
+        return;
     }
+    if (find_best_file(w, sweep, best_m, best_e, file, sizeof file) != 0) {
+        char why[QUEUE_MOP_PATH_MAX + 64];
+        snprintf(why, sizeof why, "the chosen model's checkpoint %s is missing", file);
+        if (!atomic_load(&w->mop.lost))
+            test_failed(w, sweep, l, why);
+        return;
+    }
+    snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
+    worker_set_current(w, what);
+    rc = score_test(w, file, dataset, &te, &err);
+    worker_set_current(w, NULL);
     if (atomic_load(&w->mop.lost)) {
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test-scoring claim was lost; another worker scores it", sweep);
         return;
     }
-    rc = WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, fields, &err));
-    if (rc != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
-    else if (strncmp(fields, "error ", 6) == 0 || strncmp(fields, "none ", 5) == 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: no test score: %s", sweep, fields);
-    else
-        cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
-                 "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e + 1, best_top1,
-                 (double)te.top1 / (te.rows ? (double)te.rows : 1.0), (double)te.top5 / (te.rows ? (double)te.rows : 1.0),
-                 te.loss_sum / (te.rows ? (double)te.rows : 1.0), (long long)te.rows);
+    if (rc != 0) {
+        if (atomic_load(&w->stop) >= 2 || queue_conn_broken(w->q))
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test scoring stopped (%s); its claim expires and another "
+                     "worker takes it over", sweep, err.msg);
+        else
+            test_failed(w, sweep, l, err.msg);
+        return;
+    }
+    double rows = te.rows ? (double)te.rows : 1.0;
+    json_t *j = json_pack("{s:i, s:i, s:f, s:I, s:f, s:f, s:f}", "model", best_m, "epoch", best_e, "valid_top1",
+                          best_top1, "rows", (json_int_t)te.rows, "loss", te.loss_sum / rows, "top1",
+                          (double)te.top1 / rows, "top5", (double)te.top5 / rows);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(j);
+    if (!text) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: out of memory recording the test score; its claim expires and "
+                 "another worker scores it", sweep);
+        return;
+    }
+    record_test(w, sweep, l, text);
+    free(text);
+    cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
+             "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e, best_top1, (double)te.top1 / rows,
+             (double)te.top5 / rows, te.loss_sum / rows, (long long)te.rows);
 }
 
 /* Once a sweep is done and no evaluation waits or is in flight, one worker
@@ -853,7 +1008,7 @@ int worker_mop_step(worker *w)
 int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
 {
     pthread_mutex_lock(&w->mu);
-    int active = w->mop.active && !atomic_load(&w->mop.lost);
+    int active = w->mop.active && !w->mop.finishing && !atomic_load(&w->mop.lost);
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease l = w->mop.lease;
     snprintf(sweep, sizeof sweep, "%s", w->mop.sweep);
@@ -861,23 +1016,29 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     if (!active)
         return 0;
     int rc = queue_mop_renew(q, sweep, &l, w->cfg->lease_ms, err);
-    if (rc == QUEUE_NOT_FOUND) {
-        pthread_mutex_lock(&w->mu);
-        /* Only the visit we looked at: the slot may hold a newer one by now. */
-        if (w->mop.active && strcmp(w->mop.lease.token, l.token) == 0)
-            atomic_store(&w->mop.lost, 1);
-        pthread_mutex_unlock(&w->mu);
-        if (l.kind == QUEUE_MOP_VISIT)
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
-                     l.model);
-        else if (l.kind == QUEUE_MOP_EVAL)
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation lease lost (expired and put back)",
-                     sweep, l.model, l.epoch);
-        else
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test-scoring claim lost (expired)", sweep);
+    if (rc != QUEUE_NOT_FOUND)
+        return rc;
+    /* Lost, unless the main thread ended the lease itself meanwhile (a
+     * commit or a release that Redis ran before this renew): it set
+     * `finishing` before sending it, so this check, made after the renew's
+     * answer, sees it.  Only the lease we renewed: the slot may hold a newer
+     * one by now. */
+    pthread_mutex_lock(&w->mu);
+    int lost = w->mop.active && !w->mop.finishing && strcmp(w->mop.lease.token, l.token) == 0;
+    if (lost)
+        atomic_store(&w->mop.lost, 1);
+    pthread_mutex_unlock(&w->mu);
+    if (!lost)
         return 0;
-    }
-    return rc;
+    if (l.kind == QUEUE_MOP_VISIT)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
+                 l.model);
+    else if (l.kind == QUEUE_MOP_EVAL)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation lease lost (expired and put back)",
+                 sweep, l.model, l.epoch);
+    else
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test-scoring claim lost (expired)", sweep);
+    return 0;
 }
 
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err)

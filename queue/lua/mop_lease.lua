@@ -1,7 +1,8 @@
 -- Leases a model to a worker that serves shard k and is free.
--- Eligible: idle, not paused (jobctl pause S/m), not past its last epoch,
--- shard k not yet visited in its epoch.  Among those the one with the least progress (epoch*K + shards
--- visited this epoch) wins, the lowest index among equals: models that fell
+-- Eligible: idle, not paused (jobctl pause S/m), not waiting out the
+-- backoff of a failed attempt (not_before), shard k not yet visited in its
+-- epoch.  Among those the one with the least progress ((epoch-1)*K + shards
+-- visited this epoch; epochs count from 1) wins, the lowest index among equals: models that fell
 -- behind catch up, which shortens the sweep's tail, and the choice depends
 -- only on the state, so a replay with the same commit order picks the same.
 -- A replay's model has a plan (the shards of its original visits, in order,
@@ -11,7 +12,7 @@
 -- Expired leases are not freed here: only mop_reap does that, in one place.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
--- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done}
+-- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far}
 --       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
 local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version')
 if not s[1] then return {'missing'} end
@@ -27,6 +28,7 @@ if s[1] ~= 'running' then return {'none', done} end
 -- HMGET in chunks: unpack() of more than a few thousand values overflows
 -- the Lua C stack.
 local best, best_progress
+local now = now_ms()
 local chunk = 1000
 for first = 0, nmodels - 1, chunk do
   local last = math.min(first + chunk, nmodels) - 1
@@ -38,14 +40,16 @@ for first = 0, nmodels - 1, chunk do
     f[#f + 1] = p .. 'visited'
     f[#f + 1] = p .. 'plan'
     f[#f + 1] = p .. 'paused'
+    f[#f + 1] = p .. 'not_before'
   end
   local v = redis.call('HMGET', KEYS[2], unpack(f))
   for m = first, last do
-    local i = (m - first) * 5
+    local i = (m - first) * 6
     local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
-    if st == 'idle' and v[i + 5] ~= '1' and epoch < nepochs and string.sub(visited, k + 1, k + 1) == '0' then
+    if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
+        now >= (tonumber(v[i + 6]) or 0) then
       local _, visits = string.gsub(visited, '1', '')
-      local progress = epoch * nshards + visits
+      local progress = (epoch - 1) * nshards + visits
       local follows = true
       if plan and plan ~= '' then
         follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
@@ -58,10 +62,9 @@ for first = 0, nmodels - 1, chunk do
 end
 if not best then return {'none', done} end
 
-local now = now_ms()
 local deadline = int(now + tonumber(ARGV[3]))
 local p = int(best) .. '.'
 redis.call('HSET', KEYS[2], p .. 'state', 'leased', p .. 'token', ARGV[4], p .. 'worker', ARGV[2],
   p .. 'shard', int(k), p .. 'deadline', deadline)
-local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt')
-return {'leased', int(best), r[1], r[2], r[3], deadline, 0}
+local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts')
+return {'leased', int(best), r[1], r[2], r[3], deadline, 0, r[4] or '0'}

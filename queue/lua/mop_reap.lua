@@ -7,8 +7,8 @@
 -- takes it (out of memory, a crash) must not hold the sweep forever.
 -- Evaluations in flight whose deadline passed go back to the head of the
 -- evals list (they were the oldest), so another worker takes them next;
--- after more than max_stalls failures an epoch's evaluation is given up
--- (requeue_eval in the prelude).
+-- after more than max_stalls stalls an epoch's evaluation is given up
+-- (stall_eval in the prelude).
 -- Last, a finished sweep leaves the active set that workers iterate:
 -- cancelled, or done with its test scoring recorded, and no evaluation
 -- waiting or in flight.  Nothing can change such a sweep any more (no
@@ -65,7 +65,7 @@ for i = 1, #inflight, 2 do
   if not entry or now > tonumber(deadline) then
     redis.call('HDEL', KEYS[7], inflight[i])
     if entry then
-      requeue_eval(KEYS[2], KEYS[4], entry, max_stalls, true, 'its worker died or lost the lease')
+      stall_eval(KEYS[2], KEYS[4], entry, max_stalls)
     end
     ne = ne + 1
   end

@@ -33,22 +33,23 @@ local function wake_mop(key, n)
   redis.call('LTRIM', key, 0, 15)
 end
 
--- Returns an evaluation ("m epoch version") that did not finish to the evals
--- list (at the head when it was the oldest, at the tail otherwise), unless
--- it has failed more than max_stalls times: an epoch whose evaluation kills
--- or fails every worker that takes it is dropped then, with the reason in
--- the models hash (<m>.eval_error.<e>), so it cannot keep its sweep active
--- for ever.  Returns true when it was requeued.
-local function requeue_eval(models_key, evals_key, entry, max_stalls, head, why)
+-- Returns an evaluation ("m epoch version") whose lease expired (its worker
+-- died or hung) to the head of the evals list (it was the oldest), unless
+-- it has stalled more than max_stalls times: an epoch whose evaluation kills
+-- every worker that takes it is given up then, with the reason in the models
+-- hash (<m>.eval_error.<e>), so it cannot keep its sweep active for ever.
+-- A stall is not an attempt (as for queue jobs): failed attempts are counted
+-- by mop_eval_end.  Returns true when it was requeued.
+local function stall_eval(models_key, evals_key, entry, max_stalls)
   local m, e = string.match(entry, '^(%d+) (%d+) ')
   if not m then return false end
-  local fails = redis.call('HINCRBY', models_key, m .. '.eval_fails.' .. e, 1)
-  if fails > max_stalls then
+  local stalls = redis.call('HINCRBY', models_key, m .. '.eval_stalls.' .. e, 1)
+  if stalls > max_stalls then
     redis.call('HSET', models_key, m .. '.eval_error.' .. e,
-      string.format('evaluation given up after %d failures (last: %s)', fails, why))
+      string.format('evaluation given up: it stalled %d times (its worker died or lost the lease)', stalls))
     return false
   end
-  redis.call(head and 'LPUSH' or 'RPUSH', evals_key, entry)
+  redis.call('LPUSH', evals_key, entry)
   return true
 end
 
@@ -68,4 +69,24 @@ end
 
 local function has_dependents(jkey)
   return redis.call('HGET', jkey, 'has_dependents') == '1' and 1 or 0
+end
+
+-- The wait after the n-th failed attempt of a model's visit, evaluation or
+-- test scoring: min(cap, base * 2^(n-1)) * factor, factor in [0.5, 1] drawn
+-- by the client (scripts must be deterministic), as for queue jobs.
+local function backoff_ms(n, base, cap, factor)
+  return math.floor(math.min(cap, base * 2 ^ (n - 1)) * factor)
+end
+
+-- A sweep's retry settings (mop_create), with the defaults of sweeps made
+-- before they existed.
+local function retry_settings(sweep_key)
+  local r = redis.call('HMGET', sweep_key, 'max_attempts', 'backoff_base_ms', 'backoff_cap_ms')
+  return tonumber(r[1]) or 5, tonumber(r[2]) or 1000, tonumber(r[3]) or 60000
+end
+
+-- An evaluation entry is "m epoch version", followed by " due_ms" while it
+-- waits out the backoff of a failed attempt.
+local function eval_due(entry)
+  return tonumber(string.match(entry, '^%d+ %d+ %d+ (%d+)$') or '0')
 end
