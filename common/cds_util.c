@@ -24,6 +24,20 @@ static int64_t clock_ms(clockid_t id)
 int64_t cds_mono_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
 int64_t cds_wall_ms(void) { return clock_ms(CLOCK_REALTIME); }
 
+const char *cds_iso8601_utc(int64_t ms, char out[CDS_ISO8601_MAX])
+{
+    time_t secs = (time_t)(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+    struct tm tm;
+    if (!gmtime_r(&secs, &tm)) {
+        snprintf(out, CDS_ISO8601_MAX, "?");
+        return out;
+    }
+    size_t n = strftime(out, CDS_ISO8601_MAX - 6, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned frac = (unsigned)(ms - (int64_t)secs * 1000) % 1000u;
+    snprintf(out + n, CDS_ISO8601_MAX - n, ".%03uZ", frac);
+    return out;
+}
+
 void cds_sleep_ms(int64_t ms)
 {
     if (ms <= 0)

@@ -13,6 +13,10 @@
 int64_t cds_mono_ms(void);
 int64_t cds_wall_ms(void);
 void cds_sleep_ms(int64_t ms);
+/* A time in ms since the epoch as ISO 8601 UTC with milliseconds,
+ * "2026-12-02T09:30:00.125Z" (what files and JSON show people); returns out. */
+#define CDS_ISO8601_MAX 32
+const char *cds_iso8601_utc(int64_t ms, char out[CDS_ISO8601_MAX]);
 
 /* Fills out with 2*nbytes lowercase hex characters from getrandom(2) and a
  * terminating NUL; out must hold 2*nbytes+1 bytes. */

@@ -744,7 +744,8 @@ int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const cha
     return rc;
 }
 
-int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
+int queue_mop_renew_with_progress(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
+                                  const char *progress, cds_err *err)
 {
     qargs args = {0};
     if (l->kind != QUEUE_MOP_VISIT)
@@ -752,7 +753,13 @@ int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, 
     if (lease_args(sweep, l, &args, err) != 0)
         return -1;
     qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
+    qargs_add(&args, progress ? progress : "");
     return run_on_lease(q, queue_lua_mop_renew, "renew", "renewed", sweep, l, &args, NULL, err);
+}
+
+int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
+{
+    return queue_mop_renew_with_progress(q, sweep, l, lease_ms, NULL, err);
 }
 
 int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,

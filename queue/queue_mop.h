@@ -159,6 +159,11 @@ int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out
  * renew, commit and reap all judge a lease alive iff now <= deadline (server
  * time). */
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err);
+/* The same, and for a visit stores progress (JSON: rows done, rows in the
+ * shard, samples per second; NULL or "": nothing) as the model's progress
+ * field, where jobctl status reads it. */
+int queue_mop_renew_with_progress(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
+                                  const char *progress, cds_err *err);
 
 typedef struct queue_mop_commit_result {
     int accepted;                /* 0: the lease was lost; the caller must discard its file */
@@ -217,9 +222,10 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
 
 /* ---- results (queue_mop_results.c) ---- */
 
-/* The metrics of a committed visit (after its commit was accepted). */
-int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard, int64_t rows,
-                           double loss_sum, double xent_sum, int64_t top1, int64_t top5, cds_err *err);
+/* The metrics of a committed visit (after its commit was accepted), as
+ * JSON: "<m>.<epoch>.train.<shard>" in the results hash. */
+int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard,
+                           const char *metrics_json, cds_err *err);
 /* Takes the oldest finished epoch waiting for evaluation, as a lease of
  * lease_ms (kind QUEUE_MOP_EVAL: model, epoch, version, token, deadline):
  * 1 with *l filled, 0 when none waits, -1 on error.  Renew it with

@@ -1,8 +1,9 @@
 /* queue_mop_results: what a sweep learnt, as workers report it.
  *
- *   sweep:{S}:results  hash  "<m>.<e>.train.<k>" = "rows loss_sum xent_sum top1 top5" of each committed
- *                             visit (written after its commit was accepted), and "<m>.<e>" = the JSON
- *                             metrics of epoch e of model m once it has been evaluated
+ *   sweep:{S}:results  hash  "<m>.<e>.train.<k>" = the JSON metrics of each committed visit (rows,
+ *                             loss_sum, xent_sum, top1, top5, seconds, worker; written after its commit
+ *                             was accepted), and "<m>.<e>" = the JSON metrics of epoch e (from 1) of
+ *                             model m once it has been evaluated
  *
  * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
  * commit that completed them).  Evaluation takes no model lease: any worker
@@ -25,8 +26,8 @@ static int sweep_ok(const char *sweep, cds_err *err)
                                                              sweep);
 }
 
-int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard, int64_t rows,
-                           double loss_sum, double xent_sum, int64_t top1, int64_t top5, cds_err *err)
+int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard,
+                           const char *metrics_json, cds_err *err)
 {
     if (sweep_ok(sweep, err) != 0)
         return -1;
@@ -34,8 +35,7 @@ int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoc
     qargs_add(&cmd, "HSET");
     qargs_key(&cmd, q, "sweep:{%s}:results", sweep);
     qargs_addf(&cmd, "%d.%d.train.%d", model, epoch, shard);
-    qargs_addf(&cmd, "%lld %.17g %.17g %lld %lld", (long long)rows, loss_sum, xent_sum, (long long)top1,
-               (long long)top5);
+    qargs_add(&cmd, metrics_json ? metrics_json : "{}");
     return qc_do(q, &cmd, err);
 }
 

@@ -251,12 +251,12 @@ ok "$([ "$exits" = "0 0 0 0 " ]; echo $?)" "the four live workers exit 0 on SIGT
 rcli LRANGE "$sk:schedule" 0 -1 >"$root/schedule"
 total=$((M * E * K))
 ok "$([ "$(wc -l <"$root/schedule")" = $total ] && [ "$(cut -d' ' -f1-3 "$root/schedule" | sort -u | wc -l)" = $total ] && \
-      [ "$(awk -v M=$M -v E=$E -v K=$K '$1 >= 0 && $1 < M && $2 >= 0 && $2 < E && $3 >= 0 && $3 < K' "$root/schedule" | wc -l)" = $total ]; echo $?)" \
+      [ "$(awk -v M=$M -v E=$E -v K=$K '$1 >= 0 && $1 < M && $2 >= 1 && $2 <= E && $3 >= 0 && $3 < K' "$root/schedule" | wc -l)" = $total ]; echo $?)" \
     "the schedule holds $(wc -l <"$root/schedule") visits: every (model, epoch, shard) of $M x $E x $K exactly once"
 # Per model, in commit order: versions 1, 2, ... with no gap or repeat, each
-# in the epoch it belongs to (K visits per epoch), ending at E*K.
+# in the epoch it belongs to (K visits per epoch, epochs from 1), ending at E*K.
 seq_bad=$(awk -v K=$K -v M=$M -v last=$((E * K)) '
-    { if ($4 != v[$1] + 1 || $2 != int(($4 - 1) / K)) bad = bad " " $1 "@v" $4; v[$1] = $4 }
+    { if ($4 != v[$1] + 1 || $2 != int(($4 - 1) / K) + 1) bad = bad " " $1 "@v" $4; v[$1] = $4 }
     END { for (m = 0; m < M; m++) if (v[m] != last) bad = bad " " m "-ends-at-v" v[m]; print bad }' "$root/schedule")
 ok "$([ -z "$seq_bad" ]; echo $?)" "each model's committed versions run 1..$((E * K)) in order, epoch by epoch${seq_bad:+ (wrong:$seq_bad)}"
 ok "$(awk -v m="$st_m" -v ver=$(( $st_ver + 1 )) -v id="$st_id" '$1 == m && $4 == ver { found = 1; if ($5 == id) exit 1 }

@@ -62,7 +62,7 @@ for m in 0 1 2 3; do
     ck=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.ckpt")
     best=$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_epoch")
     [ "$(ls "$d" | grep -c '^v.*\.ckpt$')" = 1 ] && [ -f "$ck" ] && [ "$(ls "$d" | grep -c '^epoch-')" = 0 ] &&
-        [ "$(ls "$d" | grep -c '^best-e')" = 1 ] && [ -f "$d/best-e$((best + 1)).ckpt" ] &&
+        [ "$(ls "$d" | grep -c '^best-e')" = 1 ] && [ -f "$d/best-e$best.ckpt" ] &&
         "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
 done
 ok "$([ $good = 4 ]; echo $?)" "each model keeps its committed checkpoint and its best epoch's, nothing else; both load ($good of 4)"
@@ -71,17 +71,34 @@ ok "$([ $good = 4 ]; echo $?)" "each model keeps its committed checkpoint and it
         $(ls "$root/sweeps/e2e/models/$m")
 done
 rcli HGETALL "${prefix}sweep:{e2e}:results" >"$root/results"
-ok "$([ "$(grep -c '^[0-3]\.[01]$' "$root/results")" = 8 ] && [ "$(grep -c '^[0-3]\.[01]\.train\.[01]$' "$root/results")" = 16 ]; echo $?)" \
-    "every epoch of every model was evaluated (8 results) and every visit's metrics recorded (16)"
+ok "$([ "$(grep -c '^[0-3]\.[12]$' "$root/results")" = 8 ] && [ "$(grep -c '^[0-3]\.[12]\.train\.[01]$' "$root/results")" = 16 ]; echo $?)" \
+    "every epoch (1 and 2) of every model was evaluated (8 results) and every visit's metrics recorded (16)"
+ok "$("$py" - "$root/results" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().split("\n")
+fields = dict(zip(lines[0::2], lines[1::2]))
+visit = json.loads(fields["0.1.train.0"])
+epoch = json.loads(fields["0.1"])
+ok = visit["rows"] > 0 and visit["seconds"] > 0 and visit["samples_per_s"] > 0 and visit["worker"] == "w0" and \
+     epoch["epoch"] == 1 and epoch["valid_seconds"] > 0 and epoch["time"].endswith("Z")
+print(0 if ok else 1)
+PY
+)" "the results hash reads as labelled JSON: a visit's rows, seconds, rate and worker; an epoch's metrics and ISO time"
 ok "$("$py" - "$root/sweeps/e2e/results.csv" "$root/datasets/fm" <<'PY'
 import csv, json, sys
+from datetime import datetime
 rows = list(csv.DictReader(open(sys.argv[1])))
+valid = [r for r in rows if r["split"] == "valid"]
+test = [r for r in rows if r["split"] == "test"]
 train = sum(json.load(open(f"{sys.argv[2]}/train/shard-{k}/manifest.json"))["rows"] for k in (0, 1))
-ok = len(rows) == 8 and all(int(r["valid_rows"]) > 0 and int(r["train_rows"]) == train for r in rows)
-best = max(float(r["valid_top1"]) for r in rows)
+ok = len(valid) == 8 and all(int(r["rows"]) > 0 and int(r["train_rows"]) == train for r in valid)
+ok = ok and sorted({int(r["epoch"]) for r in valid}) == [1, 2]
+ok = ok and len(test) == 1 and int(test[0]["rows"]) == 2000 and test[0]["train_rows"] == ""
+ok = ok and all(datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ") for r in rows)
+best = max(float(r["top1"]) for r in valid)
 print(0 if ok and best > 0.5 else 1)
 PY
-)" "results.csv has 8 epochs, each over all the training rows and the validation split; the best validation top-1 is above 0.5"
+)" "results.csv has 8 epochs (1 and 2) over all the training rows and the validation split, the test row of the chosen model, ISO 8601 UTC times; the best validation top-1 is above 0.5"
 ok "$("$py" - "$(rcli HGET "${prefix}sweep:{e2e}:models" 0.ckpt)" <<'PY'
 import msgpack, sys
 d = msgpack.unpackb(open(sys.argv[1], "rb").read(), raw=False, strict_map_key=False)
@@ -99,8 +116,9 @@ rc=$?
 top=$(for m in 0 1 2 3; do echo "$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_top1") $m"; done | sort -k1,1gr -k2,2n | head -1 | cut -d' ' -f2)
 ok "$([ $rc = 0 ] && [ "$(grep -c '^ *[1-4] ' "$root/lb")" = 4 ] && [ "$(sed -n 3p "$root/lb" | awk '{print $2}')" = "$top" ]; echo $?)" \
     "jobctl results ranks the 4 models, model $top (the best validation top-1) first"
-ok "$(grep -q "^chosen model $top (epoch [12]), on the test split: top-1 0\.[5-9]" "$root/lb" && \
-      [ "$(rcli HGET "${prefix}sweep:{e2e}" test | cut -d' ' -f1)" = "$top" ]; echo $?)" \
+ok "$(grep -q "^chosen model $top (epoch [12], valid top-1 0\.[0-9]*), on the test split: top-1 0\.[5-9]" "$root/lb" && \
+      "$py" -c 'import json, sys; t = json.loads(sys.argv[1]); sys.exit(0 if t["model"] == int(sys.argv[2]) and t["rows"] == 2000 else 1)' \
+        "$(rcli HGET "${prefix}sweep:{e2e}" test)" "$top"; echo $?)" \
     "the chosen model was scored once on the test split, reported apart ($(grep '^chosen' "$root/lb"))"
 jobctl status e2e >"$root/st" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
@@ -225,14 +243,14 @@ JSON
     sleep 1.5 # past the claim's first deadline
     later=$(rcli HGET "${prefix}sweep:{kev}" test_deadline)
     kill_held
-    ok "$(rcli HEXISTS "${prefix}sweep:{kev}:results" 0.0 | grep -qx 1 && grep -q "sweep kev: 1 expired evaluations put back" "$root/kb.log" && \
+    ok "$(rcli HEXISTS "${prefix}sweep:{kev}:results" 0.1 | grep -qx 1 && grep -q "sweep kev: 1 expired evaluations put back" "$root/kb.log" && \
           grep -q "sweep kev model 0 epoch 1: train loss" "$root/kb.log" && [ "$(rcli HGET "${prefix}sweep:{kev}" test)" = "" ] && \
           [ -n "$first" ] && [ "$later" -gt "$((first + 1000))" ]; echo $?)" \
         "SIGKILL during an evaluation: the reaper puts it back and the next worker evaluates it; its test claim is renewed while it scores ($first, then $later)"
     worker kc --shard 0 --lease 1 --idle-exit 2
     for _ in $(seq 300); do [ -n "$(rcli HGET "${prefix}sweep:{kev}" test)" ] && break; sleep 0.05; done
     wait "${pids[@]}"; pids=()
-    ok "$([ "$(rcli HGET "${prefix}sweep:{kev}" test_by)" = kc ] && [ "$(rcli HGET "${prefix}sweep:{kev}" test | cut -d' ' -f1-2)" = "0 1" ] && \
+    ok "$([ "$(rcli HGET "${prefix}sweep:{kev}" test_by)" = kc ] && rcli HGET "${prefix}sweep:{kev}" test | grep -q '"epoch":1,.*"model":0,' && \
           [ "$(rcli ZSCORE "${prefix}sweeps:active" kev)" = "" ] && [ -n "$(rcli ZSCORE "${prefix}sweeps" kev)" ] && \
           [ "$(rcli HLEN "${prefix}sweep:{kev}:evaling")" = 0 ]; echo $?)" \
         "SIGKILL during the test scoring: another worker takes the expired claim over and records it; the sweep leaves the active set"

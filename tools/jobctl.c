@@ -814,9 +814,16 @@ static const char usage_cancel[] =
     "or cancelled already, or the sweep has no such model.\n";
 static const char usage_retry[] =
     "usage: jobctl retry ID\n"
+    "       jobctl retry SWEEP/MODEL [--from best|epoch-N|vN]\n"
     "Puts a dead or cancelled job back to waiting with its attempts and stalls reset, taking\n"
     "its unique key back.  Exit 1 if there is no such job, it is not dead or cancelled, or\n"
-    "another live job holds its unique key.\n";
+    "another live job holds its unique key.\n"
+    "With SWEEP/MODEL, puts a failed model of a MOP sweep back (its attempts and stalls\n"
+    "reset; a done sweep runs again): from its committed checkpoint, or with --from from an\n"
+    "older one the model kept, read and checked first: best (its best epoch's), epoch-N\n"
+    "(the end of epoch N) or vN (committed version N).  Run it where DATA_ROOT is mounted\n"
+    "when using --from.  Exit 1 if the model is not failed or the checkpoint is not kept or\n"
+    "not intact.\n";
 
 /* Parses "CMD ID" with only the global options; returns 0, -1 for --help, or
  * an exit code. */
@@ -901,13 +908,60 @@ static int cmd_cancel(jobctl *j, int argc, char **argv)
     return rc;
 }
 
+static int parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *model);
+
+/* `jobctl retry SWEEP/MODEL [--from ...]`. */
+static int retry_model(jobctl *j, const char *arg, const char *from)
+{
+    char sweep[QUEUE_SWEEP_ID_MAX], path[QUEUE_MOP_PATH_MAX];
+    int model = -1, epoch = 0;
+    queue_conn *q;
+    int rc = parse_sweep_model(j, arg, sweep, &model);
+    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
+        return rc;
+    cds_err err;
+    int qrc = jobctl_sweep_retry(q, sweep, model, from, path, &epoch, &err);
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else if (j->json) {
+        json_t *o = json_pack("{s:s, s:i, s:s, s:i, s:s}", "sweep", sweep, "model", model, "state", "idle", "epoch",
+                              epoch, "from", path[0] ? path : "committed");
+        print_json(o);
+        json_decref(o);
+    } else {
+        printf("model %d of sweep %s is idle again, to train epoch %d from %s\n", model, sweep, epoch,
+               path[0] ? path : "its committed checkpoint");
+    }
+    queue_close(q);
+    return rc;
+}
+
 static int cmd_retry(jobctl *j, int argc, char **argv)
 {
-    const char *id;
+    enum { O_FROM = 403 };
+    static const struct option opts[] = {{"from", required_argument, 0, O_FROM}, GLOBAL_OPTIONS};
+    const char *from = NULL;
+    int c;
+    while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(usage_retry, stdout), EXIT_DONE;
+        if (c != O_FROM)
+            return EXIT_USAGE;
+        from = optarg;
+    }
+    if (want_args(j, argc, argv, 1, "needs a job ID, or SWEEP/MODEL for a failed model of a sweep") != 0)
+        return EXIT_USAGE;
+    const char *id = argv[optind];
+    if (strchr(id, '/'))
+        return retry_model(j, id, from);
+    if (from)
+        return usage_error(j, "--from is for a model of a sweep (jobctl retry SWEEP/MODEL --from best)");
+    if (check_job_id(j, id) != 0)
+        return EXIT_USAGE;
     queue_conn *q;
-    int rc = parse_id_command(j, argc, argv, usage_retry, &id);
-    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
-        return rc < 0 ? EXIT_DONE : rc;
+    int rc = open_queue(j, &q);
+    if (rc != 0)
+        return rc;
     cds_err err;
     int qrc = queue_retry(q, id, &err);
     if (qrc != 0) {
@@ -1076,10 +1130,15 @@ static const char usage_results[] =
     "best epoch so far, with that epoch's top-5, validation and training loss (--json: every\n"
     "epoch's metrics of every model).\n";
 static const char usage_status[] =
-    "usage: jobctl status SWEEP [--watch]\n"
-    "Progress of a MOP sweep: visits done of all, pace and time left; per model a bar of\n"
-    "epochs and shards visited, its state and its best validation top-1 so far.  --watch\n"
-    "redraws it every 2 s until the sweep is done (Ctrl-C to stop).\n";
+    "usage: jobctl status SWEEP [--watch | --follow]\n"
+    "Progress of a MOP sweep: visits and evaluations done, the time left (estimated from\n"
+    "the measured speed of each model, none before the first measurement) and the time so\n"
+    "far; per model a bar of epochs and shards visited, its state, its best validation\n"
+    "top-1 so far, and the visit in flight (rows done, rows/s) or the retry it waits for.\n"
+    "  --watch   redraws it every 2 s until the sweep is finished (Ctrl-C to stop)\n"
+    "  --follow  prints each epoch's metrics as they are recorded, a progress line every\n"
+    "            15 s, failures, and the chosen model's test score; exits when the sweep is\n"
+    "            finished: 0 when done, 1 when cancelled\n";
 static const char usage_pause[] =
     "usage: jobctl pause SWEEP | SWEEP/MODEL\n"
     "Hands out no new model leases for the sweep, or for one model of it (MODEL: the index\n"
@@ -1091,21 +1150,26 @@ static const char usage_resume[] =
     "models paused one by one: resume each with SWEEP/MODEL.  Exit 1 if the model is not\n"
     "paused.\n";
 
-/* One positional SWEEP id (and --watch when watch is not NULL). */
+/* One positional SWEEP id (and --watch or --follow when watch is not NULL:
+ * *watch = 1 or 2). */
 static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
 {
-    enum { O_WATCH = 400 };
-    static const struct option opts[] = {{"watch", no_argument, 0, O_WATCH}, GLOBAL_OPTIONS};
+    enum { O_WATCH = 400, O_FOLLOW = 404 };
+    static const struct option opts[] = {{"watch", no_argument, 0, O_WATCH}, {"follow", no_argument, 0, O_FOLLOW},
+                                         GLOBAL_OPTIONS};
     int c;
     while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
         if (c == NEXT_HELP)
             return fputs(usage, stdout), -1;
-        if (c == O_WATCH && watch) {
-            *watch = 1;
+        if ((c == O_WATCH || c == O_FOLLOW) && !watch)
+            return fail(j, EXIT_USAGE, "--%s is for jobctl status only", c == O_WATCH ? "watch" : "follow");
+        if (c == O_WATCH || c == O_FOLLOW) {
+            int want = c == O_WATCH ? 1 : 2;
+            if (*watch && *watch != want)
+                return usage_error(j, "give --watch or --follow, not both");
+            *watch = want;
             continue;
         }
-        if (c == O_WATCH)
-            return fail(j, EXIT_USAGE, "--watch is for jobctl status only");
         return EXIT_USAGE;
     }
     if (want_args(j, argc, argv, 1, "needs a SWEEP id, as printed by jobctl enqueue sweep") != 0)
@@ -1189,6 +1253,46 @@ static int sweep_state_command(jobctl *j, int argc, char **argv, const char *usa
 static int cmd_pause(jobctl *j, int argc, char **argv) { return sweep_state_command(j, argc, argv, usage_pause, "paused"); }
 static int cmd_resume(jobctl *j, int argc, char **argv) { return sweep_state_command(j, argc, argv, usage_resume, "running"); }
 
+/* `jobctl status SWEEP --follow`: a log of the sweep as it goes, for a
+ * terminal or a file (no screen redraws): each epoch's metrics once
+ * recorded, a progress line every 15 s, failures, the test score. */
+static int follow_sweep(jobctl *j, queue_conn *q, const char *sweep)
+{
+    json_t *before = NULL;
+    int64_t next_line = 0;
+    int rc = EXIT_DONE;
+    for (;;) {
+        cds_err err;
+        json_t *now = NULL;
+        int qrc = jobctl_sweep_load(q, sweep, &now, &err);
+        if (qrc != 0) {
+            /* Redis restarting: keep following; anything else ends it. */
+            if (queue_conn_broken(q) && queue_reconnect(q, &err) == 0)
+                continue;
+            rc = op_failed(j, q, qrc, &err);
+            break;
+        }
+        int64_t t = cds_wall_ms();
+        jobctl_sweep_print_news(stdout, before, now, t);
+        int finished = jobctl_sweep_finished(now);
+        if (finished || cds_mono_ms() >= next_line) {
+            jobctl_sweep_print_summary(stdout, now, t);
+            next_line = cds_mono_ms() + 15000;
+        }
+        fflush(stdout);
+        json_decref(before);
+        before = now;
+        if (finished) {
+            const char *state = json_string_value(json_object_get(json_object_get(now, "sweep"), "state"));
+            rc = state && strcmp(state, "cancelled") == 0 ? EXIT_REFUSED : EXIT_DONE;
+            break;
+        }
+        cds_sleep_ms(1000);
+    }
+    json_decref(before);
+    return rc;
+}
+
 static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int status)
 {
     const char *sweep = NULL;
@@ -1197,6 +1301,15 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
     int rc = parse_sweep_command(j, argc, argv, usage, &sweep, status ? &watch : NULL);
     if (rc != 0 || (rc = open_queue(j, &q)) != 0)
         return rc < 0 ? EXIT_DONE : rc;
+    if (watch == 2) {
+        if (j->json) {
+            queue_close(q);
+            return usage_error(j, "--follow prints lines for people: use jobctl status --json in a loop instead");
+        }
+        rc = follow_sweep(j, q, sweep);
+        queue_close(q);
+        return rc;
+    }
     for (;;) {
         cds_err err;
         json_t *s = NULL;
@@ -1215,7 +1328,7 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
         else
             jobctl_sweep_print_results(stdout, s);
         fflush(stdout);
-        int finished = !state || strcmp(state, "running") != 0;
+        int finished = !state || jobctl_sweep_finished(s);
         json_decref(s);
         if (!watch || finished)
             break;

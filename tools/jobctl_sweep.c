@@ -12,7 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cds_util.h"
+#include "nn_ckpt.h"
 #include "queue_mop.h"
+#include "sweep_eta.h"
 
 static const char *field(const json_t *o, const char *fmt, int m)
 {
@@ -52,6 +55,107 @@ static const char *shown_state(const json_t *models, int m)
     return st;
 }
 
+/* Models that train at the same speed: the same architecture and batch. */
+static json_t *speed_group(const char *spec)
+{
+    json_t *o = spec ? json_loads(spec, 0, NULL) : NULL;
+    char *arch = json_dumps(json_object_get(o, "model"), JSON_COMPACT | JSON_SORT_KEYS);
+    char g[512];
+    snprintf(g, sizeof g, "%s|batch=%lld", arch ? arch : "?",
+             (long long)json_number_value(json_object_get(json_object_get(o, "train"), "batch")));
+    free(arch);
+    json_decref(o);
+    return json_string(g);
+}
+
+/* A field holding JSON, parsed (NULL when absent, empty or not JSON). */
+static json_t *json_field(const json_t *hash, const char *key)
+{
+    const char *v = json_string_value(json_object_get(hash, key));
+    return v && *v ? json_loads(v, 0, NULL) : NULL;
+}
+
+/* The committed visits of model m, each {"epoch", "shard", metrics...}
+ * (results fields "<m>.<e>.train.<k>"), for the estimate of time left. */
+static json_t *model_visits(const json_t *results, int m, int epochs, int shards)
+{
+    json_t *a = json_array();
+    for (int e = 1; e <= epochs; e++)
+        for (int k = 0; k < shards; k++) {
+            char key[64];
+            snprintf(key, sizeof key, "%d.%d.train.%d", m, e, k);
+            json_t *v = json_field(results, key);
+            if (!json_is_object(v)) {
+                json_decref(v);
+                continue;
+            }
+            json_object_set_new(v, "epoch", json_integer(e));
+            json_object_set_new(v, "shard", json_integer(k));
+            json_array_append_new(a, v);
+        }
+    return a;
+}
+
+/* Epochs of model m whose evaluation failed for good: {"<e>": why}. */
+static json_t *eval_errors(const json_t *models, int m, int epochs)
+{
+    json_t *o = json_object();
+    for (int e = 1; e <= epochs; e++) {
+        char key[64], ek[16];
+        snprintf(key, sizeof key, "%d.eval_error.%d", m, e);
+        const char *why = json_string_value(json_object_get(models, key));
+        snprintf(ek, sizeof ek, "%d", e);
+        if (why && *why)
+            json_object_set_new(o, ek, json_string(why));
+    }
+    return o;
+}
+
+static json_t *load_model(const json_t *models, const json_t *results, int m, int epochs, int shards)
+{
+    json_t *e = json_array();
+    for (int k = 1; k <= epochs; k++) {
+        char key[32];
+        snprintf(key, sizeof key, "%d.%d", m, k);
+        json_t *metrics = json_field(results, key);
+        if (metrics)
+            json_array_append_new(e, metrics);
+    }
+    const char *spec = field(models, "%d.spec", m);
+    json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o, s:o, s:o, s:o}", "model", m, "state",
+                           shown_state(models, m), "epoch", atoi(field(models, "%d.epoch", m) ?: "1"), "visited",
+                           field(models, "%d.visited", m) ?: "", "summary", summary(spec), "group", speed_group(spec),
+                           "epochs", e, "visits", model_visits(results, m, epochs, shards), "eval_errors",
+                           eval_errors(models, m, epochs));
+    const char *best = field(models, "%d.best_epoch", m), *top1 = field(models, "%d.best_top1", m);
+    if (best && *best) {
+        json_object_set_new(mo, "best_epoch", json_integer(atoi(best)));
+        json_object_set_new(mo, "best_valid_top1", json_real(atof(top1 ? top1 : "0")));
+    }
+    static const char *const text_fields[] = {"reason", "error", "worker", "not_before"};
+    for (size_t i = 0; i < sizeof text_fields / sizeof text_fields[0]; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%%d.%s", text_fields[i]);
+        const char *v = field(models, key, m);
+        if (v && *v)
+            json_object_set_new(mo, text_fields[i], json_string(v));
+    }
+    int attempts = atoi(field(models, "%d.attempts", m) ?: "0");
+    if (attempts > 0)
+        json_object_set_new(mo, "attempts", json_integer(attempts));
+    const char *st = field(models, "%d.state", m);
+    char pk[32];
+    snprintf(pk, sizeof pk, "%d.progress", m);
+    json_t *progress = st && strcmp(st, "leased") == 0 ? json_field(models, pk) : NULL;
+    if (json_is_object(progress)) {
+        json_object_set_new(progress, "shard", json_integer(atoi(field(models, "%d.shard", m) ?: "-1")));
+        json_object_set_new(mo, "progress", progress);
+    } else {
+        json_decref(progress);
+    }
+    return mo;
+}
+
 int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     *out = NULL;
@@ -64,34 +168,15 @@ int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *e
         json_decref(models);
         return -1;
     }
-    int n = int_field(sw, "models", 0), epochs = int_field(sw, "epochs", 0);
+    int n = int_field(sw, "models", 0), epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
     json_t *list = json_array();
-    for (int m = 0; m < n; m++) {
-        json_t *e = json_array();
-        for (int k = 0; k < epochs; k++) {
-            char key[32];
-            snprintf(key, sizeof key, "%d.%d", m, k);
-            const char *r = json_string_value(json_object_get(results, key));
-            json_t *metrics = r ? json_loads(r, 0, NULL) : NULL;
-            if (metrics)
-                json_array_append_new(e, metrics);
-        }
-        const char *best = field(models, "%d.best_epoch", m), *top1 = field(models, "%d.best_top1", m);
-        json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o}", "model", m, "state", shown_state(models, m),
-                               "epoch", atoi(field(models, "%d.epoch", m) ?: "0"),
-                               "visited", field(models, "%d.visited", m) ?: "", "summary",
-                               summary(field(models, "%d.spec", m)), "epochs", e);
-        if (best && *best) {
-            json_object_set_new(mo, "best_epoch", json_integer(atoi(best) + 1));
-            json_object_set_new(mo, "best_valid_top1", json_real(atof(top1 ? top1 : "0")));
-        }
-        const char *reason = field(models, "%d.reason", m);
-        if (reason && *reason)
-            json_object_set_new(mo, "reason", json_string(reason));
-        json_array_append_new(list, mo);
-    }
+    for (int m = 0; m < n; m++)
+        json_array_append_new(list, load_model(models, results, m, epochs, shards));
     json_object_del(sw, "spec"); /* long, and in `jobctl show`-like detail only */
+    json_t *test = json_field(sw, "test");
     *out = json_pack("{s:o, s:o}", "sweep", sw, "models", list);
+    if (test)
+        json_object_set_new(*out, "test", test);
     json_decref(models);
     json_decref(results);
     return 0;
@@ -124,6 +209,46 @@ static const json_t *best_epoch_metrics(const json_t *m)
     return NULL;
 }
 
+/* Why models failed and which epochs could not be evaluated. */
+static void print_model_notes(FILE *out, const json_t *models)
+{
+    size_t i;
+    const json_t *m;
+    json_array_foreach(models, i, m) {
+        long long id = (long long)json_integer_value(json_object_get(m, "model"));
+        const char *st = json_string_value(json_object_get(m, "state"));
+        const char *reason = json_string_value(json_object_get(m, "reason"));
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0) && reason)
+            fprintf(out, "model %lld %s: %s\n", id, st, reason);
+        const char *e;
+        const json_t *why;
+        json_object_foreach((json_t *)json_object_get(m, "eval_errors"), e, why)
+            fprintf(out, "model %lld epoch %s not evaluated: %s\n", id, e, json_string_value(why) ?: "");
+    }
+}
+
+/* The chosen model's test score, or why there is none. */
+static void print_test(FILE *out, const json_t *s)
+{
+    const json_t *t = json_object_get(s, "test");
+    if (!t)
+        return;
+    const char *error = json_string_value(json_object_get(t, "error"));
+    const char *none = json_string_value(json_object_get(t, "none"));
+    if (error)
+        fprintf(out, "the chosen model could not be scored on the test split: %s\n", error);
+    else if (none)
+        fprintf(out, "no test score: %s\n", none);
+    else
+        fprintf(out, "chosen model %lld (epoch %lld, valid top-1 %.4f), on the test split: top-1 %.4f, top-5 %.4f, "
+                     "loss %.4f over %lld rows\n",
+                (long long)json_integer_value(json_object_get(t, "model")),
+                (long long)json_integer_value(json_object_get(t, "epoch")),
+                json_number_value(json_object_get(t, "valid_top1")), json_number_value(json_object_get(t, "top1")),
+                json_number_value(json_object_get(t, "top5")), json_number_value(json_object_get(t, "loss")),
+                (long long)json_integer_value(json_object_get(t, "rows")));
+}
+
 void jobctl_sweep_print_results(FILE *out, const json_t *s)
 {
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
@@ -154,18 +279,11 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s)
                 ep, t1, t5, vl, tl);
     }
     free(order);
-    const char *test = json_string_value(json_object_get(sw, "test"));
-    int tm, te;
-    long long rows;
-    double loss, t1, t5;
-    if (test && sscanf(test, "%d %d %lld %lf %lf %lf", &tm, &te, &rows, &loss, &t1, &t5) == 6)
-        fprintf(out, "chosen model %d (epoch %d), on the test split: top-1 %.4f, top-5 %.4f, loss %.4f over %lld rows\n",
-                tm, te, t1, t5, loss, rows);
-    else if (test && strncmp(test, "error ", 6) == 0)
-        fprintf(out, "the chosen model could not be scored on the test split: %s\n", test + 6);
+    print_model_notes(out, models);
+    print_test(out, s);
 }
 
-/* Visits a model has committed: all of them once done. */
+/* The count of visits a model has committed: all of them once done. */
 static long long model_units(const json_t *m, int epochs, int shards)
 {
     const char *st = json_string_value(json_object_get(m, "state"));
@@ -174,27 +292,89 @@ static long long model_units(const json_t *m, int epochs, int shards)
     for (const char *c = vis; c && *c; c++)
         v += *c == '1';
     return st && strcmp(st, "done") == 0 ? (long long)epochs * shards
-                                          : json_integer_value(json_object_get(m, "epoch")) * shards + v;
+                                          : (json_integer_value(json_object_get(m, "epoch")) - 1) * shards + v;
+}
+
+/* "42 s", "3 min 07 s", "2 h 05 min" for a person. */
+static void say_duration(char *buf, size_t n, double seconds)
+{
+    long long s = seconds < 0 ? 0 : (long long)(seconds + 0.5);
+    if (s < 60)
+        snprintf(buf, n, "%lld s", s);
+    else if (s < 3600)
+        snprintf(buf, n, "%lld min %02lld s", s / 60, s % 60);
+    else
+        snprintf(buf, n, "%lld h %02lld min", s / 3600, s % 3600 / 60);
+}
+
+int jobctl_sweep_finished(const json_t *s)
+{
+    const json_t *sw = json_object_get(s, "sweep");
+    const char *state = json_string_value(json_object_get(sw, "state"));
+    const char *test = json_string_value(json_object_get(sw, "test"));
+    return state && (strcmp(state, "cancelled") == 0 || (strcmp(state, "done") == 0 && test && *test));
+}
+
+void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
+{
+    const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
+    int epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
+    long long created = atoll(json_string_value(json_object_get(sw, "created")) ?: "0");
+    long long finished = atoll(json_string_value(json_object_get(sw, "finished")) ?: "0");
+    long long total = (long long)json_array_size(models) * epochs * shards, done = 0, evaluated = 0;
+    size_t i;
+    const json_t *m;
+    json_array_foreach(models, i, m) {
+        done += model_units(m, epochs, shards);
+        evaluated += (long long)json_array_size(json_object_get(m, "epochs"));
+    }
+    char so_far[32], left[32];
+    say_duration(so_far, sizeof so_far, (double)((finished ? finished : now_ms) - created) / 1000.0);
+    fprintf(out, "sweep %s (%s): %lld of %lld visits, %lld of %lld epochs evaluated",
+            json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
+            done, total, evaluated, (long long)json_array_size(models) * epochs);
+    if (!jobctl_sweep_finished(s)) {
+        sweep_eta eta;
+        sweep_eta_estimate(s, &eta);
+        if (eta.seconds_left < 0) {
+            fputs("; time left: after the first measured visit", out);
+        } else {
+            say_duration(left, sizeof left, eta.seconds_left);
+            fprintf(out, "; about %s left", left);
+            if (eta.rough)
+                fprintf(out, " (rough: %d of %d models timed so far)", eta.models_measured, eta.models_left);
+        }
+    }
+    fprintf(out, "; %s %s\n", so_far, finished ? "in all" : "so far");
+}
+
+/* A model's live detail: the visit in flight, or the retry it waits for. */
+static void model_detail(char *buf, size_t n, const json_t *m, int64_t now_ms)
+{
+    buf[0] = '\0';
+    const json_t *p = json_object_get(m, "progress");
+    long long attempts = json_integer_value(json_object_get(m, "attempts"));
+    if (p) {
+        double total = json_number_value(json_object_get(p, "rows_total"));
+        snprintf(buf, n, "shard %lld: %.0f%% at %.0f rows/s", (long long)json_integer_value(json_object_get(p, "shard")),
+                 total > 0 ? 100.0 * json_number_value(json_object_get(p, "rows_done")) / total : 0.0,
+                 json_number_value(json_object_get(p, "samples_per_s")));
+    } else if (attempts > 0) {
+        long long nb = atoll(json_string_value(json_object_get(m, "not_before")) ?: "0");
+        char wait[32];
+        say_duration(wait, sizeof wait, nb > now_ms ? (double)(nb - now_ms) / 1000.0 : 0);
+        snprintf(buf, n, "%lld failed attempt%s, next in %s: %.120s", attempts, attempts == 1 ? "" : "s", wait,
+                 json_string_value(json_object_get(m, "error")) ?: "");
+    }
 }
 
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
 {
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
     int epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
-    long long created = atoll(json_string_value(json_object_get(sw, "created")) ?: "0");
-    long long finished = atoll(json_string_value(json_object_get(sw, "finished")) ?: "0");
-    long long total = (long long)json_array_size(models) * epochs * shards, done = 0;
+    jobctl_sweep_print_summary(out, s, now_ms);
     size_t i;
     const json_t *m;
-    json_array_foreach(models, i, m)
-        done += model_units(m, epochs, shards);
-    double secs = ((finished ? finished : now_ms) - created) / 1000.0;
-    double rate = secs > 0 ? (double)done / secs : 0;
-    fprintf(out, "sweep %s (%s): %lld of %lld visits, %.1f visits/min", json_string_value(json_object_get(sw, "id")) ?: "?",
-            json_string_value(json_object_get(sw, "state")) ?: "?", done, total, rate * 60);
-    if (!finished && rate > 0 && done < total)
-        fprintf(out, ", about %.0f s left", (double)(total - done) / rate);
-    fprintf(out, ", %.0f s so far\n", secs);
     json_array_foreach(models, i, m) {
         const char *st = json_string_value(json_object_get(m, "state"));
         const char *vis = json_string_value(json_object_get(m, "visited"));
@@ -206,15 +386,197 @@ void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
         for (int k = 0; k < width; k++)
             bar[k] = k < fill ? '#' : '.';
         bar[width] = 0;
-        char best[48] = "";
+        char best[48] = "", detail[200];
         if (json_object_get(m, "best_valid_top1"))
             snprintf(best, sizeof best, "best top1 %.4f (epoch %lld)", best_of(m),
                      (long long)json_integer_value(json_object_get(m, "best_epoch")));
-        fprintf(out, "  model %-3lld [%s] epoch %lld/%d shards %s  %-9s %-34.34s %s\n",
-                (long long)json_integer_value(json_object_get(m, "model")), bar,
-                e < epochs ? e + 1 : (long long)epochs, epochs, vis, st,
-                json_string_value(json_object_get(m, "summary")) ?: "", best);
+        model_detail(detail, sizeof detail, m, now_ms);
+        fprintf(out, "  model %-3lld [%s] epoch %lld/%d shards %s  %-9s %-34.34s %s%s%s\n",
+                (long long)json_integer_value(json_object_get(m, "model")), bar, e, epochs, vis, st,
+                json_string_value(json_object_get(m, "summary")) ?: "", best, *best && *detail ? "  " : "", detail);
     }
+    print_model_notes(out, models);
+    print_test(out, s);
+}
+
+/* ---- following a sweep ---------------------------------------------------------- */
+
+static const json_t *model_at(const json_t *s, size_t i)
+{
+    return s ? json_array_get(json_object_get(s, "models"), i) : NULL;
+}
+
+/* Whether doc s has evaluation e (its "epoch") of its i-th model. */
+static int has_epoch(const json_t *s, size_t i, json_int_t e)
+{
+    size_t k;
+    const json_t *x;
+    json_array_foreach(json_object_get(model_at(s, i), "epochs"), k, x)
+        if (json_integer_value(json_object_get(x, "epoch")) == e)
+            return 1;
+    return 0;
+}
+
+void jobctl_sweep_print_news(FILE *out, const json_t *before, const json_t *now, int64_t now_ms)
+{
+    char when[CDS_ISO8601_MAX];
+    cds_iso8601_utc(now_ms, when);
+    when[19] = '\0'; /* to the second, as a log line */
+    const json_t *models = json_object_get(now, "models");
+    size_t i;
+    const json_t *m;
+    json_array_foreach(models, i, m) {
+        long long id = (long long)json_integer_value(json_object_get(m, "model"));
+        size_t k;
+        const json_t *e;
+        json_array_foreach(json_object_get(m, "epochs"), k, e) {
+            json_int_t ep = json_integer_value(json_object_get(e, "epoch"));
+            if (has_epoch(before, i, ep))
+                continue;
+            int best = json_integer_value(json_object_get(m, "best_epoch")) == ep;
+            fprintf(out, "%s  model %lld epoch %lld/%s: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 "
+                         "%.4f%s   (%s)\n",
+                    when, id, (long long)ep, json_string_value(json_object_get(json_object_get(now, "sweep"), "epochs")) ?: "?",
+                    json_number_value(json_object_get(e, "train_loss")), json_number_value(json_object_get(e, "train_top1")),
+                    json_number_value(json_object_get(e, "valid_loss")), json_number_value(json_object_get(e, "valid_top1")),
+                    json_number_value(json_object_get(e, "valid_top5")), best ? " best so far" : "",
+                    json_string_value(json_object_get(m, "summary")) ?: "");
+        }
+        const char *st = json_string_value(json_object_get(m, "state"));
+        const char *was = json_string_value(json_object_get(model_at(before, i), "state"));
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0) && (!was || strcmp(was, st) != 0))
+            fprintf(out, "%s  model %lld %s: %s\n", when, id, st,
+                    json_string_value(json_object_get(m, "reason")) ?: "");
+    }
+    if (json_object_get(now, "test") && !json_object_get(before, "test"))
+        print_test(out, now);
+}
+
+/* ---- retry ----------------------------------------------------------------------- */
+
+/* The version that ended epoch e of model m: its last visit in the
+ * schedule ("m epoch shard version worker"); -1 if the epoch never ended. */
+static long long epoch_end_version(char **lines, size_t n, int m, int e, int shards)
+{
+    long long v = -1;
+    int visits = 0;
+    for (size_t i = 0; i < n; i++) {
+        int lm, le, lk;
+        long long lv;
+        if (sscanf(lines[i], "%d %d %d %lld", &lm, &le, &lk, &lv) == 4 && lm == m && le == e) {
+            visits++;
+            if (lv > v)
+                v = lv;
+        }
+    }
+    return visits >= shards ? v : -1;
+}
+
+/* The epoch whose end is version v of model m; -1 if none. */
+static int epoch_of_version(char **lines, size_t n, int m, long long v, int epochs, int shards)
+{
+    for (int e = 1; e <= epochs; e++)
+        if (epoch_end_version(lines, n, m, e, shards) == v)
+            return e;
+    return -1;
+}
+
+/* Resolves --from into a kept file of the model, its epoch and version, and
+ * checks the file reads back whole. */
+static int resolve_from(queue_conn *q, const char *sweep, int m, const char *from, char *path, int *epoch,
+                        long long *version, cds_err *err)
+{
+    json_t *sw = NULL, *models = NULL;
+    char **lines = NULL;
+    size_t n = 0;
+    int rc = queue_sweep_get(q, sweep, &sw, err);
+    if (rc != 0)
+        return rc;
+    int E = int_field(sw, "epochs", 0), K = int_field(sw, "shards", 0);
+    if (queue_mop_models(q, sweep, &models, err) != 0 || queue_mop_schedule(q, sweep, &lines, &n, err) != 0) {
+        rc = -1;
+        goto out;
+    }
+    const char *ckpt = field(models, "%d.ckpt", m);
+    long long committed = atoll(field(models, "%d.version", m) ?: "0");
+    const char *slash = ckpt ? strrchr(ckpt, '/') : NULL;
+    if (!slash) {
+        rc = cds_errf(err, "model %d of sweep %s has committed no checkpoint: there is nothing older to retry from "
+                           "(retry it without --from)", m, sweep);
+        goto out;
+    }
+    int e = -1;
+    long long v;
+    char *end = NULL;
+    if (strcmp(from, "best") == 0) {
+        e = atoi(field(models, "%d.best_epoch", m) ?: "0");
+        if (e < 1) {
+            rc = cds_errf(err, "model %d of sweep %s has no evaluated epoch, so no best checkpoint: retry it without "
+                               "--from, or --from epoch-N", m, sweep);
+            goto out;
+        }
+    } else if (strncmp(from, "epoch-", 6) == 0 && (e = (int)strtol(from + 6, &end, 10), end && !*end && e >= 1)) {
+        /* e set */
+    } else if (from[0] == 'v' && (v = strtoll(from + 1, &end, 10), end && !*end && v >= 1)) {
+        if (v == committed) {
+            path[0] = '\0';
+            *version = v;
+            goto out; /* the committed checkpoint itself */
+        }
+        if ((e = epoch_of_version(lines, n, m, v, E, K)) < 0) {
+            rc = cds_errf(err, "version %lld of model %d ended no epoch, and only the committed version (%lld) and "
+                               "the checkpoints of epoch ends are kept: use --from best or --from epoch-N",
+                          v, m, committed);
+            goto out;
+        }
+    } else {
+        rc = cds_errf(err, "--from %s: use best, epoch-N or vN (see jobctl retry --help)", from);
+        goto out;
+    }
+    v = epoch_end_version(lines, n, m, e, K);
+    if (v < 0) {
+        rc = cds_errf(err, "model %d of sweep %s never finished epoch %d: nothing of it is kept", m, sweep, e);
+        goto out;
+    }
+    int dl = (int)(slash - ckpt);
+    snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/best-e%d.ckpt", dl, ckpt, e);
+    if (access(path, F_OK) != 0)
+        snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/epoch-%d.ckpt", dl, ckpt, e);
+    if (access(path, F_OK) != 0) {
+        rc = cds_errf(err, "no kept checkpoint of epoch %d of model %d under %.*s (only the best epoch's and those "
+                           "waiting for evaluation are kept; or DATA_ROOT is not mounted here: run jobctl retry where "
+                           "it is)", e, m, dl, ckpt);
+        goto out;
+    }
+    nn_ckpt c;
+    if (nn_ckpt_load(path, &c, err) != 0) {
+        rc = cds_err_wrap(err, "the checkpoint to retry from is not intact");
+        goto out;
+    }
+    nn_ckpt_free(&c);
+    *epoch = e;
+    *version = v;
+out:
+    queue_sweep_list_free(lines, n);
+    json_decref(models);
+    json_decref(sw);
+    return rc;
+}
+
+int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *from, char *from_path, int *epoch,
+                       cds_err *err)
+{
+    char path[QUEUE_MOP_PATH_MAX] = "";
+    int from_epoch = 0;
+    long long version = 0;
+    if (from) {
+        int rc = resolve_from(q, sweep, model, from, path, &from_epoch, &version, err);
+        if (rc != 0)
+            return rc;
+    }
+    if (from_path)
+        snprintf(from_path, QUEUE_MOP_PATH_MAX, "%s", path);
+    return queue_mop_retry_model(q, sweep, model, path[0] ? path : NULL, from_epoch, version, epoch, err);
 }
 
 /* ---- replay ------------------------------------------------------------------ */
@@ -229,6 +591,11 @@ int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds
     if (rc != 0)
         return rc;
     int M = int_field(sw, "models", 0), E = int_field(sw, "epochs", 0), K = int_field(sw, "shards", 0);
+    if (int_field(sw, "format", 1) < 2) {
+        rc = cds_errf(err, "sweep %s was recorded by an older version that numbered epochs from 0: it cannot be "
+                           "replayed (enqueue its spec again as a new sweep)", orig);
+        goto out;
+    }
     if (queue_mop_models(q, orig, &models, err) != 0 || queue_mop_schedule(q, orig, &lines, &n_lines, err) != 0) {
         rc = -1;
         goto out;
@@ -251,9 +618,13 @@ int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds
      * order are its visit order. */
     for (size_t i = 0; i < n_lines; i++) {
         int m, e, k;
-        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K ||
-            strlen(plans[m]) + 4 >= per) {
+        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K) {
             rc = cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
+            goto out;
+        }
+        if (strlen(plans[m]) + 4 >= per) {
+            rc = cds_errf(err, "sweep %s: model %d visited more than its %d shards x epochs (it was retried from an "
+                               "older checkpoint): its visit order cannot be replayed", orig, m, E * K);
             goto out;
         }
         snprintf(plans[m] + strlen(plans[m]), 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
@@ -301,6 +672,22 @@ static int run_gnuplot(const char *script, cds_err *err)
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         return cds_errf(err, "gnuplot failed (exit %d)", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     return 0;
+}
+
+/* Marks the chosen model on the validation plot: a ring at its best epoch
+ * and a label with its test score (once the sweep recorded one). */
+static void mark_chosen(FILE *g, const json_t *s)
+{
+    const json_t *t = json_object_get(s, "test");
+    if (!json_object_get(t, "top1"))
+        return;
+    json_int_t m = json_integer_value(json_object_get(t, "model")), e = json_integer_value(json_object_get(t, "epoch"));
+    fprintf(g, "set label 1 \"chosen: model %lld, epoch %lld\\ntest top-1 %.4f\" at %lld, %.6f point pt 6 ps 3 "
+               "offset 1.5,-1.5 font ',9'\n",
+            (long long)m, (long long)e, json_number_value(json_object_get(t, "top1")), (long long)e,
+            json_number_value(json_object_get(t, "valid_top1")));
+    fprintf(g, "set title 'chosen: model %lld (epoch %lld), test top-1 %.4f' font ',10'\n", (long long)m, (long long)e,
+            json_number_value(json_object_get(t, "top1")));
 }
 
 int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
@@ -352,7 +739,9 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
         fprintf(g, "set terminal %s\nset output '%s'\nset multiplot layout 1,2 title 'sweep %s'\n", term, out,
                 json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?");
         fprintf(g, "set key bottom right font ',8'\nset xlabel 'epoch'\nset xtics 1\nset grid\n"
-                   "set ylabel 'validation top-1'\nplot");
+                   "set ylabel 'validation top-1'\n");
+        mark_chosen(g, s);
+        fputs("plot", g);
         /* Explicit titles: a data block cannot carry one without losing a
          * row to gnuplot's columnheader. */
         size_t c = 0;
@@ -369,7 +758,7 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
                     title);
             c++;
         }
-        fprintf(g, "\nset key top right font ',8'\nset ylabel 'loss (solid: train, dashed: validation)'\n");
+        fprintf(g, "\nunset label\nset key top right font ',8'\nset ylabel 'loss (solid: train, dashed: validation)'\n");
         fprintf(g, "plot for [i=0:%zu] '%s' index i using 1:3 with linespoints lc i+1 notitle, "
                    "for [i=0:%zu] '%s' index i using 1:4 with lines dt 2 lc i+1 notitle\nunset multiplot\n",
                 n_curves - 1, path, n_curves - 1, path);

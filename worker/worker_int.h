@@ -29,6 +29,9 @@ typedef struct mop_slot {
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease lease;
     atomic_int lost;
+    /* Progress through a visit, set by the main thread after each batch and
+     * published by the heartbeat with the lease's renewal. */
+    int64_t started_ms, rows_done, rows_total;
 } mop_slot;
 
 typedef struct worker_results_db worker_results_db;

@@ -55,10 +55,18 @@ typedef struct visit {
     int shards;
 } visit;
 
+/* After each batch: records how far the visit is (the heartbeat publishes
+ * it) and says whether to stop (told to stop at once, or the lease lost). */
 static int should_stop(void *ctx, int64_t done, int64_t total, const nn_pass_stats *st)
 {
-    (void)done, (void)total, (void)st;
+    (void)st;
     worker *w = ctx;
+    if (total > 0) {
+        pthread_mutex_lock(&w->mu);
+        w->mop.rows_done = done;
+        w->mop.rows_total = total;
+        pthread_mutex_unlock(&w->mu);
+    }
     return atomic_load(&w->stop) >= 2 || atomic_load(&w->mop.lost);
 }
 
@@ -67,6 +75,8 @@ static void slot_set(worker *w, const char *sweep, const queue_mop_lease *l)
     pthread_mutex_lock(&w->mu);
     w->mop.active = l != NULL;
     w->mop.finishing = 0;
+    w->mop.started_ms = cds_mono_ms();
+    w->mop.rows_done = w->mop.rows_total = 0;
     if (l) {
         snprintf(w->mop.sweep, sizeof w->mop.sweep, "%s", sweep);
         w->mop.lease = *l;
@@ -303,10 +313,18 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, 
         unlink(epoch_file); /* refused: that epoch is someone else's to finish */
     if (c != 1)
         return -1;
-    if (WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch, v->lease.shard,
-                                                 st->rows, st->loss_sum, st->xent_sum, st->top1, st->top5, &err)) != 0)
+    json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I}", "rows", (json_int_t)st->rows, "loss_sum",
+                          st->loss_sum, "xent_sum", st->xent_sum, "top1", (json_int_t)st->top1, "top5",
+                          (json_int_t)st->top5, "seconds", st->seconds, "samples_per_s",
+                          st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", w->cfg->id, "version",
+                          (json_int_t)r.version);
+    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(j);
+    if (!text || WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch,
+                                                          v->lease.shard, text, &err)) != 0)
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: the visit's metrics were not recorded: %s", v->sweep,
-                 v->lease.model, err.msg);
+                 v->lease.model, text ? err.msg : "out of memory");
+    free(text);
     double rows = st->rows ? (double)st->rows : 1.0;
     cds_logf(&w->log, CDS_LOG_INFO,
              "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s; committed v%lld%s",
@@ -443,16 +461,16 @@ static void train_metrics(worker *w, const char *sweep, int m, int e, int shards
     for (int k = 0; k < shards; k++) {
         char field[64];
         snprintf(field, sizeof field, "%d.%d.train.%d", m, e, k);
-        const char *v = json_string_value(json_object_get(res, field));
-        long long rows, t1, t5;
-        double loss, xent;
-        if (v && sscanf(v, "%lld %lf %lf %lld %lld", &rows, &loss, &xent, &t1, &t5) == 5) {
-            tr->rows += rows;
-            tr->loss_sum += loss;
-            tr->xent_sum += xent;
-            tr->top1 += t1;
-            tr->top5 += t5;
+        json_t *v = json_loads(json_string_value(json_object_get(res, field)) ?: "", 0, NULL);
+        if (v) {
+            tr->rows += json_integer_value(json_object_get(v, "rows"));
+            tr->loss_sum += json_number_value(json_object_get(v, "loss_sum"));
+            tr->xent_sum += json_number_value(json_object_get(v, "xent_sum"));
+            tr->top1 += json_integer_value(json_object_get(v, "top1"));
+            tr->top5 += json_integer_value(json_object_get(v, "top5"));
+            tr->seconds += json_number_value(json_object_get(v, "seconds"));
         }
+        json_decref(v);
     }
     json_decref(res);
 }
@@ -506,6 +524,14 @@ static void record_in_database(worker *w, const char *sweep, const char *dataset
     json_decref(rec);
 }
 
+/* DATA_ROOT/sweeps/<S>/results.csv, one row per evaluated epoch (split
+ * "valid") and one for the chosen model on the test split (split "test",
+ * at its best epoch); rows, loss, top1 and top5 are of that split, and the
+ * train columns of the epoch (empty on the test row); times in ISO 8601
+ * UTC.  docs/sweeps.md documents it. */
+#define RESULTS_CSV_HEADER                                                                                     \
+    "sweep,model,epoch,split,version,train_rows,train_loss,train_top1,rows,loss,top1,top5,time\n"
+
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
  * the file is new; under an exclusive lock, as several workers append. */
 static void append_csv(worker *w, const char *sweep, const char *line)
@@ -521,8 +547,7 @@ static void append_csv(worker *w, const char *sweep, const char *line)
     int fd = fileno(f);
     if (lockf(fd, F_LOCK, 0) == 0) {
         if (ftell(f) == 0 && lseek(fd, 0, SEEK_END) == 0)
-            fputs("sweep,model,epoch,version,train_rows,train_loss,train_top1,valid_rows,valid_loss,valid_top1,"
-                  "valid_top5,time_ms\n", f);
+            fputs(RESULTS_CSV_HEADER, f);
         fputs(line, f);
         fflush(f);
         lockf(fd, F_ULOCK, 0);
@@ -597,6 +622,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     free(spec);
     nn_trainer *t = NULL;
     nn_pass_stats tr, va;
+    int64_t t0 = cds_mono_ms();
     if (sweep_info(w, &v, &err) != 0 || !(t = nn_trainer_load(file, &err)) ||
         eval_valid(w, t, v.dataset, &va, &err) != 0) {
         /* A lost lease is no longer this worker's to end; a stop or Redis
@@ -620,12 +646,15 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     train_metrics(w, sweep, m, e, v.shards, &tr);
     double trn = tr.rows ? (double)tr.rows : 1.0, van = va.rows ? (double)va.rows : 1.0;
     double vtop1 = (double)va.top1 / van;
+    double valid_seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     int64_t now = cds_wall_ms();
-    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:I, s:f, s:f, s:f, s:I}", "model", m, "epoch", e,
-                          "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows, "train_loss",
-                          tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "valid_rows", (json_int_t)va.rows,
-                          "valid_loss", va.loss_sum / van, "valid_top1", vtop1, "valid_top5", (double)va.top5 / van,
-                          "time_ms", (json_int_t)now);
+    char iso[CDS_ISO8601_MAX];
+    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:s, s:s}", "model", m,
+                          "epoch", e, "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows, "train_loss",
+                          tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "train_seconds", tr.seconds,
+                          "valid_rows", (json_int_t)va.rows, "valid_loss", va.loss_sum / van, "valid_top1", vtop1,
+                          "valid_top5", (double)va.top5 / van, "valid_seconds", valid_seconds, "time_ms",
+                          (json_int_t)now, "time", cds_iso8601_utc(now, iso), "worker", w->cfg->id);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     char *text_copy = text ? strdup(text) : NULL;
     json_decref(j);
@@ -646,9 +675,9 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     }
     free(text);
     char line[1024];
-    snprintf(line, sizeof line, "%s,%d,%d,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%lld\n", sweep, m, e,
+    snprintf(line, sizeof line, "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s\n", sweep, m, e,
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
-             va.loss_sum / van, vtop1, (double)va.top5 / van, (long long)now);
+             va.loss_sum / van, vtop1, (double)va.top5 / van, iso);
     append_csv(w, sweep, line);
     record_in_database(w, sweep, v.dataset, m, e, text_copy);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
@@ -788,12 +817,14 @@ static int score_test(worker *w, const char *file, const char *dataset, nn_pass_
 }
 
 /* Records the test result (JSON text) under the claim l, or logs why not. */
-static void record_test(worker *w, const char *sweep, const queue_mop_lease *l, const char *result)
+static int record_test(worker *w, const char *sweep, const queue_mop_lease *l, const char *result)
 {
     cds_err err;
     slot_finishing(w);
-    if (WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, result, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
+    if (WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, result, &err)) == 0)
+        return 0;
+    cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
+    return -1;
 }
 
 /* A failed attempt at the test scoring: a backoff and another try, or, at
@@ -871,8 +902,15 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
                  "another worker scores it", sweep);
         return;
     }
-    record_test(w, sweep, l, text);
+    int recorded = record_test(w, sweep, l, text) == 0;
     free(text);
+    if (!recorded)
+        return;
+    char line[512], iso[CDS_ISO8601_MAX];
+    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s\n", sweep, best_m, best_e,
+             (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
+             cds_iso8601_utc(cds_wall_ms(), iso));
+    append_csv(w, sweep, line);
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
              "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e, best_top1, (double)te.top1 / rows,
              (double)te.top5 / rows, te.loss_sum / rows, (long long)te.rows);
@@ -1012,10 +1050,17 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease l = w->mop.lease;
     snprintf(sweep, sizeof sweep, "%s", w->mop.sweep);
+    int64_t done = w->mop.rows_done, total = w->mop.rows_total, ms = cds_mono_ms() - w->mop.started_ms;
     pthread_mutex_unlock(&w->mu);
     if (!active)
         return 0;
-    int rc = queue_mop_renew(q, sweep, &l, w->cfg->lease_ms, err);
+    /* Samples per second over the visit so far (loading the checkpoint
+     * included: it is part of what a visit costs). */
+    char progress[160] = "";
+    if (l.kind == QUEUE_MOP_VISIT && total > 0)
+        snprintf(progress, sizeof progress, "{\"rows_done\":%lld,\"rows_total\":%lld,\"samples_per_s\":%.1f}",
+                 (long long)done, (long long)total, ms > 0 ? (double)done * 1000.0 / (double)ms : 0.0);
+    int rc = queue_mop_renew_with_progress(q, sweep, &l, w->cfg->lease_ms, progress, err);
     if (rc != QUEUE_NOT_FOUND)
         return rc;
     /* Lost, unless the main thread ended the lease itself meanwhile (a

@@ -49,7 +49,7 @@ end
 -- A commit ends the run of failed attempts: the next visit starts afresh.
 redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 'visited', visited,
   p .. 'version', int(version), p .. 'ckpt', path, p .. 'token', '', p .. 'shard', '',
-  p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '',
+  p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '',
   p .. 'commit', string.format('%s %d %d %d %s', token, epoch_done, model_done, version, superseded))
 redis.call('HSET', KEYS[1], 'updated', int(now))
 if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then

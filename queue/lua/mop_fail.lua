@@ -23,7 +23,8 @@ if f[1] ~= 'leased' or f[2] ~= ARGV[2] then return {'lost'} end
 local now = now_ms()
 local attempts = redis.call('HINCRBY', KEYS[2], p .. 'attempts', 1)
 local max_attempts, base, cap = retry_settings(KEYS[1])
-redis.call('HSET', KEYS[2], p .. 'error', ARGV[3], p .. 'token', '', p .. 'shard', '', p .. 'deadline', '')
+redis.call('HSET', KEYS[2], p .. 'error', ARGV[3], p .. 'token', '', p .. 'shard', '', p .. 'deadline', '',
+  p .. 'progress', '')
 redis.call('HSET', KEYS[1], 'updated', int(now))
 if ARGV[4] ~= 'final' and attempts < max_attempts then
   local delay = backoff_ms(attempts, base, cap, tonumber(ARGV[5]) or 1)

@@ -43,7 +43,7 @@ for first = 0, nmodels - 1, chunk do
     if v[i + 1] == 'leased' and now > tonumber(v[i + 2]) then
       local p = int(m) .. '.'
       redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '',
-        p .. 'deadline', '')
+        p .. 'deadline', '', p .. 'progress', '')
       local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)
       if stalls > max_stalls then
         redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason',

@@ -10,7 +10,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local p = ARGV[1] .. '.'
 local f = redis.call('HMGET', KEYS[2], p .. 'state', p .. 'token')
 if f[1] ~= 'leased' or f[2] ~= ARGV[2] then return {'lost'} end
-redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '', p .. 'deadline', '')
+redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '', p .. 'deadline', '',
+  p .. 'progress', '')
 redis.call('HSET', KEYS[1], 'updated', int(now_ms()))
 wake_mop(KEYS[6], 1)
 return {'released'}
