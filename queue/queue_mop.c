@@ -422,13 +422,18 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
 
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err)
 {
+    return queue_mop_model_field(q, sweep, model, "spec", out, err);
+}
+
+int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const char *field, char **out, cds_err *err)
+{
     *out = NULL;
     if (check_sweep_id(sweep, err) != 0)
         return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "HGET");
     qargs_key(&cmd, q, "sweep:{%s}:models", sweep);
-    qargs_addf(&cmd, "%d.spec", model);
+    qargs_addf(&cmd, "%d.%s", model, field);
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
@@ -439,7 +444,7 @@ int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out
     }
     *out = strdup(r->str);
     freeReplyObject(r);
-    return *out ? 0 : cds_err_nomem(err, "out of memory reading the spec of model %d of sweep '%s'", model, sweep);
+    return *out ? 0 : cds_err_nomem(err, "out of memory reading the %s of model %d of sweep '%s'", field, model, sweep);
 }
 
 /* The model and token that name a lease to every script that ends it. */

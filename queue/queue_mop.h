@@ -152,6 +152,9 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
                           queue_mop_lease *l, int *sweep_done, cds_err *err);
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
+/* Any field of model m ("state", "reason", ...: see the keys above),
+ * malloc'd into *out; QUEUE_NOT_FOUND when it is not there. */
+int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const char *field, char **out, cds_err *err);
 
 /* Moves the deadline of a held lease of any kind; returns 0, QUEUE_NOT_FOUND
  * when the lease is gone (expired and reaped, cancelled), -1 on error.  A

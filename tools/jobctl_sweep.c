@@ -563,20 +563,53 @@ out:
     return rc;
 }
 
+/* The epoch-<e>.ckpt files of the epochs after from_epoch belong to the run
+ * a retry from an older checkpoint discards, and the epochs trained again
+ * need those names.  Moved aside (.retried) while the model is still
+ * failed (no worker can write them), then removed once the retry is
+ * recorded, or moved back if it is refused. */
+static void set_aside_later_epochs(const char *path, int from_epoch, int epochs, int how)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        return;
+    for (int e = from_epoch + 1; e <= epochs; e++) {
+        char f[QUEUE_MOP_PATH_MAX + 32], aside[QUEUE_MOP_PATH_MAX + 48];
+        snprintf(f, sizeof f, "%.*s/epoch-%d.ckpt", (int)(slash - path), path, e);
+        snprintf(aside, sizeof aside, "%s.retried", f);
+        if (how == 0)
+            rename(f, aside);
+        else if (how == 1)
+            unlink(aside);
+        else
+            rename(aside, f);
+    }
+}
+
 int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *from, char *from_path, int *epoch,
                        cds_err *err)
 {
     char path[QUEUE_MOP_PATH_MAX] = "";
-    int from_epoch = 0;
+    int from_epoch = 0, epochs = 0;
     long long version = 0;
     if (from) {
         int rc = resolve_from(q, sweep, model, from, path, &from_epoch, &version, err);
         if (rc != 0)
             return rc;
+        json_t *sw = NULL;
+        if ((rc = queue_sweep_get(q, sweep, &sw, err)) != 0)
+            return rc;
+        epochs = int_field(sw, "epochs", 0);
+        json_decref(sw);
     }
     if (from_path)
         snprintf(from_path, QUEUE_MOP_PATH_MAX, "%s", path);
-    return queue_mop_retry_model(q, sweep, model, path[0] ? path : NULL, from_epoch, version, epoch, err);
+    if (path[0])
+        set_aside_later_epochs(path, from_epoch, epochs, 0);
+    int rc = queue_mop_retry_model(q, sweep, model, path[0] ? path : NULL, from_epoch, version, epoch, err);
+    if (path[0])
+        set_aside_later_epochs(path, from_epoch, epochs, rc == 0 ? 1 : 2);
+    return rc;
 }
 
 /* ---- replay ------------------------------------------------------------------ */

@@ -600,6 +600,18 @@ static void drop_if_superseded(worker *w, const char *sweep, int m, int e, const
     json_decref(models);
 }
 
+/* Whether model m is failed (when Redis cannot say: no, and its evaluated
+ * epoch file goes, as for any model). */
+static int model_failed(worker *w, const char *sweep, int m)
+{
+    cds_err err;
+    char *st = NULL;
+    int failed = WITH_RECONNECT(w, queue_mop_model_field(w->q, sweep, m, "state", &st, &err)) == 0 && st &&
+                 strcmp(st, "failed") == 0;
+    free(st);
+    return failed;
+}
+
 static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease *l)
 {
     cds_err err;
@@ -681,7 +693,8 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     append_csv(w, sweep, line);
     record_in_database(w, sweep, v.dataset, m, e, text_copy);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
-     * other epoch file goes once evaluated. */
+     * other epoch file goes once evaluated, but for a failed model's: those
+     * are what jobctl retry --from epoch-N can train on from. */
     char best[QUEUE_MOP_PATH_MAX];
     snprintf(best, sizeof best, "%s/best-e%d.ckpt", dir, e);
     if (is_best && rename(file, best) == 0) {
@@ -691,7 +704,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
             unlink(old);
         }
         drop_if_superseded(w, sweep, m, e, best);
-    } else {
+    } else if (!model_failed(w, sweep, m)) {
         unlink(file);
     }
     cds_logf(&w->log, CDS_LOG_INFO,
@@ -741,8 +754,10 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
     *m_out = *e_out = -1;
     *top1 = -1;
     *unevaluated = 0;
-    if (WITH_RECONNECT(w, queue_mop_models(w->q, sweep, &models, err)) != 0 ||
-        WITH_RECONNECT(w, queue_mop_results(w->q, sweep, &results, err)) != 0) {
+    /* No results hash at all is no result (a sweep of diag.sleep models),
+     * not an error: the test scoring then records that there is none. */
+    if (WITH_RECONNECT(w, queue_mop_models(w->q, sweep, &models, err)) < 0 ||
+        WITH_RECONNECT(w, queue_mop_results(w->q, sweep, &results, err)) < 0) {
         json_decref(models);
         return -1;
     }

@@ -3,13 +3,15 @@
 -- an older checkpoint the caller found intact ('from': its path, the epoch
 -- it ended and its version, which must not be above the committed one).
 -- Resuming from an older checkpoint starts the epoch after it with no shard
--- visited; the visits after it stay in the schedule, so such a model cannot
--- be replayed (jobctl replay says so).  The model is live again: a done
+-- visited; evaluations waiting for the later epochs, and their failures, are
+-- dropped (those epochs are trained again); their results stay until the
+-- new ones replace them; the visits after it stay in the schedule, so such
+-- a model cannot be replayed (jobctl replay says so).  The model is live again: a done
 -- sweep runs again (its test score, which may now change, is cleared) and
 -- rejoins the active set that workers iterate.  A cancelled sweep stays
 -- cancelled: nothing in it is retried.
--- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 6 wake,
---       9 active
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 4 evals,
+--       6 wake, 9 active
 -- ARGV: 1 model m, 2 the sweep id, 3 checkpoint path to resume from ('' for
 --       the committed one), 4 the epoch that checkpoint ended (1-based),
 --       5 its version
@@ -41,6 +43,16 @@ if ARGV[3] ~= '' then
   -- v<N>- files, never a best-e or epoch file).
   redis.call('HSET', KEYS[2], p .. 'ckpt', ARGV[3], p .. 'epoch', int(epoch),
     p .. 'visited', string.rep('0', tonumber(s[3])))
+  -- The epochs after it are trained again: what was waiting to evaluate
+  -- them, and how their evaluations failed, belongs to the old run.
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    local em, ee = string.match(entry, '^(%d+) (%d+) ')
+    if tonumber(em) == m and tonumber(ee) >= epoch then redis.call('LREM', KEYS[4], 0, entry) end
+  end
+  for e = epoch, tonumber(s[4]) do
+    redis.call('HDEL', KEYS[2], p .. 'eval_error.' .. e, p .. 'eval_attempts.' .. e, p .. 'eval_stalls.' .. e,
+      p .. 'eval_last_error.' .. e)
+  end
 end
 redis.call('HINCRBY', KEYS[1], 'live', 1)
 if s[1] == 'done' then
