@@ -88,6 +88,59 @@ static void sb_add(sbuf *b, const char *fmt, ...)
     b->n += (size_t)need;
 }
 
+/* ---- the connection the plan names -------------------------------------- */
+
+static void sb_conninfo(sbuf *b, const char *key, const char *val)
+{
+    sb_add(b, "%s%s='", b->n ? " " : "", key);
+    for (const char *c = val; *c; c++)
+        sb_add(b, "%s%c", *c == '\'' || *c == '\\' ? "\\" : "", *c);
+    sb_add(b, "'");
+}
+
+/* Settings that are secret, or name something of this machine only, or that
+ * host/port/dbname/user below already say. */
+static int conninfo_skipped(const PQconninfoOption *o)
+{
+    static const char *const skip[] = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
+                                       "service", "fallback_application_name", NULL};
+    for (int i = 0; skip[i]; i++)
+        if (strcmp(o->keyword, skip[i]) == 0)
+            return 1;
+    /* dispchar "*": a secret (sslpassword...); "D": a debug setting. */
+    return o->dispchar && (strchr(o->dispchar, '*') || strchr(o->dispchar, 'D'));
+}
+
+/* The server and database c is connected to, as a conninfo string without
+ * any password: host (a socket directory stays a path), port, dbname and
+ * user as libpq resolved them from the DSN, the PG* variables, a service
+ * file or its defaults, then every other setting in force that differs from
+ * libpq's built-in default (sslmode=require, application_name, ...).  A
+ * process on another host given this string reaches the same server and
+ * database whatever its own environment says. */
+char *etl_dsn_resolved(PGconn *c)
+{
+    sbuf b = {0};
+    sb_add(&b, "%s", "");
+    const char *v;
+    if ((v = PQhost(c)) && *v)
+        sb_conninfo(&b, "host", v);
+    if ((v = PQport(c)) && *v)
+        sb_conninfo(&b, "port", v);
+    if ((v = PQdb(c)) && *v)
+        sb_conninfo(&b, "dbname", v);
+    if ((v = PQuser(c)) && *v)
+        sb_conninfo(&b, "user", v);
+    PQconninfoOption *opts = PQconninfo(c);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (!o->val || !*o->val || conninfo_skipped(o) || (o->compiled && strcmp(o->val, o->compiled) == 0))
+            continue;
+        sb_conninfo(&b, o->keyword, o->val);
+    }
+    PQconninfoFree(opts);
+    return b.s;
+}
+
 /* ---- what the planner learns --------------------------------------------- */
 
 typedef struct table_info {
@@ -1154,7 +1207,13 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     pl.cols = json_array();
     json_object_set_new(pl.plan, "format", json_string("cds-etl-plan"));
     json_object_set_new(pl.plan, "format_version", json_integer(1));
-    json_object_set_new(pl.plan, "spec", etl_spec_to_json(s));
+    /* The spec's DSN becomes the connection actually made, so that shard
+     * jobs and workers elsewhere reach this server and database even when
+     * the DSN was empty and libpq took it from this shell's PG* variables. */
+    json_t *spec = etl_spec_to_json(s);
+    char *resolved = etl_dsn_resolved(pl.c);
+    json_object_set_new(spec, "dsn", json_string(resolved));
+    json_object_set_new(pl.plan, "spec", spec);
     etl_plan *p = NULL;
     int rc = plan_paths(&pl, err);
     if (rc == 0)
@@ -1207,17 +1266,30 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
         json_object_set_new(pl.plan, "source_table", json_string(pl.train.qualified));
         rc = plan_tasks(&pl, err);
     }
-    if (rc == 0)
-        p = etl_plan_from_json(pl.plan, s->dsn, err);
+    if (rc == 0) {
+        /* This process's own streams connect where the planner did, with
+         * the password it used (kept in memory only, in a buffer sized so
+         * that no copy of it is left behind by a realloc). */
+        const char *pw = PQpass(pl.c);
+        sbuf conn = {.cap = strlen(resolved) + 2 * (pw ? strlen(pw) : 0) + 32};
+        conn.s = malloc(conn.cap);
+        sb_add(&conn, "%s", resolved);
+        if (pw && *pw)
+            sb_conninfo(&conn, "password", pw);
+        p = etl_plan_from_json(pl.plan, conn.s, err);
+        memset(conn.s, 0, conn.n);
+        free(conn.s);
+    }
     if (p) {
         atomic_store(&p->spare, pl.c);
         pl.c = NULL;
     }
     if (p && log)
-        cds_logf(log, CDS_LOG_INFO, "plan: %s %s, table %s, %s layout, %zu tasks",
+        cds_logf(log, CDS_LOG_INFO, "plan: %s %s (%s), table %s, %s layout, %zu tasks",
                  json_string_value(json_object_get(json_object_get(pl.plan, "server"), "kind")),
-                 json_string_value(json_object_get(json_object_get(pl.plan, "server"), "version")), pl.train.display,
-                 json_string_value(json_object_get(pl.plan, "layout")), p->n_tasks);
+                 json_string_value(json_object_get(json_object_get(pl.plan, "server"), "version")), resolved,
+                 pl.train.display, json_string_value(json_object_get(pl.plan, "layout")), p->n_tasks);
+    free(resolved);
     json_decref(pl.plan);
     json_decref(pl.cols);
     table_info_free(&pl.train);

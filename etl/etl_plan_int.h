@@ -34,7 +34,7 @@ typedef struct etl_task {
 
 struct etl_plan {
     json_t *json; /* the whole plan, as carried by the queue */
-    char *dsn;    /* as given (may hold a password): never written anywhere */
+    char *dsn;    /* what streams connect with (may hold a password): never written anywhere */
     const char *dataset, *staging, *dataset_dir, *source_table;
     int replace;
     int jobs;
@@ -73,5 +73,8 @@ PGconn *etl_plan_conn(const etl_plan *p, cds_err *err);
 PGresult *etl_pq_exec(PGconn *c, const char *what, const char *sql, int nparams, const char *const *params,
                       ExecStatusType want, cds_err *err);
 PGconn *etl_pq_connect(const char *dsn, cds_err *err);
+/* The connection c made, as a libpq conninfo string with no password
+ * (host, port, dbname, user as resolved, then the non-default settings). */
+char *etl_dsn_resolved(PGconn *c);
 
 #endif
