@@ -95,8 +95,10 @@ static int write_dataset_json(const etl_plan *p, const char *version, json_t *sp
                           "dataset", p->dataset, "version", version, "splits", splits, "num_classes", num_classes,
                           "finished_at", when, "x", json_object_get(p->json, "x"), "spec",
                           json_object_get(p->json, "spec"));
-    if (p->n_dict)
+    if (p->has_classes)
         json_object_set(d, "classes", json_object_get(p->json, "classes"));
+    if (p->layout == ETL_LAYOUT_MADLIB)
+        json_object_set(d, "madlib", json_object_get(p->json, "madlib"));
     int rc = json_dump_file(d, tmp, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(d);
     if (rc != 0 || rename(tmp, path) != 0) {

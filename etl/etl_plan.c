@@ -88,11 +88,65 @@ static void sb_add(sbuf *b, const char *fmt, ...)
     b->n += (size_t)need;
 }
 
+/* ---- the connection the plan names -------------------------------------- */
+
+static void sb_conninfo(sbuf *b, const char *key, const char *val)
+{
+    sb_add(b, "%s%s='", b->n ? " " : "", key);
+    for (const char *c = val; *c; c++)
+        sb_add(b, "%s%c", *c == '\'' || *c == '\\' ? "\\" : "", *c);
+    sb_add(b, "'");
+}
+
+/* Settings that are secret, or name something of this machine only, or that
+ * host/port/dbname/user below already say. */
+static int conninfo_skipped(const PQconninfoOption *o)
+{
+    static const char *const skip[] = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
+                                       "service", "fallback_application_name", NULL};
+    for (int i = 0; skip[i]; i++)
+        if (strcmp(o->keyword, skip[i]) == 0)
+            return 1;
+    /* dispchar "*": a secret (sslpassword...); "D": a debug setting. */
+    return o->dispchar && (strchr(o->dispchar, '*') || strchr(o->dispchar, 'D'));
+}
+
+/* The server and database c is connected to, as a conninfo string without
+ * any password: host (a socket directory stays a path), port, dbname and
+ * user as libpq resolved them from the DSN, the PG* variables, a service
+ * file or its defaults, then every other setting in force that differs from
+ * libpq's built-in default (sslmode=require, application_name, ...).  A
+ * process on another host given this string reaches the same server and
+ * database whatever its own environment says. */
+char *etl_dsn_resolved(PGconn *c)
+{
+    sbuf b = {0};
+    sb_add(&b, "%s", "");
+    const char *v;
+    if ((v = PQhost(c)) && *v)
+        sb_conninfo(&b, "host", v);
+    if ((v = PQport(c)) && *v)
+        sb_conninfo(&b, "port", v);
+    if ((v = PQdb(c)) && *v)
+        sb_conninfo(&b, "dbname", v);
+    if ((v = PQuser(c)) && *v)
+        sb_conninfo(&b, "user", v);
+    PQconninfoOption *opts = PQconninfo(c);
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (!o->val || !*o->val || conninfo_skipped(o) || (o->compiled && strcmp(o->val, o->compiled) == 0))
+            continue;
+        sb_conninfo(&b, o->keyword, o->val);
+    }
+    PQconninfoFree(opts);
+    return b.s;
+}
+
 /* ---- what the planner learns --------------------------------------------- */
 
 typedef struct table_info {
     char *qualified; /* quoted, as used in SQL */
     char *display;
+    char oid[32];    /* pg_class oid, as text */
     size_t n;
     char **names;
     uint32_t *oids;
@@ -152,6 +206,7 @@ static int resolve_table(PGconn *c, const char *name, table_info *t, cds_err *er
         return cds_errf(err, "table \"%s\" does not exist (check --table; the name is taken as written, case and spaces included, or as schema.table)",
                         name);
     t->display = strdup(name);
+    snprintf(t->oid, sizeof t->oid, "%s", oid);
     const char *params[1] = {oid};
     PGresult *r = etl_pq_exec(c, "reading the columns",
                               "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 "
@@ -371,25 +426,324 @@ static int plan_plain_columns(planner *pl, cds_err *err)
     return 0;
 }
 
-/* A MADlib training_preprocessor_dl table: packed buffers of rows. */
-static int is_madlib(const table_info *t)
+/* ---- MADlib packed tables ------------------------------------------------ */
+
+/* What training_preprocessor_dl wrote, as far as the planner can tell.
+ *
+ * MADlib 1.16 wrote independent_var real[] and dependent_var smallint[] as
+ * 2-D arrays with no shape columns (refused: re-run the preprocessor);
+ * 1.17 packs both as bytea (float32 and int16 one-hot, the server's byte
+ * order, which is little-endian on every platform MADlib supports) under the
+ * same literal names with smallint[] shapes; 1.18 and later name the packed
+ * columns after the source columns (<x>, <y>, <x>_shape, <y>_shape, several
+ * of each when asked), with integer[] shapes, and add __dist_key__ on
+ * Greenplum.  Every version records the source names, the class values and
+ * normalizing_const in <table>_summary.  So: the literal names when the table
+ * has them, else the names in the summary. */
+typedef struct madlib_info {
+    json_t *summary; /* the summary row as JSON, or NULL */
+    char *summary_table;
+    int literal;     /* independent_var / dependent_var columns */
+    char **x, **y;   /* the packed columns present */
+    size_t nx, ny;
+    json_t *x_src, *y_src; /* the summary's source names (array), or NULL */
+} madlib_info;
+
+static void madlib_info_free(madlib_info *mi)
 {
-    uint32_t o;
-    return column_oid(t, "independent_var", &o) == 0 && column_oid(t, "dependent_var", &o) == 0 &&
-           column_oid(t, "independent_var_shape", &o) == 0 && column_oid(t, "dependent_var_shape", &o) == 0 &&
-           column_oid(t, "buffer_id", &o) == 0;
+    json_decref(mi->summary);
+    free(mi->summary_table);
+    for (size_t i = 0; i < mi->nx; i++)
+        free(mi->x[i]);
+    for (size_t i = 0; i < mi->ny; i++)
+        free(mi->y[i]);
+    free(mi->x);
+    free(mi->y);
+    json_decref(mi->x_src);
+    json_decref(mi->y_src);
+    memset(mi, 0, sizeof *mi);
 }
 
-static int plan_madlib(planner *pl, cds_err *err)
+/* A name as the summary records it, as the column MADlib made from it:
+ * "Quoted" keeps its case (and "" is a quote); anything else was folded
+ * to lower case by PostgreSQL. */
+static char *madlib_colname(const char *s)
 {
-    const char *names[4] = {"independent_var", "independent_var_shape", "dependent_var", "dependent_var_shape"};
-    for (int i = 0; i < 4; i++) {
-        uint32_t oid = 0;
-        column_oid(&pl->train, names[i], &oid);
-        add_column(pl, names[i], oid, i % 2 ? "shape" : (oid == ETL_OID_BYTEA ? "bytea" : "array"), NULL, 0, 0);
+    size_t n = strlen(s);
+    char *out = malloc(n + 1), *o = out;
+    if (n >= 2 && s[0] == '"' && s[n - 1] == '"') {
+        for (size_t i = 1; i + 1 < n; i++) {
+            *o++ = s[i];
+            if (s[i] == '"' && s[i + 1] == '"')
+                i++;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++)
+            *o++ = (char)tolower((unsigned char)s[i]);
     }
+    *o = '\0';
+    return out;
+}
+
+/* The summary's list of names: text (1.17) or text[] (1.18+). */
+static json_t *name_list(json_t *v)
+{
+    if (json_is_string(v))
+        return json_pack("[O]", v);
+    if (json_is_array(v) && json_array_size(v) > 0) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) if (!json_is_string(e)) return NULL;
+        return json_incref(v);
+    }
+    return NULL;
+}
+
+static int has_column(const table_info *t, const char *name)
+{
+    uint32_t o;
+    return column_oid(t, name, &o) == 0;
+}
+
+/* Reads <table>_summary (same schema) if it exists and looks like MADlib's. */
+static int madlib_read_summary(planner *pl, madlib_info *mi, cds_err *err)
+{
+    const char *params[1] = {pl->train.oid};
+    PGresult *r = etl_pq_exec(pl->c, "looking for the MADlib summary table",
+                              "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                              "JOIN pg_class t ON t.oid = $1::oid WHERE c.relnamespace = t.relnamespace "
+                              "AND c.relname::text = t.relname::text || '_summary' AND c.relkind IN ('r', 'v', 'm', 'p')",
+                              1, params, PGRES_TUPLES_OK, err);
+    if (!r)
+        return -1;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return 0;
+    }
+    char *qn = quote_ident(pl->c, PQgetvalue(r, 0, 0)), *qr = quote_ident(pl->c, PQgetvalue(r, 0, 1));
+    PQclear(r);
+    sbuf name = {0}, sql = {0};
+    sb_add(&name, "%s.%s", qn, qr);
+    free(qn);
+    free(qr);
+    sb_add(&sql, "SELECT row_to_json(s)::text FROM %s s LIMIT 1", name.s);
+    r = etl_pq_exec(pl->c, "reading the MADlib summary table", sql.s, 0, NULL, PGRES_TUPLES_OK, err);
+    free(sql.s);
+    if (!r) {
+        free(name.s);
+        return -1;
+    }
+    json_t *row = PQntuples(r) ? json_loads(PQgetvalue(r, 0, 0), 0, NULL) : NULL;
+    PQclear(r);
+    mi->x_src = name_list(json_object_get(row, "independent_varname"));
+    mi->y_src = name_list(json_object_get(row, "dependent_varname"));
+    if (!mi->x_src || !mi->y_src) { /* not MADlib's (or empty): ignored */
+        json_decref(row);
+        json_decref(mi->x_src);
+        json_decref(mi->y_src);
+        mi->x_src = mi->y_src = NULL;
+        free(name.s);
+        return 0;
+    }
+    mi->summary = row;
+    mi->summary_table = name.s;
+    return 0;
+}
+
+/* 1 when the train table is a MADlib packed table (mi filled), 0 if not. */
+static int madlib_detect(planner *pl, madlib_info *mi, cds_err *err)
+{
+    memset(mi, 0, sizeof *mi);
+    const table_info *t = &pl->train;
+    if (!has_column(t, "buffer_id"))
+        return 0;
+    if (madlib_read_summary(pl, mi, err) != 0)
+        return -1;
+    mi->literal = has_column(t, "independent_var") && has_column(t, "dependent_var") &&
+                  has_column(t, "independent_var_shape") && has_column(t, "dependent_var_shape");
+    if (!mi->literal && has_column(t, "independent_var") && has_column(t, "dependent_var") &&
+        !has_column(t, "independent_var_shape"))
+        return cds_errf(err, "table \"%s\" looks like a MADlib 1.16 training_preprocessor_dl table (buffers without shape columns), which is not read; re-run training_preprocessor_dl with MADlib 1.17 or later",
+                        t->display);
+    if (mi->literal) {
+        mi->x = calloc(1, sizeof *mi->x);
+        mi->y = calloc(1, sizeof *mi->y);
+        mi->x[mi->nx++] = strdup("independent_var");
+        mi->y[mi->ny++] = strdup("dependent_var");
+        return 1;
+    }
+    if (!mi->summary)
+        return 0;
+    mi->x = calloc(json_array_size(mi->x_src), sizeof *mi->x);
+    mi->y = calloc(json_array_size(mi->y_src), sizeof *mi->y);
+    for (size_t i = 0; i < json_array_size(mi->x_src); i++)
+        mi->x[mi->nx++] = madlib_colname(json_string_value(json_array_get(mi->x_src, i)));
+    for (size_t i = 0; i < json_array_size(mi->y_src); i++)
+        mi->y[mi->ny++] = madlib_colname(json_string_value(json_array_get(mi->y_src, i)));
+    return 1;
+}
+
+static void join_names(char *out, size_t n, char *const *names, size_t k)
+{
+    out[0] = '\0';
+    for (size_t i = 0; i < k && strlen(out) + 8 < n; i++)
+        snprintf(out + strlen(out), n - strlen(out), "%s%s", i ? ", " : "", names[i]);
+}
+
+/* Index of name among the packed columns, accepting for the literal layout
+ * the source name the summary records for it. */
+static int madlib_find(const madlib_info *mi, char *const *cols, size_t n, const json_t *src, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(cols[i], name) == 0)
+            return (int)i;
+    if (mi->literal && src && json_array_size(src) == 1) {
+        char *c = madlib_colname(json_string_value(json_array_get(src, 0)));
+        int hit = strcmp(c, name) == 0 || strcmp(json_string_value(json_array_get(src, 0)), name) == 0;
+        free(c);
+        if (hit)
+            return 0;
+    }
+    return -1;
+}
+
+/* Which packed columns the unload takes: --features among the independent
+ * variables (independent_var: all of them), --label among the dependent
+ * ones.  A dataset holds one class id per row, so of several dependent
+ * variables exactly one is taken, and --label must say which. */
+static int madlib_select(planner *pl, const madlib_info *mi, int *xsel, size_t *nsel, int *ysel, cds_err *err)
+{
+    const etl_spec *s = pl->s;
+    char xs[256], ys[256];
+    join_names(xs, sizeof xs, mi->x, mi->nx);
+    join_names(ys, sizeof ys, mi->y, mi->ny);
+    *nsel = 0;
+    if (s->n_features == 1 && strcmp(s->features[0], "independent_var") == 0) {
+        for (size_t i = 0; i < mi->nx; i++)
+            xsel[(*nsel)++] = (int)i;
+    } else {
+        for (size_t f = 0; f < s->n_features; f++) {
+            int i = madlib_find(mi, mi->x, mi->nx, mi->x_src, s->features[f]);
+            if (i < 0)
+                return cds_errf(err, "--features \"%s\" is not a packed independent variable of MADlib table \"%s\" (it has: %s); name those, or give independent_var for all",
+                                s->features[f], pl->train.display, xs);
+            xsel[(*nsel)++] = i;
+        }
+    }
+    *ysel = madlib_find(mi, mi->y, mi->ny, mi->y_src, s->label);
+    if (*ysel < 0 && strcmp(s->label, "dependent_var") == 0 && mi->ny == 1)
+        *ysel = 0;
+    if (*ysel >= 0)
+        return 0;
+    if (mi->ny > 1)
+        return cds_errf(err, "MADlib table \"%s\" has %zu dependent variables (%s) but a dataset holds one label per row: name one with --label",
+                        pl->train.display, mi->ny, ys);
+    return cds_errf(err, "--label \"%s\" is not the dependent variable of MADlib table \"%s\" (it is %s): give --label %s",
+                    s->label, pl->train.display, ys, mi->y[0]);
+}
+
+/* "{1000,28,28,1}" -> 1000, 28, 28, 1 */
+static int parse_int_array(const char *s, int64_t *dims, int max)
+{
+    int n = 0;
+    for (const char *p = s; *p; p++) {
+        if (*p == '{' || *p == '}' || *p == ',' || *p == ' ')
+            continue;
+        char *end;
+        long long v = strtoll(p, &end, 10);
+        if (end == p || n == max || v < 0)
+            return -1;
+        dims[n++] = v;
+        p = end - 1;
+    }
+    return n;
+}
+
+/* One packed column and its shape column: both present, of types MADlib
+ * writes. */
+static int madlib_column(planner *pl, const char *name, const char *role, uint32_t *oid, uint32_t *shape_oid,
+                         cds_err *err)
+{
+    const table_info *t = &pl->train;
+    char shape[300];
+    snprintf(shape, sizeof shape, "%s_shape", name);
+    if (column_oid(t, name, oid) != 0)
+        return no_such_column(t, name, role, err);
+    if (column_oid(t, shape, shape_oid) != 0)
+        return no_such_column(t, shape, role, err);
+    if (*oid != ETL_OID_BYTEA && !etl_array_elem_oid(*oid))
+        return cds_errf(err, "MADlib column \"%s\" of table \"%s\" has type %s; a packed buffer is bytea or a numeric array",
+                        name, t->display, etl_oid_name(*oid));
+    uint32_t se = etl_array_elem_oid(*shape_oid);
+    if (se != ETL_OID_INT2 && se != ETL_OID_INT4 && se != ETL_OID_INT8)
+        return cds_errf(err, "MADlib column \"%s\" of table \"%s\" has type %s; a shape is an integer array",
+                        shape, t->display, etl_oid_name(*shape_oid));
+    return 0;
+}
+
+/* The summary's class values of dependent variable y, as text (NULL
+ * classes as null), in one-hot order; NULL when the summary has none. */
+static int madlib_classes(planner *pl, const madlib_info *mi, int ysel, json_t **out, cds_err *err)
+{
+    *out = NULL;
+    if (!mi->summary)
+        return 0;
+    char col[300];
+    const char *key = NULL;
+    if (!mi->literal) {
+        snprintf(col, sizeof col, "%s_class_values", mi->y[ysel]);
+        if (json_object_get(mi->summary, col))
+            key = col;
+    }
+    if (!key && json_object_get(mi->summary, "class_values"))
+        key = "class_values";
+    if (!key || json_is_null(json_object_get(mi->summary, key)))
+        return 0;
+    char *q = quote_ident(pl->c, key);
     sbuf sql = {0};
-    sb_add(&sql, "SELECT independent_var_shape, dependent_var_shape FROM %s LIMIT 1", pl->train.qualified);
+    sb_add(&sql, "SELECT array_to_json(%s::text[])::text FROM %s LIMIT 1", q, mi->summary_table);
+    free(q);
+    PGresult *r = etl_pq_exec(pl->c, "reading the MADlib class values", sql.s, 0, NULL, PGRES_TUPLES_OK, err);
+    free(sql.s);
+    if (!r)
+        return -1;
+    json_t *v = PQntuples(r) && !PQgetisnull(r, 0, 0) ? json_loads(PQgetvalue(r, 0, 0), 0, NULL) : NULL;
+    PQclear(r);
+    if (json_is_array(v))
+        *out = v;
+    else
+        json_decref(v);
+    return 0;
+}
+
+static int plan_madlib(planner *pl, const madlib_info *mi, cds_err *err)
+{
+    int xsel[64];
+    size_t nsel = 0;
+    int ysel = -1;
+    if (pl->s->n_features > 64 || mi->nx > 64)
+        return cds_errf(err, "MADlib table \"%s\": at most 64 independent variables are unloaded; name fewer in --features",
+                        pl->train.display);
+    if (madlib_select(pl, mi, xsel, &nsel, &ysel, err) != 0)
+        return -1;
+    /* The columns in COPY order: each x and its shape, y and its shape,
+     * buffer_id (named in messages). */
+    sbuf sql = {0};
+    sb_add(&sql, "SELECT ");
+    uint32_t oid = 0, soid = 0;
+    for (size_t i = 0; i <= nsel; i++) {
+        const char *name = i < nsel ? mi->x[xsel[i]] : mi->y[ysel];
+        if (madlib_column(pl, name, i < nsel ? "--features" : "--label", &oid, &soid, err) != 0) {
+            free(sql.s);
+            return -1;
+        }
+        char shape[300];
+        snprintf(shape, sizeof shape, "%s_shape", name);
+        char *q = quote_ident(pl->c, shape);
+        sb_add(&sql, "%s%s::text", i ? ", " : "", q);
+        free(q);
+    }
+    sb_add(&sql, " FROM %s LIMIT 1", pl->train.qualified);
     PGresult *r = etl_pq_exec(pl->c, "reading MADlib buffer shapes", sql.s, 0, NULL, PGRES_TUPLES_OK, err);
     free(sql.s);
     if (!r)
@@ -398,27 +752,103 @@ static int plan_madlib(planner *pl, cds_err *err)
         PQclear(r);
         return cds_errf(err, "MADlib table \"%s\" has no buffers", pl->train.display);
     }
-    /* "{1000,28,28,1}" -> row shape 28,28,1 */
-    const char *sh = PQgetvalue(r, 0, 0);
-    int n = 0;
-    int64_t dims[ETL_NPY_MAX_DIMS + 1];
-    for (const char *p = sh; *p && n <= ETL_NPY_MAX_DIMS; p++)
-        if (isdigit((unsigned char)*p)) {
-            dims[n++] = strtoll(p, (char **)&p, 10);
-            p--;
+    int rc = 0;
+    int64_t flat = 0;
+    for (size_t i = 0; i <= nsel && rc == 0; i++) {
+        const char *name = i < nsel ? mi->x[xsel[i]] : mi->y[ysel];
+        char shape[300];
+        snprintf(shape, sizeof shape, "%s_shape", name);
+        column_oid(&pl->train, name, &oid);
+        column_oid(&pl->train, shape, &soid);
+        int64_t dims[ETL_NPY_MAX_DIMS + 1];
+        const char *text = PQgetisnull(r, 0, (int)i) ? "NULL" : PQgetvalue(r, 0, (int)i);
+        int n = parse_int_array(text, dims, ETL_NPY_MAX_DIMS);
+        if (i < nsel) {
+            if (n < 2 || dims[0] < 1 || product(dims + 1, n - 1) < 1) {
+                rc = cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, dims...} of a buffer", pl->train.display,
+                              shape, text);
+                break;
+            }
+            int d32[ETL_NPY_MAX_DIMS];
+            for (int d = 1; d < n; d++)
+                d32[d - 1] = (int)dims[d];
+            add_column(pl, name, oid, oid == ETL_OID_BYTEA ? "bytea" : "array", d32, n - 1, product(dims + 1, n - 1));
+            json_object_set_new(json_array_get(pl->cols, json_array_size(pl->cols) - 1), "role", json_string("x"));
+            add_column(pl, shape, soid, "shape", NULL, 0, 0);
+            flat += product(dims + 1, n - 1);
+            if (nsel == 1) {
+                pl->x_ndim = n - 1;
+                memcpy(pl->x_shape, dims + 1, (size_t)(n - 1) * sizeof *dims);
+            }
+            continue;
         }
-    const char *dsh = PQgetvalue(r, 0, 1);
-    const char *comma = strchr(dsh, ',');
-    int classes = comma ? atoi(comma + 1) : 0;
+        if (n == 2 && dims[1] == 1) {
+            rc = cds_errf(err, "MADlib table \"%s\": %s is %s: dependent variable \"%s\" holds one value per row (class ids, not one-hot); re-run training_preprocessor_dl with the class column itself (not an array of it) so that it one-hot encodes it",
+                          pl->train.display, shape, text, name);
+        } else if (n != 2 || dims[1] < 2) {
+            rc = cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, classes} with 2 or more classes (a dataset's label is one class per row)",
+                          pl->train.display, shape, text);
+        } else if (dims[1] > ETL_MAX_CLASSES) {
+            rc = cds_errf(err, "MADlib table \"%s\": %s is %s: more than %d classes", pl->train.display, shape, text,
+                          ETL_MAX_CLASSES);
+        } else {
+            add_column(pl, name, oid, oid == ETL_OID_BYTEA ? "bytea" : "array", NULL, 0, 0);
+            json_t *yc = json_array_get(pl->cols, json_array_size(pl->cols) - 1);
+            json_object_set_new(yc, "role", json_string("y"));
+            json_object_set_new(yc, "count", json_integer(dims[1]));
+            add_column(pl, shape, soid, "shape", NULL, 0, 0);
+            json_object_set_new(pl->plan, "num_classes", json_integer(dims[1]));
+            json_t *lab = json_pack("{s:s, s:i, s:s}", "name", name, "type", (json_int_t)oid, "kind", "onehot");
+            json_object_set_new(pl->plan, "label", lab);
+        }
+    }
     PQclear(r);
-    if (n < 2 || classes < 2)
-        return cds_errf(err, "MADlib table \"%s\": cannot read independent_var_shape '%s' / dependent_var_shape '%s'",
-                        pl->train.display, sh, dsh);
-    pl->x_ndim = n - 1;
-    for (int i = 1; i < n; i++)
-        pl->x_shape[i - 1] = dims[i];
-    pl->row_elems = product(pl->x_shape, pl->x_ndim);
-    json_object_set_new(pl->plan, "num_classes", json_integer(classes));
+    if (rc != 0)
+        return -1;
+    uint32_t bid = 0;
+    column_oid(&pl->train, "buffer_id", &bid);
+    if (!etl_oid_is_numeric(bid))
+        return cds_errf(err, "MADlib column \"buffer_id\" of table \"%s\" has type %s, not an integer", pl->train.display,
+                        etl_oid_name(bid));
+    add_column(pl, "buffer_id", bid, "buffer_id", NULL, 0, 0);
+    pl->row_elems = flat;
+    if (nsel > 1) {
+        pl->x_shape[0] = flat;
+        pl->x_ndim = 1;
+    }
+    json_t *classes = NULL;
+    if (madlib_classes(pl, mi, ysel, &classes, err) != 0)
+        return -1;
+    int64_t k = json_integer_value(json_object_get(pl->plan, "num_classes"));
+    if (classes && (int64_t)json_array_size(classes) != k) {
+        size_t nc = json_array_size(classes);
+        json_decref(classes);
+        return cds_errf(err, "MADlib summary %s has %zu class values but %s_shape has %lld classes; re-run training_preprocessor_dl so they agree",
+                        mi->summary_table, nc, mi->y[ysel], (long long)k);
+    }
+    json_t *m = json_object();
+    json_object_set_new(m, "form", json_string(mi->literal ? "independent_var/dependent_var" : "source-named"));
+    json_t *xs = json_array();
+    for (size_t i = 0; i < nsel; i++)
+        json_array_append_new(xs, json_string(mi->x[xsel[i]]));
+    json_object_set_new(m, "x", xs);
+    json_object_set_new(m, "y", json_string(mi->y[ysel]));
+    if (mi->summary) {
+        json_object_set_new(m, "summary_table", json_string(mi->summary_table));
+        json_object_set(m, "independent_varname", mi->x_src);
+        json_object_set(m, "dependent_varname", mi->y_src);
+        json_t *nc = json_object_get(mi->summary, "normalizing_const");
+        if (json_is_number(nc))
+            json_object_set(m, "normalizing_const", nc);
+        json_t *dt = json_object_get(mi->summary, "dependent_vartype");
+        if (dt)
+            json_object_set(m, "dependent_vartype", dt);
+    }
+    if (classes) {
+        json_object_set(m, "class_values", classes);
+        json_object_set_new(pl->plan, "classes", classes);
+    }
+    json_object_set_new(pl->plan, "madlib", m);
     return 0;
 }
 
@@ -495,10 +925,6 @@ static int plan_label(planner *pl, cds_err *err)
     json_object_set_new(lab, "name", json_string(s->label));
     json_object_set_new(lab, "type", json_integer(oid));
     json_object_set_new(pl->plan, "label", lab);
-    if (json_object_get(pl->plan, "num_classes")) { /* MADlib: from the buffer shape */
-        json_object_set_new(lab, "kind", json_string("onehot"));
-        return 0;
-    }
     if (s->transform) {
         json_object_set_new(lab, "kind", json_string("int"));
         json_object_set_new(pl->plan, "num_classes", json_integer(2));
@@ -781,7 +1207,13 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     pl.cols = json_array();
     json_object_set_new(pl.plan, "format", json_string("cds-etl-plan"));
     json_object_set_new(pl.plan, "format_version", json_integer(1));
-    json_object_set_new(pl.plan, "spec", etl_spec_to_json(s));
+    /* The spec's DSN becomes the connection actually made, so that shard
+     * jobs and workers elsewhere reach this server and database even when
+     * the DSN was empty and libpq took it from this shell's PG* variables. */
+    json_t *spec = etl_spec_to_json(s);
+    char *resolved = etl_dsn_resolved(pl.c);
+    json_object_set_new(spec, "dsn", json_string(resolved));
+    json_object_set_new(pl.plan, "spec", spec);
     etl_plan *p = NULL;
     int rc = plan_paths(&pl, err);
     if (rc == 0)
@@ -792,17 +1224,22 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
         rc = resolve_table(pl.c, s->valid_table, &pl.valid, err);
     if (rc == 0 && s->test_table)
         rc = resolve_table(pl.c, s->test_table, &pl.test, err);
+    madlib_info mi = {0};
+    int madlib = 0;
+    if (rc == 0 && !s->transform && (madlib = madlib_detect(&pl, &mi, err)) < 0)
+        rc = -1;
     if (rc == 0) {
-        const char *layout = s->transform ? "criteo" : is_madlib(&pl.train) ? "madlib" : "columns";
+        const char *layout = s->transform ? "criteo" : madlib ? "madlib" : "columns";
         json_object_set_new(pl.plan, "layout", json_string(layout));
-        if (strcmp(layout, "criteo") == 0)
+        if (s->transform)
             rc = plan_criteo(&pl, err);
-        else if (strcmp(layout, "madlib") == 0)
-            rc = plan_madlib(&pl, err);
+        else if (madlib)
+            rc = plan_madlib(&pl, &mi, err);
         else
             rc = plan_plain_columns(&pl, err);
     }
-    if (rc == 0)
+    madlib_info_free(&mi);
+    if (rc == 0 && !madlib)
         rc = plan_label(&pl, err);
     if (rc == 0 && pl.valid.qualified)
         rc = check_split_table(&pl, &pl.valid, "--valid-table", err);
@@ -829,17 +1266,30 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
         json_object_set_new(pl.plan, "source_table", json_string(pl.train.qualified));
         rc = plan_tasks(&pl, err);
     }
-    if (rc == 0)
-        p = etl_plan_from_json(pl.plan, s->dsn, err);
+    if (rc == 0) {
+        /* This process's own streams connect where the planner did, with
+         * the password it used (kept in memory only, in a buffer sized so
+         * that no copy of it is left behind by a realloc). */
+        const char *pw = PQpass(pl.c);
+        sbuf conn = {.cap = strlen(resolved) + 2 * (pw ? strlen(pw) : 0) + 32};
+        conn.s = malloc(conn.cap);
+        sb_add(&conn, "%s", resolved);
+        if (pw && *pw)
+            sb_conninfo(&conn, "password", pw);
+        p = etl_plan_from_json(pl.plan, conn.s, err);
+        memset(conn.s, 0, conn.n);
+        free(conn.s);
+    }
     if (p) {
         atomic_store(&p->spare, pl.c);
         pl.c = NULL;
     }
     if (p && log)
-        cds_logf(log, CDS_LOG_INFO, "plan: %s %s, table %s, %s layout, %zu tasks", 
+        cds_logf(log, CDS_LOG_INFO, "plan: %s %s (%s), table %s, %s layout, %zu tasks",
                  json_string_value(json_object_get(json_object_get(pl.plan, "server"), "kind")),
-                 json_string_value(json_object_get(json_object_get(pl.plan, "server"), "version")), pl.train.display,
-                 json_string_value(json_object_get(pl.plan, "layout")), p->n_tasks);
+                 json_string_value(json_object_get(json_object_get(pl.plan, "server"), "version")), resolved,
+                 pl.train.display, json_string_value(json_object_get(pl.plan, "layout")), p->n_tasks);
+    free(resolved);
     json_decref(pl.plan);
     json_decref(pl.cols);
     table_info_free(&pl.train);

@@ -11,7 +11,9 @@
 #include "etl_unload.h"
 
 typedef enum { ETL_LAYOUT_COLUMNS, ETL_LAYOUT_MADLIB, ETL_LAYOUT_CRITEO } etl_layout;
-typedef enum { ETL_COL_NUMBER, ETL_COL_ARRAY, ETL_COL_BYTEA } etl_col_kind;
+/* MADlib's packed columns are ARRAY or BYTEA buffers, each followed by its
+ * SHAPE column; the BUFFER_ID column comes last. */
+typedef enum { ETL_COL_NUMBER, ETL_COL_ARRAY, ETL_COL_BYTEA, ETL_COL_SHAPE, ETL_COL_BUFFER_ID } etl_col_kind;
 typedef enum { ETL_LABEL_INT, ETL_LABEL_ONEHOT, ETL_LABEL_TEXT } etl_label_kind;
 
 typedef struct etl_col {
@@ -20,7 +22,7 @@ typedef struct etl_col {
     etl_col_kind kind;
     int ndim;
     int dims[ETL_NPY_MAX_DIMS];
-    int64_t count; /* values per row */
+    int64_t count; /* values per row (classes, for MADlib's dependent variable) */
 } etl_col;
 
 typedef struct etl_task {
@@ -32,7 +34,7 @@ typedef struct etl_task {
 
 struct etl_plan {
     json_t *json; /* the whole plan, as carried by the queue */
-    char *dsn;    /* as given (may hold a password): never written anywhere */
+    char *dsn;    /* what streams connect with (may hold a password): never written anywhere */
     const char *dataset, *staging, *dataset_dir, *source_table;
     int replace;
     int jobs;
@@ -44,8 +46,10 @@ struct etl_plan {
     uint32_t label_oid;
     etl_label_kind label_kind;
     int num_classes;
-    char **dict; /* sorted text labels */
+    char **dict; /* sorted text labels (text labels only) */
     size_t n_dict;
+    int has_classes; /* the plan names the classes (text labels, MADlib class values) */
+    size_t madlib_nx; /* MADlib: packed independent variables, first in cols */
     etl_dtype x_dtype;
     int64_t x_shape[ETL_NPY_MAX_DIMS];
     int x_ndim;
@@ -69,5 +73,8 @@ PGconn *etl_plan_conn(const etl_plan *p, cds_err *err);
 PGresult *etl_pq_exec(PGconn *c, const char *what, const char *sql, int nparams, const char *const *params,
                       ExecStatusType want, cds_err *err);
 PGconn *etl_pq_connect(const char *dsn, cds_err *err);
+/* The connection c made, as a libpq conninfo string with no password
+ * (host, port, dbname, user as resolved, then the non-default settings). */
+char *etl_dsn_resolved(PGconn *c);
 
 #endif

@@ -19,6 +19,19 @@ static int bad_plan(cds_err *err, const char *what)
     return cds_errf(err, "malformed ETL plan: %s (was it written by another version? re-enqueue the ETL job)", what);
 }
 
+/* Each x and y buffer followed by its shape, then buffer_id; a plan made
+ * before buffer_id was read with the buffers is refused. */
+static int madlib_columns_ok(const etl_plan *p)
+{
+    if (p->madlib_nx < 1 || p->n_cols != 2 * p->madlib_nx + 3 || p->cols[p->n_cols - 1].kind != ETL_COL_BUFFER_ID)
+        return 0;
+    for (size_t i = 0; i + 1 < p->n_cols; i += 2)
+        if ((p->cols[i].kind != ETL_COL_ARRAY && p->cols[i].kind != ETL_COL_BYTEA) ||
+            p->cols[i + 1].kind != ETL_COL_SHAPE)
+            return 0;
+    return 1;
+}
+
 static int load_columns(etl_plan *p, cds_err *err)
 {
     json_t *cols = json_object_get(p->json, "columns");
@@ -32,14 +45,21 @@ static int load_columns(etl_plan *p, cds_err *err)
         col->name = strdup(jstr(c, "name"));
         col->oid = (uint32_t)json_integer_value(json_object_get(c, "type"));
         const char *kind = jstr(c, "kind");
-        col->kind = strcmp(kind, "array") == 0 ? ETL_COL_ARRAY : strcmp(kind, "bytea") == 0 ? ETL_COL_BYTEA
-                                                                                             : ETL_COL_NUMBER;
+        col->kind = strcmp(kind, "array") == 0       ? ETL_COL_ARRAY
+                    : strcmp(kind, "bytea") == 0     ? ETL_COL_BYTEA
+                    : strcmp(kind, "shape") == 0     ? ETL_COL_SHAPE
+                    : strcmp(kind, "buffer_id") == 0 ? ETL_COL_BUFFER_ID
+                                                     : ETL_COL_NUMBER;
+        if (strcmp(jstr(c, "role"), "x") == 0)
+            p->madlib_nx++;
         col->count = json_integer_value(json_object_get(c, "count"));
         json_t *dims = json_object_get(c, "dims");
         col->ndim = (int)json_array_size(dims);
         for (int d = 0; d < col->ndim && d < ETL_NPY_MAX_DIMS; d++)
             col->dims[d] = (int)json_integer_value(json_array_get(dims, (size_t)d));
     }
+    if (p->layout == ETL_LAYOUT_MADLIB && !madlib_columns_ok(p))
+        return bad_plan(err, "MADlib columns are not (buffer, shape) pairs then buffer_id");
     return 0;
 }
 
@@ -58,10 +78,17 @@ static int load_label(etl_plan *p, cds_err *err)
     if (p->num_classes < 1 && p->label_kind != ETL_LABEL_INT)
         return bad_plan(err, "no class count");
     json_t *classes = json_object_get(p->json, "classes");
-    p->n_dict = json_array_size(classes);
+    p->has_classes = json_array_size(classes) > 0;
+    /* Only text labels are looked up; MADlib's class values (which may hold
+     * null) are in one-hot order and only recorded. */
+    p->n_dict = p->label_kind == ETL_LABEL_TEXT ? json_array_size(classes) : 0;
     p->dict = calloc(p->n_dict ? p->n_dict : 1, sizeof *p->dict);
-    for (size_t i = 0; i < p->n_dict; i++)
-        p->dict[i] = strdup(json_string_value(json_array_get(classes, i)));
+    for (size_t i = 0; i < p->n_dict; i++) {
+        const char *c = json_string_value(json_array_get(classes, i));
+        if (!c)
+            return bad_plan(err, "a text class that is not a string");
+        p->dict[i] = strdup(c);
+    }
     qsort(p->dict, p->n_dict, sizeof *p->dict, cmp_str);
     return 0;
 }

@@ -43,8 +43,9 @@ typedef struct converter {
     size_t n;      /* rows in the batch */
     size_t xrow;   /* bytes per feature row */
     int64_t rows;  /* rows converted so far */
-    float *tmp;    /* scratch for one MADlib buffer or array */
+    float *tmp;    /* scratch for one MADlib row */
     size_t tmp_cap;
+    int64_t buffer_id; /* the MADlib buffer being unpacked, -1 if unknown */
 } converter;
 
 static int flush(converter *cv, cds_err *err)
@@ -62,6 +63,8 @@ static int flush(converter *cv, cds_err *err)
 
 static int where_failed(const converter *cv, cds_err *err)
 {
+    if (cv->p->layout == ETL_LAYOUT_MADLIB)
+        return cds_err_wrap(err, "buffer_id %lld of table %s", (long long)cv->buffer_id, cv->p->source_table);
     return cds_err_wrap(err, "row %lld of table %s", (long long)cv->rows + 1, cv->p->source_table);
 }
 
@@ -250,65 +253,205 @@ static int convert_criteo(converter *cv, const etl_field *f, int nf, cds_err *er
     return cv->n == BATCH_ROWS ? flush(cv, err) : 0;
 }
 
-/* A MADlib buffer: independent_var (array or float32 bytea) with its shape,
- * dependent_var (one-hot array) with its shape; unpacked into rows. */
+/* ---- MADlib buffers ------------------------------------------------------ */
+
+/* MADlib packs with numpy's tobytes() or a memcpy of the array's data, in
+ * the server's byte order: little-endian on every platform it supports. */
+static float le_f32(const uint8_t *b)
+{
+    uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static int16_t le_i16(const uint8_t *b) { return (int16_t)(uint16_t)(b[0] | b[1] << 8); }
+
+/* One column's packed buffer, read row by row. */
+typedef struct mbuf {
+    const etl_col *col;
+    int64_t per;          /* values per row */
+    const uint8_t *bytes; /* bytea: the packed values */
+    etl_array arr;        /* array: the cursor */
+} mbuf;
+
+/* A shape column's value: its rows and values per row; text gets "{r,d...}". */
+static int madlib_shape(const etl_col *shape, const etl_field *f, int64_t *rows, int64_t *per, int *ndim, char *text,
+                        size_t tn, cds_err *err)
+{
+    etl_array a;
+    if (etl_array_open(f->data, f->len, &a, err) != 0)
+        return cds_err_wrap(err, "MADlib column \"%s\"", shape->name);
+    *rows = 0;
+    *per = 1;
+    *ndim = (int)a.count;
+    snprintf(text, tn, "{");
+    for (int64_t i = 0; i < a.count; i++) {
+        double d;
+        if (etl_array_next(&a, &d, err) != 0)
+            return cds_err_wrap(err, "MADlib column \"%s\"", shape->name);
+        if (d < 0 || d != floor(d) || d > 2147483647.0)
+            return cds_errf(err, "MADlib column \"%s\" holds %g, not a dimension", shape->name, d);
+        if (i == 0)
+            *rows = (int64_t)d;
+        else
+            *per *= (int64_t)d;
+        snprintf(text + strlen(text), tn - strlen(text), "%s%lld", i ? "," : "", (long long)d);
+    }
+    snprintf(text + strlen(text), tn - strlen(text), "}");
+    return 0;
+}
+
+/* Opens buffer f of column col against its shape: the rows must be nrows
+ * (or set it), the values per row the plan's, the bytes or elements
+ * exactly rows x values of the packed type (float32 for x, int16 for y). */
+static int madlib_open(const etl_col *col, const etl_col *shape_col, const etl_field *f, const etl_field *shape,
+                       int is_y, int64_t *nrows, mbuf *b, cds_err *err)
+{
+    int64_t rows = 0, per = 0;
+    int ndim = 0;
+    char text[160];
+    if (madlib_shape(shape_col, shape, &rows, &per, &ndim, text, sizeof text, err) != 0)
+        return -1;
+    if (is_y ? ndim != 2 : ndim != col->ndim + 1)
+        return cds_errf(err, "MADlib column \"%s\" is %s, not {rows, %s}", shape_col->name, text,
+                        is_y ? "classes" : "dims of the first buffer");
+    if (per != col->count)
+        return cds_errf(err, "MADlib column \"%s\" is %s: %lld %s per row where the first buffer has %lld",
+                        shape_col->name, text, (long long)per, is_y ? "classes" : "values", (long long)col->count);
+    if (*nrows >= 0 && rows != *nrows)
+        return cds_errf(err, "MADlib column \"%s\" is %s: %lld rows where the other columns of the buffer have %lld",
+                        shape_col->name, text, (long long)rows, (long long)*nrows);
+    *nrows = rows;
+    b->col = col;
+    b->per = per;
+    b->bytes = NULL;
+    int64_t want = rows * per;
+    if (col->kind == ETL_COL_BYTEA) {
+        int size = is_y ? 2 : 4;
+        const char *type = is_y ? "int16" : "float32";
+        if (f->len % size != 0)
+            return cds_errf(err, "MADlib column \"%s\" holds %d bytes, not a whole number of %s values (%d bytes each)",
+                            col->name, f->len, type, size);
+        if (f->len / size != want)
+            return cds_errf(err, "MADlib column \"%s\" holds %d bytes (%d %s values) but %s is %s, %lld values",
+                            col->name, f->len, f->len / size, type, shape_col->name, text, (long long)want);
+        b->bytes = f->data;
+        return 0;
+    }
+    if (etl_array_open(f->data, f->len, &b->arr, err) != 0)
+        return cds_err_wrap(err, "MADlib column \"%s\"", col->name);
+    if (b->arr.count != want)
+        return cds_errf(err, "MADlib column \"%s\" holds %lld values but %s is %s, %lld values", col->name,
+                        (long long)b->arr.count, shape_col->name, text, (long long)want);
+    return 0;
+}
+
+/* Row r of an independent variable into the feature row at element at. */
+static int madlib_put_x(converter *cv, mbuf *b, int64_t r, int64_t at, cds_err *err)
+{
+    uint8_t *row = cv->x + cv->n * cv->xrow;
+    if (cv->p->x_dtype == ETL_F32) {
+        float *out = (float *)(void *)(row + at * 4);
+        if (!b->bytes)
+            return etl_array_read_f32(&b->arr, out, b->per, err) == 0 ? 0
+                                                                       : cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
+        const uint8_t *src = b->bytes + r * b->per * 4;
+        for (int64_t i = 0; i < b->per; i++)
+            out[i] = le_f32(src + 4 * i);
+        return 0;
+    }
+    float *tmp = scratch(cv, (size_t)b->per);
+    if (!tmp)
+        return cds_err_nomem(err, "out of memory reading MADlib column \"%s\"", b->col->name);
+    if (!b->bytes) {
+        if (etl_array_read_f32(&b->arr, tmp, b->per, err) != 0)
+            return cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
+    } else {
+        for (int64_t i = 0; i < b->per; i++)
+            tmp[i] = le_f32(b->bytes + (r * b->per + i) * 4);
+    }
+    for (int64_t i = 0; i < b->per; i++)
+        if (put_value(cv, at + i, tmp[i], b->col->name, err) != 0)
+            return -1;
+    return 0;
+}
+
+/* Row r of the dependent variable: the position of its single 1.  Any other
+ * form is refused with what was found, since MADlib casts a numeric array
+ * label to smallint[] without checking it. */
+static int madlib_class(mbuf *b, int64_t r, int64_t nrows, int32_t *out, cds_err *err)
+{
+    int64_t first = -1, second = -1, odd_at = -1;
+    double odd = 0;
+    for (int64_t k = 0; k < b->per; k++) {
+        double v;
+        if (b->bytes)
+            v = le_i16(b->bytes + (r * b->per + k) * 2);
+        else if (etl_array_next(&b->arr, &v, err) != 0)
+            return cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
+        if (v == 1) {
+            if (first < 0)
+                first = k;
+            else if (second < 0)
+                second = k;
+        } else if (v != 0 && odd_at < 0) {
+            odd_at = k;
+            odd = v;
+        }
+    }
+    if (first >= 0 && second < 0 && odd_at < 0) {
+        *out = (int32_t)first;
+        return 0;
+    }
+    char form[96];
+    if (odd_at >= 0)
+        snprintf(form, sizeof form, "it holds %g at class position %lld (class ids or scores, not 0/1)", odd,
+                 (long long)odd_at);
+    else if (first < 0)
+        snprintf(form, sizeof form, "it is all zeros (no class)");
+    else
+        snprintf(form, sizeof form, "it has 1 at class positions %lld and %lld (several classes)", (long long)first,
+                 (long long)second);
+    return cds_errf(err, "MADlib dependent variable \"%s\", row %lld of %lld in the buffer, is not one-hot: %s; MADlib casts a numeric array label unchecked, so give training_preprocessor_dl the class column itself",
+                    b->col->name, (long long)r + 1, (long long)nrows, form);
+}
+
+/* A MADlib buffer: each independent variable (float32 bytea or a numeric
+ * array) and its shape, the dependent variable (int16 one-hot bytea or an
+ * array) and its shape, buffer_id; unpacked into rows. */
 static int convert_madlib(converter *cv, const etl_field *f, int nf, cds_err *err)
 {
     const etl_plan *p = cv->p;
-    if (nf != 4)
-        return cds_errf(err, "COPY returned %d fields, expected 4 for a MADlib table", nf);
-    for (int i = 0; i < 4; i++)
+    if ((size_t)nf != p->n_cols)
+        return cds_errf(err, "COPY returned %d fields, expected %zu for a MADlib table", nf, p->n_cols);
+    const etl_col *bid = &p->cols[p->n_cols - 1];
+    cv->buffer_id = -1;
+    double d;
+    if (f[nf - 1].len >= 0 && etl_decode_number(bid->oid, f[nf - 1].data, f[nf - 1].len, &d, err) == 0)
+        cv->buffer_id = (int64_t)d;
+    for (int i = 0; i < nf - 1; i++)
         if (f[i].len < 0)
             return cds_errf(err, "NULL in MADlib column \"%s\"", p->cols[i].name);
-    etl_array xs, ys, xv, yv;
-    if (etl_array_open(f[1].data, f[1].len, &xs, err) != 0 || etl_array_open(f[3].data, f[3].len, &ys, err) != 0)
-        return cds_err_wrap(err, "MADlib shape columns");
-    double d;
-    int64_t nrows = 0, per = 1, classes = 0;
-    for (int64_t i = 0; i < xs.count; i++) {
-        if (etl_array_next(&xs, &d, err) != 0)
+    mbuf bufs[65];
+    size_t nx = p->madlib_nx;
+    if (nx + 1 > sizeof bufs / sizeof *bufs)
+        return cds_errf(err, "%zu MADlib independent variables; at most 64 are read", nx);
+    int64_t nrows = -1;
+    for (size_t j = 0; j <= nx; j++)
+        if (madlib_open(&p->cols[2 * j], &p->cols[2 * j + 1], &f[2 * j], &f[2 * j + 1], j == nx, &nrows, &bufs[j],
+                        err) != 0)
             return -1;
-        if (i == 0)
-            nrows = (int64_t)d;
-        else
-            per *= (int64_t)d;
-    }
-    if (ys.count != 2 || etl_array_next(&ys, &d, err) != 0 || (int64_t)d != nrows || etl_array_next(&ys, &d, err) != 0)
-        return cds_errf(err, "MADlib dependent_var_shape must be {rows, classes} matching independent_var_shape");
-    classes = (int64_t)d;
-    if (per != p->row_elems || classes != p->num_classes)
-        return cds_errf(err, "MADlib buffer shape (%lld values per row, %lld classes) differs from the first buffer's (%lld, %d)",
-                        (long long)per, (long long)classes, (long long)p->row_elems, p->num_classes);
-    float *xf = scratch(cv, (size_t)(nrows * per));
-    if (!xf && nrows * per > 0)
-        return cds_err_nomem(err, "out of memory unpacking a MADlib buffer of %lld rows", (long long)nrows);
-    if (p->cols[0].oid == ETL_OID_BYTEA) {
-        if (f[0].len != nrows * per * 4)
-            return cds_errf(err, "MADlib independent_var holds %d bytes, expected %lld float32 values", f[0].len,
-                            (long long)(nrows * per));
-        memcpy(xf, f[0].data, (size_t)f[0].len);
-    } else {
-        if (etl_array_open(f[0].data, f[0].len, &xv, err) != 0 || xv.count != nrows * per)
-            return cds_errf(err, "MADlib independent_var does not hold rows x values = %lld", (long long)(nrows * per));
-        if (etl_array_read_f32(&xv, xf, xv.count, err) != 0)
-            return -1;
-    }
-    if (etl_array_open(f[2].data, f[2].len, &yv, err) != 0 || yv.count != nrows * classes)
-        return cds_errf(err, "MADlib dependent_var does not hold rows x classes = %lld", (long long)(nrows * classes));
     for (int64_t r = 0; r < nrows; r++) {
-        int hot = -1;
-        for (int64_t k = 0; k < classes; k++) {
-            if (etl_array_next(&yv, &d, err) != 0)
+        int64_t at = 0;
+        for (size_t j = 0; j < nx; j++) {
+            if (madlib_put_x(cv, &bufs[j], r, at, err) != 0)
                 return -1;
-            if (d == 1)
-                hot = hot < 0 ? (int)k : -2;
+            at += bufs[j].per;
         }
-        if (hot < 0)
-            return cds_errf(err, "MADlib dependent_var row %lld of a buffer is not one-hot", (long long)r);
-        for (int64_t i = 0; i < per; i++)
-            if (put_value(cv, i, xf[r * per + i], "independent_var", err) != 0)
-                return -1;
-        cv->y[cv->n++] = hot;
+        if (madlib_class(&bufs[nx], r, nrows, &cv->y[cv->n], err) != 0)
+            return -1;
+        cv->n++;
         cv->rows++;
         if (cv->n == BATCH_ROWS && flush(cv, err) != 0)
             return -1;
@@ -436,12 +579,14 @@ static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *
     json_object_set_new(m, "split", json_string(t->split));
     if (p->num_classes > 0)
         json_object_set_new(m, "num_classes", json_integer(p->num_classes));
-    if (p->n_dict)
+    if (p->has_classes)
         json_object_set(m, "classes", json_object_get(p->json, "classes"));
     json_object_set(m, "layout", json_object_get(p->json, "layout"));
     if (p->layout == ETL_LAYOUT_CRITEO)
-        json_object_set(m, "transform", json_pack("{s:s, s:O}", "name", "criteo", "params",
-                                                  json_object_get(p->json, "criteo")));
+        json_object_set_new(m, "transform", json_pack("{s:s, s:O}", "name", "criteo", "params",
+                                                      json_object_get(p->json, "criteo")));
+    if (p->layout == ETL_LAYOUT_MADLIB)
+        json_object_set(m, "madlib", json_object_get(p->json, "madlib"));
     json_t *src = json_object();
     json_object_set(src, "query", json_object_get(p->json, "source_query"));
     json_t *qs = json_array();

@@ -4,7 +4,9 @@
 # (with a 10% validation split and the test table) through jobctl enqueue etl
 # and two cds-worker processes; then a backend killed in the middle of a shard
 # job: the job fails with a clear error, no partial shard is visible, and the
-# retry succeeds.  usage: test_etl_queue.sh BUILD_ROOT
+# retry succeeds; then the plan records the database it was made against, so
+# workers without PG* variables (or with others) unload from it.
+# usage: test_etl_queue.sh BUILD_ROOT
 set -u
 build=${1:?usage: test_etl_queue.sh BUILD_ROOT}
 py=/usr/bin/python3
@@ -17,7 +19,8 @@ jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; rm -rf "$root"
+    dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; dropdb --if-exists "${PGDATABASE}_other" >/dev/null 2>&1
+    rm -rf "$root"
 }
 trap cleanup EXIT
 n=0; failed=0
@@ -94,5 +97,66 @@ wait_state "$id" done 60
 ok $? "the retry succeeds and the dataset is finished"
 $py -c "import numpy as np; y = np.load('$root/datasets/slow/train/shard-0/y.npy'); assert len(y) == 3000"
 ok $? "with all 3000 rows"
+# The plan names the database it was made against: enqueued with the
+# connection only in PG* variables (no dsn), the stored plan holds host (the
+# socket directory), port, dbname and user, and no password; workers with no
+# PG* variables, or with PGDATABASE naming another database that has a table
+# of the same name, unload from the planned database.
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; pids=()
+other=${PGDATABASE}_other
+createdb "$other" || { echo "Bail out! createdb $other failed"; exit 1; }
+psql -X -q -c "CREATE TABLE twin (id int PRIMARY KEY, a real, lab int)" \
+    -c "INSERT INTO twin SELECT i, i, i % 2 FROM generate_series(1, 20) i"
+psql -X -q -d "$other" -c "CREATE TABLE twin (id int PRIMARY KEY, a real, lab int)" \
+    -c "INSERT INTO twin SELECT i, -i, i % 2 FROM generate_series(1, 20) i"
+for ds in twin twin2; do
+    dsn=
+    [ $ds = twin2 ] && dsn='"dsn": "password=sekrit2 application_name=cdsq",'
+    echo "{$dsn \"table\": \"twin\", \"features\": [\"a\"], \"label\": \"lab\", \"dataset\": \"$ds\", \"shards\": 2, \"data_root\": \"$root\"}" >"$root/$ds.json"
+done
+id1=$(PGPASSWORD=sekrit1 jobctl enqueue etl --spec "$root/twin.json" 2>"$root/enq.err")
+ok $? "jobctl enqueue etl with no dsn, the connection in PG* variables and PGPASSWORD"
+$py - "$(redis-cli -u "$CDS_TEST_REDIS_URL" HGET "${prefix}dataset:twin" plan)" <<PY
+import json, sys
+dsn = json.loads(sys.argv[1])["spec"]["dsn"]
+want = "host='$PGHOST' port='$PGPORT' dbname='$PGDATABASE' user='$PGUSER'"
+print("# plan dsn:", dsn)
+sys.exit(0 if dsn.startswith(want) and "password" not in dsn and "sekrit" not in dsn else 1)
+PY
+ok $? "the stored plan's dsn names the socket directory, port, database and user, and no password"
+# Every hash and string value under the prefix, as text.
+redis_text() {
+    redis-cli -u "$CDS_TEST_REDIS_URL" --scan --pattern "${prefix}*" | while read -r k; do
+        case $(redis-cli -u "$CDS_TEST_REDIS_URL" TYPE "$k") in
+        hash) redis-cli -u "$CDS_TEST_REDIS_URL" HGETALL "$k" ;;
+        string) redis-cli -u "$CDS_TEST_REDIS_URL" GET "$k" ;;
+        esac
+    done
+}
+nopg=()
+for v in $(env | sed -n 's/^\(PG[A-Z_]*\)=.*/\1/p'); do nopg+=(-u "$v"); done
+env "${nopg[@]}" "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id nopg --reap-every 0.2 --idle-exit 2 2>>"$root/nopg.log" & pids+=($!)
+nopg_pid=$!
+wait_state "$id1" done 60 && [ "$(grep -c 'etl.shard done' "$root/nopg.log")" -eq 2 ]
+ok $? "a worker with no PG* variables unloads the shards of the plan"
+wait "$nopg_pid" 2>/dev/null
+id2=$(jobctl enqueue etl --spec "$root/twin2.json" 2>>"$root/enq.err")
+dsn2=$(redis-cli -u "$CDS_TEST_REDIS_URL" HGET "${prefix}dataset:twin2" plan | $py -c 'import json,sys; print(json.load(sys.stdin)["spec"]["dsn"])')
+case "$dsn2" in *"dbname='$PGDATABASE'"*"application_name='cdsq'"*) ! redis_text | grep -q sekrit ;; *) false ;; esac
+ok $? "a DSN given with a password: stored with its other settings ($dsn2), no password anywhere in Redis"
+PGDATABASE=$other worker otherdb --idle-exit 2
+other_pid=$!
+wait_state "$id2" done 60 && [ "$(grep -c 'etl.shard done' "$root/otherdb.log")" -eq 2 ]
+ok $? "a worker whose PGDATABASE names another database unloads the shards from the planned one"
+wait "$other_pid" 2>/dev/null
+for ds in twin twin2; do
+    $py -c "
+import numpy as np
+x = np.concatenate([np.load('$root/datasets/$ds/train/shard-%d/x.npy' % k)[:, 0] for k in (0, 1)])
+assert sorted(x) == list(range(1, 21)), sorted(x)"
+    ok $? "$ds: the 20 rows of twin in the planned database (not the same-named table in $other)"
+done
+dropdb --if-exists "$other" >/dev/null 2>&1
+
 echo "1..$n"
 [ $failed -eq 0 ]

@@ -131,6 +131,135 @@ npcheck "$root/datasets/sc/train/shard-0" "x.shape[1] == 6"; ok $? "the existing
 unload --table scalars --features a --label lab --dataset sc --shards 1 --replace
 npcheck "$root/datasets/sc/train/shard-0" "x.shape[1] == 1 and len(y) == 40"; ok $? "--replace overwrites it"
 
+# ---- MADlib training_preprocessor_dl tables, as MADlib writes them ----------
+# mad_tables.py makes them with numpy as MADlib does: rows normalised and cut
+# into buffers of 4 (buffer_id = row / 4), x packed with float32 tobytes(),
+# y one-hot int16 tobytes() (little-endian), shapes {rows, dims...}, and a
+# <table>_summary with the columns MADlib 1.17 (literal names, text names,
+# smallint[] shapes, class_values) or 1.18+ (source-named columns, text[]
+# names, integer[] shapes, <y>_class_values) creates.
+cat >"$root/mad_tables.py" <<'PY'
+import numpy as np
+N, B = 10, 4
+img = np.stack([np.array([[i, i + .5], [-i, i / 4]], np.float32) for i in range(N)]) * np.float32(1 / 255)
+aux = np.stack([np.array([2 * i, 3 * i], np.float32) for i in range(N)])
+lab = [["cat", "dog", "bird"][i % 3] for i in range(N)]          # text: levels sorted
+num = [[3, 5, 7][i % 3] for i in range(N)]                        # integer, num_classes 4: a NULL pad
+grp = [["a", "b"][i % 2] for i in range(N)]
+def onehot(vals, levels):
+    y = np.zeros((len(vals), len(levels)), np.int16)
+    for r, v in enumerate(vals):
+        y[r, levels.index(v)] = 1
+    return y
+def b(a):
+    return "'\\x" + np.ascontiguousarray(a).tobytes().hex() + "'::bytea"
+def arr(a, t):
+    return "'{" + ",".join(repr(float(v)) if t != "smallint" else str(int(v)) for v in np.ravel(a)) + "}'::" + t + "[]"
+def shape(a, t):
+    return "ARRAY[" + ",".join(str(d) for d in a.shape) + "]::" + t + "[]"
+def buffers():
+    return [(k, slice(k * B, min(N, (k + 1) * B))) for k in range((N + B - 1) // B)]
+out = []
+# MADlib 1.17: literal names, bytea, smallint[] shapes.
+Y = onehot(lab, ["bird", "cat", "dog"])
+out.append("CREATE TABLE m17 (independent_var bytea, dependent_var bytea, independent_var_shape smallint[], dependent_var_shape smallint[], buffer_id integer)")
+for k, s in buffers():
+    out.append(f"INSERT INTO m17 VALUES ({b(img[s])}, {b(Y[s])}, {shape(img[s], 'smallint')}, {shape(Y[s], 'smallint')}, {k})")
+out.append("CREATE TABLE m17_summary AS SELECT 'src'::text AS source_table, 'm17'::text AS output_table, 'lab'::text AS dependent_varname, "
+           "'img'::text AS independent_varname, 'text'::text AS dependent_vartype, ARRAY['bird','cat','dog']::text[] AS class_values, "
+           "4 AS buffer_size, 255.0::real AS normalizing_const, 3 AS num_classes, 'all_segments'::text AS distribution_rules, "
+           "'all_segments'::text AS __internal_gpu_config__")
+# MADlib 1.18+: columns named after the source columns, two of each, with
+# __dist_key__ as on Greenplum.
+YN, YG = onehot(num, [3, 5, 7, None]), onehot(grp, ["a", "b"])
+out.append('CREATE TABLE m21 (__dist_key__ integer, img bytea, aux bytea, num bytea, grp bytea, img_shape integer[], aux_shape integer[], num_shape integer[], grp_shape integer[], buffer_id integer)')
+for k, s in buffers():
+    out.append(f"INSERT INTO m21 VALUES ({k % 2}, {b(img[s])}, {b(aux[s])}, {b(YN[s])}, {b(YG[s])}, {shape(img[s], 'integer')}, {shape(aux[s], 'integer')}, {shape(YN[s], 'integer')}, {shape(YG[s], 'integer')}, {k})")
+out.append("CREATE TABLE m21_summary AS SELECT 'src'::text AS source_table, 'm21'::text AS output_table, ARRAY['num','grp'] AS dependent_varname, "
+           "ARRAY['img','aux'] AS independent_varname, ARRAY['integer','text'] AS dependent_vartype, ARRAY[3,5,7,NULL]::integer[] AS num_class_values, "
+           "ARRAY['a','b']::text[] AS grp_class_values, 4 AS buffer_size, 255.0::real AS normalizing_const, ARRAY[4,2]::integer[] AS num_classes, "
+           "'all_segments'::text AS distribution_rules, 'all_segments'::text AS __internal_gpu_config__")
+# The array forms: x a float8[] with a float32-bytea twin, y a smallint[].
+out.append("CREATE TABLE marr (x double precision[], y smallint[], x_shape integer[], y_shape integer[], buffer_id integer)")
+for k, s in buffers():
+    out.append(f"INSERT INTO marr VALUES ({arr(img[s], 'double precision')}, {arr(Y[s], 'smallint')}, {shape(img[s], 'integer')}, {shape(Y[s], 'integer')}, {k})")
+out.append("CREATE TABLE marr_summary AS SELECT ARRAY['y'] AS dependent_varname, ARRAY['x'] AS independent_varname, ARRAY['text'] AS dependent_vartype, "
+           "ARRAY['bird','cat','dog']::text[] AS y_class_values, 1.0::real AS normalizing_const")
+# Refused: one bad buffer (buffer 1) after a good one in each.
+def bad(name, xb, yb, xs, ys):
+    out.append(f"CREATE TABLE {name} (independent_var bytea, dependent_var bytea, independent_var_shape integer[], dependent_var_shape integer[], buffer_id integer)")
+    s = slice(0, 4)
+    out.append(f"INSERT INTO {name} VALUES ({b(img[s])}, {b(Y[s])}, {shape(img[s], 'integer')}, {shape(Y[s], 'integer')}, 0)")
+    out.append(f"INSERT INTO {name} VALUES ({xb}, {yb}, {xs}, {ys}, 1)")
+s = slice(4, 8)
+bad("bad_len", b(img[4:7]), b(Y[s]), shape(img[s], 'integer'), shape(Y[s], 'integer'))         # 3 rows of x, shape says 4
+bad("bad_odd", b(img[s])[:-14] + "'::bytea", b(Y[s]), shape(img[s], 'integer'), shape(Y[s], 'integer'))   # 61 bytes
+bad("bad_yodd", b(img[s]), b(Y[s])[:-10] + "'::bytea", shape(img[s], 'integer'), shape(Y[s], 'integer'))  # 23 bytes
+Y2 = Y[s].copy(); Y2[1] = [0, 1, 1]
+bad("bad_multi", b(img[s]), b(Y2), shape(img[s], 'integer'), shape(Y[s], 'integer'))
+Y3 = Y[s].copy(); Y3[2] = [0, 2, 0]
+bad("bad_id", b(img[s]), b(Y3), shape(img[s], 'integer'), shape(Y[s], 'integer'))
+# A numeric array label ARRAY[class id], which MADlib casts to smallint[] as is.
+ids = np.array([[i % 3] for i in range(N)], np.int16)
+out.append("CREATE TABLE m_ids (independent_var bytea, dependent_var bytea, independent_var_shape integer[], dependent_var_shape integer[], buffer_id integer)")
+for k, s in buffers():
+    out.append(f"INSERT INTO m_ids VALUES ({b(img[s])}, {b(ids[s])}, {shape(img[s], 'integer')}, {shape(ids[s], 'integer')}, {k})")
+print(";\n".join(out) + ";")
+PY
+$py "$root/mad_tables.py" | psql -X -q -v ON_ERROR_STOP=1 >/dev/null
+ok $? "MADlib-shaped tables built (1.17 bytea, 1.18+ source-named, array forms, refusals)"
+# madcheck DATASET SPLIT-EXPR: the unloaded rows (both shards, sorted by the first
+# value) against the source rows, x exactly and y as the class position.
+madcheck() {
+    $py - "$root/datasets/$1" "$2" <<'PY'
+import json, sys, glob, numpy as np
+d, expr = sys.argv[1], sys.argv[2]
+xs = [np.load(f) for f in sorted(glob.glob(d + "/train/shard-*/x.npy"))]
+ys = [np.load(f) for f in sorted(glob.glob(d + "/train/shard-*/y.npy"))]
+m = json.load(open(sorted(glob.glob(d + "/train/shard-*/manifest.json"))[0]))
+x = np.concatenate(xs); y = np.concatenate(ys)
+o = np.argsort(x.reshape(len(x), -1)[:, 0], kind="stable"); x = x[o]; y = y[o]
+N = 10
+img = np.stack([np.array([[i, i + .5], [-i, i / 4]], np.float32) for i in range(N)]) * np.float32(1 / 255)
+aux = np.stack([np.array([2 * i, 3 * i], np.float32) for i in range(N)])
+lab = np.array([[1, 2, 0][i % 3] for i in range(N)]); num = np.array([i % 3 for i in range(N)]); grp = np.array([i % 2 for i in range(N)])
+ok = eval(expr)
+if not ok:
+    print("# x", x.dtype, x.shape, "y", y.tolist(), "classes", m.get("classes"), "madlib", m.get("madlib"), file=sys.stderr)
+sys.exit(0 if ok else 1)
+PY
+}
+unload --table m17 --features independent_var --label dependent_var --dataset m17 --shards 2
+ok $? "MADlib 1.17 table (bytea float32 x, bytea int16 one-hot y, smallint[] shapes) unloads"
+madcheck m17 "x.dtype == np.float32 and x.shape == (10, 2, 2) and np.array_equal(x, img) and np.array_equal(y, lab) and all(len(a) for a in xs)"
+ok $? "every x value exact, every y the one-hot position, over both shards"
+madcheck m17 "m['classes'] == ['bird', 'cat', 'dog'] and m['num_classes'] == 3 and m['madlib']['normalizing_const'] == 255 and m['madlib']['summary_table'] == '\"public\".\"m17_summary\"' and m['layout'] == 'madlib'"
+ok $? "manifest: class_values from m17_summary as classes, normalizing_const recorded"
+unload --table m17 --features img --label lab --dataset m17b --shards 1
+madcheck m17b "np.array_equal(x, img) and np.array_equal(y, lab)"
+ok $? "the summary's source names select the literal columns too (--features img --label lab)"
+unload --table m21 --features img,aux --label num --dataset m21 --shards 2
+ok $? "MADlib 1.18+ table (columns named after the source, two x and two y, __dist_key__) unloads"
+madcheck m21 "x.shape == (10, 6) and np.array_equal(x, np.concatenate([img.reshape(10, 4), aux], 1)) and np.array_equal(y, num) and m['classes'] == ['3', '5', '7', None] and m['num_classes'] == 4"
+ok $? "two independent variables concatenated per row; num's class values (with MADlib's NULL pad) as classes"
+unload --table m21 --features img --label grp --dataset m21g --shards 1
+madcheck m21g "x.shape == (10, 2, 2) and np.array_equal(x, img) and np.array_equal(y, grp) and m['classes'] == ['a', 'b'] and m['madlib']['dependent_varname'] == ['num', 'grp']"
+ok $? "one independent variable keeps its shape; --label picks the other dependent variable"
+unload --table marr --features independent_var --label dependent_var --dataset marr --shards 1
+madcheck marr "np.array_equal(x, img) and np.array_equal(y, lab) and m['classes'] == ['bird', 'cat', 'dog']"
+ok $? "array forms (float8[] x, smallint[] y) named by the summary, through the literal aliases"
+check_refused "MADlib: several dependent variables, no choice" mr1 'has 2 dependent variables (num, grp).*--label' --table m21 --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: x bytes disagree with the shape" mr2 'holds 48 bytes (12 float32 values) but independent_var_shape is {4,2,2}, 16 values' --table bad_len --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: odd byte length" mr3 'holds 61 bytes, not a whole number of float32 values' --table bad_odd --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: odd byte length of y" mr3y 'holds 23 bytes, not a whole number of int16 values' --table bad_yodd --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: a y row with two 1s" mr4 'row 2 of 4 in the buffer, is not one-hot: it has 1 at class positions 1 and 2' --table bad_multi --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: a y row holding a class id" mr5 'buffer_id 1 .*row 3 of 4 in the buffer, is not one-hot: it holds 2 at class position 1' --table bad_id --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: a class-id array label (shape {rows,1})" mr6 'dependent_var_shape is {4,1}: dependent variable "dependent_var" holds one value per row (class ids, not one-hot)' --table m_ids --features independent_var --label dependent_var --shards 1
+sql "CREATE TABLE m16 (independent_var real[], dependent_var smallint[], buffer_id smallint)"
+sql "INSERT INTO m16 VALUES ('{{1,2},{3,4}}', '{{1,0},{0,1}}', 0)"
+check_refused "MADlib 1.16 (2-D arrays, no shape columns)" mr8 'looks like a MADlib 1.16 .*re-run training_preprocessor_dl with MADlib 1.17 or later' --table m16 --features independent_var --label dependent_var --shards 1
+check_refused "MADlib: --label not a dependent variable" mr7 '"lab" is not the dependent variable of MADlib table "marr"' --table marr --features x --label lab --shards 1
+
 # ---- faults ------------------------------------------------------------------
 sql "CREATE TABLE slow (id int PRIMARY KEY, a real, lab int)"
 sql "INSERT INTO slow SELECT i, i, i % 2 FROM generate_series(1, 3000) i"

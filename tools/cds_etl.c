@@ -27,6 +27,8 @@ static void usage_unload(FILE *out)
           "in PGPASSWORD or ~/.pgpass, not in the DSN.\n"
           "  --features COLS     comma-separated feature columns: numbers, numeric arrays, or one bytea\n"
           "  --label COL         integer class id, one-hot array, or text (dictionary-encoded)\n"
+          "  (a MADlib training_preprocessor_dl table: --features independent_var --label dependent_var,\n"
+          "   or the source column names its _summary table records)\n"
           "  --valid-fraction F  hold out a fraction F of the rows (by a hash of the shard key) as valid\n"
           "  --shard-key COL     column to hash rows to shards (default: the primary key)\n"
           "  --transform criteo  raw Criteo rows (label, I1..I13, C1..C26) to 39 one-hot indices\n"
