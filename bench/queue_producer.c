@@ -30,8 +30,9 @@ int main(int argc, char **argv)
     cds_err err;
     queue_opts o = {.url = argv[1], .prefix = argv[2]};
     queue_conn *q = queue_connect(&o, &err);
-    if (!q) {
+    if (!q || queue_check_eviction_policy(q, &err) != 0) { /* it writes: as jobctl and the worker */
         fprintf(stderr, "queue_producer: %s\n", err.msg);
+        queue_close(q);
         return 2;
     }
     queue_job_spec *specs = calloc((size_t)batch, sizeof *specs);

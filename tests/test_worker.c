@@ -305,6 +305,61 @@ static void test_eviction_policy_refused(void)
     test_redis_destroy(&r);
 }
 
+/* Waits up to ms until job id is in state. */
+static int state_within(queue_conn *q, const char *id, const char *state, int64_t ms)
+{
+    int64_t end = cds_mono_ms() + ms;
+    while (!job_state_is(q, id, state)) {
+        if (cds_mono_ms() > end)
+            return 0;
+        cds_sleep_ms(50);
+    }
+    return 1;
+}
+
+/* Jobs that reached Redis without jobctl's checks (redis-cli, an older
+ * jobctl, the library): an unknown type and a payload of the wrong shape
+ * are dead-lettered on their first run, for good, with the message of the
+ * shared type table, and the worker goes on to the next job. */
+static void test_bad_jobs_dead_lettered(const char *url)
+{
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "t:badjobs:%d:", (int)getpid());
+    queue_conn *q = connect_to(url, prefix);
+    const char *types[] = {"diag.bogus", "diag.sleep", "diag.sleep"};
+    const char *payloads[] = {"{}", "{\"ms\": \"soon\"}", "{\"ms\": 1}"};
+    queue_job_spec s[3];
+    queue_enqueued e[3];
+    for (int i = 0; i < 3; i++) {
+        queue_job_spec_init(&s[i]);
+        s[i].type = types[i];
+        s[i].payload = payloads[i];
+    }
+    cds_err err;
+    if (queue_enqueue(q, s, 3, e, &err) != 0) {
+        printf("# %s\n", err.msg);
+        tap_bail("enqueue failed");
+    }
+    const char *opts[] = {"--idle-exit", "1", NULL};
+    wproc w = start_worker("badjobs", url, prefix, opts);
+    int dead = state_within(q, e[0].id, "dead", 20000) && state_within(q, e[1].id, "dead", 20000);
+    int done = state_within(q, e[2].id, "done", 20000);
+    json_t *u = job(q, e[0].id), *p = job(q, e[1].id);
+    const char *uerr = json_string_value(json_object_get(u, "error")), *perr = json_string_value(json_object_get(p, "error"));
+    ok(dead && json_integer_value(json_object_get(u, "attempts")) == 1 && uerr &&
+           strstr(uerr, "unknown job type 'diag.bogus': the known types are diag.sleep, diag.fail, diag.noop, etl.shard, "
+                        "etl.finish"),
+       "a job of an unknown type is dead-lettered on its first run, naming the known types (%s)", uerr ? uerr : "-");
+    ok(dead && json_integer_value(json_object_get(p, "attempts")) == 1 && perr &&
+           strstr(perr, "diag.sleep payload $.ms: must be a whole number from 0 to 86400000, not \"soon\""),
+       "a diag.sleep whose payload has the wrong shape is dead-lettered with its JSON path (%s)", perr ? perr : "-");
+    ok(done, "the worker goes on to run the next job");
+    json_decref(u);
+    json_decref(p);
+    ok(proc_wait(w.pid, 20000) == 0, "the worker exits cleanly when idle");
+    queue_close(q);
+}
+
 static void test_noscript_reload(void)
 {
     test_redis r = {0};
@@ -342,6 +397,7 @@ int main(int argc, char **argv)
     test_redis_restart(1);
     test_waiting_survive_restart();
     test_eviction_policy_refused();
+    test_bad_jobs_dead_lettered(url);
     test_noscript_reload();
     int rc = tap_done();
     if (rc == 0) {

@@ -16,6 +16,14 @@
  * types are not plain jobs: `etl` plans an unload and enqueues its jobs
  * (etl_queue.h), and `sweep` expands a sweep spec (sweep_spec.h), pins the
  * dataset's version from its record and creates the sweep (queue_mop.h).
+ * Every other TYPE must be in the job-type table the worker runs by
+ * (queue_jobtype.h), and its payload pass that type's check, before Redis is
+ * contacted: a job no worker could run is never enqueued.
+ *
+ * Writing.  commands[] marks the commands that write (enqueue, cancel,
+ * retry, pause, resume, replay); for those open_queue refuses a Redis whose
+ * maxmemory-policy can evict keys, with the worker's message, before the
+ * first write.  The others only read, and work on any Redis.
  *
  * Errors.  Every failure is one line on stderr, "jobctl: <what went wrong>
  * (<how to fix it>)", from fail(), and an exit status:
@@ -25,8 +33,9 @@
  *      dataset of a sweep, or it failed to load), or its state refuses the
  *      operation (cancel a finished job, retry a live one), or Redis refused
  *      the command;
- *   2  bad usage or input (command, option, number, JSON, URL, id), or Redis
- *      unreachable, refusing AUTH, or lost mid-command.
+ *   2  bad usage or input (command, option, number, JSON, URL, id, job type,
+ *      payload shape), or Redis unreachable, refusing AUTH, lost
+ *      mid-command, or (for a command that writes) able to evict keys.
  * The library's cds_err messages already name the problem and the fix and
  * redact the password of a URL; fail() passes them through.  jobctl never
  * prints the raw --redis argument, and scrubs the URL's password from every
@@ -50,6 +59,7 @@
 #include "jobctl_fmt.h"
 #include "queue.h"
 #include "queue_int.h" /* qc_take: INCR of the sweep id counter (queue.h has no counter call) */
+#include "queue_jobtype.h"
 #include "jobctl_sweep.h"
 #include "queue_mop.h"
 #include "sweep_spec.h"
@@ -62,6 +72,7 @@ typedef struct jobctl {
     const char *password_file; /* --redis-password-file */
     const char *prefix;        /* --prefix; NULL: the library's default */
     int json;                  /* --json */
+    int writes;                /* the command changes Redis (see open_queue) */
 } jobctl;
 
 /* ---- messages ------------------------------------------------------------ */
@@ -270,7 +281,12 @@ static int want_args(const jobctl *j, int argc, char **argv, int n, const char *
 
 /* ---- Redis --------------------------------------------------------------- */
 
-/* Connects, or prints why not; returns 0 or an exit code. */
+/* Connects, or prints why not; returns 0 or an exit code (*q is NULL then).
+ * A command that writes first checks the server's maxmemory-policy, as the
+ * worker does and with its message: a Redis that can evict keys would lose
+ * what the command writes without a word, so it is refused before anything
+ * is written.  Commands that only read work on such a Redis, to look at
+ * what is there. */
 static int open_queue(const jobctl *j, queue_conn **q)
 {
     cds_err err;
@@ -280,6 +296,11 @@ static int open_queue(const jobctl *j, queue_conn **q)
     *q = queue_connect(&o, &err);
     if (!*q)
         return fail(j, EXIT_USAGE, "%s", err.msg);
+    if (j->writes && queue_check_eviction_policy(*q, &err) != 0) {
+        queue_close(*q);
+        *q = NULL;
+        return fail(j, EXIT_USAGE, "%s", err.msg);
+    }
     return 0;
 }
 
@@ -303,7 +324,8 @@ static const char usage_enqueue[] =
     "usage: jobctl enqueue TYPE [--payload JSON | --spec FILE.json] [--queue Q] [--priority N]\n"
     "                      [--delay SECONDS] [--unique KEY] [--max-attempts N] [--max-stalls N]\n"
     "                      [--backoff-base SECONDS] [--backoff-cap SECONDS] [--after ID]... [--count N]\n"
-    "Adds a job of TYPE (e.g. diag.sleep) and prints its id.\n"
+    "Adds a job of TYPE (one of the types below) and prints its id.  An unknown TYPE, or a\n"
+    "payload without the shape TYPE needs, is refused here (exit 2) and nothing is enqueued.\n"
     "  --payload JSON         the job's input (default {})\n"
     "  --spec FILE.json       read the payload from a file (e.g. jobs/diag-sleep.json)\n"
     "  --queue Q              queue to put it in (default: default)\n"
@@ -319,14 +341,57 @@ static const char usage_enqueue[] =
     "  --after ID             run only after job ID is done (repeatable); if it goes dead or is\n"
     "                         cancelled this job goes dead; an unknown ID is refused (exit 1)\n"
     "  --count N              enqueue N identical jobs in one batch, one id per line\n"
-    "With --json: {\"id\", \"duplicate\", \"state\"}, or an array of them for --count N > 1.\n"
-    "\n"
+    "With --json: {\"id\", \"duplicate\", \"state\"}, or an array of them for --count N > 1.\n";
+
+/* Printed after usage_enqueue, below the table of job types. */
+static const char usage_enqueue_kinds[] =
+    "Two kinds of enqueue that are not one job:\n"
+    "  etl --spec FILE.json   unload a table into shards as etl.* jobs (jobctl enqueue etl --help)\n"
+    "  sweep --spec FILE.json create a model-selection sweep (jobctl enqueue sweep --help)\n";
+
+static const char usage_enqueue_etl[] =
+    "usage: jobctl enqueue etl --spec FILE.json [--queue Q] [--priority N]\n"
+    "Plans the unload of a PostgreSQL or Greenplum table into shards (docs/etl.md, e.g.\n"
+    "jobs/etl-fashion-mnist.json) from here, so the database must be reachable from here; records\n"
+    "the dataset <prefix>dataset:<name> as loading, enqueues one etl.shard job per split and shard\n"
+    "and an etl.finish job after them, and prints the finishing job's id (wait on it with --after).\n"
+    "  --spec FILE.json       the ETL spec (--payload JSON works too)\n"
+    "  --queue Q              queue of the jobs (default: default)\n"
+    "  --priority N           their priority, -1000000 to 1000000 (default 0)\n"
+    "With --json: {\"id\", \"dataset\", \"shard_jobs\"}.\n";
+
+static const char usage_enqueue_sweep[] =
     "usage: jobctl enqueue sweep --spec FILE.json [--id ID]\n"
     "Creates a model-selection sweep (docs/sweeps.md, e.g. jobs/sweep-fashion-mnist.json) on a\n"
     "dataset loaded by jobctl enqueue etl, pinned to its version, and prints the sweep's id; one\n"
     "line per model goes to stderr.  Exit 1 if the dataset is unknown or failed to load.\n"
     "  --id ID                the sweep's id, 1 to 31 letters, digits, '_' or '-' (default: s1, s2, ...)\n"
     "With --json: {\"id\", \"models\", \"shards\", \"epochs\", \"dataset\", \"dataset_version\"}.\n";
+
+/* The job types of the table jobctl shares with the worker, one per line
+ * with the payload each takes. */
+static void print_job_types(FILE *out)
+{
+    for (int i = 0; i < QUEUE_JOB_TYPES; i++) {
+        const queue_jobtype *t = queue_jobtype_get((queue_jobtype_id)i);
+        fprintf(out, "  %-12s %s\n  %-12s --payload '%s'\n", t->name, t->summary, "", t->example);
+    }
+}
+
+/* `jobctl enqueue [KIND] --help`: etl and sweep have their own usage. */
+static void print_enqueue_help(const char *kind)
+{
+    if (kind && strcmp(kind, "etl") == 0) {
+        fputs(usage_enqueue_etl, stdout);
+    } else if (kind && strcmp(kind, "sweep") == 0) {
+        fputs(usage_enqueue_sweep, stdout);
+    } else {
+        fputs(usage_enqueue, stdout);
+        fputs("Job types (TYPE):\n", stdout);
+        print_job_types(stdout);
+        fputs(usage_enqueue_kinds, stdout);
+    }
+}
 
 enum enqueue_option {
     E_PAYLOAD = OPT_COMMAND, E_SPEC, E_QUEUE, E_PRIORITY, E_DELAY, E_UNIQUE, E_MAX_ATTEMPTS, E_MAX_STALLS,
@@ -397,8 +462,24 @@ static int read_spec_file(const jobctl *j, const char *path, enqueue_args *a)
     return 0;
 }
 
-/* The payload must be JSON; say where it is not, naming its source. */
-static int check_payload_json(const jobctl *j, const char *text, const char *what, const char *path)
+/* What a JSON text given to enqueue TYPE should look like, for a syntax
+ * error in it: a spec's documentation and an example to copy, or the
+ * example payload of the job type. */
+static void json_hint(const char *type, char *buf, size_t n)
+{
+    const queue_jobtype *t = queue_jobtype_find(type);
+    if (strcmp(type, "sweep") == 0)
+        snprintf(buf, n, "a sweep spec is described in docs/sweeps.md; jobs/sweep-quickstart.json is one to copy");
+    else if (strcmp(type, "etl") == 0)
+        snprintf(buf, n, "an ETL spec is described in docs/etl.md; jobs/etl-fashion-mnist.json is one to copy");
+    else
+        snprintf(buf, n, "write the payload like '%s'", t ? t->example : "{}");
+}
+
+/* The payload or spec of enqueue TYPE must be JSON; say where it is not
+ * (the --spec file, or --payload; line and column), and what it should look
+ * like for TYPE. */
+static int check_payload_json(const jobctl *j, const char *text, const char *type, const char *path)
 {
     json_error_t je;
     json_t *v = json_loads(text, JSON_DECODE_ANY, &je);
@@ -406,8 +487,33 @@ static int check_payload_json(const jobctl *j, const char *text, const char *wha
         json_decref(v);
         return 0;
     }
-    return fail(j, EXIT_USAGE, "%s%s%s is not valid JSON: %s at line %d column %d (write it like '{\"ms\": 100}')",
-                what, path ? " " : "", path ? path : "", je.text, je.line, je.column);
+    char hint[160];
+    json_hint(type, hint, sizeof hint);
+    return fail(j, EXIT_USAGE, "%s%s is not valid JSON: %s at line %d column %d (%s)",
+                path ? "--spec file " : "--payload", path ? path : "", je.text, je.line, je.column, hint);
+}
+
+/* TYPE is one of the queue job types (the table the worker runs by) or one
+ * of the two kinds enqueue expands itself; refuses any other, naming them. */
+static int check_job_type(const jobctl *j, const char *type)
+{
+    if (strcmp(type, "etl") == 0 || strcmp(type, "sweep") == 0 || queue_jobtype_find(type))
+        return 0;
+    char names[256];
+    return fail(j, EXIT_USAGE, "unknown job type '%.64s': use one of %s (or enqueue etl or enqueue sweep with a "
+                               "spec; see jobctl enqueue --help)", type, queue_jobtype_names(names, sizeof names));
+}
+
+/* The payload has the shape its job type needs (the worker checks the
+ * same, so a job it would only dead-letter is never enqueued). */
+static int check_job_payload(const jobctl *j, const enqueue_args *a)
+{
+    cds_err err;
+    if (queue_jobtype_check(a->spec.type, a->spec.payload, NULL, &err) == 0)
+        return 0;
+    if (a->spec_file)
+        return fail(j, EXIT_USAGE, "--spec file %s: %s", a->spec_file, err.msg);
+    return fail(j, EXIT_USAGE, "%s", err.msg);
 }
 
 /* Applies one enqueue option to a; returns 0 or an exit code. */
@@ -437,29 +543,38 @@ static int enqueue_option(const jobctl *j, int c, enqueue_args *a, size_t *n_aft
     }
 }
 
-/* Parses and checks everything an enqueue needs before Redis. */
+/* Parses and checks everything an enqueue needs before Redis: the options,
+ * the type, the payload's JSON and, for a queue job, its shape.  --help
+ * anywhere prints the usage of the kind named (enqueue etl --help). */
 static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
 {
     size_t n_after = 0;
-    int c = NEXT_END, rc = 0;
+    int c = NEXT_END, rc = 0, help = 0;
     queue_job_spec_init(&a->spec);
     a->count = 1;
     a->after = calloc((size_t)argc + 1, sizeof *a->after);
     if (!a->after)
         return fail(j, EXIT_USAGE, "out of memory");
-    while (rc == 0 && (c = next_option(j, argc, argv, ":h", enqueue_options)) >= 0) {
+    while (rc == 0 && ((c = next_option(j, argc, argv, ":h", enqueue_options)) >= 0 || c == NEXT_HELP)) {
+        if (c == NEXT_HELP) {
+            help = 1;
+            continue;
+        }
         a->seen |= 1u << (c - OPT_COMMAND);
         rc = enqueue_option(j, c, a, &n_after);
     }
     if (rc != 0 || c == NEXT_BAD)
         return EXIT_USAGE;
-    if (c == NEXT_HELP)
-        return fputs(usage_enqueue, stdout), -1;
+    if (help)
+        return print_enqueue_help(optind < argc ? argv[optind] : NULL), -1;
     if (want_args(j, argc, argv, 1, "needs the job TYPE (e.g. jobctl enqueue diag.sleep)") != 0)
         return EXIT_USAGE;
     a->spec.type = argv[optind];
     a->spec.after = a->after;
     a->spec.n_after = n_after;
+    int job = strcmp(a->spec.type, "etl") != 0 && strcmp(a->spec.type, "sweep") != 0;
+    if (check_job_type(j, a->spec.type) != 0)
+        return EXIT_USAGE;
     if (a->payload_arg && a->spec_file)
         return usage_error(j, "give the payload with --payload or --spec, not both");
     if (a->spec.unique && a->count > 1)
@@ -469,14 +584,16 @@ static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
                               "queue)");
     if (a->spec_file) {
         if (read_spec_file(j, a->spec_file, a) != 0 ||
-            check_payload_json(j, a->payload_text, "--spec file", a->spec_file) != 0)
+            check_payload_json(j, a->payload_text, a->spec.type, a->spec_file) != 0)
             return EXIT_USAGE;
         a->spec.payload = a->payload_text;
     } else if (a->payload_arg) {
-        if (check_payload_json(j, a->payload_arg, "--payload", NULL) != 0)
+        if (check_payload_json(j, a->payload_arg, a->spec.type, NULL) != 0)
             return EXIT_USAGE;
         a->spec.payload = a->payload_arg;
     }
+    if (job && check_job_payload(j, a) != 0)
+        return EXIT_USAGE;
     cds_err err;
     if (queue_job_spec_check(&a->spec, &err) != 0)
         return fail(j, EXIT_USAGE, "%s", err.msg);
@@ -517,16 +634,45 @@ static void print_enqueued(const jobctl *j, const enqueue_args *a, const queue_e
              n > 1 ? "were" : "was", out[0].id);
 }
 
+/* The options of enqueue that etl ignores would be lost without a word:
+ * its jobs take only a queue and a priority. */
+static int refuse_etl_options(const jobctl *j, const enqueue_args *a)
+{
+    static const int allowed[] = {E_SPEC, E_PAYLOAD, E_QUEUE, E_PRIORITY};
+    unsigned mask = 0;
+    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
+        mask |= 1u << (allowed[i] - OPT_COMMAND);
+    for (const struct option *o = enqueue_options; o->name; o++) {
+        if (o->val < OPT_COMMAND || !(a->seen & ~mask & 1u << (o->val - OPT_COMMAND)))
+            continue;
+        char what[160];
+        snprintf(what, sizeof what, "--%s does not apply to enqueue etl, which takes --spec, --queue and "
+                                    "--priority", o->name);
+        return usage_error(j, what);
+    }
+    return 0;
+}
+
 /* `jobctl enqueue etl --spec FILE.json`: plans the unload here (this needs
  * the database) and enqueues its shard jobs and the job that finishes the
  * dataset, whose id is printed (wait on it with --after). */
 static int enqueue_etl(jobctl *j, const enqueue_args *a)
 {
+    if (refuse_etl_options(j, a) != 0)
+        return EXIT_USAGE;
     if (!a->spec.payload)
         return usage_error(j, "enqueue etl needs the ETL spec: --spec FILE.json (see docs/etl.md)");
-    json_t *spec = json_loads(a->spec.payload, 0, NULL);
+    json_t *spec = json_loads(a->spec.payload, JSON_DECODE_ANY, NULL);
     etl_spec parsed;
     cds_err err;
+    if (!json_is_object(spec)) {
+        char hint[160];
+        const char *kind = json_is_array(spec) ? "an array" : "a single value";
+        json_hint("etl", hint, sizeof hint);
+        json_decref(spec);
+        return fail(j, EXIT_USAGE, "ETL spec %s: $: must be a JSON object, not %s (%s)",
+                    a->spec_file ? a->spec_file : "(--payload)", kind, hint);
+    }
     if (etl_spec_from_json(spec, &parsed, &err) != 0) {
         json_decref(spec);
         return fail(j, EXIT_USAGE, "ETL spec %s: %s", a->spec_file ? a->spec_file : "(--payload)", err.msg);
@@ -1426,14 +1572,20 @@ static int cmd_status(jobctl *j, int argc, char **argv) { return sweep_view(j, a
 
 /* ---- main ---------------------------------------------------------------- */
 
+/* usage_main ends with the heading of the job types, which print_main_help
+ * lists from the table the worker shares. */
 static const char usage_main[] =
     "usage: jobctl [--redis URL] [--redis-password-file FILE] [--prefix P] [--json] COMMAND ...\n"
     "The Cerebro-DS job queue from a shell or cron.\n"
     "\n"
     "commands:\n"
-    "  enqueue TYPE [options]  add a job and print its id (jobctl enqueue --help)\n"
+    "  enqueue TYPE [options]  add a job of TYPE and print its id (jobctl enqueue --help)\n"
+    "  enqueue etl --spec FILE.json [--queue Q] [--priority N]\n"
+    "                          plan an unload of a table into shards, enqueue its jobs and\n"
+    "                          print the finishing job's id (jobctl enqueue etl --help)\n"
     "  enqueue sweep --spec FILE.json [--id ID]\n"
     "                          create a model-selection sweep and print its id\n"
+    "                          (jobctl enqueue sweep --help)\n"
     "  show ID                 one job: state, attempts, times, error, payload\n"
     "  list [--state S] [--queue Q] [--limit N]\n"
     "                          jobs in a state (default waiting)\n"
@@ -1460,22 +1612,35 @@ static const char usage_main[] =
     "  --json                      print JSON instead of a table\n"
     "\n"
     "exit status: 0 done (a duplicate --unique enqueue too); 1 no such job, or its state\n"
-    "refuses the operation; 2 bad usage or input, or Redis unreachable or refusing AUTH.\n";
+    "refuses the operation; 2 bad usage or input, or Redis unreachable or refusing AUTH, or\n"
+    "(for the commands that write: enqueue, cancel, retry, pause, resume, replay) a Redis\n"
+    "whose maxmemory-policy can evict keys.\n"
+    "\n"
+    "job types (enqueue TYPE):\n";
+
+static void print_main_help(void)
+{
+    fputs(usage_main, stdout);
+    print_job_types(stdout);
+}
+
+enum { READS = 0, WRITES = 1 };
 
 typedef struct command {
     const char *name;
     int (*run)(jobctl *j, int argc, char **argv);
-    const char *usage;
+    const char *usage; /* NULL: enqueue, whose help depends on its TYPE */
+    int writes;        /* WRITES: refused on a Redis that can evict keys */
 } command;
 
 static const command commands[] = {
-    {"enqueue", cmd_enqueue, usage_enqueue}, {"show", cmd_show, usage_show},
-    {"list", cmd_list, usage_list},          {"cancel", cmd_cancel, usage_cancel},
-    {"retry", cmd_retry, usage_retry},       {"stats", cmd_stats, usage_stats},
-    {"workers", cmd_workers, usage_workers}, {"status", cmd_status, usage_status},
-    {"results", cmd_results, usage_results}, {"pause", cmd_pause, usage_pause},
-    {"resume", cmd_resume, usage_resume},    {"replay", cmd_replay, usage_replay},
-    {"plot", cmd_plot, usage_plot},
+    {"enqueue", cmd_enqueue, NULL, WRITES},           {"show", cmd_show, usage_show, READS},
+    {"list", cmd_list, usage_list, READS},            {"cancel", cmd_cancel, usage_cancel, WRITES},
+    {"retry", cmd_retry, usage_retry, WRITES},        {"stats", cmd_stats, usage_stats, READS},
+    {"workers", cmd_workers, usage_workers, READS},   {"status", cmd_status, usage_status, READS},
+    {"results", cmd_results, usage_results, READS},   {"pause", cmd_pause, usage_pause, WRITES},
+    {"resume", cmd_resume, usage_resume, WRITES},     {"replay", cmd_replay, usage_replay, WRITES},
+    {"plot", cmd_plot, usage_plot, READS},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
@@ -1487,16 +1652,19 @@ static const command *find_command(const char *name)
     return NULL;
 }
 
-/* jobctl help [COMMAND] */
+/* jobctl help [COMMAND [KIND]] */
 static int print_help(const jobctl *j, int argc, char **argv)
 {
     if (argc < 2)
-        return fputs(usage_main, stdout), EXIT_DONE;
+        return print_main_help(), EXIT_DONE;
     const command *c = find_command(argv[1]);
     if (!c)
         return fail(j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, plot, pause or resume "
                                    "(see jobctl --help)", argv[1]);
-    fputs(c->usage, stdout);
+    if (c->usage)
+        fputs(c->usage, stdout);
+    else
+        print_enqueue_help(argc > 2 ? argv[2] : NULL);
     return EXIT_DONE;
 }
 
@@ -1508,7 +1676,7 @@ int main(int argc, char **argv)
     optind = 0;
     int c = next_option(&j, argc, argv, "+:h", opts); /* "+": stop at the command */
     if (c == NEXT_HELP)
-        return fputs(usage_main, stdout), EXIT_DONE;
+        return print_main_help(), EXIT_DONE;
     if (c != NEXT_END)
         return EXIT_USAGE;
     if (optind >= argc)
@@ -1522,6 +1690,7 @@ int main(int argc, char **argv)
         return fail(&j, EXIT_USAGE, "unknown command '%.40s': use enqueue, show, list, cancel, retry, stats, workers, status, results, replay, plot, pause or resume "
                                     "(see jobctl --help)", argv[first]);
     j.cmd = cmd->name;
+    j.writes = cmd->writes;
     optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */
     return cmd->run(&j, argc - first, argv + first);
 }

@@ -530,7 +530,9 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
     json_error_t je;
     json_t *root = json_loads(json ? json : "", JSON_REJECT_DUPLICATES, &je);
     if (!root)
-        return spec_err(err, "$", "not valid JSON: %s at line %d column %d", je.text, je.line, je.column), NULL;
+        return spec_err(err, "$", "not valid JSON: %s at line %d column %d (a sweep spec is one JSON object, "
+                        "each key once: see docs/sweeps.md, or copy jobs/sweep-quickstart.json)", je.text, je.line,
+                        je.column), NULL;
     sweep_spec *s = calloc(1, sizeof *s);
     grid g = {0};
     const json_t *models = NULL;

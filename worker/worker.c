@@ -340,14 +340,13 @@ static void run_one(worker *w, held *h)
     worker_set_current(w, h->job.id);
     worker_run_ctx ctx = {.w = w, .h = h};
     worker_dead_fn on_dead = NULL;
-    worker_run_fn run = worker_find_runner(h->job.type, &on_dead);
     cds_err err = {0};
+    worker_run_fn run = worker_find_runner(&h->job, &on_dead, &err);
     char *result = NULL;
     int64_t t0 = cds_mono_ms();
     int rc;
     if (!run)
-        rc = WORKER_RUN_PERMANENT,
-        cds_errf(&err, "no runner for job type '%s' in this worker (known: %s)", h->job.type, worker_known_types());
+        rc = WORKER_RUN_PERMANENT;
     else
         rc = run(&ctx, &h->job, &result, &err);
     mark_finished(w, h);

@@ -56,10 +56,12 @@ typedef int (*worker_run_fn)(worker_run_ctx *ctx, const queue_job *job, char **r
  * state it belongs to (a dataset, a sweep) can be marked failed. */
 typedef void (*worker_dead_fn)(queue_conn *q, const queue_job *job, const char *reason, const cds_log *log);
 
-/* The runner for a type, or NULL; *on_dead (may be NULL) gets its hook. */
-worker_run_fn worker_find_runner(const char *type, worker_dead_fn *on_dead);
-/* A comma-separated list of known types, for messages. */
-const char *worker_known_types(void);
+/* The runner for a job, or NULL with err saying why: its type is not in the
+ * table jobctl shares (queue/queue_jobtype.h), or its payload fails that
+ * type's check (a job that reached Redis without jobctl); the worker fails
+ * such a job for good.  *on_dead (may be NULL) gets the type's hook even when
+ * the payload is refused, so the state the job belongs to is marked. */
+worker_run_fn worker_find_runner(const queue_job *job, worker_dead_fn *on_dead, cds_err *err);
 
 /* Runs until told to stop; returns the process exit code. */
 int worker_run(const worker_cfg *cfg);

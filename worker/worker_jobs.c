@@ -2,26 +2,27 @@
  * benchmarks: diag.sleep stands in for any job that takes time (it sleeps in
  * short slices so that a stop or a lost lease interrupts it promptly),
  * diag.fail for one that fails, diag.noop for measuring the queue itself.  etl.shard and
- * etl.finish run an unload enqueued by `jobctl enqueue etl`; DDP ranks come later. */
+ * etl.finish run an unload enqueued by `jobctl enqueue etl`; DDP ranks come later.
+ *
+ * Which types exist, and what their payloads hold, is the table that jobctl
+ * shares (queue/queue_jobtype.h): runners[] here has one row per row there,
+ * in the same order, so a type is found by name once, there, and its
+ * payload passes the same check that jobctl ran at enqueue before its runner
+ * sees it.  A runner may therefore trust the payload's shape. */
 #include <string.h>
 
 #include <jansson.h>
 
 #include "cds_util.h"
 #include "etl_queue.h"
+#include "queue_jobtype.h"
 #include "worker.h"
 
 static int run_diag_sleep(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
 {
-    json_error_t je;
-    json_t *p = json_loads(job->payload, 0, &je);
-    json_t *ms = p ? json_object_get(p, "ms") : NULL;
-    if (!ms || !json_is_integer(ms) || json_integer_value(ms) < 0 || json_integer_value(ms) > 86400000) {
-        json_decref(p);
-        cds_errf(err, "diag.sleep payload must be {\"ms\": N} with 0 <= N <= 86400000, got %s", job->payload);
-        return WORKER_RUN_PERMANENT;
-    }
-    int64_t total = json_integer_value(ms);
+    (void)err;
+    json_t *p = json_loads(job->payload, 0, NULL);
+    int64_t total = json_integer_value(json_object_get(p, "ms")); /* checked: 0 to a day */
     json_decref(p);
     int64_t end = cds_mono_ms() + total;
     for (int64_t now = cds_mono_ms(); now < end; now = cds_mono_ms()) {
@@ -77,29 +78,34 @@ static void etl_dead(queue_conn *q, const queue_job *job, const char *reason, co
         cds_logf(log, CDS_LOG_WARN, "could not mark the dataset of job %s failed: %s", job->id, err.msg);
 }
 
-static const struct {
-    const char *type;
+typedef struct runner {
     worker_run_fn run;
     worker_dead_fn on_dead;
-} runners[] = {
-    {"diag.sleep", run_diag_sleep, NULL},
-    {"diag.fail", run_diag_fail, NULL},
-    {"diag.noop", run_diag_noop, NULL},
-    {"etl.shard", run_etl_shard, etl_dead},
-    {"etl.finish", run_etl_finish, etl_dead},
+} runner;
+
+/* One per queue_jobtype_id: a type added to the shared table without a
+ * runner here stops the build. */
+static const runner runners[] = {
+    [QUEUE_JOB_DIAG_SLEEP] = {run_diag_sleep, NULL},
+    [QUEUE_JOB_DIAG_FAIL] = {run_diag_fail, NULL},
+    [QUEUE_JOB_DIAG_NOOP] = {run_diag_noop, NULL},
+    [QUEUE_JOB_ETL_SHARD] = {run_etl_shard, etl_dead},
+    [QUEUE_JOB_ETL_FINISH] = {run_etl_finish, etl_dead},
 };
+_Static_assert(sizeof runners / sizeof runners[0] == QUEUE_JOB_TYPES,
+               "every job type of queue/queue_jobtype.c needs a runner here");
 
-worker_run_fn worker_find_runner(const char *type, worker_dead_fn *on_dead)
+worker_run_fn worker_find_runner(const queue_job *job, worker_dead_fn *on_dead, cds_err *err)
 {
-    for (size_t i = 0; i < sizeof runners / sizeof runners[0]; i++)
-        if (strcmp(runners[i].type, type) == 0) {
-            if (on_dead)
-                *on_dead = runners[i].on_dead;
-            return runners[i].run;
-        }
+    const queue_jobtype *t = NULL;
+    int rc = queue_jobtype_check(job->type, job->payload, &t, err);
+    const runner *r = t ? &runners[t->id] : NULL;
     if (on_dead)
-        *on_dead = NULL;
-    return NULL;
+        *on_dead = r ? r->on_dead : NULL;
+    if (rc != 0)
+        return NULL;
+    if (!r->run)
+        return cds_errf(err, "no runner for job type '%s' in this worker (build a worker that has one)", t->name),
+               NULL;
+    return r->run;
 }
-
-const char *worker_known_types(void) { return "diag.sleep, diag.fail, diag.noop, etl.shard, etl.finish"; }
