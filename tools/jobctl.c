@@ -361,12 +361,23 @@ static const char usage_enqueue_etl[] =
     "With --json: {\"id\", \"dataset\", \"shard_jobs\"}.\n";
 
 static const char usage_enqueue_sweep[] =
-    "usage: jobctl enqueue sweep --spec FILE.json [--id ID]\n"
+    "usage: jobctl enqueue sweep --spec FILE.json [--id ID] [--unique KEY] [--max-attempts N]\n"
+    "                            [--max-stalls N] [--backoff-base SECONDS] [--backoff-cap SECONDS]\n"
     "Creates a model-selection sweep (docs/sweeps.md, e.g. jobs/sweep-fashion-mnist.json) on a\n"
     "dataset loaded by jobctl enqueue etl, pinned to its version, and prints the sweep's id; one\n"
     "line per model goes to stderr.  Exit 1 if the dataset is unknown or failed to load.\n"
     "  --id ID                the sweep's id, 1 to 31 letters, digits, '_' or '-' (default: s1, s2, ...)\n"
-    "With --json: {\"id\", \"models\", \"shards\", \"epochs\", \"dataset\", \"dataset_version\"}.\n";
+    "  --unique KEY           for cron: while a sweep made with KEY is not finished, print its id,\n"
+    "                         create nothing and exit 0; the key frees when that sweep is done or\n"
+    "                         cancelled\n"
+    "  --max-attempts N       failed attempts of a visit, evaluation or test scoring before it fails\n"
+    "                         (default: the spec's max_attempts, else 5)\n"
+    "  --max-stalls N         expired leases of a model before it fails (default 10)\n"
+    "  --backoff-base S, --backoff-cap S\n"
+    "                         the wait after the n-th failed attempt: min(cap, base*2^(n-1)) scaled\n"
+    "                         by a random factor in [0.5, 1] (default 1 s and 60 s)\n"
+    "With --json: {\"id\", \"models\", \"shards\", \"epochs\", \"dataset\", \"dataset_version\"}; a\n"
+    "duplicate: {\"id\", \"duplicate\": true, \"unique\"}.\n";
 
 /* The job types of the table jobctl shares with the worker, one per line
  * with the payload each takes. */
@@ -1583,7 +1594,7 @@ static const char usage_main[] =
     "  enqueue etl --spec FILE.json [--queue Q] [--priority N]\n"
     "                          plan an unload of a table into shards, enqueue its jobs and\n"
     "                          print the finishing job's id (jobctl enqueue etl --help)\n"
-    "  enqueue sweep --spec FILE.json [--id ID]\n"
+    "  enqueue sweep --spec FILE.json [--id ID] [--unique KEY]\n"
     "                          create a model-selection sweep and print its id\n"
     "                          (jobctl enqueue sweep --help)\n"
     "  show ID                 one job: state, attempts, times, error, payload\n"
@@ -1591,9 +1602,12 @@ static const char usage_main[] =
     "                          jobs in a state (default waiting)\n"
     "  cancel ID               cancel a waiting, delayed, blocked or running job\n"
     "  retry ID                put a dead or cancelled job back to waiting\n"
+    "  retry SWEEP/MODEL [--from best|epoch-N|vN]\n"
+    "                          put a failed model of a sweep back\n"
     "  stats                   jobs per state and counters, per queue\n"
     "  workers                 workers seen recently, alive or not\n"
-    "  status SWEEP [--watch]  progress of a MOP sweep, per model\n"
+    "  status SWEEP [--watch|--follow]\n"
+    "                          progress of a MOP sweep, per model, and the time left\n"
     "  results SWEEP           the leaderboard of a MOP sweep\n"
     "  replay SWEEP [--id NEW] train a finished sweep again in its recorded order\n"
     "  plot SWEEP --out F.png  learning curves of every model (png or svg)\n"
