@@ -125,6 +125,18 @@ false_lost=$(awk '
 ok "$([ "$commits" = 300 ] && [ "$false_lost" = 0 ]; echo $?)" \
     "$commits visits committed under a 0.1 s lease; none was reported lost before it committed ($false_lost false warnings; $(grep -c "lease lost" "$root/f0.log") real losses)"
 
+# ---- 3. a cron line: enqueue sweep --unique ----------------------------------------
+a=$(jobctl enqueue sweep --spec "$root/fast.json" --unique nightly-sweep 2>/dev/null); rca=$?
+b=$(jobctl enqueue sweep --spec "$root/fast.json" --unique nightly-sweep 2>"$root/err"); rcb=$?
+ok "$([ $rca = 0 ] && [ $rcb = 0 ] && [ -n "$a" ] && [ "$a" = "$b" ] && grep -q "holds unique key 'nightly-sweep'" "$root/err" && \
+      [ "$(rcli GET "${prefix}sweeps:unique:nightly-sweep")" = "$a" ]; echo $?)" \
+    "enqueue sweep --unique twice while the first is live: the second prints its id ($a) and exits 0"
+ok "$([ "$(rcli ZCARD "${prefix}sweeps")" = 3 ]; echo $?)" "...and creates nothing (3 sweeps in all)"
+jobctl cancel "$a" >/dev/null 2>&1
+c=$(jobctl enqueue sweep --spec "$root/fast.json" --unique nightly-sweep 2>/dev/null); rcc=$?
+ok "$([ $rcc = 0 ] && [ -n "$c" ] && [ "$c" != "$a" ] && [ "$(rcli GET "${prefix}sweeps:unique:nightly-sweep")" = "$c" ]; echo $?)" \
+    "once that sweep is cancelled the key makes a new sweep ($c)"
+
 [ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; grep -v " info .*committed v" "$f" | tail -n 15 | sed 's/^/#   /'; done
 echo "1..$n"
 exit $((failed > 0))
