@@ -124,6 +124,11 @@ false_lost=$(awk '
     END { print bad + 0 }' "$root/f0.log")
 ok "$([ "$commits" = 300 ] && [ "$false_lost" = 0 ]; echo $?)" \
     "$commits visits committed under a 0.1 s lease; none was reported lost before it committed ($false_lost false warnings; $(grep -c "lease lost" "$root/f0.log") real losses)"
+# Its last line counts what was done: the dropped evaluations of diag.sleep
+# epochs (nothing to evaluate) and visits whose commit was refused are not work.
+last=$(tail -1 "$root/f0.log")
+ok "$([[ "$last" == *"stopped: 0 jobs done, 0 failed; $commits visits committed, 0 evaluations and 1 test results recorded" ]]; echo $?)" \
+    "the worker's last line counts what it did: ${last#*f0: }"
 
 # ---- 3. a cron line: enqueue sweep --unique ----------------------------------------
 a=$(jobctl enqueue sweep --spec "$root/fast.json" --unique nightly-sweep 2>/dev/null); rca=$?

@@ -99,8 +99,15 @@ cp "$tmp/b/epoch-2.ckpt" "$tmp/trunc.ckpt"
 truncate -s 1000 "$tmp/trunc.ckpt"
 "$train" --data "$ds/train" --resume "$tmp/trunc.ckpt" --epochs 3 --out "$tmp/f" >/dev/null 2>"$tmp/err"
 rc=$?
-ok "$([ $rc = 1 ] && one_line_err && grep -q "trunc.ckpt" "$tmp/err" && [ ! -e "$tmp/f/epoch-3.ckpt" ]; echo $?)" \
-    "a truncated checkpoint is refused: exit 1, one line ($(cat "$tmp/err"))"
+ok "$([ $rc = 1 ] && one_line_err && grep -q "trunc.ckpt" "$tmp/err" && [ ! -e "$tmp/f" ]; echo $?)" \
+    "a truncated checkpoint is refused: exit 1, one line, and --out is not made ($(cat "$tmp/err"))"
+"$train" --data "$ds/train" --resume "$tmp/nosuch.ckpt" --epochs 3 --out "$tmp/g/h" >/dev/null 2>"$tmp/err"
+rc=$?
+ok "$([ $rc = 1 ] && one_line_err && [ ! -e "$tmp/g" ]; echo $?)" "a missing checkpoint: exit 1, one line, nothing made under --out"
+touch "$tmp/afile"
+"$train" --data "$ds/train" --spec "$tmp/spec.json" --epochs 1 --out "$tmp/afile/x" >/dev/null 2>"$tmp/err"
+rc=$?
+ok "$([ $rc = 2 ] && one_line_err && grep -q -- "--out" "$tmp/err"; echo $?)" "an --out that cannot be made is refused before training: exit 2 ($(cat "$tmp/err"))"
 other='{"model": {"arch": "cnn", "input": [1, 28, 28], "classes": 10, "width": 0.25}, "train": {"optimizer": "adam", "lr": 0.002, "batch": 32, "seed": 7}}'
 echo "$other" >"$tmp/other.json"
 "$train" --data "$ds/train" --resume "$tmp/b/epoch-2.ckpt" --spec "$tmp/other.json" --epochs 3 >/dev/null 2>"$tmp/err"

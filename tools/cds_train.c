@@ -164,6 +164,37 @@ static int progress(void *ctx, int64_t done, int64_t total, const nn_pass_stats 
     return 0;
 }
 
+/* Whether --out can be neither written nor made, checked before training
+ * (errno says why); the directory itself is made only at the first save. */
+static int out_unwritable(const char *out)
+{
+    struct stat st;
+    if (stat(out, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) {
+            errno = ENOTDIR;
+            return 1;
+        }
+        return access(out, W_OK | X_OK) != 0;
+    }
+    if (errno != ENOENT)
+        return 1;
+    /* The nearest existing ancestor must let us make the rest. */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", out);
+    for (;;) {
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+            return access(".", W_OK | X_OK) != 0;
+        if (slash == dir)
+            return access("/", W_OK | X_OK) != 0;
+        *slash = '\0';
+        if (stat(dir, &st) == 0)
+            return !S_ISDIR(st.st_mode) ? (errno = ENOTDIR, 1) : access(dir, W_OK | X_OK) != 0;
+        if (errno != ENOENT)
+            return 1;
+    }
+}
+
 typedef struct run_opts {
     shard_list data, valid;
     const char *spec, *resume, *out;
@@ -238,9 +269,11 @@ static int train_epochs(const run_opts *o, nn_trainer *t)
             }
         print_epoch(o, t, &sum, &va, secs);
         if (o->out) {
+            /* --out is made at the first checkpoint, so a run that fails
+             * before it leaves no directory behind. */
             char path[4096];
             snprintf(path, sizeof path, "%s/epoch-%lld.ckpt", o->out, (long long)nn_trainer_epoch(t));
-            if (nn_trainer_save(t, path, &err) != 0) {
+            if (cds_mkdirs(o->out, &err) != 0 || nn_trainer_save(t, path, &err) != 0) {
                 fprintf(stderr, "cds-train: %s\n", err.msg);
                 return 1;
             }
@@ -353,18 +386,19 @@ int main(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     }
     nn_par_set_threads(o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
-    cds_err err;
-    if (o.out && cds_mkdirs(o.out, &err) != 0) {
-        fprintf(stderr, "cds-train: --out %s: %s\n", o.out, err.msg);
+    if (o.out && out_unwritable(o.out)) {
+        fprintf(stderr, "cds-train: --out %s: %s: give a directory this user can write, or that can be made\n", o.out,
+                strerror(errno));
         rc = 2;
     }
     nn_trainer *t = NULL;
     if (rc == 0)
         rc = make_trainer(&o, &t);
     if (t && !o.json)
-        printf("cds-train: %s, %zu parameters, %d training shards, epoch %lld of %d, %d threads\n",
+        printf("cds-train: %s, %zu parameters, %d training shards, %s epoch %lld of %d, %d threads\n",
                 nn_model_arch(nn_trainer_model(t)), nn_model_nparams(nn_trainer_model(t)), o.data.n,
-                (long long)nn_trainer_epoch(t), o.epochs, nn_par_threads());
+                nn_trainer_epoch(t) > 0 ? "resuming at" : "from", (long long)nn_trainer_epoch(t) + 1, o.epochs,
+                nn_par_threads());
     if (t)
         rc = train_epochs(&o, t);
     nn_trainer_free(t);

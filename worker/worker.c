@@ -295,8 +295,10 @@ static void ack_pending(worker *w, held *hs, size_t n)
     }
     for (size_t j = 0; j < k; j++) {
         held *h = &hs[idx[j]];
-        if (acked[j])
+        if (acked[j]) {
+            w->jobs_done++;
             cds_logf(&w->log, CDS_LOG_INFO, "job %s %s done in %lld ms", h->job.id, h->job.type, (long long)h->ran_ms);
+        }
         else
             cds_logf(&w->log, CDS_LOG_WARN,
                      "ack of job %s refused: the lease was lost (cancelled, or expired and given to another worker)",
@@ -313,6 +315,8 @@ static void fail_job(worker *w, held *h, const char *reason, int permanent, work
     queue_fail_result fr;
     if (WITH_RECONNECT(w, queue_fail(w->q, &h->job, reason, permanent, &fr, &err)) != 0)
         cds_logf(&w->log, CDS_LOG_ERROR, "recording the failure of job %s failed: %s", h->job.id, err.msg);
+    else if (!fr.lost)
+        w->jobs_failed++;
     else if (fr.lost)
         cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s) but its lease was already lost", h->job.id, reason);
     else if (fr.dead) {
@@ -528,7 +532,10 @@ int worker_run(const worker_cfg *cfg)
     pthread_join(hb_t, NULL);
     pthread_kill(sig_t, SIGUSR1);
     pthread_join(sig_t, NULL);
-    cds_logf(&w.log, CDS_LOG_INFO, "stopped after %lld jobs", (long long)n);
+    (void)n;
+    cds_logf(&w.log, CDS_LOG_INFO, "stopped: %lld jobs done, %lld failed; %lld visits committed, %lld evaluations and "
+             "%lld test results recorded", (long long)w.jobs_done, (long long)w.jobs_failed,
+             (long long)w.visits_committed, (long long)w.evals_recorded, (long long)w.tests_recorded);
     queue_close(w.q);
     worker_results_db_free(w.results_db);
     free(w.held);

@@ -49,6 +49,10 @@ struct worker {
     sigset_t sigs;
     mop_slot mop;
     worker_results_db *results_db; /* made on first use by the main thread */
+    /* What was done, for the last log line (main thread only): jobs acked
+     * and failed, visits committed, evaluations and test scores recorded;
+     * released work and refused acks or commits are not counted. */
+    int64_t jobs_done, jobs_failed, visits_committed, evals_recorded, tests_recorded;
 };
 
 struct worker_run_ctx {

@@ -270,6 +270,7 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
                  v->sweep, v->lease.model, v->lease.epoch, v->lease.shard);
         return 0;
     }
+    w->visits_committed++;
     if (r->epoch_done && keep_epoch) {
         /* The epoch's checkpoint must outlive the next commit, which deletes
          * the file it supersedes, until an evaluation has read it. */
@@ -686,6 +687,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
         return;
     }
     free(text);
+    w->evals_recorded++;
     char line[1024];
     snprintf(line, sizeof line, "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s\n", sweep, m, e,
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
@@ -836,8 +838,10 @@ static int record_test(worker *w, const char *sweep, const queue_mop_lease *l, c
 {
     cds_err err;
     slot_finishing(w);
-    if (WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, result, &err)) == 0)
+    if (WITH_RECONNECT(w, queue_mop_record_test(w->q, sweep, l, result, &err)) == 0) {
+        w->tests_recorded++;
         return 0;
+    }
     cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test result was not recorded: %s", sweep, err.msg);
     return -1;
 }
