@@ -88,7 +88,7 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 ok $killed "the shard job's COPY backend was terminated mid-stream"
-for _ in $(seq 50); do grep -q "failed (" "$root/slow-a.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "failed (" "$root/slow-a.log" && break; sleep 0.1; done
 grep "failed (" "$root/slow-a.log" | head -1 | grep -q "terminating connection\|connection"
 ok $? "the shard job fails with a clear error ($(grep -o 'failed (.\{0,90\}' "$root/slow-a.log" | head -1))"
 ls -a "$root/datasets" | grep -q "^slow$"; [ $? -ne 0 ] && ! find "$root/datasets" -path '*slow*' -name 'shard-0' | grep -q .

@@ -313,10 +313,11 @@ static void fail_job(worker *w, held *h, const char *reason, int permanent, work
 {
     cds_err err;
     queue_fail_result fr;
-    if (WITH_RECONNECT(w, queue_fail(w->q, &h->job, reason, permanent, &fr, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_ERROR, "recording the failure of job %s failed: %s", h->job.id, err.msg);
-    else if (!fr.lost)
+    int rc = WITH_RECONNECT(w, queue_fail(w->q, &h->job, reason, permanent, &fr, &err));
+    if (rc == 0 && !fr.lost)
         w->jobs_failed++;
+    if (rc != 0)
+        cds_logf(&w->log, CDS_LOG_ERROR, "recording the failure of job %s failed: %s", h->job.id, err.msg);
     else if (fr.lost)
         cds_logf(&w->log, CDS_LOG_WARN, "job %s failed (%s) but its lease was already lost", h->job.id, reason);
     else if (fr.dead) {
