@@ -98,16 +98,22 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
     qargs_key(keys, q, "sweeps:active");
 }
 
-/* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
- * not an array is an error; so is the script's {'missing'} (no such sweep),
- * which also sets *missing when the caller passes it. */
-static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
-                           cds_err *err)
+/* The keys of one DSN's cds_results outbox (queue_outbox.c). */
+void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
+
+/* Runs a MOP script on a sweep's keys, then `extra` keys (NULL: none), with
+ * args; frees args.  A reply that is not an array is an error; so is the
+ * script's {'missing'} (no such sweep), which also sets *missing when the
+ * caller passes it. */
+static redisReply *mop_run_with(queue_conn *q, const char *script, const char *sweep, const qargs *extra,
+                                qargs *args, int *missing, cds_err *err)
 {
     if (missing)
         *missing = 0;
     qargs cmd = {0}, keys = {0};
     add_sweep_keys(&keys, q, sweep);
+    for (size_t i = 0; extra && i < extra->n; i++)
+        qargs_addn(&keys, extra->v[i], extra->len[i]);
     qargs_add(&cmd, "EVAL");
     qargs_add(&cmd, script);
     qargs_addf(&cmd, "%zu", keys.n);
@@ -133,6 +139,12 @@ static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep,
         return NULL;
     }
     return r;
+}
+
+static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
+                           cds_err *err)
+{
+    return mop_run_with(q, script, sweep, NULL, args, missing, err);
 }
 
 static int unexpected(redisReply *r, const char *what, cds_err *err)
@@ -500,19 +512,37 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
 int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                             double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
 {
+    return queue_mop_record_result_row(q, sweep, l, metrics_json, valid_top1, NULL, is_best, prev_best_epoch, err);
+}
+
+int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
+                                double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
+                                cds_err *err)
+{
     *is_best = 0;
     *prev_best_epoch = -1;
     if (check_sweep_id(sweep, err) != 0)
         return -1;
-    qargs args = {0};
+    qargs args = {0}, outbox = {0};
     qargs_add(&args, l->token);
     qargs_addf(&args, "%d", l->model);
     qargs_addf(&args, "%d", l->epoch);
     qargs_add(&args, metrics_json);
     qargs_addf(&args, "%.17g", valid_top1);
+    if (row) {
+        char id[QUEUE_OUTBOX_ID_LEN];
+        queue_outbox_id(row->dsn ? row->dsn : "", id);
+        qoutbox_keys(&outbox, q, id, 0);
+        qargs_add(&args, sweep);
+        qargs_add(&args, row->dsn ? row->dsn : "");
+        qargs_addf(&args, "%d", row->epoch);
+        qargs_add(&args, id);
+    }
     redisReply *r = NULL;
     int missing;
-    if (!(r = mop_run(q, queue_lua_mop_result, sweep, &args, &missing, err)))
+    r = mop_run_with(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
+    qargs_free(&outbox);
+    if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (qc_reply_is(r, 0, "lost")) {
         freeReplyObject(r);
