@@ -1312,17 +1312,19 @@ static int check_db(jobctl *j, const char *sweep)
 
 static int cmd_results(jobctl *j, int argc, char **argv)
 {
-    enum { O_CHECK_DB = 401 };
-    static const struct option opts[] = {{"check-db", no_argument, 0, O_CHECK_DB}, GLOBAL_OPTIONS};
-    int c, check = 0;
+    enum { O_CHECK_DB = 401, O_WATCH };
+    static const struct option opts[] = {
+        {"check-db", no_argument, 0, O_CHECK_DB}, {"watch", no_argument, 0, O_WATCH}, GLOBAL_OPTIONS};
+    int c, check = 0, watch = 0;
     while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
         if (c == NEXT_HELP)
             return fputs(usage_results, stdout), EXIT_DONE;
-        if (c != O_CHECK_DB)
+        if (c != O_CHECK_DB && c != O_WATCH)
             return EXIT_USAGE;
-        check = 1;
+        check |= c == O_CHECK_DB;
+        watch |= c == O_WATCH;
     }
-    if (!check) {
+    if (!check || watch) { /* --watch: the leaderboard's parser says it is for status only */
         optind = 0; /* the leaderboard parses the same argv again */
         return sweep_view(j, argc, argv, usage_results, 0);
     }
