@@ -98,22 +98,20 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
     qargs_key(keys, q, "sweeps:active");
 }
 
-/* The keys of one DSN's cds_results outbox (queue_outbox.c). */
-void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
-
-/* Runs a MOP script on a sweep's keys, then `extra` keys (NULL: none), with
- * args; frees args.  A reply that is not an array is an error; so is the
- * script's {'missing'} (no such sweep), which also sets *missing when the
- * caller passes it. */
-static redisReply *mop_run_with(queue_conn *q, const char *script, const char *sweep, const qargs *extra,
+/* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
+ * not an array is an error; so is the script's {'missing'} (no such sweep),
+ * which also sets *missing when the caller passes it. */
+static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *sweep, qargs *extra_keys,
                                 qargs *args, int *missing, cds_err *err)
 {
     if (missing)
         *missing = 0;
     qargs cmd = {0}, keys = {0};
     add_sweep_keys(&keys, q, sweep);
-    for (size_t i = 0; extra && i < extra->n; i++)
-        qargs_addn(&keys, extra->v[i], extra->len[i]);
+    for (size_t i = 0; extra_keys && i < extra_keys->n; i++)
+        qargs_addn(&keys, extra_keys->v[i], extra_keys->len[i]);
+    if (extra_keys)
+        qargs_free(extra_keys);
     qargs_add(&cmd, "EVAL");
     qargs_add(&cmd, script);
     qargs_addf(&cmd, "%zu", keys.n);
@@ -144,7 +142,7 @@ static redisReply *mop_run_with(queue_conn *q, const char *script, const char *s
 static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
                            cds_err *err)
 {
-    return mop_run_with(q, script, sweep, NULL, args, missing, err);
+    return mop_run_keys(q, script, sweep, NULL, args, missing, err);
 }
 
 static int unexpected(redisReply *r, const char *what, cds_err *err)
@@ -515,6 +513,9 @@ int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_le
     return queue_mop_record_result_row(q, sweep, l, metrics_json, valid_top1, NULL, is_best, prev_best_epoch, err);
 }
 
+/* The keys of one DSN's cds_results outbox (queue_outbox.c). */
+void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
+
 int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                                 double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
                                 cds_err *err)
@@ -540,8 +541,7 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
     }
     redisReply *r = NULL;
     int missing;
-    r = mop_run_with(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
-    qargs_free(&outbox);
+    r = mop_run_keys(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (qc_reply_is(r, 0, "lost")) {

@@ -53,8 +53,7 @@
  * Keys (all under the prefix, with the sweep id in braces so one sweep's keys
  * share a Redis Cluster hash slot; docs/redis-keys.md).  Every script takes
  * the same nine: sweep, models, schedule, evals, sweeps, mop:wake, evaling,
- * results, sweeps:active.  mop_result may take three more, the outbox of
- * the dataset's database (see the cds_results outbox below).
+ * results, sweeps:active.
  *   sweep:{S}           hash   the sweep: state (running|paused|done|cancelled), dataset, dataset_version,
  *                              shards, epochs, models, created, spec (JSON), updated, and (added by mop) id,
  *                              live (models not yet done/failed/cancelled), finished (ms, or ""),
