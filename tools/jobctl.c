@@ -26,9 +26,7 @@
  *      operation (cancel a finished job, retry a live one), or Redis refused
  *      the command;
  *   2  bad usage or input (command, option, number, JSON, URL, id), or Redis
- *      unreachable, refusing AUTH, or lost mid-command;
- *   3, 4  (results --check-db only) cds_results rows wait in Redis for their
- *      database / rows were set aside because the database refused them.
+ *      unreachable, refusing AUTH, or lost mid-command.
  * The library's cds_err messages already name the problem and the fix and
  * redact the password of a URL; fail() passes them through.  jobctl never
  * prints the raw --redis argument, and scrubs the URL's password from every
@@ -1206,7 +1204,8 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
     return rc;
 }
 
-/* jobctl results --check-db: statuses besides 0 (nothing waits), for cron. */
+/* jobctl results --check-db: statuses besides 0 (nothing waits), for cron;
+ * apart from the 1 and 2 of every command (see the top of this file). */
 enum { EXIT_ROWS_WAIT = 3, EXIT_ROWS_ASIDE = 4 };
 
 /* An age or a wait from the report's server time, as "42s ago" / "in 42s". */
@@ -1438,6 +1437,7 @@ static const char usage_main[] =
     "  results SWEEP           the leaderboard of a MOP sweep\n"
     "  results [SWEEP] --check-db\n"
     "                          cds_results rows still waiting in Redis for their database\n"
+    "                          (exit 3 when rows wait, 4 when rows were set aside)\n"
     "  replay SWEEP [--id NEW] train a finished sweep again in its recorded order\n"
     "  plot SWEEP --out F.png  learning curves of every model (png or svg)\n"
     "  pause SWEEP, resume SWEEP, cancel SWEEP\n"
@@ -1455,8 +1455,7 @@ static const char usage_main[] =
     "  --json                      print JSON instead of a table\n"
     "\n"
     "exit status: 0 done (a duplicate --unique enqueue too); 1 no such job, or its state\n"
-    "refuses the operation; 2 bad usage or input, or Redis unreachable or refusing AUTH;\n"
-    "results --check-db: 3 rows wait for their database, 4 rows were set aside.\n";
+    "refuses the operation; 2 bad usage or input, or Redis unreachable or refusing AUTH.\n";
 
 typedef struct command {
     const char *name;
