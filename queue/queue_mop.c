@@ -609,19 +609,39 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
 int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                             double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
 {
+    return queue_mop_record_result_row(q, sweep, l, metrics_json, valid_top1, NULL, is_best, prev_best_epoch, err);
+}
+
+/* The keys of one DSN's cds_results outbox (queue_outbox.c). */
+void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
+
+int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
+                                double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
+                                cds_err *err)
+{
     *is_best = 0;
     *prev_best_epoch = -1;
     if (check_sweep_id(sweep, err) != 0)
         return -1;
-    qargs args = {0};
+    qargs args = {0}, outbox = {0};
     qargs_add(&args, l->token);
     qargs_addf(&args, "%d", l->model);
     qargs_addf(&args, "%d", l->epoch);
     qargs_add(&args, metrics_json);
     qargs_addf(&args, "%.17g", valid_top1);
+    if (row) {
+        char id[QUEUE_OUTBOX_ID_LEN];
+        queue_outbox_id(row->dsn ? row->dsn : "", id);
+        qoutbox_keys(&outbox, q, id, 0);
+        qargs_add(&args, sweep);
+        qargs_add(&args, row->dsn ? row->dsn : "");
+        qargs_addf(&args, "%d", row->epoch);
+        qargs_add(&args, id);
+    }
     redisReply *r = NULL;
     int missing;
-    if (!(r = mop_run(q, queue_lua_mop_result, sweep, &args, &missing, err)))
+    r = mop_run_keys(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
+    if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (qc_reply_is(r, 0, "lost")) {
         freeReplyObject(r);

@@ -254,6 +254,18 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
  * lost: the epoch went back to the list, someone else evaluates it. */
 int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                             double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err);
+/* The same, and, in the same script call, appends the row this evaluation
+ * makes in cds_results to the outbox of the dataset's database (below), so
+ * the row survives a database that is down and a worker that dies right
+ * after recording.  row NULL: no database to write to (a dataset made
+ * without an ETL plan); as queue_mop_record_result then. */
+typedef struct queue_outbox_row {
+    const char *dsn; /* the database: a libpq conninfo without password ("": each worker's libpq defaults) */
+    int epoch;       /* the epoch as cds_results numbers it */
+} queue_outbox_row;
+int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
+                                double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
+                                cds_err *err);
 /* Claims the test scoring of a done sweep as a lease of lease_ms (kind
  * QUEUE_MOP_TEST, model -1): 1 claimed, 0 not now (the sweep is not done,
  * evaluations wait or are in flight, another worker's claim holds, or the
@@ -289,6 +301,84 @@ int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err);
 /* Shards whose last beat is older than grace_ms: their worker is gone; an
  * idle worker may serve them too.  Up to max ids into shards. */
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
+
+/* ---- the cds_results outbox (queue_outbox.c, lua/outbox.lua) ----
+ *
+ * Rows for cds_results wait in Redis, per database, until a worker has
+ * written them; see queue_outbox.c for the protocol and docs/redis-keys.md
+ * for the keys:
+ *   results:outbox             zset  DSN id -> when its rows may next be tried (ms)
+ *   results:outbox:{<id>}      list  the rows (JSON), oldest first
+ *   results:outbox:{<id>}:state hash dsn, failures, last_error, last_error_ms, next_try_ms,
+ *                                    failing_since_ms, head_refusals, claim_token, claim_by, claim_deadline
+ *   results:aside              list  rows the database refused, set aside with the reason (JSON)
+ * A DSN id is 16 hex digits of a 64-bit FNV-1a hash of the DSN text. */
+#define QUEUE_OUTBOX_ID_LEN 17
+void queue_outbox_id(const char *dsn, char id[QUEUE_OUTBOX_ID_LEN]);
+
+/* What a call on one DSN's outbox answered (lua/outbox.lua). */
+enum {
+    QUEUE_OUTBOX_ROW,      /* the claim is held; row is the head, to write next */
+    QUEUE_OUTBOX_EMPTY,    /* nothing waits */
+    QUEUE_OUTBOX_LATER,    /* backing off until next_try_ms */
+    QUEUE_OUTBOX_BUSY,     /* another worker holds the claim (claim_by) */
+    QUEUE_OUTBOX_LOST,     /* this claim was taken over: write nothing more */
+    QUEUE_OUTBOX_RELEASED, /* the claim was given back */
+    QUEUE_OUTBOX_ASIDE     /* the refused row was set aside; row is the next head (NULL: none), claim held */
+};
+
+typedef struct queue_outbox_head {
+    int state;                /* QUEUE_OUTBOX_* */
+    char *row;                /* malloc'd, or NULL */
+    int64_t waiting;          /* rows in the list */
+    int64_t failures;         /* consecutive failed tries of the database */
+    int64_t refusals;         /* times the head row was refused */
+    int64_t next_try_ms;      /* the index score, -1 when not indexed */
+    int64_t now_ms;           /* the server's time */
+    int64_t failing_since_ms; /* first failure of the current outage, -1 if none */
+    char claim_by[QUEUE_NAME_MAX];
+    char last_error[CDS_ERR_MAX];
+} queue_outbox_head;
+void queue_outbox_head_clear(queue_outbox_head *h);
+
+/* A worker's claim on one DSN's outbox. */
+typedef struct queue_outbox_claim {
+    char id[QUEUE_OUTBOX_ID_LEN];
+    const char *worker;
+    char token[QUEUE_TOKEN_MAX]; /* drawn by queue_outbox_take */
+    int64_t claim_ms;            /* each answer that keeps the claim moves its deadline to now + claim_ms */
+} queue_outbox_claim;
+
+/* How a try failed: retry (the database is away or refuses every row:
+ * backoff of min(cap, base*2^(n-1)) * factor for the n-th failure in a
+ * row), refused (the database refused this row for its data: set aside
+ * after max_refusals), malformed (the row is not readable: set aside now). */
+typedef struct queue_outbox_failure {
+    const char *why;
+    const char *kind; /* "retry", "refused" or "malformed" */
+    int64_t base_ms, cap_ms;
+    double factor;    /* in [0.5, 1], drawn by the caller */
+    int max_refusals;
+} queue_outbox_failure;
+
+/* The DSN ids whose rows may be tried now, oldest due first, at most max
+ * (free with queue_sweep_list_free). */
+int queue_outbox_due(queue_conn *q, size_t max, char ***ids, size_t *n, cds_err *err);
+/* Takes the claim of c->id (c->token drawn here): ROW, EMPTY, LATER or BUSY. */
+int queue_outbox_take(queue_conn *q, queue_outbox_claim *c, queue_outbox_head *h, cds_err *err);
+/* row was written (or was there already): removes it if it is still the
+ * head, resets the backoff: ROW (the next), EMPTY or LOST. */
+int queue_outbox_done(queue_conn *q, const queue_outbox_claim *c, const char *row, queue_outbox_head *h,
+                      cds_err *err);
+/* Writing row failed: LATER (claim given back, backoff), ASIDE or LOST. */
+int queue_outbox_fail(queue_conn *q, const queue_outbox_claim *c, const char *row, const queue_outbox_failure *f,
+                      queue_outbox_head *h, cds_err *err);
+/* Gives the claim back without a failure (the pass ran out of time). */
+int queue_outbox_release(queue_conn *q, const queue_outbox_claim *c, queue_outbox_head *h, cds_err *err);
+/* What waits, for jobctl results --check-db: the rows of sweep (NULL: of
+ * every sweep) still in an outbox and the ones set aside, as a JSON object
+ * (documented in docs/sweeps.md). */
+int queue_outbox_report(queue_conn *q, const char *sweep, json_t **out, cds_err *err);
 
 /* ---- read-only views (queue_sweep_read.c) ---- */
 

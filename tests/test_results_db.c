@@ -1,24 +1,66 @@
-/* cds_results through worker_results_db against the real PostgreSQL of
- * scripts/with-services: the table is created on first use, one connection
- * serves many rows, a row inserted twice stays one, a connection the server
- * terminated between two rows is replaced without losing the second, and a
- * database that cannot be reached is a one-line error. */
+/* cds_results through worker_results_db against the real PostgreSQL and
+ * redis-server of scripts/with-services.
+ *
+ * The writer: the table is created on first use, one connection serves many
+ * rows, a row inserted twice stays one, a connection the server terminated
+ * between two rows is replaced without losing the second, a database that
+ * cannot be reached is a one-line error, one that never answers is given up
+ * within the bound, a row the database refuses for its data says so, and a
+ * DSN keeps no password.
+ *
+ * The outbox (rows kept in Redis while their database is away): rows
+ * recorded while the database does not exist yet stay in Redis, each failed
+ * try backs the database off (the first failure logs one line, the retries
+ * none), the backoff follows min(cap, base·2^(n−1))·U[0.5, 1] and holds
+ * every drainer off until it passes, a sweep that left the active set is
+ * drained all the same, and once the database exists the rows go in, in the
+ * order they were recorded, exactly once, with one line saying so; a worker
+ * that died between the insert and the removal leaves its row for the next,
+ * whose insert is a no-op; a row that is not JSON and a row the database
+ * refuses are set aside (at once, and after max_refusals tries) without
+ * holding up the rows behind them; and jobctl results --check-db reports it
+ * all, exiting 0, 3 or 4.  The backoff clock is the test's: a zero base, or
+ * the index score set by hand; no step waits on wall time but the lapse of a
+ * 1 ms claim. */
+#include <arpa/inet.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include "cds_util.h"
+#include "queue_mop.h"
 #include "tap.h"
+#include "testutil.h"
 #include "worker_int.h"
 
 static PGconn *admin;
+static redisContext *raw;
+static char prefix[64];
+static const char *build_root;
 
-static long long scalar(const char *sql)
+static long long scalar_on(PGconn *c, const char *sql)
 {
-    PGresult *r = PQexec(admin, sql);
+    PGresult *r = PQexec(c, sql);
     long long v = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
     return v;
+}
+
+static long long scalar(const char *sql) { return scalar_on(admin, sql); }
+
+static void text_on(PGconn *c, const char *sql, char *out, size_t n)
+{
+    PGresult *r = PQexec(c, sql);
+    snprintf(out, n, "%s", PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "?");
+    PQclear(r);
 }
 
 /* The backends of this database other than the admin connection. */
@@ -32,25 +74,8 @@ static const char metrics[] = "{\"train_rows\": 100, \"train_loss\": 0.5, \"trai
                               " \"valid_loss\": 0.6, \"valid_top1\": 0.75, \"valid_top5\": 1.0}";
 static const char spec[] = "{\"model\": {\"arch\": \"mlp\"}, \"train\": {\"lr\": 0.01}}";
 
-int main(void)
+static void test_writer(const char *dsn)
 {
-    if (!getenv("PGHOST"))
-        tap_skip_all("no PostgreSQL: run through scripts/with-services");
-    char db[64];
-    snprintf(db, sizeof db, "cds_results_%d", (int)getpid());
-    admin = PQconnectdb("");
-    if (PQstatus(admin) != CONNECTION_OK)
-        tap_bail(PQerrorMessage(admin));
-    char sql[256];
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
-    PQclear(PQexec(admin, sql));
-    PQfinish(admin);
-    char dsn[128];
-    snprintf(dsn, sizeof dsn, "dbname=%s", db);
-    admin = PQconnectdb(dsn);
-    if (PQstatus(admin) != CONNECTION_OK)
-        tap_bail(PQerrorMessage(admin));
-
     cds_err err = {0};
     worker_results_db *rdb = worker_results_db_new();
     ok(rdb != NULL, "a results writer");
@@ -77,12 +102,392 @@ int main(void)
 
     /* Another DSN (another dataset's database) gets its own connection. */
     cds_err e2 = {0};
-    ok(worker_results_db_insert(rdb, "host=/nonexistent-dir port=1", "s1", 2, 1, spec, metrics, &e2) != 0 &&
+    ok(worker_results_db_insert(rdb, "host=/nonexistent-dir port=1", "s1", 2, 1, spec, metrics, &e2) == -1 &&
            strstr(e2.msg, "connecting to the dataset's database") && !strchr(e2.msg, '\n'),
-       "an unreachable database is a one-line error: %s", e2.msg);
+       "an unreachable database is a one-line error, to retry: %s", e2.msg);
     ok(worker_results_db_insert(rdb, dsn, "s1", 2, 1, spec, metrics, &err) == 0, "and the right one works after it");
     is_int(scalar("SELECT count(*) FROM cds_results"), 5, "five rows in all");
+
+    /* A row whose data the database refuses would be refused again. */
+    e2.msg[0] = '\0';
+    rc = worker_results_db_insert(rdb, dsn, "s1", 3, 1, spec, "{\"valid_rows\": \"many\"}", &e2);
+    ok(rc == WORKER_RESULTS_REFUSED && strstr(e2.msg, "inserting into cds_results"),
+       "a row with a bad value is refused, not to be retried: %s", e2.msg);
+    ok(worker_results_db_insert(rdb, dsn, "s1", 3, 1, spec, metrics, &err) == 0,
+       "the connection serves the next row after the refusal");
+
+    /* A server that takes the connection but never answers: the try ends
+     * at its bound, so a worker's main loop is never held longer. */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof a;
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 4) != 0 ||
+        getsockname(s, (struct sockaddr *)&a, &alen) != 0)
+        tap_bail("cannot open a silent listening socket");
+    char silent[128];
+    snprintf(silent, sizeof silent, "host=127.0.0.1 port=%d dbname=x user=x", ntohs(a.sin_port));
+    worker_results_db_set_bound(rdb, 300);
+    int64_t t0 = cds_mono_ms();
+    e2.msg[0] = '\0';
+    rc = worker_results_db_insert(rdb, silent, "s1", 4, 1, spec, metrics, &e2);
+    int64_t took = cds_mono_ms() - t0;
+    ok(rc == -1 && took >= 300 && took < 5000 && strstr(e2.msg, "timed out"),
+       "a database that never answers is given up at the bound (300 ms; took %lld ms): %s", (long long)took, e2.msg);
+    close(s);
     worker_results_db_free(rdb);
+
+    char *d1 = worker_results_dsn("host=db1 port=5432 dbname=sales user=etl password=s3cret");
+    char *d2 = worker_results_dsn("postgresql://etl:s3cret@db1:5432/sales");
+    char *d3 = worker_results_dsn("host=db1 dbname=sales user=etl");
+    ok(d1 && d2 && !strstr(d1, "s3cret") && !strstr(d2, "s3cret") && strstr(d1, "dbname='sales'") &&
+           strstr(d2, "host='db1'") && strstr(d2, "user='etl'"),
+       "a DSN loses its password before it goes to Redis ('%s', '%s')", d1 ? d1 : "", d2 ? d2 : "");
+    char *d4 = worker_results_dsn("");
+    ok(d3 && strcmp(d3, "host=db1 dbname=sales user=etl") == 0 && d4 && !*d4 && !worker_results_dsn(NULL),
+       "one without a password stays as it is, so does an empty one (libpq's defaults)");
+    free(d1);
+    free(d2);
+    free(d3);
+    free(d4);
+}
+
+/* ---- the outbox ------------------------------------------------------------- */
+
+static redisReply *rcmd(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(raw, fmt, ap);
+    va_end(ap);
+    if (!r)
+        tap_bail("lost the raw Redis connection");
+    return r;
+}
+
+static long long rint_of(const char *fmt, const char *a, const char *b)
+{
+    redisReply *r = rcmd(fmt, a, b);
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static void state_field(const char *id, const char *field, char *out, size_t n)
+{
+    redisReply *r = rcmd("HGET %sresults:outbox:{%s}:state %s", prefix, id, field);
+    snprintf(out, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
+    freeReplyObject(r);
+}
+
+static long long outbox_len(const char *id) { return rint_of("LLEN %sresults:outbox:{%s}", prefix, id); }
+
+static void make_due(const char *id)
+{
+    freeReplyObject(rcmd("ZADD %sresults:outbox 0 %s", prefix, id));
+}
+
+static const char *const model_specs[2] = {"{\"model\":\"m0\"}", "{\"model\":\"m1\"}"};
+
+static void create_sweep(queue_conn *q, const char *id)
+{
+    queue_sweep_def d = {.id = id, .dataset = "mnist", .dataset_version = "v1", .shards = 1, .epochs = 3,
+                         .models = 2, .model_specs = model_specs, .spec_json = "{}"};
+    cds_err err;
+    if (queue_sweep_create(q, &d, NULL, &err) != 0) {
+        tap_diag("create %s: %s", id, err.msg);
+        tap_bail("cannot create a sweep");
+    }
+}
+
+/* Trains the next visit of the one-shard sweep (which ends an epoch),
+ * evaluates it, and records the result with its row for cds_results, as a
+ * worker does; "<m>.<epoch>" of the row into what. */
+static void record(queue_conn *q, const char *sweep, const char *dsn, const char *m_json, char *what, size_t n)
+{
+    queue_mop_lease l, e;
+    queue_mop_commit_result cr;
+    cds_err err;
+    int done = 0, is_best, prev;
+    if (queue_mop_lease_model(q, sweep, 0, "trainer", 60000, &l, &done, &err) != 1 ||
+        queue_mop_commit(q, sweep, &l, "ckpt/x", &cr, &err) != 0 || !cr.accepted ||
+        queue_mop_take_eval(q, sweep, "evaluator", 60000, &e, &err) != 1)
+        tap_bail("cannot train and take an evaluation");
+    queue_outbox_row row = {.dsn = dsn, .epoch = e.epoch};
+    if (queue_mop_record_result_row(q, sweep, &e, m_json, 0.5, &row, &is_best, &prev, &err) != 0) {
+        tap_diag("record: %s", err.msg);
+        tap_bail("cannot record a result");
+    }
+    snprintf(what, n, "%d.%d", e.model, e.epoch);
+}
+
+/* Runs jobctl with args; its stdout and stderr into out; returns its exit
+ * status. */
+static int jobctl_raw(char *out, size_t n, const char *args)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "'%s/tools/jobctl' --redis '%s' --prefix '%s' %s 2>&1", build_root,
+             test_redis_url(), prefix, args);
+    FILE *p = popen(cmd, "r");
+    size_t got = p ? fread(out, 1, n - 1, p) : 0;
+    out[got] = '\0';
+    int st = p ? pclose(p) : -1;
+    return st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* The same, its lines joined by '|' (to show in one TAP line). */
+static int jobctl(char *out, size_t n, const char *args)
+{
+    int st = jobctl_raw(out, n, args);
+    for (char *c = out; *c; c++)
+        if (*c == '\n')
+            *c = c[1] ? '|' : '\0';
+    return st;
+}
+
+/* How many lines of the log hold needle. */
+static int log_lines(FILE *f, const char *needle)
+{
+    char line[2048];
+    int n = 0;
+    fflush(f);
+    rewind(f);
+    while (fgets(line, sizeof line, f))
+        n += strstr(line, needle) != NULL;
+    fseek(f, 0, SEEK_END);
+    return n;
+}
+
+static json_t *check_db_json(const char *args, int *status)
+{
+    static char out[65536];
+    *status = jobctl_raw(out, sizeof out, args);
+    json_t *j = json_loads(out, 0, NULL);
+    if (!j)
+        tap_diag("jobctl said: %s", out);
+    return j;
+}
+
+static void test_outbox(queue_conn *q, const char *host, const char *port, const char *user)
+{
+    char dbname[64], dsn[512], id[QUEUE_OUTBOX_ID_LEN], a[16], b[16], c[16], x[64], sql[512];
+    snprintf(dbname, sizeof dbname, "cds_outbox_%d", (int)getpid());
+    snprintf(dsn, sizeof dsn, "host=%s port=%s user=%s dbname=%s", host, port, user, dbname);
+    queue_outbox_id(dsn, id);
+    FILE *logf = tmpfile();
+    cds_log log;
+    cds_log_init(&log, logf, CDS_LOG_DEBUG, "test");
+    worker_results_db *db = worker_results_db_new();
+    worker_results_opts o;
+    worker_results_default_opts(&o, "w1");
+    o.base_ms = 0; /* the test's clock: every failed try is due again at once */
+    o.pass_ms = 60000;
+    worker_results_pass p;
+    cds_err err;
+
+    /* The database does not exist yet. */
+    create_sweep(q, "ob1");
+    record(q, "ob1", dsn, metrics, a, sizeof a);
+    is_int(outbox_len(id), 1, "a recorded result leaves its row in the outbox of its database");
+    ok(worker_results_drain_due(db, q, &o, &log, &err) == 0 && outbox_len(id) == 1,
+       "a drain while the database is missing keeps the row in Redis");
+    is_int(log_lines(logf, "cannot write to the dataset's database"), 1, "and logs one WARN line");
+    record(q, "ob1", dsn, metrics, b, sizeof b);
+    ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.failed_now && p.deferred && p.left == 2 &&
+           p.written == 0 && strstr(p.why, "does not exist"),
+       "the recorder's try fails too, and says why the rows wait: %s", p.why);
+    record(q, "ob1", dsn, metrics, c, sizeof c);
+    ok(worker_results_drain_due(db, q, &o, &log, &err) == 0 && outbox_len(id) == 3,
+       "three rows kept in Redis, in the order recorded (%s %s %s)", a, b, c);
+    state_field(id, "failures", x, sizeof x);
+    ok(strcmp(x, "3") == 0 && log_lines(logf, "cannot write to the dataset's database") == 1,
+       "three failed tries counted (%s), still one log line", x);
+
+    /* The shared backoff: with a base of 60 s the 4th failure waits
+     * min(60 s, 60 s·2^3)·U[0.5, 1], and nobody tries before. */
+    worker_results_opts slow = o;
+    slow.base_ms = 60000;
+    char le[32], nt[32];
+    ok(worker_results_drain(db, q, id, &slow, &log, &p, &err) == 0 && p.failed_now && p.failures == 4,
+       "a 4th failed try");
+    state_field(id, "last_error_ms", le, sizeof le);
+    state_field(id, "next_try_ms", nt, sizeof nt);
+    long long wait = atoll(nt) - atoll(le);
+    ok(wait >= 30000 && wait <= 60000 && rint_of("ZSCORE %sresults:outbox %s", prefix, id) == atoll(nt),
+       "the next try is %lld ms later, in [30 s, 60 s], and the index says so", wait);
+    ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && !p.failed_now && p.deferred && p.failures == 4 &&
+           p.left == 3,
+       "a drainer before that time does not try the database");
+    char **due = NULL;
+    size_t ndue = 0;
+    ok(queue_outbox_due(q, 16, &due, &ndue, &err) == 0 && ndue == 0, "and the outbox is not due");
+    queue_sweep_list_free(due, ndue);
+
+    int st;
+    json_t *rep = check_db_json("--json results ob1 --check-db", &st);
+    json_t *d0 = json_array_get(json_object_get(rep, "databases"), 0);
+    ok(st == 3 && json_integer_value(json_object_get(rep, "waiting")) == 3 &&
+           json_integer_value(json_object_get(d0, "failures")) == 4 &&
+           strstr(json_string_value(json_object_get(d0, "last_error")) ?: "", "does not exist") &&
+           json_integer_value(json_object_get(d0, "next_try_ms")) == atoll(nt) &&
+           json_is_integer(json_object_get(rep, "oldest_ms")) && strcmp(json_string_value(json_object_get(d0, "dsn")) ?: "", dsn) == 0,
+       "jobctl results ob1 --check-db --json: 3 rows wait, 4 failures, the last error and next try; exit 3 (%d)", st);
+    json_decref(rep);
+    char out[8192];
+    st = jobctl(out, sizeof out, "results ob1 --check-db");
+    ok(st == 3 && strstr(out, "3 cds_results rows of sweep ob1 wait") && strstr(out, "next try in"),
+       "and as text (exit %d): %s", st, out);
+
+    /* The sweep finishes (cancelled: it leaves the active set); its rows
+     * are still drained. */
+    int reaped, evals;
+    char **act = NULL;
+    size_t nact = 0;
+    queue_sweep_set_state(q, "ob1", "cancelled", &err);
+    queue_mop_reap(q, "ob1", &reaped, &evals, &err);
+    ok(queue_sweep_list_active(q, &act, &nact, &err) == 0 && nact == 0, "sweep ob1 left the active set");
+    queue_sweep_list_free(act, nact);
+
+    /* The database comes; the test moves the backoff clock on. */
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbname);
+    PGconn *pg = PQconnectdb("dbname=postgres");
+    PQclear(PQexec(pg, sql));
+    PQfinish(pg);
+    make_due(id);
+    ok(worker_results_drain_due(db, q, &o, &log, &err) == 0 && outbox_len(id) == 0, "the rows are drained");
+    snprintf(sql, sizeof sql, "dbname=%s", dbname);
+    PGconn *odb = PQconnectdb(sql);
+    char order[256], want[64];
+    text_on(odb, "SELECT string_agg(model || '.' || epoch, ' ' ORDER BY xmin::text::bigint) FROM cds_results "
+                 "WHERE sweep = 'ob1'", order, sizeof order);
+    snprintf(want, sizeof want, "%s %s %s", a, b, c);
+    ok(strcmp(order, want) == 0, "written once each, in the order recorded: %s", order);
+    ok(log_lines(logf, "every row kept in Redis while the database failed is written") == 1,
+       "one INFO line says the backlog is written");
+    ok(rint_of("EXISTS %sresults:outbox:{%s}:state", prefix, id) == 0 &&
+           rint_of("ZSCORE %sresults:outbox %s", prefix, id) == -1,
+       "the outbox's state and index entry are gone");
+    st = jobctl(out, sizeof out, "results ob1 --check-db");
+    ok(st == 0 && strstr(out, "no cds_results rows of sweep ob1 wait"), "jobctl results ob1 --check-db: exit 0: %s",
+       out);
+
+    /* A worker inserts the head row and dies before removing it. */
+    create_sweep(q, "ob2");
+    record(q, "ob2", dsn, metrics, a, sizeof a);
+    queue_outbox_claim dead = {.worker = "dead", .claim_ms = 60000};
+    snprintf(dead.id, sizeof dead.id, "%s", id);
+    queue_outbox_head h;
+    ok(queue_outbox_take(q, &dead, &h, &err) == 0 && h.state == QUEUE_OUTBOX_ROW && h.row, "a worker claims the row");
+    json_t *row = json_loads(h.row ? h.row : "", 0, NULL);
+    char *rs = json_dumps(json_object_get(row, "spec"), JSON_COMPACT);
+    char *rm = json_dumps(json_object_get(row, "metrics"), JSON_COMPACT);
+    worker_results_db *dying = worker_results_db_new();
+    ok(rs && rm &&
+           worker_results_db_insert(dying, dsn, "ob2", (int)json_integer_value(json_object_get(row, "model")),
+                                    (int)json_integer_value(json_object_get(row, "epoch")), rs, rm, &err) == 0,
+       "inserts it, and dies");
+    worker_results_db_free(dying);
+    free(rs);
+    free(rm);
+    json_decref(row);
+    queue_outbox_head_clear(&h);
+    ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.written == 0 && p.left == 1 && !p.deferred &&
+           outbox_len(id) == 1,
+       "while its claim holds, nobody else writes the outbox");
+    freeReplyObject(rcmd("HSET %sresults:outbox:{%s}:state claim_deadline 0", prefix, id));
+    ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.written == 1 && p.left == 0 &&
+           outbox_len(id) == 0,
+       "once it lapses the next worker writes the row again and removes it");
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM cds_results WHERE sweep = 'ob2' AND model || '.' || epoch = '%s'", a);
+    is_int(scalar_on(odb, sql), 1, "the row is in the table once");
+
+    /* A row that is not JSON, then a good one. */
+    freeReplyObject(rcmd("RPUSH %sresults:outbox:{%s} %s", prefix, id, "{not json"));
+    make_due(id);
+    record(q, "ob2", dsn, metrics, b, sizeof b);
+    ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.set_aside == 1 && p.written == 1 && p.left == 0,
+       "an unreadable row is set aside at once and the row behind it is written");
+    /* A row the database refuses (a bad value), then a good one. */
+    record(q, "ob2", dsn, "{\"valid_rows\": \"many\"}", c, sizeof c);
+    char d[16];
+    record(q, "ob2", dsn, metrics, d, sizeof d);
+    int tries = 0;
+    do {
+        tries++;
+        if (worker_results_drain(db, q, id, &o, &log, &p, &err) != 0)
+            break;
+    } while (p.set_aside == 0 && tries < 10);
+    ok(tries == 3 && p.written == 1 && p.left == 0, "a refused row is set aside on its 3rd try, then the next is "
+                                                   "written (tries %d)", tries);
+    text_on(odb, "SELECT string_agg(model || '.' || epoch, ' ' ORDER BY xmin::text::bigint) FROM cds_results "
+                 "WHERE sweep = 'ob2'", order, sizeof order);
+    snprintf(want, sizeof want, "%s %s %s", a, b, d);
+    ok(strcmp(order, want) == 0, "sweep ob2's good rows are written in order: %s", order);
+    ok(log_lines(logf, "set aside, not written") == 2, "a WARN line for each row set aside");
+
+    rep = check_db_json("--json results --check-db", &st);
+    json_t *aside = json_object_get(rep, "aside");
+    json_t *refused = json_array_get(aside, 1);
+    ok(st == 4 && json_integer_value(json_object_get(rep, "set_aside")) == 2 &&
+           json_integer_value(json_object_get(rep, "waiting")) == 0 &&
+           strstr(json_string_value(json_object_get(json_array_get(aside, 0), "error")) ?: "", "not JSON") &&
+           json_integer_value(json_object_get(refused, "attempts")) == 3 &&
+           strstr(json_string_value(json_object_get(refused, "error")) ?: "", "invalid input syntax"),
+       "jobctl results --check-db (every sweep): both rows set aside, with the reasons; exit 4 (%d)", st);
+    json_decref(rep);
+    st = jobctl(out, sizeof out, "results ob2 --check-db");
+    snprintf(want, sizeof want, "sweep ob2 model %.*s epoch", (int)strcspn(c, "."), c);
+    ok(st == 4 && strstr(out, "1 cds_results rows of sweep ob2 set aside") && strstr(out, want),
+       "for sweep ob2, its refused row (exit %d): %s", st, out);
+    st = jobctl(out, sizeof out, "results ob1 --check-db");
+    ok(st == 0, "sweep ob1 has none (exit %d)", st);
+    st = jobctl(out, sizeof out, "results nosuch --check-db");
+    ok(st == 1 && strstr(out, "nosuch"), "an unknown sweep is exit 1: %s", out);
+
+    worker_results_db_free(db);
+    fclose(logf);
+    PQfinish(odb);
+    pg = PQconnectdb("dbname=postgres");
+    snprintf(sql, sizeof sql, "DROP DATABASE %s", dbname);
+    PQclear(PQexec(pg, sql));
+    PQfinish(pg);
+}
+
+int main(int argc, char **argv)
+{
+    if (!getenv("PGHOST"))
+        tap_skip_all("no PostgreSQL: run through scripts/with-services");
+    if (argc < 2)
+        tap_bail("usage: test_results_db BUILD_ROOT (meson passes it)");
+    build_root = argv[1];
+    char db[64];
+    snprintf(db, sizeof db, "cds_results_%d", (int)getpid());
+    admin = PQconnectdb("");
+    if (PQstatus(admin) != CONNECTION_OK)
+        tap_bail(PQerrorMessage(admin));
+    char sql[256];
+    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
+    PQclear(PQexec(admin, sql));
+    PQfinish(admin);
+    char dsn[128];
+    snprintf(dsn, sizeof dsn, "dbname=%s", db);
+    admin = PQconnectdb(dsn);
+    if (PQstatus(admin) != CONNECTION_OK)
+        tap_bail(PQerrorMessage(admin));
+
+    test_writer(dsn);
+
+    queue_conn *q = test_connect("results-db", prefix, sizeof prefix);
+    queue_url u;
+    cds_err err;
+    if (queue_url_parse(test_redis_url(), &u, &err) != 0)
+        tap_bail("cannot parse CDS_TEST_REDIS_URL");
+    raw = u.is_unix ? redisConnectUnix(u.path) : redisConnect(u.host, u.port);
+    if (!raw || raw->err)
+        tap_bail("cannot connect to the test Redis");
+    freeReplyObject(redisCommand(raw, "SELECT %d", u.db));
+    test_outbox(q, PQhost(admin), PQport(admin), PQuser(admin));
+    redisFree(raw);
+    queue_close(q);
 
     PQfinish(admin);
     admin = PQconnectdb("");

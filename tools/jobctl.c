@@ -1283,9 +1283,14 @@ static int cmd_workers(jobctl *j, int argc, char **argv)
 
 static const char usage_results[] =
     "usage: jobctl results SWEEP\n"
+    "       jobctl results [SWEEP] --check-db\n"
     "The leaderboard of a MOP sweep: every model ranked by the validation top-1 of its\n"
     "best epoch so far, with that epoch's top-5, validation and training loss (--json: every\n"
-    "epoch's metrics of every model).\n";
+    "epoch's metrics of every model).\n"
+    "--check-db: the sweep's rows for cds_results (every sweep's without SWEEP) that still\n"
+    "wait in Redis for their database: how many, the oldest, and per database the failed\n"
+    "tries, the last error and the next try; and the rows set aside because the database\n"
+    "refused them.  Exit status: 0 none waits, 3 rows wait, 4 rows are set aside.\n";
 static const char usage_status[] =
     "usage: jobctl status SWEEP [--watch | --follow]\n"
     "Progress of a MOP sweep: visits and evaluations done, the time left (estimated from\n"
@@ -1495,7 +1500,133 @@ static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int s
     return rc;
 }
 
-static int cmd_results(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_results, 0); }
+/* jobctl results --check-db: statuses besides 0 (nothing waits), for cron;
+ * apart from the 1 and 2 of every command (see the top of this file). */
+enum { EXIT_ROWS_WAIT = 3, EXIT_ROWS_ASIDE = 4 };
+
+/* An age or a wait from the report's server time, as "42s ago" / "in 42s". */
+static void report_when(char *buf, size_t n, int64_t now, const json_t *ms, int future)
+{
+    char d[32];
+    if (!json_is_integer(ms)) {
+        snprintf(buf, n, "?");
+        return;
+    }
+    int64_t delta = future ? json_integer_value(ms) - now : now - json_integer_value(ms);
+    fmt_duration(d, sizeof d, delta > 0 ? delta : 0);
+    snprintf(buf, n, future ? "in %s" : "%s ago", d);
+}
+
+static void print_check_db(FILE *out, const json_t *rep)
+{
+    const char *sweep = json_string_value(json_object_get(rep, "sweep"));
+    int64_t now = json_integer_value(json_object_get(rep, "now_ms"));
+    json_int_t waiting = json_integer_value(json_object_get(rep, "waiting"));
+    char of[64] = "", when[48], when2[48];
+    if (sweep)
+        snprintf(of, sizeof of, " of sweep %s", sweep);
+    if (waiting == 0) {
+        fprintf(out, "no cds_results rows%s wait in Redis for their database\n", of);
+    } else {
+        report_when(when, sizeof when, now, json_object_get(rep, "oldest_ms"), 0);
+        fprintf(out, "%lld cds_results rows%s wait in Redis for their database (the oldest recorded %s)\n",
+                (long long)waiting, of, when);
+    }
+    size_t i;
+    json_t *d;
+    json_array_foreach(json_object_get(rep, "databases"), i, d) {
+        const char *dsn = json_string_value(json_object_get(d, "dsn"));
+        if (dsn && *dsn)
+            fprintf(out, "  database '%s'", dsn);
+        else
+            fprintf(out, "  the database of each worker's libpq defaults (PGHOST, PGDATABASE...)");
+        fprintf(out, ": %lld rows", (long long)json_integer_value(json_object_get(d, "waiting")));
+        json_int_t failures = json_integer_value(json_object_get(d, "failures"));
+        if (failures > 0) {
+            report_when(when, sizeof when, now, json_object_get(d, "failing_since_ms"), 0);
+            report_when(when2, sizeof when2, now, json_object_get(d, "last_error_ms"), 0);
+            fprintf(out, "; %lld failed tries in a row, failing since %s; last error (%s): %s", (long long)failures,
+                    when, when2, json_string_value(json_object_get(d, "last_error")) ?: "?");
+        }
+        const char *by = json_string_value(json_object_get(d, "claimed_by"));
+        int64_t next = json_integer_value(json_object_get(d, "next_try_ms"));
+        report_when(when, sizeof when, now, json_object_get(d, "next_try_ms"), 1);
+        if (by)
+            fprintf(out, "; being written by worker %s\n", by);
+        else if (next > now)
+            fprintf(out, "; next try %s\n", when);
+        else
+            fprintf(out, "; due now (is a MOP worker running?)\n");
+    }
+    json_t *aside = json_object_get(rep, "aside");
+    if (json_array_size(aside))
+        fprintf(out, "%zu cds_results rows%s set aside: the database refused them; they are kept in Redis "
+                "(results:aside) and not retried\n", json_array_size(aside), of);
+    json_array_foreach(aside, i, d) {
+        report_when(when, sizeof when, now, json_object_get(d, "aside_ms"), 0);
+        if (json_is_string(json_object_get(d, "sweep")))
+            fprintf(out, "  sweep %s model %lld epoch %lld", json_string_value(json_object_get(d, "sweep")),
+                    (long long)json_integer_value(json_object_get(d, "model")),
+                    (long long)json_integer_value(json_object_get(d, "epoch")));
+        else
+            fprintf(out, "  an unreadable row");
+        fprintf(out, ", set aside %s after %lld tries: %s\n", when,
+                (long long)json_integer_value(json_object_get(d, "attempts")),
+                json_string_value(json_object_get(d, "error")) ?: "?");
+    }
+}
+
+/* `jobctl results [SWEEP] --check-db`. */
+static int check_db(jobctl *j, const char *sweep)
+{
+    queue_conn *q;
+    int rc = open_queue(j, &q);
+    if (rc != 0)
+        return rc;
+    cds_err err;
+    json_t *rep = NULL, *sw = NULL;
+    int qrc = sweep ? queue_sweep_get(q, sweep, &sw, &err) : 0;
+    json_decref(sw);
+    if (qrc == 0)
+        qrc = queue_outbox_report(q, sweep, &rep, &err);
+    if (qrc != 0) {
+        rc = op_failed(j, q, qrc, &err);
+    } else {
+        if (j->json)
+            print_json(rep);
+        else
+            print_check_db(stdout, rep);
+        rc = json_integer_value(json_object_get(rep, "set_aside")) > 0 ? EXIT_ROWS_ASIDE
+             : json_integer_value(json_object_get(rep, "waiting")) > 0 ? EXIT_ROWS_WAIT
+                                                                        : EXIT_DONE;
+    }
+    json_decref(rep);
+    queue_close(q);
+    return rc;
+}
+
+static int cmd_results(jobctl *j, int argc, char **argv)
+{
+    enum { O_CHECK_DB = 401, O_WATCH };
+    static const struct option opts[] = {
+        {"check-db", no_argument, 0, O_CHECK_DB}, {"watch", no_argument, 0, O_WATCH}, GLOBAL_OPTIONS};
+    int c, check = 0, watch = 0;
+    while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(usage_results, stdout), EXIT_DONE;
+        if (c != O_CHECK_DB && c != O_WATCH)
+            return EXIT_USAGE;
+        check |= c == O_CHECK_DB;
+        watch |= c == O_WATCH;
+    }
+    if (!check || watch) { /* --watch: the leaderboard's parser says it is for status only */
+        optind = 0; /* the leaderboard parses the same argv again */
+        return sweep_view(j, argc, argv, usage_results, 0);
+    }
+    if (argc - optind > 1)
+        return want_args(j, argc, argv, 1, "");
+    return check_db(j, argc - optind == 1 ? argv[optind] : NULL);
+}
 
 static const char usage_plot[] =
     "usage: jobctl plot SWEEP --out FILE.png|FILE.svg\n"
@@ -1609,6 +1740,9 @@ static const char usage_main[] =
     "  status SWEEP [--watch|--follow]\n"
     "                          progress of a MOP sweep, per model, and the time left\n"
     "  results SWEEP           the leaderboard of a MOP sweep\n"
+    "  results [SWEEP] --check-db\n"
+    "                          cds_results rows still waiting in Redis for their database\n"
+    "                          (exit 3 when rows wait, 4 when rows were set aside)\n"
     "  replay SWEEP [--id NEW] train a finished sweep again in its recorded order\n"
     "  plot SWEEP --out F.png  learning curves of every model (png or svg)\n"
     "  pause SWEEP, resume SWEEP, cancel SWEEP\n"

@@ -5,7 +5,9 @@
  *              them one after another, acks or fails each, and when there is
  *              nothing to claim waits on the queues' wake-up lists (BLPOP of at
  *              most a second: hiredis 0.14 cannot interrupt a blocking call, so
- *              a stop is noticed within a second);
+ *              a stop is noticed within a second); a MOP worker also writes,
+ *              once a second between steps, the cds_results rows that wait
+ *              in Redis for a database that was away (worker_results_db.c);
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
@@ -428,10 +430,14 @@ static int64_t serve(worker *w)
 {
     size_t rr = 0;
     int64_t jobs_run = 0;
-    int64_t idle_since = cds_mono_ms();
+    int64_t idle_since = cds_mono_ms(), next_results = 0;
     while (atomic_load(&w->stop) == 0) {
         if (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs)
             break;
+        /* cds_results rows kept in Redis for a database that was away:
+         * here, between steps, never on the heartbeat thread. */
+        if (w->cfg->shard >= 0)
+            worker_results_tick(w, &next_results);
         if (w->cfg->shard >= 0 && worker_mop_step(w) > 0) {
             jobs_run++;
             idle_since = cds_mono_ms();

@@ -84,10 +84,57 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err);
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err);
 
 /* cds_results in the dataset's database (worker_results_db.c), through a
- * connection kept between calls. */
+ * connection kept between calls.  Rows wait in the outbox of their database
+ * in Redis (queue_outbox.c) until a worker has written them. */
 worker_results_db *worker_results_db_new(void);
 void worker_results_db_free(worker_results_db *db);
+/* Every database try (connect, create the table, insert) ends within
+ * bound_ms (default 4000). */
+void worker_results_db_set_bound(worker_results_db *db, int64_t bound_ms);
+/* The database refused the row itself (its data: SQLSTATE class 22 or 23):
+ * it would refuse it again. */
+#define WORKER_RESULTS_REFUSED 2
+/* Inserts one row: 0 (also when it was there already), -1 (the database
+ * failed: try again later) or WORKER_RESULTS_REFUSED, with err saying why. */
 int worker_results_db_insert(worker_results_db *db, const char *dsn, const char *sweep, int model, int epoch,
                              const char *spec_json, const char *metrics_json, cds_err *err);
+
+typedef struct worker_results_opts {
+    const char *worker;  /* claims on outboxes are taken in this name */
+    int64_t bound_ms;    /* one database try at most */
+    int64_t pass_ms;     /* a pass takes no new row after this */
+    int64_t base_ms, cap_ms; /* backoff of the n-th failure in a row: min(cap, base*2^(n-1)) * U[0.5, 1] */
+    int max_refusals;    /* a row the database refuses this often is set aside */
+    int64_t claim_ms;    /* an outbox claim lapses after this (a worker that died) */
+} worker_results_opts;
+/* bound 4 s, pass 1 s, backoff 1 s doubling to 60 s, 3 refusals, claim 30 s. */
+void worker_results_default_opts(worker_results_opts *o, const char *worker);
+
+/* What one pass over an outbox did. */
+typedef struct worker_results_pass {
+    int written, set_aside;
+    int failed_now;   /* this pass's try of the database failed */
+    int deferred;     /* rows wait because the database has been failing (now or before) */
+    int64_t left;     /* rows still waiting in the outbox */
+    int64_t failures; /* failed tries in a row */
+    char why[CDS_ERR_MAX]; /* the last error */
+} worker_results_pass;
+/* Writes the rows of the outbox of DSN id `id` in order, as long as its
+ * claim is free and its next try has come, for at most about pass_ms +
+ * bound_ms.  Logs a set-aside row (WARN) and a backlog written after a
+ * failure (INFO).  -1 only when Redis failed. */
+int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, const worker_results_opts *o,
+                         const cds_log *log, worker_results_pass *p, cds_err *err);
+/* worker_results_drain over the outboxes whose next try has come; logs one
+ * WARN when it finds a database failing after it worked. */
+int worker_results_drain_due(worker_results_db *db, queue_conn *q, const worker_results_opts *o, const cds_log *log,
+                             cds_err *err);
+/* The DSN of a dataset's ETL plan as rows carry it, malloc'd: with any
+ * password taken out (Redis holds no passwords; libpq finds it in
+ * PGPASSWORD or ~/.pgpass).  NULL for NULL. */
+char *worker_results_dsn(const char *dsn);
+/* The main loop's share: at most once a second (*next_ms, monotonic),
+ * worker_results_drain_due with the default options. */
+void worker_results_tick(worker *w, int64_t *next_ms);
 
 #endif

@@ -496,33 +496,54 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
     }
 }
 
-/* Adds the epoch to cds_results in the database the dataset came from (the
- * DSN of its ETL plan).  A dataset made without a plan in Redis (by the
- * cds-etl command) has no database to write to: nothing is written. */
-static void record_in_database(worker *w, const char *sweep, const char *dataset, int m, int epoch,
-                               const char *metrics)
+/* The database an evaluation's cds_results row goes to: the DSN of the
+ * dataset's ETL plan, without password (worker_results_dsn), malloc'd; ""
+ * (each worker's libpq defaults, PGHOST and so on) for a plan that names
+ * none.  A dataset made without a plan in Redis (by the cds-etl command)
+ * has no database to write to: NULL, and no row is made. */
+static char *results_dsn(worker *w, const char *dataset)
 {
     cds_err err;
     char name[300];
     snprintf(name, sizeof name, "dataset:%s", dataset);
-    json_t *rec = NULL, *plan = NULL;
-    char *spec = NULL;
-    if (!metrics || queue_record_get(w->q, name, &rec, &err) != 0)
-        return;
-    plan = json_loads(json_string_value(json_object_get(rec, "plan")) ?: "", 0, NULL);
-    json_t *ps = json_object_get(plan, "spec");
-    if (plan && queue_mop_model_spec(w->q, sweep, m, &spec, &err) == 0) {
-        const char *dsn = json_string_value(json_object_get(ps, "dsn"));
-        if (!w->results_db && !(w->results_db = worker_results_db_new()))
-            cds_err_nomem(&err, "out of memory");
-        if (!w->results_db ||
-            worker_results_db_insert(w->results_db, dsn ? dsn : "", sweep, m, epoch, spec, metrics, &err) != 0)
-            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results: %s", sweep, m,
-                     epoch, err.msg);
-    }
-    free(spec);
+    json_t *rec = NULL;
+    if (WITH_RECONNECT(w, queue_record_get(w->q, name, &rec, &err)) != 0)
+        return NULL;
+    json_t *plan = json_loads(json_string_value(json_object_get(rec, "plan")) ?: "", 0, NULL);
+    const char *given = json_string_value(json_object_get(json_object_get(plan, "spec"), "dsn"));
+    char *dsn = plan ? worker_results_dsn(given ? given : "") : NULL;
     json_decref(plan);
     json_decref(rec);
+    return dsn;
+}
+
+/* The row for cds_results was appended to its database's outbox in Redis
+ * with the result (queue_mop_record_result_row); the worker that recorded it
+ * writes it at once (with the rows before it, in order) unless the database
+ * is backing off or another worker is writing that outbox, and says so,
+ * once per row, when it stays in Redis because the database failed. */
+static void record_in_database(worker *w, const char *sweep, int m, int epoch, const char *dsn)
+{
+    /* The evaluation lease ended with the record (slot_finishing): a
+     * database try may take seconds, and the heartbeat leaves it alone. */
+    if (!dsn)
+        return;
+    cds_err err;
+    worker_results_opts o;
+    worker_results_pass p = {0};
+    char id[QUEUE_OUTBOX_ID_LEN];
+    queue_outbox_id(dsn, id);
+    worker_results_default_opts(&o, w->cfg->id);
+    if (!w->results_db && !(w->results_db = worker_results_db_new()))
+        cds_err_nomem(&err, "out of memory");
+    if (!w->results_db ||
+        WITH_RECONNECT(w, worker_results_drain(w->results_db, w->q, id, &o, &w->log, &p, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: its cds_results row is kept in Redis, not "
+                 "written now: %s (any worker writes it later)", sweep, m, epoch, err.msg);
+    else if (p.deferred)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results yet: %s; the row is "
+                 "kept in Redis (%lld rows wait for that database) and retried with backoff (jobctl results %s "
+                 "--check-db)", sweep, m, epoch, p.why, (long long)p.left, sweep);
 }
 
 /* DATA_ROOT/sweeps/<S>/results.csv, one row per evaluated epoch (split
@@ -669,12 +690,15 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
                           "valid_top5", (double)va.top5 / van, "valid_seconds", valid_seconds, "time_ms",
                           (json_int_t)now, "time", cds_iso8601_utc(now, iso), "worker", w->cfg->id);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    char *text_copy = text ? strdup(text) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
+    char *dsn = results_dsn(w, v.dataset);
+    queue_outbox_row row = {.dsn = dsn, .epoch = e};
     if (text)
         slot_finishing(w);
-    int rrc = text ? WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, l, text, vtop1, &is_best, &prev, &err)) : -1;
+    int rrc = text ? WITH_RECONNECT(w, queue_mop_record_result_row(w->q, sweep, l, text, vtop1, dsn ? &row : NULL,
+                                                                   &is_best, &prev, &err))
+                   : -1;
     if (rrc != 0) {
         /* Not recorded: the epoch file stays, for whoever evaluates it. */
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: %s", sweep, m, e,
@@ -682,7 +706,7 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
         if (!text)
             end_eval(w, sweep, l, QUEUE_EVAL_BACK, NULL);
         free(text);
-        free(text_copy);
+        free(dsn);
         worker_set_current(w, NULL);
         return;
     }
@@ -693,7 +717,8 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
              va.loss_sum / van, vtop1, (double)va.top5 / van, iso);
     append_csv(w, sweep, line);
-    record_in_database(w, sweep, v.dataset, m, e, text_copy);
+    record_in_database(w, sweep, m, row.epoch, dsn);
+    free(dsn);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated, but for a failed model's: those
      * are what jobctl retry --from epoch-N can train on from. */
@@ -713,7 +738,6 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
              "sweep %s model %d epoch %d: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 %.4f%s", sweep, m,
              e, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,
              is_best ? " (best so far)" : "");
-    free(text_copy);
     worker_set_current(w, NULL);
 }
 

@@ -2,20 +2,51 @@
  * cds_results table in the database the dataset came from, so results sit
  * next to the data they were learnt from and can be queried with SQL.
  *
+ * Rows travel through Redis.  Recording an evaluation appends its row to the
+ * outbox of its database in the same script call (queue_mop_record_result_row),
+ * and workers drain the outboxes into their databases (queue_outbox.c has the
+ * protocol): the worker that recorded a row tries at once, and every MOP
+ * worker's main loop looks once a second for outboxes whose next try has
+ * come, so rows left by a database that was down, or by a worker that died,
+ * are written by whoever is there when the database is back.  A pass holds
+ * an outbox's claim, writes its rows head first, and removes each only after
+ * the database accepted it; a failed try backs the whole outbox off, on one
+ * schedule shared through Redis.  A row the database refuses for its data
+ * (SQLSTATE class 22 or 23) is tried max_refusals times, then set aside with
+ * the reason; a row that is not even readable is set aside at once; every
+ * other failure (no route, no such database, authentication, permissions,
+ * time-outs) waits for the database, however long that takes.
+ *
+ * Time.  This runs on the main thread between visits, never on the heartbeat
+ * thread, so leases keep being renewed whatever the database does.  Every
+ * database try (connect, create the table, insert) has one deadline,
+ * bound_ms: libpq's non-blocking connect and query calls are polled against
+ * it, and a connection that overran it is dropped.  A pass takes no new row
+ * once pass_ms have gone by; so a pass holds up training for at most about
+ * pass_ms + bound_ms.  (libpq resolves host names in the connect call
+ * itself, outside the bound: use hostaddr, or a resolver that answers.)
+ *
  * The connection string is the one the dataset's ETL plan recorded (without
  * a password: libpq takes it from PGPASSWORD or ~/.pgpass, as for ETL).  The
- * worker keeps one connection open between evaluations (a backend start per
- * row would cost more than the row) and opens another when the DSN changes
- * or the server dropped it; an insert that finds the connection gone
- * reconnects and tries once more.  The table is created once per connection;
- * each row is one INSERT in its own implicit transaction, so a row is either
- * there whole or not at all.  The SQL stays within PostgreSQL 9.4
- * (Greenplum 6): jsonb, CREATE TABLE IF NOT EXISTS. */
+ * worker keeps one connection open between rows and opens another when the
+ * DSN changes or the server dropped it; an insert that finds the connection
+ * gone reconnects and tries once more.  The table is created once per
+ * connection; each row is one INSERT in its own implicit transaction, so a
+ * row is either there whole or not at all, and the primary key (sweep,
+ * model, epoch) makes a row inserted twice (its drainer died before removing
+ * it from Redis) one row: a unique violation counts as written.  The SQL
+ * stays within PostgreSQL 9.4 (Greenplum 6): jsonb, CREATE TABLE IF NOT
+ * EXISTS, no ON CONFLICT. */
+#include <errno.h>
 #include <libpq-fe.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "cds_util.h"
 #include "worker_int.h"
 
 static const char create_sql[] =
@@ -32,14 +63,10 @@ static const char insert_sql[] =
     " (m->>'train_top1')::float8, (m->>'valid_rows')::bigint, (m->>'valid_loss')::float8,"
     " (m->>'valid_top1')::float8, (m->>'valid_top5')::float8 FROM (SELECT $5::jsonb AS m) s";
 
-static int exec_ok(PGconn *c, PGresult *r, const char *what, cds_err *err)
+void worker_results_default_opts(worker_results_opts *o, const char *worker)
 {
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    if (!ok)
-        cds_errf(err, "%s: %s", what, PQresultErrorMessage(r));
-    PQclear(r);
-    (void)c;
-    return ok ? 0 : -1;
+    *o = (worker_results_opts){.worker = worker, .bound_ms = 4000, .pass_ms = 1000, .base_ms = 1000,
+                               .cap_ms = 60000, .max_refusals = 3, .claim_ms = 30000};
 }
 
 /* "relation cds_results already exists, skipping" and the like: the table
@@ -53,9 +80,21 @@ struct worker_results_db {
     PGconn *c;
     char *dsn;   /* what c was opened with */
     int created; /* CREATE TABLE ran on c */
+    int64_t bound_ms;
 };
 
-worker_results_db *worker_results_db_new(void) { return calloc(1, sizeof(worker_results_db)); }
+worker_results_db *worker_results_db_new(void)
+{
+    worker_results_db *db = calloc(1, sizeof(worker_results_db));
+    if (db)
+        db->bound_ms = 4000;
+    return db;
+}
+
+void worker_results_db_set_bound(worker_results_db *db, int64_t bound_ms)
+{
+    db->bound_ms = bound_ms > 0 ? bound_ms : 4000;
+}
 
 static void drop_conn(worker_results_db *db)
 {
@@ -75,14 +114,65 @@ void worker_results_db_free(worker_results_db *db)
     free(db);
 }
 
-static int open_conn(worker_results_db *db, const char *dsn, cds_err *err)
+/* libpq's messages end in a newline and may hold several lines: one line. */
+static void one_line(char *s)
 {
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        s[--n] = '\0';
+    for (char *p = s; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+}
+
+static int pg_errf(cds_err *err, const char *what, const char *pgmsg)
+{
+    cds_errf(err, "%s: %s", what, pgmsg && *pgmsg ? pgmsg : "no message from libpq");
+    one_line(err->msg);
+    return -1;
+}
+
+/* Waits until c's socket is ready for one of events (POLLIN, POLLOUT) or
+ * the deadline passes; returns the events that came, or -1. */
+static int wait_socket(PGconn *c, short events, int64_t deadline, const char *what, cds_err *err)
+{
+    for (;;) {
+        int64_t left = deadline - cds_mono_ms();
+        if (left <= 0)
+            return cds_errf(err, "%s: timed out (a database try is bounded so that training goes on); the "
+                                 "database or the network is too slow or gone", what);
+        struct pollfd p = {.fd = PQsocket(c), .events = events};
+        if (p.fd < 0)
+            return pg_errf(err, what, PQerrorMessage(c));
+        int r = poll(&p, 1, left > 1000 ? 1000 : (int)left);
+        if (r > 0)
+            return p.revents & (POLLERR | POLLHUP | POLLNVAL) ? events : p.revents; /* libpq says what broke */
+        if (r < 0 && errno != EINTR)
+            return cds_errf(err, "%s: poll: %s", what, strerror(errno));
+    }
+}
+
+static int open_conn(worker_results_db *db, const char *dsn, int64_t deadline, cds_err *err)
+{
+    static const char what[] = "connecting to the dataset's database";
     if (db->c && PQstatus(db->c) == CONNECTION_OK && strcmp(db->dsn, dsn) == 0)
         return 0;
     drop_conn(db);
-    db->c = PQconnectdb(dsn);
+    /* dbname with expand_dbname is the whole conninfo (key=value or URI). */
+    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *const vals[] = {dsn, "cds-worker", NULL};
+    if (!(db->c = PQconnectStartParams(keys, vals, 1)))
+        return cds_err_nomem(err, "out of memory connecting to the dataset's database");
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (PQstatus(db->c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
+        if (wait_socket(db->c, st == PGRES_POLLING_WRITING ? POLLOUT : POLLIN, deadline, what, err) < 0) {
+            drop_conn(db);
+            return -1;
+        }
+        st = PQconnectPoll(db->c);
+    }
     if (PQstatus(db->c) != CONNECTION_OK) {
-        cds_errf(err, "connecting to the dataset's database: %s", PQerrorMessage(db->c));
+        pg_errf(err, what, PQerrorMessage(db->c));
         drop_conn(db);
         return -1;
     }
@@ -91,25 +181,100 @@ static int open_conn(worker_results_db *db, const char *dsn, cds_err *err)
         return cds_err_nomem(err, "out of memory connecting to the dataset's database");
     }
     PQsetNoticeProcessor(db->c, quiet, NULL);
+    PQsetnonblocking(db->c, 1);
     return 0;
 }
 
-static int insert_once(worker_results_db *db, const char *const params[5], cds_err *err)
+/* Sends one statement and returns its result (NULL with err set when the
+ * connection failed or the deadline passed: the connection is then of no
+ * further use). */
+static PGresult *exec_bounded(PGconn *c, const char *sql, int n, const char *const *params, int64_t deadline,
+                              const char *what, cds_err *err)
 {
+    if (!PQsendQueryParams(c, sql, n, NULL, params, NULL, NULL, 0)) {
+        pg_errf(err, what, PQerrorMessage(c));
+        return NULL;
+    }
+    /* Docs of PQflush: while it has more to send, wait for either
+     * direction, and read what the server sent meanwhile. */
+    for (int f; (f = PQflush(c)) != 0;) {
+        int ev = f < 0 ? -1 : wait_socket(c, POLLIN | POLLOUT, deadline, what, err);
+        if (f < 0 || (ev >= 0 && (ev & POLLIN) && !PQconsumeInput(c))) {
+            pg_errf(err, what, PQerrorMessage(c));
+            return NULL;
+        }
+        if (ev < 0)
+            return NULL;
+    }
+    PGresult *keep = NULL;
+    for (;;) {
+        while (PQisBusy(c)) {
+            if (wait_socket(c, POLLIN, deadline, what, err) < 0) {
+                PQclear(keep);
+                return NULL;
+            }
+            if (!PQconsumeInput(c)) {
+                pg_errf(err, what, PQerrorMessage(c));
+                PQclear(keep);
+                return NULL;
+            }
+        }
+        PGresult *r = PQgetResult(c);
+        if (!r)
+            break;
+        if (!keep)
+            keep = r;
+        else
+            PQclear(r);
+    }
+    if (!keep)
+        pg_errf(err, what, PQerrorMessage(c));
+    return keep;
+}
+
+/* 0 when the statement ran; otherwise err says why and *state (may be NULL)
+ * gets the SQLSTATE ("" when there is none: the connection failed). */
+static int run(worker_results_db *db, const char *sql, int n, const char *const *params, int64_t deadline,
+               const char *what, char state[6], cds_err *err)
+{
+    if (state)
+        state[0] = '\0';
+    err->msg[0] = '\0';
+    PGresult *r = exec_bounded(db->c, sql, n, params, deadline, what, err);
+    if (!r)
+        return -1;
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (!ok) {
+        const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        if (state && s)
+            snprintf(state, 6, "%s", s);
+        pg_errf(err, what, PQresultErrorMessage(r));
+    }
+    PQclear(r);
+    return ok ? 0 : -1;
+}
+
+static int insert_once(worker_results_db *db, const char *const params[5], int64_t deadline, cds_err *err)
+{
+    char state[6];
     /* Two workers creating the table at once can make one CREATE TABLE IF NOT
      * EXISTS fail (a unique violation in the catalog): the table exists
      * then, so go on to the insert, which says so if it really does not. */
     if (!db->created)
-        db->created = exec_ok(db->c, PQexec(db->c, create_sql), "creating cds_results", err) == 0;
-    PGresult *r = PQexecParams(db->c, insert_sql, 5, NULL, params, NULL, NULL, 0);
-    /* An evaluation run twice (its worker died after the insert) is the
-     * same row: keep the first. */
-    const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && state && strcmp(state, "23505") == 0) {
-        PQclear(r);
+        db->created = run(db, create_sql, 0, NULL, deadline, "creating cds_results", NULL, err) == 0;
+    if (PQstatus(db->c) != CONNECTION_OK)
+        return -1;
+    if (run(db, insert_sql, 5, params, deadline, "inserting into cds_results", state, err) == 0)
         return 0;
-    }
-    return exec_ok(db->c, r, "inserting into cds_results", err);
+    /* An evaluation whose row was inserted but not yet removed from Redis
+     * (its drainer died in between) is the same row: keep the first. */
+    if (strcmp(state, "23505") == 0)
+        return 0;
+    /* Bad data (class 22) or another constraint (23): this row will never
+     * go in, whatever the database's health. */
+    if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0)
+        return WORKER_RESULTS_REFUSED;
+    return -1;
 }
 
 int worker_results_db_insert(worker_results_db *db, const char *dsn, const char *sweep, int model, int epoch,
@@ -119,15 +284,242 @@ int worker_results_db_insert(worker_results_db *db, const char *dsn, const char 
     snprintf(m, sizeof m, "%d", model);
     snprintf(e, sizeof e, "%d", epoch);
     const char *params[5] = {sweep, m, e, spec_json, metrics_json};
+    int64_t deadline = cds_mono_ms() + db->bound_ms;
     for (int attempt = 0;; attempt++) {
-        if (open_conn(db, dsn ? dsn : "", err) != 0)
+        if (open_conn(db, dsn ? dsn : "", deadline, err) != 0)
             return -1;
-        if (insert_once(db, params, err) == 0)
-            return 0;
+        int rc = insert_once(db, params, deadline, err);
+        if (rc != -1)
+            return rc;
         /* A connection the server closed (restart, idle timeout) is found
-         * out only by using it: once more on a fresh one. */
-        if (PQstatus(db->c) == CONNECTION_OK || attempt > 0)
+         * out only by using it: once more on a fresh one.  One that ran out
+         * of time is dropped: its state is unknown. */
+        int broken = PQstatus(db->c) != CONNECTION_OK || PQtransactionStatus(db->c) != PQTRANS_IDLE;
+        if (broken)
+            drop_conn(db);
+        if (!broken || attempt > 0 || cds_mono_ms() >= deadline)
             return -1;
-        drop_conn(db);
     }
+}
+
+/* ---- draining the outboxes ------------------------------------------------- */
+
+/* One row of an outbox, as mop_result.lua wrote it. */
+typedef struct row {
+    json_t *j;
+    const char *sweep, *dsn;
+    int model, epoch;
+    char *spec, *metrics;
+} row;
+
+static void row_free(row *r)
+{
+    json_decref(r->j);
+    free(r->spec);
+    free(r->metrics);
+    memset(r, 0, sizeof *r);
+}
+
+static int row_parse(const char *text, row *r, cds_err *err)
+{
+    memset(r, 0, sizeof *r);
+    json_error_t je;
+    if (!(r->j = json_loads(text, 0, &je)))
+        return cds_errf(err, "the row kept in Redis is not JSON (%s at column %d)", je.text, je.column);
+    json_t *m = json_object_get(r->j, "model"), *e = json_object_get(r->j, "epoch");
+    json_t *spec = json_object_get(r->j, "spec"), *metrics = json_object_get(r->j, "metrics");
+    r->sweep = json_string_value(json_object_get(r->j, "sweep"));
+    r->dsn = json_string_value(json_object_get(r->j, "dsn"));
+    if (!r->sweep || !r->dsn || !json_is_integer(m) || !json_is_integer(e) || !json_is_object(spec) ||
+        !json_is_object(metrics)) {
+        row_free(r);
+        return cds_errf(err, "the row kept in Redis lacks sweep, dsn, model, epoch, spec or metrics");
+    }
+    r->model = (int)json_integer_value(m);
+    r->epoch = (int)json_integer_value(e);
+    r->spec = json_dumps(spec, JSON_COMPACT);
+    r->metrics = json_dumps(metrics, JSON_COMPACT);
+    if (!r->spec || !r->metrics) {
+        row_free(r);
+        return cds_err_nomem(err, "out of memory reading a row kept in Redis");
+    }
+    return 0;
+}
+
+/* Writes one head row: 0 written, -1 the database failed (retry), or
+ * WORKER_RESULTS_REFUSED / WORKER_RESULTS_MALFORMED; *r gets the row's
+ * identity for log lines (row_free it). */
+#define WORKER_RESULTS_MALFORMED 3
+static int write_row(worker_results_db *db, const char *text, row *r, cds_err *err)
+{
+    if (row_parse(text, r, err) != 0)
+        return WORKER_RESULTS_MALFORMED;
+    return worker_results_db_insert(db, r->dsn, r->sweep, r->model, r->epoch, r->spec, r->metrics, err);
+}
+
+static void log_aside(const cds_log *log, const row *r, const char *why)
+{
+    if (!log)
+        return;
+    if (r->sweep)
+        cds_logf(log, CDS_LOG_WARN, "sweep %s model %d epoch %d: its cds_results row is set aside, not written: %s "
+                 "(kept in Redis under results:aside; see jobctl results %s --check-db)", r->sweep, r->model, r->epoch,
+                 why, r->sweep);
+    else
+        cds_logf(log, CDS_LOG_WARN, "a cds_results row is set aside, not written: %s (kept in Redis under "
+                 "results:aside; see jobctl results --check-db)", why);
+}
+
+static void log_drained(const cds_log *log, const queue_outbox_head *h, const char *dsn)
+{
+    if (log && h->failing_since_ms >= 0)
+        cds_logf(log, CDS_LOG_INFO, "cds_results at '%s': every row kept in Redis while the database failed is "
+                 "written (it failed for %lld s)", dsn, (long long)((h->now_ms - h->failing_since_ms) / 1000));
+}
+
+int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, const worker_results_opts *o,
+                         const cds_log *log, worker_results_pass *p, cds_err *err)
+{
+    memset(p, 0, sizeof *p);
+    worker_results_db_set_bound(db, o->bound_ms);
+    queue_outbox_claim c = {.worker = o->worker, .claim_ms = o->claim_ms};
+    snprintf(c.id, sizeof c.id, "%s", id);
+    queue_outbox_head h;
+    if (queue_outbox_take(q, &c, &h, err) != 0)
+        return -1;
+    int64_t until = cds_mono_ms() + o->pass_ms;
+    char dsn[1024] = "";
+    int rc = 0;
+    while (h.state == QUEUE_OUTBOX_ROW || (h.state == QUEUE_OUTBOX_ASIDE && h.row)) {
+        if (cds_mono_ms() >= until) {
+            queue_outbox_head_clear(&h);
+            rc = queue_outbox_release(q, &c, &h, err);
+            break;
+        }
+        char *text = h.row;
+        h.row = NULL;
+        row r;
+        cds_err why = {0};
+        int wrc = write_row(db, text, &r, &why);
+        if (r.dsn)
+            snprintf(dsn, sizeof dsn, "%s", r.dsn);
+        queue_outbox_head_clear(&h);
+        if (wrc == 0) {
+            rc = queue_outbox_done(q, &c, text, &h, err);
+            p->written += rc == 0;
+        } else {
+            queue_outbox_failure f = {.why = why.msg, .kind = wrc == WORKER_RESULTS_MALFORMED ? "malformed"
+                                                              : wrc == WORKER_RESULTS_REFUSED  ? "refused"
+                                                                                               : "retry",
+                                      .base_ms = o->base_ms, .cap_ms = o->cap_ms,
+                                      .factor = 0.5 + 0.5 * cds_random_unit(), .max_refusals = o->max_refusals};
+            rc = queue_outbox_fail(q, &c, text, &f, &h, err);
+            if (rc == 0 && h.state == QUEUE_OUTBOX_ASIDE) {
+                p->set_aside++;
+                log_aside(log, &r, why.msg);
+            } else if (rc == 0) {
+                p->failed_now = 1;
+            }
+        }
+        row_free(&r);
+        free(text);
+        if (rc != 0)
+            break;
+    }
+    if (rc == 0) {
+        p->left = h.waiting;
+        p->failures = h.failures;
+        snprintf(p->why, sizeof p->why, "%s", h.last_error);
+        p->deferred = h.failures > 0 && h.waiting > 0;
+        if (h.state == QUEUE_OUTBOX_EMPTY || (h.state == QUEUE_OUTBOX_ASIDE && !h.row))
+            log_drained(log, &h, dsn);
+    }
+    queue_outbox_head_clear(&h);
+    return rc;
+}
+
+int worker_results_drain_due(worker_results_db *db, queue_conn *q, const worker_results_opts *o, const cds_log *log,
+                             cds_err *err)
+{
+    char **ids = NULL;
+    size_t n = 0;
+    if (queue_outbox_due(q, 16, &ids, &n, err) != 0)
+        return -1;
+    int rc = 0;
+    int64_t until = cds_mono_ms() + o->pass_ms;
+    /* The outboxes share the pass: at most one try runs past its end. */
+    worker_results_opts left = *o;
+    for (size_t i = 0; i < n && rc == 0 && (left.pass_ms = until - cds_mono_ms()) > 0; i++) {
+        worker_results_pass p;
+        rc = worker_results_drain(db, q, ids[i], &left, log, &p, err);
+        /* One line per outage of a database, from whoever found it: the
+         * recorder of each row says that row was kept. */
+        if (rc == 0 && p.failed_now && p.failures == 1 && log)
+            cds_logf(log, CDS_LOG_WARN, "cds_results: cannot write to the dataset's database (%s); %lld rows are kept "
+                     "in Redis and retried with backoff (jobctl results --check-db)", p.why, (long long)p.left);
+    }
+    queue_sweep_list_free(ids, n);
+    return rc;
+}
+
+/* ---- in cds-worker ------------------------------------------------------------ */
+
+/* Appends " key='value'" to a conninfo at out + *o, quoted as libpq wants;
+ * the caller sized out for it (strlen(key) + 2 * strlen(val) + 4). */
+static void conninfo_add(char *out, size_t *o, const char *key, const char *val)
+{
+    if (*o)
+        out[(*o)++] = ' ';
+    for (const char *p = key; *p; p++)
+        out[(*o)++] = *p;
+    out[(*o)++] = '=';
+    out[(*o)++] = '\'';
+    for (const char *p = val; *p; p++) {
+        if (*p == '\'' || *p == '\\')
+            out[(*o)++] = '\\';
+        out[(*o)++] = *p;
+    }
+    out[(*o)++] = '\'';
+    out[*o] = '\0';
+}
+
+char *worker_results_dsn(const char *dsn)
+{
+    if (!dsn)
+        return NULL;
+    char *msg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(dsn, &msg);
+    PQfreemem(msg);
+    int has_password = 0;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        has_password |= strcmp(o->keyword, "password") == 0 && o->val && *o->val;
+    if (!has_password) {
+        PQconninfoFree(opts);
+        return strdup(dsn); /* a DSN libpq cannot parse stays as it is: the try says why */
+    }
+    size_t n = 1, used = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && *o->val)
+            n += strlen(o->keyword) + 2 * strlen(o->val) + 4;
+    char *out = calloc(1, n);
+    for (PQconninfoOption *o = opts; out && o->keyword; o++)
+        if (o->val && *o->val && strcmp(o->keyword, "password") != 0)
+            conninfo_add(out, &used, o->keyword, o->val);
+    PQconninfoFree(opts);
+    return out;
+}
+
+void worker_results_tick(worker *w, int64_t *next_ms)
+{
+    int64_t now = cds_mono_ms();
+    if (now < *next_ms)
+        return;
+    *next_ms = now + 1000;
+    if (!w->results_db && !(w->results_db = worker_results_db_new()))
+        return; /* the rows wait in Redis for a worker with memory to spare */
+    worker_results_opts o;
+    worker_results_default_opts(&o, w->cfg->id);
+    cds_err err;
+    if (WITH_RECONNECT(w, worker_results_drain_due(w->results_db, w->q, &o, &w->log, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "writing the cds_results rows kept in Redis: %s", err.msg);
 }

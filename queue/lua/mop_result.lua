@@ -8,19 +8,47 @@
 -- epoch).  Evaluations of two epochs of one model may finish on two workers
 -- in either order; doing the comparison here keeps "best" right whatever the
 -- order.
+-- With the three outbox keys too (queue_mop_record_result_row), the row this
+-- evaluation makes in cds_results, in the database the dataset came from, is
+-- appended to that database's outbox in this same call, so a result that is
+-- recorded can no longer be lost on its way to the database: workers write
+-- the outbox's rows in order and remove each once the database took it
+-- (outbox.lua, queue_outbox.c).  A DSN outbox not yet in the index is due at
+-- once; one in the index keeps its time (a database being retried with
+-- backoff is not tried sooner because a row arrived).
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
---       7 evaling, 8 results
--- ARGV: 1 token, 2 model m, 3 epoch, 4 metrics JSON, 5 validation top-1
+--       7 evaling, 8 results; optional: 10 results:outbox (index),
+--       11 results:outbox:{<id>} (rows), 12 results:outbox:{<id>}:state
+-- ARGV: 1 token, 2 model m, 3 epoch, 4 metrics JSON, 5 validation top-1;
+--       with the outbox keys: 6 sweep id, 7 DSN (no password), 8 the epoch
+--       as cds_results numbers it, 9 the DSN's outbox id
 -- Returns {'best', previous best epoch or ''} | {'kept', best epoch}
 --       | {'lost'} | {'missing'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local m, epoch, top1 = ARGV[2], ARGV[3], tonumber(ARGV[5])
 local v = redis.call('HGET', KEYS[7], ARGV[1])
 local em, ee, deadline = string.match(v or '', '^(%d+) (%d+) %d+ (%d+)')
-if not em or em ~= m or ee ~= epoch or now_ms() > tonumber(deadline) then return {'lost'} end
+local now = now_ms()
+if not em or em ~= m or ee ~= epoch or now > tonumber(deadline) then return {'lost'} end
 redis.call('HDEL', KEYS[7], ARGV[1])
 local p = m .. '.'
 redis.call('HSET', KEYS[8], p .. epoch, ARGV[4])
+
+-- The row as JSON; the spec and the metrics are JSON already (the spec was
+-- checked at creation, the metrics come from the worker: a row that does not
+-- parse is set aside by the worker that drains it, with the reason).
+if KEYS[12] then
+  local spec = redis.call('HGET', KEYS[2], p .. 'spec')
+  local row = '{"sweep":' .. cjson.encode(ARGV[6]) .. ',"model":' .. int(tonumber(m)) ..
+    ',"epoch":' .. int(tonumber(ARGV[8])) .. ',"dsn":' .. cjson.encode(ARGV[7]) ..
+    ',"recorded_ms":' .. int(now) .. ',"spec":' .. (spec or 'null') .. ',"metrics":' .. ARGV[4] .. '}'
+  redis.call('RPUSH', KEYS[11], row)
+  redis.call('HSET', KEYS[12], 'dsn', ARGV[7])
+  if not redis.call('ZSCORE', KEYS[10], ARGV[9]) then
+    redis.call('ZADD', KEYS[10], int(now), ARGV[9])
+  end
+end
+
 local b = redis.call('HMGET', KEYS[2], p .. 'best_top1', p .. 'best_epoch')
 local best = tonumber(b[1])
 if best == nil or top1 > best or (top1 == best and tonumber(epoch) < tonumber(b[2])) then
