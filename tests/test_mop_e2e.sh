@@ -128,7 +128,13 @@ jobctl plot e2e --out "$root/curves.png" >/dev/null 2>"$root/err"
 ok "$([ $? = 0 ] && [ "$(head -c 8 "$root/curves.png" | od -An -tx1 | tr -d ' ')" = 89504e470d0a1a0a ]; echo $?)" \
     "jobctl plot writes the learning curves as a PNG"
 jobctl plot e2e --out "$root/curves.svg" >/dev/null 2>&1
-ok "$([ $? = 0 ] && grep -q "<svg" "$root/curves.svg" && grep -q "validation top-1" "$root/curves.svg"; echo $?)" "...and as SVG"
+ok "$([ $? = 0 ] && grep -q "<svg" "$root/curves.svg" && grep -q "validation top-1" "$root/curves.svg" && \
+      grep -q "chosen: model $top" "$root/curves.svg" && grep -q "test top-1 0\.[0-9]" "$root/curves.svg"; echo $?)" \
+    "...and as SVG, the chosen model $top marked with its test top-1"
+timeout 20 "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" status e2e --follow >"$root/fol" 2>&1
+ok "$([ $? = 0 ] && [ "$(grep -c "  model [0-3] epoch [12]/2: train loss [0-9.]* top1 [0-9.]* | valid loss" "$root/fol")" = 8 ] && \
+      grep -q "^chosen model $top " "$root/fol" && grep -q "16 of 16 visits, 8 of 8 epochs evaluated" "$root/fol"; echo $?)" \
+    "jobctl status --follow of a finished sweep prints its 8 epochs' metrics, the test score and the summary, then exits 0"
 jobctl plot e2e --out "$root/curves.gif" >/dev/null 2>"$root/err"
 ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q ".png or .svg" "$root/err"; echo $?)" "another extension: exit 1, one line"
 jobctl results nosuch >/dev/null 2>"$root/err"
@@ -270,7 +276,16 @@ jobctl enqueue sweep --spec "$root/sweep2.json" --id drain >/dev/null 2>&1
 worker d0 --shard 0
 for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{drain}:models" 0.state)" = leased ] && break; sleep 0.02; done
 kill -TERM "${pids[0]}"
+# While it drains, the heartbeat publishes the visit's progress (from its
+# first batch on); status shows it, with a time left.
+for _ in $(seq 300); do rcli HGET "${prefix}sweep:{drain}:models" 0.progress | grep -q '"rows_done":[1-9]' && break; sleep 0.01; done
+progress=$(rcli HGET "${prefix}sweep:{drain}:models" 0.progress)
+jobctl status drain >"$root/dst" 2>&1
 wait "${pids[0]}"; rc=$?; pids=()
+ok "$("$py" -c 'import json, sys; p = json.loads(sys.argv[1]); sys.exit(0 if 0 < p["rows_done"] <= p["rows_total"] and p["samples_per_s"] > 0 else 1)' \
+        "$progress" && grep -q "shard 0: [0-9]*% at [0-9]* rows/s" "$root/dst" && grep -q "about .* left" "$root/dst"; echo $?)" \
+    "a visit in flight: its progress in Redis ($progress), shown by status with a time left"
+[ "$failed" = 0 ] || sed 's/^/# /' "$root/dst"
 ok "$([ $rc = 0 ] && grep -q "finishing job drain/0" "$root/d0.log" && grep -q "sweep drain model 0 .*committed v1" "$root/d0.log" && \
       [ "$(rcli LLEN "${prefix}sweep:{drain}:schedule")" = 1 ] && [ "$(rcli HGET "${prefix}sweep:{drain}:models" 0.state)" = idle ]; echo $?)" \
     "SIGTERM during a visit: the worker finishes and commits it, then exits 0"

@@ -76,12 +76,14 @@ ok "$([ "$(rcli HGET "${prefix}sweep:{bad}:models" 0.state)" = failed ] && [[ "$
       [ "$(rcli HGET "${prefix}sweep:{bad}:models" 0.stalls)" = 0 ]; echo $?)" \
     "model 0 failed after 3 attempts with the reason, no stall counted: $reason"
 # The newest intact file it kept: epoch-<e>.ckpt while that epoch waits for
-# its evaluation, best-e<e>.ckpt once evaluated as the model's best.
+# its evaluation, best-e<e>.ckpt once evaluated as the model's best (which
+# one depends on whether the worker evaluated in between).
 from=$(sed -n 's/.*`jobctl retry bad\/0 --from \([a-z0-9-]*\)`.*/\1/p' <<<"$reason")
-ok "$([[ "$reason" == *"an intact older checkpoint is kept: "*"-e$((cepoch - 1)).ckpt (end of epoch $((cepoch - 1))"* || \
-        "$reason" == *"an intact older checkpoint is kept: "*"/epoch-$((cepoch - 1)).ckpt (end of epoch $((cepoch - 1)))"* ]] && \
-      { [ "$from" = best ] || [ "$from" = "epoch-$((cepoch - 1))" ]; }; echo $?)" \
-    "the reason names the intact older checkpoint (end of epoch $((cepoch - 1))) and how to train on from it (--from $from)"
+kept=$(sed -n 's/.*an intact older checkpoint is kept: .*\/\(epoch-\|best-e\)\([0-9]*\)\.ckpt (end of epoch \([0-9]*\).*/\2 \3/p' <<<"$reason")
+kept_e=${kept%% *}
+ok "$([ -n "$kept" ] && [ "$kept_e" = "${kept##* }" ] && [ "$kept_e" -ge 1 ] && [ "$kept_e" -lt "$cepoch" ] && \
+      { [ "$from" = best ] || [ "$from" = "epoch-$kept_e" ]; }; echo $?)" \
+    "the reason names the newest intact older checkpoint (end of epoch ${kept_e:-?}) and how to train on from it (--from $from)"
 attempt_lines=$(grep -c "model 0 .*attempt [0-9]" "$root/w0.log")
 ok "$([ "$attempt_lines" = 3 ] && [ "$(grep -c "model 0 failed after attempt 3" "$root/w0.log")" = 1 ]; echo $?)" \
     "the worker tried it 3 times, one log line each ($attempt_lines lines), not in a loop"
@@ -97,7 +99,7 @@ ok "$(grep -q "^model 0 failed: failed 3 of 3 attempts" "$root/lb" && grep -q "^
     "jobctl results says why model 0 failed and which epoch was not evaluated"
 
 jobctl retry bad/0 --from "$from" >"$root/out" 2>&1
-ok "$([ $? = 0 ] && grep -q "model 0 of sweep bad is idle again, to train epoch $cepoch from .*-e*$((cepoch - 1)).ckpt" "$root/out"; echo $?)" \
+ok "$([ $? = 0 ] && grep -q "model 0 of sweep bad is idle again, to train epoch $((kept_e + 1)) from .*-e*$kept_e.ckpt" "$root/out"; echo $?)" \
     "jobctl retry bad/0 --from $from: $(cat "$root/out")"
 for _ in $(seq 1200); do [ -n "$(rcli HGET "${prefix}sweep:{bad}" test)" ] && break; sleep 0.1; done
 ok "$([ "$(rcli HGET "${prefix}sweep:{bad}:models" 0.state)" = done ] && [ "$(rcli HGET "${prefix}sweep:{bad}:models" 0.epoch)" = 40 ] && \
@@ -141,6 +143,12 @@ jobctl cancel "$a" >/dev/null 2>&1
 c=$(jobctl enqueue sweep --spec "$root/fast.json" --unique nightly-sweep 2>/dev/null); rcc=$?
 ok "$([ $rcc = 0 ] && [ -n "$c" ] && [ "$c" != "$a" ] && [ "$(rcli GET "${prefix}sweeps:unique:nightly-sweep")" = "$c" ]; echo $?)" \
     "once that sweep is cancelled the key makes a new sweep ($c)"
+
+# ---- 4. a sweep recorded with epochs from 0 is not replayed ---------------------------
+rcli HDEL "${prefix}sweep:{fast}" format >/dev/null
+jobctl replay fast --id fast2 >/dev/null 2>"$root/err"
+ok "$([ $? = 1 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q "numbered epochs from 0" "$root/err" && \
+      [ "$(rcli EXISTS "${prefix}sweep:{fast2}")" = 0 ]; echo $?)" "replay of a sweep recorded before epochs counted from 1: exit 1, one line, nothing made"
 
 [ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; grep -v " info .*committed v" "$f" | tail -n 15 | sed 's/^/#   /'; done
 echo "1..$n"

@@ -341,8 +341,10 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
         } else {
             say_duration(left, sizeof left, eta.seconds_left);
             fprintf(out, "; about %s left", left);
-            if (eta.rough)
+            if (eta.rough && eta.models_measured < eta.models_left)
                 fprintf(out, " (rough: %d of %d models timed so far)", eta.models_measured, eta.models_left);
+            else if (eta.rough)
+                fputs(" (rough: no evaluation timed yet)", out);
         }
     }
     fprintf(out, "; %s %s\n", so_far, finished ? "in all" : "so far");

@@ -130,8 +130,10 @@ void sweep_eta_estimate(const json_t *s, sweep_eta *out)
     for (size_t i = 0; i < n; i++) {
         model_left *m = &ml[i];
         evals_left += m->evals;
-        if (m->visits == 0)
+        if (m->visits == 0) {
+            work += (double)m->evals * out->eval_seconds; /* trained: only its evaluations are left */
             continue;
+        }
         out->models_left++;
         double t = m->own_visit > 0 ? m->own_visit : m->flight_visit;
         if (t > 0) {

@@ -211,7 +211,7 @@ static void *heartbeat_thread(void *arg)
     while (!atomic_load(&w->done)) {
         int64_t now = cds_mono_ms();
         int rc = 0;
-        if (now >= next_hb) {
+        if (now >= next_hb || (w->cfg->shard >= 0 && worker_mop_progress_waiting(w))) {
             rc = beat_leases(w, q, &err);
             if (rc == 0 && w->cfg->shard >= 0)
                 rc = worker_mop_beat(w, q, &err);

@@ -32,6 +32,7 @@ typedef struct mop_slot {
     /* Progress through a visit, set by the main thread after each batch and
      * published by the heartbeat with the lease's renewal. */
     int64_t started_ms, rows_done, rows_total;
+    int progress_shown; /* the heartbeat published this visit's progress once */
 } mop_slot;
 
 typedef struct worker_results_db worker_results_db;
@@ -81,6 +82,10 @@ void worker_set_current(worker *w, const char *what);
 int worker_mop_step(worker *w);
 /* Heartbeat thread: renews the MOP lease in hand and reaps expired ones. */
 int worker_mop_beat(worker *w, queue_conn *q, cds_err *err);
+/* Whether the visit in hand has progress that was never published: the
+ * heartbeat then beats at once rather than at its next period, so a visit
+ * shows its progress from its first batch. */
+int worker_mop_progress_waiting(worker *w);
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err);
 
 /* cds_results in the dataset's database (worker_results_db.c), through a

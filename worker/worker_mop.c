@@ -77,6 +77,7 @@ static void slot_set(worker *w, const char *sweep, const queue_mop_lease *l)
     w->mop.finishing = 0;
     w->mop.started_ms = cds_mono_ms();
     w->mop.rows_done = w->mop.rows_total = 0;
+    w->mop.progress_shown = 0;
     if (l) {
         snprintf(w->mop.sweep, sizeof w->mop.sweep, "%s", sweep);
         w->mop.lease = *l;
@@ -1104,6 +1105,12 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
         snprintf(progress, sizeof progress, "{\"rows_done\":%lld,\"rows_total\":%lld,\"samples_per_s\":%.1f}",
                  (long long)done, (long long)total, ms > 0 ? (double)done * 1000.0 / (double)ms : 0.0);
     int rc = queue_mop_renew_with_progress(q, sweep, &l, w->cfg->lease_ms, progress, err);
+    if (rc == 0 && progress[0]) {
+        pthread_mutex_lock(&w->mu);
+        if (w->mop.active && strcmp(w->mop.lease.token, l.token) == 0)
+            w->mop.progress_shown = 1;
+        pthread_mutex_unlock(&w->mu);
+    }
     if (rc != QUEUE_NOT_FOUND)
         return rc;
     /* Lost, unless the main thread ended the lease itself meanwhile (a
@@ -1127,6 +1134,15 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     else
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: test-scoring claim lost (expired)", sweep);
     return 0;
+}
+
+int worker_mop_progress_waiting(worker *w)
+{
+    pthread_mutex_lock(&w->mu);
+    int waiting = w->mop.active && !w->mop.finishing && !w->mop.progress_shown && w->mop.rows_total > 0 &&
+                  w->mop.lease.kind == QUEUE_MOP_VISIT;
+    pthread_mutex_unlock(&w->mu);
+    return waiting;
 }
 
 int worker_mop_reap(worker *w, queue_conn *q, cds_err *err)
