@@ -473,8 +473,8 @@ static void lease_gone(const char *sweep, const queue_mop_lease *l, cds_err *err
  * evaluation, the test scoring).  Returns 0 for the script's success word
  * (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND when the lease
  * is gone (the script's "lost", or the sweep itself is gone), -1 on error. */
-static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
-                        const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
+static int lease_script(queue_conn *q, const char *script, const char *sweep, const queue_mop_lease *l, qargs *args,
+                        redisReply **out, cds_err *err)
 {
     int missing;
     redisReply *r = mop_run(q, script, sweep, args, &missing, err);
@@ -485,6 +485,17 @@ static int run_on_lease(queue_conn *q, const char *script, const char *what, con
         lease_gone(sweep, l, err);
         return QUEUE_NOT_FOUND;
     }
+    *out = r;
+    return 0;
+}
+
+static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
+                        const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
+{
+    redisReply *r = NULL;
+    int rc = lease_script(q, script, sweep, l, args, &r, err);
+    if (rc != 0)
+        return rc;
     if (!qc_reply_is(r, 0, success))
         return unexpected(r, what, err);
     if (out)
@@ -703,15 +714,10 @@ int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease 
     qargs_add(&args, why && *why ? why : "failed");
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     qargs_add(&args, sweep);
-    int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_test_fail, sweep, &args, &missing, err);
-    if (!r)
-        return missing ? QUEUE_NOT_FOUND : -1;
-    if (qc_reply_is(r, 0, "lost")) {
-        freeReplyObject(r);
-        lease_gone(sweep, l, err);
-        return QUEUE_NOT_FOUND;
-    }
+    redisReply *r = NULL;
+    int rc = lease_script(q, queue_lua_mop_test_fail, sweep, l, &args, &r, err);
+    if (rc != 0)
+        return rc;
     if (!qc_reply_is(r, 0, "retry") && !qc_reply_is(r, 0, "failed"))
         return unexpected(r, "test_fail", err);
     int final = qc_reply_is(r, 0, "failed");
@@ -838,15 +844,10 @@ int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease
     qargs_add(&args, final ? "final" : "attempt");
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     qargs_add(&args, note ? note : "");
-    int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_fail, sweep, &args, &missing, err);
-    if (!r)
-        return missing ? QUEUE_NOT_FOUND : -1;
-    if (qc_reply_is(r, 0, "lost")) {
-        freeReplyObject(r);
-        lease_gone(sweep, l, err);
-        return QUEUE_NOT_FOUND;
-    }
+    redisReply *r = NULL;
+    int rc = lease_script(q, queue_lua_mop_fail, sweep, l, &args, &r, err);
+    if (rc != 0)
+        return rc;
     if (qc_reply_is(r, 0, "retry") && r->elements == 4) {
         if (delay_ms)
             *delay_ms = qc_reply_int(r, 3);

@@ -1631,7 +1631,8 @@ static int cmd_results(jobctl *j, int argc, char **argv)
 static const char usage_plot[] =
     "usage: jobctl plot SWEEP --out FILE.png|FILE.svg\n"
     "Draws the learning curves of every model of a sweep by epoch: validation top-1, and\n"
-    "training (solid) and validation (dashed) loss, with gnuplot.\n";
+    "training (solid) and validation (dashed) loss, with gnuplot; once the sweep is scored,\n"
+    "the chosen model is marked at its best epoch with its test top-1.\n";
 
 static int cmd_plot(jobctl *j, int argc, char **argv)
 {
