@@ -24,8 +24,9 @@
  * partial pass).  A loss that becomes NaN or infinite marks the model failed;
  * any other error releases it for another try.
  *
- * With no model to train the worker evaluates a finished epoch, and once a
- * sweep is done it scores the chosen model on the test split.  Both are
+ * Before training it evaluates a finished epoch that waits (so metrics land
+ * as epochs end), and once a sweep is done it scores the chosen model on
+ * the test split.  Both are
  * leases too (queue_mop_take_eval, queue_mop_claim_test), held in the same
  * slot as a visit's, so the heartbeat renews them; a worker that dies doing
  * one loses nothing but the time, as the reaper puts the evaluation back and
@@ -1072,15 +1073,19 @@ int worker_mop_step(worker *w)
         cds_logf(&w->log, CDS_LOG_WARN, "listing the active sweeps: %s", err.msg);
         return -1;
     }
-    /* Its own shard first; then a shard whose worker is gone; then, with no
-     * model to train, a finished epoch to evaluate (no lease: any worker,
-     * and training of the next epoch does not wait for it); then the test
-     * scoring of a finished sweep. */
-    int did = lease_step(w, ids, n, w->cfg->shard);
+    /* A finished epoch waiting for evaluation first: it is short (the
+     * validation split, forward only) and its metrics are what people wait
+     * for, so they land as each epoch ends rather than all at the sweep's
+     * end (when more models than workers keep every worker training, a
+     * lower rank would starve them); training of the next epoch does not
+     * wait for it, and any worker may take it.  Then its own shard, then a
+     * shard whose worker is gone, then the test scoring of a finished
+     * sweep. */
+    int did = eval_step(w, ids, n);
+    if (!did)
+        did = lease_step(w, ids, n, w->cfg->shard);
     if (!did)
         did = orphan_step(w, ids, n);
-    if (!did)
-        did = eval_step(w, ids, n);
     if (!did)
         did = test_step(w, ids, n);
     queue_sweep_list_free(ids, n);
