@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cds_util.h"
+#include "jobctl_fmt.h"
 #include "nn_ckpt.h"
 #include "queue_mop.h"
 #include "sweep_eta.h"
@@ -295,18 +296,6 @@ static long long model_units(const json_t *m, int epochs, int shards)
                                           : (json_integer_value(json_object_get(m, "epoch")) - 1) * shards + v;
 }
 
-/* "42 s", "3 min 07 s", "2 h 05 min" for a person. */
-static void say_duration(char *buf, size_t n, double seconds)
-{
-    long long s = seconds < 0 ? 0 : (long long)(seconds + 0.5);
-    if (s < 60)
-        snprintf(buf, n, "%lld s", s);
-    else if (s < 3600)
-        snprintf(buf, n, "%lld min %02lld s", s / 60, s % 60);
-    else
-        snprintf(buf, n, "%lld h %02lld min", s / 3600, s % 3600 / 60);
-}
-
 int jobctl_sweep_finished(const json_t *s)
 {
     const json_t *sw = json_object_get(s, "sweep");
@@ -329,7 +318,7 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
         evaluated += (long long)json_array_size(json_object_get(m, "epochs"));
     }
     char so_far[32], left[32];
-    say_duration(so_far, sizeof so_far, (double)((finished ? finished : now_ms) - created) / 1000.0);
+    fmt_duration(so_far, sizeof so_far, (finished ? finished : now_ms) - created);
     fprintf(out, "sweep %s (%s): %lld of %lld visits, %lld of %lld epochs evaluated",
             json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
             done, total, evaluated, (long long)json_array_size(models) * epochs);
@@ -339,7 +328,7 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
         if (eta.seconds_left < 0) {
             fputs("; time left: after the first measured visit", out);
         } else {
-            say_duration(left, sizeof left, eta.seconds_left);
+            fmt_duration(left, sizeof left, (int64_t)(eta.seconds_left * 1000.0));
             fprintf(out, "; about %s left", left);
             if (eta.rough && eta.models_measured < eta.models_left)
                 fprintf(out, " (rough: %d of %d models timed so far)", eta.models_measured, eta.models_left);
@@ -364,7 +353,7 @@ static void model_detail(char *buf, size_t n, const json_t *m, int64_t now_ms)
     } else if (attempts > 0) {
         long long nb = atoll(json_string_value(json_object_get(m, "not_before")) ?: "0");
         char wait[32];
-        say_duration(wait, sizeof wait, nb > now_ms ? (double)(nb - now_ms) / 1000.0 : 0);
+        fmt_duration(wait, sizeof wait, nb > now_ms ? nb - now_ms : 0);
         snprintf(buf, n, "%lld failed attempt%s, next in %s: %.120s", attempts, attempts == 1 ? "" : "s", wait,
                  json_string_value(json_object_get(m, "error")) ?: "");
     }

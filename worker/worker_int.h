@@ -29,9 +29,11 @@ typedef struct mop_slot {
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease lease;
     atomic_int lost;
-    /* Progress through a visit, set by the main thread after each batch and
-     * published by the heartbeat with the lease's renewal. */
-    int64_t started_ms, rows_done, rows_total;
+    /* Progress through a visit, stored by the main thread after each batch
+     * (atomics, so a training step takes no lock) and published by the
+     * heartbeat with the lease's renewal. */
+    int64_t started_ms;
+    atomic_llong rows_done, rows_total;
     int progress_shown; /* the heartbeat published this visit's progress once */
 } mop_slot;
 

@@ -63,10 +63,8 @@ static int should_stop(void *ctx, int64_t done, int64_t total, const nn_pass_sta
     (void)st;
     worker *w = ctx;
     if (total > 0) {
-        pthread_mutex_lock(&w->mu);
-        w->mop.rows_done = done;
-        w->mop.rows_total = total;
-        pthread_mutex_unlock(&w->mu);
+        atomic_store_explicit(&w->mop.rows_total, total, memory_order_relaxed);
+        atomic_store_explicit(&w->mop.rows_done, done, memory_order_relaxed);
     }
     return atomic_load(&w->stop) >= 2 || atomic_load(&w->mop.lost);
 }
@@ -77,7 +75,8 @@ static void slot_set(worker *w, const char *sweep, const queue_mop_lease *l)
     w->mop.active = l != NULL;
     w->mop.finishing = 0;
     w->mop.started_ms = cds_mono_ms();
-    w->mop.rows_done = w->mop.rows_total = 0;
+    atomic_store(&w->mop.rows_done, 0);
+    atomic_store(&w->mop.rows_total, 0);
     w->mop.progress_shown = 0;
     if (l) {
         snprintf(w->mop.sweep, sizeof w->mop.sweep, "%s", sweep);
@@ -182,48 +181,56 @@ static void visit_failed(worker *w, visit *v, const cds_err *why, int final, con
 /* The newest intact checkpoint the model keeps besides the committed one
  * that failed to load (the best epoch's best-e<E>.ckpt, epoch-<e>.ckpt files
  * waiting for evaluation), said in a form a person can act on; never used
- * to train from without being asked (jobctl retry --from).  "" when the
- * model directory holds none. */
+ * to train from without being asked (jobctl retry --from); or that there
+ * is none. */
 static void intact_older_note(worker *w, const visit *v, const char *failing, char *note, size_t n)
 {
     char dir[QUEUE_MOP_PATH_MAX - 64];
     snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, v->sweep, v->lease.model);
-    note[0] = '\0';
+    snprintf(note, n, "no intact older checkpoint is kept");
     DIR *d = opendir(dir);
     if (!d)
         return;
-    int best_epoch = -1, is_best = 0;
-    char best_name[256] = "";
+    /* The kept files by epoch, read back newest first until one is intact:
+     * a checkpoint can be large, so only as many as needed. */
+    enum { KEPT_MAX = 256 };
+    struct kept { int epoch, best; char name[64]; } kept[KEPT_MAX];
+    int nk = 0;
     struct dirent *e;
-    while ((e = readdir(d))) {
+    while ((e = readdir(d)) && nk < KEPT_MAX) {
         int ep;
         char tail;
         int b = sscanf(e->d_name, "best-e%d.ckp%c", &ep, &tail) == 2;
-        if (!b && sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) != 2)
-            continue;
-        char path[QUEUE_MOP_PATH_MAX + 256];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (strcmp(path, failing) == 0 || ep <= best_epoch)
-            continue;
-        nn_ckpt c;
-        cds_err err;
-        if (nn_ckpt_load(path, &c, &err) != 0)
-            continue;
-        nn_ckpt_free(&c);
-        best_epoch = ep;
-        is_best = b;
-        snprintf(best_name, sizeof best_name, "%s", e->d_name);
+        if ((b || sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) == 2) && strlen(e->d_name) < sizeof kept[0].name) {
+            kept[nk] = (struct kept){.epoch = ep, .best = b};
+            snprintf(kept[nk++].name, sizeof kept[0].name, "%s", e->d_name);
+        }
     }
     closedir(d);
-    if (best_epoch < 0)
-        snprintf(note, n, "no intact older checkpoint is kept");
-    else if (is_best)
-        snprintf(note, n, "an intact older checkpoint is kept: %s/%s (end of epoch %d, its best): `jobctl retry "
-                          "%s/%d --from best` trains on from it", dir, best_name, best_epoch, v->sweep, v->lease.model);
-    else
-        snprintf(note, n, "an intact older checkpoint is kept: %s/%s (end of epoch %d): `jobctl retry %s/%d "
-                          "--from epoch-%d` trains on from it", dir, best_name, best_epoch, v->sweep, v->lease.model,
-                 best_epoch);
+    for (;;) {
+        int top = -1;
+        for (int i = 0; i < nk; i++)
+            if (kept[i].epoch >= 0 && (top < 0 || kept[i].epoch > kept[top].epoch))
+                top = i;
+        if (top < 0)
+            return;
+        char path[QUEUE_MOP_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/%s", dir, kept[top].name);
+        nn_ckpt c;
+        cds_err err;
+        if (strcmp(path, failing) != 0 && nn_ckpt_load(path, &c, &err) == 0) {
+            nn_ckpt_free(&c);
+            if (kept[top].best)
+                snprintf(note, n, "an intact older checkpoint is kept: %s (end of epoch %d, its best): `jobctl retry "
+                                  "%s/%d --from best` trains on from it", path, kept[top].epoch, v->sweep, v->lease.model);
+            else
+                snprintf(note, n, "an intact older checkpoint is kept: %s (end of epoch %d): `jobctl retry %s/%d "
+                                  "--from epoch-%d` trains on from it", path, kept[top].epoch, v->sweep,
+                         v->lease.model, kept[top].epoch);
+            return;
+        }
+        kept[top].epoch = -1;
+    }
 }
 
 /* Deletes what dead or refused leases left in a model directory: every
@@ -1099,7 +1106,8 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease l = w->mop.lease;
     snprintf(sweep, sizeof sweep, "%s", w->mop.sweep);
-    int64_t done = w->mop.rows_done, total = w->mop.rows_total, ms = cds_mono_ms() - w->mop.started_ms;
+    int64_t done = atomic_load(&w->mop.rows_done), total = atomic_load(&w->mop.rows_total);
+    int64_t ms = cds_mono_ms() - w->mop.started_ms;
     pthread_mutex_unlock(&w->mu);
     if (!active)
         return 0;
@@ -1144,7 +1152,7 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
 int worker_mop_progress_waiting(worker *w)
 {
     pthread_mutex_lock(&w->mu);
-    int waiting = w->mop.active && !w->mop.finishing && !w->mop.progress_shown && w->mop.rows_total > 0 &&
+    int waiting = w->mop.active && !w->mop.finishing && !w->mop.progress_shown && atomic_load(&w->mop.rows_total) > 0 &&
                   w->mop.lease.kind == QUEUE_MOP_VISIT;
     pthread_mutex_unlock(&w->mu);
     return waiting;
