@@ -58,6 +58,8 @@ typedef struct queue_opts {
     const char *password_file; /* NULL: the URL's password, if any */
     const char *prefix;        /* NULL: QUEUE_DEFAULT_PREFIX */
     int timeout_ms;            /* connect and reply timeout; 0: 5000 */
+    int writes;                /* 1: refuse a server whose maxmemory-policy could evict keys (at every connect
+                                  and reconnect): whatever writes must, reading need not */
 } queue_opts;
 
 queue_conn *queue_connect(const queue_opts *opts, cds_err *err);

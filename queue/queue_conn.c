@@ -407,7 +407,7 @@ static int select_db(queue_conn *q, cds_err *err)
 static int establish(queue_conn *q, cds_err *err)
 {
     if (open_socket(q, err) != 0 || authenticate(q, err) != 0 || select_db(q, err) != 0 ||
-        load_scripts(q, err) != 0) {
+        load_scripts(q, err) != 0 || (q->writes && queue_check_eviction_policy(q, err) != 0)) {
         if (q->c)
             redisFree(q->c);
         q->c = NULL;
@@ -446,6 +446,7 @@ queue_conn *queue_connect(const queue_opts *opts, cds_err *err)
     }
     snprintf(q->prefix, sizeof q->prefix, "%s", prefix);
     q->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 5000;
+    q->writes = opts->writes;
     if (establish(q, err) != 0) {
         queue_close(q);
         return NULL;

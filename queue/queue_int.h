@@ -19,6 +19,7 @@ struct queue_conn {
     char prefix[QUEUE_NAME_MAX];
     int timeout_ms;
     int broken;
+    int writes; /* queue_opts.writes */
     char sha[QS_COUNT][41];
 };
 

@@ -292,15 +292,11 @@ static int open_queue(const jobctl *j, queue_conn **q)
     cds_err err;
     *q = NULL;
     queue_opts o = {
-        .url = effective_url(j), .password_file = j->password_file, .prefix = j->prefix, .timeout_ms = 5000};
+        .url = effective_url(j), .password_file = j->password_file, .prefix = j->prefix, .timeout_ms = 5000,
+        .writes = j->writes};
     *q = queue_connect(&o, &err);
     if (!*q)
         return fail(j, EXIT_USAGE, "%s", err.msg);
-    if (j->writes && queue_check_eviction_policy(*q, &err) != 0) {
-        queue_close(*q);
-        *q = NULL;
-        return fail(j, EXIT_USAGE, "%s", err.msg);
-    }
     return 0;
 }
 
@@ -645,23 +641,41 @@ static void print_enqueued(const jobctl *j, const enqueue_args *a, const queue_e
              n > 1 ? "were" : "was", out[0].id);
 }
 
-/* The options of enqueue that etl ignores would be lost without a word:
- * its jobs take only a queue and a priority. */
+/* Whether an enqueue option was given. */
+static int seen(const enqueue_args *a, int opt) { return (a->seen & 1u << (opt - OPT_COMMAND)) != 0; }
+
+/* The options of enqueue that a KIND (etl, sweep) ignores would be lost
+ * without a word: refuses the first one given that is not in allowed[n],
+ * naming those it takes (why: what KIND is, or NULL). */
+static int refuse_options(const jobctl *j, const enqueue_args *a, const char *kind, const int *allowed, size_t n,
+                          const char *why)
+{
+    const struct option *bad = NULL;
+    for (const struct option *o = enqueue_options; o->name && !bad; o++) {
+        int ok = o->val < OPT_COMMAND || o->val == E_PAYLOAD || !seen(a, o->val); /* --payload: --spec inline */
+        for (size_t i = 0; i < n && !ok; i++)
+            ok = o->val == allowed[i];
+        if (!ok)
+            bad = o;
+    }
+    if (!bad)
+        return 0;
+    char what[400];
+    int k = snprintf(what, sizeof what, "--%s does not apply to enqueue %s, which takes", bad->name, kind);
+    for (size_t i = 0; i < n; i++)
+        for (const struct option *o = enqueue_options; o->name; o++)
+            if (o->val == allowed[i] && k > 0 && (size_t)k < sizeof what)
+                k += snprintf(what + k, sizeof what - (size_t)k, "%s --%s", i == 0 ? "" : i + 1 == n ? " and" : ",",
+                              o->name);
+    if (why && k > 0 && (size_t)k < sizeof what)
+        snprintf(what + k, sizeof what - (size_t)k, ": %s", why);
+    return usage_error(j, what);
+}
+
 static int refuse_etl_options(const jobctl *j, const enqueue_args *a)
 {
-    static const int allowed[] = {E_SPEC, E_PAYLOAD, E_QUEUE, E_PRIORITY};
-    unsigned mask = 0;
-    for (size_t i = 0; i < sizeof allowed / sizeof allowed[0]; i++)
-        mask |= 1u << (allowed[i] - OPT_COMMAND);
-    for (const struct option *o = enqueue_options; o->name; o++) {
-        if (o->val < OPT_COMMAND || !(a->seen & ~mask & 1u << (o->val - OPT_COMMAND)))
-            continue;
-        char what[160];
-        snprintf(what, sizeof what, "--%s does not apply to enqueue etl, which takes --spec, --queue and "
-                                    "--priority", o->name);
-        return usage_error(j, what);
-    }
-    return 0;
+    static const int allowed[] = {E_SPEC, E_QUEUE, E_PRIORITY};
+    return refuse_options(j, a, "etl", allowed, sizeof allowed / sizeof allowed[0], NULL);
 }
 
 /* `jobctl enqueue etl --spec FILE.json`: plans the unload here (this needs
@@ -728,20 +742,9 @@ typedef struct pinned_dataset {
 /* Options of enqueue that make no sense for a sweep (it is not a queue job). */
 static int refuse_job_options(const jobctl *j, const enqueue_args *a)
 {
-    unsigned allowed = 1u << (E_SPEC - OPT_COMMAND) | 1u << (E_PAYLOAD - OPT_COMMAND) | 1u << (E_ID - OPT_COMMAND) |
-                       1u << (E_UNIQUE - OPT_COMMAND) | 1u << (E_MAX_ATTEMPTS - OPT_COMMAND) |
-                       1u << (E_MAX_STALLS - OPT_COMMAND) | 1u << (E_BACKOFF_BASE - OPT_COMMAND) |
-                       1u << (E_BACKOFF_CAP - OPT_COMMAND);
-    for (const struct option *o = enqueue_options; o->name; o++) {
-        if (o->val < OPT_COMMAND || !(a->seen & ~allowed & 1u << (o->val - OPT_COMMAND)))
-            continue;
-        char what[320];
-        snprintf(what, sizeof what, "--%s does not apply to enqueue sweep, which takes --spec, --id, --unique, "
-                                    "--max-attempts, --max-stalls, --backoff-base and --backoff-cap: a sweep is not "
-                                    "a queue job", o->name);
-        return usage_error(j, what);
-    }
-    return 0;
+    static const int allowed[] = {E_SPEC,       E_ID,           E_UNIQUE,     E_MAX_ATTEMPTS,
+                                  E_MAX_STALLS, E_BACKOFF_BASE, E_BACKOFF_CAP};
+    return refuse_options(j, a, "sweep", allowed, sizeof allowed / sizeof allowed[0], "a sweep is not a queue job");
 }
 
 static int check_sweep_id(const jobctl *j, const char *id)
@@ -883,16 +886,16 @@ static int enqueue_sweep(jobctl *j, const enqueue_args *a)
         rc = new_sweep_id(j, q, id);
     if (rc == 0) {
         /* An option overrides the spec's max_attempts; the spec, the default. */
-        int attempts = (a->seen & 1u << (E_MAX_ATTEMPTS - OPT_COMMAND)) ? a->spec.max_attempts
+        int attempts = seen(a, E_MAX_ATTEMPTS) ? a->spec.max_attempts
                                                                         : sweep_spec_max_attempts(s);
         queue_sweep_def def = {
             .id = id, .dataset = sweep_spec_dataset(s), .dataset_version = d.version, .shards = d.shards,
             .epochs = sweep_spec_epochs(s), .models = sweep_spec_model_count(s),
             .model_specs = sweep_spec_model_specs(s), .spec_json = sweep_spec_json(s),
             .max_attempts = attempts,
-            .max_stalls = (a->seen & 1u << (E_MAX_STALLS - OPT_COMMAND)) ? a->spec.max_stalls : 0,
-            .backoff_base_ms = (a->seen & 1u << (E_BACKOFF_BASE - OPT_COMMAND)) ? a->spec.backoff_base_ms : 0,
-            .backoff_cap_ms = (a->seen & 1u << (E_BACKOFF_CAP - OPT_COMMAND)) ? a->spec.backoff_cap_ms : 0,
+            .max_stalls = seen(a, E_MAX_STALLS) ? a->spec.max_stalls : 0,
+            .backoff_base_ms = seen(a, E_BACKOFF_BASE) ? a->spec.backoff_base_ms : 0,
+            .backoff_cap_ms = seen(a, E_BACKOFF_CAP) ? a->spec.backoff_cap_ms : 0,
             .unique = a->spec.unique};
         char live[QUEUE_SWEEP_ID_MAX];
         int crc = queue_sweep_create(q, &def, live, &err);
@@ -1312,8 +1315,11 @@ static const char usage_resume[] =
     "models paused one by one: resume each with SWEEP/MODEL.  Exit 1 if the model is not\n"
     "paused.\n";
 
+/* How jobctl status shows a sweep: once, redrawn, or as a log. */
+enum { VIEW_ONCE = 0, VIEW_WATCH = 1, VIEW_FOLLOW = 2 };
+
 /* One positional SWEEP id (and --watch or --follow when watch is not NULL:
- * *watch = 1 or 2). */
+ * *watch = VIEW_WATCH or VIEW_FOLLOW). */
 static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
 {
     enum { O_WATCH = 400, O_FOLLOW = 404 };
@@ -1326,7 +1332,7 @@ static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usa
         if ((c == O_WATCH || c == O_FOLLOW) && !watch)
             return fail(j, EXIT_USAGE, "--%s is for jobctl status only", c == O_WATCH ? "watch" : "follow");
         if (c == O_WATCH || c == O_FOLLOW) {
-            int want = c == O_WATCH ? 1 : 2;
+            int want = c == O_WATCH ? VIEW_WATCH : VIEW_FOLLOW;
             if (*watch && *watch != want)
                 return usage_error(j, "give --watch or --follow, not both");
             *watch = want;
@@ -1334,6 +1340,8 @@ static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usa
         }
         return EXIT_USAGE;
     }
+    if (watch && *watch == VIEW_FOLLOW && j->json)
+        return usage_error(j, "--follow prints lines for people: use jobctl status --json in a loop instead");
     if (want_args(j, argc, argv, 1, "needs a SWEEP id, as printed by jobctl enqueue sweep") != 0)
         return EXIT_USAGE;
     *sweep = argv[optind];
@@ -1421,19 +1429,24 @@ static int cmd_resume(jobctl *j, int argc, char **argv) { return sweep_state_com
 static int follow_sweep(jobctl *j, queue_conn *q, const char *sweep)
 {
     json_t *before = NULL;
-    int64_t next_line = 0;
+    int64_t next_line = 0, give_up = cds_mono_ms() + 60000;
     int rc = EXIT_DONE;
     for (;;) {
         cds_err err;
         json_t *now = NULL;
         int qrc = jobctl_sweep_load(q, sweep, &now, &err);
+        if (qrc != 0 && queue_conn_broken(q) && cds_mono_ms() < give_up) {
+            /* Redis restarting: keep following, trying once a second for
+             * up to a minute; anything else ends it. */
+            cds_sleep_ms(1000);
+            queue_reconnect(q, &err);
+            continue;
+        }
         if (qrc != 0) {
-            /* Redis restarting: keep following; anything else ends it. */
-            if (queue_conn_broken(q) && queue_reconnect(q, &err) == 0)
-                continue;
             rc = op_failed(j, q, qrc, &err);
             break;
         }
+        give_up = cds_mono_ms() + 60000;
         int64_t t = cds_wall_ms();
         jobctl_sweep_print_news(stdout, before, now, t);
         int finished = jobctl_sweep_finished(now);
@@ -1455,19 +1468,15 @@ static int follow_sweep(jobctl *j, queue_conn *q, const char *sweep)
     return rc;
 }
 
-static int sweep_view(jobctl *j, int argc, char **argv, const char *usage, int status)
+/* Shows sweep: its status (status) or its leaderboard, once, redrawn
+ * every 2 s until it is finished (VIEW_WATCH), or as a log (VIEW_FOLLOW). */
+static int view_sweep(jobctl *j, const char *sweep, int status, int watch)
 {
-    const char *sweep = NULL;
     queue_conn *q;
-    int watch = 0;
-    int rc = parse_sweep_command(j, argc, argv, usage, &sweep, status ? &watch : NULL);
-    if (rc != 0 || (rc = open_queue(j, &q)) != 0)
-        return rc < 0 ? EXIT_DONE : rc;
-    if (watch == 2) {
-        if (j->json) {
-            queue_close(q);
-            return usage_error(j, "--follow prints lines for people: use jobctl status --json in a loop instead");
-        }
+    int rc = open_queue(j, &q);
+    if (rc != 0)
+        return rc;
+    if (watch == VIEW_FOLLOW) {
         rc = follow_sweep(j, q, sweep);
         queue_close(q);
         return rc;
@@ -1607,25 +1616,27 @@ static int check_db(jobctl *j, const char *sweep)
 
 static int cmd_results(jobctl *j, int argc, char **argv)
 {
-    enum { O_CHECK_DB = 401, O_WATCH };
-    static const struct option opts[] = {
-        {"check-db", no_argument, 0, O_CHECK_DB}, {"watch", no_argument, 0, O_WATCH}, GLOBAL_OPTIONS};
-    int c, check = 0, watch = 0;
+    enum { O_CHECK_DB = 401, O_WATCH, O_FOLLOW };
+    static const struct option opts[] = {{"check-db", no_argument, 0, O_CHECK_DB}, {"watch", no_argument, 0, O_WATCH},
+                                         {"follow", no_argument, 0, O_FOLLOW}, GLOBAL_OPTIONS};
+    int c, check = 0;
     while ((c = next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
         if (c == NEXT_HELP)
             return fputs(usage_results, stdout), EXIT_DONE;
-        if (c != O_CHECK_DB && c != O_WATCH)
+        if (c == O_WATCH || c == O_FOLLOW)
+            return fail(j, EXIT_USAGE, "--%s is for jobctl status only", c == O_WATCH ? "watch" : "follow");
+        if (c != O_CHECK_DB)
             return EXIT_USAGE;
-        check |= c == O_CHECK_DB;
-        watch |= c == O_WATCH;
+        check = 1;
     }
-    if (!check || watch) { /* --watch: the leaderboard's parser says it is for status only */
-        optind = 0; /* the leaderboard parses the same argv again */
-        return sweep_view(j, argc, argv, usage_results, 0);
+    if (check) {
+        if (argc - optind > 1)
+            return want_args(j, argc, argv, 1, "");
+        return check_db(j, argc - optind == 1 ? argv[optind] : NULL);
     }
-    if (argc - optind > 1)
-        return want_args(j, argc, argv, 1, "");
-    return check_db(j, argc - optind == 1 ? argv[optind] : NULL);
+    if (want_args(j, argc, argv, 1, "needs a SWEEP id, as printed by jobctl enqueue sweep") != 0)
+        return EXIT_USAGE;
+    return view_sweep(j, argv[optind], 0, VIEW_ONCE);
 }
 
 static const char usage_plot[] =
@@ -1711,7 +1722,15 @@ static int cmd_replay(jobctl *j, int argc, char **argv)
     queue_close(q);
     return rc;
 }
-static int cmd_status(jobctl *j, int argc, char **argv) { return sweep_view(j, argc, argv, usage_status, 1); }
+static int cmd_status(jobctl *j, int argc, char **argv)
+{
+    const char *sweep = NULL;
+    int watch = VIEW_ONCE;
+    int rc = parse_sweep_command(j, argc, argv, usage_status, &sweep, &watch);
+    if (rc != 0)
+        return rc < 0 ? EXIT_DONE : rc;
+    return view_sweep(j, sweep, 1, watch);
+}
 
 /* ---- main ---------------------------------------------------------------- */
 

@@ -47,7 +47,7 @@ queue_conn *worker_run_queue(const worker_run_ctx *ctx) { return ctx->w->q; }
 
 static queue_conn *connect_once(const worker_cfg *cfg, cds_err *err)
 {
-    queue_opts o = {.url = cfg->url, .password_file = cfg->password_file, .prefix = cfg->prefix};
+    queue_opts o = {.url = cfg->url, .password_file = cfg->password_file, .prefix = cfg->prefix, .writes = 1};
     return queue_connect(&o, err);
 }
 
@@ -513,7 +513,7 @@ int worker_run(const worker_cfg *cfg)
 
     cds_err err;
     w.q = connect_once(cfg, &err);
-    if (!w.q || queue_check_eviction_policy(w.q, &err) != 0) {
+    if (!w.q) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);
         queue_close(w.q);
         free(w.held);
