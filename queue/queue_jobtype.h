@@ -9,7 +9,8 @@
  * library caller) with an unknown type or a payload of the wrong shape is
  * dead-lettered at once with the same message instead of failing somewhere
  * inside its runner.  A new job type is one row here and one runner in
- * worker/worker_jobs.c (a _Static_assert there keeps the two in step).
+ * worker/worker_jobs.c (a _Static_assert there catches a type added without a runner
+ * at the end of the table; the worker refuses a hole by name).
  *
  * The queue library itself does not consult the table: queue_enqueue takes
  * any well-formed type, so tests and tools can still put odd jobs in a
