@@ -92,23 +92,22 @@ static void sb_add(sbuf *b, const char *fmt, ...)
 
 static void sb_conninfo(sbuf *b, const char *key, const char *val)
 {
-    sb_add(b, "%s%s='", b->n ? " " : "", key);
-    for (const char *c = val; *c; c++)
-        sb_add(b, "%s%c", *c == '\'' || *c == '\\' ? "\\" : "", *c);
-    sb_add(b, "'");
+    etl_conninfo_append(&b->s, &b->n, &b->cap, key, val);
 }
 
 /* Settings that are secret, or name something of this machine only, or that
  * host/port/dbname/user below already say. */
 static int conninfo_skipped(const PQconninfoOption *o)
 {
-    static const char *const skip[] = {"host", "hostaddr", "port", "dbname", "user", "password", "passfile",
-                                       "service", "fallback_application_name", NULL};
+    static const char *const skip[] = {"host", "hostaddr", "port", "dbname", "user", "passfile", "service",
+                                       "fallback_application_name", NULL};
+    if (etl_conninfo_secret(o))
+        return 1;
     for (int i = 0; skip[i]; i++)
         if (strcmp(o->keyword, skip[i]) == 0)
             return 1;
-    /* dispchar "*": a secret (sslpassword...); "D": a debug setting. */
-    return o->dispchar && (strchr(o->dispchar, '*') || strchr(o->dispchar, 'D'));
+    /* dispchar "D": a debug setting. */
+    return o->dispchar && strchr(o->dispchar, 'D');
 }
 
 /* The server and database c is connected to, as a conninfo string without
@@ -246,11 +245,26 @@ static int column_oid(const table_info *t, const char *name, uint32_t *oid)
     return -1;
 }
 
+/* "a, b, c" into out (of size n), ending in "..." where the rest does not
+ * fit: lists of names for messages. */
+static void join_names(char *out, size_t n, char *const *names, size_t k)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < k; i++) {
+        const char *sep = i ? ", " : "";
+        if (len + strlen(sep) + strlen(names[i]) + 6 > n) { /* keep room for ", ..." */
+            snprintf(out + len, n - len, "%s...", sep);
+            return;
+        }
+        len += (size_t)snprintf(out + len, n - len, "%s%s", sep, names[i]);
+    }
+}
+
 static int no_such_column(const table_info *t, const char *name, const char *option, cds_err *err)
 {
-    char list[512] = "";
-    for (size_t i = 0; i < t->n && strlen(list) < sizeof list - 70; i++)
-        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", t->names[i]);
+    char list[512];
+    join_names(list, sizeof list, t->names, t->n);
     return cds_errf(err, "column \"%s\" (%s) not found in table \"%s\" (its columns: %s)", name, option, t->display,
                     list);
 }
@@ -327,6 +341,7 @@ typedef struct planner {
     int64_t x_shape[ETL_NPY_MAX_DIMS];
     int x_ndim;
     char *key_expr; /* SQL text of the shard key */
+    int madlib;     /* a MADlib packed table: the label is one of its columns */
 } planner;
 
 static int detect_server(planner *pl, cds_err *err)
@@ -362,8 +377,10 @@ static int detect_server(planner *pl, cds_err *err)
     return 0;
 }
 
-static int add_column(planner *pl, const char *name, uint32_t oid, const char *kind, const int *dims, int ndim,
-                      int64_t count)
+/* Appends a column to the plan; returns its object (owned by the plan) for
+ * the caller to add to. */
+static json_t *add_column(planner *pl, const char *name, uint32_t oid, const char *kind, const int *dims, int ndim,
+                          int64_t count)
 {
     json_t *c = json_object();
     json_object_set_new(c, "name", json_string(name));
@@ -374,7 +391,7 @@ static int add_column(planner *pl, const char *name, uint32_t oid, const char *k
     json_object_set_new(c, "count", json_integer(count));
     json_array_append_new(pl->cols, c);
     pl->row_elems += count;
-    return 0;
+    return c;
 }
 
 static int plan_plain_columns(planner *pl, cds_err *err)
@@ -583,13 +600,6 @@ static int madlib_detect(planner *pl, madlib_info *mi, cds_err *err)
     return 1;
 }
 
-static void join_names(char *out, size_t n, char *const *names, size_t k)
-{
-    out[0] = '\0';
-    for (size_t i = 0; i < k && strlen(out) + 8 < n; i++)
-        snprintf(out + strlen(out), n - strlen(out), "%s%s", i ? ", " : "", names[i]);
-}
-
 /* Index of name among the packed columns, accepting for the literal layout
  * the source name the summary records for it. */
 static int madlib_find(const madlib_info *mi, char *const *cols, size_t n, const json_t *src, const char *name)
@@ -610,8 +620,10 @@ static int madlib_find(const madlib_info *mi, char *const *cols, size_t n, const
 /* Which packed columns the unload takes: --features among the independent
  * variables (independent_var: all of them), --label among the dependent
  * ones.  A dataset holds one class id per row, so of several dependent
- * variables exactly one is taken, and --label must say which. */
-static int madlib_select(planner *pl, const madlib_info *mi, int *xsel, size_t *nsel, int *ysel, cds_err *err)
+ * variables exactly one is taken, and --label must say which.  The bound
+ * applies to the variables taken, not to those the table has. */
+static int madlib_select(planner *pl, const madlib_info *mi, int xsel[ETL_MADLIB_MAX_X], size_t *nsel, int *ysel,
+                         cds_err *err)
 {
     const etl_spec *s = pl->s;
     char xs[256], ys[256];
@@ -619,9 +631,15 @@ static int madlib_select(planner *pl, const madlib_info *mi, int *xsel, size_t *
     join_names(ys, sizeof ys, mi->y, mi->ny);
     *nsel = 0;
     if (s->n_features == 1 && strcmp(s->features[0], "independent_var") == 0) {
+        if (mi->nx > ETL_MADLIB_MAX_X)
+            return cds_errf(err, "MADlib table \"%s\" has %zu independent variables and at most %d are unloaded together: name up to %d of them in --features instead of independent_var",
+                            pl->train.display, mi->nx, ETL_MADLIB_MAX_X, ETL_MADLIB_MAX_X);
         for (size_t i = 0; i < mi->nx; i++)
             xsel[(*nsel)++] = (int)i;
     } else {
+        if (s->n_features > ETL_MADLIB_MAX_X)
+            return cds_errf(err, "--features names %zu independent variables of MADlib table \"%s\"; at most %d are unloaded together: name fewer",
+                            s->n_features, pl->train.display, ETL_MADLIB_MAX_X);
         for (size_t f = 0; f < s->n_features; f++) {
             int i = madlib_find(mi, mi->x, mi->nx, mi->x_src, s->features[f]);
             if (i < 0)
@@ -659,30 +677,116 @@ static int parse_int_array(const char *s, int64_t *dims, int max)
     return n;
 }
 
+/* A packed column the unload takes, with its shape column, as the catalog
+ * gave them. */
+typedef struct madlib_col {
+    const char *name; /* mi's */
+    char *shape;
+    uint32_t oid, shape_oid;
+} madlib_col;
+
 /* One packed column and its shape column: both present, of types MADlib
  * writes. */
-static int madlib_column(planner *pl, const char *name, const char *role, uint32_t *oid, uint32_t *shape_oid,
-                         cds_err *err)
+static int madlib_column(planner *pl, const char *name, const char *role, madlib_col *mc, cds_err *err)
 {
     const table_info *t = &pl->train;
-    char shape[300];
-    snprintf(shape, sizeof shape, "%s_shape", name);
-    if (column_oid(t, name, oid) != 0)
+    sbuf shape = {0};
+    sb_add(&shape, "%s_shape", name);
+    mc->name = name;
+    mc->shape = shape.s;
+    if (column_oid(t, name, &mc->oid) != 0)
         return no_such_column(t, name, role, err);
-    if (column_oid(t, shape, shape_oid) != 0)
-        return no_such_column(t, shape, role, err);
-    if (*oid != ETL_OID_BYTEA && !etl_array_elem_oid(*oid))
+    if (column_oid(t, mc->shape, &mc->shape_oid) != 0)
+        return no_such_column(t, mc->shape, role, err);
+    if (mc->oid != ETL_OID_BYTEA && !etl_array_elem_oid(mc->oid))
         return cds_errf(err, "MADlib column \"%s\" of table \"%s\" has type %s; a packed buffer is bytea or a numeric array",
-                        name, t->display, etl_oid_name(*oid));
-    uint32_t se = etl_array_elem_oid(*shape_oid);
+                        name, t->display, etl_oid_name(mc->oid));
+    uint32_t se = etl_array_elem_oid(mc->shape_oid);
     if (se != ETL_OID_INT2 && se != ETL_OID_INT4 && se != ETL_OID_INT8)
         return cds_errf(err, "MADlib column \"%s\" of table \"%s\" has type %s; a shape is an integer array",
-                        shape, t->display, etl_oid_name(*shape_oid));
+                        mc->shape, t->display, etl_oid_name(mc->shape_oid));
+    return 0;
+}
+
+/* The shapes of the first buffer, one text value per column of mc. */
+static PGresult *madlib_first_shapes(planner *pl, const madlib_col *mc, size_t n, cds_err *err)
+{
+    sbuf sql = {0};
+    sb_add(&sql, "SELECT ");
+    for (size_t i = 0; i < n; i++) {
+        char *q = quote_ident(pl->c, mc[i].shape);
+        sb_add(&sql, "%s%s::text", i ? ", " : "", q);
+        free(q);
+    }
+    sb_add(&sql, " FROM %s LIMIT 1", pl->train.qualified);
+    PGresult *r = etl_pq_exec(pl->c, "reading MADlib buffer shapes", sql.s, 0, NULL, PGRES_TUPLES_OK, err);
+    free(sql.s);
+    if (r && PQntuples(r) == 0) {
+        PQclear(r);
+        return cds_errf(err, "MADlib table \"%s\" has no buffers", pl->train.display), NULL;
+    }
+    return r;
+}
+
+/* An independent variable, its dims those of shape text {rows, dims...};
+ * *flat gets its values per row. */
+static int madlib_add_x(planner *pl, const madlib_col *mc, const char *text, int only, int64_t *flat, cds_err *err)
+{
+    int64_t dims[ETL_NPY_MAX_DIMS + 1];
+    int n = parse_int_array(text, dims, ETL_NPY_MAX_DIMS);
+    if (n < 2 || dims[0] < 1 || product(dims + 1, n - 1) < 1)
+        return cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, dims...} of a buffer", pl->train.display,
+                        mc->shape, text);
+    int d32[ETL_NPY_MAX_DIMS];
+    for (int d = 1; d < n; d++)
+        d32[d - 1] = (int)dims[d];
+    *flat = product(dims + 1, n - 1);
+    json_t *c = add_column(pl, mc->name, mc->oid, mc->oid == ETL_OID_BYTEA ? "bytea" : "array", d32, n - 1, *flat);
+    json_object_set_new(c, "role", json_string("x"));
+    add_column(pl, mc->shape, mc->shape_oid, "shape", NULL, 0, 0);
+    if (only) {
+        pl->x_ndim = n - 1;
+        memcpy(pl->x_shape, dims + 1, (size_t)(n - 1) * sizeof *dims);
+    }
+    return 0;
+}
+
+/* The dependent variable, one-hot by shape text {rows, classes}: the label
+ * and the class count of the plan. */
+static int madlib_add_y(planner *pl, const madlib_col *mc, const char *text, cds_err *err)
+{
+    int64_t dims[ETL_NPY_MAX_DIMS + 1];
+    int n = parse_int_array(text, dims, ETL_NPY_MAX_DIMS);
+    if (n == 2 && dims[1] == 1)
+        return cds_errf(err, "MADlib table \"%s\": %s is %s: dependent variable \"%s\" holds one value per row (class ids, not one-hot); re-run training_preprocessor_dl with the class column itself (not an array of it) so that it one-hot encodes it",
+                        pl->train.display, mc->shape, text, mc->name);
+    if (n != 2 || dims[1] < 2)
+        return cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, classes} with 2 or more classes (a dataset's label is one class per row)",
+                        pl->train.display, mc->shape, text);
+    if (dims[1] > ETL_MAX_CLASSES)
+        return cds_errf(err, "MADlib table \"%s\": %s is %s: more than %d classes", pl->train.display, mc->shape, text,
+                        ETL_MAX_CLASSES);
+    json_t *c = add_column(pl, mc->name, mc->oid, mc->oid == ETL_OID_BYTEA ? "bytea" : "array", NULL, 0, 0);
+    json_object_set_new(c, "role", json_string("y"));
+    json_object_set_new(c, "count", json_integer(dims[1]));
+    add_column(pl, mc->shape, mc->shape_oid, "shape", NULL, 0, 0);
+    json_object_set_new(pl->plan, "num_classes", json_integer(dims[1]));
+    json_object_set_new(pl->plan, "label",
+                        json_pack("{s:s, s:I, s:s}", "name", mc->name, "type", (json_int_t)mc->oid, "kind", "onehot"));
     return 0;
 }
 
 /* The summary's class values of dependent variable y, as text (NULL
- * classes as null), in one-hot order; NULL when the summary has none. */
+ * classes as null), in one-hot order; NULL when the summary has none.
+ *
+ * mi->summary holds them already, but as jansson read them: row_to_json
+ * writes a number in its type's text form and jansson keeps only the
+ * int64 or double, so a double precision class 0.1 would come back as
+ * 0.10000000000000001, a numeric 2.50 as 2.5, and a numeric past int64 would
+ * not parse at all.  MADlib keeps the dependent variable's type for them
+ * (numeric labels are allowed), so they are read again, cast to text by the
+ * server: the same strings as PostgreSQL prints and MADlib's predict
+ * returns. */
 static int madlib_classes(planner *pl, const madlib_info *mi, int ysel, json_t **out, cds_err *err)
 {
     *out = NULL;
@@ -716,93 +820,62 @@ static int madlib_classes(planner *pl, const madlib_info *mi, int ysel, json_t *
     return 0;
 }
 
+/* The plan's "madlib" object: the form, the columns taken, what the summary
+ * says of them. */
+static json_t *madlib_json(const madlib_info *mi, const int *xsel, size_t nsel, int ysel, json_t *classes)
+{
+    json_t *m = json_object();
+    json_object_set_new(m, "form", json_string(mi->literal ? "independent_var/dependent_var" : "source-named"));
+    json_t *xs = json_array();
+    for (size_t i = 0; i < nsel; i++)
+        json_array_append_new(xs, json_string(mi->x[xsel[i]]));
+    json_object_set_new(m, "x", xs);
+    json_object_set_new(m, "y", json_string(mi->y[ysel]));
+    if (mi->summary) {
+        json_object_set_new(m, "summary_table", json_string(mi->summary_table));
+        json_object_set(m, "independent_varname", mi->x_src);
+        json_object_set(m, "dependent_varname", mi->y_src);
+        json_t *nc = json_object_get(mi->summary, "normalizing_const");
+        if (json_is_number(nc))
+            json_object_set(m, "normalizing_const", nc);
+        json_t *dt = json_object_get(mi->summary, "dependent_vartype");
+        if (dt)
+            json_object_set(m, "dependent_vartype", dt);
+    }
+    if (classes)
+        json_object_set(m, "class_values", classes);
+    return m;
+}
+
+/* The columns in COPY order: each x taken and its shape, y and its shape,
+ * then buffer_id (named in messages); the row shape from the first buffer,
+ * the class values from the summary. */
 static int plan_madlib(planner *pl, const madlib_info *mi, cds_err *err)
 {
-    int xsel[64];
+    int xsel[ETL_MADLIB_MAX_X];
     size_t nsel = 0;
     int ysel = -1;
-    if (pl->s->n_features > 64 || mi->nx > 64)
-        return cds_errf(err, "MADlib table \"%s\": at most 64 independent variables are unloaded; name fewer in --features",
-                        pl->train.display);
     if (madlib_select(pl, mi, xsel, &nsel, &ysel, err) != 0)
         return -1;
-    /* The columns in COPY order: each x and its shape, y and its shape,
-     * buffer_id (named in messages). */
-    sbuf sql = {0};
-    sb_add(&sql, "SELECT ");
-    uint32_t oid = 0, soid = 0;
-    for (size_t i = 0; i <= nsel; i++) {
-        const char *name = i < nsel ? mi->x[xsel[i]] : mi->y[ysel];
-        if (madlib_column(pl, name, i < nsel ? "--features" : "--label", &oid, &soid, err) != 0) {
-            free(sql.s);
-            return -1;
-        }
-        char shape[300];
-        snprintf(shape, sizeof shape, "%s_shape", name);
-        char *q = quote_ident(pl->c, shape);
-        sb_add(&sql, "%s%s::text", i ? ", " : "", q);
-        free(q);
-    }
-    sb_add(&sql, " FROM %s LIMIT 1", pl->train.qualified);
-    PGresult *r = etl_pq_exec(pl->c, "reading MADlib buffer shapes", sql.s, 0, NULL, PGRES_TUPLES_OK, err);
-    free(sql.s);
-    if (!r)
-        return -1;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return cds_errf(err, "MADlib table \"%s\" has no buffers", pl->train.display);
-    }
+    madlib_col mc[ETL_MADLIB_MAX_X + 1] = {{0}};
+    size_t n = nsel + 1; /* the x taken, then y */
     int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++)
+        rc = madlib_column(pl, i < nsel ? mi->x[xsel[i]] : mi->y[ysel], i < nsel ? "--features" : "--label", &mc[i],
+                           err);
+    PGresult *r = rc == 0 ? madlib_first_shapes(pl, mc, n, err) : NULL;
+    if (!r)
+        rc = -1;
     int64_t flat = 0;
-    for (size_t i = 0; i <= nsel && rc == 0; i++) {
-        const char *name = i < nsel ? mi->x[xsel[i]] : mi->y[ysel];
-        char shape[300];
-        snprintf(shape, sizeof shape, "%s_shape", name);
-        column_oid(&pl->train, name, &oid);
-        column_oid(&pl->train, shape, &soid);
-        int64_t dims[ETL_NPY_MAX_DIMS + 1];
+    for (size_t i = 0; i < n && rc == 0; i++) {
         const char *text = PQgetisnull(r, 0, (int)i) ? "NULL" : PQgetvalue(r, 0, (int)i);
-        int n = parse_int_array(text, dims, ETL_NPY_MAX_DIMS);
-        if (i < nsel) {
-            if (n < 2 || dims[0] < 1 || product(dims + 1, n - 1) < 1) {
-                rc = cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, dims...} of a buffer", pl->train.display,
-                              shape, text);
-                break;
-            }
-            int d32[ETL_NPY_MAX_DIMS];
-            for (int d = 1; d < n; d++)
-                d32[d - 1] = (int)dims[d];
-            add_column(pl, name, oid, oid == ETL_OID_BYTEA ? "bytea" : "array", d32, n - 1, product(dims + 1, n - 1));
-            json_object_set_new(json_array_get(pl->cols, json_array_size(pl->cols) - 1), "role", json_string("x"));
-            add_column(pl, shape, soid, "shape", NULL, 0, 0);
-            flat += product(dims + 1, n - 1);
-            if (nsel == 1) {
-                pl->x_ndim = n - 1;
-                memcpy(pl->x_shape, dims + 1, (size_t)(n - 1) * sizeof *dims);
-            }
-            continue;
-        }
-        if (n == 2 && dims[1] == 1) {
-            rc = cds_errf(err, "MADlib table \"%s\": %s is %s: dependent variable \"%s\" holds one value per row (class ids, not one-hot); re-run training_preprocessor_dl with the class column itself (not an array of it) so that it one-hot encodes it",
-                          pl->train.display, shape, text, name);
-        } else if (n != 2 || dims[1] < 2) {
-            rc = cds_errf(err, "MADlib table \"%s\": %s is %s, not {rows, classes} with 2 or more classes (a dataset's label is one class per row)",
-                          pl->train.display, shape, text);
-        } else if (dims[1] > ETL_MAX_CLASSES) {
-            rc = cds_errf(err, "MADlib table \"%s\": %s is %s: more than %d classes", pl->train.display, shape, text,
-                          ETL_MAX_CLASSES);
-        } else {
-            add_column(pl, name, oid, oid == ETL_OID_BYTEA ? "bytea" : "array", NULL, 0, 0);
-            json_t *yc = json_array_get(pl->cols, json_array_size(pl->cols) - 1);
-            json_object_set_new(yc, "role", json_string("y"));
-            json_object_set_new(yc, "count", json_integer(dims[1]));
-            add_column(pl, shape, soid, "shape", NULL, 0, 0);
-            json_object_set_new(pl->plan, "num_classes", json_integer(dims[1]));
-            json_t *lab = json_pack("{s:s, s:i, s:s}", "name", name, "type", (json_int_t)oid, "kind", "onehot");
-            json_object_set_new(pl->plan, "label", lab);
-        }
+        int64_t per = 0;
+        rc = i < nsel ? madlib_add_x(pl, &mc[i], text, nsel == 1, &per, err) : madlib_add_y(pl, &mc[i], text, err);
+        flat += per;
     }
     PQclear(r);
+    for (size_t i = 0; i < n; i++)
+        free(mc[i].shape);
     if (rc != 0)
         return -1;
     uint32_t bid = 0;
@@ -826,29 +899,9 @@ static int plan_madlib(planner *pl, const madlib_info *mi, cds_err *err)
         return cds_errf(err, "MADlib summary %s has %zu class values but %s_shape has %lld classes; re-run training_preprocessor_dl so they agree",
                         mi->summary_table, nc, mi->y[ysel], (long long)k);
     }
-    json_t *m = json_object();
-    json_object_set_new(m, "form", json_string(mi->literal ? "independent_var/dependent_var" : "source-named"));
-    json_t *xs = json_array();
-    for (size_t i = 0; i < nsel; i++)
-        json_array_append_new(xs, json_string(mi->x[xsel[i]]));
-    json_object_set_new(m, "x", xs);
-    json_object_set_new(m, "y", json_string(mi->y[ysel]));
-    if (mi->summary) {
-        json_object_set_new(m, "summary_table", json_string(mi->summary_table));
-        json_object_set(m, "independent_varname", mi->x_src);
-        json_object_set(m, "dependent_varname", mi->y_src);
-        json_t *nc = json_object_get(mi->summary, "normalizing_const");
-        if (json_is_number(nc))
-            json_object_set(m, "normalizing_const", nc);
-        json_t *dt = json_object_get(mi->summary, "dependent_vartype");
-        if (dt)
-            json_object_set(m, "dependent_vartype", dt);
-    }
-    if (classes) {
-        json_object_set(m, "class_values", classes);
+    json_object_set_new(pl->plan, "madlib", madlib_json(mi, xsel, nsel, ysel, classes));
+    if (classes)
         json_object_set_new(pl->plan, "classes", classes);
-    }
-    json_object_set_new(pl->plan, "madlib", m);
     return 0;
 }
 
@@ -1038,7 +1091,7 @@ static char *select_list(planner *pl)
         sb_add(&b, "%s%s", i ? ", " : "", q);
         free(q);
     }
-    if (strcmp(json_string_value(json_object_get(pl->plan, "layout")), "madlib") != 0) {
+    if (!pl->madlib) {
         char *q = quote_ident(pl->c, pl->s->label);
         sb_add(&b, ", %s", q);
         free(q);
@@ -1225,28 +1278,27 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     if (rc == 0 && s->test_table)
         rc = resolve_table(pl.c, s->test_table, &pl.test, err);
     madlib_info mi = {0};
-    int madlib = 0;
-    if (rc == 0 && !s->transform && (madlib = madlib_detect(&pl, &mi, err)) < 0)
+    if (rc == 0 && !s->transform && (pl.madlib = madlib_detect(&pl, &mi, err)) < 0)
         rc = -1;
     if (rc == 0) {
-        const char *layout = s->transform ? "criteo" : madlib ? "madlib" : "columns";
+        const char *layout = s->transform ? "criteo" : pl.madlib ? "madlib" : "columns";
         json_object_set_new(pl.plan, "layout", json_string(layout));
         if (s->transform)
             rc = plan_criteo(&pl, err);
-        else if (madlib)
+        else if (pl.madlib)
             rc = plan_madlib(&pl, &mi, err);
         else
             rc = plan_plain_columns(&pl, err);
     }
     madlib_info_free(&mi);
-    if (rc == 0 && !madlib)
+    if (rc == 0 && !pl.madlib)
         rc = plan_label(&pl, err);
     if (rc == 0 && pl.valid.qualified)
         rc = check_split_table(&pl, &pl.valid, "--valid-table", err);
     if (rc == 0 && pl.test.qualified)
         rc = check_split_table(&pl, &pl.test, "--test-table", err);
     if (rc == 0) {
-        if (!s->shard_key && strcmp(json_string_value(json_object_get(pl.plan, "layout")), "madlib") == 0) {
+        if (!s->shard_key && pl.madlib) {
             etl_spec copy = *s;
             copy.shard_key = "buffer_id";
             pl.s = &copy;

@@ -1,5 +1,6 @@
 /* Internals of an unload plan shared by etl_plan.c (making it), etl_stream.c
- * (running its tasks) and etl_dataset.c (finishing).  Not installed. */
+ * (running its tasks) and etl_dataset.c (finishing), and the libpq conninfo
+ * writing that etl_plan.c and etl_spec.c share.  Not installed. */
 #ifndef CDS_ETL_PLAN_INT_H
 #define CDS_ETL_PLAN_INT_H
 
@@ -15,6 +16,12 @@ typedef enum { ETL_LAYOUT_COLUMNS, ETL_LAYOUT_MADLIB, ETL_LAYOUT_CRITEO } etl_la
  * SHAPE column; the BUFFER_ID column comes last. */
 typedef enum { ETL_COL_NUMBER, ETL_COL_ARRAY, ETL_COL_BYTEA, ETL_COL_SHAPE, ETL_COL_BUFFER_ID } etl_col_kind;
 typedef enum { ETL_LABEL_INT, ETL_LABEL_ONEHOT, ETL_LABEL_TEXT } etl_label_kind;
+
+/* The most MADlib independent variables one unload takes (a table may have
+ * more; --features picks): a stream keeps a cursor per packed column of a
+ * buffer on its stack.  The planner refuses more, and so does a plan read
+ * from JSON. */
+#define ETL_MADLIB_MAX_X 64
 
 typedef struct etl_col {
     char *name;
@@ -49,7 +56,7 @@ struct etl_plan {
     char **dict; /* sorted text labels (text labels only) */
     size_t n_dict;
     int has_classes; /* the plan names the classes (text labels, MADlib class values) */
-    size_t madlib_nx; /* MADlib: packed independent variables, first in cols */
+    size_t madlib_nx; /* MADlib: packed independent variables, first in cols (1..ETL_MADLIB_MAX_X) */
     etl_dtype x_dtype;
     int64_t x_shape[ETL_NPY_MAX_DIMS];
     int x_ndim;
@@ -76,5 +83,15 @@ PGconn *etl_pq_connect(const char *dsn, cds_err *err);
 /* The connection c made, as a libpq conninfo string with no password
  * (host, port, dbname, user as resolved, then the non-default settings). */
 char *etl_dsn_resolved(PGconn *c);
+
+/* 1 if the setting is a secret: the password, or any libpq marks with '*'
+ * in its dispchar (sslpassword...).  Secrets are never written anywhere. */
+int etl_conninfo_secret(const PQconninfoOption *o);
+/* Appends key='val' to the string *s of length *n (after a space unless *n
+ * is 0), escaping ' and \ as libpq reads them; grows *s (capacity *cap) by
+ * realloc only when the worst case, 2 x strlen(val) + strlen(key) + 5
+ * bytes, does not fit, so a buffer sized for it never leaves a copy of a
+ * password behind. */
+void etl_conninfo_append(char **s, size_t *n, size_t *cap, const char *key, const char *val);
 
 #endif

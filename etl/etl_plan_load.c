@@ -19,17 +19,22 @@ static int bad_plan(cds_err *err, const char *what)
     return cds_errf(err, "malformed ETL plan: %s (was it written by another version? re-enqueue the ETL job)", what);
 }
 
-/* Each x and y buffer followed by its shape, then buffer_id; a plan made
- * before buffer_id was read with the buffers is refused. */
-static int madlib_columns_ok(const etl_plan *p)
+/* Each x buffer followed by its shape, then y and its shape, then
+ * buffer_id: the number of x columns follows from the count, since the
+ * streams read the columns by position (a plan made before buffer_id was
+ * read with the buffers is refused), and must be one the streams can hold. */
+static int madlib_columns_ok(etl_plan *p, cds_err *err)
 {
-    if (p->madlib_nx < 1 || p->n_cols != 2 * p->madlib_nx + 3 || p->cols[p->n_cols - 1].kind != ETL_COL_BUFFER_ID)
-        return 0;
+    if (p->n_cols < 5 || p->n_cols % 2 == 0 || p->cols[p->n_cols - 1].kind != ETL_COL_BUFFER_ID)
+        return bad_plan(err, "MADlib columns are not (buffer, shape) pairs then buffer_id");
     for (size_t i = 0; i + 1 < p->n_cols; i += 2)
         if ((p->cols[i].kind != ETL_COL_ARRAY && p->cols[i].kind != ETL_COL_BYTEA) ||
             p->cols[i + 1].kind != ETL_COL_SHAPE)
-            return 0;
-    return 1;
+            return bad_plan(err, "MADlib columns are not (buffer, shape) pairs then buffer_id");
+    p->madlib_nx = (p->n_cols - 3) / 2;
+    if (p->madlib_nx > ETL_MADLIB_MAX_X)
+        return bad_plan(err, "more MADlib independent variables than a stream reads");
+    return 0;
 }
 
 static int load_columns(etl_plan *p, cds_err *err)
@@ -50,17 +55,13 @@ static int load_columns(etl_plan *p, cds_err *err)
                     : strcmp(kind, "shape") == 0     ? ETL_COL_SHAPE
                     : strcmp(kind, "buffer_id") == 0 ? ETL_COL_BUFFER_ID
                                                      : ETL_COL_NUMBER;
-        if (strcmp(jstr(c, "role"), "x") == 0)
-            p->madlib_nx++;
         col->count = json_integer_value(json_object_get(c, "count"));
         json_t *dims = json_object_get(c, "dims");
         col->ndim = (int)json_array_size(dims);
         for (int d = 0; d < col->ndim && d < ETL_NPY_MAX_DIMS; d++)
             col->dims[d] = (int)json_integer_value(json_array_get(dims, (size_t)d));
     }
-    if (p->layout == ETL_LAYOUT_MADLIB && !madlib_columns_ok(p))
-        return bad_plan(err, "MADlib columns are not (buffer, shape) pairs then buffer_id");
-    return 0;
+    return p->layout == ETL_LAYOUT_MADLIB ? madlib_columns_ok(p, err) : 0;
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }

@@ -1,12 +1,16 @@
 /* etl_spec: the unload request, read from JSON with errors that name the
  * JSON path of the problem, so a bad `jobctl enqueue etl --spec` file says
- * exactly which field to fix. */
+ * exactly which field to fix.  Also the one writer of libpq conninfo
+ * strings (one escaping, one rule for which settings are secret), used for
+ * the redacted DSN of messages and the spec, and by etl_plan.c for the DSN
+ * the plan records. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libpq-fe.h>
 
+#include "etl_plan_int.h"
 #include "etl_unload.h"
 
 static int get_string(const json_t *j, const char *key, int required, char **out, cds_err *err)
@@ -107,11 +111,28 @@ static const char *const known_keys[] = {
     "replace", NULL,
 };
 
+/* What a JSON value is, for "$: is ..., not an object". */
+static const char *json_kind(const json_t *j)
+{
+    switch (j ? json_typeof(j) : JSON_NULL) {
+    case JSON_OBJECT: return "a JSON object";
+    case JSON_ARRAY: return "a JSON array";
+    case JSON_STRING: return "a JSON string";
+    case JSON_INTEGER:
+    case JSON_REAL: return "a JSON number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a JSON boolean";
+    default: return j ? "JSON null" : "nothing (no JSON value)";
+    }
+}
+
 int etl_spec_from_json(const json_t *j, etl_spec *s, cds_err *err)
 {
     memset(s, 0, sizeof *s);
+    /* Callers put the file's name in front ("ETL spec FILE: $: ..."). */
     if (!json_is_object(j))
-        return cds_errf(err, "$: the ETL spec must be a JSON object");
+        return cds_errf(err, "$: is %s, not an object: an ETL spec is one JSON object of named fields (table, features, label, dataset, shards...) described in docs/etl.md; jobs/etl-fashion-mnist.json is one to copy",
+                        json_kind(j));
     const char *key;
     json_t *val;
     json_object_foreach((json_t *)j, key, val)
@@ -172,6 +193,32 @@ static void set_str(json_t *o, const char *k, const char *v)
         json_object_set_new(o, k, json_string(v));
 }
 
+int etl_conninfo_secret(const PQconninfoOption *o)
+{
+    return strcmp(o->keyword, "password") == 0 || (o->dispchar && strchr(o->dispchar, '*'));
+}
+
+void etl_conninfo_append(char **s, size_t *n, size_t *cap, const char *key, const char *val)
+{
+    size_t need = strlen(key) + 2 * strlen(val) + 5; /* " key='" escaped "'" NUL */
+    if (!*s || *n + need > *cap) {
+        *cap = 2 * (*n + need);
+        *s = realloc(*s, *cap);
+    }
+    char *o = *s + *n;
+    if (*n)
+        *o++ = ' ';
+    o += sprintf(o, "%s='", key);
+    for (const char *c = val; *c; c++) {
+        if (*c == '\'' || *c == '\\')
+            *o++ = '\\';
+        *o++ = *c;
+    }
+    *o++ = '\'';
+    *o = '\0';
+    *n = (size_t)(o - *s);
+}
+
 char *etl_dsn_redacted(const char *dsn)
 {
     char *msg = NULL;
@@ -179,25 +226,11 @@ char *etl_dsn_redacted(const char *dsn)
     PQfreemem(msg);
     if (!opts)
         return strdup("(unparsable DSN)");
-    size_t cap = 256, n = 0;
+    size_t n = 0, cap = 256;
     char *out = calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val || !*o->val || strcmp(o->keyword, "password") == 0)
-            continue;
-        size_t need = strlen(o->keyword) + 2 * strlen(o->val) + 8;
-        if (n + need >= cap) {
-            cap = 2 * (n + need);
-            out = realloc(out, cap);
-        }
-        n += (size_t)sprintf(out + n, "%s%s='", n ? " " : "", o->keyword);
-        for (const char *c = o->val; *c; c++) {
-            if (*c == '\'' || *c == '\\')
-                out[n++] = '\\';
-            out[n++] = *c;
-        }
-        out[n++] = '\'';
-        out[n] = '\0';
-    }
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && *o->val && !etl_conninfo_secret(o))
+            etl_conninfo_append(&out, &n, &cap, o->keyword, o->val);
     PQconninfoFree(opts);
     return out;
 }

@@ -43,8 +43,6 @@ typedef struct converter {
     size_t n;      /* rows in the batch */
     size_t xrow;   /* bytes per feature row */
     int64_t rows;  /* rows converted so far */
-    float *tmp;    /* scratch for one MADlib row */
-    size_t tmp_cap;
     int64_t buffer_id; /* the MADlib buffer being unpacked, -1 if unknown */
 } converter;
 
@@ -84,14 +82,16 @@ static int put_value(converter *cv, int64_t i, double v, const char *col, cds_er
     return 0;
 }
 
-static float *scratch(converter *cv, size_t n)
+/* A little-endian float32, whatever this machine's order: bytea features
+ * with --feature-encoding float32le, and MADlib's packed buffers (numpy
+ * tobytes() or a memcpy in the server's order, little-endian on every
+ * platform MADlib supports). */
+static float le_f32(const uint8_t *b)
 {
-    if (n > cv->tmp_cap) {
-        free(cv->tmp);
-        cv->tmp = malloc(n * sizeof *cv->tmp);
-        cv->tmp_cap = cv->tmp ? n : 0;
-    }
-    return cv->tmp;
+    uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 static int put_array(converter *cv, const etl_col *col, const etl_field *f, int64_t at, cds_err *err)
@@ -134,12 +134,9 @@ static int put_bytea(converter *cv, const etl_col *col, const etl_field *f, int6
         }
         return 0;
     }
-    for (int64_t i = 0; i < col->count; i++) {
-        float v;
-        memcpy(&v, f->data + 4 * i, 4); /* little-endian, as this machine */
-        if (put_value(cv, at + i, v, col->name, err) != 0)
+    for (int64_t i = 0; i < col->count; i++)
+        if (put_value(cv, at + i, le_f32(f->data + 4 * i), col->name, err) != 0)
             return -1;
-    }
     return 0;
 }
 
@@ -255,16 +252,7 @@ static int convert_criteo(converter *cv, const etl_field *f, int nf, cds_err *er
 
 /* ---- MADlib buffers ------------------------------------------------------ */
 
-/* MADlib packs with numpy's tobytes() or a memcpy of the array's data, in
- * the server's byte order: little-endian on every platform it supports. */
-static float le_f32(const uint8_t *b)
-{
-    uint32_t u = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
+/* MADlib's int16 one-hot values, little-endian as its float32 ones. */
 static int16_t le_i16(const uint8_t *b) { return (int16_t)(uint16_t)(b[0] | b[1] << 8); }
 
 /* One column's packed buffer, read row by row. */
@@ -347,32 +335,27 @@ static int madlib_open(const etl_col *col, const etl_col *shape_col, const etl_f
     return 0;
 }
 
-/* Row r of an independent variable into the feature row at element at. */
+/* Row r of an independent variable into the feature row at element at:
+ * an array straight from its cursor, float32 bytes one by one (checked
+ * against uint8 like any value). */
 static int madlib_put_x(converter *cv, mbuf *b, int64_t r, int64_t at, cds_err *err)
 {
     uint8_t *row = cv->x + cv->n * cv->xrow;
-    if (cv->p->x_dtype == ETL_F32) {
+    int f32 = cv->p->x_dtype == ETL_F32;
+    if (!b->bytes) {
+        int rc = f32 ? etl_array_read_f32(&b->arr, (float *)(void *)(row + at * 4), b->per, err)
+                     : etl_array_read_u8(&b->arr, row + at, b->per, err);
+        return rc == 0 ? 0 : cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
+    }
+    const uint8_t *src = b->bytes + r * b->per * 4;
+    if (f32) {
         float *out = (float *)(void *)(row + at * 4);
-        if (!b->bytes)
-            return etl_array_read_f32(&b->arr, out, b->per, err) == 0 ? 0
-                                                                       : cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
-        const uint8_t *src = b->bytes + r * b->per * 4;
         for (int64_t i = 0; i < b->per; i++)
             out[i] = le_f32(src + 4 * i);
         return 0;
     }
-    float *tmp = scratch(cv, (size_t)b->per);
-    if (!tmp)
-        return cds_err_nomem(err, "out of memory reading MADlib column \"%s\"", b->col->name);
-    if (!b->bytes) {
-        if (etl_array_read_f32(&b->arr, tmp, b->per, err) != 0)
-            return cds_err_wrap(err, "MADlib column \"%s\"", b->col->name);
-    } else {
-        for (int64_t i = 0; i < b->per; i++)
-            tmp[i] = le_f32(b->bytes + (r * b->per + i) * 4);
-    }
     for (int64_t i = 0; i < b->per; i++)
-        if (put_value(cv, at + i, tmp[i], b->col->name, err) != 0)
+        if (put_value(cv, at + i, le_f32(src + 4 * i), b->col->name, err) != 0)
             return -1;
     return 0;
 }
@@ -433,10 +416,8 @@ static int convert_madlib(converter *cv, const etl_field *f, int nf, cds_err *er
     for (int i = 0; i < nf - 1; i++)
         if (f[i].len < 0)
             return cds_errf(err, "NULL in MADlib column \"%s\"", p->cols[i].name);
-    mbuf bufs[65];
-    size_t nx = p->madlib_nx;
-    if (nx + 1 > sizeof bufs / sizeof *bufs)
-        return cds_errf(err, "%zu MADlib independent variables; at most 64 are read", nx);
+    mbuf bufs[ETL_MADLIB_MAX_X + 1];
+    size_t nx = p->madlib_nx; /* at most ETL_MADLIB_MAX_X: checked when the plan was loaded */
     int64_t nrows = -1;
     for (size_t j = 0; j <= nx; j++)
         if (madlib_open(&p->cols[2 * j], &p->cols[2 * j + 1], &f[2 * j], &f[2 * j + 1], j == nx, &nrows, &bufs[j],
@@ -642,7 +623,6 @@ int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *
         cds_err_wrap(err, "unloading %s shard %d of dataset %s", t->split, t->shard, p->dataset);
     if (rows)
         *rows = cv.rows;
-    free(cv.tmp);
     return rc;
 }
 

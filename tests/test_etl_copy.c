@@ -6,7 +6,10 @@
  * must refuse: a bad signature, OIDs, unknown critical flags, a stream
  * without its trailer, a row cut short, a field length running past its row,
  * a changing field count, a negative length, bytes after the trailer, and a
- * callback that stops the stream. */
+ * callback that stops the stream.  Last, the two ends of the request that
+ * opens such a stream: a spec that is not a JSON object is refused naming
+ * what it is and where a good one is, and the DSN shown in messages has no
+ * secret setting (the password, sslpassword) while keeping libpq's quoting. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +17,7 @@
 
 #include "etl_copy.h"
 #include "etl_testbuf.h"
+#include "etl_unload.h"
 #include "etl_value.h"
 #include "tap.h"
 
@@ -408,6 +412,48 @@ static void test_corrupted_streams(void)
     tb_free(&good);
 }
 
+/* ---- the request around the stream ------------------------------------- */
+
+static void test_spec_not_object(void)
+{
+    static const struct {
+        const char *json, *kind;
+    } v[] = {
+        {"[{\"table\": \"t\"}]", "$: is a JSON array, not an object"},
+        {"\"t\"", "$: is a JSON string, not an object"},
+        {"42", "$: is a JSON number, not an object"},
+        {"true", "$: is a JSON boolean, not an object"},
+        {"null", "$: is JSON null, not an object"},
+        {NULL, "$: is nothing (no JSON value), not an object"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        json_t *j = v[i].json ? json_loads(v[i].json, JSON_DECODE_ANY, NULL) : NULL;
+        etl_spec s;
+        cds_err err = {0};
+        int rc = etl_spec_from_json(j, &s, &err);
+        ok(rc != 0 && strncmp(err.msg, v[i].kind, strlen(v[i].kind)) == 0 && strstr(err.msg, "docs/etl.md") &&
+               strstr(err.msg, "jobs/etl-fashion-mnist.json is one to copy") && !strchr(err.msg, '\n'),
+           "a spec that is %s is refused, naming what it is, the docs and a spec to copy: %s",
+           v[i].json ? v[i].json : "(nothing)", err.msg);
+        json_decref(j);
+    }
+}
+
+static void test_dsn_redacted(void)
+{
+    char *r = etl_dsn_redacted("host=db.example port=5433 user='o\\'neil' password=pw1 sslpassword=pw2 "
+                               "application_name='a b\\\\c'");
+    ok(r && !strstr(r, "pw1") && !strstr(r, "pw2") && !strstr(r, "password"),
+       "neither password nor sslpassword is shown: %s", r ? r : "(null)");
+    ok(r && strstr(r, "host='db.example'") && strstr(r, "port='5433'") && strstr(r, "user='o\\'neil'") &&
+           strstr(r, "application_name='a b\\\\c'"),
+       "the other settings are, quoted as libpq reads them");
+    free(r);
+    r = etl_dsn_redacted("host='unterminated");
+    ok(r && strcmp(r, "(unparsable DSN)") == 0, "an unparsable DSN is not echoed: %s", r);
+    free(r);
+}
+
 int main(void)
 {
     test_good("whole", 0, 0, 0);
@@ -422,5 +468,7 @@ int main(void)
     test_refusals();
     test_edges();
     test_corrupted_streams();
+    test_spec_not_object();
+    test_dsn_redacted();
     return tap_done();
 }

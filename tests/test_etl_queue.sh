@@ -83,7 +83,7 @@ id=$(jobctl enqueue etl --spec "$root/slow.json" 2>/dev/null)
 worker slow-a
 killed=1
 for _ in $(seq 200); do
-    pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%slow%' AND pid <> pg_backend_pid() LIMIT 1")
+    pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT%slow%' AND pid <> pg_backend_pid() LIMIT 1")
     if [ -n "$pid" ]; then psql -X -At -c "SELECT pg_terminate_backend($pid)" >/dev/null; killed=0; break; fi
     sleep 0.05
 done

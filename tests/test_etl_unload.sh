@@ -127,6 +127,11 @@ check_refused "NULL in the label" bad5 'NULL in label column "lab"' --table null
 check_refused "ragged arrays" bad6 'ragged arrays in column "v"' --table ragged --features v --label lab --shards 1
 check_refused "wrong --shards" bad7 'shards' --table scalars --features a --label lab --shards 0
 check_refused "existing dataset without --replace" sc 'already exists' --table scalars --features a --label lab --shards 1
+# A secret setting other than the password (libpq marks them with '*') is
+# no more shown than the password is.
+unload --dsn "host=/nonexistent-cds-socket-dir sslpassword=topsecret-ssl password=topsecret-pw" --table scalars --features a --label lab --dataset bad8 --shards 1
+if [ $? -ne 0 ] && one_line_err && grep -q "cannot connect to the database (host='/nonexistent-cds-socket-dir')" "$root/err" && ! grep -q topsecret "$root/err"; then ok 0 "a failed connection names the DSN without password or sslpassword ($(cut -c1-100 "$root/err"))"
+else ok 1 "failed connection: $(cat "$root/err")"; fi
 npcheck "$root/datasets/sc/train/shard-0" "x.shape[1] == 6"; ok $? "the existing dataset is untouched"
 unload --table scalars --features a --label lab --dataset sc --shards 1 --replace
 npcheck "$root/datasets/sc/train/shard-0" "x.shape[1] == 1 and len(y) == 40"; ok $? "--replace overwrites it"
@@ -204,6 +209,23 @@ ids = np.array([[i % 3] for i in range(N)], np.int16)
 out.append("CREATE TABLE m_ids (independent_var bytea, dependent_var bytea, independent_var_shape integer[], dependent_var_shape integer[], buffer_id integer)")
 for k, s in buffers():
     out.append(f"INSERT INTO m_ids VALUES ({b(img[s])}, {b(ids[s])}, {shape(img[s], 'integer')}, {shape(ids[s], 'integer')}, {k})")
+# Whole-number float32 values, for --dtype uint8 from bytea.
+ints = np.arange(N * 4, dtype=np.float32).reshape(N, 2, 2)
+out.append("CREATE TABLE mu8 (independent_var bytea, dependent_var bytea, independent_var_shape integer[], dependent_var_shape integer[], buffer_id integer)")
+for k, s in buffers():
+    out.append(f"INSERT INTO mu8 VALUES ({b(ints[s])}, {b(Y[s])}, {shape(ints[s], 'integer')}, {shape(Y[s], 'integer')}, {k})")
+# 65 independent variables, more than one unload takes together: x<j> of
+# row i holds 100 j + i.
+W = 65
+xcols = [f"x{j}" for j in range(W)]
+out.append("CREATE TABLE mwide (" + ", ".join(f"{c} bytea" for c in xcols) + ", y bytea, "
+           + ", ".join(f"{c}_shape integer[]" for c in xcols) + ", y_shape integer[], buffer_id integer)")
+for k, s in buffers():
+    xs = [(np.arange(N, dtype=np.float32)[s] + 100 * j).reshape(-1, 1) for j in range(W)]
+    out.append("INSERT INTO mwide VALUES (" + ", ".join(b(x) for x in xs) + f", {b(YG[s])}, "
+               + ", ".join(shape(x, "integer") for x in xs) + f", {shape(YG[s], 'integer')}, {k})")
+out.append("CREATE TABLE mwide_summary AS SELECT ARRAY[" + ", ".join(f"'{c}'" for c in xcols) + "] AS independent_varname, "
+           "ARRAY['y'] AS dependent_varname, ARRAY['numeric'] AS dependent_vartype, ARRAY[0.10, 2.50]::numeric[] AS y_class_values")
 print(";\n".join(out) + ";")
 PY
 $py "$root/mad_tables.py" | psql -X -q -v ON_ERROR_STOP=1 >/dev/null
@@ -259,12 +281,26 @@ sql "CREATE TABLE m16 (independent_var real[], dependent_var smallint[], buffer_
 sql "INSERT INTO m16 VALUES ('{{1,2},{3,4}}', '{{1,0},{0,1}}', 0)"
 check_refused "MADlib 1.16 (2-D arrays, no shape columns)" mr8 'looks like a MADlib 1.16 .*re-run training_preprocessor_dl with MADlib 1.17 or later' --table m16 --features independent_var --label dependent_var --shards 1
 check_refused "MADlib: --label not a dependent variable" mr7 '"lab" is not the dependent variable of MADlib table "marr"' --table marr --features x --label lab --shards 1
+unload --table mwide --features x3,x64 --label y --dataset mwide --shards 1
+madcheck mwide "x.shape == (10, 2) and np.array_equal(x, np.stack([300 + np.arange(10), 6400 + np.arange(10)], 1).astype(np.float32)) and np.array_equal(y, grp)"
+ok $? "a MADlib table with 65 independent variables: --features takes two of them"
+madcheck mwide "m['classes'] == ['0.10', '2.50']"
+ok $? "numeric class values keep PostgreSQL's text form (2.50, not 2.5)"
+check_refused "MADlib: more independent variables than one unload takes" mr9 'has 65 independent variables and at most 64 are unloaded together: name up to 64 of them in --features' --table mwide --features independent_var --label y --shards 1
+check_refused "MADlib: an unknown --features lists the table's, cut to fit" mr10 '"nope" is not a packed independent variable .*(it has: x0, x1, x2, .*, \.\.\.); name those' --table mwide --features nope --label y --shards 1
+unload --table mu8 --features independent_var --label dependent_var --dataset mu8 --shards 1 --dtype uint8
+madcheck mu8 "x.dtype == np.uint8 and np.array_equal(x, np.arange(40).reshape(10, 2, 2)) and np.array_equal(y, lab)"
+ok $? "MADlib float32 bytea into --dtype uint8"
+unload --table mad --features independent_var --label dependent_var --dataset madu8 --shards 1 --dtype uint8
+npcheck "$root/datasets/madu8/train/shard-0" "x.dtype == np.uint8 and sorted(map(tuple, x.tolist())) == [(1,2,3),(4,5,6),(7,8,9),(10,11,12),(13,14,15)]"; ok $? "a MADlib real[] buffer into --dtype uint8"
+check_refused "MADlib: bytea values that do not fit uint8" mr11 'buffer_id [0-9]* of table "m17": value 0.00196078 in column "independent_var" does not fit uint8' --table m17 --features independent_var --label dependent_var --shards 1 --dtype uint8
+check_refused "MADlib: array values that do not fit uint8" mr12 'buffer_id [0-9]* of table "marr": MADlib column "x": array element 2 of 16: value 0.00196078 does not fit uint8' --table marr --features x --label y --shards 1 --dtype uint8
 
 # ---- faults ------------------------------------------------------------------
 sql "CREATE TABLE slow (id int PRIMARY KEY, a real, lab int)"
 sql "INSERT INTO slow SELECT i, i, i % 2 FROM generate_series(1, 3000) i"
 ( for _ in $(seq 200); do
-      pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY (SELECT%slow%' AND pid <> pg_backend_pid() LIMIT 1")
+      pid=$(psql -X -At -c "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'COPY (SELECT%slow%' AND pid <> pg_backend_pid() LIMIT 1")
       if [ -n "$pid" ]; then psql -X -At -c "SELECT pg_terminate_backend($pid)" >/dev/null; exit 0; fi
       sleep 0.05
   done ) &
