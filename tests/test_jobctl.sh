@@ -345,7 +345,7 @@ jc enqueue etl --spec "$tmp/syntax.json"
 refused 2 "^jobctl: --spec file $tmp/syntax.json is not valid JSON: .* at line 4 column [0-9]* (an ETL spec is described in docs/etl.md; jobs/etl-fashion-mnist.json is one to copy)$" \
     "an ETL spec that is not JSON: where ETL specs are described"
 jc enqueue etl --payload '[1]'
-refused 2 "ETL spec (--payload): \$: must be a JSON object, not an array (an ETL spec is described in docs/etl.md" "an ETL spec that is an array"
+refused 2 "ETL spec (--payload): \$: is a JSON array, not an object: an ETL spec is .* described in docs/etl.md" "an ETL spec that is an array"
 jc enqueue diag.fail --spec "$tmp/syntax.json"
 refused 2 "^jobctl: --spec file $tmp/syntax.json is not valid JSON: .* at line 4 .*(write the payload like '{\"message\": \"why\", \"permanent\": false}')$" \
     "a job payload that is not JSON: the example of its own type"

@@ -690,14 +690,6 @@ static int enqueue_etl(jobctl *j, const enqueue_args *a)
     json_t *spec = json_loads(a->spec.payload, JSON_DECODE_ANY, NULL);
     etl_spec parsed;
     cds_err err;
-    if (!json_is_object(spec)) {
-        char hint[160];
-        const char *kind = json_is_array(spec) ? "an array" : "a single value";
-        json_hint("etl", hint, sizeof hint);
-        json_decref(spec);
-        return fail(j, EXIT_USAGE, "ETL spec %s: $: must be a JSON object, not %s (%s)",
-                    a->spec_file ? a->spec_file : "(--payload)", kind, hint);
-    }
     if (etl_spec_from_json(spec, &parsed, &err) != 0) {
         json_decref(spec);
         return fail(j, EXIT_USAGE, "ETL spec %s: %s", a->spec_file ? a->spec_file : "(--payload)", err.msg);
