@@ -32,6 +32,13 @@ svc_show_log() {
     fi
 }
 
+# The libpq variables that would send psql and libpq elsewhere than the
+# address we give (PGHOST, PGPORT), or make them fail against our servers (no
+# SSL, trust authentication, no extra options): unset wherever we hand out
+# addresses (with-services' CMD, the services.env that scripts/services writes).
+# shellcheck disable=SC2034 # used by the scripts that source this file
+svc_pg_unset_vars=(PGHOSTADDR PGSERVICE PGPASSWORD PGSSLMODE PGOPTIONS)
+
 # Finds the programs (redis_server, redis_cli, pg_bin) and decides who runs
 # PostgreSQL (as_pg: empty, or runuser as postgres when we are root).
 svc_find_programs() {
@@ -82,6 +89,22 @@ svc_free_port() { # [AVOID...]
     svc_die "no free TCP port found on 127.0.0.1"
 }
 
+# ---- logs -------------------------------------------------------------------
+
+# The size of file $1 in bytes, 0 when it does not exist: noted before a
+# server starts, so that what this start wrote to its (append-only) log can be
+# told from what earlier starts wrote.
+svc_log_size() {
+    stat -c %s "$1" 2>/dev/null || echo 0
+}
+
+# svc_log_port_clash LOG SIZE: whether what LOG got after its first SIZE
+# bytes says the port was taken (both servers log "Address already in use").
+# No pipe: under pipefail, grep -q leaving early could fail the tail.
+svc_log_port_clash() {
+    [ -r "$1" ] && grep -q 'Address already in use' < <(tail -c +$(($2 + 1)) "$1")
+}
+
 # ---- Redis ------------------------------------------------------------------
 
 # svc_redis_conf DIR PORT [SOCKET]: writes DIR/redis.conf: data (the
@@ -109,8 +132,8 @@ svc_redis_conf() {
 # svc_redis_start DIR PORT [DETACH]: starts redis-server on DIR/redis.conf
 # and waits until it answers on PORT.  Sets redis_pid (empty when it did not
 # start).  Fails, with the server's log kept in DIR/redis.log, when it exits
-# or does not answer within 10 s; `grep 'Address already in use'` on that log
-# tells a taken port.
+# or does not answer within 10 s; svc_log_port_clash on that log, from its
+# size before the start, tells a taken port.
 svc_redis_start() {
     local dir=$1 port=$2 detach=${3:-}
     if [ -n "$detach" ]; then
@@ -134,7 +157,8 @@ svc_redis_start() {
 }
 
 # svc_redis_stop PID [SECONDS]: SIGTERM (Redis then flushes its append-only
-# file and exits), SIGKILL after SECONDS (default 5) if it is still there.
+# file and exits), SIGKILL after SECONDS (default 5) if it is still there
+# (only then: once it has exited, its pid may be another process's).
 svc_redis_stop() {
     local pid=$1 secs=${2:-5}
     kill -TERM "$pid" 2>/dev/null || return 0
@@ -142,7 +166,9 @@ svc_redis_stop() {
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
     # Reaps it when it is our child; a detached one was reaped by init.
     wait "$pid" 2>/dev/null || true
 }
@@ -202,18 +228,14 @@ svc_pg_conf() {
     fi
 }
 
-# svc_pg_start DATA PORT CTL_LOG: starts the server (its log in
-# DATA/postgresql.log, pg_ctl's in CTL_LOG) and waits until it accepts
-# connections on 127.0.0.1:PORT.  pg_ctl puts the server in a session of its
-# own, so it outlives the caller.
+# svc_pg_start DATA CTL_LOG: starts the server (its log appended to
+# DATA/postgresql.log, pg_ctl's to CTL_LOG) and waits until it accepts
+# connections: pg_ctl -w returns once postmaster.pid says "ready", which the
+# postmaster writes after it has opened its sockets and finished recovery.
+# pg_ctl puts the server in a session of its own, so it outlives the caller.
 svc_pg_start() {
-    local data=$1 port=$2 ctl_log=$3
-    svc_pg_run "$pg_bin/pg_ctl" -D "$data" -l "$data/postgresql.log" -w -t 60 start >>"$ctl_log" 2>&1 || return 1
-    for _ in $(seq 100); do
-        "$pg_bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U postgres && return 0
-        sleep 0.1
-    done
-    return 1
+    local data=$1 ctl_log=$2
+    svc_pg_run "$pg_bin/pg_ctl" -D "$data" -l "$data/postgresql.log" -w -t 60 start >>"$ctl_log" 2>&1
 }
 
 # svc_pg_pid DATA: the postmaster's pid when a server runs on DATA, else

@@ -1,13 +1,14 @@
 # Shared set-up of the MOP shell tests that need Redis, PostgreSQL and
-# workers (sourced, not run): test_mop_e2e.sh and test_mop_oom.sh.
+# workers (sourced, not run): test_mop_e2e.sh, test_mop_faults.sh and
+# test_mop_oom.sh.
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" NAME BUILD_ROOT
 #
 # Bails out unless run through scripts/with-services; gives the test its own
 # database (PGDATABASE=cds_NAME_<pid>), Redis key prefix (t:NAME:<pid>:) and
 # data root ($root), removed on exit together with every worker started
-# through worker_bg; and defines ok (TAP), jobctl and rcli.  $n and $failed
-# count the checks.
+# through worker_bg or worker; and defines ok (TAP), jobctl and rcli.  $n
+# and $failed count the checks.
 mop_name=$1
 build=$2
 [ -n "${PGHOST:-}" ] && [ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! run through scripts/with-services"; exit 1; }
@@ -39,3 +40,6 @@ worker_bg() {
         --prefix "$prefix" --id "$id" --reap-every 0.5 --data-root "$root" --threads 1 "$@" 2>>"$root/$id.log" &
     pids+=($!)
 }
+# worker ID ARGS...: worker_bg without environment (a test may redefine it,
+# as test_mop_oom.sh does to run every worker under its memory cap).
+worker() { worker_bg "$1" -- "${@:2}"; }
