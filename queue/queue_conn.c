@@ -148,6 +148,29 @@ long long qc_reply_int(const redisReply *r, size_t i)
     return 0;
 }
 
+int qc_reply_strings(const redisReply *r, char ***out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return 0;
+    char **v = calloc(r->elements, sizeof *v);
+    if (!v)
+        return -1;
+    for (size_t i = 0; i < r->elements; i++) {
+        const char *s = qc_reply_str(r, i);
+        if (!(v[i] = strdup(s ? s : ""))) {
+            while (i)
+                free(v[--i]);
+            free(v);
+            return -1;
+        }
+    }
+    *out = v;
+    *n = r->elements;
+    return 0;
+}
+
 int qc_name_ok(const char *s, size_t max)
 {
     size_t n = strlen(s);

@@ -79,8 +79,17 @@ int qc_sorted_set(queue_conn *q, const char *key, char ***ids, size_t *n, const 
 int qc_reply_is(const redisReply *r, size_t i, const char *s);
 const char *qc_reply_str(const redisReply *r, size_t i);
 long long qc_reply_int(const redisReply *r, size_t i);
+/* An array reply of strings as a malloc'd array of malloc'd strings (free
+ * with queue_sweep_list_free); nothing (NULL, 0) for an empty or non-array
+ * reply.  -1 only when out of memory. */
+int qc_reply_strings(const redisReply *r, char ***out, size_t *n);
 
 int qc_name_ok(const char *s, size_t max);
+
+/* The keys of one DSN's cds_results outbox, in the order lua/outbox.lua and
+ * lua/mop_result.lua take them: the index, the rows, the state; then the
+ * set-aside list when with_aside (queue_outbox.c). */
+void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
 
 /* Releases the jobs that wait on finished job id, recursively burying the
  * dependents of dependents that die with it. */

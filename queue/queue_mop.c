@@ -623,9 +623,6 @@ int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_le
     return queue_mop_record_result_row(q, sweep, l, metrics_json, valid_top1, NULL, is_best, prev_best_epoch, err);
 }
 
-/* The keys of one DSN's cds_results outbox (queue_outbox.c). */
-void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
-
 int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                                 double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
                                 cds_err *err)
@@ -646,7 +643,6 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
         qoutbox_keys(&outbox, q, id, 0);
         qargs_add(&args, sweep);
         qargs_add(&args, row->dsn ? row->dsn : "");
-        qargs_addf(&args, "%d", row->epoch);
         qargs_add(&args, id);
     }
     redisReply *r = NULL;

@@ -261,7 +261,6 @@ int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_le
  * without an ETL plan); as queue_mop_record_result then. */
 typedef struct queue_outbox_row {
     const char *dsn; /* the database: a libpq conninfo without password ("": each worker's libpq defaults) */
-    int epoch;       /* the epoch as cds_results numbers it */
 } queue_outbox_row;
 int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
                                 double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
@@ -309,8 +308,8 @@ int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int ma
  * for the keys:
  *   results:outbox             zset  DSN id -> when its rows may next be tried (ms)
  *   results:outbox:{<id>}      list  the rows (JSON), oldest first
- *   results:outbox:{<id>}:state hash dsn, failures, last_error, last_error_ms, next_try_ms,
- *                                    failing_since_ms, head_refusals, claim_token, claim_by, claim_deadline
+ *   results:outbox:{<id>}:state hash dsn, failures, last_error, last_error_ms, failing_since_ms,
+ *                                    backlog_since_ms, head_refusals, claim_token, claim_by, claim_deadline
  *   results:aside              list  rows the database refused, set aside with the reason (JSON)
  * A DSN id is 16 hex digits of a 64-bit FNV-1a hash of the DSN text. */
 #define QUEUE_OUTBOX_ID_LEN 17
@@ -320,8 +319,8 @@ void queue_outbox_id(const char *dsn, char id[QUEUE_OUTBOX_ID_LEN]);
 enum {
     QUEUE_OUTBOX_ROW,      /* the claim is held; row is the head, to write next */
     QUEUE_OUTBOX_EMPTY,    /* nothing waits */
-    QUEUE_OUTBOX_LATER,    /* backing off until next_try_ms */
-    QUEUE_OUTBOX_BUSY,     /* another worker holds the claim (claim_by) */
+    QUEUE_OUTBOX_LATER,    /* backing off (until the index score) */
+    QUEUE_OUTBOX_BUSY,     /* another worker holds the claim */
     QUEUE_OUTBOX_LOST,     /* this claim was taken over: write nothing more */
     QUEUE_OUTBOX_RELEASED, /* the claim was given back */
     QUEUE_OUTBOX_ASIDE     /* the refused row was set aside; row is the next head (NULL: none), claim held */
@@ -330,13 +329,12 @@ enum {
 typedef struct queue_outbox_head {
     int state;                /* QUEUE_OUTBOX_* */
     char *row;                /* malloc'd, or NULL */
+    char *dsn;                /* the outbox's database (malloc'd), NULL when its state has none */
     int64_t waiting;          /* rows in the list */
     int64_t failures;         /* consecutive failed tries of the database */
-    int64_t refusals;         /* times the head row was refused */
-    int64_t next_try_ms;      /* the index score, -1 when not indexed */
     int64_t now_ms;           /* the server's time */
-    int64_t failing_since_ms; /* first failure of the current outage, -1 if none */
-    char claim_by[QUEUE_NAME_MAX];
+    int64_t failing_since_ms; /* first failure of the current outage, -1 if none; on EMPTY:
+                               * of the outage whose kept rows were just written */
     char last_error[CDS_ERR_MAX];
 } queue_outbox_head;
 void queue_outbox_head_clear(queue_outbox_head *h);

@@ -9,13 +9,15 @@
  * the database afterwards.
  *
  * One outbox per database (per DSN text, named by a 64-bit FNV-1a hash of
- * it, 16 hex digits): a list of rows, oldest first, a state hash, and an
- * entry in the index zset scored by the time the list may next be tried.
+ * it, 16 hex digits): a list of rows, oldest first, a state hash (which
+ * holds the DSN, once: the rows do not repeat it), and an entry in the
+ * index zset scored by the time the list may next be tried.
  * A drainer (any worker) takes the list's claim (lua/outbox.lua "take"),
  * writes the head row, and says "done" (the head leaves the list, the
  * backoff resets, the answer is the next head) or "fail".  A failed try
  * moves the index score by min(cap, base·2^(n−1))·U[0.5, 1] for the n-th
- * failure in a row, one schedule shared by every worker through Redis; a
+ * failure in a row (the prelude's backoff_ms, as for a model's failed
+ * visits), one schedule shared by every worker through Redis; a
  * row the database refuses for its own data is set aside after a few tries
  * (at once if it is not readable) into results:aside, with the reason.
  * Invariants (kept by the scripts): a DSN id is in the index iff its list
@@ -23,10 +25,11 @@
  * holds, after the database accepted them or when set aside; so rows reach
  * a database in the order they were recorded, and a row is removed only
  * once written.  A drainer that dies between the insert and "done" leaves
- * the row at the head: the next one inserts it again, and the table's
- * primary key (sweep, model, epoch) makes that a no-op, so each row is in
- * the table exactly once.  The index is global (not per sweep), so rows of
- * a sweep that finished and left the active set are still drained.
+ * the row at the head: the next one writes it again, and the table's
+ * primary key (sweep, model, epoch) makes that an update to the same
+ * values, so each row is in the table exactly once.  The index is global
+ * (not per sweep), so rows of a sweep that finished and left the active
+ * set are still drained.
  *
  * queue_outbox_report is the read-only view for jobctl results --check-db;
  * it reads with plain commands (not atomic, which a report need not be). */
@@ -51,10 +54,6 @@ void queue_outbox_id(const char *dsn, char id[QUEUE_OUTBOX_ID_LEN])
     snprintf(id, QUEUE_OUTBOX_ID_LEN, "%016llx", (unsigned long long)h);
 }
 
-/* The keys of one DSN's outbox, in the order lua/outbox.lua and
- * mop_result.lua take them (the index, the rows, the state; then the
- * set-aside list when with_aside).  Also used by queue_mop.c. */
-void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside);
 void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_aside)
 {
     qargs_key(keys, q, "results:outbox");
@@ -74,6 +73,7 @@ static int id_ok(const char *id, cds_err *err)
 void queue_outbox_head_clear(queue_outbox_head *h)
 {
     free(h->row);
+    free(h->dsn);
     memset(h, 0, sizeof *h);
 }
 
@@ -90,7 +90,7 @@ static int parse_head(redisReply *r, queue_outbox_head *h, cds_err *err)
     static const char *const states[] = {"row", "empty", "later", "busy", "lost", "released", "aside"};
     memset(h, 0, sizeof *h);
     h->state = -1;
-    for (int i = 0; r && r->type == REDIS_REPLY_ARRAY && r->elements == 10 && i < 7; i++)
+    for (int i = 0; r && r->type == REDIS_REPLY_ARRAY && r->elements == 8 && i < 7; i++)
         if (qc_reply_is(r, 0, states[i]))
             h->state = i;
     if (h->state < 0) {
@@ -99,19 +99,18 @@ static int parse_head(redisReply *r, queue_outbox_head *h, cds_err *err)
         freeReplyObject(r);
         return -1;
     }
-    const char *row = qc_reply_str(r, 1);
-    if (((row && *row) || h->state == QUEUE_OUTBOX_ROW) && !(h->row = strdup(row ? row : ""))) {
+    const char *row = qc_reply_str(r, 1), *dsn = qc_reply_str(r, 7);
+    if ((((row && *row) || h->state == QUEUE_OUTBOX_ROW) && !(h->row = strdup(row ? row : ""))) ||
+        (dsn && !(h->dsn = strdup(dsn)))) {
         freeReplyObject(r);
+        queue_outbox_head_clear(h);
         return cds_err_nomem(err, "out of memory reading an outbox row");
     }
     h->waiting = qc_reply_int(r, 2);
     h->failures = qc_reply_int(r, 3);
-    h->refusals = qc_reply_int(r, 4);
-    h->next_try_ms = int_or(r, 5, -1);
-    h->now_ms = qc_reply_int(r, 6);
-    h->failing_since_ms = int_or(r, 7, -1);
-    snprintf(h->claim_by, sizeof h->claim_by, "%s", qc_reply_str(r, 8) ?: "");
-    snprintf(h->last_error, sizeof h->last_error, "%s", qc_reply_str(r, 9) ?: "");
+    h->now_ms = qc_reply_int(r, 4);
+    h->failing_since_ms = int_or(r, 5, -1);
+    snprintf(h->last_error, sizeof h->last_error, "%s", qc_reply_str(r, 6) ?: "");
     freeReplyObject(r);
     return 0;
 }
@@ -198,23 +197,11 @@ int queue_outbox_due(queue_conn *q, size_t max, char ***ids, size_t *n, cds_err 
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY) {
-        rc = cds_errf(err, "unexpected reply listing the due cds_results outboxes at %s", q->url_redacted);
-    } else if (r->elements) {
-        *ids = calloc(r->elements, sizeof **ids);
-        for (size_t i = 0; *ids && i < r->elements; i++) {
-            const char *s = qc_reply_str(r, i);
-            if (!((*ids)[i] = strdup(s ? s : ""))) {
-                queue_sweep_list_free(*ids, i);
-                *ids = NULL;
-            }
-        }
-        if (*ids)
-            *n = r->elements;
-        else
-            rc = cds_err_nomem(err, "out of memory listing the due cds_results outboxes");
-    }
+    int rc = r->type != REDIS_REPLY_ARRAY
+                 ? cds_errf(err, "unexpected reply listing the due cds_results outboxes at %s", q->url_redacted)
+             : qc_reply_strings(r, ids, n) != 0
+                 ? cds_err_nomem(err, "out of memory listing the due cds_results outboxes")
+                 : 0;
     freeReplyObject(r);
     return rc;
 }

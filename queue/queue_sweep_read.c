@@ -6,26 +6,6 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
-/* Copies an array reply of strings into a malloc'd array of strings. */
-static int reply_strings(const redisReply *r, char ***out, size_t *n)
-{
-    *out = NULL;
-    *n = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
-        return 0;
-    char **v = calloc(r->elements, sizeof *v);
-    if (!v)
-        return -1;
-    for (size_t i = 0; i < r->elements; i++)
-        if (!(v[i] = strdup(r->element[i]->str ? r->element[i]->str : ""))) {
-            queue_sweep_list_free(v, i);
-            return -1;
-        }
-    *out = v;
-    *n = r->elements;
-    return 0;
-}
-
 int qc_sorted_set(queue_conn *q, const char *key, char ***ids, size_t *n, const char *what, cds_err *err)
 {
     *ids = NULL;
@@ -38,7 +18,7 @@ int qc_sorted_set(queue_conn *q, const char *key, char ***ids, size_t *n, const 
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = reply_strings(r, ids, n) == 0 ? 0 : cds_err_nomem(err, "out of memory listing %s", what);
+    int rc = qc_reply_strings(r, ids, n) == 0 ? 0 : cds_err_nomem(err, "out of memory listing %s", what);
     freeReplyObject(r);
     return rc;
 }
@@ -78,8 +58,9 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    int rc = reply_strings(r, lines, n) == 0 ? 0
-                                             : cds_err_nomem(err, "out of memory reading the schedule of sweep %s", sweep);
+    int rc = qc_reply_strings(r, lines, n) == 0
+                 ? 0
+                 : cds_err_nomem(err, "out of memory reading the schedule of sweep %s", sweep);
     freeReplyObject(r);
     return rc;
 }

@@ -2,11 +2,14 @@
  * redis-server of scripts/with-services.
  *
  * The writer: the table is created on first use, one connection serves many
- * rows, a row inserted twice stays one, a connection the server terminated
- * between two rows is replaced without losing the second, a database that
- * cannot be reached is a one-line error, one that never answers is given up
- * within the bound, a row the database refuses for its data says so, and a
- * DSN keeps no password.
+ * rows, a row inserted twice stays one, a new row for a (sweep, model,
+ * epoch) that is there replaces its values (the epoch trained again), with
+ * the time it was recorded, a connection the server terminated between two
+ * rows is replaced without losing the second, a database that cannot be
+ * reached is a one-line error, one that never answers is given up within
+ * the bound, a CREATE TABLE that times out is the error reported (not what
+ * the busy connection answers next), a row the database refuses for its
+ * data says so, and a DSN keeps no password.
  *
  * The outbox (rows kept in Redis while their database is away): rows
  * recorded while the database does not exist yet stay in Redis, each failed
@@ -16,7 +19,12 @@
  * drained all the same, and once the database exists the rows go in, in the
  * order they were recorded, exactly once, with one line saying so; a worker
  * that died between the insert and the removal leaves its row for the next,
- * whose insert is a no-op; a row that is not JSON and a row the database
+ * whose write changes nothing; an outage ends at the first row written after
+ * it (a later one starts its own time) and its backlog is reported written
+ * once all of it is, whichever pass writes it; rows do not repeat the DSN
+ * (the outbox's state holds it) and the next try is only the index score;
+ * an epoch recorded again reaches the table with its new values and its
+ * recording time; a row that is not JSON and a row the database
  * refuses are set aside (at once, and after max_refusals tries) without
  * holding up the rows behind them; and jobctl results --check-db reports it
  * all, exiting 0, 3 or 4.  The backoff clock is the test's: a zero base, or
@@ -72,29 +80,42 @@ static long long others(void)
 
 static const char metrics[] = "{\"train_rows\": 100, \"train_loss\": 0.5, \"train_top1\": 0.8, \"valid_rows\": 20,"
                               " \"valid_loss\": 0.6, \"valid_top1\": 0.75, \"valid_top5\": 1.0}";
+static const char metrics2[] = "{\"train_rows\": 200, \"train_loss\": 0.3, \"train_top1\": 0.9, \"valid_rows\": 20,"
+                               " \"valid_loss\": 0.4, \"valid_top1\": 0.9, \"valid_top5\": 1.0}";
 static const char spec[] = "{\"model\": {\"arch\": \"mlp\"}, \"train\": {\"lr\": 0.01}}";
 
 static void test_writer(const char *dsn)
 {
     cds_err err = {0};
-    worker_results_db *rdb = worker_results_db_new();
+    worker_results_db *rdb = worker_results_db_new(0);
     ok(rdb != NULL, "a results writer");
-    int first = worker_results_db_insert(rdb, dsn, "s1", 0, 1, spec, metrics, &err);
+    int first = worker_results_db_insert(rdb, dsn, "s1", 0, 1, 0, spec, metrics, &err);
     ok(first == 0, "first row (creates the table)%s%s", first ? ": " : "", first ? err.msg : "");
-    ok(worker_results_db_insert(rdb, dsn, "s1", 0, 2, spec, metrics, &err) == 0 &&
-           worker_results_db_insert(rdb, dsn, "s1", 1, 1, spec, metrics, &err) == 0,
+    ok(worker_results_db_insert(rdb, dsn, "s1", 0, 2, 0, spec, metrics, &err) == 0 &&
+           worker_results_db_insert(rdb, dsn, "s1", 1, 1, 0, spec, metrics, &err) == 0,
        "two more rows");
     is_int(others(), 1, "three rows, one connection kept open");
-    ok(worker_results_db_insert(rdb, dsn, "s1", 0, 1, spec, metrics, &err) == 0, "the same (sweep, model, epoch) again is not an error");
+    ok(worker_results_db_insert(rdb, dsn, "s1", 0, 1, 0, spec, metrics, &err) == 0, "the same (sweep, model, epoch) again is not an error");
     is_int(scalar("SELECT count(*) FROM cds_results"), 3, "and stays one row");
     is_int(scalar("SELECT round(valid_top1 * 100) FROM cds_results WHERE sweep = 's1' AND model = 1 AND epoch = 1"), 75,
            "metrics land in their columns");
+    /* The epoch is trained again (jobctl retry S/m --from) and recorded
+     * with other metrics, at another time: the new values replace the old. */
+    int rc = worker_results_db_insert(rdb, dsn, "s1", 1, 1, 1000000000000, spec, metrics2, &err);
+    ok(rc == 0, "a new row for a (sweep, model, epoch) that is there%s%s", rc ? ": " : "", rc ? err.msg : "");
+    is_int(scalar("SELECT count(*) * 1000 + round(max(valid_top1) * 100) FROM cds_results WHERE sweep = 's1' "
+                  "AND model = 1 AND epoch = 1"),
+           1090, "replaces its values: one row, valid_top1 0.9 (count * 1000 + top1 %%)");
+    is_int(scalar("SELECT round(extract(epoch FROM recorded_at) * 1000)::bigint + train_rows FROM cds_results "
+                  "WHERE sweep = 's1' AND model = 1 AND epoch = 1"),
+           1000000000000 + 200, "every column: train_rows 200, recorded_at the time it was recorded (ms)");
+    is_int(scalar("SELECT count(*) FROM cds_results"), 3, "still three rows");
 
     /* The server drops the connection between two evaluations. */
     is_int(scalar("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
                   "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"),
            1, "the writer's backend terminated");
-    int rc = worker_results_db_insert(rdb, dsn, "s1", 1, 2, spec, metrics, &err);
+    rc = worker_results_db_insert(rdb, dsn, "s1", 1, 2, 0, spec, metrics, &err);
     ok(rc == 0, "the next row goes through a new connection%s%s", rc ? ": " : "", rc ? err.msg : "");
     is_int(scalar("SELECT count(*) FROM cds_results WHERE sweep = 's1' AND model = 1 AND epoch = 2"), 1,
            "and is there");
@@ -102,18 +123,18 @@ static void test_writer(const char *dsn)
 
     /* Another DSN (another dataset's database) gets its own connection. */
     cds_err e2 = {0};
-    ok(worker_results_db_insert(rdb, "host=/nonexistent-dir port=1", "s1", 2, 1, spec, metrics, &e2) == -1 &&
+    ok(worker_results_db_insert(rdb, "host=/nonexistent-dir port=1", "s1", 2, 1, 0, spec, metrics, &e2) == -1 &&
            strstr(e2.msg, "connecting to the dataset's database") && !strchr(e2.msg, '\n'),
        "an unreachable database is a one-line error, to retry: %s", e2.msg);
-    ok(worker_results_db_insert(rdb, dsn, "s1", 2, 1, spec, metrics, &err) == 0, "and the right one works after it");
+    ok(worker_results_db_insert(rdb, dsn, "s1", 2, 1, 0, spec, metrics, &err) == 0, "and the right one works after it");
     is_int(scalar("SELECT count(*) FROM cds_results"), 5, "five rows in all");
 
     /* A row whose data the database refuses would be refused again. */
     e2.msg[0] = '\0';
-    rc = worker_results_db_insert(rdb, dsn, "s1", 3, 1, spec, "{\"valid_rows\": \"many\"}", &e2);
+    rc = worker_results_db_insert(rdb, dsn, "s1", 3, 1, 0, spec, "{\"valid_rows\": \"many\"}", &e2);
     ok(rc == WORKER_RESULTS_REFUSED && strstr(e2.msg, "inserting into cds_results"),
        "a row with a bad value is refused, not to be retried: %s", e2.msg);
-    ok(worker_results_db_insert(rdb, dsn, "s1", 3, 1, spec, metrics, &err) == 0,
+    ok(worker_results_db_insert(rdb, dsn, "s1", 3, 1, 0, spec, metrics, &err) == 0,
        "the connection serves the next row after the refusal");
 
     /* A server that takes the connection but never answers: the try ends
@@ -126,15 +147,34 @@ static void test_writer(const char *dsn)
         tap_bail("cannot open a silent listening socket");
     char silent[128];
     snprintf(silent, sizeof silent, "host=127.0.0.1 port=%d dbname=x user=x", ntohs(a.sin_port));
-    worker_results_db_set_bound(rdb, 300);
+    worker_results_db *quick = worker_results_db_new(300);
     int64_t t0 = cds_mono_ms();
     e2.msg[0] = '\0';
-    rc = worker_results_db_insert(rdb, silent, "s1", 4, 1, spec, metrics, &e2);
+    rc = worker_results_db_insert(quick, silent, "s1", 4, 1, 0, spec, metrics, &e2);
     int64_t took = cds_mono_ms() - t0;
     ok(rc == -1 && took >= 300 && took < 5000 && strstr(e2.msg, "timed out"),
        "a database that never answers is given up at the bound (300 ms; took %lld ms): %s", (long long)took, e2.msg);
     close(s);
     worker_results_db_free(rdb);
+
+    /* CREATE TABLE waits on another session creating the same table (in
+     * schema hang) past the bound: that time-out is the error, not what
+     * the busy connection would answer to the insert after it. */
+    PGconn *blocker = PQconnectdb(dsn);
+    PQclear(PQexec(blocker, "CREATE SCHEMA hang"));
+    PQclear(PQexec(blocker, "BEGIN"));
+    PQclear(PQexec(blocker, "CREATE TABLE hang.cds_results (x int)"));
+    char hang[256];
+    snprintf(hang, sizeof hang, "%s options='-c search_path=hang'", dsn);
+    e2.msg[0] = '\0';
+    rc = worker_results_db_insert(quick, hang, "s1", 5, 1, 0, spec, metrics, &e2);
+    ok(rc == -1 && strstr(e2.msg, "creating cds_results: timed out") && !strstr(e2.msg, "in progress"),
+       "a CREATE TABLE that times out is the error reported: %s", e2.msg);
+    PQclear(PQexec(blocker, "ROLLBACK"));
+    PQfinish(blocker);
+    worker_results_db_free(quick);
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND pid <> pg_backend_pid()"));
 
     char *d1 = worker_results_dsn("host=db1 port=5432 dbname=sales user=etl password=s3cret");
     char *d2 = worker_results_dsn("postgresql://etl:s3cret@db1:5432/sales");
@@ -143,8 +183,19 @@ static void test_writer(const char *dsn)
            strstr(d2, "host='db1'") && strstr(d2, "user='etl'"),
        "a DSN loses its password before it goes to Redis ('%s', '%s')", d1 ? d1 : "", d2 ? d2 : "");
     char *d4 = worker_results_dsn("");
-    ok(d3 && strcmp(d3, "host=db1 dbname=sales user=etl") == 0 && d4 && !*d4 && !worker_results_dsn(NULL),
-       "one without a password stays as it is, so does an empty one (libpq's defaults)");
+    PQconninfoOption *o3 = d3 ? PQconninfoParse(d3, NULL) : NULL;
+    int same = o3 != NULL;
+    for (PQconninfoOption *o = o3; o && o->keyword; o++) {
+        const char *want = strcmp(o->keyword, "host") == 0     ? "db1"
+                           : strcmp(o->keyword, "dbname") == 0 ? "sales"
+                           : strcmp(o->keyword, "user") == 0   ? "etl"
+                                                               : NULL;
+        same &= want ? o->val && strcmp(o->val, want) == 0 : !o->val || !*o->val;
+    }
+    PQconninfoFree(o3);
+    ok(same && d4 && !*d4 && !worker_results_dsn(NULL),
+       "one without a password keeps its settings ('%s'), an empty one stays empty (libpq's defaults)", d3 ? d3 : "");
+    ok(!worker_results_dsn("host='db1"), "one libpq cannot parse names no database");
     free(d1);
     free(d2);
     free(d3);
@@ -212,7 +263,7 @@ static void record(queue_conn *q, const char *sweep, const char *dsn, const char
         queue_mop_commit(q, sweep, &l, "ckpt/x", &cr, &err) != 0 || !cr.accepted ||
         queue_mop_take_eval(q, sweep, "evaluator", 60000, &e, &err) != 1)
         tap_bail("cannot train and take an evaluation");
-    queue_outbox_row row = {.dsn = dsn, .epoch = e.epoch};
+    queue_outbox_row row = {.dsn = dsn};
     if (queue_mop_record_result_row(q, sweep, &e, m_json, 0.5, &row, &is_best, &prev, &err) != 0) {
         tap_diag("record: %s", err.msg);
         tap_bail("cannot record a result");
@@ -276,7 +327,7 @@ static void test_outbox(queue_conn *q, const char *host, const char *port, const
     FILE *logf = tmpfile();
     cds_log log;
     cds_log_init(&log, logf, CDS_LOG_DEBUG, "test");
-    worker_results_db *db = worker_results_db_new();
+    worker_results_db *db = worker_results_db_new(0);
     worker_results_opts o;
     worker_results_default_opts(&o, "w1");
     o.base_ms = 0; /* the test's clock: every failed try is due again at once */
@@ -310,10 +361,10 @@ static void test_outbox(queue_conn *q, const char *host, const char *port, const
     ok(worker_results_drain(db, q, id, &slow, &log, &p, &err) == 0 && p.failed_now && p.failures == 4,
        "a 4th failed try");
     state_field(id, "last_error_ms", le, sizeof le);
-    state_field(id, "next_try_ms", nt, sizeof nt);
+    snprintf(nt, sizeof nt, "%lld", rint_of("ZSCORE %sresults:outbox %s", prefix, id));
     long long wait = atoll(nt) - atoll(le);
-    ok(wait >= 30000 && wait <= 60000 && rint_of("ZSCORE %sresults:outbox %s", prefix, id) == atoll(nt),
-       "the next try is %lld ms later, in [30 s, 60 s], and the index says so", wait);
+    ok(wait >= 30000 && wait <= 60000 && rint_of("HEXISTS %sresults:outbox:{%s}:state next_try_ms", prefix, id) == 0,
+       "the next try is %lld ms later, in [30 s, 60 s], and the index alone says so", wait);
     ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && !p.failed_now && p.deferred && p.failures == 4 &&
            p.left == 3,
        "a drainer before that time does not try the database");
@@ -336,6 +387,27 @@ static void test_outbox(queue_conn *q, const char *host, const char *port, const
     st = jobctl(out, sizeof out, "results ob1 --check-db");
     ok(st == 3 && strstr(out, "3 cds_results rows of sweep ob1 wait") && strstr(out, "next try in"),
        "and as text (exit %d): %s", st, out);
+
+    /* In cds-worker: the evaluation just recorded makes the next results
+     * tick run at once; its row stays in Redis (the database backs off), and
+     * one WARN says so; a tick after that logs nothing. */
+    worker_cfg wcfg = {0};
+    snprintf(wcfg.id, sizeof wcfg.id, "w3");
+    worker wk = {.cfg = &wcfg, .log = log, .q = q};
+    int64_t next_tick = cds_mono_ms() + 3600000;
+    worker_results_recorded(&wk, "ob1", 1, 2, dsn);
+    worker_results_tick(&wk, &next_tick);
+    ok(!wk.results_row.pending && next_tick < cds_mono_ms() + 5000 &&
+           log_lines(logf, "sweep ob1 model 1 epoch 2: not written to cds_results yet") == 1 &&
+           log_lines(logf, "kept in Redis (3 rows wait") == 1 && outbox_len(id) == 3,
+       "a tick runs at once after a recorded evaluation and logs one WARN: its row is kept in Redis");
+    worker_results_tick(&wk, &next_tick);
+    wk.results_row.pending = 0;
+    next_tick = 0;
+    worker_results_tick(&wk, &next_tick);
+    ok(log_lines(logf, "not written to cds_results yet") == 1 && log_lines(logf, "cds_results") == 2,
+       "later ticks while the database backs off log nothing");
+    worker_results_db_free(wk.results_db);
 
     /* The sweep finishes (cancelled: it leaves the active set); its rows
      * are still drained. */
@@ -370,6 +442,70 @@ static void test_outbox(queue_conn *q, const char *host, const char *port, const
     ok(st == 0 && strstr(out, "no cds_results rows of sweep ob1 wait"), "jobctl results ob1 --check-db: exit 0: %s",
        out);
 
+    /* An outage ends with the first row written after it; rows still kept
+     * then are reported written once they all are, and a later outage
+     * starts at its own first failure.  The test sets the state of an
+     * outage that began long ago (1000 ms) by hand. */
+    create_sweep(q, "ob3");
+    record(q, "ob3", dsn, metrics, a, sizeof a);
+    record(q, "ob3", dsn, metrics, b, sizeof b);
+    int infos = log_lines(logf, "every row kept in Redis while the database failed is written");
+    for (int outage = 0; outage < 2; outage++) {
+        freeReplyObject(rcmd("HSET %sresults:outbox:{%s}:state failing_since_ms 1000 failures 2", prefix, id));
+        queue_outbox_claim oc = {.worker = "w2", .claim_ms = 60000};
+        snprintf(oc.id, sizeof oc.id, "%s", id);
+        queue_outbox_head oh;
+        char *head = NULL, *next = NULL;
+        if (queue_outbox_take(q, &oc, &oh, &err) == 0 && oh.state == QUEUE_OUTBOX_ROW)
+            head = oh.row, oh.row = NULL;
+        queue_outbox_head_clear(&oh);
+        int done = head && queue_outbox_done(q, &oc, head, &oh, &err) == 0 && oh.state == QUEUE_OUTBOX_ROW;
+        state_field(id, "failing_since_ms", x, sizeof x);
+        ok(done && oh.failing_since_ms == -1 && oh.failures == 0 && !*x,
+           "outage %d: the first row written after failures ends it", outage + 1);
+        next = oh.row, oh.row = NULL;
+        queue_outbox_head_clear(&oh);
+        if (outage == 0) {
+            queue_outbox_release(q, &oc, &oh, &err);
+            queue_outbox_head_clear(&oh);
+            ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.written == 1 && p.left == 0 &&
+                   log_lines(logf, "every row kept in Redis while the database failed is written") == infos + 1,
+               "the rest is written by another pass, and one INFO line says the backlog is written");
+            record(q, "ob3", dsn, metrics, a, sizeof a);
+            record(q, "ob3", dsn, metrics, b, sizeof b);
+        } else {
+            queue_outbox_failure f = {.why = "down again", .kind = "retry", .factor = 1, .max_refusals = 3};
+            ok(next && queue_outbox_fail(q, &oc, next, &f, &oh, &err) == 0 && oh.state == QUEUE_OUTBOX_LATER,
+               "the next row fails: another outage");
+            queue_outbox_head_clear(&oh);
+            state_field(id, "failing_since_ms", x, sizeof x);
+            state_field(id, "last_error_ms", le, sizeof le);
+            ok(*x && strcmp(x, le) == 0, "it starts at its first failure (%s), not at the first outage (1000)", x);
+            /* Epoch <a> is trained again (jobctl retry --from) and recorded
+             * again: another row for its key, recorded at 10^12 ms. */
+            json_t *again = json_loads(head, 0, NULL);
+            json_object_set_new(again, "metrics", json_loads(metrics2, 0, NULL));
+            json_object_set_new(again, "recorded_ms", json_integer(1000000000000));
+            char *text = json_dumps(again, JSON_COMPACT);
+            freeReplyObject(rcmd("RPUSH %sresults:outbox:{%s} %s", prefix, id, text ? text : ""));
+            free(text);
+            json_decref(again);
+            make_due(id);
+            ok(worker_results_drain(db, q, id, &o, &log, &p, &err) == 0 && p.written == 2 && p.left == 0 &&
+                   log_lines(logf, "every row kept in Redis while the database failed is written") == infos + 2,
+               "its rows are written, with one INFO line");
+            snprintf(sql, sizeof sql, "SELECT count(*) * 1000 + round(max(valid_top1) * 100) FROM cds_results "
+                     "WHERE sweep = 'ob3' AND model || '.' || epoch = '%s'", a);
+            is_int(scalar_on(odb, sql), 1090,
+                   "the epoch recorded again has its new values, once (count * 1000 + top1 %%)");
+            snprintf(sql, sizeof sql, "SELECT round(extract(epoch FROM recorded_at) * 1000)::bigint FROM cds_results "
+                     "WHERE sweep = 'ob3' AND model || '.' || epoch = '%s'", a);
+            is_int(scalar_on(odb, sql), 1000000000000, "and the time it was recorded, not the time it was written");
+        }
+        free(head);
+        free(next);
+    }
+
     /* A worker inserts the head row and dies before removing it. */
     create_sweep(q, "ob2");
     record(q, "ob2", dsn, metrics, a, sizeof a);
@@ -378,12 +514,15 @@ static void test_outbox(queue_conn *q, const char *host, const char *port, const
     queue_outbox_head h;
     ok(queue_outbox_take(q, &dead, &h, &err) == 0 && h.state == QUEUE_OUTBOX_ROW && h.row, "a worker claims the row");
     json_t *row = json_loads(h.row ? h.row : "", 0, NULL);
+    ok(row && !json_object_get(row, "dsn") && h.dsn && strcmp(h.dsn, dsn) == 0,
+       "the row does not repeat the DSN: the outbox's state holds it (%s)", h.dsn ? h.dsn : "none");
     char *rs = json_dumps(json_object_get(row, "spec"), JSON_COMPACT);
     char *rm = json_dumps(json_object_get(row, "metrics"), JSON_COMPACT);
-    worker_results_db *dying = worker_results_db_new();
+    worker_results_db *dying = worker_results_db_new(0);
     ok(rs && rm &&
            worker_results_db_insert(dying, dsn, "ob2", (int)json_integer_value(json_object_get(row, "model")),
-                                    (int)json_integer_value(json_object_get(row, "epoch")), rs, rm, &err) == 0,
+                                    (int)json_integer_value(json_object_get(row, "epoch")),
+                                    json_integer_value(json_object_get(row, "recorded_ms")), rs, rm, &err) == 0,
        "inserts it, and dies");
     worker_results_db_free(dying);
     free(rs);

@@ -6,8 +6,9 @@
  *              nothing to claim waits on the queues' wake-up lists (BLPOP of at
  *              most a second: hiredis 0.14 cannot interrupt a blocking call, so
  *              a stop is noticed within a second); a MOP worker also writes,
- *              once a second between steps, the cds_results rows that wait
- *              in Redis for a database that was away (worker_results_db.c);
+ *              between steps, the cds_results rows that wait in Redis: once
+ *              a second, and at once after it recorded an evaluation
+ *              (worker_results_db.c);
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
@@ -434,8 +435,8 @@ static int64_t serve(worker *w)
     while (atomic_load(&w->stop) == 0) {
         if (w->cfg->max_jobs && jobs_run >= w->cfg->max_jobs)
             break;
-        /* cds_results rows kept in Redis for a database that was away:
-         * here, between steps, never on the heartbeat thread. */
+        /* cds_results rows kept in Redis: here, between steps, never on the
+         * heartbeat thread; at once after an evaluation was recorded. */
         if (w->cfg->shard >= 0)
             worker_results_tick(w, &next_results);
         if (w->cfg->shard >= 0 && worker_mop_step(w) > 0) {
@@ -490,6 +491,10 @@ static int64_t serve(worker *w)
             cds_sleep_ms(100);
         }
     }
+    /* The row of an evaluation recorded just before the loop ended gets its
+     * try too, unless the worker must stop now. */
+    if (w->cfg->shard >= 0 && w->results_row.pending && atomic_load(&w->stop) < 2)
+        worker_results_tick(w, &next_results);
     return jobs_run;
 }
 

@@ -39,6 +39,16 @@ typedef struct mop_slot {
 
 typedef struct worker_results_db worker_results_db;
 
+/* The evaluation this worker recorded last with a cds_results row
+ * (worker_mop.c): the next results tick runs at once and tries its outbox
+ * first (main thread only). */
+typedef struct worker_results_row {
+    int pending;
+    char sweep[QUEUE_SWEEP_ID_MAX];
+    int model, epoch;
+    char id[QUEUE_OUTBOX_ID_LEN]; /* its database's outbox */
+} worker_results_row;
+
 struct worker {
     const worker_cfg *cfg;
     cds_log log;
@@ -52,6 +62,8 @@ struct worker {
     sigset_t sigs;
     mop_slot mop;
     worker_results_db *results_db; /* made on first use by the main thread */
+    worker_results_row results_row;
+    char results_bad_plan[256];    /* the dataset whose unreadable ETL plan was logged (once) */
     /* What was done, for the last log line (main thread only): jobs acked
      * and failed, visits committed, evaluations and test scores recorded;
      * released work and refused acks or commits are not counted. */
@@ -93,28 +105,29 @@ int worker_mop_reap(worker *w, queue_conn *q, cds_err *err);
 /* cds_results in the dataset's database (worker_results_db.c), through a
  * connection kept between calls.  Rows wait in the outbox of their database
  * in Redis (queue_outbox.c) until a worker has written them. */
-worker_results_db *worker_results_db_new(void);
+/* Every database try (connect, create the table, insert) of the writer
+ * ends within bound_ms (<= 0: WORKER_RESULTS_BOUND_MS). */
+#define WORKER_RESULTS_BOUND_MS 4000
+worker_results_db *worker_results_db_new(int64_t bound_ms);
 void worker_results_db_free(worker_results_db *db);
-/* Every database try (connect, create the table, insert) ends within
- * bound_ms (default 4000). */
-void worker_results_db_set_bound(worker_results_db *db, int64_t bound_ms);
 /* The database refused the row itself (its data: SQLSTATE class 22 or 23):
  * it would refuse it again. */
 #define WORKER_RESULTS_REFUSED 2
-/* Inserts one row: 0 (also when it was there already), -1 (the database
- * failed: try again later) or WORKER_RESULTS_REFUSED, with err saying why. */
+/* Writes one row, recorded at recorded_ms (wall clock; <= 0: now): 0 (when
+ * its (sweep, model, epoch) was there already, its other columns take the
+ * new values), -1 (the database failed: try again later) or
+ * WORKER_RESULTS_REFUSED, with err saying why. */
 int worker_results_db_insert(worker_results_db *db, const char *dsn, const char *sweep, int model, int epoch,
-                             const char *spec_json, const char *metrics_json, cds_err *err);
+                             int64_t recorded_ms, const char *spec_json, const char *metrics_json, cds_err *err);
 
 typedef struct worker_results_opts {
     const char *worker;  /* claims on outboxes are taken in this name */
-    int64_t bound_ms;    /* one database try at most */
     int64_t pass_ms;     /* a pass takes no new row after this */
     int64_t base_ms, cap_ms; /* backoff of the n-th failure in a row: min(cap, base*2^(n-1)) * U[0.5, 1] */
     int max_refusals;    /* a row the database refuses this often is set aside */
     int64_t claim_ms;    /* an outbox claim lapses after this (a worker that died) */
 } worker_results_opts;
-/* bound 4 s, pass 1 s, backoff 1 s doubling to 60 s, 3 refusals, claim 30 s. */
+/* pass 1 s, backoff 1 s doubling to 60 s, 3 refusals, claim 30 s. */
 void worker_results_default_opts(worker_results_opts *o, const char *worker);
 
 /* What one pass over an outbox did. */
@@ -127,8 +140,8 @@ typedef struct worker_results_pass {
     char why[CDS_ERR_MAX]; /* the last error */
 } worker_results_pass;
 /* Writes the rows of the outbox of DSN id `id` in order, as long as its
- * claim is free and its next try has come, for at most about pass_ms +
- * bound_ms.  Logs a set-aside row (WARN) and a backlog written after a
+ * claim is free and its next try has come, for at most about pass_ms + the
+ * writer's bound.  Logs a set-aside row (WARN) and a backlog written after a
  * failure (INFO).  -1 only when Redis failed. */
 int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, const worker_results_opts *o,
                          const cds_log *log, worker_results_pass *p, cds_err *err);
@@ -136,12 +149,18 @@ int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, c
  * WARN when it finds a database failing after it worked. */
 int worker_results_drain_due(worker_results_db *db, queue_conn *q, const worker_results_opts *o, const cds_log *log,
                              cds_err *err);
-/* The DSN of a dataset's ETL plan as rows carry it, malloc'd: with any
- * password taken out (Redis holds no passwords; libpq finds it in
- * PGPASSWORD or ~/.pgpass).  NULL for NULL. */
+/* The DSN of a dataset's ETL plan as its outbox names it, malloc'd:
+ * etl_dsn_redacted's (Redis holds no passwords; libpq finds it in
+ * PGPASSWORD or ~/.pgpass).  NULL for NULL and for a DSN libpq cannot
+ * parse. */
 char *worker_results_dsn(const char *dsn);
-/* The main loop's share: at most once a second (*next_ms, monotonic),
- * worker_results_drain_due with the default options. */
+/* This worker recorded model's epoch with a row for the database dsn: the
+ * next worker_results_tick runs at once and writes that outbox first. */
+void worker_results_recorded(worker *w, const char *sweep, int model, int epoch, const char *dsn);
+/* The main loop's share: once a second (*next_ms, monotonic), and at once
+ * after worker_results_recorded, worker_results_drain_due with the default
+ * options; logs one WARN when the recorded row stays in Redis because its
+ * database failed. */
 void worker_results_tick(worker *w, int64_t *next_ms);
 
 #endif

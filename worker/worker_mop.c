@@ -506,53 +506,43 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
 }
 
 /* The database an evaluation's cds_results row goes to: the DSN of the
- * dataset's ETL plan, without password (worker_results_dsn), malloc'd; ""
- * (each worker's libpq defaults, PGHOST and so on) for a plan that names
- * none.  A dataset made without a plan in Redis (by the cds-etl command)
- * has no database to write to: NULL, and no row is made. */
-static char *results_dsn(worker *w, const char *dataset)
+ * dataset's ETL plan, without secrets (worker_results_dsn), in *dsn
+ * (malloc'd); "" (each worker's libpq defaults, PGHOST and so on) for a
+ * plan that names none.  Three outcomes:
+ *   0, *dsn set   a row is made;
+ *   0, *dsn NULL  no row: the dataset was made without a plan in Redis (by
+ *                 the cds-etl command), so there is no database to write
+ *                 to; or its plan (or the plan's DSN) cannot be read, which
+ *                 is logged once per dataset: the result is recorded all
+ *                 the same, without its row (results.csv and Redis have it);
+ *   -1            Redis failed (err says why): nothing can be known.
+ */
+static int results_dsn(worker *w, const char *dataset, char **dsn, cds_err *err)
 {
-    cds_err err;
+    *dsn = NULL;
     char name[300];
     snprintf(name, sizeof name, "dataset:%s", dataset);
     json_t *rec = NULL;
-    if (WITH_RECONNECT(w, queue_record_get(w->q, name, &rec, &err)) != 0)
-        return NULL;
-    json_t *plan = json_loads(json_string_value(json_object_get(rec, "plan")) ?: "", 0, NULL);
-    const char *given = json_string_value(json_object_get(json_object_get(plan, "spec"), "dsn"));
-    char *dsn = plan ? worker_results_dsn(given ? given : "") : NULL;
+    int rc = WITH_RECONNECT(w, queue_record_get(w->q, name, &rec, err));
+    if (rc == QUEUE_NOT_FOUND)
+        return 0;
+    if (rc != 0)
+        return -1;
+    const char *text = json_string_value(json_object_get(rec, "plan"));
+    json_error_t je = {.text = "it holds no plan"};
+    json_t *plan = text ? json_loads(text, 0, &je) : NULL;
+    json_t *given = json_object_get(json_object_get(plan, "spec"), "dsn");
+    if (text && plan && (!given || json_is_string(given)))
+        *dsn = worker_results_dsn(json_string_value(given) ?: "");
+    if (text && !*dsn && strcmp(w->results_bad_plan, dataset) != 0) {
+        snprintf(w->results_bad_plan, sizeof w->results_bad_plan, "%s", dataset);
+        cds_logf(&w->log, CDS_LOG_WARN, "dataset %s: the ETL plan in Redis (%s, field plan) cannot be read (%s): its "
+                 "evaluations are recorded without a cds_results row; unload the dataset again to mend it",
+                 dataset, name, !plan ? je.text : "its spec.dsn is not a conninfo libpq can parse");
+    }
     json_decref(plan);
     json_decref(rec);
-    return dsn;
-}
-
-/* The row for cds_results was appended to its database's outbox in Redis
- * with the result (queue_mop_record_result_row); the worker that recorded it
- * writes it at once (with the rows before it, in order) unless the database
- * is backing off or another worker is writing that outbox, and says so,
- * once per row, when it stays in Redis because the database failed. */
-static void record_in_database(worker *w, const char *sweep, int m, int epoch, const char *dsn)
-{
-    /* The evaluation lease ended with the record (slot_finishing): a
-     * database try may take seconds, and the heartbeat leaves it alone. */
-    if (!dsn)
-        return;
-    cds_err err;
-    worker_results_opts o;
-    worker_results_pass p = {0};
-    char id[QUEUE_OUTBOX_ID_LEN];
-    queue_outbox_id(dsn, id);
-    worker_results_default_opts(&o, w->cfg->id);
-    if (!w->results_db && !(w->results_db = worker_results_db_new()))
-        cds_err_nomem(&err, "out of memory");
-    if (!w->results_db ||
-        WITH_RECONNECT(w, worker_results_drain(w->results_db, w->q, id, &o, &w->log, &p, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: its cds_results row is kept in Redis, not "
-                 "written now: %s (any worker writes it later)", sweep, m, epoch, err.msg);
-    else if (p.deferred)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results yet: %s; the row is "
-                 "kept in Redis (%lld rows wait for that database) and retried with backoff (jobctl results %s "
-                 "--check-db)", sweep, m, epoch, p.why, (long long)p.left, sweep);
+    return 0;
 }
 
 /* DATA_ROOT/sweeps/<S>/results.csv, one row per evaluated epoch (split
@@ -701,8 +691,23 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
-    char *dsn = results_dsn(w, v.dataset);
-    queue_outbox_row row = {.dsn = dsn, .epoch = e};
+    char *dsn = NULL;
+    if (text && results_dsn(w, v.dataset, &dsn, &err) != 0) {
+        /* Where its row goes is unknown: recording it without one would
+         * lose the row.  The evaluation goes back (uncounted when Redis is
+         * away or the worker stops; a refusal by Redis is an attempt, so it
+         * cannot come back for ever). */
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: result not recorded: reading the ETL plan of "
+                 "dataset %s: %s", sweep, m, e, v.dataset, err.msg);
+        if (atomic_load(&w->stop) >= 2 || queue_conn_broken(w->q))
+            end_eval(w, sweep, l, QUEUE_EVAL_BACK, NULL);
+        else
+            end_eval(w, sweep, l, QUEUE_EVAL_RETRY, err.msg);
+        free(text);
+        worker_set_current(w, NULL);
+        return;
+    }
+    queue_outbox_row row = {.dsn = dsn};
     if (text)
         slot_finishing(w);
     int rrc = text ? WITH_RECONNECT(w, queue_mop_record_result_row(w->q, sweep, l, text, vtop1, dsn ? &row : NULL,
@@ -726,8 +731,6 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
              va.loss_sum / van, vtop1, (double)va.top5 / van, iso);
     append_csv(w, sweep, line);
-    record_in_database(w, sweep, m, row.epoch, dsn);
-    free(dsn);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated, but for a failed model's: those
      * are what jobctl retry --from epoch-N can train on from. */
@@ -743,6 +746,11 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     } else if (!model_failed(w, sweep, m)) {
         unlink(file);
     }
+    /* Its cds_results row, kept in Redis with the result: the main loop's
+     * next results tick, at once (after the files above), writes it. */
+    if (dsn)
+        worker_results_recorded(w, sweep, m, e, dsn);
+    free(dsn);
     cds_logf(&w->log, CDS_LOG_INFO,
              "sweep %s model %d epoch %d: train loss %.4f top1 %.4f | valid loss %.4f top1 %.4f top5 %.4f%s", sweep, m,
              e, tr.loss_sum / trn, (double)tr.top1 / trn, va.loss_sum / van, vtop1, (double)va.top5 / van,

@@ -5,10 +5,11 @@
  * Rows travel through Redis.  Recording an evaluation appends its row to the
  * outbox of its database in the same script call (queue_mop_record_result_row),
  * and workers drain the outboxes into their databases (queue_outbox.c has the
- * protocol): the worker that recorded a row tries at once, and every MOP
- * worker's main loop looks once a second for outboxes whose next try has
- * come, so rows left by a database that was down, or by a worker that died,
- * are written by whoever is there when the database is back.  A pass holds
+ * protocol), all through one path: the main loop's results tick, which runs
+ * once a second and at once after the worker recorded an evaluation (then
+ * trying that row's outbox first, after the epoch files were dealt with), so
+ * rows left by a database that was down, or by a worker that died, are
+ * written by whoever is there when the database is back.  A pass holds
  * an outbox's claim, writes its rows head first, and removes each only after
  * the database accepted it; a failed try backs the whole outbox off, on one
  * schedule shared through Redis.  A row the database refuses for its data
@@ -32,11 +33,15 @@
  * DSN changes or the server dropped it; an insert that finds the connection
  * gone reconnects and tries once more.  The table is created once per
  * connection; each row is one INSERT in its own implicit transaction, so a
- * row is either there whole or not at all, and the primary key (sweep,
- * model, epoch) makes a row inserted twice (its drainer died before removing
- * it from Redis) one row: a unique violation counts as written.  The SQL
- * stays within PostgreSQL 9.4 (Greenplum 6): jsonb, CREATE TABLE IF NOT
- * EXISTS, no ON CONFLICT. */
+ * row is either there whole or not at all.  A row whose (sweep, model,
+ * epoch) is there already (a unique violation) is written by an UPDATE of
+ * the other columns: either it is the same row again (its drainer died
+ * before removing it from Redis: the same values), or the epoch was trained
+ * again (jobctl retry S/m --from) and its new metrics replace the old; rows
+ * reach the table in the order they were recorded, so the newest wins.
+ * recorded_at is when the result was recorded in Redis, not when the row
+ * reached the database.  The SQL stays within PostgreSQL 9.4 (Greenplum 6):
+ * jsonb, CREATE TABLE IF NOT EXISTS, no ON CONFLICT. */
 #include <errno.h>
 #include <libpq-fe.h>
 #include <poll.h>
@@ -47,6 +52,7 @@
 #include <jansson.h>
 
 #include "cds_util.h"
+#include "etl_unload.h"
 #include "worker_int.h"
 
 static const char create_sql[] =
@@ -56,17 +62,26 @@ static const char create_sql[] =
     " valid_rows bigint, valid_loss double precision, valid_top1 double precision, valid_top5 double precision,"
     " recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (sweep, model, epoch))";
 
-static const char insert_sql[] =
-    "INSERT INTO cds_results (sweep, model, epoch, spec, train_rows, train_loss, train_top1, valid_rows,"
-    " valid_loss, valid_top1, valid_top5)"
-    " SELECT $1, $2::int, $3::int, $4::jsonb, (m->>'train_rows')::bigint, (m->>'train_loss')::float8,"
-    " (m->>'train_top1')::float8, (m->>'valid_rows')::bigint, (m->>'valid_loss')::float8,"
-    " (m->>'valid_top1')::float8, (m->>'valid_top5')::float8 FROM (SELECT $5::jsonb AS m) s";
+/* The columns a row sets besides its key, and their values from $4 (the
+ * spec), m (the metrics, $5) and $6 (recorded_ms, NULL: now). */
+#define ROW_COLUMNS                                                                                                 \
+    "spec, train_rows, train_loss, train_top1, valid_rows, valid_loss, valid_top1, valid_top5, recorded_at"
+#define ROW_VALUES                                                                                                  \
+    "$4::jsonb, (m->>'train_rows')::bigint, (m->>'train_loss')::float8, (m->>'train_top1')::float8,"                \
+    " (m->>'valid_rows')::bigint, (m->>'valid_loss')::float8, (m->>'valid_top1')::float8,"                          \
+    " (m->>'valid_top5')::float8, coalesce(to_timestamp($6::bigint / 1000.0), now())"
+
+static const char insert_sql[] = "INSERT INTO cds_results (sweep, model, epoch, " ROW_COLUMNS ")"
+                                 " SELECT $1, $2::int, $3::int, " ROW_VALUES " FROM (SELECT $5::jsonb AS m) s";
+
+static const char update_sql[] = "UPDATE cds_results SET (" ROW_COLUMNS ") = (" ROW_VALUES ")"
+                                 " FROM (SELECT $5::jsonb AS m) s"
+                                 " WHERE sweep = $1 AND model = $2::int AND epoch = $3::int";
 
 void worker_results_default_opts(worker_results_opts *o, const char *worker)
 {
-    *o = (worker_results_opts){.worker = worker, .bound_ms = 4000, .pass_ms = 1000, .base_ms = 1000,
-                               .cap_ms = 60000, .max_refusals = 3, .claim_ms = 30000};
+    *o = (worker_results_opts){.worker = worker, .pass_ms = 1000, .base_ms = 1000, .cap_ms = 60000,
+                               .max_refusals = 3, .claim_ms = 30000};
 }
 
 /* "relation cds_results already exists, skipping" and the like: the table
@@ -83,17 +98,12 @@ struct worker_results_db {
     int64_t bound_ms;
 };
 
-worker_results_db *worker_results_db_new(void)
+worker_results_db *worker_results_db_new(int64_t bound_ms)
 {
     worker_results_db *db = calloc(1, sizeof(worker_results_db));
     if (db)
-        db->bound_ms = 4000;
+        db->bound_ms = bound_ms > 0 ? bound_ms : WORKER_RESULTS_BOUND_MS;
     return db;
-}
-
-void worker_results_db_set_bound(worker_results_db *db, int64_t bound_ms)
-{
-    db->bound_ms = bound_ms > 0 ? bound_ms : 4000;
 }
 
 static void drop_conn(worker_results_db *db)
@@ -114,22 +124,14 @@ void worker_results_db_free(worker_results_db *db)
     free(db);
 }
 
-/* libpq's messages end in a newline and may hold several lines: one line. */
-static void one_line(char *s)
-{
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-        s[--n] = '\0';
-    for (char *p = s; *p; p++)
-        if (*p == '\n' || *p == '\r' || *p == '\t')
-            *p = ' ';
-}
-
+/* libpq's messages end in a newline (cds_errf turns the ones inside into
+ * spaces): without it. */
 static int pg_errf(cds_err *err, const char *what, const char *pgmsg)
 {
-    cds_errf(err, "%s: %s", what, pgmsg && *pgmsg ? pgmsg : "no message from libpq");
-    one_line(err->msg);
-    return -1;
+    size_t n = pgmsg ? strlen(pgmsg) : 0;
+    while (n && (pgmsg[n - 1] == '\n' || pgmsg[n - 1] == ' '))
+        n--;
+    return n ? cds_errf(err, "%s: %.*s", what, (int)n, pgmsg) : cds_errf(err, "%s: no message from libpq", what);
 }
 
 /* Waits until c's socket is ready for one of events (POLLIN, POLLOUT) or
@@ -232,10 +234,11 @@ static PGresult *exec_bounded(PGconn *c, const char *sql, int n, const char *con
     return keep;
 }
 
-/* 0 when the statement ran; otherwise err says why and *state (may be NULL)
- * gets the SQLSTATE ("" when there is none: the connection failed). */
+/* 0 when the statement ran (*affected, may be NULL, gets the rows it
+ * touched); otherwise err says why and *state (may be NULL) gets the
+ * SQLSTATE ("" when there is none: the connection failed). */
 static int run(worker_results_db *db, const char *sql, int n, const char *const *params, int64_t deadline,
-               const char *what, char state[6], cds_err *err)
+               const char *what, char state[6], long long *affected, cds_err *err)
 {
     if (state)
         state[0] = '\0';
@@ -244,6 +247,8 @@ static int run(worker_results_db *db, const char *sql, int n, const char *const 
     if (!r)
         return -1;
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (ok && affected)
+        *affected = atoll(PQcmdTuples(r));
     if (!ok) {
         const char *s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         if (state && s)
@@ -254,36 +259,48 @@ static int run(worker_results_db *db, const char *sql, int n, const char *const 
     return ok ? 0 : -1;
 }
 
-static int insert_once(worker_results_db *db, const char *const params[5], int64_t deadline, cds_err *err)
+/* Bad data (class 22) or another constraint (23): this row will never go
+ * in, whatever the database's health. */
+static int refused(const char state[6])
+{
+    return strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0;
+}
+
+static int insert_once(worker_results_db *db, const char *const params[6], int64_t deadline, cds_err *err)
 {
     char state[6];
     /* Two workers creating the table at once can make one CREATE TABLE IF NOT
      * EXISTS fail (a unique violation in the catalog): the table exists
-     * then, so go on to the insert, which says so if it really does not. */
-    if (!db->created)
-        db->created = run(db, create_sql, 0, NULL, deadline, "creating cds_results", NULL, err) == 0;
-    if (PQstatus(db->c) != CONNECTION_OK)
-        return -1;
-    if (run(db, insert_sql, 5, params, deadline, "inserting into cds_results", state, err) == 0)
+     * then, so go on to the insert, which says so if it really does not.
+     * One that did not end (a time-out, a broken connection) leaves the
+     * connection unusable: its error is the one to report. */
+    if (!db->created) {
+        db->created = run(db, create_sql, 0, NULL, deadline, "creating cds_results", NULL, NULL, err) == 0;
+        if (!db->created && (PQstatus(db->c) != CONNECTION_OK || PQtransactionStatus(db->c) != PQTRANS_IDLE))
+            return -1;
+    }
+    if (run(db, insert_sql, 6, params, deadline, "inserting into cds_results", state, NULL, err) == 0)
         return 0;
-    /* An evaluation whose row was inserted but not yet removed from Redis
-     * (its drainer died in between) is the same row: keep the first. */
-    if (strcmp(state, "23505") == 0)
-        return 0;
-    /* Bad data (class 22) or another constraint (23): this row will never
-     * go in, whatever the database's health. */
-    if (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0)
-        return WORKER_RESULTS_REFUSED;
-    return -1;
+    if (strcmp(state, "23505") != 0)
+        return refused(state) ? WORKER_RESULTS_REFUSED : -1;
+    /* The key is there: the same row again, or the epoch trained again. */
+    long long n = 0;
+    if (run(db, update_sql, 6, params, deadline, "updating cds_results", state, &n, err) != 0)
+        return refused(state) ? WORKER_RESULTS_REFUSED : -1;
+    if (n != 1)
+        return cds_errf(err, "updating cds_results: the row of sweep %s model %s epoch %s went away between the "
+                             "insert and the update; it is tried again", params[0], params[1], params[2]);
+    return 0;
 }
 
 int worker_results_db_insert(worker_results_db *db, const char *dsn, const char *sweep, int model, int epoch,
-                             const char *spec_json, const char *metrics_json, cds_err *err)
+                             int64_t recorded_ms, const char *spec_json, const char *metrics_json, cds_err *err)
 {
-    char m[16], e[16];
+    char m[16], e[16], t[24];
     snprintf(m, sizeof m, "%d", model);
     snprintf(e, sizeof e, "%d", epoch);
-    const char *params[5] = {sweep, m, e, spec_json, metrics_json};
+    snprintf(t, sizeof t, "%lld", (long long)recorded_ms);
+    const char *params[6] = {sweep, m, e, spec_json, metrics_json, recorded_ms > 0 ? t : NULL};
     int64_t deadline = cds_mono_ms() + db->bound_ms;
     for (int attempt = 0;; attempt++) {
         if (open_conn(db, dsn ? dsn : "", deadline, err) != 0)
@@ -304,11 +321,13 @@ int worker_results_db_insert(worker_results_db *db, const char *dsn, const char 
 
 /* ---- draining the outboxes ------------------------------------------------- */
 
-/* One row of an outbox, as mop_result.lua wrote it. */
+/* One row of an outbox, as mop_result.lua wrote it (the DSN is the
+ * outbox's, in its state hash). */
 typedef struct row {
     json_t *j;
-    const char *sweep, *dsn;
+    const char *sweep;
     int model, epoch;
+    int64_t recorded_ms; /* 0: not known (now() then) */
     char *spec, *metrics;
 } row;
 
@@ -328,15 +347,16 @@ static int row_parse(const char *text, row *r, cds_err *err)
         return cds_errf(err, "the row kept in Redis is not JSON (%s at column %d)", je.text, je.column);
     json_t *m = json_object_get(r->j, "model"), *e = json_object_get(r->j, "epoch");
     json_t *spec = json_object_get(r->j, "spec"), *metrics = json_object_get(r->j, "metrics");
+    json_t *t = json_object_get(r->j, "recorded_ms");
     r->sweep = json_string_value(json_object_get(r->j, "sweep"));
-    r->dsn = json_string_value(json_object_get(r->j, "dsn"));
-    if (!r->sweep || !r->dsn || !json_is_integer(m) || !json_is_integer(e) || !json_is_object(spec) ||
+    if (!r->sweep || !json_is_integer(m) || !json_is_integer(e) || !json_is_object(spec) ||
         !json_is_object(metrics)) {
         row_free(r);
-        return cds_errf(err, "the row kept in Redis lacks sweep, dsn, model, epoch, spec or metrics");
+        return cds_errf(err, "the row kept in Redis lacks sweep, model, epoch, spec or metrics");
     }
     r->model = (int)json_integer_value(m);
     r->epoch = (int)json_integer_value(e);
+    r->recorded_ms = json_is_integer(t) ? json_integer_value(t) : 0;
     r->spec = json_dumps(spec, JSON_COMPACT);
     r->metrics = json_dumps(metrics, JSON_COMPACT);
     if (!r->spec || !r->metrics) {
@@ -346,15 +366,20 @@ static int row_parse(const char *text, row *r, cds_err *err)
     return 0;
 }
 
-/* Writes one head row: 0 written, -1 the database failed (retry), or
- * WORKER_RESULTS_REFUSED / WORKER_RESULTS_MALFORMED; *r gets the row's
- * identity for log lines (row_free it). */
+/* Writes one head row to dsn (NULL: the outbox's state lost it): 0
+ * written, -1 the database failed (retry), or WORKER_RESULTS_REFUSED /
+ * WORKER_RESULTS_MALFORMED; *r gets the row's identity for log lines
+ * (row_free it). */
 #define WORKER_RESULTS_MALFORMED 3
-static int write_row(worker_results_db *db, const char *text, row *r, cds_err *err)
+static int write_row(worker_results_db *db, const char *id, const char *dsn, const char *text, row *r, cds_err *err)
 {
     if (row_parse(text, r, err) != 0)
         return WORKER_RESULTS_MALFORMED;
-    return worker_results_db_insert(db, r->dsn, r->sweep, r->model, r->epoch, r->spec, r->metrics, err);
+    /* Only a hand-made state could lack it: wait (a retry) for its fix. */
+    if (!dsn)
+        return cds_errf(err, "the outbox's state has no dsn: set it (redis-cli HSET results:outbox:{%s}:state dsn "
+                             "'<conninfo of the dataset's database>', under the deployment's prefix)", id);
+    return worker_results_db_insert(db, dsn, r->sweep, r->model, r->epoch, r->recorded_ms, r->spec, r->metrics, err);
 }
 
 static void log_aside(const cds_log *log, const row *r, const char *why)
@@ -374,21 +399,23 @@ static void log_drained(const cds_log *log, const queue_outbox_head *h, const ch
 {
     if (log && h->failing_since_ms >= 0)
         cds_logf(log, CDS_LOG_INFO, "cds_results at '%s': every row kept in Redis while the database failed is "
-                 "written (it failed for %lld s)", dsn, (long long)((h->now_ms - h->failing_since_ms) / 1000));
+                 "written (it failed for %lld s)", dsn ? dsn : "",
+                 (long long)((h->now_ms - h->failing_since_ms) / 1000));
 }
 
 int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, const worker_results_opts *o,
                          const cds_log *log, worker_results_pass *p, cds_err *err)
 {
     memset(p, 0, sizeof *p);
-    worker_results_db_set_bound(db, o->bound_ms);
     queue_outbox_claim c = {.worker = o->worker, .claim_ms = o->claim_ms};
     snprintf(c.id, sizeof c.id, "%s", id);
     queue_outbox_head h;
     if (queue_outbox_take(q, &c, &h, err) != 0)
         return -1;
     int64_t until = cds_mono_ms() + o->pass_ms;
-    char dsn[1024] = "";
+    /* The outbox's DSN, as its first answer gave it (it is one DSN's). */
+    char *dsn = h.dsn;
+    h.dsn = NULL;
     int rc = 0;
     while (h.state == QUEUE_OUTBOX_ROW || (h.state == QUEUE_OUTBOX_ASIDE && h.row)) {
         if (cds_mono_ms() >= until) {
@@ -400,9 +427,7 @@ int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, c
         h.row = NULL;
         row r;
         cds_err why = {0};
-        int wrc = write_row(db, text, &r, &why);
-        if (r.dsn)
-            snprintf(dsn, sizeof dsn, "%s", r.dsn);
+        int wrc = write_row(db, id, dsn, text, &r, &why);
         queue_outbox_head_clear(&h);
         if (wrc == 0) {
             rc = queue_outbox_done(q, &c, text, &h, err);
@@ -435,6 +460,7 @@ int worker_results_drain(worker_results_db *db, queue_conn *q, const char *id, c
             log_drained(log, &h, dsn);
     }
     queue_outbox_head_clear(&h);
+    free(dsn);
     return rc;
 }
 
@@ -464,62 +490,67 @@ int worker_results_drain_due(worker_results_db *db, queue_conn *q, const worker_
 
 /* ---- in cds-worker ------------------------------------------------------------ */
 
-/* Appends " key='value'" to a conninfo at out + *o, quoted as libpq wants;
- * the caller sized out for it (strlen(key) + 2 * strlen(val) + 4). */
-static void conninfo_add(char *out, size_t *o, const char *key, const char *val)
-{
-    if (*o)
-        out[(*o)++] = ' ';
-    for (const char *p = key; *p; p++)
-        out[(*o)++] = *p;
-    out[(*o)++] = '=';
-    out[(*o)++] = '\'';
-    for (const char *p = val; *p; p++) {
-        if (*p == '\'' || *p == '\\')
-            out[(*o)++] = '\\';
-        out[(*o)++] = *p;
-    }
-    out[(*o)++] = '\'';
-    out[*o] = '\0';
-}
-
 char *worker_results_dsn(const char *dsn)
 {
     if (!dsn)
         return NULL;
+    /* etl_dsn_redacted would name no database: a placeholder. */
     char *msg = NULL;
     PQconninfoOption *opts = PQconninfoParse(dsn, &msg);
     PQfreemem(msg);
-    int has_password = 0;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++)
-        has_password |= strcmp(o->keyword, "password") == 0 && o->val && *o->val;
-    if (!has_password) {
-        PQconninfoFree(opts);
-        return strdup(dsn); /* a DSN libpq cannot parse stays as it is: the try says why */
-    }
-    size_t n = 1, used = 0;
-    for (PQconninfoOption *o = opts; o->keyword; o++)
-        if (o->val && *o->val)
-            n += strlen(o->keyword) + 2 * strlen(o->val) + 4;
-    char *out = calloc(1, n);
-    for (PQconninfoOption *o = opts; out && o->keyword; o++)
-        if (o->val && *o->val && strcmp(o->keyword, "password") != 0)
-            conninfo_add(out, &used, o->keyword, o->val);
+    if (!opts)
+        return NULL;
     PQconninfoFree(opts);
-    return out;
+    return etl_dsn_redacted(dsn);
+}
+
+void worker_results_recorded(worker *w, const char *sweep, int model, int epoch, const char *dsn)
+{
+    worker_results_row *r = &w->results_row;
+    r->pending = 1;
+    snprintf(r->sweep, sizeof r->sweep, "%s", sweep);
+    r->model = model;
+    r->epoch = epoch;
+    queue_outbox_id(dsn, r->id);
+}
+
+/* The row of the evaluation this worker just recorded: its outbox is tried
+ * first (with the rows before it, in order) unless the database is backing
+ * off or another worker is writing that outbox; one WARN when the row stays
+ * in Redis because the database failed (now or before). */
+static void write_recorded(worker *w, const worker_results_row *r, const worker_results_opts *o)
+{
+    cds_err err;
+    worker_results_pass p = {0};
+    if (!w->results_db ||
+        WITH_RECONNECT(w, worker_results_drain(w->results_db, w->q, r->id, o, &w->log, &p, &err)) != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: its cds_results row is kept in Redis, not "
+                 "written now: %s (any worker writes it later)", r->sweep, r->model, r->epoch,
+                 w->results_db ? err.msg : "out of memory");
+    else if (p.deferred)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results yet: %s; the row is "
+                 "kept in Redis (%lld rows wait for that database) and retried with backoff (jobctl results %s "
+                 "--check-db)", r->sweep, r->model, r->epoch, p.why, (long long)p.left, r->sweep);
 }
 
 void worker_results_tick(worker *w, int64_t *next_ms)
 {
     int64_t now = cds_mono_ms();
-    if (now < *next_ms)
+    if (now < *next_ms && !w->results_row.pending)
         return;
     *next_ms = now + 1000;
-    if (!w->results_db && !(w->results_db = worker_results_db_new()))
-        return; /* the rows wait in Redis for a worker with memory to spare */
+    if (!w->results_db)
+        w->results_db = worker_results_db_new(0); /* without it, the rows wait for a worker with memory to spare */
     worker_results_opts o;
     worker_results_default_opts(&o, w->cfg->id);
+    if (w->results_row.pending) {
+        w->results_row.pending = 0;
+        write_recorded(w, &w->results_row, &o);
+        /* The other outboxes get what is left of the pass, or the next tick. */
+        if ((o.pass_ms -= cds_mono_ms() - now) <= 0)
+            return;
+    }
     cds_err err;
-    if (WITH_RECONNECT(w, worker_results_drain_due(w->results_db, w->q, &o, &w->log, &err)) != 0)
+    if (w->results_db && WITH_RECONNECT(w, worker_results_drain_due(w->results_db, w->q, &o, &w->log, &err)) != 0)
         cds_logf(&w->log, CDS_LOG_WARN, "writing the cds_results rows kept in Redis: %s", err.msg);
 }

@@ -19,9 +19,10 @@
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
 --       7 evaling, 8 results; optional: 10 results:outbox (index),
 --       11 results:outbox:{<id>} (rows), 12 results:outbox:{<id>}:state
--- ARGV: 1 token, 2 model m, 3 epoch, 4 metrics JSON, 5 validation top-1;
---       with the outbox keys: 6 sweep id, 7 DSN (no password), 8 the epoch
---       as cds_results numbers it, 9 the DSN's outbox id
+-- ARGV: 1 token, 2 model m, 3 epoch (from 1, as cds_results numbers it too),
+--       4 metrics JSON, 5 validation top-1; with the outbox keys: 6 sweep id,
+--       7 DSN (no password; kept once, in the state hash, not in each row),
+--       8 the DSN's outbox id
 -- Returns {'best', previous best epoch or ''} | {'kept', best epoch}
 --       | {'lost'} | {'missing'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -40,12 +41,12 @@ redis.call('HSET', KEYS[8], p .. epoch, ARGV[4])
 if KEYS[12] then
   local spec = redis.call('HGET', KEYS[2], p .. 'spec')
   local row = '{"sweep":' .. cjson.encode(ARGV[6]) .. ',"model":' .. int(tonumber(m)) ..
-    ',"epoch":' .. int(tonumber(ARGV[8])) .. ',"dsn":' .. cjson.encode(ARGV[7]) ..
-    ',"recorded_ms":' .. int(now) .. ',"spec":' .. (spec or 'null') .. ',"metrics":' .. ARGV[4] .. '}'
+    ',"epoch":' .. int(tonumber(epoch)) .. ',"recorded_ms":' .. int(now) .. ',"spec":' .. (spec or 'null') ..
+    ',"metrics":' .. ARGV[4] .. '}'
   redis.call('RPUSH', KEYS[11], row)
   redis.call('HSET', KEYS[12], 'dsn', ARGV[7])
-  if not redis.call('ZSCORE', KEYS[10], ARGV[9]) then
-    redis.call('ZADD', KEYS[10], int(now), ARGV[9])
+  if not redis.call('ZSCORE', KEYS[10], ARGV[8]) then
+    redis.call('ZADD', KEYS[10], int(now), ARGV[8])
   end
 end
 

@@ -24,35 +24,41 @@
 --       as the last answer gave it); fail: 7 the error, 8 retry | refused |
 --       malformed, 9 backoff base ms, 10 cap ms, 11 factor in [0.5, 1] (the
 --       client draws it: scripts are deterministic), 12 max refusals
--- Returns {state, row, waiting, failures, refusals, next_try_ms, now_ms,
---          failing_since_ms, claim_by, last_error}, state being
+-- Returns {state, row, waiting, failures, now_ms, failing_since_ms,
+--          last_error, dsn}, dsn being the state's (nil when it has none:
+--          rows do not repeat it), state being
 --   row       the claim is this worker's; row is the head, to write next
 --   empty     nothing waits (failing_since_ms: since when the database had
---             been failing, '' if it had not)
---   later     the database is being retried with backoff: not before next_try_ms
---   busy      another worker's claim holds (claim_by)
+--             failed before the rows kept meanwhile were written, '' if it
+--             had not)
+--   later     the database is being retried with backoff (the index score
+--             says until when)
+--   busy      another worker's claim holds
 --   lost      this worker's claim was taken over: stop, write nothing more
 --   released  the claim is given back (release)
 --   aside     fail set the row aside; row is the next head ('' if none) and
 --             the claim still holds
+-- failing_since_ms is the start of the current outage: set by the first
+-- failure, cleared by the next row written; backlog_since_ms keeps it from
+-- then until the last row kept meanwhile is written, for the "backlog
+-- written" line, so a later outage starts its own time.
 local op, id, worker, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local claim_ms = tonumber(ARGV[5])
 local now = now_ms()
 
 local function answer(state, row, since)
-  local s = redis.call('HMGET', KEYS[3], 'failures', 'head_refusals', 'failing_since_ms', 'claim_by', 'last_error')
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  return {state, row or '', redis.call('LLEN', KEYS[2]), s[1] or '0', s[2] or '0', score or '', int(now),
-    since or s[3] or '', s[4] or '', s[5] or ''}
+  local s = redis.call('HMGET', KEYS[3], 'failures', 'failing_since_ms', 'last_error', 'dsn')
+  return {state, row or '', redis.call('LLEN', KEYS[2]), s[1] or '0', int(now), since or s[2] or '', s[3] or '',
+    s[4]}
 end
 
 -- Nothing left: the index entry and the state go; says since when the
 -- database had been failing, for the worker's "backlog written" line.
 local function emptied(state)
-  local since = redis.call('HGET', KEYS[3], 'failing_since_ms')
+  local s = redis.call('HMGET', KEYS[3], 'backlog_since_ms', 'failing_since_ms')
   redis.call('ZREM', KEYS[1], id)
   redis.call('DEL', KEYS[3])
-  return answer(state, '', since or '')
+  return answer(state, '', s[1] or s[2] or '')
 end
 
 local function hold_claim()
@@ -87,9 +93,14 @@ local is_head = redis.call('LINDEX', KEYS[2], 0) == row
 
 if op == 'done' then
   if is_head then redis.call('LPOP', KEYS[2]) end
+  -- The database takes rows again: the outage is over.
+  local since = redis.call('HGET', KEYS[3], 'failing_since_ms')
+  if since then
+    redis.call('HSET', KEYS[3], 'backlog_since_ms', since)
+    redis.call('HDEL', KEYS[3], 'failing_since_ms')
+  end
   if redis.call('LLEN', KEYS[2]) == 0 then return emptied('empty') end
   redis.call('HSET', KEYS[3], 'failures', '0', 'head_refusals', '0')
-  redis.call('HDEL', KEYS[3], 'next_try_ms')
   redis.call('ZADD', KEYS[1], int(now), id)
   hold_claim()
   return answer('row', redis.call('LINDEX', KEYS[2], 0))
@@ -111,9 +122,8 @@ if is_head and (kind == 'refused' or kind == 'malformed') then
   end
 end
 local failures = redis.call('HINCRBY', KEYS[3], 'failures', 1)
-local delay = math.floor(math.min(tonumber(ARGV[10]), tonumber(ARGV[9]) * 2 ^ (failures - 1)) * tonumber(ARGV[11]))
-local next_try = now + delay
-redis.call('HSET', KEYS[3], 'last_error', why, 'last_error_ms', int(now), 'next_try_ms', int(next_try))
+local next_try = now + backoff_ms(failures, tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]))
+redis.call('HSET', KEYS[3], 'last_error', why, 'last_error_ms', int(now))
 redis.call('HSETNX', KEYS[3], 'failing_since_ms', int(now))
 redis.call('HDEL', KEYS[3], 'claim_token', 'claim_by', 'claim_deadline')
 redis.call('ZADD', KEYS[1], int(next_try), id)
