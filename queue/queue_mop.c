@@ -790,7 +790,7 @@ int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, 
 }
 
 int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
-                     queue_mop_commit_result *res, cds_err *err)
+                     const char *metrics_json, queue_mop_commit_result *res, cds_err *err)
 {
     memset(res, 0, sizeof *res);
     if (!ckpt_path || !*ckpt_path || strlen(ckpt_path) >= QUEUE_MOP_PATH_MAX)
@@ -801,6 +801,7 @@ int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l,
         return -1;
     qargs_addf(&args, "%d", l->shard);
     qargs_add(&args, ckpt_path);
+    qargs_add(&args, metrics_json ? metrics_json : "");
     redisReply *r = NULL;
     int rc = run_on_lease(q, queue_lua_mop_commit, "commit", "committed", sweep, l, &args, &r, err);
     if (rc == QUEUE_NOT_FOUND)

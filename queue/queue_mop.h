@@ -178,9 +178,13 @@ typedef struct queue_mop_commit_result {
 
 /* Publishes the checkpoint the leased visit produced (already renamed into
  * place at ckpt_path) if the lease still holds: records the visit, bumps the
- * version, frees the model (or finishes it), wakes idle workers. */
+ * version, frees the model (or finishes it), wakes idle workers.  The
+ * visit's metrics (JSON, or NULL) go to the results hash as
+ * "<m>.<epoch>.train.<shard>" in the same script, before the epoch is
+ * queued for evaluation, so an evaluation never reads an epoch's visits
+ * with one missing. */
 int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
-                     queue_mop_commit_result *r, cds_err *err);
+                     const char *metrics_json, queue_mop_commit_result *r, cds_err *err);
 /* Gives the model back without a visit (drain, error that is not the
  * model's fault); 0, QUEUE_NOT_FOUND if the lease was already gone. */
 int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err);
@@ -225,10 +229,6 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
 
 /* ---- results (queue_mop_results.c) ---- */
 
-/* The metrics of a committed visit (after its commit was accepted), as
- * JSON: "<m>.<epoch>.train.<shard>" in the results hash. */
-int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard,
-                           const char *metrics_json, cds_err *err);
 /* Takes the oldest finished epoch waiting for evaluation, as a lease of
  * lease_ms (kind QUEUE_MOP_EVAL: model, epoch, version, token, deadline):
  * 1 with *l filled, 0 when none waits, -1 on error.  Renew it with

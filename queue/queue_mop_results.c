@@ -1,8 +1,8 @@
 /* queue_mop_results: what a sweep learnt, as workers report it.
  *
  *   sweep:{S}:results  hash  "<m>.<e>.train.<k>" = the JSON metrics of each committed visit (rows,
- *                             loss_sum, xent_sum, top1, top5, seconds, worker; written after its commit
- *                             was accepted), and "<m>.<e>" = the JSON metrics of epoch e (from 1) of
+ *                             loss_sum, xent_sum, top1, top5, seconds, worker; written by the commit
+ *                             script that accepted it), and "<m>.<e>" = the JSON metrics of epoch e (from 1) of
  *                             model m once it has been evaluated
  *
  * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
@@ -24,19 +24,6 @@ static int sweep_ok(const char *sweep, cds_err *err)
     return qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX) ? 0
                                                   : cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]",
                                                              sweep);
-}
-
-int queue_mop_record_visit(queue_conn *q, const char *sweep, int model, int epoch, int shard,
-                           const char *metrics_json, cds_err *err)
-{
-    if (sweep_ok(sweep, err) != 0)
-        return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "HSET");
-    qargs_key(&cmd, q, "sweep:{%s}:results", sweep);
-    qargs_addf(&cmd, "%d.%d.train.%d", model, epoch, shard);
-    qargs_add(&cmd, metrics_json ? metrics_json : "{}");
-    return qc_do(q, &cmd, err);
 }
 
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err)

@@ -146,7 +146,7 @@ static queue_mop_commit_result commit(queue_conn *q, const char *sweep, const qu
 {
     queue_mop_commit_result r;
     cds_err err;
-    if (queue_mop_commit(q, sweep, l, path, &r, &err) != 0) {
+    if (queue_mop_commit(q, sweep, l, path, NULL, &r, &err) != 0) {
         printf("# commit %s model %d: %s\n", sweep, l->model, err.msg);
         tap_bail("commit failed");
     }
@@ -711,6 +711,35 @@ static void finish_epoch(queue_conn *q, const char *sweep, const char *path)
         tap_bail("could not finish an epoch");
 }
 
+/* A visit's metrics are stored by the commit that accepts it, so an
+ * evaluation taken at once already sees them; a refused commit stores none. */
+static void test_commit_metrics(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_mop_lease l, e;
+    queue_mop_commit_result r;
+    create_sweep(q, "cm", 1, 1, 1);
+    ok(lease(q, "cm", 0, "cm-w0", SHORT_MS, &l, NULL) == 1, "lease a visit");
+    cds_sleep_ms(EXPIRE_WAIT_MS);
+    redisReply *x = rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
+    ok(queue_mop_commit(q, "cm", &l, "ckpt/late", "{\"rows\":7}", &r, &err) == 0 && !r.accepted &&
+           x->type == REDIS_REPLY_INTEGER && x->integer == 0,
+       "a refused commit stores no metrics");
+    freeReplyObject(x);
+    x = rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
+    ok(x->type == REDIS_REPLY_INTEGER && x->integer == 0, "...none after it either");
+    freeReplyObject(x);
+    int n, ne;
+    ok(queue_mop_reap(q, "cm", &n, &ne, &err) == 0 && n == 1 && lease(q, "cm", 0, "cm-w0", HOLD_MS, &l, NULL) == 1 &&
+           queue_mop_commit(q, "cm", &l, "ckpt/cm", "{\"rows\":7}", &r, &err) == 0 && r.accepted && r.epoch_done &&
+           queue_mop_take_eval(q, "cm", "cm-e", HOLD_MS, &e, &err) == 1,
+       "an accepted commit ends the epoch, whose evaluation is taken at once");
+    x = rcmd(c, "HGET %ssweep:{cm}:results 0.1.train.0", prefix);
+    ok(x->type == REDIS_REPLY_STRING && strcmp(x->str, "{\"rows\":7}") == 0,
+       "the visit's metrics are already there, stored by the commit");
+    freeReplyObject(x);
+}
+
 static void test_eval_lease(queue_conn *q, redisContext *c)
 {
     cds_err err;
@@ -1150,7 +1179,7 @@ static void *commit_later(void *arg)
         return NULL;
     cds_sleep_ms(lc->delay_ms);
     queue_mop_commit_result r;
-    lc->accepted = queue_mop_commit(q, lc->sweep, &lc->l, "ckpt/late", &r, &err) == 0 && r.accepted;
+    lc->accepted = queue_mop_commit(q, lc->sweep, &lc->l, "ckpt/late", NULL, &r, &err) == 0 && r.accepted;
     queue_close(q);
     return NULL;
 }
@@ -1259,7 +1288,7 @@ static void *hammer_worker(void *arg)
             h->crashes++;
             cds_sleep_ms(EXPIRE_WAIT_MS);
             queue_mop_commit_result r;
-            if (queue_mop_commit(q, "hammer", &l, "zombie", &r, &err) == 0 && r.accepted)
+            if (queue_mop_commit(q, "hammer", &l, "zombie", NULL, &r, &err) == 0 && r.accepted)
                 h->zombie_accepted++;
             continue;
         }
@@ -1276,7 +1305,7 @@ static void *hammer_worker(void *arg)
         char path[64];
         snprintf(path, sizeof path, "ckpt/m%d-e%d-k%d", m, l.epoch, shard);
         queue_mop_commit_result r;
-        if (queue_mop_commit(q, "hammer", &l, path, &r, &err) != 0 || !r.accepted) {
+        if (queue_mop_commit(q, "hammer", &l, path, NULL, &r, &err) != 0 || !r.accepted) {
             h->unexpected_loss++;
             continue;
         }
@@ -1346,6 +1375,7 @@ int main(void)
     test_states(q, c);
     test_many_models(q, c);
     test_model_control(q, c);
+    test_commit_metrics(q, c);
     test_eval_lease(q, c);
     test_test_claim(q, c);
     test_active_set(q, c);

@@ -260,7 +260,7 @@ static void record(queue_conn *q, const char *sweep, const char *dsn, const char
     cds_err err;
     int done = 0, is_best, prev;
     if (queue_mop_lease_model(q, sweep, 0, "trainer", 60000, &l, &done, &err) != 1 ||
-        queue_mop_commit(q, sweep, &l, "ckpt/x", &cr, &err) != 0 || !cr.accepted ||
+        queue_mop_commit(q, sweep, &l, "ckpt/x", NULL, &cr, &err) != 0 || !cr.accepted ||
         queue_mop_take_eval(q, sweep, "evaluator", 60000, &e, &err) != 1)
         tap_bail("cannot train and take an evaluation");
     queue_outbox_row row = {.dsn = dsn};

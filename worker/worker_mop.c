@@ -262,12 +262,12 @@ static void prune_model_dir(worker *w, const char *dir, int64_t version, const c
  * orphaned files removed), 0 refused (the file is deleted: the lease was
  * lost), -1 when Redis could not say (the file is kept: the commit may have
  * gone through, and deleting it could remove what Redis now points to). */
-static int commit_visit(worker *w, visit *v, const char *path, const char *dir, int keep_epoch,
+static int commit_visit(worker *w, visit *v, const char *path, const char *dir, int keep_epoch, const char *metrics,
                         queue_mop_commit_result *r)
 {
     cds_err err;
     slot_finishing(w);
-    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, r, &err)) != 0) {
+    if (WITH_RECONNECT(w, queue_mop_commit(w->q, v->sweep, &v->lease, path, metrics, r, &err)) != 0) {
         cds_logf(&w->log, CDS_LOG_ERROR, "sweep %s model %d: commit failed (%s); %s is kept in case it went through",
                  v->sweep, v->lease.model, err.msg, path);
         return -1;
@@ -317,24 +317,25 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, 
     int linked = epoch_end && link(path, epoch_file) == 0;
     if (epoch_end && !linked && errno != EEXIST)
         cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
-    queue_mop_commit_result r;
-    int c = commit_visit(w, v, path, dir, 1, &r);
-    if (c == 0 && linked)
-        unlink(epoch_file); /* refused: that epoch is someone else's to finish */
-    if (c != 1)
-        return -1;
+    /* The visit's metrics ride on the commit, so they are in Redis before
+     * the epoch it may complete is queued for evaluation. */
     json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I}", "rows", (json_int_t)st->rows, "loss_sum",
                           st->loss_sum, "xent_sum", st->xent_sum, "top1", (json_int_t)st->top1, "top5",
                           (json_int_t)st->top5, "seconds", st->seconds, "samples_per_s",
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", w->cfg->id, "version",
-                          (json_int_t)r.version);
-    char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+                          (json_int_t)v->lease.version + 1);
+    char *metrics = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
-    if (!text || WITH_RECONNECT(w, queue_mop_record_visit(w->q, v->sweep, v->lease.model, v->lease.epoch,
-                                                          v->lease.shard, text, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: the visit's metrics were not recorded: %s", v->sweep,
-                 v->lease.model, text ? err.msg : "out of memory");
-    free(text);
+    if (!metrics)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: out of memory: the visit's metrics are not recorded",
+                 v->sweep, v->lease.model);
+    queue_mop_commit_result r;
+    int c = commit_visit(w, v, path, dir, 1, metrics, &r);
+    free(metrics);
+    if (c == 0 && linked)
+        unlink(epoch_file); /* refused: that epoch is someone else's to finish */
+    if (c != 1)
+        return -1;
     double rows = st->rows ? (double)st->rows : 1.0;
     cds_logf(&w->log, CDS_LOG_INFO,
              "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s; committed v%lld%s",
@@ -394,7 +395,7 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
         return;
     }
     queue_mop_commit_result r;
-    if (commit_visit(w, v, path, dir, 0, &r) != 1) /* diag.sleep: nothing to evaluate */
+    if (commit_visit(w, v, path, dir, 0, NULL, &r) != 1) /* diag.sleep: nothing to evaluate */
         return;
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
              v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);

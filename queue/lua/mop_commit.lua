@@ -10,8 +10,11 @@
 -- resent after a lost reply hears the same answer rather than "lost", which
 -- would make its worker delete the checkpoint now in use.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
---       3 schedule, 4 evals, 6 wake
--- ARGV: 1 model m, 2 token, 3 shard k, 4 checkpoint path
+--       3 schedule, 4 evals, 6 wake, 8 results
+-- ARGV: 1 model m, 2 token, 3 shard k, 4 checkpoint path, 5 the visit's
+--       metrics (JSON, stored as results "<m>.<epoch>.train.<k>" before the
+--       epoch is queued for evaluation, so an evaluation sees all of them;
+--       '' for none)
 -- Returns {'committed', epoch_done, model_done, version, superseded}
 --       | {'lost'} | {'missing'}.
 local s = redis.call('HMGET', KEYS[1], 'shards', 'epochs', 'live', 'state')
@@ -33,6 +36,9 @@ local visited = string.sub(f[6], 1, k) .. '1' .. string.sub(f[6], k + 2)
 local version = tonumber(f[7]) + 1
 local superseded = f[8]
 redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, k, version, f[9]))
+if ARGV[5] and ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[8], string.format('%s.%d.train.%d', m, epoch, k), ARGV[5])
+end
 local epoch_done, model_done, state = 0, 0, 'idle'
 local _, visits = string.gsub(visited, '1', '')
 if visits == nshards then
