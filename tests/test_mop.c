@@ -33,34 +33,10 @@ static char prefix[64];
 
 /* ---- reading Redis as redis-cli would ------------------------------------ */
 
-static redisContext *raw_connect(void)
-{
-    queue_url u;
-    cds_err err;
-    if (queue_url_parse(test_redis_url(), &u, &err) != 0)
-        tap_bail("cannot parse CDS_TEST_REDIS_URL");
-    redisContext *c = u.is_unix ? redisConnectUnix(u.path) : redisConnect(u.host, u.port);
-    if (!c || c->err)
-        tap_bail("cannot connect to the test Redis");
-    freeReplyObject(redisCommand(c, "SELECT %d", u.db));
-    return c;
-}
-
-static redisReply *rcmd(redisContext *c, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(c, fmt, ap);
-    va_end(ap);
-    if (!r)
-        tap_bail("lost the raw Redis connection");
-    return r;
-}
-
 /* A field of the sweep hash ("" when absent), into buf. */
 static const char *sweep_field(redisContext *c, const char *sweep, const char *field, char *buf, size_t n)
 {
-    redisReply *r = rcmd(c, "HGET %ssweep:{%s} %s", prefix, sweep, field);
+    redisReply *r = test_rcmd(c, "HGET %ssweep:{%s} %s", prefix, sweep, field);
     snprintf(buf, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
     freeReplyObject(r);
     return buf;
@@ -68,7 +44,7 @@ static const char *sweep_field(redisContext *c, const char *sweep, const char *f
 
 static const char *model_field(redisContext *c, const char *sweep, int m, const char *field, char *buf, size_t n)
 {
-    redisReply *r = rcmd(c, "HGET %ssweep:{%s}:models %d.%s", prefix, sweep, m, field);
+    redisReply *r = test_rcmd(c, "HGET %ssweep:{%s}:models %d.%s", prefix, sweep, m, field);
     snprintf(buf, n, "%s", r->type == REDIS_REPLY_STRING ? r->str : "");
     freeReplyObject(r);
     return buf;
@@ -94,8 +70,8 @@ static int model_is(redisContext *c, const char *sweep, int m, const char *field
 
 static long long list_len(redisContext *c, const char *key_suffix, const char *sweep)
 {
-    redisReply *r = sweep ? rcmd(c, "LLEN %ssweep:{%s}:%s", prefix, sweep, key_suffix)
-                          : rcmd(c, "LLEN %s%s", prefix, key_suffix);
+    redisReply *r = sweep ? test_rcmd(c, "LLEN %ssweep:{%s}:%s", prefix, sweep, key_suffix)
+                          : test_rcmd(c, "LLEN %s%s", prefix, key_suffix);
     long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     freeReplyObject(r);
     return n;
@@ -163,7 +139,7 @@ typedef struct visit {
 /* Reads the schedule; returns the number of entries (at most max), -1 if one is malformed. */
 static int read_schedule(redisContext *c, const char *sweep, visit *v, int max)
 {
-    redisReply *r = rcmd(c, "LRANGE %ssweep:{%s}:schedule 0 -1", prefix, sweep);
+    redisReply *r = test_rcmd(c, "LRANGE %ssweep:{%s}:schedule 0 -1", prefix, sweep);
     int n = 0;
     for (size_t i = 0; i < r->elements && n < max; i++, n++)
         if (sscanf(r->element[i]->str, "%d %d %d %lld %63s", &v[n].m, &v[n].epoch, &v[n].shard, &v[n].version,
@@ -242,7 +218,7 @@ static void test_create(queue_conn *q, redisContext *c)
     ok(sweep_is(c, "create", "format", "2") && sweep_is(c, "create", "max_attempts", "5") &&
            sweep_is(c, "create", "backoff_base_ms", "1000") && sweep_is(c, "create", "backoff_cap_ms", "60000"),
        "the sweep says its epochs count from 1 (format 2) and holds the retry defaults (5 attempts, 1 s to 60 s)");
-    redisReply *r = rcmd(c, "ZSCORE %ssweeps create", prefix);
+    redisReply *r = test_rcmd(c, "ZSCORE %ssweeps create", prefix);
     ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, created) == 0, "the sweeps index holds it at its creation time");
     freeReplyObject(r);
 
@@ -276,7 +252,7 @@ static void test_create(queue_conn *q, redisContext *c)
     b.model_specs = bad_specs;
     ok(queue_sweep_create(q, &b, NULL, &err) == -1 && strstr(err.msg, "not valid JSON"), "a malformed model spec refused (%s)",
        err.msg);
-    r = rcmd(c, "EXISTS %ssweep:{shape}", prefix);
+    r = test_rcmd(c, "EXISTS %ssweep:{shape}", prefix);
     ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "refused sweeps leave no key");
     freeReplyObject(r);
 
@@ -355,7 +331,7 @@ static void test_simulation(queue_conn *q, redisContext *c)
        "leases go to the least advanced model, lowest index first (0 1 2 3)");
     check_schedule(c, "sim", M, K, E, NULL, "simulation");
 
-    redisReply *r = rcmd(c, "LRANGE %ssweep:{sim}:evals 0 -1", prefix);
+    redisReply *r = test_rcmd(c, "LRANGE %ssweep:{sim}:evals 0 -1", prefix);
     int evals_ok = r->elements == M * E;
     int eval_seen[M][E] = {{0}};
     for (size_t i = 0; evals_ok && i < r->elements; i++) {
@@ -681,7 +657,7 @@ static void test_model_control(queue_conn *q, redisContext *c)
 
 static long long hash_len(redisContext *c, const char *sweep, const char *suffix)
 {
-    redisReply *r = rcmd(c, "HLEN %ssweep:{%s}:%s", prefix, sweep, suffix);
+    redisReply *r = test_rcmd(c, "HLEN %ssweep:{%s}:%s", prefix, sweep, suffix);
     long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     freeReplyObject(r);
     return n;
@@ -689,7 +665,7 @@ static long long hash_len(redisContext *c, const char *sweep, const char *suffix
 
 static int has_result(redisContext *c, const char *sweep, const char *field)
 {
-    redisReply *r = rcmd(c, "HEXISTS %ssweep:{%s}:results %s", prefix, sweep, field);
+    redisReply *r = test_rcmd(c, "HEXISTS %ssweep:{%s}:results %s", prefix, sweep, field);
     int yes = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
     return yes;
@@ -697,7 +673,7 @@ static int has_result(redisContext *c, const char *sweep, const char *field)
 
 static int is_active(redisContext *c, const char *sweep)
 {
-    redisReply *r = rcmd(c, "ZSCORE %ssweeps:active %s", prefix, sweep);
+    redisReply *r = test_rcmd(c, "ZSCORE %ssweeps:active %s", prefix, sweep);
     int yes = r->type == REDIS_REPLY_STRING;
     freeReplyObject(r);
     return yes;
@@ -721,12 +697,12 @@ static void test_commit_metrics(queue_conn *q, redisContext *c)
     create_sweep(q, "cm", 1, 1, 1);
     ok(lease(q, "cm", 0, "cm-w0", SHORT_MS, &l, NULL) == 1, "lease a visit");
     cds_sleep_ms(EXPIRE_WAIT_MS);
-    redisReply *x = rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
+    redisReply *x = test_rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
     ok(queue_mop_commit(q, "cm", &l, "ckpt/late", "{\"rows\":7}", &r, &err) == 0 && !r.accepted &&
            x->type == REDIS_REPLY_INTEGER && x->integer == 0,
        "a refused commit stores no metrics");
     freeReplyObject(x);
-    x = rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
+    x = test_rcmd(c, "HEXISTS %ssweep:{cm}:results 0.1.train.0", prefix);
     ok(x->type == REDIS_REPLY_INTEGER && x->integer == 0, "...none after it either");
     freeReplyObject(x);
     int n, ne;
@@ -734,7 +710,7 @@ static void test_commit_metrics(queue_conn *q, redisContext *c)
            queue_mop_commit(q, "cm", &l, "ckpt/cm", "{\"rows\":7}", &r, &err) == 0 && r.accepted && r.epoch_done &&
            queue_mop_take_eval(q, "cm", "cm-e", HOLD_MS, &e, &err) == 1,
        "an accepted commit ends the epoch, whose evaluation is taken at once");
-    x = rcmd(c, "HGET %ssweep:{cm}:results 0.1.train.0", prefix);
+    x = test_rcmd(c, "HGET %ssweep:{cm}:results 0.1.train.0", prefix);
     ok(x->type == REDIS_REPLY_STRING && strcmp(x->str, "{\"rows\":7}") == 0,
        "the visit's metrics are already there, stored by the commit");
     freeReplyObject(x);
@@ -752,7 +728,7 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
            a.epoch == 1 && a.version == 1 && strlen(a.token) == 32,
        "take_eval leases model 0 epoch 1 version 1 with a token");
     char v[256] = "";
-    redisReply *r = rcmd(c, "HGET %ssweep:{ev}:evaling %s", prefix, a.token);
+    redisReply *r = test_rcmd(c, "HGET %ssweep:{ev}:evaling %s", prefix, a.token);
     if (r->type == REDIS_REPLY_STRING)
         snprintf(v, sizeof v, "%s", r->str);
     freeReplyObject(r);
@@ -824,7 +800,7 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
     for (int i = 0; i < 4; i++)
         back += queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 &&
                 queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_BACK, NULL, NULL, &err) == 0 && list_len(c, "evals", "evx") == 1;
-    r = rcmd(c, "HGET %ssweep:{evx}:models 0.eval_attempts.1", prefix);
+    r = test_rcmd(c, "HGET %ssweep:{evx}:models 0.eval_attempts.1", prefix);
     ok(back == 4 && r->type == REDIS_REPLY_NIL, "given back 4 times (a drain): still waiting, no attempt counted");
     freeReplyObject(r);
     int failed = 1;
@@ -832,14 +808,14 @@ static void test_eval_lease(queue_conn *q, redisContext *c)
            queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_RETRY, "CRC-32 mismatch", &failed, &err) == 0 && !failed &&
            model_is(c, "evx", 0, "eval_attempts.1", "1") && model_is(c, "evx", 0, "eval_last_error.1", "CRC-32 mismatch"),
        "a failed attempt is counted with its error, and is not the last (1 of 3)");
-    r = rcmd(c, "LINDEX %ssweep:{evx}:evals 0", prefix);
+    r = test_rcmd(c, "LINDEX %ssweep:{evx}:evals 0", prefix);
     long long due = 0;
     int parsed = r->type == REDIS_REPLY_STRING && sscanf(r->str, "0 1 1 %lld", &due) == 1;
     freeReplyObject(r);
     ok(parsed && due > 0 && queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &x, &err) == 0,
        "it waits in the list with its due time, and is not taken before it");
     for (int i = 2; i <= 3; i++) {
-        freeReplyObject(rcmd(c, "LSET %ssweep:{evx}:evals 0 %s", prefix, "0 1 1 1")); /* its backoff has passed */
+        freeReplyObject(test_rcmd(c, "LSET %ssweep:{evx}:evals 0 %s", prefix, "0 1 1 1")); /* its backoff has passed */
         ok(queue_mop_take_eval(q, "evx", "ev-a", HOLD_MS, &a, &err) == 1 && a.epoch == 1 &&
                queue_mop_put_eval(q, "evx", &a, QUEUE_EVAL_RETRY, "CRC-32 mismatch", &failed, &err) == 0 &&
                failed == (i == 3),
@@ -906,7 +882,7 @@ static void test_test_claim(queue_conn *q, redisContext *c)
  * minute, so nothing expires by itself while the test runs). */
 static void backoff_passes(redisContext *c, const char *sweep, int m)
 {
-    freeReplyObject(rcmd(c, "HSET %ssweep:{%s}:models %d.not_before 1", prefix, sweep, m));
+    freeReplyObject(test_rcmd(c, "HSET %ssweep:{%s}:models %d.not_before 1", prefix, sweep, m));
 }
 
 /* A visit that fails (a corrupt checkpoint, say) is an attempt, as a queue
@@ -981,8 +957,8 @@ static void test_retry_model(queue_conn *q, redisContext *c)
        "a model that is not failed is not retried (%s)", err.msg);
     ok(queue_mop_retry_model(q, "att", 9, NULL, 0, 0, &epoch, &err) == QUEUE_NOT_FOUND, "nor one that does not exist");
     /* As if its evaluations and test scoring were done. */
-    freeReplyObject(rcmd(c, "HSET %ssweep:{att} test {\"top1\":0.5}", prefix));
-    freeReplyObject(rcmd(c, "DEL %ssweep:{att}:evals", prefix));
+    freeReplyObject(test_rcmd(c, "HSET %ssweep:{att} test {\"top1\":0.5}", prefix));
+    freeReplyObject(test_rcmd(c, "DEL %ssweep:{att}:evals", prefix));
     ok(queue_mop_reap(q, "att", &n, &ne, &err) == 0 && !is_active(c, "att"), "the done sweep left the active set");
     ok(queue_mop_retry_model(q, "att", 0, NULL, 0, 0, &epoch, &err) == 0 && epoch == 1 &&
            model_is(c, "att", 0, "state", "idle") && model_is(c, "att", 0, "attempts", "0") &&
@@ -1037,26 +1013,26 @@ static void test_unique_sweep(queue_conn *q, redisContext *c)
     d.unique = "nightly-2026-12-02";
     ok(queue_sweep_create(q, &d, dup, &err) == 0 && dup[0] == '\0' && sweep_is(c, "u1", "unique", d.unique),
        "a sweep created with a unique key");
-    redisReply *r = rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
+    redisReply *r = test_rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
     ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, "u1") == 0, "the key names it");
     freeReplyObject(r);
     queue_sweep_def d2 = sweep_def("u2", 1, 1, 1);
     d2.unique = d.unique;
     ok(queue_sweep_create(q, &d2, dup, &err) == QUEUE_MOP_DUPLICATE && strcmp(dup, "u1") == 0,
        "a second create with the key names the live sweep u1 (%s)", dup);
-    r = rcmd(c, "EXISTS %ssweep:{u2}", prefix);
+    r = test_rcmd(c, "EXISTS %ssweep:{u2}", prefix);
     ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "and creates nothing");
     freeReplyObject(r);
-    freeReplyObject(rcmd(c, "HSET %ssweep:{u1} state done", prefix)); /* finished, not yet reaped */
+    freeReplyObject(test_rcmd(c, "HSET %ssweep:{u1} state done", prefix)); /* finished, not yet reaped */
     ok(queue_sweep_create(q, &d2, dup, &err) == 0, "once u1 is done the key makes a new sweep (%s)", err.msg);
-    r = rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
+    r = test_rcmd(c, "GET %ssweeps:unique:nightly-2026-12-02", prefix);
     ok(r->type == REDIS_REPLY_STRING && strcmp(r->str, "u2") == 0, "and names it");
     freeReplyObject(r);
     int n, ne;
     ok(queue_sweep_set_state(q, "u2", "cancelled", &err) == 0 && queue_mop_reap(q, "u2", &n, &ne, &err) == 0 &&
            !is_active(c, "u2"),
        "u2 is cancelled and reaped");
-    r = rcmd(c, "EXISTS %ssweeps:unique:nightly-2026-12-02", prefix);
+    r = test_rcmd(c, "EXISTS %ssweeps:unique:nightly-2026-12-02", prefix);
     ok(r->type == REDIS_REPLY_INTEGER && r->integer == 0, "the reaper freed the key with it");
     freeReplyObject(r);
     queue_sweep_def bad = sweep_def("u3", 1, 1, 1);
@@ -1086,7 +1062,7 @@ static void test_test_attempts(queue_conn *q, redisContext *c)
        "a failed test scoring is attempt 1 of 2; the claim ends, nothing recorded");
     ok(queue_mop_claim_test(q, "ta", "ta-b", HOLD_MS, &x, &err) == 0, "nobody claims it during its backoff");
     ok(queue_mop_fail_test(q, "ta", &a, "again", &failed, &err) == QUEUE_NOT_FOUND, "the ended claim cannot fail again");
-    freeReplyObject(rcmd(c, "HSET %ssweep:{ta} test_not_before 1", prefix));
+    freeReplyObject(test_rcmd(c, "HSET %ssweep:{ta} test_not_before 1", prefix));
     char test[512];
     ok(queue_mop_claim_test(q, "ta", "ta-b", HOLD_MS, &a, &err) == 1 &&
            queue_mop_fail_test(q, "ta", &a, "best-e1.ckpt: CRC-32 mismatch", &failed, &err) == 0 && failed &&
@@ -1144,18 +1120,18 @@ static void test_active_set(queue_conn *q, redisContext *c)
     queue_sweep_list_free(ids, nid);
 
     /* A deployment whose sweeps predate the active set: it is built once. */
-    freeReplyObject(rcmd(c, "DEL %ssweeps:active %ssweeps:active:built", prefix, prefix));
+    freeReplyObject(test_rcmd(c, "DEL %ssweeps:active %ssweeps:active:built", prefix, prefix));
     ok(queue_sweep_list_active(q, &ids, &nid, &err) == 0 && !in_list(ids, nid, "act") && in_list(ids, nid, "act2") &&
            !in_list(ids, nid, "tc") && in_list(ids, nid, "ev"),
        "without an active set, the first listing rebuilds it from the index: unfinished sweeps only (%zu)", nid);
     queue_sweep_list_free(ids, nid);
-    freeReplyObject(rcmd(c, "ZREM %ssweeps:active ev", prefix));
+    freeReplyObject(test_rcmd(c, "ZREM %ssweeps:active ev", prefix));
     ok(queue_sweep_list_active(q, &ids, &nid, &err) == 0 && !in_list(ids, nid, "ev"),
        "it is rebuilt only once (a marker key says so)");
     queue_sweep_list_free(ids, nid);
-    freeReplyObject(rcmd(c, "ZADD %ssweeps:active 1 ev", prefix));
+    freeReplyObject(test_rcmd(c, "ZADD %ssweeps:active 1 ev", prefix));
 
-    freeReplyObject(rcmd(c, "DEL %ssweep:{act2}", prefix));
+    freeReplyObject(test_rcmd(c, "DEL %ssweep:{act2}", prefix));
     ok(queue_mop_reap(q, "act2", &n, &ne, &err) == QUEUE_NOT_FOUND && !is_active(c, "act2"),
        "a sweep whose hash was deleted leaves the active set at the next reap");
 }
@@ -1187,7 +1163,7 @@ static void *commit_later(void *arg)
 static void test_wait(queue_conn *q, redisContext *c)
 {
     cds_err err;
-    freeReplyObject(rcmd(c, "DEL %smop:wake", prefix));
+    freeReplyObject(test_rcmd(c, "DEL %smop:wake", prefix));
     int64_t t0 = cds_mono_ms();
     int rc = queue_mop_wait(q, 1000, &err);
     int64_t dt = cds_mono_ms() - t0;
@@ -1201,7 +1177,7 @@ static void test_wait(queue_conn *q, redisContext *c)
     create_sweep(q, "waiting", 1, 1, 1);
     late_commit lc = {.sweep = "waiting", .delay_ms = 200};
     lease(q, "waiting", 0, "wait-w0", HOLD_MS, &lc.l, NULL);
-    freeReplyObject(rcmd(c, "DEL %smop:wake", prefix));
+    freeReplyObject(test_rcmd(c, "DEL %smop:wake", prefix));
     pthread_t th;
     pthread_create(&th, NULL, commit_later, &lc);
     t0 = cds_mono_ms();
@@ -1366,7 +1342,7 @@ static void test_concurrency(queue_conn *q, redisContext *c)
 int main(void)
 {
     queue_conn *q = test_connect("mop", prefix, sizeof prefix);
-    redisContext *c = raw_connect();
+    redisContext *c = test_raw_connect();
     test_create(q, c);
     test_simulation(q, c);
     test_lost_lease(q, c);

@@ -467,10 +467,7 @@ static void test_maintain_mutex(queue_conn *q)
     ok(queue_maintain(q, "reaper-a", NULL, &a, &err) == 0 && a.ran == 1, "a reaper takes the mutex and runs");
     ok(queue_maintain(q2, "reaper-b", NULL, &b, &err) == 0 && b.ran == 1, "the mutex is released after the pass");
     /* Hold the mutex from outside, as a reaper in the middle of its pass. */
-    queue_url u;
-    queue_url_parse(test_redis_url(), &u, &err);
-    redisContext *c = u.is_unix ? redisConnectUnix(u.path) : redisConnect(u.host, u.port);
-    freeReplyObject(redisCommand(c, "SELECT %d", u.db));
+    redisContext *c = test_raw_connect();
     freeReplyObject(redisCommand(c, "SET %sreaper:lock other-reaper PX 5000", prefix));
     ok(queue_maintain(q2, "reaper-b", NULL, &b, &err) == 0 && b.ran == 0, "a second reaper skips while the mutex is held");
     freeReplyObject(redisCommand(c, "DEL %sreaper:lock", prefix));

@@ -204,16 +204,8 @@ static void test_writer(const char *dsn)
 
 /* ---- the outbox ------------------------------------------------------------- */
 
-static redisReply *rcmd(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = redisvCommand(raw, fmt, ap);
-    va_end(ap);
-    if (!r)
-        tap_bail("lost the raw Redis connection");
-    return r;
-}
+/* A command on the raw connection (test_rcmd). */
+#define rcmd(...) test_rcmd(raw, __VA_ARGS__)
 
 static long long rint_of(const char *fmt, const char *a, const char *b)
 {
@@ -616,14 +608,7 @@ int main(int argc, char **argv)
     test_writer(dsn);
 
     queue_conn *q = test_connect("results-db", prefix, sizeof prefix);
-    queue_url u;
-    cds_err err;
-    if (queue_url_parse(test_redis_url(), &u, &err) != 0)
-        tap_bail("cannot parse CDS_TEST_REDIS_URL");
-    raw = u.is_unix ? redisConnectUnix(u.path) : redisConnect(u.host, u.port);
-    if (!raw || raw->err)
-        tap_bail("cannot connect to the test Redis");
-    freeReplyObject(redisCommand(raw, "SELECT %d", u.db));
+    raw = test_raw_connect();
     test_outbox(q, PQhost(admin), PQport(admin), PQuser(admin));
     redisFree(raw);
     queue_close(q);
