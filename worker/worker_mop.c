@@ -201,9 +201,10 @@ static void intact_older_note(worker *w, const visit *v, const char *failing, ch
         int ep;
         char tail;
         int b = sscanf(e->d_name, "best-e%d.ckp%c", &ep, &tail) == 2;
-        if ((b || sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) == 2) && strlen(e->d_name) < sizeof kept[0].name) {
+        size_t len = strlen(e->d_name);
+        if ((b || sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) == 2) && len < sizeof kept[0].name) {
             kept[nk] = (struct kept){.epoch = ep, .best = b};
-            snprintf(kept[nk++].name, sizeof kept[0].name, "%s", e->d_name);
+            memcpy(kept[nk++].name, e->d_name, len + 1);
         }
     }
     closedir(d);
