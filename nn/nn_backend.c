@@ -1,0 +1,50 @@
+/* nn_backend: choosing a device's table once, and the few calls on a
+ * context that are the same for every backend (see nn_backend.h). */
+#include "nn_backend.h"
+
+#include <string.h>
+
+int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err)
+{
+    memset(c, 0, sizeof *c);
+    c->dev = dev;
+    switch (dev) {
+    case NN_CPU:
+        c->be = &nn_backend_cpu;
+        break;
+    case NN_CUDA:
+        return cds_errf(err, "no %s backend in this build: train on the cpu device", nn_device_name(dev));
+    }
+    if (!c->be)
+        return cds_errf(err, "device %d is not one the engine knows: use cpu", (int)dev);
+    return c->be->ctx_init(c, err);
+}
+
+void nn_ctx_release(nn_ctx *c)
+{
+    if (c->be)
+        c->be->ctx_release(c);
+}
+
+void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes)
+{
+    if (bytes)
+        c->be->to_host(c, host, src, bytes);
+}
+
+void nn_ctx_from_host(const nn_ctx *c, void *dst, const void *host, size_t bytes)
+{
+    if (bytes)
+        c->be->from_host(c, dst, host, bytes);
+}
+
+void *nn_ctx_alloc(const nn_ctx *c, size_t bytes)
+{
+    return c->be->alloc(c, bytes ? bytes : 1);
+}
+
+void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes)
+{
+    if (p)
+        c->be->free(c, p, bytes ? bytes : 1);
+}
