@@ -4,20 +4,28 @@
 
 #include <string.h>
 
+int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err)
+{
+    memset(c, 0, sizeof *c);
+    c->be = be;
+    c->dev = be->dev;
+    if (be->ctx_init(c, err) != 0) {
+        c->be = NULL;
+        return -1;
+    }
+    return 0;
+}
+
 int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err)
 {
     memset(c, 0, sizeof *c);
-    c->dev = dev;
     switch (dev) {
     case NN_CPU:
-        c->be = &nn_backend_cpu;
-        break;
+        return nn_ctx_init_backend(c, &nn_backend_cpu, err);
     case NN_CUDA:
         return cds_errf(err, "no %s backend in this build: train on the cpu device", nn_device_name(dev));
     }
-    if (!c->be)
-        return cds_errf(err, "device %d is not one the engine knows: use cpu", (int)dev);
-    return c->be->ctx_init(c, err);
+    return cds_errf(err, "device %d is not one the engine knows: use cpu", (int)dev);
 }
 
 void nn_ctx_release(nn_ctx *c)

@@ -144,6 +144,9 @@ extern const nn_backend nn_backend_cpu;
 /* Makes a context on a device: picks its table, once.  Fails with a line
  * naming the device when this build has no backend for it. */
 int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err);
+/* The same with a given table (the generic kernel test runs each
+ * registered one). */
+int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err);
 /* Releases what the context holds (the guard build's list); its buffers
  * must have been freed. */
 void nn_ctx_release(nn_ctx *c);

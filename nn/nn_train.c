@@ -165,13 +165,18 @@ static int visit(nn_trainer *t, int shard_index, cds_err *err)
     return 0;
 }
 
-/* One training step on a batch: forward (its metrics folded on the device
- * as step t->step), backward, optimiser. */
-static int train_batch(nn_trainer *t, const nn_batch *b, int n, double lr, cds_err *err)
+int nn_trainer_forward_backward(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
+                                cds_err *err)
 {
     uint64_t dropout_seed = nn_rng_next(&t->rng);
-    if (nn_model_forward_acc(t->model, b->x, b->idx, b->y, n, 1, dropout_seed, t->cfg.l2, t->step, err) != 0 ||
-        nn_model_backward(t->model, err) != 0 || nn_optim_step(t->optim, lr, err) != 0)
+    if (nn_model_forward_acc(t->model, x, idx, labels, n, 1, dropout_seed, t->cfg.l2, t->step, err) != 0)
+        return -1;
+    return nn_model_backward(t->model, err);
+}
+
+int nn_trainer_optim_step(nn_trainer *t, cds_err *err)
+{
+    if (nn_optim_step(t->optim, nn_trainer_lr(t), err) != 0)
         return -1;
     t->step++;
     return 0;
@@ -187,26 +192,38 @@ static int diverged(nn_trainer *t, const nn_pass_acc *bad, double lr, cds_err *e
     return NN_TRAIN_DIVERGED;
 }
 
-int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
-                           void *ctx, nn_pass_stats *st, cds_err *err)
+/* Training steps over one shard: one pass in its order (steps < 0), or
+ * exactly `steps` steps, starting the shard again when it ends, each round
+ * in the order of the next epoch (round r: epoch + r). */
+static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps, nn_progress_fn progress,
+                      void *ctx, nn_pass_stats *st, cds_err *err)
 {
     memset(st, 0, sizeof *st);
     nn_data *d;
     if (open_shard(t, shard_dir, shard_index, 1, &d, err) != 0)
         return -1;
-    int64_t t0 = cds_mono_ms(), total = nn_data_rows(d), done = 0, last_read = t0 - READ_EVERY_MS;
+    int64_t t0 = cds_mono_ms(), total = nn_data_rows(d), done = 0, taken = 0, last_read = t0 - READ_EVERY_MS;
+    if (steps >= 0)
+        total = 0; /* not known in rows: the progress line shows rows done */
     double lr = nn_trainer_lr(t);
     start_sums(t, st);
-    int rc = nn_data_begin(d, t->epoch, err);
+    int rc = nn_data_begin(d, t->epoch, err), round = 0;
     nn_batch b;
     nn_pass_acc bad;
     int n = 0;
-    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
-        if (train_batch(t, &b, n, lr, err) != 0) {
+    while (rc == 0 && (steps < 0 || taken < steps)) {
+        if ((n = nn_data_next(d, &b, err)) == 0 && steps >= 0 && taken > 0) {
+            rc = nn_data_begin(d, t->epoch + ++round, err); /* wrap around */
+            continue;
+        }
+        if (n <= 0)
+            break;
+        if (nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 || nn_trainer_optim_step(t, err) != 0) {
             rc = -1;
             break;
         }
         done += n;
+        taken++;
         int64_t now = cds_mono_ms();
         if (now - last_read >= READ_EVERY_MS) {
             last_read = now;
@@ -215,9 +232,9 @@ int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index
                 break;
             }
         }
-        if (progress && progress(ctx, done, total, st) != 0) {
+        if (progress && progress(ctx, done, total ? total : done, st) != 0) {
             rc = NN_TRAIN_STOPPED;
-            cds_errf(err, "stopped after %lld of %lld rows", (long long)done, (long long)total);
+            cds_errf(err, "stopped after %lld of %lld rows", (long long)done, (long long)(total ? total : done));
             break;
         }
     }
@@ -229,9 +246,22 @@ int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     if (rc == NN_TRAIN_STOPPED || rc == NN_TRAIN_DIVERGED)
         return cds_err_wrap(err, "training on %s", shard_dir), rc;
-    if (rc != 0)
-        return cds_err_wrap(err, "training on %s", shard_dir);
-    return visit(t, shard_index, err);
+    return rc == 0 ? 0 : cds_err_wrap(err, "training on %s", shard_dir);
+}
+
+int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
+                           void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    int rc = train_pass(t, shard_dir, shard_index, -1, progress, ctx, st, err);
+    return rc != 0 ? rc : visit(t, shard_index, err);
+}
+
+int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps,
+                           nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    if (steps < 1)
+        return cds_errf(err, "training steps: %lld; give at least 1", (long long)steps);
+    return train_pass(t, shard_dir, shard_index, steps, progress, ctx, st, err);
 }
 
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)

@@ -575,11 +575,69 @@ static void test_err_kinds(void)
     ok(!cds_err_is_nomem(&e) && e.msg[0] == '\0', "clearing clears the mark");
 }
 
+/* For data-parallel training: the hook sees every parameter once, last
+ * first, as backward finishes it, and the dense gradients are one block in
+ * the documented layout (parameter order, each on a multiple of 16 floats). */
+typedef struct hook_log {
+    size_t order[256];
+    size_t n;
+} hook_log;
+
+static void log_param(void *ctx, size_t param)
+{
+    hook_log *h = ctx;
+    if (h->n < 256)
+        h->order[h->n] = param;
+    h->n++;
+}
+
+static void test_grad_hook_and_block(void)
+{
+    cds_err err;
+    nn_model *m = build("{\"arch\":\"resnet18\",\"input\":[3,16,16],\"classes\":5,\"width\":0.125}", 2, 4, &err);
+    ok(m != NULL, "a small resnet18 builds");
+    if (!m)
+        return;
+    hook_log h = {0};
+    nn_model_set_grad_hook(m, log_param, &h);
+    float x[2 * 3 * 16 * 16];
+    nn_rng r;
+    nn_rng_seed(&r, 8);
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++)
+        x[i] = (float)nn_rng_normal(&r);
+    int32_t y[2] = {1, 4};
+    nn_metrics mt;
+    int ran = nn_model_forward(m, x, NULL, y, 2, 1, 0, 0, &mt, &err) == 0 && nn_model_backward(m, &err) == 0;
+    size_t np = nn_model_param_count(m);
+    int reverse = ran && h.n == np;
+    for (size_t i = 0; reverse && i < np; i++)
+        reverse = h.order[i] == np - 1 - i;
+    ok(reverse, "the gradient hook is called once per parameter (%zu of %zu), in reverse parameter order", h.n, np);
+    nn_tensor block = nn_model_grad_block(m);
+    float *all = hc(m, &block);
+    size_t at = 0;
+    int laid_out = ran;
+    for (size_t i = 0; laid_out && i < np; i++) {
+        const nn_param *p = nn_model_param(m, i);
+        float *g = hc(m, &p->g);
+        laid_out = at + p->g.n <= block.n && memcmp(all + at, g, p->g.n * sizeof *g) == 0;
+        for (size_t j = at + p->g.n; laid_out && j < (at + p->g.n + 15) / 16 * 16; j++)
+            laid_out = all[j] == 0.0f;
+        at = (at + p->g.n + 15) / 16 * 16;
+        free(g);
+    }
+    ok(laid_out && at == block.n, "the dense gradients are one block of %zu floats: each parameter's after the "
+                                  "last, from a multiple of 16, zeros between", block.n);
+    free(all);
+    nn_model_free(m);
+}
+
 int main(void)
 {
     test_train_specs();
     test_lazy_specs();
     test_lazy_rows();
+    test_grad_hook_and_block();
     test_rows_exact();
     test_denormals();
     test_err_kinds();
