@@ -22,6 +22,7 @@
 #include "nn_backend.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -29,7 +30,6 @@
 #include "nn_par.h"
 
 #define CPU_ALIGN 64
-#define CPU_MAP_MIN ((size_t)1 << 20) /* blocks this large are mapped, not taken from the heap */
 #define PLAN_HEAD 64 /* the plan's descriptor, at the start of its buffer */
 _Static_assert(sizeof(nn_sparse_plan) <= PLAN_HEAD, "the sparse plan's descriptor outgrew its line");
 
@@ -66,7 +66,14 @@ static void cpu_ctx_release(nn_ctx *c)
 
 /* Zeroed memory.  A large block is mapped (pages the kernel gives zeroed
  * and touches only when written, as calloc did for a sparse model's dense
- * gradient, which an optimiser frees unused); a small one is aligned heap. */
+ * gradient, which an optimiser frees unused); a small one is aligned heap.
+ * Under AddressSanitizer every block comes from the heap, which it checks
+ * and caps (max_allocation_size_mb), as it did before this seam. */
+#if defined(__SANITIZE_ADDRESS__)
+#define CPU_MAP_MIN SIZE_MAX
+#else
+#define CPU_MAP_MIN ((size_t)1 << 20) /* blocks this large are mapped, not taken from the heap */
+#endif
 static void *cpu_alloc(const nn_ctx *c, size_t bytes)
 {
 #ifdef NN_GUARD

@@ -248,7 +248,8 @@ int nn_ckr_int(ck_reader *r, const char *what, int64_t min, int64_t max, int64_t
                       (long long)max);
     int64_t v = h.kind == MP_UINT ? (int64_t)h.u : h.i;
     if (v < min || v > max)
-        return nn_ckr_fail(r, h.at, "%s is %lld, not in %lld .. %lld", what, (long long)v, (long long)min, (long long)max);
+        return nn_ckr_fail(r, h.at, "%s is %lld, not in %lld .. %lld", what, (long long)v, (long long)min,
+                           (long long)max);
     *out = v;
     return 0;
 }

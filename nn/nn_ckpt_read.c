@@ -70,14 +70,15 @@ static int r_tensor_data(ck_reader *r, nn_ckpt_tensor *t, size_t bytes)
         if (nn_ckr_expect(r, &h, MP_BIN, "a tensor data chunk") != 0)
             return -1;
         if (h.n > bytes - got)
-            return nn_ckr_fail(r, h.at, "tensor %s: the data chunks hold more than the %zu bytes its shape needs", t->name,
-                          bytes);
+            return nn_ckr_fail(r, h.at, "tensor %s: the data chunks hold more than the %zu bytes its shape needs",
+                               t->name, bytes);
         if (nn_ckr_bytes(r, (char *)t->data + got, h.n) != 0)
             return -1;
         got += (size_t)h.n;
     }
     if (got != bytes)
-        return nn_ckr_fail(r, at, "tensor %s: the data chunks hold %zu bytes, its shape needs %zu", t->name, got, bytes);
+        return nn_ckr_fail(r, at, "tensor %s: the data chunks hold %zu bytes, its shape needs %zu", t->name, got,
+                           bytes);
     return 0;
 }
 
@@ -162,17 +163,19 @@ static int r_body(ck_reader *r, nn_ckpt *c)
     if (!ours)
         nn_ckr_fail(r, 0, "format is \"%.40s\", not \"%s\"", format, NN_CKPT_FORMAT);
     free(format);
-    if (!ours || nn_ckr_key(r, "format_version") != 0 || nn_ckr_int(r, "format_version", INT64_MIN, INT64_MAX, &version) != 0)
+    if (!ours || nn_ckr_key(r, "format_version") != 0 ||
+        nn_ckr_int(r, "format_version", INT64_MIN, INT64_MAX, &version) != 0)
         return -1;
     if (version != NN_CKPT_VERSION)
         return cds_errf(r->err, "checkpoint %s: format_version %lld is not supported (this build reads version %d); "
                         "use a build that matches the writer", r->path, (long long)version, NN_CKPT_VERSION);
     uint64_t rng_n;
-    if (nn_ckr_key(r, "spec") != 0 || nn_ckr_json_object(r, "spec", &c->spec_json) != 0 || nn_ckr_key(r, "hparams") != 0 ||
-        nn_ckr_json_object(r, "hparams", &c->hparams_json) != 0 || nn_ckr_key(r, "epoch") != 0 ||
-        nn_ckr_int(r, "epoch", INT64_MIN, INT64_MAX, &c->epoch) != 0 || nn_ckr_key(r, "step") != 0 ||
-        nn_ckr_int(r, "step", INT64_MIN, INT64_MAX, &c->step) != 0 || r_visited(r, c) != 0 || nn_ckr_key(r, "optimizer") != 0 ||
-        nn_ckr_str(r, "optimizer", &c->optimizer) != 0 || (!c->optimizer[0] && nn_ckr_fail(r, r->off, "optimizer is empty")) ||
+    if (nn_ckr_key(r, "spec") != 0 || nn_ckr_json_object(r, "spec", &c->spec_json) != 0 ||
+        nn_ckr_key(r, "hparams") != 0 || nn_ckr_json_object(r, "hparams", &c->hparams_json) != 0 ||
+        nn_ckr_key(r, "epoch") != 0 || nn_ckr_int(r, "epoch", INT64_MIN, INT64_MAX, &c->epoch) != 0 ||
+        nn_ckr_key(r, "step") != 0 || nn_ckr_int(r, "step", INT64_MIN, INT64_MAX, &c->step) != 0 ||
+        r_visited(r, c) != 0 || nn_ckr_key(r, "optimizer") != 0 || nn_ckr_str(r, "optimizer", &c->optimizer) != 0 ||
+        (!c->optimizer[0] && nn_ckr_fail(r, r->off, "optimizer is empty")) ||
         nn_ckr_key(r, "opt_t") != 0 ||
         nn_ckr_int(r, "opt_t", INT64_MIN, INT64_MAX, &c->opt_t) != 0 || nn_ckr_key(r, "rng") != 0 ||
         nn_ckr_count(r, MP_ARRAY, "rng", &rng_n) != 0)

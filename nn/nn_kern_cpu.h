@@ -1,8 +1,9 @@
 /* nn_kern_cpu: the CPU reference kernels of the training engine.
  *
  * Every kernel works on plain float arrays in row-major NCHW order and knows
- * nothing about tensors, devices or models: nn_ops dispatches to these (or to
- * the CUDA kernels) from the tensors' device.  Because they are the reference
+ * nothing about tensors, devices or models: the CPU backend's table
+ * (nn_backend_cpu.c) calls these, and nothing else in the engine does; a
+ * CUDA backend has its own table.  Because they are the reference
  * the CUDA backend is checked against, they favour being obviously right, and
  * the fast paths (GEMM through OpenBLAS, im2col) are themselves checked against
  * naive loops in the tests.

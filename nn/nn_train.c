@@ -4,7 +4,13 @@
  * weights, batch-norm running statistics, optimiser moments and step count,
  * epoch, global step, the shards visited in this epoch and the generator
  * that draws one dropout seed per training step.  Wall time is not state:
- * it goes to the caller's progress line only. */
+ * it goes to the caller's progress line only.
+ *
+ * The model lives on its device: a pass leaves each batch's loss and counts
+ * there, folded into the pass's sums, and reads the sums back at most once a
+ * second (the progress line, and whether a loss stopped being finite) and
+ * at the end; a checkpoint copies every tensor to the host, and a restore
+ * copies it back. */
 #include "nn_train.h"
 
 #include <jansson.h>
@@ -187,8 +193,8 @@ int nn_trainer_optim_step(nn_trainer *t, cds_err *err)
 static int diverged(nn_trainer *t, const nn_pass_acc *bad, double lr, cds_err *err)
 {
     t->step = bad->bad_step;
-    cds_errf(err, "the loss became %s at step %lld (lr %g): the model diverged", isnan(bad->bad_loss) ? "NaN" : "infinite",
-             (long long)bad->bad_step, lr);
+    cds_errf(err, "the loss became %s at step %lld (lr %g): the model diverged",
+             isnan(bad->bad_loss) ? "NaN" : "infinite", (long long)bad->bad_step, lr);
     return NN_TRAIN_DIVERGED;
 }
 

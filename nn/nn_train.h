@@ -23,8 +23,11 @@ typedef struct nn_pass_stats {
     double seconds;
 } nn_pass_stats;
 
-/* Called after each batch with rows done so far out of the pass's total;
- * a non-zero return stops the pass (nn_trainer_train_shard then fails with
+/* Called after each batch with rows done so far out of the pass's total
+ * (nn_trainer_train_steps: total is done); so_far holds the pass's sums as
+ * last read from the device, at most a second old (rows, loss and counts
+ * agree with one another; done may be ahead of so_far->rows).  A non-zero
+ * return stops the pass (nn_trainer_train_shard then fails with
  * NN_TRAIN_STOPPED and the trainer must not be saved: its state is mid-pass). */
 typedef int (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far);
 #define NN_TRAIN_STOPPED 2

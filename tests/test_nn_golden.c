@@ -196,7 +196,8 @@ static int untouched_rows_kept(nn_optim *o, nn_model *m, const golden_case *c, c
         if (!p->embedding || (int)i >= c->n_params)
             continue;
         const float *before = c->params[i].data, *torch = after[i].data;
-        float *mom = host_copy(m, nn_optim_state(o, 2 * i, NULL)), *vel = host_copy(m, nn_optim_state(o, 2 * i + 1, NULL));
+        float *mom = host_copy(m, nn_optim_state(o, 2 * i, NULL));
+        float *vel = host_copy(m, nn_optim_state(o, 2 * i + 1, NULL));
         float *w = host_copy(m, &p->w);
         size_t cols = (size_t)p->w.shape[1];
         int kept = 0;
