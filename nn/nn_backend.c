@@ -46,6 +46,11 @@ void nn_ctx_from_host(const nn_ctx *c, void *dst, const void *host, size_t bytes
         c->be->from_host(c, dst, host, bytes);
 }
 
+const void *nn_ctx_stage(const nn_ctx *c, void *dst, const void *host, size_t bytes)
+{
+    return bytes ? c->be->stage(c, dst, host, bytes) : dst;
+}
+
 void *nn_ctx_alloc(const nn_ctx *c, size_t bytes)
 {
     return c->be->alloc(c, bytes ? bytes : 1);

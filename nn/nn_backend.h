@@ -83,6 +83,11 @@ struct nn_backend {
     void (*memset)(const nn_ctx *c, void *p, int v, size_t bytes);
     void (*to_host)(const nn_ctx *c, void *host, const void *src, size_t bytes);
     void (*from_host)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+    /* Makes a batch on the host readable by the ops: copies it into dst and
+     * returns dst, or, on a device whose memory is the host's, may return
+     * host itself (no copy; the caller keeps it unchanged until the pass's
+     * backward is done, as nn_model_forward's caller does). */
+    const void *(*stage)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
     /* ---- workspace sizes, in bytes ---- */
     size_t (*conv2d_work)(const nn_ctx *c, const nn_conv_geom *g);
     size_t (*sparse_plan_work)(const nn_ctx *c, int N, int K);
@@ -154,6 +159,8 @@ void nn_ctx_release(nn_ctx *c);
 /* Copies between a tensor or buffer on the context's device and the host. */
 void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes);
 void nn_ctx_from_host(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+/* The backend's stage (above); dst when bytes is 0. */
+const void *nn_ctx_stage(const nn_ctx *c, void *dst, const void *host, size_t bytes);
 /* Device memory of the context, zeroed; NULL when out of memory. */
 void *nn_ctx_alloc(const nn_ctx *c, size_t bytes);
 void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes);

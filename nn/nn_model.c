@@ -104,6 +104,9 @@ static void resolve_buffers(nn_model *m)
         m->idx = nn_arena_buf(m->act, m->in_off, B * (size_t)m->nnz * sizeof(int32_t));
         m->plan = nn_arena_buf(m->act, m->plan_off, m->plan_bytes);
     }
+    m->x_dev = m->nodes[0].y.data;
+    m->idx_dev = m->idx.data;
+    m->lab_dev = m->labels.data;
 }
 
 /* ---------------------------------------------------------- initialising */

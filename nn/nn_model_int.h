@@ -70,8 +70,9 @@ struct nn_model {
     size_t work_bytes, work_off; /* convolution scratch */
     nn_buf work;
     size_t in_off, lab_off, plan_off, plan_bytes, met_off, acc_off;
-    nn_buf labels;          /* the batch's labels, copied in */
-    nn_buf idx;             /* sparse models: the batch's indices, copied in */
+    nn_buf labels;          /* the batch's labels, staged (nn_ctx_stage) */
+    nn_buf idx;             /* sparse models: the batch's indices, staged */
+    void *x_dev, *idx_dev, *lab_dev; /* where staging copies them: the arena's buffers */
     nn_buf plan;            /* sparse models: those indices grouped by row (nn_rows.h) */
     nn_buf metrics;         /* one nn_step_metrics: the last batch's loss and counts */
     nn_buf acc;             /* one nn_pass_acc: a pass's sums (nn_model_acc_*) */

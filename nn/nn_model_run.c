@@ -1,8 +1,9 @@
 /* nn_model_run: the forward and backward passes of a model (see nn_model.h
  * and nn_model_int.h).
  *
- * A pass copies the batch from the host into the model's input buffers
- * (floats, or indices and their plan), runs the node list through the ops of
+ * A pass stages the batch from the host for the ops (copied into the
+ * model's input buffers, or read in place where the device's memory is the
+ * host's: nn_ctx_stage), runs the node list through the ops of
  * the model's context, and leaves its results on the device: the loss and
  * top-k counts in one nn_step_metrics, which nn_model_forward copies back
  * and nn_model_forward_acc instead folds into the pass's sums (nn_pass_acc)
@@ -91,15 +92,18 @@ static int check_inputs(const nn_model *m, const int32_t *idx, const int32_t *la
     return 0;
 }
 
-/* Copies the batch (and its labels) from the host into the input buffers. */
-static void copy_batch_in(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n)
+/* Stages the batch (and its labels) for the ops: copied into the input
+ * buffers, or read where it is on a device whose memory is the host's. */
+static void stage_batch(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n)
 {
+    const nn_ctx *c = &m->ctx;
     if (m->sparse_dim)
-        nn_ctx_from_host(&m->ctx, m->idx.data, idx, (size_t)n * (size_t)m->nnz * sizeof(int32_t));
+        m->idx.data = (void *)nn_ctx_stage(c, m->idx_dev, idx, (size_t)n * (size_t)m->nnz * sizeof(int32_t));
     else
-        nn_ctx_from_host(&m->ctx, m->nodes[0].y.data, x, m->nodes[0].y.n * sizeof(float));
+        m->nodes[0].y.data = (float *)nn_ctx_stage(c, m->x_dev, x, (size_t)n * nn_model_node_per_row(&m->nodes[0]) *
+                                                                     sizeof(float));
     if (labels)
-        nn_ctx_from_host(&m->ctx, m->labels.data, labels, (size_t)n * sizeof(int32_t));
+        m->labels.data = (void *)nn_ctx_stage(c, m->lab_dev, labels, (size_t)n * sizeof(int32_t));
 }
 
 /* metrics.sumsq += Σw² over the decayed weights, in parameter order. */
@@ -124,8 +128,8 @@ static int run_forward(nn_model *m, const float *x, const int32_t *idx, const in
         return -1;
     m->trained = 0;
     m->n_cur = n;
+    stage_batch(m, x, idx, labels, n); /* first: a flatten of the input takes its pointer */
     shape_for_batch(m, n);
-    copy_batch_in(m, x, idx, labels, n);
     for (size_t i = 0; i < m->n_nodes; i++)
         if (forward_node(m, &m->nodes[i], train, dropout_seed, i, err) != 0)
             return -1;
