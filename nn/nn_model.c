@@ -49,16 +49,8 @@ static void plan_buffers(nn_model *m)
         node *n = &m->nodes[i];
         size_t elems = B * nn_model_node_per_row(n);
         n->has_grad = i != 0 && !(n->kind == K_FLATTEN && !m->nodes[n->in].has_grad);
-        if (n->kind == K_INPUT) {
-            /* the batch is copied in: indices for a sparse model, floats for a dense one */
-            if (m->sparse_dim)
-                m->in_off = nn_arena_reserve(m->act, B * (size_t)m->nnz * sizeof(int32_t));
-            else
-                n->y_off = nn_arena_reserve(m->act, elems * sizeof(float));
-            continue;
-        }
-        if (n->kind == K_FLATTEN)
-            continue; /* its memory is its input's */
+        if (n->kind == K_INPUT || n->kind == K_FLATTEN)
+            continue; /* the input is staged (below); a flatten's memory is its input's */
         n->y_off = nn_arena_reserve(m->act, elems * sizeof(float));
         n->dy_off = nn_arena_reserve(m->grad, elems * sizeof(float));
         n->aux_bytes = n->kind == K_BN        ? 2 * (size_t)n->c * sizeof(float)
@@ -69,6 +61,12 @@ static void plan_buffers(nn_model *m)
             n->aux_off = nn_arena_reserve(m->act, n->aux_bytes);
     }
     m->nodes[0].has_grad = 0;
+    /* Last, so that the buffers above keep the offsets they had when the
+     * input was read in place (the CPU still reads it there: nn_ctx_stage). */
+    if (m->sparse_dim)
+        m->in_off = nn_arena_reserve(m->act, B * (size_t)m->nnz * sizeof(int32_t));
+    else
+        m->nodes[0].y_off = nn_arena_reserve(m->act, B * nn_model_node_per_row(&m->nodes[0]) * sizeof(float));
     m->lab_off = nn_arena_reserve(m->act, B * sizeof(int32_t));
     m->met_off = nn_arena_reserve(m->act, sizeof(nn_step_metrics));
     m->acc_off = nn_arena_reserve(m->act, sizeof(nn_pass_acc));
