@@ -1,8 +1,9 @@
 /* nn_kern_cpu: the CPU reference kernels of the training engine.
  *
  * Every kernel works on plain float arrays in row-major NCHW order and knows
- * nothing about tensors, devices or models: nn_ops dispatches to these (or to
- * the CUDA kernels) from the tensors' device.  Because they are the reference
+ * nothing about tensors, devices or models: the CPU backend's table
+ * (nn_backend_cpu.c) calls these, and nothing else in the engine does; a
+ * CUDA backend has its own table.  Because they are the reference
  * the CUDA backend is checked against, they favour being obviously right, and
  * the fast paths (GEMM through OpenBLAS, im2col) are themselves checked against
  * naive loops in the tests.
@@ -26,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nn_geom.h"
 #include "nn_rows.h"
 
 /* ---- linear: y[N,O] = x[N,D] · w[O,D]^T + b[O] (D, not I: cblas.h brings
@@ -64,20 +66,7 @@ void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, con
  * untouched row. */
 void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O);
 
-/* ---- conv2d: square stride and padding, as every model here uses ---- */
-typedef struct nn_conv_geom {
-    int N, C, H, W;      /* input */
-    int OC, KH, KW;      /* weight [OC, C, KH, KW] */
-    int stride, pad;
-    int OH, OW;          /* output; filled by nn_conv_geom_init */
-    int threads;         /* threads the kernels split images across; set by nn_conv_geom_init from
-                            nn_par_threads(), and what nn_cpu_conv2d_work sizes the scratch for */
-    int taps;            /* 1: one GEMM per kernel tap (small maps), 0: im2col; set by nn_conv_geom_init
-                            from the shapes (rule in kern_conv.c); tests flip it, before sizing the
-                            scratch, to compare the two */
-} nn_conv_geom;
-/* Computes OH, OW; returns -1 when the output would be empty. */
-int nn_conv_geom_init(nn_conv_geom *g);
+/* ---- conv2d (geometry in nn_geom.h) ---- */
 /* Floats of scratch the forward and backward kernels need (im2col buffers
  * and private weight gradients, per thread). */
 size_t nn_cpu_conv2d_work(const nn_conv_geom *g);
@@ -87,15 +76,7 @@ void nn_cpu_conv2d_fwd(const nn_conv_geom *g, const float *x, const float *w, co
 void nn_cpu_conv2d_bwd(const nn_conv_geom *g, const float *x, const float *w, const float *dy, float *dx, float *dw,
                        float *db, float *work);
 
-/* ---- pooling: k×k window, square stride and padding ---- */
-typedef struct nn_pool_geom {
-    int N, C, H, W;
-    int k, stride, pad;
-    int OH, OW;          /* filled by nn_pool_geom_init (floor mode, as PyTorch and Keras 'valid') */
-} nn_pool_geom;
-/* Computes OH, OW; returns -1 when the output would be empty or pad > k/2
- * (PyTorch's rule: every window then holds a real element). */
-int nn_pool_geom_init(nn_pool_geom *g);
+/* ---- pooling (geometry in nn_geom.h) ---- */
 /* Max pooling; padding counts as -infinity (PyTorch).  argmax[N,C,OH,OW]
  * records the flat h*W+w of the winner within its (n,c) plane (the first one
  * on ties), for the backward pass. */
@@ -128,6 +109,8 @@ void nn_cpu_bn_bwd(const float *x, const float *gamma, const float *save_mean, c
 void nn_cpu_relu_fwd(const float *x, float *y, size_t n);         /* y may equal x */
 void nn_cpu_relu_bwd(const float *y, const float *dy, float *dx, size_t n); /* uses the output: dx += dy·[y>0] */
 void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n);
+/* dx += dy (the backward of add and of an identity shortcut). */
+void nn_cpu_acc(const float *dy, float *dx, size_t n);
 /* Dropout (inverted): y = x·mask/(1-p), mask[i] = 1 with probability 1-p,
  * drawn from a counter-based generator of (seed, i) alone, so the mask does
  * not depend on threads or on what ran before.  mask gets 0/1 bytes. */

@@ -7,13 +7,19 @@
  * backward in reverse, accumulating into the gradient of each node's inputs,
  * so a node read twice (the fork before a residual block) receives the sum.
  * Parameters are created in PyTorch's named_parameters() order, with its
- * names, which is what checkpoints and the golden tests rely on. */
+ * names, which is what checkpoints and the golden tests rely on.
+ *
+ * A model lives on one device, through its context (nn_model_ctx): the
+ * weights, gradients, buffers and activations are device memory, which the
+ * caller reads and writes with nn_model_read / nn_model_write, never
+ * through a tensor's pointer. */
 #ifndef CDS_NN_MODEL_H
 #define CDS_NN_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include "cds_err.h"
+#include "nn_backend.h"
 #include "nn_rows.h"
 #include "nn_tensor.h"
 
@@ -29,8 +35,10 @@ typedef struct nn_param {
      * when row_grad is set, nn_model_backward leaves in rows the gradient
      * as its rows of the batch's distinct input indices (nn_rows.h), as
      * sums the optimiser step takes; g has no data (its dense buffer is
-     * freed), and every row not listed has a gradient of exactly zero.  The sums read the model's
-     * plan and its dy: valid until the next forward pass. */
+     * freed), and every row not listed has a gradient of exactly zero.
+     * rows.plan and rows.dy point at the model's plan and dy on the device
+     * (rows.rows and n_rows stay empty: the backend reads them from the
+     * plan): valid until the next forward pass. */
     int row_grad;
     nn_row_grad rows;
 } nn_param;
@@ -74,6 +82,24 @@ nn_buffer *nn_model_buffer(nn_model *m, size_t i);
 /* Output shape of the last node, e.g. {N, classes}: for checks. */
 size_t nn_model_activation_bytes(const nn_model *m);
 
+/* The model's context: its device's backend, for ops on its tensors. */
+nn_ctx *nn_model_ctx(nn_model *m);
+/* Copies a tensor of the model (a parameter's w or g, a buffer, an
+ * optimiser's state) to or from t->n floats on the host. */
+void nn_model_read(nn_model *m, const nn_tensor *t, float *host);
+void nn_model_write(nn_model *m, nn_tensor *t, const float *host);
+/* The gradients of every dense parameter (all but a sparse mlp's
+ * fc0.weight) as one tensor on the device: parameter i's g starts at the
+ * next multiple of 16 floats after parameter i-1's (zeros between), in
+ * parameter order, so one all-reduce covers them all. */
+nn_tensor nn_model_grad_block(nn_model *m);
+/* Called by nn_model_backward as each parameter's gradient is final, in
+ * reverse parameter order (the last layer's first), with the parameter's
+ * index: data-parallel training reduces a bucket while backward goes on.
+ * NULL removes it. */
+typedef void (*nn_grad_hook)(void *ctx, size_t param);
+void nn_model_set_grad_hook(nn_model *m, nn_grad_hook fn, void *ctx);
+
 /* Forward pass over n rows: x (n samples of floats, dense models) or idx
  * (n·nnz indices, sparse models); labels may be NULL (no loss, e.g. for a
  * prediction).  train = 1 uses batch statistics and updates the running
@@ -81,6 +107,16 @@ size_t nn_model_activation_bytes(const nn_model *m);
  * l2·Σw² to out->loss.  Labels and indices are checked against the model. */
 int nn_model_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
                      uint64_t dropout_seed, double l2, nn_metrics *out, cds_err *err);
+/* The same pass with labels, but its metrics are folded on the device into
+ * the model's pass sums (nn_pass_acc, the batch being training step `step`)
+ * instead of copied back: a pass reads them once in a while
+ * (nn_model_acc_get), so the device never waits for the host. */
+int nn_model_forward_acc(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
+                         uint64_t dropout_seed, double l2, int64_t step, cds_err *err);
+/* Sets the pass sums (a pass starts from zeros with bad_step -1, or from
+ * the sums it adds to) and reads them back. */
+void nn_model_acc_set(nn_model *m, const nn_pass_acc *start);
+void nn_model_acc_get(nn_model *m, nn_pass_acc *out);
 /* Gradient of the mean cross-entropy of the last training forward with
  * respect to every parameter (written to each nn_param's g; the L2 term is
  * left to the optimiser). */
@@ -91,8 +127,8 @@ int nn_model_backward(nn_model *m, cds_err *err);
  * the backward pass then neither clears nor scans the whole [dim, out]
  * gradient.  Fails when the model has no sparse layer. */
 int nn_model_set_row_grads(nn_model *m, int on, cds_err *err);
-/* The logits of the last forward: n × classes floats. */
-const float *nn_model_logits(const nn_model *m);
+/* Copies the logits of the last forward (n × classes floats) to the host. */
+void nn_model_logits(nn_model *m, float *host);
 /* l2·Σw² over the decayed weights, in double. */
 double nn_model_l2(nn_model *m, double l2);
 

@@ -1,9 +1,10 @@
 /* nn_optim: train-spec parsing, learning-rate schedules and the SGD / Adam
  * optimisers over a model (see nn_optim.h).
  *
- * State tensors live in one block, laid out parameter by parameter (Adam:
- * m then v for each), and are named after their parameter so a checkpoint
- * can be read without knowing this layout.
+ * State tensors live in one block on the model's device, allocated through
+ * its backend and laid out parameter by parameter (Adam: m then v for
+ * each), and are named after their parameter so a checkpoint can be read
+ * without knowing this layout.
  *
  * A sparse model's embedding gradient is always taken row-sparse under an
  * optimiser: the backward packs the rows the batch touched, and the step
@@ -34,6 +35,7 @@ struct nn_optim {
     nn_tensor *state;
     char **names;
     float *block;
+    size_t block_bytes;
 };
 
 /* ------------------------------------------------------------ the spec */
@@ -265,12 +267,12 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
     o->names = calloc(o->n_state, sizeof *o->names);
     for (size_t i = 0; i < np; i++)
         total += (nn_model_param(m, i)->w.n + 15) / 16 * 16 * per;
-    o->block = aligned_alloc(64, (total ? total : 16) * sizeof(float));
+    o->block_bytes = (total ? total : 16) * sizeof(float);
+    o->block = nn_ctx_alloc(nn_model_ctx(m), o->block_bytes);
     if (!o->state || !o->names || !o->block) {
         nn_optim_free(o);
         return cds_err_nomem(err, "out of memory for the optimiser state of %zu parameters", nn_model_nparams(m)), NULL;
     }
-    memset(o->block, 0, (total ? total : 16) * sizeof(float));
     static const char *const prefix[2][2] = {{"buf:", NULL}, {"m:", "v:"}};
     size_t off = 0;
     for (size_t i = 0; i < np; i++) {
@@ -300,13 +302,15 @@ void nn_optim_free(nn_optim *o)
         free(o->names[i]);
     free(o->names);
     free(o->state);
-    free(o->block);
+    if (o->block)
+        nn_ctx_free(nn_model_ctx(o->model), o->block, o->block_bytes);
     free(o);
 }
 
 static int optim_step(nn_optim *o, double lr, cds_err *err)
 {
     const nn_train_cfg *c = o->cfg;
+    const nn_ctx *x = nn_model_ctx(o->model);
     o->t++;
     for (size_t i = 0; i < nn_model_param_count(o->model); i++) {
         nn_param *p = nn_model_param(o->model, i);
@@ -316,13 +320,13 @@ static int optim_step(nn_optim *o, double lr, cds_err *err)
         long t = (long)o->t;
         int rc;
         if (!p->row_grad)
-            rc = c->adam ? nn_op_adam_step(&p->w, &p->g, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
-                         : nn_op_sgd_step(&p->w, &p->g, s0, (float)lr, (float)c->momentum, l2, err);
+            rc = c->adam ? nn_op_adam_step(x, &p->w, &p->g, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
+                         : nn_op_sgd_step(x, &p->w, &p->g, s0, (float)lr, (float)c->momentum, l2, err);
         else if (c->lazy)
-            rc = nn_op_lazy_adam_step(&p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
+            rc = nn_op_lazy_adam_step(x, &p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
         else
-            rc = c->adam ? nn_op_adam_rows_step(&p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
-                         : nn_op_sgd_rows_step(&p->w, &p->rows, s0, (float)lr, (float)c->momentum, l2, err);
+            rc = c->adam ? nn_op_adam_rows_step(x, &p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
+                         : nn_op_sgd_rows_step(x, &p->w, &p->rows, s0, (float)lr, (float)c->momentum, l2, err);
         if (rc != 0)
             return -1;
     }

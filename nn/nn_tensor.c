@@ -1,17 +1,19 @@
-/* nn_tensor: tensor descriptors and the planned activation arena (see
- * nn_tensor.h).  Only the CPU arena is implemented here; a CUDA arena is the
- * same plan with cudaMalloc as the allocator, which nn_arena_commit refuses
- * with a clear line in a build without the CUDA backend. */
+/* nn_tensor: tensor descriptors and the planned arena (see nn_tensor.h).
+ * The arena is device-neutral: it sums reservations, then asks its
+ * context's backend for one block and clears it there; the backend decides
+ * what memory that is (aligned host pages, cudaMalloc). */
 #include "nn_tensor.h"
 
+#include "nn_backend.h"
+
 #include <stdlib.h>
-#include <string.h>
 
 #define NN_ARENA_ALIGN 64
 
 struct nn_arena {
-    nn_device dev;
+    const nn_ctx *ctx;
     size_t size;
+    size_t bytes; /* what was allocated: size, or one alignment unit for an empty plan */
     void *base;
 };
 
@@ -39,11 +41,11 @@ const char *nn_device_name(nn_device d)
     return d == NN_CPU ? "cpu" : "cuda";
 }
 
-nn_arena *nn_arena_new(nn_device dev)
+nn_arena *nn_arena_new(const nn_ctx *ctx)
 {
     nn_arena *a = calloc(1, sizeof *a);
     if (a)
-        a->dev = dev;
+        a->ctx = ctx;
     return a;
 }
 
@@ -54,23 +56,25 @@ size_t nn_arena_reserve(nn_arena *a, size_t bytes)
     return off;
 }
 
-int nn_arena_commit(nn_arena *a, cds_err *err)
+int nn_arena_commit(nn_arena *a, const char *what, cds_err *err)
 {
-    if (a->dev != NN_CPU)
-        return cds_errf(err, "the %s arena is not available in this build: train on the cpu device",
-                        nn_device_name(a->dev));
     size_t size = a->size ? a->size : NN_ARENA_ALIGN;
-    a->base = aligned_alloc(NN_ARENA_ALIGN, size);
+    a->base = nn_ctx_alloc(a->ctx, size);
     if (!a->base)
-        return cds_err_nomem(err, "out of memory allocating %.1f MiB of activations: use a smaller batch or model",
-                        (double)size / (1 << 20));
-    memset(a->base, 0, size);
+        return cds_err_nomem(err, "out of memory allocating %.1f MiB of %s on the %s device: use a smaller batch or "
+                             "model", (double)size / (1 << 20), what, nn_device_name(a->ctx->dev));
+    a->bytes = size;
     return 0;
 }
 
 void *nn_arena_at(const nn_arena *a, size_t offset)
 {
     return (char *)a->base + offset;
+}
+
+nn_buf nn_arena_buf(const nn_arena *a, size_t offset, size_t bytes)
+{
+    return (nn_buf){.dev = a->ctx->dev, .bytes = bytes, .data = (char *)a->base + offset};
 }
 
 size_t nn_arena_bytes(const nn_arena *a)
@@ -82,6 +86,7 @@ void nn_arena_free(nn_arena *a)
 {
     if (!a)
         return;
-    free(a->base);
+    if (a->base)
+        nn_ctx_free(a->ctx, a->base, a->bytes);
     free(a);
 }

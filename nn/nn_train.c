@@ -4,7 +4,13 @@
  * weights, batch-norm running statistics, optimiser moments and step count,
  * epoch, global step, the shards visited in this epoch and the generator
  * that draws one dropout seed per training step.  Wall time is not state:
- * it goes to the caller's progress line only. */
+ * it goes to the caller's progress line only.
+ *
+ * The model lives on its device: a pass leaves each batch's loss and counts
+ * there, folded into the pass's sums, and reads the sums back at most once a
+ * second (the progress line, and whether a loss stopped being finite) and
+ * at the end; a checkpoint copies every tensor to the host, and a restore
+ * copies it back. */
 #include "nn_train.h"
 
 #include <jansson.h>
@@ -123,14 +129,33 @@ static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuff
     return *out ? 0 : -1;
 }
 
-static void stats_add(nn_pass_stats *st, const nn_metrics *mt)
+/* The pass's sums as the device has them: at most once a second while a
+ * pass runs (the progress line's figures), and at its end.  Returns 1 when
+ * a loss was not finite, the step it happened at in *bad. */
+static int read_sums(nn_trainer *t, nn_pass_stats *st, nn_pass_acc *bad)
 {
-    st->rows += mt->n;
-    st->loss_sum += mt->loss * mt->n;
-    st->xent_sum += mt->xent * mt->n;
-    st->top1 += mt->top1;
-    st->top5 += mt->top5;
+    nn_pass_acc a;
+    nn_model_acc_get(t->model, &a);
+    st->rows = a.rows;
+    st->loss_sum = a.loss_sum;
+    st->xent_sum = a.xent_sum;
+    st->top1 = a.top1;
+    st->top5 = a.top5;
+    *bad = a;
+    return a.bad_step >= 0;
 }
+
+/* Starts the device's sums from *st (zeros for a training pass; what
+ * earlier shards summed for an evaluation), so they add up in the same
+ * order as they always have. */
+static void start_sums(nn_trainer *t, const nn_pass_stats *st)
+{
+    nn_pass_acc a = {.loss_sum = st->loss_sum, .xent_sum = st->xent_sum, .rows = st->rows, .top1 = st->top1,
+                     .top5 = st->top5, .bad_step = -1};
+    nn_model_acc_set(t->model, &a);
+}
+
+#define READ_EVERY_MS 1000
 
 static int visit(nn_trainer *t, int shard_index, cds_err *err)
 {
@@ -146,49 +171,103 @@ static int visit(nn_trainer *t, int shard_index, cds_err *err)
     return 0;
 }
 
-int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
-                           void *ctx, nn_pass_stats *st, cds_err *err)
+int nn_trainer_forward_backward(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
+                                cds_err *err)
+{
+    uint64_t dropout_seed = nn_rng_next(&t->rng);
+    if (nn_model_forward_acc(t->model, x, idx, labels, n, 1, dropout_seed, t->cfg.l2, t->step, err) != 0)
+        return -1;
+    return nn_model_backward(t->model, err);
+}
+
+int nn_trainer_optim_step(nn_trainer *t, cds_err *err)
+{
+    if (nn_optim_step(t->optim, nn_trainer_lr(t), err) != 0)
+        return -1;
+    t->step++;
+    return 0;
+}
+
+/* The loss became NaN or infinite at step bad->bad_step: the trainer
+ * counts the steps before it, as if it had stopped there. */
+static int diverged(nn_trainer *t, const nn_pass_acc *bad, double lr, cds_err *err)
+{
+    t->step = bad->bad_step;
+    cds_errf(err, "the loss became %s at step %lld (lr %g): the model diverged",
+             isnan(bad->bad_loss) ? "NaN" : "infinite", (long long)bad->bad_step, lr);
+    return NN_TRAIN_DIVERGED;
+}
+
+/* Training steps over one shard: one pass in its order (steps < 0), or
+ * exactly `steps` steps, starting the shard again when it ends, each round
+ * in the order of the next epoch (round r: epoch + r). */
+static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps, nn_progress_fn progress,
+                      void *ctx, nn_pass_stats *st, cds_err *err)
 {
     memset(st, 0, sizeof *st);
     nn_data *d;
     if (open_shard(t, shard_dir, shard_index, 1, &d, err) != 0)
         return -1;
-    int64_t t0 = cds_mono_ms(), total = nn_data_rows(d);
+    int64_t t0 = cds_mono_ms(), total = nn_data_rows(d), done = 0, taken = 0, last_read = t0 - READ_EVERY_MS;
+    if (steps >= 0)
+        total = 0; /* not known in rows: the progress line shows rows done */
     double lr = nn_trainer_lr(t);
-    int rc = nn_data_begin(d, t->epoch, err);
+    start_sums(t, st);
+    int rc = nn_data_begin(d, t->epoch, err), round = 0;
     nn_batch b;
-    int n;
-    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
-        nn_metrics mt;
-        uint64_t dropout_seed = nn_rng_next(&t->rng);
-        if (nn_model_forward(t->model, b.x, b.idx, b.y, n, 1, dropout_seed, t->cfg.l2, &mt, err) != 0 ||
-            nn_model_backward(t->model, err) != 0 || nn_optim_step(t->optim, lr, err) != 0) {
+    nn_pass_acc bad;
+    int n = 0;
+    while (rc == 0 && (steps < 0 || taken < steps)) {
+        if ((n = nn_data_next(d, &b, err)) == 0 && steps >= 0 && taken > 0) {
+            rc = nn_data_begin(d, t->epoch + ++round, err); /* wrap around */
+            continue;
+        }
+        if (n <= 0)
+            break;
+        if (nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 || nn_trainer_optim_step(t, err) != 0) {
             rc = -1;
             break;
         }
-        if (!isfinite(mt.loss)) {
-            rc = NN_TRAIN_DIVERGED;
-            cds_errf(err, "the loss became %s at step %lld (lr %g): the model diverged", isnan(mt.loss) ? "NaN" : "infinite",
-                     (long long)t->step, lr);
-            break;
+        done += n;
+        taken++;
+        int64_t now = cds_mono_ms();
+        if (now - last_read >= READ_EVERY_MS) {
+            last_read = now;
+            if (read_sums(t, st, &bad)) {
+                rc = diverged(t, &bad, lr, err);
+                break;
+            }
         }
-        t->step++;
-        stats_add(st, &mt);
-        if (progress && progress(ctx, st->rows, total, st) != 0) {
+        if (progress && progress(ctx, done, total ? total : done, st) != 0) {
             rc = NN_TRAIN_STOPPED;
-            cds_errf(err, "stopped after %lld of %lld rows", (long long)st->rows, (long long)total);
+            cds_errf(err, "stopped after %lld of %lld rows", (long long)done, (long long)(total ? total : done));
             break;
         }
     }
     if (rc == 0 && n < 0)
         rc = -1;
+    if ((rc == 0 || rc == NN_TRAIN_STOPPED) && read_sums(t, st, &bad))
+        rc = diverged(t, &bad, lr, err);
     nn_data_close(d);
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     if (rc == NN_TRAIN_STOPPED || rc == NN_TRAIN_DIVERGED)
         return cds_err_wrap(err, "training on %s", shard_dir), rc;
-    if (rc != 0)
-        return cds_err_wrap(err, "training on %s", shard_dir);
-    return visit(t, shard_index, err);
+    return rc == 0 ? 0 : cds_err_wrap(err, "training on %s", shard_dir);
+}
+
+int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
+                           void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    int rc = train_pass(t, shard_dir, shard_index, -1, progress, ctx, st, err);
+    return rc != 0 ? rc : visit(t, shard_index, err);
+}
+
+int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps,
+                           nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    if (steps < 1)
+        return cds_errf(err, "training steps: %lld; give at least 1", (long long)steps);
+    return train_pass(t, shard_dir, shard_index, steps, progress, ctx, st, err);
 }
 
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)
@@ -197,19 +276,18 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
     if (open_shard(t, shard_dir, 0, 0, &d, err) != 0)
         return -1;
     int64_t t0 = cds_mono_ms();
+    start_sums(t, st);
     int rc = nn_data_begin(d, 0, err);
     nn_batch b;
     int n = 0;
-    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
-        nn_metrics mt;
-        if (nn_model_forward(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, &mt, err) != 0) {
+    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0)
+        if (nn_model_forward_acc(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, 0, err) != 0)
             rc = -1;
-            break;
-        }
-        stats_add(st, &mt);
-    }
     if (rc == 0 && n < 0)
         rc = -1;
+    nn_pass_acc sums;
+    if (rc == 0)
+        read_sums(t, st, &sums);
     nn_data_close(d);
     st->seconds += (double)(cds_mono_ms() - t0) / 1000.0;
     return rc == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);
@@ -223,7 +301,9 @@ void nn_trainer_end_epoch(nn_trainer *t)
 
 /* -------------------------------------------------------- checkpoints */
 
-static nn_ckpt_tensor as_ckpt(const char *name, const nn_tensor *x)
+/* A checkpoint tensor over host memory at *at (advanced by x's size),
+ * holding a copy of x. */
+static nn_ckpt_tensor as_ckpt(nn_model *m, const char *name, const nn_tensor *x, float **at)
 {
     nn_ckpt_tensor c;
     memset(&c, 0, sizeof c);
@@ -231,50 +311,71 @@ static nn_ckpt_tensor as_ckpt(const char *name, const nn_tensor *x)
     c.ndim = x->ndim;
     for (int i = 0; i < x->ndim; i++)
         c.shape[i] = x->shape[i];
-    c.data = x->data;
+    c.data = *at;
+    nn_model_read(m, x, c.data);
+    *at += x->n;
     return c;
+}
+
+/* The state to save, copied from the device into one host block (*host,
+ * freed by the caller). */
+static int save_list(nn_trainer *t, nn_ckpt *c, float **host, cds_err *err)
+{
+    nn_model *m = t->model;
+    size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m), ns = nn_optim_state_count(t->optim);
+    size_t floats = 1;
+    for (size_t i = 0; i < np; i++)
+        floats += nn_model_param(m, i)->w.n;
+    for (size_t i = 0; i < nb; i++)
+        floats += nn_model_buffer(m, i)->t.n;
+    for (size_t i = 0; i < ns; i++)
+        floats += nn_optim_state(t->optim, i, NULL)->n;
+    c->params = calloc(np + nb + 1, sizeof *c->params);
+    c->opt_state = calloc(ns + 1, sizeof *c->opt_state);
+    *host = malloc(floats * sizeof(float));
+    if (!c->params || !c->opt_state || !*host)
+        return cds_err_nomem(err, "out of memory for a host copy of %zu values to checkpoint", floats - 1);
+    float *at = *host;
+    for (size_t i = 0; i < np; i++)
+        c->params[c->n_params++] = as_ckpt(m, nn_model_param(m, i)->name, &nn_model_param(m, i)->w, &at);
+    for (size_t i = 0; i < nb; i++)
+        c->params[c->n_params++] = as_ckpt(m, nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t, &at);
+    for (size_t i = 0; i < ns; i++) {
+        const char *name;
+        nn_tensor *x = nn_optim_state(t->optim, i, &name);
+        c->opt_state[c->n_opt_state++] = as_ckpt(m, name, x, &at);
+    }
+    return 0;
 }
 
 int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err)
 {
     nn_model *m = t->model;
-    size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m), ns = nn_optim_state_count(t->optim);
     nn_ckpt c;
     memset(&c, 0, sizeof c);
-    c.params = calloc(np + nb + 1, sizeof *c.params);
-    c.opt_state = calloc(ns + 1, sizeof *c.opt_state);
-    if (!c.params || !c.opt_state) {
-        free(c.params);
-        free(c.opt_state);
-        return cds_err_nomem(err, "out of memory");
+    float *host = NULL;
+    int rc = save_list(t, &c, &host, err);
+    if (rc == 0) {
+        c.spec_json = (char *)nn_model_spec(m);
+        c.hparams_json = t->cfg.json;
+        c.epoch = t->epoch;
+        c.step = t->step;
+        c.visited = t->visited;
+        c.n_visited = t->n_visited;
+        c.optimizer = (char *)nn_optim_name(t->optim);
+        c.opt_t = nn_optim_t(t->optim);
+        memcpy(c.rng, t->rng.s, sizeof c.rng);
+        rc = nn_ckpt_save(path, &c, err);
     }
-    for (size_t i = 0; i < np; i++)
-        c.params[c.n_params++] = as_ckpt(nn_model_param(m, i)->name, &nn_model_param(m, i)->w);
-    for (size_t i = 0; i < nb; i++)
-        c.params[c.n_params++] = as_ckpt(nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t);
-    for (size_t i = 0; i < ns; i++) {
-        const char *name;
-        nn_tensor *x = nn_optim_state(t->optim, i, &name);
-        c.opt_state[c.n_opt_state++] = as_ckpt(name, x);
-    }
-    c.spec_json = (char *)nn_model_spec(m);
-    c.hparams_json = t->cfg.json;
-    c.epoch = t->epoch;
-    c.step = t->step;
-    c.visited = t->visited;
-    c.n_visited = t->n_visited;
-    c.optimizer = (char *)nn_optim_name(t->optim);
-    c.opt_t = nn_optim_t(t->optim);
-    memcpy(c.rng, t->rng.s, sizeof c.rng);
-    int rc = nn_ckpt_save(path, &c, err);
+    free(host);
     free(c.params);
     free(c.opt_state);
     return rc;
 }
 
 /* Copies a checkpoint tensor into a model tensor of the same name and shape. */
-static int restore(const nn_ckpt_tensor *all, size_t n, const char *name, nn_tensor *dst, const char *path,
-                   cds_err *err)
+static int restore(nn_model *m, const nn_ckpt_tensor *all, size_t n, const char *name, nn_tensor *dst,
+                   const char *path, cds_err *err)
 {
     const nn_ckpt_tensor *s = nn_ckpt_find(all, n, name);
     if (!s)
@@ -285,7 +386,7 @@ static int restore(const nn_ckpt_tensor *all, size_t n, const char *name, nn_ten
     if (count != dst->n || s->ndim != dst->ndim)
         return cds_errf(err, "checkpoint %s: tensor %s has %zu values, the model %zu: it was written for another model",
                         path, name, count, dst->n);
-    memcpy(dst->data, s->data, count * sizeof(float));
+    nn_model_write(m, dst, s->data);
     return 0;
 }
 
@@ -300,15 +401,15 @@ static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, cds_er
         return cds_errf(err, "checkpoint %s was written by %s, the spec says %s", path, c->optimizer,
                         nn_optim_name(t->optim));
     for (size_t i = 0; i < np; i++)
-        if (restore(c->params, c->n_params, nn_model_param(m, i)->name, &nn_model_param(m, i)->w, path, err) != 0)
+        if (restore(m, c->params, c->n_params, nn_model_param(m, i)->name, &nn_model_param(m, i)->w, path, err) != 0)
             return -1;
     for (size_t i = 0; i < nb; i++)
-        if (restore(c->params, c->n_params, nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t, path, err) != 0)
+        if (restore(m, c->params, c->n_params, nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t, path, err) != 0)
             return -1;
     for (size_t i = 0; i < nn_optim_state_count(t->optim); i++) {
         const char *name;
         nn_tensor *x = nn_optim_state(t->optim, i, &name);
-        if (restore(c->opt_state, c->n_opt_state, name, x, path, err) != 0)
+        if (restore(m, c->opt_state, c->n_opt_state, name, x, path, err) != 0)
             return -1;
     }
     nn_optim_set_t(t->optim, c->opt_t);

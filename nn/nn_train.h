@@ -23,8 +23,11 @@ typedef struct nn_pass_stats {
     double seconds;
 } nn_pass_stats;
 
-/* Called after each batch with rows done so far out of the pass's total;
- * a non-zero return stops the pass (nn_trainer_train_shard then fails with
+/* Called after each batch with rows done so far out of the pass's total
+ * (nn_trainer_train_steps: total is done); so_far holds the pass's sums as
+ * last read from the device, at most a second old (rows, loss and counts
+ * agree with one another; done may be ahead of so_far->rows).  A non-zero
+ * return stops the pass (nn_trainer_train_shard then fails with
  * NN_TRAIN_STOPPED and the trainer must not be saved: its state is mid-pass). */
 typedef int (*nn_progress_fn)(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far);
 #define NN_TRAIN_STOPPED 2
@@ -46,6 +49,20 @@ void nn_trainer_free(nn_trainer *t);
  * order and is recorded as visited in the current epoch. */
 int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
                            void *ctx, nn_pass_stats *st, cds_err *err);
+/* Exactly `steps` training steps (at least 1) over a shard, starting it
+ * again when it ends (round r in the order of epoch + r); the shard is not
+ * recorded as visited.  Data-parallel training runs the same number of
+ * steps on every rank's shard this way. */
+int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps,
+                           nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err);
+/* One training step in two halves, for data-parallel training (reduce the
+ * gradients between them): forward and backward on a batch (host data, as
+ * nn_model_forward takes it; the batch's metrics go to the model's pass
+ * sums, nn_model_acc_get), then the optimiser step at the current epoch's
+ * learning rate, which counts the step. */
+int nn_trainer_forward_backward(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
+                                cds_err *err);
+int nn_trainer_optim_step(nn_trainer *t, cds_err *err);
 /* Evaluation over a shard: no updates, running statistics, file order.
  * Stats are added to *st (so several shards sum). */
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err);

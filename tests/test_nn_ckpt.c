@@ -1006,11 +1006,11 @@ static const char *LAZY_SPEC =
 
 /* Two shards of 120 rows of 6 indices into [0, 200), mostly from a skewed
  * draw so that some rows are hot, some rarely seen, some never. */
-static void write_sparse_shards(char dirs[2][512])
+static void write_sparse_shards(char dirs[2][512], const char *where)
 {
     enum { R = 120, K = 6 };
     char split[400];
-    in_root(split, sizeof split, "lazy/train");
+    in_root(split, sizeof split, where);
     uint64_t s = 77;
     for (int k = 0; k < 2; k++) {
         int32_t x[R * K], y[R];
@@ -1061,7 +1061,7 @@ static int lazy_run(const char *spec, char dirs[2][512], int stop_after_first, c
 static void test_lazy_resume(void)
 {
     char dirs[2][512], a[512], b[512], c[512], d[512], e[512], f[512], spec[512], exact[512];
-    write_sparse_shards(dirs);
+    write_sparse_shards(dirs, "lazy/train");
     snprintf(spec, sizeof spec, LAZY_SPEC, "true");
     snprintf(exact, sizeof exact, LAZY_SPEC, "false");
     in_root(a, sizeof a, "lazy-a.ckpt");
@@ -1092,6 +1092,73 @@ static void test_lazy_resume(void)
         nn_ckpt_free(&ck);
 }
 
+/* ---- steps that wrap around a shard, the split step, divergence ---- */
+
+static int count_calls(void *ctx, int64_t done, int64_t total, const nn_pass_stats *so_far)
+{
+    (void)done, (void)total, (void)so_far;
+    ++*(int *)ctx;
+    return 0;
+}
+
+/* Whether two trainers' weights are bit-identical (read through copies). */
+static int same_weights(nn_trainer *a, nn_trainer *b)
+{
+    nn_model *ma = nn_trainer_model(a), *mb = nn_trainer_model(b);
+    int same = nn_model_param_count(ma) == nn_model_param_count(mb);
+    for (size_t i = 0; same && i < nn_model_param_count(ma); i++) {
+        size_t n = nn_model_param(ma, i)->w.n;
+        float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+        nn_model_read(ma, &nn_model_param(ma, i)->w, x);
+        nn_model_read(mb, &nn_model_param(mb, i)->w, y);
+        same = memcmp(x, y, n * sizeof *x) == 0;
+        free(x);
+        free(y);
+    }
+    return same;
+}
+
+static void test_steps(void)
+{
+    char dirs[2][512], spec[512];
+    write_sparse_shards(dirs, "steps/train");
+    snprintf(spec, sizeof spec, LAZY_SPEC, "false");
+    cds_err err = {0};
+    nn_pass_stats a, b, c;
+    int calls = 0;
+    /* 120 rows in batches of 16: 8 steps a pass; 20 steps are 2 passes and 4 batches */
+    nn_trainer *t1 = nn_trainer_new(spec, &err), *t2 = nn_trainer_new(spec, &err), *t3 = nn_trainer_new(spec, &err);
+    int ran = t1 && t2 && t3 && nn_trainer_train_shard(t1, dirs[0], 0, NULL, NULL, &a, &err) == 0 &&
+              nn_trainer_train_steps(t2, dirs[0], 0, 8, NULL, NULL, &b, &err) == 0 &&
+              nn_trainer_train_steps(t3, dirs[0], 0, 20, count_calls, &calls, &c, &err) == 0;
+    if (!ran)
+        printf("# %s\n", err.msg);
+    ok(ran && same_weights(t1, t2) && a.rows == b.rows && a.loss_sum == b.loss_sum && a.top1 == b.top1 &&
+           nn_trainer_visited(t2, NULL) == 0 && nn_trainer_visited(t1, NULL) == 1,
+       "8 steps over a shard of 8 batches are its pass, bit for bit (weights, loss sum %.6f), without marking it "
+       "visited", b.loss_sum);
+    ok(ran && nn_trainer_step(t3) == 20 && c.rows == 2 * 120 + 4 * 16 && calls == 20,
+       "20 steps wrap around the shard: %lld steps, %lld rows (2 x 120 + 4 x 16), progress called per batch (%d)",
+       t3 ? (long long)nn_trainer_step(t3) : -1LL, (long long)c.rows, calls);
+    nn_trainer_free(t1);
+    nn_trainer_free(t2);
+    nn_trainer_free(t3);
+
+    /* an L2 step multiplies the weights by 1 - lr·2·l2 = -19999 a step: the loss soon stops being finite, and
+     * the pass stops with the step it first did */
+    const char *wild = "{\"model\":{\"arch\":\"mlp\",\"sparse\":{\"dim\":200,\"nnz\":6},\"hidden\":[16],"
+                       "\"classes\":3},\"train\":{\"optimizer\":\"sgd\",\"lr\":1000,\"l2\":10,"
+                       "\"batch\":16,\"seed\":5}}";
+    nn_trainer *t = nn_trainer_new(wild, &err);
+    int rc = t ? nn_trainer_train_steps(t, dirs[0], 0, 5000, NULL, NULL, &c, &err) : -1;
+    char want[64];
+    snprintf(want, sizeof want, "at step %lld (", t ? (long long)nn_trainer_step(t) : -1LL);
+    ok(rc == NN_TRAIN_DIVERGED && strstr(err.msg, want) && strstr(err.msg, "diverged") && nn_trainer_step(t) < 5000,
+       "a diverging run is reported with the step its loss first became NaN or infinite, and the trainer counts the "
+       "steps before it (%s)", err.msg);
+    nn_trainer_free(t);
+}
+
 int main(void)
 {
     const char *src = getenv("CDS_SOURCE_ROOT");
@@ -1111,6 +1178,7 @@ int main(void)
     test_bad_paths();
     test_bad_content();
     test_lazy_resume();
+    test_steps();
     cds_rmtree(root);
     return tap_done();
 }

@@ -92,9 +92,26 @@ static int load_named(nn_model *m, const golden_tensor *ts, int n, int buffers)
             bad++;
             continue;
         }
-        memcpy(t->data, ts[i].data, t->n * sizeof(float));
+        nn_model_write(m, t, ts[i].data);
     }
     return bad;
+}
+
+/* A host copy of a model's tensor (device memory is read only by copies). */
+static float *host_copy(nn_model *m, const nn_tensor *t)
+{
+    float *h = malloc((t->n ? t->n : 1) * sizeof *h);
+    if (h)
+        nn_model_read(m, t, h);
+    return h;
+}
+
+static float *host_logits(nn_model *m, size_t n)
+{
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    if (h)
+        nn_model_logits(m, h);
+    return h;
 }
 
 typedef struct golden_case {
@@ -179,19 +196,23 @@ static int untouched_rows_kept(nn_optim *o, nn_model *m, const golden_case *c, c
         if (!p->embedding || (int)i >= c->n_params)
             continue;
         const float *before = c->params[i].data, *torch = after[i].data;
-        const float *mom = nn_optim_state(o, 2 * i, NULL)->data, *vel = nn_optim_state(o, 2 * i + 1, NULL)->data;
+        float *mom = host_copy(m, nn_optim_state(o, 2 * i, NULL));
+        float *vel = host_copy(m, nn_optim_state(o, 2 * i + 1, NULL));
+        float *w = host_copy(m, &p->w);
         size_t cols = (size_t)p->w.shape[1];
         int kept = 0;
-        for (size_t r = 0; r < (size_t)p->w.shape[0]; r++) {
+        for (size_t r = 0; kept >= 0 && r < (size_t)p->w.shape[0]; r++) {
             size_t at = r * cols;
             if (memcmp(before + at, torch + at, cols * sizeof(float)) != 0)
                 continue;
             kept++;
-            for (size_t j = 0; j < cols; j++)
-                if (memcmp(&p->w.data[at + j], &before[at + j], sizeof(float)) != 0 || mom[at + j] != 0 ||
-                    vel[at + j] != 0)
-                    return -1;
+            for (size_t j = 0; kept >= 0 && j < cols; j++)
+                if (memcmp(&w[at + j], &before[at + j], sizeof(float)) != 0 || mom[at + j] != 0 || vel[at + j] != 0)
+                    kept = -1;
         }
+        free(mom);
+        free(vel);
+        free(w);
         return kept;
     }
     return -1;
@@ -206,7 +227,9 @@ static void check_fwdbwd(golden_file *g, const golden_case *c, nn_model *m)
     }
     golden_tensor logits;
     golden_tensor_read(golden_get(g->root, "logits"), &logits);
-    double e = max_rel(nn_model_logits(m), logits.data, logits.n);
+    float *lg = host_logits(m, logits.n);
+    double e = max_rel(lg, logits.data, logits.n);
+    free(lg);
     ok(e <= 2e-4, "%s: logits match PyTorch (max rel err %.2e, tolerance 2e-4)", c->name, e);
     free(logits.data);
     double want = golden_num(golden_get(g->root, "loss"));
@@ -222,11 +245,12 @@ static void check_fwdbwd(golden_file *g, const golden_case *c, nn_model *m)
         gmax = fmax(gmax, max_abs(grads[i].data, grads[i].n));
     for (int i = 0; i < ng && (size_t)i < nn_model_param_count(m); i++) {
         nn_param *p = nn_model_param(m, i);
-        float *full = malloc(p->g.n * sizeof *full);
+        float *full = host_copy(m, &p->g), *w = host_copy(m, &p->w);
         for (size_t j = 0; j < p->g.n; j++) /* the L2 term's gradient is the optimiser's; torch's includes it */
-            full[j] = p->g.data[j] + (p->decay ? (float)(2 * c->l2) * p->w.data[j] : 0.0f);
+            full[j] += p->decay ? (float)(2 * c->l2) * w[j] : 0.0f;
         double eg = max_rel_floor(full, grads[i].data, p->g.n, 1e-3 * gmax);
         free(full);
+        free(w);
         if (eg > worst) {
             worst = eg;
             worst_name = p->name;
@@ -240,7 +264,9 @@ static void check_fwdbwd(golden_file *g, const golden_case *c, nn_model *m)
     int na = golden_get(g->root, "buffers_after") ? golden_tensors(g->root, "buffers_after", &after) : 0;
     worst = 0;
     for (int i = 0; i < na && (size_t)i < nn_model_buffer_count(m); i++) {
-        double eb = max_rel(nn_model_buffer(m, i)->t.data, after[i].data, after[i].n);
+        float *b = host_copy(m, &nn_model_buffer(m, i)->t);
+        double eb = max_rel(b, after[i].data, after[i].n);
+        free(b);
         worst = eb > worst ? eb : worst;
     }
     if (na > 0)
@@ -257,7 +283,9 @@ static void check_infer(golden_file *g, const golden_case *c, nn_model *m)
         ok(0, "%s: inference forward", c->name);
         return;
     }
-    double e = max_rel(nn_model_logits(m), logits.data, logits.n);
+    float *lg = host_logits(m, logits.n);
+    double e = max_rel(lg, logits.data, logits.n);
+    free(lg);
     ok(e <= 2e-4, "%s: inference logits (running statistics) match PyTorch (max rel err %.2e, tolerance 2e-4)",
        c->name, e);
     free(logits.data);
@@ -297,7 +325,9 @@ static void check_optim(golden_file *g, const golden_case *c, nn_model *m)
     int na = golden_tensors(g->root, "params_after", &after);
     worst = 0;
     for (int i = 0; i < na && (size_t)i < nn_model_param_count(m); i++) {
-        double e = max_rel(nn_model_param(m, i)->w.data, after[i].data, after[i].n);
+        float *w = host_copy(m, &nn_model_param(m, i)->w);
+        double e = max_rel(w, after[i].data, after[i].n);
+        free(w);
         worst = e > worst ? e : worst;
     }
     ok(na == (int)nn_model_param_count(m) && worst <= 2e-4,

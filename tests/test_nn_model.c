@@ -11,12 +11,23 @@
 #include <jansson.h>
 #include <omp.h>
 
-#include "nn_kern_cpu.h"
 #include "nn_model.h"
+#include "nn_ops.h"
 #include "nn_optim.h"
 #include "nn_par.h"
 #include "nn_rng.h"
 #include "tap.h"
+
+/* A host copy of a model's tensor: its memory is the device's, read only
+ * through the backend's copies (the guard build faults on anything else). */
+static float *hc(nn_model *m, const nn_tensor *t)
+{
+    float *h = malloc((t->n ? t->n : 1) * sizeof *h);
+    if (!h)
+        abort();
+    nn_model_read(m, t, h);
+    return h;
+}
 
 static nn_model *build(const char *spec, int batch, uint64_t seed, cds_err *err)
 {
@@ -80,8 +91,11 @@ static void test_full_size_forward(void)
         nn_metrics mt;
         int rc = nn_model_forward(m, x, NULL, y, 2, 1, 0, 0, &mt, &err);
         int finite = rc == 0;
+        float *lg = malloc(2 * 1000 * sizeof *lg);
+        nn_model_logits(m, lg);
         for (int i = 0; finite && i < 2 * 1000; i++)
-            finite = isfinite(nn_model_logits(m)[i]);
+            finite = isfinite(lg[i]);
+        free(lg);
         ok(finite && isfinite(mt.loss) && mt.n == 2, "%s at 3x112x112: forward gives 2x1000 finite logits, loss %.3f",
            nn_model_arch(m), mt.loss);
         ok(nn_model_backward(m, &err) == 0, "%s: backward at full size", nn_model_arch(m));
@@ -96,7 +110,13 @@ static int same_weights(nn_model *a, nn_model *b)
         return 0;
     for (size_t i = 0; i < nn_model_param_count(a); i++) {
         nn_param *p = nn_model_param(a, i), *q = nn_model_param(b, i);
-        if (p->w.n != q->w.n || memcmp(p->w.data, q->w.data, p->w.n * sizeof(float)) != 0)
+        if (p->w.n != q->w.n)
+            return 0;
+        float *pw = hc(a, &p->w), *qw = hc(b, &q->w);
+        int same = memcmp(pw, qw, p->w.n * sizeof(float)) == 0;
+        free(pw);
+        free(qw);
+        if (!same)
             return 0;
     }
     return 1;
@@ -115,8 +135,10 @@ static void test_seeded_init(void)
     /* torchvision's initialisation: conv weights normal with std √(2/fan_out). */
     nn_param *conv1 = nn_model_param(a, 0);
     double ss = 0;
+    float *w = hc(a, &conv1->w);
     for (size_t i = 0; i < conv1->w.n; i++)
-        ss += (double)conv1->w.data[i] * conv1->w.data[i];
+        ss += (double)w[i] * w[i];
+    free(w);
     double sd = sqrt(ss / (double)conv1->w.n), want = sqrt(2.0 / (16 * 49));
     ok(strcmp(conv1->name, "conv1.weight") == 0 && fabs(sd - want) < 0.1 * want,
        "conv1.weight has std %.4f, kaiming fan-out %.4f (within 10%%: %zu samples)", sd, want, conv1->w.n);
@@ -137,11 +159,18 @@ static void test_sparse_equals_dense(void)
     if (!s || !d)
         return;
     nn_param *sw = nn_model_param(s, 0), *dw = nn_model_param(d, 0);
+    float *swh = hc(s, &sw->w), *dwh = hc(d, &dw->w);
     for (int i = 0; i < D; i++)
         for (int o = 0; o < H; o++)
-            dw->w.data[o * D + i] = sw->w.data[i * H + o];
-    for (size_t p = 1; p < nn_model_param_count(s); p++)
-        memcpy(nn_model_param(d, p)->w.data, nn_model_param(s, p)->w.data, nn_model_param(s, p)->w.n * sizeof(float));
+            dwh[o * D + i] = swh[i * H + o];
+    nn_model_write(d, &dw->w, dwh);
+    free(swh);
+    free(dwh);
+    for (size_t p = 1; p < nn_model_param_count(s); p++) {
+        float *h = hc(s, &nn_model_param(s, p)->w);
+        nn_model_write(d, &nn_model_param(d, p)->w, h);
+        free(h);
+    }
     int32_t idx[N * K], y[N];
     float x[N * D] = {0};
     nn_rng r;
@@ -158,16 +187,22 @@ static void test_sparse_equals_dense(void)
            nn_model_forward(d, x, NULL, y, N, 1, 0, 0.01, &md, &err) == 0,
        "both forward");
     double e = 0;
+    float ls[N * 3], ld[N * 3];
+    nn_model_logits(s, ls);
+    nn_model_logits(d, ld);
     for (int i = 0; i < N * 3; i++)
-        e = fmax(e, fabs(nn_model_logits(s)[i] - nn_model_logits(d)[i]));
+        e = fmax(e, fabs(ls[i] - ld[i]));
     ok(e < 1e-5 && fabs(ms.loss - md.loss) < 1e-6, "same logits (max diff %.1e, tolerance 1e-5: float sums in another "
                                                    "order) and loss (incl. L2)", e);
     nn_model_backward(s, &err);
     nn_model_backward(d, &err);
     double eg = 0;
+    float *sg = hc(s, &sw->g), *dg = hc(d, &dw->g);
     for (int i = 0; i < D; i++)
         for (int o = 0; o < H; o++)
-            eg = fmax(eg, fabs(sw->g.data[i * H + o] - dw->g.data[o * D + i]));
+            eg = fmax(eg, fabs(sg[i * H + o] - dg[o * D + i]));
+    free(sg);
+    free(dg);
     ok(eg < 1e-6, "same fc0 weight gradient, transposed (max diff %.1e, tolerance 1e-6)", eg);
     nn_model_free(s);
     nn_model_free(d);
@@ -349,19 +384,34 @@ static void test_lazy_rows(void)
     size_t nw = p->w.n;
     float *w0 = malloc(nw * sizeof *w0), *w1 = malloc(nw * sizeof *w1), *m1 = malloc(nw * sizeof *m1);
     float *v1 = malloc(nw * sizeof *v1);
-    memcpy(w0, p->w.data, nw * sizeof *w0);
+    nn_model_read(lz, &p->w, w0);
     int fw = nn_model_forward(lz, NULL, b1, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(lz, &err) == 0 &&
              nn_model_forward(dn, NULL, b1, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(dn, &err) == 0;
-    int listed = fw && p->row_grad && p->rows.n_rows == 15 && p->rows.plan, same = listed;
+    /* the plan is device data: its descriptor and row list come back by copies */
+    const nn_ctx *cx = nn_model_ctx(lz);
+    nn_sparse_plan pl = {0};
+    if (fw && p->rows.plan)
+        nn_ctx_to_host(cx, &pl, p->rows.plan, sizeof pl);
+    int listed = fw && p->row_grad && pl.n_rows == 15, same = listed;
+    int32_t rows[15];
+    if (listed)
+        nn_ctx_to_host(cx, rows, pl.rows, sizeof rows);
     for (size_t r = 0; listed && r < 15; r++)
-        listed &= p->rows.rows[r] == (int32_t)r;
+        listed &= rows[r] == (int32_t)r;
     float packed[15 * H];
-    if (listed) /* the rows are left as sums: pack them as the optimiser step takes them */
-        nn_cpu_sparse_linear_bwd_rows(p->rows.plan, p->rows.dy, packed, NULL, N, H);
+    if (listed) { /* the rows are left as sums: pack them as the optimiser step takes them */
+        nn_buf plan = {.dev = p->w.dev, .data = (void *)p->rows.plan};
+        nn_tensor dy = {.dev = p->w.dev, .data = (float *)p->rows.dy}, pk = {.dev = p->w.dev, .data = packed};
+        nn_tensor_shape(&dy, 2, (int[]){N, H});
+        nn_tensor_shape(&pk, 2, (int[]){15, H});
+        listed = nn_op_sparse_linear_bwd_rows(cx, &plan, N, &dy, &pk, NULL, &err) == 0;
+    }
+    float *qg = hc(dn, &q->g);
     for (size_t r = 0; same && r < D; r++)
         for (int h = 0; h < H; h++) /* bitwise: the same adds in the same order */
-            same &= r < 15 ? packed[r * H + h] == q->g.data[r * H + h] : q->g.data[r * H + h] == 0.0f;
-    ok(listed, "the backward lists the 15 distinct rows of the batch, ascending (%zu listed)", p->rows.n_rows);
+            same &= r < 15 ? packed[r * H + h] == qg[r * H + h] : qg[r * H + h] == 0.0f;
+    free(qg);
+    ok(listed, "the backward lists the 15 distinct rows of the batch, ascending (%zu listed)", pl.n_rows);
     ok(same, "the packed gradient rows equal the dense gradient's rows exactly, and the dense one is 0 elsewhere");
     int twice = fw, nonzero = 0;
     for (int h = 0; h < H; h++) { /* dy0 + dy0 = 2·dy0 exactly in float */
@@ -371,32 +421,32 @@ static void test_lazy_rows(void)
     ok(twice && nonzero, "row 3, twice in sample 0, gets exactly twice the gradient of row 5, once in it");
     nn_tensor *m = nn_optim_state(o, 0, NULL), *v = nn_optim_state(o, 1, NULL);
     int st1 = nn_optim_step(o, 0.01, &err) == 0;
-    memcpy(w1, p->w.data, nw * sizeof *w1);
-    memcpy(m1, m->data, nw * sizeof *m1);
-    memcpy(v1, v->data, nw * sizeof *v1);
+    nn_model_read(lz, &p->w, w1);
+    nn_model_read(lz, m, m1);
+    nn_model_read(lz, v, v1);
     int st2 = nn_model_forward(lz, NULL, b2, y, N, 1, 0, 0.01, &mt, &err) == 0 && nn_model_backward(lz, &err) == 0 &&
               nn_optim_step(o, 0.01, &err) == 0;
+    float *w2 = hc(lz, &p->w), *m2 = hc(lz, m), *v2 = hc(lz, v);
     size_t row = (size_t)H * sizeof(float);
     int never = st1 && st2, moved1 = st1, kept = st2, moved2 = st2;
     for (size_t r = 0; r < D; r++) {
         size_t at = r * H;
         if (r >= 15) /* in no batch: as initialised, m and v 0 (l2 > 0 did not reach them) */
             for (int h = 0; h < H; h++)
-                never &= memcmp(&p->w.data[at + h], &w0[at + h], sizeof(float)) == 0 && m->data[at + h] == 0 &&
-                         v->data[at + h] == 0;
+                never &= memcmp(&w2[at + h], &w0[at + h], sizeof(float)) == 0 && m2[at + h] == 0 && v2[at + h] == 0;
         else
             moved1 &= memcmp(w1 + at, w0 + at, row) != 0;
         if (r >= 7 && r < 15) /* in batch 1 only: as step 1 left them */
-            kept &= memcmp(p->w.data + at, w1 + at, row) == 0 && memcmp(m->data + at, m1 + at, row) == 0 &&
-                    memcmp(v->data + at, v1 + at, row) == 0;
+            kept &= memcmp(w2 + at, w1 + at, row) == 0 && memcmp(m2 + at, m1 + at, row) == 0 &&
+                    memcmp(v2 + at, v1 + at, row) == 0;
         if (r < 7)
-            moved2 &= memcmp(p->w.data + at, w1 + at, row) != 0 && memcmp(m->data + at, m1 + at, row) != 0;
+            moved2 &= memcmp(w2 + at, w1 + at, row) != 0 && memcmp(m2 + at, m1 + at, row) != 0;
     }
     ok(never, "rows 15..29, in no batch, keep their initial weights bit for bit, m and v 0, despite l2 > 0");
     ok(moved1 && kept && moved2, "rows 7..14, in batch 1 only, keep step 1's weights, m and v bit for bit in step 2; "
                                  "rows 0..6 move in both steps");
     ok(nn_optim_t(o) == 2, "the step count is shared: t = %lld after two steps", (long long)nn_optim_t(o));
-    free(w0), free(w1), free(m1), free(v1);
+    free(w0), free(w1), free(m1), free(v1), free(w2), free(m2), free(v2);
     nn_optim_free(o);
     nn_train_cfg_free(&cfg);
     nn_model_free(lz);
@@ -433,7 +483,7 @@ static void test_rows_exact(void)
                       "gives it a new one");
         float *w0 = ran ? malloc(nn_model_param(rw, 0)->w.n * sizeof *w0) : NULL;
         if (w0)
-            memcpy(w0, nn_model_param(rw, 0)->w.data, nn_model_param(rw, 0)->w.n * sizeof *w0);
+            nn_model_read(rw, &nn_model_param(rw, 0)->w, w0);
         for (int step = 0; ran && step < 3; step++) {
             const int32_t *b = step == 1 ? b2 : b1;
             nn_metrics mt;
@@ -444,16 +494,23 @@ static void test_rows_exact(void)
                       nn_model_backward(ms[k], &err) == 0 && nn_optim_step(os[k], 0.01, &err) == 0;
         }
         int same = ran && !nn_model_param(dn, 0)->row_grad;
-        for (size_t i = 0; same && i < nn_model_param_count(rw); i++)
-            same = memcmp(nn_model_param(rw, i)->w.data, nn_model_param(dn, i)->w.data,
-                          nn_model_param(rw, i)->w.n * sizeof(float)) == 0;
-        for (size_t i = 0; same && i < nn_optim_state_count(orw); i++) {
-            const nn_tensor *a = nn_optim_state(orw, i, NULL), *d = nn_optim_state(odn, i, NULL);
-            same = memcmp(a->data, d->data, a->n * sizeof(float)) == 0;
+        for (size_t i = 0; same && i < nn_model_param_count(rw); i++) {
+            float *a = hc(rw, &nn_model_param(rw, i)->w), *d = hc(dn, &nn_model_param(dn, i)->w);
+            same = memcmp(a, d, nn_model_param(rw, i)->w.n * sizeof(float)) == 0;
+            free(a);
+            free(d);
         }
+        for (size_t i = 0; same && i < nn_optim_state_count(orw); i++) {
+            float *a = hc(rw, nn_optim_state(orw, i, NULL)), *d = hc(dn, nn_optim_state(odn, i, NULL));
+            same = memcmp(a, d, nn_optim_state(orw, i, NULL)->n * sizeof(float)) == 0;
+            free(a);
+            free(d);
+        }
+        float *w3 = ran ? hc(rw, &nn_model_param(rw, 0)->w) : NULL;
         int untouched_moved = same; /* row 20 was in no batch: l2 alone moves it */
         for (int h = 0; untouched_moved && h < 8; h++)
-            untouched_moved = nn_model_param(rw, 0)->w.data[20 * 8 + h] != w0[20 * 8 + h];
+            untouched_moved = w3[20 * 8 + h] != w0[20 * 8 + h];
+        free(w3);
         ok(same && untouched_moved, "%s: the row-sparse gradient steps every weight and state float exactly as the "
                                     "dense one (rows in no batch included)",
            train[c]);
@@ -518,11 +575,69 @@ static void test_err_kinds(void)
     ok(!cds_err_is_nomem(&e) && e.msg[0] == '\0', "clearing clears the mark");
 }
 
+/* For data-parallel training: the hook sees every parameter once, last
+ * first, as backward finishes it, and the dense gradients are one block in
+ * the documented layout (parameter order, each on a multiple of 16 floats). */
+typedef struct hook_log {
+    size_t order[256];
+    size_t n;
+} hook_log;
+
+static void log_param(void *ctx, size_t param)
+{
+    hook_log *h = ctx;
+    if (h->n < 256)
+        h->order[h->n] = param;
+    h->n++;
+}
+
+static void test_grad_hook_and_block(void)
+{
+    cds_err err;
+    nn_model *m = build("{\"arch\":\"resnet18\",\"input\":[3,16,16],\"classes\":5,\"width\":0.125}", 2, 4, &err);
+    ok(m != NULL, "a small resnet18 builds");
+    if (!m)
+        return;
+    hook_log h = {0};
+    nn_model_set_grad_hook(m, log_param, &h);
+    float x[2 * 3 * 16 * 16];
+    nn_rng r;
+    nn_rng_seed(&r, 8);
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++)
+        x[i] = (float)nn_rng_normal(&r);
+    int32_t y[2] = {1, 4};
+    nn_metrics mt;
+    int ran = nn_model_forward(m, x, NULL, y, 2, 1, 0, 0, &mt, &err) == 0 && nn_model_backward(m, &err) == 0;
+    size_t np = nn_model_param_count(m);
+    int reverse = ran && h.n == np;
+    for (size_t i = 0; reverse && i < np; i++)
+        reverse = h.order[i] == np - 1 - i;
+    ok(reverse, "the gradient hook is called once per parameter (%zu of %zu), in reverse parameter order", h.n, np);
+    nn_tensor block = nn_model_grad_block(m);
+    float *all = hc(m, &block);
+    size_t at = 0;
+    int laid_out = ran;
+    for (size_t i = 0; laid_out && i < np; i++) {
+        const nn_param *p = nn_model_param(m, i);
+        float *g = hc(m, &p->g);
+        laid_out = at + p->g.n <= block.n && memcmp(all + at, g, p->g.n * sizeof *g) == 0;
+        for (size_t j = at + p->g.n; laid_out && j < (at + p->g.n + 15) / 16 * 16; j++)
+            laid_out = all[j] == 0.0f;
+        at = (at + p->g.n + 15) / 16 * 16;
+        free(g);
+    }
+    ok(laid_out && at == block.n, "the dense gradients are one block of %zu floats: each parameter's after the "
+                                  "last, from a multiple of 16, zeros between", block.n);
+    free(all);
+    nn_model_free(m);
+}
+
 int main(void)
 {
     test_train_specs();
     test_lazy_specs();
     test_lazy_rows();
+    test_grad_hook_and_block();
     test_rows_exact();
     test_denormals();
     test_err_kinds();

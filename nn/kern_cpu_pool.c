@@ -1,4 +1,4 @@
-/* kern_pool.c: max, average and global average pooling on the CPU, with
+/* kern_cpu_pool.c: max, average and global average pooling on the CPU, with
  * PyTorch's semantics (MaxPool2d, AvgPool2d with count_include_pad=True,
  * AdaptiveAvgPool2d(1)), floor mode.
  *

@@ -1,4 +1,4 @@
-/* kern_norm: batch normalisation over (N, HW) per channel, PyTorch's way.
+/* kern_cpu_norm: batch normalisation over (N, HW) per channel, PyTorch's way.
  *
  * Layout is NCHW flattened to [N, C, HW]; channel c of sample n is the
  * contiguous plane x[(n·C + c)·HW .. +HW), and HW = 1 gives BatchNorm1d on

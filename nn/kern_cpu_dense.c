@@ -1,4 +1,4 @@
-/* kern_dense: the linear layer and its sparse (multi-hot) form.
+/* kern_cpu_dense: the linear layer and its sparse (multi-hot) form.
  *
  * Dense linear, y[N,O] = x[N,I]·w[O,I]^T + b: every product goes through
  * OpenBLAS's sgemm.  The forward pass first writes the bias into each row of

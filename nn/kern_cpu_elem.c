@@ -1,4 +1,4 @@
-/* kern_elem: element-wise layers (ReLU, addition, inverted dropout).
+/* kern_cpu_elem: element-wise layers (ReLU, addition, inverted dropout).
  *
  * ReLU keeps NaN as NaN (x < 0 is false for NaN), as PyTorch does, so a
  * diverging model shows up in the loss instead of being silently zeroed.
@@ -113,4 +113,11 @@ void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p
     float scale = keep_scale(p);
     for (size_t i = 0; i < n; i++)
         dx[i] += mask[i] ? dy[i] * scale : 0.0f;
+}
+
+void nn_cpu_acc(const float *restrict dy, float *restrict dx, size_t n)
+{
+#pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= 65536)
+    for (size_t i = 0; i < n; i++)
+        dx[i] += dy[i];
 }

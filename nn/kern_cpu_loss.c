@@ -1,4 +1,4 @@
-/* kern_loss: softmax cross-entropy on class ids, with top-1/top-5 counts.
+/* kern_cpu_loss: softmax cross-entropy on class ids, with top-1/top-5 counts.
  *
  * Per row, with m = max_j logits[j] (subtracted so no exp overflows, and the
  * largest term is exactly 1, so the sum is >= 1 and its log is finite):

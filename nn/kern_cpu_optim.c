@@ -1,4 +1,4 @@
-/* kern_optim: SGD (with momentum) and Adam steps over one parameter tensor.
+/* kern_cpu_optim: SGD (with momentum) and Adam steps over one parameter tensor.
  *
  * Each step is one fused pass over the n floats (they run over every
  * parameter of the model each batch, 25M+ floats for the big models, so the

@@ -1,0 +1,168 @@
+/* nn_backend: what a device implements for the engine, and the context
+ * every operation runs in.
+ *
+ * A backend is one constant table of functions (dav1d's way): memory (alloc,
+ * free, memset, copies to and from the host), the workspace sizes its
+ * kernels need, and one entry per operation of nn_ops.h.  The table for a
+ * device is chosen once, when a context is made (nn_ctx_init), and every op
+ * calls through it: no switch on the device per call, no lookup.  The CPU
+ * table is nn_backend_cpu (nn_backend_cpu.c over the kern_cpu_*.c kernels);
+ * a CUDA table plugs in beside it and is checked against the CPU one by the
+ * generic kernel test (tests/test_nn_backend.c).  docs/engine-backend.md
+ * says what each entry must do.
+ *
+ * Pointers the table takes are device pointers, except where an argument is
+ * named host (the copies): the rest of the engine never reads or writes
+ * device memory itself, and the guard build (-Dnn_guard=true) proves it by
+ * keeping the CPU backend's buffers unreadable outside its calls.  Entries
+ * return nothing: shapes are checked when a model is built, and a device
+ * error (a CUDA backend's) is kept in the context and reported by the next
+ * copy to the host, as a stream reports it.
+ *
+ * Results the host wants (loss, top-k counts, a non-finite loss) are
+ * accumulated on the device (nn_step_metrics, nn_pass_acc) and copied back
+ * when the trainer asks, not after every batch, so a GPU never waits on the
+ * host mid-pass. */
+#ifndef CDS_NN_BACKEND_H
+#define CDS_NN_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cds_err.h"
+#include "nn_geom.h"
+#include "nn_rows.h"
+#include "nn_tensor.h"
+
+typedef struct nn_backend nn_backend;
+typedef struct nn_guard nn_guard;
+
+/* The context of every op: the backend's table and what its calls share.
+ * threads: the CPU kernels' OpenMP thread count (nn_par_threads() when the
+ * context was made); a CUDA backend keeps its stream and its cuBLAS/cuDNN
+ * handles in `stream` and `handles`.  guard: the guard build's list of the
+ * buffers this context allocated (NULL otherwise). */
+typedef struct nn_ctx {
+    const nn_backend *be;
+    nn_device dev;
+    int threads;
+    void *stream;
+    void *handles;
+    nn_guard *guard;
+} nn_ctx;
+
+/* One batch's results, written on the device by the loss (xent, top1,
+ * top5; sumsq cleared) and by nn_op_sumsq (sumsq += Σw²). */
+typedef struct nn_step_metrics {
+    double xent;            /* mean cross-entropy of the batch */
+    double sumsq;           /* Σw² over the decayed weights (the L2 term is l2·sumsq) */
+    int32_t top1, top5;     /* rows whose label is among the 1 / 5 largest logits */
+} nn_step_metrics;
+
+/* A pass's sums, folded on the device batch by batch (nn_op_metrics_fold):
+ * loss_sum += (xent + l2·sumsq)·n, xent_sum += xent·n, and the step and
+ * value of the first loss that was not finite. */
+typedef struct nn_pass_acc {
+    double loss_sum, xent_sum;
+    int64_t rows, top1, top5;
+    int64_t bad_step;       /* -1 while every loss was finite */
+    double bad_loss;
+} nn_pass_acc;
+
+struct nn_backend {
+    const char *name;
+    nn_device dev;
+    /* ---- a context's own state (the CPU's guard list; CUDA's stream and
+     * handles): made by nn_ctx_init, released by nn_ctx_release ---- */
+    int (*ctx_init)(nn_ctx *c, cds_err *err);
+    void (*ctx_release)(nn_ctx *c);
+    /* ---- memory: alloc returns zeroed memory, aligned to 64 bytes at
+     * least, or NULL when out of memory; free takes the size alloc got */
+    void *(*alloc)(const nn_ctx *c, size_t bytes);
+    void (*free)(const nn_ctx *c, void *p, size_t bytes);
+    void (*memset)(const nn_ctx *c, void *p, int v, size_t bytes);
+    void (*to_host)(const nn_ctx *c, void *host, const void *src, size_t bytes);
+    void (*from_host)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+    /* Makes a batch on the host readable by the ops: copies it into dst and
+     * returns dst, or, on a device whose memory is the host's, may return
+     * host itself (no copy; the caller keeps it unchanged until the pass's
+     * backward is done, as nn_model_forward's caller does). */
+    const void *(*stage)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+    /* ---- workspace sizes, in bytes ---- */
+    size_t (*conv2d_work)(const nn_ctx *c, const nn_conv_geom *g);
+    size_t (*sparse_plan_work)(const nn_ctx *c, int N, int K);
+    /* ---- operations (semantics: nn_ops.h and nn_kern_cpu.h) ---- */
+    void (*linear_fwd)(const nn_ctx *c, const float *x, const float *w, const float *b, float *y, int N, int D, int O);
+    void (*linear_bwd)(const nn_ctx *c, const float *x, const float *w, const float *dy, float *dx, float *dw,
+                       float *db, int N, int D, int O);
+    void (*sparse_plan)(const nn_ctx *c, const int32_t *idx, int N, int K, int dim, void *plan);
+    void (*sparse_linear_fwd)(const nn_ctx *c, const void *plan, const float *w, const float *b, float *y, int N,
+                              int O);
+    void (*sparse_linear_bwd)(const nn_ctx *c, const int32_t *idx, const float *dy, float *dw, float *db, int N,
+                              int K, int O);
+    void (*sparse_linear_bwd_rows)(const nn_ctx *c, const void *plan, const float *dy, float *rg, float *db, int N,
+                                   int O);
+    void (*conv2d_fwd)(const nn_ctx *c, const nn_conv_geom *g, const float *x, const float *w, const float *b,
+                       float *y, void *work);
+    void (*conv2d_bwd)(const nn_ctx *c, const nn_conv_geom *g, const float *x, const float *w, const float *dy,
+                       float *dx, float *dw, float *db, void *work);
+    void (*maxpool_fwd)(const nn_ctx *c, const nn_pool_geom *g, const float *x, float *y, int32_t *argmax);
+    void (*maxpool_bwd)(const nn_ctx *c, const nn_pool_geom *g, const int32_t *argmax, const float *dy, float *dx);
+    void (*avgpool_fwd)(const nn_ctx *c, const nn_pool_geom *g, const float *x, float *y);
+    void (*avgpool_bwd)(const nn_ctx *c, const nn_pool_geom *g, const float *dy, float *dx);
+    void (*gap_fwd)(const nn_ctx *c, const float *x, float *y, int N, int C, int HW);
+    void (*gap_bwd)(const nn_ctx *c, const float *dy, float *dx, int N, int C, int HW);
+    /* save: 2·C floats, the batch mean then 1/sqrt(var+eps) per channel */
+    void (*bn_fwd_train)(const nn_ctx *c, const float *x, const float *gamma, const float *beta, float *y,
+                         float *save, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
+                         int HW);
+    void (*bn_fwd_infer)(const nn_ctx *c, const float *x, const float *gamma, const float *beta,
+                         const float *run_mean, const float *run_var, float *y, float eps, int N, int C, int HW);
+    void (*bn_bwd)(const nn_ctx *c, const float *x, const float *gamma, const float *save, const float *dy,
+                   float *dx, float *dgamma, float *dbeta, int N, int C, int HW);
+    void (*relu_fwd)(const nn_ctx *c, const float *x, float *y, size_t n);
+    void (*relu_bwd)(const nn_ctx *c, const float *y, const float *dy, float *dx, size_t n);
+    void (*add_fwd)(const nn_ctx *c, const float *a, const float *b, float *y, size_t n);
+    void (*acc)(const nn_ctx *c, const float *dy, float *dx, size_t n);
+    void (*dropout_fwd)(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n);
+    void (*dropout_bwd)(const nn_ctx *c, const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
+    void (*softmax_xent)(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N, int K,
+                         nn_step_metrics *m);
+    void (*sumsq)(const nn_ctx *c, const float *w, size_t n, double *acc);
+    void (*metrics_fold)(const nn_ctx *c, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
+                         int64_t step);
+    void (*sgd_step)(const nn_ctx *c, float *w, const float *g, float *buf, size_t n, float lr, float momentum,
+                     float l2);
+    void (*adam_step)(const nn_ctx *c, float *w, const float *g, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float l2, long t);
+    void (*sgd_rows_step)(const nn_ctx *c, float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *buf,
+                          float lr, float momentum, float l2);
+    void (*adam_rows_step)(const nn_ctx *c, float *w, const nn_row_grad *g, size_t n_total, size_t cols, float *m,
+                           float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
+    void (*lazy_adam_step)(const nn_ctx *c, float *w, const nn_row_grad *g, size_t cols, float *m, float *v,
+                           float lr, float beta1, float beta2, float eps, float l2, long t);
+};
+
+/* The CPU reference backend (nn_backend_cpu.c). */
+extern const nn_backend nn_backend_cpu;
+
+/* Makes a context on a device: picks its table, once.  Fails with a line
+ * naming the device when this build has no backend for it. */
+int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err);
+/* The same with a given table (the generic kernel test runs each
+ * registered one). */
+int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err);
+/* Releases what the context holds (the guard build's list); its buffers
+ * must have been freed. */
+void nn_ctx_release(nn_ctx *c);
+
+/* Copies between a tensor or buffer on the context's device and the host. */
+void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes);
+void nn_ctx_from_host(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+/* The backend's stage (above); dst when bytes is 0. */
+const void *nn_ctx_stage(const nn_ctx *c, void *dst, const void *host, size_t bytes);
+/* Device memory of the context, zeroed; NULL when out of memory. */
+void *nn_ctx_alloc(const nn_ctx *c, size_t bytes);
+void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes);
+
+#endif
