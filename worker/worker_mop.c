@@ -44,6 +44,7 @@
 #include <jansson.h>
 
 #include "cds_util.h"
+#include "etl_dataset_record.h"
 #include "nn_ckpt.h"
 #include "nn_train.h"
 #include "worker_int.h"
@@ -522,28 +523,25 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
 static int results_dsn(worker *w, const char *dataset, char **dsn, cds_err *err)
 {
     *dsn = NULL;
-    char name[300];
-    snprintf(name, sizeof name, "dataset:%s", dataset);
-    json_t *rec = NULL;
-    int rc = WITH_RECONNECT(w, queue_record_get(w->q, name, &rec, err));
+    etl_dataset_record rec;
+    int rc = WITH_RECONNECT(w, etl_dataset_record_read(w->q, dataset, &rec, err));
     if (rc == QUEUE_NOT_FOUND)
         return 0;
     if (rc != 0)
         return -1;
-    const char *text = json_string_value(json_object_get(rec, "plan"));
-    json_error_t je = {.text = "it holds no plan"};
-    json_t *plan = text ? json_loads(text, 0, &je) : NULL;
-    json_t *given = json_object_get(json_object_get(plan, "spec"), "dsn");
-    if (text && plan && (!given || json_is_string(given)))
-        *dsn = worker_results_dsn(json_string_value(given) ?: "");
-    if (text && !*dsn && strcmp(w->results_bad_plan, dataset) != 0) {
+    char *given = NULL;
+    cds_err why;
+    int prc = etl_dataset_record_plan_dsn(&rec, &given, &why);
+    if (prc == 0 && !(*dsn = worker_results_dsn(given)))
+        prc = cds_errf(&why, "its spec.dsn is not a conninfo libpq can parse");
+    free(given);
+    if (prc < 0 && strcmp(w->results_bad_plan, dataset) != 0) {
         snprintf(w->results_bad_plan, sizeof w->results_bad_plan, "%s", dataset);
-        cds_logf(&w->log, CDS_LOG_WARN, "dataset %s: the ETL plan in Redis (%s, field plan) cannot be read (%s): its "
-                 "evaluations are recorded without a cds_results row; unload the dataset again to mend it",
-                 dataset, name, !plan ? je.text : "its spec.dsn is not a conninfo libpq can parse");
+        cds_logf(&w->log, CDS_LOG_WARN, "dataset %s: the ETL plan in Redis (dataset:%s, field plan) cannot be read "
+                 "(%s): its evaluations are recorded without a cds_results row; unload the dataset again to mend it",
+                 dataset, dataset, why.msg);
     }
-    json_decref(plan);
-    json_decref(rec);
+    etl_dataset_record_free(&rec);
     return 0;
 }
 
@@ -1014,25 +1012,23 @@ static int test_step(worker *w, char **ids, size_t n)
 static void pin_dataset(worker *w, const char *sweep)
 {
     cds_err err;
-    json_t *sw = NULL, *rec = NULL;
+    json_t *sw = NULL;
     if (queue_sweep_get(w->q, sweep, &sw, &err) != 0)
         return;
-    char name[300];
-    snprintf(name, sizeof name, "dataset:%s", json_string_value(json_object_get(sw, "dataset")) ?: "");
-    if (queue_record_get(w->q, name, &rec, &err) == 0) {
-        const char *state = json_string_value(json_object_get(rec, "state"));
-        const char *version = json_string_value(json_object_get(rec, "version"));
-        if (state && strcmp(state, "ready") == 0 && version && *version) {
-            if (queue_sweep_set_field(w->q, sweep, "dataset_version", version, &err) == 0)
-                cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: dataset %s is ready, version %.16s pinned", sweep,
-                         name + 8, version);
-        } else if (state && strcmp(state, "failed") == 0) {
+    const char *name = json_string_value(json_object_get(sw, "dataset")) ?: "";
+    etl_dataset_record rec;
+    if (etl_dataset_record_read(w->q, name, &rec, &err) == 0) {
+        if (rec.state == ETL_DATASET_READY && *rec.version) {
+            if (queue_sweep_set_field(w->q, sweep, "dataset_version", rec.version, &err) == 0)
+                cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: dataset %s is ready, version %.16s pinned", sweep, name,
+                         rec.version);
+        } else if (rec.state == ETL_DATASET_FAILED) {
             queue_sweep_set_field(w->q, sweep, "reason", "its dataset failed to load", &err);
             if (queue_sweep_set_state(w->q, sweep, "cancelled", &err) == 0)
-                cds_logf(&w->log, CDS_LOG_WARN, "sweep %s cancelled: dataset %s failed to load", sweep, name + 8);
+                cds_logf(&w->log, CDS_LOG_WARN, "sweep %s cancelled: dataset %s failed to load", sweep, name);
         }
+        etl_dataset_record_free(&rec);
     }
-    json_decref(rec);
     json_decref(sw);
 }
 
