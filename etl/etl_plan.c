@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_plan_int.h"
 #include "etl_value.h"
@@ -1228,20 +1229,19 @@ static int plan_paths(planner *pl, cds_err *err)
     char token[17];
     if (cds_random_hex(token, 8, err) != 0)
         return -1;
-    sbuf dir = {0}, staging = {0};
-    sb_add(&dir, "%s/datasets/%s", s->data_root, s->dataset);
-    sb_add(&staging, "%s/datasets/.%s.incoming-%s", s->data_root, s->dataset, token);
+    char dir[4096], staging[4096];
+    if (cds_layout_dataset_dir(dir, sizeof dir, s->data_root, s->dataset, err) != 0 ||
+        cds_layout_staging_dir(staging, sizeof staging, s->data_root, s->dataset, token, err) != 0)
+        return -1;
     int rc = 0;
     if (!dir_exists(s->data_root))
         rc = cds_errf(err, "data root %s is not a directory (create it, or fix --data-root)", s->data_root);
-    else if (dir_exists(dir.s) && !s->replace)
+    else if (dir_exists(dir) && !s->replace)
         rc = cds_errf(err, "dataset %s already exists in %s/datasets; pass --replace to overwrite it", s->dataset,
                       s->data_root);
-    json_object_set_new(pl->plan, "dataset_dir", json_string(dir.s));
-    json_object_set_new(pl->plan, "staging", json_string(staging.s));
+    json_object_set_new(pl->plan, "dataset_dir", json_string(dir));
+    json_object_set_new(pl->plan, "staging", json_string(staging));
     json_object_set_new(pl->plan, "token", json_string(token));
-    free(dir.s);
-    free(staging.s);
     return rc;
 }
 

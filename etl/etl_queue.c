@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_layout.h"
 #include "etl_dataset_record.h"
 #include "etl_plan_int.h"
 #include "etl_queue.h"
@@ -157,9 +158,10 @@ int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, c
     int rc = etl_dataset_finish(p, version, err);
     if (rc == 0) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/dataset.json", p->dataset_dir);
         json_error_t je;
-        json_t *d = json_load_file(path, 0, &je);
+        json_t *d = cds_layout_dataset_json(path, sizeof path, p->dataset_dir, err) == 0
+                        ? json_load_file(path, 0, &je)
+                        : NULL;
         rc = etl_dataset_record_ready(q, p->dataset, version, json_object_get(d, "splits"), err);
         json_decref(d);
         if (log)

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_copy.h"
 #include "etl_plan_int.h"
@@ -591,7 +592,8 @@ int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *
         return cds_errf(err, "no task %zu in the plan (it has %zu)", i, p->n_tasks);
     const etl_task *t = &p->tasks[i];
     char split_dir[4096];
-    snprintf(split_dir, sizeof split_dir, "%s/%s", p->staging, t->split);
+    if (cds_layout_split_dir(split_dir, sizeof split_dir, p->staging, t->split, err) != 0)
+        return -1;
     converter cv = {.p = p, .task = t, .max_label = -1};
     cv.xrow = (size_t)p->row_elems * etl_dtype_size(p->x_dtype);
     cv.w = etl_shard_begin(split_dir, t->shard, p->x_dtype, p->x_shape, p->x_ndim, err);

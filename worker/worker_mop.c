@@ -43,6 +43,7 @@
 
 #include <jansson.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_dataset_record.h"
 #include "nn_ckpt.h"
@@ -120,10 +121,12 @@ static nn_trainer *load_model(const visit *v, const char *spec, cds_err *err)
     return v->lease.version == 0 ? nn_trainer_new(spec, err) : nn_trainer_load(v->lease.ckpt, err);
 }
 
-static void ckpt_path(const visit *v, char *out, size_t n, char *dir, size_t dn)
+/* The model's directory and the checkpoint this visit writes in it. */
+static int ckpt_path(const visit *v, char *out, size_t n, char *dir, size_t dn, cds_err *err)
 {
-    snprintf(dir, dn, "%s/sweeps/%s/models/%d", v->w->cfg->data_root, v->sweep, v->lease.model);
-    snprintf(out, n, "%s/v%lld-%.12s.ckpt", dir, (long long)v->lease.version + 1, v->lease.token);
+    if (cds_layout_model_dir(dir, dn, v->w->cfg->data_root, v->sweep, v->lease.model, err) != 0)
+        return -1;
+    return cds_layout_visit_ckpt(out, n, dir, v->lease.version + 1, v->lease.token, err);
 }
 
 /* Gives the model back without counting an attempt: the worker stops, or
@@ -187,9 +190,11 @@ static void visit_failed(worker *w, visit *v, const cds_err *why, int final, con
 static void intact_older_note(worker *w, const visit *v, const char *failing, char *note, size_t n)
 {
     char dir[QUEUE_MOP_PATH_MAX - 64];
-    snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, v->sweep, v->lease.model);
+    cds_err err;
     snprintf(note, n, "no intact older checkpoint is kept");
-    DIR *d = opendir(dir);
+    DIR *d = cds_layout_model_dir(dir, sizeof dir, w->cfg->data_root, v->sweep, v->lease.model, &err) == 0
+                 ? opendir(dir)
+                 : NULL;
     if (!d)
         return;
     /* The kept files by epoch, read back newest first until one is intact:
@@ -199,12 +204,11 @@ static void intact_older_note(worker *w, const visit *v, const char *failing, ch
     int nk = 0;
     struct dirent *e;
     while ((e = readdir(d)) && nk < KEPT_MAX) {
-        int ep;
-        char tail;
-        int b = sscanf(e->d_name, "best-e%d.ckp%c", &ep, &tail) == 2;
+        int64_t ep;
+        cds_layout_kind kind = cds_layout_model_file(e->d_name, &ep);
         size_t len = strlen(e->d_name);
-        if ((b || sscanf(e->d_name, "epoch-%d.ckp%c", &ep, &tail) == 2) && len < sizeof kept[0].name) {
-            kept[nk] = (struct kept){.epoch = ep, .best = b};
+        if ((kind == CDS_LAYOUT_BEST || kind == CDS_LAYOUT_EPOCH) && len < sizeof kept[0].name) {
+            kept[nk] = (struct kept){.epoch = (int)ep, .best = kind == CDS_LAYOUT_BEST};
             memcpy(kept[nk++].name, e->d_name, len + 1);
         }
     }
@@ -219,7 +223,6 @@ static void intact_older_note(worker *w, const visit *v, const char *failing, ch
         char path[QUEUE_MOP_PATH_MAX + 64];
         snprintf(path, sizeof path, "%s/%s", dir, kept[top].name);
         nn_ckpt c;
-        cds_err err;
         if (strcmp(path, failing) != 0 && nn_ckpt_load(path, &c, &err) == 0) {
             nn_ckpt_free(&c);
             if (kept[top].best)
@@ -248,9 +251,9 @@ static void prune_model_dir(worker *w, const char *dir, int64_t version, const c
     const char *keep_name = strrchr(keep, '/') ? strrchr(keep, '/') + 1 : keep;
     struct dirent *e;
     while ((e = readdir(d))) {
-        long long i;
-        char tail;
-        if (sscanf(e->d_name, "v%lld-%c", &i, &tail) != 2 || i > version || strcmp(e->d_name, keep_name) == 0)
+        int64_t i;
+        if (cds_layout_model_file(e->d_name, &i) != CDS_LAYOUT_VISIT || i > version ||
+            strcmp(e->d_name, keep_name) == 0)
             continue;
         char path[QUEUE_MOP_PATH_MAX + 256];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
@@ -286,8 +289,9 @@ static int commit_visit(worker *w, visit *v, const char *path, const char *dir, 
         /* The epoch's checkpoint must outlive the next commit, which deletes
          * the file it supersedes, until an evaluation has read it. */
         char epoch_file[QUEUE_MOP_PATH_MAX];
-        snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
-        if (link(path, epoch_file) != 0 && errno != EEXIST)
+        if (cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, v->lease.epoch, &err) != 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "could not keep the epoch's checkpoint for evaluation: %s", err.msg);
+        else if (link(path, epoch_file) != 0 && errno != EEXIST)
             cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     }
     /* Only a v<N>- file: a model retried from an older checkpoint supersedes
@@ -309,13 +313,13 @@ static int publish(worker *w, visit *v, nn_trainer *t, const nn_pass_stats *st, 
 {
     cds_err err;
     char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64]; /* room for the file name */
-    ckpt_path(v, path, sizeof path, dir, sizeof dir);
-    if (cds_mkdirs(dir, &err) != 0 || nn_trainer_save(t, path, &err) != 0) {
+    char epoch_file[QUEUE_MOP_PATH_MAX];
+    if (ckpt_path(v, path, sizeof path, dir, sizeof dir, &err) != 0 ||
+        cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, v->lease.epoch, &err) != 0 ||
+        cds_mkdirs(dir, &err) != 0 || nn_trainer_save(t, path, &err) != 0) {
         visit_failed(w, v, &err, 0, NULL);
         return -1;
     }
-    char epoch_file[QUEUE_MOP_PATH_MAX];
-    snprintf(epoch_file, sizeof epoch_file, "%s/epoch-%d.ckpt", dir, v->lease.epoch);
     int linked = epoch_end && link(path, epoch_file) == 0;
     if (epoch_end && !linked && errno != EEXIST)
         cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
@@ -384,7 +388,10 @@ static void run_sleep_visit(worker *w, visit *v, int64_t ms)
         cds_sleep_ms(left < 10 ? (left > 0 ? left : 0) : 10);
     }
     char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64], tmp[QUEUE_MOP_PATH_MAX + 8];
-    ckpt_path(v, path, sizeof path, dir, sizeof dir);
+    if (ckpt_path(v, path, sizeof path, dir, sizeof dir, &err) != 0) {
+        visit_failed(w, v, &err, 0, NULL);
+        return;
+    }
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = cds_mkdirs(dir, &err) == 0 ? fopen(tmp, "w") : NULL;
     int ok = f && fprintf(f, "diag.sleep model %d epoch %d shard %d version %lld\n", v->lease.model, v->lease.epoch,
@@ -435,9 +442,10 @@ static void run_visit(worker *w, visit *v)
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: checkpoint is in epoch %lld, the lease says %d",
                  v->sweep, v->lease.model, (long long)nn_trainer_epoch(t) + 1, v->lease.epoch);
     char dir[4096];
-    snprintf(dir, sizeof dir, "%s/datasets/%s/train/shard-%d", w->cfg->data_root, v->dataset, v->lease.shard);
     nn_pass_stats st;
-    int rc = nn_trainer_train_shard(t, dir, v->lease.shard, should_stop, w, &st, &err);
+    int rc = cds_layout_dataset_shard(dir, sizeof dir, w->cfg->data_root, v->dataset, "train", v->lease.shard, &err);
+    if (rc == 0)
+        rc = nn_trainer_train_shard(t, dir, v->lease.shard, should_stop, w, &st, &err);
     if (rc == NN_TRAIN_DIVERGED) {
         visit_failed(w, v, &err, 1, NULL);
     } else if (rc == NN_TRAIN_STOPPED) {
@@ -494,12 +502,15 @@ static int eval_valid(worker *w, nn_trainer *t, const char *dataset, nn_pass_sta
     memset(va, 0, sizeof *va);
     char dir[4096];
     for (int k = 0;; k++) {
-        snprintf(dir, sizeof dir, "%s/datasets/%s/valid/shard-%d", w->cfg->data_root, dataset, k);
-        if (access(dir, F_OK) != 0)
-            return k == 0 ? cds_errf(err, "dataset %s has no validation shards under %s/datasets/%s/valid: unload it "
-                                          "with a validation split (valid_fraction or valid_table)",
-                                     dataset, w->cfg->data_root, dataset)
-                          : 0;
+        if (cds_layout_dataset_shard(dir, sizeof dir, w->cfg->data_root, dataset, "valid", k, err) != 0)
+            return -1;
+        if (access(dir, F_OK) != 0 && k > 0)
+            return 0;
+        if (access(dir, F_OK) != 0) {
+            *strrchr(dir, '/') = '\0'; /* the split's directory */
+            return cds_errf(err, "dataset %s has no validation shards under %s: unload it with a validation split "
+                                 "(valid_fraction or valid_table)", dataset, dir);
+        }
         /* The evaluation lease went back to the list: someone else does it. */
         if (atomic_load(&w->mop.lost))
             return cds_errf(err, "its evaluation lease was lost");
@@ -558,7 +569,11 @@ static int results_dsn(worker *w, const char *dataset, char **dsn, cds_err *err)
 static void append_csv(worker *w, const char *sweep, const char *line)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/sweeps/%s/results.csv", w->cfg->data_root, sweep);
+    cds_err err;
+    if (cds_layout_results_csv(path, sizeof path, w->cfg->data_root, sweep, &err) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "cannot append to the results.csv of sweep %s: %s", sweep, err.msg);
+        return;
+    }
     FILE *f = fopen(path, "a");
     if (!f) {
         cds_logf(&w->log, CDS_LOG_WARN, "cannot append to %s: %s", path, strerror(errno));
@@ -640,8 +655,12 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
     int64_t version = l->version;
     visit v = {.w = w, .sweep = sweep};
     char dir[QUEUE_MOP_PATH_MAX - 64], file[QUEUE_MOP_PATH_MAX], what[64];
-    snprintf(dir, sizeof dir, "%s/sweeps/%s/models/%d", w->cfg->data_root, sweep, m);
-    snprintf(file, sizeof file, "%s/epoch-%d.ckpt", dir, e);
+    if (cds_layout_model_dir(dir, sizeof dir, w->cfg->data_root, sweep, m, &err) != 0 ||
+        cds_layout_epoch_ckpt(file, sizeof file, dir, e, &err) != 0) {
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation failed: %s", sweep, m, e, err.msg);
+        end_eval(w, sweep, l, QUEUE_EVAL_RETRY, err.msg);
+        return;
+    }
     snprintf(what, sizeof what, "%s/%d eval", sweep, m);
     worker_set_current(w, what);
     char *spec = NULL;
@@ -735,13 +754,10 @@ static void run_eval_leased(worker *w, const char *sweep, const queue_mop_lease 
      * other epoch file goes once evaluated, but for a failed model's: those
      * are what jobctl retry --from epoch-N can train on from. */
     char best[QUEUE_MOP_PATH_MAX];
-    snprintf(best, sizeof best, "%s/best-e%d.ckpt", dir, e);
-    if (is_best && rename(file, best) == 0) {
-        if (prev >= 0) {
-            char old[QUEUE_MOP_PATH_MAX];
-            snprintf(old, sizeof old, "%s/best-e%d.ckpt", dir, prev);
+    if (is_best && cds_layout_best_ckpt(best, sizeof best, dir, e, &err) == 0 && rename(file, best) == 0) {
+        char old[QUEUE_MOP_PATH_MAX];
+        if (prev >= 0 && cds_layout_best_ckpt(old, sizeof old, dir, prev, &err) == 0)
             unlink(old);
-        }
         drop_if_superseded(w, sweep, m, e, best);
     } else if (!model_failed(w, sweep, m)) {
         unlink(file);
@@ -834,9 +850,12 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
  * appear), or the epoch file itself if that worker died in between. */
 static int find_best_file(worker *w, const char *sweep, int m, int e, char *file, size_t n)
 {
-    char epoch_file[QUEUE_MOP_PATH_MAX];
-    snprintf(file, n, "%s/sweeps/%s/models/%d/best-e%d.ckpt", w->cfg->data_root, sweep, m, e);
-    snprintf(epoch_file, sizeof epoch_file, "%s/sweeps/%s/models/%d/epoch-%d.ckpt", w->cfg->data_root, sweep, m, e);
+    char dir[QUEUE_MOP_PATH_MAX - 64], epoch_file[QUEUE_MOP_PATH_MAX];
+    cds_err err;
+    if (cds_layout_model_dir(dir, sizeof dir, w->cfg->data_root, sweep, m, &err) != 0 ||
+        cds_layout_best_ckpt(file, n, dir, e, &err) != 0 ||
+        cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, e, &err) != 0)
+        return -1;
     for (int64_t until = cds_mono_ms() + 5000; cds_mono_ms() < until && !atomic_load(&w->mop.lost); cds_sleep_ms(50)) {
         if (access(file, R_OK) == 0)
             return 0;
@@ -859,7 +878,8 @@ static int score_test(worker *w, const char *file, const char *dataset, nn_pass_
     int rc = t ? 0 : -1;
     char dir[4096];
     for (int k = 0; rc == 0; k++) {
-        snprintf(dir, sizeof dir, "%s/datasets/%s/test/shard-%d", w->cfg->data_root, dataset, k);
+        if ((rc = cds_layout_dataset_shard(dir, sizeof dir, w->cfg->data_root, dataset, "test", k, err)) != 0)
+            break;
         if (access(dir, F_OK) != 0) {
             if (k == 0)
                 rc = cds_errf(err, "dataset %s has no test split: unload it with a test table", dataset);
