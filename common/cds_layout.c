@@ -53,6 +53,13 @@ int cds_layout_split_shard(char *out, size_t n, const char *split_dir, int shard
     return path(out, n, err, "%s/shard-%d", split_dir, shard);
 }
 
+int cds_layout_shard_index(const char *name)
+{
+    int k;
+    char tail;
+    return sscanf(name, "shard-%d%c", &k, &tail) == 1 && k >= 0 ? k : -1;
+}
+
 int cds_layout_dataset_shard(char *out, size_t n, const char *root, const char *dataset, const char *split,
                              int shard, cds_err *err)
 {

@@ -38,6 +38,9 @@ int cds_layout_split_dir(char *out, size_t n, const char *dataset_dir, const cha
 int cds_layout_shard_dir(char *out, size_t n, const char *dataset_dir, const char *split, int shard, cds_err *err);
 /* Shard k in a split's directory (the shard writer's final name). */
 int cds_layout_split_shard(char *out, size_t n, const char *split_dir, int shard, cds_err *err);
+/* k when name is exactly a shard's directory name "shard-<k>" (k >= 0),
+ * else -1 (a temporary or set-aside shard, anything else). */
+int cds_layout_shard_index(const char *name);
 /* Shard k of a split of the dataset in place under root. */
 int cds_layout_dataset_shard(char *out, size_t n, const char *root, const char *dataset, const char *split,
                              int shard, cds_err *err);

@@ -49,6 +49,11 @@ int main(void)
            cds_layout_dataset_dir(small, sizeof small, "/d", "abcd", &err) == -1,
        "15 bytes fit in 16, 16 do not");
 
+    ok(cds_layout_split_shard(p, sizeof p, ".", 12, &err) == 0 && cds_layout_shard_index(p + 2) == 12,
+       "a shard's name reads back with its index");
+    ok(cds_layout_shard_index(".shard-3.tmp-ab12") == -1 && cds_layout_shard_index("shard-3.old") == -1 &&
+           cds_layout_shard_index("shard--1") == -1 && cds_layout_shard_index("x.npy") == -1,
+       "temporary, set-aside and other names are no shard");
     int64_t num = -1;
     ok(cds_layout_visit_ckpt(p, sizeof p, ".", 5, "tok", &err) == 0 && cds_layout_model_file(p + 2, &num) ==
            CDS_LAYOUT_VISIT && num == 5, "a visit's name reads back as a visit of its version");
