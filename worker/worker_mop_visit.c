@@ -147,13 +147,13 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
 void worker_mop_train_visit(worker *w, worker_visit *v)
 {
     cds_err err;
-    nn_trainer *t = NULL;
-    if (!(t = load_model(v, v->spec, &err))) {
+    nn_trainer *t = load_model(v, v->spec, &err);
+    if (!t) {
         char note[2 * QUEUE_MOP_PATH_MAX] = "";
         if (v->lease.version > 0 && !cds_err_is_nomem(&err))
             intact_older_note(w, v, v->lease.ckpt, note, sizeof note);
         worker_visit_failed(w, v, &err, 0, note);
-        goto out;
+        return;
     }
     /* The checkpoint counts the epochs it completed; the lease names the
      * one in progress, from 1. */
@@ -181,6 +181,5 @@ void worker_mop_train_visit(worker *w, worker_visit *v)
             nn_trainer_end_epoch(t);
         publish(w, v, t, &st, epoch_end);
     }
-out:
     nn_trainer_free(t);
 }
