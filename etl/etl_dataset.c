@@ -19,6 +19,7 @@
 
 #include <openssl/evp.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_plan_int.h"
 #include "etl_shard.h"
@@ -47,8 +48,10 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
     int rc = 0;
     for (size_t i = 0; i < p->n_tasks && rc == 0; i++) {
         const etl_task *t = &p->tasks[i];
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s/shard-%d/manifest.json", p->staging, t->split, t->shard);
+        char dir[4096], path[4200];
+        if ((rc = cds_layout_shard_dir(dir, sizeof dir, p->staging, t->split, t->shard, err)) != 0)
+            break;
+        snprintf(path, sizeof path, "%s/manifest.json", dir);
         json_t *m;
         if ((rc = read_manifest(path, &m, err)) != 0)
             break;
@@ -84,7 +87,8 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
 static int write_dataset_json(const etl_plan *p, const char *version, json_t *splits, int num_classes, cds_err *err)
 {
     char path[4096], tmp[4200];
-    snprintf(path, sizeof path, "%s/dataset.json", p->staging);
+    if (cds_layout_dataset_json(path, sizeof path, p->staging, err) != 0)
+        return -1;
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     char when[32];
     time_t t = time(NULL);
@@ -125,8 +129,9 @@ int etl_dataset_finish(const etl_plan *p, char version[65], cds_err *err)
                       p->label_name, num_classes, p->dataset);
     for (size_t i = 0; i < p->n_tasks && rc == 0; i++) {
         char dir[4096];
-        snprintf(dir, sizeof dir, "%s/%s/shard-%d", p->staging, p->tasks[i].split, p->tasks[i].shard);
-        rc = etl_shard_manifest_set(dir, "dataset_version", json_string(version), err);
+        rc = cds_layout_shard_dir(dir, sizeof dir, p->staging, p->tasks[i].split, p->tasks[i].shard, err);
+        if (rc == 0)
+            rc = etl_shard_manifest_set(dir, "dataset_version", json_string(version), err);
         if (rc == 0 && p->num_classes < 1)
             rc = etl_shard_manifest_set(dir, "num_classes", json_integer(num_classes), err);
     }

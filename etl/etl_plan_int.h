@@ -1,6 +1,8 @@
-/* Internals of an unload plan shared by etl_plan.c (making it), etl_stream.c
- * (running its tasks) and etl_dataset.c (finishing), and the libpq conninfo
- * writing that etl_plan.c and etl_spec.c share.  Not installed. */
+/* Internals of an unload plan shared by the planner (etl_plan*.c, making
+ * it; etl_planner_int.h is the planner's own), etl_stream.c and etl_rows.c
+ * (running its tasks) and etl_dataset.c (finishing), the libpq helpers of
+ * etl_pq.c, and the libpq conninfo writing that etl_pq.c and etl_spec.c
+ * share.  Not installed. */
 #ifndef CDS_ETL_PLAN_INT_H
 #define CDS_ETL_PLAN_INT_H
 

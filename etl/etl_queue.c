@@ -3,11 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_layout.h"
+#include "etl_dataset_record.h"
 #include "etl_plan_int.h"
 #include "etl_queue.h"
 #include "etl_unload.h"
-
-static void record_name(char *out, size_t n, const char *dataset) { snprintf(out, n, "dataset:%s", dataset); }
 
 int etl_enqueue(queue_conn *q, const json_t *spec_json, const char *queue_name, int64_t priority, etl_enqueued *out,
                 const cds_log *log, cds_err *err)
@@ -21,20 +21,8 @@ int etl_enqueue(queue_conn *q, const json_t *spec_json, const char *queue_name, 
     if (!p)
         return -1;
     const char *token = json_string_value(json_object_get(p->json, "token"));
-    char rec[200];
-    record_name(rec, sizeof rec, p->dataset);
     snprintf(out->dataset, sizeof out->dataset, "%s", p->dataset);
-
-    json_t *fields = json_object();
-    json_object_set_new(fields, "state", json_string("loading"));
-    json_object_set_new(fields, "token", json_string(token));
-    json_object_set_new(fields, "plan", json_incref(p->json));
-    json_object_set(fields, "spec", json_object_get(p->json, "spec"));
-    json_object_set_new(fields, "shards", json_integer(json_integer_value(json_object_get(json_object_get(p->json, "spec"), "shards"))));
-    json_object_set_new(fields, "version", json_string(""));
-    json_object_set_new(fields, "error", json_string(""));
-    int rc = queue_record_set(q, rec, fields, err);
-    json_decref(fields);
+    int rc = etl_dataset_record_loading(q, p->dataset, token, p->json, err);
 
     size_t n = p->n_tasks;
     queue_job_spec *jobs = calloc(n, sizeof *jobs);
@@ -75,9 +63,7 @@ int etl_enqueue(queue_conn *q, const json_t *spec_json, const char *queue_name, 
         if (rc == 0) {
             snprintf(out->finish_id, sizeof out->finish_id, "%s", f.id);
             out->n_shard_jobs = n;
-            json_t *upd = json_pack("{s:s}", "finish_job", f.id);
-            queue_record_set(q, rec, upd, err);
-            json_decref(upd);
+            etl_dataset_record_finish_job(q, p->dataset, f.id, err);
         }
     }
     for (size_t i = 0; i <= n; i++)
@@ -91,7 +77,7 @@ int etl_enqueue(queue_conn *q, const json_t *spec_json, const char *queue_name, 
 }
 
 /* Reads a job payload and the plan it refers to. */
-static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, char *rec, size_t recsz, cds_err *err)
+static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, cds_err *err)
 {
     json_error_t je;
     *pl = json_loads(payload, 0, &je);
@@ -99,16 +85,15 @@ static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, char *
     const char *token = *pl ? json_string_value(json_object_get(*pl, "token")) : NULL;
     if (!dataset || !token)
         return cds_errf(err, "ETL job payload must hold dataset and token, got %s", payload), NULL;
-    record_name(rec, recsz, dataset);
-    json_t *r = NULL;
-    if (queue_record_get(q, rec, &r, err) != 0)
+    etl_dataset_record r;
+    if (etl_dataset_record_read(q, dataset, &r, err) != 0)
         return cds_err_wrap(err, "dataset record of %s", dataset), NULL;
     etl_plan *p = NULL;
-    if (strcmp(json_string_value(json_object_get(r, "token")) ?: "", token) != 0) {
+    if (strcmp(r.token, token) != 0) {
         cds_errf(err, "dataset %s was enqueued again (unload %s is no longer current); this job is obsolete", dataset,
                  token);
     } else {
-        json_t *plan = json_loads(json_string_value(json_object_get(r, "plan")) ?: "", 0, &je);
+        json_t *plan = json_loads(r.plan ?: "", 0, &je);
         /* The plan's DSN has no password: libpq finds it in the worker's
          * PGPASSWORD or ~/.pgpass. */
         p = plan ? etl_plan_from_json(plan, NULL, err) : NULL;
@@ -116,20 +101,19 @@ static etl_plan *plan_of(queue_conn *q, const char *payload, json_t **pl, char *
             cds_errf(err, "dataset record of %s holds no readable plan: %s", dataset, je.text);
         json_decref(plan);
     }
-    json_decref(r);
+    etl_dataset_record_free(&r);
     return p;
 }
 
-/* What an etl.* job works on: its payload, its dataset record, the plan. */
+/* What an etl.* job works on: its payload and the plan of its dataset. */
 typedef struct job_ctx {
     json_t *payload;
-    char rec[200];
     etl_plan *plan;
 } job_ctx;
 
 static int job_open(queue_conn *q, const char *payload, job_ctx *j, cds_err *err)
 {
-    j->plan = plan_of(q, payload, &j->payload, j->rec, sizeof j->rec, err);
+    j->plan = plan_of(q, payload, &j->payload, err);
     if (!j->plan) {
         json_decref(j->payload);
         return -1;
@@ -150,17 +134,12 @@ int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cd
         return -1;
     etl_plan *p = j.plan;
     json_t *pl = j.payload;
-    const char *rec = j.rec;
     size_t task = (size_t)json_integer_value(json_object_get(pl, "task"));
     int64_t rows = 0;
     int rc = etl_unload_task(p, task, NULL, &rows, err);
     if (rc == 0) {
-        char field[64];
-        snprintf(field, sizeof field, "rows:%s:%d", etl_plan_task_split(p, task), etl_plan_task_shard(p, task));
-        json_t *upd = json_object();
-        json_object_set_new(upd, field, json_integer(rows));
-        rc = queue_record_set(q, rec, upd, err);
-        json_decref(upd);
+        rc = etl_dataset_record_shard_rows(q, p->dataset, etl_plan_task_split(p, task), etl_plan_task_shard(p, task),
+                                           rows, err);
         if (log)
             cds_logf(log, CDS_LOG_INFO, "dataset %s: %s shard %d unloaded, %lld rows", p->dataset,
                      etl_plan_task_split(p, task), etl_plan_task_shard(p, task), (long long)rows);
@@ -175,18 +154,15 @@ int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, c
     if (job_open(q, payload, &j, err) != 0)
         return -1;
     etl_plan *p = j.plan;
-    const char *rec = j.rec;
     char version[65];
     int rc = etl_dataset_finish(p, version, err);
     if (rc == 0) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/dataset.json", p->dataset_dir);
         json_error_t je;
-        json_t *d = json_load_file(path, 0, &je);
-        json_t *upd = json_pack("{s:s, s:s, s:O}", "state", "ready", "version", version, "splits",
-                                d ? json_object_get(d, "splits") : json_null());
-        rc = queue_record_set(q, rec, upd, err);
-        json_decref(upd);
+        json_t *d = cds_layout_dataset_json(path, sizeof path, p->dataset_dir, err) == 0
+                        ? json_load_file(path, 0, &je)
+                        : NULL;
+        rc = etl_dataset_record_ready(q, p->dataset, version, json_object_get(d, "splits"), err);
         json_decref(d);
         if (log)
             cds_logf(log, CDS_LOG_INFO, "dataset %s ready, version %.16s", p->dataset, version);
@@ -200,19 +176,7 @@ int etl_mark_failed(queue_conn *q, const char *payload, const char *reason, cds_
     json_t *pl = json_loads(payload, 0, NULL);
     const char *dataset = pl ? json_string_value(json_object_get(pl, "dataset")) : NULL;
     const char *token = pl ? json_string_value(json_object_get(pl, "token")) : NULL;
-    int rc = 0;
-    if (dataset && token) {
-        char rec[200];
-        record_name(rec, sizeof rec, dataset);
-        json_t *r = NULL;
-        if (queue_record_get(q, rec, &r, err) == 0 &&
-            strcmp(json_string_value(json_object_get(r, "token")) ?: "", token) == 0) {
-            json_t *upd = json_pack("{s:s, s:s}", "state", "failed", "error", reason);
-            rc = queue_record_set(q, rec, upd, err);
-            json_decref(upd);
-        }
-        json_decref(r);
-    }
+    int rc = dataset && token ? etl_dataset_record_failed(q, dataset, token, reason, err) : 0;
     json_decref(pl);
     return rc;
 }

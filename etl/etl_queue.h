@@ -2,7 +2,7 @@
  *
  * Enqueueing plans the unload (one connection to the database, from where
  * jobctl runs), stores the plan once in the dataset record
- * <prefix>dataset:<name> (state "loading"), and creates one `etl.shard` job
+ * <prefix>dataset:<name> (state "loading"; etl_dataset_record.h owns it), and creates one `etl.shard` job
  * per (split, shard) and an `etl.finish` job after all of them; the finish
  * job's id is the one to wait on (--after).  Workers run the shard jobs
  * (each reads through its own snapshot, recorded in its manifest) and the

@@ -40,6 +40,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_shard.h"
 
@@ -276,7 +277,7 @@ static int rename_noreplace(const char *from, const char *to)
 static int install(etl_shard_writer *w, int replace, cds_err *err)
 {
     char final[PATH_MAX], aside[PATH_MAX] = "", hex[9];
-    if (path_join(final, sizeof final, err, "%s/shard-%d", w->split_dir, w->shard) != 0)
+    if (cds_layout_split_shard(final, sizeof final, w->split_dir, w->shard, err) != 0)
         return -1;
     if (rename_noreplace(w->tmp_dir, final) != 0) {
         int e = errno;

@@ -300,7 +300,7 @@ ok "$([ -z "$tmps" ]; echo $?)" "no temporary file remains under sweeps/${tmps:+
 # runs (the temporary file exists) or after it ran (the final file exists, not
 # committed), the worker is SIGKILLed in that window, and two plain workers
 # finish the sweep.  The next accepted commit of the model deletes what the
-# dead lease left (worker_mop.c, prune_model_dir).
+# dead lease left (worker_mop_lease.c, prune_model_dir).
 if ! strace -f -qq -o /dev/null true 2>/dev/null || ! command -v pgrep >/dev/null; then
     for what in "before" "after"; do
         n=$((n + 1)); echo "ok $n - a worker killed $what renaming its checkpoint # SKIP strace cannot trace here"

@@ -47,7 +47,7 @@
 #include "queue_mop.h"
 #include "tap.h"
 #include "testutil.h"
-#include "worker_int.h"
+#include "worker_results.h"
 
 static PGconn *admin;
 static redisContext *raw;

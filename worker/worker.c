@@ -8,7 +8,7 @@
  *              a stop is noticed within a second); a MOP worker also writes,
  *              between steps, the cds_results rows that wait in Redis: once
  *              a second, and at once after it recorded an evaluation
- *              (worker_results_db.c);
+ *              (worker_results.c);
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
@@ -24,7 +24,11 @@
  * A lost Redis connection is retried with capped exponential backoff and
  * jitter; jobs in hand keep running meanwhile and are acked once Redis is back
  * (if their lease expired meanwhile the ack is refused and the job's other run
- * counts: delivery is at least once). */
+ * counts: delivery is at least once).
+ *
+ * This file is the top of worker/: it calls the runners (worker_jobs.c for
+ * queue jobs, worker_mop.c for MOP leases) and the results tick; they reach
+ * the worker only through its context (worker_ctx.c), never back here. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,15 +38,8 @@
 
 #include "cds_util.h"
 #include "nn_par.h"
-#include "worker_int.h"
-
-int worker_run_should_abort(const worker_run_ctx *ctx)
-{
-    return atomic_load(&ctx->w->stop) >= 2 || atomic_load(&ctx->h->lost);
-}
-
-const cds_log *worker_run_log(const worker_run_ctx *ctx) { return &ctx->w->log; }
-queue_conn *worker_run_queue(const worker_run_ctx *ctx) { return ctx->w->q; }
+#include "worker_mop.h"
+#include "worker_results.h"
 
 /* ---- connections --------------------------------------------------------- */
 
@@ -52,42 +49,7 @@ static queue_conn *connect_once(const worker_cfg *cfg, cds_err *err)
     return queue_connect(&o, err);
 }
 
-/* Reconnects *q with backoff until it works or `give_up` says so. */
-int worker_reconnect_with_backoff(worker *w, queue_conn *q, const char *who, int (*give_up)(worker *))
-{
-    int64_t delay = 100;
-    for (int attempt = 1;; attempt++) {
-        cds_err err;
-        if (queue_reconnect(q, &err) == 0) {
-            cds_logf(&w->log, CDS_LOG_INFO, "%s: reconnected to Redis at %s", who, queue_url_redacted(q));
-            return 0;
-        }
-        if (attempt == 1 || attempt % 10 == 0)
-            cds_logf(&w->log, CDS_LOG_WARN, "%s: %s; retrying in %lld ms", who, err.msg, (long long)delay);
-        int64_t until = cds_mono_ms() + (int64_t)(delay * (0.5 + 0.5 * cds_random_unit()));
-        while (cds_mono_ms() < until) {
-            if (give_up(w))
-                return -1;
-            cds_sleep_ms(50);
-        }
-        delay = delay * 2 > 5000 ? 5000 : delay * 2;
-    }
-}
-
-/* The main thread stops retrying Redis when told to stop at once, or when
- * told to drain with nothing in hand to ack or commit. */
-int worker_main_gives_up(worker *w)
-{
-    int stop = atomic_load(&w->stop);
-    if (stop >= 2)
-        return 1;
-    if (stop == 0)
-        return 0;
-    pthread_mutex_lock(&w->mu);
-    int idle = w->current[0] == '\0';
-    pthread_mutex_unlock(&w->mu);
-    return idle;
-}
+/* The heartbeat thread retries Redis until the worker exits. */
 static int helper_gives_up(worker *w) { return atomic_load(&w->done); }
 
 /* ---- signals ------------------------------------------------------------- */
@@ -253,14 +215,6 @@ static void *heartbeat_thread(void *arg)
 }
 
 /* ---- running jobs -------------------------------------------------------- */
-
-void worker_set_current(worker *w, const char *id)
-{
-    pthread_mutex_lock(&w->mu);
-    snprintf(w->current, sizeof w->current, "%s", id ? id : "");
-    pthread_mutex_unlock(&w->mu);
-}
-
 
 static void release_job(worker *w, held *h)
 {

@@ -53,7 +53,7 @@
 
 #include "cds_util.h"
 #include "etl_unload.h"
-#include "worker_int.h"
+#include "worker_results.h"
 
 static const char create_sql[] =
     "CREATE TABLE IF NOT EXISTS cds_results ("
@@ -502,55 +502,4 @@ char *worker_results_dsn(const char *dsn)
         return NULL;
     PQconninfoFree(opts);
     return etl_dsn_redacted(dsn);
-}
-
-void worker_results_recorded(worker *w, const char *sweep, int model, int epoch, const char *dsn)
-{
-    worker_results_row *r = &w->results_row;
-    r->pending = 1;
-    snprintf(r->sweep, sizeof r->sweep, "%s", sweep);
-    r->model = model;
-    r->epoch = epoch;
-    queue_outbox_id(dsn, r->id);
-}
-
-/* The row of the evaluation this worker just recorded: its outbox is tried
- * first (with the rows before it, in order) unless the database is backing
- * off or another worker is writing that outbox; one WARN when the row stays
- * in Redis because the database failed (now or before). */
-static void write_recorded(worker *w, const worker_results_row *r, const worker_results_opts *o)
-{
-    cds_err err;
-    worker_results_pass p = {0};
-    if (!w->results_db ||
-        WITH_RECONNECT(w, worker_results_drain(w->results_db, w->q, r->id, o, &w->log, &p, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: its cds_results row is kept in Redis, not "
-                 "written now: %s (any worker writes it later)", r->sweep, r->model, r->epoch,
-                 w->results_db ? err.msg : "out of memory");
-    else if (p.deferred)
-        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: not written to cds_results yet: %s; the row is "
-                 "kept in Redis (%lld rows wait for that database) and retried with backoff (jobctl results %s "
-                 "--check-db)", r->sweep, r->model, r->epoch, p.why, (long long)p.left, r->sweep);
-}
-
-void worker_results_tick(worker *w, int64_t *next_ms)
-{
-    int64_t now = cds_mono_ms();
-    if (now < *next_ms && !w->results_row.pending)
-        return;
-    *next_ms = now + 1000;
-    if (!w->results_db)
-        w->results_db = worker_results_db_new(0); /* without it, the rows wait for a worker with memory to spare */
-    worker_results_opts o;
-    worker_results_default_opts(&o, w->cfg->id);
-    if (w->results_row.pending) {
-        w->results_row.pending = 0;
-        write_recorded(w, &w->results_row, &o);
-        /* The other outboxes get what is left of the pass, or the next tick. */
-        if ((o.pass_ms -= cds_mono_ms() - now) <= 0)
-            return;
-    }
-    cds_err err;
-    if (w->results_db && WITH_RECONNECT(w, worker_results_drain_due(w->results_db, w->q, &o, &w->log, &err)) != 0)
-        cds_logf(&w->log, CDS_LOG_WARN, "writing the cds_results rows kept in Redis: %s", err.msg);
 }

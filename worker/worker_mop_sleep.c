@@ -1,0 +1,88 @@
+/* worker_mop_sleep: the runner of diag.sleep models, which exist for tests,
+ * demos and benchmarks of the scheduler: a model whose spec says
+ * {"model": {"arch": "diag.sleep", "ms": N}} takes the same lease,
+ * checkpoint and commit path as a real one, but its visit sleeps N ms (in
+ * slices, so a stop or a lost lease interrupts it) instead of training, its
+ * "checkpoint" is a small text file naming the visit, and its epochs have
+ * nothing to evaluate.  worker_mop.c sends such a model here, so the
+ * production visit and evaluation (worker_mop_visit.c, worker_mop_eval.c)
+ * know nothing of it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "cds_layout.h"
+#include "cds_util.h"
+#include "worker_mop_int.h"
+
+/* The model of a spec, if it is a diag.sleep one: its ms, else -1. */
+int64_t worker_mop_sleep_ms(const char *spec)
+{
+    json_t *o = json_loads(spec, 0, NULL);
+    json_t *m = json_object_get(o, "model");
+    const char *arch = json_string_value(json_object_get(m, "arch"));
+    int64_t ms = arch && strcmp(arch, "diag.sleep") == 0 ? json_integer_value(json_object_get(m, "ms")) : -1;
+    json_decref(o);
+    return ms;
+}
+
+/* A diag.sleep visit: no training, the same lease, checkpoint and commit
+ * path as a real one (the "checkpoint" is a small text file naming the
+ * visit), so the scheduler and its failure handling can be exercised and
+ * measured without spending the time training takes. */
+void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms)
+{
+    cds_err err;
+    if (v->lease.version > 0 && access(v->lease.ckpt, R_OK) != 0) {
+        cds_errf(&err, "its committed checkpoint %s is missing", v->lease.ckpt);
+        worker_visit_failed(w, v, &err, 0, NULL);
+        return;
+    }
+    int64_t until = cds_mono_ms() + ms;
+    while (cds_mono_ms() < until) {
+        if (worker_visit_should_stop(w, 0, 0, NULL)) {
+            if (atomic_load(&w->mop.lost))
+                cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost mid-visit; abandoning it", v->sweep,
+                         v->lease.model);
+            else
+                worker_visit_give_back(w, v, "stopping now");
+            return;
+        }
+        int64_t left = until - cds_mono_ms();
+        cds_sleep_ms(left < 10 ? (left > 0 ? left : 0) : 10);
+    }
+    char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64], tmp[QUEUE_MOP_PATH_MAX + 8];
+    if (worker_visit_ckpt_path(v, path, sizeof path, dir, sizeof dir, &err) != 0) {
+        worker_visit_failed(w, v, &err, 0, NULL);
+        return;
+    }
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = cds_mkdirs(dir, &err) == 0 ? fopen(tmp, "w") : NULL;
+    int ok = f && fprintf(f, "diag.sleep model %d epoch %d shard %d version %lld\n", v->lease.model, v->lease.epoch,
+                          v->lease.shard, (long long)v->lease.version + 1) > 0;
+    ok = f && fclose(f) == 0 && ok && rename(tmp, path) == 0;
+    if (!ok) {
+        unlink(tmp);
+        cds_errf(&err, "could not write its checkpoint %s", tmp);
+        worker_visit_failed(w, v, &err, 0, NULL);
+        return;
+    }
+    queue_mop_commit_result r;
+    if (worker_visit_commit(w, v, path, dir, 0, NULL, &r) != 1) /* diag.sleep: nothing to evaluate */
+        return;
+    cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
+             v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);
+}
+
+void worker_mop_sleep_eval(worker *w, const char *sweep, const queue_mop_lease *l)
+{
+    char dir[QUEUE_MOP_PATH_MAX - 64], file[QUEUE_MOP_PATH_MAX];
+    cds_err err;
+    if (cds_layout_model_dir(dir, sizeof dir, w->cfg->data_root, sweep, l->model, &err) == 0 &&
+        cds_layout_epoch_ckpt(file, sizeof file, dir, l->epoch, &err) == 0)
+        unlink(file);
+    worker_eval_end(w, sweep, l, QUEUE_EVAL_DROP, NULL);
+}
