@@ -8,13 +8,13 @@
  * with the same --threads), skipping shards it had already visited. */
 #include <dirent.h>
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cds_cli.h"
 #include "cds_util.h"
 #include "nn_par.h"
 #include "nn_train.h"
@@ -295,36 +295,37 @@ static int parse_args(int argc, char **argv, run_opts *o)
     shard_list *last = NULL;
     int c, rc;
     int64_t v;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-train", NULL, argc, argv, "", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (c) {
         case 'd':
         case 'v':
             last = c == 'd' ? &o->data : &o->valid;
-            if ((rc = add_shards(last, optarg)) != 0)
+            if ((rc = add_shards(last, cli.arg)) != 0)
                 return rc;
             /* further plain arguments belong to the same list: --data a b c */
             while (optind < argc && argv[optind][0] != '-')
                 if ((rc = add_shards(last, argv[optind++])) != 0)
                     return rc;
             break;
-        case 's': o->spec = optarg; break;
-        case 'r': o->resume = optarg; break;
-        case 'o': o->out = optarg; break;
+        case 's': o->spec = cli.arg; break;
+        case 'r': o->resume = cli.arg; break;
+        case 'o': o->out = cli.arg; break;
         case 'e':
-            if (cds_parse_i64(optarg, 1, 1000000, &v) != 0)
-                return bad("--epochs %s: give a whole number of at least 1", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1000000, &v) != 0)
+                return bad("--epochs %s: give a whole number of at least 1", cli.arg);
             o->epochs = (int)v;
             break;
         case 't':
-            if (cds_parse_i64(optarg, 1, 1024, &v) != 0)
-                return bad("--threads %s: give a whole number from 1 to 1024", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1024, &v) != 0)
+                return bad("--threads %s: give a whole number from 1 to 1024", cli.arg);
             o->threads = (int)v;
             break;
         case O_JSON: o->json = 1; break;
         case O_NOPROG: o->show_progress = 0; break;
         case O_HELP: usage(stdout); return -1;
-        default: return bad("%s", "unknown option");
+        default: return cds_cli_fail(&cli);
         }
     }
     if (optind < argc)

@@ -25,7 +25,6 @@
  * and given its primary key in one transaction (nothing half-made on
  * failure), and an existing table is refused unless --replace.  Errors are
  * one line "gen-criteo: ..." on stderr, exit 1; bad usage exits 2. */
-#include <getopt.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,6 +33,7 @@
 
 #include <libpq-fe.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "cds_util.h"
 #include "pg_copy.h"
@@ -324,39 +324,38 @@ static int parse_args(int argc, char **argv, options *o)
         {0, 0, 0, 0},
     };
     *o = (options){NULL, "criteo_raw", 100000, 1, 0};
-    opterr = 0;
+    cds_cli cli;
+    cds_cli_init(&cli, PROG, NULL, argc, argv, "", opts);
     int ch;
     int64_t v;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (ch) {
         case O_ROWS:
-            if (cds_parse_i64(optarg, 1, INT64_C(1) << 40, &o->rows) != 0) {
-                fprintf(stderr, PROG ": --rows must be a whole number from 1 to 2^40, got '%s'\n", optarg);
+            if (cds_parse_i64(cli.arg, 1, INT64_C(1) << 40, &o->rows) != 0) {
+                cds_cli_usage(&cli, "bad --rows '%s': give a whole number from 1 to 2^40", cli.arg);
                 return -1;
             }
             break;
         case O_SEED:
-            if (cds_parse_i64(optarg, 0, INT64_MAX, &v) != 0) {
-                fprintf(stderr, PROG ": --seed must be a non-negative whole number, got '%s'\n", optarg);
+            if (cds_parse_i64(cli.arg, 0, INT64_MAX, &v) != 0) {
+                cds_cli_usage(&cli, "bad --seed '%s': give a whole number, 0 or more", cli.arg);
                 return -1;
             }
             o->seed = (uint64_t)v;
             break;
-        case O_TABLE: o->table = optarg; break;
+        case O_TABLE: o->table = cli.arg; break;
         case O_REPLACE: o->replace = 1; break;
-        case O_DSN: o->dsn = optarg; break;
+        case O_DSN: o->dsn = cli.arg; break;
         case O_HELP: usage(stdout); exit(0);
-        default:
-            fprintf(stderr, PROG ": unknown or incomplete option %s (see --help)\n", argv[optind - 1]);
-            return -1;
+        default: cds_cli_fail(&cli); return -1;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, PROG ": unexpected argument %s (see --help)\n", argv[optind]);
+        cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
         return -1;
     }
     if (!o->table[0] || strlen(o->table) > 63) {
-        fprintf(stderr, PROG ": --table must be 1 to 63 characters\n");
+        cds_cli_usage(&cli, "bad --table: give a name of 1 to 63 characters");
         return -1;
     }
     return 0;

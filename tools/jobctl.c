@@ -9,8 +9,8 @@
  * file per family, see jobctl.h) parses its own options with
  * jobctl_next_option(), over a table that ends with GLOBAL_OPTIONS, so the
  * global options are accepted after the command too; jobctl_next_option()
- * stores those in the struct jobctl, refuses abbreviated option names, and
- * turns getopt's complaints into one-line usage errors.  A command then checks
+ * stores those in the struct jobctl, and common/cds_cli refuses abbreviated
+ * option names and words the usage errors as every tool does.  A command then checks
  * everything it can without Redis (numbers, JSON, names, ids), connects
  * (jobctl_open_queue), makes one library call, and prints the result: the library's
  * JSON with --json, else a table or a job sheet (jobctl_fmt.c).  Two enqueue
@@ -120,66 +120,31 @@ int jobctl_usage(const jobctl *j, const char *what)
 
 /* ---- options ------------------------------------------------------------- */
 
-/* "--name" of an argv element "--name=value" (the value may be a secret). */
-static void option_name(const char *arg, char *out, size_t n)
-{
-    snprintf(out, n, "%.*s", (int)strcspn(arg, "="), arg);
-}
-
-/* The argv element getopt_long just matched with option index idx. */
-static const char *matched_element(char **argv, const struct option *o)
-{
-    if (o->has_arg == required_argument && optarg == argv[optind - 1])
-        return argv[optind - 2]; /* "--name value" */
-    return argv[optind - 1];     /* "--name" or "--name=value" */
-}
-
 /* Returns the next option of the command (its code), NEXT_END, NEXT_HELP, or
- * NEXT_BAD.  Global options are stored in j and skipped.  Abbreviations
- * ("--redis-pass" for --redis-password-file) are refused: a misspelt option
- * must not quietly take a password as a file name. */
+ * NEXT_BAD.  A call with another table or argv than the last starts a new
+ * scan (each command parses its argv once, after main parsed its own).
+ * Global options are stored in j and skipped.  cds_cli refuses
+ * abbreviations ("--redis-pass" for --redis-password-file): a misspelt
+ * option must not quietly take a password as a file name. */
 int jobctl_next_option(jobctl *j, int argc, char **argv, const char *shortopts, const struct option *opts)
 {
+    if (j->cli.opts != opts || j->cli.argv != argv)
+        cds_cli_init(&j->cli, "jobctl", NULL, argc, argv, shortopts, opts);
     for (;;) {
-        int idx = -1;
-        int c = getopt_long(argc, argv, shortopts, opts, &idx);
-        char name[64], what[160];
-        if (c == '?' || c == ':') {
-            const char *arg = argv[optind - 1];
-            if (strncmp(arg, "--", 2) == 0 || optopt <= 0 || optopt > 127)
-                option_name(arg, name, sizeof name);
-            else
-                snprintf(name, sizeof name, "-%c", optopt);
-            snprintf(what, sizeof what,
-                     c == ':'              ? "option %s needs a value"
-                     : optopt >= OPT_REDIS ? "option %s takes no value"
-                                           : "unknown option %s",
-                     name);
-            jobctl_usage(j, what);
-            return NEXT_BAD;
-        }
-        if (idx >= 0) {
-            option_name(matched_element(argv, &opts[idx]), name, sizeof name);
-            if (strncmp(name, "--", 2) != 0 || strcmp(name + 2, opts[idx].name) != 0) {
-                snprintf(what, sizeof what, "unknown option %s (write options in full, e.g. --%s)", name,
-                         opts[idx].name);
-                jobctl_usage(j, what);
-                return NEXT_BAD;
-            }
-        }
+        int c = cds_cli_next(&j->cli);
         switch (c) {
-        case -1: return NEXT_END;
+        case CDS_CLI_END: return NEXT_END;
+        case CDS_CLI_BAD: jobctl_usage(j, j->cli.msg); return NEXT_BAD;
         case 'h':
         case OPT_HELP: return NEXT_HELP;
-        case OPT_REDIS: j->url = optarg; break;
-        case OPT_PASSWORD_FILE: j->password_file = optarg; break;
-        case OPT_PREFIX: j->prefix = optarg; break;
+        case OPT_REDIS: j->url = j->cli.arg; break;
+        case OPT_PASSWORD_FILE: j->password_file = j->cli.arg; break;
+        case OPT_PREFIX: j->prefix = j->cli.arg; break;
         case OPT_JSON: j->json = 1; break;
         default: return c;
         }
     }
 }
-
 
 /* Strict whole number in [min, max] for option opt. */
 int jobctl_parse_int(const jobctl *j, const char *opt, const char *s, int64_t min, int64_t max,
@@ -387,8 +352,6 @@ int main(int argc, char **argv)
 {
     static const struct option opts[] = {GLOBAL_OPTIONS};
     jobctl j = {0};
-    opterr = 0;
-    optind = 0;
     int c = jobctl_next_option(&j, argc, argv, "+:h", opts); /* "+": stop at the command */
     if (c == NEXT_HELP)
         return print_main_help(), EXIT_DONE;
@@ -406,6 +369,5 @@ int main(int argc, char **argv)
                                     "(see jobctl --help)", argv[first]);
     j.cmd = cmd->name;
     j.writes = cmd->writes;
-    optind = 0; /* a fresh scan (GNU getopt: 0 also resets its internal state) */
     return cmd->run(&j, argc - first, argv + first);
 }

@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "queue.h"
 #include "queue_mop.h"
@@ -30,6 +31,7 @@ typedef struct jobctl {
     const char *prefix;        /* --prefix; NULL: the library's default */
     int json;                  /* --json */
     int writes;                /* the command changes Redis (see jobctl_open_queue) */
+    cds_cli cli;               /* the scan in progress (jobctl_next_option) */
 } jobctl;
 
 /* ---- options ------------------------------------------------------------- */

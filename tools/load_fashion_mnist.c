@@ -22,7 +22,6 @@
  * DSN is never printed (it may hold a password), only host, port and
  * database.  Errors are one line "load-fashion-mnist: ..." on stderr, exit 1;
  * bad usage exits 2. */
-#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +31,7 @@
 #include <libpq-fe.h>
 #include <zlib.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "cds_util.h"
 #include "pg_copy.h"
@@ -276,27 +276,26 @@ static int parse_args(int argc, char **argv, options *o)
         {0, 0, 0, 0},
     };
     *o = (options){DEFAULT_DIR, NULL, "fashion_mnist", 0, 0};
-    opterr = 0;
+    cds_cli cli;
+    cds_cli_init(&cli, PROG, NULL, argc, argv, "", opts);
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (ch) {
-        case O_DIR: o->dir = optarg; break;
-        case O_DSN: o->dsn = optarg; break;
-        case O_PREFIX: o->prefix = optarg; break;
+        case O_DIR: o->dir = cli.arg; break;
+        case O_DSN: o->dsn = cli.arg; break;
+        case O_PREFIX: o->prefix = cli.arg; break;
         case O_ARRAY: o->as_array = 1; break;
         case O_REPLACE: o->replace = 1; break;
         case O_HELP: usage(stdout); exit(0);
-        default:
-            fprintf(stderr, PROG ": unknown or incomplete option %s (see --help)\n", argv[optind - 1]);
-            return -1;
+        default: cds_cli_fail(&cli); return -1;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, PROG ": unexpected argument %s (see --help)\n", argv[optind]);
+        cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
         return -1;
     }
     if (!o->prefix[0] || strlen(o->prefix) > 50) {
-        fprintf(stderr, PROG ": --table-prefix must be 1 to 50 characters\n");
+        cds_cli_usage(&cli, "bad --table-prefix: give a prefix of 1 to 50 characters");
         return -1;
     }
     return 0;
