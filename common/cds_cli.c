@@ -14,6 +14,7 @@
 #include <string.h>
 
 #define NAME_MAX_LEN 64
+#define CDS_CLI_LINE_MAX 1024 /* a usage error naming a long path still fits */
 
 void cds_cli_init(cds_cli *cli, const char *prog, const char *help, int argc, char **argv, const char *shortopts,
                   const struct option *opts)
@@ -164,7 +165,7 @@ int cds_cli_next(cds_cli *cli)
 /* "PROG: what (see HELP)" as one line: newlines in what become spaces. */
 static int print_usage_line(const cds_cli *cli, const char *what)
 {
-    char line[CDS_CLI_MSG_MAX * 2];
+    char line[CDS_CLI_LINE_MAX + 128];
     if (cli->help)
         snprintf(line, sizeof line, "%s: %s (see %s)", cli->prog, what, cli->help);
     else
@@ -184,7 +185,7 @@ int cds_cli_fail(const cds_cli *cli)
 
 int cds_cli_usage(const cds_cli *cli, const char *fmt, ...)
 {
-    char what[CDS_CLI_MSG_MAX];
+    char what[CDS_CLI_LINE_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);

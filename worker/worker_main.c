@@ -43,14 +43,6 @@ static void usage(FILE *out)
           out);
 }
 
-static int bad_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "cds-worker: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, " (see cds-worker --help)\n");
-    return 2;
-}
-
 static int parse_seconds(const char *s, int64_t *ms)
 {
     double v;
@@ -97,64 +89,64 @@ int main(int argc, char **argv)
         case O_PREFIX: cfg.prefix = cli.arg; break;
         case O_QUEUE:
             if (cfg.n_queues == WORKER_MAX_QUEUES)
-                return bad_usage("too many --queue options (at most 16)%s", "");
+                return cds_cli_usage(&cli, "too many --queue options (at most 16)");
             cfg.queues[cfg.n_queues++] = cli.arg;
             break;
         case O_ID:
             if (strlen(cli.arg) == 0 || strlen(cli.arg) >= sizeof cfg.id || strpbrk(cli.arg, " \t\r\n"))
-                return bad_usage("bad --id '%s': use up to 127 characters without spaces", cli.arg);
+                return cds_cli_usage(&cli, "bad --id '%s': use up to 127 characters without spaces", cli.arg);
             snprintf(cfg.id, sizeof cfg.id, "%s", cli.arg);
             break;
         case O_LEASE:
             if (parse_seconds(cli.arg, &cfg.lease_ms) != 0 || cfg.lease_ms < 100)
-                return bad_usage("bad --lease '%s': give seconds, at least 0.1", cli.arg);
+                return cds_cli_usage(&cli, "bad --lease '%s': give seconds, at least 0.1", cli.arg);
             break;
         case O_BATCH:
             if (cds_parse_i64(cli.arg, 1, 1000, &v) != 0)
-                return bad_usage("bad --batch '%s': use 1 to 1000", cli.arg);
+                return cds_cli_usage(&cli, "bad --batch '%s': use 1 to 1000", cli.arg);
             cfg.batch = (size_t)v;
             break;
         case O_IDLE:
             if (parse_seconds(cli.arg, &cfg.idle_exit_ms) != 0)
-                return bad_usage("bad --idle-exit '%s': give seconds", cli.arg);
+                return cds_cli_usage(&cli, "bad --idle-exit '%s': give seconds", cli.arg);
             break;
         case O_MAXJOBS:
             if (cds_parse_i64(cli.arg, 1, INT64_MAX, &cfg.max_jobs) != 0)
-                return bad_usage("bad --max-jobs '%s': use a positive integer", cli.arg);
+                return cds_cli_usage(&cli, "bad --max-jobs '%s': use a positive integer", cli.arg);
             break;
         case O_REAP:
             if (parse_seconds(cli.arg, &cfg.reap_every_ms) != 0 || cfg.reap_every_ms < 10)
-                return bad_usage("bad --reap-every '%s': give seconds, at least 0.01", cli.arg);
+                return cds_cli_usage(&cli, "bad --reap-every '%s': give seconds, at least 0.01", cli.arg);
             break;
         case O_KEEP:
             if (cds_parse_i64(cli.arg, 0, INT64_MAX, &cfg.maint.keep_done) != 0)
-                return bad_usage("bad --keep-done '%s': use a count", cli.arg);
+                return cds_cli_usage(&cli, "bad --keep-done '%s': use a count", cli.arg);
             break;
         case O_KEEPAGE:
             if (parse_seconds(cli.arg, &cfg.maint.keep_done_ms) != 0)
-                return bad_usage("bad --keep-done-age '%s': give seconds", cli.arg);
+                return cds_cli_usage(&cli, "bad --keep-done-age '%s': give seconds", cli.arg);
             break;
         case O_LOG:
             if (strcmp(cli.arg, "debug") == 0) cfg.log_level = CDS_LOG_DEBUG;
             else if (strcmp(cli.arg, "info") == 0) cfg.log_level = CDS_LOG_INFO;
             else if (strcmp(cli.arg, "warn") == 0) cfg.log_level = CDS_LOG_WARN;
             else if (strcmp(cli.arg, "error") == 0) cfg.log_level = CDS_LOG_ERROR;
-            else return bad_usage("bad --log-level '%s': use debug, info, warn or error", cli.arg);
+            else return cds_cli_usage(&cli, "bad --log-level '%s': use debug, info, warn or error", cli.arg);
             break;
         case O_HELP: usage(stdout); return 0;
         case O_SHARD:
             if (cds_parse_i64(cli.arg, 0, 1 << 20, &v) != 0)
-                return bad_usage("bad --shard '%s': use a shard number from 0", cli.arg);
+                return cds_cli_usage(&cli, "bad --shard '%s': use a shard number from 0", cli.arg);
             cfg.shard = (int)v;
             break;
         case O_DATAROOT: cfg.data_root = cli.arg; break;
         case O_GRACE:
             if (parse_seconds(cli.arg, &cfg.shard_grace_ms) != 0)
-                return bad_usage("bad --shard-grace '%s': give seconds", cli.arg);
+                return cds_cli_usage(&cli, "bad --shard-grace '%s': give seconds", cli.arg);
             break;
         case O_THREADS:
             if (cds_parse_i64(cli.arg, 1, 1024, &v) != 0)
-                return bad_usage("bad --threads '%s': use 1 to 1024", cli.arg);
+                return cds_cli_usage(&cli, "bad --threads '%s': use 1 to 1024", cli.arg);
             cfg.threads = (int)v;
             break;
         default:
@@ -162,11 +154,11 @@ int main(int argc, char **argv)
         }
     }
     if (optind < argc)
-        return bad_usage("unexpected argument '%s'", argv[optind]);
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
     if (cfg.shard >= 0 && !cfg.data_root)
-        return bad_usage("--shard needs --data-root DIR (where datasets/ and sweeps/ are)%s", "");
+        return cds_cli_usage(&cli, "--shard needs --data-root DIR (where datasets/ and sweeps/ are)");
     if (cfg.data_root && access(cfg.data_root, W_OK) != 0)
-        return bad_usage("--data-root %s is not a writable directory", cfg.data_root);
+        return cds_cli_usage(&cli, "--data-root %s is not a writable directory", cfg.data_root);
     if (!cfg.threads)
         cfg.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (cfg.n_queues == 0)
@@ -175,7 +167,7 @@ int main(int argc, char **argv)
         if (strlen(cfg.queues[i]) == 0 || strlen(cfg.queues[i]) >= QUEUE_NAME_MAX ||
             strspn(cfg.queues[i], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
                 strlen(cfg.queues[i]))
-            return bad_usage("bad --queue '%s': use letters, digits, '.', '_' or '-'", cfg.queues[i]);
+            return cds_cli_usage(&cli, "bad --queue '%s': use letters, digits, '.', '_' or '-'", cfg.queues[i]);
     if (!cfg.id[0]) {
         char host[64] = "host", rnd[9];
         gethostname(host, sizeof host - 1);
