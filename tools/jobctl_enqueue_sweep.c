@@ -5,8 +5,9 @@
  * and shard count read from the dataset record, and created in Redis in one
  * call (queue_sweep_create); workers take its models from there.  Two pieces
  * stand alone on purpose, each in one small function, because the modules
- * that own the records will offer them: pin_dataset reads the dataset record
- * (etl_queue.c writes it), and next_sweep_seq runs the INCR of the sweep id
+ * that own the records will offer them: read_dataset_record (with
+ * record_shards) reads the dataset record, which etl_queue.c writes, and
+ * pin_dataset decides from what it read; next_sweep_seq runs the INCR of the sweep id
  * counter (queue.h has no counter call yet, so it uses queue_int.h).  A
  * --unique sweep whose key a live sweep holds prints that sweep's id and
  * exits 0, for cron. */
