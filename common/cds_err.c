@@ -3,6 +3,7 @@
  * prints as exactly one line on stderr or in a log. */
 #include "cds_err.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -77,4 +78,24 @@ void cds_err_clear(cds_err *err)
         err->kind = CDS_ERR_FAILED;
         err->msg[0] = '\0';
     }
+}
+
+const char *cds_err_io_hint(int e, const cds_io_hints *h, char *out, size_t n)
+{
+    switch (e) {
+    case ENOSPC:
+    case EDQUOT: snprintf(out, n, "free some space or %s", h->elsewhere); break;
+    case EFBIG:
+        snprintf(out, n, "the file size limit (ulimit -f) or the filesystem's largest file was reached; raise the "
+                         "limit%s%s", h->smaller ? " or " : "", h->smaller ? h->smaller : "");
+        break;
+    case EIO: snprintf(out, n, "the disk reported an I/O error; check it, then %s", h->again); break;
+    case EROFS: snprintf(out, n, "the filesystem is read-only; %s", h->elsewhere); break;
+    case EACCES:
+    case EPERM: snprintf(out, n, "this user may not write there; fix the permissions or %s", h->elsewhere); break;
+    case ENOENT: snprintf(out, n, "the directory does not exist; create it or fix the path"); break;
+    case ENOTDIR: snprintf(out, n, "a part of the path is not a directory; fix the path"); break;
+    default: snprintf(out, n, "check %s, then %s", h->fs, h->again); break;
+    }
+    return out;
 }

@@ -46,4 +46,17 @@ int cds_err_wrap(cds_err *err, const char *fmt, ...)
 
 void cds_err_clear(cds_err *err);
 
+/* What a writer's messages say of where it writes, for cds_err_io_hint. */
+typedef struct cds_io_hints {
+    const char *fs;        /* the filesystem written to: "the --data-root filesystem" */
+    const char *elsewhere; /* how to write somewhere else: "choose another --data-root" */
+    const char *again;     /* what to do once fixed: "re-run the unload" */
+    const char *smaller;   /* how to write smaller files ("use more shards"), or NULL */
+} cds_io_hints;
+
+/* How to fix a write that failed with errno e, as one clause for a message
+ * "writing F: <strerror> (<hint>)": the one table of errno hints.  Writes it
+ * into out (n bytes) and returns out. */
+const char *cds_err_io_hint(int e, const cds_io_hints *h, char *out, size_t n);
+
 #endif

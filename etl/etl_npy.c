@@ -170,15 +170,13 @@ struct etl_npy_writer {
  * the network instead of paying for them all at the end. */
 #define WRITE_BEHIND (8 << 20)
 
-static const char *write_hint(int e)
+/* How to fix a failed write of errno e: common's one errno table, told
+ * where an unload writes. */
+static const char *write_hint(int e, char *buf, size_t n)
 {
-    switch (e) {
-    case ENOSPC: case EDQUOT: return "free some space or choose another --data-root";
-    case EFBIG: return "the file size limit (ulimit -f) or the filesystem's largest file was reached; raise the limit or use more shards";
-    case EIO: return "the disk reported an I/O error; check it, then re-run the unload";
-    case EROFS: return "the filesystem is read-only; choose another --data-root";
-    default: return "check the --data-root filesystem, then re-run the unload";
-    }
+    static const cds_io_hints where = {.fs = "the --data-root filesystem", .elsewhere = "choose another --data-root",
+                                       .again = "re-run the unload", .smaller = "use more shards"};
+    return cds_err_io_hint(e, &where, buf, n);
 }
 
 /* Records the first error and returns -1. */
@@ -186,7 +184,8 @@ static int writer_fail(etl_npy_writer *w, const char *doing, int e, cds_err *err
 {
     if (!w->failed) {
         w->failed = 1;
-        cds_errf(&w->first_err, "%s %s: %s (%s)", doing, w->path, strerror(e), write_hint(e));
+        char hint[200];
+        cds_errf(&w->first_err, "%s %s: %s (%s)", doing, w->path, strerror(e), write_hint(e, hint, sizeof hint));
     }
     if (err)
         *err = w->first_err;
@@ -283,8 +282,8 @@ etl_npy_writer *etl_npy_create(const char *path, etl_dtype dtype, const int64_t 
     w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (w->fd < 0) {
         int e = errno;
-        cds_errf(err, "cannot create %s: %s (%s)", path, strerror(e),
-                 e == ENOENT ? "its directory does not exist" : write_hint(e));
+        char hint[200];
+        cds_errf(err, "cannot create %s: %s (%s)", path, strerror(e), write_hint(e, hint, sizeof hint));
         writer_free(w);
         return NULL;
     }

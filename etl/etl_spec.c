@@ -10,6 +10,7 @@
 
 #include <libpq-fe.h>
 
+#include "cds_json.h"
 #include "etl_plan_int.h"
 #include "etl_unload.h"
 
@@ -133,16 +134,8 @@ int etl_spec_from_json(const json_t *j, etl_spec *s, cds_err *err)
     if (!json_is_object(j))
         return cds_errf(err, "$: is %s, not an object: an ETL spec is one JSON object of named fields (table, features, label, dataset, shards...) described in docs/etl.md; jobs/etl-fashion-mnist.json is one to copy",
                         json_kind(j));
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)j, key, val)
-    {
-        int known = 0;
-        for (int i = 0; known_keys[i]; i++)
-            known |= strcmp(key, known_keys[i]) == 0;
-        if (!known)
-            return cds_errf(err, "$.%s: unknown field (see docs/etl.md for the fields of an ETL spec)", key);
-    }
+    if (cds_json_check_fields(j, "$", known_keys, "see docs/etl.md", err) != 0)
+        return -1;
     int64_t v = 0;
     if (get_string(j, "dsn", 0, &s->dsn, err) || get_string(j, "table", 1, &s->table, err) ||
         get_features(j, s, err) || get_string(j, "label", 1, &s->label, err) ||

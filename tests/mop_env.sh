@@ -23,8 +23,7 @@ cleanup() {
     rm -rf "$root"
 }
 trap cleanup EXIT
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
 rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
 # worker_bg ID [ENV...] -- ARGS...: a cds-worker in the background, its log

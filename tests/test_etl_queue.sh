@@ -23,8 +23,7 @@ cleanup() {
     rm -rf "$root"
 }
 trap cleanup EXIT
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 worker() { "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id "$1" --reap-every 0.2 "${@:2}" 2>>"$root/$1.log" & pids+=($!); }
 wait_state() { # JOB STATE SECONDS
     for _ in $(seq $(($3 * 10))); do
@@ -158,5 +157,4 @@ assert sorted(x) == list(range(1, 21)), sorted(x)"
 done
 dropdb --if-exists "$other" >/dev/null 2>&1
 
-echo "1..$n"
-[ $failed -eq 0 ]
+tap_done

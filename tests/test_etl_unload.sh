@@ -14,8 +14,7 @@ root=$(mktemp -d /tmp/cds-etl-test.XXXXXX)
 cleanup() { dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; rm -rf "$root"; }
 trap cleanup EXIT
 
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 sql() { psql -X -q -v ON_ERROR_STOP=1 -c "$1" >/dev/null; }
 # npcheck DATASET_DIR PYTHON-EXPR-ON-x,y,m -> ok if the expression is true
 npcheck() {
@@ -330,5 +329,4 @@ else
     n=$((n + 1)); echo "ok $n # SKIP cannot mount a tmpfs here (not root?)"
 fi
 
-echo "1..$n"
-[ $failed -eq 0 ]
+tap_done

@@ -32,11 +32,7 @@ trap cleanup EXIT
 unset CDS_REDIS_URL # every run names its Redis
 sl='{"ms": 1}' # a diag.sleep payload
 
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-is() { # GOT WANT NAME
-    if [ "$1" = "$2" ]; then ok 0 "$3"; else ok 1 "$3"; echo "#   got '$1', want '$2'"; fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 # jc ARGS...: jobctl on the test Redis and prefix; stdout in $tmp/out,
 # stderr in $tmp/err, exit status in $rc.
 jc() { "$jobctl" --redis "$url" --prefix "$prefix" "$@" >"$tmp/out" 2>"$tmp/err"; rc=$?; }
@@ -562,5 +558,4 @@ lc plot ev --out "$tmp/ev.svg"
 ok_out "$([ "$(err)" != "$evict" ] && ! grep -q maxmemory "$tmp/err"; echo $?)" "plot is not refused there (it only reads)"
 is "$(keyspace '*' -s "$tmp/lru.sock")" "$lbefore" "... and the commands that read wrote nothing either"
 
-echo "1..$n"
-[ "$failed" = 0 ]
+tap_done

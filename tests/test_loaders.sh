@@ -19,11 +19,7 @@ tmp=$(mktemp -d /tmp/cds-loaders-test.XXXXXX)
 cleanup() { dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-is() { # GOT WANT NAME
-    if [ "$1" = "$2" ]; then ok 0 "$3"; else ok 1 "$3"; echo "#   got '$1', want '$2'"; fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 q() { psql -X -A -t -q -v ON_ERROR_STOP=1 -c "$1"; }
 # one_line_err PROG: stderr of the last command is exactly one line "PROG: ..."
 one_line_err() { [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^$1: " "$tmp/err"; }
@@ -142,5 +138,4 @@ is "$(q "SELECT count(*) FROM criteo_raw")" "100" "with the new row count"
 rc=$?
 ok "$( [ $rc -eq 2 ] && one_line_err gen-criteo; echo $?)" "--rows 0 is bad usage, exit 2 ($(cat "$tmp/err"))"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

@@ -44,8 +44,7 @@ cleanup() {
     if [ "${CDS_CHAOS_KEEP:-0}" = 1 ]; then echo "# kept $root (workers' logs, sweeps/)"; else rm -rf "$root"; fi
 }
 trap cleanup EXIT
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
 jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
 now_ms() { date +%s%3N; }
@@ -346,5 +345,4 @@ san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/
 ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the $(ls "$root"/*.log | wc -l) workers' logs${san:+ (see $(echo $san))}"
 [ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; tail -n 15 "$f" | sed 's/^/#   /'; done
 
-echo "1..$n"
-[ "$failed" = 0 ]
+tap_done

@@ -290,5 +290,4 @@ ok "$([ $rc = 0 ] && grep -q "finishing job drain/0" "$root/d0.log" && grep -q "
     "SIGTERM during a visit: the worker finishes and commits it, then exits 0"
 
 [ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; grep -v " info .*committed v" "$f" | tail -n 12 | sed 's/^/#   /'; done
-echo "1..$n"
-[ "$failed" = 0 ]
+tap_done

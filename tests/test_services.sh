@@ -54,11 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
-is() { # GOT WANT NAME
-    if [ "$1" = "$2" ]; then ok 0 "$3"; else ok 1 "$3"; echo "#   got '$1', want '$2'"; fi
-}
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 show() { sed 's/^/#   /' "$tmp/out" "$tmp/err"; }
 # ok_rc WANT NAME: the last svc exited WANT (its output shown if not).
 ok_rc() { is "$rc" "$1" "$2"; [ "$rc" = "$1" ] || show; }
@@ -252,5 +248,4 @@ is "$(in_env "$closed/services.env" "psql -XtAc 'SELECT 2'")" 2 "PostgreSQL answ
 "$services" --dir "$closed" down >"$tmp/out" 2>"$tmp/err"; rc=$?
 ok_rc 0 "down there: exit 0"
 
-echo "1..$n"
-[ "$failed" -eq 0 ]
+tap_done

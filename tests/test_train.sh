@@ -17,8 +17,7 @@ tmp=$(mktemp -d /tmp/cds-train-test.XXXXXX)
 cleanup() { dropdb --if-exists "$PGDATABASE" >/dev/null 2>&1; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-n=0; failed=0
-ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed + 1)); fi; }
+. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
 one_line_err() { [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "^cds-train: " "$tmp/err"; }
 json_field() { "$py" -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])[sys.argv[2]])" "$1" "$2"; }
 
@@ -114,5 +113,4 @@ echo "$other" >"$tmp/other.json"
 rc=$?
 ok "$([ $rc = 2 ] && one_line_err && grep -q "is not the spec" "$tmp/err"; echo $?)" "resume with another --spec: exit 2, one line"
 
-echo "1..$n"
-[ "$failed" = 0 ]
+tap_done

@@ -3,12 +3,12 @@
  * The command line is turned into the same JSON spec that `jobctl enqueue
  * etl --spec` takes, and read by etl_spec_from_json, so both entry points
  * accept exactly the same things and refuse them with the same messages. */
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_cli.h"
 #include "cds_log.h"
 #include "cds_util.h"
 #include "etl_shard.h"
@@ -45,14 +45,6 @@ static void usage(FILE *out)
           out);
 }
 
-static int bad(const char *fmt, const char *arg)
-{
-    fputs("cds-etl: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputs(" (see cds-etl unload --help)\n", stderr);
-    return 2;
-}
-
 static int cmd_unload(int argc, char **argv)
 {
     enum { O_HELP = 300, O_REPLACE, O_VERBOSE };
@@ -71,9 +63,10 @@ static int cmd_unload(int argc, char **argv)
     };
     json_t *j = json_object();
     int c, verbose = 0;
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-etl", "cds-etl unload --help", argc, argv, "", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
+        const char *val = cli.arg;
         const char *key = NULL;
         int64_t iv;
         double dv;
@@ -94,30 +87,29 @@ static int cmd_unload(int argc, char **argv)
         case 'X': key = "transform"; break;
         case 's':
         case 'j':
-            if (cds_parse_i64(optarg, 1, 1 << 20, &iv) != 0) {
+            if (cds_parse_i64(val, 1, 1 << 20, &iv) != 0) {
                 json_decref(j);
-                return bad(c == 's' ? "bad --shards '%s': give a positive integer" : "bad --jobs '%s': give a positive integer",
-                           optarg);
+                return cds_cli_usage(&cli, "bad --%s '%s': give a positive integer", c == 's' ? "shards" : "jobs", val);
             }
             json_object_set_new(j, c == 's' ? "shards" : "jobs", json_integer(iv));
             continue;
         case 'F':
-            if (cds_parse_double(optarg, &dv) != 0) {
+            if (cds_parse_double(val, &dv) != 0) {
                 json_decref(j);
-                return bad("bad --valid-fraction '%s': give a number between 0 and 1", optarg);
+                return cds_cli_usage(&cli, "bad --valid-fraction '%s': give a number between 0 and 1", val);
             }
             json_object_set_new(j, "valid_fraction", json_real(dv));
             continue;
         case O_REPLACE: json_object_set_new(j, "replace", json_true()); continue;
         case O_VERBOSE: verbose = 1; continue;
         case O_HELP: usage_unload(stdout); json_decref(j); return 0;
-        default: json_decref(j); return bad("unknown or incomplete option '%s'", argv[optind - 1]);
+        default: json_decref(j); return cds_cli_fail(&cli);
         }
-        json_object_set_new(j, key, json_string(optarg));
+        json_object_set_new(j, key, json_string(val));
     }
     if (optind < argc) {
         json_decref(j);
-        return bad("unexpected argument '%s'", argv[optind]);
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
     }
     etl_spec spec;
     cds_err err;
@@ -159,25 +151,27 @@ static int cmd_unload(int argc, char **argv)
 
 static int cmd_inspect(int argc, char **argv)
 {
-    int verify = 1, as_json = 0;
-    const char *dir = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--no-verify") == 0)
-            verify = 0;
-        else if (strcmp(argv[i], "--json") == 0)
-            as_json = 1;
-        else if (strcmp(argv[i], "--help") == 0) {
-            usage(stdout);
-            return 0;
-        } else if (argv[i][0] == '-')
-            return bad("unknown option '%s'", argv[i]);
-        else if (!dir)
-            dir = argv[i];
-        else
-            return bad("unexpected argument '%s'", argv[i]);
+    enum { O_NO_VERIFY = 300, O_JSON, O_HELP };
+    static const struct option opts[] = {
+        {"no-verify", no_argument, 0, O_NO_VERIFY}, {"json", no_argument, 0, O_JSON},
+        {"help", no_argument, 0, O_HELP},           {0, 0, 0, 0},
+    };
+    int verify = 1, as_json = 0, c;
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-etl", "cds-etl --help", argc, argv, "", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
+        switch (c) {
+        case O_NO_VERIFY: verify = 0; break;
+        case O_JSON: as_json = 1; break;
+        case O_HELP: usage(stdout); return 0;
+        default: return cds_cli_fail(&cli);
+        }
     }
-    if (!dir)
-        return bad("inspect needs a shard directory%s", "");
+    if (argc - optind > 1)
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind + 1]);
+    if (argc - optind < 1)
+        return cds_cli_usage(&cli, "inspect needs a shard directory");
+    const char *dir = argv[optind];
     cds_err err;
     etl_shard *s = etl_shard_open(dir, verify, &err);
     if (!s) {

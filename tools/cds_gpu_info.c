@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "nn_cuda.h"
 
@@ -78,18 +79,24 @@ static void json_str(const char *s)
 
 int main(int argc, char **argv)
 {
-    int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
+    enum { O_JSON = 300, O_HELP };
+    static const struct option opts[] = {
+        {"json", no_argument, 0, O_JSON}, {"help", no_argument, 0, O_HELP}, {0, 0, 0, 0}};
+    int json = 0, c;
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-gpu-info", NULL, argc, argv, "h", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
+        if (c == O_JSON) {
             json = 1;
-        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+        } else if (c == O_HELP || c == 'h') {
             usage(stdout);
             return 0;
         } else {
-            fprintf(stderr, "cds-gpu-info: unknown argument '%s' (try --help)\n", argv[i]);
-            return EXIT_USAGE;
+            return cds_cli_fail(&cli);
         }
     }
+    if (optind < argc)
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
 
     nn_cuda_info info;
     cds_err err = {0};

@@ -8,13 +8,13 @@
  * with the same --threads), skipping shards it had already visited. */
 #include <dirent.h>
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cds_cli.h"
 #include "cds_util.h"
 #include "nn_par.h"
 #include "nn_train.h"
@@ -45,14 +45,6 @@ static void usage(FILE *out)
           out);
 }
 
-static int bad(const char *fmt, const char *arg)
-{
-    fputs("cds-train: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputs(" (see cds-train --help)\n", stderr);
-    return 2;
-}
-
 static int shard_number(const char *name)
 {
     int k;
@@ -67,14 +59,14 @@ static int by_index(const void *a, const void *b)
 
 /* Adds DIR if it is a shard, or its shard-K children (in K order) if it is a
  * split directory. */
-static int add_shards(shard_list *l, const char *dir)
+static int add_shards(const cds_cli *cli, shard_list *l, const char *dir)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/manifest.json", dir);
     const char *base = strrchr(dir, '/') ? strrchr(dir, '/') + 1 : dir;
     if (access(path, F_OK) == 0) {
         if (l->n == MAX_SHARDS)
-            return bad("more than %s shards", "4096");
+            return cds_cli_usage(cli, "more than %d shards: give fewer --data and --valid directories", MAX_SHARDS);
         l->dir[l->n] = strdup(dir);
         l->index[l->n] = shard_number(base) >= 0 ? shard_number(base) : l->n;
         l->n++;
@@ -295,46 +287,47 @@ static int parse_args(int argc, char **argv, run_opts *o)
     shard_list *last = NULL;
     int c, rc;
     int64_t v;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-train", NULL, argc, argv, "", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (c) {
         case 'd':
         case 'v':
             last = c == 'd' ? &o->data : &o->valid;
-            if ((rc = add_shards(last, optarg)) != 0)
+            if ((rc = add_shards(&cli, last, cli.arg)) != 0)
                 return rc;
             /* further plain arguments belong to the same list: --data a b c */
             while (optind < argc && argv[optind][0] != '-')
-                if ((rc = add_shards(last, argv[optind++])) != 0)
+                if ((rc = add_shards(&cli, last, argv[optind++])) != 0)
                     return rc;
             break;
-        case 's': o->spec = optarg; break;
-        case 'r': o->resume = optarg; break;
-        case 'o': o->out = optarg; break;
+        case 's': o->spec = cli.arg; break;
+        case 'r': o->resume = cli.arg; break;
+        case 'o': o->out = cli.arg; break;
         case 'e':
-            if (cds_parse_i64(optarg, 1, 1000000, &v) != 0)
-                return bad("--epochs %s: give a whole number of at least 1", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1000000, &v) != 0)
+                return cds_cli_usage(&cli, "bad --epochs '%s': give a whole number of at least 1", cli.arg);
             o->epochs = (int)v;
             break;
         case 't':
-            if (cds_parse_i64(optarg, 1, 1024, &v) != 0)
-                return bad("--threads %s: give a whole number from 1 to 1024", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1024, &v) != 0)
+                return cds_cli_usage(&cli, "bad --threads '%s': give a whole number from 1 to 1024", cli.arg);
             o->threads = (int)v;
             break;
         case O_JSON: o->json = 1; break;
         case O_NOPROG: o->show_progress = 0; break;
         case O_HELP: usage(stdout); return -1;
-        default: return bad("%s", "unknown option");
+        default: return cds_cli_fail(&cli);
         }
     }
     if (optind < argc)
-        return bad("unexpected argument %s", argv[optind]);
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
     if (o->data.n == 0)
-        return bad("%s", "--data is required");
+        return cds_cli_usage(&cli, "--data is required");
     if (!o->epochs)
-        return bad("%s", "--epochs is required");
+        return cds_cli_usage(&cli, "--epochs is required");
     if (!o->spec && !o->resume)
-        return bad("%s", "--spec is required (or --resume a checkpoint)");
+        return cds_cli_usage(&cli, "--spec is required (or --resume a checkpoint)");
     return 0;
 }
 

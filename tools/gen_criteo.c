@@ -18,14 +18,13 @@
  *         - 0.6 (log1p(i2) - 2) + 1.4 [c1 rank % 4 == 0] - 1.1 [c2 rank % 3 == 1]
  *         - 0.5 [i1 missing]); b puts the positive rate near 25%.
  *
- * Everything comes from one xoshiro256** stream seeded by splitmix64(--seed),
- * consumed row by row in id order, so a seed always makes the same table
+ * Everything comes from one xoshiro256** stream seeded by splitmix64(--seed)
+ * (the engine's generator, nn/nn_rng.h), consumed row by row in id order, so a seed always makes the same table
  * (with the same libm: exp, log and pow feed the draws).
  * Rows go through one COPY ... (FORMAT binary); the table is created, filled
  * and given its primary key in one transaction (nothing half-made on
  * failure), and an existing table is refused unless --replace.  Errors are
  * one line "gen-criteo: ..." on stderr, exit 1; bad usage exits 2. */
-#include <getopt.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,8 +33,10 @@
 
 #include <libpq-fe.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "cds_util.h"
+#include "nn_rng.h"
 #include "pg_copy.h"
 
 #define PROG "gen-criteo"
@@ -51,57 +52,6 @@ typedef struct options {
     uint64_t seed;
     int replace;
 } options;
-
-/* ---- random numbers -------------------------------------------------------- */
-
-typedef struct rng {
-    uint64_t s[4];
-} rng;
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(rng *r, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&seed);
-}
-
-static uint64_t rotl64(uint64_t x, int k)
-{
-    return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t rng_next(rng *r)
-{
-    uint64_t *s = r->s;
-    uint64_t out = rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return out;
-}
-
-/* Uniform in [0, 1), 53 bits. */
-static double rng_unit(rng *r)
-{
-    return (double)(rng_next(r) >> 11) * 0x1.0p-53;
-}
-
-/* Standard normal (Box-Muller, one value per call). */
-static double rng_normal(rng *r)
-{
-    double u = 1.0 - rng_unit(r), v = rng_unit(r);
-    return sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * v);
-}
 
 /* ---- the columns ----------------------------------------------------------- */
 
@@ -122,11 +72,11 @@ static double cat_missing_rate(int j)
 }
 
 /* A heavy-tailed count for integer column k, or -1 for NULL. */
-static int64_t gen_int(rng *r, int k)
+static int64_t gen_int(nn_rng *r, int k)
 {
     double mu = 0.5 + 0.25 * k, sigma = 1.0 + 0.15 * (k % 5);
-    int null = rng_unit(r) < int_null_rate(k);
-    double x = mu + sigma * rng_normal(r); /* drawn either way: a fixed stream */
+    int null = nn_rng_unit(r) < int_null_rate(k);
+    double x = mu + sigma * nn_rng_normal(r); /* drawn either way: a fixed stream */
     if (null)
         return -1;
     double v = floor(exp(fmin(x, 21.4))) - 1.0; /* exp(21.4) < 2^31 */
@@ -135,9 +85,9 @@ static int64_t gen_int(rng *r, int k)
 
 /* A Zipf-like rank in [0, V) for categorical column j, or -1 for missing
  * (*empty says whether missing is '' rather than NULL). */
-static int64_t gen_cat_rank(rng *r, int j, int *empty)
+static int64_t gen_cat_rank(nn_rng *r, int j, int *empty)
 {
-    double m = rng_unit(r), u = rng_unit(r);
+    double m = nn_rng_unit(r), u = nn_rng_unit(r);
     *empty = m < cat_missing_rate(j) / 2;
     if (m < cat_missing_rate(j))
         return -1;
@@ -150,17 +100,17 @@ static int64_t gen_cat_rank(rng *r, int j, int *empty)
 static void cat_string(uint64_t seed, int j, int64_t rank, char out[9])
 {
     uint64_t x = seed ^ ((uint64_t)(j + 1) << 40) ^ (uint64_t)rank;
-    snprintf(out, 9, "%08x", (unsigned)(splitmix64(&x) & 0xffffffffu));
+    snprintf(out, 9, "%08x", (unsigned)(nn_splitmix64(&x) & 0xffffffffu));
 }
 
-static int gen_label(rng *r, int64_t i1, int64_t i2, int64_t c1, int64_t c2)
+static int gen_label(nn_rng *r, int64_t i1, int64_t i2, int64_t c1, int64_t c2)
 {
     double z = -1.33;
     z += i1 < 0 ? -0.5 : 0.8 * (log1p((double)i1) - 1.5);
     z += i2 < 0 ? 0.0 : -0.6 * (log1p((double)i2) - 2.0);
     z += c1 >= 0 && c1 % 4 == 0 ? 1.4 : 0.0;
     z += c2 >= 0 && c2 % 3 == 1 ? -1.1 : 0.0;
-    return rng_unit(r) < 1.0 / (1.0 + exp(-z));
+    return nn_rng_unit(r) < 1.0 / (1.0 + exp(-z));
 }
 
 static int refuse_existing(PGconn *c, const char *quoted, const char *table, cds_err *err)
@@ -175,7 +125,7 @@ static int refuse_existing(PGconn *c, const char *quoted, const char *table, cds
 /* ---- COPY (FORMAT binary) -------------------------------------------------- */
 
 /* Generates row `id` and appends it; returns its label. */
-static int put_row(copybuf *b, rng *r, uint64_t seed, int64_t id)
+static int put_row(copybuf *b, nn_rng *r, uint64_t seed, int64_t id)
 {
     int64_t iv[N_INT], rank[N_CAT];
     int empty[N_CAT];
@@ -212,41 +162,30 @@ static int put_row(copybuf *b, rng *r, uint64_t seed, int64_t id)
     return label;
 }
 
-static int copy_rows(PGconn *c, const options *o, int64_t *positives, cds_err *err)
+/* The state of the rows callback. */
+typedef struct row_source {
+    const options *o;
+    int64_t positives;
+} row_source;
+
+/* Every row, in id order, from one stream seeded by --seed. */
+static int put_rows(copybuf *b, void *ctx, cds_err *err)
 {
-    copybuf b = {c, malloc(COPY_CHUNK + ROW_MAX + 16), 0};
-    if (!b.buf)
-        return cds_err_nomem(err, "out of memory");
-    copy_put_header(&b);
-    rng r;
-    rng_seed(&r, o->seed);
+    row_source *src = ctx;
+    nn_rng r;
+    nn_rng_seed(&r, src->o->seed);
     int rc = 0;
-    *positives = 0;
-    for (int64_t id = 1; rc == 0 && id <= o->rows; id++) {
-        *positives += put_row(&b, &r, o->seed, id);
-        if (b.len >= COPY_CHUNK)
-            rc = copy_flush(&b, err);
-    }
-    if (rc == 0) {
-        copy_put16(&b, -1);
-        rc = copy_flush(&b, err);
-    }
-    free(b.buf);
-    if (PQputCopyEnd(c, rc == 0 ? NULL : "gen-criteo stopped") != 1 && rc == 0)
-        rc = pg_fail(c, NULL, "ending COPY", err);
-    PGresult *res;
-    while ((res = PQgetResult(c)) != NULL) {
-        if (rc == 0 && PQresultStatus(res) != PGRES_COMMAND_OK)
-            rc = pg_fail(c, res, "COPY", err);
-        PQclear(res);
+    for (int64_t id = 1; rc == 0 && id <= src->o->rows; id++) {
+        src->positives += put_row(b, &r, src->o->seed, id);
+        rc = copy_row_end(b, err);
     }
     return rc;
 }
 
-/* The CREATE TABLE statement for quoted name q. */
-static void create_sql(const char *q, char *out, size_t outsz)
+/* The column list of the table. */
+static void create_columns(char *out, size_t outsz)
 {
-    size_t n = (size_t)snprintf(out, outsz, "CREATE TABLE %s (id bigint NOT NULL, label int NOT NULL", q);
+    size_t n = (size_t)snprintf(out, outsz, "(id bigint NOT NULL, label int NOT NULL");
     for (int k = 1; k <= N_INT && n < outsz; k++)
         n += (size_t)snprintf(out + n, outsz - n, ", i%d int", k);
     for (int j = 1; j <= N_CAT && n < outsz; j++)
@@ -260,38 +199,17 @@ static int generate(PGconn *c, const options *o, int64_t *positives, cds_err *er
     char *q = PQescapeIdentifier(c, o->table, strlen(o->table));
     if (!q)
         return pg_fail(c, NULL, "quoting the table name", err);
-    char sql[2048];
     int rc = o->replace ? 0 : refuse_existing(c, q, o->table, err);
-    if (rc == 0)
-        rc = pg_exec(c, "BEGIN", "BEGIN", err);
-    if (rc == 0 && o->replace) {
-        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s", q);
-        rc = pg_exec(c, sql, "dropping the old table", err);
-    }
-    if (rc == 0) {
-        create_sql(q, sql, sizeof sql);
-        rc = pg_exec(c, sql, "creating the table", err);
-    }
-    if (rc == 0) {
-        snprintf(sql, sizeof sql, "COPY %s FROM STDIN (FORMAT binary)", q);
-        PGresult *r = PQexec(c, sql);
-        rc = PQresultStatus(r) == PGRES_COPY_IN ? 0 : pg_fail(c, r, "starting COPY", err);
-        PQclear(r);
-    }
-    if (rc == 0)
-        rc = copy_rows(c, o, positives, err);
-    if (rc == 0) {
-        snprintf(sql, sizeof sql, "ALTER TABLE %s ADD PRIMARY KEY (id)", q);
-        rc = pg_exec(c, sql, "adding the primary key", err);
-    }
-    if (rc == 0)
-        rc = pg_exec(c, "COMMIT", "COMMIT", err);
-    if (rc != 0 && PQtransactionStatus(c) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(c, "ROLLBACK");
-        PQclear(r);
-        cds_err_wrap(err, "table %s (nothing was kept)", o->table);
-    }
     PQfreemem(q);
+    char columns[1024];
+    create_columns(columns, sizeof columns);
+    row_source src = {o, 0};
+    pg_table_load l = {.table = o->table, .columns = columns, .copy_columns = "", .replace = o->replace,
+                       .chunk = COPY_CHUNK, .row_max = ROW_MAX, .rows = put_rows, .ctx = &src,
+                       .stop = PROG " stopped"};
+    if (rc == 0)
+        rc = pg_load_table(c, &l, err);
+    *positives = src.positives;
     return rc;
 }
 
@@ -324,39 +242,38 @@ static int parse_args(int argc, char **argv, options *o)
         {0, 0, 0, 0},
     };
     *o = (options){NULL, "criteo_raw", 100000, 1, 0};
-    opterr = 0;
+    cds_cli cli;
+    cds_cli_init(&cli, PROG, NULL, argc, argv, "", opts);
     int ch;
     int64_t v;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (ch) {
         case O_ROWS:
-            if (cds_parse_i64(optarg, 1, INT64_C(1) << 40, &o->rows) != 0) {
-                fprintf(stderr, PROG ": --rows must be a whole number from 1 to 2^40, got '%s'\n", optarg);
+            if (cds_parse_i64(cli.arg, 1, INT64_C(1) << 40, &o->rows) != 0) {
+                cds_cli_usage(&cli, "bad --rows '%s': give a whole number from 1 to 2^40", cli.arg);
                 return -1;
             }
             break;
         case O_SEED:
-            if (cds_parse_i64(optarg, 0, INT64_MAX, &v) != 0) {
-                fprintf(stderr, PROG ": --seed must be a non-negative whole number, got '%s'\n", optarg);
+            if (cds_parse_i64(cli.arg, 0, INT64_MAX, &v) != 0) {
+                cds_cli_usage(&cli, "bad --seed '%s': give a whole number, 0 or more", cli.arg);
                 return -1;
             }
             o->seed = (uint64_t)v;
             break;
-        case O_TABLE: o->table = optarg; break;
+        case O_TABLE: o->table = cli.arg; break;
         case O_REPLACE: o->replace = 1; break;
-        case O_DSN: o->dsn = optarg; break;
+        case O_DSN: o->dsn = cli.arg; break;
         case O_HELP: usage(stdout); exit(0);
-        default:
-            fprintf(stderr, PROG ": unknown or incomplete option %s (see --help)\n", argv[optind - 1]);
-            return -1;
+        default: cds_cli_fail(&cli); return -1;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, PROG ": unexpected argument %s (see --help)\n", argv[optind]);
+        cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
         return -1;
     }
     if (!o->table[0] || strlen(o->table) > 63) {
-        fprintf(stderr, PROG ": --table must be 1 to 63 characters\n");
+        cds_cli_usage(&cli, "bad --table: give a name of 1 to 63 characters");
         return -1;
     }
     return 0;

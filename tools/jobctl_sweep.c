@@ -2,7 +2,10 @@
  *
  * Both read the sweep hash, the models hash and the results hash once and
  * build one JSON document (jobctl_sweep_load), which --json prints as is and
- * the text views format, so scripts and people see the same numbers. */
+ * the text views format, so scripts and people see the same numbers.  The
+ * --follow log (jobctl_sweep_print_news) compares two such documents; the
+ * learning curves (jobctl_sweep_plot) are drawn from one by gnuplot.
+ * Retrying a model and replaying a sweep are in jobctl_sweep_rerun.c. */
 #include "jobctl_sweep.h"
 
 #include <errno.h>
@@ -14,22 +17,8 @@
 
 #include "cds_util.h"
 #include "jobctl_fmt.h"
-#include "nn_ckpt.h"
 #include "queue_mop.h"
 #include "sweep_eta.h"
-
-static const char *field(const json_t *o, const char *fmt, int m)
-{
-    char key[64];
-    snprintf(key, sizeof key, fmt, m);
-    return json_string_value(json_object_get(o, key));
-}
-
-static int int_field(const json_t *o, const char *key, int def)
-{
-    const char *v = json_string_value(json_object_get(o, key));
-    return v && *v ? atoi(v) : def;
-}
 
 /* "cnn adam lr=0.001 batch=64 l2=0" from a model's spec. */
 static json_t *summary(const char *spec)
@@ -49,8 +38,8 @@ static json_t *summary(const char *spec)
  * leased before the pause is still in flight (that visit still commits). */
 static const char *shown_state(const json_t *models, int m)
 {
-    const char *st = field(models, "%d.state", m) ?: "?";
-    const char *paused = field(models, "%d.paused", m);
+    const char *st = jobctl_sweep_field(models, "%d.state", m) ?: "?";
+    const char *paused = jobctl_sweep_field(models, "%d.paused", m);
     if (paused && strcmp(paused, "1") == 0 && (strcmp(st, "idle") == 0 || strcmp(st, "leased") == 0))
         return strcmp(st, "idle") == 0 ? "paused" : "pausing";
     return st;
@@ -122,13 +111,13 @@ static json_t *load_model(const json_t *models, const json_t *results, int m, in
         if (metrics)
             json_array_append_new(e, metrics);
     }
-    const char *spec = field(models, "%d.spec", m);
+    const char *spec = jobctl_sweep_field(models, "%d.spec", m);
     json_t *mo = json_pack("{s:i, s:s, s:i, s:s, s:o, s:o, s:o, s:o, s:o}", "model", m, "state",
-                           shown_state(models, m), "epoch", atoi(field(models, "%d.epoch", m) ?: "1"), "visited",
-                           field(models, "%d.visited", m) ?: "", "summary", summary(spec), "group", speed_group(spec),
+                           shown_state(models, m), "epoch", atoi(jobctl_sweep_field(models, "%d.epoch", m) ?: "1"), "visited",
+                           jobctl_sweep_field(models, "%d.visited", m) ?: "", "summary", summary(spec), "group", speed_group(spec),
                            "epochs", e, "visits", model_visits(results, m, epochs, shards), "eval_errors",
                            eval_errors(models, m, epochs));
-    const char *best = field(models, "%d.best_epoch", m), *top1 = field(models, "%d.best_top1", m);
+    const char *best = jobctl_sweep_field(models, "%d.best_epoch", m), *top1 = jobctl_sweep_field(models, "%d.best_top1", m);
     if (best && *best) {
         json_object_set_new(mo, "best_epoch", json_integer(atoi(best)));
         json_object_set_new(mo, "best_valid_top1", json_real(atof(top1 ? top1 : "0")));
@@ -137,19 +126,19 @@ static json_t *load_model(const json_t *models, const json_t *results, int m, in
     for (size_t i = 0; i < sizeof text_fields / sizeof text_fields[0]; i++) {
         char key[64];
         snprintf(key, sizeof key, "%%d.%s", text_fields[i]);
-        const char *v = field(models, key, m);
+        const char *v = jobctl_sweep_field(models, key, m);
         if (v && *v)
             json_object_set_new(mo, text_fields[i], json_string(v));
     }
-    int attempts = atoi(field(models, "%d.attempts", m) ?: "0");
+    int attempts = atoi(jobctl_sweep_field(models, "%d.attempts", m) ?: "0");
     if (attempts > 0)
         json_object_set_new(mo, "attempts", json_integer(attempts));
-    const char *st = field(models, "%d.state", m);
+    const char *st = jobctl_sweep_field(models, "%d.state", m);
     char pk[32];
     snprintf(pk, sizeof pk, "%d.progress", m);
     json_t *progress = st && strcmp(st, "leased") == 0 ? json_field(models, pk) : NULL;
     if (json_is_object(progress)) {
-        json_object_set_new(progress, "shard", json_integer(atoi(field(models, "%d.shard", m) ?: "-1")));
+        json_object_set_new(progress, "shard", json_integer(atoi(jobctl_sweep_field(models, "%d.shard", m) ?: "-1")));
         json_object_set_new(mo, "progress", progress);
     } else {
         json_decref(progress);
@@ -169,7 +158,7 @@ int jobctl_sweep_load(queue_conn *q, const char *sweep, json_t **out, cds_err *e
         json_decref(models);
         return -1;
     }
-    int n = int_field(sw, "models", 0), epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
+    int n = jobctl_sweep_int_field(sw, "models", 0), epochs = jobctl_sweep_int_field(sw, "epochs", 0), shards = jobctl_sweep_int_field(sw, "shards", 0);
     json_t *list = json_array();
     for (int m = 0; m < n; m++)
         json_array_append_new(list, load_model(models, results, m, epochs, shards));
@@ -307,7 +296,7 @@ int jobctl_sweep_finished(const json_t *s)
 void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
 {
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
-    int epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
+    int epochs = jobctl_sweep_int_field(sw, "epochs", 0), shards = jobctl_sweep_int_field(sw, "shards", 0);
     long long created = atoll(json_string_value(json_object_get(sw, "created")) ?: "0");
     long long finished = atoll(json_string_value(json_object_get(sw, "finished")) ?: "0");
     long long total = (long long)json_array_size(models) * epochs * shards, done = 0, evaluated = 0;
@@ -362,7 +351,7 @@ static void model_detail(char *buf, size_t n, const json_t *m, int64_t now_ms)
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms)
 {
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
-    int epochs = int_field(sw, "epochs", 0), shards = int_field(sw, "shards", 0);
+    int epochs = jobctl_sweep_int_field(sw, "epochs", 0), shards = jobctl_sweep_int_field(sw, "shards", 0);
     jobctl_sweep_print_summary(out, s, now_ms);
     size_t i;
     const json_t *m;
@@ -443,239 +432,6 @@ void jobctl_sweep_print_news(FILE *out, const json_t *before, const json_t *now,
         print_test(out, now);
 }
 
-/* ---- retry ----------------------------------------------------------------------- */
-
-/* The version that ended epoch e of model m: its last visit in the
- * schedule ("m epoch shard version worker"); -1 if the epoch never ended. */
-static long long epoch_end_version(char **lines, size_t n, int m, int e, int shards)
-{
-    long long v = -1;
-    int visits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int lm, le, lk;
-        long long lv;
-        if (sscanf(lines[i], "%d %d %d %lld", &lm, &le, &lk, &lv) == 4 && lm == m && le == e) {
-            visits++;
-            if (lv > v)
-                v = lv;
-        }
-    }
-    return visits >= shards ? v : -1;
-}
-
-/* The epoch whose end is version v of model m; -1 if none. */
-static int epoch_of_version(char **lines, size_t n, int m, long long v, int epochs, int shards)
-{
-    for (int e = 1; e <= epochs; e++)
-        if (epoch_end_version(lines, n, m, e, shards) == v)
-            return e;
-    return -1;
-}
-
-/* Resolves --from into a kept file of the model, its epoch and version, and
- * checks the file reads back whole. */
-static int resolve_from(queue_conn *q, const char *sweep, int m, const char *from, char *path, int *epoch,
-                        long long *version, cds_err *err)
-{
-    json_t *sw = NULL, *models = NULL;
-    char **lines = NULL;
-    size_t n = 0;
-    int rc = queue_sweep_get(q, sweep, &sw, err);
-    if (rc != 0)
-        return rc;
-    int E = int_field(sw, "epochs", 0), K = int_field(sw, "shards", 0);
-    if (queue_mop_models(q, sweep, &models, err) != 0 || queue_mop_schedule(q, sweep, &lines, &n, err) != 0) {
-        rc = -1;
-        goto out;
-    }
-    const char *ckpt = field(models, "%d.ckpt", m);
-    long long committed = atoll(field(models, "%d.version", m) ?: "0");
-    const char *slash = ckpt ? strrchr(ckpt, '/') : NULL;
-    if (!slash) {
-        rc = cds_errf(err, "model %d of sweep %s has committed no checkpoint: there is nothing older to retry from "
-                           "(retry it without --from)", m, sweep);
-        goto out;
-    }
-    int e = -1;
-    long long v;
-    char *end = NULL;
-    if (strcmp(from, "best") == 0) {
-        e = atoi(field(models, "%d.best_epoch", m) ?: "0");
-        if (e < 1) {
-            rc = cds_errf(err, "model %d of sweep %s has no evaluated epoch, so no best checkpoint: retry it without "
-                               "--from, or --from epoch-N", m, sweep);
-            goto out;
-        }
-    } else if (strncmp(from, "epoch-", 6) == 0 && (e = (int)strtol(from + 6, &end, 10), end && !*end && e >= 1)) {
-        /* e set */
-    } else if (from[0] == 'v' && (v = strtoll(from + 1, &end, 10), end && !*end && v >= 1)) {
-        if (v == committed) {
-            path[0] = '\0';
-            *version = v;
-            goto out; /* the committed checkpoint itself */
-        }
-        if ((e = epoch_of_version(lines, n, m, v, E, K)) < 0) {
-            rc = cds_errf(err, "version %lld of model %d ended no epoch, and only the committed version (%lld) and "
-                               "the checkpoints of epoch ends are kept: use --from best or --from epoch-N",
-                          v, m, committed);
-            goto out;
-        }
-    } else {
-        rc = cds_errf(err, "--from %s: use best, epoch-N or vN (see jobctl retry --help)", from);
-        goto out;
-    }
-    v = epoch_end_version(lines, n, m, e, K);
-    if (v < 0) {
-        rc = cds_errf(err, "model %d of sweep %s never finished epoch %d: nothing of it is kept", m, sweep, e);
-        goto out;
-    }
-    int dl = (int)(slash - ckpt);
-    snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/best-e%d.ckpt", dl, ckpt, e);
-    if (access(path, F_OK) != 0)
-        snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/epoch-%d.ckpt", dl, ckpt, e);
-    if (access(path, F_OK) != 0) {
-        rc = cds_errf(err, "no kept checkpoint of epoch %d of model %d under %.*s (only the best epoch's and those "
-                           "waiting for evaluation are kept; or DATA_ROOT is not mounted here: run jobctl retry where "
-                           "it is)", e, m, dl, ckpt);
-        goto out;
-    }
-    nn_ckpt c;
-    if (nn_ckpt_load(path, &c, err) != 0) {
-        rc = cds_err_wrap(err, "the checkpoint to retry from is not intact");
-        goto out;
-    }
-    nn_ckpt_free(&c);
-    *epoch = e;
-    *version = v;
-out:
-    queue_sweep_list_free(lines, n);
-    json_decref(models);
-    json_decref(sw);
-    return rc;
-}
-
-/* The epoch-<e>.ckpt files of the epochs after from_epoch belong to the run
- * a retry from an older checkpoint discards, and the epochs trained again
- * need those names.  Moved aside (.retried) while the model is still
- * failed (no worker can write them), then removed once the retry is
- * recorded, or moved back if it is refused. */
-static void set_aside_later_epochs(const char *path, int from_epoch, int epochs, int how)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        return;
-    for (int e = from_epoch + 1; e <= epochs; e++) {
-        char f[QUEUE_MOP_PATH_MAX + 32], aside[QUEUE_MOP_PATH_MAX + 48];
-        snprintf(f, sizeof f, "%.*s/epoch-%d.ckpt", (int)(slash - path), path, e);
-        snprintf(aside, sizeof aside, "%s.retried", f);
-        if (how == 0)
-            rename(f, aside);
-        else if (how == 1)
-            unlink(aside);
-        else
-            rename(aside, f);
-    }
-}
-
-int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *from, char *from_path, int *epoch,
-                       cds_err *err)
-{
-    char path[QUEUE_MOP_PATH_MAX] = "";
-    int from_epoch = 0, epochs = 0;
-    long long version = 0;
-    if (from) {
-        int rc = resolve_from(q, sweep, model, from, path, &from_epoch, &version, err);
-        if (rc != 0)
-            return rc;
-        json_t *sw = NULL;
-        if ((rc = queue_sweep_get(q, sweep, &sw, err)) != 0)
-            return rc;
-        epochs = int_field(sw, "epochs", 0);
-        json_decref(sw);
-    }
-    if (from_path)
-        snprintf(from_path, QUEUE_MOP_PATH_MAX, "%s", path);
-    if (path[0])
-        set_aside_later_epochs(path, from_epoch, epochs, 0);
-    int rc = queue_mop_retry_model(q, sweep, model, path[0] ? path : NULL, from_epoch, version, epoch, err);
-    if (path[0])
-        set_aside_later_epochs(path, from_epoch, epochs, rc == 0 ? 1 : 2);
-    return rc;
-}
-
-/* ---- replay ------------------------------------------------------------------ */
-
-int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err)
-{
-    json_t *sw = NULL, *models = NULL;
-    char **lines = NULL, **plans = NULL;
-    const char **specs = NULL;
-    size_t n_lines = 0;
-    int rc = queue_sweep_get(q, orig, &sw, err);
-    if (rc != 0)
-        return rc;
-    int M = int_field(sw, "models", 0), E = int_field(sw, "epochs", 0), K = int_field(sw, "shards", 0);
-    if (int_field(sw, "format", 1) < 2) {
-        rc = cds_errf(err, "sweep %s was recorded by an older version that numbered epochs from 0: it cannot be "
-                           "replayed (enqueue its spec again as a new sweep)", orig);
-        goto out;
-    }
-    if (queue_mop_models(q, orig, &models, err) != 0 || queue_mop_schedule(q, orig, &lines, &n_lines, err) != 0) {
-        rc = -1;
-        goto out;
-    }
-    plans = calloc((size_t)M, sizeof *plans);
-    specs = calloc((size_t)M, sizeof *specs);
-    size_t per = (size_t)E * K * 4 + 1;
-    for (int m = 0; plans && m < M; m++)
-        plans[m] = calloc(per, 1);
-    for (int m = 0; specs && m < M; m++)
-        if (!(specs[m] = field(models, "%d.spec", m)) || !plans[m]) {
-            rc = cds_errf(err, "sweep %s: model %d has no spec in Redis", orig, m);
-            goto out;
-        }
-    if (!plans || !specs) {
-        rc = cds_err_nomem(err, "out of memory");
-        goto out;
-    }
-    /* A model's visits are one at a time, so its entries in the commit
-     * order are its visit order. */
-    for (size_t i = 0; i < n_lines; i++) {
-        int m, e, k;
-        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K) {
-            rc = cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
-            goto out;
-        }
-        if (strlen(plans[m]) + 4 >= per) {
-            rc = cds_errf(err, "sweep %s: model %d visited more than its %d shards x epochs (it was retried from an "
-                               "older checkpoint): its visit order cannot be replayed", orig, m, E * K);
-            goto out;
-        }
-        snprintf(plans[m] + strlen(plans[m]), 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
-    }
-    for (int m = 0; m < M; m++)
-        if (strlen(plans[m]) != per - 1) {
-            rc = cds_errf(err, "sweep %s: model %d committed %zu of its %d visits (state %s): only a finished model "
-                               "can be replayed", orig, m, strlen(plans[m]) / 4, E * K,
-                          field(models, "%d.state", m) ?: "?");
-            goto out;
-        }
-    queue_sweep_def def = {.id = new_id, .dataset = json_string_value(json_object_get(sw, "dataset")),
-                           .dataset_version = json_string_value(json_object_get(sw, "dataset_version")) ?: "",
-                           .shards = K, .epochs = E, .models = M, .model_specs = specs,
-                           .spec_json = json_string_value(json_object_get(sw, "spec")),
-                           .plans = (const char *const *)plans, .replay_of = orig};
-    rc = queue_sweep_create(q, &def, NULL, err);
-out:
-    for (int m = 0; plans && m < M; m++)
-        free(plans[m]);
-    free(plans);
-    free(specs);
-    queue_sweep_list_free(lines, n_lines);
-    json_decref(models);
-    json_decref(sw);
-    return rc;
-}
 
 /* ---- plot ------------------------------------------------------------------------ */
 

@@ -57,4 +57,19 @@ int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *
  * Only a sweep whose every model finished can be replayed. */
 int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err);
 
+/* The string of field fmt (with %d: model m) of a hash read as JSON. */
+static inline const char *jobctl_sweep_field(const json_t *o, const char *fmt, int m)
+{
+    char key[64];
+    snprintf(key, sizeof key, fmt, m);
+    return json_string_value(json_object_get(o, key));
+}
+
+/* An integer field of a hash read as JSON; def when missing or empty. */
+static inline int jobctl_sweep_int_field(const json_t *o, const char *key, int def)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v && *v ? atoi(v) : def;
+}
+
 #endif

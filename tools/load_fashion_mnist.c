@@ -22,7 +22,6 @@
  * DSN is never printed (it may hold a password), only host, port and
  * database.  Errors are one line "load-fashion-mnist: ..." on stderr, exit 1;
  * bad usage exits 2. */
-#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +31,7 @@
 #include <libpq-fe.h>
 #include <zlib.h>
 
+#include "cds_cli.h"
 #include "cds_err.h"
 #include "cds_util.h"
 #include "pg_copy.h"
@@ -177,30 +177,19 @@ static void put_row(copybuf *b, uint32_t id, const uint8_t *img, uint8_t label, 
     copy_put32(b, label);
 }
 
-static int copy_rows(PGconn *c, const idx_file *img, const idx_file *lab, int as_array, cds_err *err)
+/* What the rows callback reads: one split's images and labels. */
+typedef struct row_source {
+    const idx_file *img, *lab;
+    int as_array;
+} row_source;
+
+static int put_rows(copybuf *b, void *ctx, cds_err *err)
 {
-    copybuf b = {c, malloc(COPY_CHUNK + 8192), 0};
-    if (!b.buf)
-        return cds_err_nomem(err, "out of memory");
-    copy_put_header(&b);
+    const row_source *src = ctx;
     int rc = 0;
-    for (uint32_t i = 0; rc == 0 && i < img->count; i++) {
-        put_row(&b, i, img->items + (size_t)i * IMG_BYTES, lab->items[i], as_array);
-        if (b.len >= COPY_CHUNK)
-            rc = copy_flush(&b, err);
-    }
-    if (rc == 0) {
-        copy_put16(&b, -1);
-        rc = copy_flush(&b, err);
-    }
-    free(b.buf);
-    if (PQputCopyEnd(c, rc == 0 ? NULL : "load-fashion-mnist stopped") != 1 && rc == 0)
-        rc = pg_fail(c, NULL, "ending COPY", err);
-    PGresult *r;
-    while ((r = PQgetResult(c)) != NULL) {
-        if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK)
-            rc = pg_fail(c, r, "COPY", err);
-        PQclear(r);
+    for (uint32_t i = 0; rc == 0 && i < src->img->count; i++) {
+        put_row(b, i, src->img->items + (size_t)i * IMG_BYTES, src->lab->items[i], src->as_array);
+        rc = copy_row_end(b, err);
     }
     return rc;
 }
@@ -211,41 +200,14 @@ static int copy_rows(PGconn *c, const idx_file *img, const idx_file *lab, int as
 static int load_table(PGconn *c, const options *o, const char *table, const idx_file *img, const idx_file *lab,
                       cds_err *err)
 {
-    char *q = PQescapeIdentifier(c, table, strlen(table));
-    if (!q)
-        return pg_fail(c, NULL, "quoting the table name", err);
-    char sql[1024];
-    int rc = pg_exec(c, "BEGIN", "BEGIN", err);
-    if (rc == 0 && o->replace) {
-        snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s", q);
-        rc = pg_exec(c, sql, "dropping the old table", err);
-    }
-    if (rc == 0) {
-        snprintf(sql, sizeof sql, "CREATE TABLE %s (id int NOT NULL, pixels %s NOT NULL, label int NOT NULL)", q,
-                 o->as_array ? "smallint[]" : "bytea");
-        rc = pg_exec(c, sql, "creating the table", err);
-    }
-    if (rc == 0) {
-        snprintf(sql, sizeof sql, "COPY %s (id, pixels, label) FROM STDIN (FORMAT binary)", q);
-        PGresult *r = PQexec(c, sql);
-        rc = PQresultStatus(r) == PGRES_COPY_IN ? 0 : pg_fail(c, r, "starting COPY", err);
-        PQclear(r);
-    }
-    if (rc == 0)
-        rc = copy_rows(c, img, lab, o->as_array, err);
-    if (rc == 0) {
-        snprintf(sql, sizeof sql, "ALTER TABLE %s ADD PRIMARY KEY (id)", q);
-        rc = pg_exec(c, sql, "adding the primary key", err);
-    }
-    if (rc == 0)
-        rc = pg_exec(c, "COMMIT", "COMMIT", err);
-    if (rc != 0 && PQtransactionStatus(c) != PQTRANS_IDLE) {
-        PGresult *r = PQexec(c, "ROLLBACK");
-        PQclear(r);
-        cds_err_wrap(err, "table %s (nothing was kept)", table);
-    }
-    PQfreemem(q);
-    return rc;
+    row_source src = {img, lab, o->as_array};
+    pg_table_load l = {
+        .table = table,
+        .columns = o->as_array ? "(id int NOT NULL, pixels smallint[] NOT NULL, label int NOT NULL)"
+                               : "(id int NOT NULL, pixels bytea NOT NULL, label int NOT NULL)",
+        .copy_columns = "(id, pixels, label)", .replace = o->replace, .chunk = COPY_CHUNK, .row_max = 8192,
+        .rows = put_rows, .ctx = &src, .stop = PROG " stopped"};
+    return pg_load_table(c, &l, err);
 }
 
 /* ---- main ----------------------------------------------------------------- */
@@ -276,27 +238,26 @@ static int parse_args(int argc, char **argv, options *o)
         {0, 0, 0, 0},
     };
     *o = (options){DEFAULT_DIR, NULL, "fashion_mnist", 0, 0};
-    opterr = 0;
+    cds_cli cli;
+    cds_cli_init(&cli, PROG, NULL, argc, argv, "", opts);
     int ch;
-    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    while ((ch = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (ch) {
-        case O_DIR: o->dir = optarg; break;
-        case O_DSN: o->dsn = optarg; break;
-        case O_PREFIX: o->prefix = optarg; break;
+        case O_DIR: o->dir = cli.arg; break;
+        case O_DSN: o->dsn = cli.arg; break;
+        case O_PREFIX: o->prefix = cli.arg; break;
         case O_ARRAY: o->as_array = 1; break;
         case O_REPLACE: o->replace = 1; break;
         case O_HELP: usage(stdout); exit(0);
-        default:
-            fprintf(stderr, PROG ": unknown or incomplete option %s (see --help)\n", argv[optind - 1]);
-            return -1;
+        default: cds_cli_fail(&cli); return -1;
         }
     }
     if (optind < argc) {
-        fprintf(stderr, PROG ": unexpected argument %s (see --help)\n", argv[optind]);
+        cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
         return -1;
     }
     if (!o->prefix[0] || strlen(o->prefix) > 50) {
-        fprintf(stderr, PROG ": --table-prefix must be 1 to 50 characters\n");
+        cds_cli_usage(&cli, "bad --table-prefix: give a prefix of 1 to 50 characters");
         return -1;
     }
     return 0;

@@ -1,7 +1,10 @@
-/* pg_copy: see pg_copy.h. */
+/* pg_copy: see pg_copy.h.  A COPY buffer holds one chunk plus the largest
+ * row, so a row is always appended whole and flushed after it: the buffer
+ * never needs bounds checks per field. */
 #include "pg_copy.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void pg_one_line(const char *m, char *out, size_t outsz)
@@ -99,4 +102,94 @@ int copy_flush(copybuf *b, cds_err *err)
         return pg_fail(b->c, NULL, "sending COPY data", err);
     b->len = 0;
     return 0;
+}
+
+int copy_row_end(copybuf *b, cds_err *err)
+{
+    return b->len >= b->chunk ? copy_flush(b, err) : 0;
+}
+
+int copy_end(copybuf *b, int rc, const char *stop, cds_err *err)
+{
+    if (rc == 0) {
+        copy_put16(b, -1);
+        rc = copy_flush(b, err);
+    }
+    if (PQputCopyEnd(b->c, rc == 0 ? NULL : stop) != 1 && rc == 0)
+        rc = pg_fail(b->c, NULL, "ending COPY", err);
+    PGresult *r;
+    while ((r = PQgetResult(b->c)) != NULL) {
+        if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK)
+            rc = pg_fail(b->c, r, "COPY", err);
+        PQclear(r);
+    }
+    return rc;
+}
+
+/* COPY ... FROM STDIN started: every row through one buffer, then the end. */
+static int copy_all_rows(PGconn *c, const pg_table_load *l, cds_err *err)
+{
+    copybuf b = {c, malloc(l->chunk + l->row_max + 32), 0, l->chunk};
+    int rc = b.buf ? 0 : cds_err_nomem(err, "out of memory for the COPY buffer");
+    if (rc == 0) {
+        copy_put_header(&b);
+        rc = l->rows(&b, l->ctx, err);
+    }
+    rc = copy_end(&b, rc, l->stop, err);
+    free(b.buf);
+    return rc;
+}
+
+/* Runs one statement made from fmt and the quoted name q. */
+static int exec_q(PGconn *c, const char *fmt, const char *q, const char *arg, const char *what, cds_err *err)
+{
+    size_t n = strlen(fmt) + strlen(q) + strlen(arg) + 1;
+    char *sql = malloc(n);
+    if (!sql)
+        return cds_err_nomem(err, "out of memory");
+    snprintf(sql, n, fmt, q, arg);
+    int rc = pg_exec(c, sql, what, err);
+    free(sql);
+    return rc;
+}
+
+static int start_copy(PGconn *c, const char *q, const char *columns, cds_err *err)
+{
+    size_t n = strlen(q) + strlen(columns) + 64;
+    char *sql = malloc(n);
+    if (!sql)
+        return cds_err_nomem(err, "out of memory");
+    snprintf(sql, n, "COPY %s %s FROM STDIN (FORMAT binary)", q, columns);
+    PGresult *r = PQexec(c, sql);
+    int rc = PQresultStatus(r) == PGRES_COPY_IN ? 0 : pg_fail(c, r, "starting COPY", err);
+    PQclear(r);
+    free(sql);
+    return rc;
+}
+
+int pg_load_table(PGconn *c, const pg_table_load *l, cds_err *err)
+{
+    char *q = PQescapeIdentifier(c, l->table, strlen(l->table));
+    if (!q)
+        return pg_fail(c, NULL, "quoting the table name", err);
+    int rc = pg_exec(c, "BEGIN", "BEGIN", err);
+    if (rc == 0 && l->replace)
+        rc = exec_q(c, "DROP TABLE IF EXISTS %s%s", q, "", "dropping the old table", err);
+    if (rc == 0)
+        rc = exec_q(c, "CREATE TABLE %s %s", q, l->columns, "creating the table", err);
+    if (rc == 0)
+        rc = start_copy(c, q, l->copy_columns, err);
+    if (rc == 0)
+        rc = copy_all_rows(c, l, err);
+    if (rc == 0)
+        rc = exec_q(c, "ALTER TABLE %s ADD PRIMARY KEY (id)%s", q, "", "adding the primary key", err);
+    if (rc == 0)
+        rc = pg_exec(c, "COMMIT", "COMMIT", err);
+    if (rc != 0 && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        PGresult *r = PQexec(c, "ROLLBACK");
+        PQclear(r);
+        cds_err_wrap(err, "table %s (nothing was kept)", l->table);
+    }
+    PQfreemem(q);
+    return rc;
 }

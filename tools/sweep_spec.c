@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_json.h"
 #include "nn_model.h"
 #include "nn_optim.h"
 
@@ -68,37 +69,14 @@ static int spec_err(cds_err *err, const char *path, const char *fmt, ...)
     return cds_errf(err, "sweep spec %s: %s", path, msg);
 }
 
-static int in_list(const char *key, const char *const *list)
-{
-    for (size_t i = 0; list[i]; i++)
-        if (strcmp(key, list[i]) == 0)
-            return 1;
-    return 0;
-}
-
-/* "a, b, c" of a NULL-terminated list, for messages. */
-static void join_list(char *out, size_t n, const char *const *list)
-{
-    size_t o = 0;
-    out[0] = '\0';
-    for (size_t i = 0; list[i] && o < n; i++)
-        o += (size_t)snprintf(out + o, n - o, "%s%s", i ? ", " : "", list[i]);
-}
-
-/* Refuses a key of object o (at path) that is not in known. */
+/* Refuses a key of object o (at path, e.g. "$.train") that is not in known:
+ * "sweep spec $.train.warmup: unknown field; the fields are: ...". */
 static int check_fields(const json_t *o, const char *path, const char *const *known, const char *hint,
                         cds_err *err)
 {
-    const char *key;
-    const json_t *v;
-    char names[256];
-    join_list(names, sizeof names, known);
-    json_object_foreach((json_t *)o, key, v) {
-        if (!in_list(key, known))
-            return cds_errf(err, "sweep spec %s.%.60s: unknown field (known: %s%s)", path, key, names, hint);
-    }
-    (void)v;
-    return 0;
+    char where[64];
+    snprintf(where, sizeof where, "sweep spec %s", path);
+    return cds_json_check_fields(o, where, known, hint, err);
 }
 
 /* ---- top-level fields ---------------------------------------------------- */
@@ -227,7 +205,7 @@ static int parse_grid_shape(const json_t *root, grid *g, cds_err *err)
         return 0;
     if (!json_is_object(gj))
         return spec_err(err, "$.grid", "must be an object of lists, e.g. {\"lr\": [0.001, 0.0001], \"batch\": [64]}");
-    if (check_fields(gj, "$.grid", known, "; put other hyper-parameters, fixed, in $.train", err) != 0)
+    if (check_fields(gj, "$.grid", known, "put other hyper-parameters, fixed, in $.train", err) != 0)
         return -1;
     for (int a = 0; a < N_AXES; a++) {
         const json_t *list = json_object_get(gj, axis_names[a]);

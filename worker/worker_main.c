@@ -1,10 +1,13 @@
-/* cds-worker: command-line parsing; the loop is in worker.c. */
-#include <getopt.h>
+/* cds-worker: command-line parsing; the loop is in worker.c.  Options are
+ * parsed by common/cds_cli (exact names only, one usage-error style); each
+ * value is checked here, before anything connects, and a bad one is one line
+ * naming the option and what to give, exit 2. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "cds_cli.h"
 #include "cds_util.h"
 #include "worker.h"
 
@@ -38,14 +41,6 @@ static void usage(FILE *out)
           "(commits) it and exits; a second one releases it at once and exits.\n"
           "Exit status: 0 stopped cleanly, 2 bad usage or Redis unreachable at start.\n",
           out);
-}
-
-static int bad_usage(const char *fmt, const char *arg)
-{
-    fprintf(stderr, "cds-worker: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, " (see cds-worker --help)\n");
-    return 2;
 }
 
 static int parse_seconds(const char *s, int64_t *ms)
@@ -83,86 +78,87 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, O_THREADS},     {"shard-grace", required_argument, 0, O_GRACE},
         {0, 0, 0, 0},
     };
-    opterr = 0;
     int c;
     int64_t v;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    cds_cli cli;
+    cds_cli_init(&cli, "cds-worker", NULL, argc, argv, "", opts);
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
         switch (c) {
-        case O_REDIS: cfg.url = optarg; break;
-        case O_PWFILE: cfg.password_file = optarg; break;
-        case O_PREFIX: cfg.prefix = optarg; break;
+        case O_REDIS: cfg.url = cli.arg; break;
+        case O_PWFILE: cfg.password_file = cli.arg; break;
+        case O_PREFIX: cfg.prefix = cli.arg; break;
         case O_QUEUE:
             if (cfg.n_queues == WORKER_MAX_QUEUES)
-                return bad_usage("too many --queue options (at most 16)%s", "");
-            cfg.queues[cfg.n_queues++] = optarg;
+                return cds_cli_usage(&cli, "too many --queue options (at most 16)");
+            cfg.queues[cfg.n_queues++] = cli.arg;
             break;
         case O_ID:
-            if (strlen(optarg) == 0 || strlen(optarg) >= sizeof cfg.id || strpbrk(optarg, " \t\r\n"))
-                return bad_usage("bad --id '%s': use up to 127 characters without spaces", optarg);
-            snprintf(cfg.id, sizeof cfg.id, "%s", optarg);
+            if (strlen(cli.arg) == 0 || strlen(cli.arg) >= sizeof cfg.id || strpbrk(cli.arg, " \t\r\n"))
+                return cds_cli_usage(&cli, "bad --id '%s': use up to 127 characters without spaces", cli.arg);
+            snprintf(cfg.id, sizeof cfg.id, "%s", cli.arg);
             break;
         case O_LEASE:
-            if (parse_seconds(optarg, &cfg.lease_ms) != 0 || cfg.lease_ms < 100)
-                return bad_usage("bad --lease '%s': give seconds, at least 0.1", optarg);
+            if (parse_seconds(cli.arg, &cfg.lease_ms) != 0 || cfg.lease_ms < 100)
+                return cds_cli_usage(&cli, "bad --lease '%s': give seconds, at least 0.1", cli.arg);
             break;
         case O_BATCH:
-            if (cds_parse_i64(optarg, 1, 1000, &v) != 0)
-                return bad_usage("bad --batch '%s': use 1 to 1000", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1000, &v) != 0)
+                return cds_cli_usage(&cli, "bad --batch '%s': use 1 to 1000", cli.arg);
             cfg.batch = (size_t)v;
             break;
         case O_IDLE:
-            if (parse_seconds(optarg, &cfg.idle_exit_ms) != 0)
-                return bad_usage("bad --idle-exit '%s': give seconds", optarg);
+            if (parse_seconds(cli.arg, &cfg.idle_exit_ms) != 0)
+                return cds_cli_usage(&cli, "bad --idle-exit '%s': give seconds", cli.arg);
             break;
         case O_MAXJOBS:
-            if (cds_parse_i64(optarg, 1, INT64_MAX, &cfg.max_jobs) != 0)
-                return bad_usage("bad --max-jobs '%s': use a positive integer", optarg);
+            if (cds_parse_i64(cli.arg, 1, INT64_MAX, &cfg.max_jobs) != 0)
+                return cds_cli_usage(&cli, "bad --max-jobs '%s': use a positive integer", cli.arg);
             break;
         case O_REAP:
-            if (parse_seconds(optarg, &cfg.reap_every_ms) != 0 || cfg.reap_every_ms < 10)
-                return bad_usage("bad --reap-every '%s': give seconds, at least 0.01", optarg);
+            if (parse_seconds(cli.arg, &cfg.reap_every_ms) != 0 || cfg.reap_every_ms < 10)
+                return cds_cli_usage(&cli, "bad --reap-every '%s': give seconds, at least 0.01", cli.arg);
             break;
         case O_KEEP:
-            if (cds_parse_i64(optarg, 0, INT64_MAX, &cfg.maint.keep_done) != 0)
-                return bad_usage("bad --keep-done '%s': use a count", optarg);
+            if (cds_parse_i64(cli.arg, 0, INT64_MAX, &cfg.maint.keep_done) != 0)
+                return cds_cli_usage(&cli, "bad --keep-done '%s': use a count", cli.arg);
             break;
         case O_KEEPAGE:
-            if (parse_seconds(optarg, &cfg.maint.keep_done_ms) != 0)
-                return bad_usage("bad --keep-done-age '%s': give seconds", optarg);
+            if (parse_seconds(cli.arg, &cfg.maint.keep_done_ms) != 0)
+                return cds_cli_usage(&cli, "bad --keep-done-age '%s': give seconds", cli.arg);
             break;
         case O_LOG:
-            if (strcmp(optarg, "debug") == 0) cfg.log_level = CDS_LOG_DEBUG;
-            else if (strcmp(optarg, "info") == 0) cfg.log_level = CDS_LOG_INFO;
-            else if (strcmp(optarg, "warn") == 0) cfg.log_level = CDS_LOG_WARN;
-            else if (strcmp(optarg, "error") == 0) cfg.log_level = CDS_LOG_ERROR;
-            else return bad_usage("bad --log-level '%s': use debug, info, warn or error", optarg);
+            if (strcmp(cli.arg, "debug") == 0) cfg.log_level = CDS_LOG_DEBUG;
+            else if (strcmp(cli.arg, "info") == 0) cfg.log_level = CDS_LOG_INFO;
+            else if (strcmp(cli.arg, "warn") == 0) cfg.log_level = CDS_LOG_WARN;
+            else if (strcmp(cli.arg, "error") == 0) cfg.log_level = CDS_LOG_ERROR;
+            else return cds_cli_usage(&cli, "bad --log-level '%s': use debug, info, warn or error", cli.arg);
             break;
         case O_HELP: usage(stdout); return 0;
         case O_SHARD:
-            if (cds_parse_i64(optarg, 0, 1 << 20, &v) != 0)
-                return bad_usage("bad --shard '%s': use a shard number from 0", optarg);
+            if (cds_parse_i64(cli.arg, 0, 1 << 20, &v) != 0)
+                return cds_cli_usage(&cli, "bad --shard '%s': use a shard number from 0", cli.arg);
             cfg.shard = (int)v;
             break;
-        case O_DATAROOT: cfg.data_root = optarg; break;
+        case O_DATAROOT: cfg.data_root = cli.arg; break;
         case O_GRACE:
-            if (parse_seconds(optarg, &cfg.shard_grace_ms) != 0)
-                return bad_usage("bad --shard-grace '%s': give seconds", optarg);
+            if (parse_seconds(cli.arg, &cfg.shard_grace_ms) != 0)
+                return cds_cli_usage(&cli, "bad --shard-grace '%s': give seconds", cli.arg);
             break;
         case O_THREADS:
-            if (cds_parse_i64(optarg, 1, 1024, &v) != 0)
-                return bad_usage("bad --threads '%s': use 1 to 1024", optarg);
+            if (cds_parse_i64(cli.arg, 1, 1024, &v) != 0)
+                return cds_cli_usage(&cli, "bad --threads '%s': use 1 to 1024", cli.arg);
             cfg.threads = (int)v;
             break;
         default:
-            return bad_usage("unknown or incomplete option '%s'", argv[optind - 1]);
+            return cds_cli_fail(&cli);
         }
     }
     if (optind < argc)
-        return bad_usage("unexpected argument '%s'", argv[optind]);
+        return cds_cli_usage(&cli, "unexpected argument '%s'", argv[optind]);
     if (cfg.shard >= 0 && !cfg.data_root)
-        return bad_usage("--shard needs --data-root DIR (where datasets/ and sweeps/ are)%s", "");
+        return cds_cli_usage(&cli, "--shard needs --data-root DIR (where datasets/ and sweeps/ are)");
     if (cfg.data_root && access(cfg.data_root, W_OK) != 0)
-        return bad_usage("--data-root %s is not a writable directory", cfg.data_root);
+        return cds_cli_usage(&cli, "--data-root %s is not a writable directory", cfg.data_root);
     if (!cfg.threads)
         cfg.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (cfg.n_queues == 0)
@@ -171,7 +167,7 @@ int main(int argc, char **argv)
         if (strlen(cfg.queues[i]) == 0 || strlen(cfg.queues[i]) >= QUEUE_NAME_MAX ||
             strspn(cfg.queues[i], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
                 strlen(cfg.queues[i]))
-            return bad_usage("bad --queue '%s': use letters, digits, '.', '_' or '-'", cfg.queues[i]);
+            return cds_cli_usage(&cli, "bad --queue '%s': use letters, digits, '.', '_' or '-'", cfg.queues[i]);
     if (!cfg.id[0]) {
         char host[64] = "host", rnd[9];
         gethostname(host, sizeof host - 1);
