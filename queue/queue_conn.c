@@ -13,20 +13,55 @@
 #include "cds_util.h"
 #include "queue_int.h"
 
-extern const char queue_lua_enqueue[], queue_lua_claim[], queue_lua_start[], queue_lua_heartbeat[],
-    queue_lua_ack[], queue_lua_fail[], queue_lua_release[], queue_lua_reap[], queue_lua_promote[],
-    queue_lua_resolve[], queue_lua_cancel[], queue_lua_retry[], queue_lua_trim[], queue_lua_unlock[],
-    queue_lua_beat[];
+extern const char queue_lua_enqueue[], queue_lua_claim[], queue_lua_start[], queue_lua_heartbeat[], queue_lua_ack[],
+    queue_lua_fail[], queue_lua_release[], queue_lua_reap[], queue_lua_promote[], queue_lua_resolve[],
+    queue_lua_cancel[], queue_lua_retry[], queue_lua_trim[], queue_lua_unlock[], queue_lua_beat[],
+    queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
+    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[],
+    queue_lua_mop_model[], queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[],
+    queue_lua_mop_result[], queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[],
+    queue_lua_mop_test_fail[], queue_lua_mop_retry[], queue_lua_mop_enroll[], queue_lua_mop_shard_beat[],
+    queue_lua_mop_orphans[], queue_lua_outbox[], queue_lua_outbox_due[];
 
 static const char *const script_source[QS_COUNT] = {
-    [QS_ENQUEUE] = queue_lua_enqueue, [QS_CLAIM] = queue_lua_claim,
-    [QS_START] = queue_lua_start,     [QS_HEARTBEAT] = queue_lua_heartbeat,
-    [QS_ACK] = queue_lua_ack,         [QS_FAIL] = queue_lua_fail,
-    [QS_RELEASE] = queue_lua_release, [QS_REAP] = queue_lua_reap,
-    [QS_PROMOTE] = queue_lua_promote, [QS_RESOLVE] = queue_lua_resolve,
-    [QS_CANCEL] = queue_lua_cancel,   [QS_RETRY] = queue_lua_retry,
-    [QS_TRIM] = queue_lua_trim,       [QS_UNLOCK] = queue_lua_unlock,
+    [QS_ENQUEUE] = queue_lua_enqueue,
+    [QS_CLAIM] = queue_lua_claim,
+    [QS_START] = queue_lua_start,
+    [QS_HEARTBEAT] = queue_lua_heartbeat,
+    [QS_ACK] = queue_lua_ack,
+    [QS_FAIL] = queue_lua_fail,
+    [QS_RELEASE] = queue_lua_release,
+    [QS_REAP] = queue_lua_reap,
+    [QS_PROMOTE] = queue_lua_promote,
+    [QS_RESOLVE] = queue_lua_resolve,
+    [QS_CANCEL] = queue_lua_cancel,
+    [QS_RETRY] = queue_lua_retry,
+    [QS_TRIM] = queue_lua_trim,
+    [QS_UNLOCK] = queue_lua_unlock,
     [QS_BEAT] = queue_lua_beat,
+    [QS_MOP_CREATE] = queue_lua_mop_create,
+    [QS_MOP_LEASE] = queue_lua_mop_lease,
+    [QS_MOP_RENEW] = queue_lua_mop_renew,
+    [QS_MOP_COMMIT] = queue_lua_mop_commit,
+    [QS_MOP_RELEASE] = queue_lua_mop_release,
+    [QS_MOP_FAIL] = queue_lua_mop_fail,
+    [QS_MOP_REAP] = queue_lua_mop_reap,
+    [QS_MOP_STATE] = queue_lua_mop_state,
+    [QS_MOP_MODEL] = queue_lua_mop_model,
+    [QS_MOP_EVAL_TAKE] = queue_lua_mop_eval_take,
+    [QS_MOP_EVAL_RENEW] = queue_lua_mop_eval_renew,
+    [QS_MOP_EVAL_END] = queue_lua_mop_eval_end,
+    [QS_MOP_RESULT] = queue_lua_mop_result,
+    [QS_MOP_TEST_CLAIM] = queue_lua_mop_test_claim,
+    [QS_MOP_TEST_RENEW] = queue_lua_mop_test_renew,
+    [QS_MOP_TEST_RECORD] = queue_lua_mop_test_record,
+    [QS_MOP_TEST_FAIL] = queue_lua_mop_test_fail,
+    [QS_MOP_RETRY] = queue_lua_mop_retry,
+    [QS_MOP_ENROLL] = queue_lua_mop_enroll,
+    [QS_MOP_SHARD_BEAT] = queue_lua_mop_shard_beat,
+    [QS_MOP_ORPHANS] = queue_lua_mop_orphans,
+    [QS_OUTBOX] = queue_lua_outbox,
+    [QS_OUTBOX_DUE] = queue_lua_outbox_due,
 };
 
 /* ---- argv builder -------------------------------------------------------- */
@@ -239,21 +274,31 @@ int qc_do(queue_conn *q, qargs *cmd, cds_err *err)
     return 0;
 }
 
+/* Every script in one round trip (there are a few dozen, and a connect
+ * must stay quick for jobctl); all replies are read even after a bad one, so
+ * the connection stays in step. */
 static int load_scripts(queue_conn *q, cds_err *err)
 {
+    for (int i = 0; i < QS_COUNT; i++)
+        if (redisAppendCommand(q->c, "SCRIPT LOAD %s", script_source[i]) != REDIS_OK)
+            return transport_error(q, err);
+    int rc = 0;
     for (int i = 0; i < QS_COUNT; i++) {
-        redisReply *r = redisCommand(q->c, "SCRIPT LOAD %s", script_source[i]);
-        r = reply_or_error(q, r, err);
-        if (!r)
-            return cds_err_wrap(err, "loading queue script %d", i);
-        if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-            freeReplyObject(r);
-            return cds_errf(err, "Redis at %s gave no SHA1 for SCRIPT LOAD", q->url_redacted);
+        void *v = NULL;
+        if (redisGetReply(q->c, &v) != REDIS_OK)
+            return transport_error(q, err);
+        redisReply *r = v;
+        if (rc == 0 && r->type == REDIS_REPLY_ERROR) {
+            cds_errf(err, "Redis at %s answered: %s", q->url_redacted, r->str);
+            rc = cds_err_wrap(err, "loading queue script %d", i);
         }
-        memcpy(q->sha[i], r->str, 41);
+        else if (rc == 0 && (r->type != REDIS_REPLY_STRING || r->len != 40))
+            rc = cds_errf(err, "Redis at %s gave no SHA1 for SCRIPT LOAD", q->url_redacted);
+        else if (rc == 0)
+            memcpy(q->sha[i], r->str, 41);
         freeReplyObject(r);
     }
-    return 0;
+    return rc;
 }
 
 void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qargs *args, qargs *cmd)

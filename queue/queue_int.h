@@ -7,9 +7,19 @@
 
 #include "queue.h"
 
+/* Every script of lua/, one entry each in queue_conn.c's table: all are
+ * loaded at connect and called by SHA1 (qc_eval). */
 enum queue_script {
     QS_ENQUEUE, QS_CLAIM, QS_START, QS_HEARTBEAT, QS_ACK, QS_FAIL, QS_RELEASE, QS_REAP,
-    QS_PROMOTE, QS_RESOLVE, QS_CANCEL, QS_RETRY, QS_TRIM, QS_UNLOCK, QS_BEAT, QS_COUNT
+    QS_PROMOTE, QS_RESOLVE, QS_CANCEL, QS_RETRY, QS_TRIM, QS_UNLOCK, QS_BEAT,
+    /* MOP sweeps (queue_mop*.c) */
+    QS_MOP_CREATE, QS_MOP_LEASE, QS_MOP_RENEW, QS_MOP_COMMIT, QS_MOP_RELEASE, QS_MOP_FAIL, QS_MOP_REAP,
+    QS_MOP_STATE, QS_MOP_MODEL, QS_MOP_EVAL_TAKE, QS_MOP_EVAL_RENEW, QS_MOP_EVAL_END, QS_MOP_RESULT,
+    QS_MOP_TEST_CLAIM, QS_MOP_TEST_RENEW, QS_MOP_TEST_RECORD, QS_MOP_TEST_FAIL, QS_MOP_RETRY, QS_MOP_ENROLL,
+    QS_MOP_SHARD_BEAT, QS_MOP_ORPHANS,
+    /* the cds_results outbox (queue_outbox.c) */
+    QS_OUTBOX, QS_OUTBOX_DUE,
+    QS_COUNT
 };
 
 struct queue_conn {

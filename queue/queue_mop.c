@@ -36,10 +36,9 @@
  * evaluation or test lease holds iff its token is in place and now <=
  * deadline, judged the same way by its renew, its record and the reaper.
  *
- * Scripts are sent with EVAL (Redis caches them by their SHA1, so a repeat
- * costs only the bytes of the text): the connection's EVALSHA table is an
- * enum in queue_int.h that this module does not own.  mop_run is the one
- * place to change if the MOP scripts join that table. */
+ * The scripts are called by SHA1 through the connection's table
+ * (queue_int.h, qc_eval), with the same NOSCRIPT recovery as every other
+ * queue script. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,11 +47,6 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
-extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
-    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[], queue_lua_mop_model[],
-    queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[], queue_lua_mop_result[],
-    queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[], queue_lua_mop_enroll[],
-    queue_lua_mop_test_fail[], queue_lua_mop_retry[];
 
 /* Bounds on a sweep's shape.  The lease and reap scripts scan every model
  * (about 2 ms per thousand models, during which Redis serves nobody else), so
@@ -102,27 +96,18 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
 /* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
  * not an array is an error; so is the script's {'missing'} (no such sweep),
  * which also sets *missing when the caller passes it. */
-static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *sweep, qargs *extra_keys,
-                                qargs *args, int *missing, cds_err *err)
+static redisReply *mop_run_keys(queue_conn *q, int script, const char *sweep, qargs *extra_keys, qargs *args,
+                                int *missing, cds_err *err)
 {
     if (missing)
         *missing = 0;
-    qargs cmd = {0}, keys = {0};
+    qargs keys = {0};
     add_sweep_keys(&keys, q, sweep);
     for (size_t i = 0; extra_keys && i < extra_keys->n; i++)
         qargs_addn(&keys, extra_keys->v[i], extra_keys->len[i]);
     if (extra_keys)
         qargs_free(extra_keys);
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, script);
-    qargs_addf(&cmd, "%zu", keys.n);
-    for (size_t i = 0; i < keys.n; i++)
-        qargs_addn(&cmd, keys.v[i], keys.len[i]);
-    for (size_t i = 0; i < args->n; i++)
-        qargs_addn(&cmd, args->v[i], args->len[i]);
-    qargs_free(&keys);
-    qargs_free(args);
-    redisReply *r = qc_take(q, &cmd, err);
+    redisReply *r = qc_run(q, script, &keys, args, err);
     if (!r)
         return NULL;
     if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 || !qc_reply_str(r, 0)) {
@@ -140,7 +125,7 @@ static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *s
     return r;
 }
 
-static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
+static redisReply *mop_run(queue_conn *q, int script, const char *sweep, qargs *args, int *missing,
                            cds_err *err)
 {
     return mop_run_keys(q, script, sweep, NULL, args, missing, err);
@@ -253,7 +238,7 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_addf(&args, "%lld", (long long)(d->backoff_cap_ms > 0 ? d->backoff_cap_ms : 60000));
     qargs_add(&args, d->unique ? d->unique : "");
     qargs_add(&args, holder);
-    redisReply *r = mop_run_keys(q, queue_lua_mop_create, d->id, d->unique ? &keys : NULL, &args, NULL, err);
+    redisReply *r = mop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;
     int rc = 0;
@@ -302,7 +287,7 @@ int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, c
     qargs args = {0};
     qargs_add(&args, state);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_state, sweep, &args, &missing, err);
+    redisReply *r = mop_run(q, QS_MOP_STATE, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
@@ -333,7 +318,7 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
     qargs_add(&args, state);
     qargs_add(&args, "cancelled by jobctl");
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_model, sweep, &args, &missing, err);
+    redisReply *r = mop_run(q, QS_MOP_MODEL, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
@@ -382,7 +367,7 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
     qargs_add(&args, worker);
     qargs_addf(&args, "%lld", (long long)lease_ms);
     qargs_add(&args, token);
-    redisReply *r = mop_run(q, queue_lua_mop_lease, sweep, &args, NULL, err);
+    redisReply *r = mop_run(q, QS_MOP_LEASE, sweep, &args, NULL, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "bad_shard")) {
@@ -473,7 +458,7 @@ static void lease_gone(const char *sweep, const queue_mop_lease *l, cds_err *err
  * evaluation, the test scoring).  Returns 0 for the script's success word
  * (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND when the lease
  * is gone (the script's "lost", or the sweep itself is gone), -1 on error. */
-static int lease_script(queue_conn *q, const char *script, const char *sweep, const queue_mop_lease *l, qargs *args,
+static int lease_script(queue_conn *q, int script, const char *sweep, const queue_mop_lease *l, qargs *args,
                         redisReply **out, cds_err *err)
 {
     int missing;
@@ -489,7 +474,7 @@ static int lease_script(queue_conn *q, const char *script, const char *sweep, co
     return 0;
 }
 
-static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
+static int run_on_lease(queue_conn *q, int script, const char *what, const char *success,
                         const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
 {
     redisReply *r = NULL;
@@ -542,14 +527,14 @@ static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_le
     qargs args = {0};
     qargs_add(&args, l->token);
     qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    return run_on_lease(q, l->kind == QUEUE_MOP_TEST ? queue_lua_mop_test_renew : queue_lua_mop_eval_renew,
+    return run_on_lease(q, l->kind == QUEUE_MOP_TEST ? QS_MOP_TEST_RENEW : QS_MOP_EVAL_RENEW,
                         "renew", "renewed", sweep, l, &args, NULL, err);
 }
 
 /* Takes a side lease (an evaluation or the test scoring) with one of the
  * scripts that hand them out: checks the arguments, draws the token into l
  * and runs the script with (worker, lease_ms, token).  NULL on error. */
-static redisReply *side_lease_take(queue_conn *q, const char *script, const char *sweep, const char *worker,
+static redisReply *side_lease_take(queue_conn *q, int script, const char *sweep, const char *worker,
                                    int64_t lease_ms, queue_mop_lease *l, cds_err *err)
 {
     if (check_sweep_id(sweep, err) != 0)
@@ -572,7 +557,7 @@ static redisReply *side_lease_take(queue_conn *q, const char *script, const char
 int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
                         cds_err *err)
 {
-    redisReply *r = side_lease_take(q, queue_lua_mop_eval_take, sweep, worker, lease_ms, l, err);
+    redisReply *r = side_lease_take(q, QS_MOP_EVAL_TAKE, sweep, worker, lease_ms, l, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "none")) {
@@ -608,7 +593,7 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
     qargs_add(&args, why ? why : "");
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     redisReply *r = NULL;
-    int rc = run_on_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, &r, err);
+    int rc = run_on_lease(q, QS_MOP_EVAL_END, "eval_end", "ended", sweep, l, &args, &r, err);
     if (rc != 0)
         return rc;
     if (failed)
@@ -647,7 +632,7 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
     }
     redisReply *r = NULL;
     int missing;
-    r = mop_run_keys(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
+    r = mop_run_keys(q, QS_MOP_RESULT, sweep, row ? &outbox : NULL, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (qc_reply_is(r, 0, "lost")) {
@@ -668,7 +653,7 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
 int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
                          cds_err *err)
 {
-    redisReply *r = side_lease_take(q, queue_lua_mop_test_claim, sweep, worker, lease_ms, l, err);
+    redisReply *r = side_lease_take(q, QS_MOP_TEST_CLAIM, sweep, worker, lease_ms, l, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "pending") || qc_reply_is(r, 0, "taken") || qc_reply_is(r, 0, "recorded")) {
@@ -694,7 +679,7 @@ int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_leas
     qargs_add(&args, l->token);
     qargs_add(&args, result && *result ? result : "error no result");
     qargs_add(&args, sweep);
-    int rc = run_on_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
+    int rc = run_on_lease(q, QS_MOP_TEST_RECORD, "test_record", "recorded", sweep, l, &args, NULL, err);
     return rc == 0 ? free_unique_key(q, sweep, err) : rc;
 }
 
@@ -711,7 +696,7 @@ int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease 
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     qargs_add(&args, sweep);
     redisReply *r = NULL;
-    int rc = lease_script(q, queue_lua_mop_test_fail, sweep, l, &args, &r, err);
+    int rc = lease_script(q, QS_MOP_TEST_FAIL, sweep, l, &args, &r, err);
     if (rc != 0)
         return rc;
     if (!qc_reply_is(r, 0, "retry") && !qc_reply_is(r, 0, "failed"))
@@ -741,7 +726,7 @@ int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const cha
     qargs_addf(&args, "%d", from_epoch);
     qargs_addf(&args, "%lld", (long long)from_version);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_retry, sweep, &args, &missing, err);
+    redisReply *r = mop_run(q, QS_MOP_RETRY, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
@@ -781,7 +766,7 @@ int queue_mop_renew_with_progress(queue_conn *q, const char *sweep, const queue_
         return -1;
     qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
     qargs_add(&args, progress ? progress : "");
-    return run_on_lease(q, queue_lua_mop_renew, "renew", "renewed", sweep, l, &args, NULL, err);
+    return run_on_lease(q, QS_MOP_RENEW, "renew", "renewed", sweep, l, &args, NULL, err);
 }
 
 int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
@@ -803,7 +788,7 @@ int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l,
     qargs_add(&args, ckpt_path);
     qargs_add(&args, metrics_json ? metrics_json : "");
     redisReply *r = NULL;
-    int rc = run_on_lease(q, queue_lua_mop_commit, "commit", "committed", sweep, l, &args, &r, err);
+    int rc = run_on_lease(q, QS_MOP_COMMIT, "commit", "committed", sweep, l, &args, &r, err);
     if (rc == QUEUE_NOT_FOUND)
         return 0; /* refused: accepted stays 0 */
     if (rc != 0)
@@ -824,7 +809,7 @@ int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l
     qargs args = {0};
     if (lease_args(sweep, l, &args, err) != 0)
         return -1;
-    return run_on_lease(q, queue_lua_mop_release, "release", "released", sweep, l, &args, NULL, err);
+    return run_on_lease(q, QS_MOP_RELEASE, "release", "released", sweep, l, &args, NULL, err);
 }
 
 int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason, int final,
@@ -842,7 +827,7 @@ int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease
     qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
     qargs_add(&args, note ? note : "");
     redisReply *r = NULL;
-    int rc = lease_script(q, queue_lua_mop_fail, sweep, l, &args, &r, err);
+    int rc = lease_script(q, QS_MOP_FAIL, sweep, l, &args, &r, err);
     if (rc != 0)
         return rc;
     if (qc_reply_is(r, 0, "retry") && r->elements == 4) {
@@ -868,7 +853,7 @@ int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err
     qargs args = {0};
     qargs_add(&args, sweep);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_reap, sweep, &args, &missing, err);
+    redisReply *r = mop_run(q, QS_MOP_REAP, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (!qc_reply_is(r, 0, "reaped") || r->elements != 4)
@@ -909,7 +894,7 @@ static int build_active_set(queue_conn *q, cds_err *err)
         qargs args = {0};
         qargs_add(&args, ids[i]);
         int missing;
-        redisReply *e = mop_run(q, queue_lua_mop_enroll, ids[i], &args, &missing, err);
+        redisReply *e = mop_run(q, QS_MOP_ENROLL, ids[i], &args, &missing, err);
         if (e)
             freeReplyObject(e);
         else if (!missing)

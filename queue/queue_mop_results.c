@@ -46,29 +46,25 @@ int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *er
 
 /* ---- shards and the workers that serve them ----------------------------------- */
 
-extern const char queue_lua_mop_shard_beat[], queue_lua_mop_orphans[];
-
 int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err)
 {
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_mop_shard_beat);
-    qargs_add(&cmd, "1");
-    qargs_key(&cmd, q, "mop:shards");
-    qargs_addf(&cmd, "%d", shard);
-    return qc_do(q, &cmd, err);
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "mop:shards");
+    qargs_addf(&args, "%d", shard);
+    redisReply *r = qc_run(q, QS_MOP_SHARD_BEAT, &keys, &args, err);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
 {
     *n = 0;
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_mop_orphans);
-    qargs_add(&cmd, "1");
-    qargs_key(&cmd, q, "mop:shards");
-    qargs_addf(&cmd, "%lld", (long long)grace_ms);
-    redisReply *r = qc_take(q, &cmd, err);
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "mop:shards");
+    qargs_addf(&args, "%lld", (long long)grace_ms);
+    redisReply *r = qc_run(q, QS_MOP_ORPHANS, &keys, &args, err);
     if (!r)
         return -1;
     int rc = 0;

@@ -7,7 +7,9 @@
  * rebuild), the wake-up list, and the invariants under concurrency:
  * four threads, each its own connection, lease and commit at random with
  * releases and simulated crashes, after which every (model, epoch, shard) must
- * have been committed exactly once and no model held by two workers at once.
+ * have been committed exactly once and no model held by two workers at once;
+ * last, that the MOP scripts are in the connection's EVALSHA table (loaded
+ * at connect, reloaded after a SCRIPT FLUSH).
  *
  * Redis state is read back with a plain hiredis connection, as an operator
  * with redis-cli would.  Leases meant to expire are short (150 ms) and waited
@@ -1339,6 +1341,46 @@ static void test_concurrency(queue_conn *q, redisContext *c)
     pthread_mutex_destroy(&h.mu);
 }
 
+/* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
+
+extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
+
+/* Whether the server holds script src (by its SHA1, which Redis computes). */
+static int script_loaded(redisContext *c, const char *src)
+{
+    redisReply *h = test_rcmd(c, "EVAL %s 0 %s", "return redis.sha1hex(ARGV[1])", src);
+    int loaded = 0;
+    if (h->type == REDIS_REPLY_STRING) {
+        redisReply *e = test_rcmd(c, "SCRIPT EXISTS %s", h->str);
+        loaded = e->type == REDIS_REPLY_ARRAY && e->elements == 1 && e->element[0]->integer == 1;
+        freeReplyObject(e);
+    }
+    freeReplyObject(h);
+    return loaded;
+}
+
+static void test_script_table(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    freeReplyObject(test_rcmd(c, "SCRIPT FLUSH"));
+    queue_opts o = {.url = test_redis_url(), .prefix = prefix};
+    queue_conn *q2 = queue_connect(&o, &err);
+    if (!q2)
+        tap_bail("cannot connect a second time");
+    /* Sent with EVAL, the MOP and outbox scripts were cached by the server
+     * only once called; in the connection's table they are loaded at once. */
+    ok(script_loaded(c, queue_lua_mop_lease) && script_loaded(c, queue_lua_mop_orphans) &&
+           script_loaded(c, queue_lua_outbox),
+       "connecting loads the MOP and outbox scripts with the others");
+    queue_close(q2);
+    /* A server that lost them: the call sees NOSCRIPT, reloads, runs. */
+    create_sweep(q, "scripts", 1, 1, 1);
+    freeReplyObject(test_rcmd(c, "SCRIPT FLUSH"));
+    queue_mop_lease l;
+    ok(lease(q, "scripts", 0, "w1", HOLD_MS, &l, NULL) == 1 && l.model == 0, "a MOP lease survives SCRIPT FLUSH");
+    ok(script_loaded(c, queue_lua_outbox), "NOSCRIPT reloads every script");
+}
+
 int main(void)
 {
     queue_conn *q = test_connect("mop", prefix, sizeof prefix);
@@ -1361,6 +1403,7 @@ int main(void)
     test_test_attempts(q, c);
     test_wait(q, c);
     test_concurrency(q, c);
+    test_script_table(q, c);
     redisFree(c);
     queue_close(q);
     return tap_done();
