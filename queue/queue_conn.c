@@ -6,6 +6,7 @@
  * reconnect; the context itself is never reused after a transport error. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,7 @@ void qargs_reset(qargs *a)
     for (size_t i = 0; i < a->n; i++)
         free(a->v[i]);
     a->n = 0;
+    a->nomem = 0;
 }
 
 void qargs_free(qargs *a)
@@ -83,26 +85,34 @@ void qargs_free(qargs *a)
     qargs_init(a);
 }
 
-static void *xrealloc(void *p, size_t n)
+/* Grows a's arrays to hold one more string; 0, or -1 (nomem set). */
+static int qargs_grow(qargs *a)
 {
-    void *r = realloc(p, n);
-    if (!r) {
-        /* Out of memory while building a command: there is no safe partial
-         * state to return to, and the message must still get out. */
-        fputs("cds: out of memory building a Redis command\n", stderr);
-        abort();
+    if (a->n < a->cap)
+        return 0;
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    char **v = realloc(a->v, cap * sizeof *v);
+    if (v)
+        a->v = v;
+    size_t *len = v ? realloc(a->len, cap * sizeof *len) : NULL;
+    if (!len) {
+        a->nomem = 1;
+        return -1;
     }
-    return r;
+    a->len = len;
+    a->cap = cap;
+    return 0;
 }
 
 void qargs_addn(qargs *a, const char *s, size_t n)
 {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 16;
-        a->v = xrealloc(a->v, a->cap * sizeof *a->v);
-        a->len = xrealloc(a->len, a->cap * sizeof *a->len);
+    if (a->nomem || qargs_grow(a) != 0)
+        return;
+    char *copy = n < SIZE_MAX ? malloc(n + 1) : NULL;
+    if (!copy) {
+        a->nomem = 1;
+        return;
     }
-    char *copy = xrealloc(NULL, n + 1);
     memcpy(copy, s, n);
     copy[n] = '\0';
     a->v[a->n] = copy;
@@ -110,18 +120,30 @@ void qargs_addn(qargs *a, const char *s, size_t n)
     a->n++;
 }
 
+void qargs_append(qargs *a, const qargs *src)
+{
+    for (size_t i = 0; src && i < src->n; i++)
+        qargs_addn(a, src->v[i], src->len[i]);
+    if (src && src->nomem)
+        a->nomem = 1;
+}
+
 void qargs_add(qargs *a, const char *s) { qargs_addn(a, s, strlen(s)); }
 
 static void qargs_vaddf(qargs *a, const char *pre, const char *fmt, va_list ap)
 {
+    if (a->nomem)
+        return;
     char *body = NULL;
     int n = vasprintf(&body, fmt, ap);
-    if (n < 0) {
-        fputs("cds: out of memory building a Redis command\n", stderr);
-        abort();
-    }
     size_t plen = strlen(pre);
-    char *s = xrealloc(NULL, plen + (size_t)n + 1);
+    char *s = n >= 0 ? malloc(plen + (size_t)n + 1) : NULL;
+    if (!s) {
+        if (n >= 0)
+            free(body);
+        a->nomem = 1;
+        return;
+    }
     memcpy(s, pre, plen);
     memcpy(s + plen, body, (size_t)n + 1);
     free(body);
@@ -251,8 +273,15 @@ static redisReply *raw_command(queue_conn *q, const qargs *cmd)
     return redisCommandArgv(q->c, (int)cmd->n, (const char **)cmd->v, cmd->len);
 }
 
+static int refuse_nomem(const queue_conn *q, cds_err *err)
+{
+    return cds_err_nomem(err, "out of memory building a command for Redis at %s", q->url_redacted);
+}
+
 redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err)
 {
+    if (cmd->nomem)
+        return refuse_nomem(q, err), NULL;
     if (q->broken)
         return transport_error(q, err), NULL;
     return reply_or_error(q, raw_command(q, cmd), err);
@@ -306,10 +335,8 @@ void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qar
     qargs_add(cmd, "EVALSHA");
     qargs_add(cmd, q->sha[script]);
     qargs_addf(cmd, "%zu", keys ? keys->n : 0);
-    for (size_t i = 0; keys && i < keys->n; i++)
-        qargs_addn(cmd, keys->v[i], keys->len[i]);
-    for (size_t i = 0; args && i < args->n; i++)
-        qargs_addn(cmd, args->v[i], args->len[i]);
+    qargs_append(cmd, keys);
+    qargs_append(cmd, args);
 }
 
 static int is_noscript(const redisReply *r)
@@ -355,6 +382,9 @@ int qc_pipeline(queue_conn *q, qargs *cmds, size_t n, redisReply **out, cds_err 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (cmds[i].nomem)
+            return refuse_nomem(q, err);
     if (q->broken || !q->c)
         return transport_error(q, err);
     for (size_t i = 0; i < n; i++)

@@ -33,11 +33,16 @@ struct queue_conn {
     char sha[QS_COUNT][41];
 };
 
-/* A growable argv of owned strings: one Redis command. */
+/* A growable argv of owned strings: one Redis command.  Building one never
+ * fails at the call site: an allocation that fails sets nomem, later adds
+ * are dropped, and the command that carries it is refused (cds_err_nomem)
+ * by whatever would send it (qc_command, qc_eval, qc_pipeline), so the
+ * caller sees the error where it already checks the reply. */
 typedef struct qargs {
     size_t n, cap;
     char **v;
     size_t *len;
+    int nomem;
 } qargs;
 
 void qargs_init(qargs *a);
@@ -46,6 +51,8 @@ void qargs_reset(qargs *a);
 void qargs_add(qargs *a, const char *s);
 void qargs_addn(qargs *a, const char *s, size_t n);
 void qargs_addf(qargs *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Adds every string of src (and its nomem). */
+void qargs_append(qargs *a, const qargs *src);
 /* Adds prefix + formatted name. */
 void qargs_key(qargs *a, const queue_conn *q, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -103,8 +103,7 @@ static redisReply *mop_run_keys(queue_conn *q, int script, const char *sweep, qa
         *missing = 0;
     qargs keys = {0};
     add_sweep_keys(&keys, q, sweep);
-    for (size_t i = 0; extra_keys && i < extra_keys->n; i++)
-        qargs_addn(&keys, extra_keys->v[i], extra_keys->len[i]);
+    qargs_append(&keys, extra_keys);
     if (extra_keys)
         qargs_free(extra_keys);
     redisReply *r = qc_run(q, script, &keys, args, err);

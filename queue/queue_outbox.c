@@ -130,8 +130,7 @@ static int outbox_op(queue_conn *q, const char *op, const queue_outbox_claim *c,
     qargs_add(&args, c->worker ? c->worker : "");
     qargs_add(&args, c->token);
     qargs_addf(&args, "%lld", (long long)(c->claim_ms > 0 ? c->claim_ms : 30000));
-    for (size_t i = 0; extra && i < extra->n; i++)
-        qargs_addn(&args, extra->v[i], extra->len[i]);
+    qargs_append(&args, extra);
     if (extra)
         qargs_free(extra);
     redisReply *r = qc_run(q, QS_OUTBOX, &keys, &args, err);
