@@ -390,11 +390,8 @@ void queue_sweep_list_free(char **ids, size_t n);
 /* The schedule: committed visits in commit order, "m epoch shard version
  * worker" (free with queue_sweep_list_free). */
 int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *n, cds_err *err);
-/* Sets a field of the sweep hash only if it is not there yet (*claimed = 1
- * then).  Not for work a worker may die doing: the test scoring is a lease
- * (queue_mop_claim_test), so it is taken over when its worker dies. */
-int queue_sweep_claim_field(queue_conn *q, const char *sweep, const char *field, const char *value, int *claimed,
-                            cds_err *err);
+/* Sets one field of the sweep hash (the worker pins dataset_version and
+ * records a reason with it). */
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err);
 /* The sweep hash as a JSON object of strings; QUEUE_NOT_FOUND if absent. */
 int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err);

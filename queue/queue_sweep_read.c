@@ -67,25 +67,6 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
 
 /* ---- small fields of the sweep hash ---------------------------------------- */
 
-int queue_sweep_claim_field(queue_conn *q, const char *sweep, const char *field, const char *value, int *claimed,
-                            cds_err *err)
-{
-    *claimed = 0;
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
-    qargs cmd = {0};
-    qargs_add(&cmd, "HSETNX");
-    qargs_key(&cmd, q, "sweep:{%s}", sweep);
-    qargs_add(&cmd, field);
-    qargs_add(&cmd, value);
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    *claimed = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    freeReplyObject(r);
-    return 0;
-}
-
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err)
 {
     if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))

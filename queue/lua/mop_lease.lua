@@ -25,41 +25,23 @@ if k < 0 or k >= nshards then return {'bad_shard', nshards} end
 local done = (s[1] == 'done' or s[1] == 'cancelled' or tonumber(s[5]) == 0) and 1 or 0
 if s[1] ~= 'running' then return {'none', done} end
 
--- HMGET in chunks: unpack() of more than a few thousand values overflows
--- the Lua C stack.
 local best, best_progress
 local now = now_ms()
-local chunk = 1000
-for first = 0, nmodels - 1, chunk do
-  local last = math.min(first + chunk, nmodels) - 1
-  local f = {}
-  for m = first, last do
-    local p = int(m) .. '.'
-    f[#f + 1] = p .. 'state'
-    f[#f + 1] = p .. 'epoch'
-    f[#f + 1] = p .. 'visited'
-    f[#f + 1] = p .. 'plan'
-    f[#f + 1] = p .. 'paused'
-    f[#f + 1] = p .. 'not_before'
-  end
-  local v = redis.call('HMGET', KEYS[2], unpack(f))
-  for m = first, last do
-    local i = (m - first) * 6
-    local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
-    if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
-        now >= (tonumber(v[i + 6]) or 0) then
-      local _, visits = string.gsub(visited, '1', '')
-      local progress = (epoch - 1) * nshards + visits
-      local follows = true
-      if plan and plan ~= '' then
-        follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
-      end
-      if follows and (not best or progress < best_progress) then
-        best, best_progress = m, progress
-      end
+each_model(KEYS[2], nmodels, {'state', 'epoch', 'visited', 'plan', 'paused', 'not_before'}, function(m, v, i)
+  local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
+  if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
+      now >= (tonumber(v[i + 6]) or 0) then
+    local _, visits = string.gsub(visited, '1', '')
+    local progress = (epoch - 1) * nshards + visits
+    local follows = true
+    if plan and plan ~= '' then
+      follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
+    end
+    if follows and (not best or progress < best_progress) then
+      best, best_progress = m, progress
     end
   end
-end
+end)
 if not best then return {'none', done} end
 
 local deadline = int(now + tonumber(ARGV[3]))
