@@ -57,26 +57,14 @@
 /* The longest a wait blocks (hiredis 0.14 cannot be interrupted). */
 #define MOP_WAIT_MAX_MS 1000
 
-static int mop_id_ok(const char *id)
+int queue_sweep_id_check(const char *id, cds_err *err)
 {
     size_t n = id ? strlen(id) : 0;
-    if (n == 0 || n >= QUEUE_SWEEP_ID_MAX)
+    if (n >= 1 && n < QUEUE_SWEEP_ID_MAX &&
+        strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n)
         return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int check_sweep_id(const char *id, cds_err *err)
-{
-    if (!mop_id_ok(id))
-        return cds_errf(err, "bad sweep id '%s': use 1 to %d letters, digits, '_' or '-'", id ? id : "",
-                        QUEUE_SWEEP_ID_MAX - 1);
-    return 0;
+    return cds_errf(err, "bad sweep id '%.40s': use 1 to %d letters, digits, '_' or '-'", id ? id : "",
+                    QUEUE_SWEEP_ID_MAX - 1);
 }
 
 /* The nine keys every MOP script takes, in the order the scripts expect. */
@@ -158,7 +146,7 @@ static int check_json(const char *text, const char *what, cds_err *err)
 
 static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
 {
-    if (check_sweep_id(d->id, err) != 0)
+    if (queue_sweep_id_check(d->id, err) != 0)
         return -1;
     if (!d->dataset || !*d->dataset || !d->dataset_version)
         return cds_errf(err, "sweep '%s' names no dataset: give the dataset and its version", d->id);
@@ -201,7 +189,7 @@ static int unique_holder(queue_conn *q, const char *unique, char *holder, size_t
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    snprintf(holder, n, "%s", r->type == REDIS_REPLY_STRING && mop_id_ok(r->str) ? r->str : "");
+    snprintf(holder, n, "%s", r->type == REDIS_REPLY_STRING && queue_sweep_id_check(r->str, NULL) == 0 ? r->str : "");
     freeReplyObject(r);
     return 0;
 }
@@ -277,7 +265,7 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, char *duplicate_
 
 int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
                    strcmp(state, "cancelled") != 0))
@@ -303,7 +291,7 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
 {
     if (previous)
         previous[0] = '\0';
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
                    strcmp(state, "cancelled") != 0))
@@ -350,7 +338,7 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
 {
     if (sweep_done)
         *sweep_done = 0;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (shard < 0)
         return cds_errf(err, "shard %d of sweep '%s' is negative", shard, sweep);
@@ -412,7 +400,7 @@ int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out
 int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const char *field, char **out, cds_err *err)
 {
     *out = NULL;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "HGET");
@@ -434,7 +422,7 @@ int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const cha
 /* The model and token that name a lease to every script that ends it. */
 static int lease_args(const char *sweep, const queue_mop_lease *l, qargs *args, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs_addf(args, "%d", l->model);
     qargs_add(args, l->token);
@@ -521,7 +509,7 @@ static int free_unique_key(queue_conn *q, const char *sweep, cds_err *err)
 static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
                             cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, l->token);
@@ -536,7 +524,7 @@ static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_le
 static redisReply *side_lease_take(queue_conn *q, int script, const char *sweep, const char *worker,
                                    int64_t lease_ms, queue_mop_lease *l, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return NULL;
     if (!worker || !*worker)
         return cds_errf(err, "taking work from sweep '%s' needs a worker id", sweep), NULL;
@@ -584,7 +572,7 @@ int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *
 {
     if (failed)
         *failed = 0;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, l->token);
@@ -613,7 +601,7 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
 {
     *is_best = 0;
     *prev_best_epoch = -1;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0}, outbox = {0};
     qargs_add(&args, l->token);
@@ -672,7 +660,7 @@ int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, i
 int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *result,
                           cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, l->token);
@@ -687,7 +675,7 @@ int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease 
 {
     if (failed)
         *failed = 0;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, l->token);
@@ -710,7 +698,7 @@ int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease 
 int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const char *from_path, int from_epoch,
                           int64_t from_version, int *epoch, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (model < 0)
         return cds_errf(err, "model %d of sweep '%s': a model index is 0 or more (see jobctl status %s)", model,
@@ -847,7 +835,7 @@ int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err
     *n = 0;
     if (evals)
         *evals = 0;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, sweep);
@@ -888,7 +876,7 @@ static int build_active_set(queue_conn *q, cds_err *err)
         return -1;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (!mop_id_ok(ids[i]))
+        if (!queue_sweep_id_check(ids[i], NULL) == 0)
             continue;
         qargs args = {0};
         qargs_add(&args, ids[i]);

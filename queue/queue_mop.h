@@ -88,6 +88,11 @@
 #include "queue.h"
 
 #define QUEUE_SWEEP_ID_MAX 32
+/* 0 when id names a sweep the queue accepts (1 to QUEUE_SWEEP_ID_MAX - 1
+ * letters, digits, '_' or '-': it is part of Redis keys and file paths);
+ * else -1 with the message (err may be NULL to only ask).  Every call that
+ * takes a sweep id checks it with this. */
+int queue_sweep_id_check(const char *id, cds_err *err);
 /* queue_mop_lease_model: the sweep waits for its dataset to be ready (it was
  * created while the dataset was loading: no version pinned yet). */
 #define QUEUE_MOP_WAITING 2

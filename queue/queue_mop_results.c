@@ -19,17 +19,10 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
-static int sweep_ok(const char *sweep, cds_err *err)
-{
-    return qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX) ? 0
-                                                  : cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]",
-                                                             sweep);
-}
-
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 24];
-    if (sweep_ok(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     snprintf(name, sizeof name, "sweep:{%s}:results", sweep);
     return queue_record_get(q, name, out, err);
@@ -38,7 +31,7 @@ int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *e
 int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 24];
-    if (sweep_ok(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     snprintf(name, sizeof name, "sweep:{%s}:models", sweep);
     return queue_record_get(q, name, out, err);

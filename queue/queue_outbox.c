@@ -307,8 +307,8 @@ static int aside_entries(queue_conn *q, const char *sweep, json_t *out, cds_err 
 int queue_outbox_report(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     *out = NULL;
-    if (sweep && !qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to %d of [A-Za-z0-9_-]", sweep, QUEUE_SWEEP_ID_MAX - 1);
+    if (sweep && queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     redisReply *t = command(q, err, "TIME", NULL, NULL, NULL, NULL);
     if (!t)
         return -1;

@@ -38,8 +38,8 @@ void queue_sweep_list_free(char **ids, size_t n)
 int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 16];
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     snprintf(name, sizeof name, "sweep:{%s}", sweep);
     return queue_record_get(q, name, out, err);
 }
@@ -48,8 +48,8 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
 {
     *lines = NULL;
     *n = 0;
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "LRANGE");
     qargs_key(&cmd, q, "sweep:{%s}:schedule", sweep);
@@ -69,8 +69,8 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
 
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err)
 {
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "HSET");
     qargs_key(&cmd, q, "sweep:{%s}", sweep);

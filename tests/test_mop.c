@@ -8,7 +8,8 @@
  * four threads, each its own connection, lease and commit at random with
  * releases and simulated crashes, after which every (model, epoch, shard) must
  * have been committed exactly once and no model held by two workers at once;
- * last, that the MOP scripts are in the connection's EVALSHA table (loaded
+ * the one sweep-id check that every call applies; last, that the MOP
+ * scripts are in the connection's EVALSHA table (loaded
  * at connect, reloaded after a SCRIPT FLUSH).
  *
  * Redis state is read back with a plain hiredis connection, as an operator
@@ -1341,6 +1342,30 @@ static void test_concurrency(queue_conn *q, redisContext *c)
     pthread_mutex_destroy(&h.mu);
 }
 
+/* ---- the sweep id: one check for every call ------------------------------ */
+
+static void test_sweep_id(queue_conn *q)
+{
+    cds_err err;
+    ok(queue_sweep_id_check("s12_a-B", &err) == 0 && queue_sweep_id_check("a.b", NULL) == -1 &&
+           queue_sweep_id_check("", NULL) == -1 && queue_sweep_id_check(NULL, NULL) == -1 &&
+           queue_sweep_id_check("0123456789012345678901234567890", NULL) == 0 &&
+           queue_sweep_id_check("01234567890123456789012345678901", NULL) == -1,
+       "queue_sweep_id_check takes 1 to 31 of [A-Za-z0-9_-]");
+    /* The views used to take '.' (a queue name's alphabet): an id no sweep
+     * can have must be refused by them as by create, with the same words. */
+    json_t *o = NULL;
+    char **lines = NULL;
+    size_t n = 0;
+    ok(queue_sweep_get(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id 'a.b': use 1 to 31"),
+       "queue_sweep_get refuses 'a.b': %s", err.msg);
+    ok(queue_mop_results(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id"), "so do the results");
+    ok(queue_mop_schedule(q, "a.b", &lines, &n, &err) == -1 && strstr(err.msg, "bad sweep id"),
+       "and the schedule");
+    ok(queue_outbox_report(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id 'a.b': use 1 to 31"),
+       "and the outbox report");
+}
+
 /* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
 
 extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
@@ -1404,6 +1429,7 @@ int main(void)
     test_wait(q, c);
     test_concurrency(q, c);
     test_script_table(q, c);
+    test_sweep_id(q);
     redisFree(c);
     queue_close(q);
     return tap_done();
