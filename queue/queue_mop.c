@@ -57,16 +57,6 @@
 /* The longest a wait blocks (hiredis 0.14 cannot be interrupted). */
 #define MOP_WAIT_MAX_MS 1000
 
-int queue_sweep_id_check(const char *id, cds_err *err)
-{
-    size_t n = id ? strlen(id) : 0;
-    if (n >= 1 && n < QUEUE_SWEEP_ID_MAX &&
-        strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n)
-        return 0;
-    return cds_errf(err, "bad sweep id '%.40s': use 1 to %d letters, digits, '_' or '-'", id ? id : "",
-                    QUEUE_SWEEP_ID_MAX - 1);
-}
-
 /* The nine keys every MOP script takes, in the order the scripts expect. */
 static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
 {

@@ -93,6 +93,13 @@
  * else -1 with the message (err may be NULL to only ask).  Every call that
  * takes a sweep id checks it with this. */
 int queue_sweep_id_check(const char *id, cds_err *err);
+/* Draws an id for a new sweep into id: "s<N>" from the counter
+ * <prefix>sweep:seq, skipping values a sweep created under its own id
+ * already has (queue_mop_id.c).  0; QUEUE_MOP_NO_ID with the message when
+ * the counter key holds something else or too many values in a row are
+ * taken (the fix: give the sweep an id); -1 on a Redis error. */
+#define QUEUE_MOP_NO_ID 4
+int queue_sweep_new_id(queue_conn *q, char id[QUEUE_SWEEP_ID_MAX], cds_err *err);
 /* queue_mop_lease_model: the sweep waits for its dataset to be ready (it was
  * created while the dataset was loading: no version pinned yet). */
 #define QUEUE_MOP_WAITING 2

@@ -1366,6 +1366,25 @@ static void test_sweep_id(queue_conn *q)
        "and the outbox report");
 }
 
+/* ---- drawing a sweep id ----------------------------------------------------- */
+
+static void test_new_id(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char id[QUEUE_SWEEP_ID_MAX];
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s1") == 0, "the first drawn sweep id is s1 (%s)", id);
+    create_sweep(q, "s2", 1, 1, 1); /* as jobctl enqueue sweep --id s2 */
+    create_sweep(q, "s3", 1, 1, 1);
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s4") == 0, "ids that sweeps already have are skipped (%s)",
+       id);
+    freeReplyObject(test_rcmd(c, "SET %ssweep:seq abc", prefix));
+    ok(queue_sweep_new_id(q, id, &err) == QUEUE_MOP_NO_ID && strstr(err.msg, "sweep:seq does not hold a counter") &&
+           !id[0],
+       "a counter key holding something else is refused: %s", err.msg);
+    freeReplyObject(test_rcmd(c, "SET %ssweep:seq 0", prefix));
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s1") == 0, "and drawing goes on once it is a counter");
+}
+
 /* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
 
 extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
@@ -1430,6 +1449,7 @@ int main(void)
     test_concurrency(q, c);
     test_script_table(q, c);
     test_sweep_id(q);
+    test_new_id(q, c);
     redisFree(c);
     queue_close(q);
     return tap_done();
