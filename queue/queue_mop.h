@@ -313,6 +313,15 @@ int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err);
  * idle worker may serve them too.  Up to max ids into shards. */
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
 
+/* Creates sweep new_id as a replay of the finished sweep orig
+ * (queue_replay.c): same dataset version, shape, specs and sweep spec, and
+ * for each model a plan, its shards in the order it visited them (read
+ * from orig's schedule), so every checkpoint comes out the same.  0,
+ * QUEUE_NOT_FOUND (no sweep orig), -1 with the message: a model of orig
+ * that did not commit exactly its E*K visits (unfinished, or retried from
+ * an older checkpoint), a sweep of format 1, new_id taken. */
+int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err);
+
 /* ---- the cds_results outbox (queue_outbox.c, lua/outbox.lua) ----
  *
  * Rows for cds_results wait in Redis, per database, until a worker has

@@ -8,7 +8,8 @@
  * four threads, each its own connection, lease and commit at random with
  * releases and simulated crashes, after which every (model, epoch, shard) must
  * have been committed exactly once and no model held by two workers at once;
- * the one sweep-id check that every call applies; last, that the MOP
+ * the one sweep-id check that every call applies; drawing sweep ids; a
+ * replay's plans from the original's schedule; last, that the MOP
  * scripts are in the connection's EVALSHA table (loaded
  * at connect, reloaded after a SCRIPT FLUSH).
  *
@@ -1385,6 +1386,43 @@ static void test_new_id(queue_conn *q, redisContext *c)
     ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s1") == 0, "and drawing goes on once it is a counter");
 }
 
+/* ---- replay: the plans come from the original's schedule ------------------ */
+
+static void visit_once(queue_conn *q, const char *sweep, int shard, int want_model)
+{
+    queue_mop_lease l;
+    if (lease(q, sweep, shard, "rp-w", HOLD_MS, &l, NULL) != 1 || l.model != want_model ||
+        !commit(q, sweep, &l, "/tmp/rp.ckpt").accepted)
+        tap_bail("could not make a replay's original visit");
+}
+
+static void test_replay(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char buf[64];
+    create_sweep(q, "rp", 2, 2, 1);
+    visit_once(q, "rp", 1, 0); /* model 0 sees shard 1 first */
+    ok(queue_sweep_replay(q, "rp", "rp-early", &err) == -1 && strstr(err.msg, "only a finished model"),
+       "an unfinished sweep is not replayed: %s", err.msg);
+    visit_once(q, "rp", 0, 1);
+    visit_once(q, "rp", 0, 0);
+    visit_once(q, "rp", 1, 1);
+    int rc = queue_sweep_replay(q, "rp", "rp2", &err);
+    ok(rc == 0, "a finished sweep is replayed (%s)", rc ? err.msg : "");
+    ok(strcmp(model_field(c, "rp2", 0, "plan", buf, sizeof buf), "00010000") == 0 &&
+           strcmp(model_field(c, "rp2", 1, "plan", buf, sizeof buf), "00000001") == 0,
+       "each model's plan is its visits in the original's order");
+    ok(sweep_is(c, "rp2", "replay_of", "rp") && sweep_is(c, "rp2", "dataset_version", "v1") &&
+           strcmp(model_field(c, "rp2", 1, "spec", buf, sizeof buf), model_specs[1]) == 0,
+       "with the original's dataset version and specs");
+    queue_mop_lease l;
+    ok(lease(q, "rp2", 0, "rp-w", HOLD_MS, &l, NULL) == 1 && l.model == 1,
+       "shard 0 goes to model 1, whose plan starts with it");
+    ok(queue_sweep_replay(q, "rp", "rp2", &err) == -1 && strstr(err.msg, "already exists"),
+       "a replay into a taken id is refused");
+    ok(queue_sweep_replay(q, "nosuch", "rp3", &err) == QUEUE_NOT_FOUND, "no replay of a sweep that does not exist");
+}
+
 /* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
 
 extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
@@ -1450,6 +1488,7 @@ int main(void)
     test_script_table(q, c);
     test_sweep_id(q);
     test_new_id(q, c);
+    test_replay(q, c);
     redisFree(c);
     queue_close(q);
     return tap_done();
