@@ -323,8 +323,25 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
 
 /* ---- the worker's side --------------------------------------------------- */
 
-int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
-                          queue_mop_lease *l, int *sweep_done, cds_err *err)
+/* What a visit needs, from the lease script's reply (after its first 8):
+ * the dataset, its version, K and, when keep_spec, the model's spec. */
+static int visit_needs(const redisReply *r, const char *sweep, int keep_spec, queue_mop_lease *l, cds_err *err)
+{
+    const char *ds = qc_reply_str(r, 8), *ver = qc_reply_str(r, 9), *spec = qc_reply_str(r, 11);
+    l->shards = (int)qc_reply_int(r, 10);
+    if (!ds || !ver || !spec || strlen(ds) >= sizeof l->dataset || strlen(ver) >= sizeof l->dataset_version)
+        return cds_errf(err, "sweep '%s': the lease names no dataset, or one too long (%d bytes at most)", sweep,
+                        (int)sizeof l->dataset - 1);
+    snprintf(l->dataset, sizeof l->dataset, "%s", ds);
+    snprintf(l->dataset_version, sizeof l->dataset_version, "%s", ver);
+    if (keep_spec && !(l->spec = strdup(spec)))
+        return cds_err_nomem(err, "out of memory reading the spec of model %d of sweep '%s'", l->model, sweep);
+    return 0;
+}
+
+/* The lease script, for queue_mop_lease_model and queue_mop_lease_visit. */
+static int lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                       queue_mop_lease *l, int *sweep_done, int keep_spec, cds_err *err)
 {
     if (sweep_done)
         *sweep_done = 0;
@@ -367,7 +384,7 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
         freeReplyObject(r);
         return 0;
     }
-    if (!qc_reply_is(r, 0, "leased") || r->elements != 8)
+    if (!qc_reply_is(r, 0, "leased") || r->elements != 12)
         return unexpected(r, "lease", err);
     memset(l, 0, sizeof *l);
     l->model = (int)qc_reply_int(r, 1);
@@ -378,8 +395,35 @@ int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const cha
     l->deadline_ms = qc_reply_int(r, 5);
     l->attempts = (int)qc_reply_int(r, 7);
     memcpy(l->token, token, sizeof l->token);
+    int rc = visit_needs(r, sweep, keep_spec, l, err);
     freeReplyObject(r);
+    if (rc != 0) {
+        /* A lease the caller cannot use goes straight back, so the model
+         * does not wait out its deadline. */
+        cds_err e;
+        queue_mop_release(q, sweep, l, &e);
+        queue_mop_lease_clear(l);
+        return -1;
+    }
     return 1;
+}
+
+int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err)
+{
+    return lease_model(q, sweep, shard, worker, lease_ms, l, sweep_done, 0, err);
+}
+
+int queue_mop_lease_visit(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err)
+{
+    return lease_model(q, sweep, shard, worker, lease_ms, l, sweep_done, 1, err);
+}
+
+void queue_mop_lease_clear(queue_mop_lease *l)
+{
+    free(l->spec);
+    memset(l, 0, sizeof *l);
 }
 
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err)

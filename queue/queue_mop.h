@@ -104,6 +104,8 @@ int queue_sweep_new_id(queue_conn *q, char id[QUEUE_SWEEP_ID_MAX], cds_err *err)
  * created while the dataset was loading: no version pinned yet). */
 #define QUEUE_MOP_WAITING 2
 #define QUEUE_MOP_PATH_MAX 1024
+#define QUEUE_MOP_DATASET_MAX 256 /* a dataset name (etl allows 128 characters) */
+#define QUEUE_MOP_VERSION_MAX 72  /* a dataset version (64 hex digits) */
 
 typedef struct queue_sweep_def {
     const char *id;              /* caller-chosen, [A-Za-z0-9_-], at most 31 chars */
@@ -153,6 +155,13 @@ typedef struct queue_mop_lease {
     char token[QUEUE_TOKEN_MAX];
     int64_t deadline_ms;
     int attempts;                /* a visit: failed attempts since the model's last commit */
+    /* A visit: what it needs besides the model, read by the lease script
+     * itself (no round trip more).  Empty / 0 for the other kinds. */
+    char dataset[QUEUE_MOP_DATASET_MAX];         /* the sweep's dataset name */
+    char dataset_version[QUEUE_MOP_VERSION_MAX]; /* the version the sweep pinned */
+    int shards;                                  /* K */
+    char *spec;                  /* queue_mop_lease_visit: the model's spec (JSON, malloc'd; queue_mop_lease_clear
+                                  * frees it, so a copy of the struct must not be cleared too); else NULL */
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
@@ -162,6 +171,13 @@ typedef struct queue_mop_lease {
  * model of the sweep is done, failed or cancelled. */
 int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
                           queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* The same, and l->spec gets the model's spec (the lease fills dataset,
+ * dataset_version and shards either way): all a visit needs in one round
+ * trip.  *l is overwritten; free it with queue_mop_lease_clear. */
+int queue_mop_lease_visit(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* Frees l->spec and zeroes l (any kind of lease; a zeroed one too). */
+void queue_mop_lease_clear(queue_mop_lease *l);
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
 /* Any field of model m ("state", "reason", ...: see the keys above),

@@ -9,7 +9,8 @@
  * releases and simulated crashes, after which every (model, epoch, shard) must
  * have been committed exactly once and no model held by two workers at once;
  * the one sweep-id check that every call applies; drawing sweep ids; a
- * replay's plans from the original's schedule; last, that the MOP
+ * replay's plans from the original's schedule; the lease that carries the
+ * dataset, shard count and spec a visit needs; last, that the MOP
  * scripts are in the connection's EVALSHA table (loaded
  * at connect, reloaded after a SCRIPT FLUSH).
  *
@@ -1423,6 +1424,26 @@ static void test_replay(queue_conn *q, redisContext *c)
     ok(queue_sweep_replay(q, "nosuch", "rp3", &err) == QUEUE_NOT_FOUND, "no replay of a sweep that does not exist");
 }
 
+/* ---- the lease carries what the visit needs -------------------------------- */
+
+static void test_lease_visit(queue_conn *q)
+{
+    cds_err err;
+    create_sweep(q, "lv", 3, 2, 1);
+    queue_mop_lease l;
+    int rc = queue_mop_lease_visit(q, "lv", 1, "lv-w", HOLD_MS, &l, NULL, &err);
+    ok(rc == 1 && l.model == 0 && l.shard == 1, "a visit is leased (%s)", rc < 0 ? err.msg : "");
+    ok(strcmp(l.dataset, "mnist") == 0 && strcmp(l.dataset_version, "v1") == 0 && l.shards == 2,
+       "with its dataset, version and shard count (%s %s %d)", l.dataset, l.dataset_version, l.shards);
+    ok(l.spec && strcmp(l.spec, model_specs[0]) == 0, "and its model's spec (%s)", l.spec ? l.spec : "NULL");
+    queue_mop_lease_clear(&l);
+    ok(!l.spec && l.model == 0 && !l.token[0], "queue_mop_lease_clear frees and zeroes it");
+    rc = queue_mop_lease_model(q, "lv", 1, "lv-w2", HOLD_MS, &l, NULL, &err);
+    ok(rc == 1 && l.model == 1 && !l.spec && strcmp(l.dataset, "mnist") == 0 && l.shards == 2,
+       "queue_mop_lease_model fills the same but the spec");
+    queue_mop_lease_clear(&l);
+}
+
 /* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
 
 extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
@@ -1489,6 +1510,7 @@ int main(void)
     test_sweep_id(q);
     test_new_id(q, c);
     test_replay(q, c);
+    test_lease_visit(q);
     redisFree(c);
     queue_close(q);
     return tap_done();

@@ -12,9 +12,12 @@
 -- Expired leases are not freed here: only mop_reap does that, in one place.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
--- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far}
+-- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far,
+--          dataset, dataset_version, K, the model's spec}
 --       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
-local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version')
+-- The lease carries what the visit needs (the dataset, K, the spec), so a
+-- worker asks nothing more before it starts training.
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset')
 if not s[1] then return {'missing'} end
 -- A sweep created while its dataset was still loading has no version yet:
 -- nothing to train until a worker has seen the dataset ready and pinned it.
@@ -48,5 +51,5 @@ local deadline = int(now + tonumber(ARGV[3]))
 local p = int(best) .. '.'
 redis.call('HSET', KEYS[2], p .. 'state', 'leased', p .. 'token', ARGV[4], p .. 'worker', ARGV[2],
   p .. 'shard', int(k), p .. 'deadline', deadline)
-local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts')
-return {'leased', int(best), r[1], r[2], r[3], deadline, 0, r[4] or '0'}
+local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts', p .. 'spec')
+return {'leased', int(best), r[1], r[2], r[3], deadline, 0, r[4] or '0', s[7] or '', s[6], s[2], r[5] or ''}
