@@ -112,4 +112,31 @@ void qoutbox_keys(qargs *keys, const queue_conn *q, const char *id, int with_asi
  * dependents of dependents that die with it. */
 int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *st, cds_err *err);
 
+/* ---- MOP internals shared by queue_mop.c, queue_mop_lease.c and
+ * queue_mop_eval.c ---- */
+
+/* Runs a MOP script on a sweep's nine keys (then extra_keys, freed) with
+ * args (freed).  A reply that is not an array is an error; so is the
+ * script's {'missing'} (no such sweep), which also sets *missing (may be
+ * NULL). */
+redisReply *qmop_run_keys(queue_conn *q, int script, const char *sweep, qargs *extra_keys, qargs *args,
+                          int *missing, cds_err *err);
+redisReply *qmop_run(queue_conn *q, int script, const char *sweep, qargs *args, int *missing, cds_err *err);
+/* Frees r, sets the error for an answer the caller did not expect; -1. */
+int qmop_unexpected(redisReply *r, const char *what, cds_err *err);
+void qmop_copy_reply_str(char *dst, size_t n, const redisReply *r, size_t i);
+/* Runs a script that ends or extends a lease of any kind: 0 (reply in *out),
+ * QUEUE_NOT_FOUND when the lease or its sweep is gone, -1. */
+struct queue_mop_lease;
+int qmop_lease_script(queue_conn *q, int script, const char *sweep, const struct queue_mop_lease *l, qargs *args,
+                      redisReply **out, cds_err *err);
+/* The same, and any answer but success is an error; out may be NULL. */
+int qmop_run_on_lease(queue_conn *q, int script, const char *what, const char *success, const char *sweep,
+                      const struct queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err);
+/* Renews an evaluation or test lease. */
+int qmop_renew_side_lease(queue_conn *q, const char *sweep, const struct queue_mop_lease *l, int64_t lease_ms,
+                          cds_err *err);
+/* Frees a finished sweep's unique key if it still names the sweep. */
+int qmop_free_unique_key(queue_conn *q, const char *sweep, cds_err *err);
+
 #endif

@@ -7,11 +7,12 @@
  *
  * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
  * commit that completed them).  Evaluation takes no model lease: any worker
- * takes one as an evaluation lease (queue_mop_take_eval, in queue_mop.c with
- * the other scripts), scores the epoch's checkpoint on the validation
+ * takes one as an evaluation lease (queue_mop_take_eval, in
+ * queue_mop_eval.c), scores the epoch's checkpoint on the validation
  * shards, and records the metrics with the lease (queue_mop_record_result),
- * where the script keeps each model's best epoch.  What is here are the
- * plain reads and writes that need no script. */
+ * where the script keeps each model's best epoch.  What is here: the plain
+ * reads of the results and models hashes, and the beats of the workers
+ * that serve shards (two small scripts on mop:shards). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,5 +1,10 @@
-/* queue_sweep_read: read-only views of MOP sweeps for workers and jobctl
- * (the mutations are the scripts of queue_mop.c). */
+/* queue_sweep_read: the plain reads of MOP sweeps for workers and jobctl
+ * (every sweep, one sweep's hash, the schedule), and the one plain write,
+ * queue_sweep_set_field (the worker pins a dataset version with it).  None
+ * needs a script: each is one command on one key, atomic by itself; every
+ * change that must keep the invariants of queue_mop.h is a script of
+ * queue_mop*.c.  qc_sorted_set, the ZRANGE of a whole sorted set, serves
+ * the active set (queue_mop.c) too. */
 #include <stdlib.h>
 #include <string.h>
 
