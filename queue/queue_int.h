@@ -1,7 +1,16 @@
 /* Internals shared by the queue_*.c files: the connection struct, an argv
- * builder, and script calls with NOSCRIPT recovery.  Not installed. */
+ * builder, and script calls with NOSCRIPT recovery.  Not installed.
+ *
+ * Private to queue/: the build defines CDS_QUEUE_INTERNAL only for queue's
+ * own sources and for white-box tests (queue_private_args in
+ * queue/meson.build), so any other file that includes this header, by any
+ * path, fails to compile.  Other modules use queue.h and queue_mop.h. */
 #ifndef CDS_QUEUE_INT_H
 #define CDS_QUEUE_INT_H
+
+#ifndef CDS_QUEUE_INTERNAL
+#error "queue_int.h is private to queue/: include queue.h or queue_mop.h (a white-box test under tests/ adds c_args : queue_private_args)"
+#endif
 
 #include <hiredis/hiredis.h>
 
