@@ -6,6 +6,7 @@
  * reconnect; the context itself is never reused after a transport error. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,20 +14,55 @@
 #include "cds_util.h"
 #include "queue_int.h"
 
-extern const char queue_lua_enqueue[], queue_lua_claim[], queue_lua_start[], queue_lua_heartbeat[],
-    queue_lua_ack[], queue_lua_fail[], queue_lua_release[], queue_lua_reap[], queue_lua_promote[],
-    queue_lua_resolve[], queue_lua_cancel[], queue_lua_retry[], queue_lua_trim[], queue_lua_unlock[],
-    queue_lua_beat[];
+extern const char queue_lua_enqueue[], queue_lua_claim[], queue_lua_start[], queue_lua_heartbeat[], queue_lua_ack[],
+    queue_lua_fail[], queue_lua_release[], queue_lua_reap[], queue_lua_promote[], queue_lua_resolve[],
+    queue_lua_cancel[], queue_lua_retry[], queue_lua_trim[], queue_lua_unlock[], queue_lua_beat[],
+    queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
+    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[],
+    queue_lua_mop_model[], queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[],
+    queue_lua_mop_result[], queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[],
+    queue_lua_mop_test_fail[], queue_lua_mop_retry[], queue_lua_mop_enroll[], queue_lua_mop_shard_beat[],
+    queue_lua_mop_orphans[], queue_lua_outbox[], queue_lua_outbox_due[];
 
 static const char *const script_source[QS_COUNT] = {
-    [QS_ENQUEUE] = queue_lua_enqueue, [QS_CLAIM] = queue_lua_claim,
-    [QS_START] = queue_lua_start,     [QS_HEARTBEAT] = queue_lua_heartbeat,
-    [QS_ACK] = queue_lua_ack,         [QS_FAIL] = queue_lua_fail,
-    [QS_RELEASE] = queue_lua_release, [QS_REAP] = queue_lua_reap,
-    [QS_PROMOTE] = queue_lua_promote, [QS_RESOLVE] = queue_lua_resolve,
-    [QS_CANCEL] = queue_lua_cancel,   [QS_RETRY] = queue_lua_retry,
-    [QS_TRIM] = queue_lua_trim,       [QS_UNLOCK] = queue_lua_unlock,
+    [QS_ENQUEUE] = queue_lua_enqueue,
+    [QS_CLAIM] = queue_lua_claim,
+    [QS_START] = queue_lua_start,
+    [QS_HEARTBEAT] = queue_lua_heartbeat,
+    [QS_ACK] = queue_lua_ack,
+    [QS_FAIL] = queue_lua_fail,
+    [QS_RELEASE] = queue_lua_release,
+    [QS_REAP] = queue_lua_reap,
+    [QS_PROMOTE] = queue_lua_promote,
+    [QS_RESOLVE] = queue_lua_resolve,
+    [QS_CANCEL] = queue_lua_cancel,
+    [QS_RETRY] = queue_lua_retry,
+    [QS_TRIM] = queue_lua_trim,
+    [QS_UNLOCK] = queue_lua_unlock,
     [QS_BEAT] = queue_lua_beat,
+    [QS_MOP_CREATE] = queue_lua_mop_create,
+    [QS_MOP_LEASE] = queue_lua_mop_lease,
+    [QS_MOP_RENEW] = queue_lua_mop_renew,
+    [QS_MOP_COMMIT] = queue_lua_mop_commit,
+    [QS_MOP_RELEASE] = queue_lua_mop_release,
+    [QS_MOP_FAIL] = queue_lua_mop_fail,
+    [QS_MOP_REAP] = queue_lua_mop_reap,
+    [QS_MOP_STATE] = queue_lua_mop_state,
+    [QS_MOP_MODEL] = queue_lua_mop_model,
+    [QS_MOP_EVAL_TAKE] = queue_lua_mop_eval_take,
+    [QS_MOP_EVAL_RENEW] = queue_lua_mop_eval_renew,
+    [QS_MOP_EVAL_END] = queue_lua_mop_eval_end,
+    [QS_MOP_RESULT] = queue_lua_mop_result,
+    [QS_MOP_TEST_CLAIM] = queue_lua_mop_test_claim,
+    [QS_MOP_TEST_RENEW] = queue_lua_mop_test_renew,
+    [QS_MOP_TEST_RECORD] = queue_lua_mop_test_record,
+    [QS_MOP_TEST_FAIL] = queue_lua_mop_test_fail,
+    [QS_MOP_RETRY] = queue_lua_mop_retry,
+    [QS_MOP_ENROLL] = queue_lua_mop_enroll,
+    [QS_MOP_SHARD_BEAT] = queue_lua_mop_shard_beat,
+    [QS_MOP_ORPHANS] = queue_lua_mop_orphans,
+    [QS_OUTBOX] = queue_lua_outbox,
+    [QS_OUTBOX_DUE] = queue_lua_outbox_due,
 };
 
 /* ---- argv builder -------------------------------------------------------- */
@@ -38,6 +74,7 @@ void qargs_reset(qargs *a)
     for (size_t i = 0; i < a->n; i++)
         free(a->v[i]);
     a->n = 0;
+    a->nomem = 0;
 }
 
 void qargs_free(qargs *a)
@@ -48,26 +85,34 @@ void qargs_free(qargs *a)
     qargs_init(a);
 }
 
-static void *xrealloc(void *p, size_t n)
+/* Grows a's arrays to hold one more string; 0, or -1 (nomem set). */
+static int qargs_grow(qargs *a)
 {
-    void *r = realloc(p, n);
-    if (!r) {
-        /* Out of memory while building a command: there is no safe partial
-         * state to return to, and the message must still get out. */
-        fputs("cds: out of memory building a Redis command\n", stderr);
-        abort();
+    if (a->n < a->cap)
+        return 0;
+    size_t cap = a->cap ? a->cap * 2 : 16;
+    char **v = realloc(a->v, cap * sizeof *v);
+    if (v)
+        a->v = v;
+    size_t *len = v ? realloc(a->len, cap * sizeof *len) : NULL;
+    if (!len) {
+        a->nomem = 1;
+        return -1;
     }
-    return r;
+    a->len = len;
+    a->cap = cap;
+    return 0;
 }
 
 void qargs_addn(qargs *a, const char *s, size_t n)
 {
-    if (a->n == a->cap) {
-        a->cap = a->cap ? a->cap * 2 : 16;
-        a->v = xrealloc(a->v, a->cap * sizeof *a->v);
-        a->len = xrealloc(a->len, a->cap * sizeof *a->len);
+    if (a->nomem || qargs_grow(a) != 0)
+        return;
+    char *copy = n < SIZE_MAX ? malloc(n + 1) : NULL;
+    if (!copy) {
+        a->nomem = 1;
+        return;
     }
-    char *copy = xrealloc(NULL, n + 1);
     memcpy(copy, s, n);
     copy[n] = '\0';
     a->v[a->n] = copy;
@@ -75,18 +120,30 @@ void qargs_addn(qargs *a, const char *s, size_t n)
     a->n++;
 }
 
+void qargs_append(qargs *a, const qargs *src)
+{
+    for (size_t i = 0; src && i < src->n; i++)
+        qargs_addn(a, src->v[i], src->len[i]);
+    if (src && src->nomem)
+        a->nomem = 1;
+}
+
 void qargs_add(qargs *a, const char *s) { qargs_addn(a, s, strlen(s)); }
 
 static void qargs_vaddf(qargs *a, const char *pre, const char *fmt, va_list ap)
 {
+    if (a->nomem)
+        return;
     char *body = NULL;
     int n = vasprintf(&body, fmt, ap);
-    if (n < 0) {
-        fputs("cds: out of memory building a Redis command\n", stderr);
-        abort();
-    }
     size_t plen = strlen(pre);
-    char *s = xrealloc(NULL, plen + (size_t)n + 1);
+    char *s = n >= 0 ? malloc(plen + (size_t)n + 1) : NULL;
+    if (!s) {
+        if (n >= 0)
+            free(body);
+        a->nomem = 1;
+        return;
+    }
     memcpy(s, pre, plen);
     memcpy(s + plen, body, (size_t)n + 1);
     free(body);
@@ -216,8 +273,15 @@ static redisReply *raw_command(queue_conn *q, const qargs *cmd)
     return redisCommandArgv(q->c, (int)cmd->n, (const char **)cmd->v, cmd->len);
 }
 
+static int refuse_nomem(const queue_conn *q, cds_err *err)
+{
+    return cds_err_nomem(err, "out of memory building a command for Redis at %s", q->url_redacted);
+}
+
 redisReply *qc_command(queue_conn *q, const qargs *cmd, cds_err *err)
 {
+    if (cmd->nomem)
+        return refuse_nomem(q, err), NULL;
     if (q->broken)
         return transport_error(q, err), NULL;
     return reply_or_error(q, raw_command(q, cmd), err);
@@ -239,21 +303,31 @@ int qc_do(queue_conn *q, qargs *cmd, cds_err *err)
     return 0;
 }
 
+/* Every script in one round trip (there are a few dozen, and a connect
+ * must stay quick for jobctl); all replies are read even after a bad one, so
+ * the connection stays in step. */
 static int load_scripts(queue_conn *q, cds_err *err)
 {
+    for (int i = 0; i < QS_COUNT; i++)
+        if (redisAppendCommand(q->c, "SCRIPT LOAD %s", script_source[i]) != REDIS_OK)
+            return transport_error(q, err);
+    int rc = 0;
     for (int i = 0; i < QS_COUNT; i++) {
-        redisReply *r = redisCommand(q->c, "SCRIPT LOAD %s", script_source[i]);
-        r = reply_or_error(q, r, err);
-        if (!r)
-            return cds_err_wrap(err, "loading queue script %d", i);
-        if (r->type != REDIS_REPLY_STRING || r->len != 40) {
-            freeReplyObject(r);
-            return cds_errf(err, "Redis at %s gave no SHA1 for SCRIPT LOAD", q->url_redacted);
+        void *v = NULL;
+        if (redisGetReply(q->c, &v) != REDIS_OK)
+            return transport_error(q, err);
+        redisReply *r = v;
+        if (rc == 0 && r->type == REDIS_REPLY_ERROR) {
+            cds_errf(err, "Redis at %s answered: %s", q->url_redacted, r->str);
+            rc = cds_err_wrap(err, "loading queue script %d", i);
         }
-        memcpy(q->sha[i], r->str, 41);
+        else if (rc == 0 && (r->type != REDIS_REPLY_STRING || r->len != 40))
+            rc = cds_errf(err, "Redis at %s gave no SHA1 for SCRIPT LOAD", q->url_redacted);
+        else if (rc == 0)
+            memcpy(q->sha[i], r->str, 41);
         freeReplyObject(r);
     }
-    return 0;
+    return rc;
 }
 
 void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qargs *args, qargs *cmd)
@@ -261,10 +335,8 @@ void qc_build_eval(const queue_conn *q, int script, const qargs *keys, const qar
     qargs_add(cmd, "EVALSHA");
     qargs_add(cmd, q->sha[script]);
     qargs_addf(cmd, "%zu", keys ? keys->n : 0);
-    for (size_t i = 0; keys && i < keys->n; i++)
-        qargs_addn(cmd, keys->v[i], keys->len[i]);
-    for (size_t i = 0; args && i < args->n; i++)
-        qargs_addn(cmd, args->v[i], args->len[i]);
+    qargs_append(cmd, keys);
+    qargs_append(cmd, args);
 }
 
 static int is_noscript(const redisReply *r)
@@ -310,6 +382,9 @@ int qc_pipeline(queue_conn *q, qargs *cmds, size_t n, redisReply **out, cds_err 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (cmds[i].nomem)
+            return refuse_nomem(q, err);
     if (q->broken || !q->c)
         return transport_error(q, err);
     for (size_t i = 0; i < n; i++)

@@ -232,19 +232,30 @@ static int start_jobs(queue_conn *q, const char *queue, const char *worker, queu
     redisReply *r = qc_run(q, QS_START, &keys, &args, err);
     if (!r)
         return -1;
+    int nomem = 0;
     for (size_t i = 0; i < m && i < r->elements; i++) {
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_ARRAY)
             continue; /* lease lost between the two phases */
-        queue_job *j = &out[(*n)++];
+        queue_job *j = &out[*n];
         *j = cand[i];
         j->type = dup_or_empty(e, 0);
         j->payload = dup_or_empty(e, 1);
         j->attempts = qc_reply_int(e, 2);
         j->max_attempts = qc_reply_int(e, 3);
         j->unique = dup_or_empty(e, 4);
+        if (!j->type || !j->payload || !j->unique) {
+            /* The job stays active under a lease nobody renews: the reaper
+             * gives it back, as for a worker that died here. */
+            queue_job_clear(j);
+            nomem = 1;
+            continue;
+        }
+        (*n)++;
     }
     freeReplyObject(r);
+    if (nomem && *n == 0)
+        return cds_err_nomem(err, "out of memory reading the jobs claimed from queue %s", queue);
     return 0;
 }
 

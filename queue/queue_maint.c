@@ -198,6 +198,12 @@ static int resolve_one(queue_conn *q, const char *id, queue_maint_stats *st, int
     qargs_key(&keys, q, "q:%s:stats", queue);
     qargs_add(&args, id);
     char *list = strdup(after);
+    if (!list) {
+        qargs_free(&keys);
+        qargs_free(&args);
+        freeReplyObject(h);
+        return cds_err_nomem(err, "out of memory resolving the dependencies of job %s", id);
+    }
     char *save = NULL;
     for (char *tok = strtok_r(list, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
         qargs_key(&keys, q, "job:%s", tok);
@@ -226,8 +232,11 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
     char **pending_ids = malloc(cap * sizeof *pending_ids);
     if (!pending_ids)
         return cds_err_nomem(err, "out of memory");
-    pending_ids[n++] = strdup(id);
     int rc = 0;
+    if (!(pending_ids[n] = strdup(id)))
+        rc = cds_err_nomem(err, "out of memory");
+    else
+        n++;
     while (n > 0 && rc == 0) {
         char *cur = pending_ids[--n];
         qargs cmd = {0};
@@ -253,7 +262,10 @@ int queue_resolve_dependents(queue_conn *q, const char *id, queue_maint_stats *s
                     pending_ids = bigger;
                     cap *= 2;
                 }
-                pending_ids[n++] = strdup(deps->element[i]->str);
+                if (!(pending_ids[n] = strdup(deps->element[i]->str)))
+                    rc = cds_err_nomem(err, "out of memory");
+                else
+                    n++;
             }
         }
         freeReplyObject(deps);

@@ -36,10 +36,16 @@
  * evaluation or test lease holds iff its token is in place and now <=
  * deadline, judged the same way by its renew, its record and the reaper.
  *
- * Scripts are sent with EVAL (Redis caches them by their SHA1, so a repeat
- * costs only the bytes of the text): the connection's EVALSHA table is an
- * enum in queue_int.h that this module does not own.  mop_run is the one
- * place to change if the MOP scripts join that table. */
+ * The scripts are called by SHA1 through the connection's table
+ * (queue_int.h, qc_eval), with the same NOSCRIPT recovery as every other
+ * queue script.
+ *
+ * The module is three files: this one runs the scripts on a sweep's keys
+ * (qmop_run, shared by the others) and holds what the control side calls:
+ * create, the sweep's and a model's state, retry, reap, the active set and
+ * the wait; queue_mop_lease.c the worker's visits (lease, renew, commit,
+ * release, a failed visit); queue_mop_eval.c the evaluation and test-scoring
+ * leases. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,12 +53,6 @@
 #include "cds_util.h"
 #include "queue_int.h"
 #include "queue_mop.h"
-
-extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_renew[], queue_lua_mop_commit[],
-    queue_lua_mop_release[], queue_lua_mop_fail[], queue_lua_mop_reap[], queue_lua_mop_state[], queue_lua_mop_model[],
-    queue_lua_mop_eval_take[], queue_lua_mop_eval_renew[], queue_lua_mop_eval_end[], queue_lua_mop_result[],
-    queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[], queue_lua_mop_enroll[],
-    queue_lua_mop_test_fail[], queue_lua_mop_retry[];
 
 /* Bounds on a sweep's shape.  The lease and reap scripts scan every model
  * (about 2 ms per thousand models, during which Redis serves nobody else), so
@@ -62,28 +62,6 @@ extern const char queue_lua_mop_create[], queue_lua_mop_lease[], queue_lua_mop_r
 #define MOP_EPOCHS_MAX 100000
 /* The longest a wait blocks (hiredis 0.14 cannot be interrupted). */
 #define MOP_WAIT_MAX_MS 1000
-
-static int mop_id_ok(const char *id)
-{
-    size_t n = id ? strlen(id) : 0;
-    if (n == 0 || n >= QUEUE_SWEEP_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = id[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int check_sweep_id(const char *id, cds_err *err)
-{
-    if (!mop_id_ok(id))
-        return cds_errf(err, "bad sweep id '%s': use 1 to %d letters, digits, '_' or '-'", id ? id : "",
-                        QUEUE_SWEEP_ID_MAX - 1);
-    return 0;
-}
 
 /* The nine keys every MOP script takes, in the order the scripts expect. */
 static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
@@ -102,27 +80,17 @@ static void add_sweep_keys(qargs *keys, const queue_conn *q, const char *sweep)
 /* Runs a MOP script on a sweep's keys with args; frees args.  A reply that is
  * not an array is an error; so is the script's {'missing'} (no such sweep),
  * which also sets *missing when the caller passes it. */
-static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *sweep, qargs *extra_keys,
-                                qargs *args, int *missing, cds_err *err)
+redisReply *qmop_run_keys(queue_conn *q, int script, const char *sweep, qargs *extra_keys, qargs *args,
+                                int *missing, cds_err *err)
 {
     if (missing)
         *missing = 0;
-    qargs cmd = {0}, keys = {0};
+    qargs keys = {0};
     add_sweep_keys(&keys, q, sweep);
-    for (size_t i = 0; extra_keys && i < extra_keys->n; i++)
-        qargs_addn(&keys, extra_keys->v[i], extra_keys->len[i]);
+    qargs_append(&keys, extra_keys);
     if (extra_keys)
         qargs_free(extra_keys);
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, script);
-    qargs_addf(&cmd, "%zu", keys.n);
-    for (size_t i = 0; i < keys.n; i++)
-        qargs_addn(&cmd, keys.v[i], keys.len[i]);
-    for (size_t i = 0; i < args->n; i++)
-        qargs_addn(&cmd, args->v[i], args->len[i]);
-    qargs_free(&keys);
-    qargs_free(args);
-    redisReply *r = qc_take(q, &cmd, err);
+    redisReply *r = qc_run(q, script, &keys, args, err);
     if (!r)
         return NULL;
     if (r->type != REDIS_REPLY_ARRAY || r->elements == 0 || !qc_reply_str(r, 0)) {
@@ -140,13 +108,13 @@ static redisReply *mop_run_keys(queue_conn *q, const char *script, const char *s
     return r;
 }
 
-static redisReply *mop_run(queue_conn *q, const char *script, const char *sweep, qargs *args, int *missing,
+redisReply *qmop_run(queue_conn *q, int script, const char *sweep, qargs *args, int *missing,
                            cds_err *err)
 {
-    return mop_run_keys(q, script, sweep, NULL, args, missing, err);
+    return qmop_run_keys(q, script, sweep, NULL, args, missing, err);
 }
 
-static int unexpected(redisReply *r, const char *what, cds_err *err)
+int qmop_unexpected(redisReply *r, const char *what, cds_err *err)
 {
     const char *s = qc_reply_str(r, 0);
     cds_errf(err, "unexpected answer '%s' from the sweep %s script", s ? s : "?", what);
@@ -154,7 +122,7 @@ static int unexpected(redisReply *r, const char *what, cds_err *err)
     return -1;
 }
 
-static void copy_reply_str(char *dst, size_t n, const redisReply *r, size_t i)
+void qmop_copy_reply_str(char *dst, size_t n, const redisReply *r, size_t i)
 {
     const char *s = qc_reply_str(r, i);
     snprintf(dst, n, "%s", s ? s : "");
@@ -174,7 +142,7 @@ static int check_json(const char *text, const char *what, cds_err *err)
 
 static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
 {
-    if (check_sweep_id(d->id, err) != 0)
+    if (queue_sweep_id_check(d->id, err) != 0)
         return -1;
     if (!d->dataset || !*d->dataset || !d->dataset_version)
         return cds_errf(err, "sweep '%s' names no dataset: give the dataset and its version", d->id);
@@ -217,7 +185,7 @@ static int unique_holder(queue_conn *q, const char *unique, char *holder, size_t
     redisReply *r = qc_take(q, &cmd, err);
     if (!r)
         return -1;
-    snprintf(holder, n, "%s", r->type == REDIS_REPLY_STRING && mop_id_ok(r->str) ? r->str : "");
+    snprintf(holder, n, "%s", r->type == REDIS_REPLY_STRING && queue_sweep_id_check(r->str, NULL) == 0 ? r->str : "");
     freeReplyObject(r);
     return 0;
 }
@@ -253,7 +221,7 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_addf(&args, "%lld", (long long)(d->backoff_cap_ms > 0 ? d->backoff_cap_ms : 60000));
     qargs_add(&args, d->unique ? d->unique : "");
     qargs_add(&args, holder);
-    redisReply *r = mop_run_keys(q, queue_lua_mop_create, d->id, d->unique ? &keys : NULL, &args, NULL, err);
+    redisReply *r = qmop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;
     int rc = 0;
@@ -261,13 +229,13 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
         rc = cds_errf(err, "sweep '%s' already exists under prefix %s: choose another id", d->id, q->prefix);
     } else if (qc_reply_is(r, 0, "duplicate")) {
         if (duplicate_of)
-            copy_reply_str(duplicate_of, QUEUE_SWEEP_ID_MAX, r, 1);
+            qmop_copy_reply_str(duplicate_of, QUEUE_SWEEP_ID_MAX, r, 1);
         rc = QUEUE_MOP_DUPLICATE;
     } else if (qc_reply_is(r, 0, "changed")) {
         *changed = 1;
         rc = -1;
     } else if (!qc_reply_is(r, 0, "created")) {
-        return unexpected(r, "create", err);
+        return qmop_unexpected(r, "create", err);
     }
     freeReplyObject(r);
     return rc;
@@ -293,7 +261,7 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, char *duplicate_
 
 int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
                    strcmp(state, "cancelled") != 0))
@@ -302,14 +270,14 @@ int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, c
     qargs args = {0};
     qargs_add(&args, state);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_state, sweep, &args, &missing, err);
+    redisReply *r = qmop_run(q, QS_MOP_STATE, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
     if (qc_reply_is(r, 0, "final"))
         rc = cds_errf(err, "sweep '%s' is %s: it cannot be set to %s", sweep, qc_reply_str(r, 1), state);
     else if (!qc_reply_is(r, 0, "ok"))
-        return unexpected(r, "state", err);
+        return qmop_unexpected(r, "state", err);
     freeReplyObject(r);
     return rc;
 }
@@ -319,7 +287,7 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
 {
     if (previous)
         previous[0] = '\0';
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (!state || (strcmp(state, "running") != 0 && strcmp(state, "paused") != 0 &&
                    strcmp(state, "cancelled") != 0))
@@ -333,7 +301,7 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
     qargs_add(&args, state);
     qargs_add(&args, "cancelled by jobctl");
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_model, sweep, &args, &missing, err);
+    redisReply *r = qmop_run(q, QS_MOP_MODEL, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
@@ -353,162 +321,16 @@ int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const
         rc = cds_errf(err, "model %d of sweep '%s' is %s, not paused: nothing to resume (jobctl resume %s resumes "
                            "the sweep)", model, sweep, qc_reply_str(r, 1) ?: "?", sweep);
     } else {
-        return unexpected(r, "model", err);
+        return qmop_unexpected(r, "model", err);
     }
     freeReplyObject(r);
     return rc;
 }
 
-/* ---- the worker's side --------------------------------------------------- */
-
-int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
-                          queue_mop_lease *l, int *sweep_done, cds_err *err)
-{
-    if (sweep_done)
-        *sweep_done = 0;
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    if (shard < 0)
-        return cds_errf(err, "shard %d of sweep '%s' is negative", shard, sweep);
-    if (!worker || !*worker)
-        return cds_errf(err, "leasing from sweep '%s' needs a worker id", sweep);
-    if (lease_ms < 1)
-        return cds_errf(err, "lease of %lld ms is too short: use 1 ms or more", (long long)lease_ms);
-    char token[QUEUE_TOKEN_MAX];
-    if (cds_random_hex(token, (QUEUE_TOKEN_MAX - 1) / 2, err) != 0)
-        return -1;
-    qargs args = {0};
-    qargs_addf(&args, "%d", shard);
-    qargs_add(&args, worker);
-    qargs_addf(&args, "%lld", (long long)lease_ms);
-    qargs_add(&args, token);
-    redisReply *r = mop_run(q, queue_lua_mop_lease, sweep, &args, NULL, err);
-    if (!r)
-        return -1;
-    if (qc_reply_is(r, 0, "bad_shard")) {
-        long long k = qc_reply_int(r, 1);
-        freeReplyObject(r);
-        /* A worker serves shard k of every sweep; a sweep with fewer shards
-         * simply has nothing for it. */
-        if (shard >= 0)
-            return 0;
-        return cds_errf(err, "shard %d is not a shard of sweep '%s': it has shards 0 to %lld", shard, sweep,
-                        k - 1);
-    }
-    if (qc_reply_is(r, 0, "waiting")) {
-        freeReplyObject(r);
-        return QUEUE_MOP_WAITING;
-    }
-    if (qc_reply_is(r, 0, "none")) {
-        if (sweep_done)
-            *sweep_done = qc_reply_int(r, 1) != 0;
-        freeReplyObject(r);
-        return 0;
-    }
-    if (!qc_reply_is(r, 0, "leased") || r->elements != 8)
-        return unexpected(r, "lease", err);
-    memset(l, 0, sizeof *l);
-    l->model = (int)qc_reply_int(r, 1);
-    l->epoch = (int)qc_reply_int(r, 2);
-    l->shard = shard;
-    l->version = qc_reply_int(r, 3);
-    copy_reply_str(l->ckpt, sizeof l->ckpt, r, 4);
-    l->deadline_ms = qc_reply_int(r, 5);
-    l->attempts = (int)qc_reply_int(r, 7);
-    memcpy(l->token, token, sizeof l->token);
-    freeReplyObject(r);
-    return 1;
-}
-
-int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err)
-{
-    return queue_mop_model_field(q, sweep, model, "spec", out, err);
-}
-
-int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const char *field, char **out, cds_err *err)
-{
-    *out = NULL;
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs cmd = {0};
-    qargs_add(&cmd, "HGET");
-    qargs_key(&cmd, q, "sweep:{%s}:models", sweep);
-    qargs_addf(&cmd, "%d.%s", model, field);
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    if (r->type != REDIS_REPLY_STRING) {
-        freeReplyObject(r);
-        cds_errf(err, "sweep '%s' has no model %d under prefix %s", sweep, model, q->prefix);
-        return QUEUE_NOT_FOUND;
-    }
-    *out = strdup(r->str);
-    freeReplyObject(r);
-    return *out ? 0 : cds_err_nomem(err, "out of memory reading the %s of model %d of sweep '%s'", field, model, sweep);
-}
-
-/* The model and token that name a lease to every script that ends it. */
-static int lease_args(const char *sweep, const queue_mop_lease *l, qargs *args, cds_err *err)
-{
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs_addf(args, "%d", l->model);
-    qargs_add(args, l->token);
-    return 0;
-}
-
-/* Why a lease is gone, for each kind. */
-static void lease_gone(const char *sweep, const queue_mop_lease *l, cds_err *err)
-{
-    if (l->kind == QUEUE_MOP_TEST)
-        cds_errf(err, "the test-scoring claim on sweep '%s' is gone (expired, and maybe taken over)", sweep);
-    else if (l->kind == QUEUE_MOP_EVAL)
-        cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' is gone (expired and put back)", l->model,
-                 l->epoch, sweep);
-    else
-        cds_errf(err, "lease of model %d of sweep '%s' is gone (expired, reaped or cancelled)", l->model, sweep);
-}
-
-/* Runs a script that ends or extends a lease of any kind (a visit, an
- * evaluation, the test scoring).  Returns 0 for the script's success word
- * (reply in *out, or freed when out is NULL), QUEUE_NOT_FOUND when the lease
- * is gone (the script's "lost", or the sweep itself is gone), -1 on error. */
-static int lease_script(queue_conn *q, const char *script, const char *sweep, const queue_mop_lease *l, qargs *args,
-                        redisReply **out, cds_err *err)
-{
-    int missing;
-    redisReply *r = mop_run(q, script, sweep, args, &missing, err);
-    if (!r)
-        return missing ? QUEUE_NOT_FOUND : -1;
-    if (qc_reply_is(r, 0, "lost")) {
-        freeReplyObject(r);
-        lease_gone(sweep, l, err);
-        return QUEUE_NOT_FOUND;
-    }
-    *out = r;
-    return 0;
-}
-
-static int run_on_lease(queue_conn *q, const char *script, const char *what, const char *success,
-                        const char *sweep, const queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err)
-{
-    redisReply *r = NULL;
-    int rc = lease_script(q, script, sweep, l, args, &r, err);
-    if (rc != 0)
-        return rc;
-    if (!qc_reply_is(r, 0, success))
-        return unexpected(r, what, err);
-    if (out)
-        *out = r;
-    else
-        freeReplyObject(r);
-    return 0;
-}
-
 /* A finished sweep frees its unique key, if it still names it, so that the
  * next cron enqueue with the key makes a new sweep (mop_create also takes
  * over a key whose sweep finished, should this never run). */
-static int free_unique_key(queue_conn *q, const char *sweep, cds_err *err)
+int qmop_free_unique_key(queue_conn *q, const char *sweep, cds_err *err)
 {
     qargs cmd = {0};
     qargs_add(&cmd, "HGET");
@@ -532,201 +354,10 @@ static int free_unique_key(queue_conn *q, const char *sweep, cds_err *err)
     return 0;
 }
 
-/* ---- evaluation and test leases ------------------------------------------ */
-
-static int renew_side_lease(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
-                            cds_err *err)
-{
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs args = {0};
-    qargs_add(&args, l->token);
-    qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    return run_on_lease(q, l->kind == QUEUE_MOP_TEST ? queue_lua_mop_test_renew : queue_lua_mop_eval_renew,
-                        "renew", "renewed", sweep, l, &args, NULL, err);
-}
-
-/* Takes a side lease (an evaluation or the test scoring) with one of the
- * scripts that hand them out: checks the arguments, draws the token into l
- * and runs the script with (worker, lease_ms, token).  NULL on error. */
-static redisReply *side_lease_take(queue_conn *q, const char *script, const char *sweep, const char *worker,
-                                   int64_t lease_ms, queue_mop_lease *l, cds_err *err)
-{
-    if (check_sweep_id(sweep, err) != 0)
-        return NULL;
-    if (!worker || !*worker)
-        return cds_errf(err, "taking work from sweep '%s' needs a worker id", sweep), NULL;
-    if (lease_ms < 1)
-        return cds_errf(err, "lease of %lld ms is too short: use 1 ms or more", (long long)lease_ms), NULL;
-    memset(l, 0, sizeof *l);
-    l->shard = -1;
-    if (cds_random_hex(l->token, (QUEUE_TOKEN_MAX - 1) / 2, err) != 0)
-        return NULL;
-    qargs args = {0};
-    qargs_add(&args, worker);
-    qargs_addf(&args, "%lld", (long long)lease_ms);
-    qargs_add(&args, l->token);
-    return mop_run(q, script, sweep, &args, NULL, err);
-}
-
-int queue_mop_take_eval(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
-                        cds_err *err)
-{
-    redisReply *r = side_lease_take(q, queue_lua_mop_eval_take, sweep, worker, lease_ms, l, err);
-    if (!r)
-        return -1;
-    if (qc_reply_is(r, 0, "none")) {
-        freeReplyObject(r);
-        return 0;
-    }
-    if (!qc_reply_is(r, 0, "taken") || r->elements != 3)
-        return unexpected(r, "eval_take", err);
-    long long v = 0;
-    const char *entry = qc_reply_str(r, 1);
-    if (!entry || sscanf(entry, "%d %d %lld", &l->model, &l->epoch, &v) != 3) {
-        cds_errf(err, "sweep '%s': bad evaluation entry '%s'", sweep, entry ? entry : "");
-        freeReplyObject(r);
-        return -1;
-    }
-    l->kind = QUEUE_MOP_EVAL;
-    l->version = v;
-    l->deadline_ms = qc_reply_int(r, 2);
-    freeReplyObject(r);
-    return 1;
-}
-
-int queue_mop_put_eval(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *why,
-                       int *failed, cds_err *err)
-{
-    if (failed)
-        *failed = 0;
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs args = {0};
-    qargs_add(&args, l->token);
-    qargs_add(&args, how == QUEUE_EVAL_DROP ? "drop" : how == QUEUE_EVAL_RETRY ? "retry" : "back");
-    qargs_add(&args, why ? why : "");
-    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
-    redisReply *r = NULL;
-    int rc = run_on_lease(q, queue_lua_mop_eval_end, "eval_end", "ended", sweep, l, &args, &r, err);
-    if (rc != 0)
-        return rc;
-    if (failed)
-        *failed = qc_reply_is(r, 1, "failed");
-    freeReplyObject(r);
-    return 0;
-}
-
-int queue_mop_record_result(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
-                            double valid_top1, int *is_best, int *prev_best_epoch, cds_err *err)
-{
-    return queue_mop_record_result_row(q, sweep, l, metrics_json, valid_top1, NULL, is_best, prev_best_epoch, err);
-}
-
-int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *metrics_json,
-                                double valid_top1, const queue_outbox_row *row, int *is_best, int *prev_best_epoch,
-                                cds_err *err)
-{
-    *is_best = 0;
-    *prev_best_epoch = -1;
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs args = {0}, outbox = {0};
-    qargs_add(&args, l->token);
-    qargs_addf(&args, "%d", l->model);
-    qargs_addf(&args, "%d", l->epoch);
-    qargs_add(&args, metrics_json);
-    qargs_addf(&args, "%.17g", valid_top1);
-    if (row) {
-        char id[QUEUE_OUTBOX_ID_LEN];
-        queue_outbox_id(row->dsn ? row->dsn : "", id);
-        qoutbox_keys(&outbox, q, id, 0);
-        qargs_add(&args, sweep);
-        qargs_add(&args, row->dsn ? row->dsn : "");
-        qargs_add(&args, id);
-    }
-    redisReply *r = NULL;
-    int missing;
-    r = mop_run_keys(q, queue_lua_mop_result, sweep, row ? &outbox : NULL, &args, &missing, err);
-    if (!r)
-        return missing ? QUEUE_NOT_FOUND : -1;
-    if (qc_reply_is(r, 0, "lost")) {
-        freeReplyObject(r);
-        cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' was lost (expired and put back): its "
-                      "result is not recorded", l->model, l->epoch, sweep);
-        return QUEUE_NOT_FOUND;
-    }
-    if ((!qc_reply_is(r, 0, "best") && !qc_reply_is(r, 0, "kept")) || r->elements != 2)
-        return unexpected(r, "result", err);
-    *is_best = qc_reply_is(r, 0, "best");
-    const char *prev = qc_reply_str(r, 1);
-    *prev_best_epoch = prev && *prev ? atoi(prev) : -1;
-    freeReplyObject(r);
-    return 0;
-}
-
-int queue_mop_claim_test(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, queue_mop_lease *l,
-                         cds_err *err)
-{
-    redisReply *r = side_lease_take(q, queue_lua_mop_test_claim, sweep, worker, lease_ms, l, err);
-    if (!r)
-        return -1;
-    if (qc_reply_is(r, 0, "pending") || qc_reply_is(r, 0, "taken") || qc_reply_is(r, 0, "recorded")) {
-        freeReplyObject(r);
-        return 0;
-    }
-    if (!qc_reply_is(r, 0, "claimed") || r->elements != 2)
-        return unexpected(r, "test_claim", err);
-    l->kind = QUEUE_MOP_TEST;
-    l->model = -1;
-    l->epoch = -1;
-    l->deadline_ms = qc_reply_int(r, 1);
-    freeReplyObject(r);
-    return 1;
-}
-
-int queue_mop_record_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *result,
-                          cds_err *err)
-{
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs args = {0};
-    qargs_add(&args, l->token);
-    qargs_add(&args, result && *result ? result : "error no result");
-    qargs_add(&args, sweep);
-    int rc = run_on_lease(q, queue_lua_mop_test_record, "test_record", "recorded", sweep, l, &args, NULL, err);
-    return rc == 0 ? free_unique_key(q, sweep, err) : rc;
-}
-
-int queue_mop_fail_test(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *why, int *failed,
-                        cds_err *err)
-{
-    if (failed)
-        *failed = 0;
-    if (check_sweep_id(sweep, err) != 0)
-        return -1;
-    qargs args = {0};
-    qargs_add(&args, l->token);
-    qargs_add(&args, why && *why ? why : "failed");
-    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
-    qargs_add(&args, sweep);
-    redisReply *r = NULL;
-    int rc = lease_script(q, queue_lua_mop_test_fail, sweep, l, &args, &r, err);
-    if (rc != 0)
-        return rc;
-    if (!qc_reply_is(r, 0, "retry") && !qc_reply_is(r, 0, "failed"))
-        return unexpected(r, "test_fail", err);
-    int final = qc_reply_is(r, 0, "failed");
-    if (failed)
-        *failed = final;
-    freeReplyObject(r);
-    return final ? free_unique_key(q, sweep, err) : 0;
-}
-
 int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const char *from_path, int from_epoch,
                           int64_t from_version, int *epoch, cds_err *err)
 {
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     if (model < 0)
         return cds_errf(err, "model %d of sweep '%s': a model index is 0 or more (see jobctl status %s)", model,
@@ -741,7 +372,7 @@ int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const cha
     qargs_addf(&args, "%d", from_epoch);
     qargs_addf(&args, "%lld", (long long)from_version);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_retry, sweep, &args, &missing, err);
+    redisReply *r = qmop_run(q, QS_MOP_RETRY, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     int rc = 0;
@@ -765,97 +396,10 @@ int queue_mop_retry_model(queue_conn *q, const char *sweep, int model, const cha
         rc = cds_errf(err, "that checkpoint ended epoch %d, the sweep's last: nothing is left to train from it",
                       from_epoch);
     } else {
-        return unexpected(r, "retry", err);
+        return qmop_unexpected(r, "retry", err);
     }
     freeReplyObject(r);
     return rc;
-}
-
-int queue_mop_renew_with_progress(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms,
-                                  const char *progress, cds_err *err)
-{
-    qargs args = {0};
-    if (l->kind != QUEUE_MOP_VISIT)
-        return renew_side_lease(q, sweep, l, lease_ms, err);
-    if (lease_args(sweep, l, &args, err) != 0)
-        return -1;
-    qargs_addf(&args, "%lld", (long long)(lease_ms > 0 ? lease_ms : 1));
-    qargs_add(&args, progress ? progress : "");
-    return run_on_lease(q, queue_lua_mop_renew, "renew", "renewed", sweep, l, &args, NULL, err);
-}
-
-int queue_mop_renew(queue_conn *q, const char *sweep, const queue_mop_lease *l, int64_t lease_ms, cds_err *err)
-{
-    return queue_mop_renew_with_progress(q, sweep, l, lease_ms, NULL, err);
-}
-
-int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
-                     const char *metrics_json, queue_mop_commit_result *res, cds_err *err)
-{
-    memset(res, 0, sizeof *res);
-    if (!ckpt_path || !*ckpt_path || strlen(ckpt_path) >= QUEUE_MOP_PATH_MAX)
-        return cds_errf(err, "checkpoint path for model %d of sweep '%s' must be 1 to %d bytes", l->model,
-                        sweep, QUEUE_MOP_PATH_MAX - 1);
-    qargs args = {0};
-    if (lease_args(sweep, l, &args, err) != 0)
-        return -1;
-    qargs_addf(&args, "%d", l->shard);
-    qargs_add(&args, ckpt_path);
-    qargs_add(&args, metrics_json ? metrics_json : "");
-    redisReply *r = NULL;
-    int rc = run_on_lease(q, queue_lua_mop_commit, "commit", "committed", sweep, l, &args, &r, err);
-    if (rc == QUEUE_NOT_FOUND)
-        return 0; /* refused: accepted stays 0 */
-    if (rc != 0)
-        return -1;
-    if (r->elements != 5)
-        return unexpected(r, "commit", err);
-    res->accepted = 1;
-    res->epoch_done = qc_reply_int(r, 1) != 0;
-    res->model_done = qc_reply_int(r, 2) != 0;
-    res->version = qc_reply_int(r, 3);
-    copy_reply_str(res->superseded, sizeof res->superseded, r, 4);
-    freeReplyObject(r);
-    return 0;
-}
-
-int queue_mop_release(queue_conn *q, const char *sweep, const queue_mop_lease *l, cds_err *err)
-{
-    qargs args = {0};
-    if (lease_args(sweep, l, &args, err) != 0)
-        return -1;
-    return run_on_lease(q, queue_lua_mop_release, "release", "released", sweep, l, &args, NULL, err);
-}
-
-int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *reason, int final,
-                         const char *note, int *failed, int64_t *delay_ms, cds_err *err)
-{
-    if (failed)
-        *failed = 0;
-    if (delay_ms)
-        *delay_ms = 0;
-    qargs args = {0};
-    if (lease_args(sweep, l, &args, err) != 0)
-        return -1;
-    qargs_add(&args, reason && *reason ? reason : "failed");
-    qargs_add(&args, final ? "final" : "attempt");
-    qargs_addf(&args, "%.6f", 0.5 + 0.5 * cds_random_unit());
-    qargs_add(&args, note ? note : "");
-    redisReply *r = NULL;
-    int rc = lease_script(q, queue_lua_mop_fail, sweep, l, &args, &r, err);
-    if (rc != 0)
-        return rc;
-    if (qc_reply_is(r, 0, "retry") && r->elements == 4) {
-        if (delay_ms)
-            *delay_ms = qc_reply_int(r, 3);
-    } else if (qc_reply_is(r, 0, "failed")) {
-        if (failed)
-            *failed = 1;
-    } else {
-        return unexpected(r, "fail", err);
-    }
-    freeReplyObject(r);
-    return 0;
 }
 
 int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err *err)
@@ -863,22 +407,22 @@ int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err
     *n = 0;
     if (evals)
         *evals = 0;
-    if (check_sweep_id(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     qargs args = {0};
     qargs_add(&args, sweep);
     int missing;
-    redisReply *r = mop_run(q, queue_lua_mop_reap, sweep, &args, &missing, err);
+    redisReply *r = qmop_run(q, QS_MOP_REAP, sweep, &args, &missing, err);
     if (!r)
         return missing ? QUEUE_NOT_FOUND : -1;
     if (!qc_reply_is(r, 0, "reaped") || r->elements != 4)
-        return unexpected(r, "reap", err);
+        return qmop_unexpected(r, "reap", err);
     *n = (int)qc_reply_int(r, 1);
     if (evals)
         *evals = (int)qc_reply_int(r, 2);
     int left = qc_reply_int(r, 3) != 0;
     freeReplyObject(r);
-    return left ? free_unique_key(q, sweep, err) : 0;
+    return left ? qmop_free_unique_key(q, sweep, err) : 0;
 }
 
 /* ---- the active set ---------------------------------------------------------- */
@@ -904,12 +448,12 @@ static int build_active_set(queue_conn *q, cds_err *err)
         return -1;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
-        if (!mop_id_ok(ids[i]))
+        if (!queue_sweep_id_check(ids[i], NULL) == 0)
             continue;
         qargs args = {0};
         qargs_add(&args, ids[i]);
         int missing;
-        redisReply *e = mop_run(q, queue_lua_mop_enroll, ids[i], &args, &missing, err);
+        redisReply *e = qmop_run(q, QS_MOP_ENROLL, ids[i], &args, &missing, err);
         if (e)
             freeReplyObject(e);
         else if (!missing)

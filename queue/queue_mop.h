@@ -88,10 +88,24 @@
 #include "queue.h"
 
 #define QUEUE_SWEEP_ID_MAX 32
+/* 0 when id names a sweep the queue accepts (1 to QUEUE_SWEEP_ID_MAX - 1
+ * letters, digits, '_' or '-': it is part of Redis keys and file paths);
+ * else -1 with the message (err may be NULL to only ask).  Every call that
+ * takes a sweep id checks it with this. */
+int queue_sweep_id_check(const char *id, cds_err *err);
+/* Draws an id for a new sweep into id: "s<N>" from the counter
+ * <prefix>sweep:seq, skipping values a sweep created under its own id
+ * already has (queue_mop_id.c).  0; QUEUE_MOP_NO_ID with the message when
+ * the counter key holds something else or too many values in a row are
+ * taken (the fix: give the sweep an id); -1 on a Redis error. */
+#define QUEUE_MOP_NO_ID 4
+int queue_sweep_new_id(queue_conn *q, char id[QUEUE_SWEEP_ID_MAX], cds_err *err);
 /* queue_mop_lease_model: the sweep waits for its dataset to be ready (it was
  * created while the dataset was loading: no version pinned yet). */
 #define QUEUE_MOP_WAITING 2
 #define QUEUE_MOP_PATH_MAX 1024
+#define QUEUE_MOP_DATASET_MAX 256 /* a dataset name (etl allows 128 characters) */
+#define QUEUE_MOP_VERSION_MAX 72  /* a dataset version (64 hex digits) */
 
 typedef struct queue_sweep_def {
     const char *id;              /* caller-chosen, [A-Za-z0-9_-], at most 31 chars */
@@ -141,6 +155,13 @@ typedef struct queue_mop_lease {
     char token[QUEUE_TOKEN_MAX];
     int64_t deadline_ms;
     int attempts;                /* a visit: failed attempts since the model's last commit */
+    /* A visit: what it needs besides the model, read by the lease script
+     * itself (no round trip more).  Empty / 0 for the other kinds. */
+    char dataset[QUEUE_MOP_DATASET_MAX];         /* the sweep's dataset name */
+    char dataset_version[QUEUE_MOP_VERSION_MAX]; /* the version the sweep pinned */
+    int shards;                                  /* K */
+    char *spec;                  /* queue_mop_lease_visit: the model's spec (JSON, malloc'd; queue_mop_lease_clear
+                                  * frees it, so a copy of the struct must not be cleared too); else NULL */
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
@@ -150,6 +171,13 @@ typedef struct queue_mop_lease {
  * model of the sweep is done, failed or cancelled. */
 int queue_mop_lease_model(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
                           queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* The same, and l->spec gets the model's spec (the lease fills dataset,
+ * dataset_version and shards either way): all a visit needs in one round
+ * trip.  *l is overwritten; free it with queue_mop_lease_clear. */
+int queue_mop_lease_visit(queue_conn *q, const char *sweep, int shard, const char *worker, int64_t lease_ms,
+                          queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* Frees l->spec and zeroes l (any kind of lease; a zeroed one too). */
+void queue_mop_lease_clear(queue_mop_lease *l);
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
 /* Any field of model m ("state", "reason", ...: see the keys above),
@@ -301,6 +329,15 @@ int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err);
  * idle worker may serve them too.  Up to max ids into shards. */
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
 
+/* Creates sweep new_id as a replay of the finished sweep orig
+ * (queue_replay.c): same dataset version, shape, specs and sweep spec, and
+ * for each model a plan, its shards in the order it visited them (read
+ * from orig's schedule), so every checkpoint comes out the same.  0,
+ * QUEUE_NOT_FOUND (no sweep orig), -1 with the message: a model of orig
+ * that did not commit exactly its E*K visits (unfinished, or retried from
+ * an older checkpoint), a sweep of format 1, new_id taken. */
+int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err);
+
 /* ---- the cds_results outbox (queue_outbox.c, lua/outbox.lua) ----
  *
  * Rows for cds_results wait in Redis, per database, until a worker has
@@ -390,11 +427,8 @@ void queue_sweep_list_free(char **ids, size_t n);
 /* The schedule: committed visits in commit order, "m epoch shard version
  * worker" (free with queue_sweep_list_free). */
 int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *n, cds_err *err);
-/* Sets a field of the sweep hash only if it is not there yet (*claimed = 1
- * then).  Not for work a worker may die doing: the test scoring is a lease
- * (queue_mop_claim_test), so it is taken over when its worker dies. */
-int queue_sweep_claim_field(queue_conn *q, const char *sweep, const char *field, const char *value, int *claimed,
-                            cds_err *err);
+/* Sets one field of the sweep hash (the worker pins dataset_version and
+ * records a reason with it). */
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err);
 /* The sweep hash as a JSON object of strings; QUEUE_NOT_FOUND if absent. */
 int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err);

@@ -7,11 +7,12 @@
  *
  * Finished epochs wait in sweep:{S}:evals ("m epoch version", pushed by the
  * commit that completed them).  Evaluation takes no model lease: any worker
- * takes one as an evaluation lease (queue_mop_take_eval, in queue_mop.c with
- * the other scripts), scores the epoch's checkpoint on the validation
+ * takes one as an evaluation lease (queue_mop_take_eval, in
+ * queue_mop_eval.c), scores the epoch's checkpoint on the validation
  * shards, and records the metrics with the lease (queue_mop_record_result),
- * where the script keeps each model's best epoch.  What is here are the
- * plain reads and writes that need no script. */
+ * where the script keeps each model's best epoch.  What is here: the plain
+ * reads of the results and models hashes, and the beats of the workers
+ * that serve shards (two small scripts on mop:shards). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,17 +20,10 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
-static int sweep_ok(const char *sweep, cds_err *err)
-{
-    return qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX) ? 0
-                                                  : cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]",
-                                                             sweep);
-}
-
 int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 24];
-    if (sweep_ok(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     snprintf(name, sizeof name, "sweep:{%s}:results", sweep);
     return queue_record_get(q, name, out, err);
@@ -38,7 +32,7 @@ int queue_mop_results(queue_conn *q, const char *sweep, json_t **out, cds_err *e
 int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 24];
-    if (sweep_ok(sweep, err) != 0)
+    if (queue_sweep_id_check(sweep, err) != 0)
         return -1;
     snprintf(name, sizeof name, "sweep:{%s}:models", sweep);
     return queue_record_get(q, name, out, err);
@@ -46,29 +40,25 @@ int queue_mop_models(queue_conn *q, const char *sweep, json_t **out, cds_err *er
 
 /* ---- shards and the workers that serve them ----------------------------------- */
 
-extern const char queue_lua_mop_shard_beat[], queue_lua_mop_orphans[];
-
 int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err)
 {
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_mop_shard_beat);
-    qargs_add(&cmd, "1");
-    qargs_key(&cmd, q, "mop:shards");
-    qargs_addf(&cmd, "%d", shard);
-    return qc_do(q, &cmd, err);
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "mop:shards");
+    qargs_addf(&args, "%d", shard);
+    redisReply *r = qc_run(q, QS_MOP_SHARD_BEAT, &keys, &args, err);
+    if (!r)
+        return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
 {
     *n = 0;
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_mop_orphans);
-    qargs_add(&cmd, "1");
-    qargs_key(&cmd, q, "mop:shards");
-    qargs_addf(&cmd, "%lld", (long long)grace_ms);
-    redisReply *r = qc_take(q, &cmd, err);
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "mop:shards");
+    qargs_addf(&args, "%lld", (long long)grace_ms);
+    redisReply *r = qc_run(q, QS_MOP_ORPHANS, &keys, &args, err);
     if (!r)
         return -1;
     int rc = 0;

@@ -41,8 +41,6 @@
 #include "queue_int.h"
 #include "queue_mop.h"
 
-extern const char queue_lua_outbox[], queue_lua_outbox_due[];
-
 /* How many rows one LRANGE of the report reads. */
 #define REPORT_CHUNK 512
 
@@ -125,24 +123,17 @@ static int outbox_op(queue_conn *q, const char *op, const queue_outbox_claim *c,
             qargs_free(extra);
         return -1;
     }
-    qargs cmd = {0}, keys = {0};
+    qargs keys = {0}, args = {0};
     qoutbox_keys(&keys, q, c->id, 1);
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_outbox);
-    qargs_addf(&cmd, "%zu", keys.n);
-    for (size_t i = 0; i < keys.n; i++)
-        qargs_addn(&cmd, keys.v[i], keys.len[i]);
-    qargs_add(&cmd, op);
-    qargs_add(&cmd, c->id);
-    qargs_add(&cmd, c->worker ? c->worker : "");
-    qargs_add(&cmd, c->token);
-    qargs_addf(&cmd, "%lld", (long long)(c->claim_ms > 0 ? c->claim_ms : 30000));
-    for (size_t i = 0; extra && i < extra->n; i++)
-        qargs_addn(&cmd, extra->v[i], extra->len[i]);
-    qargs_free(&keys);
+    qargs_add(&args, op);
+    qargs_add(&args, c->id);
+    qargs_add(&args, c->worker ? c->worker : "");
+    qargs_add(&args, c->token);
+    qargs_addf(&args, "%lld", (long long)(c->claim_ms > 0 ? c->claim_ms : 30000));
+    qargs_append(&args, extra);
     if (extra)
         qargs_free(extra);
-    redisReply *r = qc_take(q, &cmd, err);
+    redisReply *r = qc_run(q, QS_OUTBOX, &keys, &args, err);
     return r ? parse_head(r, h, err) : -1;
 }
 
@@ -188,13 +179,10 @@ int queue_outbox_due(queue_conn *q, size_t max, char ***ids, size_t *n, cds_err 
 {
     *ids = NULL;
     *n = 0;
-    qargs cmd = {0};
-    qargs_add(&cmd, "EVAL");
-    qargs_add(&cmd, queue_lua_outbox_due);
-    qargs_add(&cmd, "1");
-    qargs_key(&cmd, q, "results:outbox");
-    qargs_addf(&cmd, "%zu", max ? max : 1);
-    redisReply *r = qc_take(q, &cmd, err);
+    qargs keys = {0}, args = {0};
+    qargs_key(&keys, q, "results:outbox");
+    qargs_addf(&args, "%zu", max ? max : 1);
+    redisReply *r = qc_run(q, QS_OUTBOX_DUE, &keys, &args, err);
     if (!r)
         return -1;
     int rc = r->type != REDIS_REPLY_ARRAY
@@ -319,8 +307,8 @@ static int aside_entries(queue_conn *q, const char *sweep, json_t *out, cds_err 
 int queue_outbox_report(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     *out = NULL;
-    if (sweep && !qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to %d of [A-Za-z0-9_-]", sweep, QUEUE_SWEEP_ID_MAX - 1);
+    if (sweep && queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     redisReply *t = command(q, err, "TIME", NULL, NULL, NULL, NULL);
     if (!t)
         return -1;

@@ -1,5 +1,10 @@
-/* queue_sweep_read: read-only views of MOP sweeps for workers and jobctl
- * (the mutations are the scripts of queue_mop.c). */
+/* queue_sweep_read: the plain reads of MOP sweeps for workers and jobctl
+ * (every sweep, one sweep's hash, the schedule), and the one plain write,
+ * queue_sweep_set_field (the worker pins a dataset version with it).  None
+ * needs a script: each is one command on one key, atomic by itself; every
+ * change that must keep the invariants of queue_mop.h is a script of
+ * queue_mop*.c.  qc_sorted_set, the ZRANGE of a whole sorted set, serves
+ * the active set (queue_mop.c) too. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,8 +43,8 @@ void queue_sweep_list_free(char **ids, size_t n)
 int queue_sweep_get(queue_conn *q, const char *sweep, json_t **out, cds_err *err)
 {
     char name[QUEUE_SWEEP_ID_MAX + 16];
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     snprintf(name, sizeof name, "sweep:{%s}", sweep);
     return queue_record_get(q, name, out, err);
 }
@@ -48,8 +53,8 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
 {
     *lines = NULL;
     *n = 0;
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "LRANGE");
     qargs_key(&cmd, q, "sweep:{%s}:schedule", sweep);
@@ -67,29 +72,10 @@ int queue_mop_schedule(queue_conn *q, const char *sweep, char ***lines, size_t *
 
 /* ---- small fields of the sweep hash ---------------------------------------- */
 
-int queue_sweep_claim_field(queue_conn *q, const char *sweep, const char *field, const char *value, int *claimed,
-                            cds_err *err)
-{
-    *claimed = 0;
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
-    qargs cmd = {0};
-    qargs_add(&cmd, "HSETNX");
-    qargs_key(&cmd, q, "sweep:{%s}", sweep);
-    qargs_add(&cmd, field);
-    qargs_add(&cmd, value);
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    *claimed = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    freeReplyObject(r);
-    return 0;
-}
-
 int queue_sweep_set_field(queue_conn *q, const char *sweep, const char *field, const char *value, cds_err *err)
 {
-    if (!qc_name_ok(sweep, QUEUE_SWEEP_ID_MAX))
-        return cds_errf(err, "bad sweep id '%s': use up to 31 of [A-Za-z0-9_-]", sweep);
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
     qargs cmd = {0};
     qargs_add(&cmd, "HSET");
     qargs_key(&cmd, q, "sweep:{%s}", sweep);

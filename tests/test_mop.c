@@ -7,7 +7,12 @@
  * rebuild), the wake-up list, and the invariants under concurrency:
  * four threads, each its own connection, lease and commit at random with
  * releases and simulated crashes, after which every (model, epoch, shard) must
- * have been committed exactly once and no model held by two workers at once.
+ * have been committed exactly once and no model held by two workers at once;
+ * the one sweep-id check that every call applies; drawing sweep ids; a
+ * replay's plans from the original's schedule; the lease that carries the
+ * dataset, shard count and spec a visit needs; last, that the MOP
+ * scripts are in the connection's EVALSHA table (loaded
+ * at connect, reloaded after a SCRIPT FLUSH).
  *
  * Redis state is read back with a plain hiredis connection, as an operator
  * with redis-cli would.  Leases meant to expire are short (150 ms) and waited
@@ -1339,6 +1344,146 @@ static void test_concurrency(queue_conn *q, redisContext *c)
     pthread_mutex_destroy(&h.mu);
 }
 
+/* ---- the sweep id: one check for every call ------------------------------ */
+
+static void test_sweep_id(queue_conn *q)
+{
+    cds_err err;
+    ok(queue_sweep_id_check("s12_a-B", &err) == 0 && queue_sweep_id_check("a.b", NULL) == -1 &&
+           queue_sweep_id_check("", NULL) == -1 && queue_sweep_id_check(NULL, NULL) == -1 &&
+           queue_sweep_id_check("0123456789012345678901234567890", NULL) == 0 &&
+           queue_sweep_id_check("01234567890123456789012345678901", NULL) == -1,
+       "queue_sweep_id_check takes 1 to 31 of [A-Za-z0-9_-]");
+    /* The views used to take '.' (a queue name's alphabet): an id no sweep
+     * can have must be refused by them as by create, with the same words. */
+    json_t *o = NULL;
+    char **lines = NULL;
+    size_t n = 0;
+    ok(queue_sweep_get(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id 'a.b': use 1 to 31"),
+       "queue_sweep_get refuses 'a.b': %s", err.msg);
+    ok(queue_mop_results(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id"), "so do the results");
+    ok(queue_mop_schedule(q, "a.b", &lines, &n, &err) == -1 && strstr(err.msg, "bad sweep id"),
+       "and the schedule");
+    ok(queue_outbox_report(q, "a.b", &o, &err) == -1 && strstr(err.msg, "bad sweep id 'a.b': use 1 to 31"),
+       "and the outbox report");
+}
+
+/* ---- drawing a sweep id ----------------------------------------------------- */
+
+static void test_new_id(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char id[QUEUE_SWEEP_ID_MAX];
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s1") == 0, "the first drawn sweep id is s1 (%s)", id);
+    create_sweep(q, "s2", 1, 1, 1); /* as jobctl enqueue sweep --id s2 */
+    create_sweep(q, "s3", 1, 1, 1);
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s4") == 0, "ids that sweeps already have are skipped (%s)",
+       id);
+    freeReplyObject(test_rcmd(c, "SET %ssweep:seq abc", prefix));
+    ok(queue_sweep_new_id(q, id, &err) == QUEUE_MOP_NO_ID && strstr(err.msg, "sweep:seq does not hold a counter") &&
+           !id[0],
+       "a counter key holding something else is refused: %s", err.msg);
+    freeReplyObject(test_rcmd(c, "SET %ssweep:seq 0", prefix));
+    ok(queue_sweep_new_id(q, id, &err) == 0 && strcmp(id, "s1") == 0, "and drawing goes on once it is a counter");
+}
+
+/* ---- replay: the plans come from the original's schedule ------------------ */
+
+static void visit_once(queue_conn *q, const char *sweep, int shard, int want_model)
+{
+    queue_mop_lease l;
+    if (lease(q, sweep, shard, "rp-w", HOLD_MS, &l, NULL) != 1 || l.model != want_model ||
+        !commit(q, sweep, &l, "/tmp/rp.ckpt").accepted)
+        tap_bail("could not make a replay's original visit");
+}
+
+static void test_replay(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char buf[64];
+    create_sweep(q, "rp", 2, 2, 1);
+    visit_once(q, "rp", 1, 0); /* model 0 sees shard 1 first */
+    ok(queue_sweep_replay(q, "rp", "rp-early", &err) == -1 && strstr(err.msg, "only a finished model"),
+       "an unfinished sweep is not replayed: %s", err.msg);
+    visit_once(q, "rp", 0, 1);
+    visit_once(q, "rp", 0, 0);
+    visit_once(q, "rp", 1, 1);
+    int rc = queue_sweep_replay(q, "rp", "rp2", &err);
+    ok(rc == 0, "a finished sweep is replayed (%s)", rc ? err.msg : "");
+    ok(strcmp(model_field(c, "rp2", 0, "plan", buf, sizeof buf), "00010000") == 0 &&
+           strcmp(model_field(c, "rp2", 1, "plan", buf, sizeof buf), "00000001") == 0,
+       "each model's plan is its visits in the original's order");
+    ok(sweep_is(c, "rp2", "replay_of", "rp") && sweep_is(c, "rp2", "dataset_version", "v1") &&
+           strcmp(model_field(c, "rp2", 1, "spec", buf, sizeof buf), model_specs[1]) == 0,
+       "with the original's dataset version and specs");
+    queue_mop_lease l;
+    ok(lease(q, "rp2", 0, "rp-w", HOLD_MS, &l, NULL) == 1 && l.model == 1,
+       "shard 0 goes to model 1, whose plan starts with it");
+    ok(queue_sweep_replay(q, "rp", "rp2", &err) == -1 && strstr(err.msg, "already exists"),
+       "a replay into a taken id is refused");
+    ok(queue_sweep_replay(q, "nosuch", "rp3", &err) == QUEUE_NOT_FOUND, "no replay of a sweep that does not exist");
+}
+
+/* ---- the lease carries what the visit needs -------------------------------- */
+
+static void test_lease_visit(queue_conn *q)
+{
+    cds_err err;
+    create_sweep(q, "lv", 3, 2, 1);
+    queue_mop_lease l;
+    int rc = queue_mop_lease_visit(q, "lv", 1, "lv-w", HOLD_MS, &l, NULL, &err);
+    ok(rc == 1 && l.model == 0 && l.shard == 1, "a visit is leased (%s)", rc < 0 ? err.msg : "");
+    ok(strcmp(l.dataset, "mnist") == 0 && strcmp(l.dataset_version, "v1") == 0 && l.shards == 2,
+       "with its dataset, version and shard count (%s %s %d)", l.dataset, l.dataset_version, l.shards);
+    ok(l.spec && strcmp(l.spec, model_specs[0]) == 0, "and its model's spec (%s)", l.spec ? l.spec : "NULL");
+    queue_mop_lease_clear(&l);
+    ok(!l.spec && l.model == 0 && !l.token[0], "queue_mop_lease_clear frees and zeroes it");
+    rc = queue_mop_lease_model(q, "lv", 1, "lv-w2", HOLD_MS, &l, NULL, &err);
+    ok(rc == 1 && l.model == 1 && !l.spec && strcmp(l.dataset, "mnist") == 0 && l.shards == 2,
+       "queue_mop_lease_model fills the same but the spec");
+    queue_mop_lease_clear(&l);
+}
+
+/* ---- one script path: every MOP script by SHA1, loaded at connect ------ */
+
+extern const char queue_lua_mop_lease[], queue_lua_mop_orphans[], queue_lua_outbox[];
+
+/* Whether the server holds script src (by its SHA1, which Redis computes). */
+static int script_loaded(redisContext *c, const char *src)
+{
+    redisReply *h = test_rcmd(c, "EVAL %s 0 %s", "return redis.sha1hex(ARGV[1])", src);
+    int loaded = 0;
+    if (h->type == REDIS_REPLY_STRING) {
+        redisReply *e = test_rcmd(c, "SCRIPT EXISTS %s", h->str);
+        loaded = e->type == REDIS_REPLY_ARRAY && e->elements == 1 && e->element[0]->integer == 1;
+        freeReplyObject(e);
+    }
+    freeReplyObject(h);
+    return loaded;
+}
+
+static void test_script_table(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    freeReplyObject(test_rcmd(c, "SCRIPT FLUSH"));
+    queue_opts o = {.url = test_redis_url(), .prefix = prefix};
+    queue_conn *q2 = queue_connect(&o, &err);
+    if (!q2)
+        tap_bail("cannot connect a second time");
+    /* Sent with EVAL, the MOP and outbox scripts were cached by the server
+     * only once called; in the connection's table they are loaded at once. */
+    ok(script_loaded(c, queue_lua_mop_lease) && script_loaded(c, queue_lua_mop_orphans) &&
+           script_loaded(c, queue_lua_outbox),
+       "connecting loads the MOP and outbox scripts with the others");
+    queue_close(q2);
+    /* A server that lost them: the call sees NOSCRIPT, reloads, runs. */
+    create_sweep(q, "scripts", 1, 1, 1);
+    freeReplyObject(test_rcmd(c, "SCRIPT FLUSH"));
+    queue_mop_lease l;
+    ok(lease(q, "scripts", 0, "w1", HOLD_MS, &l, NULL) == 1 && l.model == 0, "a MOP lease survives SCRIPT FLUSH");
+    ok(script_loaded(c, queue_lua_outbox), "NOSCRIPT reloads every script");
+}
+
 int main(void)
 {
     queue_conn *q = test_connect("mop", prefix, sizeof prefix);
@@ -1361,6 +1506,11 @@ int main(void)
     test_test_attempts(q, c);
     test_wait(q, c);
     test_concurrency(q, c);
+    test_script_table(q, c);
+    test_sweep_id(q);
+    test_new_id(q, c);
+    test_replay(q, c);
+    test_lease_visit(q);
     redisFree(c);
     queue_close(q);
     return tap_done();

@@ -12,9 +12,12 @@
 -- Expired leases are not freed here: only mop_reap does that, in one place.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
--- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far}
+-- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far,
+--          dataset, dataset_version, K, the model's spec}
 --       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
-local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version')
+-- The lease carries what the visit needs (the dataset, K, the spec), so a
+-- worker asks nothing more before it starts training.
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset')
 if not s[1] then return {'missing'} end
 -- A sweep created while its dataset was still loading has no version yet:
 -- nothing to train until a worker has seen the dataset ready and pinned it.
@@ -25,46 +28,28 @@ if k < 0 or k >= nshards then return {'bad_shard', nshards} end
 local done = (s[1] == 'done' or s[1] == 'cancelled' or tonumber(s[5]) == 0) and 1 or 0
 if s[1] ~= 'running' then return {'none', done} end
 
--- HMGET in chunks: unpack() of more than a few thousand values overflows
--- the Lua C stack.
 local best, best_progress
 local now = now_ms()
-local chunk = 1000
-for first = 0, nmodels - 1, chunk do
-  local last = math.min(first + chunk, nmodels) - 1
-  local f = {}
-  for m = first, last do
-    local p = int(m) .. '.'
-    f[#f + 1] = p .. 'state'
-    f[#f + 1] = p .. 'epoch'
-    f[#f + 1] = p .. 'visited'
-    f[#f + 1] = p .. 'plan'
-    f[#f + 1] = p .. 'paused'
-    f[#f + 1] = p .. 'not_before'
-  end
-  local v = redis.call('HMGET', KEYS[2], unpack(f))
-  for m = first, last do
-    local i = (m - first) * 6
-    local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
-    if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
-        now >= (tonumber(v[i + 6]) or 0) then
-      local _, visits = string.gsub(visited, '1', '')
-      local progress = (epoch - 1) * nshards + visits
-      local follows = true
-      if plan and plan ~= '' then
-        follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
-      end
-      if follows and (not best or progress < best_progress) then
-        best, best_progress = m, progress
-      end
+each_model(KEYS[2], nmodels, {'state', 'epoch', 'visited', 'plan', 'paused', 'not_before'}, function(m, v, i)
+  local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
+  if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
+      now >= (tonumber(v[i + 6]) or 0) then
+    local _, visits = string.gsub(visited, '1', '')
+    local progress = (epoch - 1) * nshards + visits
+    local follows = true
+    if plan and plan ~= '' then
+      follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
+    end
+    if follows and (not best or progress < best_progress) then
+      best, best_progress = m, progress
     end
   end
-end
+end)
 if not best then return {'none', done} end
 
 local deadline = int(now + tonumber(ARGV[3]))
 local p = int(best) .. '.'
 redis.call('HSET', KEYS[2], p .. 'state', 'leased', p .. 'token', ARGV[4], p .. 'worker', ARGV[2],
   p .. 'shard', int(k), p .. 'deadline', deadline)
-local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts')
-return {'leased', int(best), r[1], r[2], r[3], deadline, 0, r[4] or '0'}
+local r = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts', p .. 'spec')
+return {'leased', int(best), r[1], r[2], r[3], deadline, 0, r[4] or '0', s[7] or '', s[6], s[2], r[5] or ''}

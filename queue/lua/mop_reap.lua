@@ -29,33 +29,22 @@ end
 local max_stalls = tonumber(sw[2]) or 10
 local now = now_ms()
 local n = 0
-local chunk = 1000
-for first = 0, nmodels - 1, chunk do
-  local last = math.min(first + chunk, nmodels) - 1
-  local f = {}
-  for m = first, last do
-    f[#f + 1] = int(m) .. '.state'
-    f[#f + 1] = int(m) .. '.deadline'
-  end
-  local v = redis.call('HMGET', KEYS[2], unpack(f))
-  for m = first, last do
-    local i = (m - first) * 2
-    if v[i + 1] == 'leased' and now > tonumber(v[i + 2]) then
-      local p = int(m) .. '.'
-      redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '',
-        p .. 'deadline', '', p .. 'progress', '')
-      local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)
-      if stalls > max_stalls then
-        redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason',
-          string.format('stalled %d times: every worker that took it died or lost its lease', stalls))
-        if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and sw[3] ~= 'cancelled' then
-          redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
-        end
+each_model(KEYS[2], nmodels, {'state', 'deadline'}, function(m, v, i)
+  if v[i + 1] == 'leased' and now > tonumber(v[i + 2]) then
+    local p = int(m) .. '.'
+    redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '',
+      p .. 'deadline', '', p .. 'progress', '')
+    local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)
+    if stalls > max_stalls then
+      redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason',
+        string.format('stalled %d times: every worker that took it died or lost its lease', stalls))
+      if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and sw[3] ~= 'cancelled' then
+        redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
       end
-      n = n + 1
     end
+    n = n + 1
   end
-end
+end)
 
 -- Evaluations in flight are few (at most one per worker): read them all.
 local ne = 0

@@ -90,3 +90,25 @@ end
 local function eval_due(entry)
   return tonumber(string.match(entry, '^%d+ %d+ %d+ (%d+)$') or '0')
 end
+
+-- Calls visit(m, v, i) for every model m < n of a sweep's models hash, where
+-- v[i + j] is field names[j] of model m ("<m>.<name>"; false when absent).
+-- HMGET in chunks of 1000 models: unpack() of more than a few thousand
+-- values overflows the Lua C stack (mop_lease and mop_reap scan them all).
+local function each_model(models_key, n, names, visit)
+  local chunk, w = 1000, #names
+  for first = 0, n - 1, chunk do
+    local last = math.min(first + chunk, n) - 1
+    local f = {}
+    for m = first, last do
+      local p = int(m) .. '.'
+      for j = 1, w do
+        f[#f + 1] = p .. names[j]
+      end
+    end
+    local v = redis.call('HMGET', models_key, unpack(f))
+    for m = first, last do
+      visit(m, v, (m - first) * w)
+    end
+  end
+end
