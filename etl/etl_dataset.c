@@ -51,6 +51,9 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
         char dir[4096], path[4200];
         if ((rc = cds_layout_shard_dir(dir, sizeof dir, p->staging, t->split, t->shard, err)) != 0)
             break;
+        char rel[256]; /* the shard as the version's hash names it: <split>/shard-<k> */
+        if ((rc = cds_layout_split_shard(rel, sizeof rel, t->split, t->shard, err)) != 0)
+            break;
         snprintf(path, sizeof path, "%s/manifest.json", dir);
         json_t *m;
         if ((rc = read_manifest(path, &m, err)) != 0)
@@ -60,7 +63,7 @@ static int compute_version(const etl_plan *p, char version[65], json_t *splits, 
             const json_t *entry = json_object_get(json_object_get(m, "files"), files[f]);
             const char *sum = json_string_value(json_object_get(entry, "xxh128"));
             char line[4200];
-            int n = snprintf(line, sizeof line, "%s/shard-%d/%s %s\n", t->split, t->shard, files[f], sum ? sum : "");
+            int n = snprintf(line, sizeof line, "%s/%s %s\n", rel, files[f], sum ? sum : "");
             EVP_DigestUpdate(md, line, (size_t)n);
         }
         json_t *sp = json_object_get(splits, t->split);

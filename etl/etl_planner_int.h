@@ -6,6 +6,10 @@
 #ifndef CDS_ETL_PLANNER_INT_H
 #define CDS_ETL_PLANNER_INT_H
 
+#ifndef CDS_ETL_INTERNAL
+#error "etl_planner_int.h is private to etl/: include etl_queue.h, etl_unload.h, etl_dataset_record.h and the other public etl headers (a white-box test under tests/ adds c_args : etl_private_args)"
+#endif
+
 #include "etl_plan_int.h"
 
 /* ---- etl_pq.c ----------------------------------------------------------- */

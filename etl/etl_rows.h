@@ -3,6 +3,10 @@
 #ifndef CDS_ETL_ROWS_H
 #define CDS_ETL_ROWS_H
 
+#ifndef CDS_ETL_INTERNAL
+#error "etl_rows.h is private to etl/: include etl_queue.h, etl_unload.h, etl_dataset_record.h and the other public etl headers (a white-box test under tests/ adds c_args : etl_private_args)"
+#endif
+
 #include "etl_copy.h"
 #include "etl_plan_int.h"
 #include "etl_shard.h"

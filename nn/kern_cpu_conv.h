@@ -4,6 +4,10 @@
 #ifndef CDS_KERN_CPU_CONV_H
 #define CDS_KERN_CPU_CONV_H
 
+#ifndef CDS_NN_INTERNAL
+#error "kern_cpu_conv.h is private to nn/: include nn_model.h, nn_train.h, nn_ops.h and the other public nn headers (a white-box test under tests/ adds c_args : nn_private_args)"
+#endif
+
 #include <stddef.h>
 
 #include "nn_geom.h"

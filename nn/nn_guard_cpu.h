@@ -4,6 +4,10 @@
 #ifndef CDS_NN_GUARD_CPU_H
 #define CDS_NN_GUARD_CPU_H
 
+#ifndef CDS_NN_INTERNAL
+#error "nn_guard_cpu.h is private to nn/: include nn_model.h, nn_train.h, nn_ops.h and the other public nn headers (a white-box test under tests/ adds c_args : nn_private_args)"
+#endif
+
 #include <stddef.h>
 
 typedef struct nn_guard nn_guard;

@@ -24,6 +24,10 @@
 #ifndef CDS_NN_KERN_CPU_H
 #define CDS_NN_KERN_CPU_H
 
+#ifndef CDS_NN_INTERNAL
+#error "nn_kern_cpu.h is private to nn/: include nn_model.h, nn_train.h, nn_ops.h and the other public nn headers (a white-box test under tests/ adds c_args : nn_private_args)"
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -8,6 +8,10 @@
 #ifndef CDS_NN_MODEL_INT_H
 #define CDS_NN_MODEL_INT_H
 
+#ifndef CDS_NN_INTERNAL
+#error "nn_model_int.h is private to nn/: include nn_model.h, nn_train.h, nn_ops.h and the other public nn headers (a white-box test under tests/ adds c_args : nn_private_args)"
+#endif
+
 #include "nn_backend.h"
 #include "nn_model.h"
 

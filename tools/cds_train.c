@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cds_cli.h"
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "nn_par.h"
 #include "nn_train.h"
@@ -45,16 +46,9 @@ static void usage(FILE *out)
           out);
 }
 
-static int shard_number(const char *name)
-{
-    int k;
-    char tail;
-    return sscanf(name, "shard-%d%c", &k, &tail) == 1 && k >= 0 ? k : -1;
-}
-
 static int by_index(const void *a, const void *b)
 {
-    return shard_number(*(char *const *)a) - shard_number(*(char *const *)b);
+    return cds_layout_shard_index(*(char *const *)a) - cds_layout_shard_index(*(char *const *)b);
 }
 
 /* Adds DIR if it is a shard, or its shard-K children (in K order) if it is a
@@ -68,7 +62,7 @@ static int add_shards(const cds_cli *cli, shard_list *l, const char *dir)
         if (l->n == MAX_SHARDS)
             return cds_cli_usage(cli, "more than %d shards: give fewer --data and --valid directories", MAX_SHARDS);
         l->dir[l->n] = strdup(dir);
-        l->index[l->n] = shard_number(base) >= 0 ? shard_number(base) : l->n;
+        l->index[l->n] = cds_layout_shard_index(base) >= 0 ? cds_layout_shard_index(base) : l->n;
         l->n++;
         return 0;
     }
@@ -82,7 +76,7 @@ static int add_shards(const cds_cli *cli, shard_list *l, const char *dir)
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d)) && n < MAX_SHARDS)
-        if (shard_number(e->d_name) >= 0)
+        if (cds_layout_shard_index(e->d_name) >= 0)
             names[n++] = strdup(e->d_name);
     closedir(d);
     qsort(names, (size_t)n, sizeof *names, by_index);
@@ -92,7 +86,7 @@ static int add_shards(const cds_cli *cli, shard_list *l, const char *dir)
         if (rc == 0 && l->n < MAX_SHARDS) {
             snprintf(path, sizeof path, "%s/%s", dir, names[i]);
             l->dir[l->n] = strdup(path);
-            l->index[l->n++] = shard_number(names[i]);
+            l->index[l->n++] = cds_layout_shard_index(names[i]);
         }
         free(names[i]);
     }

@@ -2,15 +2,11 @@
  * sweep ids that replay shares with it.
  *
  * A sweep is expanded here (sweep_spec.h), pinned to its dataset's version
- * and shard count read from the dataset record, and created in Redis in one
- * call (queue_sweep_create); workers take its models from there.  Two pieces
- * stand alone on purpose, each in one small function, because the modules
- * that own the records will offer them: read_dataset_record (with
- * record_shards) reads the dataset record, which etl_queue.c writes, and
- * pin_dataset decides from what it read; next_sweep_seq runs the INCR of the sweep id
- * counter (queue.h has no counter call yet, so it uses queue_int.h).  A
- * --unique sweep whose key a live sweep holds prints that sweep's id and
- * exits 0, for cron. */
+ * and shard count read from the dataset record (etl_dataset_record.h, its
+ * one owner), and created in Redis in one call (queue_sweep_create); workers
+ * take its models from there.  Sweep ids are checked and drawn by queue
+ * (queue_sweep_id_check, queue_sweep_new_id).  A --unique sweep whose key a
+ * live sweep holds prints that sweep's id and exits 0, for cron. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,18 +14,17 @@
 
 #include "jobctl.h"
 #include "cds_util.h"
-#include "queue_int.h" /* qc_take: INCR of the sweep id counter (queue.h has no counter call) */
+#include "etl_dataset_record.h"
 #include "queue_mop.h"
 #include "sweep_spec.h"
 
 /* ---- enqueue sweep ------------------------------------------------------- */
 
 #define SWEEP_SUMMARY_LINES 64 /* model lines printed on stderr; the rest are counted */
-#define SWEEP_ID_TRIES 100     /* counter values skipped when --id sweeps already took them */
 
 /* What a sweep pins of its dataset record. */
 typedef struct pinned_dataset {
-    char version[72]; /* "" while the dataset is loading: the workers wait for ready */
+    char version[QUEUE_MOP_VERSION_MAX]; /* "" while the dataset is loading: the workers wait for ready */
     int shards;       /* K: the train split's shards */
     int loading;
 } pinned_dataset;
@@ -44,128 +39,54 @@ static int refuse_job_options(const jobctl *j, const enqueue_args *a)
 
 int jobctl_check_sweep_id(const jobctl *j, const char *id)
 {
-    size_t n = strlen(id);
-    if (n >= 1 && n < QUEUE_SWEEP_ID_MAX &&
-        strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n)
+    cds_err err;
+    if (queue_sweep_id_check(id, &err) == 0)
         return 0;
-    return jobctl_fail(j, EXIT_USAGE, "bad sweep id '%.40s': use 1 to %d letters, digits, '_' or '-' (or leave out --id)",
-                id, QUEUE_SWEEP_ID_MAX - 1);
+    return jobctl_fail(j, EXIT_USAGE, "%s (or leave out --id)", err.msg);
 }
 
-/* K from a dataset record: the train split's shard count once the dataset
- * is ready (its "splits"), else the shards per split its ETL spec asked for. */
-static int record_shards(const json_t *rec)
-{
-    int64_t k = 0;
-    json_t *splits = json_loads(json_string_value(json_object_get(rec, "splits")) ?: "", 0, NULL);
-    json_t *train = json_object_get(json_object_get(splits, "train"), "shards");
-    if (json_is_integer(train))
-        k = json_integer_value(train);
-    else if (cds_parse_i64(json_string_value(json_object_get(rec, "shards")) ?: "", 1, INT32_MAX, &k) != 0)
-        k = 0;
-    json_decref(splits);
-    return k >= 1 && k <= INT32_MAX ? (int)k : 0;
-}
-
-/* What jobctl reads of a dataset record. */
-typedef struct dataset_record {
-    char state[16];   /* loading, ready, failed ("" if missing) */
-    char version[72]; /* "" until ready; longer ones are cut and refused */
-    char error[CDS_ERR_MAX]; /* why it failed */
-    int shards;       /* record_shards; 0 if unknown */
-    int version_fits; /* the version was not cut */
-} dataset_record;
-
-/* Reads <prefix>dataset:<name>, which etl_queue.c writes; the one place
- * jobctl parses that record (an etl/ API reading it will replace this).
- * Returns 0, QUEUE_NOT_FOUND, or another queue error (err set). */
-static int read_dataset_record(queue_conn *q, const char *name, dataset_record *r, cds_err *err)
-{
-    char rec_name[200];
-    snprintf(rec_name, sizeof rec_name, "dataset:%s", name);
-    json_t *rec = NULL;
-    int qrc = queue_record_get(q, rec_name, &rec, err);
-    if (qrc != 0)
-        return qrc;
-    const char *version = json_string_value(json_object_get(rec, "version")) ?: "";
-    memset(r, 0, sizeof *r);
-    snprintf(r->state, sizeof r->state, "%s", json_string_value(json_object_get(rec, "state")) ?: "");
-    snprintf(r->version, sizeof r->version, "%s", version);
-    snprintf(r->error, sizeof r->error, "%s", json_string_value(json_object_get(rec, "error")) ?: "no reason recorded");
-    r->version_fits = strlen(version) < sizeof r->version;
-    r->shards = record_shards(rec);
-    json_decref(rec);
-    return 0;
-}
-
-/* Pins the version and shard count of dataset name; refuses a dataset that
- * is unknown or failed (exit 1). */
+/* Pins the version and shard count of dataset name from its record;
+ * refuses a dataset that is unknown or failed (exit 1). */
 static int pin_dataset(const jobctl *j, queue_conn *q, const char *name, pinned_dataset *d)
 {
     cds_err err;
-    dataset_record r;
-    int qrc = read_dataset_record(q, name, &r, &err);
+    etl_dataset_record r;
+    int qrc = etl_dataset_record_read(q, name, &r, &err);
     if (qrc == QUEUE_NOT_FOUND)
         return jobctl_fail(j, EXIT_REFUSED, "no dataset %s under prefix %s (load it first: jobctl enqueue etl --spec "
                                             "FILE.json with \"dataset\": \"%s\")", name, queue_prefix(q), name);
     if (qrc != 0)
         return jobctl_op_failed(j, q, qrc, &err);
     memset(d, 0, sizeof *d);
-    d->shards = r.shards;
-    d->loading = strcmp(r.state, "loading") == 0;
-    if (strcmp(r.state, "failed") == 0)
-        return jobctl_fail(j, EXIT_REFUSED, "dataset %s failed to load: %s (fix the cause and run jobctl enqueue etl "
-                                            "again)", name, r.error);
-    if (!d->loading && (strcmp(r.state, "ready") != 0 || !r.version[0] || !r.version_fits))
-        return jobctl_fail(j, EXIT_REFUSED, "dataset %s is in state '%.20s' with version '%.16s': a sweep needs it "
-                                            "ready or loading (see redis-cli HGETALL %sdataset:%s)", name, r.state,
-                           r.version, queue_prefix(q), name);
-    if (d->shards == 0)
-        return jobctl_fail(j, EXIT_REFUSED, "dataset %s has no train shard count in its record (reload it with jobctl "
-                                            "enqueue etl)", name);
-    if (!d->loading)
+    d->shards = r.train_shards;
+    d->loading = r.state == ETL_DATASET_LOADING;
+    int rc = 0;
+    if (r.state == ETL_DATASET_FAILED)
+        rc = jobctl_fail(j, EXIT_REFUSED, "dataset %s failed to load: %s (fix the cause and run jobctl enqueue etl "
+                                          "again)", name, r.error[0] ? r.error : "no reason recorded");
+    else if (!d->loading && (r.state != ETL_DATASET_READY || !r.version[0] || strlen(r.version) >= sizeof d->version))
+        rc = jobctl_fail(j, EXIT_REFUSED, "dataset %s is in state '%.20s' with version '%.16s': a sweep needs it "
+                                          "ready or loading (see redis-cli HGETALL %sdataset:%s)", name, r.state_text,
+                         r.version, queue_prefix(q), name);
+    else if (d->shards == 0)
+        rc = jobctl_fail(j, EXIT_REFUSED, "dataset %s has no train shard count in its record (reload it with jobctl "
+                                          "enqueue etl)", name);
+    else if (!d->loading)
         snprintf(d->version, sizeof d->version, "%s", r.version);
-    return 0;
+    etl_dataset_record_free(&r);
+    return rc;
 }
 
-/* INCR <prefix>sweep:seq: the one raw Redis command of jobctl (queue.h has
- * no counter call yet; a queue API will replace this).  Returns 0 with *n,
- * or -1 (err set, or *n < 1 when the key holds no counter). */
-static int next_sweep_seq(queue_conn *q, long long *n, cds_err *err)
-{
-    qargs cmd;
-    qargs_init(&cmd);
-    qargs_add(&cmd, "INCR");
-    qargs_key(&cmd, q, "sweep:seq");
-    redisReply *r = qc_take(q, &cmd, err);
-    if (!r)
-        return -1;
-    *n = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-    freeReplyObject(r);
-    return 0;
-}
-
-/* "s" + the next counter value, skipping values a --id sweep already took. */
+/* The next free s<N> (queue_sweep_new_id). */
 int jobctl_new_sweep_id(const jobctl *j, queue_conn *q, char id[QUEUE_SWEEP_ID_MAX])
 {
     cds_err err;
-    for (int t = 0; t < SWEEP_ID_TRIES; t++) {
-        long long n;
-        if (next_sweep_seq(q, &n, &err) != 0)
-            return jobctl_op_failed(j, q, -1, &err);
-        if (n < 1)
-            return jobctl_fail(j, EXIT_REFUSED, "%ssweep:seq does not hold a counter (delete it or give --id)",
-                               queue_prefix(q));
-        snprintf(id, QUEUE_SWEEP_ID_MAX, "s%lld", n);
-        json_t *existing = NULL;
-        int qrc = queue_sweep_get(q, id, &existing, &err);
-        json_decref(existing);
-        if (qrc == QUEUE_NOT_FOUND)
-            return 0;
-        if (qrc != 0)
-            return jobctl_op_failed(j, q, qrc, &err);
-    }
-    return jobctl_fail(j, EXIT_REFUSED, "sweep ids s<N> up to %s are all taken (give --id)", id);
+    int qrc = queue_sweep_new_id(q, id, &err);
+    if (qrc == QUEUE_MOP_NO_ID)
+        return jobctl_fail(j, EXIT_REFUSED, "%s (--id ID)", err.msg);
+    if (qrc != 0)
+        return jobctl_op_failed(j, q, qrc, &err);
+    return 0;
 }
 
 static void print_sweep(const jobctl *j, const sweep_spec *s, const char *id, const pinned_dataset *d)

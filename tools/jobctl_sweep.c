@@ -5,7 +5,7 @@
  * the text views format, so scripts and people see the same numbers.  The
  * --follow log (jobctl_sweep_print_news) compares two such documents; the
  * learning curves (jobctl_sweep_plot) are drawn from one by gnuplot.
- * Retrying a model and replaying a sweep are in jobctl_sweep_rerun.c. */
+ * Retrying a model is in jobctl_sweep_rerun.c; a replay is queue_sweep_replay. */
 #include "jobctl_sweep.h"
 
 #include <errno.h>

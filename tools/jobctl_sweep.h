@@ -51,11 +51,6 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err);
  * *epoch the epoch the model trains next. */
 int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *from, char *from_path, int *epoch,
                        cds_err *err);
-/* Creates sweep new_id that trains the models of orig again, each visiting
- * its shards in the order the original's schedule recorded (so, with the
- * same seeds and thread counts, its checkpoints come out bit-identical).
- * Only a sweep whose every model finished can be replayed. */
-int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err);
 
 /* The string of field fmt (with %d: model m) of a hash read as JSON. */
 static inline const char *jobctl_sweep_field(const json_t *o, const char *fmt, int m)

@@ -453,7 +453,7 @@ int jobctl_cmd_replay(jobctl *j, int argc, char **argv)
     else
         rc = jobctl_new_sweep_id(j, q, id);
     cds_err err;
-    int qrc = rc == 0 ? jobctl_sweep_replay(q, orig, id, &err) : 0;
+    int qrc = rc == 0 ? queue_sweep_replay(q, orig, id, &err) : 0;
     if (rc == 0 && qrc != 0)
         rc = jobctl_op_failed(j, q, qrc, &err);
     else if (rc == 0)

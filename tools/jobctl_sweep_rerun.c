@@ -1,14 +1,12 @@
-/* jobctl_sweep_rerun: training a sweep's models again: retry a failed
- * model (jobctl retry SWEEP/MODEL [--from ...]) and replay a finished sweep
- * (jobctl replay).
+/* jobctl_sweep_rerun: training a failed model again (jobctl retry
+ * SWEEP/MODEL [--from ...]).
  *
- * Both read the sweep's schedule ("m epoch shard version worker" per
+ * It reads the sweep's schedule ("m epoch shard version worker" per
  * committed visit).  retry --from resolves best / epoch-N / vN to a kept
  * checkpoint, checks that file (read, CRC verified) before anything changes,
  * and sets the later epochs' files aside while the model is put back, so a
- * refused retry restores them.  replay rebuilds each model's visiting order
- * from the schedule and creates a new sweep that follows it, so with the
- * same worker --threads its checkpoints are bit-identical. */
+ * refused retry restores them.  A replay is built by queue
+ * (queue_sweep_replay), which owns the schedule and the visit plans. */
 #include "jobctl_sweep.h"
 
 #include <errno.h>
@@ -17,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cds_layout.h"
 #include "cds_util.h"
 #include "nn_ckpt.h"
 #include "queue_mop.h"
@@ -107,14 +106,16 @@ static int resolve_from(queue_conn *q, const char *sweep, int m, const char *fro
         rc = cds_errf(err, "model %d of sweep %s never finished epoch %d: nothing of it is kept", m, sweep, e);
         goto out;
     }
-    int dl = (int)(slash - ckpt);
-    snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/best-e%d.ckpt", dl, ckpt, e);
-    if (access(path, F_OK) != 0)
-        snprintf(path, QUEUE_MOP_PATH_MAX, "%.*s/epoch-%d.ckpt", dl, ckpt, e);
+    char dir[QUEUE_MOP_PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - ckpt), ckpt);
+    if ((rc = cds_layout_best_ckpt(path, QUEUE_MOP_PATH_MAX, dir, e, err)) != 0)
+        goto out;
+    if (access(path, F_OK) != 0 && (rc = cds_layout_epoch_ckpt(path, QUEUE_MOP_PATH_MAX, dir, e, err)) != 0)
+        goto out;
     if (access(path, F_OK) != 0) {
-        rc = cds_errf(err, "no kept checkpoint of epoch %d of model %d under %.*s (only the best epoch's and those "
+        rc = cds_errf(err, "no kept checkpoint of epoch %d of model %d under %s (only the best epoch's and those "
                            "waiting for evaluation are kept; or DATA_ROOT is not mounted here: run jobctl retry where "
-                           "it is)", e, m, dl, ckpt);
+                           "it is)", e, m, dir);
         goto out;
     }
     nn_ckpt c;
@@ -142,9 +143,13 @@ static void set_aside_later_epochs(const char *path, int from_epoch, int epochs,
     const char *slash = strrchr(path, '/');
     if (!slash)
         return;
+    char dir[QUEUE_MOP_PATH_MAX];
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
     for (int e = from_epoch + 1; e <= epochs; e++) {
         char f[QUEUE_MOP_PATH_MAX + 32], aside[QUEUE_MOP_PATH_MAX + 48];
-        snprintf(f, sizeof f, "%.*s/epoch-%d.ckpt", (int)(slash - path), path, e);
+        cds_err err;
+        if (cds_layout_epoch_ckpt(f, sizeof f, dir, e, &err) != 0)
+            return; /* a name that does not fit was never written */
         snprintf(aside, sizeof aside, "%s.retried", f);
         if (how == 0)
             rename(f, aside);
@@ -178,79 +183,5 @@ int jobctl_sweep_retry(queue_conn *q, const char *sweep, int model, const char *
     int rc = queue_mop_retry_model(q, sweep, model, path[0] ? path : NULL, from_epoch, version, epoch, err);
     if (path[0])
         set_aside_later_epochs(path, from_epoch, epochs, rc == 0 ? 1 : 2);
-    return rc;
-}
-
-/* ---- replay ------------------------------------------------------------------ */
-
-int jobctl_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_err *err)
-{
-    json_t *sw = NULL, *models = NULL;
-    char **lines = NULL, **plans = NULL;
-    const char **specs = NULL;
-    size_t n_lines = 0;
-    int rc = queue_sweep_get(q, orig, &sw, err);
-    if (rc != 0)
-        return rc;
-    int M = jobctl_sweep_int_field(sw, "models", 0), E = jobctl_sweep_int_field(sw, "epochs", 0), K = jobctl_sweep_int_field(sw, "shards", 0);
-    if (jobctl_sweep_int_field(sw, "format", 1) < 2) {
-        rc = cds_errf(err, "sweep %s was recorded by an older version that numbered epochs from 0: it cannot be "
-                           "replayed (enqueue its spec again as a new sweep)", orig);
-        goto out;
-    }
-    if (queue_mop_models(q, orig, &models, err) != 0 || queue_mop_schedule(q, orig, &lines, &n_lines, err) != 0) {
-        rc = -1;
-        goto out;
-    }
-    plans = calloc((size_t)M, sizeof *plans);
-    specs = calloc((size_t)M, sizeof *specs);
-    size_t per = (size_t)E * K * 4 + 1;
-    for (int m = 0; plans && m < M; m++)
-        plans[m] = calloc(per, 1);
-    for (int m = 0; specs && m < M; m++)
-        if (!(specs[m] = jobctl_sweep_field(models, "%d.spec", m)) || !plans[m]) {
-            rc = cds_errf(err, "sweep %s: model %d has no spec in Redis", orig, m);
-            goto out;
-        }
-    if (!plans || !specs) {
-        rc = cds_err_nomem(err, "out of memory");
-        goto out;
-    }
-    /* A model's visits are one at a time, so its entries in the commit
-     * order are its visit order. */
-    for (size_t i = 0; i < n_lines; i++) {
-        int m, e, k;
-        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K) {
-            rc = cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
-            goto out;
-        }
-        if (strlen(plans[m]) + 4 >= per) {
-            rc = cds_errf(err, "sweep %s: model %d visited more than its %d shards x epochs (it was retried from an "
-                               "older checkpoint): its visit order cannot be replayed", orig, m, E * K);
-            goto out;
-        }
-        snprintf(plans[m] + strlen(plans[m]), 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
-    }
-    for (int m = 0; m < M; m++)
-        if (strlen(plans[m]) != per - 1) {
-            rc = cds_errf(err, "sweep %s: model %d committed %zu of its %d visits (state %s): only a finished model "
-                               "can be replayed", orig, m, strlen(plans[m]) / 4, E * K,
-                          jobctl_sweep_field(models, "%d.state", m) ?: "?");
-            goto out;
-        }
-    queue_sweep_def def = {.id = new_id, .dataset = json_string_value(json_object_get(sw, "dataset")),
-                           .dataset_version = json_string_value(json_object_get(sw, "dataset_version")) ?: "",
-                           .shards = K, .epochs = E, .models = M, .model_specs = specs,
-                           .spec_json = json_string_value(json_object_get(sw, "spec")),
-                           .plans = (const char *const *)plans, .replay_of = orig};
-    rc = queue_sweep_create(q, &def, NULL, err);
-out:
-    for (int m = 0; plans && m < M; m++)
-        free(plans[m]);
-    free(plans);
-    free(specs);
-    queue_sweep_list_free(lines, n_lines);
-    json_decref(models);
-    json_decref(sw);
     return rc;
 }

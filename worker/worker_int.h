@@ -9,6 +9,10 @@
 #ifndef CDS_WORKER_INT_H
 #define CDS_WORKER_INT_H
 
+#ifndef CDS_WORKER_INTERNAL
+#error "worker_int.h is private to worker/: include worker.h (a white-box test under tests/ adds c_args : worker_private_args)"
+#endif
+
 #include <pthread.h>
 #include <signal.h>
 

@@ -8,7 +8,9 @@
  *             (short, and its metrics are what people wait for, so they
  *             land as epochs end; any worker may take it);
  *   visit     a model of some sweep that has not visited shard k this epoch
- *             (one Lua call, queue_mop_lease_model): one sub-epoch on it;
+ *             (one Lua call, queue_mop_lease_visit, which also answers the
+ *             dataset, the shard count and the model's spec): one
+ *             sub-epoch on it;
  *   orphan    the same for a shard whose worker has been gone for the grace
  *             period (DATA_ROOT is shared);
  *   test      the scoring of a done sweep's chosen model on the test split.
@@ -29,42 +31,19 @@
 #include "cds_util.h"
 #include "worker_mop_int.h"
 
-/* ==== LEASE FIELDS: the two round trips after a lease ======================
- * The lease script (queue_mop_lease_model) does not yet return what a visit
- * needs besides the lease itself, so two calls follow it right here: the
- * sweep's dataset and shard count (queue_sweep_get, worker_mop_sweep_info)
- * and the model's spec (queue_mop_model_spec).  Once queue_mop_lease
- * carries the dataset, its version, the shard count and the model spec,
- * this function fills v from the lease instead and both calls go; nothing
- * else in the worker reads them.  *spec: malloc'd, for the caller to free. */
-static int visit_details(worker *w, worker_visit *v, char **spec, cds_err *err)
-{
-    *spec = NULL;
-    if (worker_mop_sweep_info(w, v->sweep, v->dataset, sizeof v->dataset, &v->shards, err) != 0 ||
-        WITH_RECONNECT(w, queue_mop_model_spec(w->q, v->sweep, v->lease.model, spec, err)) != 0)
-        return -1;
-    v->spec = *spec;
-    return 0;
-}
-/* ==== end of LEASE FIELDS ================================================== */
-
 /* Runs the visit whose lease v holds, by the runner its model needs, with
  * the lease in the slot for the heartbeat to renew. */
 static void run_visit(worker *w, worker_visit *v)
 {
-    cds_err err;
-    char what[64], *spec = NULL;
+    char what[64];
     snprintf(what, sizeof what, "%s/%d", v->sweep, v->lease.model);
     worker_set_current(w, what);
     worker_slot_set(w, v->sweep, &v->lease);
-    int64_t sleep_ms;
-    if (visit_details(w, v, &spec, &err) != 0)
-        worker_visit_failed(w, v, &err, 0, NULL);
-    else if ((sleep_ms = worker_mop_sleep_ms(spec)) >= 0)
+    int64_t sleep_ms = worker_mop_sleep_ms(v->lease.spec);
+    if (sleep_ms >= 0)
         worker_mop_sleep_visit(w, v, sleep_ms);
     else
         worker_mop_train_visit(w, v);
-    free(spec);
     worker_slot_set(w, NULL, NULL);
     worker_set_current(w, NULL);
 }
@@ -113,7 +92,7 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
     for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
         worker_visit v = {.w = w, .sweep = ids[i]};
         int done = 0;
-        int rc = WITH_RECONNECT(w, queue_mop_lease_model(w->q, ids[i], shard, w->cfg->id, w->cfg->lease_ms, &v.lease,
+        int rc = WITH_RECONNECT(w, queue_mop_lease_visit(w->q, ids[i], shard, w->cfg->id, w->cfg->lease_ms, &v.lease,
                                                          &done, &err));
         if (rc < 0) {
             cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a model for shard %d: %s", ids[i], shard, err.msg);
@@ -125,6 +104,9 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
         }
         if (rc == 1) {
             run_visit(w, &v);
+            /* After the slot let go of it: the heartbeat's copy of the
+             * lease shares the spec and never frees it. */
+            queue_mop_lease_clear(&v.lease);
             return 1;
         }
     }

@@ -5,6 +5,10 @@
 #ifndef CDS_WORKER_MOP_H
 #define CDS_WORKER_MOP_H
 
+#ifndef CDS_WORKER_INTERNAL
+#error "worker_mop.h is private to worker/: include worker.h (a white-box test under tests/ adds c_args : worker_private_args)"
+#endif
+
 #include "worker_int.h"
 
 /* MOP (worker_mop.c): one sub-epoch on the worker's shard if some sweep has a

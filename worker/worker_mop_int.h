@@ -14,17 +14,20 @@
 #ifndef CDS_WORKER_MOP_INT_H
 #define CDS_WORKER_MOP_INT_H
 
+#ifndef CDS_WORKER_INTERNAL
+#error "worker_mop_int.h is private to worker/: include worker.h (a white-box test under tests/ adds c_args : worker_private_args)"
+#endif
+
 #include "nn_train.h"
 #include "worker_mop.h"
 
-/* A visit: the lease in hand and what it needs besides the lease. */
+/* A visit: the lease in hand, which carries what the visit needs besides
+ * the model (queue_mop_lease_visit): lease.dataset, lease.shards (K: a visit
+ * that makes the model's visited count K ends its epoch), lease.spec. */
 typedef struct worker_visit {
     worker *w;
     const char *sweep;
     queue_mop_lease lease;
-    char dataset[256];
-    int shards;       /* K: a visit that makes the model's visited count K ends its epoch */
-    const char *spec; /* the model's spec (JSON) */
 } worker_visit;
 
 /* ---- worker_mop_lease.c ---- */

@@ -147,7 +147,7 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
 void worker_mop_train_visit(worker *w, worker_visit *v)
 {
     cds_err err;
-    nn_trainer *t = load_model(v, v->spec, &err);
+    nn_trainer *t = load_model(v, v->lease.spec, &err);
     if (!t) {
         char note[2 * QUEUE_MOP_PATH_MAX] = "";
         if (v->lease.version > 0 && !cds_err_is_nomem(&err))
@@ -162,7 +162,7 @@ void worker_mop_train_visit(worker *w, worker_visit *v)
                  v->sweep, v->lease.model, (long long)nn_trainer_epoch(t) + 1, v->lease.epoch);
     char dir[4096];
     nn_pass_stats st;
-    int rc = cds_layout_dataset_shard(dir, sizeof dir, w->cfg->data_root, v->dataset, "train", v->lease.shard, &err);
+    int rc = cds_layout_dataset_shard(dir, sizeof dir, w->cfg->data_root, v->lease.dataset, "train", v->lease.shard, &err);
     if (rc == 0)
         rc = nn_trainer_train_shard(t, dir, v->lease.shard, worker_visit_should_stop, w, &st, &err);
     if (rc == NN_TRAIN_DIVERGED) {
@@ -176,7 +176,7 @@ void worker_mop_train_visit(worker *w, worker_visit *v)
     } else if (rc != 0) {
         worker_visit_failed(w, v, &err, 0, NULL);
     } else {
-        int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->shards;
+        int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->lease.shards;
         if (epoch_end)
             nn_trainer_end_epoch(t);
         publish(w, v, t, &st, epoch_end);

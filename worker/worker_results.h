@@ -6,6 +6,10 @@
 #ifndef CDS_WORKER_RESULTS_H
 #define CDS_WORKER_RESULTS_H
 
+#ifndef CDS_WORKER_INTERNAL
+#error "worker_results.h is private to worker/: include worker.h (a white-box test under tests/ adds c_args : worker_private_args)"
+#endif
+
 #include "worker_int.h"
 
 /* cds_results in the dataset's database (worker_results_db.c), through a
