@@ -78,26 +78,21 @@ typedef struct ck_writer {
     cds_err first_err;
 } ck_writer;
 
-static const char *write_hint(int e)
+/* The fix for a failed write of errno e (cds_err_io_hint's table), in buf. */
+static const char *write_hint(int e, char *buf, size_t n)
 {
-    switch (e) {
-    case ENOSPC: case EDQUOT: return "free some space or checkpoint to another directory";
-    case EFBIG: return "the file size limit (ulimit -f) or the filesystem's largest file was reached; raise the limit";
-    case EIO: return "the disk reported an I/O error; check it, then retry";
-    case EROFS: return "the filesystem is read-only; checkpoint to another directory";
-    case EACCES: case EPERM: return "this user may not write there; fix the permissions or choose another directory";
-    case ENOENT: return "the directory does not exist; create it or fix the path";
-    case ENOTDIR: return "a part of the path is not a directory; fix the path";
-    default: return "check the filesystem, then retry";
-    }
+    static const cds_io_hints where = {.fs = "the checkpoint's filesystem",
+                                       .elsewhere = "checkpoint to another directory", .again = "retry"};
+    return cds_err_io_hint(e, &where, buf, n);
 }
 
 static int w_fail(ck_writer *w, const char *doing, int e)
 {
     if (!w->failed) {
+        char hint[200];
         w->failed = 1;
         cds_errf(&w->first_err, "saving checkpoint %s: %s %s at byte %llu: %s (%s)", w->path, doing, w->tmp,
-                 (unsigned long long)w->written, strerror(e), write_hint(e));
+                 (unsigned long long)w->written, strerror(e), write_hint(e, hint, sizeof hint));
     }
     return -1;
 }
@@ -413,7 +408,9 @@ int nn_ckpt_save_with(const char *path, const nn_ckpt *c, const nn_ckpt_save_opt
     w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w.fd < 0) {
         int e = errno;
-        cds_errf(err, "saving checkpoint %s: cannot create %s: %s (%s)", path, tmp, strerror(e), write_hint(e));
+        char hint[200];
+        cds_errf(err, "saving checkpoint %s: cannot create %s: %s (%s)", path, tmp, strerror(e),
+                 write_hint(e, hint, sizeof hint));
         goto out;
     }
     created = 1;
@@ -424,8 +421,9 @@ int nn_ckpt_save_with(const char *path, const nn_ckpt *c, const nn_ckpt_save_opt
     }
     if (rename(tmp, path) != 0) {
         int e = errno;
+        char hint[200];
         cds_errf(err, "saving checkpoint %s: cannot rename %s over it: %s (%s)", path, tmp, strerror(e),
-                 e == EISDIR ? "the path is a directory; choose a file name" : write_hint(e));
+                 e == EISDIR ? "the path is a directory; choose a file name" : write_hint(e, hint, sizeof hint));
         goto out;
     }
     created = 0; /* renamed: nothing to remove */

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_json.h"
 #include "nn_ops.h"
 
 /* ---------------------------------------------------------------- building */
@@ -429,27 +430,11 @@ static int spec_number(json_t *o, const char *field, double def, double lo, doub
 static const char *const known_fields[] = {"arch", "input", "sparse", "classes", "width", "hidden", "dropout",
                                            "bn_momentum", "bn_eps", NULL};
 
-static int spec_check_fields(json_t *o, cds_err *err)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(o, k, v) {
-        int known = 0;
-        for (int i = 0; known_fields[i]; i++)
-            known |= strcmp(k, known_fields[i]) == 0;
-        if (!known)
-            return cds_errf(err, "model spec: unknown field \"%s\" (known: arch, input, sparse, classes, width, "
-                                 "hidden, dropout, bn_momentum, bn_eps)", k);
-    }
-    (void)v;
-    return 0;
-}
-
 static int spec_parse(nn_model *m, json_t *o, int *hidden, int *n_hidden, cds_err *err)
 {
     if (!json_is_object(o))
         return cds_errf(err, "model spec: must be a JSON object (see docs/models.md)");
-    if (spec_check_fields(o, err) != 0)
+    if (cds_json_check_fields(o, "model spec $", known_fields, "see docs/models.md", err) != 0)
         return -1;
     const char *arch = json_string_value(json_object_get(o, "arch"));
     static const char *const archs[] = {"mlp", "cnn", "resnet18", "resnet34", "resnet50", "vgg11", "vgg16", NULL};

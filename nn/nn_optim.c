@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_json.h"
 #include "nn_ops.h"
 #include "nn_par.h" /* after nn_ops.h: cblas.h brings <complex.h> and its I */
 
@@ -126,23 +127,8 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
     return cds_errf(err, "train spec: \"schedule\".\"kind\" \"%s\" is not constant, step or cosine", kind);
 }
 
-static int cfg_check_fields(json_t *o, cds_err *err)
-{
-    static const char *const known[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                        "seed", "schedule", "normalize", "lazy", NULL};
-    const char *k;
-    json_t *v;
-    json_object_foreach(o, k, v) {
-        int found = 0;
-        for (int i = 0; known[i]; i++)
-            found |= strcmp(k, known[i]) == 0;
-        if (!found)
-            return cds_errf(err, "train spec: unknown field \"%s\" (known: optimizer, lr, momentum, beta1, beta2, eps, "
-                                 "l2, batch, seed, schedule, normalize, lazy)", k);
-    }
-    (void)v;
-    return 0;
-}
+static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
+                                           "seed", "schedule", "normalize", "lazy", NULL};
 
 static int cfg_lazy(json_t *o, nn_train_cfg *c, cds_err *err)
 {
@@ -176,7 +162,7 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
         cds_errf(err, "train spec: \"optimizer\" must be \"sgd\" or \"adam\"");
         goto out;
     }
-    if (cfg_check_fields(o, err) != 0)
+    if (cds_json_check_fields(o, "train spec $", train_fields, "see docs/models.md", err) != 0)
         goto out;
     c->adam = strcmp(opt, "adam") == 0;
     if (cfg_lazy(o, c, err) != 0)

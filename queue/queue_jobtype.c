@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_json.h"
+
 #define SLEEP_MS_MAX 86400000 /* a day: past that a diag.sleep is a mistake */
 #define VALUE_SHOWN 40        /* characters of an offending value quoted in a message */
 
@@ -45,22 +47,12 @@ static void shown(const json_t *v, char *buf, size_t n)
     free(s);
 }
 
-/* p is an object and has no field outside fields (NULL-terminated); list
- * names them for the message ("ms", or "none"). */
-static int check_fields(const json_t *p, const char *const *fields, const char *list, cds_err *err)
+/* p is an object and has no field outside fields (NULL-terminated). */
+static int check_fields(const json_t *p, const char *const *fields, cds_err *err)
 {
     if (!json_is_object(p))
         return cds_errf(err, "$: must be a JSON object, not %s", kind_of(p));
-    const char *key;
-    json_t *v;
-    json_object_foreach((json_t *)p, key, v) {
-        size_t i = 0;
-        while (fields[i] && strcmp(fields[i], key) != 0)
-            i++;
-        if (!fields[i])
-            return cds_errf(err, "$.%.60s: unknown field; the fields are: %s", key, list);
-    }
-    return 0;
+    return cds_json_check_fields(p, "$", fields, NULL, err);
 }
 
 /* Field key, if required or present, is a whole number in [min, max]. */
@@ -105,7 +97,7 @@ static int check_bool(const json_t *p, const char *key, cds_err *err)
 static int check_diag_sleep(const json_t *p, cds_err *err)
 {
     static const char *const fields[] = {"ms", NULL};
-    if (check_fields(p, fields, "ms", err) != 0)
+    if (check_fields(p, fields, err) != 0)
         return -1;
     return check_whole(p, "ms", 1, 0, SLEEP_MS_MAX, err);
 }
@@ -113,7 +105,7 @@ static int check_diag_sleep(const json_t *p, cds_err *err)
 static int check_diag_fail(const json_t *p, cds_err *err)
 {
     static const char *const fields[] = {"message", "permanent", NULL};
-    if (check_fields(p, fields, "message, permanent", err) != 0 || check_string(p, "message", 0, err) != 0)
+    if (check_fields(p, fields, err) != 0 || check_string(p, "message", 0, err) != 0)
         return -1;
     return check_bool(p, "permanent", err);
 }
@@ -121,7 +113,7 @@ static int check_diag_fail(const json_t *p, cds_err *err)
 static int check_diag_noop(const json_t *p, cds_err *err)
 {
     static const char *const fields[] = {NULL};
-    return check_fields(p, fields, "none", err);
+    return check_fields(p, fields, err);
 }
 
 /* What etl_queue.c writes: the dataset, the unload's token, and for a shard
@@ -130,8 +122,7 @@ static int check_etl(const json_t *p, int shard, cds_err *err)
 {
     static const char *const shard_fields[] = {"dataset", "token", "task", NULL};
     static const char *const finish_fields[] = {"dataset", "token", NULL};
-    if (check_fields(p, shard ? shard_fields : finish_fields, shard ? "dataset, token, task" : "dataset, token",
-                     err) != 0 ||
+    if (check_fields(p, shard ? shard_fields : finish_fields, err) != 0 ||
         check_string(p, "dataset", 1, err) != 0 || check_string(p, "token", 1, err) != 0)
         return -1;
     return shard ? check_whole(p, "task", 1, 0, INT32_MAX, err) : 0;

@@ -223,8 +223,8 @@ static void test_bad_specs(void)
     expect_error("{\"arch\":\"alexnet\",\"input\":[3,32,32],\"classes\":10}", "\"arch\" must be one of",
                  "an unknown arch");
     expect_error("{\"arch\":\"cnn\",\"input\":[1,28,28]}", "\"classes\"", "a missing class count");
-    expect_error("{\"arch\":\"cnn\",\"input\":[1,28,28],\"classes\":10,\"widht\":2}", "unknown field \"widht\"",
-                 "a misspelt field");
+    expect_error("{\"arch\":\"cnn\",\"input\":[1,28,28],\"classes\":10,\"widht\":2}",
+                 "model spec $.widht: unknown field; the fields are: arch, input", "a misspelt field");
     expect_error("{\"arch\":\"cnn\",\"sparse\":{\"dim\":10,\"nnz\":2},\"classes\":10}", "for arch mlp only",
                  "sparse input on a cnn");
     expect_error("{\"arch\":\"vgg16\",\"input\":[3,16,16],\"classes\":10}", "too small", "an input too small for vgg16");
@@ -299,7 +299,8 @@ static void expect_train_error(const char *train, const char *needle, const char
 static void test_train_specs(void)
 {
     expect_train_error("{\"optimizer\":\"adam\"}", "\"lr\"", "a train spec without lr");
-    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"learning_rate\":0.1}", "unknown field \"learning_rate\"",
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"learning_rate\":0.1}",
+                       "train spec $.learning_rate: unknown field; the fields are: optimizer, lr",
                        "a misspelt train field");
     expect_train_error("{\"optimizer\":\"sgd\",\"lr\":0.1,\"schedule\":{\"kind\":\"cosine\"}}", "needs \"epochs\"",
                        "a cosine schedule without a period");
