@@ -1,7 +1,8 @@
 /* nn_ckpt_int: what the checkpoint writer (nn_ckpt_write.c) and reader
- * (nn_ckpt_read.c) share: the format's fixed bytes and counts, the CRC and
- * the size of a tensor's data.  docs/checkpoint.md is the format; the
- * writer's and the reader's algorithms are described atop their files. */
+ * (nn_ckpt_read.c, over the pull parser of nn_ckpt_mp.c) share: the
+ * format's fixed bytes and counts, the CRC and the size of a tensor's data.
+ * docs/checkpoint.md is the format; the writer's and the reader's
+ * algorithms are described atop their files. */
 #ifndef CDS_NN_CKPT_INT_H
 #define CDS_NN_CKPT_INT_H
 
@@ -29,46 +30,6 @@
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "nn_ckpt copies float32 data as little-endian bytes; add byte swapping for this host"
-/* ---- reading: a pull parser over the file (nn_ckpt_mp.c) ---- */
-typedef enum mp_kind { MP_NIL, MP_BOOL, MP_UINT, MP_INT, MP_REAL, MP_STR, MP_BIN, MP_ARRAY, MP_MAP, MP_EXT } mp_kind;
-
-
-typedef struct mp_head {
-    mp_kind kind;
-    uint64_t u;    /* MP_UINT; MP_BOOL: 0 or 1 */
-    int64_t i;     /* MP_INT (any signed encoding) */
-    double d;      /* MP_REAL */
-    uint64_t n;    /* MP_STR, MP_BIN, MP_EXT: bytes; MP_ARRAY: items; MP_MAP: pairs */
-    uint64_t at;   /* offset of the type byte, for messages */
-} mp_head;
-
-typedef struct ck_reader {
-    const char *path;
-    int fd;
-    unsigned char *buf;
-    uint64_t buf_off; /* file offset of buf[0] */
-    size_t buf_len;
-    uint64_t off;     /* next byte to consume */
-    uint64_t end;     /* where the crc32 entry starts: nothing before it may run past */
-    cds_err *err;
-} ck_reader;
-
-/* Each fails with a message naming the byte offset (kept in r->err) and
- * returns -1; nn_ckr_fail formats that message. */
-int nn_ckr_fail(ck_reader *r, uint64_t at, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-int nn_ckr_pread_all(int fd, void *dst, size_t n, uint64_t off);
-int nn_ckr_io_fail(ck_reader *r, int e);
-int nn_ckr_oom(ck_reader *r, const char *what);
-int nn_ckr_bytes(ck_reader *r, void *dst, uint64_t n);
-uint64_t nn_ckr_be_load(const unsigned char *b, int n);
-int nn_ckr_expect(ck_reader *r, mp_head *h, mp_kind kind, const char *what);
-int nn_ckr_str(ck_reader *r, const char *what, char **out);
-int nn_ckr_key(ck_reader *r, const char *key);
-int nn_ckr_int(ck_reader *r, const char *what, int64_t min, int64_t max, int64_t *out);
-int nn_ckr_u64(ck_reader *r, const char *what, uint64_t *out);
-int nn_ckr_count(ck_reader *r, mp_kind kind, const char *what, uint64_t *n);
-int nn_ckr_json_object(ck_reader *r, const char *what, char **out);
-
 #endif
 
 #define N_TOP_KEYS 13
@@ -89,7 +50,6 @@ int nn_ckpt_tensor_bytes(const nn_ckpt_tensor *t, size_t *bytes);
 
 /* ---- reading: a pull parser over the file (nn_ckpt_mp.c) ---- */
 typedef enum mp_kind { MP_NIL, MP_BOOL, MP_UINT, MP_INT, MP_REAL, MP_STR, MP_BIN, MP_ARRAY, MP_MAP, MP_EXT } mp_kind;
-
 
 typedef struct mp_head {
     mp_kind kind;
