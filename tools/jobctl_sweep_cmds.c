@@ -93,12 +93,14 @@ int jobctl_parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_
 {
     const char *slash = strchr(arg, '/');
     size_t n = (size_t)(slash - arg);
-    if (n < 1 || n >= QUEUE_SWEEP_ID_MAX ||
-        strspn(arg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") != n)
+    cds_err err;
+    if (n < QUEUE_SWEEP_ID_MAX) {
+        memcpy(sweep, arg, n);
+        sweep[n] = '\0';
+    }
+    if (n >= QUEUE_SWEEP_ID_MAX || queue_sweep_id_check(sweep, &err) != 0)
         return jobctl_fail(j, EXIT_USAGE, "bad sweep id in '%.60s': give SWEEP/MODEL, SWEEP as jobctl enqueue sweep printed "
                                    "it (1 to %d letters, digits, '_' or '-')", arg, QUEUE_SWEEP_ID_MAX - 1);
-    memcpy(sweep, arg, n);
-    sweep[n] = '\0';
     int64_t m;
     if (cds_parse_i64(slash + 1, 0, INT32_MAX, &m) != 0)
         return jobctl_fail(j, EXIT_USAGE, "bad model '%.40s' in '%.60s': give SWEEP/MODEL with MODEL a model index, 0 or "
