@@ -33,6 +33,11 @@ int cds_layout_staging_dir(char *out, size_t n, const char *root, const char *da
     return path(out, n, err, "%s/datasets/.%s.incoming-%s", root, dataset, token);
 }
 
+int cds_layout_replaced_dir(char *out, size_t n, const char *staging_dir, const char *token, cds_err *err)
+{
+    return path(out, n, err, "%s.old-%s", staging_dir, token);
+}
+
 int cds_layout_dataset_json(char *out, size_t n, const char *dataset_dir, cds_err *err)
 {
     return path(out, n, err, "%s/dataset.json", dataset_dir);

@@ -7,6 +7,8 @@
  *     dataset.json                                  its version, splits, classes
  *     <split>/shard-<k>/                            train | valid | test; a shard
  *   DATA_ROOT/datasets/.<name>.incoming-<token>/    an unload in progress
+ *   DATA_ROOT/datasets/.<name>.incoming-<token>.old-<token>/
+ *                                                   the dataset it replaces, for a moment
  *   DATA_ROOT/sweeps/<S>/results.csv                one line per evaluated epoch
  *   DATA_ROOT/sweeps/<S>/models/<m>/                one model's checkpoints:
  *     v<N>-<token>.ckpt                             a visit's (token: 12 chars of the lease's)
@@ -32,6 +34,9 @@ int cds_layout_dataset_dir(char *out, size_t n, const char *root, const char *da
 /* Where an unload writes until the dataset is moved into place. */
 int cds_layout_staging_dir(char *out, size_t n, const char *root, const char *dataset, const char *token,
                            cds_err *err);
+/* Where the finish step moves an older dataset of the same name for the
+ * moment of the swap (--replace): beside the staging directory. */
+int cds_layout_replaced_dir(char *out, size_t n, const char *staging_dir, const char *token, cds_err *err);
 /* dataset_dir: a dataset's directory or its staging directory. */
 int cds_layout_dataset_json(char *out, size_t n, const char *dataset_dir, cds_err *err);
 int cds_layout_split_dir(char *out, size_t n, const char *dataset_dir, const char *split, cds_err *err);

@@ -150,7 +150,9 @@ int etl_dataset_finish(const etl_plan *p, char version[65], cds_err *err)
         if (!p->replace)
             return cds_errf(err, "dataset %s already exists at %s; pass --replace to overwrite it", p->dataset,
                             p->dataset_dir);
-        snprintf(aside, sizeof aside, "%s.old-%s", p->staging, json_string_value(json_object_get(p->json, "token")));
+        if (cds_layout_replaced_dir(aside, sizeof aside, p->staging,
+                                    json_string_value(json_object_get(p->json, "token")) ?: "", err) != 0)
+            return -1;
         if (rename(p->dataset_dir, aside) != 0)
             return cds_errf(err, "cannot move the old dataset %s aside: %s", p->dataset_dir, strerror(errno));
     }

@@ -22,6 +22,9 @@ int main(void)
     ok(is_path(cds_layout_dataset_dir(p, sizeof p, "/d", "fm", &err), p, "/d/datasets/fm"), "a dataset");
     ok(is_path(cds_layout_staging_dir(p, sizeof p, "/d", "fm", "tok", &err), p, "/d/datasets/.fm.incoming-tok"),
        "an unload in progress");
+    ok(is_path(cds_layout_replaced_dir(p, sizeof p, "/d/datasets/.fm.incoming-tok", "tok", &err), p,
+               "/d/datasets/.fm.incoming-tok.old-tok"),
+       "the dataset an unload replaces, set aside");
     ok(is_path(cds_layout_dataset_json(p, sizeof p, "/d/datasets/fm", &err), p, "/d/datasets/fm/dataset.json"),
        "dataset.json");
     ok(is_path(cds_layout_split_dir(p, sizeof p, "/d/datasets/fm", "valid", &err), p, "/d/datasets/fm/valid"),
