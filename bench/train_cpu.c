@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cds_cli.h"
 #include "cds_util.h"
 #include "nn_optim.h"
 #include "nn_par.h"
@@ -133,42 +134,77 @@ static int measure(const row *r0, int threads, double seconds, int batch)
     return rc;
 }
 
+/* 1 if every name of the comma-separated list is a row (else prints which
+ * is not). */
+static int rows_known(const cds_cli *cli, const char *want)
+{
+    char list[512];
+    snprintf(list, sizeof list, "%s", want);
+    for (char *save = NULL, *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
+        size_t i = 0;
+        while (i < sizeof rows / sizeof rows[0] && strcmp(rows[i].name, name) != 0)
+            i++;
+        if (i == sizeof rows / sizeof rows[0]) {
+            cds_cli_usage(cli, "--rows: no row '%.40s' (the rows: confA-dense, confA-sparse, confA-sparse-lazy, "
+                               "cnn, resnet18)", name);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int selected(const char *want, const char *name)
+{
+    if (!want)
+        return 1;
+    char pad[512], key[64];
+    snprintf(pad, sizeof pad, ",%s,", want);
+    snprintf(key, sizeof key, ",%s,", name);
+    return strstr(pad, key) != NULL;
+}
+
 int main(int argc, char **argv)
 {
-    int threads = 0;
+    enum { O_THREADS = 1, O_SECONDS, O_ROWS, O_BATCH };
+    static const struct option opts[] = {{"threads", required_argument, 0, O_THREADS},
+                                         {"seconds", required_argument, 0, O_SECONDS},
+                                         {"rows", required_argument, 0, O_ROWS},
+                                         {"batch", required_argument, 0, O_BATCH},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int64_t threads = 0, batch = 0;
     double seconds = 5;
-    int batch = 0;
     const char *want = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
-            threads = atoi(argv[++i]);
-        else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc)
-            seconds = atof(argv[++i]);
-        else if (strcmp(argv[i], "--rows") == 0 && i + 1 < argc)
-            want = argv[++i];
-        else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc)
-            batch = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: train_cpu --threads T [--seconds S] [--rows a,b] [--batch B]\n");
-            return 2;
+    cds_cli cli;
+    cds_cli_init(&cli, "train_cpu", NULL, argc, argv, "h", opts);
+    int c;
+    while ((c = cds_cli_next(&cli)) != CDS_CLI_END) {
+        if (c == CDS_CLI_BAD)
+            return cds_cli_fail(&cli);
+        if (c == 'h') {
+            puts("usage: train_cpu --threads T [--seconds S] [--rows a,b] [--batch B]\n"
+                 "Training samples/s of the CPU engine per row, one JSON line each (bench/train-cpu).");
+            return 0;
         }
+        if (c == O_THREADS && cds_parse_i64(cli.arg, 1, 1024, &threads) != 0)
+            return cds_cli_usage(&cli, "--threads must be a whole number from 1 to 1024");
+        if (c == O_SECONDS && (cds_parse_double(cli.arg, &seconds) != 0 || !(seconds > 0 && seconds <= 3600)))
+            return cds_cli_usage(&cli, "--seconds must be a number above 0 and at most 3600");
+        if (c == O_BATCH && cds_parse_i64(cli.arg, 1, 1 << 20, &batch) != 0)
+            return cds_cli_usage(&cli, "--batch must be a whole number from 1 to 1048576");
+        if (c == O_ROWS)
+            want = cli.arg;
     }
-    if (threads < 1 || seconds <= 0) {
-        fprintf(stderr, "train_cpu: --threads must be at least 1 and --seconds above 0\n");
+    if (optind < argc)
+        return cds_cli_usage(&cli, "unexpected argument '%.40s': train_cpu takes options only", argv[optind]);
+    if (threads < 1)
+        return cds_cli_usage(&cli, "--threads T is required");
+    if (want && !rows_known(&cli, want))
         return 2;
-    }
-    nn_par_set_threads(threads);
+    nn_par_set_threads((int)threads);
     int rc = 0;
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-        if (want) {
-            char pad[256];
-            snprintf(pad, sizeof pad, ",%s,", want);
-            char key[64];
-            snprintf(key, sizeof key, ",%s,", rows[i].name);
-            if (!strstr(pad, key))
-                continue;
-        }
-        rc |= measure(&rows[i], threads, seconds, batch) != 0;
-    }
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++)
+        if (selected(want, rows[i].name))
+            rc |= measure(&rows[i], (int)threads, seconds, (int)batch) != 0;
     return rc;
 }
