@@ -218,6 +218,15 @@ int queue_names(queue_conn *q, json_t **out, cds_err *err);
 
 /* ---- records ------------------------------------------------------------- */
 
+/* Rendezvous keys (queue_rdv.c): bytes at <prefix>rdv:{<scope>}:<key>,
+ * each with an expiry, for the ranks of a data-parallel gang to find each
+ * other (scope: one attempt of one gang; both names 1 to 127 of
+ * [A-Za-z0-9_.-]).  get: 1 with *data malloc'd (NUL-terminated beyond *n),
+ * 0 when the key is not (or no longer) there, -1 on error. */
+int queue_rdv_set(queue_conn *q, const char *scope, const char *key, const void *data, size_t n, int64_t ttl_ms,
+                  cds_err *err);
+int queue_rdv_get(queue_conn *q, const char *scope, const char *key, void **data, size_t *n, cds_err *err);
+
 /* A record is a hash <prefix><name> of plain string fields (a dataset, later a
  * sweep), readable with redis-cli HGETALL.  set writes the string fields of a
  * JSON object (other values as JSON text). */

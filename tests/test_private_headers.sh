@@ -19,13 +19,13 @@ root=${1:-$(dirname "$here")}
 cd "$root" || exit 1
 
 cc=${CC:-cc}
-incs=(-Icommon -Iqueue -Ietl -Inn -Iworker -Itools -I/usr/include/hiredis -I/usr/include/postgresql
+incs=(-Icommon -Iqueue -Ietl -Inn -Iworker -Iddp -Itools -I/usr/include/hiredis -I/usr/include/postgresql
       -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE -std=c17)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-mapfile -t guarded < <(grep -l '^#error ".* is private to ' common/*.h queue/*.h etl/*.h nn/*.h worker/*.h 2>/dev/null)
-mapfile -t ints < <(ls common/*_int.h queue/*_int.h etl/*_int.h nn/*_int.h worker/*_int.h 2>/dev/null)
+mapfile -t guarded < <(grep -l '^#error ".* is private to ' common/*.h queue/*.h etl/*.h nn/*.h worker/*.h ddp/*.h 2>/dev/null)
+mapfile -t ints < <(ls common/*_int.h queue/*_int.h etl/*_int.h nn/*_int.h worker/*_int.h ddp/*_int.h 2>/dev/null)
 
 missing=""
 for h in "${ints[@]}"; do

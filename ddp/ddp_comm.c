@@ -1,0 +1,152 @@
+/* ddp_comm: the communicator (ddp_comm.h) over Gloo (ddp_gloo.h), with its
+ * rendezvous store over Redis.
+ *
+ * The store's keys are Gloo's own names ("rank_0" and so on) under the
+ * gang's scope; each is written with an expiry of a few time-outs, long
+ * enough for every rank to read it during the rendezvous and short enough
+ * that an abandoned gang leaves nothing behind.  Sum is Gloo's all-reduce;
+ * average divides the sum by the size afterwards, on every rank alike, so
+ * the ranks keep identical bits. */
+#include "ddp_comm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ddp_gloo.h"
+
+struct ddp_comm {
+    int rank, size;
+    int64_t timeout_ms;
+    int broken;
+    char broke_by[160]; /* the call that broke it */
+    ddp_gloo *gloo;
+};
+
+typedef struct rdv_ctx {
+    queue_conn *q;
+    const char *scope;
+    int64_t ttl_ms;
+} rdv_ctx;
+
+static int rdv_set(void *ctx, const char *key, const void *data, size_t n, char *msg, size_t msg_n)
+{
+    rdv_ctx *r = ctx;
+    cds_err err;
+    if (queue_rdv_set(r->q, r->scope, key, data, n, r->ttl_ms, &err) == 0)
+        return 0;
+    snprintf(msg, msg_n, "%s", err.msg);
+    return -1;
+}
+
+static int rdv_get(void *ctx, const char *key, void **data, size_t *n, char *msg, size_t msg_n)
+{
+    rdv_ctx *r = ctx;
+    cds_err err;
+    int rc = queue_rdv_get(r->q, r->scope, key, data, n, &err);
+    if (rc < 0)
+        snprintf(msg, msg_n, "%s", err.msg);
+    return rc;
+}
+
+int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
+{
+    *out = NULL;
+    if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
+        return cds_errf(err, "rank %d of a gang of %d: give 0 <= rank < size", o->rank, o->size);
+    if (!o->q || !o->scope || !*o->scope)
+        return cds_errf(err, "a gang needs a Redis connection and a rendezvous scope to meet through");
+    int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
+    ddp_comm *c = calloc(1, sizeof *c);
+    if (!c)
+        return cds_err_nomem(err, "out of memory for a communicator");
+    c->rank = o->rank;
+    c->size = o->size;
+    c->timeout_ms = timeout;
+    rdv_ctx r = {.q = o->q, .scope = o->scope, .ttl_ms = 4 * timeout};
+    ddp_gloo_store store = {.ctx = &r, .set = rdv_set, .get = rdv_get};
+    char msg[CDS_ERR_MAX];
+    if (ddp_gloo_open(&store, o->rank, o->size, timeout, o->addr, o->iface, &c->gloo, msg, sizeof msg) != 0) {
+        free(c);
+        return cds_errf(err, "rank %d of %d, gang %s: %s", o->rank, o->size, o->scope, msg);
+    }
+    *out = c;
+    return 0;
+}
+
+int ddp_comm_rank(const ddp_comm *c) { return c->rank; }
+int ddp_comm_size(const ddp_comm *c) { return c->size; }
+
+/* A failed call breaks the communicator: the peers' sequences of calls no
+ * longer match. */
+static int fail(ddp_comm *c, const char *msg, cds_err *err)
+{
+    if (!c->broken) {
+        c->broken = 1;
+        size_t n = strnlen(msg, sizeof c->broke_by - 1); /* cut to fit: it is quoted in later refusals */
+        memcpy(c->broke_by, msg, n);
+        c->broke_by[n] = '\0';
+    }
+    return cds_errf(err, "rank %d of %d: %s (the gang must start again)", c->rank, c->size, msg);
+}
+
+static int refuse_broken(const ddp_comm *c, const char *what, cds_err *err)
+{
+    if (!c->broken)
+        return 0;
+    return cds_errf(err, "rank %d of %d: %s on a communicator that is broken (%.160s): start the gang again", c->rank,
+                    c->size, what, c->broke_by[0] ? c->broke_by : "aborted");
+}
+
+int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err)
+{
+    if (refuse_broken(c, "all-reduce", err) != 0)
+        return -1;
+    char msg[CDS_ERR_MAX];
+    if (ddp_gloo_allreduce_sum(c->gloo, buf, n, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    if (op == DDP_AVG && c->size > 1) {
+        float inv = 1.0f / (float)c->size;
+        for (size_t i = 0; i < n; i++)
+            buf[i] *= inv;
+    }
+    return 0;
+}
+
+int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err)
+{
+    if (root < 0 || root >= c->size)
+        return cds_errf(err, "broadcast from rank %d in a gang of %d: give 0 <= root < size", root, c->size);
+    if (refuse_broken(c, "broadcast", err) != 0)
+        return -1;
+    char msg[CDS_ERR_MAX];
+    if (ddp_gloo_broadcast(c->gloo, buf, n, root, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    return 0;
+}
+
+int ddp_barrier(ddp_comm *c, int64_t timeout_ms, cds_err *err)
+{
+    if (refuse_broken(c, "barrier", err) != 0)
+        return -1;
+    char msg[CDS_ERR_MAX];
+    if (ddp_gloo_barrier(c->gloo, timeout_ms > 0 ? timeout_ms : c->timeout_ms, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    return 0;
+}
+
+void ddp_comm_abort(ddp_comm *c)
+{
+    if (c && !c->broken) {
+        c->broken = 1;
+        snprintf(c->broke_by, sizeof c->broke_by, "aborted");
+    }
+}
+
+void ddp_comm_destroy(ddp_comm *c)
+{
+    if (!c)
+        return;
+    ddp_gloo_close(c->gloo);
+    free(c);
+}

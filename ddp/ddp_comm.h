@@ -1,0 +1,60 @@
+/* ddp_comm: the communicator of a data-parallel gang (DESIGN.md §6).
+ *
+ * One interface over the collectives the trainer needs: all-reduce of
+ * float32 in place (sum or average), broadcast, barrier; abort and destroy.
+ * Gloo over TCP serves CPUs (ddp_comm_gloo, today's only implementation);
+ * NCCL will serve GPUs behind the same calls.  Ranks find each other
+ * through rendezvous keys in Redis (queue_rdv_set/get) under a scope that
+ * names one attempt of one gang, so a restarted gang never meets the
+ * addresses of an earlier one.  Every call returns 0, or -1 with a message
+ * naming the collective and the fix; none exits.  Every collective is
+ * bounded by the time-out given at init: a rank that was killed fails the
+ * others' call at once, one that is stopped fails it at the time-out.  A
+ * communicator that failed once is broken (its peers may be anywhere in
+ * their sequence of calls): every later call fails at once, and the gang
+ * starts again with a new scope. */
+#ifndef CDS_DDP_COMM_H
+#define CDS_DDP_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cds_err.h"
+#include "queue.h"
+
+typedef struct ddp_comm ddp_comm;
+
+typedef enum { DDP_SUM, DDP_AVG } ddp_op;
+
+#define DDP_DEFAULT_TIMEOUT_MS 10000
+
+typedef struct ddp_comm_opts {
+    queue_conn *q;      /* the rendezvous goes through it (used during init only) */
+    const char *scope;  /* the gang attempt's rendezvous scope (queue_rdv_set) */
+    int rank, size;     /* 0 <= rank < size */
+    int64_t timeout_ms; /* the rendezvous and every collective (0: DDP_DEFAULT_TIMEOUT_MS) */
+    const char *addr;   /* the address to listen on and publish (NULL: iface's, else the host name's) */
+    const char *iface;  /* a network interface to take the address from (NULL: none) */
+} ddp_comm_opts;
+
+/* Joins the gang over Gloo's TCP transport. */
+int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
+
+int ddp_comm_rank(const ddp_comm *c);
+int ddp_comm_size(const ddp_comm *c);
+/* buf (n floats, host memory for Gloo) becomes the sum, or the mean, over
+ * the ranks; every rank gets the same bits. */
+int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err);
+/* Every rank's buf (n floats) becomes root's. */
+int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err);
+/* Returns once every rank called it; timeout_ms (0: the communicator's)
+ * may be longer than the collectives' own, for a rank that checkpoints
+ * while the others wait. */
+int ddp_barrier(ddp_comm *c, int64_t timeout_ms, cds_err *err);
+/* Marks the communicator broken: every later call fails at once.  Gloo
+ * cannot interrupt a call in flight (the worker bounds that by running the
+ * rank in a child process it can kill). */
+void ddp_comm_abort(ddp_comm *c);
+void ddp_comm_destroy(ddp_comm *c);
+
+#endif
