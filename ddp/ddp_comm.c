@@ -9,6 +9,7 @@
  * the ranks keep identical bits. */
 #include "ddp_comm.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,18 @@ static int rdv_get(void *ctx, const char *key, void **data, size_t *n, char *msg
     return rc;
 }
 
+/* Gloo writes to its peers' sockets without MSG_NOSIGNAL: a write to a
+ * peer that just died would end this process by SIGPIPE instead of failing
+ * the collective.  A process that takes the default action is switched to
+ * ignoring it (the write then fails with EPIPE, which Gloo reports); one
+ * that set its own handler keeps it. */
+static void ignore_sigpipe(void)
+{
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && old.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+}
+
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
 {
     *out = NULL;
@@ -57,6 +70,7 @@ int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
     if (!o->q || !o->scope || !*o->scope)
         return cds_errf(err, "a gang needs a Redis connection and a rendezvous scope to meet through");
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
+    ignore_sigpipe();
     ddp_comm *c = calloc(1, sizeof *c);
     if (!c)
         return cds_err_nomem(err, "out of memory for a communicator");

@@ -37,7 +37,9 @@ typedef struct ddp_comm_opts {
     const char *iface;  /* a network interface to take the address from (NULL: none) */
 } ddp_comm_opts;
 
-/* Joins the gang over Gloo's TCP transport. */
+/* Joins the gang over Gloo's TCP transport.  A process whose SIGPIPE takes
+ * the default action is switched to ignoring it (Gloo writes to sockets a
+ * dead peer closed; the collective then fails instead of the process). */
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
 
 int ddp_comm_rank(const ddp_comm *c);

@@ -76,6 +76,8 @@ static void run_gang(const char *name, int size, rank_fn fn, const int *run)
         close(fds[r][0]);
         int st = 0;
         waitpid(pid[r], &st, 0);
+        if (WIFSIGNALED(st))
+            snprintf(why, sizeof why, "killed by signal %d", WTERMSIG(st));
         ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: rank %d of %d: %s", name, r, size, why);
     }
 }
