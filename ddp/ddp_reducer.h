@@ -1,0 +1,52 @@
+/* ddp_reducer: the gradients of a data-parallel step, averaged over the
+ * gang in buckets as backward finishes them (DESIGN.md §6).
+ *
+ * The dense parameters' gradients are one block in parameter order
+ * (nn_model_grad_block).  Walking the parameters from the last to the first,
+ * as backward finishes them, the reducer cuts that block into buckets of
+ * about bucket_bytes (PyTorch DDP's 25 MB by default): each bucket is a
+ * contiguous range of the block holding whole parameters.  The model's
+ * gradient hook counts each bucket's parameters down, and the bucket whose
+ * last parameter is final is averaged over the gang at once, while the
+ * earlier layers' backward is still to come.  ddp_reducer_finish, after
+ * backward, reduces what is left (nothing, when every parameter reported)
+ * and returns the first error.  Buckets go out in the same order on every
+ * rank, since every rank runs the same backward.
+ *
+ * Device memory is reached only through the model (nn_model_read/write):
+ * each bucket is copied to a host buffer, reduced there and copied back, so
+ * the reducer works on any backend with a host communicator (Gloo).
+ *
+ * bucket_bytes 0 makes one bucket, reduced by ddp_reducer_finish after
+ * backward (the unbucketed reference: a sum of two floats does not depend
+ * on how the block was cut, so both give the same bits at W = 2).
+ *
+ * Not yet: a sparse mlp's row-sparse fc0.weight gradient (refused), and
+ * running the reduction on a thread of its own beside backward (today a
+ * bucket is reduced inside the hook, on backward's thread). */
+#ifndef CDS_DDP_REDUCER_H
+#define CDS_DDP_REDUCER_H
+
+#include <stddef.h>
+
+#include "cds_err.h"
+#include "ddp_comm.h"
+#include "nn_model.h"
+
+#define DDP_BUCKET_BYTES (25u << 20)
+
+typedef struct ddp_reducer ddp_reducer;
+
+/* Installs the reducer as m's gradient hook (m must outlive it). */
+int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer **out, cds_err *err);
+/* After a backward pass: reduces the buckets not yet reduced; returns 0, or
+ * -1 with the first error of this step (the communicator is then broken). */
+int ddp_reducer_finish(ddp_reducer *r, cds_err *err);
+/* Rank root's parameters and buffers (running statistics) copied to every
+ * rank: the gang starts from the same weights. */
+int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err);
+size_t ddp_reducer_buckets(const ddp_reducer *r);
+/* Removes the hook. */
+void ddp_reducer_free(ddp_reducer *r);
+
+#endif

@@ -1,0 +1,232 @@
+/* Data-parallel steps (ddp/ddp_reducer.h) against one process.
+ *
+ * W = 2 ranks, each a process, train a dense MLP for 20 steps: every step
+ * the global batch of B rows is split, rank r taking rows [r·B/2, (r+1)·B/2),
+ * forward and backward run on each rank's half, the gradients are averaged
+ * over the gang in buckets as backward finishes them, and both ranks take
+ * the same optimiser step.  One process trains the same model on the whole
+ * B rows of each step.  Since the loss is a mean over rows, the averaged
+ * gradient is the whole batch's, so the weights must agree within 1e-5
+ * relative per tensor (max|a-b| / max|b|: the float sums of the two halves
+ * run in another order).  Also: the two ranks end bit-identical; buckets of
+ * 256 bytes (many) and one unbucketed reduction after backward give the
+ * same bits; the gang starts from rank 0's weights however each rank was
+ * initialised.  Ranks are forked before the parent touches the engine (its
+ * OpenMP runtime does not survive a fork). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ddp_reducer.h"
+#include "nn_par.h"
+#include "nn_rng.h"
+#include "nn_train.h"
+#include "testutil.h"
+
+#define STEPS 20
+#define B 8
+#define IN 20
+#define CLASSES 3
+
+static const char *spec(uint64_t seed, char *buf, size_t n)
+{
+    snprintf(buf, n,
+             "{\"model\": {\"arch\": \"mlp\", \"input\": [%d], \"hidden\": [16, 8], \"classes\": %d},"
+             " \"train\": {\"optimizer\": \"adam\", \"lr\": 0.01, \"l2\": 0.001, \"batch\": %d, \"seed\": %llu}}",
+             IN, CLASSES, B, (unsigned long long)seed);
+    return buf;
+}
+
+/* Step s's batch: B rows of IN floats and B labels, the same everywhere. */
+static void batch(int s, float *x, int32_t *y)
+{
+    nn_rng r;
+    nn_rng_seed(&r, 1000u + (uint64_t)s);
+    for (int i = 0; i < B * IN; i++)
+        x[i] = (float)(nn_rng_unit(&r) * 2.0 - 1.0);
+    for (int i = 0; i < B; i++)
+        y[i] = (int32_t)(nn_rng_next(&r) % CLASSES);
+}
+
+/* Every parameter's weights, in order, into a malloc'd array (*n floats). */
+static float *weights(nn_trainer *t, size_t *n)
+{
+    nn_model *m = nn_trainer_model(t);
+    *n = nn_model_nparams(m);
+    float *w = malloc(*n * sizeof(float)), *at = w;
+    for (size_t i = 0; w && i < nn_model_param_count(m); i++) {
+        nn_param *p = nn_model_param(m, i);
+        nn_model_read(m, &p->w, at);
+        at += p->w.n;
+    }
+    return w;
+}
+
+static int save(const char *path, const float *w, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    int ok_ = f && fwrite(w, sizeof(float), n, f) == n;
+    return (f && fclose(f) == 0 && ok_) ? 0 : -1;
+}
+
+/* One rank's 20 steps; writes its final weights to out.  seed differs per
+ * rank on purpose: the broadcast must make the start equal. */
+static int rank_main(const char *prefix, const char *scope, int rank, size_t bucket_bytes, const char *out)
+{
+    nn_par_set_threads(1);
+    char sbuf[512];
+    cds_err err;
+    queue_opts qo = {.url = test_redis_url(), .prefix = prefix};
+    queue_conn *q = queue_connect(&qo, &err);
+    nn_trainer *t = q ? nn_trainer_new(spec(1 + (uint64_t)rank, sbuf, sizeof sbuf), &err) : NULL;
+    ddp_comm_opts o = {.q = q, .scope = scope, .rank = rank, .size = 2, .timeout_ms = 20000, .addr = "127.0.0.1"};
+    ddp_comm *c = NULL;
+    ddp_reducer *r = NULL;
+    if (!t || ddp_comm_gloo(&o, &c, &err) != 0 ||
+        ddp_reducer_new(nn_trainer_model(t), c, bucket_bytes, &r, &err) != 0 ||
+        ddp_reducer_broadcast_model(r, 0, &err) != 0) {
+        fprintf(stderr, "rank %d: %s\n", rank, err.msg);
+        return 1;
+    }
+    if (bucket_bytes && ddp_reducer_buckets(r) < 4) {
+        fprintf(stderr, "rank %d: %zu buckets of %zu bytes: expected several\n", rank, ddp_reducer_buckets(r),
+                bucket_bytes);
+        return 1;
+    }
+    float x[B * IN];
+    int32_t y[B];
+    int half = B / 2;
+    for (int s = 0; s < STEPS; s++) {
+        batch(s, x, y);
+        if (nn_trainer_forward_backward(t, x + rank * half * IN, NULL, y + rank * half, half, &err) != 0 ||
+            ddp_reducer_finish(r, &err) != 0 || nn_trainer_optim_step(t, &err) != 0) {
+            fprintf(stderr, "rank %d step %d: %s\n", rank, s, err.msg);
+            return 1;
+        }
+    }
+    size_t n;
+    float *w = weights(t, &n);
+    int rc = w && save(out, w, n) == 0 ? 0 : 1;
+    free(w);
+    ddp_reducer_free(r);
+    ddp_comm_destroy(c);
+    nn_trainer_free(t);
+    queue_close(q);
+    return rc;
+}
+
+static float *load(const char *path, size_t n)
+{
+    float *w = malloc(n * sizeof(float));
+    FILE *f = fopen(path, "rb");
+    if (!w || !f || fread(w, sizeof(float), n, f) != n) {
+        free(w);
+        w = NULL;
+    }
+    if (f)
+        fclose(f);
+    return w;
+}
+
+/* max|a-b| / max|b| of each parameter tensor, the worst of them. */
+static double worst_relative(nn_trainer *t, const float *a, const float *b, const char **where)
+{
+    nn_model *m = nn_trainer_model(t);
+    double worst = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < nn_model_param_count(m); i++) {
+        nn_param *p = nn_model_param(m, i);
+        double diff = 0, mag = 0;
+        for (size_t k = 0; k < p->w.n; k++) {
+            diff = fmax(diff, fabs((double)a[at + k] - (double)b[at + k]));
+            mag = fmax(mag, fabs((double)b[at + k]));
+        }
+        double rel = mag > 0 ? diff / mag : diff;
+        if (rel >= worst) {
+            worst = rel;
+            *where = p->name;
+        }
+        at += p->w.n;
+    }
+    return worst;
+}
+
+int main(void)
+{
+    char prefix[96], dir[] = "/tmp/test_ddp_reducer.XXXXXX";
+    queue_conn *q = test_connect("ddpr", prefix, sizeof prefix);
+    queue_close(q);
+    if (!mkdtemp(dir))
+        tap_bail("mkdtemp failed");
+    /* The two gangs: buckets of 256 bytes, and one reduction after backward. */
+    static const size_t buckets[2] = {256, 0};
+    char out[2][2][600];
+    for (int g = 0; g < 2; g++) {
+        char scope[64];
+        snprintf(scope, sizeof scope, "gang-%d-%d", (int)getpid(), g);
+        pid_t pid[2];
+        for (int rank = 0; rank < 2; rank++) {
+            snprintf(out[g][rank], sizeof out[g][rank], "%s/g%d-r%d.bin", dir, g, rank);
+            fflush(stdout);
+            if ((pid[rank] = fork()) == 0)
+                _exit(rank_main(prefix, scope, rank, buckets[g], out[g][rank]));
+        }
+        for (int rank = 0; rank < 2; rank++) {
+            int st = 0;
+            waitpid(pid[rank], &st, 0);
+            ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s: rank %d trained %d steps",
+               g == 0 ? "buckets of 256 bytes" : "unbucketed", rank, STEPS);
+        }
+    }
+
+    /* The reference: one process, the whole batch. */
+    nn_par_set_threads(1);
+    char sbuf[512];
+    cds_err err;
+    nn_trainer *t = nn_trainer_new(spec(1, sbuf, sizeof sbuf), &err);
+    if (!t)
+        tap_bail(err.msg);
+    float x[B * IN];
+    int32_t y[B];
+    for (int s = 0; s < STEPS; s++) {
+        batch(s, x, y);
+        if (nn_trainer_forward_backward(t, x, NULL, y, B, &err) != 0 || nn_trainer_optim_step(t, &err) != 0)
+            tap_bail(err.msg);
+    }
+    size_t n;
+    float *ref = weights(t, &n);
+    float *w[2][2];
+    for (int g = 0; g < 2; g++)
+        for (int rank = 0; rank < 2; rank++)
+            w[g][rank] = load(out[g][rank], n);
+    if (!w[0][0] || !w[0][1] || !w[1][0] || !w[1][1])
+        tap_bail("a rank wrote no weights");
+    ok(memcmp(w[0][0], w[0][1], n * sizeof(float)) == 0, "the two ranks end bit-identical (%zu weights)", n);
+    ok(memcmp(w[0][0], w[1][0], n * sizeof(float)) == 0 && memcmp(w[1][0], w[1][1], n * sizeof(float)) == 0,
+       "bucketed and unbucketed reductions give the same bits");
+    const char *where = "";
+    double rel = worst_relative(t, w[0][0], ref, &where);
+    ok(rel <= 1e-5, "W=2 with B/2 rows each equals one process with B rows after %d steps: worst %.3g relative (%s), "
+                    "tolerance 1e-5", STEPS, rel, where);
+    /* The check can fail: the first step alone moves the weights far more. */
+    nn_trainer *fresh = nn_trainer_new(spec(1, sbuf, sizeof sbuf), &err);
+    size_t n0;
+    float *w0 = fresh ? weights(fresh, &n0) : NULL;
+    double moved = w0 ? worst_relative(t, w0, ref, &where) : 0;
+    ok(moved > 1e-3, "training moved the weights (%.3g relative from the start): the comparison is not vacuous",
+       moved);
+    free(w0);
+    nn_trainer_free(fresh);
+    for (int g = 0; g < 2; g++)
+        for (int rank = 0; rank < 2; rank++) {
+            free(w[g][rank]);
+            unlink(out[g][rank]);
+        }
+    rmdir(dir);
+    free(ref);
+    nn_trainer_free(t);
+    return tap_done();
+}
