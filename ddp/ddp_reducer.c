@@ -1,12 +1,23 @@
 /* ddp_reducer: see ddp_reducer.h for the algorithm.
  *
+ * Two threads.  Backward's thread runs the hook: it counts a bucket's
+ * parameters down and, at zero, appends the bucket to `queue`.  The
+ * reducer's own thread takes buckets from the queue in order and averages
+ * each over the gang (copy out, all-reduce, copy back) while backward goes
+ * on.  ddp_reducer_finish appends what the hook did not (the unbucketed
+ * case), waits until every bucket of the step is done, and resets.
+ *
  * Invariants: buckets[b] covers block floats [start, start + n) and the
  * parameters whose gradients lie there; param_bucket[i] names parameter i's
- * bucket (-1 for a parameter outside the block); left[b] counts the
- * parameters of bucket b not yet final in this step and is reset by
- * ddp_reducer_finish; a bucket is reduced exactly once per step. */
+ * bucket (-1 for a parameter outside the block); bucket.left and .queued
+ * belong to backward's thread, queue/head/tail/done/stop to mu, and
+ * failed/first to the reducer's thread until finish has waited for it; a
+ * bucket is queued, and reduced, exactly once per step; the communicator is
+ * used by one thread at a time (the reducer's during a step, the caller's
+ * for broadcast_model between steps). */
 #include "ddp_reducer.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +26,8 @@
 typedef struct bucket {
     size_t start, n; /* floats of the grad block */
     int params;      /* how many parameters it holds */
-    int left;        /* of them, not final yet this step */
-    int done;        /* reduced this step */
+    int left;        /* of them, not final yet this step (-1: never counted down, unbucketed) */
+    int queued;      /* handed to the reducer's thread this step */
 } bucket;
 
 struct ddp_reducer {
@@ -29,8 +40,16 @@ struct ddp_reducer {
     float *host; /* staging, as long as the largest bucket */
     size_t host_n;
     int unbucketed; /* bucket_bytes 0 */
+    size_t last_early; /* buckets the hook handed over during the last step's backward */
     int failed;
     cds_err first;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t mu;
+    pthread_cond_t work, done_cv;
+    size_t *queue; /* bucket numbers in the order backward finished them */
+    size_t head, tail, done;
+    int stop;
 };
 
 /* Where parameter i's gradient starts in the block (the layout of
@@ -45,7 +64,8 @@ static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, cds_err *err)
     size_t np = nn_model_param_count(r->m);
     r->param_bucket = malloc(np * sizeof *r->param_bucket);
     r->buckets = calloc(np ? np : 1, sizeof *r->buckets);
-    if (!r->param_bucket || !r->buckets)
+    r->queue = calloc(np ? np : 1, sizeof *r->queue);
+    if (!r->param_bucket || !r->buckets || !r->queue)
         return cds_err_nomem(err, "out of memory planning gradient buckets");
     size_t cap = bucket_bytes ? bucket_bytes / sizeof(float) : SIZE_MAX;
     size_t end = r->block.n; /* the current bucket's end, walking down */
@@ -80,10 +100,11 @@ static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, cds_err *err)
     return 0;
 }
 
-/* Averages bucket b over the gang: device -> host -> all-reduce -> device. */
+/* Averages bucket b over the gang: device -> host -> all-reduce -> device.
+ * On the reducer's thread; after a failure the step's later buckets are
+ * left alone (the communicator is broken). */
 static void reduce_bucket(ddp_reducer *r, bucket *b)
 {
-    b->done = 1;
     if (r->failed || b->n == 0)
         return;
     nn_tensor view = r->block;
@@ -99,14 +120,42 @@ static void reduce_bucket(ddp_reducer *r, bucket *b)
     nn_model_write(r->m, &view, r->host);
 }
 
+static void *reducer_thread(void *arg)
+{
+    ddp_reducer *r = arg;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (r->head == r->tail && !r->stop)
+            pthread_cond_wait(&r->work, &r->mu);
+        if (r->head == r->tail)
+            break; /* stop, nothing left */
+        size_t b = r->queue[r->head++];
+        pthread_mutex_unlock(&r->mu);
+        reduce_bucket(r, &r->buckets[b]);
+        pthread_mutex_lock(&r->mu);
+        r->done++;
+        pthread_cond_signal(&r->done_cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Hands bucket b to the reducer's thread (backward's thread). */
+static void enqueue(ddp_reducer *r, size_t b)
+{
+    r->buckets[b].queued = 1;
+    pthread_mutex_lock(&r->mu);
+    r->queue[r->tail++] = b;
+    pthread_cond_signal(&r->work);
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void on_grad(void *ctx, size_t param)
 {
     ddp_reducer *r = ctx;
     int b = r->param_bucket[param];
-    if (b < 0)
-        return;
-    if (--r->buckets[b].left == 0)
-        reduce_bucket(r, &r->buckets[b]);
+    if (b >= 0 && --r->buckets[b].left == 0)
+        enqueue(r, (size_t)b);
 }
 
 int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer **out, cds_err *err)
@@ -118,13 +167,21 @@ int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer *
     r->m = m;
     r->c = c;
     r->block = nn_model_grad_block(m);
+    r->unbucketed = bucket_bytes == 0;
     if (plan_buckets(r, bucket_bytes, err) != 0) {
         ddp_reducer_free(r);
         return -1;
     }
-    r->unbucketed = bucket_bytes == 0;
-    if (r->unbucketed && r->n_buckets) /* one bucket, reduced after backward: the hook never counts it to 0 */
+    if (r->unbucketed && r->n_buckets) /* one bucket, queued by finish: the hook never counts it to 0 */
         r->buckets[0].left = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->work, NULL);
+    pthread_cond_init(&r->done_cv, NULL);
+    if (pthread_create(&r->thread, NULL, reducer_thread, r) != 0) {
+        ddp_reducer_free(r);
+        return cds_errf(err, "cannot start the gradient reducer's thread");
+    }
+    r->thread_started = 1;
     nn_model_set_grad_hook(m, on_grad, r);
     *out = r;
     return 0;
@@ -132,10 +189,20 @@ int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer *
 
 int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
 {
+    r->last_early = 0;
     for (size_t b = 0; b < r->n_buckets; b++) {
-        if (!r->buckets[b].done)
-            reduce_bucket(r, &r->buckets[b]);
-        r->buckets[b].done = 0;
+        if (r->buckets[b].queued)
+            r->last_early++;
+        else
+            enqueue(r, b);
+    }
+    pthread_mutex_lock(&r->mu);
+    while (r->done < r->n_buckets)
+        pthread_cond_wait(&r->done_cv, &r->mu);
+    r->head = r->tail = r->done = 0;
+    pthread_mutex_unlock(&r->mu);
+    for (size_t b = 0; b < r->n_buckets; b++) {
+        r->buckets[b].queued = 0;
         r->buckets[b].left = r->unbucketed ? -1 : r->buckets[b].params;
     }
     int failed = r->failed;
@@ -177,6 +244,7 @@ int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err)
 }
 
 size_t ddp_reducer_buckets(const ddp_reducer *r) { return r->n_buckets; }
+size_t ddp_reducer_last_early(const ddp_reducer *r) { return r->last_early; }
 
 void ddp_reducer_free(ddp_reducer *r)
 {
@@ -184,8 +252,19 @@ void ddp_reducer_free(ddp_reducer *r)
         return;
     if (r->m)
         nn_model_set_grad_hook(r->m, NULL, NULL);
+    if (r->thread_started) {
+        pthread_mutex_lock(&r->mu);
+        r->stop = 1;
+        pthread_cond_signal(&r->work);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->thread, NULL);
+        pthread_cond_destroy(&r->work);
+        pthread_cond_destroy(&r->done_cv);
+        pthread_mutex_destroy(&r->mu);
+    }
     free(r->buckets);
     free(r->param_bucket);
+    free(r->queue);
     free(r->host);
     free(r);
 }

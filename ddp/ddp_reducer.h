@@ -7,8 +7,8 @@
  * about bucket_bytes (PyTorch DDP's 25 MB by default): each bucket is a
  * contiguous range of the block holding whole parameters.  The model's
  * gradient hook counts each bucket's parameters down, and the bucket whose
- * last parameter is final is averaged over the gang at once, while the
- * earlier layers' backward is still to come.  ddp_reducer_finish, after
+ * last parameter is final goes to the reducer's own thread, which averages
+ * it over the gang while backward goes on through the earlier layers.  ddp_reducer_finish, after
  * backward, reduces what is left (nothing, when every parameter reported)
  * and returns the first error.  Buckets go out in the same order on every
  * rank, since every rank runs the same backward.
@@ -21,9 +21,7 @@
  * backward (the unbucketed reference: a sum of two floats does not depend
  * on how the block was cut, so both give the same bits at W = 2).
  *
- * Not yet: a sparse mlp's row-sparse fc0.weight gradient (refused), and
- * running the reduction on a thread of its own beside backward (today a
- * bucket is reduced inside the hook, on backward's thread). */
+ * Not yet: a sparse mlp's row-sparse fc0.weight gradient (refused). */
 #ifndef CDS_DDP_REDUCER_H
 #define CDS_DDP_REDUCER_H
 
@@ -46,6 +44,10 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err);
  * rank: the gang starts from the same weights. */
 int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err);
 size_t ddp_reducer_buckets(const ddp_reducer *r);
+/* How many buckets of the last step went to the reducer's thread during
+ * backward, before ddp_reducer_finish (all of them when bucketed, none
+ * unbucketed): the overlap, counted. */
+size_t ddp_reducer_last_early(const ddp_reducer *r);
 /* Removes the hook. */
 void ddp_reducer_free(ddp_reducer *r);
 

@@ -15,6 +15,7 @@
  * and a guard that silently stopped guarding would prove nothing. */
 #include "nn_guard_cpu.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +27,15 @@ typedef struct guarded {
     size_t size; /* whole pages */
 } guarded;
 
+/* The list and the depth are shared by every thread that calls the
+ * backend (a data-parallel reducer copies a bucket out while backward runs
+ * its ops), so both change under mu: the buffers open when the first call
+ * enters and close when the last one leaves. */
 struct nn_guard {
+    pthread_mutex_t mu;
     guarded *v;
     size_t n, cap;
-    int depth; /* open calls */
+    int depth; /* open calls, over all threads */
 };
 
 #define HUGE_PAGE ((size_t)2 << 20)
@@ -64,18 +70,24 @@ static void protect(const guarded *b, int prot)
 
 nn_guard *nn_guard_new(void)
 {
-    return calloc(1, sizeof(nn_guard));
+    nn_guard *g = calloc(1, sizeof(nn_guard));
+    if (g && pthread_mutex_init(&g->mu, NULL) != 0) {
+        free(g);
+        return NULL;
+    }
+    return g;
 }
 
 void nn_guard_free(nn_guard *g)
 {
     if (!g)
         return;
+    pthread_mutex_destroy(&g->mu);
     free(g->v);
     free(g);
 }
 
-void *nn_guard_alloc(nn_guard *g, size_t bytes)
+static void *guard_alloc(nn_guard *g, size_t bytes)
 {
     if (g->n == g->cap) {
         size_t cap = g->cap ? 2 * g->cap : 16;
@@ -104,13 +116,23 @@ void *nn_guard_alloc(nn_guard *g, size_t bytes)
     return p;
 }
 
+void *nn_guard_alloc(nn_guard *g, size_t bytes)
+{
+    pthread_mutex_lock(&g->mu);
+    void *p = guard_alloc(g, bytes);
+    pthread_mutex_unlock(&g->mu);
+    return p;
+}
+
 void nn_guard_release(nn_guard *g, void *p, size_t bytes)
 {
     (void)bytes;
+    pthread_mutex_lock(&g->mu);
     for (size_t i = 0; i < g->n; i++)
         if (g->v[i].p == p) {
             munmap(p, g->v[i].size);
             g->v[i] = g->v[--g->n];
+            pthread_mutex_unlock(&g->mu);
             return;
         }
     fprintf(stderr, "nn guard: freeing %p, which this context did not allocate\n", p);
@@ -119,14 +141,18 @@ void nn_guard_release(nn_guard *g, void *p, size_t bytes)
 
 void nn_guard_open(nn_guard *g)
 {
+    pthread_mutex_lock(&g->mu);
     if (g->depth++ == 0)
         for (size_t i = 0; i < g->n; i++)
             protect(&g->v[i], PROT_READ | PROT_WRITE);
+    pthread_mutex_unlock(&g->mu);
 }
 
 void nn_guard_close(nn_guard *g)
 {
+    pthread_mutex_lock(&g->mu);
     if (--g->depth == 0)
         for (size_t i = 0; i < g->n; i++)
             protect(&g->v[i], PROT_NONE);
+    pthread_mutex_unlock(&g->mu);
 }

@@ -11,8 +11,9 @@
  * relative per tensor (max|a-b| / max|b|: the float sums of the two halves
  * run in another order).  Also: the two ranks end bit-identical; buckets of
  * 256 bytes (many) and one unbucketed reduction after backward give the
- * same bits; the gang starts from rank 0's weights however each rank was
- * initialised.  Ranks are forked before the parent touches the engine (its
+ * same bits; every bucket of a bucketed step goes out during backward,
+ * before finish (the overlap); the gang starts from rank 0's weights
+ * however each rank was initialised.  Ranks are forked before the parent touches the engine (its
  * OpenMP runtime does not survive a fork). */
 #include <math.h>
 #include <stdio.h>
@@ -114,6 +115,12 @@ static int rank_main(int which, const char *prefix, const char *scope, int rank,
         if (nn_trainer_forward_backward(t, x + rank * half * IN, NULL, y + rank * half, half, &err) != 0 ||
             ddp_reducer_finish(r, &err) != 0 || nn_trainer_optim_step(t, &err) != 0) {
             fprintf(stderr, "rank %d step %d: %s\n", rank, s, err.msg);
+            return 1;
+        }
+        size_t want = bucket_bytes ? ddp_reducer_buckets(r) : 0;
+        if (ddp_reducer_last_early(r) != want) {
+            fprintf(stderr, "rank %d step %d: %zu buckets went out during backward, not %zu\n", rank, s,
+                    ddp_reducer_last_early(r), want);
             return 1;
         }
     }
