@@ -5,7 +5,7 @@
  *   allreduce_gloo --redis URL --ranks W --sizes-mb 1,4,...,256 [--seconds S]
  *
  * Forks W ranks that meet through rendezvous keys in the Redis at URL.
- * For each size, after one warm-up call, rank 0 times back-to-back
+ * For each size, after WARMUP calls, rank 0 times back-to-back
  * all-reduces (sum) of that many bytes of float32 for about S seconds, each
  * preceded by nothing else (the same loop as the PyTorch side,
  * bench/allreduce/torch_side.py).  Bus bandwidth, as nccl-tests defines it:
@@ -21,6 +21,7 @@
 #include "ddp_comm.h"
 
 #define MAX_SIZES 16
+#define WARMUP 5 /* calls before timing a size: the first ones after connecting run slow */
 
 static int rank_main(const char *url, int rank, int W, const int *mb, int n_sizes, double seconds)
 {
@@ -45,10 +46,11 @@ static int rank_main(const char *url, int rank, int W, const int *mb, int n_size
         }
         for (size_t i = 0; i < n; i++)
             buf[i] = (float)(i & 7);
-        if (ddp_allreduce(c, buf, n, DDP_SUM, &err) != 0) {
-            fprintf(stderr, "allreduce_gloo: %s\n", err.msg);
-            return 1;
-        }
+        for (int w = 0; w < WARMUP; w++)
+            if (ddp_allreduce(c, buf, n, DDP_SUM, &err) != 0) {
+                fprintf(stderr, "allreduce_gloo: %s\n", err.msg);
+                return 1;
+            }
         /* Rank 0 decides the count and tells the others, so all make the
          * same number of calls. */
         float iters = 0;

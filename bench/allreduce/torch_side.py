@@ -4,7 +4,7 @@ links the same Gloo as the communicator).
 
     torch_side.py --ranks W --sizes-mb 1,4,... --seconds S --port P
 
-The same loop as bench/allreduce_gloo.c: per size, one warm-up call, one
+The same loop as bench/allreduce_gloo.c: per size, WARMUP calls, one
 timed call that sets the count (broadcast from rank 0), a barrier, then
 back-to-back all-reduces (sum) of float32 timed on rank 0.  One JSON line
 per size with the bus bandwidth, bytes * 2(W-1)/W / time per call."""
@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+WARMUP = 5  # calls before timing a size, as bench/allreduce_gloo.c
+
 
 def rank_main(rank, args):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
@@ -28,7 +30,8 @@ def rank_main(rank, args):
     for mb in [int(s) for s in args.sizes_mb.split(",")]:
         n = mb * (1 << 20) // 4
         buf = (torch.arange(n, dtype=torch.int64) & 7).to(torch.float32)
-        dist.all_reduce(buf)
+        for _ in range(WARMUP):
+            dist.all_reduce(buf)
         iters = torch.zeros(1)
         t0 = time.monotonic()
         dist.all_reduce(buf)
