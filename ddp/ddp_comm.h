@@ -27,6 +27,11 @@ typedef struct ddp_comm ddp_comm;
 typedef enum { DDP_SUM, DDP_AVG } ddp_op;
 
 #define DDP_DEFAULT_TIMEOUT_MS 10000
+/* The largest model a gang trains: every rank keeps a host copy of each
+ * bucket, tensor or model it shares, besides Gloo's own buffers, and each
+ * collective must end within the time-out; jobctl refuses a DDP or MA
+ * sweep with a bigger model. */
+#define DDP_MAX_MODEL_BYTES ((size_t)2 << 30)
 
 typedef struct ddp_comm_opts {
     queue_conn *q;      /* the rendezvous goes through it (used during init only) */

@@ -214,33 +214,53 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
     return 0;
 }
 
-static int broadcast_tensor(ddp_reducer *r, nn_tensor *t, int root, float **buf, size_t *cap, cds_err *err)
+/* Tensor t of m made the same on every rank: root's (root >= 0) or the
+ * mean over the ranks (root < 0), through the host buffer *buf. */
+static int sync_tensor(nn_model *m, ddp_comm *c, nn_tensor *t, int root, float **buf, size_t *cap, cds_err *err)
 {
     if (t->n > *cap) {
         float *nb = realloc(*buf, t->n * sizeof(float));
         if (!nb)
-            return cds_err_nomem(err, "out of memory broadcasting a %zu-float tensor", t->n);
+            return cds_err_nomem(err, "out of memory sharing a %zu-float tensor over the gang", t->n);
         *buf = nb;
         *cap = t->n;
     }
-    nn_model_read(r->m, t, *buf);
-    if (ddp_broadcast(r->c, *buf, t->n, root, err) != 0)
+    nn_model_read(m, t, *buf);
+    if ((root >= 0 ? ddp_broadcast(c, *buf, t->n, root, err) : ddp_allreduce(c, *buf, t->n, DDP_AVG, err)) != 0)
         return -1;
-    nn_model_write(r->m, t, *buf);
+    nn_model_write(m, t, *buf);
     return 0;
 }
 
-int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err)
+static int sync_model(nn_model *m, ddp_comm *c, int root, cds_err *err)
 {
     float *buf = NULL;
     size_t cap = 0;
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < nn_model_param_count(r->m); i++)
-        rc = broadcast_tensor(r, &nn_model_param(r->m, i)->w, root, &buf, &cap, err);
-    for (size_t i = 0; rc == 0 && i < nn_model_buffer_count(r->m); i++)
-        rc = broadcast_tensor(r, &nn_model_buffer(r->m, i)->t, root, &buf, &cap, err);
+    for (size_t i = 0; rc == 0 && i < nn_model_param_count(m); i++)
+        rc = sync_tensor(m, c, &nn_model_param(m, i)->w, root, &buf, &cap, err);
+    for (size_t i = 0; rc == 0 && i < nn_model_buffer_count(m); i++)
+        rc = sync_tensor(m, c, &nn_model_buffer(m, i)->t, root, &buf, &cap, err);
     free(buf);
     return rc;
+}
+
+int ddp_model_broadcast(nn_model *m, ddp_comm *c, int root, cds_err *err)
+{
+    if (root < 0 || root >= ddp_comm_size(c))
+        return cds_errf(err, "broadcast of a model from rank %d: the gang has ranks 0 to %d", root,
+                        ddp_comm_size(c) - 1);
+    return sync_model(m, c, root, err);
+}
+
+int ddp_model_average(nn_model *m, ddp_comm *c, cds_err *err)
+{
+    return sync_model(m, c, -1, err);
+}
+
+int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err)
+{
+    return ddp_model_broadcast(r->m, r->c, root, err);
 }
 
 size_t ddp_reducer_buckets(const ddp_reducer *r) { return r->n_buckets; }

@@ -43,6 +43,11 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err);
 /* Rank root's parameters and buffers (running statistics) copied to every
  * rank: the gang starts from the same weights. */
 int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err);
+/* The same without a reducer (MA has none): root's weights and buffers on
+ * every rank; or their mean over the ranks (model averaging: the running
+ * statistics are averaged too). */
+int ddp_model_broadcast(nn_model *m, ddp_comm *c, int root, cds_err *err);
+int ddp_model_average(nn_model *m, ddp_comm *c, cds_err *err);
 size_t ddp_reducer_buckets(const ddp_reducer *r);
 /* How many buckets of the last step went to the reducer's thread during
  * backward, before ddp_reducer_finish (all of them when bucketed, none

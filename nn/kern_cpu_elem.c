@@ -88,6 +88,11 @@ static float keep_scale(float p)
 
 void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n)
 {
+    nn_cpu_dropout_fwd_at(x, y, mask, p, seed, 0, n);
+}
+
+void nn_cpu_dropout_fwd_at(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, uint64_t first, size_t n)
+{
     if (p >= 1.0f) {
         for (size_t i = 0; i < n; i++) {
             mask[i] = 0;
@@ -99,7 +104,7 @@ void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64
     uint64_t threshold = keep_threshold(p);
     float scale = keep_scale(p);
     for (size_t i = 0; i < n; i++) {
-        uint64_t draw = mix64(key + (uint64_t)i * SPLITMIX_GAMMA) >> 11;
+        uint64_t draw = mix64(key + (first + (uint64_t)i) * SPLITMIX_GAMMA) >> 11;
         uint8_t keep = draw >= threshold;
         mask[i] = keep;
         y[i] = keep ? x[i] * scale : 0.0f;

@@ -124,7 +124,10 @@ struct nn_backend {
     void (*relu_bwd)(const nn_ctx *c, const float *y, const float *dy, float *dx, size_t n);
     void (*add_fwd)(const nn_ctx *c, const float *a, const float *b, float *y, size_t n);
     void (*acc)(const nn_ctx *c, const float *dy, float *dx, size_t n);
-    void (*dropout_fwd)(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n);
+    /* Element i draws its mask as element first+i of the global batch
+     * (data-parallel ranks hold a slice of it). */
+    void (*dropout_fwd)(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
+                        uint64_t first, size_t n);
     void (*dropout_bwd)(const nn_ctx *c, const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
     void (*softmax_xent)(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N, int K,
                          nn_step_metrics *m);

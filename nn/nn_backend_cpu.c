@@ -319,10 +319,10 @@ static void cpu_acc(const nn_ctx *c, const float *dy, float *dx, size_t n)
 }
 
 static void cpu_dropout_fwd(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
-                            size_t n)
+                            uint64_t first, size_t n)
 {
     GUARD_OPEN(c);
-    nn_cpu_dropout_fwd(x, y, mask, p, seed, n);
+    nn_cpu_dropout_fwd_at(x, y, mask, p, seed, first, n);
     GUARD_CLOSE(c);
 }
 

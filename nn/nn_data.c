@@ -75,7 +75,8 @@ struct nn_data {
 
     uint64_t seed;
     int shuffle, shard_index;
-    int64_t *order;            /* shuffle only */
+    int64_t *order;            /* shuffle, or a pass longer than the shard */
+    int64_t pass_rows;         /* rows a pass takes (nn_data_opts.pass_rows; rows when 0) */
 
     nn_buf buf[NBUF];
     int nbuf;
@@ -392,7 +393,7 @@ static int copy_indices(const nn_data *d, int64_t row, const int32_t *restrict s
 static void build_batch(const nn_data *d, int64_t k, nn_buf *b)
 {
     int64_t first = k * d->batch;
-    int n = (int)(d->rows - first < d->batch ? d->rows - first : d->batch);
+    int n = (int)(d->pass_rows - first < d->batch ? d->pass_rows - first : d->batch);
     const size_t esz = etl_dtype_size(d->dtype);
     const size_t row_bytes = (size_t)d->row_elems * esz;
     const int64_t out_el = d->sparse ? d->row_elems : d->P * d->C;
@@ -450,7 +451,7 @@ static void *worker_main(void *arg)
 
 static int alloc_buffers(nn_data *d, cds_err *err)
 {
-    int64_t cap = d->rows < d->batch ? (d->rows > 0 ? d->rows : 1) : d->batch;
+    int64_t cap = d->pass_rows < d->batch ? (d->pass_rows > 0 ? d->pass_rows : 1) : d->batch;
     int64_t per_row = d->sparse ? d->row_elems : d->P * d->C;
     d->nbuf = d->prefetch ? NBUF : 1;
     for (int i = 0; i < d->nbuf; i++) {
@@ -519,7 +520,12 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
     d->y = etl_shard_y(d->shard);
     d->dtype = x->dtype;
     d->rows = etl_shard_nrows(d->shard);
-    d->n_batches = (d->rows + d->batch - 1) / d->batch;
+    d->pass_rows = o->pass_rows > 0 ? o->pass_rows : d->rows;
+    if (d->pass_rows > d->rows && d->rows == 0) {
+        cds_errf(err, "shard %s is empty: a pass of %lld rows cannot wrap around it", d->dir, (long long)d->pass_rows);
+        goto fail;
+    }
+    d->n_batches = (d->pass_rows + d->batch - 1) / d->batch;
     if ((d->sparse ? match_sparse(d, x, o, err) : match_dense(d, x, o, err)) != 0)
         goto fail;
     if (scan_labels(d, o->classes, err) != 0)
@@ -532,8 +538,12 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
         }
         build_luts(d);
     }
-    if (d->shuffle && !(d->order = malloc((size_t)(d->rows > 0 ? d->rows : 1) * sizeof *d->order))) {
-        cds_err_nomem(err, "shard %s: out of memory for the order of %lld rows", d->dir, (long long)d->rows);
+    /* Whole rounds of the shard: the last one's permutation is written in
+     * full and read in part. */
+    int64_t order_n = d->pass_rows > d->rows ? (d->pass_rows + d->rows - 1) / d->rows * d->rows : d->rows;
+    if ((d->shuffle || d->pass_rows != d->rows) &&
+        !(d->order = malloc((size_t)(order_n > 0 ? order_n : 1) * sizeof *d->order))) {
+        cds_err_nomem(err, "shard %s: out of memory for the order of %lld rows", d->dir, (long long)order_n);
         goto fail;
     }
     if (alloc_buffers(d, err) != 0)
@@ -586,8 +596,14 @@ static void reset_pass(nn_data *d, int64_t epoch)
 {
     for (int i = 0; i < NBUF; i++)
         d->buf[i].state = BUF_FREE;
-    if (d->shuffle)
-        nn_data_shuffle(d->order, d->rows, d->seed, epoch, d->shard_index);
+    /* Round r of a pass longer than the shard: epoch + r's order. */
+    for (int64_t at = 0, r = 0; d->order && at < d->pass_rows; at += d->rows, r++) {
+        if (d->shuffle)
+            nn_data_shuffle(d->order + at, d->rows, d->seed, epoch + r, d->shard_index);
+        else
+            for (int64_t i = 0; i < d->rows; i++)
+                d->order[at + i] = i;
+    }
     d->next_take = d->next_build = 0;
     d->held = -1;
     d->failed = 0;

@@ -71,6 +71,12 @@ typedef struct nn_data_opts {
     int prefetch;              /* 1: a thread prepares the next batch while the caller trains on this one */
     int classes;               /* > 0: a label outside [0, classes) refuses the shard at open; 0: unchecked */
     int verify;                /* 1: recompute the checksums of the shard's files at open (reads them all) */
+    /* Rows a pass takes (0: the shard's rows).  More than the shard's: the
+     * pass goes on past its end in the order of the next epoch (round r of
+     * the shard in epoch + r's order), so a data-parallel rank whose shard
+     * is shorter than the longest takes as many rows as every other rank,
+     * and only the pass's last batch is short, on every rank alike. */
+    int64_t pass_rows;
 } nn_data_opts;
 
 typedef struct nn_batch {
@@ -94,7 +100,7 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
  * everything; NULL is allowed.  Safe in the middle of a pass. */
 void nn_data_close(nn_data *d);
 int64_t nn_data_rows(const nn_data *d);
-int64_t nn_data_batches(const nn_data *d);  /* batches per pass: ceil(rows / batch) */
+int64_t nn_data_batches(const nn_data *d);  /* batches per pass: ceil(pass rows / batch) */
 int nn_data_classes_max(const nn_data *d);  /* largest label + 1 (0 for an empty shard) */
 
 /* Starts a pass over the shard for the given epoch, abandoning any pass in

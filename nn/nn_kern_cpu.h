@@ -119,6 +119,10 @@ void nn_cpu_acc(const float *dy, float *dx, size_t n);
  * drawn from a counter-based generator of (seed, i) alone, so the mask does
  * not depend on threads or on what ran before.  mask gets 0/1 bytes. */
 void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n);
+/* The same for elements first .. first+n-1 of a larger tensor: element i
+ * here draws as element first+i there, so a data-parallel rank holding rows
+ * [r0, r0+n) of a global batch draws the masks one process would. */
+void nn_cpu_dropout_fwd_at(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, uint64_t first, size_t n);
 void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
 
 /* ---- softmax cross-entropy on class ids ----

@@ -333,6 +333,11 @@ size_t nn_model_nparams(const nn_model *m)
     return n;
 }
 
+void nn_model_set_row_offset(nn_model *m, int64_t first_row)
+{
+    m->row_offset = first_row;
+}
+
 void nn_model_set_grad_hook(nn_model *m, nn_grad_hook fn, void *ctx)
 {
     m->hook = fn;

@@ -99,6 +99,10 @@ nn_tensor nn_model_grad_block(nn_model *m);
  * NULL removes it. */
 typedef void (*nn_grad_hook)(void *ctx, size_t param);
 void nn_model_set_grad_hook(nn_model *m, nn_grad_hook fn, void *ctx);
+/* The row of the global batch this model's batches start at (0 unless
+ * data-parallel: rank r of a DDP gang holds rows r·b/W..): dropout masks
+ * are drawn by global row, so W ranks draw what one process would. */
+void nn_model_set_row_offset(nn_model *m, int64_t first_row);
 
 /* Forward pass over n rows: x (n samples of floats, dense models) or idx
  * (n·nnz indices, sparse models); labels may be NULL (no loss, e.g. for a

@@ -82,6 +82,7 @@ struct nn_model {
     nn_buf acc;             /* one nn_pass_acc: a pass's sums (nn_model_acc_*) */
 
     int n_cur;
+    int64_t row_offset;     /* nn_model_set_row_offset: the batch's first row in the global batch */
     int trained;            /* the last forward was a training forward with labels */
     nn_grad_hook hook;      /* nn_model_set_grad_hook */
     void *hook_ctx;

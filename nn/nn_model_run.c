@@ -69,8 +69,12 @@ static int forward_node(nn_model *m, node *d, int train, uint64_t dropout_seed, 
     case K_GAP:
         return nn_op_gap_fwd(c, &a->y, &d->y, err);
     case K_DROPOUT:
+        /* Masks by the row's place in the global batch (m->row_offset: a
+         * data-parallel rank's first row), so W ranks draw what one
+         * process would. */
         return nn_op_dropout_fwd(c, &a->y, &d->y, &d->aux, train ? d->p : 0.0f,
-                                 nn_rng_mix(dropout_seed, index, 0x64726f70), err);
+                                 nn_rng_mix(dropout_seed, index, 0x64726f70),
+                                 (uint64_t)m->row_offset * (a->y.n / (size_t)(m->n_cur > 0 ? m->n_cur : 1)), err);
     case K_ADD:
         return nn_op_add_fwd(c, &a->y, &m->nodes[d->in2].y, &d->y, err);
     }

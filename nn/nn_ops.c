@@ -227,11 +227,11 @@ int nn_op_add_fwd(const nn_ctx *c, const nn_tensor *a, const nn_tensor *b, nn_te
 }
 
 int nn_op_dropout_fwd(const nn_ctx *c, const nn_tensor *x, nn_tensor *y, nn_buf *mask, float p, uint64_t seed,
-                      cds_err *err)
+                      uint64_t first, cds_err *err)
 {
     ON_CTX("dropout", x, y);
     BUFS_ON_CTX("dropout", mask);
-    c->be->dropout_fwd(c, x->data, y->data, mask->data, p, seed, x->n);
+    c->be->dropout_fwd(c, x->data, y->data, mask->data, p, seed, first, x->n);
     return 0;
 }
 

@@ -63,9 +63,10 @@ int nn_op_bn_bwd(const nn_ctx *c, const nn_tensor *x, const nn_tensor *gamma, co
 int nn_op_relu_fwd(const nn_ctx *c, const nn_tensor *x, nn_tensor *y, cds_err *err);
 int nn_op_relu_bwd(const nn_ctx *c, const nn_tensor *y, const nn_tensor *dy, nn_tensor *dx, cds_err *err);
 int nn_op_add_fwd(const nn_ctx *c, const nn_tensor *a, const nn_tensor *b, nn_tensor *y, cds_err *err);
-/* mask: x->n bytes of 0/1. */
+/* mask: x->n bytes of 0/1; x's elements are elements first.. of the
+ * global batch, by which masks are drawn. */
 int nn_op_dropout_fwd(const nn_ctx *c, const nn_tensor *x, nn_tensor *y, nn_buf *mask, float p, uint64_t seed,
-                      cds_err *err);
+                      uint64_t first, cds_err *err);
 int nn_op_dropout_bwd(const nn_ctx *c, const nn_buf *mask, const nn_tensor *dy, nn_tensor *dx, float p,
                       cds_err *err);
 /* dx += dy (the backward of add and of an identity shortcut). */

@@ -104,11 +104,13 @@ void nn_trainer_free(nn_trainer *t)
 
 /* ------------------------------------------------------------- passes */
 
-static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuffle, nn_data **out, cds_err *err)
+static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuffle, int batch, int64_t pass_rows,
+                      nn_data **out, cds_err *err)
 {
     nn_data_opts o;
     memset(&o, 0, sizeof o);
-    o.batch = t->cfg.batch;
+    o.batch = batch > 0 ? batch : t->cfg.batch;
+    o.pass_rows = pass_rows;
     o.seed = t->cfg.seed;
     o.shuffle = shuffle;
     int shape[3], sparse_dim = 0;
@@ -200,14 +202,20 @@ static int diverged(nn_trainer *t, const nn_pass_acc *bad, double lr, cds_err *e
 
 /* Training steps over one shard: one pass in its order (steps < 0), or
  * exactly `steps` steps, starting the shard again when it ends, each round
- * in the order of the next epoch (round r: epoch + r). */
-static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps, nn_progress_fn progress,
-                      void *ctx, nn_pass_stats *st, cds_err *err)
+ * in the order of the next epoch (round r: epoch + r).  o->batch 0 is the
+ * configuration's; o->after_backward runs between backward and the
+ * optimiser step.  A data-parallel pass (o->dp) reads the sums only at its
+ * end: a rank that stopped alone at a diverged loss would leave its gang
+ * waiting in a collective, so every rank runs the whole pass and the gang
+ * agrees afterwards. */
+static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, const nn_dp_pass *o, int64_t steps,
+                      int dp, nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err)
 {
     memset(st, 0, sizeof *st);
     nn_data *d;
-    if (open_shard(t, shard_dir, shard_index, 1, &d, err) != 0)
+    if (open_shard(t, shard_dir, shard_index, 1, o->batch, o->rows, &d, err) != 0)
         return -1;
+    nn_model_set_row_offset(t->model, o->row_offset);
     int64_t t0 = cds_mono_ms(), total = nn_data_rows(d), done = 0, taken = 0, last_read = t0 - READ_EVERY_MS;
     if (steps >= 0)
         total = 0; /* not known in rows: the progress line shows rows done */
@@ -224,14 +232,15 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int
         }
         if (n <= 0)
             break;
-        if (nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 || nn_trainer_optim_step(t, err) != 0) {
+        if (nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 ||
+            (o->after_backward && o->after_backward(o->hook_ctx, err) != 0) || nn_trainer_optim_step(t, err) != 0) {
             rc = -1;
             break;
         }
         done += n;
         taken++;
         int64_t now = cds_mono_ms();
-        if (now - last_read >= READ_EVERY_MS) {
+        if (!dp && now - last_read >= READ_EVERY_MS) {
             last_read = now;
             if (read_sums(t, st, &bad)) {
                 rc = diverged(t, &bad, lr, err);
@@ -248,6 +257,7 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int
         rc = -1;
     if ((rc == 0 || rc == NN_TRAIN_STOPPED) && read_sums(t, st, &bad))
         rc = diverged(t, &bad, lr, err);
+    nn_model_set_row_offset(t->model, 0);
     nn_data_close(d);
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     if (rc == NN_TRAIN_STOPPED || rc == NN_TRAIN_DIVERGED)
@@ -258,8 +268,29 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, int
 int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index, nn_progress_fn progress,
                            void *ctx, nn_pass_stats *st, cds_err *err)
 {
-    int rc = train_pass(t, shard_dir, shard_index, -1, progress, ctx, st, err);
+    nn_dp_pass o = {0};
+    int rc = train_pass(t, shard_dir, shard_index, &o, -1, 0, progress, ctx, st, err);
     return rc != 0 ? rc : visit(t, shard_index, err);
+}
+
+int nn_trainer_train_dp(nn_trainer *t, const char *shard_dir, int shard_index, const nn_dp_pass *o,
+                        nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err)
+{
+    if (o->rows < 0 || o->batch < 0 || o->row_offset < 0)
+        return cds_errf(err, "a data-parallel pass of %lld rows in batches of %d from row %lld: give rows >= 0 (0: the "
+                             "shard's), batch >= 0 (0: the configuration's) and a row offset >= 0",
+                        (long long)o->rows, o->batch, (long long)o->row_offset);
+    return train_pass(t, shard_dir, shard_index, o, -1, 1, progress, ctx, st, err);
+}
+
+int nn_trainer_shard_rows(nn_trainer *t, const char *shard_dir, int64_t *rows, cds_err *err)
+{
+    nn_data *d;
+    if (open_shard(t, shard_dir, 0, 0, 0, 0, &d, err) != 0)
+        return -1;
+    *rows = nn_data_rows(d);
+    nn_data_close(d);
+    return 0;
 }
 
 int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps,
@@ -267,13 +298,14 @@ int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index
 {
     if (steps < 1)
         return cds_errf(err, "training steps: %lld; give at least 1", (long long)steps);
-    return train_pass(t, shard_dir, shard_index, steps, progress, ctx, st, err);
+    nn_dp_pass o = {0};
+    return train_pass(t, shard_dir, shard_index, &o, steps, 0, progress, ctx, st, err);
 }
 
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)
 {
     nn_data *d;
-    if (open_shard(t, shard_dir, 0, 0, &d, err) != 0)
+    if (open_shard(t, shard_dir, 0, 0, 0, 0, &d, err) != 0)
         return -1;
     int64_t t0 = cds_mono_ms();
     start_sums(t, st);

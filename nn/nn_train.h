@@ -55,6 +55,27 @@ int nn_trainer_train_shard(nn_trainer *t, const char *shard_dir, int shard_index
  * steps on every rank's shard this way. */
 int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index, int64_t steps,
                            nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err);
+/* A data-parallel pass (DESIGN.md §6): one pass of o->rows rows (0: the
+ * shard's own) in batches of o->batch (0: the configuration's), going on
+ * past the shard's end in the next epoch's order (nn_data_opts.pass_rows),
+ * so every rank of a DDP gang takes the longest shard's rows in the same
+ * steps, only the last one short, with o->after_backward (may be NULL) called
+ * between each step's backward and its optimiser step (DDP: the gradients
+ * averaged over the gang).  o->row_offset is this rank's first row in each
+ * global batch: dropout masks are drawn by global row.  The shard is not
+ * recorded as visited, and a diverged loss is found at the pass's end only
+ * (every rank of a gang runs the whole pass). */
+typedef struct nn_dp_pass {
+    int batch;
+    int64_t rows;
+    int64_t row_offset;
+    int (*after_backward)(void *ctx, cds_err *err);
+    void *hook_ctx;
+} nn_dp_pass;
+int nn_trainer_train_dp(nn_trainer *t, const char *shard_dir, int shard_index, const nn_dp_pass *o,
+                        nn_progress_fn progress, void *ctx, nn_pass_stats *st, cds_err *err);
+/* The rows of a shard (its files checked against the model as for training). */
+int nn_trainer_shard_rows(nn_trainer *t, const char *shard_dir, int64_t *rows, cds_err *err);
 /* One training step in two halves, for data-parallel training (reduce the
  * gradients between them): forward and backward on a batch (host data, as
  * nn_model_forward takes it; the batch's metrics go to the model's pass

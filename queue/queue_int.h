@@ -25,7 +25,7 @@ enum queue_script {
     QS_MOP_CREATE, QS_MOP_LEASE, QS_MOP_RENEW, QS_MOP_COMMIT, QS_MOP_RELEASE, QS_MOP_FAIL, QS_MOP_REAP,
     QS_MOP_STATE, QS_MOP_MODEL, QS_MOP_EVAL_TAKE, QS_MOP_EVAL_RENEW, QS_MOP_EVAL_END, QS_MOP_RESULT,
     QS_MOP_TEST_CLAIM, QS_MOP_TEST_RENEW, QS_MOP_TEST_RECORD, QS_MOP_TEST_FAIL, QS_MOP_RETRY, QS_MOP_ENROLL,
-    QS_MOP_SHARD_BEAT, QS_MOP_ORPHANS,
+    QS_MOP_SHARD_BEAT, QS_MOP_ORPHANS, QS_MOP_GANG, QS_MOP_GANG_RENEW, QS_MOP_GANG_COMMIT, QS_MOP_GANG_END,
     /* the cds_results outbox (queue_outbox.c) */
     QS_OUTBOX, QS_OUTBOX_DUE,
     QS_COUNT
@@ -143,6 +143,9 @@ int qmop_lease_script(queue_conn *q, int script, const char *sweep, const struct
 int qmop_run_on_lease(queue_conn *q, int script, const char *what, const char *success, const char *sweep,
                       const struct queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err);
 /* Renews an evaluation or test lease. */
+/* The renewal of a gang's rank (queue_mop_gang.c), for queue_mop_renew. */
+int qmop_gang_renew(queue_conn *q, const char *sweep, const struct queue_mop_lease *l, int64_t lease_ms,
+                    const char *progress, cds_err *err);
 int qmop_renew_side_lease(queue_conn *q, const char *sweep, const struct queue_mop_lease *l, int64_t lease_ms,
                           cds_err *err);
 /* Frees a finished sweep's unique key if it still names the sweep. */

@@ -155,6 +155,8 @@ static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
     if (d->models < 1 || d->models > MOP_MODELS_MAX)
         return cds_errf(err, "sweep '%s': %d models is out of range: use 1 to %d", d->id, d->models,
                         MOP_MODELS_MAX);
+    if (d->mode && strcmp(d->mode, "mop") != 0 && strcmp(d->mode, "ddp") != 0 && strcmp(d->mode, "ma") != 0)
+        return cds_errf(err, "sweep '%s': mode '%s' is not one of mop, ddp, ma", d->id, d->mode);
     if (!d->model_specs)
         return cds_errf(err, "sweep '%s' has no model specs: give one per model", d->id);
     if (d->spec_json && check_json(d->spec_json, "the sweep spec", err) != 0)
@@ -221,6 +223,7 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_addf(&args, "%lld", (long long)(d->backoff_cap_ms > 0 ? d->backoff_cap_ms : 60000));
     qargs_add(&args, d->unique ? d->unique : "");
     qargs_add(&args, holder);
+    qargs_add(&args, d->mode ? d->mode : "mop");
     redisReply *r = qmop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;

@@ -131,6 +131,9 @@ typedef struct queue_sweep_def {
     /* A unique key (cron): while the sweep it names is live, a create with
      * the same key makes nothing and names that sweep; NULL: none. */
     const char *unique;
+    /* "mop" (NULL: the same), or "ddp" / "ma": models trained by gangs of
+     * `shards` ranks (queue_mop_gang_take). */
+    const char *mode;
 } queue_sweep_def;
 
 /* Creates the sweep with every model idle at epoch 1, version 0.  Refuses an
@@ -143,7 +146,7 @@ int queue_sweep_create(queue_conn *q, const queue_sweep_def *d, char *duplicate_
 
 /* What a queue_mop_lease holds: a model for one visit, an epoch to
  * evaluate, or a sweep's test scoring.  queue_mop_renew renews any of them. */
-enum { QUEUE_MOP_VISIT = 0, QUEUE_MOP_EVAL = 1, QUEUE_MOP_TEST = 2 };
+enum { QUEUE_MOP_VISIT = 0, QUEUE_MOP_EVAL = 1, QUEUE_MOP_TEST = 2, QUEUE_MOP_RANK = 3 };
 
 typedef struct queue_mop_lease {
     int kind;                    /* QUEUE_MOP_VISIT (0, what a zeroed lease is), _EVAL or _TEST */
@@ -162,6 +165,11 @@ typedef struct queue_mop_lease {
     int shards;                                  /* K */
     char *spec;                  /* queue_mop_lease_visit: the model's spec (JSON, malloc'd; queue_mop_lease_clear
                                   * frees it, so a copy of the struct must not be cleared too); else NULL */
+    /* QUEUE_MOP_RANK (queue_mop_gang_take): rank `shard` of a gang of
+     * `shards` ranks; the gang's attempt number (its rendezvous scope) and
+     * the sweep's mode ("ddp" or "ma"). */
+    int64_t gang;
+    char mode[8];
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
@@ -178,6 +186,10 @@ int queue_mop_lease_visit(queue_conn *q, const char *sweep, int shard, const cha
                           queue_mop_lease *l, int *sweep_done, cds_err *err);
 /* Frees l->spec and zeroes l (any kind of lease; a zeroed one too). */
 void queue_mop_lease_clear(queue_mop_lease *l);
+/* queue_mop_lease_model / _visit: the sweep is a DDP or MA sweep, whose
+ * models are trained by gangs: ask queue_mop_gang_take instead. */
+#define QUEUE_MOP_GANG 5
+
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */
 int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out, cds_err *err);
 /* Any field of model m ("state", "reason", ...: see the keys above),
@@ -185,7 +197,8 @@ int queue_mop_model_spec(queue_conn *q, const char *sweep, int model, char **out
 int queue_mop_model_field(queue_conn *q, const char *sweep, int model, const char *field, char **out, cds_err *err);
 
 /* Moves the deadline of a held lease of any kind; returns 0, QUEUE_NOT_FOUND
- * when the lease is gone (expired and reaped, cancelled), -1 on error.  A
+ * when the lease is gone (expired and reaped, cancelled), -1 on error (a
+ * gang's rank: QUEUE_MOP_GANG_DONE once its gang committed).  A
  * lease past its deadline is gone even before a reaper frees the model:
  * renew, commit and reap all judge a lease alive iff now <= deadline (server
  * time). */
@@ -236,6 +249,50 @@ int queue_mop_fail_visit(queue_conn *q, const char *sweep, const queue_mop_lease
 int queue_mop_reap(queue_conn *q, const char *sweep, int *n, int *evals, cds_err *err);
 /* Blocks up to timeout_ms (at most 1000) on the wake-up list. */
 int queue_mop_wait(queue_conn *q, int timeout_ms, cds_err *err);
+
+/* ---- gangs: DDP and MA sweeps (DESIGN.md §6; queue_mop_gang.c) ----
+ *
+ * A DDP or MA sweep trains one model's epoch at a time over a gang of W = K
+ * ranks, rank r reading shard r.  A gang is formed all at once, by one
+ * script call (mop_gang.lua), from workers that said they are ready; each
+ * member picks its rank up with the same call, as a lease of kind
+ * QUEUE_MOP_RANK (shard = the rank, shards = W, token = the rank's own),
+ * renews it (queue_mop_renew, the heartbeat) and ends it: rank 0 commits
+ * the epoch, any rank may end the gang without a commit.  Invariants:
+ *   - a model is held by at most one gang, and a gang by W ranks on W
+ *     distinct workers; a worker holds at most one rank;
+ *   - the gang holds its model while no rank's deadline has passed (the
+ *     model's deadline is the earliest rank's); past it the reaper frees
+ *     the model and counts a stall, as for a MOP lease;
+ *   - an epoch is committed once, by rank 0 of the gang that holds the
+ *     model; an ended gang's ranks can change nothing (their tokens are
+ *     gone), and its rendezvous scope is never used again (G counts up).
+ * Keys: sweep:{S}:ready (hash: worker -> "<until ms> <shards>"), besides
+ * the nine; the model's fields <m>.gang ("G W"), <m>.r<i> (each rank) and
+ * <m>.gang_done (the last gang that committed). */
+enum { QUEUE_GANG_ABORT = 0, QUEUE_GANG_ATTEMPT = 1, QUEUE_GANG_FINAL = 2 };
+/* Asks for this worker's rank in a gang of sweep: 1 with *l filled (kind
+ * QUEUE_MOP_RANK, spec malloc'd: queue_mop_lease_clear), 0 when there is
+ * none for it now (marked ready until ready_ms from now: a gang forms when
+ * every shard has a ready worker), QUEUE_MOP_WAITING (no dataset version
+ * yet), -1 on error.  shards: what this worker may read, its own first,
+ * then orphans (their worker gone for the grace period).  *sweep_done (may
+ * be NULL) as for queue_mop_lease_model. */
+int queue_mop_gang_take(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, int64_t ready_ms,
+                        const int *shards, int nshards, queue_mop_lease *l, int *sweep_done, cds_err *err);
+/* Rank 0 publishes the gang's epoch: ckpt_path as the new version, the W
+ * ranks' metrics (JSON or NULL each) as "<m>.<epoch>.train.<r>".  As
+ * queue_mop_commit: r->accepted 0 when the gang lost the model. */
+int queue_mop_gang_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l, const char *ckpt_path,
+                          const char *const *metrics, queue_mop_commit_result *r, cds_err *err);
+/* Ends the gang without a commit (how: QUEUE_GANG_ABORT, a stall; _ATTEMPT,
+ * a failed attempt with a backoff; _FINAL, the model fails), reason and
+ * note as queue_mop_fail_visit.  0; QUEUE_NOT_FOUND when the gang had
+ * already ended (another rank ended it, or the reaper). */
+int queue_mop_gang_end(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *reason,
+                       const char *note, int *failed, cds_err *err);
+/* A renewal of a rank whose gang committed: the rank may finish. */
+#define QUEUE_MOP_GANG_DONE 6
 
 /* (added by mop) Pauses ("paused": no new leases; leases in flight may renew
  * and commit), resumes ("running") or cancels ("cancelled": final; every
@@ -328,6 +385,8 @@ int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err);
 /* Shards whose last beat is older than grace_ms: their worker is gone; an
  * idle worker may serve them too.  Up to max ids into shards. */
 int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
+/* The others: shards whose worker beat within grace_ms (served now). */
+int queue_mop_live_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err);
 
 /* Creates sweep new_id as a replay of the finished sweep orig
  * (queue_replay.c): same dataset version, shape, specs and sweep spec, and

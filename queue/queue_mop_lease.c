@@ -76,6 +76,10 @@ static int lease_model(queue_conn *q, const char *sweep, int shard, const char *
         freeReplyObject(r);
         return QUEUE_MOP_WAITING;
     }
+    if (qc_reply_is(r, 0, "gang")) {
+        freeReplyObject(r);
+        return QUEUE_MOP_GANG;
+    }
     if (qc_reply_is(r, 0, "none")) {
         if (sweep_done)
             *sweep_done = qc_reply_int(r, 1) != 0;
@@ -169,6 +173,9 @@ static void lease_gone(const char *sweep, const queue_mop_lease *l, cds_err *err
     else if (l->kind == QUEUE_MOP_EVAL)
         cds_errf(err, "the evaluation of model %d epoch %d of sweep '%s' is gone (expired and put back)", l->model,
                  l->epoch, sweep);
+    else if (l->kind == QUEUE_MOP_RANK)
+        cds_errf(err, "gang %lld of model %d of sweep '%s' is gone (another rank ended it, it expired, or the model "
+                      "was cancelled)", (long long)l->gang, l->model, sweep);
     else
         cds_errf(err, "lease of model %d of sweep '%s' is gone (expired, reaped or cancelled)", l->model, sweep);
 }
@@ -213,6 +220,8 @@ int queue_mop_renew_with_progress(queue_conn *q, const char *sweep, const queue_
                                   const char *progress, cds_err *err)
 {
     qargs args = {0};
+    if (l->kind == QUEUE_MOP_RANK)
+        return qmop_gang_renew(q, sweep, l, lease_ms, progress, err);
     if (l->kind != QUEUE_MOP_VISIT)
         return qmop_renew_side_lease(q, sweep, l, lease_ms, err);
     if (lease_args(sweep, l, &args, err) != 0)

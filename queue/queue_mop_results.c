@@ -52,12 +52,14 @@ int queue_mop_shard_beat(queue_conn *q, int shard, cds_err *err)
     return 0;
 }
 
-int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
+static int shard_beats(queue_conn *q, int64_t grace_ms, int live, int *shards, int max, int *n, cds_err *err)
 {
     *n = 0;
     qargs keys = {0}, args = {0};
     qargs_key(&keys, q, "mop:shards");
     qargs_addf(&args, "%lld", (long long)grace_ms);
+    if (live)
+        qargs_add(&args, "live");
     redisReply *r = qc_run(q, QS_MOP_ORPHANS, &keys, &args, err);
     if (!r)
         return -1;
@@ -68,4 +70,14 @@ int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int ma
         shards[(*n)++] = atoi(qc_reply_str(r, i) ?: "-1");
     freeReplyObject(r);
     return rc;
+}
+
+int queue_mop_orphan_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
+{
+    return shard_beats(q, grace_ms, 0, shards, max, n, err);
+}
+
+int queue_mop_live_shards(queue_conn *q, int64_t grace_ms, int *shards, int max, int *n, cds_err *err)
+{
+    return shard_beats(q, grace_ms, 1, shards, max, n, err);
 }

@@ -445,11 +445,11 @@ static void run_add(const nn_ctx *c, void *const *p, const kcase *k) { c->be->ad
 static void run_acc(const nn_ctx *c, void *const *p, const kcase *k) { c->be->acc(c, F(3), F(4), k->n); }
 static void run_dropout_fwd(const nn_ctx *c, void *const *p, const kcase *k)
 {
-    c->be->dropout_fwd(c, F(0), F(2), P(5), k->p, k->seed, k->n);
+    c->be->dropout_fwd(c, F(0), F(2), P(5), k->p, k->seed, 0, k->n);
 }
 static void run_dropout_bwd(const nn_ctx *c, void *const *p, const kcase *k)
 {
-    c->be->dropout_fwd(c, F(0), F(2), P(5), k->p, k->seed, k->n);
+    c->be->dropout_fwd(c, F(0), F(2), P(5), k->p, k->seed, 0, k->n);
     c->be->dropout_bwd(c, P(5), F(3), F(4), k->p, k->n);
 }
 static void run_memset(const nn_ctx *c, void *const *p, const kcase *k)

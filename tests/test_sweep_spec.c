@@ -229,8 +229,18 @@ static void test_refusals(void)
     refused("[1]", "$", "must be a JSON object", "not an object");
     refused_variant("models_", "[]", "$.models_", "unknown field", "an unknown top-level field");
     refused_variant("mode", NULL, "$.mode", "required", "no mode");
-    refused_variant("mode", "\"ddp\"", "$.mode", "other modes come later", "mode ddp");
-    refused_variant("mode", "1", "$.mode", "must be the string \"mop\"", "a mode that is not a string");
+    refused_variant("mode", "\"hybrid\"", "$.mode", "\"ddp\" (data-parallel) or \"ma\"", "an unknown mode");
+    refused_variant("mode", "1", "$.mode", "not a non-string", "a mode that is not a string");
+    for (int i = 0; i < 3; i++) {
+        static const char *const modes[] = {"\"mop\"", "\"ddp\"", "\"ma\""};
+        char *text = variant("mode", modes[i]);
+        sweep_spec *s = parse_ok(text, modes[i]);
+        char want[8];
+        snprintf(want, sizeof want, "%.*s", (int)strlen(modes[i]) - 2, modes[i] + 1);
+        ok(s && strcmp(sweep_spec_mode(s), want) == 0, "mode %s is kept as %s", modes[i], s ? sweep_spec_mode(s) : "?");
+        sweep_spec_free(s);
+        free(text);
+    }
     refused_variant("dataset", NULL, "$.dataset", "required", "no dataset");
     refused_variant("dataset", "\"../x\"", "$.dataset", "must be a dataset name", "a dataset name with a slash");
     refused_variant("dataset", "\"\"", "$.dataset", "must be a dataset name", "an empty dataset name");

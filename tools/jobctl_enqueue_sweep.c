@@ -12,9 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "jobctl.h"
 #include "cds_util.h"
+#include "ddp_comm.h"
 #include "etl_dataset_record.h"
+#include "nn_model.h"
 #include "queue_mop.h"
 #include "sweep_spec.h"
 
@@ -112,6 +116,55 @@ static void print_sweep(const jobctl *j, const sweep_spec *s, const char *id, co
                 j->prefix ? j->prefix : QUEUE_DEFAULT_PREFIX, id);
 }
 
+/* A DDP or MA sweep trains each model over a gang of K ranks, one per
+ * shard, at once (docs/ddp.md); refused here, before anything is created:
+ * a DDP model whose batch K ranks cannot split (each takes batch/K rows a
+ * step), a model bigger than a gang shares (DDP_MAX_MODEL_BYTES), and a
+ * dataset some of whose shards no worker serves while others are served
+ * (with no worker seen at all, the workers may simply come later). */
+static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K)
+{
+    const char *mode = sweep_spec_mode(s);
+    if (strcmp(mode, "mop") == 0)
+        return 0;
+    for (int i = 0; i < sweep_spec_model_count(s); i++) {
+        json_t *o = json_loads(sweep_spec_model(s, i), 0, NULL);
+        json_int_t batch = json_integer_value(json_object_get(json_object_get(o, "train"), "batch"));
+        char *model = json_dumps(json_object_get(o, "model"), JSON_COMPACT);
+        json_decref(o);
+        size_t nparams = 0;
+        cds_err err;
+        int valid = model && nn_model_validate(model, &nparams, &err) == 0;
+        free(model);
+        if (!valid)
+            return jobctl_fail(j, EXIT_USAGE, "sweep spec $.models: model %d: %s", i, valid ? "" : err.msg);
+        if (strcmp(mode, "ddp") == 0 && batch % K != 0)
+            return jobctl_fail(j, EXIT_USAGE, "sweep spec $.grid.batch: model %d has batch %lld, which the %d ranks of "
+                               "a DDP gang (one per shard of the dataset) cannot split: use batches that are multiples "
+                               "of %d, or mode \"ma\" or \"mop\"", i, (long long)batch, K, K);
+        if (nparams * sizeof(float) > DDP_MAX_MODEL_BYTES)
+            return jobctl_fail(j, EXIT_USAGE, "sweep spec $.models: model %d has %zu parameters (%.1f GiB), more than a "
+                               "%s gang shares (%zu GiB): make it smaller, or use mode \"mop\"", i, nparams,
+                               (double)nparams * 4.0 / (1 << 30), mode, DDP_MAX_MODEL_BYTES >> 30);
+    }
+    int live[1024], n = 0;
+    cds_err err;
+    if (queue_mop_live_shards(q, 60000, live, 1024, &n, &err) != 0)
+        return jobctl_op_failed(j, q, -1, &err);
+    if (n == 0)
+        return 0;
+    for (int k = 0; k < K; k++) {
+        int served = 0;
+        for (int i = 0; i < n; i++)
+            served |= live[i] == k;
+        if (!served)
+            return jobctl_fail(j, EXIT_REFUSED, "a %s gang needs a worker on each of the dataset's %d shards at once, "
+                               "and no worker serves shard %d now (%d shards are served): start cds-worker --shard %d "
+                               "--data-root DIR, then enqueue again", mode, K, k, n, k);
+    }
+    return 0;
+}
+
 /* `jobctl enqueue sweep --spec FILE.json [--id ID]`: expands the sweep
  * here, pins the dataset's version and shard count from its record, and
  * creates the sweep's state in Redis (queue_sweep_create); workers take
@@ -132,6 +185,8 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
     int rc = jobctl_open_queue(j, &q);
     if (rc == 0)
         rc = pin_dataset(j, q, sweep_spec_dataset(s), &d);
+    if (rc == 0)
+        rc = check_gang(j, q, s, d.shards);
     if (rc == 0 && a->sweep_id)
         snprintf(id, sizeof id, "%s", a->sweep_id);
     else if (rc == 0)
@@ -148,7 +203,7 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
             .max_stalls = jobctl_enqueue_seen(a, E_MAX_STALLS) ? a->spec.max_stalls : 0,
             .backoff_base_ms = jobctl_enqueue_seen(a, E_BACKOFF_BASE) ? a->spec.backoff_base_ms : 0,
             .backoff_cap_ms = jobctl_enqueue_seen(a, E_BACKOFF_CAP) ? a->spec.backoff_cap_ms : 0,
-            .unique = a->spec.unique};
+            .unique = a->spec.unique, .mode = sweep_spec_mode(s)};
         char live[QUEUE_SWEEP_ID_MAX];
         int crc = queue_sweep_create(q, &def, live, &err);
         if (crc == QUEUE_MOP_DUPLICATE) {

@@ -239,8 +239,20 @@ static void print_test(FILE *out, const json_t *s)
                 (long long)json_integer_value(json_object_get(t, "rows")));
 }
 
+/* "mop", or "ddp, gangs of 2 ranks" for a gang sweep (docs/ddp.md); a sweep
+ * made before modes existed is MOP. */
+static const char *mode_label(const json_t *sw, char *buf, size_t n)
+{
+    const char *mode = json_string_value(json_object_get(sw, "mode"));
+    if (!mode || !*mode || strcmp(mode, "mop") == 0)
+        return "mop";
+    snprintf(buf, n, "%s, gangs of %d ranks", mode, jobctl_sweep_int_field(sw, "shards", 0));
+    return buf;
+}
+
 void jobctl_sweep_print_results(FILE *out, const json_t *s)
 {
+    char mode[64];
     const json_t *sw = json_object_get(s, "sweep"), *models = json_object_get(s, "models");
     size_t n = json_array_size(models);
     json_t **order = calloc(n ? n : 1, sizeof *order);
@@ -248,9 +260,9 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s)
         order[i] = json_array_get(models, i);
     if (order)
         qsort(order, n, sizeof *order, by_best);
-    fprintf(out, "sweep %s (%s): %zu models on dataset %s, ranked by validation top-1\n",
+    fprintf(out, "sweep %s (%s, %s): %zu models on dataset %s, ranked by validation top-1\n",
             json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
-            n, json_string_value(json_object_get(sw, "dataset")) ?: "?");
+            mode_label(sw, mode, sizeof mode), n, json_string_value(json_object_get(sw, "dataset")) ?: "?");
     fprintf(out, "%4s %5s %-40s %-9s %5s %10s %10s %10s %10s\n", "rank", "model", "configuration", "state", "epoch",
             "valid top1", "valid top5", "valid loss", "train loss");
     for (size_t i = 0; order && i < n; i++) {
@@ -306,11 +318,13 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
         done += model_units(m, epochs, shards);
         evaluated += (long long)json_array_size(json_object_get(m, "epochs"));
     }
-    char so_far[32], left[32];
+    char so_far[32], left[32], mode[64];
     fmt_duration(so_far, sizeof so_far, (finished ? finished : now_ms) - created);
-    fprintf(out, "sweep %s (%s): %lld of %lld visits, %lld of %lld epochs evaluated",
+    fprintf(out, "sweep %s (%s, %s): %lld of %lld %s, %lld of %lld epochs evaluated",
             json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
-            done, total, evaluated, (long long)json_array_size(models) * epochs);
+            mode_label(sw, mode, sizeof mode), done, total,
+            strcmp(mode_label(sw, mode, sizeof mode), "mop") == 0 ? "visits" : "rank-epochs", evaluated,
+            (long long)json_array_size(models) * epochs);
     if (!jobctl_sweep_finished(s)) {
         sweep_eta eta;
         sweep_eta_estimate(s, &eta);

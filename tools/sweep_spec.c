@@ -37,6 +37,7 @@
 #define PATH_MAX_LEN 96
 
 struct sweep_spec {
+    char mode[8];     /* mop | ddp | ma */
     char *dataset;
     int epochs;
     int max_attempts; /* 0: not given */
@@ -81,16 +82,18 @@ static int check_fields(const json_t *o, const char *path, const char *const *kn
 
 /* ---- top-level fields ---------------------------------------------------- */
 
-static int parse_mode(const json_t *root, cds_err *err)
+static int parse_mode(const json_t *root, sweep_spec *s, cds_err *err)
 {
     const json_t *v = json_object_get(root, "mode");
     if (!v)
-        return spec_err(err, "$.mode", "required: write \"mode\": \"mop\" (Model Hopper Parallelism)");
-    if (!json_is_string(v))
-        return spec_err(err, "$.mode", "must be the string \"mop\" (Model Hopper Parallelism)");
-    if (strcmp(json_string_value(v), "mop") != 0)
-        return spec_err(err, "$.mode", "\"%.40s\" is not supported: only \"mop\" (Model Hopper Parallelism) is for "
-                        "now; other modes come later", json_string_value(v));
+        return spec_err(err, "$.mode", "required: write \"mode\": \"mop\" (Model Hopper Parallelism), \"ddp\" "
+                        "(data-parallel) or \"ma\" (model averaging)");
+    const char *m = json_string_value(v);
+    if (!m || (strcmp(m, "mop") != 0 && strcmp(m, "ddp") != 0 && strcmp(m, "ma") != 0))
+        return spec_err(err, "$.mode", "must be \"mop\" (Model Hopper Parallelism), \"ddp\" (data-parallel) or "
+                        "\"ma\" (model averaging), not %s%.40s%s", m ? "\"" : "", m ? m : "a non-string",
+                        m ? "\"" : "");
+    snprintf(s->mode, sizeof s->mode, "%s", m);
     return 0;
 }
 
@@ -452,7 +455,7 @@ static int parse_top(const json_t *root, sweep_spec *s, cds_err *err)
     if (!json_is_object(root))
         return spec_err(err, "$", "must be a JSON object {\"mode\", \"dataset\", \"epochs\", \"models\", ...} "
                         "(see docs/sweeps.md)");
-    if (check_fields(root, "$", top_fields, "", err) != 0 || parse_mode(root, err) != 0 ||
+    if (check_fields(root, "$", top_fields, "", err) != 0 || parse_mode(root, s, err) != 0 ||
         parse_dataset(root, s, err) != 0)
         return -1;
     long long epochs, seed, attempts;
@@ -563,8 +566,7 @@ void sweep_spec_free(sweep_spec *s)
 
 const char *sweep_spec_mode(const sweep_spec *s)
 {
-    (void)s;
-    return "mop";
+    return s->mode;
 }
 
 const char *sweep_spec_dataset(const sweep_spec *s) { return s->dataset; }

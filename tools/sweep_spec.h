@@ -28,7 +28,7 @@ typedef struct sweep_spec sweep_spec;
 sweep_spec *sweep_spec_parse(const char *json, cds_err *err);
 void sweep_spec_free(sweep_spec *s);
 
-const char *sweep_spec_mode(const sweep_spec *s); /* "mop" */
+const char *sweep_spec_mode(const sweep_spec *s); /* "mop", "ddp" or "ma" */
 const char *sweep_spec_dataset(const sweep_spec *s);
 int sweep_spec_epochs(const sweep_spec *s);
 /* Failed attempts of a visit, evaluation or test scoring before it fails

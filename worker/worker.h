@@ -32,9 +32,19 @@ typedef struct worker_cfg {
     const char *data_root;
     int threads;
     int64_t shard_grace_ms; /* serve a shard whose worker is silent this long (0: never) */
+    /* DDP and MA gangs (docs/ddp.md): the time-out of every collective, and
+     * the address ranks listen on and publish (NULL: the interface's, else
+     * the host name's). */
+    int64_t ddp_timeout_ms;
+    const char *ddp_addr;
+    const char *ddp_iface;
 } worker_cfg;
 
 typedef struct worker worker;
+
+/* cds-worker --rank-task FD --rank-out FD: one rank of a gang, in a child
+ * process the worker started (worker_rank.c); returns the exit status. */
+int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd);
 
 /* What a runner returns besides 0 (done). */
 enum { WORKER_RUN_FAILED = -1, WORKER_RUN_PERMANENT = -2, WORKER_RUN_ABORTED = -3 };

@@ -35,6 +35,10 @@ static void usage(FILE *out)
           "  --threads T               training threads for MOP visits (default: all cores)\n"
           "  --shard-grace SECONDS     also serve a shard whose worker has been silent this long\n"
           "                            (default 60; 0: never)\n"
+          "  --ddp-timeout SECONDS     DDP/MA gangs: time-out of every collective (default 10)\n"
+          "  --ddp-addr ADDR           the address gang ranks listen on (default: --ddp-iface's,\n"
+          "                            else the host name's; a gang across hosts needs one)\n"
+          "  --ddp-iface NAME          take that address from this network interface\n"
           "  --help                    this text\n"
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
@@ -62,10 +66,13 @@ int main(int argc, char **argv)
     cfg.log_level = CDS_LOG_INFO;
     cfg.shard = -1;
     cfg.shard_grace_ms = 60000;
+    cfg.ddp_timeout_ms = 10000;
+    int rank_task = -1, rank_out = -1;
     queue_maint_opts_init(&cfg.maint);
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
-           O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE };
+           O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE, O_DDPTIMEOUT, O_DDPADDR,
+           O_DDPIFACE, O_RANKTASK, O_RANKOUT };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -76,6 +83,9 @@ int main(int argc, char **argv)
         {"log-level", required_argument, 0, O_LOG},       {"help", no_argument, 0, O_HELP},
         {"shard", required_argument, 0, O_SHARD},         {"data-root", required_argument, 0, O_DATAROOT},
         {"threads", required_argument, 0, O_THREADS},     {"shard-grace", required_argument, 0, O_GRACE},
+        {"ddp-timeout", required_argument, 0, O_DDPTIMEOUT}, {"ddp-addr", required_argument, 0, O_DDPADDR},
+        {"ddp-iface", required_argument, 0, O_DDPIFACE},  {"rank-task", required_argument, 0, O_RANKTASK},
+        {"rank-out", required_argument, 0, O_RANKOUT},
         {0, 0, 0, 0},
     };
     int c;
@@ -149,6 +159,27 @@ int main(int argc, char **argv)
                 return cds_cli_usage(&cli, "bad --threads '%s': use 1 to 1024", cli.arg);
             cfg.threads = (int)v;
             break;
+        case O_DDPTIMEOUT:
+            if (parse_seconds(cli.arg, &cfg.ddp_timeout_ms) != 0 || cfg.ddp_timeout_ms < 100)
+                return cds_cli_usage(&cli, "bad --ddp-timeout '%s': give seconds, at least 0.1", cli.arg);
+            break;
+        case O_DDPADDR:
+            if (!*cli.arg || strlen(cli.arg) > 200)
+                return cds_cli_usage(&cli, "bad --ddp-addr '%s': give an IP address or host name", cli.arg);
+            cfg.ddp_addr = cli.arg;
+            break;
+        case O_DDPIFACE:
+            if (!*cli.arg || strlen(cli.arg) >= 16)
+                return cds_cli_usage(&cli, "bad --ddp-iface '%s': give a network interface name (ip link)", cli.arg);
+            cfg.ddp_iface = cli.arg;
+            break;
+        case O_RANKTASK:
+        case O_RANKOUT:
+            if (cds_parse_i64(cli.arg, 3, 1024, &v) != 0)
+                return cds_cli_usage(&cli, "bad --%s '%s': a file descriptor the worker passed", c == O_RANKTASK ?
+                                     "rank-task" : "rank-out", cli.arg);
+            *(c == O_RANKTASK ? &rank_task : &rank_out) = (int)v;
+            break;
         default:
             return cds_cli_fail(&cli);
         }
@@ -161,6 +192,8 @@ int main(int argc, char **argv)
         return cds_cli_usage(&cli, "--data-root %s is not a writable directory", cfg.data_root);
     if (!cfg.threads)
         cfg.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if ((rank_task >= 0) != (rank_out >= 0))
+        return cds_cli_usage(&cli, "--rank-task and --rank-out go together (the worker starts its ranks so)");
     if (cfg.n_queues == 0)
         cfg.queues[cfg.n_queues++] = QUEUE_DEFAULT_NAME;
     for (size_t i = 0; i < cfg.n_queues; i++)
@@ -174,6 +207,11 @@ int main(int argc, char **argv)
         if (cds_random_hex(rnd, 4, NULL) != 0)
             snprintf(rnd, sizeof rnd, "0");
         snprintf(cfg.id, sizeof cfg.id, "%s-%d-%s", host, (int)getpid(), rnd);
+    }
+    if (rank_task >= 0) {
+        if (!cfg.data_root || !cfg.id[0])
+            return cds_cli_usage(&cli, "--rank-task needs --data-root and --id (the worker starts its ranks so)");
+        return worker_rank_main(&cfg, rank_task, rank_out);
     }
     return worker_run(&cfg);
 }

@@ -85,7 +85,9 @@ static int eval_step(worker *w, char **ids, size_t n)
     return 0;
 }
 
-/* One visit of shard k for the first sweep that has a model for it. */
+/* One visit of shard k for the first sweep that has a model for it; a
+ * DDP or MA sweep (gangs: own shard only, which offers the orphans too)
+ * asks for a rank instead. */
 static int lease_step(worker *w, char **ids, size_t n, int shard)
 {
     cds_err err;
@@ -100,6 +102,11 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
         }
         if (rc == QUEUE_MOP_WAITING) {
             worker_mop_pin_dataset(w, ids[i]);
+            continue;
+        }
+        if (rc == QUEUE_MOP_GANG) {
+            if (shard == w->cfg->shard && worker_mop_gang_step(w, ids[i]))
+                return 1;
             continue;
         }
         if (rc == 1) {
@@ -171,10 +178,12 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     /* Samples per second over the visit so far (loading the checkpoint
      * included: it is part of what a visit costs). */
     char progress[160] = "";
-    if (l.kind == QUEUE_MOP_VISIT && total > 0)
+    if ((l.kind == QUEUE_MOP_VISIT || l.kind == QUEUE_MOP_RANK) && total > 0)
         snprintf(progress, sizeof progress, "{\"rows_done\":%lld,\"rows_total\":%lld,\"samples_per_s\":%.1f}",
                  (long long)done, (long long)total, ms > 0 ? (double)done * 1000.0 / (double)ms : 0.0);
     int rc = queue_mop_renew_with_progress(q, sweep, &l, w->cfg->lease_ms, progress, err);
+    if (rc == QUEUE_MOP_GANG_DONE) /* rank 0 committed: the rank is finishing */
+        return 0;
     if (rc == 0 && progress[0]) {
         pthread_mutex_lock(&w->mu);
         if (w->mop.active && strcmp(w->mop.lease.token, l.token) == 0)
@@ -198,6 +207,9 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
     if (l.kind == QUEUE_MOP_VISIT)
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: lease lost (expired and reaped, or cancelled)", sweep,
                  l.model);
+    else if (l.kind == QUEUE_MOP_RANK)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d: gang %lld ended (another rank ended it, it expired, or "
+                 "the model was cancelled); stopping rank %d", sweep, l.model, (long long)l.gang, l.shard);
     else if (l.kind == QUEUE_MOP_EVAL)
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: evaluation lease lost (expired and put back)",
                  sweep, l.model, l.epoch);
@@ -210,7 +222,7 @@ int worker_mop_progress_waiting(worker *w)
 {
     pthread_mutex_lock(&w->mu);
     int waiting = w->mop.active && !w->mop.finishing && !w->mop.progress_shown && atomic_load(&w->mop.rows_total) > 0 &&
-                  w->mop.lease.kind == QUEUE_MOP_VISIT;
+                  (w->mop.lease.kind == QUEUE_MOP_VISIT || w->mop.lease.kind == QUEUE_MOP_RANK);
     pthread_mutex_unlock(&w->mu);
     return waiting;
 }

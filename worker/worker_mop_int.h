@@ -4,6 +4,8 @@
  *   worker_mop.c          the step: which lease to take, which runner runs it
  *     worker_mop_visit.c    a visit that trains (the production path)
  *     worker_mop_sleep.c    diag.sleep models (tests and benchmarks)
+ *     worker_mop_gang.c     a rank of a DDP or MA gang, in a child process
+ *                           (worker_rank.c, cds-worker --rank-task)
  *     worker_mop_eval.c     evaluation and test scoring
  *     worker_mop_dataset.c  a sweep's dataset, pinning, orphan shards
  *       worker_mop_lease.c    ending the lease in hand (commit, give back, fail)
@@ -46,6 +48,9 @@ void worker_visit_failed(worker *w, worker_visit *v, const cds_err *why, int fin
  * when Redis could not say (file kept). */
 int worker_visit_commit(worker *w, worker_visit *v, const char *path, const char *dir, int keep_epoch,
                         const char *metrics, queue_mop_commit_result *r);
+/* After a commit of version at path in the model's directory dir: deletes
+ * the superseded checkpoint (a v<N>- file) and the files dead leases left. */
+void worker_mop_retain(worker *w, const char *dir, const char *path, int64_t version, const char *superseded);
 /* Ends an evaluation lease without a result (how: QUEUE_EVAL_*). */
 void worker_eval_end(worker *w, const char *sweep, const queue_mop_lease *l, int how, const char *why);
 
@@ -53,6 +58,11 @@ void worker_eval_end(worker *w, const char *sweep, const queue_mop_lease *l, int
 /* Trains the visit v (its lease in the slot, its dataset and spec filled)
  * and commits it, or ends its lease as its failure requires. */
 void worker_mop_train_visit(worker *w, worker_visit *v);
+
+/* ---- worker_mop_gang.c ---- */
+/* This worker's rank in a gang of the DDP or MA sweep, when one is due:
+ * runs it in a child process (worker_rank.c) and watches it; 1 if one ran. */
+int worker_mop_gang_step(worker *w, const char *sweep);
 
 /* ---- worker_mop_sleep.c ---- */
 /* The ms of a diag.sleep model's spec, or -1 for any other model. */

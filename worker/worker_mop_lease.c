@@ -154,15 +154,19 @@ int worker_visit_commit(worker *w, worker_visit *v, const char *path, const char
         else if (link(path, epoch_file) != 0 && errno != EEXIST)
             cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     }
+    worker_mop_retain(w, dir, path, r->version, r->superseded);
+    return 1;
+}
+
+void worker_mop_retain(worker *w, const char *dir, const char *path, int64_t version, const char *superseded)
+{
     /* Only a v<N>- file: a model retried from an older checkpoint supersedes
      * that file (a best-e or epoch file), which retention keeps. */
-    const char *base = strrchr(r->superseded, '/') ? strrchr(r->superseded, '/') + 1 : r->superseded;
-    if (r->superseded[0] && base[0] == 'v' && strcmp(r->superseded, path) != 0 && unlink(r->superseded) != 0 &&
+    const char *base = strrchr(superseded, '/') ? strrchr(superseded, '/') + 1 : superseded;
+    if (superseded[0] && base[0] == 'v' && strcmp(superseded, path) != 0 && unlink(superseded) != 0 &&
         errno != ENOENT)
-        cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", r->superseded,
-                 strerror(errno));
-    prune_model_dir(w, dir, r->version, path);
-    return 1;
+        cds_logf(&w->log, CDS_LOG_WARN, "could not delete superseded checkpoint %s: %s", superseded, strerror(errno));
+    prune_model_dir(w, dir, version, path);
 }
 
 /* Ends an evaluation lease without a result (queue_mop_put_eval): back to

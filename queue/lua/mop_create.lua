@@ -22,7 +22,8 @@
 --       (a replay: E*K shard numbers of 4 digits each; '' otherwise), then
 --       9+2M max_stalls, 10+2M max_attempts, 11+2M backoff base ms,
 --       12+2M backoff cap ms, 13+2M the unique key as given (or ''),
---       14+2M the sweep id the client read from it (or '')
+--       14+2M the sweep id the client read from it (or ''), 15+2M the
+--       mode: 'mop', or 'ddp' / 'ma' (gangs of K ranks, mop_gang.lua)
 -- Returns {'created', created_ms} | {'exists'} | {'duplicate', live sweep id}
 --       | {'changed'} (the unique key moved since the client read it).
 local nshards, nmodels = tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -50,7 +51,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2
   'format', '2', 'max_stalls', ARGV[9 + 2 * nmodels] or '10',
   'max_attempts', ARGV[10 + 2 * nmodels] or '5', 'backoff_base_ms', ARGV[11 + 2 * nmodels] or '1000',
   'backoff_cap_ms', ARGV[12 + 2 * nmodels] or '60000', 'unique', unique,
-  'test_attempts', '0', 'test_not_before', '')
+  'test_attempts', '0', 'test_not_before', '', 'mode', ARGV[15 + 2 * nmodels] or 'mop', 'gangs', '0')
 local zeros = string.rep('0', nshards)
 for m = 0, nmodels - 1 do
   local p = int(m) .. '.'

@@ -14,11 +14,14 @@
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
 -- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far,
 --          dataset, dataset_version, K, the model's spec}
---       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}.
+--       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}
+--       | {'gang'} (a DDP or MA sweep: its models go to gangs, mop_gang.lua).
 -- The lease carries what the visit needs (the dataset, K, the spec), so a
 -- worker asks nothing more before it starts training.
-local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset')
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset',
+  'mode')
 if not s[1] then return {'missing'} end
+if s[8] == 'ddp' or s[8] == 'ma' then return {'gang'} end
 -- A sweep created while its dataset was still loading has no version yet:
 -- nothing to train until a worker has seen the dataset ready and pinned it.
 if s[1] == 'running' and s[6] == '' then return {'waiting'} end

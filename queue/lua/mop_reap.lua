@@ -1,6 +1,7 @@
 -- Returns every model whose lease deadline has passed to idle, at its last
 -- committed version (the visit is lost, not the model), and counts a stall
--- on it.  One script re-reads every deadline, so any number of workers may
+-- on it.  A gang's model (mop_gang.lua) expires when any rank's deadline
+-- passed, and its gang is forgotten.  One script re-reads every deadline, so any number of workers may
 -- run it at once without freeing a lease twice or one that was renewed.
 -- A model that has stalled more than the sweep's max_stalls times (default
 -- 10) fails instead, with the reason: a model that kills every worker that
@@ -32,6 +33,7 @@ local n = 0
 each_model(KEYS[2], nmodels, {'state', 'deadline'}, function(m, v, i)
   if v[i + 1] == 'leased' and now > tonumber(v[i + 2]) then
     local p = int(m) .. '.'
+    gang_clear(KEYS[2], int(m))
     redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '',
       p .. 'deadline', '', p .. 'progress', '')
     local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)

@@ -112,3 +112,45 @@ local function each_model(models_key, n, names, visit)
     end
   end
 end
+
+-- A gang's rank r of model m (mop_gang.lua): "<taken> <deadline> <token>
+-- <worker>" in field <m>.r<r>; returns taken ('0'|'1'), deadline, token,
+-- worker (all nil when absent).
+local function gang_rank(models_key, m, r)
+  local f = redis.call('HGET', models_key, m .. '.r' .. int(r)) or ''
+  local taken, deadline, token, w = string.match(f, '^(%d) (%d+) (%S+) (.*)$')
+  return taken, tonumber(deadline), token, w
+end
+
+-- W when gang G still holds model m and rank r is taken under token; nil
+-- otherwise.  The model's deadline is the earliest rank's: past it the whole
+-- gang is lost, as a MOP lease is past its deadline.
+local function gang_holds(models_key, m, G, r, token, now)
+  local p = m .. '.'
+  local f = redis.call('HMGET', models_key, p .. 'state', p .. 'gang', p .. 'deadline')
+  if f[1] ~= 'leased' then return nil end
+  local g, W = string.match(f[2] or '', '^(%d+) (%d+)$')
+  if g ~= G or now > (tonumber(f[3]) or 0) then return nil end
+  local taken, _, tok = gang_rank(models_key, m, r)
+  if taken ~= '1' or tok ~= token then return nil end
+  return tonumber(W)
+end
+
+-- The model's deadline becomes its gang's earliest rank deadline.
+local function gang_deadline(models_key, m, W)
+  local d
+  for r = 0, W - 1 do
+    local _, dl = gang_rank(models_key, m, r)
+    if dl and (not d or dl < d) then d = dl end
+  end
+  redis.call('HSET', models_key, m .. '.deadline', int(d or 0))
+end
+
+-- Forgets model m's gang (its rank fields and <m>.gang), when the gang ends
+-- in any way: commit, abort, failure, reap.
+local function gang_clear(models_key, m)
+  local W = tonumber(string.match(redis.call('HGET', models_key, m .. '.gang') or '', '^%d+ (%d+)$'))
+  if not W then return end
+  for r = 0, W - 1 do redis.call('HDEL', models_key, m .. '.r' .. int(r)) end
+  redis.call('HSET', models_key, m .. '.gang', '')
+end

@@ -1,0 +1,142 @@
+-- A worker of a DDP or MA sweep (mode 'ddp' / 'ma', DESIGN.md §6) asks for
+-- its part in a gang: W = K ranks, rank r on shard r, that train one model's
+-- epoch together.  One call does, in order:
+--   1. pick-up: a gang formed earlier named this worker for rank r and the
+--      rank is not taken: it is taken now (its deadline starts) and returned;
+--   2. readiness: the worker is marked ready until now + ready_ms, with the
+--      shards it may read (its own first, then orphans whose worker is gone:
+--      MOP's grace rule);
+--   3. forming: when fresh ready workers not in a live gang cover every
+--      shard 0..K-1 (each shard's own worker first, an orphan's stand-in
+--      after) and a model is due, the gang is made at once, all W ranks or
+--      none: the model is leased to the gang (token = the base token, its
+--      deadline the earliest rank's), each rank gets its worker, its token
+--      (base-r) and a deadline to take it by; the caller's rank, if it has
+--      one, is picked up as in 1, and the others are woken to take theirs.
+-- The model due is the idle one, not paused, past its backoff, at the
+-- lowest epoch among the live models that are not paused (round-robin by
+-- epoch: every model's epoch e before any model's epoch e+1, so every
+-- configuration has early results), the lowest index among equals.  A model
+-- waiting out a backoff holds back the next epoch of the others.
+-- A rank not taken by its deadline, or not renewed, lets the model's
+-- deadline pass: the reaper (mop_reap) frees the model and counts a stall,
+-- the same machinery as MOP's leases.
+-- Fields of model m while a gang holds it: <m>.gang = "G W" (G from the
+-- sweep's counter `gangs`: the attempt, which names the rendezvous scope),
+-- <m>.r<i> = "<taken 0|1> <deadline ms> <token> <worker>".
+-- KEYS: the nine sweep keys (mop_create.lua), 10 the ready hash (worker ->
+--       "<until ms> <shard>,<shard>...")
+-- ARGV: 1 worker, 2 lease_ms, 3 ready_ms, 4 shards the worker may read
+--       ("k" or "k,j,..."; its own first), 5 a fresh base token
+-- Returns {'rank', m, rank, W, G, token, epoch, version, ckpt, deadline,
+--          attempts, dataset, dataset_version, K, spec, mode}
+--       | {'ready'} (marked ready; no gang yet) | {'none', sweep_done}
+--       | {'waiting'} (no dataset version yet) | {'not_gang'} | {'missing'}.
+local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset',
+  'mode')
+if not s[1] then return {'missing'} end
+if s[8] ~= 'ddp' and s[8] ~= 'ma' then return {'not_gang'} end
+local W, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
+local now = now_ms()
+
+-- The live gangs: who is in one, and this worker's untaken rank.
+local gang_models, busy = {}, {}
+each_model(KEYS[2], nmodels, {'state', 'gang'}, function(m, v, i)
+  if v[i + 1] == 'leased' and v[i + 2] and v[i + 2] ~= '' then gang_models[#gang_models + 1] = m end
+end)
+local function rank_field(m, r) return int(m) .. '.r' .. int(r) end
+local function pick_up(m, r, f)
+  local p = int(m) .. '.'
+  local deadline = int(now + lease_ms)
+  local _, _, token, w = string.match(f, '^(%d) (%d+) (%S+) (.*)$')
+  redis.call('HSET', KEYS[2], rank_field(m, r), '1 ' .. deadline .. ' ' .. token .. ' ' .. w)
+  gang_deadline(KEYS[2], int(m), W)
+  local g = redis.call('HGET', KEYS[2], p .. 'gang')
+  local G = string.match(g, '^(%d+) ')
+  local r2 = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts', p .. 'spec')
+  return {'rank', int(m), int(r), int(W), G, token, r2[1], r2[2], r2[3], deadline, r2[4] or '0', s[7] or '', s[6],
+    int(W), r2[5] or '', s[8]}
+end
+local function find_mine()
+  for _, m in ipairs(gang_models) do
+    for r = 0, W - 1 do
+      local f = redis.call('HGET', KEYS[2], rank_field(m, r)) or ''
+      local taken, w = string.match(f, '^(%d) %d+ %S+ (.*)$')
+      if w then busy[w] = true end
+      if w == worker and taken == '0' then return m, r, f end
+    end
+  end
+end
+local mm, mr, mf = find_mine()
+if mm then return pick_up(mm, mr, mf) end
+
+if s[1] == 'running' and s[6] == '' then return {'waiting'} end
+local done = (s[1] == 'done' or s[1] == 'cancelled' or tonumber(s[5]) == 0) and 1 or 0
+if s[1] ~= 'running' then
+  redis.call('HDEL', KEYS[10], worker)
+  return {'none', done}
+end
+if busy[worker] then return {'none', done} end
+
+-- Readiness, then the ready workers not in a live gang (stale marks go).
+redis.call('HSET', KEYS[10], worker, int(now + tonumber(ARGV[3])) .. ' ' .. ARGV[4])
+local ready, marks = {}, redis.call('HGETALL', KEYS[10])
+for i = 1, #marks, 2 do
+  local untl, list = string.match(marks[i + 1], '^(%d+) (.*)$')
+  if not untl or tonumber(untl) < now then
+    redis.call('HDEL', KEYS[10], marks[i])
+  elseif not busy[marks[i]] then
+    local shards = {}
+    for k in string.gmatch(list, '%d+') do shards[#shards + 1] = tonumber(k) end
+    ready[#ready + 1] = {w = marks[i], shards = shards}
+  end
+end
+-- Shard k's own worker first; then stand-ins for the shards left.
+local by_shard, used = {}, {}
+for _, e in ipairs(ready) do
+  local own = e.shards[1]
+  if own and own < W and not by_shard[own] then by_shard[own], used[e.w] = e.w, true end
+end
+for k = 0, W - 1 do
+  if not by_shard[k] then
+    for _, e in ipairs(ready) do
+      if not used[e.w] then
+        for j = 2, #e.shards do
+          if e.shards[j] == k then by_shard[k], used[e.w] = e.w, true break end
+        end
+      end
+      if by_shard[k] then break end
+    end
+    if not by_shard[k] then return {'ready'} end
+  end
+end
+
+-- The model due: round-robin by epoch.
+local emin, best
+each_model(KEYS[2], nmodels, {'state', 'epoch', 'paused', 'not_before'}, function(m, v, i)
+  local st, epoch = v[i + 1], tonumber(v[i + 2])
+  if (st == 'idle' or st == 'leased') and v[i + 3] ~= '1' and epoch <= nepochs then
+    if not emin or epoch < emin then emin, best = epoch, nil end
+    if epoch == emin and not best and st == 'idle' and now >= (tonumber(v[i + 4]) or 0) then best = m end
+  end
+end)
+if not best then return {'none', done} end
+
+local G = redis.call('HINCRBY', KEYS[1], 'gangs', 1)
+local p = int(best) .. '.'
+local deadline = int(now + lease_ms)
+local fields = {p .. 'state', 'leased', p .. 'token', ARGV[5], p .. 'worker', by_shard[0], p .. 'shard', '',
+  p .. 'deadline', deadline, p .. 'gang', int(G) .. ' ' .. int(W), p .. 'progress', ''}
+for r = 0, W - 1 do
+  fields[#fields + 1] = rank_field(best, r)
+  fields[#fields + 1] = '0 ' .. deadline .. ' ' .. ARGV[5] .. '-' .. int(r) .. ' ' .. by_shard[r]
+  redis.call('HDEL', KEYS[10], by_shard[r])
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('HSET', KEYS[1], 'updated', int(now))
+wake_mop(KEYS[6], W)
+gang_models = {best}
+mm, mr, mf = find_mine()
+if mm then return pick_up(mm, mr, mf) end
+return {'ready'}

@@ -1,0 +1,56 @@
+-- Rank 0 of a gang publishes the checkpoint of the epoch the gang trained
+-- (mop_commit.lua's rules for a gang): only while gang G holds the model,
+-- rank 0's token matches and no rank's deadline has passed.  Every shard is
+-- marked visited at once (each rank read its own), the version goes up by
+-- one, one schedule entry per rank ("m epoch r version worker_r", in rank
+-- order), each rank's metrics go to the results as "<m>.<epoch>.train.<r>",
+-- the epoch goes to the evaluation list, and the model is idle at the next
+-- epoch (or done after the last).  The gang is forgotten and <m>.gang_done
+-- names it, so its other ranks' renewals hear 'done', not 'lost'.  A commit
+-- resent after a lost reply hears the same answer (the receipt, as in
+-- mop_commit).
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
+--       3 schedule, 4 evals, 6 wake, 8 results
+-- ARGV: 1 model m, 2 gang G, 3 rank 0's token, 4 checkpoint path,
+--       5 .. 4+W the ranks' metrics (JSON; '' for none)
+-- Returns {'committed', epoch_done, model_done, version, superseded}
+--       | {'lost'} | {'missing'}.
+local s = redis.call('HMGET', KEYS[1], 'shards', 'epochs', 'live', 'state')
+if not s[1] then return {'missing'} end
+local nshards, nepochs = tonumber(s[1]), tonumber(s[2])
+local m, G, token, path = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p = m .. '.'
+local receipt = redis.call('HGET', KEYS[2], p .. 'commit') or ''
+local rt, red, rmd, rver, rsup = string.match(receipt, '^(%S+) (%d) (%d) (%d+) (.*)$')
+if rt == token then return {'committed', tonumber(red), tonumber(rmd), rver, rsup} end
+local now = now_ms()
+local W = gang_holds(KEYS[2], m, G, 0, token, now)
+if not W then return {'lost'} end
+
+local f = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt')
+local epoch, version, superseded = tonumber(f[1]), tonumber(f[2]) + 1, f[3]
+for r = 0, W - 1 do
+  local _, _, _, w = gang_rank(KEYS[2], m, r)
+  redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, r, version, w or ''))
+  if ARGV[5 + r] and ARGV[5 + r] ~= '' then
+    redis.call('HSET', KEYS[8], string.format('%s.%d.train.%d', m, epoch, r), ARGV[5 + r])
+  end
+end
+redis.call('RPUSH', KEYS[4], string.format('%s %d %d', m, epoch, version))
+local model_done, state = 0, 'idle'
+if epoch >= nepochs then
+  model_done, state = 1, 'done'
+else
+  epoch = epoch + 1
+end
+gang_clear(KEYS[2], m)
+redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 'visited', string.rep('0', nshards),
+  p .. 'version', int(version), p .. 'ckpt', path, p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
+  p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '', p .. 'gang_done', G,
+  p .. 'commit', string.format('%s 1 %d %d %s', token, model_done, version, superseded))
+redis.call('HSET', KEYS[1], 'updated', int(now))
+if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
+end
+wake_mop(KEYS[6], W)
+return {'committed', 1, model_done, int(version), superseded}

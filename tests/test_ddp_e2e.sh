@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# DDP and MA sweeps end to end against the real Redis and PostgreSQL of
+# scripts/with-services: a Fashion-MNIST subset in 2 shards, a sweep of 4
+# small models x 2 epochs run with "mode": "ddp" by two cds-worker
+# processes (--shard 0, --shard 1) whose ranks train in child processes
+# over Gloo, then the same sweep with "mode": "ma".  Checks: both finish;
+# every (model, epoch, rank) is in the schedule exactly once, rank r from
+# shard r's worker; the order is round-robin by epoch (every model's epoch
+# 1 before any model's epoch 2); every epoch was evaluated and every rank's
+# metrics recorded with the mode and the steps; each model keeps its
+# committed checkpoint, which the Python reader loads; the sweep run again
+# gives bit-identical checkpoints (DDP is deterministic); jobctl status
+# shows the mode; the bad inputs of a DDP/MA spec are refused in one line.
+# usage: test_ddp_e2e.sh BUILD_ROOT
+set -u
+src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
+py=/usr/bin/python3
+. "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" ddp "${1:?usage: test_ddp_e2e.sh BUILD_ROOT}"
+
+"$build/tools/load-fashion-mnist" >/dev/null
+ok $? "Fashion-MNIST loaded"
+cat >"$root/etl.json" <<JSON
+{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
+ "dtype": "uint8", "where": "id < 1600", "valid_fraction": 0.1, "test_table": "fashion_mnist_test",
+ "dataset": "fm", "shards": 2, "data_root": "$root"}
+JSON
+jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
+ok $? "jobctl enqueue etl"
+worker etl --idle-exit 2
+wait "${pids[@]}"; pids=()
+ok "$([ "$(rcli HGET "${prefix}dataset:fm" state)" = ready ]; echo $?)" "the dataset is ready"
+
+# sweep MODE BATCH: the sweep spec of this test.
+sweep() {
+    cat <<JSON
+{"mode": "$1", "dataset": "fm", "epochs": 2, "seed": 5,
+ "models": [{"arch": "cnn", "input": [1, 28, 28], "classes": 10, "width": 0.25},
+            {"arch": "mlp", "input": [784], "hidden": [32], "classes": 10, "dropout": 0.2}],
+ "train": {"normalize": {"scale": 0.00392156862745098, "mean": [0.286], "std": [0.353]}},
+ "grid": {"optimizer": ["adam"], "lr": [0.003, 0.001], "batch": [$2]}}
+JSON
+}
+
+# Bad inputs first (no worker has beaten yet: the shard check waits for one).
+sweep ddp 63 >"$root/odd.json"
+jobctl enqueue sweep --spec "$root/odd.json" --id odd >/dev/null 2>"$root/err"
+rc=$?
+ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'batch 63, which the 2 ranks of a DDP gang' "$root/err" &&
+      grep -q 'multiples of 2' "$root/err" && [ -z "$(rcli EXISTS "${prefix}sweep:{odd}" | grep 1)" ]; echo $?)" \
+    "a DDP batch that 2 ranks cannot split is refused in one line, nothing created (exit $rc: $(cat "$root/err"))"
+sweep ma 63 >"$root/odd-ma.json"
+jobctl enqueue sweep --spec "$root/odd-ma.json" --id oddma >/dev/null 2>"$root/err"
+ok $? "MA takes the configuration's batch on every rank: batch 63 is accepted"
+jobctl cancel oddma >/dev/null 2>&1
+"$py" - "$root/big.json" <<'PY'
+import json, sys
+spec = {"mode": "ddp", "dataset": "fm", "epochs": 1,
+        "models": [{"arch": "mlp", "input": [784], "hidden": [700000], "classes": 10}],
+        "grid": {"optimizer": ["sgd"], "lr": [0.1], "batch": [64]}}
+json.dump(spec, open(sys.argv[1], "w"))
+PY
+jobctl enqueue sweep --spec "$root/big.json" --id big >/dev/null 2>"$root/err"
+rc=$?
+ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'more than a ddp gang shares' "$root/err"; echo $?)" \
+    "a model bigger than a gang shares is refused in one line (exit $rc: $(cat "$root/err"))"
+
+# One worker only: the gang cannot be manned.
+worker w0 --shard 0 --ddp-timeout 5
+for _ in $(seq 100); do [ -n "$(rcli HGET "${prefix}mop:shards" 0)" ] && break; sleep 0.1; done
+sweep ddp 64 >"$root/ddp.json"
+jobctl enqueue sweep --spec "$root/ddp.json" --id lone >/dev/null 2>"$root/err"
+rc=$?
+ok "$([ $rc = 1 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'no worker serves shard 1' "$root/err"; echo $?)" \
+    "with shard 1 unserved a DDP sweep is refused in one line (exit $rc: $(cat "$root/err"))"
+
+# run_sweep ID SPEC: enqueue, serve with w0 and w1, wait until done.
+run_sweep() {
+    if [ ${#pids[@]} -lt 2 ]; then
+        [ ${#pids[@]} -gt 0 ] || worker w0 --shard 0 --ddp-timeout 5
+        worker w1 --shard 1 --ddp-timeout 5
+        for _ in $(seq 100); do [ -n "$(rcli HGET "${prefix}mop:shards" 1)" ] && break; sleep 0.1; done
+    fi
+    jobctl enqueue sweep --spec "$2" --id "$1" >/dev/null 2>"$root/err" || { cat "$root/err"; return 1; }
+    for _ in $(seq 1800); do
+        [ "$(rcli HGET "${prefix}sweep:{$1}" state)" = done ] && [ -n "$(rcli HGET "${prefix}sweep:{$1}" test)" ] && break
+        sleep 0.1
+    done
+    [ "$(rcli HGET "${prefix}sweep:{$1}" state)" = done ]
+}
+run_sweep ddp1 "$root/ddp.json"
+ok $? "the DDP sweep finishes with two workers (enqueued while both serve)"
+rcli LRANGE "${prefix}sweep:{ddp1}:schedule" 0 -1 >"$root/schedule"
+ok "$([ "$(wc -l <"$root/schedule")" = 16 ] && [ "$(cut -d' ' -f1-3 "$root/schedule" | sort -u | wc -l)" = 16 ]; echo $?)" \
+    "the schedule holds 16 entries, every (model, epoch, rank) once"
+ok "$([ "$(awk '$3 == 0' "$root/schedule" | awk '{print $5}' | sort -u)" = w0 ] &&
+      [ "$(awk '$3 == 1' "$root/schedule" | awk '{print $5}' | sort -u)" = w1 ]; echo $?)" \
+    "rank 0 ran on shard 0's worker, rank 1 on shard 1's"
+ok "$(awk '{ if ($2 < last) bad = 1; last = $2 } END { exit bad }' "$root/schedule"; echo $?)" \
+    "round-robin by epoch: every model's epoch 1 was committed before any model's epoch 2"
+rcli HGETALL "${prefix}sweep:{ddp1}:results" >"$root/results"
+ok "$("$py" - "$root/results" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().split("\n")
+f = dict(zip(lines[0::2], lines[1::2]))
+evals = [k for k in f if k.count(".") == 1]
+train = [json.loads(f[k]) for k in f if ".train." in k]
+# batch 64 = 32 rows a rank a step; every rank takes the longer shard's rows (the shorter wraps).
+longest = max(t["shard_rows"] for t in train)
+steps = (longest + 31) // 32
+good = (len(evals) == 8 and len(train) == 16 and len({t["shard_rows"] for t in train}) == 2 and
+        all(t["mode"] == "ddp" and t["steps"] == steps and t["rows"] == longest for t in train))
+print(0 if good else 1)
+if not good:
+    print("# %d evaluations; train records: %s" % (len(evals), train[:2]), file=sys.stderr)
+PY
+)" "every epoch evaluated (8), every rank's metrics recorded (16) with mode ddp: the same steps, the longer shard's rows"
+good=0
+for m in 0 1 2 3; do
+    d="$root/sweeps/ddp1/models/$m"
+    ck=$(rcli HGET "${prefix}sweep:{ddp1}:models" "$m.ckpt")
+    [ "$(ls "$d" | grep -c '^v.*\.ckpt$')" = 1 ] && [ -f "$ck" ] &&
+        "$py" "$src/tests/ckpt_reader.py" "$ck" >/dev/null 2>&1 && good=$((good + 1))
+done
+ok "$([ $good = 4 ]; echo $?)" "each model keeps only its committed checkpoint, which the Python reader loads ($good of 4)"
+jobctl status ddp1 >"$root/status" 2>&1
+ok "$(grep -q '^sweep ddp1 (done, ddp, gangs of 2 ranks): 16 of 16 rank-epochs' "$root/status"; echo $?)" "jobctl status shows the mode: $(head -1 "$root/status")"
+
+# The same sweep again: bit-identical checkpoints.
+run_sweep ddp2 "$root/ddp.json"
+ok $? "the same DDP sweep again finishes"
+same=0
+for m in 0 1 2 3; do
+    cmp -s "$(rcli HGET "${prefix}sweep:{ddp1}:models" "$m.ckpt")" "$(rcli HGET "${prefix}sweep:{ddp2}:models" "$m.ckpt")" &&
+        same=$((same + 1))
+done
+ok "$([ $same = 4 ]; echo $?)" "its final checkpoints are bit-identical to the first run's ($same of 4)"
+
+sweep ma 64 >"$root/ma.json"
+run_sweep ma1 "$root/ma.json"
+ok $? "the MA sweep finishes"
+rcli HGETALL "${prefix}sweep:{ma1}:results" >"$root/results"
+ok "$("$py" - "$root/results" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().split("\n")
+f = dict(zip(lines[0::2], lines[1::2]))
+evals = [k for k in f if k.count(".") == 1]
+train = [json.loads(f[k]) for k in f if ".train." in k]
+good = len(evals) == 8 and len(train) == 16 and all(t["mode"] == "ma" and t["rows"] == t["shard_rows"] for t in train)
+print(0 if good else 1)
+PY
+)" "MA: every epoch evaluated, every rank one pass over its own shard"
+for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+wait "${pids[@]}" 2>/dev/null; pids=()
+ok "$(! pgrep -f -- "--rank-task.*--prefix $prefix" >/dev/null; echo $?)" "no rank process is left behind"
+[ "$failed" = 0 ] || for f in "$root"/*.log; do echo "# --- $(basename "$f")"; tail -n 15 "$f" | sed "s/^/#   /"; done
+tap_done
