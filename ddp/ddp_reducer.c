@@ -24,7 +24,8 @@
 #include <string.h>
 
 typedef struct bucket {
-    size_t start, n; /* floats of the grad block */
+    size_t start, n; /* floats of the grad block, or of ext */
+    nn_tensor *ext;  /* a gradient outside the block (a sparse mlp's embedding, taken dense), or NULL */
     int params;      /* how many parameters it holds */
     int left;        /* of them, not final yet this step (-1: never counted down, unbucketed) */
     int queued;      /* handed to the reducer's thread this step */
@@ -73,9 +74,21 @@ static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, cds_err *err)
     for (size_t k = np; k-- > 0;) {
         nn_param *p = nn_model_param(r->m, k);
         r->param_bucket[k] = -1;
-        if (p->embedding)
-            return cds_errf(err, "parameter %s is a row-sparse embedding: data-parallel reduction of a sparse mlp's "
-                                 "first layer is not supported yet (use a dense mlp, or MOP)", p->name);
+        if (p->embedding) {
+            /* Its dense gradient lives apart from the block: a bucket of its
+             * own, after which the block's next bucket starts afresh. */
+            if (cur) {
+                cur->n = end - cur->start;
+                end = cur->start;
+                cur = NULL;
+            }
+            bucket *e = &r->buckets[r->n_buckets];
+            e->ext = &p->g;
+            e->n = p->g.n;
+            e->params = 1;
+            r->param_bucket[k] = (int)r->n_buckets++;
+            continue;
+        }
         size_t off = offset_of(&r->block, p);
         if (!cur || (end - off > cap && cur->params > 0)) {
             if (cur) {
@@ -107,11 +120,13 @@ static void reduce_bucket(ddp_reducer *r, bucket *b)
 {
     if (r->failed || b->n == 0)
         return;
-    nn_tensor view = r->block;
-    view.data += b->start;
-    view.n = b->n;
-    view.ndim = 1;
-    view.shape[0] = (int)b->n;
+    nn_tensor view = b->ext ? *b->ext : r->block;
+    if (!b->ext) {
+        view.data += b->start;
+        view.n = b->n;
+        view.ndim = 1;
+        view.shape[0] = (int)b->n;
+    }
     nn_model_read(r->m, &view, r->host);
     if (ddp_allreduce(r->c, r->host, b->n, DDP_AVG, &r->first) != 0) {
         r->failed = 1;
@@ -167,13 +182,23 @@ int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer *
     r->m = m;
     r->c = c;
     r->block = nn_model_grad_block(m);
+    /* A sparse mlp's embedding gradient is taken dense, so it is reduced as
+     * any other (PyTorch DDP does the same for a dense EmbeddingBag); the
+     * optimiser's dense step equals its row-sparse one (nn_optim.h). */
+    for (size_t i = 0; i < nn_model_param_count(m); i++)
+        if (nn_model_param(m, i)->embedding && nn_model_set_row_grads(m, 0, err) != 0) {
+            ddp_reducer_free(r);
+            return -1;
+        }
     r->unbucketed = bucket_bytes == 0;
     if (plan_buckets(r, bucket_bytes, err) != 0) {
         ddp_reducer_free(r);
         return -1;
     }
-    if (r->unbucketed && r->n_buckets) /* one bucket, queued by finish: the hook never counts it to 0 */
-        r->buckets[0].left = -1;
+    /* Unbucketed: one bucket for the block (and the embedding's own),
+     * queued by finish: the hook never counts them to 0. */
+    for (size_t b = 0; r->unbucketed && b < r->n_buckets; b++)
+        r->buckets[b].left = -1;
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->work, NULL);
     pthread_cond_init(&r->done_cv, NULL);

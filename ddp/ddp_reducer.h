@@ -21,7 +21,12 @@
  * backward (the unbucketed reference: a sum of two floats does not depend
  * on how the block was cut, so both give the same bits at W = 2).
  *
- * Not yet: a sparse mlp's row-sparse fc0.weight gradient (refused). */
+ * A sparse mlp's embedding (fc0.weight) has its gradient taken dense
+ * (nn_model_set_row_grads off) and reduced as a bucket of its own: the
+ * all-reduce of the dense gradient, as PyTorch DDP does for a dense
+ * EmbeddingBag; exact SGD and Adam then take their dense step, which equals
+ * the row-sparse one.  Lazy Adam needs the touched rows, so a lazy spec is
+ * not for DDP (jobctl refuses it). */
 #ifndef CDS_DDP_REDUCER_H
 #define CDS_DDP_REDUCER_H
 

@@ -10,7 +10,9 @@
 # metrics recorded with the mode and the steps; each model keeps its
 # committed checkpoint, which the Python reader loads; the sweep run again
 # gives bit-identical checkpoints (DDP is deterministic); jobctl status
-# shows the mode; the bad inputs of a DDP/MA spec are refused in one line.
+# shows the mode; the bad inputs of a DDP/MA spec are refused in one line;
+# on a dataset of one shard, MA and DDP (W = 1) give checkpoints
+# bit-identical to MOP's.
 # usage: test_ddp_e2e.sh BUILD_ROOT
 set -u
 src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
@@ -63,6 +65,18 @@ jobctl enqueue sweep --spec "$root/big.json" --id big >/dev/null 2>"$root/err"
 rc=$?
 ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'more than a ddp gang shares' "$root/err"; echo $?)" \
     "a model bigger than a gang shares is refused in one line (exit $rc: $(cat "$root/err"))"
+
+"$py" - "$root/lazy.json" <<'PY'
+import json, sys
+spec = {"mode": "ddp", "dataset": "fm", "epochs": 1,
+        "models": [{"arch": "mlp", "sparse": {"dim": 256, "nnz": 784}, "hidden": [16], "classes": 10}],
+        "train": {"lazy": True}, "grid": {"optimizer": ["adam"], "lr": [0.1], "batch": [64]}}
+json.dump(spec, open(sys.argv[1], "w"))
+PY
+jobctl enqueue sweep --spec "$root/lazy.json" --id lazy >/dev/null 2>"$root/err"
+rc=$?
+ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'lazy Adam' "$root/err"; echo $?)" \
+    "lazy Adam in a DDP sweep is refused in one line (exit $rc: $(cat "$root/err"))"
 
 # One worker only: the gang cannot be manned.
 worker w0 --shard 0 --ddp-timeout 5
@@ -149,6 +163,26 @@ good = len(evals) == 8 and len(train) == 16 and all(t["mode"] == "ma" and t["row
 print(0 if good else 1)
 PY
 )" "MA: every epoch evaluated, every rank one pass over its own shard"
+# W = 1: a gang of one rank trains exactly as MOP on one shard does.
+sed 's/"dataset": "fm", "shards": 2/"dataset": "fm1", "shards": 1/' "$root/etl.json" >"$root/etl1.json"
+jobctl enqueue etl --spec "$root/etl1.json" >/dev/null 2>"$root/err"
+for _ in $(seq 100); do [ "$(rcli HGET "${prefix}dataset:fm1" state)" = ready ] && break; sleep 0.1; done
+one=0
+for mode in mop ma ddp; do
+    sweep $mode 64 | sed 's/"dataset": "fm"/"dataset": "fm1"/' >"$root/one-$mode.json"
+    jobctl enqueue sweep --spec "$root/one-$mode.json" --id "one$mode" >/dev/null 2>"$root/err" || break
+    for _ in $(seq 1200); do [ "$(rcli HGET "${prefix}sweep:{one$mode}" state)" = done ] && break; sleep 0.1; done
+    [ "$(rcli HGET "${prefix}sweep:{one$mode}" state)" = done ] && one=$((one + 1))
+done
+same=0
+for m in 0 1 2 3; do
+    a=$(rcli HGET "${prefix}sweep:{onemop}:models" "$m.ckpt")
+    cmp -s "$a" "$(rcli HGET "${prefix}sweep:{onema}:models" "$m.ckpt")" &&
+        cmp -s "$a" "$(rcli HGET "${prefix}sweep:{oneddp}:models" "$m.ckpt")" && same=$((same + 1))
+done
+ok "$([ $one = 3 ] && [ $same = 4 ]; echo $?)" \
+    "one shard: MA and DDP with W = 1 give checkpoints bit-identical to MOP's ($one of 3 sweeps done, $same of 4 models equal)"
+
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
 wait "${pids[@]}" 2>/dev/null; pids=()
 ok "$(! pgrep -f -- "--rank-task.*--prefix $prefix" >/dev/null; echo $?)" "no rank process is left behind"

@@ -315,6 +315,11 @@ static int train_epoch(rank_ctx *x)
         cds_errf(&err, "batch %d does not divide over %d ranks: give a batch that is a multiple of %d", batch, W, W);
         return end_gang(x, QUEUE_GANG_FINAL, &err);
     }
+    if (ddp && nn_trainer_cfg(x->t)->lazy) {
+        cds_errf(&err, "lazy Adam updates the rows its own batch touched, and a DDP gang averages dense gradients: "
+                       "drop \"lazy\", or use mode ma or mop");
+        return end_gang(x, QUEUE_GANG_FINAL, &err);
+    }
     char scope[64];
     snprintf(scope, sizeof scope, "%s.g%lld", x->sweep, (long long)l->gang);
     ddp_comm_opts o = {.q = x->q, .scope = scope, .rank = rank, .size = W, .timeout_ms = x->timeout_ms,
