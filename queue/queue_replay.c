@@ -12,7 +12,10 @@
  * replayed: a model that is unfinished has no full order, and one retried
  * from an older checkpoint visited some shards twice.  Sweeps recorded with
  * epochs from 0 (format 1) are refused: their schedule means something
- * else.  A plan is E·K shard numbers of 4 digits (queue_sweep_def.plans). */
+ * else.  A plan is E·K shard numbers of 4 digits (queue_sweep_def.plans).
+ * A DDP or MA sweep is replayed in its mode: its gangs read every shard at
+ * once, so the plans (its ranks' shards) constrain nothing, and a gang's
+ * epoch depends only on the checkpoint it starts from. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,7 +109,8 @@ int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_
                            .dataset_version = json_string_value(json_object_get(sw, "dataset_version")) ?: "",
                            .shards = K, .epochs = E, .models = M, .model_specs = specs,
                            .spec_json = json_string_value(json_object_get(sw, "spec")),
-                           .plans = (const char *const *)plans, .replay_of = orig};
+                           .plans = (const char *const *)plans, .replay_of = orig,
+                           .mode = json_string_value(json_object_get(sw, "mode"))};
     rc = queue_sweep_create(q, &def, NULL, err);
 out:
     for (int m = 0; plans && m < M; m++)
