@@ -380,13 +380,109 @@ static int save_list(nn_trainer *t, nn_ckpt *c, float **host, cds_err *err)
     return 0;
 }
 
+/* ---- model averaging: one optimiser state per rank -------------------- */
+
+/* A rank's state as one vector: the optimiser's tensors in order, then t
+ * as two floats (t >> 24, t & 0xffffff: each exact in a float). */
+size_t nn_trainer_opt_floats(nn_trainer *t)
+{
+    size_t n = 2;
+    for (size_t i = 0; i < nn_optim_state_count(t->optim); i++)
+        n += nn_optim_state(t->optim, i, NULL)->n;
+    return n;
+}
+
+void nn_trainer_opt_get(nn_trainer *t, float *host)
+{
+    for (size_t i = 0; i < nn_optim_state_count(t->optim); i++) {
+        nn_tensor *x = nn_optim_state(t->optim, i, NULL);
+        nn_model_read(t->model, x, host);
+        host += x->n;
+    }
+    int64_t step = nn_optim_t(t->optim);
+    host[0] = (float)(step >> 24);
+    host[1] = (float)(step & 0xffffff);
+}
+
+/* The names of rank k's tensors ("r<k>/<name>", "r<k>/t"), in one block. */
+static char *rank_names(nn_trainer *t, int ranks, char ***out, cds_err *err)
+{
+    size_t ns = nn_optim_state_count(t->optim), bytes = 0;
+    for (size_t i = 0; i < ns; i++) {
+        const char *name;
+        nn_optim_state(t->optim, i, &name);
+        bytes += strlen(name) + 16;
+    }
+    bytes = (bytes + 32) * (size_t)ranks;
+    char *block = malloc(bytes), *at = block;
+    *out = calloc((ns + 1) * (size_t)ranks + 1, sizeof **out);
+    if (!block || !*out) {
+        free(block);
+        free(*out);
+        *out = NULL;
+        cds_err_nomem(err, "out of memory naming %d ranks' optimiser states", ranks);
+        return NULL;
+    }
+    size_t j = 0;
+    for (int k = 1; k <= ranks; k++) {
+        for (size_t i = 0; i <= ns; i++) {
+            const char *name = "t";
+            if (i < ns)
+                nn_optim_state(t->optim, i, &name);
+            (*out)[j++] = at;
+            at += sprintf(at, "r%d/%s", k, name) + 1;
+        }
+    }
+    return block;
+}
+
+static int save_with(nn_trainer *t, const char *path, const float *others, int n_others, cds_err *err);
+
 int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err)
+{
+    return save_with(t, path, NULL, 0, err);
+}
+
+int nn_trainer_save_ranks(nn_trainer *t, const char *path, const float *others, int n_others, cds_err *err)
+{
+    if (n_others < 0 || (n_others > 0 && !others))
+        return cds_errf(err, "checkpoint %s: %d other ranks' optimiser states given", path, n_others);
+    return save_with(t, path, others, n_others, err);
+}
+
+static int save_with(nn_trainer *t, const char *path, const float *others, int n_others, cds_err *err)
 {
     nn_model *m = t->model;
     nn_ckpt c;
     memset(&c, 0, sizeof c);
     float *host = NULL;
+    char **names = NULL, *name_block = NULL;
     int rc = save_list(t, &c, &host, err);
+    if (rc == 0 && n_others > 0) {
+        /* Rank k's tensors follow rank 0's, same shapes, named r<k>/. */
+        size_t ns = nn_optim_state_count(t->optim), per = nn_trainer_opt_floats(t);
+        nn_ckpt_tensor *more = realloc(c.opt_state, (ns + (ns + 1) * (size_t)n_others + 1) * sizeof *more);
+        name_block = more ? rank_names(t, n_others, &names, err) : NULL;
+        if (more)
+            c.opt_state = more;
+        if (!more || !name_block) {
+            rc = more ? -1 : cds_err_nomem(err, "out of memory for %d ranks' optimiser states", n_others);
+        } else {
+            size_t j = 0;
+            for (int k = 0; k < n_others; k++) {
+                const float *v = others + (size_t)k * per;
+                for (size_t i = 0; i < ns; i++) {
+                    nn_ckpt_tensor e = c.opt_state[i];
+                    e.name = names[j++];
+                    e.data = (float *)v;
+                    v += nn_optim_state(t->optim, i, NULL)->n;
+                    c.opt_state[c.n_opt_state++] = e;
+                }
+                nn_ckpt_tensor e = {.name = names[j++], .ndim = 1, .shape = {2}, .data = (float *)v};
+                c.opt_state[c.n_opt_state++] = e;
+            }
+        }
+    }
     if (rc == 0) {
         c.spec_json = (char *)nn_model_spec(m);
         c.hparams_json = t->cfg.json;
@@ -402,6 +498,8 @@ int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err)
     free(host);
     free(c.params);
     free(c.opt_state);
+    free(names);
+    free(name_block);
     return rc;
 }
 
@@ -422,11 +520,13 @@ static int restore(nn_model *m, const nn_ckpt_tensor *all, size_t n, const char 
     return 0;
 }
 
-static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, cds_err *err)
+static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, int rank, cds_err *err)
 {
     nn_model *m = t->model;
     size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m);
-    if (c->n_params != np + nb || c->n_opt_state != nn_optim_state_count(t->optim))
+    /* An MA checkpoint holds every rank's optimiser tensors: rank 0's under
+     * their own names, rank k's under r<k>/. */
+    if (c->n_params != np + nb || c->n_opt_state < nn_optim_state_count(t->optim))
         return cds_errf(err, "checkpoint %s holds %zu tensors and %zu optimiser tensors, the model needs %zu and %zu",
                         path, c->n_params, c->n_opt_state, np + nb, nn_optim_state_count(t->optim));
     if (strcmp(c->optimizer, nn_optim_name(t->optim)) != 0)
@@ -440,11 +540,23 @@ static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, cds_er
             return -1;
     for (size_t i = 0; i < nn_optim_state_count(t->optim); i++) {
         const char *name;
+        char ranked[256];
         nn_tensor *x = nn_optim_state(t->optim, i, &name);
-        if (restore(m, c->opt_state, c->n_opt_state, name, x, path, err) != 0)
+        if (rank > 0)
+            snprintf(ranked, sizeof ranked, "r%d/%s", rank, name);
+        if (restore(m, c->opt_state, c->n_opt_state, rank > 0 ? ranked : name, x, path, err) != 0)
             return -1;
     }
     nn_optim_set_t(t->optim, c->opt_t);
+    if (rank > 0) {
+        char tname[32];
+        snprintf(tname, sizeof tname, "r%d/t", rank);
+        const nn_ckpt_tensor *s = nn_ckpt_find(c->opt_state, c->n_opt_state, tname);
+        if (!s || s->ndim != 1 || s->shape[0] != 2)
+            return cds_errf(err, "checkpoint %s has no optimiser state for rank %d (%s): it was not written by an MA "
+                                 "gang of that many ranks", path, rank, tname);
+        nn_optim_set_t(t->optim, ((int64_t)s->data[0] << 24) + (int64_t)s->data[1]);
+    }
     t->epoch = c->epoch;
     t->step = c->step;
     memcpy(t->rng.s, c->rng, sizeof t->rng.s);
@@ -456,11 +568,20 @@ static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, cds_er
 
 nn_trainer *nn_trainer_load(const char *ckpt_path, cds_err *err)
 {
+    return nn_trainer_load_rank(ckpt_path, 0, err);
+}
+
+nn_trainer *nn_trainer_load_rank(const char *ckpt_path, int rank, cds_err *err)
+{
     nn_ckpt c;
+    if (rank < 0) {
+        cds_errf(err, "checkpoint %s: rank %d is negative", ckpt_path, rank);
+        return NULL;
+    }
     if (nn_ckpt_load(ckpt_path, &c, err) != 0)
         return NULL;
     nn_trainer *t = trainer_build(c.spec_json, c.hparams_json, err);
-    if (t && restore_all(t, &c, ckpt_path, err) != 0) {
+    if (t && restore_all(t, &c, ckpt_path, rank, err) != 0) {
         nn_trainer_free(t);
         t = NULL;
     }

@@ -90,6 +90,18 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
 void nn_trainer_end_epoch(nn_trainer *t);
 int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err);
 
+/* Model averaging keeps one optimiser state per rank (DESIGN.md §6).  A
+ * rank's state as one host vector of nn_trainer_opt_floats: the optimiser's
+ * tensors in order, then its step count t as two floats (t >> 24, t &
+ * 0xffffff).  nn_trainer_save_ranks saves rank 0's checkpoint with the
+ * other ranks' states (n_others vectors, ranks 1..n_others) as optimiser
+ * tensors named "r<k>/<name>" and "r<k>/t"; nn_trainer_load_rank restores
+ * rank k's (rank 0: the plain names, as nn_trainer_load). */
+size_t nn_trainer_opt_floats(nn_trainer *t);
+void nn_trainer_opt_get(nn_trainer *t, float *host);
+int nn_trainer_save_ranks(nn_trainer *t, const char *path, const float *others, int n_others, cds_err *err);
+nn_trainer *nn_trainer_load_rank(const char *ckpt_path, int rank, cds_err *err);
+
 int64_t nn_trainer_epoch(const nn_trainer *t);
 int64_t nn_trainer_step(const nn_trainer *t);
 size_t nn_trainer_visited(const nn_trainer *t, const int32_t **shards);

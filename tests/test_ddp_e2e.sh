@@ -185,6 +185,24 @@ good = len(evals) == 6 and len(train) == 12 and all(t["mode"] == "ma" and t["row
 print(0 if good else 1)
 PY
 )" "MA: every epoch of the 3 models left evaluated, every rank one pass over its own shard"
+ok "$("$py" - "$src/tests" "$(rcli HGET "${prefix}sweep:{ma1}:models" 0.ckpt)" "$root/results" <<'PY'
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import ckpt_reader
+ck, t = ckpt_reader.load(sys.argv[2])
+lines = open(sys.argv[3]).read().split("\n")
+f = dict(zip(lines[0::2], lines[1::2]))
+rows = {json.loads(f[k])["rank"]: json.loads(f[k])["shard_rows"] for k in f if k.startswith("0.1.train.")}
+steps = [2 * ((rows[r] + 63) // 64) for r in (0, 1)]
+r1 = t.get("r1/t")
+t1 = int(r1[0]) * 2**24 + int(r1[1]) if r1 is not None else -1
+names = [n for n in t if n.startswith("r1/") and n != "r1/t"]
+good = ck["opt_t"] == steps[0] and t1 == steps[1] and len(names) > 0 and all(n[3:] in t for n in names)
+print(0 if good else 1)
+print("# rank 0 t %d, rank 1 t %d (expected %s), %d rank-1 tensors" % (ck["opt_t"], t1, steps, len(names)), file=sys.stderr)
+PY
+)" "an MA checkpoint holds each rank's own optimiser state, each rank going on from its own (t = its steps)"
+
 # W = 1: a gang of one rank trains exactly as MOP on one shard does.
 sed 's/"dataset": "fm", "shards": 2/"dataset": "fm1", "shards": 1/' "$root/etl.json" >"$root/etl1.json"
 jobctl enqueue etl --spec "$root/etl1.json" >/dev/null 2>"$root/err"

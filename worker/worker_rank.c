@@ -23,10 +23,13 @@
  *             model from the spec), then rank 0's weights are broadcast;
  *   rows      each rank's shard rows, summed into a vector of W, so every
  *             rank knows the steps of the epoch;
- *   train     DDP: steps = max over ranks of ceil(rows_r / (b/W)), b/W rows
- *             a step from rank r's shard (a shorter shard wraps), gradients
+ *   train     DDP: every rank takes the longest shard's rows, b/W a step
+ *             (a shorter shard goes on in its next epoch's order), gradients
  *             averaged in buckets during backward; MA: one pass over the
- *             shard with batch b, then the weights averaged;
+ *             shard with batch b, then the weights (and running statistics)
+ *             averaged and every rank's optimiser state sent to rank 0, which
+ *             keeps them all in the checkpoint (each rank goes on from its
+ *             own next epoch);
  *   agree     a diverged loss anywhere is seen by all (summed flags);
  *   metrics   each rank's pass, as JSON, through the rendezvous keys;
  *   commit    rank 0 writes v<N>-<token>.ckpt and epoch-<e>.ckpt and
@@ -64,6 +67,7 @@ typedef struct rank_ctx {
     ddp_comm *c;
     ddp_reducer *r;
     int reduce_failed; /* the gradient reduction failed: the gang broke */
+    float *opt_states; /* MA: every rank's optimiser state (rank 0 saves them), or NULL */
 } rank_ctx;
 
 /* ---- the task ------------------------------------------------------------ */
@@ -198,7 +202,11 @@ static int broken(rank_ctx *x, const cds_err *why)
 
 static int start_model(rank_ctx *x, cds_err *err)
 {
-    x->t = x->l.version == 0 ? nn_trainer_new(x->l.spec, err) : nn_trainer_load(x->l.ckpt, err);
+    /* MA: each rank goes on from its own optimiser state, kept in the
+     * checkpoint beside rank 0's (nn_trainer_save_ranks). */
+    int ma = strcmp(x->l.mode, "ma") == 0;
+    x->t = x->l.version == 0 ? nn_trainer_new(x->l.spec, err)
+                             : nn_trainer_load_rank(x->l.ckpt, ma ? x->l.shard : 0, err);
     if (!x->t)
         return -1;
     if (nn_trainer_epoch(x->t) + 1 != x->l.epoch)
@@ -254,10 +262,13 @@ static int publish(rank_ctx *x, char **metrics)
 {
     cds_err err;
     char dir[QUEUE_MOP_PATH_MAX - 64], path[QUEUE_MOP_PATH_MAX], epoch_file[QUEUE_MOP_PATH_MAX];
+    size_t per = x->opt_states ? nn_trainer_opt_floats(x->t) : 0;
     if (cds_layout_model_dir(dir, sizeof dir, x->cfg->data_root, x->sweep, x->l.model, &err) != 0 ||
         cds_layout_visit_ckpt(path, sizeof path, dir, x->l.version + 1, x->l.token, &err) != 0 ||
         cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, x->l.epoch, &err) != 0 ||
-        cds_mkdirs(dir, &err) != 0 || nn_trainer_save(x->t, path, &err) != 0)
+        cds_mkdirs(dir, &err) != 0 ||
+        nn_trainer_save_ranks(x->t, path, x->opt_states ? x->opt_states + per : NULL,
+                              x->opt_states ? x->l.shards - 1 : 0, &err) != 0)
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
     int linked = link(path, epoch_file) == 0;
     if (!linked && errno != EEXIST)
@@ -278,6 +289,20 @@ static int publish(rank_ctx *x, char **metrics)
     }
     fprintf(x->out, "c %lld %d %s\t%s\n", (long long)r.version, r.model_done, path, r.superseded);
     fflush(x->out);
+    return 0;
+}
+
+/* MA: every rank's optimiser state to every rank (rank 0 saves them): a
+ * broadcast from each rank in turn, so the bits arrive as they were. */
+static int gather_opt_states(rank_ctx *x, cds_err *err)
+{
+    size_t per = nn_trainer_opt_floats(x->t), W = (size_t)x->l.shards;
+    if (!(x->opt_states = calloc(per * W, sizeof(float))))
+        return cds_err_nomem(err, "out of memory for %zu ranks' optimiser states (%zu floats each)", W, per);
+    nn_trainer_opt_get(x->t, x->opt_states + per * (size_t)x->l.shard);
+    for (int k = 0; k < x->l.shards; k++)
+        if (ddp_broadcast(x->c, x->opt_states + per * (size_t)k, per, k, err) != 0)
+            return -1;
     return 0;
 }
 
@@ -383,8 +408,8 @@ static int train_epoch(rank_ctx *x)
             cds_errf(&why, "the loss diverged on another rank of the gang");
         return end_gang(x, QUEUE_GANG_FINAL, &why);
     }
-    if (!ddp && ddp_model_average(m, x->c, &err) != 0)
-        return broken(x, &err);
+    if (!ddp && (ddp_model_average(m, x->c, &err) != 0 || (W > 1 && gather_opt_states(x, &err) != 0)))
+        return cds_err_is_nomem(&err) ? end_gang(x, QUEUE_GANG_FINAL, &err) : broken(x, &err);
     nn_trainer_end_epoch(x->t);
 
     char *mine = metrics_json(x, &st, steps, rows);
@@ -440,6 +465,7 @@ int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd)
     ddp_reducer_free(x.r);
     ddp_comm_destroy(x.c);
     nn_trainer_free(x.t);
+    free(x.opt_states);
     queue_close(x.q);
     queue_mop_lease_clear(&x.l);
     fclose(x.out);
