@@ -394,6 +394,22 @@ static void test_job_files(void)
        "sweep-imagenet: resnet50 then vgg16");
     ok(s && specs_valid(s), "sweep-imagenet: every spec valid (validation allocates no weights)");
     sweep_spec_free(s);
+
+    /* The DDP and MA examples are the MOP ones in another mode. */
+    static const char *const modes[][3] = {{"sweep-fashion-mnist-ddp.json", "sweep-fashion-mnist.json", "ddp"},
+                                           {"sweep-fashion-mnist-ma.json", "sweep-fashion-mnist.json", "ma"},
+                                           {"sweep-criteo-ddp.json", "sweep-criteo.json", "ddp"},
+                                           {"sweep-criteo-ma.json", "sweep-criteo.json", "ma"}};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        sweep_spec *a = parse_job_file(modes[i][0]), *b = parse_job_file(modes[i][1]);
+        int same = a && b && sweep_spec_model_count(a) == sweep_spec_model_count(b);
+        for (int m = 0; same && m < sweep_spec_model_count(a); m++)
+            same = strcmp(sweep_spec_model(a, m), sweep_spec_model(b, m)) == 0;
+        ok(same && strcmp(sweep_spec_mode(a), modes[i][2]) == 0, "%s: mode %s, the models of %s", modes[i][0],
+           modes[i][2], modes[i][1]);
+        sweep_spec_free(a);
+        sweep_spec_free(b);
+    }
 }
 
 int main(void)
