@@ -143,6 +143,12 @@ int qmop_lease_script(queue_conn *q, int script, const char *sweep, const struct
 int qmop_run_on_lease(queue_conn *q, int script, const char *what, const char *success, const char *sweep,
                       const struct queue_mop_lease *l, qargs *args, redisReply **out, cds_err *err);
 /* Renews an evaluation or test lease. */
+/* Runs a commit script (a visit's, a gang's) and reads its receipt into
+ * *res: 0 (res->accepted 0 when refused), -1 on error. */
+struct queue_mop_commit_result;
+int qmop_commit_script(queue_conn *q, int script, const char *what, const char *sweep,
+                       const struct queue_mop_lease *l, qargs *args, struct queue_mop_commit_result *res,
+                       cds_err *err);
 /* The renewal of a gang's rank (queue_mop_gang.c), for queue_mop_renew. */
 int qmop_gang_renew(queue_conn *q, const char *sweep, const struct queue_mop_lease *l, int64_t lease_ms,
                     const char *progress, cds_err *err);

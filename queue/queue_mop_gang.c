@@ -158,21 +158,7 @@ int queue_mop_gang_commit(queue_conn *q, const char *sweep, const queue_mop_leas
     qargs_add(&args, ckpt_path);
     for (int i = 0; i < l->shards; i++)
         qargs_add(&args, metrics && metrics[i] ? metrics[i] : "");
-    redisReply *r = NULL;
-    int rc = qmop_run_on_lease(q, QS_MOP_GANG_COMMIT, "gang commit", "committed", sweep, l, &args, &r, err);
-    if (rc == QUEUE_NOT_FOUND)
-        return 0;
-    if (rc != 0)
-        return -1;
-    if (r->elements != 5)
-        return qmop_unexpected(r, "gang commit", err);
-    res->accepted = 1;
-    res->epoch_done = qc_reply_int(r, 1) != 0;
-    res->model_done = qc_reply_int(r, 2) != 0;
-    res->version = qc_reply_int(r, 3);
-    qmop_copy_reply_str(res->superseded, sizeof res->superseded, r, 4);
-    freeReplyObject(r);
-    return 0;
+    return qmop_commit_script(q, QS_MOP_GANG_COMMIT, "gang commit", sweep, l, &args, res, err);
 }
 
 int queue_mop_gang_end(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *reason,

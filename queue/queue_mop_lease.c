@@ -249,14 +249,20 @@ int queue_mop_commit(queue_conn *q, const char *sweep, const queue_mop_lease *l,
     qargs_addf(&args, "%d", l->shard);
     qargs_add(&args, ckpt_path);
     qargs_add(&args, metrics_json ? metrics_json : "");
+    return qmop_commit_script(q, QS_MOP_COMMIT, "commit", sweep, l, &args, res, err);
+}
+
+int qmop_commit_script(queue_conn *q, int script, const char *what, const char *sweep, const queue_mop_lease *l,
+                       qargs *args, queue_mop_commit_result *res, cds_err *err)
+{
     redisReply *r = NULL;
-    int rc = qmop_run_on_lease(q, QS_MOP_COMMIT, "commit", "committed", sweep, l, &args, &r, err);
+    int rc = qmop_run_on_lease(q, script, what, "committed", sweep, l, args, &r, err);
     if (rc == QUEUE_NOT_FOUND)
         return 0; /* refused: accepted stays 0 */
     if (rc != 0)
         return -1;
     if (r->elements != 5)
-        return qmop_unexpected(r, "commit", err);
+        return qmop_unexpected(r, what, err);
     res->accepted = 1;
     res->epoch_done = qc_reply_int(r, 1) != 0;
     res->model_done = qc_reply_int(r, 2) != 0;

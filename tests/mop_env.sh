@@ -1,6 +1,6 @@
 # Shared set-up of the MOP shell tests that need Redis, PostgreSQL and
 # workers (sourced, not run): test_mop_e2e.sh, test_mop_faults.sh and
-# test_mop_oom.sh.
+# test_mop_oom.sh, and the DDP tests (test_ddp_e2e.sh, test_ddp_chaos.sh).
 #
 #   . "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" NAME BUILD_ROOT
 #
@@ -42,3 +42,20 @@ worker_bg() {
 # worker ID ARGS...: worker_bg without environment (a test may redefine it,
 # as test_mop_oom.sh does to run every worker under its memory cap).
 worker() { worker_bg "$1" -- "${@:2}"; }
+# fm_dataset WHERE VALID_FRACTION: loads Fashion-MNIST and makes dataset fm
+# in 2 shards of the rows WHERE selects, through jobctl enqueue etl and a
+# worker (3 checks); $root/etl.json is its ETL spec, for variants.
+fm_dataset() {
+    "$build/tools/load-fashion-mnist" >/dev/null
+    ok $? "Fashion-MNIST loaded"
+    cat >"$root/etl.json" <<JSON
+{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
+ "dtype": "uint8", "where": "$1", "valid_fraction": $2, "test_table": "fashion_mnist_test",
+ "dataset": "fm", "shards": 2, "data_root": "$root"}
+JSON
+    jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
+    ok $? "jobctl enqueue etl"
+    worker etl --idle-exit 2
+    wait "${pids[@]}"; pids=()
+    ok "$([ "$(rcli HGET "${prefix}dataset:fm" state)" = ready ]; echo $?)" "the dataset is ready"
+}

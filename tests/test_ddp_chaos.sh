@@ -29,17 +29,7 @@ KILLS=6
 LEASE=3
 TIMEOUT=2
 
-"$build/tools/load-fashion-mnist" >/dev/null
-ok $? "Fashion-MNIST loaded"
-cat >"$root/etl.json" <<JSON
-{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
- "dtype": "uint8", "where": "id < 8000", "valid_fraction": 0.05, "test_table": "fashion_mnist_test",
- "dataset": "fm", "shards": 2, "data_root": "$root"}
-JSON
-jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
-ok $? "jobctl enqueue etl"
-worker etl --idle-exit 2
-wait "${pids[@]}"; pids=()
+fm_dataset "id < 8000" 0.05
 cat >"$root/sweep.json" <<'JSON'
 {"mode": "ddp", "dataset": "fm", "epochs": 3, "seed": 11,
  "models": [{"arch": "cnn", "input": [1, 28, 28], "classes": 10, "width": 0.25, "dropout": 0.25}],

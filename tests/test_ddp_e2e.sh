@@ -20,18 +20,7 @@ src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
 py=/usr/bin/python3
 . "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" ddp "${1:?usage: test_ddp_e2e.sh BUILD_ROOT}"
 
-"$build/tools/load-fashion-mnist" >/dev/null
-ok $? "Fashion-MNIST loaded"
-cat >"$root/etl.json" <<JSON
-{"table": "fashion_mnist_train", "features": ["pixels"], "label": "label", "feature_shape": [28, 28, 1],
- "dtype": "uint8", "where": "id < 1600", "valid_fraction": 0.1, "test_table": "fashion_mnist_test",
- "dataset": "fm", "shards": 2, "data_root": "$root"}
-JSON
-jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
-ok $? "jobctl enqueue etl"
-worker etl --idle-exit 2
-wait "${pids[@]}"; pids=()
-ok "$([ "$(rcli HGET "${prefix}dataset:fm" state)" = ready ]; echo $?)" "the dataset is ready"
+fm_dataset "id < 1600" 0.1
 
 # sweep MODE BATCH: the sweep spec of this test.
 sweep() {

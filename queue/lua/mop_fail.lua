@@ -36,11 +36,6 @@ if ARGV[4] ~= 'final' then
   reason = string.format('failed %d of %d attempts: %s', attempts, max_attempts, reason)
 end
 if ARGV[6] and ARGV[6] ~= '' then reason = reason .. '; ' .. ARGV[6] end
-redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason', reason, p .. 'not_before', '')
-local done = 0
-if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 then
-  done = 1
-  if state ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now)) end
-end
+local done = fail_model(KEYS[1], KEYS[2], p, reason, state, now)
 wake_mop(KEYS[6], 1)
 return {'failed', done, attempts}

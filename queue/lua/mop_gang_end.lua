@@ -53,10 +53,5 @@ else
   if how ~= 'final' then reason = string.format('failed %d of %d attempts: %s', attempts, max_attempts, reason) end
 end
 if ARGV[8] and ARGV[8] ~= '' then reason = reason .. '; ' .. ARGV[8] end
-redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason', reason, p .. 'not_before', '')
-local done = 0
-if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 then
-  done = 1
-  if sw[1] ~= 'cancelled' then redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now)) end
-end
+local done = fail_model(KEYS[1], KEYS[2], p, reason, sw[1], now)
 return {'failed', done, tonumber(redis.call('HGET', KEYS[2], p .. 'attempts')) or 0}

@@ -154,3 +154,14 @@ local function gang_clear(models_key, m)
   for r = 0, W - 1 do redis.call('HDEL', models_key, m .. '.r' .. int(r)) end
   redis.call('HSET', models_key, m .. '.gang', '')
 end
+
+-- Fails a model for good (prefix p, "<m>."), with its reason: it takes no
+-- more leases and counts as finished, so live goes down and the sweep is
+-- done at 0 (unless it was cancelled, which stays).  Returns 1 when the
+-- sweep became done.
+local function fail_model(sweep_key, models_key, p, reason, sweep_state, now)
+  redis.call('HSET', models_key, p .. 'state', 'failed', p .. 'reason', reason, p .. 'not_before', '')
+  if redis.call('HINCRBY', sweep_key, 'live', -1) ~= 0 then return 0 end
+  if sweep_state ~= 'cancelled' then redis.call('HSET', sweep_key, 'state', 'done', 'finished', int(now)) end
+  return 1
+end
