@@ -1,5 +1,7 @@
-/* ddp_comm: the communicator (ddp_comm.h) over Gloo (ddp_gloo.h), with its
- * rendezvous store over Redis.
+/* ddp_comm: the communicator (ddp_comm.h): the checks, the broken state
+ * and the messages every transport shares, over a transport's table
+ * (ddp_int.h): Gloo here (ddp_gloo.h), with its rendezvous store over
+ * Redis; NCCL in ddp_nccl.c.
  *
  * The store's keys are Gloo's own names ("rank_0" and so on) under the
  * gang's scope; each is written with an expiry of a few time-outs, long
@@ -15,14 +17,73 @@
 #include <string.h>
 
 #include "ddp_gloo.h"
+#include "ddp_int.h"
 
 struct ddp_comm {
     int rank, size;
     int64_t timeout_ms;
     int broken;
     char broke_by[160]; /* the call that broke it */
-    ddp_gloo *gloo;
+    const ddp_transport *t;
+    void *impl;
 };
+
+/* ---- Gloo ------------------------------------------------------------------ */
+
+static int gloo_allreduce(void *impl, float *buf, size_t n, int size, int avg, char *msg, size_t msg_n)
+{
+    if (ddp_gloo_allreduce_sum(impl, buf, n, msg, msg_n) != 0)
+        return -1;
+    if (avg && size > 1) {
+        float inv = 1.0f / (float)size;
+        for (size_t i = 0; i < n; i++)
+            buf[i] *= inv;
+    }
+    return 0;
+}
+
+static int gloo_broadcast(void *impl, float *buf, size_t n, int root, char *msg, size_t msg_n)
+{
+    return ddp_gloo_broadcast(impl, buf, n, root, msg, msg_n);
+}
+
+static int gloo_barrier(void *impl, int64_t timeout_ms, char *msg, size_t msg_n)
+{
+    return ddp_gloo_barrier(impl, timeout_ms, msg, msg_n);
+}
+
+static void gloo_close(void *impl) { ddp_gloo_close(impl); }
+
+static const ddp_transport gloo_transport = {
+    .name = "gloo", .allreduce = gloo_allreduce, .broadcast = gloo_broadcast, .barrier = gloo_barrier,
+    .close = gloo_close,
+};
+
+int ddp_comm_make(const ddp_comm_opts *o, int64_t timeout_ms, const ddp_transport *t, void *impl, ddp_comm **out,
+                  cds_err *err)
+{
+    ddp_comm *c = calloc(1, sizeof *c);
+    if (!c) {
+        t->close(impl);
+        return cds_err_nomem(err, "out of memory for a communicator");
+    }
+    c->rank = o->rank;
+    c->size = o->size;
+    c->timeout_ms = timeout_ms;
+    c->t = t;
+    c->impl = impl;
+    *out = c;
+    return 0;
+}
+
+int ddp_comm_check_opts(const ddp_comm_opts *o, cds_err *err)
+{
+    if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
+        return cds_errf(err, "rank %d of a gang of %d: give 0 <= rank < size", o->rank, o->size);
+    if (!o->q || !o->scope || !*o->scope)
+        return cds_errf(err, "a gang needs a Redis connection and a rendezvous scope to meet through");
+    return 0;
+}
 
 typedef struct rdv_ctx {
     queue_conn *q;
@@ -65,27 +126,17 @@ static void ignore_sigpipe(void)
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
 {
     *out = NULL;
-    if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
-        return cds_errf(err, "rank %d of a gang of %d: give 0 <= rank < size", o->rank, o->size);
-    if (!o->q || !o->scope || !*o->scope)
-        return cds_errf(err, "a gang needs a Redis connection and a rendezvous scope to meet through");
+    if (ddp_comm_check_opts(o, err) != 0)
+        return -1;
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
     ignore_sigpipe();
-    ddp_comm *c = calloc(1, sizeof *c);
-    if (!c)
-        return cds_err_nomem(err, "out of memory for a communicator");
-    c->rank = o->rank;
-    c->size = o->size;
-    c->timeout_ms = timeout;
     rdv_ctx r = {.q = o->q, .scope = o->scope, .ttl_ms = 4 * timeout};
     ddp_gloo_store store = {.ctx = &r, .set = rdv_set, .get = rdv_get};
     char msg[CDS_ERR_MAX];
-    if (ddp_gloo_open(&store, o->rank, o->size, timeout, o->addr, o->iface, &c->gloo, msg, sizeof msg) != 0) {
-        free(c);
+    ddp_gloo *g = NULL;
+    if (ddp_gloo_open(&store, o->rank, o->size, timeout, o->addr, o->iface, &g, msg, sizeof msg) != 0)
         return cds_errf(err, "rank %d of %d, gang %s: %s", o->rank, o->size, o->scope, msg);
-    }
-    *out = c;
-    return 0;
+    return ddp_comm_make(o, timeout, &gloo_transport, g, out, err);
 }
 
 int ddp_comm_rank(const ddp_comm *c) { return c->rank; }
@@ -117,13 +168,8 @@ int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err)
     if (refuse_broken(c, "all-reduce", err) != 0)
         return -1;
     char msg[CDS_ERR_MAX];
-    if (ddp_gloo_allreduce_sum(c->gloo, buf, n, msg, sizeof msg) != 0)
+    if (n > 0 && c->t->allreduce(c->impl, buf, n, c->size, op == DDP_AVG, msg, sizeof msg) != 0)
         return fail(c, msg, err);
-    if (op == DDP_AVG && c->size > 1) {
-        float inv = 1.0f / (float)c->size;
-        for (size_t i = 0; i < n; i++)
-            buf[i] *= inv;
-    }
     return 0;
 }
 
@@ -134,7 +180,7 @@ int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err)
     if (refuse_broken(c, "broadcast", err) != 0)
         return -1;
     char msg[CDS_ERR_MAX];
-    if (ddp_gloo_broadcast(c->gloo, buf, n, root, msg, sizeof msg) != 0)
+    if (n > 0 && c->t->broadcast(c->impl, buf, n, root, msg, sizeof msg) != 0)
         return fail(c, msg, err);
     return 0;
 }
@@ -144,7 +190,7 @@ int ddp_barrier(ddp_comm *c, int64_t timeout_ms, cds_err *err)
     if (refuse_broken(c, "barrier", err) != 0)
         return -1;
     char msg[CDS_ERR_MAX];
-    if (ddp_gloo_barrier(c->gloo, timeout_ms > 0 ? timeout_ms : c->timeout_ms, msg, sizeof msg) != 0)
+    if (c->t->barrier(c->impl, timeout_ms > 0 ? timeout_ms : c->timeout_ms, msg, sizeof msg) != 0)
         return fail(c, msg, err);
     return 0;
 }
@@ -154,6 +200,8 @@ void ddp_comm_abort(ddp_comm *c)
     if (c && !c->broken) {
         c->broken = 1;
         snprintf(c->broke_by, sizeof c->broke_by, "aborted");
+        if (c->t->abort)
+            c->t->abort(c->impl);
     }
 }
 
@@ -161,6 +209,6 @@ void ddp_comm_destroy(ddp_comm *c)
 {
     if (!c)
         return;
-    ddp_gloo_close(c->gloo);
+    c->t->close(c->impl);
     free(c);
 }

@@ -2,8 +2,9 @@
  *
  * One interface over the collectives the trainer needs: all-reduce of
  * float32 in place (sum or average), broadcast, barrier; abort and destroy.
- * Gloo over TCP serves CPUs (ddp_comm_gloo, today's only implementation);
- * NCCL will serve GPUs behind the same calls.  Ranks find each other
+ * Gloo over TCP serves CPUs (ddp_comm_gloo: buffers in host memory); NCCL
+ * serves GPUs behind the same calls (ddp_comm_nccl: buffers in device
+ * memory).  Ranks find each other
  * through rendezvous keys in Redis (queue_rdv_set/get) under a scope that
  * names one attempt of one gang, so a restarted gang never meets the
  * addresses of an earlier one.  Every call returns 0, or -1 with a message
@@ -40,12 +41,21 @@ typedef struct ddp_comm_opts {
     int64_t timeout_ms; /* the rendezvous and every collective (0: DDP_DEFAULT_TIMEOUT_MS) */
     const char *addr;   /* the address to listen on and publish (NULL: iface's, else the host name's) */
     const char *iface;  /* a network interface to take the address from (NULL: none) */
+    int device;         /* NCCL: the CUDA device of this rank */
 } ddp_comm_opts;
 
 /* Joins the gang over Gloo's TCP transport.  A process whose SIGPIPE takes
  * the default action is switched to ignoring it (Gloo writes to sockets a
  * dead peer closed; the collective then fails instead of the process). */
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
+/* Joins the gang over NCCL on CUDA device o->device: rank 0 publishes
+ * NCCL's unique id (hex) under the scope, the others read it; the
+ * communicator is made non-blocking, so the join and every collective are
+ * bounded by the time-out, after which ncclCommAbort frees the ranks that
+ * wait.  Buffers are device memory.  Built without CUDA, or on a machine
+ * without a device, it fails with one line saying so.  NCCL refuses two
+ * ranks on one device: a machine with one GPU runs W = 1 only. */
+int ddp_comm_nccl(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
 
 int ddp_comm_rank(const ddp_comm *c);
 int ddp_comm_size(const ddp_comm *c);
@@ -58,9 +68,10 @@ int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err);
  * may be longer than the collectives' own, for a rank that checkpoints
  * while the others wait. */
 int ddp_barrier(ddp_comm *c, int64_t timeout_ms, cds_err *err);
-/* Marks the communicator broken: every later call fails at once.  Gloo
- * cannot interrupt a call in flight (the worker bounds that by running the
- * rank in a child process it can kill). */
+/* Marks the communicator broken: every later call fails at once.  NCCL's
+ * communicator is aborted (ncclCommAbort); Gloo cannot interrupt a call in
+ * flight (the worker bounds that by running the rank in a child process it
+ * can kill). */
 void ddp_comm_abort(ddp_comm *c);
 void ddp_comm_destroy(ddp_comm *c);
 
