@@ -47,6 +47,12 @@ static int gloo_broadcast(void *impl, float *buf, size_t n, int root, char *msg,
     return ddp_gloo_broadcast(impl, buf, n, root, msg, msg_n);
 }
 
+static int gloo_allgatherv(void *impl, const void *send, size_t bytes, void *recv, const size_t *each, int size,
+                           char *msg, size_t msg_n)
+{
+    return ddp_gloo_allgatherv(impl, send, bytes, recv, each, size, msg, msg_n);
+}
+
 static int gloo_barrier(void *impl, int64_t timeout_ms, char *msg, size_t msg_n)
 {
     return ddp_gloo_barrier(impl, timeout_ms, msg, msg_n);
@@ -55,7 +61,8 @@ static int gloo_barrier(void *impl, int64_t timeout_ms, char *msg, size_t msg_n)
 static void gloo_close(void *impl) { ddp_gloo_close(impl); }
 
 static const ddp_transport gloo_transport = {
-    .name = "gloo", .allreduce = gloo_allreduce, .broadcast = gloo_broadcast, .barrier = gloo_barrier,
+    .name = "gloo", .allreduce = gloo_allreduce, .broadcast = gloo_broadcast, .allgatherv = gloo_allgatherv,
+    .barrier = gloo_barrier,
     .close = gloo_close,
 };
 
@@ -183,6 +190,33 @@ int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err)
     if (n > 0 && c->t->broadcast(c->impl, buf, n, root, msg, sizeof msg) != 0)
         return fail(c, msg, err);
     return 0;
+}
+
+int ddp_allgatherv(ddp_comm *c, const void *send, size_t bytes, void *recv, const size_t *each, cds_err *err)
+{
+    if (refuse_broken(c, "all-gather", err) != 0)
+        return -1;
+    if (!c->t->allgatherv)
+        return cds_errf(err, "rank %d of %d: the %s communicator has no all-gather", c->rank, c->size, c->t->name);
+    if (each[c->rank] != bytes)
+        return cds_errf(err, "rank %d of %d: all-gather of %zu bytes, but the sizes say %zu for this rank", c->rank,
+                        c->size, bytes, each[c->rank]);
+    char msg[CDS_ERR_MAX];
+    if (c->t->allgatherv(c->impl, send, bytes, recv, each, c->size, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    return 0;
+}
+
+int ddp_allgather_sizes(ddp_comm *c, size_t mine, size_t *all, cds_err *err)
+{
+    size_t *each = malloc((size_t)c->size * sizeof *each);
+    if (!each)
+        return cds_err_nomem(err, "out of memory for %d sizes", c->size);
+    for (int r = 0; r < c->size; r++)
+        each[r] = sizeof(size_t);
+    int rc = ddp_allgatherv(c, &mine, sizeof mine, all, each, err);
+    free(each);
+    return rc;
 }
 
 int ddp_barrier(ddp_comm *c, int64_t timeout_ms, cds_err *err)

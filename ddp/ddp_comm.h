@@ -64,6 +64,12 @@ int ddp_comm_size(const ddp_comm *c);
 int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err);
 /* Every rank's buf (n floats) becomes root's. */
 int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err);
+/* Every rank's bytes, each[r] of them from rank r (every rank passes the
+ * same each[], its own entry being bytes), into recv (Σ each bytes, host
+ * memory), in rank order: a gang's row-sparse gradients.  Gloo only. */
+int ddp_allgatherv(ddp_comm *c, const void *send, size_t bytes, void *recv, const size_t *each, cds_err *err);
+/* Every rank's `mine` into all[0..size): the sizes an all-gather needs. */
+int ddp_allgather_sizes(ddp_comm *c, size_t mine, size_t *all, cds_err *err);
 /* Returns once every rank called it; timeout_ms (0: the communicator's)
  * may be longer than the collectives' own, for a rank that checkpoints
  * while the others wait. */

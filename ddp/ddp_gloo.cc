@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
 #include <gloo/broadcast.h>
@@ -168,6 +169,26 @@ extern "C" int ddp_gloo_broadcast(ddp_gloo *g, float *buf, size_t n, int root, c
         say(msg, msg_n, "broadcast (Gloo)", e.what());
     } catch (...) {
         say(msg, msg_n, "broadcast (Gloo)", "an unknown C++ exception");
+    }
+    return -1;
+}
+
+extern "C" int ddp_gloo_allgatherv(ddp_gloo *g, const void *send, size_t bytes, void *recv, const size_t *each,
+                                   int size, char *msg, size_t msg_n)
+{
+    try {
+        std::vector<size_t> counts(each, each + size);
+        gloo::AllgathervOptions opts(g->ctx);
+        // Gloo reads the input only; its setter takes a pointer it may write.
+        opts.setInput(static_cast<char *>(const_cast<void *>(send)), bytes);
+        opts.setOutput(static_cast<char *>(recv), counts);
+        opts.setTag(g->tag++);
+        gloo::allgatherv(opts);
+        return 0;
+    } catch (const std::exception &e) {
+        say(msg, msg_n, "all-gather (Gloo)", e.what());
+    } catch (...) {
+        say(msg, msg_n, "all-gather (Gloo)", "an unknown C++ exception");
     }
     return -1;
 }

@@ -42,6 +42,10 @@ int ddp_gloo_allreduce_sum(ddp_gloo *g, float *buf, size_t n, char *msg, size_t 
 /* In place: every rank's buf (n floats) becomes root's. */
 int ddp_gloo_broadcast(ddp_gloo *g, float *buf, size_t n, int root, char *msg, size_t msg_n);
 /* Returns once every rank has called it, or fails after timeout_ms. */
+/* Every rank's send (bytes; each[r] of them from rank r) into recv, rank
+ * after rank. */
+int ddp_gloo_allgatherv(ddp_gloo *g, const void *send, size_t bytes, void *recv, const size_t *each, int size,
+                        char *msg, size_t msg_n);
 int ddp_gloo_barrier(ddp_gloo *g, int64_t timeout_ms, char *msg, size_t msg_n);
 void ddp_gloo_close(ddp_gloo *g);
 

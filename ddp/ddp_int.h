@@ -17,6 +17,10 @@ typedef struct ddp_transport {
     /* buf becomes the sum over the size ranks, or the mean when avg. */
     int (*allreduce)(void *impl, float *buf, size_t n, int size, int avg, char *msg, size_t msg_n);
     int (*broadcast)(void *impl, float *buf, size_t n, int root, char *msg, size_t msg_n);
+    /* Every rank's bytes (each[r] from rank r) into recv, in rank order;
+     * NULL when the transport has none. */
+    int (*allgatherv)(void *impl, const void *send, size_t bytes, void *recv, const size_t *each, int size, char *msg,
+                      size_t msg_n);
     int (*barrier)(void *impl, int64_t timeout_ms, char *msg, size_t msg_n);
     void (*abort)(void *impl); /* may be NULL: nothing to interrupt */
     void (*close)(void *impl);

@@ -17,6 +17,8 @@
  * for broadcast_model between steps). */
 #include "ddp_reducer.h"
 
+#include "ddp_rows.h"
+
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +53,7 @@ struct ddp_reducer {
     size_t *queue; /* bucket numbers in the order backward finished them */
     size_t head, tail, done;
     int stop;
+    ddp_rows *rows; /* a sparse mlp's embedding exchanged as rows (DDP_SPARSE_ROWS), or NULL */
 };
 
 /* Where parameter i's gradient starts in the block (the layout of
@@ -60,7 +63,7 @@ static size_t offset_of(const nn_tensor *block, const nn_param *p)
     return (size_t)(p->g.data - block->data);
 }
 
-static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, cds_err *err)
+static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, ddp_sparse how, cds_err *err)
 {
     size_t np = nn_model_param_count(r->m);
     r->param_bucket = malloc(np * sizeof *r->param_bucket);
@@ -74,6 +77,11 @@ static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, cds_err *err)
     for (size_t k = np; k-- > 0;) {
         nn_param *p = nn_model_param(r->m, k);
         r->param_bucket[k] = -1;
+        if (p->embedding && how == DDP_SPARSE_ROWS) {
+            if (ddp_rows_new(r->m, k, r->c, &r->rows, err) != 0)
+                return -1;
+            continue; /* exchanged by ddp_reducer_finish, after the buckets */
+        }
         if (p->embedding) {
             /* Its dense gradient lives apart from the block: a bucket of its
              * own, after which the block's next bucket starts afresh. */
@@ -175,6 +183,12 @@ static void on_grad(void *ctx, size_t param)
 
 int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer **out, cds_err *err)
 {
+    return ddp_reducer_new_sparse(m, c, bucket_bytes, DDP_SPARSE_DEFAULT, out, err);
+}
+
+int ddp_reducer_new_sparse(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_sparse how, ddp_reducer **out,
+                           cds_err *err)
+{
     *out = NULL;
     ddp_reducer *r = calloc(1, sizeof *r);
     if (!r)
@@ -182,16 +196,17 @@ int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer *
     r->m = m;
     r->c = c;
     r->block = nn_model_grad_block(m);
-    /* A sparse mlp's embedding gradient is taken dense, so it is reduced as
-     * any other (PyTorch DDP does the same for a dense EmbeddingBag); the
-     * optimiser's dense step equals its row-sparse one (nn_optim.h). */
+    /* A sparse mlp's embedding gradient: row-sparse, exchanged as rows; or
+     * taken dense and reduced as any other (PyTorch DDP does the same for
+     * a dense EmbeddingBag), the optimiser's dense step equalling its
+     * row-sparse one (nn_optim.h). */
     for (size_t i = 0; i < nn_model_param_count(m); i++)
-        if (nn_model_param(m, i)->embedding && nn_model_set_row_grads(m, 0, err) != 0) {
+        if (nn_model_param(m, i)->embedding && nn_model_set_row_grads(m, how == DDP_SPARSE_ROWS, err) != 0) {
             ddp_reducer_free(r);
             return -1;
         }
     r->unbucketed = bucket_bytes == 0;
-    if (plan_buckets(r, bucket_bytes, err) != 0) {
+    if (plan_buckets(r, bucket_bytes, how, err) != 0) {
         ddp_reducer_free(r);
         return -1;
     }
@@ -236,8 +251,12 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
         *err = r->first;
         return -1;
     }
-    return 0;
+    /* The embedding's rows last, on this thread: the reducer's is idle now,
+     * and the communicator serves one thread at a time. */
+    return r->rows ? ddp_rows_reduce(r->rows, r->c, err) : 0;
 }
+
+const ddp_rows *ddp_reducer_rows(const ddp_reducer *r) { return r->rows; }
 
 /* Tensor t of m made the same on every rank: root's (root >= 0) or the
  * mean over the ranks (root < 0), through the host buffer *buf. */
@@ -307,6 +326,7 @@ void ddp_reducer_free(ddp_reducer *r)
         pthread_cond_destroy(&r->done_cv);
         pthread_mutex_destroy(&r->mu);
     }
+    ddp_rows_free(r->rows);
     free(r->buckets);
     free(r->param_bucket);
     free(r->queue);

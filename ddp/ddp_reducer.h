@@ -21,12 +21,13 @@
  * backward (the unbucketed reference: a sum of two floats does not depend
  * on how the block was cut, so both give the same bits at W = 2).
  *
- * A sparse mlp's embedding (fc0.weight) has its gradient taken dense
- * (nn_model_set_row_grads off) and reduced as a bucket of its own: the
- * all-reduce of the dense gradient, as PyTorch DDP does for a dense
- * EmbeddingBag; exact SGD and Adam then take their dense step, which equals
- * the row-sparse one.  Lazy Adam needs the touched rows, so a lazy spec is
- * not for DDP (jobctl refuses it). */
+ * A sparse mlp's embedding (fc0.weight) is averaged one of two ways
+ * (ddp_sparse): as rows (the default): its row-sparse gradient's touched
+ * rows all-gathered and merged after backward (ddp_rows.h), any optimiser,
+ * lazy Adam included; or dense: its gradient taken dense
+ * (nn_model_set_row_grads off) and all-reduced as a bucket of its own, as
+ * PyTorch DDP does for a dense EmbeddingBag, exact SGD and Adam then taking
+ * their dense step, which equals the row-sparse one. */
 #ifndef CDS_DDP_REDUCER_H
 #define CDS_DDP_REDUCER_H
 
@@ -39,9 +40,23 @@
 #define DDP_BUCKET_BYTES (25u << 20)
 
 typedef struct ddp_reducer ddp_reducer;
+typedef struct ddp_rows ddp_rows;
+
+/* How a sparse mlp's embedding gradient is averaged: as the rows the
+ * ranks touched (ddp_rows.h: all-gather, merge), or dense, all-reduced as a
+ * bucket of its own.  DDP_SPARSE_DEFAULT is the faster by measurement
+ * (docs/ddp.md, "Sparse models"). */
+typedef enum { DDP_SPARSE_ROWS = 0, DDP_SPARSE_DENSE = 1 } ddp_sparse;
+#define DDP_SPARSE_DEFAULT DDP_SPARSE_ROWS
 
 /* Installs the reducer as m's gradient hook (m must outlive it). */
 int ddp_reducer_new(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_reducer **out, cds_err *err);
+/* The same, choosing how a sparse mlp's embedding is averaged. */
+int ddp_reducer_new_sparse(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_sparse how, ddp_reducer **out,
+                           cds_err *err);
+/* The row exchange of a sparse mlp under DDP_SPARSE_ROWS (ddp_rows_last
+ * counts its last step), or NULL. */
+const ddp_rows *ddp_reducer_rows(const ddp_reducer *r);
 /* After a backward pass: reduces the buckets not yet reduced; returns 0, or
  * -1 with the first error of this step (the communicator is then broken). */
 int ddp_reducer_finish(ddp_reducer *r, cds_err *err);

@@ -267,6 +267,12 @@ static void sum_rows(const nn_sparse_plan *pl, const float *dy, float *rg, long 
     }
 }
 
+size_t nn_cpu_sparse_plan_rows(const nn_sparse_plan *pl, int32_t *rows)
+{
+    memcpy(rows, pl->rows, pl->n_rows * sizeof *rows);
+    return pl->n_rows;
+}
+
 void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O)
 {
     if (N <= 0 || O <= 0)

@@ -100,6 +100,8 @@ struct nn_backend {
                               int O);
     void (*sparse_linear_bwd)(const nn_ctx *c, const int32_t *idx, const float *dy, float *dw, float *db, int N,
                               int K, int O);
+    /* The plan's distinct rows, ascending, into rows; returns how many. */
+    size_t (*sparse_plan_rows)(const nn_ctx *c, const void *plan, int32_t *rows);
     void (*sparse_linear_bwd_rows)(const nn_ctx *c, const void *plan, const float *dy, float *rg, float *db, int N,
                                    int O);
     void (*conv2d_fwd)(const nn_ctx *c, const nn_conv_geom *g, const float *x, const float *w, const float *b,

@@ -198,6 +198,14 @@ static void cpu_sparse_linear_bwd(const nn_ctx *c, const int32_t *idx, const flo
     GUARD_CLOSE(c);
 }
 
+static size_t cpu_sparse_plan_rows(const nn_ctx *c, const void *plan, int32_t *rows)
+{
+    GUARD_OPEN(c);
+    size_t n = nn_cpu_sparse_plan_rows(plan, rows);
+    GUARD_CLOSE(c);
+    return n;
+}
+
 static void cpu_sparse_linear_bwd_rows(const nn_ctx *c, const void *plan, const float *dy, float *rg, float *db,
                                        int N, int O)
 {
@@ -442,6 +450,7 @@ const nn_backend nn_backend_cpu = {
     .sparse_plan = cpu_sparse_plan,
     .sparse_linear_fwd = cpu_sparse_linear_fwd,
     .sparse_linear_bwd = cpu_sparse_linear_bwd,
+    .sparse_plan_rows = cpu_sparse_plan_rows,
     .sparse_linear_bwd_rows = cpu_sparse_linear_bwd_rows,
     .conv2d_fwd = cpu_conv2d_fwd,
     .conv2d_bwd = cpu_conv2d_bwd,

@@ -69,6 +69,8 @@ void nn_cpu_sparse_linear_fwd_rows(const nn_sparse_plan *pl, const float *w, con
  * the optimiser step (nn_row_grad).  Nothing is read or written for an
  * untouched row. */
 void nn_cpu_sparse_linear_bwd_rows(const nn_sparse_plan *pl, const float *dy, float *rg, float *db, int N, int O);
+/* The plan's distinct rows (ascending) into rows; returns n_rows. */
+size_t nn_cpu_sparse_plan_rows(const nn_sparse_plan *pl, int32_t *rows);
 
 /* ---- conv2d (geometry in nn_geom.h) ---- */
 /* Floats of scratch the forward and backward kernels need (im2col buffers

@@ -253,6 +253,8 @@ void nn_model_free(nn_model *m)
         if (m->params[i].embedding)
             free_embedding_grad(m, &m->params[i]);
     free(m->params);
+    nn_ctx_free(&m->ctx, m->rg_rows.data, m->rg_rows.bytes);
+    nn_ctx_free(&m->ctx, m->rg_vals.data, m->rg_vals.bytes);
     free(m->plans);
     free(m->bufs);
     free(m->buf_off);
@@ -262,6 +264,67 @@ void nn_model_free(nn_model *m)
     nn_ctx_release(&m->ctx);
     free(m->spec);
     free(m);
+}
+
+/* ---- row-sparse gradients, packed for a gang ----------------------------- */
+
+/* The embedding parameter `param` in row-sparse mode, and its packing
+ * buffers on the device (room for every row of the weight). */
+static nn_param *packable(nn_model *m, size_t param, const char *what, cds_err *err)
+{
+    nn_param *p = param < m->n_params ? &m->params[param] : NULL;
+    if (!p || !p->embedding || !p->row_grad) {
+        cds_errf(err, "%s: parameter %zu of %s is not a sparse first layer training row-sparse", what, param,
+                 m->arch);
+        return NULL;
+    }
+    size_t rows = (size_t)p->w.shape[0], cols = (size_t)p->w.shape[1];
+    if (!m->rg_rows.data) {
+        m->rg_rows = (nn_buf){.dev = m->ctx.dev, .bytes = rows * sizeof(int32_t)};
+        m->rg_vals = (nn_buf){.dev = m->ctx.dev, .bytes = rows * cols * sizeof(float)};
+        m->rg_rows.data = nn_ctx_alloc(&m->ctx, m->rg_rows.bytes);
+        m->rg_vals.data = nn_ctx_alloc(&m->ctx, m->rg_vals.bytes);
+        if (!m->rg_rows.data || !m->rg_vals.data) {
+            cds_err_nomem(err, "out of memory packing the gradient of %s (%zu rows of %zu)", p->name, rows, cols);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+int nn_model_row_grad_get(nn_model *m, size_t param, int32_t *rows, float *vals, size_t *n, cds_err *err)
+{
+    *n = 0;
+    nn_param *p = packable(m, param, "packing a row-sparse gradient", err);
+    if (!p)
+        return -1;
+    if (!p->rows.plan || !p->rows.dy)
+        return cds_errf(err, "packing the gradient of %s: no backward pass since the last forward", p->name);
+    const node *d = NULL;
+    for (size_t i = 0; i < m->n_nodes && !d; i++)
+        d = m->nodes[i].kind == K_SPARSE && m->nodes[i].pw == (int)param ? &m->nodes[i] : NULL;
+    size_t cols = (size_t)p->w.shape[1];
+    nn_tensor packed = {.dev = m->ctx.dev, .data = m->rg_vals.data};
+    if (!d || nn_op_sparse_plan_rows(&m->ctx, &m->plan, &m->rg_rows, n, err) != 0 ||
+        nn_op_sparse_linear_bwd_rows(&m->ctx, &m->plan, m->n_cur, &d->dy, &packed, NULL, err) != 0)
+        return d ? -1 : cds_errf(err, "packing the gradient of %s: no sparse layer reads it", p->name);
+    nn_ctx_to_host(&m->ctx, rows, m->rg_rows.data, *n * sizeof(int32_t));
+    nn_ctx_to_host(&m->ctx, vals, m->rg_vals.data, *n * cols * sizeof(float));
+    return 0;
+}
+
+int nn_model_row_grad_set(nn_model *m, size_t param, const int32_t *rows, const float *vals, size_t n, cds_err *err)
+{
+    nn_param *p = packable(m, param, "setting a row-sparse gradient", err);
+    if (!p)
+        return -1;
+    size_t cols = (size_t)p->w.shape[1];
+    if (n > (size_t)p->w.shape[0])
+        return cds_errf(err, "setting the gradient of %s: %zu rows, it has %d", p->name, n, p->w.shape[0]);
+    nn_ctx_from_host(&m->ctx, m->rg_rows.data, rows, n * sizeof(int32_t));
+    nn_ctx_from_host(&m->ctx, m->rg_vals.data, vals, n * cols * sizeof(float));
+    p->rows = (nn_row_grad){.rows = m->rg_rows.data, .n_rows = n, .rg = m->rg_vals.data};
+    return 0;
 }
 
 int nn_model_set_row_grads(nn_model *m, int on, cds_err *err)

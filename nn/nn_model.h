@@ -99,6 +99,15 @@ nn_tensor nn_model_grad_block(nn_model *m);
  * NULL removes it. */
 typedef void (*nn_grad_hook)(void *ctx, size_t param);
 void nn_model_set_grad_hook(nn_model *m, nn_grad_hook fn, void *ctx);
+/* A gang's exchange of a row-sparse gradient (ddp/ddp_rows.c).  get: the
+ * last backward's gradient of embedding parameter `param`, packed: its
+ * distinct rows (ascending) into rows and their values (cols floats each,
+ * summed as the optimiser would) into vals, host memory with room for every
+ * row of the weight; *n of them.  set: the gradient becomes the packed rows
+ * given (ascending, distinct), until the next backward; the optimiser's
+ * row-sparse steps take it as they take the backward's own. */
+int nn_model_row_grad_get(nn_model *m, size_t param, int32_t *rows, float *vals, size_t *n, cds_err *err);
+int nn_model_row_grad_set(nn_model *m, size_t param, const int32_t *rows, const float *vals, size_t n, cds_err *err);
 /* The row of the global batch this model's batches start at (0 unless
  * data-parallel: rank r of a DDP gang holds rows r·b/W..): dropout masks
  * are drawn by global row, so W ranks draw what one process would. */

@@ -78,6 +78,7 @@ struct nn_model {
     nn_buf idx;             /* sparse models: the batch's indices, staged */
     void *x_dev, *idx_dev, *lab_dev; /* where staging copies them: the arena's buffers */
     nn_buf plan;            /* sparse models: those indices grouped by row (nn_rows.h) */
+    nn_buf rg_rows, rg_vals; /* a row-sparse gradient packed, for data-parallel exchange (nn_model_row_grad_*) */
     nn_buf metrics;         /* one nn_step_metrics: the last batch's loss and counts */
     nn_buf acc;             /* one nn_pass_acc: a pass's sums (nn_model_acc_*) */
 

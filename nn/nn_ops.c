@@ -98,6 +98,13 @@ int nn_op_sparse_linear_bwd(const nn_ctx *c, const nn_buf *idx, int N, int K, co
     return 0;
 }
 
+int nn_op_sparse_plan_rows(const nn_ctx *c, const nn_buf *plan, nn_buf *rows, size_t *n, cds_err *err)
+{
+    BUFS_ON_CTX("sparse plan rows", plan, rows);
+    *n = c->be->sparse_plan_rows(c, plan->data, rows->data);
+    return 0;
+}
+
 int nn_op_sparse_linear_bwd_rows(const nn_ctx *c, const nn_buf *plan, int N, const nn_tensor *dy, nn_tensor *dw,
                                  nn_tensor *db, cds_err *err)
 {

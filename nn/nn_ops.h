@@ -38,6 +38,9 @@ int nn_op_sparse_linear_bwd(const nn_ctx *c, const nn_buf *idx, int N, int K, co
 /* The weight gradient as its touched rows (nn_kern_cpu.h has the rule):
  * dw [I, O] receives the plan's rows packed from its start; dw NULL
  * computes db alone (the rows stay sums, nn_row_grad). */
+/* The plan's distinct rows (ascending) into rows (room for them all), *n
+ * of them. */
+int nn_op_sparse_plan_rows(const nn_ctx *c, const nn_buf *plan, nn_buf *rows, size_t *n, cds_err *err);
 int nn_op_sparse_linear_bwd_rows(const nn_ctx *c, const nn_buf *plan, int N, const nn_tensor *dy, nn_tensor *dw,
                                  nn_tensor *db, cds_err *err);
 /* work: nn_op_conv2d_work(g) bytes. */

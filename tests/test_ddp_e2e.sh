@@ -56,18 +56,6 @@ rc=$?
 ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'more than a ddp gang shares' "$root/err"; echo $?)" \
     "a model bigger than a gang shares is refused in one line (exit $rc: $(cat "$root/err"))"
 
-"$py" - "$root/lazy.json" <<'PY'
-import json, sys
-spec = {"mode": "ddp", "dataset": "fm", "epochs": 1,
-        "models": [{"arch": "mlp", "sparse": {"dim": 256, "nnz": 784}, "hidden": [16], "classes": 10}],
-        "train": {"lazy": True}, "grid": {"optimizer": ["adam"], "lr": [0.1], "batch": [64]}}
-json.dump(spec, open(sys.argv[1], "w"))
-PY
-jobctl enqueue sweep --spec "$root/lazy.json" --id lazy >/dev/null 2>"$root/err"
-rc=$?
-ok "$([ $rc = 2 ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q 'lazy Adam' "$root/err"; echo $?)" \
-    "lazy Adam in a DDP sweep is refused in one line (exit $rc: $(cat "$root/err"))"
-
 # One worker only: the gang cannot be manned.
 worker w0 --shard 0 --ddp-timeout 5
 for _ in $(seq 100); do [ -n "$(rcli HGET "${prefix}mop:shards" 0)" ] && break; sleep 0.1; done

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "ddp_reducer.h"
+#include "ddp_rows.h"
 #include "nn_par.h"
 #include "nn_rng.h"
 #include "nn_train.h"
@@ -38,12 +39,15 @@ static const struct {
     const char *name, *model;
     int in;     /* floats of a sample; for a sparse model, its indices */
     int sparse; /* the sparse model's index range (0: dense) */
+    int lazy;   /* lazy Adam */
 } models[] = {
-    {"mlp", "{\"arch\": \"mlp\", \"input\": [20], \"hidden\": [16, 8], \"classes\": 3}", 20, 0},
-    {"cnn", "{\"arch\": \"cnn\", \"input\": [1, 8, 8], \"classes\": 3, \"width\": 0.25}", 64, 0},
+    {"mlp", "{\"arch\": \"mlp\", \"input\": [20], \"hidden\": [16, 8], \"classes\": 3}", 20, 0, 0},
+    {"cnn", "{\"arch\": \"cnn\", \"input\": [1, 8, 8], \"classes\": 3, \"width\": 0.25}", 64, 0, 0},
     /* confA's shape, smaller: a sparse first layer over 500 features, 6 per row. */
     {"sparse-confA", "{\"arch\": \"mlp\", \"sparse\": {\"dim\": 500, \"nnz\": 6}, \"hidden\": [32, 16], "
-                     "\"classes\": 3}", 6, 500},
+                     "\"classes\": 3}", 6, 500, 0},
+    {"sparse-confA-lazy", "{\"arch\": \"mlp\", \"sparse\": {\"dim\": 500, \"nnz\": 6}, \"hidden\": [32, 16], "
+                          "\"classes\": 3}", 6, 500, 1},
 };
 static int IN;     /* the current model's sample size */
 static int SPARSE; /* the current model's index range (0: dense) */
@@ -52,7 +56,8 @@ static const char *spec(int which, uint64_t seed, char *buf, size_t n)
 {
     snprintf(buf, n,
              "{\"model\": %s, \"train\": {\"optimizer\": \"adam\", \"lr\": 0.01, \"l2\": 0.001, \"batch\": %d, "
-             "\"seed\": %llu}}", models[which].model, B, (unsigned long long)seed);
+             "\"seed\": %llu%s}}", models[which].model, B, (unsigned long long)seed,
+             models[which].lazy ? ", \"lazy\": true" : "");
     return buf;
 }
 
@@ -95,8 +100,24 @@ static int save(const char *path, const float *w, size_t n)
 
 /* One rank's 20 steps; writes its final weights to out.  seed differs per
  * rank on purpose: the broadcast must make the start equal. */
-static int rank_main(int which, const char *prefix, const char *scope, int rank, size_t bucket_bytes, const char *out)
+/* The gangs each model is trained by: buckets of 256 bytes, one reduction
+ * after backward, and for a sparse model with exact Adam its embedding
+ * all-reduced dense besides exchanged as rows. */
+static const struct {
+    size_t bucket_bytes;
+    ddp_sparse how;
+    const char *name;
+} gangs[] = {{256, DDP_SPARSE_DEFAULT, "buckets of 256 bytes"},
+             {0, DDP_SPARSE_DEFAULT, "unbucketed"},
+             {256, DDP_SPARSE_DENSE, "embedding all-reduced dense"}};
+static int gangs_of(int which)
 {
+    return models[which].sparse && !models[which].lazy ? 3 : 2;
+}
+
+static int rank_main(int which, const char *prefix, const char *scope, int rank, int gang, const char *out)
+{
+    size_t bucket_bytes = gangs[gang].bucket_bytes;
     nn_par_set_threads(1);
     char sbuf[512];
     cds_err err;
@@ -107,7 +128,7 @@ static int rank_main(int which, const char *prefix, const char *scope, int rank,
     ddp_comm *c = NULL;
     ddp_reducer *r = NULL;
     if (!t || ddp_comm_gloo(&o, &c, &err) != 0 ||
-        ddp_reducer_new(nn_trainer_model(t), c, bucket_bytes, &r, &err) != 0 ||
+        ddp_reducer_new_sparse(nn_trainer_model(t), c, bucket_bytes, gangs[gang].how, &r, &err) != 0 ||
         ddp_reducer_broadcast_model(r, 0, &err) != 0) {
         fprintf(stderr, "rank %d: %s\n", rank, err.msg);
         return 1;
@@ -127,6 +148,16 @@ static int rank_main(int which, const char *prefix, const char *scope, int rank,
             ddp_reducer_finish(r, &err) != 0 || nn_trainer_optim_step(t, &err) != 0) {
             fprintf(stderr, "rank %d step %d: %s\n", rank, s, err.msg);
             return 1;
+        }
+        if (SPARSE && gangs[gang].how == DDP_SPARSE_ROWS) {
+            ddp_rows_stats rs = ddp_rows_last(ddp_reducer_rows(r));
+            if (rs.rows_mine == 0 || rs.rows_union < rs.rows_mine || rs.rows_union > (size_t)SPARSE ||
+                rs.bytes_sent != rs.rows_mine * (sizeof(int32_t) + 32 * sizeof(float)) ||
+                rs.bytes_gathered < rs.bytes_sent) {
+                fprintf(stderr, "rank %d step %d: rows exchanged: %zu mine, %zu in the union, %zu bytes sent, %zu "
+                        "gathered\n", rank, s, rs.rows_mine, rs.rows_union, rs.bytes_sent, rs.bytes_gathered);
+                return 1;
+            }
         }
         size_t want = bucket_bytes ? ddp_reducer_buckets(r) : 0;
         if (ddp_reducer_last_early(r) != want) {
@@ -188,10 +219,8 @@ static void test_model(int which, const char *prefix, const char *dir)
     const char *mname = models[which].name;
     IN = models[which].in;
     SPARSE = models[which].sparse;
-    /* The two gangs: buckets of 256 bytes, and one reduction after backward. */
-    static const size_t buckets[2] = {256, 0};
-    char out[2][2][600];
-    for (int g = 0; g < 2; g++) {
+    char out[3][2][600];
+    for (int g = 0; g < gangs_of(which); g++) {
         char scope[64];
         snprintf(scope, sizeof scope, "gang-%d-%s-%d", (int)getpid(), mname, g);
         pid_t pid[2];
@@ -199,13 +228,13 @@ static void test_model(int which, const char *prefix, const char *dir)
             snprintf(out[g][rank], sizeof out[g][rank], "%s/%s-g%d-r%d.bin", dir, mname, g, rank);
             fflush(stdout);
             if ((pid[rank] = fork()) == 0)
-                _exit(rank_main(which, prefix, scope, rank, buckets[g], out[g][rank]));
+                _exit(rank_main(which, prefix, scope, rank, g, out[g][rank]));
         }
         for (int rank = 0; rank < 2; rank++) {
             int st = 0;
             waitpid(pid[rank], &st, 0);
-            ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s, %s: rank %d trained %d steps", mname,
-               g == 0 ? "buckets of 256 bytes" : "unbucketed", rank, STEPS);
+            ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s, %s: rank %d trained %d steps", mname, gangs[g].name, rank,
+               STEPS);
         }
     }
 }
@@ -232,19 +261,24 @@ static void compare_model(int which, const char *dir)
     }
     size_t n;
     float *ref = weights(t, &n);
-    float *w[2][2];
-    for (int g = 0; g < 2; g++)
+    float *w[3][2] = {{NULL}};
+    int G = gangs_of(which);
+    for (int g = 0; g < G; g++)
         for (int rank = 0; rank < 2; rank++) {
             snprintf(path, sizeof path, "%s/%s-g%d-r%d.bin", dir, mname, g, rank);
             w[g][rank] = load(path, n);
             unlink(path);
         }
-    if (!w[0][0] || !w[0][1] || !w[1][0] || !w[1][1])
-        tap_bail("a rank wrote no weights");
+    for (int g = 0; g < G; g++)
+        if (!w[g][0] || !w[g][1])
+            tap_bail("a rank wrote no weights");
     ok(memcmp(w[0][0], w[0][1], n * sizeof(float)) == 0, "%s: the two ranks end bit-identical (%zu weights)", mname,
        n);
     ok(memcmp(w[0][0], w[1][0], n * sizeof(float)) == 0 && memcmp(w[1][0], w[1][1], n * sizeof(float)) == 0,
        "%s: bucketed and unbucketed reductions give the same bits", mname);
+    if (G == 3)
+        ok(memcmp(w[0][0], w[2][0], n * sizeof(float)) == 0 && memcmp(w[2][0], w[2][1], n * sizeof(float)) == 0,
+           "%s: the embedding's rows all-gathered and its dense gradient all-reduced give the same bits", mname);
     const char *where = "";
     double rel = worst_relative(t, w[0][0], ref, &where);
     ok(rel <= 1e-5, "%s: W=2 with B/2 rows each equals one process with B rows after %d steps: worst %.3g relative "
@@ -258,7 +292,7 @@ static void compare_model(int which, const char *dir)
        mname, moved);
     free(w0);
     nn_trainer_free(fresh);
-    for (int g = 0; g < 2; g++)
+    for (int g = 0; g < G; g++)
         for (int rank = 0; rank < 2; rank++)
             free(w[g][rank]);
     free(ref);
@@ -279,7 +313,7 @@ int main(void)
     for (int i = 0; i < n_models; i++)
         compare_model(i, dir);
     /* The sparse model's reference ran row-sparse (the optimiser's way), its
-     * ranks dense (the reducer's): the comparison above covers both. */
+     * ranks both ways: the comparisons above cover them. */
     cds_err err;
     char sbuf[512];
     nn_trainer *sp = nn_trainer_new(spec(2, 1, sbuf, sizeof sbuf), &err);
@@ -289,11 +323,19 @@ int main(void)
     ddp_comm *c = NULL;
     queue_conn *q1 = test_connect("ddpr1", prefix, sizeof prefix);
     o.q = q1;
-    int made = sp && ddp_comm_gloo(&o, &c, &err) == 0 && ddp_reducer_new(nn_trainer_model(sp), c, DDP_BUCKET_BYTES, &r,
-                                                                          &err) == 0;
-    ok(made && !nn_model_param(nn_trainer_model(sp), 0)->row_grad && ddp_reducer_buckets(r) == 2,
-       "under the reducer its embedding's gradient is dense, a bucket of its own (%zu buckets)%s%s",
+    int made = sp && ddp_comm_gloo(&o, &c, &err) == 0 &&
+               ddp_reducer_new_sparse(nn_trainer_model(sp), c, DDP_BUCKET_BYTES, DDP_SPARSE_DENSE, &r, &err) == 0;
+    ok(made && !nn_model_param(nn_trainer_model(sp), 0)->row_grad && ddp_reducer_buckets(r) == 2 &&
+           ddp_reducer_rows(r) == NULL,
+       "embedding all-reduced dense: its gradient is dense, a bucket of its own (%zu buckets)%s%s",
        r ? ddp_reducer_buckets(r) : 0, made ? "" : ": ", made ? "" : err.msg);
+    ddp_reducer_free(r);
+    r = NULL;
+    made = made && ddp_reducer_new(nn_trainer_model(sp), c, DDP_BUCKET_BYTES, &r, &err) == 0;
+    ok(made && nn_model_param(nn_trainer_model(sp), 0)->row_grad && ddp_reducer_buckets(r) == 1 &&
+           ddp_reducer_rows(r) != NULL,
+       "by default its rows are exchanged: the gradient stays row-sparse, no bucket holds it (%zu buckets)",
+       r ? ddp_reducer_buckets(r) : 0);
     ddp_reducer_free(r);
     ddp_comm_destroy(c);
     queue_close(q1);

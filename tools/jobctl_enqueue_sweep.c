@@ -119,8 +119,7 @@ static void print_sweep(const jobctl *j, const sweep_spec *s, const char *id, co
 /* A DDP or MA sweep trains each model over a gang of K ranks, one per
  * shard, at once (docs/ddp.md); refused here, before anything is created:
  * a DDP model whose batch K ranks cannot split (each takes batch/K rows a
- * step) or that uses lazy Adam (a gang averages dense gradients), a model
- * bigger than a gang shares (DDP_MAX_MODEL_BYTES), and a
+ * step), a model bigger than a gang shares (DDP_MAX_MODEL_BYTES), and a
  * dataset some of whose shards no worker serves while others are served
  * (with no worker seen at all, the workers may simply come later). */
 static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K)
@@ -131,7 +130,6 @@ static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K
     for (int i = 0; i < sweep_spec_model_count(s); i++) {
         json_t *o = json_loads(sweep_spec_model(s, i), 0, NULL);
         json_int_t batch = json_integer_value(json_object_get(json_object_get(o, "train"), "batch"));
-        int lazy = json_is_true(json_object_get(json_object_get(o, "train"), "lazy"));
         char *model = json_dumps(json_object_get(o, "model"), JSON_COMPACT);
         json_decref(o);
         size_t nparams = 0;
@@ -144,11 +142,6 @@ static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K
             return jobctl_fail(j, EXIT_USAGE, "sweep spec $.grid.batch: model %d has batch %lld, which the %d ranks of "
                                "a DDP gang (one per shard of the dataset) cannot split: use batches that are multiples "
                                "of %d, or mode \"ma\" or \"mop\"", i, (long long)batch, K, K);
-        if (strcmp(mode, "ddp") == 0 && lazy) {
-            return jobctl_fail(j, EXIT_USAGE, "sweep spec $.train.lazy: model %d uses lazy Adam, which updates only the "
-                               "rows its own batch touched, and a DDP gang averages dense gradients over its ranks: "
-                               "drop \"lazy\" (exact Adam), or use mode \"ma\" or \"mop\"", i);
-        }
         if (nparams * sizeof(float) > DDP_MAX_MODEL_BYTES)
             return jobctl_fail(j, EXIT_USAGE, "sweep spec $.models: model %d has %zu parameters (%.1f GiB), more than a "
                                "%s gang shares (%zu GiB): make it smaller, or use mode \"mop\"", i, nparams,

@@ -38,6 +38,7 @@ typedef struct worker_cfg {
     int64_t ddp_timeout_ms;
     const char *ddp_addr;
     const char *ddp_iface;
+    int ddp_sparse_dense; /* a sparse mlp's embedding all-reduced dense, not exchanged as rows (--ddp-sparse dense) */
 } worker_cfg;
 
 typedef struct worker worker;

@@ -39,6 +39,8 @@ static void usage(FILE *out)
           "  --ddp-addr ADDR           the address gang ranks listen on (default: --ddp-iface's,\n"
           "                            else the host name's; a gang across hosts needs one)\n"
           "  --ddp-iface NAME          take that address from this network interface\n"
+          "  --ddp-sparse rows|dense   DDP: a sparse mlp's embedding gradient exchanged as the\n"
+          "                            rows the ranks touched (default) or all-reduced dense\n"
           "  --help                    this text\n"
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
@@ -72,7 +74,7 @@ int main(int argc, char **argv)
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
            O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE, O_DDPTIMEOUT, O_DDPADDR,
-           O_DDPIFACE, O_RANKTASK, O_RANKOUT };
+           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -85,7 +87,7 @@ int main(int argc, char **argv)
         {"threads", required_argument, 0, O_THREADS},     {"shard-grace", required_argument, 0, O_GRACE},
         {"ddp-timeout", required_argument, 0, O_DDPTIMEOUT}, {"ddp-addr", required_argument, 0, O_DDPADDR},
         {"ddp-iface", required_argument, 0, O_DDPIFACE},  {"rank-task", required_argument, 0, O_RANKTASK},
-        {"rank-out", required_argument, 0, O_RANKOUT},
+        {"rank-out", required_argument, 0, O_RANKOUT},    {"ddp-sparse", required_argument, 0, O_DDPSPARSE},
         {0, 0, 0, 0},
     };
     int c;
@@ -172,6 +174,11 @@ int main(int argc, char **argv)
             if (!*cli.arg || strlen(cli.arg) >= 16)
                 return cds_cli_usage(&cli, "bad --ddp-iface '%s': give a network interface name (ip link)", cli.arg);
             cfg.ddp_iface = cli.arg;
+            break;
+        case O_DDPSPARSE:
+            if (strcmp(cli.arg, "rows") != 0 && strcmp(cli.arg, "dense") != 0)
+                return cds_cli_usage(&cli, "bad --ddp-sparse '%s': use rows or dense", cli.arg);
+            cfg.ddp_sparse_dense = strcmp(cli.arg, "dense") == 0;
             break;
         case O_RANKTASK:
         case O_RANKOUT:

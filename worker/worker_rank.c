@@ -60,6 +60,7 @@ typedef struct rank_ctx {
     char sweep[QUEUE_SWEEP_ID_MAX];
     queue_mop_lease l;
     int64_t timeout_ms;
+    ddp_sparse sparse; /* how a sparse mlp's embedding is averaged (--ddp-sparse) */
     char addr[256], iface[64];
     FILE *out;           /* progress lines to the worker */
     int64_t last_line_ms;
@@ -144,6 +145,7 @@ static int parse_task(rank_ctx *x, const char *text, cds_err *err)
     l->epoch = (int)json_integer_value(json_object_get(o, "epoch"));
     l->version = json_integer_value(json_object_get(o, "version"));
     x->timeout_ms = json_integer_value(json_object_get(o, "timeout_ms"));
+    x->sparse = json_is_true(json_object_get(o, "sparse_dense")) ? DDP_SPARSE_DENSE : DDP_SPARSE_ROWS;
     json_decref(o);
     if (rc == 0 && (l->shards < 1 || l->shard < 0 || l->shard >= l->shards || l->epoch < 1 || x->timeout_ms < 1))
         rc = cds_errf(err, "the rank's task names rank %d of %d, epoch %d, time-out %lld ms", l->shard, l->shards,
@@ -340,11 +342,6 @@ static int train_epoch(rank_ctx *x)
         cds_errf(&err, "batch %d does not divide over %d ranks: give a batch that is a multiple of %d", batch, W, W);
         return end_gang(x, QUEUE_GANG_FINAL, &err);
     }
-    if (ddp && nn_trainer_cfg(x->t)->lazy) {
-        cds_errf(&err, "lazy Adam updates the rows its own batch touched, and a DDP gang averages dense gradients: "
-                       "drop \"lazy\", or use mode ma or mop");
-        return end_gang(x, QUEUE_GANG_FINAL, &err);
-    }
     char scope[64];
     snprintf(scope, sizeof scope, "%s.g%lld", x->sweep, (long long)l->gang);
     ddp_comm_opts o = {.q = x->q, .scope = scope, .rank = rank, .size = W, .timeout_ms = x->timeout_ms,
@@ -353,7 +350,7 @@ static int train_epoch(rank_ctx *x)
     if (ddp_comm_gloo(&o, &x->c, &err) != 0)
         return broken(x, &err);
     nn_model *m = nn_trainer_model(x->t);
-    if (ddp && ddp_reducer_new(m, x->c, DDP_BUCKET_BYTES, &x->r, &err) != 0)
+    if (ddp && ddp_reducer_new_sparse(m, x->c, DDP_BUCKET_BYTES, x->sparse, &x->r, &err) != 0)
         return end_gang(x, QUEUE_GANG_FINAL, &err);
     if (ddp_model_broadcast(m, x->c, 0, &err) != 0)
         return broken(x, &err);
