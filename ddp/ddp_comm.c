@@ -11,10 +11,15 @@
  * the ranks keep identical bits. */
 #include "ddp_comm.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "cds_util.h"
 
 #include "ddp_gloo.h"
 #include "ddp_int.h"
@@ -130,6 +135,75 @@ static void ignore_sigpipe(void)
         signal(SIGPIPE, SIG_IGN);
 }
 
+/* 1 when the address this rank would listen on is a loopback one: the
+ * given address (or host name) resolves to 127/8 or ::1, or the interface
+ * is lo; with neither, the host name's (Debian maps it to 127.0.1.1). */
+static int listens_on_loopback(const ddp_comm_opts *o)
+{
+    if (!o->addr && o->iface)
+        return strcmp(o->iface, "lo") == 0;
+    char host[256] = "";
+    if (!o->addr && gethostname(host, sizeof host - 1) != 0)
+        return 0;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(o->addr ? o->addr : host, NULL, &hints, &res) != 0 || !res)
+        return 0;
+    int loop = 0;
+    if (res->ai_family == AF_INET)
+        loop = (ntohl(((const struct sockaddr_in *)(const void *)res->ai_addr)->sin_addr.s_addr) >> 24) == 127;
+    else if (res->ai_family == AF_INET6)
+        loop = memcmp(&((const struct sockaddr_in6 *)(const void *)res->ai_addr)->sin6_addr, &in6addr_loopback,
+                      sizeof in6addr_loopback) == 0;
+    freeaddrinfo(res);
+    return loop;
+}
+
+/* A gang across hosts cannot meet on loopback addresses: every rank
+ * publishes its host name under the scope and reads the others'; when they
+ * differ, a rank about to listen on a loopback address refuses, naming the
+ * fix, instead of leaving its peers to time out on an address they cannot
+ * reach. */
+static int check_hosts(const ddp_comm_opts *o, int64_t timeout_ms, cds_err *err)
+{
+    char host[256] = "", key[32], other[256] = "";
+    if (o->host)
+        snprintf(host, sizeof host, "%s", o->host);
+    else if (gethostname(host, sizeof host - 1) != 0)
+        snprintf(host, sizeof host, "unknown");
+    snprintf(key, sizeof key, "host_%d", o->rank);
+    if (queue_rdv_set(o->q, o->scope, key, host, strlen(host), 4 * timeout_ms, err) != 0)
+        return -1;
+    int64_t start = cds_mono_ms();
+    for (int r = 0; r < o->size && !other[0]; r++) {
+        if (r == o->rank)
+            continue;
+        snprintf(key, sizeof key, "host_%d", r);
+        for (;;) {
+            void *data = NULL;
+            size_t n = 0;
+            int rc = queue_rdv_get(o->q, o->scope, key, &data, &n, err);
+            if (rc < 0)
+                return -1;
+            if (rc == 1) {
+                if (n != strlen(host) || memcmp(data, host, n) != 0)
+                    snprintf(other, sizeof other, "%.*s", (int)(n < 200 ? n : 200), (const char *)data);
+                free(data);
+                break;
+            }
+            if (cds_mono_ms() - start > timeout_ms)
+                return cds_errf(err, "rank %d of %d, gang %s: no rank published rendezvous key '%s' within %lld ms "
+                                     "(is every rank of the gang up?)", o->rank, o->size, o->scope, key,
+                                (long long)timeout_ms);
+            cds_sleep_ms(5);
+        }
+    }
+    if (other[0] && listens_on_loopback(o))
+        return cds_errf(err, "rank %d of %d, gang %s: the gang spans hosts %s and %s, and this rank would listen on a "
+                             "loopback address (%s): give cds-worker --ddp-addr ADDR or --ddp-iface NAME", o->rank,
+                        o->size, o->scope, host, other, o->addr ? o->addr : o->iface ? o->iface : "its host name's");
+    return 0;
+}
+
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
 {
     *out = NULL;
@@ -137,6 +211,8 @@ int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
         return -1;
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
     ignore_sigpipe();
+    if (o->size > 1 && check_hosts(o, timeout, err) != 0)
+        return -1;
     rdv_ctx r = {.q = o->q, .scope = o->scope, .ttl_ms = 4 * timeout};
     ddp_gloo_store store = {.ctx = &r, .set = rdv_set, .get = rdv_get};
     char msg[CDS_ERR_MAX];

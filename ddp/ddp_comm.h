@@ -42,11 +42,15 @@ typedef struct ddp_comm_opts {
     const char *addr;   /* the address to listen on and publish (NULL: iface's, else the host name's) */
     const char *iface;  /* a network interface to take the address from (NULL: none) */
     int device;         /* NCCL: the CUDA device of this rank */
+    const char *host;   /* this rank's host name as the gang compares them (NULL: gethostname) */
 } ddp_comm_opts;
 
 /* Joins the gang over Gloo's TCP transport.  A process whose SIGPIPE takes
  * the default action is switched to ignoring it (Gloo writes to sockets a
- * dead peer closed; the collective then fails instead of the process). */
+ * dead peer closed; the collective then fails instead of the process).  The
+ * ranks first compare their host names through the rendezvous: a gang
+ * across hosts refuses, in one line, a rank that would listen on a loopback
+ * address. */
 int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
 /* Joins the gang over NCCL on CUDA device o->device: rank 0 publishes
  * NCCL's unique id (hex) under the scope, the others read it; the

@@ -300,6 +300,26 @@ static void test_refusals(queue_conn *q)
     }
 }
 
+/* Two ranks that say they are on different hosts, listening on 127.0.0.1
+ * and on localhost: both refuse in one line naming --ddp-addr. */
+static int rank_two_hosts(int rank, int size, const char *scope, char *why, size_t n)
+{
+    queue_conn *q = rank_connect();
+    ddp_comm *c = NULL;
+    cds_err err;
+    ddp_comm_opts o = {.q = q, .scope = scope, .rank = rank, .size = size, .timeout_ms = 5000,
+                       .addr = rank == 0 ? "127.0.0.1" : "localhost", .host = rank == 0 ? "node-a" : "node-b"};
+    int rc = q ? ddp_comm_gloo(&o, &c, &err) : -1;
+    queue_close(q);
+    if (rc == 0) {
+        ddp_comm_destroy(c);
+        return snprintf(why, n, "a gang across hosts joined on a loopback address"), -1;
+    }
+    if (!strstr(err.msg, "spans hosts") || !strstr(err.msg, "--ddp-addr") || strchr(err.msg, '\n'))
+        return snprintf(why, n, "%s", err.msg), -1;
+    return snprintf(why, n, "%s", err.msg), 0;
+}
+
 static void test_rdv_keys(queue_conn *q)
 {
     cds_err err;
@@ -339,5 +359,6 @@ int main(void)
     run_gang("a missing peer", 2, rank_alone, only_rank0);
     run_gang("a killed peer", 2, rank_peer_killed, NULL);
     run_stopped_gang();
+    run_gang("a gang across hosts on loopback addresses", 2, rank_two_hosts, NULL);
     return tap_done();
 }
