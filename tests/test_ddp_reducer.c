@@ -46,6 +46,10 @@ static const struct {
     /* confA's shape, smaller: a sparse first layer over 500 features, 6 per row. */
     {"sparse-confA", "{\"arch\": \"mlp\", \"sparse\": {\"dim\": 500, \"nnz\": 6}, \"hidden\": [32, 16], "
                      "\"classes\": 3}", 6, 500, 0},
+    /* Dropout: masks by global row (nn_model_set_row_offset), so W = 2 draws
+     * what one process does. */
+    {"mlp-dropout", "{\"arch\": \"mlp\", \"input\": [20], \"hidden\": [16, 8], \"classes\": 3, \"dropout\": 0.4}", 20,
+     0, 0},
     {"sparse-confA-lazy", "{\"arch\": \"mlp\", \"sparse\": {\"dim\": 500, \"nnz\": 6}, \"hidden\": [32, 16], "
                           "\"classes\": 3}", 6, 500, 1},
 };
@@ -99,7 +103,8 @@ static int save(const char *path, const float *w, size_t n)
 }
 
 /* One rank's 20 steps; writes its final weights to out.  seed differs per
- * rank on purpose: the broadcast must make the start equal. */
+ * rank on purpose (but for dropout, below): the broadcast must make the
+ * start equal. */
 /* The gangs each model is trained by: buckets of 256 bytes, one reduction
  * after backward, and for a sparse model with exact Adam its embedding
  * all-reduced dense besides exchanged as rows. */
@@ -123,7 +128,10 @@ static int rank_main(int which, const char *prefix, const char *scope, int rank,
     cds_err err;
     queue_opts qo = {.url = test_redis_url(), .prefix = prefix};
     queue_conn *q = queue_connect(&qo, &err);
-    nn_trainer *t = q ? nn_trainer_new(spec(which, 1 + (uint64_t)rank, sbuf, sizeof sbuf), &err) : NULL;
+    /* A dropout model's ranks share the seed: their generators draw each
+     * step's mask seed, as a gang's ranks loading one checkpoint do. */
+    uint64_t seed = strstr(models[which].model, "dropout") ? 1 : 1 + (uint64_t)rank;
+    nn_trainer *t = q ? nn_trainer_new(spec(which, seed, sbuf, sizeof sbuf), &err) : NULL;
     ddp_comm_opts o = {.q = q, .scope = scope, .rank = rank, .size = 2, .timeout_ms = 20000, .addr = "127.0.0.1"};
     ddp_comm *c = NULL;
     ddp_reducer *r = NULL;
@@ -141,6 +149,7 @@ static int rank_main(int which, const char *prefix, const char *scope, int rank,
     float x[B * IN_MAX];
     int32_t idx[B * IN_MAX], y[B];
     int half = B / 2;
+    nn_model_set_row_offset(nn_trainer_model(t), (int64_t)rank * half);
     for (int s = 0; s < STEPS; s++) {
         batch(s, x, idx, y);
         if (nn_trainer_forward_backward(t, SPARSE ? NULL : x + rank * half * IN, SPARSE ? idx + rank * half * IN : NULL,

@@ -1138,6 +1138,15 @@ static void test_dropout_mask(void)
     ok(memcmp(m1, m2, n) == 0, "dropout: same seed, same mask (whatever x)");
     nn_cpu_dropout_fwd(x, y, m3, p, 42, 1000);
     ok(memcmp(m1, m3, 1000) == 0, "dropout: mask[i] does not depend on n (prefix of n=1e6 = n=1e3)");
+    /* A data-parallel rank holding elements [first, first + len) of the
+     * global batch draws their masks as one process does. */
+    int sliced = 1;
+    for (size_t first = 0; first < n && sliced; first += 333331) {
+        size_t len = n - first < 4096 ? n - first : 4096;
+        nn_cpu_dropout_fwd_at(x, y, m3, p, 42, first, len);
+        sliced = memcmp(m1 + first, m3, len) == 0;
+    }
+    ok(sliced, "dropout: a slice drawn from element `first` equals that slice of the whole batch's mask");
 
     /* kept fraction: Binomial(n, 1-p)/n has sd sqrt(p(1-p)/n) = 4.6e-4;
      * allow 6 sd (a false failure every ~5e8 runs; the seed is fixed anyway) */
