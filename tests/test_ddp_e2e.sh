@@ -13,7 +13,8 @@
 # same mode and gives bit-identical checkpoints; jobctl status, results and
 # plot show the mode; pause, resume and the cancel of one model work on an
 # MA sweep; on a dataset of one shard, MA and DDP (W = 1) give checkpoints
-# bit-identical to MOP's.
+# bit-identical to MOP's; with shard 1's worker gone, a spare worker of
+# shard 0 stands in for rank 1 (MOP's grace rule).
 # usage: test_ddp_e2e.sh BUILD_ROOT
 set -u
 src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
@@ -199,6 +200,21 @@ for m in 0 1 2 3; do
 done
 ok "$([ $one = 3 ] && [ $same = 4 ]; echo $?)" \
     "one shard: MA and DDP with W = 1 give checkpoints bit-identical to MOP's ($one of 3 sweeps done, $same of 4 models equal)"
+
+# Placement: shard 1's worker is gone; a spare worker of shard 0 stands in
+# for rank 1 once shard 1 has been silent for its grace period, while w0
+# keeps rank 0.
+kill -KILL "${pids[1]}"
+wait "${pids[1]}" 2>/dev/null
+sed 's/"epochs": 2/"epochs": 1/' "$root/ddp.json" >"$root/orphan.json"
+jobctl enqueue sweep --spec "$root/orphan.json" --id orphan >/dev/null 2>"$root/err"
+worker w2 --shard 0 --shard-grace 1 --ddp-timeout 5
+for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{orphan}" state)" = done ] && break; sleep 0.1; done
+rcli LRANGE "${prefix}sweep:{orphan}:schedule" 0 -1 >"$root/schedule"
+ok "$([ "$(rcli HGET "${prefix}sweep:{orphan}" state)" = done ] && [ "$(wc -l <"$root/schedule")" = 8 ] &&
+      [ "$(awk '$3 == 0 {print $5}' "$root/schedule" | sort -u)" = w0 ] &&
+      [ "$(awk '$3 == 1 {print $5}' "$root/schedule" | sort -u)" = w2 ]; echo $?)" \
+    "shard 1's worker gone: a spare worker of shard 0 ran rank 1 of every gang, w0 rank 0"
 
 for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
 wait "${pids[@]}" 2>/dev/null; pids=()

@@ -6,9 +6,10 @@
 --   2. readiness: the worker is marked ready until now + ready_ms, with the
 --      shards it may read (its own first, then orphans whose worker is gone:
 --      MOP's grace rule);
---   3. forming: when fresh ready workers not in a live gang cover every
---      shard 0..K-1 (each shard's own worker first, an orphan's stand-in
---      after) and a model is due, the gang is made at once, all W ranks or
+--   3. forming: when fresh ready workers not in a live gang can cover every
+--      shard 0..K-1, one worker each (a matching that tries each shard's own
+--      workers before stand-ins for orphans) and a model is due, the gang is
+--      made at once, all W ranks or
 --      none: the model is leased to the gang (token = the base token, its
 --      deadline the earliest rank's), each rank gets its worker, its token
 --      (base-r) and a deadline to take it by; the caller's rank, if it has
@@ -92,24 +93,39 @@ for i = 1, #marks, 2 do
     ready[#ready + 1] = {w = marks[i], shards = shards}
   end
 end
--- Shard k's own worker first; then stand-ins for the shards left.
-local by_shard, used = {}, {}
-for _, e in ipairs(ready) do
-  local own = e.shards[1]
-  if own and own < W and not by_shard[own] then by_shard[own], used[e.w] = e.w, true end
+-- Every shard gets a distinct ready worker that may read it, or no gang is
+-- made: a matching (augmenting paths), trying each shard's own workers
+-- before stand-ins, so a spare worker of shard 0 can stand in for a lost
+-- shard 1 while shard 0's other worker keeps it.
+local cands = {}
+for k = 0, W - 1 do
+  local own, other = {}, {}
+  for _, e in ipairs(ready) do
+    for j, sk in ipairs(e.shards) do
+      if sk == k then
+        if j == 1 then own[#own + 1] = e.w else other[#other + 1] = e.w end
+        break
+      end
+    end
+  end
+  for _, w in ipairs(other) do own[#own + 1] = w end
+  cands[k] = own
+end
+local by_shard, shard_of = {}, {}
+local function assign(k, seen)
+  for _, w in ipairs(cands[k]) do
+    if not seen[w] then
+      seen[w] = true
+      if shard_of[w] == nil or assign(shard_of[w], seen) then
+        by_shard[k], shard_of[w] = w, k
+        return true
+      end
+    end
+  end
+  return false
 end
 for k = 0, W - 1 do
-  if not by_shard[k] then
-    for _, e in ipairs(ready) do
-      if not used[e.w] then
-        for j = 2, #e.shards do
-          if e.shards[j] == k then by_shard[k], used[e.w] = e.w, true break end
-        end
-      end
-      if by_shard[k] then break end
-    end
-    if not by_shard[k] then return {'ready'} end
-  end
+  if not assign(k, {}) then return {'ready'} end
 end
 
 -- The model due: round-robin by epoch.
