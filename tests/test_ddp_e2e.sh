@@ -150,7 +150,8 @@ done
 ok "$([ "$(rcli HGET "${prefix}sweep:{ma1}" state)" = done ]; echo $?)" "the MA sweep finishes once resumed"
 jobctl results ma1 >"$root/res.txt" 2>&1
 jobctl plot ma1 --out "$root/ma1.svg" >/dev/null 2>&1
-ok "$([ -s "$root/ma1.svg" ] && grep -q '^sweep ma1 (done, ma, gangs of 2 ranks)' "$root/res.txt"; echo $?)" \
+ok "$([ -s "$root/ma1.svg" ] && grep -q 'sweep ma1 (ma, gangs of 2 ranks)' "$root/ma1.svg" &&
+      grep -q '^sweep ma1 (done, ma, gangs of 2 ranks)' "$root/res.txt"; echo $?)" \
     "jobctl results and plot work for an MA sweep: $(head -1 "$root/res.txt")"
 rcli HGETALL "${prefix}sweep:{ma1}:results" >"$root/results"
 ok "$("$py" - "$root/results" <<'PY'

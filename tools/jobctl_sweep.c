@@ -530,8 +530,10 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
     if (rc == 0 && !g)
         rc = cds_errf(err, "cannot write %s: %s", gp, strerror(errno));
     if (g) {
-        fprintf(g, "set terminal %s\nset output '%s'\nset multiplot layout 1,2 title 'sweep %s'\n", term, out,
-                json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?");
+        char mode[64];
+        fprintf(g, "set terminal %s\nset output '%s'\nset multiplot layout 1,2 title 'sweep %s (%s)'\n", term, out,
+                json_string_value(json_object_get(json_object_get(s, "sweep"), "id")) ?: "?",
+                mode_label(json_object_get(s, "sweep"), mode, sizeof mode));
         fprintf(g, "set key bottom right font ',8'\nset xlabel 'epoch'\nset xtics 1\nset grid\n"
                    "set ylabel 'validation top-1'\n");
         mark_chosen(g, s);
