@@ -136,9 +136,9 @@ sweep ma 64 >"$root/ma.json"
 jobctl enqueue sweep --spec "$root/ma.json" --id ma1 >/dev/null 2>"$root/err"
 jobctl pause ma1 >/dev/null 2>&1
 jobctl cancel ma1/3 >/dev/null 2>&1
-sleep 1
+sleep 0.5
 n1=$(rcli LLEN "${prefix}sweep:{ma1}:schedule")
-sleep 2
+sleep 1.5
 n2=$(rcli LLEN "${prefix}sweep:{ma1}:schedule")
 ok "$([ "$n1" = "$n2" ] && [ "$n1" -le 2 ] && [ "$(rcli HGET "${prefix}sweep:{ma1}:models" 3.state)" = cancelled ]; echo $?)" \
     "a paused MA sweep forms no gang ($n1 then $n2 schedule entries: at most the one in flight), model 3 cancelled"
@@ -188,31 +188,31 @@ jobctl enqueue etl --spec "$root/etl1.json" >/dev/null 2>"$root/err"
 for _ in $(seq 100); do [ "$(rcli HGET "${prefix}dataset:fm1" state)" = ready ] && break; sleep 0.1; done
 one=0
 for mode in mop ma ddp; do
-    sweep $mode 64 | sed 's/"dataset": "fm"/"dataset": "fm1"/' >"$root/one-$mode.json"
+    sweep $mode 64 | sed 's/"dataset": "fm"/"dataset": "fm1"/; s/"lr": \[0.003, 0.001\]/"lr": [0.003]/' >"$root/one-$mode.json"
     jobctl enqueue sweep --spec "$root/one-$mode.json" --id "one$mode" >/dev/null 2>"$root/err" || break
     for _ in $(seq 1200); do [ "$(rcli HGET "${prefix}sweep:{one$mode}" state)" = done ] && break; sleep 0.1; done
     [ "$(rcli HGET "${prefix}sweep:{one$mode}" state)" = done ] && one=$((one + 1))
 done
 same=0
-for m in 0 1 2 3; do
+for m in 0 1; do
     a=$(rcli HGET "${prefix}sweep:{onemop}:models" "$m.ckpt")
     cmp -s "$a" "$(rcli HGET "${prefix}sweep:{onema}:models" "$m.ckpt")" &&
         cmp -s "$a" "$(rcli HGET "${prefix}sweep:{oneddp}:models" "$m.ckpt")" && same=$((same + 1))
 done
-ok "$([ $one = 3 ] && [ $same = 4 ]; echo $?)" \
-    "one shard: MA and DDP with W = 1 give checkpoints bit-identical to MOP's ($one of 3 sweeps done, $same of 4 models equal)"
+ok "$([ $one = 3 ] && [ $same = 2 ]; echo $?)" \
+    "one shard: MA and DDP with W = 1 give checkpoints bit-identical to MOP's ($one of 3 sweeps done, $same of 2 models equal)"
 
 # Placement: shard 1's worker is gone; a spare worker of shard 0 stands in
 # for rank 1 once shard 1 has been silent for its grace period, while w0
 # keeps rank 0.
 kill -KILL "${pids[1]}"
 wait "${pids[1]}" 2>/dev/null
-sed 's/"epochs": 2/"epochs": 1/' "$root/ddp.json" >"$root/orphan.json"
+sed 's/"epochs": 2/"epochs": 1/; s/"lr": \[0.003, 0.001\]/"lr": [0.003]/' "$root/ddp.json" >"$root/orphan.json"
 jobctl enqueue sweep --spec "$root/orphan.json" --id orphan >/dev/null 2>"$root/err"
 worker w2 --shard 0 --shard-grace 1 --ddp-timeout 5
 for _ in $(seq 600); do [ "$(rcli HGET "${prefix}sweep:{orphan}" state)" = done ] && break; sleep 0.1; done
 rcli LRANGE "${prefix}sweep:{orphan}:schedule" 0 -1 >"$root/schedule"
-ok "$([ "$(rcli HGET "${prefix}sweep:{orphan}" state)" = done ] && [ "$(wc -l <"$root/schedule")" = 8 ] &&
+ok "$([ "$(rcli HGET "${prefix}sweep:{orphan}" state)" = done ] && [ "$(wc -l <"$root/schedule")" = 4 ] &&
       [ "$(awk '$3 == 0 {print $5}' "$root/schedule" | sort -u)" = w0 ] &&
       [ "$(awk '$3 == 1 {print $5}' "$root/schedule" | sort -u)" = w2 ]; echo $?)" \
     "shard 1's worker gone: a spare worker of shard 0 ran rank 1 of every gang, w0 rank 0"
