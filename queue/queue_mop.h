@@ -291,6 +291,9 @@ int queue_mop_gang_commit(queue_conn *q, const char *sweep, const queue_mop_leas
  * already ended (another rank ended it, or the reaper). */
 int queue_mop_gang_end(queue_conn *q, const char *sweep, const queue_mop_lease *l, int how, const char *reason,
                        const char *note, int *failed, cds_err *err);
+/* Withdraws this worker's ready mark (it is about to do other work: a gang
+ * formed with it now would wait for it).  0, or -1 on error. */
+int queue_mop_gang_unready(queue_conn *q, const char *sweep, const char *worker, cds_err *err);
 /* A renewal of a rank whose gang committed: the rank may finish. */
 #define QUEUE_MOP_GANG_DONE 6
 

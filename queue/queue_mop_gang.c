@@ -189,3 +189,14 @@ int queue_mop_gang_end(queue_conn *q, const char *sweep, const queue_mop_lease *
     freeReplyObject(r);
     return 0;
 }
+
+int queue_mop_gang_unready(queue_conn *q, const char *sweep, const char *worker, cds_err *err)
+{
+    if (queue_sweep_id_check(sweep, err) != 0)
+        return -1;
+    qargs cmd = {0};
+    qargs_add(&cmd, "HDEL");
+    qargs_key(&cmd, q, "sweep:{%s}:ready", sweep);
+    qargs_add(&cmd, worker);
+    return qc_do(q, &cmd, err);
+}

@@ -1484,6 +1484,80 @@ static void test_script_table(queue_conn *q, redisContext *c)
     ok(script_loaded(c, queue_lua_outbox), "NOSCRIPT reloads every script");
 }
 
+/* Gangs (mop_gang*.lua): a gang forms only when every shard has a ready
+ * worker, all ranks at once; its end counts a stall only when every rank
+ * had joined; rank 0's commit ends the epoch and the other ranks hear
+ * 'done'; a rank of an ended gang is refused. */
+static int gang_take(queue_conn *q, const char *sweep, const char *worker, int shard, int64_t lease_ms,
+                     queue_mop_lease *l)
+{
+    cds_err err;
+    int rc = queue_mop_gang_take(q, sweep, worker, lease_ms, 3000, &shard, 1, l, NULL, &err);
+    if (rc < 0)
+        printf("# gang take: %s\n", err.msg);
+    return rc;
+}
+
+static void test_gangs(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    queue_sweep_def d = sweep_def("gang", 1, 2, 1);
+    d.mode = "ddp";
+    ok(queue_sweep_create(q, &d, NULL, &err) == 0 && sweep_is(c, "gang", "mode", "ddp"), "a DDP sweep is created");
+    queue_mop_lease a, b, a2;
+    memset(&a, 0, sizeof a);
+    int done = 0;
+    ok(queue_mop_lease_model(q, "gang", 0, "wa", 1000, &a, &done, &err) == QUEUE_MOP_GANG,
+       "its models are not leased one visit at a time: the lease answers 'gang'");
+    ok(gang_take(q, "gang", "wa", 0, 60000, &a) == 0 && model_is(c, "gang", 0, "state", "idle"),
+       "one ready worker of two shards forms no gang");
+    ok(gang_take(q, "gang", "wb", 1, 60000, &b) == 1 && b.kind == QUEUE_MOP_RANK && b.shard == 1 && b.shards == 2 &&
+           strcmp(b.mode, "ddp") == 0 && model_is(c, "gang", 0, "state", "leased"),
+       "the second forms the gang at once and takes rank 1 of 2");
+    /* wa is named for rank 0 but, busy elsewhere, never takes it. */
+    ok(queue_mop_gang_end(q, "gang", &b, QUEUE_GANG_ABORT, "peer never came", NULL, NULL, &err) == 0 &&
+           model_is(c, "gang", 0, "state", "idle") && model_is(c, "gang", 0, "stalls", "0"),
+       "a gang that broke before every rank joined counts no stall");
+    ok(gang_take(q, "gang", "wa", 0, 60000, &a) == 0 && gang_take(q, "gang", "wb", 1, 60000, &b) == 1 &&
+           gang_take(q, "gang", "wa", 0, 60000, &a) == 1 && a.shard == 0 && a.gang == b.gang,
+       "a new gang: both ranks taken, the same gang");
+    ok(queue_mop_renew(q, "gang", &a, 60000, &err) == 0, "rank 0 renews");
+    ok(queue_mop_gang_end(q, "gang", &a, QUEUE_GANG_ABORT, "rank 1 killed", NULL, NULL, &err) == 0 &&
+           model_is(c, "gang", 0, "stalls", "1"),
+       "a whole gang that broke counts one stall");
+    ok(queue_mop_gang_end(q, "gang", &b, QUEUE_GANG_ABORT, "collective failed", NULL, NULL, &err) ==
+           QUEUE_NOT_FOUND && model_is(c, "gang", 0, "stalls", "1"),
+       "the other rank's end of the same gang is refused: counted once");
+    ok(queue_mop_renew(q, "gang", &b, 60000, &err) == QUEUE_NOT_FOUND, "and so is its renewal: its worker kills it");
+    /* An expired gang some rank never joined: freed without a stall. */
+    ok(gang_take(q, "gang", "wa", 0, 100, &a) == 0 && gang_take(q, "gang", "wb", 1, 100, &b) == 1,
+       "a gang with 100 ms ranks");
+    usleep(250000);
+    int reaped = 0;
+    ok(queue_mop_reap(q, "gang", &reaped, NULL, &err) == 0 && reaped == 1 && model_is(c, "gang", 0, "state", "idle") &&
+           model_is(c, "gang", 0, "stalls", "1"),
+       "the reaper frees it past its deadline, counting no stall (a rank never joined)");
+    ok(gang_take(q, "gang", "wa", 0, 60000, &a) == 0 && gang_take(q, "gang", "wb", 1, 60000, &b) == 1 &&
+           gang_take(q, "gang", "wa", 0, 60000, &a2) == 1, "a last gang, both ranks taken");
+    queue_mop_commit_result r;
+    const char *metrics[2] = {"{\"rows\":1}", "{\"rows\":2}"};
+    ok(queue_mop_gang_commit(q, "gang", &b, "/x/v1.ckpt", metrics, &r, &err) == -1 && strstr(err.msg, "rank 0"),
+       "rank 1 commits nothing: %s", err.msg);
+    ok(queue_mop_gang_commit(q, "gang", &a2, "/x/v1.ckpt", metrics, &r, &err) == 0 && r.accepted && r.model_done &&
+           r.version == 1 && model_is(c, "gang", 0, "state", "done") && sweep_is(c, "gang", "state", "done") &&
+           list_len(c, "schedule", "gang") == 2 && list_len(c, "evals", "gang") == 1,
+       "rank 0 commits the epoch: one schedule entry per rank, the epoch queued, the model and sweep done");
+    ok(queue_mop_renew(q, "gang", &b, 60000, &err) == QUEUE_MOP_GANG_DONE,
+       "rank 1's renewal after the commit hears 'done', not 'lost'");
+    queue_mop_commit_result r2;
+    ok(queue_mop_gang_commit(q, "gang", &a2, "/x/v1.ckpt", metrics, &r2, &err) == 0 && r2.accepted &&
+           r2.version == 1 && list_len(c, "schedule", "gang") == 2,
+       "a commit resent after a lost reply hears the same receipt, nothing twice");
+    queue_mop_lease_clear(&a);
+    queue_mop_lease_clear(&a2);
+    queue_mop_lease_clear(&b);
+}
+
 int main(void)
 {
     queue_conn *q = test_connect("mop", prefix, sizeof prefix);
@@ -1511,6 +1585,7 @@ int main(void)
     test_new_id(q, c);
     test_replay(q, c);
     test_lease_visit(q);
+    test_gangs(q, c);
     redisFree(c);
     queue_close(q);
     return tap_done();

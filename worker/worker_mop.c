@@ -85,10 +85,31 @@ static int eval_step(worker *w, char **ids, size_t n)
     return 0;
 }
 
+/* The gang sweeps this worker said it is ready for during a step: before
+ * it takes a MOP visit (long work) it withdraws the marks, so no gang forms
+ * around a worker that is busy; one that forms anyway (a mark read just
+ * before, or an evaluation taken at the next step) breaks at the
+ * rendezvous's time-out and counts no stall (mop_gang_end, mop_reap: its
+ * ranks were never all taken). */
+typedef struct ready_marks {
+    const char *sweeps[16];
+    int n;
+} ready_marks;
+
+static void withdraw_ready(worker *w, ready_marks *rm)
+{
+    cds_err err;
+    for (int i = 0; i < rm->n; i++)
+        if (WITH_RECONNECT(w, queue_mop_gang_unready(w->q, rm->sweeps[i], w->cfg->id, &err)) != 0)
+            cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: withdrawing the ready mark: %s", rm->sweeps[i], err.msg);
+    rm->n = 0;
+}
+
 /* One visit of shard k for the first sweep that has a model for it; a
  * DDP or MA sweep (gangs: own shard only, which offers the orphans too)
- * asks for a rank instead. */
-static int lease_step(worker *w, char **ids, size_t n, int shard)
+ * asks for a rank instead, and is remembered in rm (may be NULL) when it
+ * has none yet. */
+static int lease_step(worker *w, char **ids, size_t n, int shard, ready_marks *rm)
 {
     cds_err err;
     for (size_t i = 0; i < n && atomic_load(&w->stop) == 0; i++) {
@@ -107,9 +128,13 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
         if (rc == QUEUE_MOP_GANG) {
             if (shard == w->cfg->shard && worker_mop_gang_step(w, ids[i]))
                 return 1;
+            if (rm && shard == w->cfg->shard && rm->n < 16)
+                rm->sweeps[rm->n++] = ids[i];
             continue;
         }
         if (rc == 1) {
+            if (rm)
+                withdraw_ready(w, rm);
             run_visit(w, &v);
             /* After the slot let go of it: the heartbeat's copy of the
              * lease shares the spec and never frees it. */
@@ -122,12 +147,12 @@ static int lease_step(worker *w, char **ids, size_t n, int shard)
 
 /* Shards whose worker has not been heard of for the grace period: this one
  * serves them too, so a lost node does not hang a sweep. */
-static int orphan_step(worker *w, char **ids, size_t n)
+static int orphan_step(worker *w, char **ids, size_t n, ready_marks *rm)
 {
     int shards[64];
     int ns = worker_mop_orphan_shards(w, shards, 64);
     for (int i = 0; i < ns; i++)
-        if (lease_step(w, ids, n, shards[i])) {
+        if (lease_step(w, ids, n, shards[i], rm)) {
             cds_logf(&w->log, CDS_LOG_INFO, "served shard %d, whose worker has been gone for more than %lld ms",
                      shards[i], (long long)w->cfg->shard_grace_ms);
             return 1;
@@ -152,11 +177,12 @@ int worker_mop_step(worker *w)
      * wait for it, and any worker may take it.  Then its own shard, then a
      * shard whose worker is gone, then the test scoring of a finished
      * sweep. */
+    ready_marks rm = {.n = 0};
     int did = eval_step(w, ids, n);
     if (!did)
-        did = lease_step(w, ids, n, w->cfg->shard);
+        did = lease_step(w, ids, n, w->cfg->shard, &rm);
     if (!did)
-        did = orphan_step(w, ids, n);
+        did = orphan_step(w, ids, n, &rm);
     if (!did)
         did = worker_mop_test_step(w, ids, n);
     queue_sweep_list_free(ids, n);

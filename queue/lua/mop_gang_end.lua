@@ -5,7 +5,9 @@
 --   'abort'    the gang broke, not through the model (a rank killed or
 --              stalled, a peer lost, Redis): a stall, as when the reaper
 --              frees an expired lease; past the sweep's max_stalls the
---              model fails;
+--              model fails.  A gang that never had every rank taken (a
+--              worker named for one was busy elsewhere, or gone) never
+--              trained: no stall;
 --   'attempt'  the model's own failure (a corrupt checkpoint, a shard that
 --              cannot be read): a failed attempt with a backoff, as
 --              mop_fail; at max_attempts the model fails;
@@ -16,7 +18,7 @@
 -- ARGV: 1 model m, 2 gang G, 3 rank r, 4 token, 5 how, 6 reason,
 --       7 backoff factor in [0.5, 1], 8 a note added to the reason when the
 --       model fails, or ''
--- Returns {'aborted', stalls} | {'retry', attempts, max_attempts, delay_ms}
+-- Returns {'aborted', stalls (0: not counted)} | {'retry', attempts, max_attempts, delay_ms}
 --       | {'failed', sweep_done, attempts} | {'lost'} | {'missing'}.
 local sw = redis.call('HMGET', KEYS[1], 'state', 'max_stalls')
 if not sw[1] then return {'missing'} end
@@ -30,12 +32,14 @@ local g = string.match(f[2] or '', '^(%d+) ')
 local taken, _, tok = gang_rank(KEYS[2], m, r)
 if f[1] ~= 'leased' or g ~= G or tok ~= ARGV[4] or taken ~= '1' then return {'lost'} end
 
+local whole = gang_whole(KEYS[2], m)
 gang_clear(KEYS[2], m)
 redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
   p .. 'deadline', '', p .. 'progress', '', p .. 'error', ARGV[6])
 redis.call('HSET', KEYS[1], 'updated', int(now))
 wake_mop(KEYS[6], 1)
 local reason
+if how == 'abort' and not whole then return {'aborted', 0} end
 if how == 'abort' then
   local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)
   local max_stalls = tonumber(sw[2]) or 10

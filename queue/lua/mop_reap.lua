@@ -33,10 +33,12 @@ local n = 0
 each_model(KEYS[2], nmodels, {'state', 'deadline'}, function(m, v, i)
   if v[i + 1] == 'leased' and now > tonumber(v[i + 2]) then
     local p = int(m) .. '.'
+    local whole = gang_whole(KEYS[2], int(m))
     gang_clear(KEYS[2], int(m))
     redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'token', '', p .. 'shard', '',
       p .. 'deadline', '', p .. 'progress', '')
-    local stalls = redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1)
+    -- A gang some rank never joined did not train: not the model's stall.
+    local stalls = whole and redis.call('HINCRBY', KEYS[2], p .. 'stalls', 1) or 0
     if stalls > max_stalls then
       redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason',
         string.format('stalled %d times: every worker that took it died or lost its lease', stalls))

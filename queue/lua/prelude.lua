@@ -146,6 +146,18 @@ local function gang_deadline(models_key, m, W)
   redis.call('HSET', models_key, m .. '.deadline', int(d or 0))
 end
 
+-- Whether model m's gang is whole: every rank taken.  A gang that ends
+-- before it was (a worker named for a rank was busy elsewhere, or gone)
+-- never trained: its end is not the model's stall.
+local function gang_whole(models_key, m)
+  local W = tonumber(string.match(redis.call('HGET', models_key, m .. '.gang') or '', '^%d+ (%d+)$'))
+  if not W then return true end
+  for r = 0, W - 1 do
+    if gang_rank(models_key, m, r) ~= '1' then return false end
+  end
+  return true
+end
+
 -- Forgets model m's gang (its rank fields and <m>.gang), when the gang ends
 -- in any way: commit, abort, failure, reap.
 local function gang_clear(models_key, m)
