@@ -1492,6 +1492,7 @@ static int gang_take(queue_conn *q, const char *sweep, const char *worker, int s
                      queue_mop_lease *l)
 {
     cds_err err;
+    queue_mop_lease_clear(l); /* a rank taken earlier into l: its spec */
     int rc = queue_mop_gang_take(q, sweep, worker, lease_ms, 3000, &shard, 1, l, NULL, &err);
     if (rc < 0)
         printf("# gang take: %s\n", err.msg);
@@ -1504,8 +1505,7 @@ static void test_gangs(queue_conn *q, redisContext *c)
     queue_sweep_def d = sweep_def("gang", 1, 2, 1);
     d.mode = "ddp";
     ok(queue_sweep_create(q, &d, NULL, &err) == 0 && sweep_is(c, "gang", "mode", "ddp"), "a DDP sweep is created");
-    queue_mop_lease a, b, a2;
-    memset(&a, 0, sizeof a);
+    queue_mop_lease a = {0}, b = {0}, a2 = {0};
     int done = 0;
     ok(queue_mop_lease_model(q, "gang", 0, "wa", 1000, &a, &done, &err) == QUEUE_MOP_GANG,
        "its models are not leased one visit at a time: the lease answers 'gang'");
