@@ -21,8 +21,8 @@
  *   join      the communicator, through the rendezvous scope "<S>.g<G>";
  *   start     every rank loads the committed checkpoint (version 0: a fresh
  *             model from the spec), then rank 0's weights are broadcast;
- *   rows      each rank's shard rows, summed into a vector of W, so every
- *             rank knows the steps of the epoch;
+ *   rows      every rank's shard size, all-gathered, so every rank knows
+ *             the steps of the epoch;
  *   train     DDP: every rank takes the longest shard's rows, b/W a step
  *             (a shorter shard goes on in its next epoch's order), gradients
  *             averaged in buckets during backward; MA: one pass over the
@@ -217,24 +217,6 @@ static int start_model(rank_ctx *x, cds_err *err)
     return 0;
 }
 
-/* Every rank's shard rows, as W counts summed over the gang (each rank
- * fills its own slot; float holds whole numbers to 2^24 exactly, so a
- * count is sent as two halves). */
-static int gang_rows(rank_ctx *x, int64_t rows, int64_t *all, cds_err *err)
-{
-    int W = x->l.shards;
-    float *v = calloc((size_t)W * 2, sizeof *v);
-    if (!v)
-        return cds_err_nomem(err, "out of memory");
-    v[2 * x->l.shard] = (float)(rows >> 20);
-    v[2 * x->l.shard + 1] = (float)(rows & ((1 << 20) - 1));
-    int rc = ddp_allreduce(x->c, v, (size_t)W * 2, DDP_SUM, err);
-    for (int r = 0; rc == 0 && r < W; r++)
-        all[r] = ((int64_t)v[2 * r] << 20) + (int64_t)v[2 * r + 1];
-    free(v);
-    return rc;
-}
-
 static int reduce_grads(void *ctx, cds_err *err)
 {
     rank_ctx *x = ctx;
@@ -356,7 +338,8 @@ static int train_epoch(rank_ctx *x)
         return broken(x, &err);
 
     char dir[4096];
-    int64_t rows = 0, *all = calloc((size_t)W, sizeof *all);
+    int64_t rows = 0;
+    size_t *all = calloc((size_t)W, sizeof *all);
     if (!all)
         return cds_err_nomem(&err, "out of memory"), end_gang(x, QUEUE_GANG_FINAL, &err);
     int rc = cds_layout_dataset_shard(dir, sizeof dir, x->cfg->data_root, l->dataset, "train", rank, &err);
@@ -366,7 +349,7 @@ static int train_epoch(rank_ctx *x)
         free(all);
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
     }
-    if (gang_rows(x, rows, all, &err) != 0) {
+    if (ddp_allgather_sizes(x->c, (size_t)rows, all, &err) != 0) {
         free(all);
         return broken(x, &err);
     }
@@ -376,7 +359,7 @@ static int train_epoch(rank_ctx *x)
     int local = ddp ? batch / W : batch;
     int64_t longest = 0;
     for (int r = 0; r < W; r++)
-        longest = all[r] > longest ? all[r] : longest;
+        longest = (int64_t)all[r] > longest ? (int64_t)all[r] : longest;
     free(all);
     int64_t steps = ddp ? (longest + local - 1) / local : (rows + local - 1) / local;
     nn_dp_pass pass = {.batch = local, .rows = ddp ? longest : 0, .row_offset = ddp ? (int64_t)rank * local : 0,
