@@ -92,7 +92,7 @@ int ddp_comm_check_opts(const ddp_comm_opts *o, cds_err *err)
 {
     if (o->size < 1 || o->rank < 0 || o->rank >= o->size)
         return cds_errf(err, "rank %d of a gang of %d: give 0 <= rank < size", o->rank, o->size);
-    if (!o->q || !o->scope || !*o->scope)
+    if ((!o->q && o->size > 1) || !o->scope || !*o->scope)
         return cds_errf(err, "a gang needs a Redis connection and a rendezvous scope to meet through");
     return 0;
 }
@@ -209,6 +209,8 @@ int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
     *out = NULL;
     if (ddp_comm_check_opts(o, err) != 0)
         return -1;
+    if (!o->q)
+        return cds_errf(err, "a Gloo gang needs a Redis connection to meet through, even a gang of one");
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
     ignore_sigpipe();
     if (o->size > 1 && check_hosts(o, timeout, err) != 0)
@@ -252,6 +254,41 @@ int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err)
         return -1;
     char msg[CDS_ERR_MAX];
     if (n > 0 && c->t->allreduce(c->impl, buf, n, c->size, op == DDP_AVG, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    return 0;
+}
+
+int ddp_comm_on_device(const ddp_comm *c)
+{
+    return c->t->allreduce_dev != NULL;
+}
+
+static int refuse_host_only(ddp_comm *c, const char *what, cds_err *err)
+{
+    if (c->t->allreduce_dev)
+        return 0;
+    return cds_errf(err, "rank %d of %d: the %s communicator reduces host memory only, not a device's %s", c->rank,
+                    c->size, c->t->name, what);
+}
+
+int ddp_allreduce_device(ddp_comm *c, float *buf, size_t n, ddp_op op, void *after, cds_err *err)
+{
+    if (refuse_host_only(c, "all-reduce", err) != 0 || refuse_broken(c, "all-reduce", err) != 0)
+        return -1;
+    char msg[CDS_ERR_MAX];
+    if (n > 0 && c->t->allreduce_dev(c->impl, buf, n, op == DDP_AVG, after, msg, sizeof msg) != 0)
+        return fail(c, msg, err);
+    return 0;
+}
+
+int ddp_broadcast_device(ddp_comm *c, float *buf, size_t n, int root, void *after, cds_err *err)
+{
+    if (root < 0 || root >= c->size)
+        return cds_errf(err, "broadcast from rank %d in a gang of %d: give 0 <= root < size", root, c->size);
+    if (refuse_host_only(c, "broadcast", err) != 0 || refuse_broken(c, "broadcast", err) != 0)
+        return -1;
+    char msg[CDS_ERR_MAX];
+    if (n > 0 && c->t->broadcast_dev(c->impl, buf, n, root, after, msg, sizeof msg) != 0)
         return fail(c, msg, err);
     return 0;
 }

@@ -56,21 +56,34 @@ int ddp_comm_gloo(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
  * NCCL's unique id (hex) under the scope, the others read it; the
  * communicator is made non-blocking, so the join and every collective are
  * bounded by the time-out, after which ncclCommAbort frees the ranks that
- * wait.  Buffers are device memory.  Built without CUDA, or on a machine
- * without a device, it fails with one line saying so.  NCCL refuses two
- * ranks on one device: a machine with one GPU runs W = 1 only. */
+ * wait.  The calls below take host buffers as for Gloo (staged through
+ * device memory of the communicator's own); ddp_allreduce_device and
+ * ddp_broadcast_device reduce device memory in place, with no copy to the
+ * host.  A gang of one (size 1) needs no rendezvous (q may be NULL).  Built
+ * without CUDA, or on a machine without a device, it fails with one line
+ * saying so.  NCCL refuses two ranks on one device: a machine with one GPU
+ * runs W = 1 only. */
 int ddp_comm_nccl(const ddp_comm_opts *o, ddp_comm **out, cds_err *err);
 
 int ddp_comm_rank(const ddp_comm *c);
 int ddp_comm_size(const ddp_comm *c);
-/* buf (n floats, host memory for Gloo) becomes the sum, or the mean, over
- * the ranks; every rank gets the same bits. */
+/* 1 when the communicator reduces device memory itself (NCCL): a model on
+ * a CUDA device hands it its gradient block with ddp_allreduce_device. */
+int ddp_comm_on_device(const ddp_comm *c);
+/* buf (n floats, host memory) becomes the sum, or the mean, over the
+ * ranks; every rank gets the same bits. */
 int ddp_allreduce(ddp_comm *c, float *buf, size_t n, ddp_op op, cds_err *err);
 /* Every rank's buf (n floats) becomes root's. */
 int ddp_broadcast(ddp_comm *c, float *buf, size_t n, int root, cds_err *err);
+/* The same two on device memory of the communicator's device, for a
+ * communicator on device (ddp_comm_on_device): the collective waits for
+ * the work queued so far on `after` (the cudaStream_t that writes buf, an
+ * nn_ctx's stream) and returns when buf holds the result. */
+int ddp_allreduce_device(ddp_comm *c, float *buf, size_t n, ddp_op op, void *after, cds_err *err);
+int ddp_broadcast_device(ddp_comm *c, float *buf, size_t n, int root, void *after, cds_err *err);
 /* Every rank's bytes, each[r] of them from rank r (every rank passes the
  * same each[], its own entry being bytes), into recv (Σ each bytes, host
- * memory), in rank order: a gang's row-sparse gradients.  Gloo only. */
+ * memory), in rank order: a gang's row-sparse gradients. */
 int ddp_allgatherv(ddp_comm *c, const void *send, size_t bytes, void *recv, const size_t *each, cds_err *err);
 /* Every rank's `mine` into all[0..size): the sizes an all-gather needs. */
 int ddp_allgather_sizes(ddp_comm *c, size_t mine, size_t *all, cds_err *err);

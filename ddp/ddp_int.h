@@ -22,6 +22,11 @@ typedef struct ddp_transport {
     int (*allgatherv)(void *impl, const void *send, size_t bytes, void *recv, const size_t *each, int size, char *msg,
                       size_t msg_n);
     int (*barrier)(void *impl, int64_t timeout_ms, char *msg, size_t msg_n);
+    /* allreduce and broadcast on device memory (NULL: a transport of host
+     * buffers): they start after the work queued so far on `after` (the
+     * cudaStream_t that wrote buf) and return when buf holds the result. */
+    int (*allreduce_dev)(void *impl, float *buf, size_t n, int avg, void *after, char *msg, size_t msg_n);
+    int (*broadcast_dev)(void *impl, float *buf, size_t n, int root, void *after, char *msg, size_t msg_n);
     void (*abort)(void *impl); /* may be NULL: nothing to interrupt */
     void (*close)(void *impl);
 } ddp_transport;

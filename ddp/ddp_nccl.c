@@ -12,6 +12,15 @@
  * Average is NCCL's own ncclAvg; the barrier is an all-reduce of one float
  * in a scratch word of device memory made at join.
  *
+ * Buffers.  The *_dev calls reduce device memory in place: a model on the
+ * GPU hands its gradient block straight over (ddp_reducer), after the
+ * rank's stream was made to wait, by an event, for the work queued so far
+ * on the stream that writes the buffer, so the gradients are final when
+ * NCCL reads them.  The host-buffer calls (metrics, model-averaging
+ * states, a sparse embedding's rows) go through a device staging area of
+ * the rank's own that grows to the largest message; all-gather of unequal
+ * sizes is one NCCL broadcast per rank into its slot, in one group.
+ *
  * Built only with the CUDA option (meson: have_cuda); ddp_nccl_none.c
  * answers otherwise.  Not exercised beyond W = 1 on this project's
  * machines: NCCL refuses two ranks on one device. */
@@ -29,8 +38,11 @@
 typedef struct nccl_rank {
     ncclComm_t comm;
     cudaStream_t stream;
+    cudaEvent_t ready;  /* recorded on a producer's stream, waited for by ours */
     float *scratch; /* one float: the barrier's */
-    int device;
+    void *stage;    /* device copy of host buffers */
+    size_t stage_bytes;
+    int device, rank;
     int64_t timeout_ms;
     int aborted;
 } nccl_rank;
@@ -86,27 +98,129 @@ static int wait_done(nccl_rank *r, const char *what, int64_t timeout_ms, int str
     return -1;
 }
 
-static int nccl_allreduce(void *impl, float *buf, size_t n, int size, int avg, char *msg, size_t msg_n)
+static int refuse_aborted(nccl_rank *r, const char *what, char *msg, size_t msg_n)
 {
-    (void)size;
+    if (!r->aborted)
+        return 0;
+    snprintf(msg, msg_n, "%s (NCCL): the communicator was aborted", what);
+    return -1;
+}
+
+/* Our stream waits for what is queued so far on `after`.  The calling
+ * thread (a reducer's) is made to use our device first: CUDA's current
+ * device is per thread. */
+static int wait_for(nccl_rank *r, void *after, const char *what, char *msg, size_t msg_n)
+{
+    cudaError_t e;
+    if ((e = cudaSetDevice(r->device)) != cudaSuccess)
+        return say_cuda(msg, msg_n, what, e), -1;
+    if (!after)
+        return 0;
+    if ((e = cudaEventRecord(r->ready, (cudaStream_t)after)) != cudaSuccess ||
+        (e = cudaStreamWaitEvent(r->stream, r->ready, 0)) != cudaSuccess)
+        return say_cuda(msg, msg_n, what, e), -1;
+    return 0;
+}
+
+static int nccl_allreduce_dev(void *impl, float *buf, size_t n, int avg, void *after, char *msg, size_t msg_n)
+{
     nccl_rank *r = impl;
-    if (r->aborted)
-        return snprintf(msg, msg_n, "all-reduce (NCCL): the communicator was aborted"), -1;
+    if (refuse_aborted(r, "all-reduce", msg, msg_n) || wait_for(r, after, "all-reduce", msg, msg_n))
+        return -1;
     ncclResult_t e = ncclAllReduce(buf, buf, n, ncclFloat, avg ? ncclAvg : ncclSum, r->comm, r->stream);
     if (e != ncclSuccess && e != ncclInProgress)
         return say_nccl(r, msg, msg_n, "all-reduce", e), -1;
     return wait_done(r, "all-reduce", r->timeout_ms, 1, msg, msg_n);
 }
 
-static int nccl_broadcast(void *impl, float *buf, size_t n, int root, char *msg, size_t msg_n)
+static int nccl_broadcast_dev(void *impl, float *buf, size_t n, int root, void *after, char *msg, size_t msg_n)
 {
     nccl_rank *r = impl;
-    if (r->aborted)
-        return snprintf(msg, msg_n, "broadcast (NCCL): the communicator was aborted"), -1;
+    if (refuse_aborted(r, "broadcast", msg, msg_n) || wait_for(r, after, "broadcast", msg, msg_n))
+        return -1;
     ncclResult_t e = ncclBroadcast(buf, buf, n, ncclFloat, root, r->comm, r->stream);
     if (e != ncclSuccess && e != ncclInProgress)
         return say_nccl(r, msg, msg_n, "broadcast", e), -1;
     return wait_done(r, "broadcast", r->timeout_ms, 1, msg, msg_n);
+}
+
+/* The staging area, at least bytes long. */
+static int stage_room(nccl_rank *r, size_t bytes, char *msg, size_t msg_n)
+{
+    if (bytes <= r->stage_bytes)
+        return 0;
+    cudaError_t e;
+    if (r->stage && (e = cudaFree(r->stage)) != cudaSuccess)
+        return say_cuda(msg, msg_n, "freeing the staging area", e), -1;
+    r->stage = NULL;
+    r->stage_bytes = 0;
+    if ((e = cudaMalloc(&r->stage, bytes)) != cudaSuccess)
+        return say_cuda(msg, msg_n, "a device staging area for the gang's messages", e), -1;
+    r->stage_bytes = bytes;
+    return 0;
+}
+
+static int copy(nccl_rank *r, void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind, char *msg,
+                size_t msg_n)
+{
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, r->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(r->stream);
+    return e == cudaSuccess ? 0 : (say_cuda(msg, msg_n, "staging a message", e), -1);
+}
+
+static int nccl_allreduce(void *impl, float *buf, size_t n, int size, int avg, char *msg, size_t msg_n)
+{
+    (void)size;
+    nccl_rank *r = impl;
+    size_t bytes = n * sizeof(float);
+    if (stage_room(r, bytes, msg, msg_n) || copy(r, r->stage, buf, bytes, cudaMemcpyHostToDevice, msg, msg_n) ||
+        nccl_allreduce_dev(r, r->stage, n, avg, NULL, msg, msg_n))
+        return -1;
+    return copy(r, buf, r->stage, bytes, cudaMemcpyDeviceToHost, msg, msg_n);
+}
+
+static int nccl_broadcast(void *impl, float *buf, size_t n, int root, char *msg, size_t msg_n)
+{
+    nccl_rank *r = impl;
+    size_t bytes = n * sizeof(float);
+    if (stage_room(r, bytes, msg, msg_n) || copy(r, r->stage, buf, bytes, cudaMemcpyHostToDevice, msg, msg_n) ||
+        nccl_broadcast_dev(r, r->stage, n, root, NULL, msg, msg_n))
+        return -1;
+    return copy(r, buf, r->stage, bytes, cudaMemcpyDeviceToHost, msg, msg_n);
+}
+
+/* Rank k's bytes go out by a broadcast from k into its slot of the staged
+ * receive buffer; the size broadcasts form one NCCL group. */
+static int nccl_allgatherv(void *impl, const void *send, size_t bytes, void *recv, const size_t *each, int size,
+                           char *msg, size_t msg_n)
+{
+    nccl_rank *r = impl;
+    size_t total = 0, mine = 0;
+    for (int k = 0; k < size; k++) {
+        if (k == r->rank)
+            mine = total;
+        total += each[k];
+    }
+    if (refuse_aborted(r, "all-gather", msg, msg_n) || stage_room(r, total ? total : 1, msg, msg_n) ||
+        (bytes && copy(r, (char *)r->stage + mine, send, bytes, cudaMemcpyHostToDevice, msg, msg_n)))
+        return -1;
+    ncclResult_t e = ncclGroupStart();
+    size_t at = 0;
+    for (int k = 0; k < size && (e == ncclSuccess || e == ncclInProgress); k++) {
+        char *slot = (char *)r->stage + at;
+        if (each[k])
+            e = ncclBroadcast(slot, slot, each[k], ncclInt8, k, r->comm, r->stream);
+        at += each[k];
+    }
+    ncclResult_t g = ncclGroupEnd();
+    if (e == ncclSuccess || e == ncclInProgress)
+        e = g;
+    if (e != ncclSuccess && e != ncclInProgress)
+        return say_nccl(r, msg, msg_n, "all-gather", e), -1;
+    if (wait_done(r, "all-gather", r->timeout_ms, 1, msg, msg_n) != 0)
+        return -1;
+    return total ? copy(r, recv, r->stage, total, cudaMemcpyDeviceToHost, msg, msg_n) : 0;
 }
 
 static int nccl_barrier(void *impl, int64_t timeout_ms, char *msg, size_t msg_n)
@@ -139,17 +253,23 @@ static void nccl_close(void *impl)
         ncclCommDestroy(r->comm);
     if (r->scratch)
         cudaFree(r->scratch);
+    if (r->stage)
+        cudaFree(r->stage);
+    if (r->ready)
+        cudaEventDestroy(r->ready);
     if (r->stream)
         cudaStreamDestroy(r->stream);
     free(r);
 }
 
 static const ddp_transport nccl_transport = {
-    .name = "nccl", .allreduce = nccl_allreduce, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
+    .name = "nccl", .allreduce = nccl_allreduce, .broadcast = nccl_broadcast, .allgatherv = nccl_allgatherv,
+    .barrier = nccl_barrier, .allreduce_dev = nccl_allreduce_dev, .broadcast_dev = nccl_broadcast_dev,
     .abort = nccl_abort, .close = nccl_close,
 };
 
-/* Rank 0 publishes the unique id; the others poll for it. */
+/* Rank 0 publishes the unique id; the others poll for it.  A gang of one
+ * meets no one. */
 static int meet(const ddp_comm_opts *o, int64_t timeout_ms, ncclUniqueId *id, cds_err *err)
 {
     char hex[2 * sizeof id->internal + 1];
@@ -158,6 +278,8 @@ static int meet(const ddp_comm_opts *o, int64_t timeout_ms, ncclUniqueId *id, cd
         if (e != ncclSuccess)
             return cds_errf(err, "rank 0 of %d, gang %s: ncclGetUniqueId: %s", o->size, o->scope,
                             ncclGetErrorString(e));
+        if (o->size == 1)
+            return 0;
         for (size_t i = 0; i < sizeof id->internal; i++)
             snprintf(hex + 2 * i, 3, "%02x", (unsigned char)id->internal[i]);
         return queue_rdv_set(o->q, o->scope, "nccl_id", hex, strlen(hex), 4 * timeout_ms, err);
@@ -210,11 +332,13 @@ int ddp_comm_nccl(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
     if (!r)
         return cds_err_nomem(err, "out of memory for an NCCL rank");
     r->device = o->device;
+    r->rank = o->rank;
     r->timeout_ms = timeout;
     char msg[CDS_ERR_MAX];
     if ((ce = cudaSetDevice(o->device)) != cudaSuccess ||
         (ce = cudaStreamCreateWithFlags(&r->stream, cudaStreamNonBlocking)) != cudaSuccess ||
-        (ce = cudaMalloc((void **)&r->scratch, sizeof(float))) != cudaSuccess) {
+        (ce = cudaMalloc((void **)&r->scratch, sizeof(float))) != cudaSuccess ||
+        (ce = cudaEventCreateWithFlags(&r->ready, cudaEventDisableTiming)) != cudaSuccess) {
         say_cuda(msg, sizeof msg, "setting up the device", ce);
         nccl_close(r);
         return cds_errf(err, "rank %d of %d, gang %s: %s", o->rank, o->size, o->scope, msg);

@@ -5,7 +5,11 @@
  * reducer's own thread takes buckets from the queue in order and averages
  * each over the gang (copy out, all-reduce, copy back) while backward goes
  * on.  ddp_reducer_finish appends what the hook did not (the unbucketed
- * case), waits until every bucket of the step is done, and resets.
+ * case), waits until every bucket of the step is done, and resets.  With a
+ * communicator on device memory (NCCL) and a model on a CUDA device there
+ * is no copy: a bucket is reduced in place in the gradient block, after
+ * the work queued so far on the model's stream (which has the bucket's
+ * gradients: the hook ran after backward queued them).
  *
  * Invariants: buckets[b] covers block floats [start, start + n) and the
  * parameters whose gradients lie there; param_bucket[i] names parameter i's
@@ -40,7 +44,8 @@ struct ddp_reducer {
     bucket *buckets;
     size_t n_buckets;
     int *param_bucket;
-    float *host; /* staging, as long as the largest bucket */
+    float *host; /* staging, as long as the largest bucket (NULL on device) */
+    void *stream; /* on device: the model's stream, whose work a reduction waits for */
     size_t host_n;
     int unbucketed; /* bucket_bytes 0 */
     size_t last_early; /* buckets the hook handed over during the last step's backward */
@@ -116,7 +121,7 @@ static int plan_buckets(ddp_reducer *r, size_t bucket_bytes, ddp_sparse how, cds
         if (r->buckets[b].n > r->host_n)
             r->host_n = r->buckets[b].n;
     }
-    if (r->host_n && !(r->host = malloc(r->host_n * sizeof(float))))
+    if (r->host_n && !r->stream && !(r->host = malloc(r->host_n * sizeof(float))))
         return cds_err_nomem(err, "out of memory for a %zu-float gradient bucket", r->host_n);
     return 0;
 }
@@ -134,6 +139,11 @@ static void reduce_bucket(ddp_reducer *r, bucket *b)
         view.n = b->n;
         view.ndim = 1;
         view.shape[0] = (int)b->n;
+    }
+    if (r->stream) {
+        if (ddp_allreduce_device(r->c, view.data, b->n, DDP_AVG, r->stream, &r->first) != 0)
+            r->failed = 1;
+        return;
     }
     nn_model_read(r->m, &view, r->host);
     if (ddp_allreduce(r->c, r->host, b->n, DDP_AVG, &r->first) != 0) {
@@ -196,6 +206,14 @@ int ddp_reducer_new_sparse(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_sp
     r->m = m;
     r->c = c;
     r->block = nn_model_grad_block(m);
+    if (ddp_comm_on_device(c)) {
+        if (nn_model_ctx(m)->dev != NN_CUDA) {
+            ddp_reducer_free(r);
+            return cds_errf(err, "an NCCL gang reduces device memory: the model must be on a CUDA device "
+                                 "(cds-worker --device cuda:N), or the gang must use Gloo");
+        }
+        r->stream = nn_model_ctx(m)->stream;
+    }
     /* A sparse mlp's embedding gradient: row-sparse, exchanged as rows; or
      * taken dense and reduced as any other (PyTorch DDP does the same for
      * a dense EmbeddingBag), the optimiser's dense step equalling its
@@ -262,6 +280,11 @@ const ddp_rows *ddp_reducer_rows(const ddp_reducer *r) { return r->rows; }
  * mean over the ranks (root < 0), through the host buffer *buf. */
 static int sync_tensor(nn_model *m, ddp_comm *c, nn_tensor *t, int root, float **buf, size_t *cap, cds_err *err)
 {
+    if (ddp_comm_on_device(c) && nn_model_ctx(m)->dev == NN_CUDA) {
+        void *after = nn_model_ctx(m)->stream;
+        return root >= 0 ? ddp_broadcast_device(c, t->data, t->n, root, after, err)
+                         : ddp_allreduce_device(c, t->data, t->n, DDP_AVG, after, err);
+    }
     if (t->n > *cap) {
         float *nb = realloc(*buf, t->n * sizeof(float));
         if (!nb)

@@ -1,14 +1,23 @@
-/* nn_backend: choosing a device's table once, and the few calls on a
- * context that are the same for every backend (see nn_backend.h). */
+/* nn_backend: choosing a device's table once, the few calls on a context
+ * that are the same for every backend, and device names as users write
+ * them (see nn_backend.h). */
 #include "nn_backend.h"
 
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "nn_cuda.h"
 
 int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err)
 {
+    int index = c->index, tf32 = c->tf32;
     memset(c, 0, sizeof *c);
     c->be = be;
     c->dev = be->dev;
+    c->index = be->dev == NN_CPU ? 0 : index;
+    c->tf32 = tf32;
     if (be->ctx_init(c, err) != 0) {
         c->be = NULL;
         return -1;
@@ -16,22 +25,38 @@ int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err)
     return 0;
 }
 
-int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err)
+int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err)
 {
     memset(c, 0, sizeof *c);
-    switch (dev) {
+    switch (where.dev) {
     case NN_CPU:
         return nn_ctx_init_backend(c, &nn_backend_cpu, err);
-    case NN_CUDA:
-        return cds_errf(err, "no %s backend in this build: train on the cpu device", nn_device_name(dev));
+    case NN_CUDA: {
+        const nn_backend *be = nn_backend_cuda();
+        if (!be)
+            return cds_errf(err, "device cuda:%d: this build has no CUDA backend: rebuild with -Dcuda=enabled, or "
+                                 "train on the cpu device", where.index);
+        c->index = where.index;
+        return nn_ctx_init_backend(c, be, err);
     }
-    return cds_errf(err, "device %d is not one the engine knows: use cpu", (int)dev);
+    }
+    return cds_errf(err, "device %d is not one the engine knows: use cpu or cuda:N", (int)where.dev);
+}
+
+int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err)
+{
+    return nn_ctx_init_at(c, (nn_place){dev, 0}, err);
 }
 
 void nn_ctx_release(nn_ctx *c)
 {
     if (c->be)
         c->be->ctx_release(c);
+}
+
+int nn_ctx_check(const nn_ctx *c, cds_err *err)
+{
+    return c->be ? c->be->check(c, err) : 0;
 }
 
 void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes)
@@ -60,4 +85,76 @@ void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes)
 {
     if (p)
         c->be->free(c, p, bytes ? bytes : 1);
+}
+
+/* ------------------------------------------------------------ device names */
+
+int nn_place_parse(const char *s, nn_place *where, int *is_auto, cds_err *err)
+{
+    *where = NN_PLACE_CPU;
+    if (is_auto)
+        *is_auto = 0;
+    if (!s || strcmp(s, "auto") == 0) {
+        if (is_auto)
+            *is_auto = 1;
+        return 0;
+    }
+    if (strcmp(s, "cpu") == 0)
+        return 0;
+    if (strcmp(s, "cuda") == 0) {
+        *where = (nn_place){NN_CUDA, 0};
+        return 0;
+    }
+    if (strncmp(s, "cuda:", 5) == 0 && s[5] >= '0' && s[5] <= '9') {
+        char *end;
+        errno = 0;
+        long v = strtol(s + 5, &end, 10);
+        if (*end == '\0' && errno == 0 && v >= 0 && v < 1024) {
+            *where = (nn_place){NN_CUDA, (int)v};
+            return 0;
+        }
+    }
+    return cds_errf(err, "device '%s': not one the engine knows: use cpu, cuda:N (N a device ordinal) or auto", s);
+}
+
+int nn_place_pick(const char *s, nn_place *where, char *note, size_t note_len, cds_err *err)
+{
+    int is_auto;
+    if (note && note_len)
+        note[0] = '\0';
+    if (nn_place_parse(s, where, &is_auto, err) != 0)
+        return -1;
+    if (!is_auto && where->dev == NN_CPU)
+        return 0;
+    char why[256] = "this build has no CUDA backend (rebuild with -Dcuda=enabled)";
+    int n = nn_backend_cuda() ? nn_cuda_device_count(why, sizeof why) : -1;
+    if (is_auto) {
+        if (n > 0) {
+            *where = (nn_place){NN_CUDA, 0};
+            return 0;
+        }
+        *where = NN_PLACE_CPU;
+        if (note && note_len)
+            snprintf(note, note_len, "device auto: no CUDA device (%s): training on the cpu", why);
+        return 0;
+    }
+    if (!nn_backend_cuda())
+        return cds_errf(err, "device cuda:%d: this build has no CUDA backend: rebuild with -Dcuda=enabled, or use "
+                             "--device cpu or auto", where->index);
+    if (n <= 0)
+        return cds_errf(err, "device cuda:%d: no CUDA device here (%s): use --device cpu or auto", where->index, why);
+    if (where->index >= n)
+        return cds_errf(err, "device cuda:%d: this machine has %d CUDA device%s (cuda:0%s%s): name one of them, or use "
+                             "--device auto", where->index, n, n == 1 ? "" : "s", n > 1 ? " to cuda:" : "",
+                        n > 1 ? (snprintf(why, sizeof why, "%d", n - 1), why) : "");
+    return 0;
+}
+
+const char *nn_place_name(nn_place where, char *buf, size_t len)
+{
+    if (where.dev == NN_CPU)
+        snprintf(buf, len, "cpu");
+    else
+        snprintf(buf, len, "cuda:%d", where.index);
+    return buf;
 }

@@ -45,6 +45,8 @@ typedef struct nn_guard nn_guard;
 typedef struct nn_ctx {
     const nn_backend *be;
     nn_device dev;
+    int index;          /* the device's ordinal (CUDA); 0 on the CPU */
+    int tf32;           /* 1: float32 GEMMs and convolutions may use TF32 (the train spec's "tf32") */
     int threads;
     void *stream;
     void *handles;
@@ -76,6 +78,9 @@ struct nn_backend {
      * handles): made by nn_ctx_init, released by nn_ctx_release ---- */
     int (*ctx_init)(nn_ctx *c, cds_err *err);
     void (*ctx_release)(nn_ctx *c);
+    /* The first error the device reported since the context was made, as
+     * one line (0: none); kept until the context is released. */
+    int (*check)(const nn_ctx *c, cds_err *err);
     /* ---- memory: alloc returns zeroed memory, aligned to 64 bytes at
      * least, or NULL when out of memory; free takes the size alloc got */
     void *(*alloc)(const nn_ctx *c, size_t bytes);
@@ -150,10 +155,30 @@ struct nn_backend {
 
 /* The CPU reference backend (nn_backend_cpu.c). */
 extern const nn_backend nn_backend_cpu;
+/* The CUDA backend (nn/cuda/nn_backend_cuda.cu), or NULL in a build
+ * without CUDA. */
+const nn_backend *nn_backend_cuda(void);
 
 /* Makes a context on a device: picks its table, once.  Fails with a line
  * naming the device when this build has no backend for it. */
 int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err);
+/* The same on a given device of its kind (cuda:1). */
+int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err);
+/* The first device error of the context's stream since it was made
+ * (a CUDA backend keeps it; ops return nothing), as one line naming the
+ * device, or 0 when there was none. */
+int nn_ctx_check(const nn_ctx *c, cds_err *err);
+
+/* Device names as users write them: "cpu", "cuda:N" ("cuda" is cuda:0),
+ * "auto".  nn_place_pick parses one and resolves it on this machine:
+ * "auto" is cuda:0 when this build has the CUDA backend and a device is
+ * visible, else the CPU, with one line in note (may be NULL) saying why;
+ * "cuda:N" fails with a line naming the device and the fix when this build
+ * has no CUDA backend or the machine no such device. */
+int nn_place_parse(const char *s, nn_place *where, int *is_auto, cds_err *err);
+int nn_place_pick(const char *s, nn_place *where, char *note, size_t note_len, cds_err *err);
+/* "cpu" or "cuda:N", into buf (16 bytes are enough); returns buf. */
+const char *nn_place_name(nn_place where, char *buf, size_t len);
 /* The same with a given table (the generic kernel test runs each
  * registered one). */
 int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err);

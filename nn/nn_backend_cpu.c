@@ -64,6 +64,14 @@ static void cpu_ctx_release(nn_ctx *c)
     c->guard = NULL;
 }
 
+/* The CPU reports nothing later: a kernel cannot fail. */
+static int cpu_check(const nn_ctx *c, cds_err *err)
+{
+    (void)c;
+    (void)err;
+    return 0;
+}
+
 /* Zeroed memory.  A large block is mapped (pages the kernel gives zeroed
  * and touches only when written, as calloc did for a sparse model's dense
  * gradient, which an optimiser frees unused); a small one is aligned heap.
@@ -437,6 +445,7 @@ const nn_backend nn_backend_cpu = {
     .dev = NN_CPU,
     .ctx_init = cpu_ctx_init,
     .ctx_release = cpu_ctx_release,
+    .check = cpu_check,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .memset = cpu_memset,

@@ -208,7 +208,7 @@ static int allocate(nn_model *m, cds_err *err)
 
 int nn_model_validate(const char *model_json, size_t *nparams, cds_err *err)
 {
-    nn_model *m = nn_model_plan(model_json, 1, err);
+    nn_model *m = nn_model_plan(model_json, 1, NN_PLACE_CPU, err);
     if (!m)
         return -1;
     if (nparams)
@@ -219,7 +219,13 @@ int nn_model_validate(const char *model_json, size_t *nparams, cds_err *err)
 
 nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err)
 {
-    nn_model *m = nn_model_plan(model_json, max_batch, err);
+    return nn_model_new_at(model_json, max_batch, seed, NN_PLACE_CPU, 0, err);
+}
+
+nn_model *nn_model_new_at(const char *model_json, int max_batch, uint64_t seed, nn_place where, int tf32,
+                          cds_err *err)
+{
+    nn_model *m = nn_model_plan(model_json, max_batch, where, err);
     if (!m)
         return NULL;
     for (size_t i = 0; i < m->n_params; i++)
@@ -232,6 +238,7 @@ nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds
         nn_model_free(m);
         return NULL;
     }
+    m->ctx.tf32 = tf32;
     plan_buffers(m);
     if (allocate(m, err) != 0) {
         nn_model_free(m);

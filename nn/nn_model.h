@@ -59,6 +59,10 @@ typedef struct nn_metrics {
  * sized for batches of at most max_batch rows, with weights initialised
  * from seed.  Errors name the field and what is allowed. */
 nn_model *nn_model_new(const char *model_json, int max_batch, uint64_t seed, cds_err *err);
+/* The same on a given device (nn_place_pick); tf32 1 lets float32 GEMMs and
+ * convolutions use TF32 there (the train spec's "tf32"). */
+nn_model *nn_model_new_at(const char *model_json, int max_batch, uint64_t seed, nn_place where, int tf32,
+                          cds_err *err);
 void nn_model_free(nn_model *m);
 /* Checks a model spec as nn_model_new would, without allocating weights or
  * activations (cheap even for VGG-16); *nparams (may be NULL) gets the

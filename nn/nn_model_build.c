@@ -492,7 +492,7 @@ static int spec_parse(nn_model *m, json_t *o, int *hidden, int *n_hidden, cds_er
 
 /* ---------------------------------------------------------------- the plan */
 
-nn_model *nn_model_plan(const char *model_json, int max_batch, cds_err *err)
+nn_model *nn_model_plan(const char *model_json, int max_batch, nn_place where, cds_err *err)
 {
     if (max_batch < 1)
         return cds_errf(err, "batch size %d: must be at least 1", max_batch), NULL;
@@ -506,7 +506,7 @@ nn_model *nn_model_plan(const char *model_json, int max_batch, cds_err *err)
         return cds_err_nomem(err, "out of memory"), NULL;
     }
     m->max_batch = max_batch;
-    if (nn_ctx_init(&m->ctx, NN_CPU, err) != 0)
+    if (nn_ctx_init_at(&m->ctx, where, err) != 0)
         goto fail;
     int hidden[16], n_hidden = 0;
     if (spec_parse(m, o, hidden, &n_hidden, err) != 0)

@@ -93,7 +93,7 @@ struct nn_model {
 
 /* Parses the spec and lays out the node list and parameter table, with the
  * context made on the CPU (nothing allocated for weights or activations). */
-nn_model *nn_model_plan(const char *model_json, int max_batch, cds_err *err);
+nn_model *nn_model_plan(const char *model_json, int max_batch, nn_place where, cds_err *err);
 size_t nn_model_node_per_row(const node *n);
 
 #endif

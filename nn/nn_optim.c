@@ -128,7 +128,7 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
 }
 
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                           "seed", "schedule", "normalize", "lazy", NULL};
+                                           "seed", "schedule", "normalize", "lazy", "tf32", NULL};
 
 static int cfg_lazy(json_t *o, nn_train_cfg *c, cds_err *err)
 {
@@ -167,6 +167,12 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
     c->adam = strcmp(opt, "adam") == 0;
     if (cfg_lazy(o, c, err) != 0)
         goto out;
+    json_t *tf32 = json_object_get(o, "tf32");
+    if (tf32 && !json_is_boolean(tf32)) {
+        cds_errf(err, "train spec: \"tf32\" must be true or false (true lets a GPU use TF32 for float32 products)");
+        goto out;
+    }
+    c->tf32 = json_is_true(tf32);
     if (!json_object_get(o, "lr")) {
         cds_errf(err, "train spec: \"lr\" (the learning rate) is required");
         goto out;

@@ -28,6 +28,7 @@ typedef enum nn_sched_kind { NN_SCHED_CONSTANT, NN_SCHED_STEP, NN_SCHED_COSINE }
 typedef struct nn_train_cfg {
     int adam;               /* 0: SGD with momentum */
     int lazy;               /* Adam only: the embedding weight gets lazy (sparse) Adam; see docs/models.md */
+    int tf32;               /* a GPU may use TF32 for float32 GEMMs and convolutions (else exact float32) */
     double lr, momentum, beta1, beta2, eps, l2;
     int batch;
     uint64_t seed;

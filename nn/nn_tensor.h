@@ -25,6 +25,14 @@
 
 typedef enum nn_device { NN_CPU = 0, NN_CUDA = 1 } nn_device;
 
+/* Where a model lives: a device kind and, for CUDA, the ordinal among the
+ * devices this process sees (CUDA_VISIBLE_DEVICES applies). */
+typedef struct nn_place {
+    nn_device dev;
+    int index;
+} nn_place;
+#define NN_PLACE_CPU ((nn_place){NN_CPU, 0})
+
 typedef struct nn_tensor {
     nn_device dev;
     int ndim;

@@ -43,7 +43,7 @@ static char *member_json(json_t *o, const char *key)
     return v ? json_dumps(v, JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
 }
 
-static nn_trainer *trainer_build(const char *model_json, const char *train_json, cds_err *err)
+static nn_trainer *trainer_build(const char *model_json, const char *train_json, nn_place where, cds_err *err)
 {
     nn_trainer *t = calloc(1, sizeof *t);
     if (!t)
@@ -52,7 +52,7 @@ static nn_trainer *trainer_build(const char *model_json, const char *train_json,
         free(t);
         return NULL;
     }
-    t->model = nn_model_new(model_json, t->cfg.batch, t->cfg.seed, err);
+    t->model = nn_model_new_at(model_json, t->cfg.batch, t->cfg.seed, where, t->cfg.tf32, err);
     if (!t->model)
         goto fail;
     t->optim = nn_optim_new(t->model, &t->cfg, err);
@@ -74,6 +74,11 @@ fail:
 
 nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
 {
+    return nn_trainer_new_at(spec_json, NN_PLACE_CPU, err);
+}
+
+nn_trainer *nn_trainer_new_at(const char *spec_json, nn_place where, cds_err *err)
+{
     json_error_t jerr;
     json_t *o = json_loads(spec_json, 0, &jerr);
     if (!o)
@@ -83,7 +88,7 @@ nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
     if (!json_is_object(o) || !model || !train)
         cds_errf(err, "spec: must be an object with \"model\" and \"train\" (see docs/models.md)");
     else
-        t = trainer_build(model, train, err);
+        t = trainer_build(model, train, where, err);
     free(model);
     free(train);
     json_decref(o);
@@ -257,6 +262,8 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, con
         rc = -1;
     if ((rc == 0 || rc == NN_TRAIN_STOPPED) && read_sums(t, st, &bad))
         rc = diverged(t, &bad, lr, err);
+    if (rc != -1 && nn_ctx_check(nn_model_ctx(t->model), err) != 0)
+        rc = -1; /* a device error: the sums above are not to be trusted */
     nn_model_set_row_offset(t->model, 0);
     nn_data_close(d);
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
@@ -320,6 +327,8 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
     nn_pass_acc sums;
     if (rc == 0)
         read_sums(t, st, &sums);
+    if (rc == 0 && nn_ctx_check(nn_model_ctx(t->model), err) != 0)
+        rc = -1;
     nn_data_close(d);
     st->seconds += (double)(cds_mono_ms() - t0) / 1000.0;
     return rc == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);
@@ -458,6 +467,8 @@ static int save_with(nn_trainer *t, const char *path, const float *others, int n
     float *host = NULL;
     char **names = NULL, *name_block = NULL;
     int rc = save_list(t, &c, &host, err);
+    if (rc == 0 && nn_ctx_check(nn_model_ctx(m), err) != 0)
+        rc = -1; /* never write what a failing device copied out */
     if (rc == 0 && n_others > 0) {
         /* Rank k's tensors follow rank 0's, same shapes, named r<k>/. */
         size_t ns = nn_optim_state_count(t->optim), per = nn_trainer_opt_floats(t);
@@ -568,10 +579,15 @@ static int restore_all(nn_trainer *t, const nn_ckpt *c, const char *path, int ra
 
 nn_trainer *nn_trainer_load(const char *ckpt_path, cds_err *err)
 {
-    return nn_trainer_load_rank(ckpt_path, 0, err);
+    return nn_trainer_load_at(ckpt_path, 0, NN_PLACE_CPU, err);
 }
 
 nn_trainer *nn_trainer_load_rank(const char *ckpt_path, int rank, cds_err *err)
+{
+    return nn_trainer_load_at(ckpt_path, rank, NN_PLACE_CPU, err);
+}
+
+nn_trainer *nn_trainer_load_at(const char *ckpt_path, int rank, nn_place where, cds_err *err)
 {
     nn_ckpt c;
     if (rank < 0) {
@@ -580,7 +596,7 @@ nn_trainer *nn_trainer_load_rank(const char *ckpt_path, int rank, cds_err *err)
     }
     if (nn_ckpt_load(ckpt_path, &c, err) != 0)
         return NULL;
-    nn_trainer *t = trainer_build(c.spec_json, c.hparams_json, err);
+    nn_trainer *t = trainer_build(c.spec_json, c.hparams_json, where, err);
     if (t && restore_all(t, &c, ckpt_path, rank, err) != 0) {
         nn_trainer_free(t);
         t = NULL;

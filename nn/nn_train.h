@@ -43,6 +43,12 @@ nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err);
 /* A trainer restored from a checkpoint: spec, weights, running statistics,
  * optimiser state, epoch, step, visited shards and generator state. */
 nn_trainer *nn_trainer_load(const char *ckpt_path, cds_err *err);
+/* The same two on a device (nn_place_pick): nn_trainer_new and
+ * nn_trainer_load train on the CPU.  A checkpoint holds no device: one
+ * saved on a GPU resumes on the CPU and the reverse.  rank: as
+ * nn_trainer_load_rank (0: the plain optimiser state). */
+nn_trainer *nn_trainer_new_at(const char *spec_json, nn_place where, cds_err *err);
+nn_trainer *nn_trainer_load_at(const char *ckpt_path, int rank, nn_place where, cds_err *err);
 void nn_trainer_free(nn_trainer *t);
 
 /* One training pass over a shard directory (shard-<k>); shard_index seeds its

@@ -13,8 +13,10 @@
  * backend-private (its size asked of each backend) and never compared.
  *
  * The CPU table is registered against itself, which proves the harness and
- * the CPU table's plumbing; a CUDA backend plugs in by adding its table to
- * `tested` (docs/engine-backend.md).  The kernels themselves are checked
+ * the CPU table's plumbing; the CUDA table is checked when this build has it
+ * and the machine a device (a TAP skip with the reason otherwise), on the
+ * random shapes and on every convolution shape of the study's ResNet-50 and
+ * VGG16 at 112x112 (docs/engine-backend.md).  The kernels themselves are checked
  * against double references and finite differences in test_nn_kern_*.c, and
  * whole models against PyTorch in test_nn_golden.c. */
 #include <math.h>
@@ -30,10 +32,6 @@
 
 #define SHAPES 12 /* random shapes per op and backend */
 
-static const nn_backend *const tested[] = {
-    &nn_backend_cpu,
-    /* &nn_backend_cuda, once it exists */
-};
 
 enum kind {
     F_IN,    /* floats in [-1, 1) */
@@ -56,6 +54,7 @@ typedef struct kbuf {
 } kbuf;
 
 typedef struct kcase {
+    int shape; /* which of the op's SHAPES draws this is */
     int nb;
     kbuf b[12];
     int N, K, D, O, C, HW;
@@ -194,6 +193,7 @@ static int agrees(const nn_backend *be, const kop *op, uint64_t seed, double *wo
     for (int s = 0; s < SHAPES && !failed; s++) {
         kcase k;
         memset(&k, 0, sizeof k);
+        k.shape = s;
         op->make(&k, &r);
         void *host[12], *ref[12], *got[12];
         for (int i = 0; i < k.nb; i++) {
@@ -324,14 +324,9 @@ static void run_lazy_adam(const nn_ctx *c, void *const *p, const kcase *k)
 }
 
 /* conv: x, w, b, y, dy, dx, dw, db, work */
-static void mk_conv(kcase *k, nn_rng *r)
+static void conv_buffers(kcase *k)
 {
-    nn_conv_geom *g = &k->cg;
-    do {
-        int ks = rnd(r, 0, 2) * 2 + 1;
-        *g = (nn_conv_geom){.N = rnd(r, 1, 3), .C = rnd(r, 1, 8), .H = rnd(r, 1, 10), .W = rnd(r, 1, 10),
-                            .OC = rnd(r, 1, 8), .KH = ks, .KW = ks, .stride = rnd(r, 1, 2), .pad = rnd(r, 0, ks / 2)};
-    } while (nn_conv_geom_init(g) != 0);
+    const nn_conv_geom *g = &k->cg;
     size_t x = (size_t)g->N * g->C * g->H * g->W, y = (size_t)g->N * g->OC * g->OH * g->OW;
     size_t w = (size_t)g->OC * g->C * g->KH * g->KW;
     add(k, F_IN, x, 0);
@@ -344,6 +339,46 @@ static void mk_conv(kcase *k, nn_rng *r)
     add(k, F_ACC, (size_t)g->OC, 0);
     add(k, SCRATCH, 0, 0);
 }
+
+static void mk_conv(kcase *k, nn_rng *r)
+{
+    nn_conv_geom *g = &k->cg;
+    do {
+        int ks = rnd(r, 0, 2) * 2 + 1;
+        *g = (nn_conv_geom){.N = rnd(r, 1, 3), .C = rnd(r, 1, 8), .H = rnd(r, 1, 10), .W = rnd(r, 1, 10),
+                            .OC = rnd(r, 1, 8), .KH = ks, .KW = ks, .stride = rnd(r, 1, 2), .pad = rnd(r, 0, ks / 2)};
+    } while (nn_conv_geom_init(g) != 0);
+    conv_buffers(k);
+}
+/* The convolutions of the study's networks at 112x112 (DESIGN.md §7), two
+ * images: ResNet-50's stem, bottleneck 1x1s and strided 3x3s, VGG16's 3x3
+ * stacks.  Sums run over up to C·9 = 4608 terms forward and N·OH·OW =
+ * 25088 for the filter gradient, in another order on each backend. */
+static void mk_conv_study(kcase *k, nn_rng *r)
+{
+    static const nn_conv_geom study[] = {
+        {.C = 3, .H = 112, .W = 112, .OC = 64, .KH = 7, .KW = 7, .stride = 2, .pad = 3},    /* resnet50 conv1 */
+        {.C = 64, .H = 28, .W = 28, .OC = 64, .KH = 1, .KW = 1, .stride = 1, .pad = 0},     /* layer1 1x1 in */
+        {.C = 64, .H = 28, .W = 28, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},     /* layer1 3x3 */
+        {.C = 64, .H = 28, .W = 28, .OC = 256, .KH = 1, .KW = 1, .stride = 1, .pad = 0},    /* layer1 1x1 out */
+        {.C = 128, .H = 28, .W = 28, .OC = 128, .KH = 3, .KW = 3, .stride = 2, .pad = 1},   /* layer2 strided 3x3 */
+        {.C = 512, .H = 28, .W = 28, .OC = 1024, .KH = 1, .KW = 1, .stride = 2, .pad = 0},  /* layer3 downsample */
+        {.C = 512, .H = 7, .W = 7, .OC = 512, .KH = 3, .KW = 3, .stride = 1, .pad = 1},     /* layer4 3x3 */
+        {.C = 3, .H = 112, .W = 112, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},    /* vgg16 conv1_1 */
+        {.C = 64, .H = 112, .W = 112, .OC = 64, .KH = 3, .KW = 3, .stride = 1, .pad = 1},   /* vgg16 conv1_2 */
+        {.C = 128, .H = 56, .W = 56, .OC = 128, .KH = 3, .KW = 3, .stride = 1, .pad = 1},   /* conv2_2 */
+        {.C = 256, .H = 28, .W = 28, .OC = 256, .KH = 3, .KW = 3, .stride = 1, .pad = 1},   /* conv3_x */
+        {.C = 512, .H = 14, .W = 14, .OC = 512, .KH = 3, .KW = 3, .stride = 1, .pad = 1},   /* conv5_x */
+    };
+    _Static_assert(sizeof study / sizeof study[0] == SHAPES, "one study shape per draw");
+    (void)r;
+    nn_conv_geom *g = &k->cg;
+    *g = study[k->shape];
+    g->N = 2;
+    nn_conv_geom_init(g);
+    conv_buffers(k);
+}
+
 static size_t scratch_conv(const nn_ctx *c, const kcase *k)
 {
     return c->be->conv2d_work(c, &k->cg);
@@ -516,7 +551,10 @@ static void run_adam(const nn_ctx *c, void *const *p, const kcase *k)
 
 /* Tolerances: 0 where every device computes the same operations in the same
  * order (element-wise, masks, winners, scatter of one writer); otherwise a
- * bound for sums a library may order differently (GEMM, reductions). */
+ * bound for sums a library may order differently (GEMM, reductions): a sum
+ * of n float32 products carries about sqrt(n)·2^-24 of its largest terms
+ * in rounding, 1e-6 relative at the random shapes' n, up to ~1e-5 at the
+ * study's 25088-term filter gradients. */
 static const kop ops[] = {
     {"linear forward", 1e-5, mk_linear, run_linear_fwd, NULL},
     {"linear backward", 1e-5, mk_linear, run_linear_bwd, NULL},
@@ -549,6 +587,13 @@ static const kop ops[] = {
     {"metrics fold", 1e-12, mk_loss, run_fold, NULL},
     {"sgd step", 1e-6, mk_step, run_sgd, NULL},
     {"adam step", 1e-6, mk_step, run_adam, NULL},
+};
+
+/* Checked on a device backend only: the CPU against itself proves nothing
+ * more on these, and they are its slowest shapes. */
+static const kop device_ops[] = {
+    {"conv2d forward, study shapes at 112x112", 5e-5, mk_conv_study, run_conv_fwd, scratch_conv},
+    {"conv2d backward, study shapes at 112x112", 5e-5, mk_conv_study, run_conv_bwd, scratch_conv},
 };
 
 /* The table has every entry filled: a backend that leaves one NULL would
@@ -634,10 +679,22 @@ int main(void)
     check_guard();
 #endif
     check_harness();
-    for (size_t b = 0; b < sizeof tested / sizeof *tested; b++) {
+    const nn_backend *tested[2] = {&nn_backend_cpu};
+    size_t n_tested = 1;
+    nn_place dev;
+    cds_err err;
+    if (!nn_backend_cuda())
+        tap_skip("cuda: this build has no CUDA backend (configured with -Dcuda=disabled)");
+    else if (nn_place_pick("cuda:0", &dev, NULL, 0, &err) != 0)
+        tap_skip("cuda: %s", err.msg);
+    else
+        tested[n_tested++] = nn_backend_cuda();
+    for (size_t b = 0; b < n_tested; b++) {
         ok(complete(tested[b]), "%s: every entry of the table is filled", tested[b]->name);
         for (size_t i = 0; i < sizeof ops / sizeof *ops; i++)
             check(tested[b], &ops[i], 1000 + i);
+        for (size_t i = 0; b > 0 && i < sizeof device_ops / sizeof *device_ops; i++)
+            check(tested[b], &device_ops[i], 2000 + i);
     }
     return tap_done();
 }

@@ -1,5 +1,8 @@
-/* test_nn_golden: the CPU engine against PyTorch, on the golden files that
- * tests/golden/gen_golden.py writes with Debian's python3-torch.
+/* test_nn_golden: the engine against PyTorch, on the golden files that
+ * tests/golden/gen_golden.py writes with Debian's python3-torch: on the CPU,
+ * and with a device argument (cuda:0) through the CUDA backend, held to the
+ * same tolerances (cuBLAS and cuDNN sum in other orders than OpenBLAS, and
+ * land as far from float64 as PyTorch's own float32 does).
  *
  * For every file: build the model from the same spec, load PyTorch's
  * weights by name (which checks that names, order and shapes agree), run the
@@ -151,11 +154,11 @@ static void case_free(golden_case *c)
     golden_tensors_free(c->buffers, c->n_buffers);
 }
 
-static nn_model *case_model(const golden_case *c)
+static nn_model *case_model(const golden_case *c, nn_place where)
 {
     cds_err err;
     int n = (int)c->x.shape[0];
-    nn_model *m = nn_model_new(c->model, n, 1, &err);
+    nn_model *m = nn_model_new_at(c->model, n, 1, where, 0, &err);
     if (!m) {
         printf("# %s: %s\n", c->name, err.msg);
         return NULL;
@@ -348,8 +351,22 @@ static int by_name(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int main(void)
+/* test_nn_golden [DEVICE]: on the CPU, or on DEVICE (cuda:0: the same
+ * files and tolerances through the CUDA backend; a TAP skip where this
+ * build or machine has none). */
+int main(int argc, char **argv)
 {
+    nn_place where = NN_PLACE_CPU;
+    cds_err err;
+    char note[512];
+    if (argc > 1 && nn_place_parse(argv[1], &where, NULL, &err) != 0) {
+        fprintf(stderr, "test_nn_golden: %s\n", err.msg);
+        return 2;
+    }
+    if (where.dev != NN_CPU && nn_place_pick(argv[1], &where, note, sizeof note, &err) != 0) {
+        tap_skip_all(err.msg);
+        return 0;
+    }
     const char *root = getenv("CDS_SOURCE_ROOT");
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/tests/golden", root ? root : ".");
@@ -375,7 +392,7 @@ int main(void)
             free(files[i]);
             continue;
         }
-        nn_model *m = case_model(&c);
+        nn_model *m = case_model(&c, where);
         if (m && strcmp(c.kind, "fwdbwd") == 0)
             check_fwdbwd(&g, &c, m);
         else if (m && strcmp(c.kind, "infer") == 0)

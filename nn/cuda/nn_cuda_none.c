@@ -5,9 +5,24 @@
  * machine and a missing GPU backend is reported as an ordinary error with the
  * fix in it, rather than as a missing symbol or a special case in callers. */
 
+#include <stdio.h>
 #include <string.h>
 
+#include "nn_backend.h"
 #include "nn_cuda.h"
+
+/* No CUDA table: nn_ctx_init_at and nn_place_pick say how to get one. */
+const nn_backend *nn_backend_cuda(void)
+{
+    return NULL;
+}
+
+int nn_cuda_device_count(char *why, size_t why_len)
+{
+    if (why && why_len)
+        snprintf(why, why_len, "built without CUDA: reconfigure with -Dcuda=enabled");
+    return -1;
+}
 
 int nn_cuda_versions(nn_cuda_info *info)
 {
@@ -19,4 +34,11 @@ int nn_cuda_probe(nn_cuda_info *info, cds_err *err)
 {
     memset(info, 0, sizeof(*info));
     return cds_errf(err, "built without CUDA: reconfigure with -Dcuda=enabled");
+}
+
+int nn_cuda_mem(const struct nn_ctx *c, size_t *now, size_t *peak)
+{
+    (void)c;
+    *now = *peak = 0;
+    return -1;
 }
