@@ -34,6 +34,7 @@
 
 #include "cds_util.h"
 #include "ddp_int.h"
+#include "nn_cuda.h"
 
 typedef struct nccl_rank {
     ncclComm_t comm;
@@ -317,11 +318,12 @@ int ddp_comm_nccl(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
     if (ddp_comm_check_opts(o, err) != 0)
         return -1;
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
-    int devices = 0;
-    cudaError_t ce = cudaGetDeviceCount(&devices);
-    if (ce != cudaSuccess || devices == 0)
+    char why[256] = "";
+    int devices = nn_cuda_device_count(why, sizeof why);
+    cudaError_t ce;
+    if (devices <= 0)
         return cds_errf(err, "rank %d of %d: no CUDA device (%s): NCCL needs one; a CPU gang uses Gloo", o->rank,
-                        o->size, ce != cudaSuccess ? cudaGetErrorString(ce) : "none visible");
+                        o->size, why);
     if (o->device < 0 || o->device >= devices)
         return cds_errf(err, "rank %d of %d: CUDA device %d does not exist: this machine has devices 0 to %d",
                         o->rank, o->size, o->device, devices - 1);
