@@ -120,6 +120,20 @@ void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p
         dx[i] += mask[i] ? dy[i] * scale : 0.0f;
 }
 
+void nn_cpu_u8_normalize(const uint8_t *restrict raw, const float *restrict lut, float *restrict y, int n, int C,
+                         int64_t P, int channels_last)
+{
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++) {
+            const uint8_t *in = raw + (int64_t)i * C * P + (channels_last ? c : (int64_t)c * P);
+            const int64_t step = channels_last ? C : 1;
+            float *out = y + ((int64_t)i * C + c) * P;
+            const float *t = lut + (size_t)c * 256;
+            for (int64_t p = 0; p < P; p++)
+                out[p] = t[in[p * step]];
+        }
+}
+
 void nn_cpu_acc(const float *restrict dy, float *restrict dx, size_t n)
 {
 #pragma omp parallel for schedule(static) num_threads(nn_par_threads()) if (n >= 65536)

@@ -136,6 +136,10 @@ struct nn_backend {
     void (*dropout_fwd)(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
                         uint64_t first, size_t n);
     void (*dropout_bwd)(const nn_ctx *c, const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
+    /* A batch of uint8 rows to the model's float input: y[i][c][p] =
+     * lut[c·256 + raw[i·C·P + (channels_last ? p·C + c : c·P + p)]]. */
+    void (*u8_normalize)(const nn_ctx *c, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
+                         int channels_last);
     void (*softmax_xent)(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N, int K,
                          nn_step_metrics *m);
     void (*sumsq)(const nn_ctx *c, const float *w, size_t n, double *acc);

@@ -349,6 +349,14 @@ static void cpu_dropout_bwd(const nn_ctx *c, const uint8_t *mask, const float *d
     GUARD_CLOSE(c);
 }
 
+static void cpu_u8_normalize(const nn_ctx *c, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
+                             int channels_last)
+{
+    GUARD_OPEN(c);
+    nn_cpu_u8_normalize(raw, lut, y, n, C, P, channels_last);
+    GUARD_CLOSE(c);
+}
+
 static void cpu_softmax_xent(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N,
                              int K, nn_step_metrics *m)
 {
@@ -478,6 +486,7 @@ const nn_backend nn_backend_cpu = {
     .acc = cpu_acc,
     .dropout_fwd = cpu_dropout_fwd,
     .dropout_bwd = cpu_dropout_bwd,
+    .u8_normalize = cpu_u8_normalize,
     .softmax_xent = cpu_softmax_xent,
     .sumsq = cpu_sumsq,
     .metrics_fold = cpu_metrics_fold,

@@ -45,6 +45,7 @@ enum { BUF_FREE, BUF_READY, BUF_HELD };
 
 typedef struct nn_buf {
     float *x;
+    uint8_t *x8;     /* raw uint8 rows (nn_data_opts.raw_u8) */
     int32_t *idx;
     int32_t *y;
     int n;
@@ -72,6 +73,8 @@ struct nn_data {
     float scale, mean[NN_DATA_MAX_NORM], std[NN_DATA_MAX_NORM];
     int n_norm, identity;      /* identity: scale 1, no mean/std */
     float (*lut)[256];         /* uint8: one table per normalised channel (1 without n_norm) */
+    int raw;                   /* batches hold raw uint8 rows (nn_data_opts.raw_u8 on a uint8 dense shard) */
+    float *form_lut;           /* raw: C tables of 256 floats, one per channel (nn_data_u8_form) */
 
     uint64_t seed;
     int shuffle, shard_index;
@@ -407,6 +410,8 @@ static void build_batch(const nn_data *d, int64_t k, nn_buf *b)
                 b->failed = 1;
                 break;
             }
+        } else if (d->raw) {
+            memcpy(b->x8 + i * out_el, src, row_bytes); /* out_el bytes: the device converts */
         } else if (d->dtype == ETL_U8) {
             convert_u8(d, src, b->x + i * out_el);
         } else {
@@ -458,10 +463,12 @@ static int alloc_buffers(nn_data *d, cds_err *err)
         nn_buf *b = &d->buf[i];
         if (d->sparse)
             b->idx = malloc((size_t)(cap * per_row) * sizeof *b->idx);
+        else if (d->raw)
+            b->x8 = malloc((size_t)(cap * per_row));
         else
             b->x = malloc((size_t)(cap * per_row) * sizeof *b->x);
         b->y = malloc((size_t)cap * sizeof *b->y);
-        if ((!b->idx && !b->x) || !b->y)
+        if ((!b->idx && !b->x && !b->x8) || !b->y)
             return cds_err_nomem(err, "shard %s: out of memory for batches of %lld rows of %lld values: use a smaller "
                             "batch", d->dir, (long long)cap, (long long)per_row);
     }
@@ -537,6 +544,13 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
             goto fail;
         }
         build_luts(d);
+        d->raw = o->raw_u8 != 0;
+        if (d->raw && !(d->form_lut = malloc((size_t)d->C * 256 * sizeof *d->form_lut))) {
+            cds_err_nomem(err, "shard %s: out of memory", d->dir);
+            goto fail;
+        }
+        for (int c = 0; d->raw && c < d->C; c++)
+            memcpy(d->form_lut + (size_t)c * 256, d->lut[d->n_norm ? c : 0], 256 * sizeof(float));
     }
     /* Whole rounds of the shard: the last one's permutation is written in
      * full and read in part. */
@@ -574,17 +588,27 @@ void nn_data_close(nn_data *d)
     }
     for (int i = 0; i < NBUF; i++) {
         free(d->buf[i].x);
+        free(d->buf[i].x8);
         free(d->buf[i].idx);
         free(d->buf[i].y);
     }
     free(d->order);
     free(d->lut);
+    free(d->form_lut);
     etl_shard_close(d->shard);
     free(d->dir);
     free(d);
 }
 
 int64_t nn_data_rows(const nn_data *d) { return d->rows; }
+
+int nn_data_u8_form(const nn_data *d, nn_u8_form *f)
+{
+    if (!d->raw)
+        return -1;
+    *f = (nn_u8_form){.C = d->C, .P = d->P, .channels_last = d->layout == LAYOUT_CLAST, .lut = d->form_lut};
+    return 0;
+}
 int64_t nn_data_batches(const nn_data *d) { return d->n_batches; }
 int nn_data_classes_max(const nn_data *d) { return d->classes_max; }
 
@@ -640,7 +664,8 @@ static int fail_pass(nn_data *d, const cds_err *why, cds_err *err)
 static int give_batch(const nn_data *d, const nn_buf *b, nn_batch *out)
 {
     out->n = b->n;
-    out->x = d->sparse ? NULL : b->x;
+    out->x = d->sparse || d->raw ? NULL : b->x;
+    out->x_u8 = d->raw ? b->x8 : NULL;
     out->idx = d->sparse ? b->idx : NULL;
     out->y = b->y;
     return b->n;

@@ -77,6 +77,11 @@ typedef struct nn_data_opts {
      * is shorter than the longest takes as many rows as every other rank,
      * and only the pass's last batch is short, on every rank alike. */
     int64_t pass_rows;
+    /* 1: a uint8 dense shard's batches are its rows as stored (nn_batch.x_u8,
+     * x NULL), normalised by the model on its device (nn_model_input_u8,
+     * through nn_data_u8_form's tables): a GPU is sent a quarter of the
+     * bytes and does the conversion; other shards ignore it. */
+    int raw_u8;
 } nn_data_opts;
 
 typedef struct nn_batch {
@@ -84,7 +89,19 @@ typedef struct nn_batch {
     const float *x;            /* n * prod(sample_shape) floats, NCHW (dense); NULL when sparse */
     const int32_t *idx;        /* n * nnz indices (sparse); NULL when dense */
     const int32_t *y;          /* n labels */
+    const uint8_t *x_u8;       /* raw_u8: n rows of C·P bytes as the shard stores them; x is then NULL */
 } nn_batch;
+
+/* How raw uint8 rows become the model's input: value (c, p) of row i (of
+ * C channels of P elements) is byte i·C·P + (channels_last ? p·C + c :
+ * c·P + p), mapped through lut[c·256 + byte] (the formula above,
+ * tabulated, so the result is bit-identical to x). */
+typedef struct nn_u8_form {
+    int C;
+    int64_t P;
+    int channels_last;
+    const float *lut; /* C × 256 */
+} nn_u8_form;
 
 typedef struct nn_data nn_data;
 
@@ -102,6 +119,9 @@ void nn_data_close(nn_data *d);
 int64_t nn_data_rows(const nn_data *d);
 int64_t nn_data_batches(const nn_data *d);  /* batches per pass: ceil(pass rows / batch) */
 int nn_data_classes_max(const nn_data *d);  /* largest label + 1 (0 for an empty shard) */
+/* The form of raw batches (valid while d is open): 0, or -1 when its
+ * batches are floats (not raw_u8, or not a uint8 dense shard). */
+int nn_data_u8_form(const nn_data *d, nn_u8_form *f);
 
 /* Starts a pass over the shard for the given epoch, abandoning any pass in
  * progress (the batch last returned becomes invalid). */

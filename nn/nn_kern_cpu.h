@@ -126,6 +126,10 @@ void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64
  * [r0, r0+n) of a global batch draws the masks one process would. */
 void nn_cpu_dropout_fwd_at(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, uint64_t first, size_t n);
 void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
+/* uint8 rows to floats through a table per channel (nn_data's
+ * normalisation, tabulated): y[i][c][p] = lut[c·256 + v], v the byte of
+ * channel c, element p of row i, stored channels first or last. */
+void nn_cpu_u8_normalize(const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P, int channels_last);
 
 /* ---- softmax cross-entropy on class ids ----
  * logits[N,K], labels[N] in [0,K).  Returns the mean loss over the batch and

@@ -260,6 +260,9 @@ void nn_model_free(nn_model *m)
         if (m->params[i].embedding)
             free_embedding_grad(m, &m->params[i]);
     free(m->params);
+    nn_ctx_free(&m->ctx, m->u8_raw.data, m->u8_raw.bytes);
+    nn_ctx_free(&m->ctx, m->u8_lut.data, m->u8_lut.bytes);
+    free(m->u8_lut_host);
     nn_ctx_free(&m->ctx, m->rg_rows.data, m->rg_rows.bytes);
     nn_ctx_free(&m->ctx, m->rg_vals.data, m->rg_vals.bytes);
     free(m->plans);

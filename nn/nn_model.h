@@ -134,6 +134,11 @@ int nn_model_forward_acc(nn_model *m, const float *x, const int32_t *idx, const 
  * the sums it adds to) and reads them back. */
 void nn_model_acc_set(nn_model *m, const nn_pass_acc *start);
 void nn_model_acc_get(nn_model *m, nn_pass_acc *out);
+/* Puts n raw uint8 rows (nn_data_opts.raw_u8: a GPU normalises them
+ * itself) into the model's input, normalised by f's tables on the device,
+ * for the next forward, which is then given x NULL. */
+struct nn_u8_form;
+int nn_model_input_u8(nn_model *m, const uint8_t *raw, int n, const struct nn_u8_form *f, cds_err *err);
 /* Gradient of the mean cross-entropy of the last training forward with
  * respect to every parameter (written to each nn_param's g; the L2 term is
  * left to the optimiser). */

@@ -13,8 +13,10 @@
  * gradient hook as each node's parameters are done. */
 #include "nn_model_int.h"
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "nn_data.h"
 #include "nn_ops.h"
 #include "nn_par.h"
 #include "nn_rng.h"
@@ -103,11 +105,68 @@ static void stage_batch(nn_model *m, const float *x, const int32_t *idx, const i
     const nn_ctx *c = &m->ctx;
     if (m->sparse_dim)
         m->idx.data = (void *)nn_ctx_stage(c, m->idx_dev, idx, (size_t)n * (size_t)m->nnz * sizeof(int32_t));
+    else if (!x) /* nn_model_input_u8 wrote it there */
+        m->nodes[0].y.data = m->x_dev;
     else
         m->nodes[0].y.data = (float *)nn_ctx_stage(c, m->x_dev, x, (size_t)n * nn_model_node_per_row(&m->nodes[0]) *
                                                                      sizeof(float));
     if (labels)
         m->labels.data = (void *)nn_ctx_stage(c, m->lab_dev, labels, (size_t)n * sizeof(int32_t));
+}
+
+/* The device buffers of the uint8 path, made on first use: raw rows for
+ * the largest batch and the tables, copied again only when they change. */
+static int u8_buffers(nn_model *m, const nn_u8_form *f, cds_err *err)
+{
+    const nn_ctx *c = &m->ctx;
+    size_t raw = (size_t)m->max_batch * (size_t)f->C * (size_t)f->P, lut = (size_t)f->C * 256 * sizeof(float);
+    if (m->u8_lut.bytes != lut) {
+        nn_ctx_free(c, m->u8_lut.data, m->u8_lut.bytes);
+        free(m->u8_lut_host);
+        m->u8_lut = (nn_buf){.dev = c->dev, .bytes = lut, .data = nn_ctx_alloc(c, lut)};
+        m->u8_lut_host = calloc(1, lut);
+        if (!m->u8_lut.data || !m->u8_lut_host) {
+            nn_ctx_free(c, m->u8_lut.data, lut);
+            free(m->u8_lut_host);
+            m->u8_lut = (nn_buf){0};
+            m->u8_lut_host = NULL;
+            return cds_err_nomem(err, "out of memory for the uint8 input's tables on the %s device",
+                                 nn_device_name(c->dev));
+        }
+        m->u8_lut_host[0] = 1.0f; /* differs from the device's zeros: the first batch copies */
+    }
+    if (memcmp(m->u8_lut_host, f->lut, lut) != 0) {
+        memcpy(m->u8_lut_host, f->lut, lut);
+        nn_ctx_from_host(c, m->u8_lut.data, f->lut, lut);
+    }
+    if (!m->u8_raw.data) {
+        m->u8_raw = (nn_buf){.dev = c->dev, .bytes = raw, .data = nn_ctx_alloc(c, raw)};
+        if (!m->u8_raw.data) {
+            m->u8_raw = (nn_buf){0};
+            return cds_err_nomem(err, "out of memory for %zu bytes of uint8 input on the %s device", raw,
+                                 nn_device_name(c->dev));
+        }
+    }
+    return 0;
+}
+
+int nn_model_input_u8(nn_model *m, const uint8_t *raw, int n, const nn_u8_form *f, cds_err *err)
+{
+    m->input_ready = 0;
+    if (m->sparse_dim || (size_t)f->C * (size_t)f->P != nn_model_node_per_row(&m->nodes[0]))
+        return cds_errf(err, "uint8 rows of %d x %lld values do not fit the model's input", f->C, (long long)f->P);
+    if (n < 1 || n > m->max_batch)
+        return cds_errf(err, "batch of %d rows: the model was built for 1 to %d", n, m->max_batch);
+    if (u8_buffers(m, f, err) != 0)
+        return -1;
+    size_t bytes = (size_t)n * (size_t)f->C * (size_t)f->P;
+    nn_buf staged = m->u8_raw;
+    staged.data = (void *)nn_ctx_stage(&m->ctx, m->u8_raw.data, raw, bytes);
+    nn_tensor in = {.dev = m->ctx.dev, .ndim = 1, .shape = {(int)(bytes)}, .n = bytes, .data = m->x_dev};
+    if (nn_op_u8_normalize(&m->ctx, &staged, &m->u8_lut, &in, n, f->C, f->P, f->channels_last, err) != 0)
+        return -1;
+    m->input_ready = n;
+    return 0;
 }
 
 /* metrics.sumsq += Σw² over the decayed weights, in parameter order. */
@@ -125,7 +184,9 @@ static int run_forward(nn_model *m, const float *x, const int32_t *idx, const in
 {
     if (n < 1 || n > m->max_batch)
         return cds_errf(err, "batch of %d rows: the model was built for 1 to %d", n, m->max_batch);
-    if ((m->sparse_dim && !idx) || (!m->sparse_dim && !x))
+    int ready = m->input_ready;
+    m->input_ready = 0;
+    if ((m->sparse_dim && !idx) || (!m->sparse_dim && !x && ready != n))
         return cds_errf(err, "%s input missing for a %s model", m->sparse_dim ? "sparse" : "dense",
                         m->sparse_dim ? "sparse" : "dense");
     if (check_inputs(m, idx, labels, n, err) != 0)

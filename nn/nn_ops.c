@@ -242,6 +242,19 @@ int nn_op_dropout_fwd(const nn_ctx *c, const nn_tensor *x, nn_tensor *y, nn_buf 
     return 0;
 }
 
+int nn_op_u8_normalize(const nn_ctx *c, const nn_buf *raw, const nn_buf *lut, nn_tensor *y, int n, int C, int64_t P,
+                       int channels_last, cds_err *err)
+{
+    ON_CTX("uint8 normalisation", y);
+    BUFS_ON_CTX("uint8 normalisation", raw, lut);
+    if (y->n < (size_t)n * (size_t)C * (size_t)P || raw->bytes < (size_t)n * (size_t)C * (size_t)P ||
+        lut->bytes < (size_t)C * 256 * sizeof(float))
+        return cds_errf(err, "uint8 normalisation: %d rows of %d x %lld values do not fit the buffers", n, C,
+                        (long long)P);
+    c->be->u8_normalize(c, raw->data, lut->data, y->data, n, C, P, channels_last);
+    return 0;
+}
+
 int nn_op_dropout_bwd(const nn_ctx *c, const nn_buf *mask, const nn_tensor *dy, nn_tensor *dx, float p,
                       cds_err *err)
 {

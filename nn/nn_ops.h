@@ -70,6 +70,10 @@ int nn_op_add_fwd(const nn_ctx *c, const nn_tensor *a, const nn_tensor *b, nn_te
  * global batch, by which masks are drawn. */
 int nn_op_dropout_fwd(const nn_ctx *c, const nn_tensor *x, nn_tensor *y, nn_buf *mask, float p, uint64_t seed,
                       uint64_t first, cds_err *err);
+/* n uint8 rows (raw, C·P bytes each, channels first or last) into y
+ * [n, C, P] through lut (C tables of 256 floats). */
+int nn_op_u8_normalize(const nn_ctx *c, const nn_buf *raw, const nn_buf *lut, nn_tensor *y, int n, int C, int64_t P,
+                       int channels_last, cds_err *err);
 int nn_op_dropout_bwd(const nn_ctx *c, const nn_buf *mask, const nn_tensor *dy, nn_tensor *dx, float p,
                       cds_err *err);
 /* dx += dy (the backward of add and of an identity shortcut). */

@@ -131,9 +131,24 @@ static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuff
         o.std[i] = t->cfg.std[i];
     }
     o.prefetch = 1;
+    /* A GPU is sent uint8 rows and normalises them; the CPU converts on
+     * the prefetch thread, beside the step. */
+    o.raw_u8 = nn_model_ctx(t->model)->dev != NN_CPU;
     o.classes = nn_model_classes(t->model);
     *out = nn_data_open(dir, shard_index, &o, err);
     return *out ? 0 : -1;
+}
+
+/* A raw uint8 batch (a GPU's) goes into the model's input here; the next
+ * forward is then given no x. */
+static int feed_u8(nn_trainer *t, nn_data *d, const nn_batch *b, cds_err *err)
+{
+    nn_u8_form f;
+    if (!b->x_u8)
+        return 0;
+    if (nn_data_u8_form(d, &f) != 0)
+        return cds_errf(err, "a raw batch from a shard without a uint8 form");
+    return nn_model_input_u8(t->model, b->x_u8, b->n, &f, err);
 }
 
 /* The pass's sums as the device has them: at most once a second while a
@@ -237,7 +252,7 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, con
         }
         if (n <= 0)
             break;
-        if (nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 ||
+        if (feed_u8(t, d, &b, err) != 0 || nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 ||
             (o->after_backward && o->after_backward(o->hook_ctx, err) != 0) || nn_trainer_optim_step(t, err) != 0) {
             rc = -1;
             break;
@@ -320,7 +335,7 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
     nn_batch b;
     int n = 0;
     while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0)
-        if (nn_model_forward_acc(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, 0, err) != 0)
+        if (feed_u8(t, d, &b, err) != 0 || nn_model_forward_acc(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, 0, err) != 0)
             rc = -1;
     if (rc == 0 && n < 0)
         rc = -1;

@@ -40,6 +40,7 @@ enum kind {
     F_OUT,   /* zeros, written: compared */
     I_IN,    /* int32 in [0, lim) */
     I_OUT,   /* int32, written: compared exactly */
+    U8_IN,   /* random bytes */
     U8_OUT,  /* bytes, written: compared exactly */
     SCRATCH, /* backend-private, sized by the op's scratch() */
     MET_IN,  /* one nn_step_metrics with random values */
@@ -89,7 +90,7 @@ static size_t elem_bytes(const kbuf *b)
 {
     switch (b->kind) {
     case I_IN: case I_OUT: return sizeof(int32_t);
-    case U8_OUT: case SCRATCH: return 1;
+    case U8_IN: case U8_OUT: case SCRATCH: return 1;
     case MET_IN: case MET_OUT: return sizeof(nn_step_metrics);
     case ACC_IO: return sizeof(nn_pass_acc);
     default: return sizeof(float);
@@ -107,6 +108,7 @@ static void fill(const kbuf *b, void *h, nn_rng *r)
         case F_IN: case F_ACC: f[j] = (float)(2 * nn_rng_unit(r) - 1); break;
         case F_POS: f[j] = (float)(0.5 + nn_rng_unit(r)); break;
         case I_IN: i[j] = (int32_t)(nn_rng_next(r) % (uint64_t)b->lim); break;
+        case U8_IN: ((uint8_t *)h)[j] = (uint8_t)nn_rng_next(r); break;
         case MET_IN: ((nn_step_metrics *)h)[j] = (nn_step_metrics){2 * nn_rng_unit(r), nn_rng_unit(r),
                                                                    rnd(r, 0, 9), rnd(r, 10, 19)}; break;
         case ACC_IO: ((nn_pass_acc *)h)[j].bad_step = -1; break;
@@ -503,6 +505,21 @@ static void run_memset(const nn_ctx *c, void *const *p, const kcase *k)
     c->be->memset(c, F(4), 0, k->n / 2 * sizeof(float));
 }
 
+/* uint8 input: raw rows, the tables, y; k->p > 0.5 stores channels last */
+static void mk_u8(kcase *k, nn_rng *r)
+{
+    k->N = rnd(r, 1, 6), k->C = rnd(r, 1, 4), k->HW = rnd(r, 1, 200);
+    size_t n = (size_t)k->N * k->C * k->HW;
+    add(k, U8_IN, n, 0);
+    add(k, F_IN, (size_t)k->C * 256, 0);
+    add(k, F_OUT, n, 0);
+    k->p = (float)nn_rng_unit(r);
+}
+static void run_u8(const nn_ctx *c, void *const *p, const kcase *k)
+{
+    c->be->u8_normalize(c, P(0), F(1), F(2), k->N, k->C, k->HW, k->p > 0.5f);
+}
+
 /* the loss and the metrics: logits, labels, dlogits, metrics, w, acc */
 static void mk_loss(kcase *k, nn_rng *r)
 {
@@ -583,6 +600,7 @@ static const kop ops[] = {
     {"dropout forward (mask)", 0, mk_elem, run_dropout_fwd, NULL},
     {"dropout backward", 0, mk_elem, run_dropout_bwd, NULL},
     {"memset", 0, mk_elem, run_memset, NULL},
+    {"uint8 normalisation (channels first and last)", 0, mk_u8, run_u8, NULL},
     {"softmax cross-entropy and sum of squares", 1e-6, mk_loss, run_xent, NULL},
     {"metrics fold", 1e-12, mk_loss, run_fold, NULL},
     {"sgd step", 1e-6, mk_step, run_sgd, NULL},

@@ -18,6 +18,7 @@
 #include "cds_util.h"
 #include "etl_shard.h"
 #include "nn_data.h"
+#include "nn_ops.h"
 #include "tap.h"
 
 static char root[256], split[300];
@@ -217,6 +218,75 @@ static void test_u8_images(void)
     ok(p.nb == 1 && p.rows == R && bad == 0, "3x4x1 rows into [1,3,4]: one batch, values exact");
     free_pass(&p);
     nn_data_close(d);
+}
+
+/* The raw uint8 path a GPU takes (raw_u8: rows as stored, normalised on
+ * the device by nn_op_u8_normalize through nn_data_u8_form's tables) gives
+ * the floats nn_data gives, bit for bit, channels last, channels first and
+ * flat; here through the CPU backend's kernel, on a GPU through the CUDA
+ * one (tests/test_nn_backend.c holds the two kernels equal). */
+static void test_u8_raw(void)
+{
+    static const struct {
+        int shard, C, H, W;
+        const char *what;
+    } cases[] = {{0, 2, 3, 4, "3x4x2 (channels last)"}, {1, 2, 3, 4, "2x3x4 (channels first)"},
+                 {2, 2, 3, 4, "flat [24] into [2,3,4]"}, {3, 1, 3, 4, "3x4x1"}};
+    nn_ctx c;
+    cds_err err;
+    if (nn_ctx_init(&c, NN_CPU, &err) != 0)
+        tap_bail(err.msg);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char dir[400];
+        snprintf(dir, sizeof dir, "%s/shard-%d", split, cases[k].shard);
+        nn_data_opts o = dense_opts(2, 3, cases[k].C, cases[k].H, cases[k].W);
+        o.scale = 1.0f / 255.0f;
+        o.n_norm = cases[k].C;
+        o.mean[0] = 0.5f, o.mean[1] = 0.25f;
+        o.std[0] = 0.2f, o.std[1] = 0.5f;
+        o.shuffle = 1;
+        nn_data *plain = open_or_bail(dir, 0, &o);
+        o.raw_u8 = 1;
+        nn_data *raw = open_or_bail(dir, 0, &o);
+        nn_u8_form f;
+        int formed = nn_data_u8_form(raw, &f) == 0 && nn_data_u8_form(plain, &f) == -1 && nn_data_u8_form(raw, &f) == 0;
+        size_t per = (size_t)cases[k].C * cases[k].H * cases[k].W;
+        float *y = nn_ctx_alloc(&c, 2 * per * sizeof(float));
+        uint8_t *dev_raw = nn_ctx_alloc(&c, 2 * per);
+        float *lut = nn_ctx_alloc(&c, (size_t)cases[k].C * 256 * sizeof(float));
+        float got[2 * 24];
+        int bad = !formed || !y || !dev_raw || !lut, batches = 0;
+        if (!bad)
+            nn_ctx_from_host(&c, lut, f.lut, (size_t)f.C * 256 * sizeof(float));
+        nn_batch a, b;
+        bad |= nn_data_begin(plain, 1, &err) != 0 || nn_data_begin(raw, 1, &err) != 0;
+        while (!bad) {
+            int na = nn_data_next(plain, &a, &err), nb = nn_data_next(raw, &b, &err);
+            if (na != nb || na < 0) {
+                bad = 1;
+                break;
+            }
+            if (na == 0)
+                break;
+            batches++;
+            bad |= b.x != NULL || !b.x_u8 || a.x_u8 != NULL || memcmp(a.y, b.y, (size_t)na * sizeof *a.y) != 0;
+            nn_ctx_from_host(&c, dev_raw, b.x_u8, (size_t)na * per);
+            nn_buf rb = {.dev = NN_CPU, .bytes = 2 * per, .data = dev_raw};
+            nn_buf lb = {.dev = NN_CPU, .bytes = (size_t)f.C * 256 * sizeof(float), .data = lut};
+            nn_tensor yt = {.dev = NN_CPU, .ndim = 1, .shape = {(int)(2 * per)}, .n = 2 * per, .data = y};
+            bad |= nn_op_u8_normalize(&c, &rb, &lb, &yt, na, f.C, f.P, f.channels_last, &err) != 0;
+            nn_ctx_to_host(&c, got, y, (size_t)na * per * sizeof(float));
+            bad |= memcmp(got, a.x, (size_t)na * per * sizeof(float)) != 0;
+        }
+        ok(!bad && batches == 3, "%s: raw uint8 batches normalised by the backend equal nn_data's floats bit for bit "
+                                 "(%d batches)", cases[k].what, batches);
+        nn_ctx_free(&c, y, 2 * per * sizeof(float));
+        nn_ctx_free(&c, dev_raw, 2 * per);
+        nn_ctx_free(&c, lut, (size_t)cases[k].C * 256 * sizeof(float));
+        nn_data_close(plain);
+        nn_data_close(raw);
+    }
+    nn_ctx_release(&c);
 }
 
 static void test_f32_rows(void)
@@ -669,6 +739,7 @@ int main(void)
     snprintf(split, sizeof split, "%s/ds/train", root);
     write_cover_shard();
     test_u8_images();
+    test_u8_raw();
     test_f32_rows();
     test_sparse();
     test_coverage();

@@ -43,6 +43,9 @@ cudaError_t cuk_acc(cudaStream_t s, const float *dy, float *dx, size_t n);
 cudaError_t cuk_dropout_fwd(cudaStream_t s, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
                             uint64_t first, size_t n);
 cudaError_t cuk_dropout_bwd(cudaStream_t s, const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
+/* nn_cpu_u8_normalize: a table lookup per element, bit-identical. */
+cudaError_t cuk_u8_normalize(cudaStream_t s, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
+                             int channels_last);
 /* y[n, o] += b[o] (the bias after a GEMM); dst [N, O] row-major. */
 cudaError_t cuk_bias_rows(cudaStream_t s, float *y, const float *b, int N, int O);
 /* db[o] += Σ_n dy[n, o], n ascending (the bias gradient of a linear layer). */

@@ -284,3 +284,35 @@ cudaError_t cuk_bias_grad_nchw(cudaStream_t s, const float *dy, float *db, int N
     bias_grad_nchw_k<<<(unsigned)C, threads, 0, s>>>(dy, db, N, C, HW);
     return cudaGetLastError();
 }
+
+/* ---- uint8 input ---- */
+
+/* One thread per output element, in output order (coalesced writes; the
+ * channels-last reads stride by C bytes, which the L2 cache absorbs), the
+ * C tables of 256 floats in shared memory. */
+static __global__ void u8_normalize_k(const uint8_t *raw, const float *lut, float *y, size_t total, int C, int64_t P,
+                                      int channels_last)
+{
+    extern __shared__ float t[];
+    for (int i = threadIdx.x; i < C * 256; i += blockDim.x)
+        t[i] = lut[i];
+    __syncthreads();
+    const size_t CP = (size_t)C * (size_t)P;
+    for (size_t o = first_index(); o < total; o += grid_stride()) {
+        size_t row = o / CP, rem = o - row * CP;
+        size_t c = rem / (size_t)P, p = rem - c * (size_t)P;
+        size_t at = row * CP + (channels_last ? p * (size_t)C + c : c * (size_t)P + p);
+        y[o] = t[c * 256 + raw[at]];
+    }
+}
+
+cudaError_t cuk_u8_normalize(cudaStream_t s, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
+                             int channels_last)
+{
+    size_t total = (size_t)n * (size_t)C * (size_t)P;
+    if (total == 0)
+        return cudaSuccess;
+    u8_normalize_k<<<blocks_for(total), kThreads, (size_t)C * 256 * sizeof(float), s>>>(raw, lut, y, total, C, P,
+                                                                                         channels_last);
+    return cudaGetLastError();
+}

@@ -786,6 +786,12 @@ static void cuda_dropout_bwd(const nn_ctx *c, const uint8_t *mask, const float *
     rec(c, cuk_dropout_bwd(S(c), mask, dy, dx, p, n), "dropout backward");
 }
 
+static void cuda_u8_normalize(const nn_ctx *c, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
+                              int channels_last)
+{
+    rec(c, cuk_u8_normalize(S(c), raw, lut, y, n, C, P, channels_last), "normalising a uint8 batch");
+}
+
 /* ------------------------------------------------------ loss and metrics */
 
 static void cuda_softmax_xent(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N,
@@ -875,6 +881,7 @@ static const nn_backend cuda_table = {
     .acc = cuda_acc,
     .dropout_fwd = cuda_dropout_fwd,
     .dropout_bwd = cuda_dropout_bwd,
+    .u8_normalize = cuda_u8_normalize,
     .softmax_xent = cuda_softmax_xent,
     .sumsq = cuda_sumsq,
     .metrics_fold = cuda_metrics_fold,
