@@ -28,6 +28,10 @@ int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err)
 int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err)
 {
     memset(c, 0, sizeof *c);
+    if (where.table) {
+        c->index = where.index;
+        return nn_ctx_init_backend(c, where.table, err);
+    }
     switch (where.dev) {
     case NN_CPU:
         return nn_ctx_init_backend(c, &nn_backend_cpu, err);
@@ -45,7 +49,7 @@ int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err)
 
 int nn_ctx_init(nn_ctx *c, nn_device dev, cds_err *err)
 {
-    return nn_ctx_init_at(c, (nn_place){dev, 0}, err);
+    return nn_ctx_init_at(c, (nn_place){.dev = dev, .index = 0}, err);
 }
 
 void nn_ctx_release(nn_ctx *c)
@@ -102,7 +106,7 @@ int nn_place_parse(const char *s, nn_place *where, int *is_auto, cds_err *err)
     if (strcmp(s, "cpu") == 0)
         return 0;
     if (strcmp(s, "cuda") == 0) {
-        *where = (nn_place){NN_CUDA, 0};
+        *where = (nn_place){.dev = NN_CUDA, .index = 0};
         return 0;
     }
     if (strncmp(s, "cuda:", 5) == 0 && s[5] >= '0' && s[5] <= '9') {
@@ -110,7 +114,7 @@ int nn_place_parse(const char *s, nn_place *where, int *is_auto, cds_err *err)
         errno = 0;
         long v = strtol(s + 5, &end, 10);
         if (*end == '\0' && errno == 0 && v >= 0 && v < 1024) {
-            *where = (nn_place){NN_CUDA, (int)v};
+            *where = (nn_place){.dev = NN_CUDA, .index = (int)v};
             return 0;
         }
     }
@@ -130,7 +134,7 @@ int nn_place_pick(const char *s, nn_place *where, char *note, size_t note_len, c
     int n = nn_backend_cuda() ? nn_cuda_device_count(why, sizeof why) : -1;
     if (is_auto) {
         if (n > 0) {
-            *where = (nn_place){NN_CUDA, 0};
+            *where = (nn_place){.dev = NN_CUDA, .index = 0};
             return 0;
         }
         *where = NN_PLACE_CPU;

@@ -26,12 +26,16 @@
 typedef enum nn_device { NN_CPU = 0, NN_CUDA = 1 } nn_device;
 
 /* Where a model lives: a device kind and, for CUDA, the ordinal among the
- * devices this process sees (CUDA_VISIBLE_DEVICES applies). */
+ * devices this process sees (CUDA_VISIBLE_DEVICES applies).  table, when
+ * set, is the backend to use instead of the device's own (a test's: a
+ * backend that fails on purpose). */
+struct nn_backend;
 typedef struct nn_place {
     nn_device dev;
     int index;
+    const struct nn_backend *table;
 } nn_place;
-#define NN_PLACE_CPU ((nn_place){NN_CPU, 0})
+#define NN_PLACE_CPU ((nn_place){.dev = NN_CPU, .index = 0, .table = NULL})
 
 typedef struct nn_tensor {
     nn_device dev;

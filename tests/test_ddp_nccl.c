@@ -44,7 +44,7 @@ static const char *SPEC = "{\"model\":{\"arch\":\"mlp\",\"input\":[20],\"hidden\
  * the weights after into w (room for them all). */
 static int two_steps(ddp_comm *c, float *w, size_t *n, cds_err *err)
 {
-    nn_trainer *t = nn_trainer_new_at(SPEC, (nn_place){NN_CUDA, 0}, err);
+    nn_trainer *t = nn_trainer_new_at(SPEC, (nn_place){.dev = NN_CUDA, .index = 0}, err);
     ddp_reducer *r = NULL;
     if (!t || (c && ddp_reducer_new(nn_trainer_model(t), c, 256, &r, err) != 0)) {
         nn_trainer_free(t);

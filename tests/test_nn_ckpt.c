@@ -1159,6 +1159,57 @@ static void test_steps(void)
     nn_trainer_free(t);
 }
 
+/* A device that fails: the CPU table, whose check reports an error once
+ * armed, as a CUDA context does after a launch or a library call failed
+ * (the ops return nothing; the error is kept and reported later). */
+static int device_failed; /* armed by the test; read by the table's check */
+static int failing_check(const nn_ctx *c, cds_err *err)
+{
+    (void)c;
+    return device_failed ? cds_errf(err, "device cuda:9 failed: convolution forward: an injected fault") : 0;
+}
+
+/* A device error is never saved: the pass fails with the device's line,
+ * and a checkpoint is not written, the one already there kept whole. */
+static void test_device_failure(void)
+{
+    char dirs[2][512], spec[512], path[512];
+    write_sparse_shards(dirs, "devfail/train");
+    snprintf(spec, sizeof spec, LAZY_SPEC, "false");
+    in_root(path, sizeof path, "devfail.ckpt");
+    nn_backend failing = nn_backend_cpu;
+    failing.name = "cpu that fails";
+    failing.check = failing_check;
+    nn_place where = {.dev = NN_CPU, .index = 0, .table = &failing};
+    cds_err err = {0};
+    nn_pass_stats st;
+    device_failed = 0;
+    nn_trainer *t = nn_trainer_new_at(spec, where, &err);
+    int rc = t && nn_trainer_train_shard(t, dirs[0], 0, NULL, NULL, &st, &err) == 0 && nn_trainer_save(t, path, &err) == 0;
+    ok(rc, "a healthy pass on the test's table trains and saves%s%s", rc ? "" : ": ", rc ? "" : err.msg);
+    struct stat before, after;
+    int had = stat(path, &before) == 0;
+    FILE *f = fopen(path, "rb");
+    char first[4096] = {0}, again[4096] = {0};
+    size_t n1 = f ? fread(first, 1, sizeof first, f) : 0;
+    if (f)
+        fclose(f);
+    device_failed = 1;
+    int pass = t ? nn_trainer_train_shard(t, dirs[1], 1, NULL, NULL, &st, &err) : 0;
+    ok(pass == -1 && strstr(err.msg, "device cuda:9 failed") && strstr(err.msg, "injected"),
+       "a pass on a failing device fails with the device's line: %s", err.msg);
+    int saved = t ? nn_trainer_save(t, path, &err) : 0;
+    f = fopen(path, "rb");
+    size_t n2 = f ? fread(again, 1, sizeof again, f) : 0;
+    if (f)
+        fclose(f);
+    ok(had && saved == -1 && strstr(err.msg, "device cuda:9 failed") && stat(path, &after) == 0 &&
+           after.st_size == before.st_size && n1 == n2 && memcmp(first, again, n1) == 0,
+       "a save from a failing device is refused and the checkpoint already there is kept whole: %s", err.msg);
+    device_failed = 0;
+    nn_trainer_free(t);
+}
+
 int main(void)
 {
     const char *src = getenv("CDS_SOURCE_ROOT");
@@ -1179,6 +1230,7 @@ int main(void)
     test_bad_content();
     test_lazy_resume();
     test_steps();
+    test_device_failure();
     cds_rmtree(root);
     return tap_done();
 }

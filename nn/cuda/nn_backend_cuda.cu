@@ -300,7 +300,8 @@ static void stage_slots_free(cuda_ctx *x)
 }
 
 /* The slot of dst, with room for bytes (a larger batch than before makes
- * it anew, after both streams are idle); NULL on error, kept. */
+ * it anew, after both streams are idle); NULL when every slot is taken by
+ * another destination, or on an error (kept). */
 static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes)
 {
     cuda_ctx *x = X(c);
@@ -311,10 +312,8 @@ static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes
     for (int i = 0; i < STAGE_SLOTS && !s; i++)
         if (!x->slots[i].dst)
             s = &x->slots[i];
-    if (!s) {
-        fail_msg(x, "staging: more than %d input buffers", STAGE_SLOTS);
-        return NULL;
-    }
+    if (!s)
+        return NULL; /* more destinations than slots: the caller copies plainly */
     if (s->dst == dst && s->cap >= bytes)
         return s;
     if (rec(c, cudaStreamSynchronize(x->stream), "the compute stream") ||
@@ -339,7 +338,7 @@ static const void *cuda_stage(const nn_ctx *c, void *dst, const void *host, size
     cuda_ctx *x = X(c);
     S(c);
     stage_slot *s = stage_slot_for(c, dst, bytes);
-    if (!s) { /* already kept as an error; the plain copy keeps the step's inputs right */
+    if (!s) { /* no slot (or an error, kept): a plain copy keeps the step's inputs right */
         cuda_from_host(c, dst, host, bytes);
         return dst;
     }
