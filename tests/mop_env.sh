@@ -42,6 +42,13 @@ worker_bg() {
 # worker ID ARGS...: worker_bg without environment (a test may redefine it,
 # as test_mop_oom.sh does to run every worker under its memory cap).
 worker() { worker_bg "$1" -- "${@:2}"; }
+# auto_device: what a worker's default --device auto resolves to here,
+# cuda:0 when cds-gpu-info finds a device (it exits 3 when there is none),
+# else cpu (a test that calls it depends on cds_gpu_info in meson.build).
+auto_device() {
+    "$build/tools/cds-gpu-info" >/dev/null 2>&1
+    if [ $? = 3 ]; then echo cpu; else echo cuda:0; fi
+}
 # fm_dataset WHERE VALID_FRACTION: loads Fashion-MNIST and makes dataset fm
 # in 2 shards of the rows WHERE selects, through jobctl enqueue etl and a
 # worker (3 checks); $root/etl.json is its ETL spec, for variants.

@@ -91,7 +91,7 @@ ok "$([ "$(awk '$3 == 0' "$root/schedule" | awk '{print $5}' | sort -u)" = w0 ] 
 ok "$(awk '{ if ($2 < last) bad = 1; last = $2 } END { exit bad }' "$root/schedule"; echo $?)" \
     "round-robin by epoch: every model's epoch 1 was committed before any model's epoch 2"
 rcli HGETALL "${prefix}sweep:{ddp1}:results" >"$root/results"
-ok "$("$py" - "$root/results" <<'PY'
+ok "$("$py" - "$root/results" "$(auto_device)" <<'PY'
 import json, sys
 lines = open(sys.argv[1]).read().split("\n")
 f = dict(zip(lines[0::2], lines[1::2]))
@@ -100,13 +100,15 @@ train = [json.loads(f[k]) for k in f if ".train." in k]
 # batch 64 = 32 rows a rank a step; every rank takes the longer shard's rows (the shorter wraps).
 longest = max(t["shard_rows"] for t in train)
 steps = (longest + 31) // 32
+# Each rank trains on its worker's device, passed in the rank's task.
 good = (len(evals) == 8 and len(train) == 16 and len({t["shard_rows"] for t in train}) == 2 and
-        all(t["mode"] == "ddp" and t["steps"] == steps and t["rows"] == longest for t in train))
+        all(t["mode"] == "ddp" and t["steps"] == steps and t["rows"] == longest and t.get("device") == sys.argv[2]
+            for t in train))
 print(0 if good else 1)
 if not good:
     print("# %d evaluations; train records: %s" % (len(evals), train[:2]), file=sys.stderr)
 PY
-)" "every epoch evaluated (8), every rank's metrics recorded (16) with mode ddp: the same steps, the longer shard's rows"
+)" "every epoch evaluated (8), every rank's metrics recorded (16) with mode ddp: the same steps, the longer shard's rows, the worker's device"
 good=0
 for m in 0 1 2 3; do
     d="$root/sweeps/ddp1/models/$m"

@@ -199,16 +199,17 @@ is "$(out | tr -d '[:space:]')" "[]" "workers --json with no workers is []"
 # Two workers as cds-worker registers them: one live (hash and set entry), one
 # whose hash expired a minute ago.
 now=$(now_ms)
-redis-cli -u "$url" HSET "${prefix}worker:w-1" host node-1 pid 4242 queues jq,jp job "$id" state busy last_seen_ms "$now" >/dev/null
+redis-cli -u "$url" HSET "${prefix}worker:w-1" host node-1 pid 4242 queues jq,jp job "$id" state busy last_seen_ms "$now" \
+    device cuda:1 >/dev/null
 redis-cli -u "$url" ZADD "${prefix}workers" "$now" w-1 "$((now - 60000))" w-gone >/dev/null
 jc workers --json
 ok "$(valid_json; echo $?)" "workers --json is valid JSON"
-is "$(jget '[(w["id"], w["alive"], w.get("host")) for w in d]')" "[('w-1', True, 'node-1'), ('w-gone', False, None)]" "workers lists live and gone workers"
+is "$(jget '[(w["id"], w["alive"], w.get("host"), w.get("device")) for w in d]')" "[('w-1', True, 'node-1', 'cuda:1'), ('w-gone', False, None, None)]" "workers lists live and gone workers, with the device each trains on"
 jc workers
 t1=$(now_ms)
-ok_out "$([ "$rc" = 0 ] && head -1 "$tmp/out" | grep -q '^ID *ALIVE  HOST *PID *QUEUES *JOB *STATE *LAST SEEN$' &&
-      grep -qE "^w-1 +yes +node-1 +4242 +jq,jp +$id +busy +[0-9a-z]+ ago$" "$tmp/out" &&
-      grep -qE '^w-gone +no +- +- +- +- +gone +[0-9a-z]+ ago$' "$tmp/out"; echo $?)" "workers prints a table"
+ok_out "$([ "$rc" = 0 ] && head -1 "$tmp/out" | grep -q '^ID *ALIVE  HOST *PID *DEVICE *QUEUES *JOB *STATE *LAST SEEN$' &&
+      grep -qE "^w-1 +yes +node-1 +4242 +cuda:1 +jq,jp +$id +busy +[0-9a-z]+ ago$" "$tmp/out" &&
+      grep -qE '^w-gone +no +- +- +- +- +- +gone +[0-9a-z]+ ago$' "$tmp/out"; echo $?)" "workers prints a table, the device after the pid"
 within 0 "$(ms_of "$(sed -nE 's/^w-1 .* busy +([0-9a-z]+) ago$/\1/p' "$tmp/out")")" "$((t1 - now))" \
     "workers says when a live worker was last seen"
 within 60000 "$(ms_of "$(sed -nE 's/^w-gone .* gone +([0-9a-z]+) ago$/\1/p' "$tmp/out")")" "$((t1 - now + 60000))" \

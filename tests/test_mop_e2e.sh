@@ -10,13 +10,17 @@
 # evaluates, then one SIGKILLed while it scores the test split, lose
 # nothing (the next worker takes each over; strace holds them there); every
 # finished sweep leaves the active set; a first SIGTERM drains a worker
-# without losing its visit.  usage: test_mop_e2e.sh BUILD_ROOT
+# without losing its visit.  The workers run with the default --device auto:
+# each says where it trains (one WARN line when it falls back to the CPU),
+# and every visit, evaluation, test score, results.csv line and cds_results
+# row records that device.  usage: test_mop_e2e.sh BUILD_ROOT
 set -u
 src=${CDS_SOURCE_ROOT:?CDS_SOURCE_ROOT is not set}
 py=/usr/bin/python3
 . "$(dirname "${BASH_SOURCE[0]}")/mop_env.sh" mop "${1:?usage: test_mop_e2e.sh BUILD_ROOT}"
 
 fm_dataset "id < 2000" 0.1
+dev=$(auto_device)
 
 cat >"$root/sweep.json" <<'JSON'
 {"mode": "mop", "dataset": "fm", "epochs": 2, "seed": 3,
@@ -61,7 +65,7 @@ done
 rcli HGETALL "${prefix}sweep:{e2e}:results" >"$root/results"
 ok "$([ "$(grep -c '^[0-3]\.[12]$' "$root/results")" = 8 ] && [ "$(grep -c '^[0-3]\.[12]\.train\.[01]$' "$root/results")" = 16 ]; echo $?)" \
     "every epoch (1 and 2) of every model was evaluated (8 results) and every visit's metrics recorded (16)"
-ok "$("$py" - "$root/results" <<'PY'
+ok "$("$py" - "$root/results" "$dev" <<'PY'
 import json, sys
 lines = open(sys.argv[1]).read().split("\n")
 fields = dict(zip(lines[0::2], lines[1::2]))
@@ -69,10 +73,17 @@ visit = json.loads(fields["0.1.train.0"])
 epoch = json.loads(fields["0.1"])
 ok = visit["rows"] > 0 and visit["seconds"] > 0 and visit["samples_per_s"] > 0 and visit["worker"] == "w0" and \
      epoch["epoch"] == 1 and epoch["valid_seconds"] > 0 and epoch["time"].endswith("Z")
+visits = [json.loads(v) for k, v in fields.items() if ".train." in k]
+epochs = [json.loads(v) for k, v in fields.items() if k.count(".") == 1]
+ok = ok and len(visits) == 16 and len(epochs) == 8 and all(v.get("device") == sys.argv[2] for v in visits) and \
+     all(e.get("device") == sys.argv[2] and e.get("train_device") == sys.argv[2] for e in epochs)
 print(0 if ok else 1)
 PY
-)" "the results hash reads as labelled JSON: a visit's rows, seconds, rate and worker; an epoch's metrics and ISO time"
-ok "$("$py" - "$root/sweeps/e2e/results.csv" "$root/datasets/fm" <<'PY'
+)" "the results hash reads as labelled JSON: a visit's rows, seconds, rate, worker and device ($dev, all 16); an epoch's metrics, ISO time, and the devices it was evaluated and trained on"
+ok "$([ "$(grep -c " warn w0: device auto: " "$root/w0.log")" = "$([ "$dev" = cpu ] && echo 1 || echo 0)" ] &&
+      grep -q "serving shard 0 of every MOP sweep on $dev " "$root/w0.log" && grep -q "over [0-9]* rows in [0-9.]* s on $dev; committed v" "$root/w0.log"
+      echo $?)" "worker w0 (--device auto) logs where it trains, $dev, once at start ($(grep -c "device auto" "$root/w0.log") fallback line) and with each visit"
+ok "$("$py" - "$root/sweeps/e2e/results.csv" "$root/datasets/fm" "$dev" <<'PY'
 import csv, json, sys
 from datetime import datetime
 rows = list(csv.DictReader(open(sys.argv[1])))
@@ -80,13 +91,15 @@ valid = [r for r in rows if r["split"] == "valid"]
 test = [r for r in rows if r["split"] == "test"]
 train = sum(json.load(open(f"{sys.argv[2]}/train/shard-{k}/manifest.json"))["rows"] for k in (0, 1))
 ok = len(valid) == 8 and all(int(r["rows"]) > 0 and int(r["train_rows"]) == train for r in valid)
+ok = ok and all(r["device"] == sys.argv[3] for r in rows) and all(r["train_device"] == sys.argv[3] for r in valid)
+ok = ok and len(test) == 1 and test[0]["train_device"] == ""
 ok = ok and sorted({int(r["epoch"]) for r in valid}) == [1, 2]
 ok = ok and len(test) == 1 and int(test[0]["rows"]) == 2000 and test[0]["train_rows"] == ""
 ok = ok and all(datetime.strptime(r["time"], "%Y-%m-%dT%H:%M:%S.%fZ") for r in rows)
 best = max(float(r["top1"]) for r in valid)
 print(0 if ok and best > 0.5 else 1)
 PY
-)" "results.csv has 8 epochs (1 and 2) over all the training rows and the validation split, the test row of the chosen model, ISO 8601 UTC times; the best validation top-1 is above 0.5"
+)" "results.csv has 8 epochs (1 and 2) over all the training rows and the validation split, the test row of the chosen model, ISO 8601 UTC times, the device of each ($dev); the best validation top-1 is above 0.5"
 ok "$("$py" - "$(rcli HGET "${prefix}sweep:{e2e}:models" 0.ckpt)" <<'PY'
 import msgpack, sys
 d = msgpack.unpackb(open(sys.argv[1], "rb").read(), raw=False, strict_map_key=False)
@@ -97,17 +110,17 @@ ok "$(grep -q "committed v" "$root/w0.log" && grep -q "committed v" "$root/w1.lo
     "both workers committed visits, none refused"
 
 # ---- a first SIGTERM drains: the visit in hand is committed ---------------------
-ok "$([ "$(psql -X -A -t -q -c "SELECT count(*), count(DISTINCT model), min(epoch), max(epoch), bool_and(valid_top1 > 0.3 AND valid_rows > 0 AND spec ? 'model') FROM cds_results WHERE sweep = 'e2e'")" = "8|4|1|2|t" ]; echo $?)" \
-    "cds_results in the dataset's database holds the 8 evaluated epochs, with metrics and specs"
+ok "$([ "$(psql -X -A -t -q -c "SELECT count(*), count(DISTINCT model), min(epoch), max(epoch), bool_and(valid_top1 > 0.3 AND valid_rows > 0 AND spec ? 'model'), string_agg(DISTINCT device || '/' || train_device, ' ') FROM cds_results WHERE sweep = 'e2e'")" = "8|4|1|2|t|$dev/$dev" ]; echo $?)" \
+    "cds_results in the dataset's database holds the 8 evaluated epochs, with metrics, specs and devices ($dev)"
 jobctl results e2e >"$root/lb" 2>&1
 rc=$?
 top=$(for m in 0 1 2 3; do echo "$(rcli HGET "${prefix}sweep:{e2e}:models" "$m.best_top1") $m"; done | sort -k1,1gr -k2,2n | head -1 | cut -d' ' -f2)
 ok "$([ $rc = 0 ] && [ "$(grep -c '^ *[1-4] ' "$root/lb")" = 4 ] && [ "$(sed -n 3p "$root/lb" | awk '{print $2}')" = "$top" ]; echo $?)" \
     "jobctl results ranks the 4 models, model $top (the best validation top-1) first"
 ok "$(grep -q "^chosen model $top (epoch [12], valid top-1 0\.[0-9]*), on the test split: top-1 0\.[5-9]" "$root/lb" && \
-      "$py" -c 'import json, sys; t = json.loads(sys.argv[1]); sys.exit(0 if t["model"] == int(sys.argv[2]) and t["rows"] == 2000 else 1)' \
-        "$(rcli HGET "${prefix}sweep:{e2e}" test)" "$top"; echo $?)" \
-    "the chosen model was scored once on the test split, reported apart ($(grep '^chosen' "$root/lb"))"
+      "$py" -c 'import json, sys; t = json.loads(sys.argv[1]); sys.exit(0 if t["model"] == int(sys.argv[2]) and t["rows"] == 2000 and t["device"] == sys.argv[3] else 1)' \
+        "$(rcli HGET "${prefix}sweep:{e2e}" test)" "$top" "$dev"; echo $?)" \
+    "the chosen model was scored once on the test split ($dev), reported apart ($(grep '^chosen' "$root/lb"))"
 jobctl status e2e >"$root/st" 2>&1
 ok "$([ $? = 0 ] && grep -q "16 of 16 visits" "$root/st" && [ "$(grep -c '^  model ' "$root/st")" = 4 ]; echo $?)" "jobctl status shows 16 of 16 visits and a line per model"
 timeout 10 "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" status e2e --watch >"$root/st2" 2>&1
@@ -270,8 +283,8 @@ for _ in $(seq 300); do rcli HGET "${prefix}sweep:{drain}:models" 0.progress | g
 progress=$(rcli HGET "${prefix}sweep:{drain}:models" 0.progress)
 jobctl status drain >"$root/dst" 2>&1
 wait "${pids[0]}"; rc=$?; pids=()
-shown=$("$py" -c 'import json, sys; p = json.loads(sys.argv[1]); sys.exit(0 if 0 < p["rows_done"] <= p["rows_total"] and p["samples_per_s"] > 0 else 1)' \
-        "$progress" && grep -q "shard 0: [0-9]*% at [0-9]* rows/s" "$root/dst" && grep -q "about .* left" "$root/dst"; echo $?)
+shown=$("$py" -c 'import json, sys; p = json.loads(sys.argv[1]); sys.exit(0 if 0 < p["rows_done"] <= p["rows_total"] and p["samples_per_s"] > 0 and p["device"] == sys.argv[2] else 1)' \
+        "$progress" "$dev" && grep -q "shard 0: [0-9]*% at [0-9]* rows/s on $dev" "$root/dst" && grep -q "about .* left" "$root/dst"; echo $?)
 ok "$shown" "a visit in flight: its progress in Redis ($progress), shown by status with a time left"
 [ "$shown" = 0 ] || sed 's/^/# /' "$root/dst"
 ok "$([ $rc = 0 ] && grep -q "finishing job drain/0" "$root/d0.log" && grep -q "sweep drain model 0 .*committed v1" "$root/d0.log" && \

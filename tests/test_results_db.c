@@ -9,7 +9,13 @@
  * reached is a one-line error, one that never answers is given up within
  * the bound, a CREATE TABLE that times out is the error reported (not what
  * the busy connection answers next), a row the database refuses for its
- * data says so, and a DSN keeps no password.
+ * data says so, and a DSN keeps no password.  Devices: a row's device and
+ * train_device land in their columns (NULL for a row an older worker
+ * recorded without them); a table an older worker made without those
+ * columns gets them from the first row written through a new connection,
+ * its old rows kept; a user who may write that table but not alter it
+ * leaves the row unwritten, with an error naming the ALTER TABLE its owner
+ * can run, and the row goes in once the owner has.
  *
  * The outbox (rows kept in Redis while their database is away): rows
  * recorded while the database does not exist yet stay in Redis, each failed
@@ -83,6 +89,76 @@ static const char metrics[] = "{\"train_rows\": 100, \"train_loss\": 0.5, \"trai
 static const char metrics2[] = "{\"train_rows\": 200, \"train_loss\": 0.3, \"train_top1\": 0.9, \"valid_rows\": 20,"
                                " \"valid_loss\": 0.4, \"valid_top1\": 0.9, \"valid_top5\": 1.0}";
 static const char spec[] = "{\"model\": {\"arch\": \"mlp\"}, \"train\": {\"lr\": 0.01}}";
+
+/* The table as the first workers made it, before the device columns. */
+#define OLD_TABLE(name)                                                                                         \
+    "CREATE TABLE " name " (sweep text NOT NULL, model int NOT NULL, epoch int NOT NULL, spec jsonb NOT NULL,"   \
+    " train_rows bigint, train_loss double precision, train_top1 double precision, valid_rows bigint,"          \
+    " valid_loss double precision, valid_top1 double precision, valid_top5 double precision,"                   \
+    " recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (sweep, model, epoch))"
+
+static void test_devices(const char *dsn)
+{
+    static const char dev_metrics[] = "{\"train_rows\": 100, \"valid_top1\": 0.5, \"device\": \"cuda:1\","
+                                      " \"train_device\": \"cpu,cuda:1\"}";
+    cds_err err = {0};
+    char sql[512], dsn2[256], role[64];
+    is_int(scalar("SELECT count(*) FROM cds_results WHERE device IS NULL AND train_device IS NULL"), 6,
+           "rows whose metrics name no device (an older worker's) have NULL devices");
+    worker_results_db *db = worker_results_db_new(0);
+    int rc = worker_results_db_insert(db, dsn, "s2", 0, 1, 0, spec, dev_metrics, &err);
+    char got[64];
+    text_on(admin, "SELECT device || ' ' || train_device FROM cds_results WHERE sweep = 's2'", got, sizeof got);
+    ok(rc == 0 && strcmp(got, "cuda:1 cpu,cuda:1") == 0, "a row's devices land in device and train_device ('%s')%s%s",
+       got, rc ? ": " : "", rc ? err.msg : "");
+    worker_results_db_free(db);
+
+    /* A table an older worker made: the next connection adds the columns. */
+    PQclear(PQexec(admin, "CREATE SCHEMA old"));
+    PQclear(PQexec(admin, OLD_TABLE("old.cds_results")));
+    PQclear(PQexec(admin, "INSERT INTO old.cds_results (sweep, model, epoch, spec) VALUES ('s0', 0, 1, '{}')"));
+    snprintf(dsn2, sizeof dsn2, "%s options='-c search_path=old'", dsn);
+    db = worker_results_db_new(0);
+    rc = worker_results_db_insert(db, dsn2, "s2", 0, 1, 0, spec, dev_metrics, &err);
+    ok(rc == 0, "a row into a table made before the device columns%s%s", rc ? ": " : "", rc ? err.msg : "");
+    text_on(admin, "SELECT string_agg(sweep || ' ' || coalesce(device, '-') || ' ' || coalesce(train_device, '-'), "
+                   "', ' ORDER BY sweep) FROM old.cds_results", got, sizeof got);
+    ok(strcmp(got, "s0 - -, s2 cuda:1 cpu,cuda:1") == 0, "adds them: the new row has its devices, the old one NULL "
+       "('%s')", got);
+    ok(worker_results_db_insert(db, dsn2, "s2", 1, 1, 0, spec, dev_metrics, &err) == 0 &&
+           scalar("SELECT count(*) FROM old.cds_results WHERE device = 'cuda:1'") == 2,
+       "and the connection goes on writing rows");
+    worker_results_db_free(db);
+
+    /* Its owner is someone else: this user may insert but not alter it. */
+    snprintf(role, sizeof role, "cds_writer_%d", (int)getpid());
+    snprintf(sql, sizeof sql, "CREATE ROLE %s LOGIN", role);
+    PQclear(PQexec(admin, sql));
+    PQclear(PQexec(admin, "CREATE SCHEMA theirs"));
+    PQclear(PQexec(admin, OLD_TABLE("theirs.cds_results")));
+    snprintf(sql, sizeof sql, "GRANT USAGE ON SCHEMA theirs TO %s; GRANT SELECT, INSERT, UPDATE ON theirs.cds_results "
+             "TO %s", role, role);
+    PQclear(PQexec(admin, sql));
+    snprintf(dsn2, sizeof dsn2, "%s user=%s options='-c search_path=theirs'", dsn, role);
+    db = worker_results_db_new(0);
+    err.msg[0] = '\0';
+    rc = worker_results_db_insert(db, dsn2, "s2", 0, 1, 0, spec, dev_metrics, &err);
+    ok(rc == -1 && strstr(err.msg, "adding column device to cds_results (if this user may not, the table's owner "
+                                   "can: ALTER TABLE cds_results ADD COLUMN device text): ") &&
+           strstr(err.msg, "must be owner") && !strchr(err.msg, '\n'),
+       "a user who may not alter the table: the row waits (to retry), the error names the fix: %s", err.msg);
+    is_int(scalar("SELECT count(*) FROM theirs.cds_results"), 0, "nothing half-written");
+    PQclear(PQexec(admin, "ALTER TABLE theirs.cds_results ADD COLUMN device text, ADD COLUMN train_device text"));
+    rc = worker_results_db_insert(db, dsn2, "s2", 0, 1, 0, spec, dev_metrics, &err);
+    ok(rc == 0 && scalar("SELECT count(*) FROM theirs.cds_results WHERE device = 'cuda:1'") == 1,
+       "once its owner has run it, the row goes in%s%s", rc ? ": " : "", rc ? err.msg : "");
+    worker_results_db_free(db);
+    PQclear(PQexec(admin, "DROP SCHEMA old CASCADE; DROP SCHEMA theirs CASCADE"));
+    PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND pid <> pg_backend_pid()"));
+    snprintf(sql, sizeof sql, "DROP ROLE %s", role);
+    PQclear(PQexec(admin, sql));
+}
 
 static void test_writer(const char *dsn)
 {
@@ -175,6 +251,8 @@ static void test_writer(const char *dsn)
     worker_results_db_free(quick);
     PQclear(PQexec(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
                           "AND pid <> pg_backend_pid()"));
+
+    test_devices(dsn);
 
     char *d1 = worker_results_dsn("host=db1 port=5432 dbname=sales user=etl password=s3cret");
     char *d2 = worker_results_dsn("postgresql://etl:s3cret@db1:5432/sales");

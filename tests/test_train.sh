@@ -40,9 +40,21 @@ cat >"$tmp/spec.json" <<'JSON'
 JSON
 
 # ---- one epoch learns something ----------------------------------------------
+# --device auto: cuda:0 where cds-gpu-info finds a device (it exits 3 when
+# there is none), else the CPU, said in exactly one line on stderr.
+"$build/tools/cds-gpu-info" >/dev/null 2>&1
+if [ $? = 3 ]; then auto_dev=cpu; else auto_dev=cuda:0; fi
 "$train" --data "$ds/train" --valid "$ds/test" --spec "$tmp/spec.json" --epochs 1 --threads 1 --json \
-    --out "$tmp/a" >"$tmp/out" 2>"$tmp/err"
+    --device auto --out "$tmp/a" >"$tmp/out" 2>"$tmp/err"
 ok $? "cds-train runs one epoch"
+dev=$(json_field "$tmp/out" device 2>/dev/null)
+if [ "$auto_dev" = cpu ]; then
+    ok "$([ "$dev" = cpu ] && [ "$(wc -l <"$tmp/err")" = 1 ] &&
+          grep -q '^cds-train: device auto: no CUDA device (.*): training on the cpu (give --device cpu when that is meant)$' "$tmp/err"
+          echo $?)" "--device auto without a GPU trains on the cpu ($dev), said in exactly one line: $(head -2 "$tmp/err")"
+else
+    ok "$([ "$dev" = cuda:0 ] && [ ! -s "$tmp/err" ]; echo $?)" "--device auto with a GPU trains on cuda:0 ($dev), silently"
+fi
 top1=$(json_field "$tmp/out" valid_top1 2>/dev/null || echo 0)
 rows=$(json_field "$tmp/out" train_rows 2>/dev/null || echo 0)
 ok "$("$py" -c "print(0 if $top1 > 0.6 else 1)")" "test top-1 $top1 after one epoch on $rows rows is far above chance (0.1); bound 0.6"
@@ -86,12 +98,13 @@ echo '{"model": {"arch": "cnn", "input": [1, 28, 28], "classes": 10}, "train": {
 rc=$?
 ok "$([ $rc = 2 ] && one_line_err && grep -q '"optimizer" must be' "$tmp/err"; echo $?)" "an unknown optimiser: exit 2, one line ($(cat "$tmp/err"))"
 echo '{"model": {"arch": "cnn", "input": [3, 32, 32], "classes": 10}, "train": {"optimizer": "sgd", "lr": 0.1}}' >"$tmp/shape.json"
-"$train" --data "$ds/train" --spec "$tmp/shape.json" --epochs 1 --out "$tmp/e" >/dev/null 2>"$tmp/err"
+# --device cpu here and below: auto's note, where it falls back, would be a second line.
+"$train" --data "$ds/train" --spec "$tmp/shape.json" --epochs 1 --device cpu --out "$tmp/e" >/dev/null 2>"$tmp/err"
 rc=$?
 ok "$([ $rc = 1 ] && one_line_err && grep -q "shard-0" "$tmp/err" && [ ! -e "$tmp/e/epoch-1.ckpt" ]; echo $?)" \
     "shards that do not fit the model's input: exit 1, one line naming the shard, no checkpoint ($(cat "$tmp/err"))"
 echo '{"model": {"arch": "cnn", "input": [1, 28, 28], "classes": 5}, "train": {"optimizer": "sgd", "lr": 0.1}}' >"$tmp/cls.json"
-"$train" --data "$ds/train" --spec "$tmp/cls.json" --epochs 1 >/dev/null 2>"$tmp/err"
+"$train" --data "$ds/train" --spec "$tmp/cls.json" --epochs 1 --device cpu >/dev/null 2>"$tmp/err"
 rc=$?
 ok "$([ $rc = 1 ] && one_line_err && grep -qi "label" "$tmp/err"; echo $?)" "labels beyond the model's classes: exit 1, one line ($(cat "$tmp/err"))"
 cp "$tmp/b/epoch-2.ckpt" "$tmp/trunc.ckpt"

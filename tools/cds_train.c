@@ -17,6 +17,7 @@
 #include "cds_cli.h"
 #include "cds_layout.h"
 #include "cds_util.h"
+#include "nn_backend.h"
 #include "nn_par.h"
 #include "nn_train.h"
 
@@ -31,7 +32,8 @@ typedef struct shard_list {
 static void usage(FILE *out)
 {
     fputs("usage: cds-train --data DIR... --spec MODEL.json --epochs N [--valid DIR...]\n"
-          "                 [--resume CKPT] [--out DIR] [--threads T] [--json] [--no-progress]\n"
+          "                 [--resume CKPT] [--out DIR] [--device D] [--threads T] [--json]\n"
+          "                 [--no-progress]\n"
           "Trains the model of a spec (docs/models.md) on shards written by cds-etl.\n"
           "  --data DIR     a shard directory (shard-K) or a split directory holding shard-K\n"
           "                 directories; repeat or list several after one --data\n"
@@ -40,9 +42,12 @@ static void usage(FILE *out)
           "  --epochs N     train until N epochs are done (counting those of a resumed checkpoint)\n"
           "  --resume CKPT  continue from a checkpoint written by --out\n"
           "  --out DIR      write DIR/epoch-E.ckpt after every epoch\n"
+          "  --device D     cpu, cuda:N (cuda is cuda:0) or auto, the default: cuda:0 when a\n"
+          "                 CUDA device is visible, else the CPU (said once on stderr)\n"
           "  --threads T    threads (default: all cores); results are reproducible per T\n"
+          "                 and device\n"
           "  --json         one JSON object per epoch on stdout instead of a text line\n"
-          "Exit status: 0 done, 1 training failed, 2 bad usage.\n",
+          "Exit status: 0 done, 1 training failed, 2 bad usage or no such device.\n",
           out);
 }
 
@@ -184,6 +189,9 @@ static int out_unwritable(const char *out)
 typedef struct run_opts {
     shard_list data, valid;
     const char *spec, *resume, *out;
+    const char *device; /* as given (NULL: auto) */
+    nn_place place;     /* ... and as resolved on this machine */
+    char device_name[16];
     int epochs, threads, json, show_progress;
 } run_opts;
 
@@ -205,9 +213,9 @@ static void print_epoch(const run_opts *o, nn_trainer *t, const nn_pass_stats *t
     long long e = (long long)nn_trainer_epoch(t);
     if (o->json) {
         printf("{\"epoch\":%lld,\"lr\":%.9g,\"train_rows\":%lld,\"loss\":%.6f,\"top1\":%.6f,\"top5\":%.6f,"
-               "\"samples_per_s\":%.1f,\"seconds\":%.3f",
+               "\"samples_per_s\":%.1f,\"seconds\":%.3f,\"device\":\"%s\"",
                e, nn_trainer_lr(t), (long long)tr->rows, tr->loss_sum / rows, (double)tr->top1 / rows,
-               (double)tr->top5 / rows, sps, secs);
+               (double)tr->top5 / rows, sps, secs, o->device_name);
         if (va->rows)
             printf(",\"valid_rows\":%lld,\"valid_loss\":%.6f,\"valid_top1\":%.6f,\"valid_top5\":%.6f",
                    (long long)va->rows, va->loss_sum / vrows, (double)va->top1 / vrows, (double)va->top5 / vrows);
@@ -270,14 +278,14 @@ static int train_epochs(const run_opts *o, nn_trainer *t)
 
 static int parse_args(int argc, char **argv, run_opts *o)
 {
-    enum { O_HELP = 300, O_JSON, O_NOPROG };
+    enum { O_HELP = 300, O_JSON, O_NOPROG, O_DEVICE };
     static const struct option opts[] = {
         {"data", required_argument, 0, 'd'},   {"valid", required_argument, 0, 'v'},
         {"spec", required_argument, 0, 's'},   {"epochs", required_argument, 0, 'e'},
         {"resume", required_argument, 0, 'r'}, {"out", required_argument, 0, 'o'},
         {"threads", required_argument, 0, 't'}, {"json", no_argument, 0, O_JSON},
         {"no-progress", no_argument, 0, O_NOPROG}, {"help", no_argument, 0, O_HELP},
-        {0, 0, 0, 0}};
+        {"device", required_argument, 0, O_DEVICE}, {0, 0, 0, 0}};
     shard_list *last = NULL;
     int c, rc;
     int64_t v;
@@ -308,6 +316,15 @@ static int parse_args(int argc, char **argv, run_opts *o)
                 return cds_cli_usage(&cli, "bad --threads '%s': give a whole number from 1 to 1024", cli.arg);
             o->threads = (int)v;
             break;
+        case O_DEVICE: {
+            cds_err err;
+            /* The spelling only; main resolves it once the usage is sound. */
+            if (nn_place_parse(cli.arg, &o->place, NULL, &err) != 0)
+                return cds_cli_usage(&cli, "bad --device '%s': use cpu, cuda:N (N a device ordinal) or auto",
+                                     cli.arg);
+            o->device = cli.arg;
+            break;
+        }
         case O_JSON: o->json = 1; break;
         case O_NOPROG: o->show_progress = 0; break;
         case O_HELP: usage(stdout); return -1;
@@ -337,12 +354,12 @@ static int make_trainer(const run_opts *o, nn_trainer **out)
         return 2;
     }
     int rc = 0;
-    nn_trainer *fresh = spec ? nn_trainer_new(spec, &err) : NULL;
+    nn_trainer *fresh = spec ? nn_trainer_new_at(spec, o->place, &err) : NULL;
     if (spec && !fresh) {
         fprintf(stderr, "cds-train: --spec %s: %s\n", o->spec, err.msg);
         rc = 2;
     } else if (o->resume) {
-        nn_trainer *t = nn_trainer_load(o->resume, &err);
+        nn_trainer *t = nn_trainer_load_at(o->resume, 0, o->place, &err);
         if (!t) {
             fprintf(stderr, "cds-train: %s\n", err.msg);
             rc = 1;
@@ -373,7 +390,18 @@ int main(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     }
     nn_par_set_threads(o.threads ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
-    if (o.out && out_unwritable(o.out)) {
+    /* The device first: asking for a GPU this machine lacks is refused
+     * before any file is read or made.  A fallback's note waits until
+     * training starts, so a run refused for its spec or checkpoint still
+     * says only why. */
+    cds_err err;
+    char note[512] = "";
+    if (nn_place_pick(o.device, &o.place, note, sizeof note, &err) != 0) {
+        fprintf(stderr, "cds-train: %s\n", err.msg);
+        rc = 2;
+    }
+    nn_place_name(o.place, o.device_name, sizeof o.device_name);
+    if (rc == 0 && o.out && out_unwritable(o.out)) {
         fprintf(stderr, "cds-train: --out %s: %s: give a directory this user can write, or that can be made\n", o.out,
                 strerror(errno));
         rc = 2;
@@ -381,11 +409,13 @@ int main(int argc, char **argv)
     nn_trainer *t = NULL;
     if (rc == 0)
         rc = make_trainer(&o, &t);
+    if (t && note[0])
+        fprintf(stderr, "cds-train: %s (give --device cpu when that is meant)\n", note);
     if (t && !o.json)
-        printf("cds-train: %s, %zu parameters, %d training shards, %s epoch %lld of %d, %d threads\n",
+        printf("cds-train: %s, %zu parameters, %d training shards, %s epoch %lld of %d, on %s, %d threads\n",
                 nn_model_arch(nn_trainer_model(t)), nn_model_nparams(nn_trainer_model(t)), o.data.n,
                 nn_trainer_epoch(t) > 0 ? "resuming at" : "from", (long long)nn_trainer_epoch(t) + 1, o.epochs,
-                nn_par_threads());
+                o.device_name, nn_par_threads());
     if (t)
         rc = train_epochs(&o, t);
     nn_trainer_free(t);

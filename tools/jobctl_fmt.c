@@ -350,18 +350,19 @@ void fmt_stats(FILE *out, const json_t *stats)
 void fmt_workers(FILE *out, const json_t *workers, int64_t now_ms)
 {
     table t;
-    table_init(&t, 8, "llllllll");
-    const char *head[8] = {"ID", "ALIVE", "HOST", "PID", "QUEUES", "JOB", "STATE", "LAST SEEN"};
+    table_init(&t, 9, "lllllllll");
+    const char *head[9] = {"ID", "ALIVE", "HOST", "PID", "DEVICE", "QUEUES", "JOB", "STATE", "LAST SEEN"};
     table_add(&t, head);
     size_t i;
     const json_t *w;
     json_array_foreach(workers, i, w)
     {
-        char id[256], alive[8], host[256], pid[24], queues[512], job[32], state[32], seen[48], d[32];
+        char id[256], alive[8], host[256], pid[24], device[32], queues[512], job[32], state[32], seen[48], d[32];
         field_text(w, "id", id, sizeof id);
         field_text(w, "alive", alive, sizeof alive);
         field_text(w, "host", host, sizeof host);
         field_text(w, "pid", pid, sizeof pid);
+        field_text(w, "device", device, sizeof device); /* none ("-") from a worker older than --device */
         field_text(w, "queues", queues, sizeof queues);
         field_text(w, "job", job, sizeof job);
         field_text(w, "state", state, sizeof state);
@@ -369,7 +370,7 @@ void fmt_workers(FILE *out, const json_t *workers, int64_t now_ms)
         snprintf(seen, sizeof seen, "%s ago", d);
         if (!json_is_true(json_object_get(w, "alive")))
             snprintf(state, sizeof state, "gone");
-        const char *row[8] = {id, alive, host, pid, queues, job, state, seen};
+        const char *row[9] = {id, alive, host, pid, device, queues, job, state, seen};
         table_add(&t, row);
     }
     table_print(&t, out);

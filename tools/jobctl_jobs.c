@@ -279,8 +279,9 @@ const char jobctl_usage_stats[] =
     "dead and cancelled counters, which outlive trimming).\n";
 const char jobctl_usage_workers[] =
     "usage: jobctl workers\n"
-    "Workers seen recently: id, alive (registration not expired), host, pid, queues, job in\n"
-    "hand, state (idle, busy, draining; gone when not alive) and when last seen.\n";
+    "Workers seen recently: id, alive (registration not expired), host, pid, device (cpu or\n"
+    "cuda:N, what it trains on), queues, job in hand, state (idle, busy, draining; gone when\n"
+    "not alive) and when last seen.\n";
 
 /* Parses a command that takes only the global options. */
 static int parse_no_args(jobctl *j, int argc, char **argv, const char *usage)

@@ -350,9 +350,11 @@ static void model_detail(char *buf, size_t n, const json_t *m, int64_t now_ms)
     long long attempts = json_integer_value(json_object_get(m, "attempts"));
     if (p) {
         double total = json_number_value(json_object_get(p, "rows_total"));
-        snprintf(buf, n, "shard %lld: %.0f%% at %.0f rows/s", (long long)json_integer_value(json_object_get(p, "shard")),
+        const char *dev = json_string_value(json_object_get(p, "device"));
+        snprintf(buf, n, "shard %lld: %.0f%% at %.0f rows/s%s%s",
+                 (long long)json_integer_value(json_object_get(p, "shard")),
                  total > 0 ? 100.0 * json_number_value(json_object_get(p, "rows_done")) / total : 0.0,
-                 json_number_value(json_object_get(p, "samples_per_s")));
+                 json_number_value(json_object_get(p, "samples_per_s")), dev ? " on " : "", dev ? dev : "");
     } else if (attempts > 0) {
         long long nb = atoll(json_string_value(json_object_get(m, "not_before")) ?: "0");
         char wait[32];

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "cds_util.h"
+#include "nn_backend.h"
 #include "nn_par.h"
 #include "worker_mop.h"
 #include "worker_results.h"
@@ -118,8 +119,8 @@ static json_t *registration(worker *w)
     int stop = atomic_load(&w->stop);
     char pid[32];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
-    return json_pack("{s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur, "state",
-                     stop ? "draining" : cur[0] ? "busy" : "idle");
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur,
+                     "state", stop ? "draining" : cur[0] ? "busy" : "idle", "device", w->device);
 }
 
 /* Extends the leases of every held job and flags the ones that are lost. */
@@ -470,7 +471,17 @@ int worker_run(const worker_cfg *cfg)
     pthread_sigmask(SIG_BLOCK, &w.sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* The device is settled before anything connects: a worker told to use
+     * a GPU it does not have stops here, with nothing leased or registered. */
     cds_err err;
+    char note[512];
+    if (nn_place_pick(cfg->device, &w.place, note, sizeof note, &err) != 0) {
+        fprintf(stderr, "cds-worker: %s\n", err.msg);
+        free(w.held);
+        pthread_mutex_destroy(&w.mu);
+        return 2;
+    }
+    nn_place_name(w.place, w.device, sizeof w.device);
     w.q = connect_once(cfg, &err);
     if (!w.q) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);
@@ -483,10 +494,14 @@ int worker_run(const worker_cfg *cfg)
         snprintf(queues + strlen(queues), sizeof queues - strlen(queues), "%s%s", i ? "," : "", cfg->queues[i]);
     cds_logf(&w.log, CDS_LOG_INFO, "serving queues %s on %s (prefix %s, lease %lld ms, batch %zu)", queues,
              queue_url_redacted(w.q), queue_prefix(w.q), (long long)cfg->lease_ms, cfg->batch);
+    /* A WARN, not an INFO: a GPU node whose driver broke would otherwise
+     * train on its CPU unnoticed; --device cpu says it is meant. */
+    if (note[0])
+        cds_logf(&w.log, CDS_LOG_WARN, "%s (give --device cpu when that is meant)", note);
     if (cfg->shard >= 0) {
         nn_par_set_threads(cfg->threads);
-        cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep (data root %s, %d training threads)",
-                 cfg->shard, cfg->data_root, nn_par_threads());
+        cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep on %s (data root %s, %d training threads)",
+                 cfg->shard, w.device, cfg->data_root, nn_par_threads());
     }
 
     pthread_t sig_t, hb_t;

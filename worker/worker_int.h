@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include "nn_tensor.h"
 #include "queue_mop.h"
 #include "worker.h"
 
@@ -61,6 +62,10 @@ typedef struct worker_results_row {
 struct worker {
     const worker_cfg *cfg;
     cds_log log;
+    /* The device every trainer of this worker is made on (cfg->device as
+     * resolved at start), and its name as visits and results record it. */
+    nn_place place;
+    char device[16];
     queue_conn *q;
     atomic_int stop; /* 0 run, 1 drain (finish the job in hand), 2 stop now */
     atomic_int done; /* tells the helper threads to exit */

@@ -9,6 +9,7 @@
 
 #include "cds_cli.h"
 #include "cds_util.h"
+#include "nn_backend.h"
 #include "worker.h"
 
 static void usage(FILE *out)
@@ -32,6 +33,9 @@ static void usage(FILE *out)
           "  --log-level LEVEL         debug, info, warn or error (default info)\n"
           "  --shard K                 also train MOP sweeps on shard K (needs --data-root)\n"
           "  --data-root DIR           where datasets/ and sweeps/ are (a shared filesystem)\n"
+          "  --device D                cpu, cuda:N (cuda is cuda:0) or auto, the default: cuda:0\n"
+          "                            when a CUDA device is visible, else the CPU (said in one\n"
+          "                            log line); cuda:N with no such device is an error at start\n"
           "  --threads T               training threads for MOP visits (default: all cores)\n"
           "  --shard-grace SECONDS     also serve a shard whose worker has been silent this long\n"
           "                            (default 60; 0: never)\n"
@@ -45,7 +49,11 @@ static void usage(FILE *out)
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
           "(commits) it and exits; a second one releases it at once and exits.\n"
-          "Exit status: 0 stopped cleanly, 2 bad usage or Redis unreachable at start.\n",
+          "One worker per GPU: on a node with several, one per card, with --device cuda:N, or\n"
+          "with CUDA_VISIBLE_DEVICES naming that card and --device cuda:0, as\n"
+          "jobs/workers-per-gpu.sh starts them.\n"
+          "Exit status: 0 stopped cleanly, 2 bad usage, or at start no such device or Redis\n"
+          "unreachable.\n",
           out);
 }
 
@@ -74,7 +82,7 @@ int main(int argc, char **argv)
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
            O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE, O_DDPTIMEOUT, O_DDPADDR,
-           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT };
+           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT, O_DEVICE };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -88,6 +96,7 @@ int main(int argc, char **argv)
         {"ddp-timeout", required_argument, 0, O_DDPTIMEOUT}, {"ddp-addr", required_argument, 0, O_DDPADDR},
         {"ddp-iface", required_argument, 0, O_DDPIFACE},  {"rank-task", required_argument, 0, O_RANKTASK},
         {"rank-out", required_argument, 0, O_RANKOUT},    {"ddp-sparse", required_argument, 0, O_DDPSPARSE},
+        {"device", required_argument, 0, O_DEVICE},
         {0, 0, 0, 0},
     };
     int c;
@@ -180,6 +189,17 @@ int main(int argc, char **argv)
                 return cds_cli_usage(&cli, "bad --ddp-sparse '%s': use rows or dense", cli.arg);
             cfg.ddp_sparse_dense = strcmp(cli.arg, "dense") == 0;
             break;
+        case O_DEVICE: {
+            nn_place where;
+            cds_err err;
+            /* Only the spelling here: whether this machine has the device
+             * is worker_run's to find out, once, before it connects. */
+            if (nn_place_parse(cli.arg, &where, NULL, &err) != 0)
+                return cds_cli_usage(&cli, "bad --device '%s': use cpu, cuda:N (N a device ordinal) or auto",
+                                     cli.arg);
+            cfg.device = cli.arg;
+            break;
+        }
         case O_RANKTASK:
         case O_RANKOUT:
             if (cds_parse_i64(cli.arg, 3, 1024, &v) != 0)

@@ -205,8 +205,9 @@ int worker_mop_beat(worker *w, queue_conn *q, cds_err *err)
      * included: it is part of what a visit costs). */
     char progress[160] = "";
     if ((l.kind == QUEUE_MOP_VISIT || l.kind == QUEUE_MOP_RANK) && total > 0)
-        snprintf(progress, sizeof progress, "{\"rows_done\":%lld,\"rows_total\":%lld,\"samples_per_s\":%.1f}",
-                 (long long)done, (long long)total, ms > 0 ? (double)done * 1000.0 / (double)ms : 0.0);
+        snprintf(progress, sizeof progress,
+                 "{\"rows_done\":%lld,\"rows_total\":%lld,\"samples_per_s\":%.1f,\"device\":\"%s\"}",
+                 (long long)done, (long long)total, ms > 0 ? (double)done * 1000.0 / (double)ms : 0.0, w->device);
     int rc = queue_mop_renew_with_progress(q, sweep, &l, w->cfg->lease_ms, progress, err);
     if (rc == QUEUE_MOP_GANG_DONE) /* rank 0 committed: the rank is finishing */
         return 0;

@@ -31,10 +31,29 @@
 #include "worker_mop_int.h"
 #include "worker_results.h"
 
-/* Sums the recorded visits of epoch e of model m (train metrics). */
-static void train_metrics(worker *w, const char *sweep, int m, int e, int shards, nn_pass_stats *tr)
+/* Adds name to the comma-separated list devs (n bytes) unless it is there:
+ * the devices an epoch's visits trained on, in the order first seen. */
+static void add_device(char *devs, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = devs; *p;) {
+        size_t k = strcspn(p, ",");
+        if (k == len && strncmp(p, name, len) == 0)
+            return;
+        p += k + (p[k] == ',');
+    }
+    size_t used = strlen(devs);
+    if (len && used + len + 2 <= n)
+        snprintf(devs + used, n - used, "%s%s", used ? "," : "", name);
+}
+
+/* Sums the recorded visits of epoch e of model m (train metrics), and lists
+ * the devices they ran on in devs ("" when no visit recorded one). */
+static void train_metrics(worker *w, const char *sweep, int m, int e, int shards, nn_pass_stats *tr, char *devs,
+                          size_t dn)
 {
     memset(tr, 0, sizeof *tr);
+    devs[0] = '\0';
     json_t *res = NULL;
     cds_err err;
     if (WITH_RECONNECT(w, queue_mop_results(w->q, sweep, &res, &err)) != 0)
@@ -50,6 +69,7 @@ static void train_metrics(worker *w, const char *sweep, int m, int e, int shards
             tr->top1 += json_integer_value(json_object_get(v, "top1"));
             tr->top5 += json_integer_value(json_object_get(v, "top5"));
             tr->seconds += json_number_value(json_object_get(v, "seconds"));
+            add_device(devs, dn, json_string_value(json_object_get(v, "device")) ?: "");
         }
         json_decref(v);
     }
@@ -137,7 +157,7 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     nn_pass_stats tr, va;
     int64_t t0 = cds_mono_ms();
     if (worker_mop_sweep_info(w, sweep, dataset, sizeof dataset, &shards, &err) != 0 ||
-        !(t = nn_trainer_load(file, &err)) || eval_valid(w, t, dataset, &va, &err) != 0) {
+        !(t = nn_trainer_load_at(file, 0, w->place, &err)) || eval_valid(w, t, dataset, &va, &err) != 0) {
         /* A lost lease is no longer this worker's to end; a stop or Redis
          * is not the evaluation's fault; a missing checkpoint will not come
          * back; anything else is a failed attempt. */
@@ -156,18 +176,22 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
         return;
     }
     nn_trainer_free(t);
-    train_metrics(w, sweep, m, e, shards, &tr);
+    char train_devs[128];
+    train_metrics(w, sweep, m, e, shards, &tr, train_devs, sizeof train_devs);
     double trn = tr.rows ? (double)tr.rows : 1.0, van = va.rows ? (double)va.rows : 1.0;
     double vtop1 = (double)va.top1 / van;
     double valid_seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     int64_t now = cds_wall_ms();
     char iso[CDS_ISO8601_MAX];
-    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:s, s:s}", "model", m,
-                          "epoch", e, "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows, "train_loss",
-                          tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "train_seconds", tr.seconds,
-                          "valid_rows", (json_int_t)va.rows, "valid_loss", va.loss_sum / van, "valid_top1", vtop1,
-                          "valid_top5", (double)va.top5 / van, "valid_seconds", valid_seconds, "time_ms",
-                          (json_int_t)now, "time", cds_iso8601_utc(now, iso), "worker", w->cfg->id);
+    /* device: where this evaluation ran; train_device: where the epoch's
+     * visits did (several, comma-separated, in a sweep of mixed workers). */
+    json_t *j = json_pack("{s:i, s:i, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:f, s:f, s:f, s:I, s:s, s:s, s:s, s:s}",
+                          "model", m, "epoch", e, "version", (json_int_t)version, "train_rows", (json_int_t)tr.rows,
+                          "train_loss", tr.loss_sum / trn, "train_top1", (double)tr.top1 / trn, "train_seconds",
+                          tr.seconds, "valid_rows", (json_int_t)va.rows, "valid_loss", va.loss_sum / van, "valid_top1",
+                          vtop1, "valid_top5", (double)va.top5 / van, "valid_seconds", valid_seconds, "time_ms",
+                          (json_int_t)now, "time", cds_iso8601_utc(now, iso), "worker", w->cfg->id, "device",
+                          w->device, "train_device", train_devs);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
@@ -207,9 +231,11 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     free(text);
     w->evals_recorded++;
     char line[1024];
-    snprintf(line, sizeof line, "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s\n", sweep, m, e,
+    /* A list of several train devices is quoted: its commas are not columns. */
+    snprintf(line, sizeof line, "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s,%s,%s%s%s\n", sweep, m, e,
              (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
-             va.loss_sum / van, vtop1, (double)va.top5 / van, iso);
+             va.loss_sum / van, vtop1, (double)va.top5 / van, iso, w->device, strchr(train_devs, ',') ? "\"" : "",
+             train_devs, strchr(train_devs, ',') ? "\"" : "");
     worker_results_csv_append(w, sweep, line);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated, but for a failed model's: those
@@ -311,7 +337,7 @@ static int find_best_file(worker *w, const char *sweep, int m, int e, char *file
 static int score_test(worker *w, const char *file, const char *dataset, nn_pass_stats *te, cds_err *err)
 {
     memset(te, 0, sizeof *te);
-    nn_trainer *t = nn_trainer_load(file, err);
+    nn_trainer *t = nn_trainer_load_at(file, 0, w->place, err);
     int rc = t ? 0 : -1;
     char dir[4096];
     for (int k = 0; rc == 0; k++) {
@@ -409,9 +435,9 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
         return;
     }
     double rows = te.rows ? (double)te.rows : 1.0;
-    json_t *j = json_pack("{s:i, s:i, s:f, s:I, s:f, s:f, s:f}", "model", best_m, "epoch", best_e, "valid_top1",
-                          best_top1, "rows", (json_int_t)te.rows, "loss", te.loss_sum / rows, "top1",
-                          (double)te.top1 / rows, "top5", (double)te.top5 / rows);
+    json_t *j = json_pack("{s:i, s:i, s:f, s:I, s:f, s:f, s:f, s:s}", "model", best_m, "epoch", best_e,
+                          "valid_top1", best_top1, "rows", (json_int_t)te.rows, "loss", te.loss_sum / rows, "top1",
+                          (double)te.top1 / rows, "top5", (double)te.top5 / rows, "device", w->device);
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     if (!text) {
@@ -424,9 +450,9 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     if (!recorded)
         return;
     char line[512], iso[CDS_ISO8601_MAX];
-    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s\n", sweep, best_m, best_e,
+    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s,%s,\n", sweep, best_m, best_e,
              (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
-             cds_iso8601_utc(cds_wall_ms(), iso));
+             cds_iso8601_utc(cds_wall_ms(), iso), w->device);
     worker_results_csv_append(w, sweep, line);
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
              "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e, best_top1, (double)te.top1 / rows,

@@ -34,9 +34,10 @@
 #include "nn_ckpt.h"
 #include "worker_mop_int.h"
 
-static nn_trainer *load_model(const worker_visit *v, const char *spec, cds_err *err)
+static nn_trainer *load_model(const worker *w, const worker_visit *v, const char *spec, cds_err *err)
 {
-    return v->lease.version == 0 ? nn_trainer_new(spec, err) : nn_trainer_load(v->lease.ckpt, err);
+    return v->lease.version == 0 ? nn_trainer_new_at(spec, w->place, err)
+                                 : nn_trainer_load_at(v->lease.ckpt, 0, w->place, err);
 }
 
 /* The newest intact checkpoint the model keeps besides the committed one
@@ -115,11 +116,13 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
         cds_logf(&w->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     /* The visit's metrics ride on the commit, so they are in Redis before
      * the epoch it may complete is queued for evaluation. */
-    json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I}", "rows", (json_int_t)st->rows, "loss_sum",
-                          st->loss_sum, "xent_sum", st->xent_sum, "top1", (json_int_t)st->top1, "top5",
+    /* The device rides along: a replay is bit-identical only where each
+     * visit runs on the backend it was recorded on (docs/sweeps.md). */
+    json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I, s:s}", "rows", (json_int_t)st->rows,
+                          "loss_sum", st->loss_sum, "xent_sum", st->xent_sum, "top1", (json_int_t)st->top1, "top5",
                           (json_int_t)st->top5, "seconds", st->seconds, "samples_per_s",
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", w->cfg->id, "version",
-                          (json_int_t)v->lease.version + 1);
+                          (json_int_t)v->lease.version + 1, "device", w->device);
     char *metrics = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     if (!metrics)
@@ -134,9 +137,9 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
         return -1;
     double rows = st->rows ? (double)st->rows : 1.0;
     cds_logf(&w->log, CDS_LOG_INFO,
-             "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s; committed v%lld%s",
+             "sweep %s model %d epoch %d shard %d: loss %.4f top1 %.4f over %lld rows in %.1f s on %s; committed v%lld%s",
              v->sweep, v->lease.model, v->lease.epoch, v->lease.shard, st->loss_sum / rows, (double)st->top1 / rows,
-             (long long)st->rows, st->seconds, (long long)r.version,
+             (long long)st->rows, st->seconds, w->device, (long long)r.version,
              r.model_done ? " (model done)" : r.epoch_done ? " (epoch done)" : "");
     return 0;
 }
@@ -147,7 +150,7 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
 void worker_mop_train_visit(worker *w, worker_visit *v)
 {
     cds_err err;
-    nn_trainer *t = load_model(v, v->lease.spec, &err);
+    nn_trainer *t = load_model(w, v, v->lease.spec, &err);
     if (!t) {
         char note[2 * QUEUE_MOP_PATH_MAX] = "";
         if (v->lease.version > 0 && !cds_err_is_nomem(&err))

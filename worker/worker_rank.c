@@ -49,6 +49,7 @@
 #include "cds_util.h"
 #include "ddp_comm.h"
 #include "ddp_reducer.h"
+#include "nn_backend.h"
 #include "nn_par.h"
 #include "nn_train.h"
 #include "worker_rank.h"
@@ -61,6 +62,8 @@ typedef struct rank_ctx {
     queue_mop_lease l;
     int64_t timeout_ms;
     ddp_sparse sparse; /* how a sparse mlp's embedding is averaged (--ddp-sparse) */
+    nn_place place;    /* the worker's device, from the task */
+    char device[16];
     char addr[256], iface[64];
     FILE *out;           /* progress lines to the worker */
     int64_t last_line_ms;
@@ -135,6 +138,12 @@ static int parse_task(rank_ctx *x, const char *text, cds_err *err)
         rc = copy_str(x->addr, sizeof x->addr, o, "addr", err);
     if (rc == 0)
         rc = copy_str(x->iface, sizeof x->iface, o, "iface", err);
+    if (rc == 0)
+        rc = copy_str(x->device, sizeof x->device, o, "device", err);
+    int is_auto = 0;
+    if (rc == 0 && (nn_place_parse(x->device, &x->place, &is_auto, err) != 0 || is_auto))
+        rc = cds_errf(err, "the rank's task names device '%s', not one the worker resolved (cpu or cuda:N)",
+                      x->device);
     const char *spec = json_string_value(json_object_get(o, "spec"));
     if (rc == 0 && (!spec || !(l->spec = strdup(spec))))
         rc = cds_errf(err, "the rank's task has no model spec");
@@ -207,8 +216,8 @@ static int start_model(rank_ctx *x, cds_err *err)
     /* MA: each rank goes on from its own optimiser state, kept in the
      * checkpoint beside rank 0's (nn_trainer_save_ranks). */
     int ma = strcmp(x->l.mode, "ma") == 0;
-    x->t = x->l.version == 0 ? nn_trainer_new(x->l.spec, err)
-                             : nn_trainer_load_rank(x->l.ckpt, ma ? x->l.shard : 0, err);
+    x->t = x->l.version == 0 ? nn_trainer_new_at(x->l.spec, x->place, err)
+                             : nn_trainer_load_at(x->l.ckpt, ma ? x->l.shard : 0, x->place, err);
     if (!x->t)
         return -1;
     if (nn_trainer_epoch(x->t) + 1 != x->l.epoch)
@@ -228,12 +237,12 @@ static int reduce_grads(void *ctx, cds_err *err)
 
 static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, int64_t shard_rows)
 {
-    json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I, s:s, s:I, s:I, s:I}", "rows",
+    json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "rows",
                           (json_int_t)st->rows, "loss_sum", st->loss_sum, "xent_sum", st->xent_sum, "top1",
                           (json_int_t)st->top1, "top5", (json_int_t)st->top5, "seconds", st->seconds, "samples_per_s",
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", x->cfg->id, "version",
                           (json_int_t)x->l.version + 1, "mode", x->l.mode, "rank", (json_int_t)x->l.shard, "steps",
-                          (json_int_t)steps, "shard_rows", (json_int_t)shard_rows);
+                          (json_int_t)steps, "shard_rows", (json_int_t)shard_rows, "device", x->device);
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     return s;

@@ -64,9 +64,12 @@ int worker_results_row_dsn(worker *w, const char *dataset, char **dsn, cds_err *
  * "valid") and one for the chosen model on the test split (split "test",
  * at its best epoch); rows, loss, top1 and top5 are of that split, and the
  * train columns of the epoch (empty on the test row); times in ISO 8601
- * UTC.  docs/sweeps.md documents it. */
+ * UTC; device is where the split was scored, train_device where the
+ * epoch's visits trained.  New columns go last, so that readers by
+ * position keep working.  docs/sweeps.md documents it. */
 #define RESULTS_CSV_HEADER                                                                                     \
-    "sweep,model,epoch,split,version,train_rows,train_loss,train_top1,rows,loss,top1,top5,time\n"
+    "sweep,model,epoch,split,version,train_rows,train_loss,train_top1,rows,loss,top1,top5,time,device,"        \
+    "train_device\n"
 
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
  * the file is new; under an exclusive lock, as several workers append. */

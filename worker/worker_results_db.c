@@ -32,7 +32,8 @@
  * worker keeps one connection open between rows and opens another when the
  * DSN changes or the server dropped it; an insert that finds the connection
  * gone reconnects and tries once more.  The table is created once per
- * connection; each row is one INSERT in its own implicit transaction, so a
+ * connection, and given the columns added since an older worker created it
+ * (add_columns); each row is one INSERT in its own implicit transaction, so a
  * row is either there whole or not at all.  A row whose (sweep, model,
  * epoch) is there already (a unique violation) is written by an UPDATE of
  * the other columns: either it is the same row again (its drainer died
@@ -60,16 +61,31 @@ static const char create_sql[] =
     " sweep text NOT NULL, model int NOT NULL, epoch int NOT NULL, spec jsonb NOT NULL,"
     " train_rows bigint, train_loss double precision, train_top1 double precision,"
     " valid_rows bigint, valid_loss double precision, valid_top1 double precision, valid_top5 double precision,"
-    " recorded_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (sweep, model, epoch))";
+    " recorded_at timestamptz NOT NULL DEFAULT now(), device text, train_device text,"
+    " PRIMARY KEY (sweep, model, epoch))";
+
+/* Columns added after the table's first version, which a table made by an
+ * older worker lacks: added once per connection, before the first insert
+ * (PostgreSQL 9.4 has no ADD COLUMN IF NOT EXISTS, so those present are
+ * looked up first).  A new column goes here and into create_sql alike. */
+static const char *const added_columns[][2] = {
+    {"device", "ALTER TABLE cds_results ADD COLUMN device text"},
+    {"train_device", "ALTER TABLE cds_results ADD COLUMN train_device text"},
+};
+static const char present_sql[] = "SELECT attname FROM pg_attribute WHERE attrelid = 'cds_results'::regclass"
+                                  " AND attnum > 0 AND NOT attisdropped AND attname IN ('device', 'train_device')";
 
 /* The columns a row sets besides its key, and their values from $4 (the
- * spec), m (the metrics, $5) and $6 (recorded_ms, NULL: now). */
+ * spec), m (the metrics, $5) and $6 (recorded_ms, NULL: now).  A row
+ * recorded by an older worker has no device in its metrics: NULL. */
 #define ROW_COLUMNS                                                                                                 \
-    "spec, train_rows, train_loss, train_top1, valid_rows, valid_loss, valid_top1, valid_top5, recorded_at"
+    "spec, train_rows, train_loss, train_top1, valid_rows, valid_loss, valid_top1, valid_top5, recorded_at,"        \
+    " device, train_device"
 #define ROW_VALUES                                                                                                  \
     "$4::jsonb, (m->>'train_rows')::bigint, (m->>'train_loss')::float8, (m->>'train_top1')::float8,"                \
     " (m->>'valid_rows')::bigint, (m->>'valid_loss')::float8, (m->>'valid_top1')::float8,"                          \
-    " (m->>'valid_top5')::float8, coalesce(to_timestamp($6::bigint / 1000.0), now())"
+    " (m->>'valid_top5')::float8, coalesce(to_timestamp($6::bigint / 1000.0), now()),"                              \
+    " nullif(m->>'device', ''), nullif(m->>'train_device', '')"
 
 static const char insert_sql[] = "INSERT INTO cds_results (sweep, model, epoch, " ROW_COLUMNS ")"
                                  " SELECT $1, $2::int, $3::int, " ROW_VALUES " FROM (SELECT $5::jsonb AS m) s";
@@ -259,6 +275,43 @@ static int run(worker_results_db *db, const char *sql, int n, const char *const 
     return ok ? 0 : -1;
 }
 
+/* Adds the columns of added_columns that the table lacks.  Another worker
+ * adding the same column at once makes this one's ALTER fail with
+ * duplicate_column (42701): the column is there, which is all that counts.
+ * Any other failure (say, this user does not own the table) leaves the rows
+ * waiting in Redis, the error naming the statement its owner can run.
+ * *no_table: the failure was that there is no table to add to. */
+static int add_columns(worker_results_db *db, int64_t deadline, int *no_table, cds_err *err)
+{
+    static const char what[] = "adding columns to cds_results";
+    *no_table = 0;
+    PGresult *r = exec_bounded(db->c, present_sql, 0, NULL, deadline, what, err);
+    if (!r)
+        return -1;
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        *no_table = st && strcmp(st, "42P01") == 0; /* undefined_table */
+        pg_errf(err, what, PQresultErrorMessage(r));
+        PQclear(r);
+        return -1;
+    }
+    enum { N_ADDED = sizeof added_columns / sizeof added_columns[0] };
+    int present[N_ADDED] = {0};
+    for (int i = 0; i < PQntuples(r); i++)
+        for (int k = 0; k < N_ADDED; k++)
+            present[k] |= strcmp(PQgetvalue(r, i, 0), added_columns[k][0]) == 0;
+    PQclear(r);
+    for (int k = 0; k < N_ADDED; k++) {
+        char state[6], how[160];
+        snprintf(how, sizeof how, "adding column %s to cds_results (if this user may not, the table's owner can: "
+                 "%s)", added_columns[k][0], added_columns[k][1]);
+        if (!present[k] && run(db, added_columns[k][1], 0, NULL, deadline, how, state, NULL, err) != 0 &&
+            strcmp(state, "42701") != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Bad data (class 22) or another constraint (23): this row will never go
  * in, whatever the database's health. */
 static int refused(const char state[6])
@@ -270,14 +323,26 @@ static int insert_once(worker_results_db *db, const char *const params[6], int64
 {
     char state[6];
     /* Two workers creating the table at once can make one CREATE TABLE IF NOT
-     * EXISTS fail (a unique violation in the catalog): the table exists
-     * then, so go on to the insert, which says so if it really does not.
-     * One that did not end (a time-out, a broken connection) leaves the
-     * connection unusable: its error is the one to report. */
+     * EXISTS fail (a unique violation in the catalog), as can a user who may
+     * write the table but not create in its schema: the table exists then,
+     * so go on to its columns, which say so if it really does not (with the
+     * CREATE's error, the one that tells why).  One that did not end (a
+     * time-out, a broken connection) leaves the connection unusable: its
+     * error is the one to report. */
     if (!db->created) {
-        db->created = run(db, create_sql, 0, NULL, deadline, "creating cds_results", NULL, NULL, err) == 0;
-        if (!db->created && (PQstatus(db->c) != CONNECTION_OK || PQtransactionStatus(db->c) != PQTRANS_IDLE))
+        cds_err cerr = {0};
+        int made = run(db, create_sql, 0, NULL, deadline, "creating cds_results", NULL, NULL, &cerr) == 0;
+        if (!made && (PQstatus(db->c) != CONNECTION_OK || PQtransactionStatus(db->c) != PQTRANS_IDLE)) {
+            *err = cerr;
             return -1;
+        }
+        int no_table;
+        if (add_columns(db, deadline, &no_table, err) != 0) {
+            if (!made && no_table)
+                *err = cerr;
+            return -1;
+        }
+        db->created = 1;
     }
     if (run(db, insert_sql, 6, params, deadline, "inserting into cds_results", state, NULL, err) == 0)
         return 0;
