@@ -21,7 +21,7 @@
  * steps and a wait for the device, whole steps are queued back to back for
  * about S seconds and the clock stops after the next wait for the device
  * (nn_model_acc_get), so every timed step is done.  Peak memory is the
- * model context's (nn_cuda_mem: its arenas, convolution workspace and
+ * model context's (nn_ctx_mem: its arenas, convolution workspace and
  * staging buffers, not the libraries' own); null on the CPU.
  *
  * One JSON line per row and precision: {"row", "precision",
@@ -37,7 +37,6 @@
 #include "cds_cli.h"
 #include "cds_util.h"
 #include "nn_backend.h"
-#include "nn_cuda.h"
 #include "nn_optim.h"
 #include "nn_rng.h"
 
@@ -182,7 +181,7 @@ static int measure(const row *r, int tf32, const opts *op)
     if (rc == 0) {
         char dev[16], peak[32] = "null";
         size_t mem_now, mem_peak;
-        if (nn_cuda_mem(ctx, &mem_now, &mem_peak) == 0)
+        if (nn_ctx_mem(ctx, &mem_now, &mem_peak) == 0)
             snprintf(peak, sizeof peak, "%.1f", (double)mem_peak / (1024.0 * 1024.0));
         double s = t1 - t0;
         printf("{\"row\": \"%s\", \"precision\": \"%s\", \"samples_per_s\": %.1f, \"peak_mib\": %s, \"batch\": %d, "

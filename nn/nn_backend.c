@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn_cuda.h"
 
 int nn_ctx_init_backend(nn_ctx *c, const nn_backend *be, cds_err *err)
 {
@@ -61,6 +60,12 @@ void nn_ctx_release(nn_ctx *c)
 int nn_ctx_check(const nn_ctx *c, cds_err *err)
 {
     return c->be ? c->be->check(c, err) : 0;
+}
+
+int nn_ctx_mem(const nn_ctx *c, size_t *now, size_t *peak)
+{
+    *now = *peak = 0;
+    return c->be ? c->be->mem(c, now, peak) : -1;
 }
 
 void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes)
@@ -130,8 +135,8 @@ int nn_place_pick(const char *s, nn_place *where, char *note, size_t note_len, c
         return -1;
     if (!is_auto && where->dev == NN_CPU)
         return 0;
-    char why[256] = "this build has no CUDA backend (rebuild with -Dcuda=enabled)";
-    int n = nn_backend_cuda() ? nn_cuda_device_count(why, sizeof why) : -1;
+    char why[768] = "";
+    int n = nn_cuda_devices(why, sizeof why);
     if (is_auto) {
         if (n > 0) {
             *where = (nn_place){.dev = NN_CUDA, .index = 0};
@@ -143,8 +148,7 @@ int nn_place_pick(const char *s, nn_place *where, char *note, size_t note_len, c
         return 0;
     }
     if (!nn_backend_cuda())
-        return cds_errf(err, "device cuda:%d: this build has no CUDA backend: rebuild with -Dcuda=enabled, or use "
-                             "--device cpu or auto", where->index);
+        return cds_errf(err, "device cuda:%d: %s; or use --device cpu or auto", where->index, why);
     if (n <= 0)
         return cds_errf(err, "device cuda:%d: no CUDA device here (%s): use --device cpu or auto", where->index, why);
     if (where->index >= n)

@@ -81,6 +81,10 @@ struct nn_backend {
     /* The first error the device reported since the context was made, as
      * one line (0: none); kept until the context is released. */
     int (*check)(const nn_ctx *c, cds_err *err);
+    /* Device memory the context holds now and at most so far (its
+     * arenas, workspaces, staging; not the libraries' own): 0, or -1 when
+     * the backend does not count (the CPU's). */
+    int (*mem)(const nn_ctx *c, size_t *now, size_t *peak);
     /* ---- memory: alloc returns zeroed memory, aligned to 64 bytes at
      * least, or NULL when out of memory; free takes the size alloc got */
     void *(*alloc)(const nn_ctx *c, size_t bytes);
@@ -160,8 +164,13 @@ struct nn_backend {
 /* The CPU reference backend (nn_backend_cpu.c). */
 extern const nn_backend nn_backend_cpu;
 /* The CUDA backend (nn/cuda/nn_backend_cuda.cu), or NULL in a build
- * without CUDA. */
+ * without CUDA or when its module cannot be loaded (nn_cuda_load.c: the
+ * module, and with it cuBLAS and cuDNN, is loaded on first use, so a
+ * program that never asks for a GPU never maps them). */
 const nn_backend *nn_backend_cuda(void);
+/* How many CUDA devices this process sees, or -1 with the reason in why
+ * (no CUDA backend in this build, its module missing, no driver). */
+int nn_cuda_devices(char *why, size_t why_len);
 
 /* Makes a context on a device: picks its table, once.  Fails with a line
  * naming the device when this build has no backend for it. */
@@ -172,6 +181,8 @@ int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err);
  * (a CUDA backend keeps it; ops return nothing), as one line naming the
  * device, or 0 when there was none. */
 int nn_ctx_check(const nn_ctx *c, cds_err *err);
+/* The table's mem (above). */
+int nn_ctx_mem(const nn_ctx *c, size_t *now, size_t *peak);
 
 /* Device names as users write them: "cpu", "cuda:N" ("cuda" is cuda:0),
  * "auto".  nn_place_pick parses one and resolves it on this machine:

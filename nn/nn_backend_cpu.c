@@ -72,6 +72,13 @@ static int cpu_check(const nn_ctx *c, cds_err *err)
     return 0;
 }
 
+static int cpu_mem(const nn_ctx *c, size_t *now, size_t *peak)
+{
+    (void)c;
+    *now = *peak = 0;
+    return -1;
+}
+
 /* Zeroed memory.  A large block is mapped (pages the kernel gives zeroed
  * and touches only when written, as calloc did for a sparse model's dense
  * gradient, which an optimiser frees unused); a small one is aligned heap.
@@ -454,6 +461,7 @@ const nn_backend nn_backend_cpu = {
     .ctx_init = cpu_ctx_init,
     .ctx_release = cpu_ctx_release,
     .check = cpu_check,
+    .mem = cpu_mem,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .memset = cpu_memset,

@@ -52,7 +52,6 @@
 #include <string.h>
 
 #include "kern_cuda.h"
-#include "nn_cuda.h"
 
 #define STAGE_SLOTS 4 /* destinations staged per context: input, labels, indices, one spare */
 
@@ -144,6 +143,13 @@ static int rec_dnn(const nn_ctx *c, cudnnStatus_t s, const char *what)
         return 0;
     fail_msg(X(c), "%s: cuDNN %s", what, cudnnGetErrorString(s));
     return 1;
+}
+
+static int cuda_mem(const nn_ctx *c, size_t *now, size_t *peak)
+{
+    *now = X(c)->bytes_now;
+    *peak = X(c)->bytes_peak;
+    return 0;
 }
 
 static int cuda_check(const nn_ctx *c, cds_err *err)
@@ -848,6 +854,7 @@ static const nn_backend cuda_table = {
     .ctx_init = cuda_ctx_init,
     .ctx_release = cuda_ctx_release,
     .check = cuda_check,
+    .mem = cuda_mem,
     .alloc = cuda_alloc,
     .free = cuda_free,
     .memset = cuda_memset,
@@ -891,16 +898,28 @@ static const nn_backend cuda_table = {
     .lazy_adam_step = cuda_lazy_adam_step,
 };
 
-extern "C" const nn_backend *nn_backend_cuda(void)
+/* The module's two entry points (nn/nn_cuda_load.c finds them by name). */
+extern "C" __attribute__((visibility("default"))) const nn_backend *cds_cuda_module_table(void)
 {
     return &cuda_table;
 }
 
-extern "C" int nn_cuda_mem(const nn_ctx *c, size_t *now, size_t *peak)
+extern "C" __attribute__((visibility("default"))) int cds_cuda_module_devices(char *why, size_t why_len)
 {
-    if (!c->handles || c->dev != NN_CUDA)
+    int n = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n);
+    if (rc != cudaSuccess) {
+        int driver = 0;
+        if (cudaDriverGetVersion(&driver) != cudaSuccess)
+            driver = 0;
+        /* cudart calls a missing driver "insufficient": say which it is */
+        if (rc == cudaErrorInsufficientDriver && driver == 0)
+            snprintf(why, why_len, "no NVIDIA driver (libcuda.so.1) is installed");
+        else
+            snprintf(why, why_len, "%s", cudaGetErrorString(rc));
         return -1;
-    *now = X(c)->bytes_now;
-    *peak = X(c)->bytes_peak;
-    return 0;
+    }
+    if (n == 0)
+        snprintf(why, why_len, "the driver reports 0 devices");
+    return n;
 }

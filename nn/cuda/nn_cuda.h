@@ -59,12 +59,6 @@ int nn_cuda_probe(nn_cuda_info *info, cds_err *err);
  * or -1 with the reason in why (no driver, built without CUDA). */
 int nn_cuda_device_count(char *why, size_t why_len);
 
-/* Device memory a CUDA context holds now and at most so far (its arenas,
- * the convolution workspace, staging buffers; not the libraries' own):
- * 0, or -1 for a context that is not a CUDA one. */
-struct nn_ctx;
-int nn_cuda_mem(const struct nn_ctx *c, size_t *now, size_t *peak);
-
 #ifdef __cplusplus
 }
 #endif

@@ -8,14 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "nn_backend.h"
 #include "nn_cuda.h"
-
-/* No CUDA table: nn_ctx_init_at and nn_place_pick say how to get one. */
-const nn_backend *nn_backend_cuda(void)
-{
-    return NULL;
-}
 
 int nn_cuda_device_count(char *why, size_t why_len)
 {
@@ -36,9 +29,3 @@ int nn_cuda_probe(nn_cuda_info *info, cds_err *err)
     return cds_errf(err, "built without CUDA: reconfigure with -Dcuda=enabled");
 }
 
-int nn_cuda_mem(const struct nn_ctx *c, size_t *now, size_t *peak)
-{
-    (void)c;
-    *now = *peak = 0;
-    return -1;
-}
