@@ -79,6 +79,16 @@ else
         --data-root "$tmp"
     ok $? "cds-worker --device cuda:0 without a device: exit 2, one line, before it connects ($(cat "$tmp/err"))"
 fi
+# NCCL gangs reduce GPU memory: a worker on the cpu refuses the transport
+# before it connects (Redis here is a dead port), a bad name is a usage error.
+"$b/worker/cds-worker" --ddp-transport nccl --device cpu --redis redis://127.0.0.1:1/0 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "$([ $rc = 2 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q "ddp-transport nccl.*--device cuda:N, or use --ddp-transport gloo" "$tmp/err"; echo $?)" \
+    "cds-worker --ddp-transport nccl on the cpu: exit 2, one line naming the fix ($(cat "$tmp/err"))"
+"$b/worker/cds-worker" --ddp-transport mpi --redis redis://127.0.0.1:1/0 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+ok "$([ $rc = 2 ] && grep -q "bad --ddp-transport 'mpi': use gloo or nccl" "$tmp/err"; echo $?)" \
+    "cds-worker --ddp-transport mpi: a usage error ($(head -1 "$tmp/err"))"
 
 # jobs/workers-per-gpu.sh with a stand-in nvidia-smi (two GPUs) and
 # cds-worker (which writes what it was given, then waits for a signal): one

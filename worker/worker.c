@@ -482,6 +482,13 @@ int worker_run(const worker_cfg *cfg)
         return 2;
     }
     nn_place_name(w.place, w.device, sizeof w.device);
+    if (cfg->ddp_nccl && w.place.dev != NN_CUDA) {
+        fprintf(stderr, "cds-worker: --ddp-transport nccl reduces GPU memory, and this worker trains on the %s: give "
+                        "--device cuda:N, or use --ddp-transport gloo\n", w.device);
+        free(w.held);
+        pthread_mutex_destroy(&w.mu);
+        return 2;
+    }
     w.q = connect_once(cfg, &err);
     if (!w.q) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);

@@ -39,6 +39,7 @@ typedef struct worker_cfg {
     const char *ddp_addr;
     const char *ddp_iface;
     int ddp_sparse_dense; /* a sparse mlp's embedding all-reduced dense, not exchanged as rows (--ddp-sparse dense) */
+    int ddp_nccl;         /* gangs join over NCCL on the worker's GPU (--ddp-transport nccl), else Gloo */
     /* What --device named (cpu, cuda, cuda:N, auto; NULL: auto), already
      * parsed: worker_run resolves it on this machine once, before it
      * connects, so a worker never trains on a device it was not given. */

@@ -45,6 +45,9 @@ static void usage(FILE *out)
           "  --ddp-iface NAME          take that address from this network interface\n"
           "  --ddp-sparse rows|dense   DDP: a sparse mlp's embedding gradient exchanged as the\n"
           "                            rows the ranks touched (default) or all-reduced dense\n"
+          "  --ddp-transport gloo|nccl DDP/MA gangs: Gloo over TCP through host memory (default,\n"
+          "                            any device), or NCCL from device memory (every worker of\n"
+          "                            the sweep on a GPU, --device cuda:N)\n"
           "  --help                    this text\n"
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
@@ -82,7 +85,7 @@ int main(int argc, char **argv)
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
            O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE, O_DDPTIMEOUT, O_DDPADDR,
-           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT, O_DEVICE };
+           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT, O_DEVICE, O_DDPTRANSPORT };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -96,6 +99,7 @@ int main(int argc, char **argv)
         {"ddp-timeout", required_argument, 0, O_DDPTIMEOUT}, {"ddp-addr", required_argument, 0, O_DDPADDR},
         {"ddp-iface", required_argument, 0, O_DDPIFACE},  {"rank-task", required_argument, 0, O_RANKTASK},
         {"rank-out", required_argument, 0, O_RANKOUT},    {"ddp-sparse", required_argument, 0, O_DDPSPARSE},
+        {"ddp-transport", required_argument, 0, O_DDPTRANSPORT},
         {"device", required_argument, 0, O_DEVICE},
         {0, 0, 0, 0},
     };
@@ -188,6 +192,11 @@ int main(int argc, char **argv)
             if (strcmp(cli.arg, "rows") != 0 && strcmp(cli.arg, "dense") != 0)
                 return cds_cli_usage(&cli, "bad --ddp-sparse '%s': use rows or dense", cli.arg);
             cfg.ddp_sparse_dense = strcmp(cli.arg, "dense") == 0;
+            break;
+        case O_DDPTRANSPORT:
+            if (strcmp(cli.arg, "gloo") != 0 && strcmp(cli.arg, "nccl") != 0)
+                return cds_cli_usage(&cli, "bad --ddp-transport '%s': use gloo or nccl", cli.arg);
+            cfg.ddp_nccl = strcmp(cli.arg, "nccl") == 0;
             break;
         case O_DEVICE: {
             nn_place where;

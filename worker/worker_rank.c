@@ -62,6 +62,7 @@ typedef struct rank_ctx {
     queue_mop_lease l;
     int64_t timeout_ms;
     ddp_sparse sparse; /* how a sparse mlp's embedding is averaged (--ddp-sparse) */
+    int nccl;          /* the gang joins over NCCL (--ddp-transport nccl) */
     nn_place place;    /* the worker's device, from the task */
     char device[16];
     char addr[256], iface[64];
@@ -155,6 +156,7 @@ static int parse_task(rank_ctx *x, const char *text, cds_err *err)
     l->version = json_integer_value(json_object_get(o, "version"));
     x->timeout_ms = json_integer_value(json_object_get(o, "timeout_ms"));
     x->sparse = json_is_true(json_object_get(o, "sparse_dense")) ? DDP_SPARSE_DENSE : DDP_SPARSE_ROWS;
+    x->nccl = json_is_true(json_object_get(o, "nccl"));
     json_decref(o);
     if (rc == 0 && (l->shards < 1 || l->shard < 0 || l->shard >= l->shards || l->epoch < 1 || x->timeout_ms < 1))
         rc = cds_errf(err, "the rank's task names rank %d of %d, epoch %d, time-out %lld ms", l->shard, l->shards,
@@ -336,9 +338,15 @@ static int train_epoch(rank_ctx *x)
     char scope[64];
     snprintf(scope, sizeof scope, "%s.g%lld", x->sweep, (long long)l->gang);
     ddp_comm_opts o = {.q = x->q, .scope = scope, .rank = rank, .size = W, .timeout_ms = x->timeout_ms,
-                       .addr = x->addr[0] ? x->addr : NULL, .iface = x->iface[0] ? x->iface : NULL};
+                       .addr = x->addr[0] ? x->addr : NULL, .iface = x->iface[0] ? x->iface : NULL,
+                       .device = x->place.index};
     line_progress(x, 0, 0, 1);
-    if (ddp_comm_gloo(&o, &x->c, &err) != 0)
+    if (x->nccl && x->place.dev != NN_CUDA) {
+        cds_errf(&err, "--ddp-transport nccl reduces device memory, and this worker trains on the %s: give every "
+                       "worker of the sweep --device cuda:N, or use gloo", x->device);
+        return end_gang(x, QUEUE_GANG_FINAL, &err);
+    }
+    if ((x->nccl ? ddp_comm_nccl(&o, &x->c, &err) : ddp_comm_gloo(&o, &x->c, &err)) != 0)
         return broken(x, &err);
     nn_model *m = nn_trainer_model(x->t);
     if (ddp && ddp_reducer_new_sparse(m, x->c, DDP_BUCKET_BYTES, x->sparse, &x->r, &err) != 0)
