@@ -2,9 +2,20 @@
  * optimisers over a model (see nn_optim.h).
  *
  * State tensors live in one block on the model's device, allocated through
- * its backend and laid out parameter by parameter (Adam: m then v for
- * each), and are named after their parameter so a checkpoint can be read
+ * its backend: every parameter's m (or SGD's buffer), then every v, each
+ * kind laid out as the parameters are (in order, each on a multiple of 16
+ * floats), and are named after their parameter so a checkpoint can be read
  * without knowing this layout.
+ *
+ * Multi-tensor steps.  The dense gradients are one block laid out the same
+ * way (nn_model_grad_block), so a run of consecutive parameters with the
+ * same decay has its weights, gradients and states each in one contiguous
+ * span, and is stepped by one call over it (with no L2 every dense
+ * parameter is one run: one kernel launch a step instead of one per
+ * tensor).  The padding between tensors is zeros in all four and stays
+ * zero under either step (Adam's update there is 0/(0 + eps); with eps 0
+ * every tensor is stepped alone).  Each element is updated alone, so the
+ * result is bit-identical to stepping tensor by tensor.
  *
  * A sparse model's embedding gradient is always taken row-sparse under an
  * optimiser: the backward packs the rows the batch touched, and the step
@@ -253,13 +264,13 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
         free(o);
         return NULL;
     }
-    size_t np = nn_model_param_count(m), per = c->adam ? 2 : 1, total = 0;
+    size_t np = nn_model_param_count(m), per = c->adam ? 2 : 1, kind = 0;
     o->n_state = np * per;
     o->state = calloc(o->n_state, sizeof *o->state);
     o->names = calloc(o->n_state, sizeof *o->names);
     for (size_t i = 0; i < np; i++)
-        total += (nn_model_param(m, i)->w.n + 15) / 16 * 16 * per;
-    o->block_bytes = (total ? total : 16) * sizeof(float);
+        kind += (nn_model_param(m, i)->w.n + 15) / 16 * 16;
+    o->block_bytes = (kind > 0 ? kind * per : 16) * sizeof(float);
     o->block = nn_ctx_alloc(nn_model_ctx(m), o->block_bytes);
     if (!o->state || !o->names || !o->block) {
         nn_optim_free(o);
@@ -272,8 +283,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
         for (size_t k = 0; k < per; k++) {
             nn_tensor *t = &o->state[i * per + k];
             *t = p->w;
-            t->data = o->block + off;
-            off += (p->w.n + 15) / 16 * 16;
+            t->data = o->block + k * kind + off;
             size_t len = strlen(p->name) + 8;
             o->names[i * per + k] = malloc(len);
             if (!o->names[i * per + k]) {
@@ -282,6 +292,7 @@ nn_optim *nn_optim_new(nn_model *m, const nn_train_cfg *c, cds_err *err)
             }
             snprintf(o->names[i * per + k], len, "%s%s", prefix[c->adam][k], p->name);
         }
+        off += (p->w.n + 15) / 16 * 16;
     }
     return o;
 }
@@ -299,21 +310,56 @@ void nn_optim_free(nn_optim *o)
     free(o);
 }
 
+/* Whether parameter j continues the run that ends with parameter i: dense
+ * both, the same L2, and each of its four tensors right after i's (the
+ * padding between them included). */
+static int continues_run(nn_optim *o, size_t i, size_t j)
+{
+    const nn_train_cfg *c = o->cfg;
+    nn_param *a = nn_model_param(o->model, i), *b = nn_model_param(o->model, j);
+    size_t pad = (a->w.n + 15) / 16 * 16, per = c->adam ? 2 : 1;
+    if (b->row_grad || (c->l2 != 0 && a->decay != b->decay) || (c->adam && c->eps == 0))
+        return 0;
+    for (size_t k = 0; k < per; k++)
+        if (o->state[j * per + k].data != o->state[i * per + k].data + pad)
+            return 0;
+    return b->w.data == a->w.data + pad && b->g.data == a->g.data + pad;
+}
+
+/* A 1-D view of n floats from t's start. */
+static nn_tensor span(const nn_tensor *t, size_t n)
+{
+    nn_tensor v = *t;
+    v.ndim = 1;
+    v.shape[0] = (int)n;
+    v.n = n;
+    return v;
+}
+
 static int optim_step(nn_optim *o, double lr, cds_err *err)
 {
     const nn_train_cfg *c = o->cfg;
     const nn_ctx *x = nn_model_ctx(o->model);
+    size_t np = nn_model_param_count(o->model), per = c->adam ? 2 : 1;
     o->t++;
-    for (size_t i = 0; i < nn_model_param_count(o->model); i++) {
+    for (size_t i = 0; i < np; i++) {
         nn_param *p = nn_model_param(o->model, i);
         float l2 = p->decay ? (float)c->l2 : 0.0f;
-        nn_tensor *s0 = &o->state[c->adam ? 2 * i : i], *s1 = c->adam ? &o->state[2 * i + 1] : NULL;
+        nn_tensor *s0 = &o->state[i * per], *s1 = c->adam ? &o->state[i * per + 1] : NULL;
         float b1 = (float)c->beta1, b2 = (float)c->beta2, eps = (float)c->eps;
         long t = (long)o->t;
         int rc;
-        if (!p->row_grad)
-            rc = c->adam ? nn_op_adam_step(x, &p->w, &p->g, s0, s1, (float)lr, b1, b2, eps, l2, t, err)
-                         : nn_op_sgd_step(x, &p->w, &p->g, s0, (float)lr, (float)c->momentum, l2, err);
+        if (!p->row_grad) {
+            size_t last = i;
+            while (last + 1 < np && continues_run(o, last, last + 1))
+                last++;
+            nn_param *q = nn_model_param(o->model, last);
+            size_t n = (size_t)(q->w.data + q->w.n - p->w.data);
+            nn_tensor w = span(&p->w, n), g = span(&p->g, n), m0 = span(s0, n), m1 = s1 ? span(s1, n) : w;
+            rc = c->adam ? nn_op_adam_step(x, &w, &g, &m0, &m1, (float)lr, b1, b2, eps, l2, t, err)
+                         : nn_op_sgd_step(x, &w, &g, &m0, (float)lr, (float)c->momentum, l2, err);
+            i = last;
+        }
         else if (c->lazy)
             rc = nn_op_lazy_adam_step(x, &p->w, &p->rows, s0, s1, (float)lr, b1, b2, eps, l2, t, err);
         else

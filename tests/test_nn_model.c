@@ -633,8 +633,86 @@ static void test_grad_hook_and_block(void)
     nn_model_free(m);
 }
 
+/* The optimiser steps runs of tensors in one call (nn_optim.c): the same
+ * bits as stepping each tensor alone with its own state, for Adam without
+ * L2 (one run), SGD with L2 (runs broken where the decay changes) and Adam
+ * on a sparse mlp (its embedding stepped apart, row-sparse). */
+static void test_multi_tensor_steps(void)
+{
+    static const struct {
+        const char *what, *model, *train;
+    } cases[] = {
+        {"adam, no l2", "{\"arch\":\"cnn\",\"input\":[1,12,12],\"classes\":5}",
+         "{\"optimizer\":\"adam\",\"lr\":0.01}"},
+        {"sgd with momentum and l2", "{\"arch\":\"resnet18\",\"input\":[3,16,16],\"classes\":4,\"width\":0.125}",
+         "{\"optimizer\":\"sgd\",\"lr\":0.05,\"momentum\":0.9,\"l2\":0.001}"},
+        {"adam with l2 on a sparse mlp", "{\"arch\":\"mlp\",\"sparse\":{\"dim\":50,\"nnz\":4},\"hidden\":[8,6],"
+         "\"classes\":3}", "{\"optimizer\":\"adam\",\"lr\":0.01,\"l2\":0.01}"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        cds_err err;
+        nn_train_cfg cfg;
+        nn_model *a = build(cases[k].model, 4, 9, &err), *b = build(cases[k].model, 4, 9, &err);
+        if (!a || !b || nn_train_cfg_parse(cases[k].train, &cfg, &err) != 0) {
+            ok(0, "multi-tensor steps, %s: %s", cases[k].what, err.msg);
+            nn_model_free(a);
+            nn_model_free(b);
+            continue;
+        }
+        nn_optim *oa = nn_optim_new(a, &cfg, &err), *ob = nn_optim_new(b, &cfg, &err);
+        int shape[3], dim = 0, nd = nn_model_input(a, shape, &dim);
+        size_t per = 1;
+        for (int i = 0; i < nd; i++)
+            per *= (size_t)shape[i];
+        float *x = malloc(4 * per * sizeof *x);
+        int32_t *idx = malloc(4 * per * sizeof *idx), y[4] = {0, 1, 2, 1};
+        nn_rng r;
+        nn_rng_seed(&r, 3);
+        for (size_t i = 0; i < 4 * per; i++) {
+            x[i] = (float)nn_rng_unit(&r);
+            idx[i] = dim ? (int32_t)(nn_rng_next(&r) % (uint64_t)dim) : 0;
+        }
+        int rc = oa && ob;
+        const nn_ctx *cb = nn_model_ctx(b);
+        for (int s = 1; rc && s <= 3; s++) {
+            nn_metrics ma, mb;
+            rc = nn_model_forward(a, dim ? NULL : x, dim ? idx : NULL, y, 4, 1, 7, 0, &ma, &err) == 0 &&
+                 nn_model_backward(a, &err) == 0 && nn_optim_step(oa, 0.01, &err) == 0 &&
+                 nn_model_forward(b, dim ? NULL : x, dim ? idx : NULL, y, 4, 1, 7, 0, &mb, &err) == 0 &&
+                 nn_model_backward(b, &err) == 0;
+            /* b: tensor by tensor, through the ops, on b's optimiser state */
+            nn_optim_set_t(ob, s);
+            for (size_t i = 0; rc && i < nn_model_param_count(b); i++) {
+                nn_param *p = nn_model_param(b, i);
+                float l2 = p->decay ? (float)cfg.l2 : 0.0f;
+                nn_tensor *s0 = nn_optim_state(ob, cfg.adam ? 2 * i : i, NULL);
+                nn_tensor *s1 = cfg.adam ? nn_optim_state(ob, 2 * i + 1, NULL) : NULL;
+                if (p->row_grad)
+                    rc = (cfg.adam ? nn_op_adam_rows_step(cb, &p->w, &p->rows, s0, s1, 0.01f, (float)cfg.beta1,
+                                                          (float)cfg.beta2, (float)cfg.eps, l2, s, &err)
+                                   : nn_op_sgd_rows_step(cb, &p->w, &p->rows, s0, 0.01f, (float)cfg.momentum, l2,
+                                                         &err)) == 0;
+                else
+                    rc = (cfg.adam ? nn_op_adam_step(cb, &p->w, &p->g, s0, s1, 0.01f, (float)cfg.beta1,
+                                                     (float)cfg.beta2, (float)cfg.eps, l2, s, &err)
+                                   : nn_op_sgd_step(cb, &p->w, &p->g, s0, 0.01f, (float)cfg.momentum, l2, &err)) == 0;
+            }
+        }
+        ok(rc && same_weights(a, b), "multi-tensor steps, %s: 3 steps equal tensor-by-tensor steps bit for bit%s%s",
+           cases[k].what, rc ? "" : ": ", rc ? "" : err.msg);
+        free(x);
+        free(idx);
+        nn_optim_free(oa);
+        nn_optim_free(ob);
+        nn_train_cfg_free(&cfg);
+        nn_model_free(a);
+        nn_model_free(b);
+    }
+}
+
 int main(void)
 {
+    test_multi_tensor_steps();
     test_train_specs();
     test_lazy_specs();
     test_lazy_rows();
