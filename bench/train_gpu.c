@@ -141,8 +141,13 @@ static int measure(const row *r, int tf32, const opts *op)
     size_t per = 1;
     for (int i = 0; i < nd; i++)
         per *= (size_t)shape[i];
-    float *x = calloc((size_t)batch * (sparse_dim ? 1 : per), sizeof *x);
-    int32_t *idx = calloc((size_t)batch * NNZ, sizeof *idx), *y = calloc((size_t)batch, sizeof *y);
+    /* The batch in the device's pinned host memory, where the trainer's
+     * data loader builds its batches (and PyTorch's side copies from pinned
+     * memory too). */
+    const nn_ctx *hc = nn_model_ctx(m);
+    size_t xn = (size_t)batch * (sparse_dim ? 1 : per), in = (size_t)batch * NNZ, yn = (size_t)batch;
+    float *x = nn_ctx_host_alloc(hc, xn * sizeof *x);
+    int32_t *idx = nn_ctx_host_alloc(hc, in * sizeof *idx), *y = nn_ctx_host_alloc(hc, yn * sizeof *y);
     int rc = 0;
     if (!x || !idx || !y) {
         fprintf(stderr, "train_gpu: %s (%s): out of host memory for a batch of %d\n", r->name, prec, batch);
@@ -191,9 +196,9 @@ static int measure(const row *r, int tf32, const opts *op)
         fflush(stdout);
     }
 out:
-    free(x);
-    free(idx);
-    free(y);
+    nn_ctx_host_free(hc, x, xn * sizeof *x);
+    nn_ctx_host_free(hc, idx, in * sizeof *idx);
+    nn_ctx_host_free(hc, y, yn * sizeof *y);
     nn_optim_free(o);
     nn_train_cfg_free(&cfg);
     nn_model_free(m);

@@ -96,6 +96,17 @@ void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes)
         c->be->free(c, p, bytes ? bytes : 1);
 }
 
+void *nn_ctx_host_alloc(const nn_ctx *c, size_t bytes)
+{
+    return c->be->host_alloc(c, bytes ? bytes : 1);
+}
+
+void nn_ctx_host_free(const nn_ctx *c, void *p, size_t bytes)
+{
+    if (p)
+        c->be->host_free(c, p, bytes ? bytes : 1);
+}
+
 /* ------------------------------------------------------------ device names */
 
 int nn_place_parse(const char *s, nn_place *where, int *is_auto, cds_err *err)

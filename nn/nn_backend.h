@@ -89,13 +89,21 @@ struct nn_backend {
      * least, or NULL when out of memory; free takes the size alloc got */
     void *(*alloc)(const nn_ctx *c, size_t bytes);
     void (*free)(const nn_ctx *c, void *p, size_t bytes);
+    /* Host memory the device copies from fastest (a GPU's pinned memory;
+     * the CPU's malloc): batches built there are staged without a copy on
+     * the host.  NULL when out of memory. */
+    void *(*host_alloc)(const nn_ctx *c, size_t bytes);
+    void (*host_free)(const nn_ctx *c, void *p, size_t bytes);
     void (*memset)(const nn_ctx *c, void *p, int v, size_t bytes);
     void (*to_host)(const nn_ctx *c, void *host, const void *src, size_t bytes);
     void (*from_host)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
     /* Makes a batch on the host readable by the ops: copies it into dst and
-     * returns dst, or, on a device whose memory is the host's, may return
+     * returns dst, or a device buffer of the backend's own that stays valid
+     * until the second stage() after it for the same dst (a GPU's double
+     * buffering), or, on a device whose memory is the host's, may return
      * host itself (no copy; the caller keeps it unchanged until the pass's
-     * backward is done, as nn_model_forward's caller does). */
+     * backward is done, as nn_model_forward's caller does).  Otherwise the
+     * caller may reuse host as soon as stage returns. */
     const void *(*stage)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
     /* ---- workspace sizes, in bytes ---- */
     size_t (*conv2d_work)(const nn_ctx *c, const nn_conv_geom *g);
@@ -209,5 +217,9 @@ const void *nn_ctx_stage(const nn_ctx *c, void *dst, const void *host, size_t by
 /* Device memory of the context, zeroed; NULL when out of memory. */
 void *nn_ctx_alloc(const nn_ctx *c, size_t bytes);
 void nn_ctx_free(const nn_ctx *c, void *p, size_t bytes);
+/* Host memory the context's device copies from fastest (the table's
+ * host_alloc): a data loader builds its batches there. */
+void *nn_ctx_host_alloc(const nn_ctx *c, size_t bytes);
+void nn_ctx_host_free(const nn_ctx *c, void *p, size_t bytes);
 
 #endif

@@ -120,6 +120,20 @@ static void cpu_free(const nn_ctx *c, void *p, size_t bytes)
 #endif
 }
 
+/* The CPU reads a batch where it is: plain heap memory. */
+static void *cpu_host_alloc(const nn_ctx *c, size_t bytes)
+{
+    (void)c;
+    return malloc(bytes);
+}
+
+static void cpu_host_free(const nn_ctx *c, void *p, size_t bytes)
+{
+    (void)c;
+    (void)bytes;
+    free(p);
+}
+
 static void cpu_memset(const nn_ctx *c, void *p, int v, size_t bytes)
 {
     GUARD_OPEN(c);
@@ -464,6 +478,8 @@ const nn_backend nn_backend_cpu = {
     .mem = cpu_mem,
     .alloc = cpu_alloc,
     .free = cpu_free,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
     .memset = cpu_memset,
     .to_host = cpu_to_host,
     .from_host = cpu_from_host,

@@ -44,6 +44,8 @@ enum { LAYOUT_COPY, LAYOUT_CLAST };
 enum { BUF_FREE, BUF_READY, BUF_HELD };
 
 typedef struct nn_buf {
+    void *data;      /* one allocation holding x (or x8, or idx) and then y */
+    size_t bytes;
     float *x;
     uint8_t *x8;     /* raw uint8 rows (nn_data_opts.raw_u8) */
     int32_t *idx;
@@ -80,6 +82,9 @@ struct nn_data {
     int shuffle, shard_index;
     int64_t *order;            /* shuffle, or a pass longer than the shard */
     int64_t pass_rows;         /* rows a pass takes (nn_data_opts.pass_rows; rows when 0) */
+    void *(*buf_alloc)(void *ctx, size_t bytes); /* nn_data_opts: where batch buffers come from */
+    void (*buf_free)(void *ctx, void *p, size_t bytes);
+    void *buf_ctx;
 
     nn_buf buf[NBUF];
     int nbuf;
@@ -459,18 +464,22 @@ static int alloc_buffers(nn_data *d, cds_err *err)
     int64_t cap = d->pass_rows < d->batch ? (d->pass_rows > 0 ? d->pass_rows : 1) : d->batch;
     int64_t per_row = d->sparse ? d->row_elems : d->P * d->C;
     d->nbuf = d->prefetch ? NBUF : 1;
+    size_t esz = d->sparse ? sizeof(int32_t) : d->raw ? 1 : sizeof(float);
+    size_t xb = ((size_t)(cap * per_row) * esz + 63) / 64 * 64; /* y starts on a cache line */
     for (int i = 0; i < d->nbuf; i++) {
         nn_buf *b = &d->buf[i];
-        if (d->sparse)
-            b->idx = malloc((size_t)(cap * per_row) * sizeof *b->idx);
-        else if (d->raw)
-            b->x8 = malloc((size_t)(cap * per_row));
-        else
-            b->x = malloc((size_t)(cap * per_row) * sizeof *b->x);
-        b->y = malloc((size_t)cap * sizeof *b->y);
-        if ((!b->idx && !b->x && !b->x8) || !b->y)
+        b->bytes = xb + (size_t)cap * sizeof(int32_t);
+        b->data = d->buf_alloc ? d->buf_alloc(d->buf_ctx, b->bytes) : malloc(b->bytes);
+        if (!b->data)
             return cds_err_nomem(err, "shard %s: out of memory for batches of %lld rows of %lld values: use a smaller "
                             "batch", d->dir, (long long)cap, (long long)per_row);
+        if (d->sparse)
+            b->idx = b->data;
+        else if (d->raw)
+            b->x8 = b->data;
+        else
+            b->x = b->data;
+        b->y = (int32_t *)(void *)((char *)b->data + xb);
     }
     return 0;
 }
@@ -506,6 +515,11 @@ static void copy_settings(nn_data *d, int shard_index, const nn_data_opts *o)
     d->identity = d->scale == 1.0f && d->n_norm == 0;
     d->prefetch = o->prefetch != 0;
     d->held = -1;
+    if (o->buf_alloc && o->buf_free) {
+        d->buf_alloc = o->buf_alloc;
+        d->buf_free = o->buf_free;
+        d->buf_ctx = o->buf_ctx;
+    }
 }
 
 nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts *o, cds_err *err)
@@ -587,10 +601,10 @@ void nn_data_close(nn_data *d)
         pthread_mutex_destroy(&d->mu);
     }
     for (int i = 0; i < NBUF; i++) {
-        free(d->buf[i].x);
-        free(d->buf[i].x8);
-        free(d->buf[i].idx);
-        free(d->buf[i].y);
+        if (d->buf[i].data && d->buf_free)
+            d->buf_free(d->buf_ctx, d->buf[i].data, d->buf[i].bytes);
+        else
+            free(d->buf[i].data);
     }
     free(d->order);
     free(d->lut);

@@ -82,6 +82,12 @@ typedef struct nn_data_opts {
      * through nn_data_u8_form's tables): a GPU is sent a quarter of the
      * bytes and does the conversion; other shards ignore it. */
     int raw_u8;
+    /* Where batches are built (NULL: malloc): a GPU's pinned host memory
+     * (nn_ctx_host_alloc), staged to the device without a copy on the
+     * host.  Each batch is one allocation, freed by buf_free at close. */
+    void *(*buf_alloc)(void *ctx, size_t bytes);
+    void (*buf_free)(void *ctx, void *p, size_t bytes);
+    void *buf_ctx;
 } nn_data_opts;
 
 typedef struct nn_batch {

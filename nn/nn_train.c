@@ -109,6 +109,17 @@ void nn_trainer_free(nn_trainer *t)
 
 /* ------------------------------------------------------------- passes */
 
+/* A GPU's data loader builds its batches in the device's pinned memory. */
+static void *pinned_alloc(void *ctx, size_t bytes)
+{
+    return nn_ctx_host_alloc(ctx, bytes);
+}
+
+static void pinned_free(void *ctx, void *p, size_t bytes)
+{
+    nn_ctx_host_free(ctx, p, bytes);
+}
+
 static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuffle, int batch, int64_t pass_rows,
                       nn_data **out, cds_err *err)
 {
@@ -134,6 +145,11 @@ static int open_shard(nn_trainer *t, const char *dir, int shard_index, int shuff
     /* A GPU is sent uint8 rows and normalises them; the CPU converts on
      * the prefetch thread, beside the step. */
     o.raw_u8 = nn_model_ctx(t->model)->dev != NN_CPU;
+    if (nn_model_ctx(t->model)->dev != NN_CPU) {
+        o.buf_alloc = pinned_alloc;
+        o.buf_free = pinned_free;
+        o.buf_ctx = nn_model_ctx(t->model);
+    }
     o.classes = nn_model_classes(t->model);
     *out = nn_data_open(dir, shard_index, &o, err);
     return *out ? 0 : -1;

@@ -225,6 +225,51 @@ static void check_ckpt(size_t k, nn_place gpu, const char *dir)
     nn_trainer_free(c2g);
 }
 
+/* Staging (nn_backend.h's stage): batches from pinned memory of the
+ * context's (copied from where they are) and from ordinary memory (copied
+ * through the slot's pinned buffers), five in turn into one destination,
+ * each read back from the buffer stage returned after the host buffer was
+ * overwritten; the double buffering keeps the batch before it too. */
+static void check_stage(nn_place gpu)
+{
+    enum { N = 1 << 18 };
+    nn_ctx c;
+    cds_err err;
+    if (nn_ctx_init_at(&c, gpu, &err) != 0) {
+        ok(0, "a context on cuda:%d: %s", gpu.index, err.msg);
+        return;
+    }
+    float *pinned = nn_ctx_host_alloc(&c, N * sizeof(float)), *plain = malloc(N * sizeof(float));
+    float *dst = nn_ctx_alloc(&c, N * sizeof(float)), *back = malloc(N * sizeof(float));
+    const float *prev = NULL;
+    int good = pinned && plain && dst && back, k;
+    for (k = 0; good && k < 5; k++) {
+        float *h = k % 2 ? plain : pinned;
+        for (int i = 0; i < N; i++)
+            h[i] = (float)(k * N + i);
+        const float *dev = nn_ctx_stage(&c, dst, h, N * sizeof(float));
+        for (int i = 0; i < N; i++)
+            h[i] = -1.0f; /* the caller may reuse the host buffer at once */
+        nn_ctx_to_host(&c, back, dev, N * sizeof(float));
+        for (int i = 0; good && i < N; i++)
+            good = back[i] == (float)(k * N + i);
+        if (prev && good) {
+            nn_ctx_to_host(&c, back, prev, N * sizeof(float));
+            for (int i = 0; good && i < N; i++)
+                good = back[i] == (float)((k - 1) * N + i);
+        }
+        prev = dev;
+    }
+    good = good && nn_ctx_check(&c, &err) == 0;
+    ok(good, "stage: five batches from pinned and ordinary memory in turn reach the device whole, the one before "
+             "each still there (failed at %d)%s%s", k, good ? "" : ": ", good ? "" : err.msg);
+    nn_ctx_host_free(&c, pinned, N * sizeof(float));
+    nn_ctx_free(&c, dst, N * sizeof(float));
+    free(plain);
+    free(back);
+    nn_ctx_release(&c);
+}
+
 int main(void)
 {
     nn_place gpu;
@@ -234,6 +279,7 @@ int main(void)
     char dir[] = "/tmp/cds-nn-cuda.XXXXXX";
     if (!mkdtemp(dir))
         tap_bail("mkdtemp failed");
+    check_stage(gpu);
     for (size_t k = 0; k < N_MODELS; k++)
         check_steps(k, gpu);
     for (size_t k = 0; k < N_MODELS; k++)

@@ -289,6 +289,47 @@ static void test_u8_raw(void)
     nn_ctx_release(&c);
 }
 
+/* A loader's batches come from the allocator it is given (a GPU's pinned
+ * memory) and all go back to it at close. */
+typedef struct counting {
+    int allocs, frees;
+    size_t live;
+} counting;
+static void *count_alloc(void *ctx, size_t bytes)
+{
+    counting *c = ctx;
+    c->allocs++;
+    c->live += bytes;
+    return malloc(bytes);
+}
+static void count_free(void *ctx, void *p, size_t bytes)
+{
+    counting *c = ctx;
+    c->frees++;
+    c->live -= bytes;
+    free(p);
+}
+
+static void test_buffer_allocator(void)
+{
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/shard-0", split);
+    nn_data_opts o = dense_opts(2, 3, 2, 3, 4);
+    o.prefetch = 1;
+    counting c = {0};
+    o.buf_alloc = count_alloc;
+    o.buf_free = count_free;
+    o.buf_ctx = &c;
+    nn_data *d = open_or_bail(dir, 0, &o);
+    pass p;
+    int ran = run_pass(d, 0, 2 * 3 * 4, &p) == 0 && p.rows == 5;
+    int during = c.allocs;
+    free_pass(&p);
+    nn_data_close(d);
+    ok(ran && during > 0 && c.frees == c.allocs && c.live == 0,
+       "batches are built in the allocator's memory (%d buffers) and all of it goes back at close", during);
+}
+
 static void test_f32_rows(void)
 {
     enum { R = 4, H = 2, W = 2, C = 3 };
@@ -740,6 +781,7 @@ int main(void)
     write_cover_shard();
     test_u8_images();
     test_u8_raw();
+    test_buffer_allocator();
     test_f32_rows();
     test_sparse();
     test_coverage();

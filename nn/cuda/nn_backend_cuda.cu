@@ -35,13 +35,17 @@
  * (docs/engine-backend.md: GPU replays are bit-identical per process).
  *
  * Input.  stage() keeps, per destination buffer (the model's input, labels,
- * sparse indices), two pinned host buffers and two device buffers used in
- * turn: the batch is copied into pinned memory by the host while the device
- * still runs the previous step, then to the device on the copy stream,
- * which waits until the step that last read that device buffer is done;
- * the compute stream waits for the copy.  stage() returns the device
- * buffer, valid until the second stage() after it for the same destination
- * (nn_backend.h allows a backend to return its own buffer). */
+ * sparse indices), two device buffers used in turn: the batch goes to the
+ * device on the copy stream, which waits until the step that last read
+ * that device buffer is done, and the compute stream waits for the copy.
+ * A batch in pinned memory of this context's (host_alloc: the trainer's
+ * data loader builds its batches there) is copied from where it is, and
+ * stage() waits for that copy before it returns the host buffer to the
+ * loader; any other batch is first copied by the host into one of two
+ * pinned buffers of the slot's while the device still runs the previous
+ * step.  stage() returns the device buffer, valid until the second
+ * stage() after it for the same destination (nn_backend.h allows a backend
+ * to return its own buffer). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -54,6 +58,7 @@
 #include "kern_cuda.h"
 
 #define STAGE_SLOTS 4 /* destinations staged per context: input, labels, indices, one spare */
+#define PINNED_MAX 16 /* pinned host allocations a context tracks (a loader's buffers) */
 
 typedef struct conv_plan {
     nn_conv_geom g; /* N..pad: the key (OH, OW follow; threads and taps are ignored) */
@@ -71,7 +76,7 @@ typedef struct conv_plan {
 typedef struct stage_slot {
     const void *dst; /* the destination this slot stands in for; NULL: free */
     size_t cap;
-    void *pin[2], *dev[2];
+    void *pin[2], *dev[2]; /* pin: made when a batch from unpinned memory first needs it */
     cudaEvent_t copied[2], freed[2];
     int next;
 } stage_slot;
@@ -89,6 +94,10 @@ typedef struct cuda_ctx {
     conv_plan *plans;
     size_t n_plans, cap_plans;
     stage_slot slots[STAGE_SLOTS];
+    struct {
+        const char *p;
+        size_t bytes;
+    } pinned[PINNED_MAX]; /* host_alloc's, for stage() to recognise */
     size_t bytes_now, bytes_peak; /* device memory this context holds */
 } cuda_ctx;
 
@@ -329,8 +338,7 @@ static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes
     s->dst = dst;
     s->cap = bytes;
     for (int j = 0; j < 2; j++)
-        if (rec(c, cudaHostAlloc(&s->pin[j], bytes, cudaHostAllocDefault), "pinned staging memory") ||
-            rec(c, cudaMalloc(&s->dev[j], bytes), "device staging memory") ||
+        if (rec(c, cudaMalloc(&s->dev[j], bytes), "device staging memory") ||
             rec(c, cudaEventCreateWithFlags(&s->copied[j], cudaEventDisableTiming), "an event") ||
             rec(c, cudaEventCreateWithFlags(&s->freed[j], cudaEventDisableTiming), "an event")) {
             stage_slot_free(s);
@@ -339,11 +347,26 @@ static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes
     return s;
 }
 
+/* Whether [host, host + bytes) lies in pinned memory of this context's. */
+static int is_pinned(const cuda_ctx *x, const void *host, size_t bytes)
+{
+    const char *h = (const char *)host;
+    for (int i = 0; i < PINNED_MAX; i++)
+        if (x->pinned[i].p && h >= x->pinned[i].p && bytes <= x->pinned[i].bytes &&
+            (size_t)(h - x->pinned[i].p) <= x->pinned[i].bytes - bytes)
+            return 1;
+    return 0;
+}
+
 static const void *cuda_stage(const nn_ctx *c, void *dst, const void *host, size_t bytes)
 {
     cuda_ctx *x = X(c);
     S(c);
     stage_slot *s = stage_slot_for(c, dst, bytes);
+    int direct = s && is_pinned(x, host, bytes);
+    if (s && !direct && !s->pin[s->next] &&
+        rec(c, cudaHostAlloc(&s->pin[s->next], s->cap, cudaHostAllocDefault), "pinned staging memory"))
+        s = NULL;
     if (!s) { /* no slot (or an error, kept): a plain copy keeps the step's inputs right */
         cuda_from_host(c, dst, host, bytes);
         return dst;
@@ -353,14 +376,51 @@ static const void *cuda_stage(const nn_ctx *c, void *dst, const void *host, size
     /* Everything queued so far is the last step that read the other
      * buffer: the copy into it, next call, waits for that. */
     rec(c, cudaEventRecord(s->freed[j ^ 1], x->stream), "recording an event");
-    /* pin[j] is free once its last copy to the device is done. */
-    rec(c, cudaEventSynchronize(s->copied[j]), "a staging copy");
-    memcpy(s->pin[j], host, bytes);
+    const void *from = host;
+    if (!direct) {
+        /* pin[j] is free once its last copy to the device is done. */
+        rec(c, cudaEventSynchronize(s->copied[j]), "a staging copy");
+        memcpy(s->pin[j], host, bytes);
+        from = s->pin[j];
+    }
     rec(c, cudaStreamWaitEvent(x->copy, s->freed[j], 0), "waiting for an event");
-    rec(c, cudaMemcpyAsync(s->dev[j], s->pin[j], bytes, cudaMemcpyHostToDevice, x->copy), "staging a batch");
+    rec(c, cudaMemcpyAsync(s->dev[j], from, bytes, cudaMemcpyHostToDevice, x->copy), "staging a batch");
     rec(c, cudaEventRecord(s->copied[j], x->copy), "recording an event");
     rec(c, cudaStreamWaitEvent(x->stream, s->copied[j], 0), "waiting for an event");
+    if (direct) /* the loader may refill host once this returns */
+        rec(c, cudaEventSynchronize(s->copied[j]), "a staging copy");
     return s->dev[j];
+}
+
+/* Pinned host memory, remembered so that stage() copies from it directly;
+ * beyond PINNED_MAX allocations it is still pinned, only not recognised. */
+static void *cuda_host_alloc(const nn_ctx *c, size_t bytes)
+{
+    cuda_ctx *x = X(c);
+    void *p = NULL;
+    S(c);
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+        cudaGetLastError(); /* out of pinned memory is not sticky */
+        return NULL;
+    }
+    for (int i = 0; i < PINNED_MAX; i++)
+        if (!x->pinned[i].p) {
+            x->pinned[i].p = (const char *)p;
+            x->pinned[i].bytes = bytes;
+            break;
+        }
+    return p;
+}
+
+static void cuda_host_free(const nn_ctx *c, void *p, size_t bytes)
+{
+    cuda_ctx *x = X(c);
+    (void)bytes;
+    for (int i = 0; i < PINNED_MAX; i++)
+        if (x->pinned[i].p == p)
+            x->pinned[i].p = NULL;
+    S(c);
+    rec(c, cudaFreeHost(p), "freeing pinned memory");
 }
 
 /* ------------------------------------------------------- workspace sizes */
@@ -857,6 +917,8 @@ static const nn_backend cuda_table = {
     .mem = cuda_mem,
     .alloc = cuda_alloc,
     .free = cuda_free,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
     .memset = cuda_memset,
     .to_host = cuda_to_host,
     .from_host = cuda_from_host,
