@@ -138,8 +138,16 @@ sweep ma 64 >"$root/ma.json"
 jobctl enqueue sweep --spec "$root/ma.json" --id ma1 >/dev/null 2>"$root/err"
 jobctl pause ma1 >/dev/null 2>&1
 jobctl cancel ma1/3 >/dev/null 2>&1
-sleep 0.5
-n1=$(rcli LLEN "${prefix}sweep:{ma1}:schedule")
+# A gang taken before the pause finishes (its ranks' entries land when it
+# commits, however loaded the machine): wait until the schedule has not
+# grown for 2 s (at most 60 s), then check that it stays so.
+n1=-1
+for _ in $(seq 30); do
+    cur=$(rcli LLEN "${prefix}sweep:{ma1}:schedule")
+    [ "$cur" = "$n1" ] && break
+    n1=$cur
+    sleep 2
+done
 sleep 1.5
 n2=$(rcli LLEN "${prefix}sweep:{ma1}:schedule")
 ok "$([ "$n1" = "$n2" ] && [ "$n1" -le 2 ] && [ "$(rcli HGET "${prefix}sweep:{ma1}:models" 3.state)" = cancelled ]; echo $?)" \
