@@ -93,14 +93,20 @@ cudaError_t cuk_avgpool_fwd(cudaStream_t s, const nn_pool_geom *g, const float *
 cudaError_t cuk_avgpool_bwd(cudaStream_t s, const nn_pool_geom *g, const float *dy, float *dx);
 cudaError_t cuk_gap_fwd(cudaStream_t s, const float *x, float *y, int N, int C, int HW);
 cudaError_t cuk_gap_bwd(cudaStream_t s, const float *dy, float *dx, int N, int C, int HW);
-/* save: 2·C floats, the batch mean then 1/sqrt(var+eps) per channel. */
+/* Doubles of device scratch the two batch-norm reductions below need:
+ * each channel's N·HW values are split into parts that blocks of their
+ * own sum (a channel per block would leave most of a GPU idle on the early
+ * layers' 64 channels), and the parts are added in a fixed order. */
+size_t cuk_bn_scratch(int N, int C, int HW);
+/* save: 2·C floats, the batch mean then 1/sqrt(var+eps) per channel;
+ * scratch: cuk_bn_scratch(N, C, HW) doubles. */
 cudaError_t cuk_bn_fwd_train(cudaStream_t s, const float *x, const float *gamma, const float *beta, float *y,
                              float *save, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
-                             int HW);
+                             int HW, double *scratch);
 cudaError_t cuk_bn_fwd_infer(cudaStream_t s, const float *x, const float *gamma, const float *beta,
                              const float *run_mean, const float *run_var, float *y, float eps, int N, int C, int HW);
 cudaError_t cuk_bn_bwd(cudaStream_t s, const float *x, const float *gamma, const float *save, const float *dy,
-                       float *dx, float *dgamma, float *dbeta, int N, int C, int HW);
+                       float *dx, float *dgamma, float *dbeta, int N, int C, int HW, double *scratch);
 
 /* ---- the sparse first layer (kern_cuda_sparse.cu).  The plan buffer
  * starts with an nn_sparse_plan descriptor whose pointers point into the

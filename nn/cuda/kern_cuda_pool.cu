@@ -32,22 +32,23 @@
  * the CPU's order (a pooled map is small: 7x7 at the end of ResNet), so the
  * forward is bit-identical; the backward is element-wise.
  *
- * Batch norm, training: one block per channel, which owns the channel whole
- * (statistics, saved values, running statistics, output), so the channel's
- * scale is used in double exactly as the CPU forms it (the float scale
- * (float)(gamma*invstd) cannot be rebuilt from the saved float invstd).
- * Sums are taken in double: each thread sums a fixed strided subset of the
- * channel's M = N*HW values, then the block adds the partial sums in a
- * fixed shuffle tree, so results are deterministic run to run; they differ
- * from the CPU's four-way partial sums only in the order of double adds
- * (the tests' 1e-5).  Every scalar formula (mean, two-pass biased variance,
- * invstd = 1/sqrt(var+eps) in double, the running statistics with the
- * unbiased variance M/(M-1), the float normalisation (x-mean)*scale+shift)
- * is the CPU's expression with the CPU's float/double types; --fmad=false
- * keeps the float ones uncontracted.  Inference is element-wise and
- * bit-identical.  The backward is the same per-channel block: Σdy and
- * Σdy*x̂ in double, then dx += k*(dy - mean_dy - x̂*mean_dy_xhat) in float,
- * dgamma and dbeta added once by thread 0 (single writer per channel).
+ * Batch norm, training: each channel's M = N*HW values are split into S
+ * parts (bn_parts: about 1024 blocks in all, so that the early layers' 64
+ * channels of 256 x 56 x 56 values do not leave a GPU mostly idle), each
+ * summed in double by a block of its own (a fixed strided subset per
+ * thread, then a fixed shuffle tree) into the caller's scratch; one thread
+ * per channel then adds its S parts in part order.  So results are
+ * deterministic run to run; they differ from the CPU's four-way partial
+ * sums only in the order of double adds (the tests' 1e-5).  Two passes, as
+ * the CPU: the mean, then Σ(x - mean)²; the per-channel kernel forms every
+ * scalar (invstd = 1/sqrt(var+eps) in double, the running statistics with
+ * the unbiased variance M/(M-1), the float scale (float)(gamma*invstd)) by
+ * the CPU's expression with its float/double types, and the element-wise
+ * kernel applies (x-mean)*scale+shift in float; --fmad=false keeps the
+ * float ones uncontracted.  Inference is element-wise and bit-identical.
+ * The backward is the same split: Σdy and Σdy*x̂ in double per part, the
+ * channel's totals into dgamma and dbeta (one writer per channel), then
+ * dx += k*(dy - mean_dy - x̂*mean_dy_xhat) in float, element-wise.
  *
  * Every kernel loops grid-stride over size_t indices, so any shape the
  * host accepts fits in a capped grid; nothing here waits for the device. */
@@ -60,7 +61,7 @@ namespace {
 
 constexpr int THREADS = 256;         /* element-wise and per-output kernels */
 constexpr unsigned MAX_BLOCKS = 65535u * 16u; /* grid cap; kernels loop grid-stride */
-constexpr int BN_THREADS = 512;      /* one block per channel */
+constexpr int BN_THREADS = 512;      /* a block per part of a channel */
 
 /* Blocks for n items, one per thread, capped (the kernels loop). */
 unsigned blocks_for(size_t n)
@@ -288,43 +289,92 @@ __host__ __device__ inline size_t chan_at(size_t e, int c, int C, int HW)
     return (n * (size_t)C + (size_t)c) * (size_t)HW + (e - n * (size_t)HW);
 }
 
-__global__ void __launch_bounds__(BN_THREADS) bn_train_kernel(const float *x, const float *gamma, const float *beta,
-                                                              float *y, float *save, float *run_mean, float *run_var,
-                                                              float momentum, float eps, int N, int C, int HW)
+/* How many parts each channel's M = N·HW values are split into: enough
+ * blocks to fill a GPU (about 1024), parts of at least 2048 values, at most
+ * 64 parts. */
+int bn_parts(int N, int C, int HW)
+{
+    const size_t M = (size_t)N * (size_t)HW;
+    size_t by_blocks = (1024 + (size_t)C - 1) / (size_t)C, by_size = M / 2048;
+    size_t S = by_blocks < by_size ? by_blocks : by_size;
+    S = S < 1 ? 1 : S > 64 ? 64 : S;
+    return (int)S;
+}
+
+/* Part s of channel c: its values [s·M/S, (s+1)·M/S). */
+__device__ inline void part_range(size_t M, int S, int s, size_t *lo, size_t *hi)
+{
+    *lo = M * (size_t)s / (size_t)S;
+    *hi = M * (size_t)(s + 1) / (size_t)S;
+}
+
+/* part[(c·S + s)·2 + k]: block (s, c) sums over its part, in double, x
+ * (k = 0), or (x - mean[c])² with mean in fin[c·4] (k = 1). */
+__global__ void __launch_bounds__(BN_THREADS) bn_part_kernel(const float *x, double *part, const double *fin, int k,
+                                                             int N, int C, int HW, int S)
 {
     __shared__ double sh[BN_THREADS / 32 + 1];
-    __shared__ float sh_mean, sh_scale;
-    const int c = blockIdx.x;
+    const int s = blockIdx.x, c = blockIdx.y;
     const size_t M = (size_t)N * (size_t)HW;
-    const double Md = (double)N * HW;
-
+    size_t lo, hi;
+    part_range(M, S, s, &lo, &hi);
+    const double mean = k ? fin[(size_t)c * 4] : 0.0;
     double acc = 0.0;
-    for (size_t e = threadIdx.x; e < M; e += BN_THREADS)
-        acc += x[chan_at(e, c, C, HW)];
-    const double mean = block_sum(acc, sh) / Md;
-
-    acc = 0.0;
-    for (size_t e = threadIdx.x; e < M; e += BN_THREADS) {
-        double d = x[chan_at(e, c, C, HW)] - mean;
-        acc += d * d;
+    for (size_t e = lo + threadIdx.x; e < hi; e += BN_THREADS) {
+        const double v = x[chan_at(e, c, C, HW)];
+        acc += k ? (v - mean) * (v - mean) : v;
     }
-    const double var = block_sum(acc, sh) / Md; /* biased */
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0)
+        part[((size_t)c * S + s) * 2 + k] = acc;
+}
 
-    if (threadIdx.x == 0) {
-        const double invstd = 1.0 / sqrt(var + (double)eps);
-        save[c] = (float)mean;
-        save[C + c] = (float)invstd;
-        sh_mean = (float)mean;
-        sh_scale = (float)(gamma[c] * invstd);
-        const double unbiased = Md > 1.0 ? var * Md / (Md - 1.0) : var;
-        run_mean[c] = (float)((1.0 - momentum) * run_mean[c] + (double)momentum * mean);
-        run_var[c] = (float)((1.0 - momentum) * run_var[c] + (double)momentum * unbiased);
-    }
-    __syncthreads();
-    const float mean_f = sh_mean, scale = sh_scale, shift = beta[c];
-    for (size_t e = threadIdx.x; e < M; e += BN_THREADS) {
-        const size_t at = chan_at(e, c, C, HW);
-        y[at] = (x[at] - mean_f) * scale + shift;
+/* Σ of channel c's S parts of kind k, in part order. */
+__device__ inline double parts_sum(const double *part, int c, int S, int k)
+{
+    double t = 0.0;
+    for (int s = 0; s < S; s++)
+        t += part[((size_t)c * S + s) * 2 + k];
+    return t;
+}
+
+/* fin[c·4] = the mean (double), from the parts' sums. */
+__global__ void bn_mean_kernel(const double *part, double *fin, int N, int C, int HW, int S)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < C)
+        fin[(size_t)c * 4] = parts_sum(part, c, S, 0) / ((double)N * HW);
+}
+
+/* The CPU's scalar formulas, per channel: save, the running statistics,
+ * and for the apply kernel the float mean and scale (fin[c·4+1], +2). */
+__global__ void bn_stats_kernel(const double *part, double *fin, const float *gamma, float *save, float *run_mean,
+                                float *run_var, float momentum, float eps, int N, int C, int HW, int S)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C)
+        return;
+    const double Md = (double)N * HW, mean = fin[(size_t)c * 4];
+    const double var = parts_sum(part, c, S, 1) / Md; /* biased */
+    const double invstd = 1.0 / sqrt(var + (double)eps);
+    save[c] = (float)mean;
+    save[C + c] = (float)invstd;
+    fin[(size_t)c * 4 + 1] = (double)(float)mean;
+    fin[(size_t)c * 4 + 2] = (double)(float)(gamma[c] * invstd);
+    const double unbiased = Md > 1.0 ? var * Md / (Md - 1.0) : var;
+    run_mean[c] = (float)((1.0 - momentum) * run_mean[c] + (double)momentum * mean);
+    run_var[c] = (float)((1.0 - momentum) * run_var[c] + (double)momentum * unbiased);
+}
+
+/* y = (x - mean)·scale + β, element-wise over the whole tensor. */
+__global__ void bn_apply_kernel(const float *x, const double *fin, const float *beta, float *y, size_t n, int C,
+                                int HW)
+{
+    FOR_EACH(e, n)
+    {
+        const int c = (int)((e / (size_t)HW) % (size_t)C);
+        const float mean_f = (float)fin[(size_t)c * 4 + 1], scale = (float)fin[(size_t)c * 4 + 2];
+        y[e] = (x[e] - mean_f) * scale + beta[c];
     }
 }
 
@@ -341,40 +391,62 @@ __global__ void bn_infer_kernel(const float *x, const float *gamma, const float 
     }
 }
 
-__global__ void __launch_bounds__(BN_THREADS) bn_bwd_kernel(const float *x, const float *gamma, const float *save,
-                                                            const float *dy, float *dx, float *dgamma, float *dbeta,
-                                                            int N, int C, int HW)
+/* part[(c·S + s)·2 + 0, 1]: block (s, c) sums Σdy and Σdy·x̂ over its
+ * part, in double (x̂ = (x - mean)·invstd from save). */
+__global__ void __launch_bounds__(BN_THREADS) bn_bwd_part_kernel(const float *x, const float *save, const float *dy,
+                                                                 double *part, int N, int C, int HW, int S)
 {
     __shared__ double sh[BN_THREADS / 32 + 1];
-    const int c = blockIdx.x;
+    const int s = blockIdx.x, c = blockIdx.y;
     const size_t M = (size_t)N * (size_t)HW;
-    const double Md = (double)N * HW;
+    size_t lo, hi;
+    part_range(M, S, s, &lo, &hi);
     const float mean = save[c], invstd = save[C + c];
-
     double a_dy = 0.0, a_dy_xhat = 0.0;
-    for (size_t e = threadIdx.x; e < M; e += BN_THREADS) {
+    for (size_t e = lo + threadIdx.x; e < hi; e += BN_THREADS) {
         const size_t at = chan_at(e, c, C, HW);
         const double xhat = ((double)x[at] - mean) * invstd;
         a_dy += dy[at];
         a_dy_xhat += dy[at] * xhat;
     }
-    const double sum_dy = block_sum(a_dy, sh);
-    const double sum_dy_xhat = block_sum(a_dy_xhat, sh);
+    a_dy = block_sum(a_dy, sh);
+    a_dy_xhat = block_sum(a_dy_xhat, sh);
     if (threadIdx.x == 0) {
-        if (dbeta)
-            dbeta[c] += (float)sum_dy;
-        if (dgamma)
-            dgamma[c] += (float)sum_dy_xhat;
+        part[((size_t)c * S + s) * 2] = a_dy;
+        part[((size_t)c * S + s) * 2 + 1] = a_dy_xhat;
     }
-    if (!dx)
+}
+
+/* dgamma, dbeta (one writer per channel), and for the dx kernel k =
+ * γ·invstd and the two means (fin[c·4 .. c·4+2], float values). */
+__global__ void bn_bwd_stats_kernel(const double *part, double *fin, const float *gamma, const float *save,
+                                    float *dgamma, float *dbeta, int N, int C, int HW, int S)
+{
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C)
         return;
-    /* dx += k·(dy - mean_dy - x̂·mean_dy_xhat), with k = γ·invstd. */
-    const float k = (float)((double)gamma[c] * invstd);
-    const float mean_dy = (float)(sum_dy / Md), mean_dy_xhat = (float)(sum_dy_xhat / Md);
-    for (size_t e = threadIdx.x; e < M; e += BN_THREADS) {
-        const size_t at = chan_at(e, c, C, HW);
-        const float xhat = (x[at] - mean) * invstd;
-        dx[at] += k * (dy[at] - mean_dy - xhat * mean_dy_xhat);
+    const double Md = (double)N * HW, sum_dy = parts_sum(part, c, S, 0), sum_dy_xhat = parts_sum(part, c, S, 1);
+    if (dbeta)
+        dbeta[c] += (float)sum_dy;
+    if (dgamma)
+        dgamma[c] += (float)sum_dy_xhat;
+    fin[(size_t)c * 4] = (double)(float)((double)gamma[c] * save[C + c]);
+    fin[(size_t)c * 4 + 1] = (double)(float)(sum_dy / Md);
+    fin[(size_t)c * 4 + 2] = (double)(float)(sum_dy_xhat / Md);
+}
+
+/* dx += k·(dy - mean_dy - x̂·mean_dy_xhat), element-wise. */
+__global__ void bn_bwd_dx_kernel(const float *x, const float *save, const float *dy, const double *fin, float *dx,
+                                 size_t n, int C, int HW)
+{
+    FOR_EACH(e, n)
+    {
+        const int c = (int)((e / (size_t)HW) % (size_t)C);
+        const float mean = save[c], invstd = save[C + c];
+        const float k = (float)fin[(size_t)c * 4], mean_dy = (float)fin[(size_t)c * 4 + 1];
+        const float mean_dy_xhat = (float)fin[(size_t)c * 4 + 2];
+        const float xhat = (x[e] - mean) * invstd;
+        dx[e] += k * (dy[e] - mean_dy - xhat * mean_dy_xhat);
     }
 }
 
@@ -438,14 +510,29 @@ cudaError_t cuk_gap_bwd(cudaStream_t s, const float *dy, float *dx, int N, int C
     return cudaGetLastError();
 }
 
+size_t cuk_bn_scratch(int N, int C, int HW)
+{
+    if (N <= 0 || C <= 0 || HW <= 0)
+        return 1;
+    return (size_t)C * (size_t)bn_parts(N, C, HW) * 2 + (size_t)C * 4;
+}
+
 cudaError_t cuk_bn_fwd_train(cudaStream_t s, const float *x, const float *gamma, const float *beta, float *y,
                              float *save, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
-                             int HW)
+                             int HW, double *scratch)
 {
     if (N <= 0 || C <= 0 || HW <= 0)
         return cudaSuccess;
-    bn_train_kernel<<<(unsigned)C, BN_THREADS, 0, s>>>(x, gamma, beta, y, save, run_mean, run_var, momentum, eps, N,
-                                                       C, HW);
+    const int S = bn_parts(N, C, HW);
+    double *part = scratch, *fin = scratch + (size_t)C * S * 2;
+    const dim3 grid((unsigned)S, (unsigned)C);
+    const unsigned per_c = (unsigned)((C + 127) / 128);
+    bn_part_kernel<<<grid, BN_THREADS, 0, s>>>(x, part, fin, 0, N, C, HW, S);
+    bn_mean_kernel<<<per_c, 128, 0, s>>>(part, fin, N, C, HW, S);
+    bn_part_kernel<<<grid, BN_THREADS, 0, s>>>(x, part, fin, 1, N, C, HW, S);
+    bn_stats_kernel<<<per_c, 128, 0, s>>>(part, fin, gamma, save, run_mean, run_var, momentum, eps, N, C, HW, S);
+    const size_t n = (size_t)N * C * HW;
+    bn_apply_kernel<<<blocks_for(n), THREADS, 0, s>>>(x, fin, beta, y, n, C, HW);
     return cudaGetLastError();
 }
 
@@ -460,10 +547,17 @@ cudaError_t cuk_bn_fwd_infer(cudaStream_t s, const float *x, const float *gamma,
 }
 
 cudaError_t cuk_bn_bwd(cudaStream_t s, const float *x, const float *gamma, const float *save, const float *dy,
-                       float *dx, float *dgamma, float *dbeta, int N, int C, int HW)
+                       float *dx, float *dgamma, float *dbeta, int N, int C, int HW, double *scratch)
 {
     if (N <= 0 || C <= 0 || HW <= 0 || (!dx && !dgamma && !dbeta))
         return cudaSuccess;
-    bn_bwd_kernel<<<(unsigned)C, BN_THREADS, 0, s>>>(x, gamma, save, dy, dx, dgamma, dbeta, N, C, HW);
+    const int S = bn_parts(N, C, HW);
+    double *part = scratch, *fin = scratch + (size_t)C * S * 2;
+    bn_bwd_part_kernel<<<dim3((unsigned)S, (unsigned)C), BN_THREADS, 0, s>>>(x, save, dy, part, N, C, HW, S);
+    bn_bwd_stats_kernel<<<(unsigned)((C + 127) / 128), 128, 0, s>>>(part, fin, gamma, save, dgamma, dbeta, N, C, HW, S);
+    if (dx) {
+        const size_t n = (size_t)N * C * HW;
+        bn_bwd_dx_kernel<<<blocks_for(n), THREADS, 0, s>>>(x, save, dy, fin, dx, n, C, HW);
+    }
     return cudaGetLastError();
 }

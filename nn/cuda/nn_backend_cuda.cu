@@ -33,6 +33,10 @@
  * step repeated on the same device and plan gives the same bits; which
  * algorithm wins is measured, so two processes may choose differently
  * (docs/engine-backend.md: GPU replays are bit-identical per process).
+ * The choices are kept for the process too (algo_cache below), so a
+ * worker's next visit, whose model is a new context, does not measure
+ * again: the one state here shared by contexts, guarded by a mutex and
+ * only ever appended to (as PyTorch keeps cudnn.benchmark's choices).
  *
  * Input.  stage() keeps, per destination buffer (the model's input, labels,
  * sparse indices), two device buffers used in turn: the batch goes to the
@@ -50,6 +54,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +96,8 @@ typedef struct cuda_ctx {
     char why[320];          /* the first error */
     void *work;
     size_t work_bytes;
+    double *red;            /* batch norm's partial sums (cuk_bn_scratch), grown as needed */
+    size_t red_n;
     conv_plan *plans;
     size_t n_plans, cap_plans;
     stage_slot slots[STAGE_SLOTS];
@@ -192,6 +199,8 @@ static void ctx_destroy(cuda_ctx *x)
     plans_free(x);
     if (x->work)
         cudaFree(x->work);
+    if (x->red)
+        cudaFree(x->red);
     if (x->dnn)
         cudnnDestroy(x->dnn);
     if (x->blas)
@@ -560,6 +569,57 @@ static int same_geom(const nn_conv_geom *a, const nn_conv_geom *b)
            a->KW == b->KW && a->stride == b->stride && a->pad == b->pad;
 }
 
+/* The process's measured choices: per (device, geometry, math), the three
+ * algorithms, their math and the workspace they need. */
+typedef struct algo_choice {
+    int device, tf32;
+    nn_conv_geom g;
+    cudnnConvolutionFwdAlgo_t fwd;
+    cudnnConvolutionBwdDataAlgo_t bwd_data;
+    cudnnConvolutionBwdFilterAlgo_t bwd_filter;
+    cudnnMathType_t m_fwd, m_data, m_filter;
+    size_t work;
+} algo_choice;
+
+static pthread_mutex_t algo_mu = PTHREAD_MUTEX_INITIALIZER;
+static algo_choice *algo_cache;
+static size_t algo_n, algo_cap;
+
+/* Copies a cached choice for p into it: 1 when there was one. */
+static int algo_lookup(int device, conv_plan *p)
+{
+    int found = 0;
+    pthread_mutex_lock(&algo_mu);
+    for (size_t i = 0; i < algo_n && !found; i++) {
+        const algo_choice *a = &algo_cache[i];
+        if (a->device == device && a->tf32 == p->tf32 && same_geom(&a->g, &p->g)) {
+            p->fwd = a->fwd, p->bwd_data = a->bwd_data, p->bwd_filter = a->bwd_filter;
+            p->m_fwd = a->m_fwd, p->m_data = a->m_data, p->m_filter = a->m_filter;
+            p->work = a->work;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&algo_mu);
+    return found;
+}
+
+/* Keeps p's choice for the process (out of memory: not kept, measured
+ * again next time). */
+static void algo_keep(int device, const conv_plan *p)
+{
+    pthread_mutex_lock(&algo_mu);
+    if (algo_n == algo_cap) {
+        size_t cap = algo_cap ? 2 * algo_cap : 64;
+        algo_choice *more = (algo_choice *)realloc(algo_cache, cap * sizeof *more);
+        if (more)
+            algo_cache = more, algo_cap = cap;
+    }
+    if (algo_n < algo_cap)
+        algo_cache[algo_n++] = (algo_choice){device, p->tf32, p->g, p->fwd, p->bwd_data, p->bwd_filter,
+                                             p->m_fwd, p->m_data, p->m_filter, p->work};
+    pthread_mutex_unlock(&algo_mu);
+}
+
 /* Whether a measured algorithm may be used: it ran, it is deterministic,
  * and without TF32 it computes in float32 FMAs. */
 static int usable(cudnnStatus_t st, cudnnDeterminism_t det, cudnnMathType_t math, int tf32)
@@ -669,10 +729,13 @@ static const conv_plan *plan_for(const nn_ctx *c, const nn_conv_geom *g)
     memset(p, 0, sizeof *p);
     p->g = *g;
     p->tf32 = tf32;
-    if (plan_describe(c, p) != 0 || plan_search(c, p) != 0) {
+    int known = plan_describe(c, p) == 0 && algo_lookup(x->device, p);
+    if (!known && (x->failed || plan_search(c, p) != 0)) {
         plan_destroy(p);
         return NULL;
     }
+    if (!known)
+        algo_keep(x->device, p);
     if (p->work > x->work_bytes) {
         /* cudaFree waits for the device: nothing queued still uses it. */
         if (x->work)
@@ -798,12 +861,31 @@ static void cuda_gap_bwd(const nn_ctx *c, const float *dy, float *dx, int N, int
     rec(c, cuk_gap_bwd(S(c), dy, dx, N, C, HW), "global average pool backward");
 }
 
+/* Room for batch norm's partial sums: grown (after the device is done with
+ * the old one: cudaFree waits) the first time a shape needs more. */
+static double *bn_scratch(const nn_ctx *c, int N, int C, int HW)
+{
+    cuda_ctx *x = X(c);
+    size_t n = cuk_bn_scratch(N, C, HW);
+    if (n <= x->red_n)
+        return x->red;
+    if (x->red)
+        cuda_free(c, x->red, x->red_n * sizeof(double));
+    x->red = (double *)cuda_alloc(c, n * sizeof(double));
+    x->red_n = x->red ? n : 0;
+    if (!x->red)
+        fail_msg(x, "out of device memory for batch norm's %zu partial sums", n);
+    return x->red;
+}
+
 static void cuda_bn_fwd_train(const nn_ctx *c, const float *x, const float *gamma, const float *beta, float *y,
                               float *save, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
                               int HW)
 {
-    rec(c, cuk_bn_fwd_train(S(c), x, gamma, beta, y, save, run_mean, run_var, momentum, eps, N, C, HW),
-        "batch norm forward");
+    double *red = bn_scratch(c, N, C, HW);
+    if (red)
+        rec(c, cuk_bn_fwd_train(S(c), x, gamma, beta, y, save, run_mean, run_var, momentum, eps, N, C, HW, red),
+            "batch norm forward");
 }
 
 static void cuda_bn_fwd_infer(const nn_ctx *c, const float *x, const float *gamma, const float *beta,
@@ -815,7 +897,9 @@ static void cuda_bn_fwd_infer(const nn_ctx *c, const float *x, const float *gamm
 static void cuda_bn_bwd(const nn_ctx *c, const float *x, const float *gamma, const float *save, const float *dy,
                         float *dx, float *dgamma, float *dbeta, int N, int C, int HW)
 {
-    rec(c, cuk_bn_bwd(S(c), x, gamma, save, dy, dx, dgamma, dbeta, N, C, HW), "batch norm backward");
+    double *red = bn_scratch(c, N, C, HW);
+    if (red)
+        rec(c, cuk_bn_bwd(S(c), x, gamma, save, dy, dx, dgamma, dbeta, N, C, HW, red), "batch norm backward");
 }
 
 /* ------------------------------------------------------------ element-wise */
