@@ -82,6 +82,7 @@ static int wait_done(nccl_rank *r, const char *what, int64_t timeout_ms, int str
                 say_cuda(msg, n, what, q);
                 break;
             }
+            cudaGetLastError(); /* "not ready" must not stay the thread's last error for a kernel launch to report */
         }
         if (cds_mono_ms() - start > timeout_ms) {
             snprintf(msg, n, "%s (NCCL): timed out after %lld ms (is every rank of the gang up?)", what,

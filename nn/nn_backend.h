@@ -98,9 +98,10 @@ struct nn_backend {
     void (*to_host)(const nn_ctx *c, void *host, const void *src, size_t bytes);
     void (*from_host)(const nn_ctx *c, void *dst, const void *host, size_t bytes);
     /* Makes a batch on the host readable by the ops: copies it into dst and
-     * returns dst, or a device buffer of the backend's own that stays valid
-     * until the second stage() after it for the same dst (a GPU's double
-     * buffering), or, on a device whose memory is the host's, may return
+     * returns dst, or a device buffer of the backend's own that the ops
+     * queued before the next stage() for the same dst may read (a GPU's
+     * double buffering: a step's ops read its batch), or, on a device
+     * whose memory is the host's, may return
      * host itself (no copy; the caller keeps it unchanged until the pass's
      * backward is done, as nn_model_forward's caller does).  Otherwise the
      * caller may reuse host as soon as stage returns. */

@@ -47,9 +47,9 @@
  * stage() waits for that copy before it returns the host buffer to the
  * loader; any other batch is first copied by the host into one of two
  * pinned buffers of the slot's while the device still runs the previous
- * step.  stage() returns the device buffer, valid until the second
- * stage() after it for the same destination (nn_backend.h allows a backend
- * to return its own buffer). */
+ * step.  stage() returns the device buffer, which the ops queued before
+ * the next stage() for the same destination may read (nn_backend.h allows
+ * a backend to return its own buffer). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -174,7 +174,9 @@ static int cuda_check(const nn_ctx *c, cds_err *err)
     if (!x->failed) {
         /* A kernel that faulted after its launch shows up here. */
         cudaError_t e = cudaStreamQuery(S(c));
-        if (e != cudaSuccess && e != cudaErrorNotReady)
+        if (e == cudaErrorNotReady)
+            cudaGetLastError(); /* not an error: the next launch's cudaGetLastError() must not see it */
+        else if (e != cudaSuccess)
             rec(c, e, "the compute stream");
     }
     if (!x->failed)
@@ -191,6 +193,9 @@ static void plans_free(cuda_ctx *x);
  * the device finished what was queued. */
 static void ctx_destroy(cuda_ctx *x)
 {
+    /* The handles are the device's that was current when they were made:
+     * release them with it current (the releasing thread may have another). */
+    cudaSetDevice(x->device);
     if (x->stream)
         cudaStreamSynchronize(x->stream);
     if (x->copy)
@@ -343,16 +348,23 @@ static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes
     if (rec(c, cudaStreamSynchronize(x->stream), "the compute stream") ||
         rec(c, cudaStreamSynchronize(x->copy), "the copy stream"))
         return NULL;
+    if (s->dst) /* a slot in use holds its two device buffers of cap bytes (mem() counts them) */
+        x->bytes_now -= 2 * s->cap < x->bytes_now ? 2 * s->cap : x->bytes_now;
     stage_slot_free(s);
     s->dst = dst;
     s->cap = bytes;
     for (int j = 0; j < 2; j++)
         if (rec(c, cudaMalloc(&s->dev[j], bytes), "device staging memory") ||
-            rec(c, cudaEventCreateWithFlags(&s->copied[j], cudaEventDisableTiming), "an event") ||
+            /* the host waits on this one: sleep, do not spin a core the loader needs */
+            rec(c, cudaEventCreateWithFlags(&s->copied[j], cudaEventDisableTiming | cudaEventBlockingSync),
+                "an event") ||
             rec(c, cudaEventCreateWithFlags(&s->freed[j], cudaEventDisableTiming), "an event")) {
             stage_slot_free(s);
             return NULL;
         }
+    x->bytes_now += 2 * bytes;
+    if (x->bytes_now > x->bytes_peak)
+        x->bytes_peak = x->bytes_now;
     return s;
 }
 
@@ -373,9 +385,15 @@ static const void *cuda_stage(const nn_ctx *c, void *dst, const void *host, size
     S(c);
     stage_slot *s = stage_slot_for(c, dst, bytes);
     int direct = s && is_pinned(x, host, bytes);
-    if (s && !direct && !s->pin[s->next] &&
-        rec(c, cudaHostAlloc(&s->pin[s->next], s->cap, cudaHostAllocDefault), "pinned staging memory"))
-        s = NULL;
+    if (s && !direct && !s->pin[s->next]) {
+        /* Through a local: a failed call must not leave a pointer in pin[]
+         * that the next call would take for a buffer. */
+        void *pin = NULL;
+        if (rec(c, cudaHostAlloc(&pin, s->cap, cudaHostAllocDefault), "pinned staging memory"))
+            s = NULL;
+        else
+            s->pin[s->next] = pin;
+    }
     if (!s) { /* no slot (or an error, kept): a plain copy keeps the step's inputs right */
         cuda_from_host(c, dst, host, bytes);
         return dst;
@@ -636,12 +654,18 @@ static int plan_search(const nn_ctx *c, conv_plan *p)
     if (!h)
         return -1;
     int got = 0;
-    cudnnConvolutionFwdAlgoPerf_t fwd[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    cudnnConvolutionBwdDataAlgoPerf_t bd[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    cudnnConvolutionBwdFilterAlgoPerf_t bf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    /* Twice the algorithm count: Find tries the descriptor's math and
+     * CUDNN_DEFAULT_MATH and may list an algorithm once per math; with room
+     * for ALGO_COUNT results only, faster DEFAULT_MATH (TF32) entries could
+     * push every FMA_MATH one out of the list. */
+    enum { N_FWD = 2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT, N_BD = 2 * CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+           N_BF = 2 * CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT };
+    cudnnConvolutionFwdAlgoPerf_t fwd[N_FWD];
+    cudnnConvolutionBwdDataAlgoPerf_t bd[N_BD];
+    cudnnConvolutionBwdFilterAlgoPerf_t bf[N_BF];
     int found = 0;
     if (rec_dnn(c, cudnnFindConvolutionForwardAlgorithm(h, p->x, p->w, p->conv, p->y,
-                                                        CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fwd),
+                                                        N_FWD, &got, fwd),
                 "choosing a convolution algorithm"))
         return -1;
     for (int i = 0; i < got && !found; i++)
@@ -653,7 +677,7 @@ static int plan_search(const nn_ctx *c, conv_plan *p)
         goto none;
     found = 0;
     if (rec_dnn(c, cudnnFindConvolutionBackwardDataAlgorithm(h, p->w, p->y, p->conv, p->x,
-                                                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, bd),
+                                                             N_BD, &got, bd),
                 "choosing a convolution algorithm"))
         return -1;
     for (int i = 0; i < got && !found; i++)
@@ -665,7 +689,7 @@ static int plan_search(const nn_ctx *c, conv_plan *p)
         goto none;
     found = 0;
     if (rec_dnn(c, cudnnFindConvolutionBackwardFilterAlgorithm(h, p->x, p->y, p->conv, p->w,
-                                                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, bf),
+                                                               N_BF, &got, bf),
                 "choosing a convolution algorithm"))
         return -1;
     for (int i = 0; i < got && !found; i++)
@@ -676,8 +700,8 @@ static int plan_search(const nn_ctx *c, conv_plan *p)
     if (found)
         return 0;
 none:
-    fail_msg(x, "cuDNN has no deterministic %s algorithm for a %dx%dx%dx%d convolution with %d %dx%d filters",
-             p->tf32 ? "" : "float32 (FMA)", p->g.N, p->g.C, p->g.H, p->g.W, p->g.OC, p->g.KH, p->g.KW);
+    fail_msg(x, "cuDNN has no deterministic %salgorithm for a %dx%dx%dx%d convolution with %d %dx%d filters",
+             p->tf32 ? "" : "float32 (FMA) ", p->g.N, p->g.C, p->g.H, p->g.W, p->g.OC, p->g.KH, p->g.KW);
     return -1;
 }
 
@@ -710,6 +734,13 @@ static const conv_plan *plan_for(const nn_ctx *c, const nn_conv_geom *g)
 {
     cuda_ctx *x = X(c);
     int tf32 = c->tf32 != 0;
+    /* The handle first: a plan whose choice came from the process's cache
+     * (a later context's) is made without plan_search, the only other
+     * caller of dnn(), and the convolutions then called cuDNN with a NULL
+     * handle.  dnn() also makes the context's device current, which the
+     * cuDNN calls below need on a thread that has another. */
+    if (!dnn(c))
+        return NULL;
     for (size_t i = 0; i < x->n_plans; i++)
         if (x->plans[i].tf32 == tf32 && same_geom(&x->plans[i].g, g))
             return &x->plans[i];
