@@ -289,14 +289,19 @@ cudaError_t cuk_bias_grad_nchw(cudaStream_t s, const float *dy, float *db, int N
 
 /* One thread per output element, in output order (coalesced writes; the
  * channels-last reads stride by C bytes, which the L2 cache absorbs), the
- * C tables of 256 floats in shared memory. */
+ * C tables of 256 floats in shared memory when they fit in the 48 KiB a
+ * launch gets without opting in (C <= 48), else read from global memory. */
 static __global__ void u8_normalize_k(const uint8_t *raw, const float *lut, float *y, size_t total, int C, int64_t P,
-                                      int channels_last)
+                                      int channels_last, int shared)
 {
-    extern __shared__ float t[];
-    for (int i = threadIdx.x; i < C * 256; i += blockDim.x)
-        t[i] = lut[i];
-    __syncthreads();
+    extern __shared__ float t_sh[];
+    const float *t = lut;
+    if (shared) { /* uniform over the grid */
+        for (int i = threadIdx.x; i < C * 256; i += blockDim.x)
+            t_sh[i] = lut[i];
+        __syncthreads();
+        t = t_sh;
+    }
     const size_t CP = (size_t)C * (size_t)P;
     for (size_t o = first_index(); o < total; o += grid_stride()) {
         size_t row = o / CP, rem = o - row * CP;
@@ -312,7 +317,9 @@ cudaError_t cuk_u8_normalize(cudaStream_t s, const uint8_t *raw, const float *lu
     size_t total = (size_t)n * (size_t)C * (size_t)P;
     if (total == 0)
         return cudaSuccess;
-    u8_normalize_k<<<blocks_for(total), kThreads, (size_t)C * 256 * sizeof(float), s>>>(raw, lut, y, total, C, P,
-                                                                                         channels_last);
+    const size_t bytes = (size_t)C * 256 * sizeof(float);
+    const int shared = bytes <= 48 * 1024;
+    u8_normalize_k<<<blocks_for(total), kThreads, shared ? bytes : 0, s>>>(raw, lut, y, total, C, P, channels_last,
+                                                                           shared);
     return cudaGetLastError();
 }

@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(BN_THREADS) bn_part_kernel(const float *x, dou
                                                              int N, int C, int HW, int S)
 {
     __shared__ double sh[BN_THREADS / 32 + 1];
-    const int s = blockIdx.x, c = blockIdx.y;
+    const int c = blockIdx.x, s = blockIdx.y; /* C on x: grid.y stops at 65535 */
     const size_t M = (size_t)N * (size_t)HW;
     size_t lo, hi;
     part_range(M, S, s, &lo, &hi);
@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(BN_THREADS) bn_bwd_part_kernel(const float *x,
                                                                  double *part, int N, int C, int HW, int S)
 {
     __shared__ double sh[BN_THREADS / 32 + 1];
-    const int s = blockIdx.x, c = blockIdx.y;
+    const int c = blockIdx.x, s = blockIdx.y; /* C on x: grid.y stops at 65535 */
     const size_t M = (size_t)N * (size_t)HW;
     size_t lo, hi;
     part_range(M, S, s, &lo, &hi);
@@ -525,7 +525,7 @@ cudaError_t cuk_bn_fwd_train(cudaStream_t s, const float *x, const float *gamma,
         return cudaSuccess;
     const int S = bn_parts(N, C, HW);
     double *part = scratch, *fin = scratch + (size_t)C * S * 2;
-    const dim3 grid((unsigned)S, (unsigned)C);
+    const dim3 grid((unsigned)C, (unsigned)S);
     const unsigned per_c = (unsigned)((C + 127) / 128);
     bn_part_kernel<<<grid, BN_THREADS, 0, s>>>(x, part, fin, 0, N, C, HW, S);
     bn_mean_kernel<<<per_c, 128, 0, s>>>(part, fin, N, C, HW, S);
@@ -553,7 +553,7 @@ cudaError_t cuk_bn_bwd(cudaStream_t s, const float *x, const float *gamma, const
         return cudaSuccess;
     const int S = bn_parts(N, C, HW);
     double *part = scratch, *fin = scratch + (size_t)C * S * 2;
-    bn_bwd_part_kernel<<<dim3((unsigned)S, (unsigned)C), BN_THREADS, 0, s>>>(x, save, dy, part, N, C, HW, S);
+    bn_bwd_part_kernel<<<dim3((unsigned)C, (unsigned)S), BN_THREADS, 0, s>>>(x, save, dy, part, N, C, HW, S);
     bn_bwd_stats_kernel<<<(unsigned)((C + 127) / 128), 128, 0, s>>>(part, fin, gamma, save, dgamma, dbeta, N, C, HW, S);
     if (dx) {
         const size_t n = (size_t)N * C * HW;
