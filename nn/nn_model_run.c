@@ -120,7 +120,8 @@ static int u8_buffers(nn_model *m, const nn_u8_form *f, cds_err *err)
 {
     const nn_ctx *c = &m->ctx;
     size_t raw = (size_t)m->max_batch * (size_t)f->C * (size_t)f->P, lut = (size_t)f->C * 256 * sizeof(float);
-    if (m->u8_lut.bytes != lut) {
+    int fresh = m->u8_lut.bytes != lut;
+    if (fresh) {
         nn_ctx_free(c, m->u8_lut.data, m->u8_lut.bytes);
         free(m->u8_lut_host);
         m->u8_lut = (nn_buf){.dev = c->dev, .bytes = lut, .data = nn_ctx_alloc(c, lut)};
@@ -133,9 +134,8 @@ static int u8_buffers(nn_model *m, const nn_u8_form *f, cds_err *err)
             return cds_err_nomem(err, "out of memory for the uint8 input's tables on the %s device",
                                  nn_device_name(c->dev));
         }
-        m->u8_lut_host[0] = 1.0f; /* differs from the device's zeros: the first batch copies */
     }
-    if (memcmp(m->u8_lut_host, f->lut, lut) != 0) {
+    if (fresh || memcmp(m->u8_lut_host, f->lut, lut) != 0) {
         memcpy(m->u8_lut_host, f->lut, lut);
         nn_ctx_from_host(c, m->u8_lut.data, f->lut, lut);
     }

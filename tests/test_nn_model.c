@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <omp.h>
 
+#include "nn_data.h"
 #include "nn_model.h"
 #include "nn_ops.h"
 #include "nn_optim.h"
@@ -710,8 +711,49 @@ static void test_multi_tensor_steps(void)
     }
 }
 
+/* The uint8 input path a GPU takes (nn_model_input_u8: rows as stored,
+ * normalised by the backend through tables), here through the CPU
+ * backend: the same metrics and logits, bit for bit, as a forward given the
+ * floats, channels last; and a forward given no input refuses. */
+static void test_input_u8(void)
+{
+    enum { B = 3, C = 2, H = 4, W = 4 };
+    cds_err err;
+    nn_model *a = build("{\"arch\":\"cnn\",\"input\":[2,4,4],\"classes\":3}", B, 5, &err);
+    nn_model *b = build("{\"arch\":\"cnn\",\"input\":[2,4,4],\"classes\":3}", B, 5, &err);
+    uint8_t raw[B * H * W * C];
+    float x[B * C * H * W], lut[C * 256];
+    int32_t y[B] = {0, 2, 1};
+    for (int c = 0; c < C; c++)
+        for (int v = 0; v < 256; v++)
+            lut[c * 256 + v] = ((float)v * (1.0f / 255.0f) - 0.5f * (float)c) / (0.25f + (float)c);
+    for (int i = 0; i < B * H * W * C; i++)
+        raw[i] = (uint8_t)(i * 37 + 11);
+    for (int n = 0; n < B; n++)
+        for (int c = 0; c < C; c++)
+            for (int p = 0; p < H * W; p++)
+                x[(n * C + c) * H * W + p] = lut[c * 256 + raw[(n * H * W + p) * C + c]];
+    nn_u8_form f = {.C = C, .P = H * W, .channels_last = 1, .lut = lut};
+    nn_metrics ma, mb;
+    float la[B * 3], lb[B * 3];
+    int rc = a && b && nn_model_forward(a, x, NULL, y, B, 0, 0, 0, &ma, &err) == 0 &&
+             nn_model_input_u8(b, raw, B, &f, &err) == 0 && nn_model_forward(b, NULL, NULL, y, B, 0, 0, 0, &mb, &err) == 0;
+    if (rc) {
+        nn_model_logits(a, la);
+        nn_model_logits(b, lb);
+    }
+    ok(rc && ma.xent == mb.xent && ma.top1 == mb.top1 && memcmp(la, lb, sizeof la) == 0,
+       "uint8 rows normalised by the backend give the float input's logits and loss bit for bit%s%s", rc ? "" : ": ",
+       rc ? "" : err.msg);
+    rc = b ? nn_model_forward(b, NULL, NULL, y, B, 0, 0, 0, &mb, &err) : 0;
+    ok(rc == -1 && strstr(err.msg, "dense input missing"), "the next forward without input refuses: %s", err.msg);
+    nn_model_free(a);
+    nn_model_free(b);
+}
+
 int main(void)
 {
+    test_input_u8();
     test_multi_tensor_steps();
     test_train_specs();
     test_lazy_specs();
