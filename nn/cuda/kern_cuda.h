@@ -61,8 +61,10 @@ cudaError_t cuk_bias_grad_nchw(cudaStream_t s, const float *dy, float *db, int N
  * dlogits = (softmax - onehot)/N, or NULL. */
 cudaError_t cuk_softmax_xent(cudaStream_t s, const float *logits, const int32_t *labels, float *dlogits, int N,
                              int K, nn_step_metrics *m);
-/* *acc += Σ w², in double. */
-cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc);
+/* *acc += Σ w², in double: parts of w summed by blocks of their own into
+ * scratch (cuk_sumsq_scratch(n) doubles), then added in part order. */
+size_t cuk_sumsq_scratch(size_t n);
+cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc, double *scratch);
 /* The CPU table's cpu_metrics_fold (nn_backend_cpu.c), on the device. */
 cudaError_t cuk_metrics_fold(cudaStream_t s, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
                              int64_t step);

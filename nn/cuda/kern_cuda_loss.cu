@@ -28,11 +28,12 @@
  * every thread (rows past N are idle turns), so the groups' shuffles always
  * have all their lanes.
  *
- * Σw² keeps the CPU's exact terms (a float squared in double is exact) and
- * sums them per thread in ascending index, eight loads in flight, then in
- * the block's tree; thread 0 adds the total to *acc.  One block of 1024
- * threads cannot use the whole memory bandwidth, but it needs neither a
- * second kernel nor a buffer for partials.
+ * Σw² keeps the CPU's exact terms (a float squared in double is exact):
+ * the tensor is cut into parts of 64 Ki values (at most 512), a block per
+ * part sums it per thread in ascending index, eight loads in flight, then
+ * in the block's tree, into the caller's scratch; one thread adds the
+ * parts in order to *acc.  Deterministic for a given n; one block alone
+ * would read at one SM's share of the memory bandwidth.
  *
  * The metrics fold is one thread doing cpu_metrics_fold's arithmetic, in
  * its order, on doubles: bit-identical. */
@@ -179,12 +180,30 @@ static int xent_group(int K)
 
 /* ---- Σw² ---- */
 
-/* Thread t sums w[t + k·T] for k ascending (T = the block size), loads
- * kSumsqUnroll at a time so they are in flight together, adds in order. */
-static __global__ void __launch_bounds__(kSumsqThreads) sumsq_k(const float *w, size_t n, double *acc)
+/* Parts of w each block sums: one per 64 Ki values, at most kSumsqParts,
+ * so a 25M-float model keeps every SM reading (one block alone read at a
+ * single SM's share of the bandwidth). */
+constexpr size_t kSumsqPer = 65536;
+constexpr size_t kSumsqParts = 512;
+
+static size_t sumsq_parts(size_t n)
+{
+    size_t p = (n + kSumsqPer - 1) / kSumsqPer;
+    return p < 1 ? 1 : p > kSumsqParts ? kSumsqParts : p;
+}
+
+/* Block b sums its part w[b·n/P, (b+1)·n/P): thread t the values t + k·T
+ * for k ascending (T = the block size), kSumsqUnroll loads at a time so
+ * they are in flight together, adds in order; then the block's tree; the
+ * part's sum goes to part_out[b]. */
+static __global__ void __launch_bounds__(kSumsqThreads) sumsq_k(const float *w0, size_t n0, double *part_out,
+                                                               size_t parts)
 {
     __shared__ double part[kSumsqThreads];
     const size_t T = kSumsqThreads;
+    const size_t lo = n0 * (size_t)blockIdx.x / parts, hi = n0 * ((size_t)blockIdx.x + 1) / parts;
+    const float *w = w0 + lo;
+    const size_t n = hi - lo;
     size_t i = threadIdx.x;
     double s = 0.0;
     for (; i + (kSumsqUnroll - 1) * T < n; i += kSumsqUnroll * T) {
@@ -201,7 +220,16 @@ static __global__ void __launch_bounds__(kSumsqThreads) sumsq_k(const float *w, 
     part[threadIdx.x] = s;
     tree_sum(part, kSumsqThreads);
     if (threadIdx.x == 0)
-        *acc += part[0];
+        part_out[blockIdx.x] = part[0];
+}
+
+/* *acc += the parts' sums, in part order (one thread: at most 512 adds). */
+static __global__ void sumsq_total_k(const double *part, size_t parts, double *acc)
+{
+    double t = 0.0;
+    for (size_t b = 0; b < parts; b++)
+        t += part[b];
+    *acc += t;
 }
 
 /* ---- metrics fold ---- */
@@ -246,11 +274,18 @@ cudaError_t cuk_softmax_xent(cudaStream_t s, const float *logits, const int32_t 
     return cudaGetLastError();
 }
 
-cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc)
+size_t cuk_sumsq_scratch(size_t n)
+{
+    return sumsq_parts(n);
+}
+
+cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc, double *scratch)
 {
     if (n == 0)
         return cudaSuccess;
-    sumsq_k<<<1, kSumsqThreads, 0, s>>>(w, n, acc);
+    const size_t parts = sumsq_parts(n);
+    sumsq_k<<<(unsigned)parts, kSumsqThreads, 0, s>>>(w, n, scratch, parts);
+    sumsq_total_k<<<1, 1, 0, s>>>(scratch, parts, acc);
     return cudaGetLastError();
 }
 

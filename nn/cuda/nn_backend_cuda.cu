@@ -892,12 +892,12 @@ static void cuda_gap_bwd(const nn_ctx *c, const float *dy, float *dx, int N, int
     rec(c, cuk_gap_bwd(S(c), dy, dx, N, C, HW), "global average pool backward");
 }
 
-/* Room for batch norm's partial sums: grown (after the device is done with
- * the old one: cudaFree waits) the first time a shape needs more. */
-static double *bn_scratch(const nn_ctx *c, int N, int C, int HW)
+/* Room for n doubles of partial sums (batch norm's, Σw²'s): grown (after
+ * the device is done with the old one: cudaFree waits) the first time a
+ * shape needs more. */
+static double *red_scratch(const nn_ctx *c, size_t n)
 {
     cuda_ctx *x = X(c);
-    size_t n = cuk_bn_scratch(N, C, HW);
     if (n <= x->red_n)
         return x->red;
     if (x->red)
@@ -905,8 +905,13 @@ static double *bn_scratch(const nn_ctx *c, int N, int C, int HW)
     x->red = (double *)cuda_alloc(c, n * sizeof(double));
     x->red_n = x->red ? n : 0;
     if (!x->red)
-        fail_msg(x, "out of device memory for batch norm's %zu partial sums", n);
+        fail_msg(x, "out of device memory for %zu partial sums", n);
     return x->red;
+}
+
+static double *bn_scratch(const nn_ctx *c, int N, int C, int HW)
+{
+    return red_scratch(c, cuk_bn_scratch(N, C, HW));
 }
 
 static void cuda_bn_fwd_train(const nn_ctx *c, const float *x, const float *gamma, const float *beta, float *y,
@@ -982,7 +987,9 @@ static void cuda_softmax_xent(const nn_ctx *c, const float *logits, const int32_
 
 static void cuda_sumsq(const nn_ctx *c, const float *w, size_t n, double *acc)
 {
-    rec(c, cuk_sumsq(S(c), w, n, acc), "sum of squares");
+    double *red = red_scratch(c, cuk_sumsq_scratch(n));
+    if (red)
+        rec(c, cuk_sumsq(S(c), w, n, acc, red), "sum of squares");
 }
 
 static void cuda_metrics_fold(const nn_ctx *c, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
