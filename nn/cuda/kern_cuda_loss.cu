@@ -3,12 +3,13 @@
  *
  * Each result lands in a device record (nn_step_metrics, nn_pass_acc) that
  * the host reads when it wants to, so none of these waits for the device.
- * The backend has no scratch memory for them and keeps no global state, so
- * every sum over many terms is made inside ONE block: a block's threads
- * each own a fixed set of terms, summed in a fixed order, and combine in a
- * fixed tree.  Nothing depends on timing (no float atomics), so a result is
- * the same run to run; it differs from the CPU's sequential sum only by
- * the rounding of double additions (the tests allow 1e-6 relative).
+ * Every sum over many terms is made by blocks whose threads each own a
+ * fixed set of terms, summed in a fixed order, and combine in a fixed tree
+ * (the loss inside one block; Σw² by parts, through the caller's scratch,
+ * added in part order).  Nothing depends on timing (no float atomics), so
+ * a result is the same run to run; it differs from the CPU's sequential sum
+ * only by the rounding of double additions (the tests allow 1e-6
+ * relative).
  *
  * Softmax cross-entropy (kern_cpu_loss.c has the formulas): a group of G
  * lanes (a power of two up to a warp, chosen from K so each lane has a few
