@@ -20,9 +20,9 @@
 #include <string.h>
 
 #include "nn_kern_cpu.h"
+#include "nn_kern_shared.h"
 #include "nn_par.h"
 
-#define SPLITMIX_GAMMA 0x9E3779B97F4A7C15ull
 
 /* Both loops are written as an unconditional store of a select so the
  * compiler vectorises them (a `+= cond ? dy : 0` becomes a branch per element
@@ -64,28 +64,6 @@ void nn_cpu_add_fwd(const float *a, const float *b, float *y, size_t n)
         y[i] = a[i] + b[i];
 }
 
-/* SplitMix64's output function. */
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* Keep threshold on the 53-bit draw: keep iff draw >= p·2^53. */
-static uint64_t keep_threshold(float p)
-{
-    if (p <= 0.0f)
-        return 0;
-    return (uint64_t)((double)p * 9007199254740992.0); /* 2^53; p < 1 here */
-}
-
-/* 1/(1-p) in float, or 0 when everything is dropped. */
-static float keep_scale(float p)
-{
-    return p < 1.0f ? (float)(1.0 / (1.0 - (double)p)) : 0.0f;
-}
-
 void nn_cpu_dropout_fwd(const float *x, float *y, uint8_t *mask, float p, uint64_t seed, size_t n)
 {
     nn_cpu_dropout_fwd_at(x, y, mask, p, seed, 0, n);
@@ -100,12 +78,11 @@ void nn_cpu_dropout_fwd_at(const float *x, float *y, uint8_t *mask, float p, uin
         }
         return;
     }
-    uint64_t key = mix64(seed);
-    uint64_t threshold = keep_threshold(p);
-    float scale = keep_scale(p);
+    uint64_t key = nn_mix64(seed);
+    uint64_t threshold = nn_dropout_threshold(p);
+    float scale = nn_dropout_scale(p);
     for (size_t i = 0; i < n; i++) {
-        uint64_t draw = mix64(key + (first + (uint64_t)i) * SPLITMIX_GAMMA) >> 11;
-        uint8_t keep = draw >= threshold;
+        uint8_t keep = (uint8_t)nn_dropout_keep(key, first + (uint64_t)i, threshold);
         mask[i] = keep;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
@@ -115,7 +92,7 @@ void nn_cpu_dropout_bwd(const uint8_t *mask, const float *dy, float *dx, float p
 {
     if (!dx)
         return;
-    float scale = keep_scale(p);
+    float scale = nn_dropout_scale(p);
     for (size_t i = 0; i < n; i++)
         dx[i] += mask[i] ? dy[i] * scale : 0.0f;
 }

@@ -20,6 +20,7 @@
  * costs one indirect call more than the kernel. */
 #include "nn_kern_cpu.h" /* first: cblas.h (through nn_par.h) brings <complex.h> and its I */
 #include "nn_backend.h"
+#include "nn_kern_shared.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -401,16 +402,7 @@ static void cpu_metrics_fold(const nn_ctx *c, const nn_step_metrics *m, nn_pass_
                              int64_t step)
 {
     GUARD_OPEN(c);
-    double loss = m->xent + (l2 == 0 ? 0.0 : l2 * m->sumsq);
-    acc->rows += n;
-    acc->loss_sum += loss * n;
-    acc->xent_sum += m->xent * n;
-    acc->top1 += m->top1;
-    acc->top5 += m->top5;
-    if (!isfinite(loss) && acc->bad_step < 0) {
-        acc->bad_step = step;
-        acc->bad_loss = loss;
-    }
+    nn_metrics_fold_one(m, acc, n, l2, step);
     GUARD_CLOSE(c);
 }
 

@@ -11,9 +11,10 @@
  *
  * Dropout's mask is the CPU's counter-based hash, not a device generator:
  * element i of the call is element first+i of the tensor and hashes
- * key + (first+i)·φ with SplitMix64's finaliser, key = mix64(seed).  The
- * key, the 53-bit keep threshold and the float scale 1/(1-p) are computed
- * on the host by the CPU's own expressions (64-bit integer arithmetic wraps
+ * key + (first+i)·φ with SplitMix64's finaliser, key = nn_mix64(seed):
+ * the CPU's functions themselves (nn_kern_shared.h).  The key, the 53-bit
+ * keep threshold and the float scale 1/(1-p) are computed on the host by
+ * those expressions (64-bit integer arithmetic wraps
  * identically on both sides; the threshold and the scale go through the
  * host's double arithmetic exactly as the CPU kernel's do), so the device
  * only repeats the per-element integer hash and one float multiply.
@@ -32,10 +33,10 @@
  *    into db[c] in image order.  No atomics, so run to run the result is
  *    the same, and it is the CPU's to the bit. */
 #include "kern_cuda.h"
+#include "nn_kern_shared.h"
 
 constexpr int kThreads = 256;         /* element-wise blocks */
 constexpr unsigned kMaxBlocks = 8192; /* grid cap of grid-stride loops */
-constexpr uint64_t kSplitmixGamma = 0x9E3779B97F4A7C15ull;
 
 static unsigned blocks_for(size_t n)
 {
@@ -51,27 +52,6 @@ static __device__ __forceinline__ size_t first_index()
 static __device__ __forceinline__ size_t grid_stride()
 {
     return (size_t)gridDim.x * blockDim.x;
-}
-
-/* SplitMix64's output function (kern_cpu_elem.c's mix64), on both sides. */
-static __host__ __device__ __forceinline__ uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-/* kern_cpu_elem.c's keep_threshold and keep_scale, on the host. */
-static uint64_t keep_threshold(float p)
-{
-    if (p <= 0.0f)
-        return 0;
-    return (uint64_t)((double)p * 9007199254740992.0); /* 2^53; p < 1 here */
-}
-
-static float keep_scale(float p)
-{
-    return p < 1.0f ? (float)(1.0 / (1.0 - (double)p)) : 0.0f;
 }
 
 /* ---- element-wise ---- */
@@ -111,8 +91,7 @@ static __global__ void dropout_fwd_k(const float *x, float *y, uint8_t *mask, ui
                                      float scale, uint64_t first, size_t n)
 {
     for (size_t i = first_index(); i < n; i += grid_stride()) {
-        uint64_t draw = mix64(key + (first + (uint64_t)i) * kSplitmixGamma) >> 11;
-        uint8_t keep = draw >= threshold;
+        uint8_t keep = (uint8_t)nn_dropout_keep(key, first + (uint64_t)i, threshold);
         mask[i] = keep;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
@@ -232,9 +211,9 @@ cudaError_t cuk_dropout_fwd(cudaStream_t s, const float *x, float *y, uint8_t *m
 {
     if (n == 0)
         return cudaSuccess;
-    const uint64_t key = mix64(seed);
-    const uint64_t threshold = p >= 1.0f ? ~(uint64_t)0 : keep_threshold(p);
-    dropout_fwd_k<<<blocks_for(n), kThreads, 0, s>>>(x, y, mask, key, threshold, keep_scale(p), first, n);
+    const uint64_t key = nn_mix64(seed);
+    const uint64_t threshold = p >= 1.0f ? ~(uint64_t)0 : nn_dropout_threshold(p);
+    dropout_fwd_k<<<blocks_for(n), kThreads, 0, s>>>(x, y, mask, key, threshold, nn_dropout_scale(p), first, n);
     return cudaGetLastError();
 }
 
@@ -242,7 +221,7 @@ cudaError_t cuk_dropout_bwd(cudaStream_t s, const uint8_t *mask, const float *dy
 {
     if (n == 0 || !dx)
         return cudaSuccess;
-    dropout_bwd_k<<<blocks_for(n), kThreads, 0, s>>>(mask, dy, dx, keep_scale(p), n);
+    dropout_bwd_k<<<blocks_for(n), kThreads, 0, s>>>(mask, dy, dx, nn_dropout_scale(p), n);
     return cudaGetLastError();
 }
 

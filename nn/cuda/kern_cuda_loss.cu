@@ -41,6 +41,7 @@
 #include <math.h>
 
 #include "kern_cuda.h"
+#include "nn_kern_shared.h"
 
 constexpr int kXentThreads = 1024;
 constexpr int kSumsqThreads = 1024;
@@ -237,16 +238,7 @@ static __global__ void sumsq_total_k(const double *part, size_t parts, double *a
 
 static __global__ void metrics_fold_k(const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2, int64_t step)
 {
-    double loss = m->xent + (l2 == 0 ? 0.0 : l2 * m->sumsq);
-    acc->rows += n;
-    acc->loss_sum += loss * n;
-    acc->xent_sum += m->xent * n;
-    acc->top1 += m->top1;
-    acc->top5 += m->top5;
-    if (!isfinite(loss) && acc->bad_step < 0) {
-        acc->bad_step = step;
-        acc->bad_loss = loss;
-    }
+    nn_metrics_fold_one(m, acc, n, l2, step);
 }
 
 cudaError_t cuk_softmax_xent(cudaStream_t s, const float *logits, const int32_t *labels, float *dlogits, int N,
