@@ -34,6 +34,7 @@
 
 #include "cds_util.h"
 #include "ddp_int.h"
+#include "nn_backend.h"
 
 typedef struct nccl_rank {
     ncclComm_t comm;
@@ -318,19 +319,14 @@ int ddp_comm_nccl(const ddp_comm_opts *o, ddp_comm **out, cds_err *err)
     if (ddp_comm_check_opts(o, err) != 0)
         return -1;
     int64_t timeout = o->timeout_ms > 0 ? o->timeout_ms : DDP_DEFAULT_TIMEOUT_MS;
-    /* cudart's count, not nn's probe: the probe would link cuBLAS and
-     * cuDNN into every worker (a fifth of a second at each start). */
-    int devices = 0, driver = 0;
-    cudaError_t ce = cudaGetDeviceCount(&devices);
-    if (ce != cudaSuccess || devices == 0) {
-        if (cudaDriverGetVersion(&driver) != cudaSuccess)
-            driver = 0;
+    /* nn's count (through the CUDA backend's module, loaded only now: a
+     * worker that never joins over NCCL never maps cuBLAS and cuDNN). */
+    char why[768] = "";
+    int devices = nn_cuda_devices(why, sizeof why);
+    cudaError_t ce;
+    if (devices <= 0)
         return cds_errf(err, "rank %d of %d: no CUDA device (%s): NCCL needs one; a CPU gang uses Gloo", o->rank,
-                        o->size,
-                        ce == cudaErrorInsufficientDriver && driver == 0 ? "no NVIDIA driver (libcuda.so.1) is installed"
-                        : ce != cudaSuccess                              ? cudaGetErrorString(ce)
-                                                                         : "none visible");
-    }
+                        o->size, why);
     if (o->device < 0 || o->device >= devices)
         return cds_errf(err, "rank %d of %d: CUDA device %d does not exist: this machine has devices 0 to %d",
                         o->rank, o->size, o->device, devices - 1);

@@ -55,10 +55,6 @@ int nn_cuda_versions(nn_cuda_info *info);
  * call, a wrong kernel result, or a build without CUDA. */
 int nn_cuda_probe(nn_cuda_info *info, cds_err *err);
 
-/* How many CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies),
- * or -1 with the reason in why (no driver, built without CUDA). */
-int nn_cuda_device_count(char *why, size_t why_len);
-
 #ifdef __cplusplus
 }
 #endif

@@ -10,13 +10,6 @@
 
 #include "nn_cuda.h"
 
-int nn_cuda_device_count(char *why, size_t why_len)
-{
-    if (why && why_len)
-        snprintf(why, why_len, "built without CUDA: reconfigure with -Dcuda=enabled");
-    return -1;
-}
-
 int nn_cuda_versions(nn_cuda_info *info)
 {
     memset(info, 0, sizeof(*info));

@@ -171,22 +171,3 @@ extern "C" int nn_cuda_probe(nn_cuda_info *info, cds_err *err)
     return 0;
 }
 
-extern "C" int nn_cuda_device_count(char *why, size_t why_len)
-{
-    int n = 0;
-    cudaError_t rc = cudaGetDeviceCount(&n);
-    if (rc != cudaSuccess) {
-        int driver = 0;
-        if (cudaDriverGetVersion(&driver) != cudaSuccess)
-            driver = 0;
-        /* cudart calls a missing driver "insufficient": say which it is */
-        if (why && why_len && rc == cudaErrorInsufficientDriver && driver == 0)
-            snprintf(why, why_len, "no NVIDIA driver (libcuda.so.1) is installed");
-        else if (why && why_len)
-            snprintf(why, why_len, "%s", cudaGetErrorString(rc));
-        return -1;
-    }
-    if (n == 0 && why && why_len)
-        snprintf(why, why_len, "the driver reports 0 devices");
-    return n;
-}
