@@ -4,13 +4,17 @@
  * bench/train-gpu/torch_eager.py:
  *
  *   train_gpu [--device cuda:0|cpu] [--seconds S] [--rows a,b] [--tf32 0|1]
- *             [--batch B] [--image H] [--warmup N]
+ *             [--graphs 0|1] [--batch B] [--image H] [--warmup N]
  *
  * Rows: resnet50 and vgg16 (docs/models.md) on 3×H×H (H 112), 1000
  * classes, batch 32 and 256; confA with dense and with sparse input, batch
  * 256.  Each row runs in float32 ("precision": "fp32") and with TF32 allowed
  * ("tf32": the train spec's "tf32": true, nn_model_new_at's tf32); --tf32
- * picks one.  --batch and --image override every row's batch and image side
+ * picks one.  Each row also runs in float32 with the step as a CUDA graph
+ * (the train spec's "cuda_graphs": true: the batch staged first, then the
+ * step captured once and replayed, as the trainer does); --graphs 0 leaves
+ * those out, --graphs 1 runs graphed steps only (in the precisions --tf32
+ * picks).  --batch and --image override every row's batch and image side
  * (hand runs and CPU smoke runs only: the run script and the PyTorch side
  * use the rows' own).
  *
@@ -24,8 +28,8 @@
  * model context's (nn_ctx_mem: its arenas, convolution workspace and
  * staging buffers, not the libraries' own); null on the CPU.
  *
- * One JSON line per row and precision: {"row", "precision",
- * "samples_per_s", "peak_mib", "batch", "steps", "seconds", "device",
+ * One JSON line per row, precision and graphing: {"row", "precision",
+ * "graphs", "samples_per_s", "peak_mib", "batch", "steps", "seconds", "device",
  * "finite"}.  Exit status: 0, 1 when a row failed (its line on stderr,
  * the other rows still run), 2 for a usage error, 3 when the device named
  * is not here (one line on stderr). */
@@ -65,6 +69,10 @@ typedef struct opts {
     double seconds;
     int batch, image, warmup;
 } opts;
+
+/* A graphed step's first two keys run as warm-ups and the next two are
+ * captured: timing starts after them. */
+#define GRAPH_WARMUP 5
 
 static double now_s(void)
 {
@@ -109,9 +117,30 @@ static int fail(const row *r, const char *prec, const cds_err *err)
     return -1;
 }
 
-static int measure(const row *r, int tf32, const opts *op)
+/* One training step; graphed: the batch staged, then the step bracketed
+ * for the device's graphs (nn_train.c's train_step). */
+static int step_once(nn_model *m, nn_optim *o, const float *x, const int32_t *idx, const int32_t *y, int batch,
+                     int64_t step, int graphs, cds_err *err)
 {
-    const char *prec = tf32 ? "tf32" : "fp32";
+    nn_ctx *ctx = nn_model_ctx(m);
+    if (graphs) {
+        if (nn_model_stage(m, x, idx, y, batch, err) != 0)
+            return -1;
+        nn_ctx_graph_begin(ctx, nn_model_stage_key(m));
+    }
+    int bad = nn_model_forward_acc(m, x, idx, y, batch, 1, 0, 0.0, step, err) != 0 || nn_model_backward(m, err) != 0 ||
+              nn_optim_step(o, 1e-3, err) != 0;
+    if (graphs && nn_ctx_graph_end(ctx, !bad) != 0 && !bad) {
+        if (nn_ctx_check(ctx, err) == 0)
+            cds_errf(err, "a graphed step failed");
+        return -1;
+    }
+    return bad ? -1 : 0;
+}
+
+static int measure(const row *r, int tf32, int graphs, const opts *op)
+{
+    const char *prec = tf32 ? (graphs ? "tf32, graphs" : "tf32") : (graphs ? "fp32, graphs" : "fp32");
     int batch = op->batch > 0 ? op->batch : r->batch;
     char spec[256];
     if (r->arch)
@@ -166,13 +195,12 @@ static int measure(const row *r, int tf32, const opts *op)
         if (phase == 1)
             t0 = now_s();
         for (;;) {
-            if (nn_model_forward_acc(m, xin, iin, y, batch, 1, 0, 0.0, step, &err) != 0 ||
-                nn_model_backward(m, &err) != 0 || nn_optim_step(o, 1e-3, &err) != 0) {
+            if (step_once(m, o, xin, iin, y, batch, step, graphs, &err) != 0) {
                 rc = fail(r, prec, &err);
                 break;
             }
             step++;
-            if (phase == 0 && step >= op->warmup)
+            if (phase == 0 && step >= (graphs && op->warmup < GRAPH_WARMUP ? GRAPH_WARMUP : op->warmup))
                 break;
             if (phase == 1 && (++timed, now_s() - t0 >= op->seconds))
                 break;
@@ -189,9 +217,9 @@ static int measure(const row *r, int tf32, const opts *op)
         if (nn_ctx_mem(ctx, &mem_now, &mem_peak) == 0)
             snprintf(peak, sizeof peak, "%.1f", (double)mem_peak / (1024.0 * 1024.0));
         double s = t1 - t0;
-        printf("{\"row\": \"%s\", \"precision\": \"%s\", \"samples_per_s\": %.1f, \"peak_mib\": %s, \"batch\": %d, "
+        printf("{\"row\": \"%s\", \"precision\": \"%s\", \"graphs\": %s, \"samples_per_s\": %.1f, \"peak_mib\": %s, \"batch\": %d, "
                "\"steps\": %lld, \"seconds\": %.3f, \"device\": \"%s\", \"finite\": %s}\n",
-               r->name, prec, (double)timed * batch / s, peak, batch, (long long)timed, s,
+               r->name, tf32 ? "tf32" : "fp32", graphs ? "true" : "false", (double)timed * batch / s, peak, batch, (long long)timed, s,
                nn_place_name(op->where, dev, sizeof dev), acc.bad_step < 0 ? "true" : "false");
         fflush(stdout);
     }
@@ -243,17 +271,18 @@ static int selected(const char *want, const char *name)
 
 int main(int argc, char **argv)
 {
-    enum { O_DEVICE = 1, O_SECONDS, O_ROWS, O_TF32, O_BATCH, O_IMAGE, O_WARMUP };
+    enum { O_DEVICE = 1, O_SECONDS, O_ROWS, O_TF32, O_GRAPHS, O_BATCH, O_IMAGE, O_WARMUP };
     static const struct option long_opts[] = {{"device", required_argument, 0, O_DEVICE},
                                               {"seconds", required_argument, 0, O_SECONDS},
                                               {"rows", required_argument, 0, O_ROWS},
                                               {"tf32", required_argument, 0, O_TF32},
+                                              {"graphs", required_argument, 0, O_GRAPHS},
                                               {"batch", required_argument, 0, O_BATCH},
                                               {"image", required_argument, 0, O_IMAGE},
                                               {"warmup", required_argument, 0, O_WARMUP},
                                               {"help", no_argument, 0, 'h'},
                                               {0, 0, 0, 0}};
-    int64_t tf32 = -1, batch = 0, image = 112, warmup = 3;
+    int64_t tf32 = -1, graphs = -1, batch = 0, image = 112, warmup = 3;
     double seconds = 3;
     const char *want = NULL, *device = "cuda:0";
     cds_cli cli;
@@ -263,11 +292,12 @@ int main(int argc, char **argv)
         if (c == CDS_CLI_BAD)
             return cds_cli_fail(&cli);
         if (c == 'h') {
-            puts("usage: train_gpu [--device cuda:0|cpu] [--seconds S] [--rows a,b] [--tf32 0|1] [--batch B]\n"
-                 "                 [--image H] [--warmup N]\n"
+            puts("usage: train_gpu [--device cuda:0|cpu] [--seconds S] [--rows a,b] [--tf32 0|1] [--graphs 0|1]\n"
+                 "                 [--batch B] [--image H] [--warmup N]\n"
                  "Training samples/s and peak device memory of the engine per row and precision, one JSON line\n"
-                 "each (bench/train-gpu).  Defaults: cuda:0, 3 s a row, every row, fp32 and tf32, the rows'\n"
-                 "own batches, 112x112 images, 3 warm-up steps.  Exit 3: the device is not here.");
+                 "each (bench/train-gpu).  Defaults: cuda:0, 3 s a row, every row, fp32 and tf32 eager and fp32\n"
+                 "as CUDA graphs, the rows' own batches, 112x112 images, 3 warm-up steps (5 graphed).  Exit 3:\n"
+                 "the device is not here.");
             return 0;
         }
         if (c == O_DEVICE)
@@ -276,6 +306,8 @@ int main(int argc, char **argv)
             return cds_cli_usage(&cli, "--seconds must be a number above 0 and at most 3600");
         if (c == O_TF32 && cds_parse_i64(cli.arg, 0, 1, &tf32) != 0)
             return cds_cli_usage(&cli, "--tf32 must be 0 (float32 only) or 1 (TF32 allowed)");
+        if (c == O_GRAPHS && cds_parse_i64(cli.arg, 0, 1, &graphs) != 0)
+            return cds_cli_usage(&cli, "--graphs must be 0 (eager steps only) or 1 (graphed steps only)");
         if (c == O_BATCH && cds_parse_i64(cli.arg, 1, 1 << 16, &batch) != 0)
             return cds_cli_usage(&cli, "--batch must be a whole number from 1 to 65536");
         if (c == O_IMAGE && cds_parse_i64(cli.arg, 32, 1024, &image) != 0)
@@ -299,8 +331,12 @@ int main(int argc, char **argv)
     }
     int rc = 0;
     for (size_t i = 0; i < N_ROWS; i++)
-        for (int t = 0; t < 2; t++)
-            if (selected(want, rows[i].name) && (tf32 < 0 || tf32 == t))
-                rc |= measure(&rows[i], t, &op) != 0;
+        for (int g = 0; g < 2; g++)
+            for (int t = 0; t < 2; t++) {
+                /* by default: both precisions eager, float32 graphed */
+                int wanted = graphs < 0 ? (!g || !t) : graphs == g;
+                if (selected(want, rows[i].name) && (tf32 < 0 || tf32 == t) && wanted)
+                    rc |= measure(&rows[i], t, g, &op) != 0;
+            }
     return rc;
 }

@@ -68,6 +68,25 @@ int nn_ctx_mem(const nn_ctx *c, size_t *now, size_t *peak)
     return c->be ? c->be->mem(c, now, peak) : -1;
 }
 
+int nn_ctx_graph_begin(const nn_ctx *c, uint64_t key)
+{
+    return c->be && c->be->graph_begin ? c->be->graph_begin(c, key) : NN_GRAPH_EAGER;
+}
+
+int nn_ctx_graph_end(const nn_ctx *c, int ok)
+{
+    if (c->be && c->be->graph_end)
+        return c->be->graph_end(c, ok);
+    return ok ? 0 : -1;
+}
+
+void nn_ctx_graph_counts(const nn_ctx *c, long *captured, long *replayed)
+{
+    *captured = *replayed = 0;
+    if (c->be && c->be->graph_counts)
+        c->be->graph_counts(c, captured, replayed);
+}
+
 void nn_ctx_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes)
 {
     if (bytes)

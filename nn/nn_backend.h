@@ -168,7 +168,18 @@ struct nn_backend {
                            float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
     void (*lazy_adam_step)(const nn_ctx *c, float *w, const nn_row_grad *g, size_t cols, float *m, float *v,
                            float lr, float beta1, float beta2, float eps, float l2, long t);
+    /* ---- graphs (NULL in a table without them: the CPU's): bracket one
+     * training step whose batch is already staged, named by key (the
+     * same key: the same ops on the same buffers).  begin returns
+     * NN_GRAPH_EAGER, _CAPTURE or _REPLAY; end launches what was captured
+     * or is replayed (ok 0: the step failed on the host, launch nothing)
+     * and returns 0, or -1 with the error kept for nn_ctx_check. ---- */
+    int (*graph_begin)(const nn_ctx *c, uint64_t key);
+    int (*graph_end)(const nn_ctx *c, int ok);
+    void (*graph_counts)(const nn_ctx *c, long *captured, long *replayed);
 };
+
+enum { NN_GRAPH_EAGER = 0, NN_GRAPH_CAPTURE = 1, NN_GRAPH_REPLAY = 2 };
 
 /* The CPU reference backend (nn_backend_cpu.c). */
 extern const nn_backend nn_backend_cpu;
@@ -192,6 +203,11 @@ int nn_ctx_init_at(nn_ctx *c, nn_place where, cds_err *err);
 int nn_ctx_check(const nn_ctx *c, cds_err *err);
 /* The table's mem (above). */
 int nn_ctx_mem(const nn_ctx *c, size_t *now, size_t *peak);
+/* The table's graph entries; on a device without graphs begin returns
+ * NN_GRAPH_EAGER, end returns 0 when ok, and the counts are 0. */
+int nn_ctx_graph_begin(const nn_ctx *c, uint64_t key);
+int nn_ctx_graph_end(const nn_ctx *c, int ok);
+void nn_ctx_graph_counts(const nn_ctx *c, long *captured, long *replayed);
 
 /* Device names as users write them: "cpu", "cuda:N" ("cuda" is cuda:0),
  * "auto".  nn_place_pick parses one and resolves it on this machine:

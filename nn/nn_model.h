@@ -134,6 +134,14 @@ int nn_model_forward_acc(nn_model *m, const float *x, const int32_t *idx, const 
  * the sums it adds to) and reads them back. */
 void nn_model_acc_set(nn_model *m, const nn_pass_acc *start);
 void nn_model_acc_get(nn_model *m, nn_pass_acc *out);
+/* Checks and stages a batch for the next forward, which must be given the
+ * same batch: the trainer stages before a graphed step, so that no copy
+ * from the host happens inside it.  nn_model_stage_key names what a step
+ * on that batch runs on (its size and the device buffers it was staged
+ * into): equal keys, equal ops on equal buffers. */
+int nn_model_stage(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, cds_err *err);
+uint64_t nn_model_stage_key(const nn_model *m);
+
 /* Puts n raw uint8 rows (nn_data_opts.raw_u8: a GPU normalises them
  * itself) into the model's input, normalised by f's tables on the device,
  * for the next forward, which is then given x NULL. */

@@ -82,6 +82,7 @@ struct nn_model {
     nn_buf u8_raw, u8_lut;  /* nn_model_input_u8: raw rows staged on the device, the tables (made on first use) */
     float *u8_lut_host;     /* the tables last copied to u8_lut */
     int input_ready;        /* rows nn_model_input_u8 put in the input for the next forward (0: none) */
+    int staged;             /* rows nn_model_stage staged for the next forward (0: none) */
     nn_buf metrics;         /* one nn_step_metrics: the last batch's loss and counts */
     nn_buf acc;             /* one nn_pass_acc: a pass's sums (nn_model_acc_*) */
 

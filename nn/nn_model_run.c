@@ -178,9 +178,8 @@ static int l2_sumsq(nn_model *m, cds_err *err)
     return 0;
 }
 
-/* The pass up to the loss, its results left in m->metrics. */
-static int run_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
-                       uint64_t dropout_seed, double l2, cds_err *err)
+/* Checks a batch and stages it for the ops. */
+static int take_batch(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, cds_err *err)
 {
     if (n < 1 || n > m->max_batch)
         return cds_errf(err, "batch of %d rows: the model was built for 1 to %d", n, m->max_batch);
@@ -191,9 +190,42 @@ static int run_forward(nn_model *m, const float *x, const int32_t *idx, const in
                         m->sparse_dim ? "sparse" : "dense");
     if (check_inputs(m, idx, labels, n, err) != 0)
         return -1;
+    stage_batch(m, x, idx, labels, n);
+    return 0;
+}
+
+int nn_model_stage(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, cds_err *err)
+{
+    m->staged = 0;
+    if (take_batch(m, x, idx, labels, n, err) != 0)
+        return -1;
+    m->staged = n;
+    return 0;
+}
+
+uint64_t nn_model_stage_key(const nn_model *m)
+{
+    uint64_t k = 0xcbf29ce484222325ull;
+    const uint64_t parts[] = {(uint64_t)m->staged, (uint64_t)(uintptr_t)m->nodes[0].y.data,
+                              (uint64_t)(uintptr_t)m->idx.data, (uint64_t)(uintptr_t)m->labels.data};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        k = (k ^ parts[i]) * 0x100000001b3ull;
+    return k;
+}
+
+/* The pass up to the loss, its results left in m->metrics. */
+static int run_forward(nn_model *m, const float *x, const int32_t *idx, const int32_t *labels, int n, int train,
+                       uint64_t dropout_seed, double l2, cds_err *err)
+{
+    int staged = m->staged;
+    m->staged = 0;
+    if (staged && staged != n)
+        return cds_errf(err, "batch of %d rows, but %d were staged", n, staged);
+    /* Staging first: a flatten of the input takes its pointer. */
+    if (!staged && take_batch(m, x, idx, labels, n, err) != 0)
+        return -1;
     m->trained = 0;
     m->n_cur = n;
-    stage_batch(m, x, idx, labels, n); /* first: a flatten of the input takes its pointer */
     shape_for_batch(m, n);
     for (size_t i = 0; i < m->n_nodes; i++)
         if (forward_node(m, &m->nodes[i], train, dropout_seed, i, err) != 0)

@@ -139,7 +139,8 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
 }
 
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                           "seed", "schedule", "normalize", "lazy", "tf32", NULL};
+                                           "seed", "schedule", "normalize", "lazy", "tf32", "cuda_graphs",
+                                           NULL};
 
 static int cfg_lazy(json_t *o, nn_train_cfg *c, cds_err *err)
 {
@@ -184,6 +185,13 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
         goto out;
     }
     c->tf32 = json_is_true(tf32);
+    json_t *graphs = json_object_get(o, "cuda_graphs");
+    if (graphs && !json_is_boolean(graphs)) {
+        cds_errf(err, "train spec: \"cuda_graphs\" must be true or false (true replays each training step on a GPU "
+                      "as one CUDA graph)");
+        goto out;
+    }
+    c->cuda_graphs = json_is_true(graphs);
     if (!json_object_get(o, "lr")) {
         cds_errf(err, "train spec: \"lr\" (the learning rate) is required");
         goto out;

@@ -226,6 +226,48 @@ int nn_trainer_optim_step(nn_trainer *t, cds_err *err)
     return 0;
 }
 
+/* One training step.  Graphed (the train spec's "cuda_graphs": a GPU
+ * captures the step once and then replays it, docs/engine-backend.md) when
+ * the batch is full, so that its shapes are the pass's, and when nothing
+ * runs between backward and the optimiser step: a data-parallel reducer's
+ * collectives wait on the host, which a graph cannot.  The batch is staged
+ * before the step, outside the graph. */
+static int train_step(nn_trainer *t, const nn_batch *b, int n, int full, const nn_dp_pass *o, cds_err *err)
+{
+    if (!t->cfg.cuda_graphs || o->after_backward || n != full)
+        return nn_trainer_forward_backward(t, b->x, b->idx, b->y, n, err) != 0 ||
+                       (o->after_backward && o->after_backward(o->hook_ctx, err) != 0) ||
+                       nn_trainer_optim_step(t, err) != 0
+                   ? -1
+                   : 0;
+    const nn_ctx *c = nn_model_ctx(t->model);
+    if (nn_model_stage(t->model, b->x, b->idx, b->y, n, err) != 0)
+        return -1;
+    nn_ctx_graph_begin(c, nn_model_stage_key(t->model));
+    int rc = nn_trainer_forward_backward(t, b->x, b->idx, b->y, n, err) != 0 || nn_trainer_optim_step(t, err) != 0
+                 ? -1
+                 : 0;
+    if (nn_ctx_graph_end(c, rc == 0) != 0 && rc == 0) {
+        if (nn_ctx_check(c, err) == 0)
+            cds_errf(err, "a graphed training step failed on device %s", c->be->name);
+        return -1;
+    }
+    return rc;
+}
+
+int nn_trainer_step_batch(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
+                          cds_err *err)
+{
+    nn_batch b = {.n = n, .x = x, .idx = idx, .y = labels};
+    nn_dp_pass o = {0};
+    return train_step(t, &b, n, t->cfg.batch, &o, err);
+}
+
+void nn_trainer_graph_counts(const nn_trainer *t, long *captured, long *replayed)
+{
+    nn_ctx_graph_counts(nn_model_ctx(t->model), captured, replayed);
+}
+
 /* The loss became NaN or infinite at step bad->bad_step: the trainer
  * counts the steps before it, as if it had stopped there. */
 static int diverged(nn_trainer *t, const nn_pass_acc *bad, double lr, cds_err *err)
@@ -252,6 +294,7 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, con
     if (open_shard(t, shard_dir, shard_index, 1, o->batch, o->rows, &d, err) != 0)
         return -1;
     nn_model_set_row_offset(t->model, o->row_offset);
+    const int full = o->batch ? o->batch : t->cfg.batch;
     int64_t t0 = cds_mono_ms(), total = nn_data_rows(d), done = 0, taken = 0, last_read = t0 - READ_EVERY_MS;
     if (steps >= 0)
         total = 0; /* not known in rows: the progress line shows rows done */
@@ -268,8 +311,7 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, con
         }
         if (n <= 0)
             break;
-        if (feed_u8(t, d, &b, err) != 0 || nn_trainer_forward_backward(t, b.x, b.idx, b.y, n, err) != 0 ||
-            (o->after_backward && o->after_backward(o->hook_ctx, err) != 0) || nn_trainer_optim_step(t, err) != 0) {
+        if (feed_u8(t, d, &b, err) != 0 || train_step(t, &b, n, full, o, err) != 0) {
             rc = -1;
             break;
         }

@@ -108,6 +108,17 @@ void nn_trainer_opt_get(nn_trainer *t, float *host);
 int nn_trainer_save_ranks(nn_trainer *t, const char *path, const float *others, int n_others, cds_err *err);
 nn_trainer *nn_trainer_load_rank(const char *ckpt_path, int rank, cds_err *err);
 
+/* One training step on a batch, as a pass takes it: forward, backward
+ * and the optimiser's step, graphed when the train spec asks for
+ * "cuda_graphs" and n is the spec's batch.  The pass's sums are the
+ * model's (nn_model_acc_set / _get). */
+int nn_trainer_step_batch(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
+                          cds_err *err);
+
+/* Training steps captured and replayed as CUDA graphs so far (the train
+ * spec's "cuda_graphs"; 0 and 0 on the CPU). */
+void nn_trainer_graph_counts(const nn_trainer *t, long *captured, long *replayed);
+
 int64_t nn_trainer_epoch(const nn_trainer *t);
 int64_t nn_trainer_step(const nn_trainer *t);
 size_t nn_trainer_visited(const nn_trainer *t, const int32_t **shards);

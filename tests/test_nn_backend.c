@@ -615,15 +615,17 @@ static const kop device_ops[] = {
 };
 
 /* The table has every entry filled: a backend that leaves one NULL would
- * crash the first model that needs it. */
+ * crash the first model that needs it.  The graph entries are optional,
+ * all three or none. */
 static int complete(const nn_backend *be)
 {
     void (*const *f)(void) = (void (*const *)(void))(const void *)&be->ctx_init;
-    size_t n = (sizeof *be - offsetof(nn_backend, ctx_init)) / sizeof *f;
+    size_t n = (offsetof(nn_backend, graph_begin) - offsetof(nn_backend, ctx_init)) / sizeof *f;
     for (size_t i = 0; i < n; i++)
         if (!f[i])
             return 0;
-    return 1;
+    int graphs = !!be->graph_begin + !!be->graph_end + !!be->graph_counts;
+    return (graphs == 0 || graphs == 3) && offsetof(nn_backend, graph_counts) + sizeof f[0] == sizeof *be;
 }
 
 /* Two wrong entries the harness must catch: a relu that returns x + x,

@@ -335,6 +335,10 @@ static void test_lazy_specs(void)
                        "a lazy that is not a boolean");
     expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"lazy\":\"yes\"}", "must be true or false",
                        "a lazy that is a string");
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"cuda_graphs\":1}", "\"cuda_graphs\" must be true or false",
+                       "a cuda_graphs that is not a boolean");
+    expect_train_error("{\"optimizer\":\"adam\",\"lr\":0.1,\"tf32\":\"on\"}", "\"tf32\" must be true or false",
+                       "a tf32 that is not a boolean");
     const char *dense = "{\"arch\":\"mlp\",\"input\":[10],\"hidden\":[4],\"classes\":3}";
     const char *sparse = "{\"arch\":\"mlp\",\"sparse\":{\"dim\":10,\"nnz\":2},\"hidden\":[4],\"classes\":3}";
     nn_train_cfg c, plain;

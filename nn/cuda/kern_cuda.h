@@ -32,6 +32,80 @@
 extern "C" {
 #include "nn_backend.h" /* nn_step_metrics, nn_pass_acc, nn_row_grad, nn_sparse_plan, nn_conv_geom, nn_pool_geom */
 }
+#include <string.h>
+
+#define CUK_VARS_REUSE 8 /* cuk_vars_put_bytes looks this far back for an equal value */
+
+/* ---- per-step values of a graphed step (cuda_graph.cu) ----
+ * A CUDA graph replays its kernels with the arguments they were captured
+ * with, so a value that changes from step to step (the optimisers'
+ * coefficients: the learning rate and Adam's bias corrections; dropout's
+ * seed; the step number the metrics record) cannot be a kernel argument of
+ * a graphed step.  The kernels that take one also take a device pointer to
+ * it: NULL (an eager call) reads the argument, else the value there.  The
+ * wrappers below put their value into a cuk_vars block, in call order, and
+ * pass its device address; cuk_vars_set copies the block's host side to
+ * the device on the stream just before the graph is launched.  In a replay
+ * (replay = 1) a wrapper puts its value and launches nothing: the graph
+ * holds its kernel.  gv NULL: an eager call. */
+typedef struct cuk_vars {
+    unsigned char *host; /* cap bytes: this step's values, in call order */
+    unsigned char *dev;  /* cap bytes of device memory, read by the graph's kernels */
+    size_t used, cap;
+    int replay;
+    int overflow;        /* a value did not fit: the capture is not usable */
+    int n;               /* values put this step (the last CUK_VARS_REUSE are reused when equal) */
+    uint16_t at[CUK_VARS_REUSE], len[CUK_VARS_REUSE];
+} cuk_vars;
+
+/* Bytes of a block: a kernel parameter (cuk_vars_set passes it by value)
+ * within the 4 KiB every CUDA device accepts. */
+#define CUK_VARS_CAP 3840
+
+/* v's bytes into the block, 16-byte aligned, or the place of an equal
+ * value among the last CUK_VARS_REUSE (the optimiser's runs of
+ * parameters alternate between two sets of coefficients, and a ResNet-50
+ * has a hundred runs); its device address, or NULL when gv is NULL or on
+ * overflow, which marks the block.  A capture and its replays put the same
+ * values in the same order, so they lay the block out alike (cug_end
+ * checks that they used the same bytes). */
+static inline const void *cuk_vars_put_bytes(cuk_vars *gv, const void *v, size_t len)
+{
+    if (!gv)
+        return nullptr;
+    const int lo = gv->n > CUK_VARS_REUSE ? gv->n - CUK_VARS_REUSE : 0;
+    for (int i = gv->n - 1; i >= lo; i--) {
+        const int k = i % CUK_VARS_REUSE;
+        if (gv->len[k] == len && memcmp(gv->host + gv->at[k], v, len) == 0)
+            return gv->dev + gv->at[k];
+    }
+    size_t at = (gv->used + 15) & ~(size_t)15;
+    if (at + len > gv->cap) {
+        gv->overflow = 1;
+        return nullptr;
+    }
+    memcpy(gv->host + at, v, len);
+    gv->used = at + len;
+    gv->at[gv->n % CUK_VARS_REUSE] = (uint16_t)at;
+    gv->len[gv->n % CUK_VARS_REUSE] = (uint16_t)len;
+    gv->n++;
+    return gv->dev + at;
+}
+
+template <class T> static inline const T *cuk_vars_put(cuk_vars *gv, const T &v)
+{
+    return static_cast<const T *>(cuk_vars_put_bytes(gv, &v, sizeof v));
+}
+
+/* Whether a wrapper that has put its values launches its kernel. */
+static inline bool cuk_vars_launch(const cuk_vars *gv)
+{
+    return !gv || !gv->replay;
+}
+
+/* Copies gv->host[0, used) to gv->dev on s, by a kernel that takes the
+ * bytes as its argument: the host block may be rewritten at once. */
+cudaError_t cuk_vars_set(cudaStream_t s, const cuk_vars *gv);
 
 /* ---- element-wise (kern_cuda_elem.cu) ---- */
 cudaError_t cuk_relu_fwd(cudaStream_t s, const float *x, float *y, size_t n);
@@ -41,7 +115,7 @@ cudaError_t cuk_acc(cudaStream_t s, const float *dy, float *dx, size_t n);
 /* The CPU's counter-based mask (kern_cpu_elem.c: mix64 of key + (first+i)·φ),
  * bit for bit. */
 cudaError_t cuk_dropout_fwd(cudaStream_t s, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
-                            uint64_t first, size_t n);
+                            uint64_t first, size_t n, cuk_vars *gv);
 cudaError_t cuk_dropout_bwd(cudaStream_t s, const uint8_t *mask, const float *dy, float *dx, float p, size_t n);
 /* nn_cpu_u8_normalize: a table lookup per element, bit-identical. */
 cudaError_t cuk_u8_normalize(cudaStream_t s, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
@@ -67,7 +141,7 @@ size_t cuk_sumsq_scratch(size_t n);
 cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc, double *scratch);
 /* The CPU table's cpu_metrics_fold (nn_backend_cpu.c), on the device. */
 cudaError_t cuk_metrics_fold(cudaStream_t s, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
-                             int64_t step);
+                             int64_t step, cuk_vars *gv);
 
 /* ---- optimiser steps (kern_cuda_optim.cu): nn_cpu_sgd_step and friends
  * (kern_cpu_optim.c), one fused kernel each.  For the row-sparse forms, g is
@@ -75,17 +149,19 @@ cudaError_t cuk_metrics_fold(cudaStream_t s, const nn_step_metrics *m, nn_pass_a
  * descriptor (its rows, n_rows, start, keys, K are read on the device, the
  * host never learns n_rows); otherwise g->rows / g->n_rows (host count) list
  * the rows.  The values are g->rg when set, else the sums of g->dy rows the
- * plan names (nn_rows.h), summed in ascending position as the CPU does. ---- */
+ * plan names (nn_rows.h), summed in ascending position as the CPU does.
+ * gv: the values block of a graphed step, or NULL (above). ---- */
 cudaError_t cuk_sgd_step(cudaStream_t s, float *w, const float *g, float *buf, size_t n, float lr, float momentum,
-                         float l2);
+                         float l2, cuk_vars *gv);
 cudaError_t cuk_adam_step(cudaStream_t s, float *w, const float *g, float *m, float *v, size_t n, float lr,
-                          float beta1, float beta2, float eps, float l2, long t);
+                          float beta1, float beta2, float eps, float l2, long t, cuk_vars *gv);
 cudaError_t cuk_sgd_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
-                              float *buf, float lr, float momentum, float l2);
+                              float *buf, float lr, float momentum, float l2, cuk_vars *gv);
 cudaError_t cuk_adam_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
-                               float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t);
+                               float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t,
+                               cuk_vars *gv);
 cudaError_t cuk_lazy_adam_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t cols, float *m, float *v,
-                               float lr, float beta1, float beta2, float eps, float l2, long t);
+                               float lr, float beta1, float beta2, float eps, float l2, long t, cuk_vars *gv);
 
 /* ---- pooling and batch norm (kern_cuda_pool.cu) ---- */
 cudaError_t cuk_maxpool_fwd(cudaStream_t s, const nn_pool_geom *g, const float *x, float *y, int32_t *argmax);

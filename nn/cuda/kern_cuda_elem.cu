@@ -85,13 +85,21 @@ static __global__ void acc_k(const float *dy, float *dx, size_t n)
         dx[i] += dy[i];
 }
 
+/* What a dropout draws from that changes step to step (a graphed step
+ * reads it from the device: kern_cuda.h's cuk_vars). */
+typedef struct dropout_draw {
+    uint64_t key, first;
+} dropout_draw;
+
 /* threshold ~0 keeps nothing (p >= 1: the draw is below 2^53), and then
  * scale is 0 and y is 0.0f, as the CPU's p >= 1 branch writes. */
-static __global__ void dropout_fwd_k(const float *x, float *y, uint8_t *mask, uint64_t key, uint64_t threshold,
-                                     float scale, uint64_t first, size_t n)
+static __global__ void dropout_fwd_k(const float *x, float *y, uint8_t *mask, dropout_draw d, const dropout_draw *dp,
+                                     uint64_t threshold, float scale, size_t n)
 {
+    if (dp)
+        d = *dp;
     for (size_t i = first_index(); i < n; i += grid_stride()) {
-        uint8_t keep = (uint8_t)nn_dropout_keep(key, first + (uint64_t)i, threshold);
+        uint8_t keep = (uint8_t)nn_dropout_keep(d.key, d.first + (uint64_t)i, threshold);
         mask[i] = keep;
         y[i] = keep ? x[i] * scale : 0.0f;
     }
@@ -207,13 +215,18 @@ cudaError_t cuk_acc(cudaStream_t s, const float *dy, float *dx, size_t n)
 }
 
 cudaError_t cuk_dropout_fwd(cudaStream_t s, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
-                            uint64_t first, size_t n)
+                            uint64_t first, size_t n, cuk_vars *gv)
 {
     if (n == 0)
         return cudaSuccess;
-    const uint64_t key = nn_mix64(seed);
+    dropout_draw d;
+    d.key = nn_mix64(seed);
+    d.first = first;
+    const dropout_draw *dp = cuk_vars_put(gv, d);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
     const uint64_t threshold = p >= 1.0f ? ~(uint64_t)0 : nn_dropout_threshold(p);
-    dropout_fwd_k<<<blocks_for(n), kThreads, 0, s>>>(x, y, mask, key, threshold, nn_dropout_scale(p), first, n);
+    dropout_fwd_k<<<blocks_for(n), kThreads, 0, s>>>(x, y, mask, d, dp, threshold, nn_dropout_scale(p), n);
     return cudaGetLastError();
 }
 

@@ -236,9 +236,12 @@ static __global__ void sumsq_total_k(const double *part, size_t parts, double *a
 
 /* ---- metrics fold ---- */
 
-static __global__ void metrics_fold_k(const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2, int64_t step)
+/* step: the first bad step's number when a loss is not finite; a graphed
+ * step reads it from the device (kern_cuda.h's cuk_vars). */
+static __global__ void metrics_fold_k(const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2, int64_t step,
+                                      const int64_t *stepp)
 {
-    nn_metrics_fold_one(m, acc, n, l2, step);
+    nn_metrics_fold_one(m, acc, n, l2, stepp ? *stepp : step);
 }
 
 cudaError_t cuk_softmax_xent(cudaStream_t s, const float *logits, const int32_t *labels, float *dlogits, int N,
@@ -283,8 +286,11 @@ cudaError_t cuk_sumsq(cudaStream_t s, const float *w, size_t n, double *acc, dou
 }
 
 cudaError_t cuk_metrics_fold(cudaStream_t s, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
-                             int64_t step)
+                             int64_t step, cuk_vars *gv)
 {
-    metrics_fold_k<<<1, 1, 0, s>>>(m, acc, n, l2, step);
+    const int64_t *stepp = cuk_vars_put(gv, step);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
+    metrics_fold_k<<<1, 1, 0, s>>>(m, acc, n, l2, step, stepp);
     return cudaGetLastError();
 }

@@ -33,7 +33,14 @@
  * kern_cpu_optim.c's listed_chunk (which is also nn_cpu_sparse_linear_bwd_
  * rows's), so the two forms agree bit for bit.  Lazy Adam walks only the
  * listed rows, a warp per row, grid-stride: with a plan the grid cannot be
- * sized to n_rows, so it is a fixed grid whose idle warps exit at once. */
+ * sized to n_rows, so it is a fixed grid whose idle warps exit at once.
+ *
+ * Graphed steps.  Each kernel takes its constants by value and, in a
+ * graphed step, a device pointer to them too (kern_cuda.h's cuk_vars): the
+ * learning rate and the bias corrections change from step to step while
+ * the graph's arguments do not.  The constants are the same floats either
+ * way, computed by the same host code, so a graphed step's bits are an
+ * eager step's. */
 #include <math.h>
 #include <string.h>
 
@@ -163,8 +170,11 @@ static __device__ __forceinline__ size_t grid_stride()
 /* quads float4s first (0 when a pointer is not 16-byte aligned), then the
  * elements [quads·4, n) one at a time. */
 template <bool MOMENTUM>
-static __global__ void sgd_k(float *w, const float *g, float *buf, size_t n, size_t quads, sgd_coef k)
+static __global__ void sgd_k(float *w, const float *g, float *buf, size_t n, size_t quads, sgd_coef k,
+                             const sgd_coef *kp)
 {
+    if (kp)
+        k = *kp;
     float4 *w4 = reinterpret_cast<float4 *>(w), *b4 = reinterpret_cast<float4 *>(buf);
     const float4 *g4 = reinterpret_cast<const float4 *>(g);
     for (size_t q = first_index(); q < quads; q += grid_stride()) {
@@ -192,8 +202,11 @@ static __global__ void sgd_k(float *w, const float *g, float *buf, size_t n, siz
     }
 }
 
-static __global__ void adam_k(float *w, const float *g, float *m, float *v, size_t n, size_t quads, adam_coef k)
+static __global__ void adam_k(float *w, const float *g, float *m, float *v, size_t n, size_t quads, adam_coef k,
+                              const adam_coef *kp)
 {
+    if (kp)
+        k = *kp;
     float4 *w4 = reinterpret_cast<float4 *>(w), *m4 = reinterpret_cast<float4 *>(m);
     float4 *v4 = reinterpret_cast<float4 *>(v);
     const float4 *g4 = reinterpret_cast<const float4 *>(g);
@@ -320,8 +333,10 @@ template <int KIND> static __device__ __forceinline__ void update_elem(const row
  * [w·per, (w+1)·per) and walks the list beside it. */
 template <int KIND>
 static __global__ void __launch_bounds__(kRowThreads)
-    all_rows_k(row_update u, row_src src, size_t n_total, size_t per)
+    all_rows_k(row_update u, const row_update *up, row_src src, size_t n_total, size_t per)
 {
+    if (up)
+        u = *up;
     const row_list l = list_of(src);
     const size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     const size_t lane = threadIdx.x % 32;
@@ -339,8 +354,10 @@ static __global__ void __launch_bounds__(kRowThreads)
 }
 
 /* Lazy Adam: the listed rows only, a warp per row, grid-stride. */
-static __global__ void __launch_bounds__(kRowThreads) listed_rows_k(row_update u, row_src src)
+static __global__ void __launch_bounds__(kRowThreads) listed_rows_k(row_update u, const row_update *up, row_src src)
 {
+    if (up)
+        u = *up;
     const row_list l = list_of(src);
     const size_t lane = threadIdx.x % 32;
     const size_t warps = (size_t)gridDim.x * blockDim.x / 32;
@@ -359,14 +376,17 @@ static bool src_valid(const nn_row_grad *g)
 }
 
 template <int KIND> static cudaError_t launch_all_rows(cudaStream_t s, const row_update &u, const nn_row_grad *g,
-                                                      size_t n_total)
+                                                      size_t n_total, cuk_vars *gv)
 {
+    const row_update *up = cuk_vars_put(gv, u);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
     size_t blocks = (n_total + kWarpsPerBlock - 1) / kWarpsPerBlock;
     if (blocks > kMaxRowBlocks)
         blocks = kMaxRowBlocks;
     const size_t warps = blocks * kWarpsPerBlock;
     const size_t per = (n_total + warps - 1) / warps;
-    all_rows_k<KIND><<<(unsigned)blocks, kRowThreads, 0, s>>>(u, src_of(g), n_total, per);
+    all_rows_k<KIND><<<(unsigned)blocks, kRowThreads, 0, s>>>(u, up, src_of(g), n_total, per);
     return cudaGetLastError();
 }
 
@@ -382,34 +402,40 @@ static row_update update_of(float *w, float *s1, float *s2, size_t cols)
 }
 
 cudaError_t cuk_sgd_step(cudaStream_t s, float *w, const float *g, float *buf, size_t n, float lr, float momentum,
-                         float l2)
+                         float l2, cuk_vars *gv)
 {
     if (n == 0)
         return cudaSuccess;
     const sgd_coef k = sgd_coefs(lr, momentum, l2);
+    const sgd_coef *kp = cuk_vars_put(gv, k);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
     const bool mom = momentum != 0.0f && buf; /* the CPU's test */
     const size_t quads = aligned16(w) && aligned16(g) && (!mom || aligned16(buf)) ? n / 4 : 0;
     const unsigned blocks = blocks_for(quads ? quads : n);
     if (mom)
-        sgd_k<true><<<blocks, kThreads, 0, s>>>(w, g, buf, n, quads, k);
+        sgd_k<true><<<blocks, kThreads, 0, s>>>(w, g, buf, n, quads, k, kp);
     else
-        sgd_k<false><<<blocks, kThreads, 0, s>>>(w, g, NULL, n, quads, k);
+        sgd_k<false><<<blocks, kThreads, 0, s>>>(w, g, NULL, n, quads, k, kp);
     return cudaGetLastError();
 }
 
 cudaError_t cuk_adam_step(cudaStream_t s, float *w, const float *g, float *m, float *v, size_t n, float lr,
-                          float beta1, float beta2, float eps, float l2, long t)
+                          float beta1, float beta2, float eps, float l2, long t, cuk_vars *gv)
 {
     if (n == 0)
         return cudaSuccess;
     const adam_coef k = adam_coefs(lr, beta1, beta2, eps, l2, t);
+    const adam_coef *kp = cuk_vars_put(gv, k);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
     const size_t quads = aligned16(w) && aligned16(g) && aligned16(m) && aligned16(v) ? n / 4 : 0;
-    adam_k<<<blocks_for(quads ? quads : n), kThreads, 0, s>>>(w, g, m, v, n, quads, k);
+    adam_k<<<blocks_for(quads ? quads : n), kThreads, 0, s>>>(w, g, m, v, n, quads, k, kp);
     return cudaGetLastError();
 }
 
 cudaError_t cuk_sgd_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
-                              float *buf, float lr, float momentum, float l2)
+                              float *buf, float lr, float momentum, float l2, cuk_vars *gv)
 {
     if (n_total == 0 || cols == 0)
         return cudaSuccess;
@@ -418,11 +444,13 @@ cudaError_t cuk_sgd_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, si
     const bool mom = momentum != 0.0f && buf; /* the CPU passes buf NULL when momentum is 0 */
     row_update u = update_of(w, mom ? buf : NULL, NULL, cols);
     u.sk = sgd_coefs(lr, momentum, l2);
-    return mom ? launch_all_rows<UPD_SGD_MOMENTUM>(s, u, g, n_total) : launch_all_rows<UPD_SGD_PLAIN>(s, u, g, n_total);
+    return mom ? launch_all_rows<UPD_SGD_MOMENTUM>(s, u, g, n_total, gv)
+               : launch_all_rows<UPD_SGD_PLAIN>(s, u, g, n_total, gv);
 }
 
 cudaError_t cuk_adam_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
-                               float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
+                               float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t,
+                               cuk_vars *gv)
 {
     if (n_total == 0 || cols == 0)
         return cudaSuccess;
@@ -430,11 +458,11 @@ cudaError_t cuk_adam_rows_step(cudaStream_t s, float *w, const nn_row_grad *g, s
         return cudaErrorInvalidValue;
     row_update u = update_of(w, m, v, cols);
     u.ak = adam_coefs(lr, beta1, beta2, eps, l2, t);
-    return launch_all_rows<UPD_ADAM>(s, u, g, n_total);
+    return launch_all_rows<UPD_ADAM>(s, u, g, n_total, gv);
 }
 
 cudaError_t cuk_lazy_adam_step(cudaStream_t s, float *w, const nn_row_grad *g, size_t cols, float *m, float *v,
-                               float lr, float beta1, float beta2, float eps, float l2, long t)
+                               float lr, float beta1, float beta2, float eps, float l2, long t, cuk_vars *gv)
 {
     if (cols == 0 || (!g->plan && g->n_rows == 0))
         return cudaSuccess;
@@ -448,6 +476,9 @@ cudaError_t cuk_lazy_adam_step(cudaStream_t s, float *w, const nn_row_grad *g, s
     }
     row_update u = update_of(w, m, v, cols);
     u.lk = lazy_coefs(lr, beta1, beta2, eps, l2, t);
-    listed_rows_k<<<(unsigned)blocks, kRowThreads, 0, s>>>(u, src_of(g));
+    const row_update *up = cuk_vars_put(gv, u);
+    if (!cuk_vars_launch(gv))
+        return cudaSuccess;
+    listed_rows_k<<<(unsigned)blocks, kRowThreads, 0, s>>>(u, up, src_of(g));
     return cudaGetLastError();
 }

@@ -49,7 +49,17 @@
  * pinned buffers of the slot's while the device still runs the previous
  * step.  stage() returns the device buffer, which the ops queued before
  * the next stage() for the same destination may read (nn_backend.h allows
- * a backend to return its own buffer). */
+ * a backend to return its own buffer).
+ *
+ * Graphs.  graph_begin/graph_end bracket a training step the trainer asks
+ * to have graphed (the train spec's "cuda_graphs"); cuda_graph.cu keeps the
+ * graphs and says when a step is captured or replayed.  Every entry that
+ * enqueues work names itself to it first (GRAPHED below): in a replay the
+ * graph already holds the op and the entry returns; the kernels with
+ * per-step values get the step's values block (graph_vars).  Entries that
+ * a graph cannot hold (copies to or from the host, staging, the sparse
+ * plan's row count) spoil a graphed step, and freeing memory drops the
+ * graphs, whose pointers it may leave stale. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -60,10 +70,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_graph.h"
 #include "kern_cuda.h"
 
 #define STAGE_SLOTS 4 /* destinations staged per context: input, labels, indices, one spare */
 #define PINNED_MAX 16 /* pinned host allocations a context tracks (a loader's buffers) */
+#define BLAS_WORK ((size_t)32 << 20) /* cuBLAS's workspace: what it asks for on Hopper */
 
 typedef struct conv_plan {
     nn_conv_geom g; /* N..pad: the key (OH, OW follow; threads and taps are ignored) */
@@ -90,6 +102,7 @@ typedef struct cuda_ctx {
     int device;
     cudaStream_t stream, copy;
     cublasHandle_t blas;
+    void *blas_work;        /* cuBLAS's workspace (BLAS_WORK bytes), the context's own */
     cudnnHandle_t dnn;
     int blas_tf32;          /* the math mode cuBLAS is in */
     int failed;
@@ -106,6 +119,7 @@ typedef struct cuda_ctx {
         size_t bytes;
     } pinned[PINNED_MAX]; /* host_alloc's, for stage() to recognise */
     size_t bytes_now, bytes_peak; /* device memory this context holds */
+    cug_cache *graphs;            /* made by the first graphed step */
 } cuda_ctx;
 
 static cuda_ctx *X(const nn_ctx *c)
@@ -161,6 +175,83 @@ static int rec_dnn(const nn_ctx *c, cudnnStatus_t s, const char *what)
     return 1;
 }
 
+/* ---------------------------------------------------------------- graphs */
+
+/* An op of a graphed step (cuda_graph.h's cug_op): 1 when the entry must
+ * enqueue nothing. */
+static int graph_op(const nn_ctx *c, unsigned site, uint64_t a, uint64_t b)
+{
+    cug_cache *g = X(c)->graphs;
+    return g && cug_op(g, site, a, b, 0);
+}
+
+/* The values block of a graphed step for a kernel with per-step values
+ * (NULL when the step is eager). */
+static cuk_vars *graph_vars(const nn_ctx *c, unsigned site, uint64_t a, uint64_t b)
+{
+    cug_cache *g = X(c)->graphs;
+    if (!g)
+        return NULL;
+    cug_op(g, site, a, b, 1);
+    return cug_vars(g);
+}
+
+#define GRAPHED(c, a, b)                                                                                              \
+    do {                                                                                                              \
+        if (graph_op((c), __LINE__, (uint64_t)(uintptr_t)(a), (uint64_t)(b)))                                        \
+            return;                                                                                                   \
+    } while (0)
+#define GRAPH_VARS(c, a, b) graph_vars((c), __LINE__, (uint64_t)(uintptr_t)(a), (uint64_t)(b))
+
+/* What a graphed step may not contain. */
+static void graph_forbid(const nn_ctx *c, const char *what)
+{
+    if (X(c)->graphs)
+        cug_spoil(X(c)->graphs, what);
+}
+
+/* Memory freed or moved: graphs holding its address are dropped. */
+static void graph_moved(const nn_ctx *c, const char *what)
+{
+    if (X(c)->graphs)
+        cug_moved(X(c)->graphs, what);
+}
+
+static int cuda_graph_begin(const nn_ctx *c, uint64_t key)
+{
+    cuda_ctx *x = X(c);
+    if (x->failed)
+        return CUG_EAGER;
+    if (!x->graphs && !(x->graphs = cug_new())) {
+        fail_msg(x, "out of memory for CUDA graphs");
+        return CUG_EAGER;
+    }
+    cudaError_t e = cudaSuccess;
+    cug_mode m = cug_begin(x->graphs, S(c), key, &e);
+    rec(c, e, "beginning a CUDA graph");
+    return (int)m;
+}
+
+static int cuda_graph_end(const nn_ctx *c, int ok)
+{
+    cuda_ctx *x = X(c);
+    char why[320];
+    if (!x->graphs)
+        return ok ? 0 : -1;
+    if (cug_end(x->graphs, S(c), ok, why, sizeof why) == 0)
+        return 0;
+    if (why[0])
+        fail_msg(x, "%s", why);
+    return -1;
+}
+
+static void cuda_graph_counts(const nn_ctx *c, long *captured, long *replayed)
+{
+    *captured = *replayed = 0;
+    if (X(c)->graphs)
+        cug_counts(X(c)->graphs, captured, replayed);
+}
+
 static int cuda_mem(const nn_ctx *c, size_t *now, size_t *peak)
 {
     *now = X(c)->bytes_now;
@@ -200,6 +291,7 @@ static void ctx_destroy(cuda_ctx *x)
         cudaStreamSynchronize(x->stream);
     if (x->copy)
         cudaStreamSynchronize(x->copy);
+    cug_free(x->graphs);
     stage_slots_free(x);
     plans_free(x);
     if (x->work)
@@ -210,6 +302,8 @@ static void ctx_destroy(cuda_ctx *x)
         cudnnDestroy(x->dnn);
     if (x->blas)
         cublasDestroy(x->blas);
+    if (x->blas_work)
+        cudaFree(x->blas_work);
     if (x->copy)
         cudaStreamDestroy(x->copy);
     if (x->stream)
@@ -264,6 +358,7 @@ static void *cuda_alloc(const nn_ctx *c, size_t bytes)
     void *p = NULL;
     cuda_ctx *x = X(c);
     S(c);
+    graph_moved(c, "device memory allocated inside the step");
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         cudaGetLastError(); /* out of memory is not sticky: clear it */
         return NULL;
@@ -282,12 +377,14 @@ static void cuda_free(const nn_ctx *c, void *p, size_t bytes)
 {
     cuda_ctx *x = X(c);
     S(c);
+    graph_moved(c, "device memory freed inside the step");
     rec(c, cudaFree(p), "freeing device memory");
     x->bytes_now -= bytes < x->bytes_now ? bytes : x->bytes_now;
 }
 
 static void cuda_memset(const nn_ctx *c, void *p, int v, size_t bytes)
 {
+    GRAPHED(c, p, bytes);
     rec(c, cudaMemsetAsync(p, v, bytes, S(c)), "memset");
 }
 
@@ -295,6 +392,7 @@ static void cuda_memset(const nn_ctx *c, void *p, int v, size_t bytes)
  * before the copy. */
 static void cuda_to_host(const nn_ctx *c, void *host, const void *src, size_t bytes)
 {
+    graph_forbid(c, "a copy to the host inside the step");
     if (!rec(c, cudaMemcpyAsync(host, src, bytes, cudaMemcpyDeviceToHost, S(c)), "copying to the host"))
         rec(c, cudaStreamSynchronize(S(c)), "the compute stream");
 }
@@ -303,6 +401,7 @@ static void cuda_to_host(const nn_ctx *c, void *host, const void *src, size_t by
  * state; never on the hot path, where stage() is used). */
 static void cuda_from_host(const nn_ctx *c, void *dst, const void *host, size_t bytes)
 {
+    graph_forbid(c, "a copy from the host inside the step");
     if (!rec(c, cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, S(c)), "copying from the host"))
         rec(c, cudaStreamSynchronize(S(c)), "the compute stream");
 }
@@ -348,6 +447,7 @@ static stage_slot *stage_slot_for(const nn_ctx *c, const void *dst, size_t bytes
     if (rec(c, cudaStreamSynchronize(x->stream), "the compute stream") ||
         rec(c, cudaStreamSynchronize(x->copy), "the copy stream"))
         return NULL;
+    graph_moved(c, "a staging buffer remade inside the step");
     if (s->dst) /* a slot in use holds its two device buffers of cap bytes (mem() counts them) */
         x->bytes_now -= 2 * s->cap < x->bytes_now ? 2 * s->cap : x->bytes_now;
     stage_slot_free(s);
@@ -383,6 +483,7 @@ static const void *cuda_stage(const nn_ctx *c, void *dst, const void *host, size
 {
     cuda_ctx *x = X(c);
     S(c);
+    graph_forbid(c, "a batch staged inside the step");
     stage_slot *s = stage_slot_for(c, dst, bytes);
     int direct = s && is_pinned(x, host, bytes);
     if (s && !direct && !s->pin[s->next]) {
@@ -470,7 +571,11 @@ static size_t cuda_sparse_plan_work(const nn_ctx *c, int N, int K)
 /* ------------------------------------------------------- library handles */
 
 /* cuBLAS and cuDNN are made on first use: a context that never multiplies
- * or convolves (the kernel harness's, an mlp's) does not pay for them. */
+ * or convolves (the kernel harness's, an mlp's) does not pay for them.
+ * cuBLAS gets a workspace of the context's own: without one it takes
+ * memory from a pool of its own as it goes, which a graph capture would
+ * record (and with another workspace it may pick another kernel, so a
+ * graphed step would not be an eager step's bits). */
 static cublasHandle_t blas(const nn_ctx *c)
 {
     cuda_ctx *x = X(c);
@@ -479,11 +584,23 @@ static cublasHandle_t blas(const nn_ctx *c)
         cublasHandle_t h = NULL;
         if (rec_blas(c, cublasCreate(&h), "creating a cuBLAS handle"))
             return NULL;
-        if (rec_blas(c, cublasSetStream(h, x->stream), "binding cuBLAS to the stream") ||
-            rec_blas(c, cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "setting the GEMM math mode")) {
+        void *work = NULL;
+        if (rec(c, cudaMalloc(&work, BLAS_WORK), "cuBLAS's workspace")) {
             cublasDestroy(h);
             return NULL;
         }
+        /* after cublasSetStream, which resets the workspace to the default */
+        if (rec_blas(c, cublasSetStream(h, x->stream), "binding cuBLAS to the stream") ||
+            rec_blas(c, cublasSetWorkspace(h, work, BLAS_WORK), "giving cuBLAS its workspace") ||
+            rec_blas(c, cublasSetMathMode(h, CUBLAS_DEFAULT_MATH), "setting the GEMM math mode")) {
+            cublasDestroy(h);
+            cudaFree(work);
+            return NULL;
+        }
+        x->blas_work = work;
+        x->bytes_now += BLAS_WORK;
+        if (x->bytes_now > x->bytes_peak)
+            x->bytes_peak = x->bytes_now;
         x->blas = h;
         x->blas_tf32 = 0;
     }
@@ -529,6 +646,7 @@ static cublasHandle_t blas_math(const nn_ctx *c)
 static void cuda_linear_fwd(const nn_ctx *c, const float *x, const float *w, const float *b, float *y, int N, int D,
                             int O)
 {
+    GRAPHED(c, y, (uint64_t)N * O + D);
     const float one = 1.0f, zero = 0.0f;
     cublasHandle_t h = blas_math(c);
     if (!h)
@@ -544,6 +662,7 @@ static void cuda_linear_fwd(const nn_ctx *c, const float *x, const float *w, con
 static void cuda_linear_bwd(const nn_ctx *c, const float *x, const float *w, const float *dy, float *dx, float *dw,
                             float *db, int N, int D, int O)
 {
+    GRAPHED(c, dy, (uint64_t)N * O + D);
     const float one = 1.0f;
     cublasHandle_t h = blas_math(c);
     if (!h)
@@ -787,6 +906,7 @@ static const conv_plan *plan_for(const nn_ctx *c, const nn_conv_geom *g)
 static void cuda_conv2d_fwd(const nn_ctx *c, const nn_conv_geom *g, const float *x, const float *w, const float *b,
                             float *y, void *work)
 {
+    GRAPHED(c, y, (uint64_t)g->N * g->OC * g->OH * g->OW);
     (void)work;
     const conv_plan *p = plan_for(c, g);
     if (!p)
@@ -805,6 +925,7 @@ static void cuda_conv2d_fwd(const nn_ctx *c, const nn_conv_geom *g, const float 
 static void cuda_conv2d_bwd(const nn_ctx *c, const nn_conv_geom *g, const float *x, const float *w, const float *dy,
                             float *dx, float *dw, float *db, void *work)
 {
+    GRAPHED(c, dy, (uint64_t)g->N * g->OC * g->OH * g->OW);
     (void)work;
     const conv_plan *p = plan_for(c, g);
     if (!p)
@@ -829,23 +950,27 @@ static void cuda_conv2d_bwd(const nn_ctx *c, const nn_conv_geom *g, const float 
 
 static void cuda_sparse_plan(const nn_ctx *c, const int32_t *idx, int N, int K, int dim, void *plan)
 {
+    GRAPHED(c, plan, (uint64_t)N * K);
     rec(c, cuk_sparse_plan(S(c), idx, N, K, dim, plan), "sparse plan");
 }
 
 static void cuda_sparse_linear_fwd(const nn_ctx *c, const void *plan, const float *w, const float *b, float *y, int N,
                                    int O)
 {
+    GRAPHED(c, y, (uint64_t)N * O);
     rec(c, cuk_sparse_linear_fwd(S(c), plan, w, b, y, N, O), "sparse linear forward");
 }
 
 static void cuda_sparse_linear_bwd(const nn_ctx *c, const int32_t *idx, const float *dy, float *dw, float *db, int N,
                                    int K, int O)
 {
+    GRAPHED(c, dy, (uint64_t)N * K * O);
     rec(c, cuk_sparse_linear_bwd(S(c), idx, dy, dw, db, N, K, O), "sparse linear backward");
 }
 
 static size_t cuda_sparse_plan_rows(const nn_ctx *c, const void *plan, int32_t *rows)
 {
+    graph_forbid(c, "the sparse plan's row count inside the step");
     cudaError_t e = cudaSuccess;
     size_t n = cuk_sparse_plan_rows(S(c), plan, rows, &e);
     if (rec(c, e, "the sparse plan's rows"))
@@ -856,6 +981,7 @@ static size_t cuda_sparse_plan_rows(const nn_ctx *c, const void *plan, int32_t *
 static void cuda_sparse_linear_bwd_rows(const nn_ctx *c, const void *plan, const float *dy, float *rg, float *db,
                                         int N, int O)
 {
+    GRAPHED(c, rg, (uint64_t)N * O);
     rec(c, cuk_sparse_linear_bwd_rows(S(c), plan, dy, rg, db, N, O), "sparse linear backward (rows)");
 }
 
@@ -863,32 +989,38 @@ static void cuda_sparse_linear_bwd_rows(const nn_ctx *c, const void *plan, const
 
 static void cuda_maxpool_fwd(const nn_ctx *c, const nn_pool_geom *g, const float *x, float *y, int32_t *argmax)
 {
+    GRAPHED(c, y, (uint64_t)g->N * g->C);
     rec(c, cuk_maxpool_fwd(S(c), g, x, y, argmax), "max-pool forward");
 }
 
 static void cuda_maxpool_bwd(const nn_ctx *c, const nn_pool_geom *g, const int32_t *argmax, const float *dy,
                              float *dx)
 {
+    GRAPHED(c, dx, (uint64_t)g->N * g->C);
     rec(c, cuk_maxpool_bwd(S(c), g, argmax, dy, dx), "max-pool backward");
 }
 
 static void cuda_avgpool_fwd(const nn_ctx *c, const nn_pool_geom *g, const float *x, float *y)
 {
+    GRAPHED(c, y, (uint64_t)g->N * g->C);
     rec(c, cuk_avgpool_fwd(S(c), g, x, y), "average-pool forward");
 }
 
 static void cuda_avgpool_bwd(const nn_ctx *c, const nn_pool_geom *g, const float *dy, float *dx)
 {
+    GRAPHED(c, dx, (uint64_t)g->N * g->C);
     rec(c, cuk_avgpool_bwd(S(c), g, dy, dx), "average-pool backward");
 }
 
 static void cuda_gap_fwd(const nn_ctx *c, const float *x, float *y, int N, int C, int HW)
 {
+    GRAPHED(c, y, (uint64_t)N * C * HW);
     rec(c, cuk_gap_fwd(S(c), x, y, N, C, HW), "global average pool forward");
 }
 
 static void cuda_gap_bwd(const nn_ctx *c, const float *dy, float *dx, int N, int C, int HW)
 {
+    GRAPHED(c, dx, (uint64_t)N * C * HW);
     rec(c, cuk_gap_bwd(S(c), dy, dx, N, C, HW), "global average pool backward");
 }
 
@@ -918,6 +1050,7 @@ static void cuda_bn_fwd_train(const nn_ctx *c, const float *x, const float *gamm
                               float *save, float *run_mean, float *run_var, float momentum, float eps, int N, int C,
                               int HW)
 {
+    GRAPHED(c, y, (uint64_t)N * C * HW);
     double *red = bn_scratch(c, N, C, HW);
     if (red)
         rec(c, cuk_bn_fwd_train(S(c), x, gamma, beta, y, save, run_mean, run_var, momentum, eps, N, C, HW, red),
@@ -927,12 +1060,14 @@ static void cuda_bn_fwd_train(const nn_ctx *c, const float *x, const float *gamm
 static void cuda_bn_fwd_infer(const nn_ctx *c, const float *x, const float *gamma, const float *beta,
                               const float *run_mean, const float *run_var, float *y, float eps, int N, int C, int HW)
 {
+    GRAPHED(c, y, (uint64_t)N * C * HW);
     rec(c, cuk_bn_fwd_infer(S(c), x, gamma, beta, run_mean, run_var, y, eps, N, C, HW), "batch norm inference");
 }
 
 static void cuda_bn_bwd(const nn_ctx *c, const float *x, const float *gamma, const float *save, const float *dy,
                         float *dx, float *dgamma, float *dbeta, int N, int C, int HW)
 {
+    GRAPHED(c, dy, (uint64_t)N * C * HW);
     double *red = bn_scratch(c, N, C, HW);
     if (red)
         rec(c, cuk_bn_bwd(S(c), x, gamma, save, dy, dx, dgamma, dbeta, N, C, HW, red), "batch norm backward");
@@ -942,38 +1077,45 @@ static void cuda_bn_bwd(const nn_ctx *c, const float *x, const float *gamma, con
 
 static void cuda_relu_fwd(const nn_ctx *c, const float *x, float *y, size_t n)
 {
+    GRAPHED(c, y, n);
     rec(c, cuk_relu_fwd(S(c), x, y, n), "relu forward");
 }
 
 static void cuda_relu_bwd(const nn_ctx *c, const float *y, const float *dy, float *dx, size_t n)
 {
+    GRAPHED(c, dx, n);
     rec(c, cuk_relu_bwd(S(c), y, dy, dx, n), "relu backward");
 }
 
 static void cuda_add_fwd(const nn_ctx *c, const float *a, const float *b, float *y, size_t n)
 {
+    GRAPHED(c, y, n);
     rec(c, cuk_add_fwd(S(c), a, b, y, n), "add");
 }
 
 static void cuda_acc(const nn_ctx *c, const float *dy, float *dx, size_t n)
 {
+    GRAPHED(c, dx, n);
     rec(c, cuk_acc(S(c), dy, dx, n), "accumulate");
 }
 
 static void cuda_dropout_fwd(const nn_ctx *c, const float *x, float *y, uint8_t *mask, float p, uint64_t seed,
                              uint64_t first, size_t n)
 {
-    rec(c, cuk_dropout_fwd(S(c), x, y, mask, p, seed, first, n), "dropout forward");
+    cuk_vars *gv = GRAPH_VARS(c, y, n);
+    rec(c, cuk_dropout_fwd(S(c), x, y, mask, p, seed, first, n, gv), "dropout forward");
 }
 
 static void cuda_dropout_bwd(const nn_ctx *c, const uint8_t *mask, const float *dy, float *dx, float p, size_t n)
 {
+    GRAPHED(c, dx, n);
     rec(c, cuk_dropout_bwd(S(c), mask, dy, dx, p, n), "dropout backward");
 }
 
 static void cuda_u8_normalize(const nn_ctx *c, const uint8_t *raw, const float *lut, float *y, int n, int C, int64_t P,
                               int channels_last)
 {
+    GRAPHED(c, y, (uint64_t)n * C * P);
     rec(c, cuk_u8_normalize(S(c), raw, lut, y, n, C, P, channels_last), "normalising a uint8 batch");
 }
 
@@ -982,11 +1124,13 @@ static void cuda_u8_normalize(const nn_ctx *c, const uint8_t *raw, const float *
 static void cuda_softmax_xent(const nn_ctx *c, const float *logits, const int32_t *labels, float *dlogits, int N,
                               int K, nn_step_metrics *m)
 {
+    GRAPHED(c, m, (uint64_t)N * K);
     rec(c, cuk_softmax_xent(S(c), logits, labels, dlogits, N, K, m), "softmax cross-entropy");
 }
 
 static void cuda_sumsq(const nn_ctx *c, const float *w, size_t n, double *acc)
 {
+    GRAPHED(c, w, n);
     double *red = red_scratch(c, cuk_sumsq_scratch(n));
     if (red)
         rec(c, cuk_sumsq(S(c), w, n, acc, red), "sum of squares");
@@ -995,39 +1139,54 @@ static void cuda_sumsq(const nn_ctx *c, const float *w, size_t n, double *acc)
 static void cuda_metrics_fold(const nn_ctx *c, const nn_step_metrics *m, nn_pass_acc *acc, int n, double l2,
                               int64_t step)
 {
-    rec(c, cuk_metrics_fold(S(c), m, acc, n, l2, step), "metrics");
+    cuk_vars *gv = GRAPH_VARS(c, acc, n);
+    rec(c, cuk_metrics_fold(S(c), m, acc, n, l2, step, gv), "metrics");
 }
 
 /* ----------------------------------------------------------- optimisers */
 
+/* What a row-sparse step's launch depends on besides its weight: a list
+ * the host holds (its count and rows) is baked into a graph. */
+static uint64_t rows_key(const nn_row_grad *g, size_t n)
+{
+    return (uint64_t)n ^ ((uint64_t)(uintptr_t)g->plan << 1) ^ ((uint64_t)(uintptr_t)g->rows << 3) ^
+           ((uint64_t)g->n_rows << 40) ^ (uint64_t)(uintptr_t)g->rg ^ ((uint64_t)(uintptr_t)g->dy << 7);
+}
+
 static void cuda_sgd_step(const nn_ctx *c, float *w, const float *g, float *buf, size_t n, float lr, float momentum,
                           float l2)
 {
-    rec(c, cuk_sgd_step(S(c), w, g, buf, n, lr, momentum, l2), "sgd step");
+    cuk_vars *gv = GRAPH_VARS(c, w, n);
+    rec(c, cuk_sgd_step(S(c), w, g, buf, n, lr, momentum, l2, gv), "sgd step");
 }
 
 static void cuda_adam_step(const nn_ctx *c, float *w, const float *g, float *m, float *v, size_t n, float lr,
                            float beta1, float beta2, float eps, float l2, long t)
 {
-    rec(c, cuk_adam_step(S(c), w, g, m, v, n, lr, beta1, beta2, eps, l2, t), "adam step");
+    cuk_vars *gv = GRAPH_VARS(c, w, n);
+    rec(c, cuk_adam_step(S(c), w, g, m, v, n, lr, beta1, beta2, eps, l2, t, gv), "adam step");
 }
 
 static void cuda_sgd_rows_step(const nn_ctx *c, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
                                float *buf, float lr, float momentum, float l2)
 {
-    rec(c, cuk_sgd_rows_step(S(c), w, g, n_total, cols, buf, lr, momentum, l2), "sgd step (rows)");
+    cuk_vars *gv = GRAPH_VARS(c, w, rows_key(g, n_total));
+    rec(c, cuk_sgd_rows_step(S(c), w, g, n_total, cols, buf, lr, momentum, l2, gv), "sgd step (rows)");
 }
 
 static void cuda_adam_rows_step(const nn_ctx *c, float *w, const nn_row_grad *g, size_t n_total, size_t cols,
                                 float *m, float *v, float lr, float beta1, float beta2, float eps, float l2, long t)
 {
-    rec(c, cuk_adam_rows_step(S(c), w, g, n_total, cols, m, v, lr, beta1, beta2, eps, l2, t), "adam step (rows)");
+    cuk_vars *gv = GRAPH_VARS(c, w, rows_key(g, n_total));
+    rec(c, cuk_adam_rows_step(S(c), w, g, n_total, cols, m, v, lr, beta1, beta2, eps, l2, t, gv),
+        "adam step (rows)");
 }
 
 static void cuda_lazy_adam_step(const nn_ctx *c, float *w, const nn_row_grad *g, size_t cols, float *m, float *v,
                                 float lr, float beta1, float beta2, float eps, float l2, long t)
 {
-    rec(c, cuk_lazy_adam_step(S(c), w, g, cols, m, v, lr, beta1, beta2, eps, l2, t), "lazy adam step");
+    cuk_vars *gv = GRAPH_VARS(c, w, rows_key(g, cols));
+    rec(c, cuk_lazy_adam_step(S(c), w, g, cols, m, v, lr, beta1, beta2, eps, l2, t, gv), "lazy adam step");
 }
 
 static const nn_backend cuda_table = {
@@ -1080,6 +1239,9 @@ static const nn_backend cuda_table = {
     .sgd_rows_step = cuda_sgd_rows_step,
     .adam_rows_step = cuda_adam_rows_step,
     .lazy_adam_step = cuda_lazy_adam_step,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_counts = cuda_graph_counts,
 };
 
 /* The module's two entry points (nn/nn_cuda_load.c finds them by name). */
