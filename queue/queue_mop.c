@@ -224,6 +224,7 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_add(&args, d->unique ? d->unique : "");
     qargs_add(&args, holder);
     qargs_add(&args, d->mode ? d->mode : "mop");
+    qargs_add(&args, d->early_stop ? d->early_stop : "");
     redisReply *r = qmop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;

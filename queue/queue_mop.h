@@ -60,8 +60,10 @@
  *                              (models not yet done/failed/cancelled), finished (ms, or ""), max_stalls,
  *                              max_attempts, backoff_base_ms, backoff_cap_ms, unique, test_by, test_token,
  *                              test_deadline (the test-scoring claim), test_attempts, test_not_before,
- *                              test_error, test (its result, JSON)
- *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|done|failed|cancelled),
+ *                              test_error, test (its result, JSON), es (early stopping: "metric mode grace
+ *                              eta max_epochs brackets", or ""; docs/search.md)
+ *   sweep:{S}:models    hash   per model m, fields "m.<field>": state (idle|leased|rung|done|stopped|
+ *                              failed|cancelled; rung: waiting for an early-stopping decision),
  *                              epoch (the epoch in progress, from 1; a done model keeps its last), visited
  *                              (K characters '0'/'1': shards visited this epoch), version (committed
  *                              checkpoint version, 0 = initial), ckpt (its path), token, worker, shard,
@@ -69,7 +71,9 @@
  *                              (leases reaped), attempts (failed visits since the last commit), not_before
  *                              (ms: no lease before, a failed attempt's backoff), error (the last failed
  *                              attempt), commit (receipt of the last commit), and per epoch e eval_attempts.e,
- *                              eval_stalls.e, eval_last_error.e, eval_error.e
+ *                              eval_stalls.e, eval_last_error.e, eval_error.e; rung (the rung epoch a model
+ *                              waits at), rung_note (the last early-stopping decision); and per bracket b and
+ *                              rung epoch e, asha.b.e (the metrics recorded there, space-separated)
  *   sweep:{S}:schedule  list   committed visits in commit order: "m epoch shard version worker"
  *   sweep:{S}:evals     list   "m epoch version" of finished epochs waiting for evaluation ("m epoch version
  *                              due_ms" while one waits out the backoff of a failed attempt)
@@ -134,6 +138,9 @@ typedef struct queue_sweep_def {
     /* "mop" (NULL: the same), or "ddp" / "ma": models trained by gangs of
      * `shards` ranks (queue_mop_gang_take). */
     const char *mode;
+    /* Early stopping (ASHA, docs/search.md): "metric mode grace eta
+     * max_epochs brackets", e.g. "valid_top1 max 1 4 16 1"; NULL: none. */
+    const char *early_stop;
 } queue_sweep_def;
 
 /* Creates the sweep with every model idle at epoch 1, version 0.  Refuses an

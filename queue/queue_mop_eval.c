@@ -144,7 +144,7 @@ int queue_mop_record_result_row(queue_conn *q, const char *sweep, const queue_mo
                       "result is not recorded", l->model, l->epoch, sweep);
         return QUEUE_NOT_FOUND;
     }
-    if ((!qc_reply_is(r, 0, "best") && !qc_reply_is(r, 0, "kept")) || r->elements != 2)
+    if ((!qc_reply_is(r, 0, "best") && !qc_reply_is(r, 0, "kept")) || r->elements != 4)
         return qmop_unexpected(r, "result", err);
     *is_best = qc_reply_is(r, 0, "best");
     const char *prev = qc_reply_str(r, 1);

@@ -110,7 +110,8 @@ int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_
                            .shards = K, .epochs = E, .models = M, .model_specs = specs,
                            .spec_json = json_string_value(json_object_get(sw, "spec")),
                            .plans = (const char *const *)plans, .replay_of = orig,
-                           .mode = json_string_value(json_object_get(sw, "mode"))};
+                           .mode = json_string_value(json_object_get(sw, "mode")),
+                           .early_stop = json_string_value(json_object_get(sw, "es"))};
     rc = queue_sweep_create(q, &def, NULL, err);
 out:
     for (int m = 0; plans && m < M; m++)

@@ -3,6 +3,7 @@
  * explicit, every refusal with its JSON path and fix in one line, and the
  * examples in jobs/ (found through CDS_SOURCE_ROOT). */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,6 +413,172 @@ static void test_job_files(void)
     }
 }
 
+
+/* ---- search (docs/search.md) ---- */
+
+static const char search_base[] =
+    "{\"mode\": \"mop\", \"dataset\": \"fmnist\", \"epochs\": 3, \"seed\": 7,"
+    " \"models\": [{\"arch\": \"mlp\", \"input\": [784], \"hidden\": [64], \"classes\": 10}],"
+    " \"train\": {\"optimizer\": \"adam\"},"
+    " \"search\": {\"kind\": \"random\", \"trials\": %d, \"seed\": %d, \"space\": {"
+    "   \"lr\": {\"loguniform\": [1e-4, 1e-1]}, \"batch\": {\"choice\": [32, 64, 128]},"
+    "   \"l2\": {\"quniform\": [0, 0.001, 0.0001]}, \"dropout\": {\"uniform\": [0, 0.5]}}}}";
+
+static sweep_spec *random_search(int trials, int seed)
+{
+    char text[1024];
+    snprintf(text, sizeof text, search_base, trials, seed);
+    cds_err err = {0};
+    sweep_spec *s = sweep_spec_parse(text, &err);
+    if (!s)
+        tap_diag("%s", err.msg);
+    return s;
+}
+
+/* A field of model i's spec: half "model" or "train". */
+static double spec_number(const sweep_spec *s, int i, const char *half, const char *field)
+{
+    json_t *o = json_loads(sweep_spec_model(s, i), 0, NULL);
+    double v = json_number_value(json_object_get(json_object_get(o, half), field));
+    json_decref(o);
+    return v;
+}
+
+static void test_random_search(void)
+{
+    sweep_spec *a = random_search(8, 3), *b = random_search(8, 3), *c = random_search(5, 3), *d = random_search(8, 4);
+    if (!ok(a && b && c && d, "random searches parse")) {
+        sweep_spec_free(a), sweep_spec_free(b), sweep_spec_free(c), sweep_spec_free(d);
+        return;
+    }
+    is_int(sweep_spec_model_count(a), 8, "a random search has its trials as models");
+    ok(strcmp(sweep_spec_search(a), "random") == 0 && sweep_spec_trials(a) == 8 && sweep_spec_search_seed(a) == 3,
+       "search kind, budget and seed are kept");
+    int same = 1, prefix = 1, differ = 0, inside = 1, distinct = 0;
+    for (int i = 0; i < 8; i++) {
+        same &= strcmp(sweep_spec_model(a, i), sweep_spec_model(b, i)) == 0;
+        if (i < 5)
+            prefix &= strcmp(sweep_spec_model(a, i), sweep_spec_model(c, i)) == 0;
+        differ += strcmp(sweep_spec_model(a, i), sweep_spec_model(d, i)) != 0;
+        double lr = spec_number(a, i, "train", "lr"), batch = spec_number(a, i, "train", "batch");
+        double l2 = spec_number(a, i, "train", "l2"), p = spec_number(a, i, "model", "dropout");
+        inside &= lr >= 1e-4 && lr <= 1e-1 && (batch == 32 || batch == 64 || batch == 128) && l2 >= 0 &&
+                  l2 <= 0.001 + 1e-12 && fabs(l2 / 0.0001 - round(l2 / 0.0001)) < 1e-9 && p >= 0 && p <= 0.5 &&
+                  spec_number(a, i, "train", "seed") == 7;
+        distinct += i > 0 && lr != spec_number(a, i - 1, "train", "lr");
+    }
+    ok(same, "the same spec gives the same trials, byte for byte");
+    ok(prefix, "trial i depends only on the search seed and i: a budget of 5 gives the first 5 of 8");
+    ok(differ == 8, "another search seed draws other trials (%d of 8 differ)", differ);
+    ok(inside, "every trial is inside its space (lr loguniform, batch a choice, l2 on its 0.0001 steps, dropout)");
+    ok(distinct == 7, "the trials differ from one another");
+    ok(strstr(sweep_spec_json(a), "\"seed\":3") != NULL, "the stored spec keeps the search seed");
+    sweep_spec_free(a), sweep_spec_free(b), sweep_spec_free(c), sweep_spec_free(d);
+}
+
+static void test_search_kinds(void)
+{
+    const char *grid =
+        "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 1, \"train\": {\"optimizer\": \"sgd\"},"
+        " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"hidden\": [2], \"classes\": 2},"
+        "             {\"arch\": \"mlp\", \"input\": [4], \"hidden\": [3], \"classes\": 2}],"
+        " \"search\": {\"kind\": \"grid\", \"space\": {\"lr\": {\"choice\": [0.1, 0.01]},"
+        "   \"batch\": {\"choice\": [8, 16, 32]}}}}";
+    sweep_spec *g = parse_ok(grid, "a grid search");
+    is_int(g ? sweep_spec_model_count(g) : 0, 12, "a grid search: 2 models x 3 batches x 2 learning rates");
+    ok(g && spec_number(g, 0, "train", "batch") == 8 && spec_number(g, 0, "train", "lr") == 0.1 &&
+           spec_number(g, 1, "train", "lr") == 0.01 && spec_number(g, 2, "train", "batch") == 16 &&
+           spec_number(g, 6, "train", "batch") == 8,
+       "grid order: models outer, then the dimensions by name, the last fastest");
+    sweep_spec_free(g);
+    const char *tpe =
+        "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 1, \"train\": {\"optimizer\": \"sgd\"},"
+        " \"search\": {\"kind\": \"tpe\", \"trials\": %d, \"space\": {\"lr\": {\"loguniform\": [0.001, 0.1]},"
+        "   \"model\": {\"choice\": [{\"arch\": \"mlp\", \"input\": [4], \"hidden\": [2], \"classes\": 2},"
+        "                          {\"arch\": \"mlp\", \"input\": [4], \"hidden\": [8, 8], \"classes\": 2}]}}}}";
+    char text[1024];
+    snprintf(text, sizeof text, tpe, 50);
+    sweep_spec *t = parse_ok(text, "a TPE search choosing the model");
+    ok(t && sweep_spec_model_count(t) == 20 && sweep_spec_trials(t) == 50,
+       "TPE starts with its 20 random trials; the budget (50) is kept for the rest");
+    int both = 0;
+    for (int i = 0; t && i < 20; i++)
+        both |= strstr(sweep_spec_model(t, i), "[8,8]") ? 2 : 1;
+    ok(both == 3, "the model choice draws both models");
+    sweep_spec_free(t);
+    snprintf(text, sizeof text, tpe, 6);
+    t = parse_ok(text, "a TPE budget below the start-up");
+    is_int(t ? sweep_spec_model_count(t) : 0, 6, "a TPE budget of 6 is 6 random trials");
+    sweep_spec_free(t);
+    /* DDP and MA: a sampled batch rounded to a multiple of the W ranks */
+    const char *ddp =
+        "{\"mode\": \"ddp\", \"dataset\": \"d\", \"epochs\": 1, \"train\": {\"optimizer\": \"sgd\", \"lr\": 0.1},"
+        " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"hidden\": [2], \"classes\": 2}],"
+        " \"search\": {\"kind\": \"random\", \"trials\": 20, \"space\": {\"batch\": {\"quniform\": [1, 100, 1]}}}}";
+    cds_err err;
+    sweep_spec *w = sweep_spec_parse_for(ddp, 6, &err);
+    int multiples = w != NULL;
+    for (int i = 0; w && i < 20; i++)
+        multiples &= (long)spec_number(w, i, "train", "batch") % 6 == 0 && spec_number(w, i, "train", "batch") >= 6;
+    ok(multiples, "sampled batches are rounded to multiples of W = 6 (at least one multiple)%s%s", w ? "" : ": ",
+       w ? "" : err.msg);
+    sweep_spec_free(w);
+}
+
+static void test_search_refusals(void)
+{
+    const char *head = "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 4, "
+                       "\"models\": [{\"arch\": \"mlp\", \"input\": [4], \"hidden\": [2], \"classes\": 2}], ";
+    static const struct {
+        const char *rest, *path, *fix, *name;
+    } cases[] = {
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, \"space\": "
+         "{\"lr\": {\"loguniform\": [-9, -2]}}}}",
+         "$.search.space.lr", "bounds are values, not logs", "loguniform bounds given as logs"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"grid\": {\"lr\": [0.1]}, \"search\": {\"kind\": \"random\", "
+         "\"trials\": 3, \"space\": {\"batch\": {\"choice\": [8]}}}}",
+         "$.grid", "give one of them", "a grid and a search"},
+        {"\"train\": {\"optimizer\": \"sgd\", \"lr\": 0.1}, \"search\": {\"kind\": \"random\", \"space\": "
+         "{\"batch\": {\"choice\": [8]}}}}",
+         "$.search.trials", "required", "random without trials"},
+        {"\"train\": {\"optimizer\": \"sgd\", \"lr\": 0.1}, \"search\": {\"kind\": \"bayes\", \"trials\": 3, "
+         "\"space\": {\"batch\": {\"choice\": [8]}}}}",
+         "$.search.kind", "\"grid\", \"random\" or \"tpe\"", "an unknown kind"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"grid\", \"space\": "
+         "{\"lr\": {\"uniform\": [0.01, 0.1]}}}}",
+         "$.search.space.lr", "\"choice\" dimensions only", "a range in a grid"},
+        {"\"train\": {\"optimizer\": \"sgd\", \"lr\": 0.1}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"lr\": {\"uniform\": [0.01, 0.1]}}}}",
+         "$.train.lr", "also set by $.search.space.lr", "a field in the train and the space"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"batch\": {\"choice\": [8, 16]}}}}",
+         "$.search.space.lr", "required", "no learning rate anywhere"},
+        {"\"train\": {\"lr\": 0.1}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"optimizer\": {\"uniform\": [0, 1]}}}}",
+         "$.search.space.optimizer", "can only be a \"choice\"", "an optimizer range"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"lr\": {\"choice\": [0.1, 0.1]}}}}",
+         "$.search.space.lr", "repeats option 0", "a repeated option"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"lr\": {\"uniform\": [0.1, 0.01]}}}}",
+         "$.search.space.lr", "lo < hi", "bounds in the wrong order"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"lr\": [0.1, 0.01]}}}",
+         "$.search.space.lr", "must be one of {\"choice\"", "a bare list"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"tpe\", \"trials\": 1, "
+         "\"space\": {\"lr\": {\"loguniform\": [0.001, 0.1]}, \"dropout\": {\"uniform\": [0, 1.0]}}}}",
+         "$.search.space (its high ends, option 1)", "\"dropout\"", "a TPE range training would refuse at its end"},
+        {"\"train\": {\"optimizer\": \"sgd\"}, \"search\": {\"kind\": \"random\", \"trials\": 3, "
+         "\"space\": {\"lr\": {\"loguniform\": [0.001, 0.1]}, \"model\": {\"choice\": [{\"arch\": \"cnn\"}]}}}}",
+         "$.models", "drop $.models", "models given twice"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[2048];
+        snprintf(text, sizeof text, "%s%s", head, cases[i].rest);
+        refused(text, cases[i].path, cases[i].fix, cases[i].name);
+    }
+}
+
 int main(void)
 {
     test_example();
@@ -419,5 +586,8 @@ int main(void)
     test_refusals();
     test_limits();
     test_job_files();
+    test_random_search();
+    test_search_kinds();
+    test_search_refusals();
     return tap_done();
 }

@@ -185,6 +185,20 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
     int rc = jobctl_open_queue(j, &q);
     if (rc == 0)
         rc = pin_dataset(j, q, sweep_spec_dataset(s), &d);
+    if (rc == 0 && strcmp(sweep_spec_mode(s), "mop") != 0 && strcmp(sweep_spec_search(s), "random") == 0 &&
+        d.shards > 1) {
+        /* A DDP or MA sweep's W = K ranks split each batch: its sampled
+         * batches are drawn again, rounded to multiples of K. */
+        sweep_spec *k = sweep_spec_parse_for(a->spec.payload, d.shards, &err);
+        if (!k)
+            rc = jobctl_fail(j, EXIT_USAGE, "%s: %s", a->spec_file ? a->spec_file : "--payload", err.msg);
+        else
+            sweep_spec_free(s), s = k;
+    }
+    if (rc == 0 && strcmp(sweep_spec_search(s), "tpe") == 0)
+        rc = jobctl_fail(j, EXIT_USAGE, "%s: $.search.kind \"tpe\": proposing trials as others finish is not in "
+                         "this version's workers yet: use \"random\" (docs/search.md)",
+                         a->spec_file ? a->spec_file : "--payload");
     if (rc == 0)
         rc = check_gang(j, q, s, d.shards);
     if (rc == 0 && a->sweep_id)
@@ -203,7 +217,7 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
             .max_stalls = jobctl_enqueue_seen(a, E_MAX_STALLS) ? a->spec.max_stalls : 0,
             .backoff_base_ms = jobctl_enqueue_seen(a, E_BACKOFF_BASE) ? a->spec.backoff_base_ms : 0,
             .backoff_cap_ms = jobctl_enqueue_seen(a, E_BACKOFF_CAP) ? a->spec.backoff_cap_ms : 0,
-            .unique = a->spec.unique, .mode = sweep_spec_mode(s)};
+            .unique = a->spec.unique, .mode = sweep_spec_mode(s), .early_stop = sweep_spec_early_stop(s)};
         char live[QUEUE_SWEEP_ID_MAX];
         int crc = queue_sweep_create(q, &def, live, &err);
         if (crc == QUEUE_MOP_DUPLICATE) {

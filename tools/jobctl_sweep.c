@@ -122,7 +122,7 @@ static json_t *load_model(const json_t *models, const json_t *results, int m, in
         json_object_set_new(mo, "best_epoch", json_integer(atoi(best)));
         json_object_set_new(mo, "best_valid_top1", json_real(atof(top1 ? top1 : "0")));
     }
-    static const char *const text_fields[] = {"reason", "error", "worker", "not_before"};
+    static const char *const text_fields[] = {"reason", "error", "worker", "not_before", "rung", "rung_note"};
     for (size_t i = 0; i < sizeof text_fields / sizeof text_fields[0]; i++) {
         char key[64];
         snprintf(key, sizeof key, "%%d.%s", text_fields[i]);
@@ -208,7 +208,8 @@ static void print_model_notes(FILE *out, const json_t *models)
         long long id = (long long)json_integer_value(json_object_get(m, "model"));
         const char *st = json_string_value(json_object_get(m, "state"));
         const char *reason = json_string_value(json_object_get(m, "reason"));
-        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0) && reason)
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0 || strcmp(st, "stopped") == 0) &&
+            reason)
             fprintf(out, "model %lld %s: %s\n", id, st, reason);
         const char *e;
         const json_t *why;
@@ -285,7 +286,8 @@ void jobctl_sweep_print_results(FILE *out, const json_t *s)
     print_test(out, s);
 }
 
-/* The count of visits a model has committed: all of them once done. */
+/* The count of visits a model has committed: all of them once done (or
+ * stopped early: it will commit no more). */
 static long long model_units(const json_t *m, int epochs, int shards)
 {
     const char *st = json_string_value(json_object_get(m, "state"));
@@ -293,7 +295,7 @@ static long long model_units(const json_t *m, int epochs, int shards)
     long long v = 0;
     for (const char *c = vis; c && *c; c++)
         v += *c == '1';
-    return st && strcmp(st, "done") == 0 ? (long long)epochs * shards
+    return st && (strcmp(st, "done") == 0 || strcmp(st, "stopped") == 0) ? (long long)epochs * shards
                                           : (json_integer_value(json_object_get(m, "epoch")) - 1) * shards + v;
 }
 
@@ -440,7 +442,8 @@ void jobctl_sweep_print_news(FILE *out, const json_t *before, const json_t *now,
         }
         const char *st = json_string_value(json_object_get(m, "state"));
         const char *was = json_string_value(json_object_get(model_at(before, i), "state"));
-        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0) && (!was || strcmp(was, st) != 0))
+        if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0 || strcmp(st, "stopped") == 0) &&
+            (!was || strcmp(was, st) != 0))
             fprintf(out, "%s  model %lld %s: %s\n", when, id, st,
                     json_string_value(json_object_get(m, "reason")) ?: "");
     }

@@ -31,6 +31,7 @@
 #include "cds_json.h"
 #include "nn_model.h"
 #include "nn_optim.h"
+#include "search_space.h"
 
 #define DUMP_FLAGS (JSON_SORT_KEYS | JSON_COMPACT | JSON_REAL_PRECISION(17))
 #define DATASET_NAME_MAX 128
@@ -46,6 +47,10 @@ struct sweep_spec {
     char **specs;     /* n_models canonical {"model","train"} texts */
     char **summaries; /* n_models "model i: ..." lines */
     char *json;       /* the canonical whole spec */
+    char search[8];   /* "" (a grid), grid, random or tpe */
+    int trials;       /* random and tpe: the budget of trials (models); 0 otherwise */
+    uint64_t search_seed;
+    char early_stop[96]; /* "metric mode grace eta max brackets", or "" */
 };
 
 /* The grid axes, outermost first: this order fixes the model ids. */
@@ -54,9 +59,10 @@ static const char *const axis_names[N_AXES] = {"optimizer", "lr", "batch", "l2"}
 
 /* Fields of docs/models.md's train object (nn_optim.c's list). */
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
-                                           "seed", "schedule", "normalize", "lazy", NULL};
+                                           "seed", "schedule", "normalize", "lazy", "tf32", "cuda_graphs",
+                                           NULL};
 static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid",
-                                         "max_attempts", NULL};
+                                         "max_attempts", "search", "early_stop", NULL};
 
 /* Fills err with "sweep spec <path>: <message>"; returns -1. */
 static int spec_err(cds_err *err, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -293,12 +299,11 @@ static int model_channels(const json_t *model)
     return json_array_size(in) >= 2 ? (int)json_integer_value(json_array_get(in, 0)) : 1;
 }
 
-/* Checks model i alone, then against the normalisation of the train objects
- * (n_norm means/stds, the same for every grid point: it comes from the base). */
-static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
+/* Checks a model object (at path) alone, then against the normalisation of
+ * the train objects (n_norm means/stds, the same for every grid point: it
+ * comes from the base). */
+static int check_model_at(const json_t *model, const char *path, int n_norm, cds_err *err)
 {
-    char path[PATH_MAX_LEN];
-    snprintf(path, sizeof path, "$.models[%zu]", i);
     if (!json_is_object(model))
         return spec_err(err, path, "must be a model object like {\"arch\": \"cnn\", \"input\": [1, 28, 28], "
                         "\"classes\": 10} (docs/models.md)");
@@ -332,6 +337,13 @@ static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
     return 0;
 }
 
+static int check_model(const json_t *model, size_t i, int n_norm, cds_err *err)
+{
+    char path[PATH_MAX_LEN];
+    snprintf(path, sizeof path, "$.models[%zu]", i);
+    return check_model_at(model, path, n_norm, err);
+}
+
 /* ---- expansion ----------------------------------------------------------- */
 
 /* One grid point: its train object (complete) and what the summary shows. */
@@ -341,16 +353,10 @@ typedef struct point {
     double lr, l2;
 } point;
 
-/* Builds the train object of grid point idx[] and checks it. */
-static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, point *p, int *n_norm, cds_err *err)
+/* Checks p->train (at path in errors), writes its defaults out and fills
+ * the rest of p. */
+static int complete_train(point *p, const char *path, int *n_norm, cds_err *err)
 {
-    p->train = g->base ? json_deep_copy(g->base) : json_object();
-    if (!p->train)
-        return cds_err_nomem(err, "out of memory");
-    for (int a = 0; a < N_AXES; a++)
-        if (g->axis[a])
-            json_object_set(p->train, axis_names[a], json_array_get(g->axis[a], idx[a]));
-    json_object_set_new(p->train, "seed", json_integer((json_int_t)seed));
     char *text = json_dumps(p->train, DUMP_FLAGS);
     if (!text)
         return cds_err_nomem(err, "out of memory");
@@ -359,7 +365,7 @@ static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, p
     int rc = nn_train_cfg_parse(text, &c, &terr);
     free(text);
     if (rc != 0)
-        return spec_err(err, "$.train", "%s", terr.msg);
+        return spec_err(err, path, "%s", terr.msg);
     /* Explicit defaults: a model's spec then says what it trains with. */
     if (!json_object_get(p->train, "batch"))
         json_object_set_new(p->train, "batch", json_integer(c.batch));
@@ -373,6 +379,19 @@ static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, p
     *n_norm = c.n_norm;
     nn_train_cfg_free(&c);
     return 0;
+}
+
+/* Builds the train object of grid point idx[] and checks it. */
+static int build_point(const grid *g, const size_t idx[N_AXES], uint64_t seed, point *p, int *n_norm, cds_err *err)
+{
+    p->train = g->base ? json_deep_copy(g->base) : json_object();
+    if (!p->train)
+        return cds_err_nomem(err, "out of memory");
+    for (int a = 0; a < N_AXES; a++)
+        if (g->axis[a])
+            json_object_set(p->train, axis_names[a], json_array_get(g->axis[a], idx[a]));
+    json_object_set_new(p->train, "seed", json_integer((json_int_t)seed));
+    return complete_train(p, "$.train", n_norm, err);
 }
 
 /* Grid point number k (0-based, l2 fastest) as one index per axis. */
@@ -400,7 +419,7 @@ static int emit_model(sweep_spec *s, int id, const json_t *model, const point *p
 
 /* What a train object demands of the model it trains ("lazy" needs a sparse
  * mlp), so the sweep is refused here rather than by the worker. */
-static int check_pair(const json_t *model, size_t m, const point *p, cds_err *err)
+static int check_pair_at(const json_t *model, const char *path, const point *p, cds_err *err)
 {
     const char *arch = json_string_value(json_object_get(model, "arch"));
     if (!p->lazy || (arch && strcmp(arch, "diag.sleep") == 0))
@@ -412,12 +431,14 @@ static int check_pair(const json_t *model, size_t m, const point *p, cds_err *er
     cds_err merr;
     int rc = nn_train_cfg_check_model(&c, text, &merr);
     free(text);
-    if (rc != 0) {
-        char path[64];
-        snprintf(path, sizeof path, "$.models[%zu]", m);
-        return spec_err(err, path, "%s", merr.msg);
-    }
-    return 0;
+    return rc != 0 ? spec_err(err, path, "%s", merr.msg) : 0;
+}
+
+static int check_pair(const json_t *model, size_t m, const point *p, cds_err *err)
+{
+    char path[64];
+    snprintf(path, sizeof path, "$.models[%zu]", m);
+    return check_pair_at(model, path, p, err);
 }
 
 /* Builds the G grid points, checks every model against them, and writes the
@@ -446,6 +467,318 @@ static int expand(sweep_spec *s, const grid *g, const json_t *models, size_t n_p
         json_decref(pts[k].train);
     free(pts);
     return rc;
+}
+
+
+/* ---- search (docs/search.md) --------------------------------------------- */
+
+#define TPE_STARTUP 20 /* search_tpe_defaults' n_startup: TPE's first trials are random */
+
+typedef struct search_plan {
+    const json_t *obj;        /* $.search */
+    search_space *space;
+    const json_t *base_train; /* $.train, or NULL */
+    const json_t *models;     /* $.models, or NULL when the space chooses the model */
+    size_t n_grid;            /* a grid: the product of the choices (per model) */
+} search_plan;
+
+static int parse_search_obj(const json_t *root, sweep_spec *s, search_plan *sp, cds_err *err)
+{
+    static const char *const known[] = {"kind", "trials", "seed", "space", NULL};
+    sp->obj = json_object_get(root, "search");
+    if (!json_is_object(sp->obj))
+        return spec_err(err, "$.search", "must be an object like {\"kind\": \"random\", \"trials\": 20, \"space\": "
+                        "{\"lr\": {\"loguniform\": [1e-4, 1e-1]}}} (docs/search.md)");
+    if (check_fields(sp->obj, "$.search", known, "", err) != 0)
+        return -1;
+    if (json_object_get(root, "grid"))
+        return spec_err(err, "$.grid", "also given $.search: give one of them (a grid in $.search is "
+                        "{\"kind\": \"grid\", \"space\": {\"lr\": {\"choice\": [0.1, 0.01]}}})");
+    const char *kind = json_string_value(json_object_get(sp->obj, "kind"));
+    if (!kind || (strcmp(kind, "grid") != 0 && strcmp(kind, "random") != 0 && strcmp(kind, "tpe") != 0))
+        return spec_err(err, "$.search.kind", "must be \"grid\", \"random\" or \"tpe\"");
+    snprintf(s->search, sizeof s->search, "%s", kind);
+    const json_t *trials = json_object_get(sp->obj, "trials");
+    if (strcmp(kind, "grid") == 0 && trials)
+        return spec_err(err, "$.search.trials", "a grid's models are its choices' product: drop \"trials\"");
+    if (strcmp(kind, "grid") != 0) {
+        if (!json_is_integer(trials) || json_integer_value(trials) < 1 ||
+            json_integer_value(trials) > SWEEP_MAX_MODELS)
+            return spec_err(err, "$.search.trials", "%s a whole number from 1 to %d (the budget of models)",
+                            trials ? "must be" : "required:", SWEEP_MAX_MODELS);
+        s->trials = (int)json_integer_value(trials);
+    }
+    const json_t *seed = json_object_get(sp->obj, "seed");
+    if (seed && (!json_is_integer(seed) || json_integer_value(seed) < 0 ||
+                 json_integer_value(seed) > 9007199254740992LL))
+        return spec_err(err, "$.search.seed", "must be a whole number from 0 to 9007199254740992 (it draws the "
+                        "configurations; $.seed stays every model's initialisation seed)");
+    s->search_seed = seed ? (uint64_t)json_integer_value(seed) : s->seed;
+    const json_t *space = json_object_get(sp->obj, "space");
+    if (!space)
+        return spec_err(err, "$.search.space", "required: the dimensions to search, e.g. {\"lr\": {\"loguniform\": "
+                        "[1e-4, 1e-1]}, \"batch\": {\"choice\": [32, 64]}}");
+    if (!(sp->space = search_space_parse(space, "sweep spec $.search.space", err)))
+        return -1;
+    for (size_t d = 0; strcmp(kind, "grid") == 0 && d < search_space_dims(sp->space); d++) {
+        const search_dim *dim = search_space_dim(sp->space, d);
+        if (dim->kind != SEARCH_CHOICE) {
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "$.search.space.%s", dim->name);
+            return spec_err(err, path, "a grid takes \"choice\" dimensions only: use \"kind\": \"random\" or "
+                            "\"tpe\" to search a range");
+        }
+    }
+    return 0;
+}
+
+/* The base train of a search: known fields, no seed, none the space sets;
+ * optimizer and lr given by one of the two. */
+static int parse_search_train(const json_t *root, search_plan *sp, cds_err *err)
+{
+    const json_t *t = json_object_get(root, "train");
+    if (t && !json_is_object(t))
+        return spec_err(err, "$.train", "must be a train object (docs/models.md)");
+    if (t && check_fields(t, "$.train", train_fields, "", err) != 0)
+        return -1;
+    if (t && json_object_get(t, "seed"))
+        return spec_err(err, "$.train.seed", "the sweep sets every model's seed: move it to $.seed");
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)t, key, v) {
+        char path[PATH_MAX_LEN];
+        snprintf(path, sizeof path, "$.train.%s", key);
+        if (search_space_find(sp->space, key) >= 0)
+            return spec_err(err, path, "also set by $.search.space.%s: give it in one place (the space to vary it)",
+                            key);
+    }
+    static const char *const required[] = {"optimizer", "lr"};
+    for (size_t i = 0; i < 2; i++)
+        if (!(t && json_object_get(t, required[i])) && search_space_find(sp->space, required[i]) < 0) {
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "$.search.space.%s", required[i]);
+            return spec_err(err, path, "required: give \"%s\" as a dimension here or as one value in $.train",
+                            required[i]);
+        }
+    sp->base_train = t;
+    return 0;
+}
+
+/* The models: the space's "model" choice, or $.models (one model for a
+ * random or TPE search, whose other dimensions set its fields). */
+static int parse_search_models(const json_t *root, const sweep_spec *s, search_plan *sp, cds_err *err)
+{
+    const json_t *models = json_object_get(root, "models");
+    int chosen = search_space_find(sp->space, "model") >= 0;
+    if (chosen && models)
+        return spec_err(err, "$.models", "the search chooses the model ($.search.space.model): drop $.models");
+    if (!chosen && parse_models_shape(root, &models, err) != 0)
+        return -1;
+    if (!chosen && strcmp(s->search, "grid") != 0 && json_array_size(models) != 1)
+        return spec_err(err, "$.models", "a %s search trains one model, its fields set by the space: give one "
+                        "model here, or several as $.search.space.model {\"choice\": [...]}", s->search);
+    for (size_t m = 0; !chosen && m < json_array_size(models); m++)
+        if (!json_is_object(json_array_get(models, m))) {
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "$.models[%zu]", m);
+            return spec_err(err, path, "must be a model object (docs/models.md)");
+        }
+    sp->models = chosen ? NULL : models;
+    return 0;
+}
+
+/* How many models the sweep starts with: a grid's product (times its
+ * models), a random search's trials, a TPE search's random start-up trials
+ * (the rest are proposed as trials finish). */
+static int count_search_models(sweep_spec *s, search_plan *sp, cds_err *err)
+{
+    size_t n = sp->models ? json_array_size(sp->models) : 1;
+    if (strcmp(s->search, "grid") == 0) {
+        sp->n_grid = 1;
+        for (size_t d = 0; d < search_space_dims(sp->space); d++) {
+            sp->n_grid *= search_space_dim(sp->space, d)->n_options;
+            if (sp->n_grid * n > SWEEP_MAX_MODELS)
+                return spec_err(err, "$.search.space", "the choices give over %d models: split it into several "
+                                "sweeps", SWEEP_MAX_MODELS);
+        }
+        s->n_models = (int)(sp->n_grid * n);
+    } else
+        s->n_models = strcmp(s->search, "tpe") == 0 && s->trials > TPE_STARTUP ? TPE_STARTUP : s->trials;
+    return 0;
+}
+
+/* The point and base model of model id: a grid's choice indices (models
+ * outer, the last dimension fastest), or the random draw of trial id. */
+static const json_t *trial_point(const sweep_spec *s, const search_plan *sp, int id, double *v)
+{
+    size_t dims = search_space_dims(sp->space);
+    if (strcmp(s->search, "grid") != 0) {
+        search_space_sample(sp->space, s->search_seed, (uint64_t)id, v);
+        return sp->models ? json_array_get(sp->models, 0) : NULL;
+    }
+    size_t k = (size_t)id % sp->n_grid;
+    for (size_t d = dims; d-- > 0;) {
+        size_t n = search_space_dim(sp->space, d)->n_options;
+        v[d] = (double)(k % n);
+        k /= n;
+    }
+    return sp->models ? json_array_get(sp->models, (size_t)id / sp->n_grid) : NULL;
+}
+
+/* Point v applied to the base, the sweep's seed set, checked as training
+ * will check it; emitted as model id unless id < 0 (a check only). */
+static int emit_trial(sweep_spec *s, const search_plan *sp, int id, const json_t *model, const double *v,
+                      int multiple, const char *where, cds_err *err)
+{
+    json_t *spec = search_space_render(sp->space, v, model, sp->base_train, multiple, err);
+    if (!spec)
+        return -1;
+    point p = {.train = json_object_get(spec, "train")};
+    const json_t *m = json_object_get(spec, "model");
+    json_object_set_new(p.train, "seed", json_integer((json_int_t)s->seed));
+    int n_norm = 0;
+    int rc = complete_train(&p, where, &n_norm, err);
+    if (rc == 0)
+        rc = check_model_at(m, where, n_norm, err);
+    if (rc == 0)
+        rc = check_pair_at(m, where, &p, err);
+    if (rc == 0 && id >= 0)
+        rc = emit_model(s, id, m, &p, err);
+    json_decref(spec);
+    return rc;
+}
+
+/* A TPE search proposes points no one has seen yet: its bounds and every
+ * option are checked now, so that a proposal cannot make a spec training
+ * refuses.  Point c puts every range at its low end (c even) or high end
+ * (odd) and each choice at option min(c, n-1). */
+static int check_corners(sweep_spec *s, const search_plan *sp, int multiple, cds_err *err)
+{
+    size_t dims = search_space_dims(sp->space), most = 2;
+    for (size_t d = 0; d < dims; d++)
+        if (search_space_dim(sp->space, d)->n_options > most)
+            most = search_space_dim(sp->space, d)->n_options;
+    double v[SEARCH_MAX_DIMS];
+    for (size_t c = 0; c < most; c++) {
+        for (size_t d = 0; d < dims; d++) {
+            const search_dim *dim = search_space_dim(sp->space, d);
+            v[d] = dim->kind == SEARCH_CHOICE ? (double)(c < dim->n_options ? c : dim->n_options - 1)
+                                              : search_space_quantize(dim, c % 2 ? dim->hi : dim->lo);
+        }
+        char where[PATH_MAX_LEN];
+        snprintf(where, sizeof where, "$.search.space (its %s ends, option %zu)", c % 2 ? "high" : "low", c);
+        if (emit_trial(s, sp, -1, sp->models ? json_array_get(sp->models, 0) : NULL, v, multiple, where, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int expand_search(json_t *root, sweep_spec *s, int multiple, cds_err *err)
+{
+    search_plan sp = {0};
+    int rc = parse_search_obj(root, s, &sp, err);
+    if (rc == 0)
+        rc = parse_search_train(root, &sp, err);
+    if (rc == 0)
+        rc = parse_search_models(root, s, &sp, err);
+    if (rc == 0)
+        rc = count_search_models(s, &sp, err);
+    if (rc == 0) {
+        s->specs = calloc((size_t)s->n_models, sizeof *s->specs);
+        s->summaries = calloc((size_t)s->n_models, sizeof *s->summaries);
+        if (!s->specs || !s->summaries)
+            rc = cds_err_nomem(err, "out of memory for %d models", s->n_models);
+    }
+    for (int id = 0; rc == 0 && id < s->n_models; id++) {
+        double v[SEARCH_MAX_DIMS];
+        const json_t *model = trial_point(s, &sp, id, v);
+        char where[PATH_MAX_LEN];
+        snprintf(where, sizeof where, "$.search.space (trial %d)", id);
+        rc = emit_trial(s, &sp, id, model, v, multiple, where, err);
+    }
+    if (rc == 0 && strcmp(s->search, "tpe") == 0)
+        rc = check_corners(s, &sp, multiple, err);
+    /* The stored spec says which seed drew the trials (a TPE worker reads it). */
+    if (rc == 0 && strcmp(s->search, "grid") != 0 && !json_object_get(sp.obj, "seed"))
+        json_object_set_new((json_t *)sp.obj, "seed", json_integer((json_int_t)s->search_seed));
+    search_space_free(sp.space);
+    return rc;
+}
+
+
+/* ---- early stopping (docs/search.md) ------------------------------------- */
+
+static const char *const es_metrics[] = {"valid_top1", "valid_top5", "valid_loss", "train_top1", "train_loss", NULL};
+
+/* A whole number field of $.early_stop in [lo, hi], def when absent. */
+static int es_whole(const json_t *o, const char *field, long long lo, long long hi, long long def, long long *out,
+                    cds_err *err)
+{
+    char path[PATH_MAX_LEN];
+    snprintf(path, sizeof path, "$.early_stop.%s", field);
+    const json_t *v = json_object_get(o, field);
+    *out = def;
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return spec_err(err, path, "must be a whole number from %lld to %lld", lo, hi);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+/* The number of brackets Hyperband has: s_max + 1, where grace·eta^s_max is
+ * the last rung below max. */
+static long long es_most_brackets(long long grace, long long eta, long long max)
+{
+    long long n = 0;
+    for (long long m = grace; m < max; m *= eta)
+        n++;
+    return n;
+}
+
+static int parse_early_stop(const json_t *root, sweep_spec *s, cds_err *err)
+{
+    static const char *const known[] = {"kind", "metric", "mode", "grace", "eta", "max_epochs", "brackets", NULL};
+    const json_t *o = json_object_get(root, "early_stop");
+    if (!o)
+        return 0;
+    if (!json_is_object(o))
+        return spec_err(err, "$.early_stop", "must be an object like {\"kind\": \"asha\", \"metric\": \"valid_top1\", "
+                        "\"grace\": 1, \"eta\": 4}");
+    if (check_fields(o, "$.early_stop", known, "", err) != 0)
+        return -1;
+    const char *kind = json_string_value(json_object_get(o, "kind"));
+    if (!kind || (strcmp(kind, "asha") != 0 && strcmp(kind, "hyperband") != 0))
+        return spec_err(err, "$.early_stop.kind", "must be \"asha\" or \"hyperband\" (ASHA's brackets)");
+    const json_t *mj = json_object_get(o, "metric");
+    const char *metric = mj ? json_string_value(mj) : "valid_top1";
+    size_t k = 0;
+    while (metric && es_metrics[k] && strcmp(es_metrics[k], metric) != 0)
+        k++;
+    if (!metric || !es_metrics[k])
+        return spec_err(err, "$.early_stop.metric", "must be one of valid_top1, valid_top5, valid_loss, train_top1, "
+                        "train_loss");
+    const json_t *modej = json_object_get(o, "mode");
+    const char *mode = modej ? json_string_value(modej) : strstr(metric, "loss") ? "min" : "max";
+    if (!mode || (strcmp(mode, "min") != 0 && strcmp(mode, "max") != 0))
+        return spec_err(err, "$.early_stop.mode", "must be \"max\" (higher is better) or \"min\"");
+    long long grace, eta, max, brackets;
+    if (es_whole(o, "grace", 1, SWEEP_MAX_EPOCHS, 1, &grace, err) != 0 ||
+        es_whole(o, "eta", 2, 1000, 4, &eta, err) != 0 ||
+        es_whole(o, "max_epochs", 1, SWEEP_MAX_EPOCHS, s->epochs, &max, err) != 0)
+        return -1;
+    if (max > s->epochs)
+        return spec_err(err, "$.early_stop.max_epochs", "is %lld, more than the sweep's %d epochs: give at most %d",
+                        max, s->epochs, s->epochs);
+    if (grace >= max)
+        return spec_err(err, "$.early_stop.grace", "is %lld, not below max_epochs %lld: no model would ever meet a "
+                        "rung (lower grace, or raise the epochs)", grace, max);
+    long long most = es_most_brackets(grace, eta, max);
+    if (es_whole(o, "brackets", 1, most, strcmp(kind, "hyperband") == 0 ? most : 1, &brackets, err) != 0)
+        return -1;
+    snprintf(s->early_stop, sizeof s->early_stop, "%s %s %lld %lld %lld %lld", metric, mode, grace, eta, max,
+             brackets);
+    return 0;
 }
 
 /* ---- the whole spec ------------------------------------------------------ */
@@ -508,6 +841,11 @@ static int canonical_spec(json_t *root, sweep_spec *s, cds_err *err)
 
 sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
 {
+    return sweep_spec_parse_for(json, 1, err);
+}
+
+sweep_spec *sweep_spec_parse_for(const char *json, int batch_multiple, cds_err *err)
+{
     json_error_t je;
     json_t *root = json_loads(json ? json : "", JSON_REJECT_DUPLICATES, &je);
     if (!root)
@@ -521,6 +859,12 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
     int rc = s ? 0 : cds_err_nomem(err, "out of memory");
     if (rc == 0)
         rc = parse_top(root, s, err);
+    if (rc == 0)
+        rc = parse_early_stop(root, s, err);
+    if (rc == 0 && json_object_get(root, "search")) {
+        rc = expand_search(root, s, batch_multiple, err);
+        goto done;
+    }
     if (rc == 0)
         rc = parse_grid_shape(root, &g, err);
     if (rc == 0)
@@ -537,6 +881,7 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
         s->n_models = (int)(json_array_size(models) * n_points);
         rc = expand(s, &g, models, n_points, err);
     }
+done:
     if (rc == 0)
         rc = canonical_spec(root, s, err);
     json_decref(root);
@@ -587,3 +932,7 @@ const char *sweep_spec_summary(const sweep_spec *s, int i)
 }
 
 int sweep_spec_max_attempts(const sweep_spec *s) { return s->max_attempts; }
+const char *sweep_spec_search(const sweep_spec *s) { return s->search; }
+int sweep_spec_trials(const sweep_spec *s) { return s->trials; }
+uint64_t sweep_spec_search_seed(const sweep_spec *s) { return s->search_seed; }
+const char *sweep_spec_early_stop(const sweep_spec *s) { return s->early_stop[0] ? s->early_stop : NULL; }

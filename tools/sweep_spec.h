@@ -26,6 +26,9 @@ typedef struct sweep_spec sweep_spec;
 
 /* Parses, checks and expands a sweep spec (JSON text). */
 sweep_spec *sweep_spec_parse(const char *json, cds_err *err);
+/* The same with a search's sampled batches rounded to whole multiples of
+ * batch_multiple (a DDP or MA sweep's W ranks: docs/search.md). */
+sweep_spec *sweep_spec_parse_for(const char *json, int batch_multiple, cds_err *err);
 void sweep_spec_free(sweep_spec *s);
 
 const char *sweep_spec_mode(const sweep_spec *s); /* "mop", "ddp" or "ma" */
@@ -47,5 +50,15 @@ const char *sweep_spec_summary(const sweep_spec *s, int i);
 /* The whole spec as canonical JSON, with the seed's default made explicit:
  * what is stored with the sweep, for display and replay. */
 const char *sweep_spec_json(const sweep_spec *s);
+/* The spec's "search": "" for the plain grid form, else "grid", "random" or
+ * "tpe"; its budget of trials (random and tpe; 0 otherwise), and the seed
+ * that draws them.  A TPE sweep starts with min(trials, 20) random models
+ * (sweep_spec_model_count); the rest are proposed as trials finish. */
+const char *sweep_spec_search(const sweep_spec *s);
+int sweep_spec_trials(const sweep_spec *s);
+uint64_t sweep_spec_search_seed(const sweep_spec *s);
+/* Early stopping as the queue keeps it ("metric mode grace eta max_epochs
+ * brackets": queue_sweep_def.early_stop), or NULL when the spec has none. */
+const char *sweep_spec_early_stop(const sweep_spec *s);
 
 #endif

@@ -6,7 +6,10 @@
 -- and the model is idle again; if that was the epoch's last shard, the epoch
 -- goes to the evaluation list, the next epoch starts with no shard visited,
 -- and after the last epoch the model is done (and the sweep, when it was the
--- last live model).  Epochs count from 1; a done model stays at its last.  A receipt (token and outcome) is kept so that a commit
+-- last live model).  With early stopping (prelude's epoch_end) the last
+-- epoch may come sooner, and an epoch that is a rung leaves the model in
+-- state 'rung' (<m>.rung = that epoch), leased by no one until the rung's
+-- evaluation is recorded and the rule applied (mop_result.lua).  Epochs count from 1; a done model stays at its last.  A receipt (token and outcome) is kept so that a commit
 -- resent after a lost reply hears the same answer rather than "lost", which
 -- would make its worker delete the checkpoint now in use.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
@@ -39,23 +42,26 @@ redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, k, versio
 if ARGV[5] and ARGV[5] ~= '' then
   redis.call('HSET', KEYS[8], string.format('%s.%d.train.%d', m, epoch, k), ARGV[5])
 end
-local epoch_done, model_done, state = 0, 0, 'idle'
+local epoch_done, model_done, state, rung = 0, 0, 'idle', ''
 local _, visits = string.gsub(visited, '1', '')
 if visits == nshards then
   epoch_done = 1
   redis.call('RPUSH', KEYS[4], string.format('%s %d %d', m, epoch, version))
-  if epoch >= nepochs then
+  local next_epoch
+  state, next_epoch = epoch_end(es_params(KEYS[1]), m, epoch, nepochs)
+  if state == 'done' then
     -- A done model keeps its last epoch (1-based, so it reads "epoch E").
-    model_done, state = 1, 'done'
+    model_done = 1
   else
-    epoch = epoch + 1
+    if state == 'rung' then rung = int(epoch) end
+    epoch = next_epoch
     visited = string.rep('0', nshards)
   end
 end
 -- A commit ends the run of failed attempts: the next visit starts afresh.
 redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 'visited', visited,
   p .. 'version', int(version), p .. 'ckpt', path, p .. 'token', '', p .. 'shard', '',
-  p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '',
+  p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '', p .. 'rung', rung,
   p .. 'commit', string.format('%s %d %d %d %s', token, epoch_done, model_done, version, superseded))
 redis.call('HSET', KEYS[1], 'updated', int(now))
 if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then

@@ -23,7 +23,9 @@
 --       9+2M max_stalls, 10+2M max_attempts, 11+2M backoff base ms,
 --       12+2M backoff cap ms, 13+2M the unique key as given (or ''),
 --       14+2M the sweep id the client read from it (or ''), 15+2M the
---       mode: 'mop', or 'ddp' / 'ma' (gangs of K ranks, mop_gang.lua)
+--       mode: 'mop', or 'ddp' / 'ma' (gangs of K ranks, mop_gang.lua),
+--       16+2M early stopping ("metric mode grace eta max brackets", or '':
+--       prelude's es_params)
 -- Returns {'created', created_ms} | {'exists'} | {'duplicate', live sweep id}
 --       | {'changed'} (the unique key moved since the client read it).
 local nshards, nmodels = tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -51,7 +53,8 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2
   'format', '2', 'max_stalls', ARGV[9 + 2 * nmodels] or '10',
   'max_attempts', ARGV[10 + 2 * nmodels] or '5', 'backoff_base_ms', ARGV[11 + 2 * nmodels] or '1000',
   'backoff_cap_ms', ARGV[12 + 2 * nmodels] or '60000', 'unique', unique,
-  'test_attempts', '0', 'test_not_before', '', 'mode', ARGV[15 + 2 * nmodels] or 'mop', 'gangs', '0')
+  'test_attempts', '0', 'test_not_before', '', 'mode', ARGV[15 + 2 * nmodels] or 'mop', 'gangs', '0',
+  'es', ARGV[16 + 2 * nmodels] or '')
 local zeros = string.rep('0', nshards)
 for m = 0, nmodels - 1 do
   local p = int(m) .. '.'
@@ -59,7 +62,7 @@ for m = 0, nmodels - 1 do
     p .. 'version', '0', p .. 'ckpt', '', p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
     p .. 'deadline', '', p .. 'spec', ARGV[9 + m], p .. 'reason', '', p .. 'stalls', '0',
     p .. 'attempts', '0', p .. 'not_before', '', p .. 'error', '',
-    p .. 'commit', '', p .. 'plan', ARGV[9 + nmodels + m] or '', p .. 'paused', '')
+    p .. 'commit', '', p .. 'plan', ARGV[9 + nmodels + m] or '', p .. 'paused', '', p .. 'rung', '')
 end
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('ZADD', KEYS[9], now, ARGV[1])

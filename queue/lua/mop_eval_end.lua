@@ -10,6 +10,8 @@
 --   'drop'   forgets it: nothing to evaluate (a diag.sleep model), or,
 --            with a reason, an epoch whose checkpoint is gone for good (the
 --            reason goes to <m>.eval_error.<e>).
+-- A model waiting at this epoch's rung of early stopping goes on without a
+-- decision when its evaluation fails for good or is dropped (es_release).
 -- As with release, the holder of a lease past its deadline may still end it
 -- while no reaper has put it back: nobody else holds it meanwhile.
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models, 4 evals,
@@ -33,14 +35,18 @@ if ARGV[2] == 'back' then
 end
 if ARGV[2] == 'drop' then
   if why ~= '' then redis.call('HSET', KEYS[2], m .. '.eval_error.' .. e, why) end
+  es_release(KEYS[2], m, e, why ~= '' and why or 'nothing to evaluate')
+  wake_mop(KEYS[6], 1)
   return {'ended', '', 0, 0}
 end
 local now = now_ms()
 local attempts = redis.call('HINCRBY', KEYS[2], m .. '.eval_attempts.' .. e, 1)
 local max_attempts, base, cap = retry_settings(KEYS[1])
 if attempts >= max_attempts then
-  redis.call('HSET', KEYS[2], m .. '.eval_error.' .. e,
-    string.format('evaluation failed %d of %d attempts: %s', attempts, max_attempts, why))
+  local failed = string.format('evaluation failed %d of %d attempts: %s', attempts, max_attempts, why)
+  redis.call('HSET', KEYS[2], m .. '.eval_error.' .. e, failed)
+  es_release(KEYS[2], m, e, failed)
+  wake_mop(KEYS[6], 1)
   redis.call('HSET', KEYS[1], 'updated', int(now))
   return {'ended', 'failed', attempts, 0}
 end

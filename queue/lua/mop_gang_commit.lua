@@ -5,7 +5,8 @@
 -- one, one schedule entry per rank ("m epoch r version worker_r", in rank
 -- order), each rank's metrics go to the results as "<m>.<epoch>.train.<r>",
 -- the epoch goes to the evaluation list, and the model is idle at the next
--- epoch (or done after the last).  The gang is forgotten and <m>.gang_done
+-- epoch (or done after the last; or waiting at a rung of early stopping:
+-- prelude's epoch_end, as in mop_commit).  The gang is forgotten and <m>.gang_done
 -- names it, so its other ranks' renewals hear 'done', not 'lost'.  A commit
 -- resent after a lost reply hears the same answer (the receipt, as in
 -- mop_commit).
@@ -37,16 +38,19 @@ for r = 0, W - 1 do
   end
 end
 redis.call('RPUSH', KEYS[4], string.format('%s %d %d', m, epoch, version))
-local model_done, state = 0, 'idle'
-if epoch >= nepochs then
-  model_done, state = 1, 'done'
+local state, next_epoch = epoch_end(es_params(KEYS[1]), m, epoch, nepochs)
+local model_done, rung = 0, ''
+if state == 'done' then
+  model_done = 1
 else
-  epoch = epoch + 1
+  if state == 'rung' then rung = int(epoch) end
+  epoch = next_epoch
 end
 gang_clear(KEYS[2], m)
 redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 'visited', string.rep('0', nshards),
   p .. 'version', int(version), p .. 'ckpt', path, p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
   p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '', p .. 'gang_done', G,
+  p .. 'rung', rung,
   p .. 'commit', string.format('%s 1 %d %d %s', token, model_done, version, superseded))
 redis.call('HSET', KEYS[1], 'updated', int(now))
 if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then

@@ -22,7 +22,7 @@ if not m or m < 0 or m >= tonumber(s[2]) then return {'no_model', s[2]} end
 local p = int(m) .. '.'
 local f = redis.call('HMGET', KEYS[2], p .. 'state', p .. 'paused')
 local st, paused = f[1], f[2] == '1'
-if st ~= 'idle' and st ~= 'leased' then return {'final', st or '?'} end
+if st ~= 'idle' and st ~= 'leased' and st ~= 'rung' then return {'final', st or '?'} end
 local previous = paused and 'paused' or st
 local now = int(now_ms())
 local want = ARGV[2]

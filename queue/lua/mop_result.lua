@@ -17,14 +17,18 @@
 -- once; one in the index keeps its time (a database being retried with
 -- backoff is not tried sooner because a row arrived).
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
---       7 evaling, 8 results; optional: 10 results:outbox (index),
+--       6 wake, 7 evaling, 8 results; optional: 10 results:outbox (index),
 --       11 results:outbox:{<id>} (rows), 12 results:outbox:{<id>}:state
 -- ARGV: 1 token, 2 model m, 3 epoch (from 1, as cds_results numbers it too),
 --       4 metrics JSON, 5 validation top-1; with the outbox keys: 6 sweep id,
 --       7 DSN (no password; kept once, in the state hash, not in each row),
 --       8 the DSN's outbox id
--- Returns {'best', previous best epoch or ''} | {'kept', best epoch}
---       | {'lost'} | {'missing'}.
+-- A model waiting at a rung of early stopping for this epoch (state 'rung',
+-- <m>.rung = epoch) gets the rule's decision here (prelude's es_decide):
+-- idle again, or stopped with the reason; the decision and its line are
+-- returned too ('' when there was none).
+-- Returns {'best', previous best epoch or '', decision, why}
+--       | {'kept', best epoch, decision, why} | {'lost'} | {'missing'}.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local m, epoch, top1 = ARGV[2], ARGV[3], tonumber(ARGV[5])
 local v = redis.call('HGET', KEYS[7], ARGV[1])
@@ -50,10 +54,24 @@ if KEYS[12] then
   end
 end
 
+-- A model waiting at a rung of early stopping for this epoch: the rule
+-- decides now, in the call that records the metric (never undone).
+local decision, why = '', ''
+local w = redis.call('HMGET', KEYS[2], p .. 'state', p .. 'rung')
+if w[1] == 'rung' and w[2] == epoch then
+  local es = es_params(KEYS[1])
+  if es then
+    decision, why = es_decide(KEYS[1], KEYS[2], es, m, tonumber(epoch), ARGV[4],
+      redis.call('HGET', KEYS[1], 'state'), now)
+    redis.call('HSET', KEYS[1], 'updated', int(now))
+    wake_mop(KEYS[6], 1)
+  end
+end
+
 local b = redis.call('HMGET', KEYS[2], p .. 'best_top1', p .. 'best_epoch')
 local best = tonumber(b[1])
 if best == nil or top1 > best or (top1 == best and tonumber(epoch) < tonumber(b[2])) then
   redis.call('HSET', KEYS[2], p .. 'best_top1', ARGV[5], p .. 'best_epoch', epoch)
-  return {'best', b[2] or ''}
+  return {'best', b[2] or '', decision, why}
 end
-return {'kept', b[2]}
+return {'kept', b[2], decision, why}

@@ -33,6 +33,17 @@ local function wake_mop(key, n)
   redis.call('LTRIM', key, 0, 15)
 end
 
+-- A model waiting at rung epoch e (early stopping) whose evaluation will
+-- never be recorded (failed, given up, nothing to evaluate) goes on
+-- without a decision, noted: no rule can judge it, and waiting would hold
+-- it for ever.
+local function es_release(models_key, m, e, why)
+  local w = redis.call('HMGET', models_key, m .. '.state', m .. '.rung')
+  if w[1] ~= 'rung' or w[2] ~= tostring(e) then return end
+  redis.call('HSET', models_key, m .. '.state', 'idle', m .. '.rung_note',
+    string.format('continued at epoch %s without a decision: %s', e, why))
+end
+
 -- Returns an evaluation ("m epoch version") whose lease expired (its worker
 -- died or hung) to the head of the evals list (it was the oldest), unless
 -- it has stalled more than max_stalls times: an epoch whose evaluation kills
@@ -45,8 +56,9 @@ local function stall_eval(models_key, evals_key, entry, max_stalls)
   if not m then return false end
   local stalls = redis.call('HINCRBY', models_key, m .. '.eval_stalls.' .. e, 1)
   if stalls > max_stalls then
-    redis.call('HSET', models_key, m .. '.eval_error.' .. e,
-      string.format('evaluation given up: it stalled %d times (its worker died or lost the lease)', stalls))
+    local why = string.format('evaluation given up: it stalled %d times (its worker died or lost the lease)', stalls)
+    redis.call('HSET', models_key, m .. '.eval_error.' .. e, why)
+    es_release(models_key, m, e, why)
     return false
   end
   redis.call('LPUSH', evals_key, entry)
@@ -167,13 +179,111 @@ local function gang_clear(models_key, m)
   redis.call('HSET', models_key, m .. '.gang', '')
 end
 
--- Fails a model for good (prefix p, "<m>."), with its reason: it takes no
--- more leases and counts as finished, so live goes down and the sweep is
--- done at 0 (unless it was cancelled, which stays).  Returns 1 when the
--- sweep became done.
-local function fail_model(sweep_key, models_key, p, reason, sweep_state, now)
-  redis.call('HSET', models_key, p .. 'state', 'failed', p .. 'reason', reason, p .. 'not_before', '')
+-- Ends a model for good (prefix p, "<m>.") in state (failed, stopped),
+-- with its reason: it takes no more leases and counts as finished, so live
+-- goes down and the sweep is done at 0 (unless it was cancelled, which
+-- stays).  Returns 1 when the sweep became done.
+local function finish_model(sweep_key, models_key, p, state, reason, sweep_state, now)
+  redis.call('HSET', models_key, p .. 'state', state, p .. 'reason', reason, p .. 'not_before', '')
   if redis.call('HINCRBY', sweep_key, 'live', -1) ~= 0 then return 0 end
   if sweep_state ~= 'cancelled' then redis.call('HSET', sweep_key, 'state', 'done', 'finished', int(now)) end
   return 1
+end
+
+local function fail_model(sweep_key, models_key, p, reason, sweep_state, now)
+  return finish_model(sweep_key, models_key, p, 'failed', reason, sweep_state, now)
+end
+
+-- Early stopping (ASHA: docs/search.md).  The sweep's `es` is '' (none) or
+-- "metric mode grace eta max brackets": model m is in bracket m mod
+-- brackets (round-robin), and bracket b's rungs are the epochs
+-- grace*eta^(b+k), k = 0, 1, ..., below max; a model ends at epoch max.
+local function es_params(sweep_key)
+  local es = redis.call('HGET', sweep_key, 'es') or ''
+  local metric, mode, grace, eta, max, brackets = string.match(es, '^(%S+) (%a+) (%d+) (%d+) (%d+) (%d+)$')
+  if not metric then return nil end
+  return {metric = metric, maximize = mode == 'max', grace = tonumber(grace), eta = tonumber(eta),
+          max = tonumber(max), brackets = tonumber(brackets)}
+end
+
+local function es_bracket(es, m)
+  return tonumber(m) % es.brackets
+end
+
+-- The rung (0 first) that epoch e is for model m, or nil.
+local function es_rung(es, m, e)
+  local milestone = es.grace
+  for _ = 1, es_bracket(es, m) do milestone = milestone * es.eta end
+  local k = 0
+  while milestone < es.max do
+    if milestone == e then return k end
+    milestone, k = milestone * es.eta, k + 1
+  end
+  return nil
+end
+
+-- Model m has committed epoch e: its state and the epoch it goes on with.
+-- 'done' after its last epoch (the sweep's, or early stopping's max);
+-- 'rung' at a rung, where it waits for that epoch's evaluation and the
+-- rule (mop_result.lua); 'idle' otherwise.
+local function epoch_end(es, m, e, nepochs)
+  local last = nepochs
+  if es and es.max < last then last = es.max end
+  if e >= last then return 'done', e end
+  if es and es_rung(es, m, e) then return 'rung', e + 1 end
+  return 'idle', e + 1
+end
+
+-- numpy's percentile (method 'linear', as Ray Tune's ASHA calls it) of the
+-- values, q in [0, 1]; nil when there are none.
+local function es_percentile(values, q)
+  if #values == 0 then return nil end
+  table.sort(values)
+  local rank = q * (#values - 1)
+  local lo = math.floor(rank)
+  local t = rank - lo
+  local a, b = values[lo + 1], values[math.min(lo + 2, #values)]
+  if t >= 0.5 then return b - (b - a) * (1 - t) end
+  return a + (b - a) * t
+end
+
+-- The ASHA rule for model m waiting at rung epoch e, whose evaluation
+-- recorded metrics (JSON): it continues when its metric is at least the
+-- (1 - 1/eta) percentile of the metrics recorded at that rung of its
+-- bracket before it (none: it continues), else it is stopped; either way
+-- its metric is recorded there.  A metric the evaluation did not give
+-- lets the model continue, noted.  Returns 'continue' or 'stopped', and the
+-- line that says why.
+local function es_decide(sweep_key, models_key, es, m, e, metrics_json, sweep_state, now)
+  local p = m .. '.'
+  local ok, metrics = pcall(cjson.decode, metrics_json)
+  local raw = ok and type(metrics) == 'table' and tonumber(metrics[es.metric]) or nil
+  local b, k = es_bracket(es, m), es_rung(es, m, e)
+  if not raw then
+    local why = string.format('continued at rung %d (epoch %d) without a decision: the evaluation gave no %s', k, e,
+      es.metric)
+    redis.call('HSET', models_key, p .. 'state', 'idle', p .. 'rung_note', why)
+    return 'continue', why
+  end
+  local v = es.maximize and raw or -raw
+  local field = string.format('asha.%d.%d', b, e)
+  local rec = redis.call('HGET', models_key, field) or ''
+  local values = {}
+  for x in string.gmatch(rec, '%S+') do values[#values + 1] = tonumber(x) end
+  local n = #values
+  local cutoff = es_percentile(values, ((1 - 1 / es.eta) * 100) / 100)
+  redis.call('HSET', models_key, field, (rec == '' and '' or rec .. ' ') .. string.format('%.17g', v))
+  if cutoff and v < cutoff then
+    local why = string.format('stopped by ASHA at epoch %d (rung %d of bracket %d): %s %.6g is %s the cutoff %.6g ' ..
+      'of the top 1/%d of the %d model%s recorded there before it', e, k, b, es.metric, raw,
+      es.maximize and 'below' or 'above', es.maximize and cutoff or -cutoff, es.eta, n, n == 1 and '' or 's')
+    redis.call('HSET', models_key, p .. 'rung_note', why)
+    finish_model(sweep_key, models_key, p, 'stopped', why, sweep_state, now)
+    return 'stopped', why
+  end
+  local why = string.format('continued at rung %d (epoch %d): %s %.6g%s', k, e, es.metric, raw,
+    cutoff and string.format(' against the cutoff %.6g of %d model%s', es.maximize and cutoff or -cutoff, n,
+      n == 1 and '' or 's') or ' (the first at this rung)')
+  redis.call('HSET', models_key, p .. 'state', 'idle', p .. 'rung_note', why)
+  return 'continue', why
 end
