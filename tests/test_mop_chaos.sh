@@ -11,7 +11,11 @@
 #     SIGCONTs it: its late commit must be refused and its file never
 #     published;
 #   - SIGTERMs a worker while it holds a lease: it must commit that visit and
-#     exit 0.
+#     exit 0;
+#   - then runs a sweep with ASHA early stopping (diag.sleep models that
+#     score a fixed curve) while SIGKILLing workers: a stopped model is never
+#     trained again (no commit after its rung), the others end at
+#     max_epochs, and the sweep finishes.
 # Then: the sweep is done; the schedule holds every (model, epoch, shard)
 # exactly once and each model's committed versions run 1..E·K in order; each
 # model directory keeps exactly one checkpoint, the committed one, and no
@@ -239,6 +243,47 @@ for _ in $(seq 600); do
 done
 t_end=$(now_ms)
 ok "$([ "$(rcli HGET "$sk" state)" = done ]; echo $?)" "the sweep finishes ($(( t_end - t_start )) ms)"
+
+# ---- early stopping under kills -----------------------------------------------------
+# Six models score curves that rise to their own ceilings, faster models
+# higher (so the slow ones, recorded later at a rung, fall below the
+# cutoff); ASHA with grace 1, eta 2: rungs at epochs 1 and 2 of 4.
+es=chaos-es esk="${prefix}sweep:{chaos-es}" ES_M=6 ES_E=4
+specs=""
+for ((m = 0; m < ES_M; m++)); do
+    c=$(awk -v m=$m 'BEGIN { for (e = 1; e <= 4; e++) printf "%s%.3f", (e > 1 ? ", " : ""), (0.9 - 0.1 * m) * e / 4 }')
+    specs+="${specs:+, }{\"arch\": \"diag.sleep\", \"ms\": $((40 + 30 * m)), \"curve\": [$c]}"
+done
+cat >"$root/es.json" <<JSON
+{"mode": "mop", "dataset": "chaosds", "epochs": $ES_E, "seed": 1, "models": [$specs],
+ "train": {"optimizer": "sgd", "lr": 0.1}, "early_stop": {"kind": "asha", "grace": 1, "eta": 2}}
+JSON
+jobctl enqueue sweep --spec "$root/es.json" --id "$es" >/dev/null 2>"$root/es.err"
+es_rc=$?
+for ((i = 1; i <= 4; i++)); do
+    sleep_ms $((100 + RANDOM % 250))
+    v=$((RANDOM % 4))
+    kill -KILL "${slot_pid[$v]}"
+    reap "${slot_pid[$v]}"
+    echo "# early stopping: SIGKILL ${slot_id[$v]}"
+    start_slot $v
+done
+for _ in $(seq 300); do [ "$(rcli HGET "$esk" state)" = done ] && break; sleep 0.1; done
+rcli LRANGE "$esk:schedule" 0 -1 >"$root/es.schedule"
+es_bad="" es_stopped=0
+for ((m = 0; m < ES_M; m++)); do
+    read -r st rung ep <<<"$(rcli HMGET "$esk:models" "$m.state" "$m.rung" "$m.epoch" | paste -sd ' ')"
+    last=$(awk -v m=$m '$1 == m && $2 > e { e = $2 } END { print e + 0 }' "$root/es.schedule")
+    visits=$(awk -v m=$m '$1 == m' "$root/es.schedule" | wc -l)
+    case $st in
+    stopped) es_stopped=$((es_stopped + 1))
+             [ "$last" = "$rung" ] && [ "$visits" = $((rung * K)) ] || es_bad+=" $m:stopped-at-$rung-but-trained-to-$last($visits)" ;;
+    done) [ "$last" = $ES_E ] && [ "$visits" = $((ES_E * K)) ] || es_bad+=" $m:done-at-$last($visits)" ;;
+    *) es_bad+=" $m:$st" ;;
+    esac
+done
+ok "$([ $es_rc = 0 ] && [ "$(rcli HGET "$esk" state)" = done ] && [ -z "$es_bad" ] && [ $es_stopped -ge 1 ]; echo $?)" \
+    "early stopping under 4 SIGKILLs: the sweep finishes, $es_stopped of $ES_M models stopped at a rung and never trained after it, the rest trained all $ES_E epochs${es_bad:+ (wrong:$es_bad)}$([ $es_rc = 0 ] || echo " (enqueue: $(head -1 "$root/es.err"))")"
 exits=""
 kill -TERM "${slot_pid[@]}"
 for s in 0 1 2 3; do

@@ -299,6 +299,42 @@ static int model_channels(const json_t *model)
     return json_array_size(in) >= 2 ? (int)json_integer_value(json_array_get(in, 0)) : 1;
 }
 
+/* "diag.sleep" stands for a model whose visits only sleep: for benchmarks
+ * of the scheduler and chaos tests, where training would only cost time.
+ * {"arch": "diag.sleep", "ms": N}, and for tests of search and early
+ * stopping a score its evaluation records as valid_top1 (worker_mop_sleep.c):
+ * "curve": [top-1 after epoch 1, 2, ...], or "objective": {field: target}
+ * with those fields numbers of the model (a search sets them), scored
+ * exp(-Σ (field - target)²)·(1 - 2^-epoch). */
+static int check_diag_sleep(const json_t *model, const char *path, cds_err *err)
+{
+    const json_t *ms = json_object_get(model, "ms");
+    if (!json_is_integer(ms) || json_integer_value(ms) < 0 || json_integer_value(ms) > 3600000)
+        return spec_err(err, path, "a diag.sleep model is {\"arch\": \"diag.sleep\", \"ms\": N} with N from 0 to "
+                        "3600000 (and optionally \"curve\" or \"objective\")");
+    const json_t *curve = json_object_get(model, "curve"), *obj = json_object_get(model, "objective");
+    size_t extra = json_object_size(model) - 2 - (curve != NULL) - (obj != NULL), fields = 0;
+    if (curve && (!json_is_array(curve) || json_array_size(curve) == 0 || json_array_size(curve) > SWEEP_MAX_EPOCHS))
+        return spec_err(err, path, "a diag.sleep \"curve\" is a list of 1 to %d top-1 values", SWEEP_MAX_EPOCHS);
+    for (size_t i = 0; curve && i < json_array_size(curve); i++)
+        if (!json_is_number(json_array_get(curve, i)))
+            return spec_err(err, path, "a diag.sleep \"curve\" holds numbers only");
+    if (obj && !json_is_object(obj))
+        return spec_err(err, path, "a diag.sleep \"objective\" is an object {field: target}");
+    const char *key;
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
+        if (!json_is_number(v) || !json_is_number(json_object_get(model, key)))
+            return spec_err(err, path, "diag.sleep \"objective\".%s: both the target and the model's %s must be "
+                            "numbers", key, key);
+        fields++;
+    }
+    if (extra != fields)
+        return spec_err(err, path, "a diag.sleep model has arch, ms, curve, objective and the objective's fields "
+                        "only");
+    return 0;
+}
+
 /* Checks a model object (at path) alone, then against the normalisation of
  * the train objects (n_norm means/stds, the same for every grid point: it
  * comes from the base). */
@@ -307,18 +343,9 @@ static int check_model_at(const json_t *model, const char *path, int n_norm, cds
     if (!json_is_object(model))
         return spec_err(err, path, "must be a model object like {\"arch\": \"cnn\", \"input\": [1, 28, 28], "
                         "\"classes\": 10} (docs/models.md)");
-    /* "diag.sleep" stands for a model whose visits only sleep: for
-     * benchmarks of the scheduler and chaos tests, where training would only
-     * cost time.  {"arch": "diag.sleep", "ms": N}. */
     const char *arch = json_string_value(json_object_get(model, "arch"));
-    if (arch && strcmp(arch, "diag.sleep") == 0) {
-        const json_t *ms = json_object_get(model, "ms");
-        if (!json_is_integer(ms) || json_integer_value(ms) < 0 || json_integer_value(ms) > 3600000 ||
-            json_object_size(model) != 2)
-            return spec_err(err, path, "a diag.sleep model is {\"arch\": \"diag.sleep\", \"ms\": N} with N from 0 "
-                                       "to 3600000");
-        return 0;
-    }
+    if (arch && strcmp(arch, "diag.sleep") == 0)
+        return check_diag_sleep(model, path, err);
     char *text = json_dumps(model, DUMP_FLAGS);
     if (!text)
         return cds_err_nomem(err, "out of memory");

@@ -60,7 +60,7 @@ static void run_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     worker_slot_set(w, sweep, l);
     if (WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, l->model, &spec, &err)) == 0 &&
         worker_mop_sleep_ms(spec) >= 0)
-        worker_mop_sleep_eval(w, sweep, l);
+        worker_mop_sleep_eval(w, sweep, l, spec);
     else
         worker_mop_eval(w, sweep, l);
     free(spec);

@@ -264,7 +264,8 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
 /* ---- the chosen model on the test split ---------------------------------------- */
 
 /* The model with the best validation top-1 among the models that finished
- * (failed and cancelled ones are not candidates), at its best epoch: 0 with
+ * (done, or stopped early; failed and cancelled ones are not candidates),
+ * at its best epoch: 0 with
  * *m, *e set (-1 when there is none), -1 when Redis could not say.
  * *unevaluated counts epochs of finished models with no result: only ones
  * whose evaluation was given up (a checkpoint gone), since the claim is
@@ -287,9 +288,15 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
         char key[64];
         snprintf(key, sizeof key, "%d.state", m);
         const char *st = json_string_value(json_object_get(models, key));
-        if (!st || strcmp(st, "done") != 0)
+        int stopped = st && strcmp(st, "stopped") == 0;
+        if (!st || (strcmp(st, "done") != 0 && !stopped))
             continue;
-        for (int e = 1; e <= E; e++) {
+        /* its last trained epoch: a done model's epoch (early stopping's
+         * max_epochs may end it before E), a stopped one's rung */
+        snprintf(key, sizeof key, stopped ? "%d.rung" : "%d.epoch", m);
+        const char *lt = json_string_value(json_object_get(models, key));
+        int last = lt && *lt ? atoi(lt) : E;
+        for (int e = 1; e <= last && e <= E; e++) {
             snprintf(key, sizeof key, "%d.%d", m, e);
             *unevaluated += json_object_get(results, key) == NULL;
         }
@@ -409,6 +416,17 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     if (best_m < 0) {
         record_test(w, sweep, l, "{\"none\":\"no model finished with an evaluated epoch\"}");
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: no test score: no model finished with an evaluated epoch", sweep);
+        return;
+    }
+    char *spec = NULL;
+    int diag = WITH_RECONNECT(w, queue_mop_model_spec(w->q, sweep, best_m, &spec, &err)) == 0 &&
+               worker_mop_sleep_ms(spec) >= 0;
+    free(spec);
+    if (diag) { /* a scored diag.sleep model (tests of search): no checkpoint to score */
+        char none[256];
+        snprintf(none, sizeof none, "{\"model\":%d,\"epoch\":%d,\"valid_top1\":%.17g,\"none\":\"the chosen model is a "
+                 "diag.sleep model: nothing to score on the test split\"}", best_m, best_e, best_top1);
+        record_test(w, sweep, l, none);
         return;
     }
     if (find_best_file(w, sweep, best_m, best_e, file, sizeof file) != 0) {

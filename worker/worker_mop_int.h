@@ -69,7 +69,7 @@ int worker_mop_gang_step(worker *w, const char *sweep);
 int64_t worker_mop_sleep_ms(const char *spec);
 void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms);
 /* A diag.sleep model's epoch: nothing to evaluate, the evaluation dropped. */
-void worker_mop_sleep_eval(worker *w, const char *sweep, const queue_mop_lease *l);
+void worker_mop_sleep_eval(worker *w, const char *sweep, const queue_mop_lease *l, const char *spec);
 
 /* ---- worker_mop_eval.c ---- */
 /* Evaluates the epoch of the evaluation lease l (in the slot). */

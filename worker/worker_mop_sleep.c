@@ -7,6 +7,7 @@
  * nothing to evaluate.  worker_mop.c sends such a model here, so the
  * production visit and evaluation (worker_mop_visit.c, worker_mop_eval.c)
  * know nothing of it. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,12 +78,58 @@ void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms)
              v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);
 }
 
-void worker_mop_sleep_eval(worker *w, const char *sweep, const queue_mop_lease *l)
+/* The score a diag.sleep model's spec gives epoch e (tools/sweep_spec.c's
+ * check_diag_sleep has the forms), into *top1: 1, or 0 when it has none. */
+static int sleep_score(const char *spec, int e, double *top1)
+{
+    json_t *o = json_loads(spec ? spec : "", 0, NULL);
+    const json_t *m = json_object_get(o, "model"), *curve = json_object_get(m, "curve");
+    const json_t *obj = json_object_get(m, "objective");
+    int have = 0;
+    if (json_array_size(curve) > 0) {
+        size_t at = (size_t)e < json_array_size(curve) ? (size_t)e : json_array_size(curve);
+        *top1 = json_number_value(json_array_get(curve, at - 1));
+        have = 1;
+    } else if (json_is_object(obj)) {
+        double d2 = 0;
+        const char *key;
+        json_t *target;
+        json_object_foreach((json_t *)obj, key, target) {
+            double d = json_number_value(json_object_get(m, key)) - json_number_value(target);
+            d2 += d * d;
+        }
+        *top1 = exp(-d2) * (1.0 - ldexp(1.0, -e));
+        have = 1;
+    }
+    json_decref(o);
+    return have;
+}
+
+/* A diag.sleep evaluation: its "checkpoint" is deleted, and the score its
+ * spec gives (if any) is recorded as the epoch's validation metrics, so
+ * search and early stopping can be tested through real workers without
+ * training; without one there is nothing to evaluate. */
+void worker_mop_sleep_eval(worker *w, const char *sweep, const queue_mop_lease *l, const char *spec)
 {
     char dir[QUEUE_MOP_PATH_MAX - 64], file[QUEUE_MOP_PATH_MAX];
     cds_err err;
     if (cds_layout_model_dir(dir, sizeof dir, w->cfg->data_root, sweep, l->model, &err) == 0 &&
         cds_layout_epoch_ckpt(file, sizeof file, dir, l->epoch, &err) == 0)
         unlink(file);
-    worker_eval_end(w, sweep, l, QUEUE_EVAL_DROP, NULL);
+    double top1;
+    if (!sleep_score(spec, l->epoch, &top1)) {
+        worker_eval_end(w, sweep, l, QUEUE_EVAL_DROP, NULL);
+        return;
+    }
+    char json[512];
+    snprintf(json, sizeof json, "{\"epoch\":%d,\"model\":%d,\"valid_loss\":%.17g,\"valid_rows\":0,\"valid_top1\":%.17g,"
+             "\"valid_top5\":%.17g,\"worker\":\"%s\"}", l->epoch, l->model, 1.0 - top1, top1, top1, w->cfg->id);
+    int best, prev;
+    int rc = WITH_RECONNECT(w, queue_mop_record_result(w->q, sweep, l, json, top1, &best, &prev, &err));
+    if (rc != 0)
+        cds_logf(&w->log, CDS_LOG_WARN, "sweep %s model %d epoch %d: recording its score: %s", sweep, l->model,
+                 l->epoch, err.msg);
+    else
+        cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d: scored valid_top1 %.4f", sweep, l->model,
+                 l->epoch, top1);
 }
