@@ -23,7 +23,7 @@ extern const char queue_lua_enqueue[], queue_lua_claim[], queue_lua_start[], que
     queue_lua_mop_result[], queue_lua_mop_test_claim[], queue_lua_mop_test_renew[], queue_lua_mop_test_record[],
     queue_lua_mop_test_fail[], queue_lua_mop_retry[], queue_lua_mop_enroll[], queue_lua_mop_shard_beat[],
     queue_lua_mop_orphans[], queue_lua_mop_gang[], queue_lua_mop_gang_renew[], queue_lua_mop_gang_commit[],
-    queue_lua_mop_gang_end[], queue_lua_outbox[], queue_lua_outbox_due[];
+    queue_lua_mop_gang_end[], queue_lua_mop_add_trial[], queue_lua_outbox[], queue_lua_outbox_due[];
 
 static const char *const script_source[QS_COUNT] = {
     [QS_ENQUEUE] = queue_lua_enqueue,
@@ -66,6 +66,7 @@ static const char *const script_source[QS_COUNT] = {
     [QS_MOP_GANG_RENEW] = queue_lua_mop_gang_renew,
     [QS_MOP_GANG_COMMIT] = queue_lua_mop_gang_commit,
     [QS_MOP_GANG_END] = queue_lua_mop_gang_end,
+    [QS_MOP_ADD_TRIAL] = queue_lua_mop_add_trial,
     [QS_OUTBOX] = queue_lua_outbox,
     [QS_OUTBOX_DUE] = queue_lua_outbox_due,
 };

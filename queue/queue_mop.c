@@ -225,6 +225,10 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_add(&args, holder);
     qargs_add(&args, d->mode ? d->mode : "mop");
     qargs_add(&args, d->early_stop ? d->early_stop : "");
+    qargs_add(&args, d->search ? d->search : "");
+    qargs_addf(&args, "%d", d->trials > 0 ? d->trials : d->models);
+    for (int m = 0; m < d->models; m++)
+        qargs_add(&args, d->points ? d->points[m] : "");
     redisReply *r = qmop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;

@@ -141,6 +141,13 @@ typedef struct queue_sweep_def {
     /* Early stopping (ASHA, docs/search.md): "metric mode grace eta
      * max_epochs brackets", e.g. "valid_top1 max 1 4 16 1"; NULL: none. */
     const char *early_stop;
+    /* The search (docs/search.md): its kind ("grid", "random", "tpe"; NULL:
+     * a plain grid), its budget of trials (a TPE sweep starts with `models`
+     * of them and adds the rest as models finish: queue_mop_add_trial), and
+     * each model's point (JSON arrays; NULL: none), which TPE reads back. */
+    const char *search;
+    int trials;
+    const char *const *points;
 } queue_sweep_def;
 
 /* Creates the sweep with every model idle at epoch 1, version 0.  Refuses an
@@ -321,6 +328,20 @@ int queue_sweep_set_state(queue_conn *q, const char *sweep, const char *state, c
  * 16 bytes) gets idle, leased or paused. */
 int queue_mop_set_model_state(queue_conn *q, const char *sweep, int model, const char *state, char *previous,
                               cds_err *err);
+
+/* ---- TPE trials (queue_mop_search.c) ---- */
+
+/* The trials a TPE sweep owes now (0 for any other sweep, or one that is
+ * cancelled or done): min(trials, initial + finished) - models, where a
+ * finished model is done, stopped, failed or cancelled; *next gets the
+ * number of the next trial (the model count).  0, QUEUE_NOT_FOUND, or -1. */
+int queue_mop_trials_owed(queue_conn *q, const char *sweep, int *owed, int *next, cds_err *err);
+/* Adds trial t as model t, with its spec and point (JSON), idle, or failed
+ * with why (not NULL: a proposal training would refuse), if it is still
+ * owed and nobody added it: 1 added, 0 not (taken by another worker, or no
+ * longer owed), QUEUE_NOT_FOUND, -1 on error. */
+int queue_mop_add_trial(queue_conn *q, const char *sweep, int t, const char *spec, const char *point,
+                        const char *why_failed, cds_err *err);
 
 /* ---- results (queue_mop_results.c) ---- */
 

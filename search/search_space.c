@@ -236,6 +236,29 @@ void search_space_sample(const search_space *s, uint64_t seed, uint64_t trial, d
     }
 }
 
+char *search_space_point_json(const search_space *s, const double *v)
+{
+    json_t *a = json_array();
+    for (size_t d = 0; a && d < s->n; d++)
+        json_array_append_new(a, json_real(v[d]));
+    char *text = a ? json_dumps(a, JSON_COMPACT | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(a);
+    return text;
+}
+
+int search_space_point_parse(const search_space *s, const char *text, double *v)
+{
+    json_t *a = json_loads(text ? text : "", 0, NULL);
+    int good = json_is_array(a) && json_array_size(a) == s->n;
+    for (size_t d = 0; good && d < s->n; d++) {
+        const json_t *x = json_array_get(a, d);
+        good = json_is_number(x);
+        v[d] = json_number_value(x);
+    }
+    json_decref(a);
+    return good ? 0 : -1;
+}
+
 /* A continuous value as JSON: a whole number when the dimension only makes
  * whole numbers (a q kind with whole q and lo), else a real. */
 static json_t *number_json(const search_dim *d, double x)

@@ -69,6 +69,13 @@ void search_space_sample(const search_space *s, uint64_t seed, uint64_t trial, d
 /* A q kind's round(x / q)·q; x itself for the others. */
 double search_space_quantize(const search_dim *d, double x);
 
+/* A point as the queue keeps it (<m>.point, read back by TPE): a JSON
+ * array, one value a dimension, 17 significant digits; malloc'd, NULL when
+ * out of memory.  search_space_point_parse reads one back into v: 0, or -1
+ * when it is not an array of this space's size. */
+char *search_space_point_json(const search_space *s, const double *v);
+int search_space_point_parse(const search_space *s, const char *text, double *v);
+
 /* Point v applied to a base model object and base train object: a new
  * {"model": ..., "train": ...} object (the caller's), or NULL with the
  * dimension at fault in err.  batch is rounded to a whole multiple of

@@ -185,8 +185,8 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
     int rc = jobctl_open_queue(j, &q);
     if (rc == 0)
         rc = pin_dataset(j, q, sweep_spec_dataset(s), &d);
-    if (rc == 0 && strcmp(sweep_spec_mode(s), "mop") != 0 && strcmp(sweep_spec_search(s), "random") == 0 &&
-        d.shards > 1) {
+    if (rc == 0 && strcmp(sweep_spec_mode(s), "mop") != 0 &&
+        (strcmp(sweep_spec_search(s), "random") == 0 || strcmp(sweep_spec_search(s), "tpe") == 0) && d.shards > 1) {
         /* A DDP or MA sweep's W = K ranks split each batch: its sampled
          * batches are drawn again, rounded to multiples of K. */
         sweep_spec *k = sweep_spec_parse_for(a->spec.payload, d.shards, &err);
@@ -195,10 +195,6 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
         else
             sweep_spec_free(s), s = k;
     }
-    if (rc == 0 && strcmp(sweep_spec_search(s), "tpe") == 0)
-        rc = jobctl_fail(j, EXIT_USAGE, "%s: $.search.kind \"tpe\": proposing trials as others finish is not in "
-                         "this version's workers yet: use \"random\" (docs/search.md)",
-                         a->spec_file ? a->spec_file : "--payload");
     if (rc == 0)
         rc = check_gang(j, q, s, d.shards);
     if (rc == 0 && a->sweep_id)
@@ -217,7 +213,9 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
             .max_stalls = jobctl_enqueue_seen(a, E_MAX_STALLS) ? a->spec.max_stalls : 0,
             .backoff_base_ms = jobctl_enqueue_seen(a, E_BACKOFF_BASE) ? a->spec.backoff_base_ms : 0,
             .backoff_cap_ms = jobctl_enqueue_seen(a, E_BACKOFF_CAP) ? a->spec.backoff_cap_ms : 0,
-            .unique = a->spec.unique, .mode = sweep_spec_mode(s), .early_stop = sweep_spec_early_stop(s)};
+            .unique = a->spec.unique, .mode = sweep_spec_mode(s), .early_stop = sweep_spec_early_stop(s),
+            .search = sweep_spec_search(s)[0] ? sweep_spec_search(s) : NULL, .trials = sweep_spec_trials(s),
+            .points = sweep_spec_points(s)};
         char live[QUEUE_SWEEP_ID_MAX];
         int crc = queue_sweep_create(q, &def, live, &err);
         if (crc == QUEUE_MOP_DUPLICATE) {

@@ -51,6 +51,7 @@ struct sweep_spec {
     int trials;       /* random and tpe: the budget of trials (models); 0 otherwise */
     uint64_t search_seed;
     char early_stop[96]; /* "metric mode grace eta max brackets", or "" */
+    char **points;       /* a search's model points (JSON arrays), n_models of them; NULL for a plain grid */
 };
 
 /* The grid axes, outermost first: this order fixes the model ids. */
@@ -671,6 +672,8 @@ static int emit_trial(sweep_spec *s, const search_plan *sp, int id, const json_t
         rc = check_pair_at(m, where, &p, err);
     if (rc == 0 && id >= 0)
         rc = emit_model(s, id, m, &p, err);
+    if (rc == 0 && id >= 0 && !(s->points[id] = search_space_point_json(sp->space, v)))
+        rc = cds_err_nomem(err, "out of memory");
     json_decref(spec);
     return rc;
 }
@@ -713,7 +716,8 @@ static int expand_search(json_t *root, sweep_spec *s, int multiple, cds_err *err
     if (rc == 0) {
         s->specs = calloc((size_t)s->n_models, sizeof *s->specs);
         s->summaries = calloc((size_t)s->n_models, sizeof *s->summaries);
-        if (!s->specs || !s->summaries)
+        s->points = calloc((size_t)s->n_models, sizeof *s->points);
+        if (!s->specs || !s->summaries || !s->points)
             rc = cds_err_nomem(err, "out of memory for %d models", s->n_models);
     }
     for (int id = 0; rc == 0 && id < s->n_models; id++) {
@@ -926,7 +930,9 @@ void sweep_spec_free(sweep_spec *s)
     for (int i = 0; i < s->n_models; i++) {
         free(s->specs ? s->specs[i] : NULL);
         free(s->summaries ? s->summaries[i] : NULL);
+        free(s->points ? s->points[i] : NULL);
     }
+    free(s->points);
     free(s->specs);
     free(s->summaries);
     free(s->dataset);
@@ -963,3 +969,4 @@ const char *sweep_spec_search(const sweep_spec *s) { return s->search; }
 int sweep_spec_trials(const sweep_spec *s) { return s->trials; }
 uint64_t sweep_spec_search_seed(const sweep_spec *s) { return s->search_seed; }
 const char *sweep_spec_early_stop(const sweep_spec *s) { return s->early_stop[0] ? s->early_stop : NULL; }
+const char *const *sweep_spec_points(const sweep_spec *s) { return (const char *const *)s->points; }

@@ -183,6 +183,9 @@ int worker_mop_step(worker *w)
         did = lease_step(w, ids, n, w->cfg->shard, &rm);
     if (!did)
         did = orphan_step(w, ids, n, &rm);
+    /* Nothing to train: a TPE search may owe a trial (a model finished). */
+    if (!did)
+        did = worker_mop_propose_step(w, ids, n);
     if (!did)
         did = worker_mop_test_step(w, ids, n);
     queue_sweep_list_free(ids, n);

@@ -7,6 +7,7 @@
  *     worker_mop_gang.c     a rank of a DDP or MA gang, in a child process
  *                           (worker_rank.c, cds-worker --rank-task)
  *     worker_mop_eval.c     evaluation and test scoring
+ *     worker_mop_search.c   proposing the trials of TPE searches
  *     worker_mop_dataset.c  a sweep's dataset, pinning, orphan shards
  *       worker_mop_lease.c    ending the lease in hand (commit, give back, fail)
  *       worker_results.c      results.csv and the cds_results rows
@@ -63,6 +64,11 @@ void worker_mop_train_visit(worker *w, worker_visit *v);
 /* This worker's rank in a gang of the DDP or MA sweep, when one is due:
  * runs it in a child process (worker_rank.c) and watches it; 1 if one ran. */
 int worker_mop_gang_step(worker *w, const char *sweep);
+
+/* ---- worker_mop_search.c ---- */
+
+/* Proposes and adds one trial owed by a TPE sweep among ids: 1 if it did. */
+int worker_mop_propose_step(worker *w, char **ids, size_t n);
 
 /* ---- worker_mop_sleep.c ---- */
 /* The ms of a diag.sleep model's spec, or -1 for any other model. */

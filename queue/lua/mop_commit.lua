@@ -64,8 +64,6 @@ redis.call('HSET', KEYS[2], p .. 'state', state, p .. 'epoch', int(epoch), p .. 
   p .. 'deadline', '', p .. 'attempts', '0', p .. 'not_before', '', p .. 'progress', '', p .. 'rung', rung,
   p .. 'commit', string.format('%s %d %d %d %s', token, epoch_done, model_done, version, superseded))
 redis.call('HSET', KEYS[1], 'updated', int(now))
-if model_done == 1 and redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[4] ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
-end
+if model_done == 1 then model_finished(KEYS[1], s[4], now) end
 wake_mop(KEYS[6], 1)
 return {'committed', epoch_done, model_done, int(version), superseded}

@@ -25,7 +25,10 @@
 --       14+2M the sweep id the client read from it (or ''), 15+2M the
 --       mode: 'mop', or 'ddp' / 'ma' (gangs of K ranks, mop_gang.lua),
 --       16+2M early stopping ("metric mode grace eta max brackets", or '':
---       prelude's es_params)
+--       prelude's es_params), 17+2M the search kind ('', grid, random or
+--       tpe), 18+2M its budget of trials (TPE adds models up to it:
+--       mop_add_trial.lua), 19+2M .. 18+3M each model's search point (JSON,
+--       or '')
 -- Returns {'created', created_ms} | {'exists'} | {'duplicate', live sweep id}
 --       | {'changed'} (the unique key moved since the client read it).
 local nshards, nmodels = tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -54,15 +57,11 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2
   'max_attempts', ARGV[10 + 2 * nmodels] or '5', 'backoff_base_ms', ARGV[11 + 2 * nmodels] or '1000',
   'backoff_cap_ms', ARGV[12 + 2 * nmodels] or '60000', 'unique', unique,
   'test_attempts', '0', 'test_not_before', '', 'mode', ARGV[15 + 2 * nmodels] or 'mop', 'gangs', '0',
-  'es', ARGV[16 + 2 * nmodels] or '')
-local zeros = string.rep('0', nshards)
+  'es', ARGV[16 + 2 * nmodels] or '', 'search', ARGV[17 + 2 * nmodels] or '',
+  'trials', ARGV[18 + 2 * nmodels] or '0', 'initial', ARGV[6])
 for m = 0, nmodels - 1 do
-  local p = int(m) .. '.'
-  redis.call('HSET', KEYS[2], p .. 'state', 'idle', p .. 'epoch', '1', p .. 'visited', zeros,
-    p .. 'version', '0', p .. 'ckpt', '', p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
-    p .. 'deadline', '', p .. 'spec', ARGV[9 + m], p .. 'reason', '', p .. 'stalls', '0',
-    p .. 'attempts', '0', p .. 'not_before', '', p .. 'error', '',
-    p .. 'commit', '', p .. 'plan', ARGV[9 + nmodels + m] or '', p .. 'paused', '', p .. 'rung', '')
+  new_model(KEYS[2], m, nshards, ARGV[9 + m], ARGV[9 + nmodels + m] or '', ARGV[19 + 2 * nmodels + m] or '', 'idle',
+    '')
 end
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('ZADD', KEYS[9], now, ARGV[1])

@@ -37,9 +37,7 @@ elseif want == 'running' then
 else
   redis.call('HSET', KEYS[2], p .. 'state', 'cancelled', p .. 'reason', ARGV[3], p .. 'token', '',
     p .. 'shard', '', p .. 'deadline', '', p .. 'paused', '')
-  if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and s[1] ~= 'cancelled' then
-    redis.call('HSET', KEYS[1], 'state', 'done', 'finished', now)
-  end
+  model_finished(KEYS[1], s[1], now)
   -- Idle workers hear at once when that was the last live model.
   wake_mop(KEYS[6], 1)
 end

@@ -42,9 +42,7 @@ each_model(KEYS[2], nmodels, {'state', 'deadline'}, function(m, v, i)
     if stalls > max_stalls then
       redis.call('HSET', KEYS[2], p .. 'state', 'failed', p .. 'reason',
         string.format('stalled %d times: every worker that took it died or lost its lease', stalls))
-      if redis.call('HINCRBY', KEYS[1], 'live', -1) == 0 and sw[3] ~= 'cancelled' then
-        redis.call('HSET', KEYS[1], 'state', 'done', 'finished', int(now))
-      end
+      model_finished(KEYS[1], sw[3], now)
     end
     n = n + 1
   end

@@ -179,15 +179,37 @@ local function gang_clear(models_key, m)
   redis.call('HSET', models_key, m .. '.gang', '')
 end
 
--- Ends a model for good (prefix p, "<m>.") in state (failed, stopped),
--- with its reason: it takes no more leases and counts as finished, so live
--- goes down and the sweep is done at 0 (unless it was cancelled, which
--- stays).  Returns 1 when the sweep became done.
-local function finish_model(sweep_key, models_key, p, state, reason, sweep_state, now)
-  redis.call('HSET', models_key, p .. 'state', state, p .. 'reason', reason, p .. 'not_before', '')
+-- A model of the sweep finished (done, stopped, failed or cancelled): live
+-- goes down, and at 0 the sweep is done (unless it was cancelled, which
+-- stays), except while a TPE search still has trials to propose: its next
+-- proposal adds a live model (mop_add_trial.lua).  Returns 1 when no model
+-- is live and none will be added.
+local function model_finished(sweep_key, sweep_state, now)
   if redis.call('HINCRBY', sweep_key, 'live', -1) ~= 0 then return 0 end
+  local f = redis.call('HMGET', sweep_key, 'search', 'models', 'trials')
+  if f[1] == 'tpe' and tonumber(f[2]) < (tonumber(f[3]) or 0) then return 0 end
   if sweep_state ~= 'cancelled' then redis.call('HSET', sweep_key, 'state', 'done', 'finished', int(now)) end
   return 1
+end
+
+-- The fields of a new model m (mop_create.lua, mop_add_trial.lua): at epoch
+-- 1, version 0, no shard visited; state idle, or failed with its reason
+-- (a TPE proposal training would refuse); its search point (JSON, or '').
+local function new_model(models_key, m, nshards, spec, plan, point, state, reason)
+  local p = int(m) .. '.'
+  redis.call('HSET', models_key, p .. 'state', state, p .. 'epoch', '1', p .. 'visited', string.rep('0', nshards),
+    p .. 'version', '0', p .. 'ckpt', '', p .. 'token', '', p .. 'worker', '', p .. 'shard', '',
+    p .. 'deadline', '', p .. 'spec', spec, p .. 'reason', reason, p .. 'stalls', '0',
+    p .. 'attempts', '0', p .. 'not_before', '', p .. 'error', '',
+    p .. 'commit', '', p .. 'plan', plan, p .. 'paused', '', p .. 'rung', '', p .. 'point', point)
+end
+
+-- Ends a model for good (prefix p, "<m>.") in state (failed, stopped),
+-- with its reason: it takes no more leases and counts as finished
+-- (model_finished).  Returns 1 when the sweep has nothing live left.
+local function finish_model(sweep_key, models_key, p, state, reason, sweep_state, now)
+  redis.call('HSET', models_key, p .. 'state', state, p .. 'reason', reason, p .. 'not_before', '')
+  return model_finished(sweep_key, sweep_state, now)
 end
 
 local function fail_model(sweep_key, models_key, p, reason, sweep_state, now)

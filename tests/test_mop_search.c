@@ -1,4 +1,12 @@
-/* Early stopping in the MOP scripts (DESIGN.md §9, docs/search.md): ASHA
+/* Search in the MOP scripts (DESIGN.md §9, docs/search.md).
+ *
+ * TPE's trials (mop_add_trial.lua): a sweep owes one trial per finished
+ * model up to its budget; trial t is added once however many workers
+ * propose it (the second hears it is taken), a proposal that never came is
+ * still owed, a failed proposal spends the budget, and the sweep is done
+ * only when its budget is spent and nothing is live.
+ *
+ * Early stopping: ASHA
  * as Ray Tune applies it, checked on scripted learning curves against a
  * reference implementation of the rule written here, apart from the Lua.
  *
@@ -295,6 +303,67 @@ static void check_edges(queue_conn *q, redisContext *c)
        "%d; sweep %s)", s0, s2, e0, e2, last, buf);
 }
 
+/* TPE's trials, driven by hand: create, finish, propose. */
+static void check_tpe_trials(queue_conn *q, redisContext *c)
+{
+    cds_err err;
+    char buf[256];
+    static const char *const pts[2] = {"[0.5]", "[0.25]"};
+    queue_sweep_def d = {.id = "tpe-t", .dataset = "d", .dataset_version = "v1", .shards = 1, .epochs = 1,
+                         .models = 2, .model_specs = specs, .spec_json = "{}", .search = "tpe", .trials = 4,
+                         .points = pts};
+    if (queue_sweep_create(q, &d, NULL, &err) != 0)
+        tap_bail(err.msg);
+    int owed, next, orc;
+    orc = queue_mop_trials_owed(q, "tpe-t", &owed, &next, &err);
+    ok(orc == 0 && owed == 0 && next == 2,
+       "a TPE sweep owes nothing while its start-up trials run (owed %d, next %d)", owed, next);
+    model_f(c, "tpe-t", 1, "point", buf, sizeof buf);
+    ok(strcmp(buf, "[0.25]") == 0, "each model keeps its point (%s)", buf);
+    queue_mop_lease l;
+    queue_mop_commit_result cr;
+    int done;
+    ok(queue_mop_lease_model(q, "tpe-t", 0, "w", HOLD_MS, &l, &done, &err) == 1 &&
+           queue_mop_commit(q, "tpe-t", &l, "ckpt", NULL, &cr, &err) == 0 && cr.model_done,
+       "model 0 finishes");
+    orc = queue_mop_trials_owed(q, "tpe-t", &owed, &next, &err);
+    ok(orc == 0 && owed == 1 && next == 2,
+       "...and the sweep owes trial 2 (owed %d, next %d)", owed, next);
+    ok(queue_mop_add_trial(q, "tpe-t", 3, "{}", "[0.1]", NULL, &err) == 0,
+       "a proposal of the wrong trial number is not added");
+    ok(queue_mop_add_trial(q, "tpe-t", 2, "{\"t\":2}", "[0.75]", NULL, &err) == 1,
+       "trial 2 is added");
+    ok(queue_mop_add_trial(q, "tpe-t", 2, "{\"t\":2,\"again\":1}", "[0.9]", NULL, &err) == 0,
+       "a second proposal of trial 2 (another worker) is not added");
+    model_f(c, "tpe-t", 2, "spec", buf, sizeof buf);
+    char models[16], live[16];
+    field(c, "tpe-t", "", "models", models, sizeof models);
+    field(c, "tpe-t", "", "live", live, sizeof live);
+    ok(strcmp(buf, "{\"t\":2}") == 0 && strcmp(models, "3") == 0 && strcmp(live, "2") == 0,
+       "trial 2 is the first proposal, live and counted (spec %s, models %s, live %s)", buf, models, live);
+    orc = queue_mop_trials_owed(q, "tpe-t", &owed, &next, &err);
+    ok(orc == 0 && owed == 0,
+       "nothing more is owed until another model finishes (owed %d)", owed);
+    /* models 1 and 2 finish: trial 3 is owed, then the budget (4) is spent */
+    for (int i = 0; i < 2; i++)
+        if (queue_mop_lease_model(q, "tpe-t", 0, "w", HOLD_MS, &l, &done, &err) != 1 ||
+            queue_mop_commit(q, "tpe-t", &l, "ckpt", NULL, &cr, &err) != 0)
+            tap_bail("tpe: a visit failed");
+    field(c, "tpe-t", "", "state", buf, sizeof buf);
+    orc = queue_mop_trials_owed(q, "tpe-t", &owed, &next, &err);
+    ok(orc == 0 && owed == 1 && next == 3 &&
+           strcmp(buf, "running") == 0,
+       "with nothing live and budget left the sweep runs on, owing trial 3 (owed %d, state %s)", owed, buf);
+    ok(queue_mop_add_trial(q, "tpe-t", 3, "{}", "[0.3]", "model spec: \"width\" must be a number", &err) == 1,
+       "a proposal training refuses is added as failed");
+    model_f(c, "tpe-t", 3, "state", buf, sizeof buf);
+    field(c, "tpe-t", "", "state", live, sizeof live);
+    ok(strcmp(buf, "failed") == 0 && strcmp(live, "done") == 0,
+       "...which spends the budget: the sweep is done (model 3 %s, sweep %s)", buf, live);
+    ok(queue_mop_add_trial(q, "tpe-t", 4, "{}", "[0.3]", NULL, &err) == 0,
+       "nothing is added past the budget");
+}
+
 int main(void)
 {
     queue_conn *q = test_connect("asha", prefix, sizeof prefix);
@@ -302,6 +371,7 @@ int main(void)
     check_sweep(q, c, "asha-1", 1);
     check_sweep(q, c, "asha-hb", 2);
     check_edges(q, c);
+    check_tpe_trials(q, c);
     redisFree(c);
     queue_close(q);
     return tap_done();
