@@ -90,7 +90,7 @@ static int cfg_normalize(json_t *o, nn_train_cfg *c, cds_err *err)
         return 0;
     if (!json_is_object(nz))
         return cds_errf(err, "train spec: \"normalize\" must be an object {scale, mean, std}");
-    double scale;
+    double scale = 1.0;
     if (cfg_number(nz, "scale", 1.0, 1e-12, 1e12, &scale, err) != 0)
         return -1;
     c->scale = (float)scale;
@@ -140,7 +140,7 @@ static int cfg_schedule(json_t *o, nn_train_cfg *c, cds_err *err)
 
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
                                            "seed", "schedule", "normalize", "lazy", "tf32", "cuda_graphs",
-                                           NULL};
+                                           "init", NULL};
 
 static int cfg_lazy(json_t *o, nn_train_cfg *c, cds_err *err)
 {
@@ -192,6 +192,15 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
         goto out;
     }
     c->cuda_graphs = json_is_true(graphs);
+    json_t *init = json_object_get(o, "init");
+    if (init && (!json_is_string(init) || json_string_length(init) == 0 || json_string_length(init) > 4096)) {
+        cds_errf(err, "train spec: \"init\" must be the path of a checkpoint to start from (warm start)");
+        goto out;
+    }
+    if (init && !(c->init = strdup(json_string_value(init)))) {
+        cds_err_nomem(err, "out of memory");
+        goto out;
+    }
     if (!json_object_get(o, "lr")) {
         cds_errf(err, "train spec: \"lr\" (the learning rate) is required");
         goto out;
@@ -212,6 +221,8 @@ int nn_train_cfg_parse(const char *train_json, nn_train_cfg *c, cds_err *err)
     }
     rc = 0;
 out:
+    if (rc != 0)
+        nn_train_cfg_free(c); /* what was kept before the error */
     json_decref(o);
     return rc;
 }
@@ -220,6 +231,8 @@ void nn_train_cfg_free(nn_train_cfg *c)
 {
     free(c->json);
     c->json = NULL;
+    free(c->init);
+    c->init = NULL;
 }
 
 int nn_train_cfg_check_model(const nn_train_cfg *c, const char *model_json, cds_err *err)

@@ -30,6 +30,7 @@ typedef struct nn_train_cfg {
     int lazy;               /* Adam only: the embedding weight gets lazy (sparse) Adam; see docs/models.md */
     int tf32;               /* a GPU may use TF32 for float32 GEMMs and convolutions (else exact float32) */
     int cuda_graphs;        /* a GPU replays each full-batch training step as one CUDA graph */
+    char *init;             /* warm start: the checkpoint a new trainer takes its weights from (NULL: none) */
     double lr, momentum, beta1, beta2, eps, l2;
     int batch;
     uint64_t seed;

@@ -77,6 +77,29 @@ nn_trainer *nn_trainer_new(const char *spec_json, cds_err *err)
     return nn_trainer_new_at(spec_json, NN_PLACE_CPU, err);
 }
 
+static int restore(nn_model *m, const nn_ckpt_tensor *all, size_t n, const char *name, nn_tensor *dst,
+                   const char *path, cds_err *err);
+
+/* Warm start (the train spec's "init", a sweep's $.init): the weights and
+ * batch-norm statistics of the checkpoint at path, each by name and shape;
+ * the optimiser, the step and the epoch stay fresh, as MADlib's warm start
+ * and transfer learning do. */
+static int warm_start(nn_trainer *t, const char *path, cds_err *err)
+{
+    nn_ckpt c;
+    if (nn_ckpt_load(path, &c, err) != 0)
+        return cds_err_wrap(err, "warm start (\"init\")");
+    nn_model *m = t->model;
+    size_t np = nn_model_param_count(m), nb = nn_model_buffer_count(m);
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < np; i++)
+        rc = restore(m, c.params, c.n_params, nn_model_param(m, i)->name, &nn_model_param(m, i)->w, path, err);
+    for (size_t i = 0; rc == 0 && i < nb; i++)
+        rc = restore(m, c.params, c.n_params, nn_model_buffer(m, i)->name, &nn_model_buffer(m, i)->t, path, err);
+    nn_ckpt_free(&c);
+    return rc == 0 ? 0 : cds_err_wrap(err, "warm start (\"init\")");
+}
+
 nn_trainer *nn_trainer_new_at(const char *spec_json, nn_place where, cds_err *err)
 {
     json_error_t jerr;
@@ -89,6 +112,12 @@ nn_trainer *nn_trainer_new_at(const char *spec_json, nn_place where, cds_err *er
         cds_errf(err, "spec: must be an object with \"model\" and \"train\" (see docs/models.md)");
     else
         t = trainer_build(model, train, where, err);
+    /* Only a new trainer starts warm: one loaded from its own checkpoint
+     * (nn_trainer_load*) has moved on from it. */
+    if (t && t->cfg.init && warm_start(t, t->cfg.init, err) != 0) {
+        nn_trainer_free(t);
+        t = NULL;
+    }
     free(model);
     free(train);
     json_decref(o);

@@ -463,6 +463,40 @@ refused 2 "--id names a sweep" "--id with a job type"
 raw enqueue sweep --help
 ok "$([ "$rc" = 0 ] && grep -q '^usage: jobctl enqueue sweep --spec FILE.json \[--id ID\]' "$tmp/out"; echo $?)" "enqueue sweep --help shows enqueue sweep"
 
+# ---- warm start: a sweep's "init" names another sweep's model ------------------------
+# my-sweep_1 (3 shards) has trained nothing yet: give its model 2 a history by hand, as commits and
+# evaluations leave it: version 6 (the end of epoch 2), its best epoch 1.
+mk=${prefix}sweep:{my-sweep_1}:models
+redis-cli -u "$url" HSET "$mk" 2.version 6 2.ckpt /data/sweeps/my-sweep_1/models/2/v6-ab.ckpt 2.best_epoch 1 >/dev/null
+warm_spec() { "$py" -c 'import json,sys; d = json.load(open(sys.argv[1])); d["init"] = sys.argv[2]; print(json.dumps(d))' "$tmp/sweep.json" "$1" >"$tmp/warm.json"; }
+warm_spec my-sweep_1/2
+jc enqueue sweep --spec "$tmp/warm.json" --id warm-latest
+is "$(redis-cli -u "$url" HGET "${prefix}sweep:{warm-latest}:models" 5.spec | "$py" -c 'import json,sys; print(json.load(sys.stdin)["train"]["init"])')" \
+    /data/sweeps/my-sweep_1/models/2/v6-ab.ckpt "init SWEEP/MODEL: every model's train starts from that model's latest checkpoint"
+warm_spec my-sweep_1/2@2
+jc enqueue sweep --spec "$tmp/warm.json" --id warm-e2
+is "$(redis-cli -u "$url" HGET "${prefix}sweep:{warm-e2}:models" 0.spec | "$py" -c 'import json,sys; print(json.load(sys.stdin)["train"]["init"])')" \
+    /data/sweeps/my-sweep_1/models/2/v6-ab.ckpt "init SWEEP/MODEL@2: epoch 2 ends at the latest checkpoint (version 6 of 3 shards)"
+warm_spec my-sweep_1/2@1
+jc enqueue sweep --spec "$tmp/warm.json" --id warm-best
+is "$(redis-cli -u "$url" HGET "${prefix}sweep:{warm-best}:models" 0.spec | "$py" -c 'import json,sys; print(json.load(sys.stdin)["train"]["init"])')" \
+    /data/sweeps/my-sweep_1/models/2/best-e1.ckpt "init SWEEP/MODEL@1: the best epoch's retained checkpoint"
+warm_spec my-sweep_1/2@3
+jc enqueue sweep --spec "$tmp/warm.json"
+refused 1 "epoch 3 is gone; name my-sweep_1/2 or my-sweep_1/2@1" "init naming an epoch whose checkpoint was not kept"
+warm_spec my-sweep_1/4
+jc enqueue sweep --spec "$tmp/warm.json"
+refused 1 "model 4 of sweep my-sweep_1 has no checkpoint yet" "init naming a model that has not trained"
+warm_spec my-sweep_1/99
+jc enqueue sweep --spec "$tmp/warm.json"
+refused 2 "sweep my-sweep_1 has no model 99" "init naming a model the sweep does not have"
+warm_spec nosuch/0
+jc enqueue sweep --spec "$tmp/warm.json"
+refused 2 "there is no sweep nosuch" "init naming a sweep that does not exist"
+warm_spec my-sweep_1
+jc enqueue sweep --spec "$tmp/warm.json"
+refused 2 "sweep spec \$.init: must be \"SWEEP/MODEL\"" "a malformed init"
+
 # ---- pause, resume and cancel of one model of a sweep -------------------------------
 mfield() { redis-cli -u "$url" HGET "${prefix}sweep:{my-sweep_1}:models" "$1"; }
 jc pause my-sweep_1/3

@@ -33,6 +33,7 @@
 #include "etl_shard.h"
 #include "nn_ckpt.h"
 #include "nn_par.h"
+#include "nn_rng.h"
 #include "nn_train.h"
 #include "tap.h"
 
@@ -1210,6 +1211,108 @@ static void test_device_failure(void)
     nn_trainer_free(t);
 }
 
+
+/* The params and buffers of a and b are the same bits. */
+static int same_state(nn_trainer *a, nn_trainer *b)
+{
+    nn_model *ma = nn_trainer_model(a), *mb = nn_trainer_model(b);
+    size_t np = nn_model_param_count(ma), nb = nn_model_buffer_count(ma);
+    int same = np == nn_model_param_count(mb) && nb == nn_model_buffer_count(mb);
+    for (size_t i = 0; same && i < np + nb; i++) {
+        nn_tensor *x = i < np ? &nn_model_param(ma, i)->w : &nn_model_buffer(ma, i - np)->t;
+        nn_tensor *y = i < np ? &nn_model_param(mb, i)->w : &nn_model_buffer(mb, i - np)->t;
+        float *hx = malloc(x->n * sizeof *hx), *hy = malloc(y->n * sizeof *hy);
+        nn_model_read(ma, x, hx);
+        nn_model_read(mb, y, hy);
+        same = x->n == y->n && memcmp(hx, hy, x->n * sizeof *hx) == 0;
+        free(hx);
+        free(hy);
+    }
+    return same;
+}
+
+/* n steps of random batches (seeded) through nn_trainer_step_batch. */
+static int random_steps(nn_trainer *t, int n, uint64_t seed, cds_err *err)
+{
+    enum { B = 8, PER = 3 * 16 * 16 };
+    static float x[B * PER];
+    int32_t y[B];
+    nn_rng r;
+    nn_rng_seed(&r, seed);
+    for (int s = 0; s < n; s++) {
+        for (int i = 0; i < B * PER; i++)
+            x[i] = (float)(2 * nn_rng_unit(&r) - 1);
+        for (int i = 0; i < B; i++)
+            y[i] = (int32_t)(nn_rng_next(&r) % 4);
+        if (nn_trainer_step_batch(t, x, NULL, y, B, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Warm start (the train spec's "init"): a new trainer takes the weights
+ * and batch-norm statistics of the checkpoint, bit for bit, with a fresh
+ * optimiser; two such trainers then train alike; a trainer loaded from its
+ * own checkpoint no longer needs the one it started from; a missing file
+ * or another model's checkpoint is refused with a line naming it. */
+static void test_warm_start(void)
+{
+#define WS_MODEL "{\"arch\":\"resnet18\",\"input\":[3,16,16],\"classes\":4,\"width\":%s}"
+    char src[600], warm[1400], other[1400], missing[1400], pa[512], pb[512], model[128];
+    snprintf(pa, sizeof pa, "%s/warm-source.ckpt", root);
+    snprintf(pb, sizeof pb, "%s/warm-started.ckpt", root);
+    snprintf(model, sizeof model, WS_MODEL, "0.25");
+    snprintf(src, sizeof src, "{\"model\":%s,\"train\":{\"optimizer\":\"sgd\",\"lr\":0.05,\"batch\":8,\"seed\":3}}",
+             model);
+    snprintf(warm, sizeof warm, "{\"model\":%s,\"train\":{\"optimizer\":\"adam\",\"lr\":0.001,\"batch\":8,"
+             "\"seed\":9,\"init\":\"%s\"}}", model, pa);
+    cds_err err = {0};
+    nn_trainer *a = nn_trainer_new(src, &err);
+    int rc = a && random_steps(a, 3, 11, &err) == 0 && nn_trainer_save(a, pa, &err) == 0;
+    nn_trainer *b = rc ? nn_trainer_new(warm, &err) : NULL, *b2 = b ? nn_trainer_new(warm, &err) : NULL;
+    if (!ok(rc && b && b2, "a source trained 3 steps and saved; two trainers warm-started from it"))
+        tap_diag("%s", err.msg);
+    int zero = b != NULL;
+    size_t nf = b ? nn_trainer_opt_floats(b) : 0;
+    float *opt = malloc((nf ? nf : 1) * sizeof *opt);
+    if (b)
+        nn_trainer_opt_get(b, opt);
+    for (size_t i = 0; zero && i < nf; i++)
+        zero = opt[i] == 0.0f;
+    free(opt);
+    ok(b && same_state(a, b), "the warm start holds the source's weights and batch-norm statistics, bit for bit");
+    ok(b && zero && nf > 0 && nn_trainer_step(b) == 0 && nn_trainer_epoch(b) == 0,
+       "...with a fresh optimiser (%zu state values, all zero), at step 0 of epoch 0", nf);
+    rc = b && b2 && random_steps(b, 2, 12, &err) == 0 && random_steps(b2, 2, 12, &err) == 0;
+    ok(rc && same_state(b, b2) && !same_state(a, b), "two warm-started trainers train on alike, bit for bit");
+    rc = rc && nn_trainer_save(b, pb, &err) == 0 && unlink(pa) == 0;
+    nn_trainer *c = rc ? nn_trainer_load(pb, &err) : NULL;
+    ok(c && same_state(b, c), "a warm-started trainer resumes from its own checkpoint, the source gone%s%s",
+       c ? "" : ": ", c ? "" : err.msg);
+    nn_trainer *m1 = nn_trainer_new(warm, &err);
+    ok(!m1 && strstr(err.msg, "warm start") && strstr(err.msg, pa),
+       "a missing warm-start checkpoint is refused, naming it (%s)", err.msg);
+    nn_trainer_free(m1);
+    char wide[128];
+    snprintf(wide, sizeof wide, WS_MODEL, "0.5");
+    snprintf(other, sizeof other, "{\"model\":%s,\"train\":{\"optimizer\":\"adam\",\"lr\":0.001,\"batch\":8,"
+             "\"init\":\"%s\"}}", wide, pb);
+    nn_trainer *o = nn_trainer_new(other, &err);
+    ok(!o && strstr(err.msg, "warm start") && strstr(err.msg, "another model"),
+       "another model's checkpoint is refused (%s)", err.msg);
+    nn_trainer_free(o);
+    snprintf(missing, sizeof missing, "{\"model\":%s,\"train\":{\"optimizer\":\"sgd\",\"lr\":0.1,\"init\":7}}", model);
+    o = nn_trainer_new(missing, &err);
+    ok(!o && strstr(err.msg, "\"init\" must be the path of a checkpoint"), "an init that is not a path is refused (%s)",
+       err.msg);
+    nn_trainer_free(o);
+    nn_trainer_free(a);
+    nn_trainer_free(b);
+    nn_trainer_free(b2);
+    nn_trainer_free(c);
+#undef WS_MODEL
+}
+
 int main(void)
 {
     const char *src = getenv("CDS_SOURCE_ROOT");
@@ -1231,6 +1334,7 @@ int main(void)
     test_lazy_resume();
     test_steps();
     test_device_failure();
+    test_warm_start();
     cds_rmtree(root);
     return tap_done();
 }

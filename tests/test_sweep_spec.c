@@ -579,6 +579,37 @@ static void test_search_refusals(void)
     }
 }
 
+
+/* "init": checked offline; with the path the queue resolved, every
+ * model's train starts from it, grid or search. */
+static void test_init(void)
+{
+    refused_variant("init", "\"s3\"", "$.init", "must be \"SWEEP/MODEL\"", "an init without a model");
+    refused_variant("init", "\"s3/x\"", "$.init", "must be \"SWEEP/MODEL\"", "an init with a bad model");
+    refused_variant("init", "\"s3/2@0\"", "$.init", "must be \"SWEEP/MODEL\"", "an init at epoch 0");
+    refused_variant("init", "\"s3/2@4x\"", "$.init", "must be \"SWEEP/MODEL\"", "an init with a tail");
+    refused_variant("train", "{\"init\": \"/x.ckpt\"}", "$.train.init", "starts warm from $.init",
+                    "an init in the base train");
+    char *text = variant("init", "\"s3/2@4\"");
+    cds_err err;
+    sweep_spec *plain = sweep_spec_parse(text, &err);
+    sweep_spec_opts o = {.init_ckpt = "/data/sweeps/s3/models/2/best-e4.ckpt"};
+    sweep_spec *warm = sweep_spec_parse_with(text, &o, &err);
+    char sw[32];
+    int m = -1, e = -1;
+    ok(plain && sweep_spec_init(plain, sw, &m, &e) && strcmp(sw, "s3") == 0 && m == 2 && e == 4 &&
+           !strstr(sweep_spec_model(plain, 0), "\"init\""),
+       "init s3/2@4 parses into its sweep, model and epoch; unresolved, the models are only checked");
+    int all = warm != NULL;
+    for (int i = 0; warm && i < sweep_spec_model_count(warm); i++)
+        all &= strstr(sweep_spec_model(warm, i), "\"init\":\"/data/sweeps/s3/models/2/best-e4.ckpt\"") != NULL;
+    ok(all && warm && strstr(sweep_spec_json(warm), "\"init\":\"s3/2@4\""),
+       "resolved, every model's train has the checkpoint as its init, and the stored spec keeps the name");
+    sweep_spec_free(plain);
+    sweep_spec_free(warm);
+    free(text);
+}
+
 int main(void)
 {
     test_example();
@@ -589,5 +620,6 @@ int main(void)
     test_random_search();
     test_search_kinds();
     test_search_refusals();
+    test_init();
     return tap_done();
 }

@@ -52,6 +52,9 @@ struct sweep_spec {
     uint64_t search_seed;
     char early_stop[96]; /* "metric mode grace eta max brackets", or "" */
     char **points;       /* a search's model points (JSON arrays), n_models of them; NULL for a plain grid */
+    char init[96];       /* "SWEEP/MODEL[@EPOCH]", or "" */
+    char init_sweep[32];
+    int init_model, init_epoch;
 };
 
 /* The grid axes, outermost first: this order fixes the model ids. */
@@ -61,9 +64,9 @@ static const char *const axis_names[N_AXES] = {"optimizer", "lr", "batch", "l2"}
 /* Fields of docs/models.md's train object (nn_optim.c's list). */
 static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1", "beta2", "eps", "l2", "batch",
                                            "seed", "schedule", "normalize", "lazy", "tf32", "cuda_graphs",
-                                           NULL};
+                                           "init", NULL};
 static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid",
-                                         "max_attempts", "search", "early_stop", NULL};
+                                         "max_attempts", "search", "early_stop", "init", NULL};
 
 /* Fills err with "sweep spec <path>: <message>"; returns -1. */
 static int spec_err(cds_err *err, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -812,6 +815,42 @@ static int parse_early_stop(const json_t *root, sweep_spec *s, cds_err *err)
     return 0;
 }
 
+/* ---- warm start --------------------------------------------------------- */
+
+/* $.init, "SWEEP/MODEL" or "SWEEP/MODEL@EPOCH": checked, kept, and with the
+ * checkpoint path the queue resolved it to (o->init_ckpt), written into the
+ * base train as its "init", where every model's train takes it from. */
+static int parse_init(json_t *root, sweep_spec *s, const sweep_spec_opts *o, cds_err *err)
+{
+    const json_t *v = json_object_get(root, "init");
+    json_t *train = json_object_get(root, "train");
+    if (train && json_object_get(train, "init"))
+        return spec_err(err, "$.train.init", "a sweep starts warm from $.init: \"SWEEP/MODEL\" or "
+                        "\"SWEEP/MODEL@EPOCH\" (docs/search.md)");
+    if (!v)
+        return 0;
+    const char *text = json_string_value(v);
+    char sweep[32] = "", tail[8] = "";
+    int model = -1, epoch = 0, used = 0;
+    int got = text ? sscanf(text, "%31[A-Za-z0-9_-]/%d%n", sweep, &model, &used) : 0;
+    if (got == 2 && text[used] == '@' && (sscanf(text + used, "@%d%7s", &epoch, tail) != 1 || epoch < 1))
+        got = 0;
+    if (got != 2 || model < 0 || (text[used] != '\0' && text[used] != '@') || strlen(text) >= sizeof s->init)
+        return spec_err(err, "$.init", "must be \"SWEEP/MODEL\" (that model's latest checkpoint) or "
+                        "\"SWEEP/MODEL@EPOCH\" (its latest or best epoch), e.g. \"s3/7@4\"");
+    snprintf(s->init, sizeof s->init, "%s", text);
+    snprintf(s->init_sweep, sizeof s->init_sweep, "%s", sweep);
+    s->init_model = model;
+    s->init_epoch = epoch;
+    if (!o->init_ckpt)
+        return 0;
+    if (!train) {
+        json_object_set_new(root, "train", json_object());
+        train = json_object_get(root, "train");
+    }
+    return json_object_set_new(train, "init", json_string(o->init_ckpt)) == 0 ? 0 : cds_err_nomem(err, "out of memory");
+}
+
 /* ---- the whole spec ------------------------------------------------------ */
 
 static int parse_top(const json_t *root, sweep_spec *s, cds_err *err)
@@ -877,6 +916,13 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err)
 
 sweep_spec *sweep_spec_parse_for(const char *json, int batch_multiple, cds_err *err)
 {
+    sweep_spec_opts o = {.batch_multiple = batch_multiple};
+    return sweep_spec_parse_with(json, &o, err);
+}
+
+sweep_spec *sweep_spec_parse_with(const char *json, const sweep_spec_opts *o, cds_err *err)
+{
+    int batch_multiple = o->batch_multiple > 0 ? o->batch_multiple : 1;
     json_error_t je;
     json_t *root = json_loads(json ? json : "", JSON_REJECT_DUPLICATES, &je);
     if (!root)
@@ -892,6 +938,8 @@ sweep_spec *sweep_spec_parse_for(const char *json, int batch_multiple, cds_err *
         rc = parse_top(root, s, err);
     if (rc == 0)
         rc = parse_early_stop(root, s, err);
+    if (rc == 0)
+        rc = parse_init(root, s, o, err);
     if (rc == 0 && json_object_get(root, "search")) {
         rc = expand_search(root, s, batch_multiple, err);
         goto done;
@@ -970,3 +1018,13 @@ int sweep_spec_trials(const sweep_spec *s) { return s->trials; }
 uint64_t sweep_spec_search_seed(const sweep_spec *s) { return s->search_seed; }
 const char *sweep_spec_early_stop(const sweep_spec *s) { return s->early_stop[0] ? s->early_stop : NULL; }
 const char *const *sweep_spec_points(const sweep_spec *s) { return (const char *const *)s->points; }
+
+const char *sweep_spec_init(const sweep_spec *s, char sweep_out[32], int *model, int *epoch)
+{
+    if (!s->init[0])
+        return NULL;
+    snprintf(sweep_out, 32, "%s", s->init_sweep);
+    *model = s->init_model;
+    *epoch = s->init_epoch;
+    return s->init;
+}

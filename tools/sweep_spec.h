@@ -29,6 +29,19 @@ sweep_spec *sweep_spec_parse(const char *json, cds_err *err);
 /* The same with a search's sampled batches rounded to whole multiples of
  * batch_multiple (a DDP or MA sweep's W ranks: docs/search.md). */
 sweep_spec *sweep_spec_parse_for(const char *json, int batch_multiple, cds_err *err);
+/* What only the queue knows when the spec is read: the multiple above, and
+ * the checkpoint path the spec's "init" (SWEEP/MODEL[@EPOCH], a warm start)
+ * names, which every model's train then gets as its "init" (NULL: the
+ * models start from their seed; a spec with "init" parsed without it is
+ * only checked). */
+typedef struct sweep_spec_opts {
+    int batch_multiple;
+    const char *init_ckpt;
+} sweep_spec_opts;
+sweep_spec *sweep_spec_parse_with(const char *json, const sweep_spec_opts *o, cds_err *err);
+/* The spec's "init" as written (NULL: none), and its parts: the sweep, the
+ * model and the epoch (0: the latest checkpoint). */
+const char *sweep_spec_init(const sweep_spec *s, char sweep_out[32], int *model, int *epoch);
 void sweep_spec_free(sweep_spec *s);
 
 const char *sweep_spec_mode(const sweep_spec *s); /* "mop", "ddp" or "ma" */
