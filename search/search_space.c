@@ -272,7 +272,10 @@ static json_t *value_json(const search_space *s, size_t i, double x, int multipl
     const search_dim *d = &s->dims[i];
     if (d->kind == SEARCH_CHOICE) {
         size_t k = x >= 0 && x < (double)d->n_options ? (size_t)x : 0;
-        return json_deep_copy(json_array_get(s->options[i], k));
+        const json_t *o = json_array_get(s->options[i], k);
+        if (strcmp(d->name, "batch") != 0 || !json_is_number(o))
+            return json_deep_copy(o);
+        x = json_number_value(o); /* a batch chosen is rounded as one drawn */
     }
     if (strcmp(d->name, "batch") == 0) {
         double m = multiple > 1 ? multiple : 1;

@@ -19,9 +19,9 @@
  * Names.  lr, batch, l2, optimizer and momentum set the train object's
  * field; "model" is a choice of model objects (replacing the sweep's one
  * model); any other name sets that field of the model object (width,
- * hidden, dropout, ...).  batch is rounded to a whole number (and to a
- * multiple of `multiple`, search_space_render's argument: DDP and MA
- * sweeps). */
+ * hidden, dropout, ...).  batch, drawn or chosen, is rounded to a whole
+ * number (and to a multiple of `multiple`, search_space_render's argument:
+ * DDP and MA sweeps). */
 #ifndef CDS_SEARCH_SPACE_H
 #define CDS_SEARCH_SPACE_H
 

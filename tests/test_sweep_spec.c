@@ -378,6 +378,12 @@ static void test_job_files(void)
     ok(s && specs_valid(s), "sweep-fashion-mnist: every spec valid");
     sweep_spec_free(s);
 
+    s = parse_job_file("sweep-fashion-mnist-tpe.json");
+    ok(s && strcmp(sweep_spec_search(s), "tpe") == 0 && sweep_spec_trials(s) == 40 &&
+           sweep_spec_model_count(s) == 20 && sweep_spec_early_stop(s) &&
+           strcmp(sweep_spec_early_stop(s), "valid_top1 max 1 3 9 1") == 0 && specs_valid(s),
+       "sweep-fashion-mnist-tpe: TPE over 40 trials (20 random first) with ASHA, every spec valid");
+    sweep_spec_free(s);
     s = parse_job_file("sweep-criteo.json");
     is_int(s ? sweep_spec_model_count(s) : 0, 16, "sweep-criteo: 2 lr x 4 batch x 2 l2 = 16 models");
     ok(s && strcmp(sweep_spec_summary(s, 0), "model 0: mlp adam lr=0.001 batch=32 l2=0.0001") == 0 &&
