@@ -1261,7 +1261,7 @@ static void test_warm_start(void)
     char src[600], warm[1400], other[1400], missing[1400], pa[512], pb[512], model[128];
     snprintf(pa, sizeof pa, "%s/warm-source.ckpt", root);
     snprintf(pb, sizeof pb, "%s/warm-started.ckpt", root);
-    snprintf(model, sizeof model, WS_MODEL, "0.25");
+    snprintf(model, sizeof model, WS_MODEL, "0.125");
     snprintf(src, sizeof src, "{\"model\":%s,\"train\":{\"optimizer\":\"sgd\",\"lr\":0.05,\"batch\":8,\"seed\":3}}",
              model);
     snprintf(warm, sizeof warm, "{\"model\":%s,\"train\":{\"optimizer\":\"adam\",\"lr\":0.001,\"batch\":8,"
@@ -1294,7 +1294,7 @@ static void test_warm_start(void)
        "a missing warm-start checkpoint is refused, naming it (%s)", err.msg);
     nn_trainer_free(m1);
     char wide[128];
-    snprintf(wide, sizeof wide, WS_MODEL, "0.5");
+    snprintf(wide, sizeof wide, WS_MODEL, "0.25");
     snprintf(other, sizeof other, "{\"model\":%s,\"train\":{\"optimizer\":\"adam\",\"lr\":0.001,\"batch\":8,"
              "\"init\":\"%s\"}}", wide, pb);
     nn_trainer *o = nn_trainer_new(other, &err);
