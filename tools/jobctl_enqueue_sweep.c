@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "jobctl.h"
+#include "jobctl_sweep.h"
 #include "cds_layout.h"
 #include "cds_util.h"
 #include "ddp_comm.h"
@@ -170,15 +171,6 @@ static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K
  * here, pins the dataset's version and shard count from its record, and
  * creates the sweep's state in Redis (queue_sweep_create); workers take
  * its models from there. */
-/* A field of a models hash (JSON object of its fields), "" when absent. */
-static const char *model_str(const json_t *models, int m, const char *f)
-{
-    char key[64];
-    snprintf(key, sizeof key, "%d.%s", m, f);
-    const char *v = json_string_value(json_object_get(models, key));
-    return v ? v : "";
-}
-
 /* The checkpoint a sweep's "init" (SWEEP/MODEL[@EPOCH]) names, into path: the
  * model's latest committed checkpoint, or with @EPOCH the one of those it
  * keeps (the latest, when it ends that epoch, or its best): other epochs'
@@ -190,7 +182,7 @@ static int resolve_init(const jobctl *j, queue_conn *q, const char *sweep, int m
     int rc = queue_sweep_get(q, sweep, &sw, &err);
     if (rc == QUEUE_NOT_FOUND)
         return jobctl_fail(j, EXIT_USAGE, "sweep spec $.init: there is no sweep %s (see jobctl sweeps)", sweep);
-    if (rc == 0 && m >= atoi(json_string_value(json_object_get(sw, "models")) ?: "0")) {
+    if (rc == 0 && m >= jobctl_sweep_int_field(sw, "models", 0)) {
         json_decref(sw);
         return jobctl_fail(j, EXIT_USAGE, "sweep spec $.init: sweep %s has no model %d (see jobctl status %s)", sweep,
                            m, sweep);
@@ -199,10 +191,10 @@ static int resolve_init(const jobctl *j, queue_conn *q, const char *sweep, int m
         json_decref(sw);
         return jobctl_fail(j, EXIT_REFUSED, "reading sweep %s for $.init: %s", sweep, err.msg);
     }
-    int K = atoi(json_string_value(json_object_get(sw, "shards")) ?: "1");
-    long long version = atoll(model_str(models, m, "version"));
-    const char *ckpt = model_str(models, m, "ckpt");
-    int best = atoi(model_str(models, m, "best_epoch"));
+    int K = jobctl_sweep_int_field(sw, "shards", 1);
+    long long version = atoll(jobctl_sweep_field(models, "%d.version", m) ?: "0");
+    const char *ckpt = jobctl_sweep_field(models, "%d.ckpt", m) ?: "";
+    int best = atoi(jobctl_sweep_field(models, "%d.best_epoch", m) ?: "0");
     char dir[1024];
     snprintf(dir, sizeof dir, "%s", ckpt);
     char *slash = strrchr(dir, '/');

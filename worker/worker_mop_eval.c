@@ -270,6 +270,19 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
  * *unevaluated counts epochs of finished models with no result: only ones
  * whose evaluation was given up (a checkpoint gone), since the claim is
  * granted when nothing waits or is in flight. */
+int worker_mop_last_epoch(const json_t *models, int m)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%d.state", m);
+    const char *st = json_string_value(json_object_get(models, key));
+    int stopped = st && strcmp(st, "stopped") == 0;
+    if (!st || (strcmp(st, "done") != 0 && !stopped))
+        return 0;
+    snprintf(key, sizeof key, stopped ? "%d.rung" : "%d.epoch", m);
+    const char *lt = json_string_value(json_object_get(models, key));
+    return lt && *lt ? atoi(lt) : 0;
+}
+
 static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, int *e_out, double *top1,
                         int *unevaluated, cds_err *err)
 {
@@ -286,16 +299,9 @@ static int choose_model(worker *w, const char *sweep, int M, int E, int *m_out, 
     }
     for (int m = 0; m < M; m++) {
         char key[64];
-        snprintf(key, sizeof key, "%d.state", m);
-        const char *st = json_string_value(json_object_get(models, key));
-        int stopped = st && strcmp(st, "stopped") == 0;
-        if (!st || (strcmp(st, "done") != 0 && !stopped))
+        int last = worker_mop_last_epoch(models, m);
+        if (last == 0)
             continue;
-        /* its last trained epoch: a done model's epoch (early stopping's
-         * max_epochs may end it before E), a stopped one's rung */
-        snprintf(key, sizeof key, stopped ? "%d.rung" : "%d.epoch", m);
-        const char *lt = json_string_value(json_object_get(models, key));
-        int last = lt && *lt ? atoi(lt) : E;
         for (int e = 1; e <= last && e <= E; e++) {
             snprintf(key, sizeof key, "%d.%d", m, e);
             *unevaluated += json_object_get(results, key) == NULL;

@@ -65,6 +65,11 @@ void worker_mop_train_visit(worker *w, worker_visit *v);
  * runs it in a child process (worker_rank.c) and watches it; 1 if one ran. */
 int worker_mop_gang_step(worker *w, const char *sweep);
 
+/* The last epoch a finished model trained (a done model's epoch: early
+ * stopping's max_epochs may end it before the sweep's; a stopped model's
+ * rung), or 0 when it is not done or stopped (worker_mop_eval.c). */
+int worker_mop_last_epoch(const json_t *models, int m);
+
 /* ---- worker_mop_search.c ---- */
 
 /* Proposes and adds one trial owed by a TPE sweep among ids: 1 if it did. */

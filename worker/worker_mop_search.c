@@ -92,14 +92,10 @@ static int read_point(const json_t *models, int m, const search_space *s, double
 /* Model m's score, if it finished and its last epoch was evaluated. */
 static int read_score(const json_t *models, const json_t *results, int m, const tpe_sweep *t, double *loss)
 {
-    char key[32];
-    snprintf(key, sizeof key, "%d.state", m);
-    const char *st = str_field(models, key);
-    int stopped = st && strcmp(st, "stopped") == 0;
-    if (!st || (strcmp(st, "done") != 0 && !stopped))
+    int last = worker_mop_last_epoch(models, m);
+    if (last == 0)
         return 0;
-    snprintf(key, sizeof key, stopped ? "%d.rung" : "%d.epoch", m);
-    int last = atoi(str_field(models, key) ?: "0");
+    char key[32];
     snprintf(key, sizeof key, "%d.%d", m, last);
     json_t *r = json_loads(str_field(results, key) ?: "", 0, NULL);
     const json_t *v = json_object_get(r, t->metric);
