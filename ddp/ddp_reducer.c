@@ -45,6 +45,8 @@ struct ddp_reducer {
     size_t n_buckets;
     int *param_bucket;
     float *host; /* staging, as long as the largest bucket (NULL on device) */
+    float *zeros; /* ddp_reducer_shadow's source, as long as the largest gradient it clears (made on first use) */
+    size_t zeros_n;
     void *stream; /* on device: the model's stream, whose work a reduction waits for */
     size_t host_n;
     int unbucketed; /* bucket_bytes 0 */
@@ -274,6 +276,39 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
     return r->rows ? ddp_rows_reduce(r->rows, r->c, err) : 0;
 }
 
+/* Writes zeros over gradient t (device memory is reached only through the
+ * model's copies). */
+static int zero_grad(ddp_reducer *r, nn_tensor *t, cds_err *err)
+{
+    if (t->n > r->zeros_n) {
+        free(r->zeros);
+        r->zeros_n = 0;
+        if (!(r->zeros = calloc(t->n, sizeof(float))))
+            return cds_err_nomem(err, "out of memory for %zu zero gradients", t->n);
+        r->zeros_n = t->n;
+    }
+    nn_model_write(r->m, t, r->zeros);
+    return 0;
+}
+
+int ddp_reducer_shadow(ddp_reducer *r, cds_err *err)
+{
+    int rc = r->block.n ? zero_grad(r, &r->block, err) : 0;
+    for (size_t b = 0; rc == 0 && b < r->n_buckets; b++)
+        if (r->buckets[b].ext)
+            rc = zero_grad(r, r->buckets[b].ext, err);
+    if (rc == 0 && r->rows)
+        rc = ddp_rows_clear(r->rows, err);
+    /* A failure here is this rank's (memory), but the gang waits for its
+     * share of the step: the communicator is broken, as a failed reduction
+     * breaks it, so every rank hears of it. */
+    if (rc != 0) {
+        ddp_comm_abort(r->c);
+        return -1;
+    }
+    return ddp_reducer_finish(r, err);
+}
+
 const ddp_rows *ddp_reducer_rows(const ddp_reducer *r) { return r->rows; }
 
 /* Tensor t of m made the same on every rank: root's (root >= 0) or the
@@ -354,5 +389,6 @@ void ddp_reducer_free(ddp_reducer *r)
     free(r->param_bucket);
     free(r->queue);
     free(r->host);
+    free(r->zeros);
     free(r);
 }

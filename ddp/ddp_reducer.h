@@ -60,6 +60,12 @@ const ddp_rows *ddp_reducer_rows(const ddp_reducer *r);
 /* After a backward pass: reduces the buckets not yet reduced; returns 0, or
  * -1 with the first error of this step (the communicator is then broken). */
 int ddp_reducer_finish(ddp_reducer *r, cds_err *err);
+/* A step this rank takes without data (a hybrid gang's rank past its
+ * shards, as PyTorch's Join shadows one): zero gradients, dense and
+ * row-sparse, reduced as ddp_reducer_finish reduces a real step's, so the
+ * gang's collectives stay matched and every rank gets the same average
+ * (which still divides by W).  Returns as ddp_reducer_finish. */
+int ddp_reducer_shadow(ddp_reducer *r, cds_err *err);
 /* Rank root's parameters and buffers (running statistics) copied to every
  * rank: the gang starts from the same weights. */
 int ddp_reducer_broadcast_model(ddp_reducer *r, int root, cds_err *err);

@@ -173,6 +173,13 @@ int ddp_rows_reduce(ddp_rows *s, ddp_comm *c, cds_err *err)
     return nn_model_row_grad_set(s->m, s->param, s->m_rows, s->m_vals, u, err);
 }
 
+int ddp_rows_clear(ddp_rows *s, cds_err *err)
+{
+    int32_t no_row = 0;
+    float no_val = 0.0f;
+    return nn_model_row_grad_set(s->m, s->param, &no_row, &no_val, 0, err);
+}
+
 ddp_rows_stats ddp_rows_last(const ddp_rows *s) { return s->last; }
 
 void ddp_rows_free(ddp_rows *s)

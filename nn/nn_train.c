@@ -255,6 +255,12 @@ int nn_trainer_optim_step(nn_trainer *t, cds_err *err)
     return 0;
 }
 
+int nn_trainer_shadow_step(nn_trainer *t, int (*reduce)(void *ctx, cds_err *err), void *ctx, cds_err *err)
+{
+    (void)nn_rng_next(&t->rng);
+    return reduce(ctx, err) != 0 ? -1 : nn_trainer_optim_step(t, err);
+}
+
 /* One training step.  Graphed (the train spec's "cuda_graphs": a GPU
  * captures the step once and then replays it, docs/engine-backend.md) when
  * the batch is full, so that its shapes are the pass's, and when nothing

@@ -90,6 +90,11 @@ int nn_trainer_shard_rows(nn_trainer *t, const char *shard_dir, int64_t *rows, c
 int nn_trainer_forward_backward(nn_trainer *t, const float *x, const int32_t *idx, const int32_t *labels, int n,
                                 cds_err *err);
 int nn_trainer_optim_step(nn_trainer *t, cds_err *err);
+/* A data-parallel step without data, for a rank that has run out while its
+ * gang goes on (PyTorch's Join): the step's dropout draw (so the ranks'
+ * generators stay in step), reduce(ctx), which leaves the gang's averaged
+ * gradients in the model (ddp_reducer_shadow), and the optimiser step. */
+int nn_trainer_shadow_step(nn_trainer *t, int (*reduce)(void *ctx, cds_err *err), void *ctx, cds_err *err);
 /* Evaluation over a shard: no updates, running statistics, file order.
  * Stats are added to *st (so several shards sum). */
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err);

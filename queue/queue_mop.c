@@ -229,6 +229,7 @@ static int create_once(queue_conn *q, const queue_sweep_def *d, char *duplicate_
     qargs_addf(&args, "%d", d->trials > 0 ? d->trials : d->models);
     for (int m = 0; m < d->models; m++)
         qargs_add(&args, d->points ? d->points[m] : "");
+    qargs_add(&args, d->hybrid ? "1" : "0");
     redisReply *r = qmop_run_keys(q, QS_MOP_CREATE, d->id, d->unique ? &keys : NULL, &args, NULL, err);
     if (!r)
         return -1;

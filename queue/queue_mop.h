@@ -141,6 +141,9 @@ typedef struct queue_sweep_def {
     /* Early stopping (ASHA, docs/search.md): "metric mode grace eta
      * max_epochs brackets", e.g. "valid_top1 max 1 4 16 1"; NULL: none. */
     const char *early_stop;
+    /* A MOP sweep's hybrid (docs/search.md): idle workers train a model
+     * left as a gang, an epoch at a time (1), or never (0). */
+    int hybrid;
     /* The search (docs/search.md): its kind ("grid", "random", "tpe"; NULL:
      * a plain grid), its budget of trials (a TPE sweep starts with `models`
      * of them and adds the rest as models finish: queue_mop_add_trial), and
@@ -181,9 +184,11 @@ typedef struct queue_mop_lease {
                                   * frees it, so a copy of the struct must not be cleared too); else NULL */
     /* QUEUE_MOP_RANK (queue_mop_gang_take): rank `shard` of a gang of
      * `shards` ranks; the gang's attempt number (its rendezvous scope) and
-     * the sweep's mode ("ddp" or "ma"). */
+     * the sweep's mode ("ddp" or "ma"; "mop": a hybrid gang, whose rank r
+     * reads shards r, r + shards, ... of the sweep's data_shards). */
     int64_t gang;
     char mode[8];
+    int data_shards;
 } queue_mop_lease;
 
 /* Asks for a model to train on shard k: returns 1 with *l filled, 0 when no
@@ -201,7 +206,8 @@ int queue_mop_lease_visit(queue_conn *q, const char *sweep, int shard, const cha
 /* Frees l->spec and zeroes l (any kind of lease; a zeroed one too). */
 void queue_mop_lease_clear(queue_mop_lease *l);
 /* queue_mop_lease_model / _visit: the sweep is a DDP or MA sweep, whose
- * models are trained by gangs: ask queue_mop_gang_take instead. */
+ * models are trained by gangs, or a MOP sweep with the hybrid on and no
+ * visit for this shard now: ask queue_mop_gang_take instead. */
 #define QUEUE_MOP_GANG 5
 
 /* The model's spec ({"model":..,"train":..} JSON text, malloc'd into *out). */

@@ -34,6 +34,7 @@ static int rank_reply(const redisReply *r, const char *sweep, queue_mop_lease *l
     qmop_copy_reply_str(l->ckpt, sizeof l->ckpt, r, 8);
     l->deadline_ms = qc_reply_int(r, 9);
     l->attempts = (int)qc_reply_int(r, 10);
+    l->data_shards = (int)qc_reply_int(r, 13);
     const char *ds = qc_reply_str(r, 11), *ver = qc_reply_str(r, 12), *spec = qc_reply_str(r, 14),
                *mode = qc_reply_str(r, 15);
     if (!ds || !ver || !spec || !mode || strlen(ds) >= sizeof l->dataset ||

@@ -59,7 +59,9 @@ static int lease_model(queue_conn *q, const char *sweep, int shard, const char *
     qargs_add(&args, worker);
     qargs_addf(&args, "%lld", (long long)lease_ms);
     qargs_add(&args, token);
-    redisReply *r = qmop_run(q, QS_MOP_LEASE, sweep, &args, NULL, err);
+    qargs keys = {0};
+    qargs_key(&keys, q, "sweep:{%s}:ready", sweep); /* the hybrid's ready workers */
+    redisReply *r = qmop_run_keys(q, QS_MOP_LEASE, sweep, &keys, &args, NULL, err);
     if (!r)
         return -1;
     if (qc_reply_is(r, 0, "bad_shard")) {

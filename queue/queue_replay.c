@@ -13,6 +13,10 @@
  * from an older checkpoint visited some shards twice.  Sweeps recorded with
  * epochs from 0 (format 1) are refused: their schedule means something
  * else.  A plan is E·K shard numbers of 4 digits (queue_sweep_def.plans).
+ * A hybrid gang's epoch (entries "m e k v worker g<W>", one per shard)
+ * becomes "h" and W in 3 digits in each of its K places, and the replay
+ * has the hybrid on: prelude's hybrid_plan forms a gang of exactly W
+ * ranks for that model at that epoch, and no other gang.
  * A DDP or MA sweep is replayed in its mode: its gangs read every shard at
  * once, so the plans (its ranks' shards) constrain nothing, and a gang's
  * epoch depends only on the checkpoint it starts from. */
@@ -39,17 +43,25 @@ static const char *model_field(const json_t *models, int m, const char *name)
 /* The plans of a replay of sweep orig (M of them, each E*K entries) from
  * its schedule, into plans[m] (each of per bytes, zeroed). */
 static int plans_from_schedule(const char *orig, char **lines, size_t n_lines, int M, int K, size_t per, char **plans,
-                               cds_err *err)
+                               int *hybrid, cds_err *err)
 {
     for (size_t i = 0; i < n_lines; i++) {
-        int m, e, k;
-        if (sscanf(lines[i], "%d %d %d", &m, &e, &k) != 3 || m < 0 || m >= M || k < 0 || k >= K)
+        int m, e, k, W = 0;
+        long long v;
+        char who[128];
+        int got = sscanf(lines[i], "%d %d %d %lld %127s g%d", &m, &e, &k, &v, who, &W);
+        if (got < 3 || m < 0 || m >= M || k < 0 || k >= K || (got == 6 && (W < 2 || W > 999)))
             return cds_errf(err, "sweep %s: schedule entry %zu ('%s') does not fit the sweep", orig, i, lines[i]);
         size_t used = strlen(plans[m]);
         if (used + 4 >= per)
             return cds_errf(err, "sweep %s: model %d visited more than its %zu shards x epochs (it was retried from "
                                  "an older checkpoint): its visit order cannot be replayed", orig, m, (per - 1) / 4);
-        snprintf(plans[m] + used, 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
+        if (got == 6) {
+            snprintf(plans[m] + used, 5, "h%03d", W);
+            *hybrid = 1;
+        } else {
+            snprintf(plans[m] + used, 5, "%04u", (unsigned)k % 10000u); /* 0 <= k < 4096: the scripts cap shards */
+        }
     }
     return 0;
 }
@@ -96,7 +108,8 @@ int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_
             rc = cds_errf(err, "sweep %s: model %d has no spec in Redis", orig, m);
             goto out;
         }
-    if ((rc = plans_from_schedule(orig, lines, n_lines, M, K, per, plans, err)) != 0)
+    int hybrid = 0;
+    if ((rc = plans_from_schedule(orig, lines, n_lines, M, K, per, plans, &hybrid, err)) != 0)
         goto out;
     for (int m = 0; m < M; m++)
         if (strlen(plans[m]) != per - 1) {
@@ -111,7 +124,7 @@ int queue_sweep_replay(queue_conn *q, const char *orig, const char *new_id, cds_
                            .spec_json = json_string_value(json_object_get(sw, "spec")),
                            .plans = (const char *const *)plans, .replay_of = orig,
                            .mode = json_string_value(json_object_get(sw, "mode")),
-                           .early_stop = json_string_value(json_object_get(sw, "es"))};
+                           .early_stop = json_string_value(json_object_get(sw, "es")), .hybrid = hybrid};
     rc = queue_sweep_create(q, &def, NULL, err);
 out:
     for (int m = 0; plans && m < M; m++)

@@ -273,7 +273,7 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
             .backoff_cap_ms = jobctl_enqueue_seen(a, E_BACKOFF_CAP) ? a->spec.backoff_cap_ms : 0,
             .unique = a->spec.unique, .mode = sweep_spec_mode(s), .early_stop = sweep_spec_early_stop(s),
             .search = sweep_spec_search(s)[0] ? sweep_spec_search(s) : NULL, .trials = sweep_spec_trials(s),
-            .points = sweep_spec_points(s)};
+            .points = sweep_spec_points(s), .hybrid = sweep_spec_hybrid(s)};
         char live[QUEUE_SWEEP_ID_MAX];
         int crc = queue_sweep_create(q, &def, live, &err);
         if (crc == QUEUE_MOP_DUPLICATE) {

@@ -55,6 +55,7 @@ struct sweep_spec {
     char init[96];       /* "SWEEP/MODEL[@EPOCH]", or "" */
     char init_sweep[32];
     int init_model, init_epoch;
+    int hybrid; /* a MOP sweep lends idle workers to the models left (docs/search.md) */
 };
 
 /* The grid axes, outermost first: this order fixes the model ids. */
@@ -66,7 +67,7 @@ static const char *const train_fields[] = {"optimizer", "lr", "momentum", "beta1
                                            "seed", "schedule", "normalize", "lazy", "tf32", "cuda_graphs",
                                            "init", NULL};
 static const char *const top_fields[] = {"mode", "dataset", "epochs", "seed", "models", "train", "grid",
-                                         "max_attempts", "search", "early_stop", "init", NULL};
+                                         "max_attempts", "search", "early_stop", "init", "hybrid", NULL};
 
 /* Fills err with "sweep spec <path>: <message>"; returns -1. */
 static int spec_err(cds_err *err, const char *path, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -104,6 +105,24 @@ static int parse_mode(const json_t *root, sweep_spec *s, cds_err *err)
                         "\"ma\" (model averaging), not %s%.40s%s", m ? "\"" : "", m ? m : "a non-string",
                         m ? "\"" : "");
     snprintf(s->mode, sizeof s->mode, "%s", m);
+    return 0;
+}
+
+/* "hybrid": on by default in a MOP sweep (bench/hybrid measured it
+ * better: docs/search.md); DDP and MA sweeps train every model as a gang
+ * already. */
+#define HYBRID_DEFAULT 1
+
+static int parse_hybrid(const json_t *root, sweep_spec *s, cds_err *err)
+{
+    const json_t *v = json_object_get(root, "hybrid");
+    int mop = strcmp(s->mode, "mop") == 0;
+    if (v && !json_is_boolean(v))
+        return spec_err(err, "$.hybrid", "must be true or false (idle workers lent to the models left as a gang)");
+    if (v && !mop)
+        return spec_err(err, "$.hybrid", "a %s sweep trains every model as a gang already: drop it (it is for "
+                        "\"mode\": \"mop\")", s->mode);
+    s->hybrid = mop && (v ? json_is_true(v) : HYBRID_DEFAULT);
     return 0;
 }
 
@@ -939,6 +958,8 @@ sweep_spec *sweep_spec_parse_with(const char *json, const sweep_spec_opts *o, cd
     if (rc == 0)
         rc = parse_early_stop(root, s, err);
     if (rc == 0)
+        rc = parse_hybrid(root, s, err);
+    if (rc == 0)
         rc = parse_init(root, s, o, err);
     if (rc == 0 && json_object_get(root, "search")) {
         rc = expand_search(root, s, batch_multiple, err);
@@ -1017,6 +1038,7 @@ const char *sweep_spec_search(const sweep_spec *s) { return s->search; }
 int sweep_spec_trials(const sweep_spec *s) { return s->trials; }
 uint64_t sweep_spec_search_seed(const sweep_spec *s) { return s->search_seed; }
 const char *sweep_spec_early_stop(const sweep_spec *s) { return s->early_stop[0] ? s->early_stop : NULL; }
+int sweep_spec_hybrid(const sweep_spec *s) { return s->hybrid; }
 const char *const *sweep_spec_points(const sweep_spec *s) { return (const char *const *)s->points; }
 
 const char *sweep_spec_init(const sweep_spec *s, char sweep_out[32], int *model, int *epoch)

@@ -73,6 +73,9 @@ uint64_t sweep_spec_search_seed(const sweep_spec *s);
 /* Early stopping as the queue keeps it ("metric mode grace eta max_epochs
  * brackets": queue_sweep_def.early_stop), or NULL when the spec has none. */
 const char *sweep_spec_early_stop(const sweep_spec *s);
+/* Whether a MOP sweep lends idle workers to its models left as gangs
+ * ("hybrid", on by default; queue_sweep_def.hybrid); 0 for DDP and MA. */
+int sweep_spec_hybrid(const sweep_spec *s);
 /* A search's model points, one JSON array of values (a choice: its option
  * index) per model in the space's order, for queue_sweep_def.points; NULL
  * for the plain grid form. */

@@ -65,9 +65,9 @@ typedef struct rank_child {
  * said it would, without looking for devices again. */
 static char *task_json(worker *w, const char *sweep, const queue_mop_lease *l)
 {
-    json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:i, s:s, s:i, s:I, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:b, s:s, s:b}",
+    json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:i, s:i, s:s, s:i, s:I, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:b, s:s, s:b}",
                           "sweep", sweep, "model", l->model, "gang", (json_int_t)l->gang, "rank", l->shard, "world",
-                          l->shards, "token", l->token, "epoch", l->epoch, "version", (json_int_t)l->version, "ckpt",
+                          l->shards, "shards", l->data_shards ? l->data_shards : l->shards, "token", l->token, "epoch", l->epoch, "version", (json_int_t)l->version, "ckpt",
                           l->ckpt, "dataset", l->dataset, "mode", l->mode, "spec", l->spec ? l->spec : "",
                           "timeout_ms", (json_int_t)w->cfg->ddp_timeout_ms, "addr",
                           w->cfg->ddp_addr ? w->cfg->ddp_addr : "", "iface", w->cfg->ddp_iface ? w->cfg->ddp_iface : "",

@@ -22,20 +22,29 @@
  *   start     every rank loads the committed checkpoint (version 0: a fresh
  *             model from the spec), then rank 0's weights are broadcast;
  *   rows      every rank's shard size, all-gathered, so every rank knows
- *             the steps of the epoch;
+ *             the steps of the epoch (a hybrid rank: its step count);
  *   train     DDP: every rank takes the longest shard's rows, b/W a step
  *             (a shorter shard goes on in its next epoch's order), gradients
  *             averaged in buckets during backward; MA: one pass over the
  *             shard with batch b, then the weights (and running statistics)
  *             averaged and every rank's optimiser state sent to rank 0, which
  *             keeps them all in the checkpoint (each rank goes on from its
- *             own next epoch);
+ *             own next epoch); the hybrid (mode "mop": a MOP sweep's idle
+ *             workers lent to one model, DESIGN.md §6): rank r reads
+ *             shards r, r+W, ... of the K, each once in its own order, b/W
+ *             rows a step, and past its data takes shadow steps (zero
+ *             gradients into the same reductions, the same optimiser step:
+ *             PyTorch's Join) until the rank with the most steps is done,
+ *             so every row is seen exactly once;
  *   agree     a diverged loss anywhere is seen by all (summed flags);
  *   metrics   each rank's pass, as JSON, through the rendezvous keys;
  *   commit    rank 0 writes v<N>-<token>.ckpt and epoch-<e>.ckpt and
  *             commits with its token, inside a barrier whose time-out is
  *             longer (the others wait while it writes), so a rank leaves
- *             only once the epoch is settled. */
+ *             only once the epoch is settled.
+ * A diag.sleep model (tests and benchmarks of the scheduler) sleeps instead:
+ * each rank as long as its slowest peer's visits would take, rank 0 commits
+ * a text checkpoint, no collective. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -52,6 +61,7 @@
 #include "nn_backend.h"
 #include "nn_par.h"
 #include "nn_train.h"
+#include "worker_mop_int.h"
 #include "worker_rank.h"
 
 typedef struct rank_ctx {
@@ -152,15 +162,19 @@ static int parse_task(rank_ctx *x, const char *text, cds_err *err)
     l->gang = json_integer_value(json_object_get(o, "gang"));
     l->shard = (int)json_integer_value(json_object_get(o, "rank"));
     l->shards = (int)json_integer_value(json_object_get(o, "world"));
+    l->data_shards = (int)json_integer_value(json_object_get(o, "shards"));
+    if (l->data_shards == 0)
+        l->data_shards = l->shards;
     l->epoch = (int)json_integer_value(json_object_get(o, "epoch"));
     l->version = json_integer_value(json_object_get(o, "version"));
     x->timeout_ms = json_integer_value(json_object_get(o, "timeout_ms"));
     x->sparse = json_is_true(json_object_get(o, "sparse_dense")) ? DDP_SPARSE_DENSE : DDP_SPARSE_ROWS;
     x->nccl = json_is_true(json_object_get(o, "nccl"));
     json_decref(o);
-    if (rc == 0 && (l->shards < 1 || l->shard < 0 || l->shard >= l->shards || l->epoch < 1 || x->timeout_ms < 1))
-        rc = cds_errf(err, "the rank's task names rank %d of %d, epoch %d, time-out %lld ms", l->shard, l->shards,
-                      l->epoch, (long long)x->timeout_ms);
+    if (rc == 0 && (l->shards < 1 || l->shard < 0 || l->shard >= l->shards || l->epoch < 1 || x->timeout_ms < 1 ||
+                    l->data_shards < l->shards))
+        rc = cds_errf(err, "the rank's task names rank %d of %d over %d shards, epoch %d, time-out %lld ms", l->shard,
+                      l->shards, l->data_shards, l->epoch, (long long)x->timeout_ms);
     return rc;
 }
 
@@ -213,6 +227,9 @@ static int broken(rank_ctx *x, const cds_err *why)
 
 /* ---- the epoch ----------------------------------------------------------- */
 
+/* A hybrid gang: a MOP sweep's idle workers training one of its models. */
+static int is_hybrid(const rank_ctx *x) { return strcmp(x->l.mode, "mop") == 0; }
+
 static int start_model(rank_ctx *x, cds_err *err)
 {
     /* MA: each rank goes on from its own optimiser state, kept in the
@@ -245,10 +262,21 @@ static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, i
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", x->cfg->id, "version",
                           (json_int_t)x->l.version + 1, "mode", x->l.mode, "rank", (json_int_t)x->l.shard, "steps",
                           (json_int_t)steps, "shard_rows", (json_int_t)shard_rows, "device", x->device);
+    if (j && is_hybrid(x)) {
+        /* Which shards this rank read, for the record (the schedule has
+         * the gang's W on every shard's entry). */
+        json_t *read = json_array();
+        for (int k = x->l.shard; read && k < x->l.data_shards; k += x->l.shards)
+            json_array_append_new(read, json_integer(k));
+        json_object_set_new(j, "shards_read", read ? read : json_null());
+        json_object_set_new(j, "hybrid", json_integer(x->l.shards));
+    }
     char *s = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     return s;
 }
+
+static int publish_path(rank_ctx *x, const char *path, char **metrics);
 
 /* Rank 0 writes the checkpoint (and the epoch's link, before the commit
  * queues its evaluation) and commits with the W ranks' metrics; tells the
@@ -256,14 +284,25 @@ static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, i
 static int publish(rank_ctx *x, char **metrics)
 {
     cds_err err;
-    char dir[QUEUE_MOP_PATH_MAX - 64], path[QUEUE_MOP_PATH_MAX], epoch_file[QUEUE_MOP_PATH_MAX];
+    char dir[QUEUE_MOP_PATH_MAX - 64], path[QUEUE_MOP_PATH_MAX];
     size_t per = x->opt_states ? nn_trainer_opt_floats(x->t) : 0;
     if (cds_layout_model_dir(dir, sizeof dir, x->cfg->data_root, x->sweep, x->l.model, &err) != 0 ||
         cds_layout_visit_ckpt(path, sizeof path, dir, x->l.version + 1, x->l.token, &err) != 0 ||
-        cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, x->l.epoch, &err) != 0 ||
         cds_mkdirs(dir, &err) != 0 ||
         nn_trainer_save_ranks(x->t, path, x->opt_states ? x->opt_states + per : NULL,
                               x->opt_states ? x->l.shards - 1 : 0, &err) != 0)
+        return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
+    return publish_path(x, path, metrics);
+}
+
+/* Commits the checkpoint at path (linked as the epoch's first, for its
+ * evaluation) with the W ranks' metrics. */
+static int publish_path(rank_ctx *x, const char *path, char **metrics)
+{
+    cds_err err;
+    char dir[QUEUE_MOP_PATH_MAX - 64], epoch_file[QUEUE_MOP_PATH_MAX];
+    if (cds_layout_model_dir(dir, sizeof dir, x->cfg->data_root, x->sweep, x->l.model, &err) != 0 ||
+        cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, x->l.epoch, &err) != 0)
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
     int linked = link(path, epoch_file) == 0;
     if (!linked && errno != EEXIST)
@@ -323,15 +362,124 @@ static int share_metrics(rank_ctx *x, const char *scope, const char *mine, char 
     return 0;
 }
 
+/* A pass's collective failed: the gang broke (gang_pass, hybrid_pass). */
+#define PASS_BROKEN (-2)
+
+/* A DDP or MA rank's pass over its own shard (rank r: shard r).  Returns 0,
+ * NN_TRAIN_DIVERGED, -1 (this rank's failure) or PASS_BROKEN, with err. */
+static int gang_pass(rank_ctx *x, int ddp, int batch, nn_pass_stats *st, int64_t *steps, int64_t *rows, cds_err *err)
+{
+    int W = x->l.shards, rank = x->l.shard;
+    char dir[4096];
+    size_t *all = calloc((size_t)W, sizeof *all);
+    if (!all)
+        return cds_err_nomem(err, "out of memory");
+    int rc = cds_layout_dataset_shard(dir, sizeof dir, x->cfg->data_root, x->l.dataset, "train", rank, err);
+    if (rc == 0)
+        rc = nn_trainer_shard_rows(x->t, dir, rows, err);
+    if (rc == 0 && ddp_allgather_sizes(x->c, (size_t)*rows, all, err) != 0)
+        rc = PASS_BROKEN;
+    /* DDP: every rank takes the longest shard's rows (a shorter shard goes
+     * on in its next epoch's order), b/W a step, so the steps match and
+     * only the last one is short, on every rank alike. */
+    int local = ddp ? batch / W : batch;
+    int64_t longest = 0;
+    for (int r = 0; rc == 0 && r < W; r++)
+        longest = (int64_t)all[r] > longest ? (int64_t)all[r] : longest;
+    free(all);
+    if (rc != 0)
+        return rc;
+    *steps = ddp ? (longest + local - 1) / local : (*rows + local - 1) / local;
+    nn_dp_pass pass = {.batch = local, .rows = ddp ? longest : 0, .row_offset = ddp ? (int64_t)rank * local : 0,
+                       .after_backward = ddp ? reduce_grads : NULL, .hook_ctx = x};
+    if (ddp && (longest == 0 || *rows == 0))
+        return cds_errf(err, "shard %d of the gang's dataset is empty: every rank needs rows to train on", rank);
+    return nn_trainer_train_dp(x->t, dir, rank, &pass, on_batch, x, st, err);
+}
+
+static int shadow_grads(void *ctx, cds_err *err)
+{
+    rank_ctx *x = ctx;
+    int rc = ddp_reducer_shadow(x->r, err);
+    if (rc != 0)
+        x->reduce_failed = 1;
+    return rc;
+}
+
+static void add_stats(nn_pass_stats *sum, const nn_pass_stats *one)
+{
+    sum->rows += one->rows;
+    sum->loss_sum += one->loss_sum;
+    sum->xent_sum += one->xent_sum;
+    sum->top1 += one->top1;
+    sum->top5 += one->top5;
+    sum->seconds += one->seconds;
+}
+
+/* A hybrid rank's epoch (the header's "train"): shards r, r+W, ... in
+ * turn, `local` rows a step, then shadow steps up to the gang's most.  A
+ * diverged shard does not stop the rank (its peers would wait in a
+ * collective): it goes on, and the gang agrees afterwards.  Returns as
+ * gang_pass; *steps is the gang's, *rows this rank's. */
+static int hybrid_pass(rank_ctx *x, int local, nn_pass_stats *st, int64_t *steps, int64_t *rows, cds_err *err)
+{
+    int W = x->l.shards, K = x->l.data_shards, rank = x->l.shard;
+    char dir[4096];
+    int64_t mine = 0, n = 0;
+    memset(st, 0, sizeof *st);
+    *rows = 0;
+    for (int k = rank; k < K; k += W) {
+        if (cds_layout_dataset_shard(dir, sizeof dir, x->cfg->data_root, x->l.dataset, "train", k, err) != 0 ||
+            nn_trainer_shard_rows(x->t, dir, &n, err) != 0)
+            return -1;
+        *rows += n;
+        mine += (n + local - 1) / local;
+    }
+    size_t *all = calloc((size_t)W, sizeof *all);
+    if (!all)
+        return cds_err_nomem(err, "out of memory");
+    int rc = ddp_allgather_sizes(x->c, (size_t)mine, all, err) != 0 ? PASS_BROKEN : 0;
+    int64_t most = 0;
+    for (int r = 0; r < W; r++)
+        most = (int64_t)all[r] > most ? (int64_t)all[r] : most;
+    free(all);
+    if (rc != 0)
+        return rc;
+    *steps = most;
+    nn_dp_pass pass = {.batch = local, .rows = 0, .row_offset = (int64_t)rank * local, .after_backward = reduce_grads,
+                       .hook_ctx = x};
+    int diverged = 0;
+    cds_err why = {0};
+    for (int k = rank; k < K; k += W) {
+        nn_pass_stats one;
+        if (cds_layout_dataset_shard(dir, sizeof dir, x->cfg->data_root, x->l.dataset, "train", k, err) != 0)
+            return -1;
+        rc = nn_trainer_train_dp(x->t, dir, k, &pass, on_batch, x, &one, err);
+        if (rc == NN_TRAIN_DIVERGED && !diverged) {
+            diverged = 1;
+            why = *err;
+        } else if (rc != 0 && rc != NN_TRAIN_DIVERGED) {
+            return -1;
+        }
+        add_stats(st, &one);
+    }
+    for (int64_t s = mine; s < most; s++)
+        if (nn_trainer_shadow_step(x->t, shadow_grads, x, err) != 0)
+            return -1;
+    if (diverged)
+        *err = why;
+    return diverged ? NN_TRAIN_DIVERGED : 0;
+}
+
 static int train_epoch(rank_ctx *x)
 {
     cds_err err;
     const queue_mop_lease *l = &x->l;
-    int W = l->shards, rank = l->shard, ddp = strcmp(l->mode, "ddp") == 0;
+    int W = l->shards, rank = l->shard, ddp = strcmp(l->mode, "ddp") == 0, dp = ddp || is_hybrid(x);
     if (start_model(x, &err) != 0)
         return end_gang(x, cds_err_is_nomem(&err) ? QUEUE_GANG_FINAL : QUEUE_GANG_ATTEMPT, &err);
     int batch = nn_trainer_cfg(x->t)->batch;
-    if (ddp && batch % W != 0) {
+    if (dp && batch % W != 0) {
         cds_errf(&err, "batch %d does not divide over %d ranks: give a batch that is a multiple of %d", batch, W, W);
         return end_gang(x, QUEUE_GANG_FINAL, &err);
     }
@@ -349,42 +497,17 @@ static int train_epoch(rank_ctx *x)
     if ((x->nccl ? ddp_comm_nccl(&o, &x->c, &err) : ddp_comm_gloo(&o, &x->c, &err)) != 0)
         return broken(x, &err);
     nn_model *m = nn_trainer_model(x->t);
-    if (ddp && ddp_reducer_new_sparse(m, x->c, DDP_BUCKET_BYTES, x->sparse, &x->r, &err) != 0)
+    if (dp && ddp_reducer_new_sparse(m, x->c, DDP_BUCKET_BYTES, x->sparse, &x->r, &err) != 0)
         return end_gang(x, QUEUE_GANG_FINAL, &err);
     if (ddp_model_broadcast(m, x->c, 0, &err) != 0)
         return broken(x, &err);
 
-    char dir[4096];
-    int64_t rows = 0;
-    size_t *all = calloc((size_t)W, sizeof *all);
-    if (!all)
-        return cds_err_nomem(&err, "out of memory"), end_gang(x, QUEUE_GANG_FINAL, &err);
-    int rc = cds_layout_dataset_shard(dir, sizeof dir, x->cfg->data_root, l->dataset, "train", rank, &err);
-    if (rc == 0)
-        rc = nn_trainer_shard_rows(x->t, dir, &rows, &err);
-    if (rc != 0) {
-        free(all);
-        return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
-    }
-    if (ddp_allgather_sizes(x->c, (size_t)rows, all, &err) != 0) {
-        free(all);
-        return broken(x, &err);
-    }
-    /* DDP: every rank takes the longest shard's rows (a shorter shard goes
-     * on in its next epoch's order), b/W a step, so the steps match and
-     * only the last one is short, on every rank alike. */
-    int local = ddp ? batch / W : batch;
-    int64_t longest = 0;
-    for (int r = 0; r < W; r++)
-        longest = (int64_t)all[r] > longest ? (int64_t)all[r] : longest;
-    free(all);
-    int64_t steps = ddp ? (longest + local - 1) / local : (rows + local - 1) / local;
-    nn_dp_pass pass = {.batch = local, .rows = ddp ? longest : 0, .row_offset = ddp ? (int64_t)rank * local : 0,
-                       .after_backward = ddp ? reduce_grads : NULL, .hook_ctx = x};
+    int64_t rows = 0, steps = 0;
     nn_pass_stats st;
-    rc = ddp && (longest == 0 || rows == 0)
-             ? (cds_errf(&err, "shard %d of the gang's dataset is empty: every rank needs rows to train on", rank), -1)
-             : nn_trainer_train_dp(x->t, dir, rank, &pass, on_batch, x, &st, &err);
+    int rc = is_hybrid(x) ? hybrid_pass(x, batch / W, &st, &steps, &rows, &err)
+                      : gang_pass(x, ddp, batch, &st, &steps, &rows, &err);
+    if (rc == PASS_BROKEN)
+        return broken(x, &err);
     if (rc != 0 && rc != NN_TRAIN_DIVERGED) {
         /* A failed reduction broke the communicator; anything else is this
          * rank's own failure (its shard, its memory). */
@@ -405,7 +528,7 @@ static int train_epoch(rank_ctx *x)
             cds_errf(&why, "the loss diverged on another rank of the gang");
         return end_gang(x, QUEUE_GANG_FINAL, &why);
     }
-    if (!ddp && (ddp_model_average(m, x->c, &err) != 0 || (W > 1 && gather_opt_states(x, &err) != 0)))
+    if (!dp && (ddp_model_average(m, x->c, &err) != 0 || (W > 1 && gather_opt_states(x, &err) != 0)))
         return cds_err_is_nomem(&err) ? end_gang(x, QUEUE_GANG_FINAL, &err) : broken(x, &err);
     nn_trainer_end_epoch(x->t);
 
@@ -426,6 +549,41 @@ static int train_epoch(rank_ctx *x)
     if (ddp_barrier(x->c, WORKER_RANK_COMMIT_TIMEOUT(x->timeout_ms), &err) != 0)
         return rank == 0 ? 0 : broken(x, &err);
     return 0;
+}
+
+/* A diag.sleep model's epoch in a gang (the header's last paragraph): the
+ * slowest rank reads ceil(K/W) shards, each as long as a visit (W ranks at
+ * b/W rows a step take a visit's time over a shard), and every rank sleeps
+ * that long; rank 0 then writes the text checkpoint and commits. */
+static int sleep_epoch(rank_ctx *x, int64_t ms)
+{
+    const queue_mop_lease *l = &x->l;
+    int64_t slowest = (l->data_shards + l->shards - 1) / l->shards;
+    line_progress(x, 0, slowest, 1);
+    cds_sleep_ms(slowest * ms);
+    line_progress(x, slowest, slowest, 1);
+    if (l->shard != 0)
+        return 0;
+    cds_err err;
+    char dir[QUEUE_MOP_PATH_MAX - 64], path[QUEUE_MOP_PATH_MAX], tmp[QUEUE_MOP_PATH_MAX + 8];
+    if (cds_layout_model_dir(dir, sizeof dir, x->cfg->data_root, x->sweep, l->model, &err) != 0 ||
+        cds_layout_visit_ckpt(path, sizeof path, dir, l->version + 1, l->token, &err) != 0 ||
+        cds_mkdirs(dir, &err) != 0)
+        return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    int ok = f && fprintf(f, "diag.sleep model %d epoch %d gang of %d version %lld\n", l->model, l->epoch, l->shards,
+                          (long long)l->version + 1) > 0;
+    ok = f && fclose(f) == 0 && ok && rename(tmp, path) == 0;
+    if (!ok) {
+        unlink(tmp);
+        cds_errf(&err, "could not write its checkpoint %s", tmp);
+        return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
+    }
+    char **none = calloc((size_t)l->shards, sizeof *none);
+    int code = none ? publish_path(x, path, none) : WORKER_RANK_BROKEN;
+    free(none);
+    return code;
 }
 
 int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd)
@@ -455,7 +613,8 @@ int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd)
         cds_logf(&x.log, CDS_LOG_ERROR, "%s", err.msg);
         code = WORKER_RANK_BROKEN;
     } else {
-        code = train_epoch(&x);
+        int64_t sleep_ms = worker_mop_sleep_ms(x.l.spec);
+        code = sleep_ms >= 0 ? sleep_epoch(&x, sleep_ms) : train_epoch(&x);
     }
     if (x.c && code != 0)
         ddp_comm_abort(x.c);

@@ -28,7 +28,7 @@
 --       prelude's es_params), 17+2M the search kind ('', grid, random or
 --       tpe), 18+2M its budget of trials (TPE adds models up to it:
 --       mop_add_trial.lua), 19+2M .. 18+3M each model's search point (JSON,
---       or '')
+--       or ''), 19+3M the hybrid ('1' on, '0' off: prelude's hybrid_plan)
 -- Returns {'created', created_ms} | {'exists'} | {'duplicate', live sweep id}
 --       | {'changed'} (the unique key moved since the client read it).
 local nshards, nmodels = tonumber(ARGV[4]), tonumber(ARGV[6])
@@ -58,7 +58,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'running', 'dataset', ARGV[2
   'backoff_cap_ms', ARGV[12 + 2 * nmodels] or '60000', 'unique', unique,
   'test_attempts', '0', 'test_not_before', '', 'mode', ARGV[15 + 2 * nmodels] or 'mop', 'gangs', '0',
   'es', ARGV[16 + 2 * nmodels] or '', 'search', ARGV[17 + 2 * nmodels] or '',
-  'trials', ARGV[18 + 2 * nmodels] or '0', 'initial', ARGV[6])
+  'trials', ARGV[18 + 2 * nmodels] or '0', 'initial', ARGV[6], 'hybrid', ARGV[19 + 3 * nmodels] or '0')
 for m = 0, nmodels - 1 do
   new_model(KEYS[2], m, nshards, ARGV[9 + m], ARGV[9 + nmodels + m] or '', ARGV[19 + 2 * nmodels + m] or '', 'idle',
     '')

@@ -22,6 +22,10 @@
 -- A rank not taken by its deadline, or not renewed, lets the model's
 -- deadline pass: the reaper (mop_reap) frees the model and counts a stall,
 -- the same machinery as MOP's leases.
+-- In a MOP sweep with the hybrid on (prelude's hybrid_plan) the same
+-- script serves the hybrid: pick-up and readiness as above; forming takes
+-- the model and W that hybrid_plan names, the caller as rank 0 and the
+-- other ready workers by name, W ranks that read all K shards between them.
 -- Fields of model m while a gang holds it: <m>.gang = "G W" (G from the
 -- sweep's counter `gangs`: the attempt, which names the rendezvous scope),
 -- <m>.r<i> = "<taken 0|1> <deadline ms> <token> <worker>".
@@ -30,21 +34,28 @@
 -- ARGV: 1 worker, 2 lease_ms, 3 ready_ms, 4 shards the worker may read
 --       ("k" or "k,j,..."; its own first), 5 a fresh base token
 -- Returns {'rank', m, rank, W, G, token, epoch, version, ckpt, deadline,
---          attempts, dataset, dataset_version, K, spec, mode}
+--          attempts, dataset, dataset_version, K, spec, mode} (K: the
+--          sweep's shards; W = K but in a hybrid gang)
 --       | {'ready'} (marked ready; no gang yet) | {'none', sweep_done}
 --       | {'waiting'} (no dataset version yet) | {'not_gang'} | {'missing'}.
 local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset',
-  'mode')
+  'mode', 'hybrid')
 if not s[1] then return {'missing'} end
-if s[8] ~= 'ddp' and s[8] ~= 'ma' then return {'not_gang'} end
+local hybrid = s[8] == 'mop' and s[9] == '1'
+if s[8] ~= 'ddp' and s[8] ~= 'ma' and not hybrid then return {'not_gang'} end
 local W, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
 local worker, lease_ms = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 
 -- The live gangs: who is in one, and this worker's untaken rank.
-local gang_models, busy = {}, {}
+-- (A hybrid gang has W ranks of its own, from <m>.gang.)
+local gang_models, gang_w, busy = {}, {}, {}
 each_model(KEYS[2], nmodels, {'state', 'gang'}, function(m, v, i)
-  if v[i + 1] == 'leased' and v[i + 2] and v[i + 2] ~= '' then gang_models[#gang_models + 1] = m end
+  local gw = tonumber(string.match(v[i + 2] or '', '^%d+ (%d+)$'))
+  if v[i + 1] == 'leased' and gw then
+    gang_models[#gang_models + 1] = m
+    gang_w[m] = gw
+  end
 end)
 local function rank_field(m, r) return int(m) .. '.r' .. int(r) end
 local function pick_up(m, r, f)
@@ -52,16 +63,16 @@ local function pick_up(m, r, f)
   local deadline = int(now + lease_ms)
   local _, _, token, w = string.match(f, '^(%d) (%d+) (%S+) (.*)$')
   redis.call('HSET', KEYS[2], rank_field(m, r), '1 ' .. deadline .. ' ' .. token .. ' ' .. w)
-  gang_deadline(KEYS[2], int(m), W)
+  gang_deadline(KEYS[2], int(m), gang_w[m])
   local g = redis.call('HGET', KEYS[2], p .. 'gang')
   local G = string.match(g, '^(%d+) ')
   local r2 = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt', p .. 'attempts', p .. 'spec')
-  return {'rank', int(m), int(r), int(W), G, token, r2[1], r2[2], r2[3], deadline, r2[4] or '0', s[7] or '', s[6],
-    int(W), r2[5] or '', s[8]}
+  return {'rank', int(m), int(r), int(gang_w[m]), G, token, r2[1], r2[2], r2[3], deadline, r2[4] or '0', s[7] or '',
+    s[6], s[2], r2[5] or '', s[8]}
 end
 local function find_mine()
   for _, m in ipairs(gang_models) do
-    for r = 0, W - 1 do
+    for r = 0, gang_w[m] - 1 do
       local f = redis.call('HGET', KEYS[2], rank_field(m, r)) or ''
       local taken, w = string.match(f, '^(%d) %d+ %S+ (.*)$')
       if w then busy[w] = true end
@@ -93,66 +104,77 @@ for i = 1, #marks, 2 do
     ready[#ready + 1] = {w = marks[i], shards = shards}
   end
 end
--- Every shard gets a distinct ready worker that may read it, or no gang is
--- made: a matching (augmenting paths), trying each shard's own workers
--- before stand-ins, so a spare worker of shard 0 can stand in for a lost
--- shard 1 while shard 0's other worker keeps it.
-local cands = {}
-for k = 0, W - 1 do
-  local own, other = {}, {}
-  for _, e in ipairs(ready) do
-    for j, sk in ipairs(e.shards) do
-      if sk == k then
-        if j == 1 then own[#own + 1] = e.w else other[#other + 1] = e.w end
-        break
+local by_rank, best = {}, nil
+if hybrid then
+  local gw, ready
+  best, gw, ready = hybrid_plan(KEYS[1], KEYS[2], KEYS[10], worker, now)
+  if not best then return {'ready'} end
+  W = gw
+  for r = 0, W - 1 do by_rank[r] = ready[r + 1] end
+else
+  -- Every shard gets a distinct ready worker that may read it, or no gang is
+  -- made: a matching (augmenting paths), trying each shard's own workers
+  -- before stand-ins, so a spare worker of shard 0 can stand in for a lost
+  -- shard 1 while shard 0's other worker keeps it.
+  local cands = {}
+  for k = 0, W - 1 do
+    local own, other = {}, {}
+    for _, e in ipairs(ready) do
+      for j, sk in ipairs(e.shards) do
+        if sk == k then
+          if j == 1 then own[#own + 1] = e.w else other[#other + 1] = e.w end
+          break
+        end
       end
     end
+    for _, w in ipairs(other) do own[#own + 1] = w end
+    cands[k] = own
   end
-  for _, w in ipairs(other) do own[#own + 1] = w end
-  cands[k] = own
-end
-local by_shard, shard_of = {}, {}
-local function assign(k, seen)
-  for _, w in ipairs(cands[k]) do
-    if not seen[w] then
-      seen[w] = true
-      if shard_of[w] == nil or assign(shard_of[w], seen) then
-        by_shard[k], shard_of[w] = w, k
-        return true
+  local by_shard, shard_of = {}, {}
+  local function assign(k, seen)
+    for _, w in ipairs(cands[k]) do
+      if not seen[w] then
+        seen[w] = true
+        if shard_of[w] == nil or assign(shard_of[w], seen) then
+          by_shard[k], shard_of[w] = w, k
+          return true
+        end
       end
     end
+    return false
   end
-  return false
-end
-for k = 0, W - 1 do
-  if not assign(k, {}) then return {'ready'} end
-end
+  for k = 0, W - 1 do
+    if not assign(k, {}) then return {'ready'} end
+  end
 
--- The model due: round-robin by epoch.
-local emin, best
-each_model(KEYS[2], nmodels, {'state', 'epoch', 'paused', 'not_before'}, function(m, v, i)
-  local st, epoch = v[i + 1], tonumber(v[i + 2])
-  if (st == 'idle' or st == 'leased') and v[i + 3] ~= '1' and epoch <= nepochs then
-    if not emin or epoch < emin then emin, best = epoch, nil end
-    if epoch == emin and not best and st == 'idle' and now >= (tonumber(v[i + 4]) or 0) then best = m end
-  end
-end)
-if not best then return {'none', done} end
+  -- The model due: round-robin by epoch.
+  local emin
+  each_model(KEYS[2], nmodels, {'state', 'epoch', 'paused', 'not_before'}, function(m, v, i)
+    local st, epoch = v[i + 1], tonumber(v[i + 2])
+    if (st == 'idle' or st == 'leased') and v[i + 3] ~= '1' and epoch <= nepochs then
+      if not emin or epoch < emin then emin, best = epoch, nil end
+      if epoch == emin and not best and st == 'idle' and now >= (tonumber(v[i + 4]) or 0) then best = m end
+    end
+  end)
+  if not best then return {'none', done} end
+  by_rank = by_shard
+end
 
 local G = redis.call('HINCRBY', KEYS[1], 'gangs', 1)
 local p = int(best) .. '.'
 local deadline = int(now + lease_ms)
-local fields = {p .. 'state', 'leased', p .. 'token', ARGV[5], p .. 'worker', by_shard[0], p .. 'shard', '',
+local fields = {p .. 'state', 'leased', p .. 'token', ARGV[5], p .. 'worker', by_rank[0], p .. 'shard', '',
   p .. 'deadline', deadline, p .. 'gang', int(G) .. ' ' .. int(W), p .. 'progress', ''}
 for r = 0, W - 1 do
   fields[#fields + 1] = rank_field(best, r)
-  fields[#fields + 1] = '0 ' .. deadline .. ' ' .. ARGV[5] .. '-' .. int(r) .. ' ' .. by_shard[r]
-  redis.call('HDEL', KEYS[10], by_shard[r])
+  fields[#fields + 1] = '0 ' .. deadline .. ' ' .. ARGV[5] .. '-' .. int(r) .. ' ' .. by_rank[r]
+  redis.call('HDEL', KEYS[10], by_rank[r])
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('HSET', KEYS[1], 'updated', int(now))
 wake_mop(KEYS[6], W)
 gang_models = {best}
+gang_w[best] = W
 mm, mr, mf = find_mine()
 if mm then return pick_up(mm, mr, mf) end
 return {'ready'}

@@ -3,20 +3,26 @@
 -- rank 0's token matches and no rank's deadline has passed.  Every shard is
 -- marked visited at once (each rank read its own), the version goes up by
 -- one, one schedule entry per rank ("m epoch r version worker_r", in rank
--- order), each rank's metrics go to the results as "<m>.<epoch>.train.<r>",
+-- order; a hybrid gang of W ranks in a MOP sweep: one per shard k, "m epoch
+-- k version worker g<W>", worker the one of rank k mod W, which read it:
+-- the record replay follows), each rank's metrics go to the results as "<m>.<epoch>.train.<r>",
 -- the epoch goes to the evaluation list, and the model is idle at the next
 -- epoch (or done after the last; or waiting at a rung of early stopping:
 -- prelude's epoch_end, as in mop_commit).  The gang is forgotten and <m>.gang_done
 -- names it, so its other ranks' renewals hear 'done', not 'lost'.  A commit
 -- resent after a lost reply hears the same answer (the receipt, as in
--- mop_commit).
+-- mop_commit).  A hybrid gang's workers are marked ready again (for
+-- HYBRID_REMARK_MS, a ready mark's life in worker_mop_gang.c): they are
+-- free in a moment, and the next epoch's gang must not lose them to the
+-- first MOP lease that comes (the ready hash is KEYS[1] .. ':ready', the
+-- key mop_gang.lua is given; the same slot).
 -- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models,
 --       3 schedule, 4 evals, 6 wake, 8 results
 -- ARGV: 1 model m, 2 gang G, 3 rank 0's token, 4 checkpoint path,
 --       5 .. 4+W the ranks' metrics (JSON; '' for none)
 -- Returns {'committed', epoch_done, model_done, version, superseded}
 --       | {'lost'} | {'missing'}.
-local s = redis.call('HMGET', KEYS[1], 'shards', 'epochs', 'live', 'state')
+local s = redis.call('HMGET', KEYS[1], 'shards', 'epochs', 'live', 'state', 'mode')
 if not s[1] then return {'missing'} end
 local nshards, nepochs = tonumber(s[1]), tonumber(s[2])
 local m, G, token, path = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -30,9 +36,16 @@ if not W then return {'lost'} end
 
 local f = redis.call('HMGET', KEYS[2], p .. 'epoch', p .. 'version', p .. 'ckpt')
 local epoch, version, superseded = tonumber(f[1]), tonumber(f[2]) + 1, f[3]
+local hybrid = s[5] == 'mop'
+local HYBRID_REMARK_MS = 3000
+for k = 0, hybrid and nshards - 1 or -1 do
+  local _, _, _, w = gang_rank(KEYS[2], m, k % W)
+  redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s g%d', m, epoch, k, version, w or '', W))
+end
 for r = 0, W - 1 do
   local _, _, _, w = gang_rank(KEYS[2], m, r)
-  redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, r, version, w or ''))
+  if hybrid and w then redis.call('HSET', KEYS[1] .. ':ready', w, int(now + HYBRID_REMARK_MS) .. ' ') end
+  if not hybrid then redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, r, version, w or '')) end
   if ARGV[5 + r] and ARGV[5 + r] ~= '' then
     redis.call('HSET', KEYS[8], string.format('%s.%d.train.%d', m, epoch, r), ARGV[5 + r])
   end

@@ -9,13 +9,19 @@
 -- 4 digits each): it is eligible for shard k only when its next planned
 -- shard is k, so it sees its shards in the original order and its
 -- checkpoints come out the same.
+-- The hybrid (prelude's hybrid_plan): the model a gang of idle workers is
+-- due to take is not leased here, and a worker with nothing to visit in a
+-- sweep with the hybrid on hears 'gang', so that it marks itself ready
+-- (mop_gang.lua); a replay's model whose plan has a gang next waits for it.
 -- Expired leases are not freed here: only mop_reap does that, in one place.
--- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models
+-- KEYS: the nine sweep keys (mop_create.lua); uses 1 sweep, 2 models; and
+--       10 the ready hash (mop_gang.lua)
 -- ARGV: 1 shard k, 2 worker, 3 lease_ms, 4 token
 -- Returns {'leased', m, epoch, version, ckpt, deadline, sweep_done, failed attempts so far,
 --          dataset, dataset_version, K, the model's spec}
 --       | {'none', sweep_done} | {'waiting'} | {'bad_shard', K} | {'missing'}
---       | {'gang'} (a DDP or MA sweep: its models go to gangs, mop_gang.lua).
+--       | {'gang'} (a DDP or MA sweep: its models go to gangs, mop_gang.lua;
+--         or a MOP sweep with the hybrid on and nothing to visit here).
 -- The lease carries what the visit needs (the dataset, K, the spec), so a
 -- worker asks nothing more before it starts training.
 local s = redis.call('HMGET', KEYS[1], 'state', 'shards', 'epochs', 'models', 'live', 'dataset_version', 'dataset',
@@ -33,6 +39,8 @@ if s[1] ~= 'running' then return {'none', done} end
 
 local best, best_progress
 local now = now_ms()
+local hybrid = redis.call('HGET', KEYS[1], 'hybrid') == '1'
+local gang_due = hybrid and hybrid_plan(KEYS[1], KEYS[2], KEYS[10], ARGV[2], now)
 each_model(KEYS[2], nmodels, {'state', 'epoch', 'visited', 'plan', 'paused', 'not_before'}, function(m, v, i)
   local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
   if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
@@ -43,12 +51,12 @@ each_model(KEYS[2], nmodels, {'state', 'epoch', 'visited', 'plan', 'paused', 'no
     if plan and plan ~= '' then
       follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
     end
-    if follows and (not best or progress < best_progress) then
+    if follows and m ~= gang_due and (not best or progress < best_progress) then
       best, best_progress = m, progress
     end
   end
 end)
-if not best then return {'none', done} end
+if not best then return hybrid and {'gang'} or {'none', done} end
 
 local deadline = int(now + tonumber(ARGV[3]))
 local p = int(best) .. '.'

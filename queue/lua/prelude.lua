@@ -179,6 +179,89 @@ local function gang_clear(models_key, m)
   redis.call('HSET', models_key, m .. '.gang', '')
 end
 
+-- The hybrid (DESIGN.md §6, docs/search.md): in a MOP sweep with `hybrid`
+-- on, when fewer models can train than there are workers (the end of a
+-- sweep, or after early stopping), idle workers form a data-parallel gang
+-- for one of the models left, for one epoch: W ranks, rank r reading
+-- shards r, r+W, ..., each step a global batch of the model's own size.
+-- Returns the model due, W and the ready workers (the caller first, the
+-- others by name), or nil.  mop_lease leaves that model to the gang and
+-- mop_gang forms it: both ask here, so they agree.
+-- Due: the sweep runs; fewer runnable models (idle, leased or at a rung,
+-- not paused, epochs left) than workers (the ready ones, the caller
+-- among them, and those holding a lease or a rank); at least two ready;
+-- a model idle at an epoch boundary (no shard visited: a model switches
+-- only there), not paused, past its backoff, the least progress first,
+-- the lowest index among equals.  W: 2 <= W <= K, dividing the model's
+-- batch, at most the ready workers less one for each other idle model (MOP
+-- keeps a worker for each), the fewest shards per rank (ceil(K/W)) and,
+-- among those, the fewest workers.  A replay (its plans record the
+-- original's gangs: 'h' and W in place of a shard) forms exactly the
+-- gangs of the original, at the epochs it had them, and no others.
+local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
+  local s = redis.call('HMGET', sweep_key, 'state', 'shards', 'epochs', 'models', 'mode', 'hybrid', 'replay_of')
+  if s[1] ~= 'running' or s[5] ~= 'mop' or s[6] ~= '1' then return nil end
+  local replay = s[7] and s[7] ~= ''
+  local K, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
+  local busy, nbusy, runnable, idle = {}, 0, 0, 0
+  local best, best_progress, best_w
+  each_model(models_key, nmodels, {'state', 'epoch', 'visited', 'paused', 'not_before', 'plan', 'gang', 'worker'},
+    function(m, v, i)
+      local st, epoch = v[i + 1], tonumber(v[i + 2])
+      if st == 'leased' then
+        local W = tonumber(string.match(v[i + 7] or '', '^%d+ (%d+)$'))
+        if W then
+          for r = 0, W - 1 do
+            local _, _, _, w = gang_rank(models_key, int(m), r)
+            if w then busy[w] = true end
+          end
+          nbusy = nbusy + W
+        else
+          if v[i + 8] and v[i + 8] ~= '' then busy[v[i + 8]] = true end
+          nbusy = nbusy + 1
+        end
+      end
+      if v[i + 4] == '1' or not epoch or epoch > nepochs then return end
+      if st == 'idle' or st == 'leased' or st == 'rung' then runnable = runnable + 1 end
+      if st ~= 'idle' or now < (tonumber(v[i + 5]) or 0) then return end
+      idle = idle + 1
+      if string.find(v[i + 3] or '', '1', 1, true) then return end
+      local progress, w = (epoch - 1) * K, nil
+      local plan = v[i + 6] or ''
+      if replay then
+        if string.sub(plan, progress * 4 + 1, progress * 4 + 1) ~= 'h' then return end
+        w = tonumber(string.sub(plan, progress * 4 + 2, progress * 4 + 4))
+      end
+      if not best or progress < best_progress then best, best_progress, best_w = m, progress, w end
+    end)
+  if not best then return nil end
+  local others, marks = {}, redis.call('HGETALL', ready_key)
+  for i = 1, #marks, 2 do
+    local untl = tonumber(string.match(marks[i + 1], '^(%d+) '))
+    if marks[i] ~= caller and untl and untl >= now and not busy[marks[i]] then others[#others + 1] = marks[i] end
+  end
+  table.sort(others)
+  local ready = {caller}
+  for _, w in ipairs(others) do ready[#ready + 1] = w end
+  local W
+  if replay then
+    W = best_w
+    if not W or W < 2 or #ready < W then return nil end
+    return best, W, ready
+  end
+  if #ready < 2 or runnable >= #ready + nbusy then return nil end
+  local ok, spec = pcall(cjson.decode, redis.call('HGET', models_key, int(best) .. '.spec') or '')
+  local batch = ok and type(spec) == 'table' and type(spec.train) == 'table' and tonumber(spec.train.batch) or 0
+  local cap, fewest = math.min(#ready - (idle - 1), K), nil
+  for w = 2, cap do
+    if batch >= w and batch % w == 0 and (not fewest or math.ceil(K / w) < fewest) then
+      W, fewest = w, math.ceil(K / w)
+    end
+  end
+  if not W then return nil end
+  return best, W, ready
+end
+
 -- A model of the sweep finished (done, stopped, failed or cancelled): live
 -- goes down, and at 0 the sweep is done (unless it was cancelled, which
 -- stays), except while a TPE search still has trials to propose: its next
