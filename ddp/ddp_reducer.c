@@ -247,7 +247,8 @@ int ddp_reducer_new_sparse(nn_model *m, ddp_comm *c, size_t bucket_bytes, ddp_sp
     return 0;
 }
 
-int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
+/* ddp_reducer_finish; a shadow step's rows are none of this rank's. */
+static int finish_step(ddp_reducer *r, int shadow, cds_err *err)
 {
     r->last_early = 0;
     for (size_t b = 0; b < r->n_buckets; b++) {
@@ -273,7 +274,14 @@ int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
     }
     /* The embedding's rows last, on this thread: the reducer's is idle now,
      * and the communicator serves one thread at a time. */
-    return r->rows ? ddp_rows_reduce(r->rows, r->c, err) : 0;
+    if (!r->rows)
+        return 0;
+    return shadow ? ddp_rows_reduce_none(r->rows, r->c, err) : ddp_rows_reduce(r->rows, r->c, err);
+}
+
+int ddp_reducer_finish(ddp_reducer *r, cds_err *err)
+{
+    return finish_step(r, 0, err);
 }
 
 /* Writes zeros over gradient t (device memory is reached only through the
@@ -297,8 +305,6 @@ int ddp_reducer_shadow(ddp_reducer *r, cds_err *err)
     for (size_t b = 0; rc == 0 && b < r->n_buckets; b++)
         if (r->buckets[b].ext)
             rc = zero_grad(r, r->buckets[b].ext, err);
-    if (rc == 0 && r->rows)
-        rc = ddp_rows_clear(r->rows, err);
     /* A failure here is this rank's (memory), but the gang waits for its
      * share of the step: the communicator is broken, as a failed reduction
      * breaks it, so every rank hears of it. */
@@ -306,7 +312,7 @@ int ddp_reducer_shadow(ddp_reducer *r, cds_err *err)
         ddp_comm_abort(r->c);
         return -1;
     }
-    return ddp_reducer_finish(r, err);
+    return finish_step(r, 1, err);
 }
 
 const ddp_rows *ddp_reducer_rows(const ddp_reducer *r) { return r->rows; }

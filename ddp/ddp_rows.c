@@ -143,11 +143,9 @@ static size_t merge(ddp_rows *s)
     return u;
 }
 
-int ddp_rows_reduce(ddp_rows *s, ddp_comm *c, cds_err *err)
+/* The exchange of this rank's n packed rows (in s->rows, s->vals). */
+static int exchange(ddp_rows *s, ddp_comm *c, size_t n, cds_err *err)
 {
-    size_t n;
-    if (nn_model_row_grad_get(s->m, s->param, s->rows, s->vals, &n, err) != 0)
-        return -1;
     size_t row_bytes = sizeof(int32_t) + s->cols * sizeof(float), mine = n * row_bytes;
     if (grow(&s->send, &s->send_cap, mine ? mine : 1, err) != 0)
         return -1;
@@ -173,11 +171,17 @@ int ddp_rows_reduce(ddp_rows *s, ddp_comm *c, cds_err *err)
     return nn_model_row_grad_set(s->m, s->param, s->m_rows, s->m_vals, u, err);
 }
 
-int ddp_rows_clear(ddp_rows *s, cds_err *err)
+int ddp_rows_reduce(ddp_rows *s, ddp_comm *c, cds_err *err)
 {
-    int32_t no_row = 0;
-    float no_val = 0.0f;
-    return nn_model_row_grad_set(s->m, s->param, &no_row, &no_val, 0, err);
+    size_t n;
+    if (nn_model_row_grad_get(s->m, s->param, s->rows, s->vals, &n, err) != 0)
+        return -1;
+    return exchange(s, c, n, err);
+}
+
+int ddp_rows_reduce_none(ddp_rows *s, ddp_comm *c, cds_err *err)
+{
+    return exchange(s, c, 0, err);
 }
 
 ddp_rows_stats ddp_rows_last(const ddp_rows *s) { return s->last; }

@@ -27,9 +27,9 @@ int ddp_rows_new(nn_model *m, size_t param, ddp_comm *c, ddp_rows **out, cds_err
 /* After a backward (the parameter row-sparse): the exchange above; 0, or
  * -1 with the error (the communicator is then broken). */
 int ddp_rows_reduce(ddp_rows *s, ddp_comm *c, cds_err *err);
-/* No rows touched: the parameter's row-sparse gradient made empty, for a
- * rank that joins a step without data (ddp_reducer_shadow). */
-int ddp_rows_clear(ddp_rows *s, cds_err *err);
+/* The same exchange with no rows of this rank's: a step it takes without
+ * data (ddp_reducer_shadow). */
+int ddp_rows_reduce_none(ddp_rows *s, ddp_comm *c, cds_err *err);
 
 /* The last step's exchange, counted. */
 typedef struct ddp_rows_stats {

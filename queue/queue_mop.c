@@ -169,9 +169,9 @@ static int check_sweep_def(const queue_sweep_def *d, cds_err *err)
         if (check_json(d->model_specs[m], what, err) != 0)
             return -1;
         if (d->plans && (!d->plans[m] || strlen(d->plans[m]) != (size_t)d->epochs * d->shards * 4 ||
-                         strspn(d->plans[m], "0123456789") != strlen(d->plans[m])))
-            return cds_errf(err, "sweep '%s': the plan of model %d must be %d shard numbers of 4 digits", d->id, m,
-                            d->epochs * d->shards);
+                         strspn(d->plans[m], "0123456789h") != strlen(d->plans[m])))
+            return cds_errf(err, "sweep '%s': the plan of model %d must be %d shard numbers of 4 digits (or a "
+                            "hybrid gang's \"h\" and W)", d->id, m, d->epochs * d->shards);
     }
     return 0;
 }

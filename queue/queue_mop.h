@@ -123,7 +123,9 @@ typedef struct queue_sweep_def {
     /* A replay's visit plans (NULL: none): for each model, the shards it must
      * visit, in order, E·K of them, each as 4 decimal digits ("00010000..."
      * is shard 1, then shard 0, ...).  A model with a plan is leased for
-     * shard k only when the next shard of its plan is k. */
+     * shard k only when the next shard of its plan is k.  An epoch a hybrid
+     * gang of W ranks trained is "h" and W in 3 digits in each of its K
+     * places ("h002"): the replay forms that gang there (hybrid on). */
     const char *const *plans;
     const char *replay_of;       /* the sweep a replay follows, or NULL */
     int max_stalls;              /* a model whose lease expires more often than this fails (0: 10) */
