@@ -45,7 +45,7 @@ refused "$root/bad2.json" bad2 'the hybrid in a DDP sweep' '\$.hybrid: a ddp swe
 
 # ---- scheduling, with diag.sleep models ----------------------------------------------
 start_workers() {
-    for ((k = 0; k < K; k++)); do worker "w$k" --shard $k --ddp-timeout 20; done
+    for ((k = 0; k < K; k++)); do worker "w$k" --shard $k --ddp-timeout 5; done
 }
 stop_workers() {
     kill -TERM "${pids[@]}" 2>/dev/null
@@ -77,7 +77,7 @@ check_schedule() { # ID EPOCHS
                              for (k in gv) if (split(k, a, " ") && a[1] == e) nv++
                              for (k in gw) if (split(k, a, " ") && a[1] == e) nw++
                              if (g[e] != K || nv != 1 || nw != 1) bad = 1; out = out " " e }
-              print (bad ? "bad" : "ok") out }' "$root/$1.schedule"
+              print (bad ? "bad" : "ok") out }' "$root/$1.schedule" | { read -r v e; echo "$v $(echo $e | tr ' ' '\n' | sort -n | xargs)"; }
 }
 start_workers
 sleep_spec false mop >"$root/off.json"
@@ -161,6 +161,35 @@ ok "$([ "$v_rp" = ok ] && [ "$g_rp" = "$g_fm" ] &&
 a=$(rcli HGET "${prefix}sweep:{fm}:models" 0.ckpt) b=$(rcli HGET "${prefix}sweep:{fm-replay}:models" 0.ckpt)
 ok "$([ -f "$a" ] && cmp -s "$a" "$b"; echo $?)" "the replay's final checkpoint is bit-identical to the original's"
 
+
+# A gang's worker SIGKILLed while its gang holds the model: the other ranks'
+# collectives break, the gang ends as a stall, the model goes back to its
+# last checkpoint and the epoch is trained again (restarted worker and all).
+sed 's/"epochs": 3/"epochs": 4/' "$root/fm.json" >"$root/fmk.json"
+jobctl enqueue sweep --spec "$root/fmk.json" --id fmk >/dev/null 2>"$root/err"
+victim="" g=""
+for _ in $(seq 1500); do
+    g=$(rcli HGET "${prefix}sweep:{fmk}:models" 0.gang)
+    [ -n "$g" ] && victim=$(rcli HGET "${prefix}sweep:{fmk}:models" 0.r1 | awk '{ print $4 }')
+    [ -n "$victim" ] && break
+    sleep 0.01
+done
+for ((k = 0; k < K; k++)); do
+    if [ "w$k" = "$victim" ]; then
+        kill -KILL "${pids[$k]}"
+        wait "${pids[$k]}" 2>/dev/null
+        echo "# SIGKILL $victim, rank 1 of gang $g"
+        worker_bg "w$k" -- --shard $k --ddp-timeout 5
+        pids[$k]=${pids[-1]}
+        unset 'pids[-1]'
+    fi
+done
+for _ in $(seq 1200); do [ "$(rcli HGET "${prefix}sweep:{fmk}" state)" = done ] && break; sleep 0.05; done
+read -r v_k g_k <<<"$(check_schedule fmk 4)"
+stalls=$(rcli HGET "${prefix}sweep:{fmk}:models" 0.stalls)
+ok "$([ -n "$victim" ] && [ "$(rcli HGET "${prefix}sweep:{fmk}" state)" = done ] && [ "$v_k" = ok ] &&
+      [ "${stalls:-0}" -ge 1 ]; echo $?)" \
+    "a gang's rank SIGKILLed (${victim:-none found}): the gang ends as a stall (${stalls:-0}), the sweep finishes, every (epoch, shard) once${g_k:+, gangs at epoch(s)$g_k}"
 stop_workers
 san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
 ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the workers' logs"
