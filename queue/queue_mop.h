@@ -298,10 +298,13 @@ enum { QUEUE_GANG_ABORT = 0, QUEUE_GANG_ATTEMPT = 1, QUEUE_GANG_FINAL = 2 };
  * none for it now (marked ready until ready_ms from now: a gang forms when
  * every shard has a ready worker), QUEUE_MOP_WAITING (no dataset version
  * yet), -1 on error.  shards: what this worker may read, its own first,
- * then orphans (their worker gone for the grace period).  *sweep_done (may
- * be NULL) as for queue_mop_lease_model. */
+ * then orphans (their worker gone for the grace period).  where: "<host>
+ * <slots>", the worker's host and how many ranks of one gang it holds
+ * without sharing cores (0: no limit, a GPU's), which the hybrid honours;
+ * NULL: not said.  *sweep_done (may be NULL) as for queue_mop_lease_model. */
 int queue_mop_gang_take(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, int64_t ready_ms,
-                        const int *shards, int nshards, queue_mop_lease *l, int *sweep_done, cds_err *err);
+                        const int *shards, int nshards, const char *where, queue_mop_lease *l, int *sweep_done,
+                        cds_err *err);
 /* Rank 0 publishes the gang's epoch: ckpt_path as the new version, the W
  * ranks' metrics (JSON or NULL each) as "<m>.<epoch>.train.<r>".  As
  * queue_mop_commit: r->accepted 0 when the gang lost the model. */

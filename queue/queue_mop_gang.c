@@ -50,7 +50,8 @@ static int rank_reply(const redisReply *r, const char *sweep, queue_mop_lease *l
 }
 
 int queue_mop_gang_take(queue_conn *q, const char *sweep, const char *worker, int64_t lease_ms, int64_t ready_ms,
-                        const int *shards, int nshards, queue_mop_lease *l, int *sweep_done, cds_err *err)
+                        const int *shards, int nshards, const char *where, queue_mop_lease *l, int *sweep_done,
+                        cds_err *err)
 {
     if (sweep_done)
         *sweep_done = 0;
@@ -76,6 +77,7 @@ int queue_mop_gang_take(queue_conn *q, const char *sweep, const char *worker, in
     qargs_addf(&args, "%lld", (long long)ready_ms);
     qargs_add(&args, list);
     qargs_add(&args, token);
+    qargs_add(&args, where && !strchr(where, '@') ? where : "");
     redisReply *r = qmop_run_keys(q, QS_MOP_GANG, sweep, &keys, &args, NULL, err);
     if (!r)
         return -1;

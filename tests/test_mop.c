@@ -1493,7 +1493,7 @@ static int gang_take(queue_conn *q, const char *sweep, const char *worker, int s
 {
     cds_err err;
     queue_mop_lease_clear(l); /* a rank taken earlier into l: its spec */
-    int rc = queue_mop_gang_take(q, sweep, worker, lease_ms, 3000, &shard, 1, l, NULL, &err);
+    int rc = queue_mop_gang_take(q, sweep, worker, lease_ms, 3000, &shard, 1, NULL, l, NULL, &err);
     if (rc < 0)
         printf("# gang take: %s\n", err.msg);
     return rc;

@@ -11,7 +11,8 @@
 #            trained some epochs whole (their K entries carry g<W> and one
 #            version), without it none did; the makespans are printed;
 #   training one mlp on a Fashion-MNIST subset in 4 shards, 4 workers, 3
-#            epochs: some epochs trained by gangs, whose ranks between them
+#            epochs: some epochs trained by gangs, no bigger than the
+#            host's cores hold (the workers' ready marks say so), whose ranks between them
 #            read every training row exactly once (Join: a rank past its
 #            shards takes shadow steps), every epoch evaluated; a replay
 #            forms the same gangs at the same epochs and its checkpoints
@@ -118,6 +119,9 @@ ok $? "the training sweep finishes (${t_fm} ms)"
 read -r v_fm g_fm <<<"$(check_schedule fm 3)"
 ok "$([ "$v_fm" = ok ] && [ -n "$g_fm" ]; echo $?)" \
     "every (epoch, shard) once; gangs trained epoch(s)${g_fm:- none}, each whole"
+wmax=$(awk 'NF == 6 { w = substr($6, 2) + 0; if (w > m) m = w } END { print m + 0 }' "$root/fm.schedule")
+ok "$([ "$wmax" -ge 2 ] && [ "$wmax" -le "$(nproc)" ]; echo $?)" \
+    "no gang has more ranks than this host's $(nproc) cores hold at 1 thread a worker (largest: $wmax)"
 rcli HGETALL "${prefix}sweep:{fm}:results" >"$root/fm.results"
 ok "$("$py" - "$root/fm.results" "$root/fm.schedule" $K <<'PY'
 import json, sys

@@ -328,6 +328,22 @@ static void run_rank(worker *w, const char *sweep, queue_mop_lease *l)
     worker_set_current(w, NULL);
 }
 
+/* "<host> <slots>" for the ready mark: the ranks of one gang this host
+ * holds without their threads sharing cores (its cores over --threads; a
+ * GPU worker's device is its own: no limit).  A hybrid gang of CPU workers
+ * on one host gains nothing past that: its ranks would only take turns. */
+static void gang_where(const worker *w, char *out, size_t n)
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    for (char *c = host; *c; c++)
+        if (*c == ' ' || *c == '@')
+            *c = '_';
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long slots = w->place.dev == NN_CPU ? (cores > 0 ? cores : 1) / (w->cfg->threads > 0 ? w->cfg->threads : 1) : 0;
+    snprintf(out, n, "%s %ld", host[0] ? host : "?", w->place.dev == NN_CPU && slots < 1 ? 1 : slots);
+}
+
 int worker_mop_gang_step(worker *w, const char *sweep)
 {
     cds_err err;
@@ -336,8 +352,10 @@ int worker_mop_gang_step(worker *w, const char *sweep)
     int n = 1 + worker_mop_orphan_shards(w, shards + 1, 64);
     queue_mop_lease l;
     memset(&l, 0, sizeof l);
+    char where[300];
+    gang_where(w, where, sizeof where);
     int rc = WITH_RECONNECT(w, queue_mop_gang_take(w->q, sweep, w->cfg->id, w->cfg->lease_ms, GANG_READY_MS, shards,
-                                                   n, &l, NULL, &err));
+                                                   n, where, &l, NULL, &err));
     if (rc < 0) {
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: asking for a rank in a gang: %s", sweep, err.msg);
         return 0;

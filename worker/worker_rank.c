@@ -245,13 +245,18 @@ static int start_model(rank_ctx *x, cds_err *err)
     return 0;
 }
 
-static int reduce_grads(void *ctx, cds_err *err)
+/* A reduction's result, remembered when it failed: the gang broke. */
+static int reduced(rank_ctx *x, int rc)
 {
-    rank_ctx *x = ctx;
-    int rc = ddp_reducer_finish(x->r, err);
     if (rc != 0)
         x->reduce_failed = 1;
     return rc;
+}
+
+static int reduce_grads(void *ctx, cds_err *err)
+{
+    rank_ctx *x = ctx;
+    return reduced(x, ddp_reducer_finish(x->r, err));
 }
 
 static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, int64_t shard_rows)
@@ -400,10 +405,7 @@ static int gang_pass(rank_ctx *x, int ddp, int batch, nn_pass_stats *st, int64_t
 static int shadow_grads(void *ctx, cds_err *err)
 {
     rank_ctx *x = ctx;
-    int rc = ddp_reducer_shadow(x->r, err);
-    if (rc != 0)
-        x->reduce_failed = 1;
-    return rc;
+    return reduced(x, ddp_reducer_shadow(x->r, err));
 }
 
 static void add_stats(nn_pass_stats *sum, const nn_pass_stats *one)
@@ -559,9 +561,15 @@ static int sleep_epoch(rank_ctx *x, int64_t ms)
 {
     const queue_mop_lease *l = &x->l;
     int64_t slowest = (l->data_shards + l->shards - 1) / l->shards;
-    line_progress(x, 0, slowest, 1);
-    cds_sleep_ms(slowest * ms);
-    line_progress(x, slowest, slowest, 1);
+    /* In slices, each with a progress line: the worker kills a rank it has
+     * not heard from for a while. */
+    int64_t total = slowest * ms, t0 = cds_mono_ms(), done;
+    line_progress(x, 0, total, 1);
+    while ((done = cds_mono_ms() - t0) < total) {
+        cds_sleep_ms(total - done < PROGRESS_EVERY_MS ? total - done : PROGRESS_EVERY_MS);
+        line_progress(x, cds_mono_ms() - t0, total, 0);
+    }
+    line_progress(x, total, total, 1);
     if (l->shard != 0)
         return 0;
     cds_err err;

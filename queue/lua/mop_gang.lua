@@ -32,7 +32,9 @@
 -- KEYS: the nine sweep keys (mop_create.lua), 10 the ready hash (worker ->
 --       "<until ms> <shard>,<shard>...")
 -- ARGV: 1 worker, 2 lease_ms, 3 ready_ms, 4 shards the worker may read
---       ("k" or "k,j,..."; its own first), 5 a fresh base token
+--       ("k" or "k,j,..."; its own first), 5 a fresh base token, 6 "<host>
+--       <slots>" (how many ranks of one gang its host holds without
+--       sharing cores, 0: no limit; for the hybrid) or ''
 -- Returns {'rank', m, rank, W, G, token, epoch, version, ckpt, deadline,
 --          attempts, dataset, dataset_version, K, spec, mode} (K: the
 --          sweep's shards; W = K but in a hybrid gang)
@@ -92,10 +94,11 @@ end
 if busy[worker] then return {'none', done} end
 
 -- Readiness, then the ready workers not in a live gang (stale marks go).
-redis.call('HSET', KEYS[10], worker, int(now + tonumber(ARGV[3])) .. ' ' .. ARGV[4])
+local where = (ARGV[6] and ARGV[6] ~= '') and (' @' .. ARGV[6]) or ''
+redis.call('HSET', KEYS[10], worker, int(now + tonumber(ARGV[3])) .. ' ' .. ARGV[4] .. where)
 local ready, marks = {}, redis.call('HGETALL', KEYS[10])
 for i = 1, #marks, 2 do
-  local untl, list = string.match(marks[i + 1], '^(%d+) (.*)$')
+  local untl, list = string.match(marks[i + 1], '^(%d+) ([^@]*)')
   if not untl or tonumber(untl) < now then
     redis.call('HDEL', KEYS[10], marks[i])
   elseif not busy[marks[i]] then
@@ -168,7 +171,9 @@ local fields = {p .. 'state', 'leased', p .. 'token', ARGV[5], p .. 'worker', by
 for r = 0, W - 1 do
   fields[#fields + 1] = rank_field(best, r)
   fields[#fields + 1] = '0 ' .. deadline .. ' ' .. ARGV[5] .. '-' .. int(r) .. ' ' .. by_rank[r]
-  redis.call('HDEL', KEYS[10], by_rank[r])
+  -- (A hybrid gang's marks stay: its workers are busy while it lives, and
+  -- the marks keep their hosts for the next epoch's gang.)
+  if not hybrid then redis.call('HDEL', KEYS[10], by_rank[r]) end
 end
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('HSET', KEYS[1], 'updated', int(now))

@@ -44,7 +44,10 @@ for k = 0, hybrid and nshards - 1 or -1 do
 end
 for r = 0, W - 1 do
   local _, _, _, w = gang_rank(KEYS[2], m, r)
-  if hybrid and w then redis.call('HSET', KEYS[1] .. ':ready', w, int(now + HYBRID_REMARK_MS) .. ' ') end
+  if hybrid and w then
+    local rest = string.match(redis.call('HGET', KEYS[1] .. ':ready', w) or '', '^%d+ (.*)$') or ''
+    redis.call('HSET', KEYS[1] .. ':ready', w, int(now + HYBRID_REMARK_MS) .. ' ' .. rest)
+  end
   if not hybrid then redis.call('RPUSH', KEYS[3], string.format('%s %d %d %d %s', m, epoch, r, version, w or '')) end
   if ARGV[5 + r] and ARGV[5 + r] ~= '' then
     redis.call('HSET', KEYS[8], string.format('%s.%d.train.%d', m, epoch, r), ARGV[5 + r])

@@ -193,9 +193,11 @@ end
 -- a model idle at an epoch boundary (no shard visited: a model switches
 -- only there), not paused, past its backoff, the least progress first,
 -- the lowest index among equals.  W: 2 <= W <= K, dividing the model's
--- batch, at most the ready workers less one for each other idle model (MOP
--- keeps a worker for each), the fewest shards per rank (ceil(K/W)) and,
--- among those, the fewest workers.  A replay (its plans record the
+-- batch, at most the idle workers less one for each other idle model (MOP
+-- keeps a worker for each), and no more from one host than its mark's
+-- slots (its cores over a worker's threads: ranks of CPU workers sharing
+-- cores would only take turns); the fewest shards per rank (ceil(K/W))
+-- and, among those, the fewest workers.  A replay (its plans record the
 -- original's gangs: 'h' and W in place of a shard) forms exactly the
 -- gangs of the original, at the epochs it had them, and no others.
 local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
@@ -235,24 +237,41 @@ local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
       if not best or progress < best_progress then best, best_progress, best_w = m, progress, w end
     end)
   if not best then return nil end
-  local others, marks = {}, redis.call('HGETALL', ready_key)
+  -- The idle workers: fresh marks not in a live gang or lease, the caller
+  -- first; each mark may say its host and slots (mop_gang.lua's ARGV[6]).
+  local others, info, marks = {}, {}, redis.call('HGETALL', ready_key)
   for i = 1, #marks, 2 do
     local untl = tonumber(string.match(marks[i + 1], '^(%d+) '))
+    local host, slots = string.match(marks[i + 1], ' @(%S+) (%d+)$')
+    info[marks[i]] = {host = host, slots = tonumber(slots)}
     if marks[i] ~= caller and untl and untl >= now and not busy[marks[i]] then others[#others + 1] = marks[i] end
   end
   table.sort(others)
-  local ready = {caller}
-  for _, w in ipairs(others) do ready[#ready + 1] = w end
+  local idle_workers = 1 + #others
+  -- Those a gang may take: no host gives more ranks than its slots (CPU
+  -- workers sharing a host's cores would only take turns); a replay takes
+  -- what its plan says wherever it runs.
+  local ready, used = {}, {}
+  local function take(w)
+    local h = info[w] or {}
+    if not replay and h.host and h.slots and h.slots > 0 then
+      if (used[h.host] or 0) >= h.slots then return end
+      used[h.host] = (used[h.host] or 0) + 1
+    end
+    ready[#ready + 1] = w
+  end
+  take(caller)
+  for _, w in ipairs(others) do take(w) end
   local W
   if replay then
     W = best_w
     if not W or W < 2 or #ready < W then return nil end
     return best, W, ready
   end
-  if #ready < 2 or runnable >= #ready + nbusy then return nil end
+  if idle_workers < 2 or runnable >= idle_workers + nbusy then return nil end
   local ok, spec = pcall(cjson.decode, redis.call('HGET', models_key, int(best) .. '.spec') or '')
   local batch = ok and type(spec) == 'table' and type(spec.train) == 'table' and tonumber(spec.train.batch) or 0
-  local cap, fewest = math.min(#ready - (idle - 1), K), nil
+  local cap, fewest = math.min(#ready, idle_workers - (idle - 1), K), nil
   for w = 2, cap do
     if batch >= w and batch % w == 0 and (not fewest or math.ceil(K / w) < fewest) then
       W, fewest = w, math.ceil(K / w)
