@@ -196,7 +196,19 @@ static void test_defaults(void)
             tap_diag("got %s", sweep_spec_model(s, 0));
         ok(strstr(sweep_spec_json(s), "\"seed\":1") != NULL, "the canonical whole spec holds the default seed");
         ok(strcmp(sweep_spec_summary(s, 0), "model 0: mlp sgd lr=0.5 batch=32 l2=0") == 0, "summary with defaults");
+        ok(sweep_spec_hybrid(s) == 1, "a MOP sweep has the hybrid on by default");
     }
+    sweep_spec_free(s);
+    s = parse_ok("{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 1, \"hybrid\": false,"
+                 " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"classes\": 2}],"
+                 " \"train\": {\"optimizer\": \"sgd\", \"lr\": 0.5}}", "a MOP sweep with \"hybrid\": false");
+    ok(s && sweep_spec_hybrid(s) == 0 && strstr(sweep_spec_json(s), "\"hybrid\":false"),
+       "\"hybrid\": false turns it off, and the stored spec says so");
+    sweep_spec_free(s);
+    s = parse_ok("{\"mode\": \"ddp\", \"dataset\": \"d\", \"epochs\": 1,"
+                 " \"models\": [{\"arch\": \"mlp\", \"input\": [4], \"classes\": 2}],"
+                 " \"train\": {\"optimizer\": \"sgd\", \"lr\": 0.5}}", "a DDP sweep");
+    ok(s && sweep_spec_hybrid(s) == 0, "a DDP sweep has no hybrid (its models are gangs already)");
     sweep_spec_free(s);
     /* One axis varied, the others from the base; seed 7 on every model. */
     text = "{\"mode\": \"mop\", \"dataset\": \"d\", \"epochs\": 3, \"seed\": 7,"

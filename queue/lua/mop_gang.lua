@@ -100,7 +100,9 @@ local ready, marks = {}, redis.call('HGETALL', KEYS[10])
 for i = 1, #marks, 2 do
   local untl, list = string.match(marks[i + 1], '^(%d+) ([^@]*)')
   if not untl or tonumber(untl) < now then
-    redis.call('HDEL', KEYS[10], marks[i])
+    -- (A hybrid gang's worker keeps its stale mark, and with it its host,
+    -- until the gang's commit marks it ready again.)
+    if not busy[marks[i]] then redis.call('HDEL', KEYS[10], marks[i]) end
   elseif not busy[marks[i]] then
     local shards = {}
     for k in string.gmatch(list, '%d+') do shards[#shards + 1] = tonumber(k) end
