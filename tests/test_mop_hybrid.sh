@@ -92,6 +92,9 @@ read -r v_on g_on <<<"$(check_schedule on 3)"
 ok "$([ "$v_off" = ok ] && [ -z "$g_off" ]; echo $?)" "without the hybrid: every (epoch, shard) visited once, no gang"
 ok "$([ "$v_on" = ok ] && [ -n "$g_on" ]; echo $?)" \
     "with it: every (epoch, shard) once, and gangs trained epoch(s)${g_on:- none}, each whole (K entries, one version and W)"
+st_on=$(jobctl status on 2>&1 | head -1) st_off=$(jobctl status off 2>&1 | head -1)
+ok "$([[ $st_on == "sweep on (done, mop, hybrid): 12 of 12 visits"* ]] && [[ $st_off == "sweep off (done, mop): 12 of 12 visits"* ]]; echo $?)" \
+    "jobctl status says whether the hybrid is on ($st_on / $st_off)"
 echo "# makespan of 1 model x $K shards x 3 epochs of 300 ms visits on $K workers: ${t_off} ms MOP, ${t_on} ms hybrid"
 stop_workers
 

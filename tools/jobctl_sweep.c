@@ -240,13 +240,15 @@ static void print_test(FILE *out, const json_t *s)
                 (long long)json_integer_value(json_object_get(t, "rows")));
 }
 
-/* "mop", or "ddp, gangs of 2 ranks" for a gang sweep (docs/ddp.md); a sweep
- * made before modes existed is MOP. */
+/* "mop" ("mop, hybrid" with the hybrid on: docs/search.md), or "ddp, gangs
+ * of 2 ranks" for a gang sweep (docs/ddp.md); a sweep made before modes
+ * existed is MOP. */
 static const char *mode_label(const json_t *sw, char *buf, size_t n)
 {
     const char *mode = json_string_value(json_object_get(sw, "mode"));
+    const char *hybrid = json_string_value(json_object_get(sw, "hybrid"));
     if (!mode || !*mode || strcmp(mode, "mop") == 0)
-        return "mop";
+        return hybrid && strcmp(hybrid, "1") == 0 ? "mop, hybrid" : "mop";
     snprintf(buf, n, "%s, gangs of %d ranks", mode, jobctl_sweep_int_field(sw, "shards", 0));
     return buf;
 }
@@ -325,7 +327,7 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms)
     fprintf(out, "sweep %s (%s, %s): %lld of %lld %s, %lld of %lld epochs evaluated",
             json_string_value(json_object_get(sw, "id")) ?: "?", json_string_value(json_object_get(sw, "state")) ?: "?",
             mode_label(sw, mode, sizeof mode), done, total,
-            strcmp(mode_label(sw, mode, sizeof mode), "mop") == 0 ? "visits" : "rank-epochs", evaluated,
+            strncmp(mode_label(sw, mode, sizeof mode), "mop", 3) == 0 ? "visits" : "rank-epochs", evaluated,
             (long long)json_array_size(models) * epochs);
     if (!jobctl_sweep_finished(s)) {
         sweep_eta eta;
