@@ -92,6 +92,8 @@ read -r v_on g_on <<<"$(check_schedule on 3)"
 ok "$([ "$v_off" = ok ] && [ -z "$g_off" ]; echo $?)" "without the hybrid: every (epoch, shard) visited once, no gang"
 ok "$([ "$v_on" = ok ] && [ -n "$g_on" ]; echo $?)" \
     "with it: every (epoch, shard) once, and gangs trained epoch(s)${g_on:- none}, each whole (K entries, one version and W)"
+left=$(ls "$root/sweeps/on/models/0" | grep -vx "$(basename "$(rcli HGET "${prefix}sweep:{on}:models" 0.ckpt)")" | xargs)
+ok "$([ -z "$left" ]; echo $?)" "the model's directory holds only its committed checkpoint${left:+ (also: $left)}"
 st_on=$(jobctl status on 2>&1 | head -1) st_off=$(jobctl status off 2>&1 | head -1)
 ok "$([[ $st_on == "sweep on (done, mop, hybrid): 12 of 12 visits"* ]] && [[ $st_off == "sweep off (done, mop): 12 of 12 visits"* ]]; echo $?)" \
     "jobctl status says whether the hybrid is on ($st_on / $st_off)"

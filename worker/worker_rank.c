@@ -281,7 +281,7 @@ static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, i
     return s;
 }
 
-static int publish_path(rank_ctx *x, const char *path, char **metrics);
+static int publish_path(rank_ctx *x, const char *path, int for_eval, char **metrics);
 
 /* Rank 0 writes the checkpoint (and the epoch's link, before the commit
  * queues its evaluation) and commits with the W ranks' metrics; tells the
@@ -297,20 +297,21 @@ static int publish(rank_ctx *x, char **metrics)
         nn_trainer_save_ranks(x->t, path, x->opt_states ? x->opt_states + per : NULL,
                               x->opt_states ? x->l.shards - 1 : 0, &err) != 0)
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
-    return publish_path(x, path, metrics);
+    return publish_path(x, path, 1, metrics);
 }
 
-/* Commits the checkpoint at path (linked as the epoch's first, for its
- * evaluation) with the W ranks' metrics. */
-static int publish_path(rank_ctx *x, const char *path, char **metrics)
+/* Commits the checkpoint at path (for_eval: linked as the epoch's first,
+ * for its evaluation; a diag.sleep model has none) with the W ranks'
+ * metrics. */
+static int publish_path(rank_ctx *x, const char *path, int for_eval, char **metrics)
 {
     cds_err err;
     char dir[QUEUE_MOP_PATH_MAX - 64], epoch_file[QUEUE_MOP_PATH_MAX];
     if (cds_layout_model_dir(dir, sizeof dir, x->cfg->data_root, x->sweep, x->l.model, &err) != 0 ||
         cds_layout_epoch_ckpt(epoch_file, sizeof epoch_file, dir, x->l.epoch, &err) != 0)
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
-    int linked = link(path, epoch_file) == 0;
-    if (!linked && errno != EEXIST)
+    int linked = for_eval && link(path, epoch_file) == 0;
+    if (for_eval && !linked && errno != EEXIST)
         cds_logf(&x->log, CDS_LOG_WARN, "could not keep %s for evaluation: %s", epoch_file, strerror(errno));
     queue_mop_commit_result r;
     if (queue_mop_gang_commit(x->q, x->sweep, &x->l, path, (const char *const *)metrics, &r, &err) != 0) {
@@ -589,7 +590,7 @@ static int sleep_epoch(rank_ctx *x, int64_t ms)
         return end_gang(x, QUEUE_GANG_ATTEMPT, &err);
     }
     char **none = calloc((size_t)l->shards, sizeof *none);
-    int code = none ? publish_path(x, path, none) : WORKER_RANK_BROKEN;
+    int code = none ? publish_path(x, path, 0, none) : WORKER_RANK_BROKEN;
     free(none);
     return code;
 }
