@@ -320,7 +320,7 @@ static const command commands[] = {
     {"workers", jobctl_cmd_workers, jobctl_usage_workers, READS},   {"status", jobctl_cmd_status, jobctl_usage_status, READS},
     {"results", jobctl_cmd_results, jobctl_usage_results, READS},   {"pause", jobctl_cmd_pause, jobctl_usage_pause, WRITES},
     {"resume", jobctl_cmd_resume, jobctl_usage_resume, WRITES},     {"replay", jobctl_cmd_replay, jobctl_usage_replay, WRITES},
-    {"plot", jobctl_cmd_plot, jobctl_usage_plot, READS},
+    {"plot", jobctl_cmd_plot, jobctl_usage_plot, READS},            {"export", jobctl_cmd_export, jobctl_usage_export, READS},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -107,10 +107,18 @@ int jobctl_check_sweep_id(const jobctl *j, const char *id);
 /* A fresh sweep id s<N> from the counter, skipping ids --id sweeps took. */
 int jobctl_new_sweep_id(const jobctl *j, queue_conn *q, char id[QUEUE_SWEEP_ID_MAX]);
 int jobctl_parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *model);
+/* The checkpoint SWEEP/MODEL[@EPOCH] names, into path (what: the start of
+ * an error's line, "sweep spec $.init", "export"): the model's latest
+ * committed checkpoint (epoch 0), or with an epoch the one of those it
+ * keeps (the latest, when it ends that epoch, or its best): other epochs'
+ * files are deleted once evaluated (docs/sweeps.md).  0, or an exit code
+ * with the line printed. */
+int jobctl_model_ckpt(const jobctl *j, queue_conn *q, const char *sweep, int m, int epoch, const char *what, char *path,
+                      size_t n);
 int jobctl_sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state);
 
 /* The help of each command (jobctl help COMMAND). */
-extern const char jobctl_usage_show[], jobctl_usage_cancel[], jobctl_usage_retry[], jobctl_usage_list[], jobctl_usage_stats[], jobctl_usage_workers[], jobctl_usage_status[], jobctl_usage_results[], jobctl_usage_pause[], jobctl_usage_resume[], jobctl_usage_replay[], jobctl_usage_plot[];
+extern const char jobctl_usage_show[], jobctl_usage_cancel[], jobctl_usage_retry[], jobctl_usage_list[], jobctl_usage_stats[], jobctl_usage_workers[], jobctl_usage_status[], jobctl_usage_results[], jobctl_usage_pause[], jobctl_usage_resume[], jobctl_usage_replay[], jobctl_usage_plot[], jobctl_usage_export[];
 
 int jobctl_cmd_enqueue(jobctl *j, int argc, char **argv);
 int jobctl_cmd_show(jobctl *j, int argc, char **argv);
@@ -125,5 +133,6 @@ int jobctl_cmd_pause(jobctl *j, int argc, char **argv);
 int jobctl_cmd_resume(jobctl *j, int argc, char **argv);
 int jobctl_cmd_replay(jobctl *j, int argc, char **argv);
 int jobctl_cmd_plot(jobctl *j, int argc, char **argv);
+int jobctl_cmd_export(jobctl *j, int argc, char **argv);
 
 #endif

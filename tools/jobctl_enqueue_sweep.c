@@ -171,53 +171,6 @@ static int check_gang(const jobctl *j, queue_conn *q, const sweep_spec *s, int K
  * here, pins the dataset's version and shard count from its record, and
  * creates the sweep's state in Redis (queue_sweep_create); workers take
  * its models from there. */
-/* The checkpoint a sweep's "init" (SWEEP/MODEL[@EPOCH]) names, into path: the
- * model's latest committed checkpoint, or with @EPOCH the one of those it
- * keeps (the latest, when it ends that epoch, or its best): other epochs'
- * files are deleted once evaluated (docs/sweeps.md). */
-static int resolve_init(const jobctl *j, queue_conn *q, const char *sweep, int m, int epoch, char *path, size_t n)
-{
-    cds_err err;
-    json_t *sw = NULL, *models = NULL;
-    int rc = queue_sweep_get(q, sweep, &sw, &err);
-    if (rc == QUEUE_NOT_FOUND)
-        return jobctl_fail(j, EXIT_USAGE, "sweep spec $.init: there is no sweep %s (see jobctl sweeps)", sweep);
-    if (rc == 0 && m >= jobctl_sweep_int_field(sw, "models", 0)) {
-        json_decref(sw);
-        return jobctl_fail(j, EXIT_USAGE, "sweep spec $.init: sweep %s has no model %d (see jobctl status %s)", sweep,
-                           m, sweep);
-    }
-    if (rc != 0 || queue_mop_models(q, sweep, &models, &err) < 0) {
-        json_decref(sw);
-        return jobctl_fail(j, EXIT_REFUSED, "reading sweep %s for $.init: %s", sweep, err.msg);
-    }
-    int K = jobctl_sweep_int_field(sw, "shards", 1);
-    long long version = atoll(jobctl_sweep_field(models, "%d.version", m) ?: "0");
-    const char *ckpt = jobctl_sweep_field(models, "%d.ckpt", m) ?: "";
-    int best = atoi(jobctl_sweep_field(models, "%d.best_epoch", m) ?: "0");
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s", ckpt);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-        *slash = '\0';
-    rc = 0;
-    if (version < 1 || !*ckpt)
-        rc = jobctl_fail(j, EXIT_REFUSED, "sweep spec $.init: model %d of sweep %s has no checkpoint yet (it has not "
-                         "committed a visit): warm start from a model that trained", m, sweep);
-    else if (epoch == 0 || (K > 0 && version == (long long)epoch * K))
-        snprintf(path, n, "%s", ckpt);
-    else if (epoch == best && slash && cds_layout_best_ckpt(path, n, dir, best, &err) == 0)
-        ;
-    else
-        rc = jobctl_fail(j, EXIT_REFUSED, "sweep spec $.init: model %d of sweep %s keeps only its latest checkpoint "
-                         "(version %lld%s) and its best (%s%d): epoch %d is gone; name %s/%d or %s/%d@%d", m, sweep,
-                         version, version % (K > 0 ? K : 1) == 0 ? "" : ", inside an epoch", best ? "epoch " : "none ",
-                         best, epoch, sweep, m, sweep, m, best > 0 ? best : 1);
-    json_decref(sw);
-    json_decref(models);
-    return rc;
-}
-
 int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
 {
     if (refuse_job_options(j, a) != 0 || (a->sweep_id && jobctl_check_sweep_id(j, a->sweep_id) != 0))
@@ -244,7 +197,7 @@ int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a)
                        ? d.shards
                        : 1;
     if (rc == 0 && sweep_spec_init(s, init_sweep, &init_m, &init_e))
-        rc = resolve_init(j, q, init_sweep, init_m, init_e, init_path, sizeof init_path);
+        rc = jobctl_model_ckpt(j, q, init_sweep, init_m, init_e, "sweep spec $.init", init_path, sizeof init_path);
     if (rc == 0 && (multiple > 1 || init_path[0])) {
         sweep_spec_opts o = {.batch_multiple = multiple, .init_ckpt = init_path[0] ? init_path : NULL};
         sweep_spec *k = sweep_spec_parse_with(a->spec.payload, &o, &err);
