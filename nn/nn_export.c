@@ -126,18 +126,12 @@ static int write_body(FILE *f, const nn_ckpt *c, const char *header)
     return rc;
 }
 
-int nn_export_safetensors(const nn_ckpt *c, const char *path, cds_err *err)
+int nn_export_write(const char *path, int (*body)(FILE *f, void *ctx), void *ctx, cds_err *err)
 {
-    size_t data_bytes = 0;
-    char *header = header_json(c, &data_bytes, err);
-    if (!header)
-        return -1;
     size_t n = strlen(path) + 16;
     char *tmp = malloc(n);
-    if (!tmp) {
-        free(header);
+    if (!tmp)
         return cds_err_nomem(err, "out of memory");
-    }
     snprintf(tmp, n, "%s.tmp-XXXXXX", path); /* a mkstemp template */
     int fd = mkstemp(tmp);
     FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
@@ -147,7 +141,7 @@ int nn_export_safetensors(const nn_ckpt *c, const char *path, cds_err *err)
         if (fd >= 0)
             close(fd);
     } else {
-        int bad = write_body(f, c, header) || fflush(f) != 0 || fsync(fileno(f)) != 0;
+        int bad = body(f, ctx) != 0 || fflush(f) != 0 || fsync(fileno(f)) != 0;
         int saved = errno;
         bad = fclose(f) != 0 || bad;
         if (!bad && rename(tmp, path) == 0)
@@ -158,6 +152,28 @@ int nn_export_safetensors(const nn_ckpt *c, const char *path, cds_err *err)
     if (rc != 0 && fd >= 0)
         unlink(tmp);
     free(tmp);
+    return rc;
+}
+
+typedef struct st_ctx {
+    const nn_ckpt *c;
+    const char *header;
+} st_ctx;
+
+static int st_body(FILE *f, void *ctx)
+{
+    st_ctx *x = ctx;
+    return write_body(f, x->c, x->header);
+}
+
+int nn_export_safetensors(const nn_ckpt *c, const char *path, cds_err *err)
+{
+    size_t data_bytes = 0;
+    char *header = header_json(c, &data_bytes, err);
+    if (!header)
+        return -1;
+    st_ctx x = {.c = c, .header = header};
+    int rc = nn_export_write(path, st_body, &x, err);
     free(header);
     return rc;
 }

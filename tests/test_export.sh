@@ -2,9 +2,11 @@
 # jobctl export (docs/export.md) against the real Redis of
 # scripts/with-services: checkpoints of an mlp with dropout, the cnn, a
 # resnet18 with batch norm and a sparse mlp (tests/export_fixture.c, which
-# also records the engine's logits) exported as safetensors and checked by
-# tests/export_check.py (read by hand; loaded strictly by torch's modules
-# where torch is installed, the same logits within 1e-5); a model named
+# also records the engine's logits) exported as safetensors and as ONNX and
+# checked by tests/export_check.py (safetensors read by hand, loaded
+# strictly by torch's modules where torch is installed; ONNX through
+# onnx.checker where python3-onnx is installed and run by a numpy
+# interpreter; the engine's logits within 1e-5 each time); a model named
 # through a sweep (SWEEP, SWEEP/MODEL, SWEEP/MODEL@EPOCH); and the bad
 # inputs, each one line, a non-zero exit and no file written or changed.
 # usage: test_export.sh BUILD_ROOT
@@ -24,17 +26,26 @@ names="mlp cnn resnet18 mlp_sparse"
 ok $? "the fixture trained and saved 4 checkpoints$([ -s "$root/fixture.err" ] && echo " ($(head -1 "$root/fixture.err"))")"
 bad=""
 for m in $names; do
-    jobctl export --ckpt "$root/$m.ckpt" --format safetensors --out "$root/$m.safetensors" >/dev/null 2>"$root/err" ||
-        bad+=" $m:$(head -1 "$root/err")"
+    for f in safetensors onnx; do
+        jobctl export --ckpt "$root/$m.ckpt" --format $f --out "$root/$m.$f" >/dev/null 2>"$root/err" ||
+            bad+=" $m.$f:$(head -1 "$root/err")"
+    done
 done
-ok "$([ -z "$bad" ]; echo $?)" "jobctl export --ckpt writes each as safetensors${bad:+ (failed:$bad)}"
+ok "$([ -z "$bad" ]; echo $?)" "jobctl export --ckpt writes each as safetensors and as ONNX${bad:+ (failed:$bad)}"
 while read -r verdict what; do
     case $verdict in
     PASS) ok 0 "$what" ;;
     FAIL) ok 1 "$what" ;;
     SKIP) n=$((n + 1)); echo "ok $n - $what" ;;
     esac
-done < <(/usr/bin/python3 "$src/tests/export_check.py" "$root" $names 2>&1 | sed 's/^Traceback/FAIL Traceback/')
+done < <(/usr/bin/python3 "$src/tests/export_check.py" "$root" $names 2>&1 | sed 's/^Traceback/FAIL Traceback/'
+         # onnxruntime where a user made var/ort-venv (PyPI's; never needed)
+         ort=$src/var/ort-venv/bin/python
+         if [ -x "$ort" ] && "$ort" -c 'import onnxruntime' 2>/dev/null; then
+             "$ort" "$src/tests/export_ort.py" "$root" $names 2>&1 | sed 's/^Traceback/FAIL Traceback/'
+         else
+             echo "SKIP onnxruntime # SKIP no var/ort-venv with onnxruntime (python3 -m venv var/ort-venv; var/ort-venv/bin/pip install onnxruntime)"
+         fi)
 
 # refused EXIT PATTERN WHAT ARGS...: one line, that exit, nothing written.
 refused() {
@@ -45,11 +56,12 @@ refused() {
     ok "$([ $rc = "$want" ] && [ "$(wc -l <"$root/err")" = 1 ] && grep -q -- "$pat" "$root/err" && [ ! -e "$root/out.st" ] &&
           [ -z "$(ls "$root" | grep '\.tmp-')" ]; echo $?)" "$what is refused in one line, exit $rc, nothing written ($(head -1 "$root/err"))"
 }
-refused 2 "give --format safetensors" "--format onnx" --ckpt "$root/cnn.ckpt" --format onnx --out "$root/out.st"
-refused 2 "give --format safetensors" "no --format" --ckpt "$root/cnn.ckpt" --out "$root/out.st"
+refused 2 "give --format safetensors or --format onnx" "--format pt" --ckpt "$root/cnn.ckpt" --format pt --out "$root/out.st"
+refused 2 "give --format safetensors or --format onnx" "no --format" --ckpt "$root/cnn.ckpt" --out "$root/out.st"
 refused 1 "no-such.ckpt" "a checkpoint that is not there" --ckpt "$root/no-such.ckpt" --format safetensors --out "$root/out.st"
 head -c 2000 "$root/cnn.ckpt" >"$root/cut.ckpt"
 refused 1 "cut.ckpt" "a truncated checkpoint" --ckpt "$root/cut.ckpt" --format safetensors --out "$root/out.st"
+refused 1 "cut.ckpt" "a truncated checkpoint, to ONNX" --ckpt "$root/cut.ckpt" --format onnx --out "$root/out.st"
 refused 1 "cannot write beside" "an --out in a directory that is not there" --ckpt "$root/cnn.ckpt" --format safetensors \
     --out "$root/no/dir/out.st"
 cp "$root/mlp.safetensors" "$root/keep.st"

@@ -1,5 +1,5 @@
 /* jobctl export: a model of a sweep, or a checkpoint file, written in a
- * format other tools load (docs/export.md; nn/nn_export.h writes it).
+ * format other tools load (safetensors, ONNX) (docs/export.md; nn/nn_export.h writes it).
  *
  * SWEEP alone names the chosen model at its best epoch (the test scoring's
  * choice, recorded in the sweep's `test`); SWEEP/MODEL its latest
@@ -21,11 +21,11 @@
 #include "queue_mop.h"
 
 const char jobctl_usage_export[] =
-    "usage: jobctl export SWEEP[/MODEL[@EPOCH]] --format safetensors --out FILE [--replace]\n"
-    "       jobctl export --ckpt FILE.ckpt --format safetensors --out FILE [--replace]\n"
+    "usage: jobctl export SWEEP[/MODEL[@EPOCH]] --format safetensors|onnx --out FILE [--replace]\n"
+    "       jobctl export --ckpt FILE.ckpt --format safetensors|onnx --out FILE [--replace]\n"
     "Writes a model's weights and buffers as safetensors, under PyTorch's names, so that\n"
     "model.load_state_dict(safetensors.torch.load_file(FILE)) loads them into the matching\n"
-    "torch module (docs/export.md).  SWEEP alone is the chosen model at its best epoch;\n"
+    "torch module; or its inference graph as ONNX (opset 17) (docs/export.md).  SWEEP alone is the chosen model at its best epoch;\n"
     "SWEEP/MODEL its latest checkpoint; @EPOCH one it keeps (the latest or the best).\n"
     "FILE is written whole or not at all; an existing FILE is kept unless --replace.\n";
 
@@ -150,8 +150,9 @@ int jobctl_cmd_export(jobctl *j, int argc, char **argv)
     if (jobctl_want_args(j, argc, argv, ckpt ? 0 : 1,
                          ckpt ? "takes no SWEEP with --ckpt" : "needs SWEEP[/MODEL[@EPOCH]] or --ckpt FILE") != 0)
         return EXIT_USAGE;
-    if (!format || strcmp(format, "safetensors") != 0)
-        return jobctl_fail(j, EXIT_USAGE, "export: --format %s: give --format safetensors (ONNX is not written yet)",
+    int onnx = format && strcmp(format, "onnx") == 0;
+    if (!format || (!onnx && strcmp(format, "safetensors") != 0))
+        return jobctl_fail(j, EXIT_USAGE, "export: --format %s: give --format safetensors or --format onnx",
                            format ? format : "missing");
     if (!out)
         return jobctl_usage(j, "export needs --out FILE");
@@ -181,11 +182,13 @@ int jobctl_cmd_export(jobctl *j, int argc, char **argv)
     nn_ckpt ck;
     if (nn_ckpt_load(path, &ck, &err) != 0)
         return jobctl_fail(j, EXIT_REFUSED, "export: %s", err.msg);
-    rc = nn_export_safetensors(&ck, out, &err) != 0 ? jobctl_fail(j, EXIT_REFUSED, "export: %s", err.msg) : 0;
+    rc = (onnx ? nn_export_onnx(path, out, &err) : nn_export_safetensors(&ck, out, &err)) != 0
+             ? jobctl_fail(j, EXIT_REFUSED, "export: %s", err.msg)
+             : 0;
     if (rc == 0 && !j->json)
         printf("%s\n", out);
     else if (rc == 0) {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:I}", "out", out, "format", "safetensors", "checkpoint", path, "epoch",
+        json_t *o = json_pack("{s:s, s:s, s:s, s:I}", "out", out, "format", format, "checkpoint", path, "epoch",
                               (json_int_t)ck.epoch);
         jobctl_print_json(o);
         json_decref(o);
