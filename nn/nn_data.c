@@ -616,6 +616,11 @@ void nn_data_close(nn_data *d)
 
 int64_t nn_data_rows(const nn_data *d) { return d->rows; }
 
+int64_t nn_data_row_bytes(const nn_data *d)
+{
+    return d->row_elems * (int64_t)etl_dtype_size(d->dtype) + (int64_t)sizeof(int32_t);
+}
+
 int nn_data_u8_form(const nn_data *d, nn_u8_form *f)
 {
     if (!d->raw)

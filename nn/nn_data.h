@@ -123,6 +123,8 @@ nn_data *nn_data_open(const char *shard_dir, int shard_index, const nn_data_opts
  * everything; NULL is allowed.  Safe in the middle of a pass. */
 void nn_data_close(nn_data *d);
 int64_t nn_data_rows(const nn_data *d);
+/* Bytes of one stored row: its sample (as the shard stores it) and label. */
+int64_t nn_data_row_bytes(const nn_data *d);
 int64_t nn_data_batches(const nn_data *d);  /* batches per pass: ceil(pass rows / batch) */
 int nn_data_classes_max(const nn_data *d);  /* largest label + 1 (0 for an empty shard) */
 /* The form of raw batches (valid while d is open): 0, or -1 when its

@@ -373,6 +373,7 @@ static int train_pass(nn_trainer *t, const char *shard_dir, int shard_index, con
     if (rc != -1 && nn_ctx_check(nn_model_ctx(t->model), err) != 0)
         rc = -1; /* a device error: the sums above are not to be trusted */
     nn_model_set_row_offset(t->model, 0);
+    st->bytes = done * nn_data_row_bytes(d);
     nn_data_close(d);
     st->seconds = (double)(cds_mono_ms() - t0) / 1000.0;
     if (rc == NN_TRAIN_STOPPED || rc == NN_TRAIN_DIVERGED)
@@ -422,7 +423,7 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
     nn_data *d;
     if (open_shard(t, shard_dir, 0, 0, 0, 0, &d, err) != 0)
         return -1;
-    int64_t t0 = cds_mono_ms();
+    int64_t t0 = cds_mono_ms(), rows0 = st->rows;
     start_sums(t, st);
     int rc = nn_data_begin(d, 0, err);
     nn_batch b;
@@ -437,6 +438,7 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
         read_sums(t, st, &sums);
     if (rc == 0 && nn_ctx_check(nn_model_ctx(t->model), err) != 0)
         rc = -1;
+    st->bytes += (st->rows - rows0) * nn_data_row_bytes(d);
     nn_data_close(d);
     st->seconds += (double)(cds_mono_ms() - t0) / 1000.0;
     return rc == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);

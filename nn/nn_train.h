@@ -21,6 +21,7 @@ typedef struct nn_pass_stats {
     double xent_sum;        /* the same for the cross-entropy alone */
     int64_t top1, top5;
     double seconds;
+    int64_t bytes;          /* of the shards' rows the pass read (samples and labels, as stored) */
 } nn_pass_stats;
 
 /* Called after each batch with rows done so far out of the pass's total

@@ -159,6 +159,40 @@ print(0 if not bad else 1)
 print("# gang epochs %s; %s rows an epoch; %s" % (gangs, total, "; ".join(bad) or "ok"), file=sys.stderr)
 PY
 )" "each gang epoch: its ranks read every shard once between them, every row exactly once, in the same steps; every epoch evaluated"
+# Resources (docs/sweeps.md): every visit, rank and evaluation says what it
+# cost; the rows it read times the stored row (784 uint8 and a label).
+ok "$("$py" - "$root/fm.results" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().split("\n")
+f = dict(zip(lines[0::2], lines[1::2]))
+bad = []
+train = {k: json.loads(v) for k, v in f.items() if ".train." in k}
+evals = {k: json.loads(v) for k, v in f.items() if k.count(".") == 1}
+for k, v in list(train.items()) + list(evals.items()):
+    r = v.get("res") or {}
+    rows = v.get("rows", v.get("valid_rows"))
+    # 1 engine thread, the data loader's prefetch thread beside it, the
+    # heartbeat: CPU time within wall x 3, and a little clock slack
+    if not (r.get("wall_s", 0) > 0 and 0 <= r.get("cpu_s", -1) <= 3 * r["wall_s"] + 0.05 and
+            r.get("peak_rss_mb", 0) > 1 and r.get("bytes_read") == rows * 788):
+        bad.append("%s: %s (rows %s)" % (k, r, rows))
+for k, v in evals.items():
+    m, e = k.split(".")
+    tb = sum(t["res"]["bytes_read"] for kk, t in train.items() if kk.startswith("%s.%s.train." % (m, e)))
+    if v.get("train_res", {}).get("bytes_read") != tb:
+        bad.append("%s: train_res %s, the visits read %d" % (k, v.get("train_res"), tb))
+print(0 if not bad and train and evals else 1)
+print("# %d training records, %d evaluations; %s" % (len(train), len(evals), "; ".join(bad[:3]) or "ok"), file=sys.stderr)
+PY
+)" "every visit, rank and evaluation records its wall and CPU time (CPU within 3 x wall: a thread, the loader, the heartbeat), peak memory and the bytes of the rows it read; each evaluation sums its epoch's training"
+jobctl status fm --resources >"$root/res.txt" 2>&1
+ok "$(grep -q '^resources' "$root/res.txt" && grep -qE '^0 +[0-9]+ ' "$root/res.txt" && grep -qE '^w[0-3] +[0-9]+ ' "$root/res.txt"; echo $?)" \
+    "jobctl status --resources shows them per model and per worker"
+csvbad=$("$py" -c '
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(sum(1 for r in rows if r["split"] == "valid" and not (float(r["cpu_s"]) >= 0 and float(r["train_wall_s"]) > 0 and int(r["train_bytes_read"]) > 0)) + (len(rows) == 0))' "$root/sweeps/fm/results.csv")
+ok "$([ "$csvbad" = 0 ]; echo $?)" "results.csv carries them (train_ and the evaluation's own columns)"
 jobctl replay fm --id fm-replay >/dev/null 2>"$root/err"
 ok $? "jobctl replay fm makes sweep fm-replay$([ -s "$root/err" ] && echo " ($(head -1 "$root/err"))")"
 for _ in $(seq 1200); do [ "$(rcli HGET "${prefix}sweep:{fm-replay}" state)" = done ] && break; sleep 0.05; done

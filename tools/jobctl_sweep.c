@@ -575,3 +575,86 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
     rmdir(dir);
     return rc;
 }
+
+/* ---- jobctl status --resources ------------------------------------------------ */
+
+typedef struct res_sum {
+    char who[64];
+    int n;
+    double wall, cpu, peak_mb;
+    long long bytes;
+} res_sum;
+
+static void res_add(res_sum *r, const json_t *res)
+{
+    if (!json_is_object(res))
+        return;
+    r->n++;
+    r->wall += json_number_value(json_object_get(res, "wall_s"));
+    r->cpu += json_number_value(json_object_get(res, "cpu_s"));
+    r->bytes += (long long)json_integer_value(json_object_get(res, "bytes_read"));
+    double pk = json_number_value(json_object_get(res, "peak_rss_mb"));
+    r->peak_mb = pk > r->peak_mb ? pk : r->peak_mb;
+}
+
+/* The sum named who in a (train, eval) pair of arrays of n, added if new. */
+static res_sum *res_slot(res_sum *t, res_sum *e, size_t *n, size_t cap, const char *who, res_sum **ev)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(t[i].who, who) == 0)
+            return *ev = &e[i], &t[i];
+    if (*n == cap)
+        return *ev = NULL, NULL;
+    memset(&t[*n], 0, sizeof t[*n]);
+    memset(&e[*n], 0, sizeof e[*n]);
+    snprintf(t[*n].who, sizeof t[*n].who, "%s", who);
+    *ev = &e[*n];
+    return &t[(*n)++];
+}
+
+static void res_row(FILE *out, const char *who, const res_sum *t, const res_sum *e)
+{
+    fprintf(out, "%-16.16s %6d %9.1f %9.1f %8.0f %10.1f %6d %9.1f %9.1f %8.0f\n", who, t->n, t->wall, t->cpu,
+            t->peak_mb, (double)t->bytes / 1e6, e->n, e->wall, e->cpu, e->peak_mb);
+}
+
+void jobctl_sweep_print_resources(FILE *out, const json_t *s)
+{
+    enum { MAX_WORKERS = 256 };
+    const json_t *models = json_object_get(s, "models");
+    res_sum *wt = calloc(MAX_WORKERS, sizeof *wt), *we = calloc(MAX_WORKERS, sizeof *we);
+    size_t nw = 0, i, k;
+    const json_t *m, *v;
+    if (!wt || !we) {
+        free(wt);
+        free(we);
+        fputs("resources: out of memory\n", out);
+        return;
+    }
+    const char *head = "%-16s %6s %9s %9s %8s %10s %6s %9s %9s %8s\n";
+    fputs("\nresources (training: visits and gang ranks; evaluation: validation passes; peak: the highest)\n", out);
+    fprintf(out, head, "model", "train", "wall s", "cpu s", "peak MB", "read MB", "evals", "wall s", "cpu s", "peak MB");
+    json_array_foreach(models, i, m) {
+        res_sum t = {0}, e = {0}, *ws, *wes;
+        json_array_foreach(json_object_get(m, "visits"), k, v) {
+            res_add(&t, json_object_get(v, "res"));
+            if ((ws = res_slot(wt, we, &nw, MAX_WORKERS, json_string_value(json_object_get(v, "worker")) ?: "?",
+                               &wes)))
+                res_add(ws, json_object_get(v, "res"));
+        }
+        json_array_foreach(json_object_get(m, "epochs"), k, v) {
+            res_add(&e, json_object_get(v, "res"));
+            if ((ws = res_slot(wt, we, &nw, MAX_WORKERS, json_string_value(json_object_get(v, "worker")) ?: "?",
+                               &wes)))
+                res_add(wes, json_object_get(v, "res"));
+        }
+        char who[24];
+        snprintf(who, sizeof who, "%lld", (long long)json_integer_value(json_object_get(m, "model")));
+        res_row(out, who, &t, &e);
+    }
+    fprintf(out, head, "worker", "train", "wall s", "cpu s", "peak MB", "read MB", "evals", "wall s", "cpu s", "peak MB");
+    for (size_t w = 0; w < nw; w++)
+        res_row(out, wt[w].who, &wt[w], &we[w]);
+    free(wt);
+    free(we);
+}

@@ -34,6 +34,10 @@ void jobctl_sweep_print_summary(FILE *out, const json_t *s, int64_t now_ms);
  * state, best so far, the visit in flight (rows done, rate) or the retry a
  * failed attempt waits for. */
 void jobctl_sweep_print_status(FILE *out, const json_t *s, int64_t now_ms);
+/* jobctl status --resources: the "res" of every visit, rank and
+ * evaluation (docs/sweeps.md, "Resources"), summed per model and per worker:
+ * wall and CPU seconds and bytes read summed, the highest peak memory. */
+void jobctl_sweep_print_resources(FILE *out, const json_t *s);
 /* What happened between two loads of a sweep (before may be NULL): each
  * newly evaluated epoch as a line, models newly failed or cancelled, and
  * the test score once recorded (jobctl status --follow). */

@@ -34,7 +34,7 @@ const char jobctl_usage_results[] =
     "tries, the last error and the next try; and the rows set aside because the database\n"
     "refused them.  Exit status: 0 none waits, 3 rows wait, 4 rows are set aside.\n";
 const char jobctl_usage_status[] =
-    "usage: jobctl status SWEEP [--watch | --follow]\n"
+    "usage: jobctl status SWEEP [--watch | --follow] [--resources]\n"
     "Progress of a MOP sweep: visits and evaluations done, the time left (estimated from\n"
     "the measured speed of each model, none before the first measurement) and the time so\n"
     "far; per model a bar of epochs and shards visited, its state, its best validation\n"
@@ -42,7 +42,9 @@ const char jobctl_usage_status[] =
     "  --watch   redraws it every 2 s until the sweep is finished (Ctrl-C to stop)\n"
     "  --follow  prints each epoch's metrics as they are recorded, a progress line every\n"
     "            15 s, failures, and the chosen model's test score; exits when the sweep is\n"
-    "            finished: 0 when done, 1 when cancelled\n";
+    "            finished: 0 when done, 1 when cancelled\n"
+    "  --resources  then what the work cost, per model and per worker: training (visits and\n"
+    "            gang ranks) and evaluation wall and CPU time, peak memory, bytes read\n";
 const char jobctl_usage_pause[] =
     "usage: jobctl pause SWEEP | SWEEP/MODEL\n"
     "Hands out no new model leases for the sweep, or for one model of it (MODEL: the index\n"
@@ -55,31 +57,39 @@ const char jobctl_usage_resume[] =
     "paused.\n";
 
 /* How jobctl status shows a sweep: once, redrawn, or as a log. */
-enum { VIEW_ONCE = 0, VIEW_WATCH = 1, VIEW_FOLLOW = 2 };
+enum { VIEW_ONCE = 0, VIEW_WATCH = 1, VIEW_FOLLOW = 2, VIEW_RESOURCES = 4 /* with either */ };
 
 /* One positional SWEEP id (and --watch or --follow when watch is not NULL:
  * *watch = VIEW_WATCH or VIEW_FOLLOW). */
 static int parse_sweep_command(jobctl *j, int argc, char **argv, const char *usage, const char **sweep, int *watch)
 {
-    enum { O_WATCH = 400, O_FOLLOW = 404 };
+    enum { O_WATCH = 400, O_FOLLOW = 404, O_RESOURCES = 405 };
     static const struct option opts[] = {{"watch", no_argument, 0, O_WATCH}, {"follow", no_argument, 0, O_FOLLOW},
-                                         GLOBAL_OPTIONS};
+                                         {"resources", no_argument, 0, O_RESOURCES}, GLOBAL_OPTIONS};
     int c;
     while ((c = jobctl_next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
         if (c == NEXT_HELP)
             return fputs(usage, stdout), -1;
+        if (c == O_RESOURCES && !watch)
+            return jobctl_fail(j, EXIT_USAGE, "--resources is for jobctl status only");
+        if (c == O_RESOURCES) {
+            *watch |= VIEW_RESOURCES;
+            continue;
+        }
         if ((c == O_WATCH || c == O_FOLLOW) && !watch)
             return jobctl_fail(j, EXIT_USAGE, "--%s is for jobctl status only", c == O_WATCH ? "watch" : "follow");
         if (c == O_WATCH || c == O_FOLLOW) {
             int want = c == O_WATCH ? VIEW_WATCH : VIEW_FOLLOW;
-            if (*watch && *watch != want)
+            if ((*watch & ~VIEW_RESOURCES) && (*watch & ~VIEW_RESOURCES) != want)
                 return jobctl_usage(j, "give --watch or --follow, not both");
-            *watch = want;
+            *watch |= want;
             continue;
         }
         return EXIT_USAGE;
     }
-    if (watch && *watch == VIEW_FOLLOW && j->json)
+    if (watch && (*watch & VIEW_FOLLOW) && (*watch & VIEW_RESOURCES))
+        return jobctl_usage(j, "--resources goes with the status table (or --watch), not --follow");
+    if (watch && (*watch & ~VIEW_RESOURCES) == VIEW_FOLLOW && j->json)
         return jobctl_usage(j, "--follow prints lines for people: use jobctl status --json in a loop instead");
     if (jobctl_want_args(j, argc, argv, 1, "needs a SWEEP id, as printed by jobctl enqueue sweep") != 0)
         return EXIT_USAGE;
@@ -213,6 +223,8 @@ static int follow_sweep(jobctl *j, queue_conn *q, const char *sweep)
  * every 2 s until it is finished (VIEW_WATCH), or as a log (VIEW_FOLLOW). */
 static int view_sweep(jobctl *j, const char *sweep, int status, int watch)
 {
+    int resources = (watch & VIEW_RESOURCES) != 0;
+    watch &= ~VIEW_RESOURCES;
     queue_conn *q;
     int rc = jobctl_open_queue(j, &q);
     if (rc != 0)
@@ -237,6 +249,8 @@ static int view_sweep(jobctl *j, const char *sweep, int status, int watch)
             jobctl_print_json(s);
         else if (status)
             jobctl_sweep_print_status(stdout, s, cds_wall_ms());
+        if (!j->json && status && resources)
+            jobctl_sweep_print_resources(stdout, s);
         else
             jobctl_sweep_print_results(stdout, s);
         fflush(stdout);

@@ -27,6 +27,7 @@
 #include <jansson.h>
 
 #include "cds_layout.h"
+#include "cds_res.h"
 #include "cds_util.h"
 #include "worker_mop_int.h"
 #include "worker_results.h"
@@ -50,9 +51,10 @@ static void add_device(char *devs, size_t n, const char *name)
 /* Sums the recorded visits of epoch e of model m (train metrics), and lists
  * the devices they ran on in devs ("" when no visit recorded one). */
 static void train_metrics(worker *w, const char *sweep, int m, int e, int shards, nn_pass_stats *tr, char *devs,
-                          size_t dn)
+                          size_t dn, cds_res_use *ru)
 {
     memset(tr, 0, sizeof *tr);
+    memset(ru, 0, sizeof *ru);
     devs[0] = '\0';
     json_t *res = NULL;
     cds_err err;
@@ -70,6 +72,17 @@ static void train_metrics(worker *w, const char *sweep, int m, int e, int shards
             tr->top5 += json_integer_value(json_object_get(v, "top5"));
             tr->seconds += json_number_value(json_object_get(v, "seconds"));
             add_device(devs, dn, json_string_value(json_object_get(v, "device")) ?: "");
+            /* The epoch's training cost: its visits' (or ranks') summed,
+             * the highest peak. */
+            json_t *r = json_object_get(v, "res");
+            if (r) {
+                ru->wall_s += json_number_value(json_object_get(r, "wall_s"));
+                ru->cpu_s += json_number_value(json_object_get(r, "cpu_s"));
+                ru->bytes_read += json_integer_value(json_object_get(r, "bytes_read"));
+                int64_t kb = (int64_t)(json_number_value(json_object_get(r, "peak_rss_mb")) * 1024.0);
+                ru->peak_rss_kb = kb > ru->peak_rss_kb ? kb : ru->peak_rss_kb;
+                ru->peak_reset = 1;
+            }
         }
         json_decref(v);
     }
@@ -156,6 +169,8 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     nn_trainer *t = NULL;
     nn_pass_stats tr, va;
     int64_t t0 = cds_mono_ms();
+    cds_res_mark mark;
+    cds_res_start(&mark);
     if (worker_mop_sweep_info(w, sweep, dataset, sizeof dataset, &shards, &err) != 0 ||
         !(t = nn_trainer_load_at(file, 0, w->place, &err)) || eval_valid(w, t, dataset, &va, &err) != 0) {
         /* A lost lease is no longer this worker's to end; a stop or Redis
@@ -176,8 +191,10 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
         return;
     }
     nn_trainer_free(t);
+    cds_res_use vuse, tuse;
+    cds_res_stop(&mark, va.bytes, &vuse);
     char train_devs[128];
-    train_metrics(w, sweep, m, e, shards, &tr, train_devs, sizeof train_devs);
+    train_metrics(w, sweep, m, e, shards, &tr, train_devs, sizeof train_devs, &tuse);
     double trn = tr.rows ? (double)tr.rows : 1.0, van = va.rows ? (double)va.rows : 1.0;
     double vtop1 = (double)va.top1 / van;
     double valid_seconds = (double)(cds_mono_ms() - t0) / 1000.0;
@@ -192,6 +209,10 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
                           vtop1, "valid_top5", (double)va.top5 / van, "valid_seconds", valid_seconds, "time_ms",
                           (json_int_t)now, "time", cds_iso8601_utc(now, iso), "worker", w->cfg->id, "device",
                           w->device, "train_device", train_devs);
+    if (j) {
+        json_object_set_new(j, "res", cds_res_json(&vuse));
+        json_object_set_new(j, "train_res", cds_res_json(&tuse));
+    }
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     json_decref(j);
     int is_best = 0, prev = -1;
@@ -232,10 +253,13 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     w->evals_recorded++;
     char line[1024];
     /* A list of several train devices is quoted: its commas are not columns. */
-    snprintf(line, sizeof line, "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s,%s,%s%s%s\n", sweep, m, e,
-             (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn, (long long)va.rows,
-             va.loss_sum / van, vtop1, (double)va.top5 / van, iso, w->device, strchr(train_devs, ',') ? "\"" : "",
-             train_devs, strchr(train_devs, ',') ? "\"" : "");
+    snprintf(line, sizeof line,
+             "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s,%s,%s%s%s,%.3f,%.3f,%.1f,%lld,%.3f,%.3f,%.1f,%lld\n",
+             sweep, m, e, (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn,
+             (long long)va.rows, va.loss_sum / van, vtop1, (double)va.top5 / van, iso, w->device,
+             strchr(train_devs, ',') ? "\"" : "", train_devs, strchr(train_devs, ',') ? "\"" : "", tuse.wall_s, tuse.cpu_s,
+             (double)tuse.peak_rss_kb / 1024.0, (long long)tuse.bytes_read, vuse.wall_s, vuse.cpu_s,
+             (double)vuse.peak_rss_kb / 1024.0, (long long)vuse.bytes_read);
     worker_results_csv_append(w, sweep, line);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated, but for a failed model's: those
@@ -444,7 +468,11 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     }
     snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
     worker_set_current(w, what);
+    cds_res_mark mark;
+    cds_res_start(&mark);
     rc = score_test(w, file, dataset, &te, &err);
+    cds_res_use use;
+    cds_res_stop(&mark, te.bytes, &use);
     worker_set_current(w, NULL);
     if (atomic_load(&w->mop.lost)) {
         cds_logf(&w->log, CDS_LOG_WARN, "sweep %s: the test-scoring claim was lost; another worker scores it", sweep);
@@ -462,6 +490,8 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     json_t *j = json_pack("{s:i, s:i, s:f, s:I, s:f, s:f, s:f, s:s}", "model", best_m, "epoch", best_e,
                           "valid_top1", best_top1, "rows", (json_int_t)te.rows, "loss", te.loss_sum / rows, "top1",
                           (double)te.top1 / rows, "top5", (double)te.top5 / rows, "device", w->device);
+    if (j)
+        json_object_set_new(j, "res", cds_res_json(&use));
     char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     if (!text) {
@@ -474,9 +504,10 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     if (!recorded)
         return;
     char line[512], iso[CDS_ISO8601_MAX];
-    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s,%s,\n", sweep, best_m, best_e,
-             (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
-             cds_iso8601_utc(cds_wall_ms(), iso), w->device);
+    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s,%s,,,,,,%.3f,%.3f,%.1f,%lld\n", sweep, best_m,
+             best_e, (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
+             cds_iso8601_utc(cds_wall_ms(), iso), w->device, use.wall_s, use.cpu_s, (double)use.peak_rss_kb / 1024.0,
+             (long long)use.bytes_read);
     worker_results_csv_append(w, sweep, line);
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
              "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e, best_top1, (double)te.top1 / rows,

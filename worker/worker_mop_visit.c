@@ -30,6 +30,7 @@
 #include <jansson.h>
 
 #include "cds_layout.h"
+#include "cds_res.h"
 #include "cds_util.h"
 #include "nn_ckpt.h"
 #include "worker_mop_int.h"
@@ -100,7 +101,8 @@ static void intact_older_note(worker *w, const worker_visit *v, const char *fail
  * epoch_end: this visit completes the model's epoch, so the commit will put
  * the epoch on the evaluation list, where another worker may take it at
  * once: its epoch-<e>.ckpt must exist before the commit. */
-static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stats *st, int epoch_end)
+static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stats *st, int epoch_end,
+                   const cds_res_mark *mark)
 {
     cds_err err;
     char path[QUEUE_MOP_PATH_MAX], dir[QUEUE_MOP_PATH_MAX - 64]; /* room for the file name */
@@ -123,6 +125,12 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
                           (json_int_t)st->top5, "seconds", st->seconds, "samples_per_s",
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", w->cfg->id, "version",
                           (json_int_t)v->lease.version + 1, "device", w->device);
+    /* What the visit cost, from its lease to its checkpoint written
+     * (docs/sweeps.md, "Resources"). */
+    cds_res_use use;
+    cds_res_stop(mark, st->bytes, &use);
+    if (j)
+        json_object_set_new(j, "res", cds_res_json(&use));
     char *metrics = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
     json_decref(j);
     if (!metrics)
@@ -150,6 +158,8 @@ static int publish(worker *w, worker_visit *v, nn_trainer *t, const nn_pass_stat
 void worker_mop_train_visit(worker *w, worker_visit *v)
 {
     cds_err err;
+    cds_res_mark mark;
+    cds_res_start(&mark);
     nn_trainer *t = load_model(w, v, v->lease.spec, &err);
     if (!t) {
         char note[2 * QUEUE_MOP_PATH_MAX] = "";
@@ -182,7 +192,7 @@ void worker_mop_train_visit(worker *w, worker_visit *v)
         int epoch_end = nn_trainer_visited(t, NULL) >= (size_t)v->lease.shards;
         if (epoch_end)
             nn_trainer_end_epoch(t);
-        publish(w, v, t, &st, epoch_end);
+        publish(w, v, t, &st, epoch_end, &mark);
     }
     nn_trainer_free(t);
 }

@@ -55,6 +55,7 @@
 #include <jansson.h>
 
 #include "cds_layout.h"
+#include "cds_res.h"
 #include "cds_util.h"
 #include "ddp_comm.h"
 #include "ddp_reducer.h"
@@ -259,7 +260,8 @@ static int reduce_grads(void *ctx, cds_err *err)
     return reduced(x, ddp_reducer_finish(x->r, err));
 }
 
-static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, int64_t shard_rows)
+static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, int64_t shard_rows,
+                          const cds_res_use *use)
 {
     json_t *j = json_pack("{s:I, s:f, s:f, s:I, s:I, s:f, s:f, s:s, s:I, s:s, s:I, s:I, s:I, s:s}", "rows",
                           (json_int_t)st->rows, "loss_sum", st->loss_sum, "xent_sum", st->xent_sum, "top1",
@@ -267,6 +269,8 @@ static char *metrics_json(rank_ctx *x, const nn_pass_stats *st, int64_t steps, i
                           st->seconds > 0 ? (double)st->rows / st->seconds : 0.0, "worker", x->cfg->id, "version",
                           (json_int_t)x->l.version + 1, "mode", x->l.mode, "rank", (json_int_t)x->l.shard, "steps",
                           (json_int_t)steps, "shard_rows", (json_int_t)shard_rows, "device", x->device);
+    if (j)
+        json_object_set_new(j, "res", cds_res_json(use));
     if (j && is_hybrid(x)) {
         /* Which shards this rank read, for the record (the schedule has
          * the gang's W on every shard's entry). */
@@ -417,6 +421,7 @@ static void add_stats(nn_pass_stats *sum, const nn_pass_stats *one)
     sum->top1 += one->top1;
     sum->top5 += one->top5;
     sum->seconds += one->seconds;
+    sum->bytes += one->bytes;
 }
 
 /* A hybrid rank's epoch (the header's "train"): shards r, r+W, ... in
@@ -477,6 +482,8 @@ static int hybrid_pass(rank_ctx *x, int local, nn_pass_stats *st, int64_t *steps
 static int train_epoch(rank_ctx *x)
 {
     cds_err err;
+    cds_res_mark mark;
+    cds_res_start(&mark);
     const queue_mop_lease *l = &x->l;
     int W = l->shards, rank = l->shard, ddp = strcmp(l->mode, "ddp") == 0, dp = ddp || is_hybrid(x);
     if (start_model(x, &err) != 0)
@@ -535,7 +542,9 @@ static int train_epoch(rank_ctx *x)
         return cds_err_is_nomem(&err) ? end_gang(x, QUEUE_GANG_FINAL, &err) : broken(x, &err);
     nn_trainer_end_epoch(x->t);
 
-    char *mine = metrics_json(x, &st, steps, rows);
+    cds_res_use use;
+    cds_res_stop(&mark, st.bytes, &use);
+    char *mine = metrics_json(x, &st, steps, rows, &use);
     char **metrics = calloc((size_t)W, sizeof *metrics);
     rc = metrics ? share_metrics(x, scope, mine, metrics, &err) : cds_err_nomem(&err, "out of memory");
     free(mine);

@@ -65,11 +65,14 @@ int worker_results_row_dsn(worker *w, const char *dataset, char **dsn, cds_err *
  * at its best epoch); rows, loss, top1 and top5 are of that split, and the
  * train columns of the epoch (empty on the test row); times in ISO 8601
  * UTC; device is where the split was scored, train_device where the
- * epoch's visits trained.  New columns go last, so that readers by
+ * epoch's visits trained; the train_ resources are the epoch's visits'
+ * (wall, CPU and bytes summed, the highest peak), the others the split's
+ * scoring's.  New columns go last, so that readers by
  * position keep working.  docs/sweeps.md documents it. */
 #define RESULTS_CSV_HEADER                                                                                     \
     "sweep,model,epoch,split,version,train_rows,train_loss,train_top1,rows,loss,top1,top5,time,device,"        \
-    "train_device\n"
+    "train_device,train_wall_s,train_cpu_s,train_peak_rss_mb,train_bytes_read,wall_s,cpu_s,peak_rss_mb,"      \
+    "bytes_read\n"
 
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
  * the file is new; under an exclusive lock, as several workers append. */
