@@ -249,10 +249,10 @@ static int view_sweep(jobctl *j, const char *sweep, int status, int watch)
             jobctl_print_json(s);
         else if (status)
             jobctl_sweep_print_status(stdout, s, cds_wall_ms());
-        if (!j->json && status && resources)
-            jobctl_sweep_print_resources(stdout, s);
         else
             jobctl_sweep_print_results(stdout, s);
+        if (!j->json && status && resources)
+            jobctl_sweep_print_resources(stdout, s);
         fflush(stdout);
         int finished = !state || jobctl_sweep_finished(s);
         json_decref(s);
