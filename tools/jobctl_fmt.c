@@ -376,3 +376,51 @@ void fmt_workers(FILE *out, const json_t *workers, int64_t now_ms)
     table_print(&t, out);
     table_free(&t);
 }
+
+void fmt_top(FILE *out, const json_t *workers, const char *prefix, int64_t now_ms)
+{
+    size_t i, alive = 0, busy = 0;
+    const json_t *w;
+    json_array_foreach(workers, i, w) {
+        int a = json_is_true(json_object_get(w, "alive"));
+        alive += (size_t)a;
+        busy += (size_t)(a && strcmp(json_string_value(json_object_get(w, "state")) ?: "", "busy") == 0);
+    }
+    fprintf(out, "workers under %s: %zu alive, %zu busy, %zu gone\n", prefix, alive, busy,
+            json_array_size(workers) - alive);
+    table t;
+    table_init(&t, 11, "llllrrrrrll");
+    const char *head[11] = {"ID", "STATE", "DOING", "DEVICE", "ROWS", "ROWS/S", "VISITS", "EVALS", "JOBS", "HOST",
+                            "SEEN"};
+    table_add(&t, head);
+    json_array_foreach(workers, i, w) {
+        char id[256], state[32], job[64], device[32], host[256], rows[48] = "-", rate[32] = "-", visits[24] = "-",
+             evals[24] = "-", jobs[48] = "-", seen[48], d[32];
+        field_text(w, "id", id, sizeof id);
+        field_text(w, "state", state, sizeof state);
+        field_text(w, "job", job, sizeof job);
+        field_text(w, "device", device, sizeof device);
+        field_text(w, "host", host, sizeof host);
+        long long jd, jf, vi, ev, te, rd, rt;
+        double rs;
+        const char *counts = json_string_value(json_object_get(w, "counts"));
+        if (counts && sscanf(counts, "%lld %lld %lld %lld %lld %lld %lld %lf", &jd, &jf, &vi, &ev, &te, &rd, &rt, &rs) ==
+                          8) {
+            snprintf(visits, sizeof visits, "%lld", vi);
+            snprintf(evals, sizeof evals, "%lld", ev + te);
+            snprintf(jobs, sizeof jobs, "%lld/%lld", jd, jf);
+            if (rt > 0) {
+                snprintf(rows, sizeof rows, "%lld/%lld", rd, rt);
+                snprintf(rate, sizeof rate, "%.0f", rs);
+            }
+        }
+        fmt_duration(d, sizeof d, now_ms - field_int(w, "last_seen_ms"));
+        snprintf(seen, sizeof seen, "%s ago", d);
+        if (!json_is_true(json_object_get(w, "alive")))
+            snprintf(state, sizeof state, "gone");
+        const char *row[11] = {id, state, job, device, rows, rate, visits, evals, jobs, host, seen};
+        table_add(&t, row);
+    }
+    table_print(&t, out);
+    table_free(&t);
+}

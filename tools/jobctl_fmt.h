@@ -23,5 +23,7 @@ void fmt_list(FILE *out, const json_t *jobs, int64_t now_ms);
 void fmt_stats(FILE *out, const json_t *stats);
 /* Workers (queue_workers): id, alive, host, pid, queues, job, last seen. */
 void fmt_workers(FILE *out, const json_t *workers, int64_t now_ms);
+/* jobctl top: a line of totals, then a row per worker (its registration's counts). */
+void fmt_top(FILE *out, const json_t *workers, const char *prefix, int64_t now_ms);
 
 #endif

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "jobctl.h"
 #include "cds_util.h"
@@ -335,6 +336,64 @@ int jobctl_cmd_workers(jobctl *j, int argc, char **argv)
     else
         fmt_workers(stdout, workers, cds_wall_ms());
     json_decref(workers);
+    queue_close(q);
+    return rc;
+}
+
+const char jobctl_usage_top[] =
+    "usage: jobctl top [--once] [--interval SECONDS]\n"
+    "A live view of every worker of the deployment, from their registrations in Redis (no\n"
+    "port needed): state, what it holds, the visit in flight (rows done of its rows, rows/s),\n"
+    "visits, evaluations and jobs done and failed, device, host and when last seen; redrawn\n"
+    "every SECONDS (default 2) until Ctrl-C, or printed once with --once.\n";
+
+int jobctl_cmd_top(jobctl *j, int argc, char **argv)
+{
+    enum { O_ONCE = 401, O_INTERVAL };
+    static const struct option opts[] = {{"once", no_argument, 0, O_ONCE},
+                                         {"interval", required_argument, 0, O_INTERVAL}, GLOBAL_OPTIONS};
+    int once = 0, c;
+    double interval = 2.0;
+    while ((c = jobctl_next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
+        if (c == NEXT_HELP)
+            return fputs(jobctl_usage_top, stdout), EXIT_DONE;
+        if (c == O_ONCE) {
+            once = 1;
+        } else if (c == O_INTERVAL) {
+            if (cds_parse_double(optarg, &interval) != 0 || interval < 0.1 || interval > 3600)
+                return jobctl_fail(j, EXIT_USAGE, "bad --interval '%s': give seconds, 0.1 to 3600", optarg);
+        } else {
+            return EXIT_USAGE;
+        }
+    }
+    if (jobctl_want_args(j, argc, argv, 0, "") != 0)
+        return EXIT_USAGE;
+    if (j->json && !once)
+        return jobctl_usage(j, "top --json needs --once (or use jobctl workers --json in a loop)");
+    queue_conn *q;
+    int rc = jobctl_open_queue(j, &q);
+    if (rc != 0)
+        return rc;
+    for (;;) {
+        cds_err err;
+        json_t *workers;
+        int qrc = queue_workers(q, &workers, &err);
+        if (qrc != 0) {
+            rc = jobctl_op_failed(j, q, qrc, &err);
+            break;
+        }
+        if (!once && isatty(1))
+            fputs("\033[H\033[2J", stdout);
+        if (j->json)
+            jobctl_print_json(workers);
+        else
+            fmt_top(stdout, workers, queue_prefix(q), cds_wall_ms());
+        fflush(stdout);
+        json_decref(workers);
+        if (once)
+            break;
+        cds_sleep_ms((int64_t)(interval * 1000.0));
+    }
     queue_close(q);
     return rc;
 }

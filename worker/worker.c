@@ -39,6 +39,7 @@
 #include "cds_util.h"
 #include "nn_backend.h"
 #include "nn_par.h"
+#include "worker_metrics.h"
 #include "worker_mop.h"
 #include "worker_results.h"
 
@@ -119,8 +120,20 @@ static json_t *registration(worker *w)
     int stop = atomic_load(&w->stop);
     char pid[32];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur,
-                     "state", stop ? "draining" : cur[0] ? "busy" : "idle", "device", w->device);
+    /* Counters and the visit in flight, for jobctl top (docs/operations.md). */
+    pthread_mutex_lock(&w->mu);
+    int visit = w->mop.active && !w->mop.finishing;
+    int64_t started = w->mop.started_ms;
+    pthread_mutex_unlock(&w->mu);
+    long long done = visit ? atomic_load(&w->mop.rows_done) : 0, total = visit ? atomic_load(&w->mop.rows_total) : 0;
+    double secs = (double)(cds_mono_ms() - started) / 1000.0;
+    char counts[256];
+    snprintf(counts, sizeof counts, "%lld %lld %lld %lld %lld %lld %lld %.1f", (long long)atomic_load(&w->jobs_done),
+             (long long)atomic_load(&w->jobs_failed), (long long)atomic_load(&w->visits_committed),
+             (long long)atomic_load(&w->evals_recorded), (long long)atomic_load(&w->tests_recorded), done, total,
+             visit && secs > 0 ? (double)done / secs : 0.0);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur,
+                     "state", stop ? "draining" : cur[0] ? "busy" : "idle", "device", w->device, "counts", counts);
 }
 
 /* Extends the leases of every held job and flags the ones that are lost. */
@@ -489,10 +502,21 @@ int worker_run(const worker_cfg *cfg)
         pthread_mutex_destroy(&w.mu);
         return 2;
     }
+    /* The metrics port before Redis: a port another process holds stops
+     * the worker before it takes anything. */
+    w.started_ms = cds_wall_ms();
+    if (worker_metrics_start(&w, &err) != 0) {
+        fprintf(stderr, "cds-worker: %s\n", err.msg);
+        free(w.held);
+        pthread_mutex_destroy(&w.mu);
+        return 2;
+    }
     w.q = connect_once(cfg, &err);
     if (!w.q) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);
         queue_close(w.q);
+        atomic_store(&w.done, 1);
+        worker_metrics_stop(&w);
         free(w.held);
         return 2;
     }
@@ -518,12 +542,14 @@ int worker_run(const worker_cfg *cfg)
     int64_t n = serve(&w);
     atomic_store(&w.done, 1);
     pthread_join(hb_t, NULL);
+    worker_metrics_stop(&w);
     pthread_kill(sig_t, SIGUSR1);
     pthread_join(sig_t, NULL);
     (void)n;
     cds_logf(&w.log, CDS_LOG_INFO, "stopped: %lld jobs done, %lld failed; %lld visits committed, %lld evaluations and "
-             "%lld test results recorded", (long long)w.jobs_done, (long long)w.jobs_failed,
-             (long long)w.visits_committed, (long long)w.evals_recorded, (long long)w.tests_recorded);
+             "%lld test results recorded", (long long)atomic_load(&w.jobs_done), (long long)atomic_load(&w.jobs_failed),
+             (long long)atomic_load(&w.visits_committed), (long long)atomic_load(&w.evals_recorded),
+             (long long)atomic_load(&w.tests_recorded));
     queue_close(w.q);
     worker_results_db_free(w.results_db);
     free(w.held);

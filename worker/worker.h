@@ -44,6 +44,10 @@ typedef struct worker_cfg {
      * parsed: worker_run resolves it on this machine once, before it
      * connects, so a worker never trains on a device it was not given. */
     const char *device;
+    /* --metrics-port (0: none) and the address it binds (NULL: 127.0.0.1):
+     * Prometheus's text format at GET /metrics (worker_metrics.c). */
+    int metrics_port;
+    const char *metrics_bind;
 } worker_cfg;
 
 typedef struct worker worker;

@@ -78,10 +78,14 @@ struct worker {
     worker_results_db *results_db; /* made on first use by the main thread */
     worker_results_row results_row;
     char results_bad_plan[256];    /* the dataset whose unreadable ETL plan was logged (once) */
-    /* What was done, for the last log line (main thread only): jobs acked
-     * and failed, visits committed, evaluations and test scores recorded;
-     * released work and refused acks or commits are not counted. */
-    int64_t jobs_done, jobs_failed, visits_committed, evals_recorded, tests_recorded;
+    /* What was done, for the last log line, the registration and the
+     * metrics port (written by the main thread, read by the others): jobs
+     * acked and failed, visits (and gang epochs) committed, evaluations and
+     * test scores recorded; released work and refused acks or commits are
+     * not counted. */
+    atomic_llong jobs_done, jobs_failed, visits_committed, evals_recorded, tests_recorded;
+    int64_t started_ms; /* when the worker started (wall clock) */
+    struct worker_metrics *metrics; /* --metrics-port's server, or NULL */
 };
 
 struct worker_run_ctx {

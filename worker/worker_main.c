@@ -48,6 +48,9 @@ static void usage(FILE *out)
           "  --ddp-transport gloo|nccl DDP/MA gangs: Gloo over TCP through host memory (default,\n"
           "                            any device), or NCCL from device memory (every worker of\n"
           "                            the sweep on a GPU, --device cuda:N)\n"
+          "  --metrics-port P          serve Prometheus metrics at http://127.0.0.1:P/metrics\n"
+          "                            (docs/operations.md)\n"
+          "  --metrics-bind ADDR       the address the metrics port binds (default 127.0.0.1)\n"
           "  --help                    this text\n"
           "\n"
           "Signals: the first SIGTERM or SIGINT finishes the job (or MOP visit) in hand, acks\n"
@@ -85,7 +88,7 @@ int main(int argc, char **argv)
 
     enum { O_REDIS = 256, O_PWFILE, O_PREFIX, O_QUEUE, O_ID, O_LEASE, O_BATCH, O_IDLE, O_MAXJOBS, O_REAP,
            O_KEEP, O_KEEPAGE, O_LOG, O_HELP, O_SHARD, O_DATAROOT, O_THREADS, O_GRACE, O_DDPTIMEOUT, O_DDPADDR,
-           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT, O_DEVICE, O_DDPTRANSPORT };
+           O_DDPIFACE, O_DDPSPARSE, O_RANKTASK, O_RANKOUT, O_DEVICE, O_DDPTRANSPORT, O_METRICSPORT, O_METRICSBIND };
     static const struct option opts[] = {
         {"redis", required_argument, 0, O_REDIS},         {"redis-password-file", required_argument, 0, O_PWFILE},
         {"prefix", required_argument, 0, O_PREFIX},       {"queue", required_argument, 0, O_QUEUE},
@@ -101,6 +104,7 @@ int main(int argc, char **argv)
         {"rank-out", required_argument, 0, O_RANKOUT},    {"ddp-sparse", required_argument, 0, O_DDPSPARSE},
         {"ddp-transport", required_argument, 0, O_DDPTRANSPORT},
         {"device", required_argument, 0, O_DEVICE},
+        {"metrics-port", required_argument, 0, O_METRICSPORT}, {"metrics-bind", required_argument, 0, O_METRICSBIND},
         {0, 0, 0, 0},
     };
     int c;
@@ -197,6 +201,16 @@ int main(int argc, char **argv)
             if (strcmp(cli.arg, "gloo") != 0 && strcmp(cli.arg, "nccl") != 0)
                 return cds_cli_usage(&cli, "bad --ddp-transport '%s': use gloo or nccl", cli.arg);
             cfg.ddp_nccl = strcmp(cli.arg, "nccl") == 0;
+            break;
+        case O_METRICSPORT:
+            if (cds_parse_i64(cli.arg, 1, 65535, &v) != 0)
+                return cds_cli_usage(&cli, "bad --metrics-port '%s': give a TCP port, 1 to 65535", cli.arg);
+            cfg.metrics_port = (int)v;
+            break;
+        case O_METRICSBIND:
+            if (!*cli.arg || strlen(cli.arg) > 45)
+                return cds_cli_usage(&cli, "bad --metrics-bind '%s': give an IPv4 address (127.0.0.1, 0.0.0.0)", cli.arg);
+            cfg.metrics_bind = cli.arg;
             break;
         case O_DEVICE: {
             nn_place where;
