@@ -214,3 +214,18 @@ int cds_fsync_dir(const char *path, cds_err *err)
         return cds_errf(err, "fsync of directory %s failed: %s", path, strerror(e));
     return 0;
 }
+
+int cds_write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t k = write(fd, c, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        c += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}

@@ -47,5 +47,7 @@ int cds_mkdirs(const char *path, cds_err *err);
 int cds_rmtree(const char *path);
 /* fsync a directory, so a rename inside it is durable. */
 int cds_fsync_dir(const char *path, cds_err *err);
+/* write(2) until all n bytes are written, EINTR retried: 0, or -1 with errno. */
+int cds_write_all(int fd, const void *p, size_t n);
 
 #endif

@@ -79,20 +79,6 @@ static int path_join(char *out, size_t cap, cds_err *err, const char *fmt, ...)
 
 /* ---- writing JSON durably ------------------------------------------------ */
 
-static int write_fd_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Writes j to dir/name through dir/.name.tmp-<hex>, fsync and rename. */
 static int write_json_atomic(const char *dir, const char *name, const json_t *j, cds_err *err)
 {
@@ -106,9 +92,9 @@ static int write_json_atomic(const char *dir, const char *name, const json_t *j,
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     int rc = fd < 0 ? -1 : 0;
     if (rc == 0)
-        rc = write_fd_all(fd, text, strlen(text));
+        rc = cds_write_all(fd, text, strlen(text));
     if (rc == 0)
-        rc = write_fd_all(fd, "\n", 1);
+        rc = cds_write_all(fd, "\n", 1);
     if (rc == 0)
         rc = fsync(fd);
     int e = errno;

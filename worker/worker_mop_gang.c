@@ -109,20 +109,6 @@ static int child_argv(worker *w, char **argv, size_t max, char store[][32])
     return 0;
 }
 
-static int write_all(int fd, const char *s, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, s, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        s += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Starts the rank's process and hands it its task. */
 static int spawn(worker *w, const char *sweep, const queue_mop_lease *l, rank_child *ch, cds_err *err)
 {
@@ -162,7 +148,7 @@ static int spawn(worker *w, const char *sweep, const queue_mop_lease *l, rank_ch
     }
     /* A child that died before reading gets EPIPE (SIGPIPE is ignored);
      * its exit status says the rest. */
-    write_all(tp[1], task, strlen(task));
+    cds_write_all(tp[1], task, strlen(task));
     close(tp[1]);
     free(task);
     fcntl(op[0], F_SETFL, O_NONBLOCK);
