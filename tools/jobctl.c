@@ -321,7 +321,7 @@ static const command commands[] = {
     {"results", jobctl_cmd_results, jobctl_usage_results, READS},   {"pause", jobctl_cmd_pause, jobctl_usage_pause, WRITES},
     {"resume", jobctl_cmd_resume, jobctl_usage_resume, WRITES},     {"replay", jobctl_cmd_replay, jobctl_usage_replay, WRITES},
     {"plot", jobctl_cmd_plot, jobctl_usage_plot, READS},            {"export", jobctl_cmd_export, jobctl_usage_export, READS},
-    {"top", jobctl_cmd_top, jobctl_usage_top, READS},
+    {"top", jobctl_cmd_top, jobctl_usage_top, READS},              {"simulate", jobctl_cmd_simulate, jobctl_usage_simulate, READS},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 

@@ -118,7 +118,7 @@ int jobctl_model_ckpt(const jobctl *j, queue_conn *q, const char *sweep, int m, 
 int jobctl_sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state);
 
 /* The help of each command (jobctl help COMMAND). */
-extern const char jobctl_usage_show[], jobctl_usage_cancel[], jobctl_usage_retry[], jobctl_usage_list[], jobctl_usage_stats[], jobctl_usage_workers[], jobctl_usage_status[], jobctl_usage_results[], jobctl_usage_pause[], jobctl_usage_resume[], jobctl_usage_replay[], jobctl_usage_plot[], jobctl_usage_export[], jobctl_usage_top[];
+extern const char jobctl_usage_show[], jobctl_usage_cancel[], jobctl_usage_retry[], jobctl_usage_list[], jobctl_usage_stats[], jobctl_usage_workers[], jobctl_usage_status[], jobctl_usage_results[], jobctl_usage_pause[], jobctl_usage_resume[], jobctl_usage_replay[], jobctl_usage_plot[], jobctl_usage_export[], jobctl_usage_top[], jobctl_usage_simulate[];
 
 int jobctl_cmd_enqueue(jobctl *j, int argc, char **argv);
 int jobctl_cmd_show(jobctl *j, int argc, char **argv);
@@ -135,5 +135,6 @@ int jobctl_cmd_replay(jobctl *j, int argc, char **argv);
 int jobctl_cmd_plot(jobctl *j, int argc, char **argv);
 int jobctl_cmd_export(jobctl *j, int argc, char **argv);
 int jobctl_cmd_top(jobctl *j, int argc, char **argv);
+int jobctl_cmd_simulate(jobctl *j, int argc, char **argv);
 
 #endif

@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "cds_layout.h"
+#include "cds_res.h"
 #include "cds_util.h"
 #include "worker_mop_int.h"
 
@@ -37,6 +38,8 @@ int64_t worker_mop_sleep_ms(const char *spec)
 void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms)
 {
     cds_err err;
+    cds_res_mark mark;
+    cds_res_start(&mark);
     if (v->lease.version > 0 && access(v->lease.ckpt, R_OK) != 0) {
         cds_errf(&err, "its committed checkpoint %s is missing", v->lease.ckpt);
         worker_visit_failed(w, v, &err, 0, NULL);
@@ -71,8 +74,19 @@ void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms)
         worker_visit_failed(w, v, &err, 0, NULL);
         return;
     }
+    /* Its timing, as a real visit's: what jobctl simulate --from-sweep and
+     * the time-left estimate read (no rows: it reads none). */
+    cds_res_use use;
+    cds_res_stop(&mark, 0, &use);
+    json_t *j = json_pack("{s:i, s:f, s:s, s:I, s:s, s:o}", "rows", 0, "seconds", (double)ms / 1000.0, "worker",
+                          w->cfg->id, "version", (json_int_t)v->lease.version + 1, "device", w->device, "res",
+                          cds_res_json(&use));
+    char *metrics = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(j);
     queue_mop_commit_result r;
-    if (worker_visit_commit(w, v, path, dir, 0, NULL, &r) != 1) /* diag.sleep: nothing to evaluate */
+    int c = worker_visit_commit(w, v, path, dir, 0, metrics, &r); /* diag.sleep: nothing to evaluate */
+    free(metrics);
+    if (c != 1)
         return;
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s model %d epoch %d shard %d: slept %lld ms; committed v%lld", v->sweep,
              v->lease.model, v->lease.epoch, v->lease.shard, (long long)ms, (long long)r.version);

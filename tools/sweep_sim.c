@@ -1,0 +1,226 @@
+/* sweep_sim: see sweep_sim.h for what is simulated.
+ *
+ * MOP's loop is event by event: the events are commits (a visit's or an
+ * evaluation's end) and workers' tries.  A worker tries when its visit
+ * ends, when a commit hands it a wake-up token, or when its idle wait
+ * times out; a try evaluates, leases, or finds nothing, and then the
+ * worker takes a token that waits (and tries again at once) or blocks on
+ * the wake-up list, as cds-worker does: a commit wakes one worker, not
+ * all, and the others wait out their second.  A commit and a try at the
+ * same time: the commit first.  Ties between workers go to the lowest, so
+ * a run is deterministic.  O(events · (M + K)). */
+#include "sweep_sim.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int valid(const sweep_sim_in *in)
+{
+    if (!in || in->models < 1 || in->shards < 1 || in->epochs < 1 || !in->visit_s || in->visit_overhead_s < 0 ||
+        in->gang_overhead_s < 0)
+        return 0;
+    for (int i = 0; i < in->models * in->shards; i++)
+        if (!(in->visit_s[i] >= 0))
+            return 0;
+    for (int m = 0; in->eval_s && m < in->models; m++)
+        if (!(in->eval_s[m] >= 0))
+            return 0;
+    return 1;
+}
+
+typedef struct model_state {
+    double busy_until;
+    int epoch; /* from 0; == E: done */
+    int n_visited;
+    unsigned char *seen; /* K flags */
+} model_state;
+
+/* The wake-up list: a commit pushes a token (16 at most); a worker with
+ * nothing to do takes one and tries again at once, or blocks until a
+ * commit hands one to it (the longest waiter first, as BLPOP serves) or
+ * its wait times out (SIM_POLL_S, the worker's idle wait). */
+#define SIM_POLL_S 1.0
+#define SIM_TOKENS 16
+#define SIM_RETRY_S 0.001 /* a try that finds nothing: listing sweeps, asking for a lease */
+
+typedef struct worker_state {
+    double next;    /* its next try (busy: the end of its visit) */
+    int waiting;    /* blocked on the wake-up list since `since` */
+    double since;
+} worker_state;
+
+typedef struct sim {
+    const sweep_sim_in *in;
+    model_state *ms;
+    worker_state *ws;
+    double *commits; /* pending commit times (visits and evaluations), unsorted */
+    size_t n_commits, cap_commits;
+    int *evals;      /* models whose epoch waits for evaluation, in order */
+    int n_evals, head, tokens, left;
+    double busy, makespan;
+} sim;
+
+static int push_commit(sim *x, double t)
+{
+    if (x->n_commits == x->cap_commits) {
+        size_t cap = x->cap_commits ? x->cap_commits * 2 : 64;
+        double *c = realloc(x->commits, cap * sizeof *c);
+        if (!c)
+            return -1;
+        x->commits = c;
+        x->cap_commits = cap;
+    }
+    x->commits[x->n_commits++] = t;
+    return 0;
+}
+
+/* Worker k tries at time t: an evaluation, else a lease; 1 if it took one. */
+static int try_work(sim *x, int k, double t)
+{
+    const sweep_sim_in *in = x->in;
+    int K = in->shards;
+    if (in->eval_s && x->head < x->n_evals) {
+        double d = in->eval_s[x->evals[x->head++]];
+        x->ws[k].next = t + d;
+        x->busy += d;
+        return push_commit(x, t + d) == 0 ? 1 : -1;
+    }
+    int best = -1, best_progress = 0;
+    for (int m = 0; m < in->models; m++) {
+        model_state *s = &x->ms[m];
+        if (s->epoch >= in->epochs || s->busy_until > t || s->seen[k])
+            continue;
+        int progress = s->epoch * K + s->n_visited;
+        if (best < 0 || progress < best_progress)
+            best = m, best_progress = progress;
+    }
+    if (best < 0)
+        return 0;
+    model_state *s = &x->ms[best];
+    double d = in->visit_s[(size_t)best * (size_t)K + (size_t)k] + in->visit_overhead_s;
+    s->busy_until = t + d;
+    x->ws[k].next = t + d;
+    x->busy += d;
+    s->seen[k] = 1;
+    if (++s->n_visited == K) {
+        s->epoch++;
+        s->n_visited = 0;
+        memset(s->seen, 0, (size_t)K);
+        if (s->epoch == in->epochs)
+            x->left--;
+        x->evals[x->n_evals++] = best; /* queued by the commit: ready once it lands (below) */
+    }
+    x->makespan = s->busy_until > x->makespan ? s->busy_until : x->makespan;
+    return push_commit(x, t + d) == 0 ? 1 : -1;
+}
+
+int sweep_sim_mop(const sweep_sim_in *in, sweep_sim_out *out)
+{
+    if (!valid(in))
+        return -1;
+    int M = in->models, K = in->shards, E = in->epochs;
+    sim x = {.in = in, .left = M};
+    x.ms = calloc((size_t)M, sizeof *x.ms);
+    x.ws = calloc((size_t)K, sizeof *x.ws);
+    x.evals = calloc((size_t)M * (size_t)E + 1, sizeof *x.evals);
+    unsigned char *seen = calloc((size_t)M * (size_t)K, 1);
+    int rc = x.ms && x.ws && x.evals && seen ? 0 : -1;
+    for (int m = 0; rc == 0 && m < M; m++)
+        x.ms[m].seen = seen + (size_t)m * (size_t)K;
+    /* Every worker tries at 0 (the create's tokens wake them all). */
+    while (rc == 0 && (x.left > 0 || x.n_commits > 0)) {
+        size_t ci = 0;
+        for (size_t i = 1; i < x.n_commits; i++)
+            if (x.commits[i] < x.commits[ci])
+                ci = i;
+        int k = 0;
+        for (int j = 1; j < K; j++)
+            if (x.ws[j].next < x.ws[k].next)
+                k = j;
+        if (x.n_commits > 0 && x.commits[ci] <= x.ws[k].next) {
+            /* A commit lands: a token for the longest waiter, if any. */
+            double t = x.commits[ci];
+            x.commits[ci] = x.commits[--x.n_commits];
+            int first = -1;
+            for (int j = 0; j < K; j++)
+                if (x.ws[j].waiting && (first < 0 || x.ws[j].since < x.ws[first].since))
+                    first = j;
+            if (first >= 0) {
+                x.ws[first].waiting = 0;
+                x.ws[first].next = t;
+            } else if (x.tokens < SIM_TOKENS) {
+                x.tokens++;
+            }
+            continue;
+        }
+        if (x.left == 0 && !(in->eval_s && x.head < x.n_evals))
+            break; /* only commits of evaluations after the last visit: the makespan ends at the last visit */
+        double t = x.ws[k].next;
+        x.ws[k].waiting = 0;
+        int took = try_work(&x, k, t);
+        if (took < 0) {
+            rc = -1;
+        } else if (!took && x.tokens > 0) {
+            x.tokens--;
+            x.ws[k].next = t + SIM_RETRY_S;
+        } else if (!took) {
+            x.ws[k].waiting = 1;
+            x.ws[k].since = t;
+            x.ws[k].next = t + SIM_POLL_S;
+        }
+    }
+    if (rc == 0) {
+        out->makespan_s = x.makespan;
+        out->busy_s = x.busy;
+        out->utilisation = x.makespan > 0 ? x.busy / ((double)K * x.makespan) : 0;
+    }
+    free(x.ms), free(x.ws), free(x.evals), free(x.commits), free(seen);
+    return rc;
+}
+
+int sweep_sim_rotation(const sweep_sim_in *in, sweep_sim_out *out)
+{
+    if (!valid(in))
+        return -1;
+    int M = in->models, K = in->shards;
+    double per_epoch = 0, busy = 0;
+    for (int g = 0; g < M; g += K)
+        for (int j = 0; j < K; j++) {
+            /* sub-epoch j of group g: worker k trains model g + (k + j) mod K, if there is one */
+            double slowest = 0;
+            for (int k = 0; k < K; k++) {
+                int m = g + (k + j) % K;
+                if (m >= M)
+                    continue;
+                double d = in->visit_s[(size_t)m * (size_t)K + (size_t)k] + in->visit_overhead_s;
+                busy += d;
+                slowest = d > slowest ? d : slowest;
+            }
+            per_epoch += slowest;
+        }
+    out->makespan_s = per_epoch * in->epochs;
+    out->busy_s = busy * in->epochs;
+    out->utilisation = out->makespan_s > 0 ? out->busy_s / ((double)K * out->makespan_s) : 0;
+    return 0;
+}
+
+int sweep_sim_gang(const sweep_sim_in *in, sweep_sim_out *out)
+{
+    if (!valid(in))
+        return -1;
+    int M = in->models, K = in->shards;
+    double span = 0, busy = 0;
+    for (int m = 0; m < M; m++) {
+        double slowest = 0;
+        for (int k = 0; k < K; k++) {
+            double d = in->visit_s[(size_t)m * (size_t)K + (size_t)k];
+            busy += d;
+            slowest = d > slowest ? d : slowest;
+        }
+        span += slowest + in->gang_overhead_s + (in->eval_s ? in->eval_s[m] : 0);
+    }
+    out->makespan_s = span * in->epochs;
+    out->busy_s = busy * in->epochs;
+    out->utilisation = out->makespan_s > 0 ? out->busy_s / ((double)K * out->makespan_s) : 0;
+    return 0;
+}

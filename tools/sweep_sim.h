@@ -1,0 +1,46 @@
+/* sweep_sim: the makespan of a sweep on W workers, predicted from the time
+ * each model's visit of each shard takes (DESIGN.md §10, the study's
+ * heterogeneous-workload simulator; jobctl simulate, docs/sweeps.md).
+ *
+ * MOP is simulated event by event as the scheduler runs it (queue/lua/
+ * mop_lease.lua and worker_mop.c): worker k serves shard k; a worker that
+ * is free first takes an evaluation that waits, else leases, among the
+ * idle models that have not visited its shard this epoch, the one with the
+ * least progress, the lowest index among equals; with nothing to take it
+ * waits for the next commit.  A visit takes its time plus the per-visit
+ * overhead (lease, checkpoint load and save, commit); an epoch's last
+ * commit queues its evaluation.  The makespan ends at the last commit, as
+ * a sweep's `finished` does.
+ *
+ * The rotation is the study's alternative: every model visits the shards
+ * in lockstep, sub-epoch by sub-epoch, each sub-epoch as long as its
+ * slowest visit (models in groups of W; a group short of W leaves workers
+ * idle).  DDP and MA train one model at a time on a gang of all W workers:
+ * an epoch as long as its slowest rank's shard (a rank's pass at b/W rows
+ * a step costs about what the shard's visit at b costs) plus the
+ * per-epoch gang overhead; their figures are estimates, not checked
+ * against runs. */
+#ifndef CDS_SWEEP_SIM_H
+#define CDS_SWEEP_SIM_H
+
+typedef struct sweep_sim_in {
+    int models, shards, epochs; /* M, K (= the workers W), E */
+    const double *visit_s;      /* M·K: model m's visit of shard k, seconds (row m) */
+    const double *eval_s;       /* M: an evaluation of model m's epoch (NULL: none) */
+    double visit_overhead_s;    /* added to every MOP visit */
+    double gang_overhead_s;     /* added to every DDP/MA epoch */
+} sweep_sim_in;
+
+typedef struct sweep_sim_out {
+    double makespan_s;
+    double busy_s;      /* worker-seconds spent on visits and evaluations */
+    double utilisation; /* busy / (W · makespan) */
+} sweep_sim_out;
+
+/* Each returns 0, or -1 when the input is not a sweep (no model, shard or
+ * epoch, a negative time). */
+int sweep_sim_mop(const sweep_sim_in *in, sweep_sim_out *out);
+int sweep_sim_rotation(const sweep_sim_in *in, sweep_sim_out *out);
+int sweep_sim_gang(const sweep_sim_in *in, sweep_sim_out *out);
+
+#endif
