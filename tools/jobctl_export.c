@@ -95,7 +95,7 @@ static int parse_target(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP
     if (strlen(buf) >= QUEUE_SWEEP_ID_MAX || queue_sweep_id_check(buf, &err) != 0)
         return jobctl_fail(j, EXIT_USAGE, "export: bad sweep id '%.60s': give SWEEP[/MODEL[@EPOCH]] as jobctl enqueue "
                            "sweep printed it", arg);
-    snprintf(sweep, QUEUE_SWEEP_ID_MAX, "%s", buf);
+    memcpy(sweep, buf, strlen(buf) + 1); /* shorter than QUEUE_SWEEP_ID_MAX: checked above */
     return 0;
 }
 
