@@ -104,6 +104,9 @@ int jobctl_refuse_options(const jobctl *j, const enqueue_args *a, const char *ki
                           const char *why);
 int jobctl_enqueue_sweep(jobctl *j, const enqueue_args *a);
 int jobctl_check_sweep_id(const jobctl *j, const char *id);
+/* A --spec file's text (malloc'd into *text; 64 MiB at most): 0, or a
+ * usage error with its line printed. */
+int jobctl_read_spec_file(const jobctl *j, const char *path, char **text);
 /* A fresh sweep id s<N> from the counter, skipping ids --id sweeps took. */
 int jobctl_new_sweep_id(const jobctl *j, queue_conn *q, char id[QUEUE_SWEEP_ID_MAX]);
 int jobctl_parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *model);

@@ -125,8 +125,7 @@ static const struct option enqueue_options[] = {
 
 #define SPEC_FILE_MAX (64 << 20)
 
-/* Reads a --spec file into a->payload_text. */
-static int read_spec_file(const jobctl *j, const char *path, enqueue_args *a)
+int jobctl_read_spec_file(const jobctl *j, const char *path, char **text)
 {
     FILE *f = fopen(path, "rb");
     if (!f)
@@ -156,7 +155,7 @@ static int read_spec_file(const jobctl *j, const char *path, enqueue_args *a)
                                          "put large data in a dataset and name it in the payload", path);
     }
     buf[len] = '\0';
-    a->payload_text = buf;
+    *text = buf;
     return 0;
 }
 
@@ -281,7 +280,7 @@ static int parse_enqueue(jobctl *j, int argc, char **argv, enqueue_args *a)
         return jobctl_usage(j, "--id names a sweep: it goes with enqueue sweep only (job ids are handed out by the "
                               "queue)");
     if (a->spec_file) {
-        if (read_spec_file(j, a->spec_file, a) != 0 ||
+        if (jobctl_read_spec_file(j, a->spec_file, &a->payload_text) != 0 ||
             check_payload_json(j, a->payload_text, a->spec.type, a->spec_file) != 0)
             return EXIT_USAGE;
         a->spec.payload = a->payload_text;

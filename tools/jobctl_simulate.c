@@ -29,28 +29,6 @@ const char jobctl_usage_simulate[] =
     "scaled to W shards).  --overhead: seconds added to every visit (lease and commit;\n"
     "default 0.005); --gang-overhead: to every DDP/MA epoch (default 0.5).\n";
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (size_t k; buf && (k = fread(buf + n, 1, cap - n - 1, f)) > 0;) {
-        n += k;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb)
-                free(buf);
-            buf = nb;
-        }
-    }
-    fclose(f);
-    if (buf)
-        buf[n] = '\0';
-    return buf;
-}
-
 /* A diag.sleep model's visit in seconds, or -1. */
 static double sleep_seconds(const char *spec)
 {
@@ -156,9 +134,9 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
         return EXIT_USAGE;
     if (!spec_file || W < 1)
         return jobctl_usage(j, "simulate needs --spec SWEEP.json and --workers W");
-    char *text = read_text(spec_file);
-    if (!text)
-        return jobctl_fail(j, EXIT_USAGE, "simulate: cannot read %s", spec_file);
+    char *text = NULL;
+    if (jobctl_read_spec_file(j, spec_file, &text) != 0)
+        return EXIT_USAGE;
     cds_err err;
     sweep_spec *s = sweep_spec_parse(text, &err);
     free(text);

@@ -204,6 +204,10 @@ local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
   local s = redis.call('HMGET', sweep_key, 'state', 'shards', 'epochs', 'models', 'mode', 'hybrid', 'replay_of')
   if s[1] ~= 'running' or s[5] ~= 'mop' or s[6] ~= '1' then return nil end
   local replay = s[7] and s[7] ~= ''
+  -- No other worker marked ready: no gang can form, and the models need
+  -- no second scan (the lease script asks on every lease).
+  local marked = redis.call('HLEN', ready_key) - redis.call('HEXISTS', ready_key, caller)
+  if marked < 1 then return nil end
   local K, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
   local busy, nbusy, runnable, idle = {}, 0, 0, 0
   local best, best_progress, best_w
