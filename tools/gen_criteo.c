@@ -37,7 +37,7 @@
 #include "cds_err.h"
 #include "cds_util.h"
 #include "nn_rng.h"
-#include "pg_copy.h"
+#include "etl_pgcopy.h"
 
 #define PROG "gen-criteo"
 #define N_INT 13
@@ -115,7 +115,7 @@ static int gen_label(nn_rng *r, int64_t i1, int64_t i2, int64_t c1, int64_t c2)
 
 static int refuse_existing(PGconn *c, const char *quoted, const char *table, cds_err *err)
 {
-    int ex = pg_table_exists(c, quoted, err);
+    int ex = etl_pg_table_exists(c, quoted, err);
     if (ex == 1)
         return cds_errf(err, "table %s already exists: pass --replace to drop and regenerate it, or --table to write elsewhere",
                         table);
@@ -125,7 +125,7 @@ static int refuse_existing(PGconn *c, const char *quoted, const char *table, cds
 /* ---- COPY (FORMAT binary) -------------------------------------------------- */
 
 /* Generates row `id` and appends it; returns its label. */
-static int put_row(copybuf *b, nn_rng *r, uint64_t seed, int64_t id)
+static int put_row(etl_copybuf *b, nn_rng *r, uint64_t seed, int64_t id)
 {
     int64_t iv[N_INT], rank[N_CAT];
     int empty[N_CAT];
@@ -135,27 +135,27 @@ static int put_row(copybuf *b, nn_rng *r, uint64_t seed, int64_t id)
         rank[j] = gen_cat_rank(r, j, &empty[j]);
     int label = gen_label(r, iv[0], iv[1], rank[0], rank[1]);
 
-    copy_put16(b, 2 + N_INT + N_CAT);
-    copy_put32(b, 8);
-    copy_put64(b, (uint64_t)id);
-    copy_put32(b, 4);
-    copy_put32(b, (uint32_t)label);
+    etl_copy_put16(b, 2 + N_INT + N_CAT);
+    etl_copy_put32(b, 8);
+    etl_copy_put64(b, (uint64_t)id);
+    etl_copy_put32(b, 4);
+    etl_copy_put32(b, (uint32_t)label);
     for (int k = 0; k < N_INT; k++) {
         if (iv[k] < 0) {
-            copy_put32(b, UINT32_MAX); /* -1: NULL */
+            etl_copy_put32(b, UINT32_MAX); /* -1: NULL */
         } else {
-            copy_put32(b, 4);
-            copy_put32(b, (uint32_t)iv[k]);
+            etl_copy_put32(b, 4);
+            etl_copy_put32(b, (uint32_t)iv[k]);
         }
     }
     for (int j = 0; j < N_CAT; j++) {
         if (rank[j] < 0) {
-            copy_put32(b, empty[j] ? 0 : UINT32_MAX);
+            etl_copy_put32(b, empty[j] ? 0 : UINT32_MAX);
             continue;
         }
         char s[9];
         cat_string(seed, j, rank[j], s);
-        copy_put32(b, 8);
+        etl_copy_put32(b, 8);
         memcpy(b->buf + b->len, s, 8);
         b->len += 8;
     }
@@ -169,7 +169,7 @@ typedef struct row_source {
 } row_source;
 
 /* Every row, in id order, from one stream seeded by --seed. */
-static int put_rows(copybuf *b, void *ctx, cds_err *err)
+static int put_rows(etl_copybuf *b, void *ctx, cds_err *err)
 {
     row_source *src = ctx;
     nn_rng r;
@@ -177,7 +177,7 @@ static int put_rows(copybuf *b, void *ctx, cds_err *err)
     int rc = 0;
     for (int64_t id = 1; rc == 0 && id <= src->o->rows; id++) {
         src->positives += put_row(b, &r, src->o->seed, id);
-        rc = copy_row_end(b, err);
+        rc = etl_copy_row_end(b, err);
     }
     return rc;
 }
@@ -198,17 +198,17 @@ static int generate(PGconn *c, const options *o, int64_t *positives, cds_err *er
 {
     char *q = PQescapeIdentifier(c, o->table, strlen(o->table));
     if (!q)
-        return pg_fail(c, NULL, "quoting the table name", err);
+        return etl_pg_fail(c, NULL, "quoting the table name", err);
     int rc = o->replace ? 0 : refuse_existing(c, q, o->table, err);
     PQfreemem(q);
     char columns[1024];
     create_columns(columns, sizeof columns);
     row_source src = {o, 0};
-    pg_table_load l = {.table = o->table, .columns = columns, .copy_columns = "", .replace = o->replace,
+    etl_pg_table_load l = {.table = o->table, .columns = columns, .copy_columns = "", .replace = o->replace,
                        .chunk = COPY_CHUNK, .row_max = ROW_MAX, .rows = put_rows, .ctx = &src,
                        .stop = PROG " stopped"};
     if (rc == 0)
-        rc = pg_load_table(c, &l, err);
+        rc = etl_pg_load_table(c, &l, err);
     *positives = src.positives;
     return rc;
 }
@@ -286,7 +286,7 @@ int main(int argc, char **argv)
         return 2;
     cds_err err = {0};
     int64_t t0 = cds_mono_ms(), positives = 0;
-    PGconn *c = pg_connect(o.dsn, PROG, &err);
+    PGconn *c = etl_pg_connect(o.dsn, PROG, &err);
     int rc = c ? generate(c, &o, &positives, &err) : -1;
     if (rc == 0)
         printf(PROG ": %s: %lld rows, positive rate %.4f, %.2f s\n", o.table, (long long)o.rows,

@@ -34,7 +34,7 @@
 #include "cds_cli.h"
 #include "cds_err.h"
 #include "cds_util.h"
-#include "pg_copy.h"
+#include "etl_pgcopy.h"
 
 #define PROG "load-fashion-mnist"
 #define DEFAULT_DIR "/usr/share/datasets/fashion-mnist"
@@ -152,29 +152,29 @@ static int idx_load(const char *path, uint32_t magic, idx_file *f, cds_err *err)
 /* ---- COPY (FORMAT binary) ------------------------------------------------- */
 
 /* One row: (id int4, pixels bytea | int2[], label int4). */
-static void put_row(copybuf *b, uint32_t id, const uint8_t *img, uint8_t label, int as_array)
+static void put_row(etl_copybuf *b, uint32_t id, const uint8_t *img, uint8_t label, int as_array)
 {
-    copy_put16(b, 3);
-    copy_put32(b, 4);
-    copy_put32(b, id);
+    etl_copy_put16(b, 3);
+    etl_copy_put32(b, 4);
+    etl_copy_put32(b, id);
     if (as_array) {
-        copy_put32(b, 20 + IMG_BYTES * 6);
-        copy_put32(b, 1);  /* ndim */
-        copy_put32(b, 0);  /* no NULLs */
-        copy_put32(b, 21); /* int2 */
-        copy_put32(b, IMG_BYTES);
-        copy_put32(b, 1); /* lower bound */
+        etl_copy_put32(b, 20 + IMG_BYTES * 6);
+        etl_copy_put32(b, 1);  /* ndim */
+        etl_copy_put32(b, 0);  /* no NULLs */
+        etl_copy_put32(b, 21); /* int2 */
+        etl_copy_put32(b, IMG_BYTES);
+        etl_copy_put32(b, 1); /* lower bound */
         for (int k = 0; k < IMG_BYTES; k++) {
-            copy_put32(b, 2);
-            copy_put16(b, img[k]);
+            etl_copy_put32(b, 2);
+            etl_copy_put16(b, img[k]);
         }
     } else {
-        copy_put32(b, IMG_BYTES);
+        etl_copy_put32(b, IMG_BYTES);
         memcpy(b->buf + b->len, img, IMG_BYTES);
         b->len += IMG_BYTES;
     }
-    copy_put32(b, 4);
-    copy_put32(b, label);
+    etl_copy_put32(b, 4);
+    etl_copy_put32(b, label);
 }
 
 /* What the rows callback reads: one split's images and labels. */
@@ -183,13 +183,13 @@ typedef struct row_source {
     int as_array;
 } row_source;
 
-static int put_rows(copybuf *b, void *ctx, cds_err *err)
+static int put_rows(etl_copybuf *b, void *ctx, cds_err *err)
 {
     const row_source *src = ctx;
     int rc = 0;
     for (uint32_t i = 0; rc == 0 && i < src->img->count; i++) {
         put_row(b, i, src->img->items + (size_t)i * IMG_BYTES, src->lab->items[i], src->as_array);
-        rc = copy_row_end(b, err);
+        rc = etl_copy_row_end(b, err);
     }
     return rc;
 }
@@ -201,13 +201,13 @@ static int load_table(PGconn *c, const options *o, const char *table, const idx_
                       cds_err *err)
 {
     row_source src = {img, lab, o->as_array};
-    pg_table_load l = {
+    etl_pg_table_load l = {
         .table = table,
         .columns = o->as_array ? "(id int NOT NULL, pixels smallint[] NOT NULL, label int NOT NULL)"
                                : "(id int NOT NULL, pixels bytea NOT NULL, label int NOT NULL)",
         .copy_columns = "(id, pixels, label)", .replace = o->replace, .chunk = COPY_CHUNK, .row_max = 8192,
         .rows = put_rows, .ctx = &src, .stop = PROG " stopped"};
-    return pg_load_table(c, &l, err);
+    return etl_pg_load_table(c, &l, err);
 }
 
 /* ---- main ----------------------------------------------------------------- */
@@ -290,7 +290,7 @@ static int check_tables(PGconn *c, const options *o, split *splits, int n, cds_e
 {
     for (int i = 0; i < n && !o->replace; i++) {
         char *q = PQescapeIdentifier(c, splits[i].table, strlen(splits[i].table));
-        int ex = q ? pg_table_exists(c, q, err) : pg_fail(c, NULL, "quoting the table name", err);
+        int ex = q ? etl_pg_table_exists(c, q, err) : etl_pg_fail(c, NULL, "quoting the table name", err);
         PQfreemem(q);
         if (ex < 0)
             return -1;
@@ -314,7 +314,7 @@ int main(int argc, char **argv)
         snprintf(splits[i].table, sizeof splits[i].table, "%s_%s", o.prefix, splits[i].suffix);
     for (int i = 0; rc == 0 && i < 2; i++)
         rc = read_split(&o, &splits[i], &err);
-    if (rc == 0 && !(c = pg_connect(o.dsn, PROG, &err)))
+    if (rc == 0 && !(c = etl_pg_connect(o.dsn, PROG, &err)))
         rc = -1;
     if (rc == 0)
         rc = check_tables(c, &o, splits, 2, &err);

@@ -1,13 +1,13 @@
-/* pg_copy: see pg_copy.h.  A COPY buffer holds one chunk plus the largest
+/* etl_pgcopy: see etl_pgcopy.h.  A COPY buffer holds one chunk plus the largest
  * row, so a row is always appended whole and flushed after it: the buffer
  * never needs bounds checks per field. */
-#include "pg_copy.h"
+#include "etl_pgcopy.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-void pg_one_line(const char *m, char *out, size_t outsz)
+void etl_pg_one_line(const char *m, char *out, size_t outsz)
 {
     size_t n = 0;
     int space = 0;
@@ -24,30 +24,30 @@ void pg_one_line(const char *m, char *out, size_t outsz)
     out[n] = '\0';
 }
 
-int pg_fail(PGconn *c, PGresult *r, const char *what, cds_err *err)
+int etl_pg_fail(PGconn *c, PGresult *r, const char *what, cds_err *err)
 {
     const char *m = r ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     char msg[400];
-    pg_one_line(m ? m : PQerrorMessage(c), msg, sizeof msg);
+    etl_pg_one_line(m ? m : PQerrorMessage(c), msg, sizeof msg);
     return cds_errf(err, "%s: %s", what, msg);
 }
 
-int pg_exec(PGconn *c, const char *sql, const char *what, cds_err *err)
+int etl_pg_exec(PGconn *c, const char *sql, const char *what, cds_err *err)
 {
     PGresult *r = PQexec(c, sql);
-    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : pg_fail(c, r, what, err);
+    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : etl_pg_fail(c, r, what, err);
     PQclear(r);
     return rc;
 }
 
-PGconn *pg_connect(const char *dsn, const char *prog, cds_err *err)
+PGconn *etl_pg_connect(const char *dsn, const char *prog, cds_err *err)
 {
     const char *keys[] = {"dbname", "fallback_application_name", NULL};
     const char *vals[] = {dsn ? dsn : "", prog, NULL};
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (!c || PQstatus(c) != CONNECTION_OK) {
         char msg[400];
-        pg_one_line(c ? PQerrorMessage(c) : "out of memory", msg, sizeof msg);
+        etl_pg_one_line(c ? PQerrorMessage(c) : "out of memory", msg, sizeof msg);
         cds_errf(err, "cannot connect to PostgreSQL (host %s, port %s, database %s): %s; set PGHOST, PGPORT, PGDATABASE or --dsn, and the password in PGPASSWORD or ~/.pgpass",
                  c && PQhost(c) ? PQhost(c) : "?", c && PQport(c) ? PQport(c) : "?", c && PQdb(c) ? PQdb(c) : "?",
                  msg);
@@ -59,83 +59,83 @@ PGconn *pg_connect(const char *dsn, const char *prog, cds_err *err)
     return c;
 }
 
-int pg_table_exists(PGconn *c, const char *quoted, cds_err *err)
+int etl_pg_table_exists(PGconn *c, const char *quoted, cds_err *err)
 {
     const char *params[] = {quoted};
     PGresult *r = PQexecParams(c, "SELECT to_regclass($1) IS NOT NULL", 1, NULL, params, NULL, NULL, 0);
     int rc = PQresultStatus(r) == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0)[0] == 't'
-                                                  : pg_fail(c, r, "checking for the table", err);
+                                                  : etl_pg_fail(c, r, "checking for the table", err);
     PQclear(r);
     return rc;
 }
 
-void copy_put16(copybuf *b, int v)
+void etl_copy_put16(etl_copybuf *b, int v)
 {
     b->buf[b->len++] = (uint8_t)((unsigned)v >> 8);
     b->buf[b->len++] = (uint8_t)v;
 }
 
-void copy_put32(copybuf *b, uint32_t v)
+void etl_copy_put32(etl_copybuf *b, uint32_t v)
 {
     for (int s = 24; s >= 0; s -= 8)
         b->buf[b->len++] = (uint8_t)(v >> s);
 }
 
-void copy_put64(copybuf *b, uint64_t v)
+void etl_copy_put64(etl_copybuf *b, uint64_t v)
 {
-    copy_put32(b, (uint32_t)(v >> 32));
-    copy_put32(b, (uint32_t)v);
+    etl_copy_put32(b, (uint32_t)(v >> 32));
+    etl_copy_put32(b, (uint32_t)v);
 }
 
-void copy_put_header(copybuf *b)
+void etl_copy_put_header(etl_copybuf *b)
 {
     static const uint8_t sig[11] = {'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0};
     memcpy(b->buf + b->len, sig, sizeof sig);
     b->len += sizeof sig;
-    copy_put32(b, 0); /* flags */
-    copy_put32(b, 0); /* header extension */
+    etl_copy_put32(b, 0); /* flags */
+    etl_copy_put32(b, 0); /* header extension */
 }
 
-int copy_flush(copybuf *b, cds_err *err)
+int etl_copy_flush(etl_copybuf *b, cds_err *err)
 {
     if (b->len > 0 && PQputCopyData(b->c, (const char *)b->buf, (int)b->len) != 1)
-        return pg_fail(b->c, NULL, "sending COPY data", err);
+        return etl_pg_fail(b->c, NULL, "sending COPY data", err);
     b->len = 0;
     return 0;
 }
 
-int copy_row_end(copybuf *b, cds_err *err)
+int etl_copy_row_end(etl_copybuf *b, cds_err *err)
 {
-    return b->len >= b->chunk ? copy_flush(b, err) : 0;
+    return b->len >= b->chunk ? etl_copy_flush(b, err) : 0;
 }
 
-int copy_end(copybuf *b, int rc, const char *stop, cds_err *err)
+int etl_copy_end(etl_copybuf *b, int rc, const char *stop, cds_err *err)
 {
     if (rc == 0) {
-        copy_put16(b, -1);
-        rc = copy_flush(b, err);
+        etl_copy_put16(b, -1);
+        rc = etl_copy_flush(b, err);
     }
     if (PQputCopyEnd(b->c, rc == 0 ? NULL : stop) != 1 && rc == 0)
-        rc = pg_fail(b->c, NULL, "ending COPY", err);
+        rc = etl_pg_fail(b->c, NULL, "ending COPY", err);
     PGresult *r;
     while ((r = PQgetResult(b->c)) != NULL) {
         if (rc == 0 && PQresultStatus(r) != PGRES_COMMAND_OK)
-            rc = pg_fail(b->c, r, "COPY", err);
+            rc = etl_pg_fail(b->c, r, "COPY", err);
         PQclear(r);
     }
     return rc;
 }
 
 /* COPY ... FROM STDIN started: every row through one buffer, then the end. */
-static int copy_all_rows(PGconn *c, const pg_table_load *l, cds_err *err)
+static int copy_all_rows(PGconn *c, const etl_pg_table_load *l, cds_err *err)
 {
-    copybuf b = {c, malloc(l->chunk + l->row_max + 32), 0, l->chunk};
+    etl_copybuf b = {c, malloc(l->chunk + l->row_max + 32), 0, l->chunk};
     int rc = b.buf ? 0 : cds_err_nomem(err, "out of memory for the COPY buffer");
     if (rc == 0) {
-        copy_put_header(&b);
+        etl_copy_put_header(&b);
         rc = l->rows(&b, l->ctx, err);
     }
-    rc = copy_end(&b, rc, l->stop, err);
+    rc = etl_copy_end(&b, rc, l->stop, err);
     free(b.buf);
     return rc;
 }
@@ -148,7 +148,7 @@ static int exec_q(PGconn *c, const char *fmt, const char *q, const char *arg, co
     if (!sql)
         return cds_err_nomem(err, "out of memory");
     snprintf(sql, n, fmt, q, arg);
-    int rc = pg_exec(c, sql, what, err);
+    int rc = etl_pg_exec(c, sql, what, err);
     free(sql);
     return rc;
 }
@@ -161,18 +161,18 @@ static int start_copy(PGconn *c, const char *q, const char *columns, cds_err *er
         return cds_err_nomem(err, "out of memory");
     snprintf(sql, n, "COPY %s %s FROM STDIN (FORMAT binary)", q, columns);
     PGresult *r = PQexec(c, sql);
-    int rc = PQresultStatus(r) == PGRES_COPY_IN ? 0 : pg_fail(c, r, "starting COPY", err);
+    int rc = PQresultStatus(r) == PGRES_COPY_IN ? 0 : etl_pg_fail(c, r, "starting COPY", err);
     PQclear(r);
     free(sql);
     return rc;
 }
 
-int pg_load_table(PGconn *c, const pg_table_load *l, cds_err *err)
+int etl_pg_load_table(PGconn *c, const etl_pg_table_load *l, cds_err *err)
 {
     char *q = PQescapeIdentifier(c, l->table, strlen(l->table));
     if (!q)
-        return pg_fail(c, NULL, "quoting the table name", err);
-    int rc = pg_exec(c, "BEGIN", "BEGIN", err);
+        return etl_pg_fail(c, NULL, "quoting the table name", err);
+    int rc = etl_pg_exec(c, "BEGIN", "BEGIN", err);
     if (rc == 0 && l->replace)
         rc = exec_q(c, "DROP TABLE IF EXISTS %s%s", q, "", "dropping the old table", err);
     if (rc == 0)
@@ -184,7 +184,7 @@ int pg_load_table(PGconn *c, const pg_table_load *l, cds_err *err)
     if (rc == 0)
         rc = exec_q(c, "ALTER TABLE %s ADD PRIMARY KEY (id)%s", q, "", "adding the primary key", err);
     if (rc == 0)
-        rc = pg_exec(c, "COMMIT", "COMMIT", err);
+        rc = etl_pg_exec(c, "COMMIT", "COMMIT", err);
     if (rc != 0 && PQtransactionStatus(c) != PQTRANS_IDLE) {
         PGresult *r = PQexec(c, "ROLLBACK");
         PQclear(r);
