@@ -30,7 +30,7 @@
 
 /* ---- the planner --------------------------------------------------------- */
 
-static int detect_server(etl_planner *pl, cds_err *err)
+int etl_planner_server(etl_planner *pl, cds_err *err)
 {
     PGresult *r = etl_pq_exec(pl->c, "reading the server version",
                               "SELECT version(), current_setting('server_version_num'), "
@@ -308,8 +308,8 @@ static char *select_list(etl_planner *pl)
 
 /* The COPY queries of one (split, shard): one per PostgreSQL shard, one per
  * Greenplum segment that maps to it. */
-static json_t *task_queries(etl_planner *pl, const etl_table_info *t, const char *split_filter, int shard,
-                            const char *select)
+json_t *etl_planner_task_queries(etl_planner *pl, const etl_table_info *t, const char *split_filter, int shard,
+                                 const char *select)
 {
     const etl_spec *s = pl->s;
     json_t *segs = json_object_get(json_object_get(pl->plan, "server"), "segments");
@@ -355,7 +355,7 @@ static void add_split_tasks(etl_planner *pl, json_t *tasks, const char *split, c
         json_t *task = json_object();
         json_object_set_new(task, "split", json_string(split));
         json_object_set_new(task, "shard", json_integer(k));
-        json_object_set_new(task, "queries", task_queries(pl, t, split_filter, k, select));
+        json_object_set_new(task, "queries", etl_planner_task_queries(pl, t, split_filter, k, select));
         json_array_append_new(tasks, task);
     }
 }
@@ -476,7 +476,7 @@ etl_plan *etl_plan_make(const etl_spec *s, const cds_log *log, cds_err *err)
     etl_plan *p = NULL;
     int rc = plan_paths(&pl, err);
     if (rc == 0)
-        rc = detect_server(&pl, err);
+        rc = etl_planner_server(&pl, err);
     if (rc == 0)
         rc = etl_table_resolve(pl.c, s->table, &pl.train, err);
     if (rc == 0 && s->valid_table)

@@ -21,7 +21,9 @@ typedef enum { ETL_LAYOUT_COLUMNS, ETL_LAYOUT_MADLIB, ETL_LAYOUT_CRITEO } etl_la
 /* MADlib's packed columns are ARRAY or BYTEA buffers, each followed by its
  * SHAPE column; the BUFFER_ID column comes last. */
 typedef enum { ETL_COL_NUMBER, ETL_COL_ARRAY, ETL_COL_BYTEA, ETL_COL_SHAPE, ETL_COL_BUFFER_ID } etl_col_kind;
-typedef enum { ETL_LABEL_INT, ETL_LABEL_ONEHOT, ETL_LABEL_TEXT } etl_label_kind;
+/* ROWID: a prediction's rows have no class; the label's place holds the
+ * row's id, kept as the COPY gave it (etl_keys) for the output table. */
+typedef enum { ETL_LABEL_INT, ETL_LABEL_ONEHOT, ETL_LABEL_TEXT, ETL_LABEL_ROWID } etl_label_kind;
 
 /* The most MADlib independent variables one unload takes (a table may have
  * more; --features picks): a stream keeps a cursor per packed column of a
@@ -78,6 +80,12 @@ struct etl_plan {
      * plan read from JSON (a queue job) has none. */
     _Atomic(PGconn *) spare;
 };
+
+/* etl_unload_task, keeping each row's id in keys (a prediction's plan,
+ * label kind ROWID; NULL for any other plan). */
+typedef struct etl_keys etl_keys;
+int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, int64_t *rows,
+                          cds_err *err);
 
 /* The plan's spare connection (once; NULL after), or a new one. */
 PGconn *etl_plan_conn(const etl_plan *p, cds_err *err);

@@ -72,11 +72,13 @@ static int load_label(etl_plan *p, cds_err *err)
     p->label_name = strdup(jstr(lab, "name"));
     p->label_oid = (uint32_t)json_integer_value(json_object_get(lab, "type"));
     const char *kind = jstr(lab, "kind");
-    p->label_kind = strcmp(kind, "text") == 0 ? ETL_LABEL_TEXT : strcmp(kind, "onehot") == 0 ? ETL_LABEL_ONEHOT
-                                                                                              : ETL_LABEL_INT;
+    p->label_kind = strcmp(kind, "text") == 0     ? ETL_LABEL_TEXT
+                    : strcmp(kind, "onehot") == 0 ? ETL_LABEL_ONEHOT
+                    : strcmp(kind, "rowid") == 0  ? ETL_LABEL_ROWID
+                                                  : ETL_LABEL_INT;
     /* 0 for integer labels: settled at finish from the largest id seen. */
     p->num_classes = (int)json_integer_value(json_object_get(p->json, "num_classes"));
-    if (p->num_classes < 1 && p->label_kind != ETL_LABEL_INT)
+    if (p->num_classes < 1 && p->label_kind != ETL_LABEL_INT && p->label_kind != ETL_LABEL_ROWID)
         return bad_plan(err, "no class count");
     json_t *classes = json_object_get(p->json, "classes");
     p->has_classes = json_array_size(classes) > 0;
@@ -154,7 +156,8 @@ etl_plan *etl_plan_from_json(const json_t *j, const char *dsn, cds_err *err)
         rc = etl_criteo_from_json(&p->criteo, json_object_get(p->json, "criteo"), err);
         for (size_t i = 0; rc == 0 && i < 39 && i < p->n_cols; i++)
             p->criteo_oids[i + 1] = p->cols[i].oid;
-        p->criteo_oids[0] = p->label_oid;
+        /* A prediction's rows give the transform a class of 0 (int4). */
+        p->criteo_oids[0] = p->label_kind == ETL_LABEL_ROWID ? ETL_OID_INT4 : p->label_oid;
     }
     if (rc != 0) {
         etl_plan_free(p);

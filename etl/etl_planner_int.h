@@ -73,6 +73,16 @@ typedef struct etl_planner {
     int madlib;     /* a MADlib packed table: the label is one of its columns */
 } etl_planner;
 
+/* The server kind and version into the plan ("server"), with Greenplum's
+ * primary segments. */
+int etl_planner_server(etl_planner *pl, cds_err *err);
+/* The COPY queries of one (split, shard) of table t: one per PostgreSQL
+ * shard (the rows whose key hash is shard mod s->shards), one per
+ * Greenplum segment that maps to it; select is the select list,
+ * split_filter an extra condition or NULL. */
+json_t *etl_planner_task_queries(etl_planner *pl, const etl_table_info *t, const char *split_filter, int shard,
+                                 const char *select);
+
 /* Appends a column to the plan; returns its object (owned by the plan) for
  * the caller to add to (etl_plan_table.c). */
 json_t *etl_planner_add_column(etl_planner *pl, const char *name, uint32_t oid, const char *kind, const int *dims,

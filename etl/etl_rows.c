@@ -172,6 +172,16 @@ static int label_index(const etl_plan *p, const etl_field *f, int32_t *out, cds_
     return 0;
 }
 
+/* A prediction's row: its id kept for the output, its class 0. */
+static int put_key(etl_converter *cv, const etl_field *f, int32_t *label, cds_err *err)
+{
+    if (f->len < 0)
+        return cds_errf(err, "NULL in id column \"%s\"; give ids to every row, or filter them (--where '\"%s\" IS NOT NULL')",
+                        cv->p->label_name, cv->p->label_name);
+    *label = 0;
+    return etl_keys_add(cv->keys, f->data, f->len, err);
+}
+
 static int convert_columns(etl_converter *cv, const etl_field *f, int nf, cds_err *err)
 {
     const etl_plan *p = cv->p;
@@ -198,7 +208,8 @@ static int convert_columns(etl_converter *cv, const etl_field *f, int nf, cds_er
             return -1;
         at += col->count;
     }
-    if (label_index(p, &f[p->n_cols], &cv->y[cv->n], err) != 0)
+    if (p->label_kind == ETL_LABEL_ROWID ? put_key(cv, &f[p->n_cols], &cv->y[cv->n], err) != 0
+                                         : label_index(p, &f[p->n_cols], &cv->y[cv->n], err) != 0)
         return -1;
     cv->n++;
     cv->rows++;
@@ -213,6 +224,13 @@ static int convert_criteo(etl_converter *cv, const etl_field *f, int nf, cds_err
     if (nf != 40)
         return cds_errf(err, "COPY returned %d fields, expected 40 for the criteo transform", nf);
     row[0] = f[39];
+    static const uint8_t zero[4] = {0, 0, 0, 0};
+    int32_t unused;
+    if (cv->p->label_kind == ETL_LABEL_ROWID) {
+        if (put_key(cv, &f[39], &unused, err) != 0)
+            return -1;
+        row[0] = (etl_field){.data = zero, .len = 4};
+    }
     memcpy(row + 1, f, 39 * sizeof *f);
     int32_t *idx = (int32_t *)(void *)(cv->x + cv->n * cv->xrow);
     if (etl_criteo_row(&cv->p->criteo, cv->p->criteo_oids, row, 40, &cv->y[cv->n], idx, err) != 0)

@@ -9,6 +9,7 @@
 
 #include "etl_copy.h"
 #include "etl_plan_int.h"
+#include "etl_predict.h"
 #include "etl_shard.h"
 #include "etl_writeq.h"
 
@@ -29,6 +30,7 @@ typedef struct etl_converter {
     size_t xrow;   /* bytes per feature row */
     int64_t rows;  /* rows converted so far */
     int64_t buffer_id; /* the MADlib buffer being unpacked, -1 if unknown */
+    etl_keys *keys; /* a prediction's (label kind ROWID): each row's id, in row order */
 } etl_converter;
 
 /* The row callback of the COPY decoder (ctx: the converter): one row of

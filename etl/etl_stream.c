@@ -160,13 +160,21 @@ static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *
 
 int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *rows, cds_err *err)
 {
+    return etl_unload_task_keyed(p, i, snapshot, NULL, rows, err);
+}
+
+int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, int64_t *rows,
+                          cds_err *err)
+{
     if (i >= p->n_tasks)
         return cds_errf(err, "no task %zu in the plan (it has %zu)", i, p->n_tasks);
+    if ((p->label_kind == ETL_LABEL_ROWID) != (keys != NULL))
+        return cds_errf(err, "task %zu: a prediction's plan needs somewhere to keep row ids, and only it", i);
     const etl_task *t = &p->tasks[i];
     char split_dir[4096];
     if (cds_layout_split_dir(split_dir, sizeof split_dir, p->staging, t->split, err) != 0)
         return -1;
-    etl_converter cv = {.p = p, .task = t, .max_label = -1};
+    etl_converter cv = {.p = p, .task = t, .max_label = -1, .keys = keys};
     cv.xrow = (size_t)p->row_elems * etl_dtype_size(p->x_dtype);
     cv.w = etl_shard_begin(split_dir, t->shard, p->x_dtype, p->x_shape, p->x_ndim, err);
     int rc = cv.w ? 0 : -1;

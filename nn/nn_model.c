@@ -389,6 +389,8 @@ void nn_model_logits(nn_model *m, float *host)
     nn_model_read(m, &m->nodes[m->n_nodes - 1].y, host);
 }
 
+size_t nn_model_logits_size(const nn_model *m) { return m->nodes[m->n_nodes - 1].y.n; }
+
 int nn_model_input(const nn_model *m, int shape[3], int *sparse_dim)
 {
     for (int i = 0; i < 3; i++)

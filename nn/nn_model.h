@@ -159,6 +159,8 @@ int nn_model_backward(nn_model *m, cds_err *err);
 int nn_model_set_row_grads(nn_model *m, int on, cds_err *err);
 /* Copies the logits of the last forward (n × classes floats) to the host. */
 void nn_model_logits(nn_model *m, float *host);
+/* The floats nn_model_logits writes: the largest batch × classes. */
+size_t nn_model_logits_size(const nn_model *m);
 /* l2·Σw² over the decayed weights, in double. */
 double nn_model_l2(nn_model *m, double l2);
 

@@ -418,19 +418,39 @@ int nn_trainer_train_steps(nn_trainer *t, const char *shard_dir, int shard_index
     return train_pass(t, shard_dir, shard_index, &o, steps, 0, progress, ctx, st, err);
 }
 
-int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)
+/* The one inference pass, of test scoring (fn NULL) and prediction: the
+ * shard in file order, in the configuration's batches, no updates; each
+ * batch's metrics go to the pass sums, and with fn its logits to the host. */
+static int infer_pass(nn_trainer *t, const char *shard_dir, nn_logits_fn fn, void *ctx, nn_pass_stats *st,
+                      cds_err *err)
 {
     nn_data *d;
     if (open_shard(t, shard_dir, 0, 0, 0, 0, &d, err) != 0)
         return -1;
     int64_t t0 = cds_mono_ms(), rows0 = st->rows;
+    int K = nn_model_classes(t->model);
+    size_t nlog = 0; /* the output is sized by the first forward */
+    float *logits = NULL;
     start_sums(t, st);
     int rc = nn_data_begin(d, 0, err);
     nn_batch b;
     int n = 0;
-    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0)
+    while (rc == 0 && (n = nn_data_next(d, &b, err)) > 0) {
         if (feed_u8(t, d, &b, err) != 0 || nn_model_forward_acc(t->model, b.x, b.idx, b.y, n, 0, 0, t->cfg.l2, 0, err) != 0)
             rc = -1;
+        else if (fn && nn_model_logits_size(t->model) > nlog) {
+            free(logits);
+            nlog = nn_model_logits_size(t->model);
+            if (!(logits = malloc(nlog * sizeof *logits)))
+                rc = cds_err_nomem(err, "out of memory for %zu logits", nlog);
+        }
+        if (rc == 0 && fn && (size_t)n * (size_t)K > nlog)
+            rc = cds_errf(err, "a batch of %d rows is larger than the model's output (%zu logits)", n, nlog);
+        else if (rc == 0 && fn) {
+            nn_model_logits(t->model, logits);
+            rc = fn(ctx, logits, n, K, err);
+        }
+    }
     if (rc == 0 && n < 0)
         rc = -1;
     nn_pass_acc sums;
@@ -440,8 +460,22 @@ int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *s
         rc = -1;
     st->bytes += (st->rows - rows0) * nn_data_row_bytes(d);
     nn_data_close(d);
+    free(logits);
     st->seconds += (double)(cds_mono_ms() - t0) / 1000.0;
-    return rc == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);
+    return rc;
+}
+
+int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err)
+{
+    return infer_pass(t, shard_dir, NULL, NULL, st, err) == 0 ? 0 : cds_err_wrap(err, "evaluating on %s", shard_dir);
+}
+
+int nn_trainer_predict_shard(nn_trainer *t, const char *shard_dir, nn_logits_fn fn, void *ctx, nn_pass_stats *st,
+                             cds_err *err)
+{
+    if (!fn)
+        return cds_errf(err, "predicting on %s: no function to take the logits", shard_dir);
+    return infer_pass(t, shard_dir, fn, ctx, st, err) == 0 ? 0 : cds_err_wrap(err, "predicting on %s", shard_dir);
 }
 
 void nn_trainer_end_epoch(nn_trainer *t)

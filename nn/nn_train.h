@@ -99,6 +99,14 @@ int nn_trainer_shadow_step(nn_trainer *t, int (*reduce)(void *ctx, cds_err *err)
 /* Evaluation over a shard: no updates, running statistics, file order.
  * Stats are added to *st (so several shards sum). */
 int nn_trainer_eval_shard(nn_trainer *t, const char *shard_dir, nn_pass_stats *st, cds_err *err);
+/* Prediction: the same pass as nn_trainer_eval_shard (so a shard's rows
+ * get the logits its test score counted), with each batch's logits handed
+ * to fn in file order: n rows of K floats, host memory valid during the
+ * call.  fn's non-zero return stops the pass with its error.  The shard's
+ * labels only feed the pass sums (a prediction shard's are 0). */
+typedef int (*nn_logits_fn)(void *ctx, const float *logits, int n, int K, cds_err *err);
+int nn_trainer_predict_shard(nn_trainer *t, const char *shard_dir, nn_logits_fn fn, void *ctx, nn_pass_stats *st,
+                             cds_err *err);
 void nn_trainer_end_epoch(nn_trainer *t);
 int nn_trainer_save(nn_trainer *t, const char *path, cds_err *err);
 

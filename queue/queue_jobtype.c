@@ -131,6 +131,30 @@ static int check_etl(const json_t *p, int shard, cds_err *err)
 static int check_etl_shard(const json_t *p, cds_err *err) { return check_etl(p, 1, err); }
 static int check_etl_finish(const json_t *p, cds_err *err) { return check_etl(p, 0, err); }
 
+/* What jobctl enqueue predict writes: the plan (etl/etl_predict.h) of one
+ * part (its one task) or of the finish (no tasks).  The plan's inside is
+ * etl's to check; here only that it is a prediction's. */
+static int check_predict(const json_t *p, int part, cds_err *err)
+{
+    static const char *const fields[] = {"plan", NULL};
+    if (check_fields(p, fields, err) != 0)
+        return -1;
+    const json_t *plan = json_object_get(p, "plan");
+    if (!json_is_object(plan))
+        return cds_errf(err, "$.plan: missing or not an object: jobctl enqueue predict writes it");
+    if (!json_is_object(json_object_get(plan, "predict")))
+        return cds_errf(err, "$.plan.predict: missing: not a prediction's plan (jobctl enqueue predict writes it)");
+    size_t tasks = json_array_size(json_object_get(plan, "tasks"));
+    if (part && tasks != 1)
+        return cds_errf(err, "$.plan.tasks: a part's plan has one task, not %zu", tasks);
+    if (!part && json_object_get(plan, "tasks"))
+        return cds_errf(err, "$.plan.tasks: the finishing job's plan has no tasks");
+    return 0;
+}
+
+static int check_predict_part(const json_t *p, cds_err *err) { return check_predict(p, 1, err); }
+static int check_predict_finish(const json_t *p, cds_err *err) { return check_predict(p, 0, err); }
+
 static const queue_jobtype rows[QUEUE_JOB_TYPES] = {
     [QUEUE_JOB_DIAG_SLEEP] = {QUEUE_JOB_DIAG_SLEEP, "diag.sleep", "sleeps ms milliseconds (smoke tests, demos)",
                               "{\"ms\": 100}", check_diag_sleep},
@@ -145,6 +169,13 @@ static const queue_jobtype rows[QUEUE_JOB_TYPES] = {
     [QUEUE_JOB_ETL_FINISH] = {QUEUE_JOB_ETL_FINISH, "etl.finish",
                               "stamps and publishes an unloaded dataset (jobctl enqueue etl makes it)",
                               "{\"dataset\": \"fmnist\", \"token\": \"<unload token>\"}", check_etl_finish},
+    [QUEUE_JOB_PREDICT_PART] = {QUEUE_JOB_PREDICT_PART, "predict.part",
+                                "scores one part of a table into a staging table (jobctl enqueue predict makes these)",
+                                "{\"plan\": {\"predict\": {}, \"tasks\": [{}]}}", check_predict_part},
+    [QUEUE_JOB_PREDICT_FINISH] = {QUEUE_JOB_PREDICT_FINISH, "predict.finish",
+                                  "makes the output table of a prediction from its parts (jobctl enqueue predict "
+                                  "makes it)",
+                                  "{\"plan\": {\"predict\": {}}}", check_predict_finish},
 };
 
 /* ---- lookups ------------------------------------------------------------- */

@@ -30,6 +30,8 @@ typedef enum queue_jobtype_id {
     QUEUE_JOB_DIAG_NOOP,
     QUEUE_JOB_ETL_SHARD,
     QUEUE_JOB_ETL_FINISH,
+    QUEUE_JOB_PREDICT_PART,
+    QUEUE_JOB_PREDICT_FINISH,
     QUEUE_JOB_TYPES /* how many there are */
 } queue_jobtype_id;
 

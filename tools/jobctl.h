@@ -118,6 +118,12 @@ int jobctl_parse_sweep_model(const jobctl *j, const char *arg, char sweep[QUEUE_
  * with the line printed. */
 int jobctl_model_ckpt(const jobctl *j, queue_conn *q, const char *sweep, int m, int epoch, const char *what, char *path,
                       size_t n);
+/* SWEEP alone: the model and epoch its test scoring chose (what: the
+ * start of an error's line).  0, or an exit code with the line printed. */
+int jobctl_chosen_model(const jobctl *j, queue_conn *q, const char *sweep, const char *what, int *m, int *epoch);
+/* `jobctl enqueue predict ...` (jobctl_predict.c): argv[0] is "predict". */
+int jobctl_enqueue_predict(jobctl *j, int argc, char **argv);
+extern const char jobctl_usage_enqueue_predict[];
 int jobctl_sweep_state_command(jobctl *j, int argc, char **argv, const char *usage, const char *state);
 
 /* The help of each command (jobctl help COMMAND). */

@@ -48,9 +48,10 @@ static const char usage_enqueue[] =
 
 /* Printed after usage_enqueue, below the table of job types. */
 static const char usage_enqueue_kinds[] =
-    "Two kinds of enqueue that are not one job:\n"
+    "Three kinds of enqueue that are not one job:\n"
     "  etl --spec FILE.json   unload a table into shards as etl.* jobs (jobctl enqueue etl --help)\n"
-    "  sweep --spec FILE.json create a model-selection sweep (jobctl enqueue sweep --help)\n";
+    "  sweep --spec FILE.json create a model-selection sweep (jobctl enqueue sweep --help)\n"
+    "  predict --sweep S ...  score a table with a sweep's model into a new table (jobctl enqueue predict --help)\n";
 
 static const char usage_enqueue_etl[] =
     "usage: jobctl enqueue etl --spec FILE.json [--queue Q] [--priority N]\n"
@@ -97,6 +98,8 @@ void jobctl_print_enqueue_help(const char *kind)
 {
     if (kind && strcmp(kind, "etl") == 0) {
         fputs(usage_enqueue_etl, stdout);
+    } else if (kind && strcmp(kind, "predict") == 0) {
+        fputs(jobctl_usage_enqueue_predict, stdout);
     } else if (kind && strcmp(kind, "sweep") == 0) {
         fputs(usage_enqueue_sweep, stdout);
     } else {
@@ -194,6 +197,9 @@ static int check_payload_json(const jobctl *j, const char *text, const char *typ
  * of the two kinds enqueue expands itself; refuses any other, naming them. */
 static int check_job_type(const jobctl *j, const char *type)
 {
+    if (strcmp(type, "predict") == 0)
+        return jobctl_usage(j, "write the word predict right after enqueue, then its options: jobctl enqueue predict "
+                               "--sweep S ... (jobctl enqueue predict --help)");
     if (strcmp(type, "etl") == 0 || strcmp(type, "sweep") == 0 || queue_jobtype_find(type))
         return 0;
     char names[256];
@@ -411,6 +417,10 @@ static int enqueue_etl(jobctl *j, const enqueue_args *a)
 
 int jobctl_cmd_enqueue(jobctl *j, int argc, char **argv)
 {
+    /* predict has options of its own (--id is a column there), so it
+     * must come first: jobctl enqueue predict --sweep ... */
+    if (argc > 1 && strcmp(argv[1], "predict") == 0)
+        return jobctl_enqueue_predict(j, argc - 1, argv + 1);
     enqueue_args a = {0};
     queue_job_spec *specs = NULL;
     queue_enqueued *out = NULL;

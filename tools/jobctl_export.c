@@ -99,23 +99,22 @@ static int parse_target(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP
     return 0;
 }
 
-/* SWEEP alone: the model and epoch its test scoring chose. */
-static int chosen_model(const jobctl *j, queue_conn *q, const char *sweep, int *m, int *epoch)
+int jobctl_chosen_model(const jobctl *j, queue_conn *q, const char *sweep, const char *what, int *m, int *epoch)
 {
     cds_err err;
     json_t *sw = NULL;
     int rc = queue_sweep_get(q, sweep, &sw, &err);
     if (rc == QUEUE_NOT_FOUND)
-        return jobctl_fail(j, EXIT_USAGE, "export: there is no sweep %s (see jobctl sweeps)", sweep);
+        return jobctl_fail(j, EXIT_USAGE, "%s: there is no sweep %s (see jobctl sweeps)", what, sweep);
     if (rc != 0)
-        return jobctl_fail(j, EXIT_REFUSED, "export: reading sweep %s: %s", sweep, err.msg);
+        return jobctl_fail(j, EXIT_REFUSED, "%s: reading sweep %s: %s", what, sweep, err.msg);
     const char *test = json_string_value(json_object_get(sw, "test"));
     json_t *t = test ? json_loads(test, 0, NULL) : NULL;
     json_t *mj = json_object_get(t, "model"), *ej = json_object_get(t, "epoch");
     rc = 0;
     if (!json_is_integer(mj) || !json_is_integer(ej))
-        rc = jobctl_fail(j, EXIT_REFUSED, "export: sweep %s has no chosen model yet (its test split is not scored: "
-                         "jobctl status %s): name one as %s/MODEL", sweep, sweep, sweep);
+        rc = jobctl_fail(j, EXIT_REFUSED, "%s: sweep %s has no chosen model yet (its test split is not scored: "
+                         "jobctl status %s): name one as %s/MODEL", what, sweep, sweep, sweep);
     else
         *m = (int)json_integer_value(mj), *epoch = (int)json_integer_value(ej);
     json_decref(t);
@@ -171,7 +170,7 @@ int jobctl_cmd_export(jobctl *j, int argc, char **argv)
         if (rc == 0)
             rc = jobctl_open_queue(j, &q);
         if (rc == 0 && m < 0)
-            rc = chosen_model(j, q, sweep, &m, &epoch);
+            rc = jobctl_chosen_model(j, q, sweep, "export", &m, &epoch);
         if (rc == 0)
             rc = jobctl_model_ckpt(j, q, sweep, m, epoch, "export", path, sizeof path);
         queue_close(q);

@@ -2,7 +2,9 @@
  * benchmarks: diag.sleep stands in for any job that takes time (it sleeps in
  * short slices so that a stop or a lost lease interrupts it promptly),
  * diag.fail for one that fails, diag.noop for measuring the queue itself.  etl.shard and
- * etl.finish run an unload enqueued by `jobctl enqueue etl`; DDP ranks come later.
+ * etl.finish run an unload enqueued by `jobctl enqueue etl`; predict.part and
+ * predict.finish a prediction enqueued by `jobctl enqueue predict`
+ * (worker_predict.c).
  *
  * Which types exist, and what their payloads hold, is the table that jobctl
  * shares (queue/queue_jobtype.h): runners[] here has one row per row there,
@@ -17,6 +19,7 @@
 #include "etl_queue.h"
 #include "queue_jobtype.h"
 #include "worker.h"
+#include "worker_predict.h"
 
 static int run_diag_sleep(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
 {
@@ -92,6 +95,8 @@ static const runner runners[] = {
     [QUEUE_JOB_DIAG_NOOP] = {run_diag_noop, NULL},
     [QUEUE_JOB_ETL_SHARD] = {run_etl_shard, etl_dead},
     [QUEUE_JOB_ETL_FINISH] = {run_etl_finish, etl_dead},
+    [QUEUE_JOB_PREDICT_PART] = {worker_run_predict_part, worker_predict_dead},
+    [QUEUE_JOB_PREDICT_FINISH] = {worker_run_predict_finish, worker_predict_dead},
 };
 _Static_assert(sizeof runners / sizeof runners[0] == QUEUE_JOB_TYPES,
                "every job type of queue/queue_jobtype.c needs a runner here");
