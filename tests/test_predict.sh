@@ -116,4 +116,7 @@ st=$(run_predict --sweep p1 --table fm_null --out-table nulls --parts 2 --max-at
 ok "$([ "$st" = dead ] && [ "$(psql -XAtc "SELECT to_regclass('nulls') IS NULL AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relname LIKE 'cds_predict_%')")" = t ]; echo $?)" \
     "a NULL feature fails its part for good: no output table, no staging table ($st)"
 ok "$(grep -q 'NULL in feature column "pixels"' "$root/w0.log"; echo $?)" "the worker's log names the NULL column"
-done_testing
+san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
+ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the workers' logs"
+[ "$failed" = 0 ] && [ -z "$san" ] || for l in "$root"/w*.log; do tail -n 15 "$l" | sed "s|^|# $(basename "$l"): |"; done
+tap_done

@@ -97,4 +97,7 @@ wait "${pids[@]}"; pids=()
 st=$(predict_run --sweep cr --table crit --out-table crit_preds --parts 3 --dsn "postgresql:///$PGDATABASE")
 ok "$([ "$st" = done ]; echo $?)" "predict in 3 parts with --dsn as a URI: $st"
 ok "$(exact cr crit crit_preds t.label)" "the Criteo rows' predictions give exactly the test top-1"
-done_testing
+san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
+ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the workers' logs"
+[ "$failed" = 0 ] && [ -z "$san" ] || for l in "$root"/w*.log; do tail -n 15 "$l" | sed "s|^|# $(basename "$l"): |"; done
+tap_done
