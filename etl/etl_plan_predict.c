@@ -138,6 +138,22 @@ static int plan_output(etl_planner *pl, const etl_predict_spec *s, json_t *pr, c
         free(schema);
         return cds_errf(err, "--out-table '%s': write TABLE or SCHEMA.TABLE", s->out_table);
     }
+    const char *sp[1] = {schema};
+    PGresult *sr = etl_pq_exec(pl->c, "looking up the output's schema",
+                               "SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = $1", 1, sp,
+                               PGRES_TUPLES_OK, err);
+    int schema_rc = !sr ? -1
+                    : PQntuples(sr) == 0 ? cds_errf(err, "--out-table %s: there is no schema \"%s\" (create it, or name "
+                                                    "a table of an existing schema)", s->out_table, schema)
+                    : strcmp(PQgetvalue(sr, 0, 0), "t") != 0
+                        ? cds_errf(err, "--out-table %s: this role may not create tables in schema \"%s\" (GRANT CREATE "
+                                   "ON SCHEMA, or name another schema)", s->out_table, schema)
+                        : 0;
+    PQclear(sr);
+    if (schema_rc != 0) {
+        free(schema);
+        return -1;
+    }
     char *qs = etl_pq_quote_ident(pl->c, schema), *qt = etl_pq_quote_ident(pl->c, table);
     etl_sbuf q = {0};
     etl_sb_add(&q, "%s.%s", qs, qt);

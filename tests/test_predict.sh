@@ -87,6 +87,7 @@ refused "a table without the dataset's column" 'column "pixels".*not found' --sw
 psql -Xqc "CREATE TABLE fm_ints AS SELECT id, ARRAY(SELECT get_byte(pixels, i) FROM generate_series(0, 783) i)::int[] AS pixels FROM fashion_mnist_test WHERE id < 50; ALTER TABLE fm_ints ADD PRIMARY KEY (id)"
 refused "a column of another type" "is int4\[\] but dataset fm's column \"pixels\" was bytea" --sweep p1 --table fm_ints --out-table p2
 refused "an existing output table" "preds exists: pass --replace" --sweep p1 --table fashion_mnist_test --out-table preds
+refused "an output table in a schema that does not exist" 'no schema "nowhere"' --sweep p1 --table fashion_mnist_test --out-table nowhere.p2
 refused "--k above the classes" "model has 10 classes" --sweep p1 --table fashion_mnist_test --out-table p2 --type topk --k 11
 psql -Xqc "CREATE TABLE fm_nokey AS SELECT * FROM fashion_mnist_test WHERE id < 50"
 refused "a table with no primary key and no --id" "no primary key: name the column" --sweep p1 --table fm_nokey --out-table p2
