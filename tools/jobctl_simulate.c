@@ -20,14 +20,26 @@
 
 const char jobctl_usage_simulate[] =
     "usage: jobctl simulate --spec SWEEP.json --workers W [--from-sweep S] [--overhead SECONDS]\n"
-    "                       [--gang-overhead SECONDS]\n"
+    "                       [--gang-overhead SECONDS] [--host-slots N]\n"
     "Predicts the makespan and the workers' utilisation of the sweep of SWEEP.json on W\n"
     "workers (W shards, one worker each): MOP as its scheduler runs it, visit by visit; the\n"
-    "study's rotation (each sub-epoch as long as its slowest visit); DDP and MA (one model at\n"
+    "study's rotation (each sub-epoch as long as its slowest visit); MOP with the hybrid (gangs\n"
+    "of idle workers for the models left, as the scheduler forms them); DDP and MA (one model at\n"
     "a time on a gang of W; estimates).  Visit times: a diag.sleep model's ms, or with\n"
     "--from-sweep S what sweep S measured for the same models (its visits' wall times,\n"
     "scaled to W shards).  --overhead: seconds added to every visit (lease and commit;\n"
-    "default 0.005); --gang-overhead: to every DDP/MA epoch (default 0.5).\n";
+    "default 0.005); --gang-overhead: to every DDP/MA epoch and every gang's (default 0.5);\n"
+    "--host-slots: the most ranks a hybrid gang takes (the host's cores / --threads; default\n"
+    "0, no limit: GPU workers).\n";
+
+/* A model's batch (its spec's train.batch), what a gang's W must divide; 0 if none. */
+static int model_batch(const char *spec)
+{
+    json_t *o = json_loads(spec, 0, NULL);
+    int b = (int)json_integer_value(json_object_get(json_object_get(o, "train"), "batch"));
+    json_decref(o);
+    return b;
+}
 
 /* A diag.sleep model's visit in seconds, or -1. */
 static double sleep_seconds(const char *spec)
@@ -102,15 +114,16 @@ static void print_row(const char *mode, const sweep_sim_out *o, const char *note
 
 int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
 {
-    enum { O_SPEC = 401, O_WORKERS, O_FROM, O_OVERHEAD, O_GANG };
+    enum { O_SPEC = 401, O_WORKERS, O_FROM, O_OVERHEAD, O_GANG, O_SLOTS };
     static const struct option opts[] = {{"spec", required_argument, 0, O_SPEC},
                                          {"workers", required_argument, 0, O_WORKERS},
                                          {"from-sweep", required_argument, 0, O_FROM},
                                          {"overhead", required_argument, 0, O_OVERHEAD},
                                          {"gang-overhead", required_argument, 0, O_GANG},
+                                         {"host-slots", required_argument, 0, O_SLOTS},
                                          GLOBAL_OPTIONS};
     const char *spec_file = NULL, *from = NULL;
-    int64_t W = 0;
+    int64_t W = 0, slots = 0;
     double overhead = 0.005, gang = 0.5;
     int c;
     while ((c = jobctl_next_option(j, argc, argv, ":h", opts)) != NEXT_END) {
@@ -122,12 +135,14 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
             from = optarg;
         else if (c == O_WORKERS && cds_parse_i64(optarg, 1, 4096, &W) != 0)
             return jobctl_fail(j, EXIT_USAGE, "bad --workers '%s': give 1 to 4096", optarg);
+        else if (c == O_SLOTS && cds_parse_i64(optarg, 0, 4096, &slots) != 0)
+            return jobctl_fail(j, EXIT_USAGE, "bad --host-slots '%s': give 0 (no limit) to 4096", optarg);
         else if ((c == O_OVERHEAD || c == O_GANG) &&
                  (cds_parse_double(optarg, c == O_OVERHEAD ? &overhead : &gang) != 0 ||
                   (c == O_OVERHEAD ? overhead : gang) < 0))
             return jobctl_fail(j, EXIT_USAGE, "bad --%s '%s': give seconds, 0 or more",
                                c == O_OVERHEAD ? "overhead" : "gang-overhead", optarg);
-        else if (c != O_WORKERS && c != O_OVERHEAD && c != O_GANG)
+        else if (c != O_WORKERS && c != O_OVERHEAD && c != O_GANG && c != O_SLOTS)
             return EXIT_USAGE;
     }
     if (jobctl_want_args(j, argc, argv, 0, "") != 0)
@@ -158,32 +173,46 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
         for (int k = 0; k < W; k++)
             visit[(size_t)m * (size_t)W + (size_t)k] = t;
     }
+    int *batch = calloc((size_t)M, sizeof *batch);
+    if (rc == 0 && !batch)
+        rc = jobctl_fail(j, EXIT_REFUSED, "simulate: out of memory");
+    for (int m = 0; rc == 0 && m < M; m++)
+        batch[m] = model_batch(sweep_spec_model_specs(s)[m]);
     sweep_sim_in in = {.models = M, .shards = (int)W, .epochs = E, .visit_s = visit, .eval_s = eval,
-                       .visit_overhead_s = overhead, .gang_overhead_s = gang};
-    sweep_sim_out mop, rot, gng;
-    if (rc == 0 && (sweep_sim_mop(&in, &mop) != 0 || sweep_sim_rotation(&in, &rot) != 0 ||
-                    sweep_sim_gang(&in, &gng) != 0))
+                       .visit_overhead_s = overhead, .gang_overhead_s = gang, .batch = batch,
+                       .host_slots = (int)slots};
+    sweep_sim_out mop, hyb, rot, gng;
+    sweep_sim_in hin = in;
+    hin.hybrid = 1;
+    if (rc == 0 && (sweep_sim_mop(&in, &mop) != 0 || sweep_sim_mop(&hin, &hyb) != 0 ||
+                    sweep_sim_rotation(&in, &rot) != 0 || sweep_sim_gang(&in, &gng) != 0))
         rc = jobctl_fail(j, EXIT_REFUSED, "simulate: the sweep could not be simulated (no models or a bad time)");
     if (rc == 0 && j->json) {
-        json_t *o = json_pack("{s:i, s:i, s:I, s:s, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}}", "models", M,
-                              "epochs", E, "workers", (json_int_t)W, "times", from ? from : "spec", "mop", "makespan_s",
-                              mop.makespan_s, "utilisation", mop.utilisation, "rotation", "makespan_s",
-                              rot.makespan_s, "utilisation", rot.utilisation, "ddp", "makespan_s", gng.makespan_s,
-                              "utilisation", gng.utilisation, "ma", "makespan_s", gng.makespan_s, "utilisation",
-                              gng.utilisation);
+        json_t *o = json_pack("{s:i, s:i, s:I, s:s, s:b, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, "
+                              "s:{s:f, s:f}}",
+                              "models", M, "epochs", E, "workers", (json_int_t)W, "times", from ? from : "spec",
+                              "spec_hybrid", sweep_spec_hybrid(s), "mop", "makespan_s", mop.makespan_s, "utilisation",
+                              mop.utilisation, "hybrid", "makespan_s", hyb.makespan_s, "utilisation", hyb.utilisation,
+                              "rotation", "makespan_s", rot.makespan_s, "utilisation", rot.utilisation, "ddp",
+                              "makespan_s", gng.makespan_s, "utilisation", gng.utilisation, "ma", "makespan_s",
+                              gng.makespan_s, "utilisation", gng.utilisation);
         jobctl_print_json(o);
         json_decref(o);
     } else if (rc == 0) {
         printf("simulate: %d models x %d epochs on %lld workers (%lld shards), visit times %s%s\n", M, E, (long long)W,
                (long long)W, from ? "measured by sweep " : "from the spec's diag.sleep ms", from ? from : "");
         printf("%-9s %11s %12s\n", "mode", "makespan s", "utilisation");
-        print_row("mop", &mop, "the scheduler's greedy rule, visit by visit");
+        print_row("mop", &mop, sweep_spec_hybrid(s) ? "the scheduler's greedy rule, visit by visit, the hybrid off"
+                                                     : "the scheduler's greedy rule, visit by visit (as the spec runs)");
+        print_row("hybrid", &hyb, sweep_spec_hybrid(s) ? "MOP with gangs for the models left (as the spec runs)"
+                                                       : "MOP with gangs for the models left (\"hybrid\": true)");
         print_row("rotation", &rot, "each sub-epoch waits for its slowest visit");
         print_row("ddp", &gng, "estimate: one model at a time on a gang of all workers");
         print_row("ma", &gng, "estimate: as ddp (a pass per rank, then the average)");
     }
     free(visit);
     free(eval);
+    free(batch);
     sweep_spec_free(s);
     return rc;
 }

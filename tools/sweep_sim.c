@@ -47,7 +47,12 @@ typedef struct worker_state {
     double next;    /* its next try (busy: the end of its visit) */
     int waiting;    /* blocked on the wake-up list since `since` */
     double since;
+    double busy_end; /* the end of its visit or gang (<= now: holds no model) */
+    double mark_until; /* its ready mark for a gang lives until then (a gang ask, a gang's commit) */
 } worker_state;
+
+/* A ready mark's life (worker_mop_gang.c GANG_READY_MS, mop_gang_commit.lua). */
+#define SIM_MARK_S 3.0
 
 typedef struct sim {
     const sweep_sim_in *in;
@@ -74,6 +79,111 @@ static int push_commit(sim *x, double t)
     return 0;
 }
 
+/* A token for the longest waiter, or kept (16 at most). */
+static void wake_one(sim *x, double t)
+{
+    int first = -1;
+    for (int j = 0; j < x->in->shards; j++)
+        if (x->ws[j].waiting && (first < 0 || x->ws[j].since < x->ws[first].since))
+            first = j;
+    if (first >= 0) {
+        x->ws[first].waiting = 0;
+        x->ws[first].next = t;
+    } else if (x->tokens < SIM_TOKENS) {
+        x->tokens++;
+    }
+}
+
+/* An epoch of model m ends (a visit's last commit, or a gang's). */
+static void end_epoch(sim *x, model_state *s, int m)
+{
+    s->epoch++;
+    s->n_visited = 0;
+    memset(s->seen, 0, (size_t)x->in->shards);
+    if (s->epoch == x->in->epochs)
+        x->left--;
+    x->evals[x->n_evals++] = m; /* queued by the commit */
+}
+
+/* hybrid_plan's model and W for worker k asking at t, or -1. */
+static int plan_gang(const sim *x, int k, double t, int *ready, int *n_ready, int *W_out)
+{
+    const sweep_sim_in *in = x->in;
+    int K = in->shards, runnable = 0, idle = 0, best = -1, nbusy = 0, idle_workers = 1;
+    for (int m = 0; m < in->models; m++) {
+        const model_state *s = &x->ms[m];
+        if (s->epoch >= in->epochs)
+            continue;
+        runnable++;
+        if (s->busy_until > t)
+            continue;
+        idle++;
+        if (s->n_visited == 0 && (best < 0 || s->epoch < x->ms[best].epoch))
+            best = m;
+    }
+    *n_ready = 0;
+    ready[(*n_ready)++] = k;
+    for (int j = 0; j < K; j++) {
+        if (x->ws[j].busy_end > t)
+            nbusy++;
+        else if (j != k && x->ws[j].mark_until >= t) {
+            idle_workers++;
+            if (in->host_slots < 1 || *n_ready < in->host_slots)
+                ready[(*n_ready)++] = j;
+        }
+    }
+    if (best < 0 || idle_workers < 2 || runnable >= idle_workers + nbusy || !in->batch)
+        return -1;
+    int cap = *n_ready, W = 0, fewest = 0;
+    cap = cap < idle_workers - (idle - 1) ? cap : idle_workers - (idle - 1);
+    cap = cap < K ? cap : K;
+    for (int w = 2; w <= cap; w++)
+        if (in->batch[best] >= w && in->batch[best] % w == 0 && (!W || (K + w - 1) / w < fewest))
+            W = w, fewest = (K + w - 1) / w;
+    *W_out = W;
+    return W ? best : -1;
+}
+
+/* Worker k, with nothing to visit at t, asks for a gang: 1 if one formed. */
+static int try_gang(sim *x, int k, double t)
+{
+    const sweep_sim_in *in = x->in;
+    int K = in->shards, W = 0, n_ready = 0;
+    int *ready = malloc((size_t)K * sizeof *ready);
+    if (!ready)
+        return -1;
+    int m = plan_gang(x, k, t, ready, &n_ready, &W);
+    if (m < 0) {
+        free(ready);
+        return 0;
+    }
+    for (int i = 0; i < W; i++)
+        wake_one(x, t);
+    double start = t, longest = 0;
+    for (int i = 1; i < W; i++)
+        start = x->ws[ready[i]].next > start ? x->ws[ready[i]].next : start;
+    for (int r = 0; r < W; r++) {
+        double d = 0;
+        for (int sh = r; sh < K; sh += W)
+            d += in->visit_s[(size_t)m * (size_t)K + (size_t)sh];
+        longest = d > longest ? d : longest;
+    }
+    double end = start + in->gang_overhead_s + longest;
+    for (int i = 0; i < W; i++) {
+        worker_state *w = &x->ws[ready[i]];
+        w->waiting = 0;
+        w->next = w->busy_end = end;
+        w->mark_until = end + SIM_MARK_S; /* the gang's commit marks its workers again */
+    }
+    free(ready);
+    model_state *s = &x->ms[m];
+    s->busy_until = end;
+    x->busy += (double)W * (end - t);
+    end_epoch(x, s, m);
+    x->makespan = end > x->makespan ? end : x->makespan;
+    return push_commit(x, end) == 0 ? 1 : -1;
+}
+
 /* Worker k tries at time t: an evaluation, else a lease; 1 if it took one. */
 static int try_work(sim *x, int k, double t)
 {
@@ -85,31 +195,37 @@ static int try_work(sim *x, int k, double t)
         x->busy += d;
         return push_commit(x, t + d) == 0 ? 1 : -1;
     }
+    /* The lease script leaves alone the model hybrid_plan would give a
+     * gang; the gang forms when a worker with nothing else asks. */
+    int gang_m = -1;
+    if (in->hybrid) {
+        int W, n_ready, *ready = malloc((size_t)K * sizeof *ready);
+        if (!ready)
+            return -1;
+        gang_m = plan_gang(x, k, t, ready, &n_ready, &W);
+        free(ready);
+    }
     int best = -1, best_progress = 0;
     for (int m = 0; m < in->models; m++) {
         model_state *s = &x->ms[m];
-        if (s->epoch >= in->epochs || s->busy_until > t || s->seen[k])
+        if (m == gang_m || s->epoch >= in->epochs || s->busy_until > t || s->seen[k])
             continue;
         int progress = s->epoch * K + s->n_visited;
         if (best < 0 || progress < best_progress)
             best = m, best_progress = progress;
     }
+    if (best < 0 && in->hybrid)
+        x->ws[k].mark_until = t + SIM_MARK_S; /* nothing to visit: the worker asks for a gang */
     if (best < 0)
-        return 0;
+        return in->hybrid ? try_gang(x, k, t) : 0;
     model_state *s = &x->ms[best];
     double d = in->visit_s[(size_t)best * (size_t)K + (size_t)k] + in->visit_overhead_s;
     s->busy_until = t + d;
-    x->ws[k].next = t + d;
+    x->ws[k].next = x->ws[k].busy_end = t + d;
     x->busy += d;
     s->seen[k] = 1;
-    if (++s->n_visited == K) {
-        s->epoch++;
-        s->n_visited = 0;
-        memset(s->seen, 0, (size_t)K);
-        if (s->epoch == in->epochs)
-            x->left--;
-        x->evals[x->n_evals++] = best; /* queued by the commit: ready once it lands (below) */
-    }
+    if (++s->n_visited == K)
+        end_epoch(x, s, best);
     x->makespan = s->busy_until > x->makespan ? s->busy_until : x->makespan;
     return push_commit(x, t + d) == 0 ? 1 : -1;
 }
@@ -127,6 +243,8 @@ int sweep_sim_mop(const sweep_sim_in *in, sweep_sim_out *out)
     int rc = x.ms && x.ws && x.evals && seen ? 0 : -1;
     for (int m = 0; rc == 0 && m < M; m++)
         x.ms[m].seen = seen + (size_t)m * (size_t)K;
+    for (int k = 0; rc == 0 && k < K; k++)
+        x.ws[k].mark_until = -1;
     /* Every worker tries at 0 (the create's tokens wake them all). */
     while (rc == 0 && (x.left > 0 || x.n_commits > 0)) {
         size_t ci = 0;
@@ -141,16 +259,7 @@ int sweep_sim_mop(const sweep_sim_in *in, sweep_sim_out *out)
             /* A commit lands: a token for the longest waiter, if any. */
             double t = x.commits[ci];
             x.commits[ci] = x.commits[--x.n_commits];
-            int first = -1;
-            for (int j = 0; j < K; j++)
-                if (x.ws[j].waiting && (first < 0 || x.ws[j].since < x.ws[first].since))
-                    first = j;
-            if (first >= 0) {
-                x.ws[first].waiting = 0;
-                x.ws[first].next = t;
-            } else if (x.tokens < SIM_TOKENS) {
-                x.tokens++;
-            }
+            wake_one(&x, t);
             continue;
         }
         if (x.left == 0 && !(in->eval_s && x.head < x.n_evals))

@@ -7,7 +7,18 @@
  * is free first takes an evaluation that waits, else leases, among the
  * idle models that have not visited its shard this epoch, the one with the
  * least progress, the lowest index among equals; with nothing to take it
- * waits for the next commit.  A visit takes its time plus the per-visit
+ * waits for the next commit.  With the hybrid, a worker with nothing to
+ * visit asks for a gang, and one forms by prelude.lua's hybrid_plan rule:
+ * at least 2 idle workers (itself and the waiting ones), fewer runnable
+ * models than idle and busy workers, a model idle at an epoch boundary
+ * (the least progress); W the fewest shards per rank among the sizes that
+ * divide its batch, at most the idle workers less one for each other idle
+ * model, the host's slots and K.  The gang is the asker and the longest
+ * idle others by index; its forming wakes W waiters, a member not woken
+ * joins at its next poll, and the epoch starts once all have joined, plus
+ * the gang overhead.  Rank r reads shards r, r+W, ...: the epoch lasts as
+ * long as the slowest rank's visits of its shards (a diag.sleep gang
+ * sleeps ceil(K/W) visits, the same for equal visits).  A visit takes its time plus the per-visit
  * overhead (lease, checkpoint load and save, commit); an epoch's last
  * commit queues its evaluation.  The makespan ends at the last commit, as
  * a sweep's `finished` does.
@@ -28,7 +39,11 @@ typedef struct sweep_sim_in {
     const double *visit_s;      /* M·K: model m's visit of shard k, seconds (row m) */
     const double *eval_s;       /* M: an evaluation of model m's epoch (NULL: none) */
     double visit_overhead_s;    /* added to every MOP visit */
-    double gang_overhead_s;     /* added to every DDP/MA epoch */
+    double gang_overhead_s;     /* added to every DDP/MA epoch, and to every hybrid gang's */
+    /* The hybrid (sweep_sim_mop only): 1 forms gangs as hybrid_plan does. */
+    int hybrid;
+    const int *batch;           /* M: each model's batch (a gang's W divides it); NULL: no gang forms */
+    int host_slots;             /* ranks one gang takes at most (the workers' host's cores / threads); 0: no limit */
 } sweep_sim_in;
 
 typedef struct sweep_sim_out {
