@@ -4,9 +4,11 @@
  *
  * A model's visit time is its diag.sleep `ms`, or what --from-sweep S
  * measured: the mean wall time of S's visits of that model (lease to
- * checkpoint written), scaled from S's K shards to W shards of the same
- * rows (a shard of 1/W of the rows takes K/W of a visit of 1/K; a
- * diag.sleep visit does not scale), and its evaluations' mean. */
+ * checkpoint written) in each epoch (the model's mean for an epoch with
+ * none), scaled from S's K shards to W shards of the same rows (a shard of
+ * 1/W of the rows takes K/W of a visit of 1/K; a diag.sleep visit does not
+ * scale), its evaluations' mean, and the epochs it ran (a model stopped
+ * early trains only those). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,13 +54,18 @@ static double sleep_seconds(const char *spec)
     return s;
 }
 
-static double mean_of(const json_t *a, const char *res_key, const char *fallback, int *n)
+/* The mean of res_key (else fallback) over the records of a; with epoch
+ * > 0 only that epoch's.  A hybrid gang's rank records (field "hybrid")
+ * are not visits of one shard, and are left out. */
+static double mean_of(const json_t *a, const char *res_key, const char *fallback, int epoch, int *n)
 {
     double sum = 0;
     size_t i;
     const json_t *v;
     *n = 0;
     json_array_foreach(a, i, v) {
+        if (json_object_get(v, "hybrid") || (epoch > 0 && json_integer_value(json_object_get(v, "epoch")) != epoch))
+            continue;
         const json_t *r = json_object_get(json_object_get(v, "res"), res_key);
         const json_t *x = r ? r : json_object_get(v, fallback);
         if (json_is_number(x)) {
@@ -69,8 +76,24 @@ static double mean_of(const json_t *a, const char *res_key, const char *fallback
     return *n ? sum / *n : 0;
 }
 
-/* The measured times of sweep S's models into visit (M·W) and eval (M). */
-static int measured(jobctl *j, const char *sweep, const sweep_spec *s, int W, double *visit, double *eval)
+/* The epochs model mo trained in its sweep: all when done (or still going),
+ * its rung when stopped early, those it finished when it failed. */
+static int epochs_ran(const json_t *mo, int E)
+{
+    const char *st = json_string_value(json_object_get(mo, "state")) ?: "";
+    int e = E;
+    if (strcmp(st, "stopped") == 0)
+        e = atoi(json_string_value(json_object_get(mo, "rung")) ?: "0");
+    else if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
+        e = (int)json_integer_value(json_object_get(mo, "epoch")) - 1;
+    return e < 0 ? 0 : e > E ? E : e;
+}
+
+/* The measured times of sweep S's models into visit (M·W) and eval (M),
+ * and the epochs each ran into epochs (M); *stopped counts those that ran
+ * fewer than E. */
+static int measured(jobctl *j, const char *sweep, const sweep_spec *s, int W, double *visit, double *eval,
+                    double *epoch_visit, int *epochs, int *stopped)
 {
     queue_conn *q;
     int rc = jobctl_open_queue(j, &q);
@@ -92,16 +115,26 @@ static int measured(jobctl *j, const char *sweep, const sweep_spec *s, int W, do
     for (int m = 0; rc == 0 && m < M; m++) {
         const json_t *mo = json_array_get(models, (size_t)m);
         int n = 0, ne = 0;
-        double t = mean_of(json_object_get(mo, "visits"), "wall_s", "seconds", &n);
-        eval[m] = mean_of(json_object_get(mo, "epochs"), "wall_s", "valid_seconds", &ne);
+        double t = mean_of(json_object_get(mo, "visits"), "wall_s", "seconds", 0, &n);
+        eval[m] = mean_of(json_object_get(mo, "epochs"), "wall_s", "valid_seconds", 0, &ne);
         if (n == 0) {
             rc = jobctl_fail(j, EXIT_REFUSED, "simulate: model %d of sweep %s has no timed visit yet: simulate from a "
                              "sweep that trained it", m, sweep);
             break;
         }
+        epochs[m] = epochs_ran(mo, sweep_spec_epochs(s));
+        *stopped += epochs[m] < sweep_spec_epochs(s);
         double scale = sleep_seconds(sweep_spec_model_specs(s)[m]) >= 0 || K < 1 ? 1.0 : (double)K / W;
         for (int k = 0; k < W; k++)
             visit[(size_t)m * (size_t)W + (size_t)k] = t * scale;
+        /* Each epoch's own mean where it has visits: the tail of a sweep
+         * runs beside fewer visits than its start. */
+        int E = sweep_spec_epochs(s);
+        for (int e = 0; e < E; e++) {
+            int ve = 0;
+            double te = mean_of(json_object_get(mo, "visits"), "wall_s", "seconds", e + 1, &ve);
+            epoch_visit[(size_t)m * (size_t)E + (size_t)e] = ve ? te * scale : -1;
+        }
     }
     json_decref(sw);
     return rc;
@@ -157,12 +190,14 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
     free(text);
     if (!s)
         return jobctl_fail(j, EXIT_USAGE, "%s: %s", spec_file, err.msg);
-    int M = sweep_spec_model_count(s), E = sweep_spec_epochs(s), rc = 0;
+    int M = sweep_spec_model_count(s), E = sweep_spec_epochs(s), rc = 0, stopped = 0;
     double *visit = calloc((size_t)M * (size_t)W, sizeof *visit), *eval = calloc((size_t)M, sizeof *eval);
-    if (!visit || !eval)
+    int *epochs = calloc((size_t)M, sizeof *epochs);
+    double *epoch_visit = calloc((size_t)M * (size_t)E, sizeof *epoch_visit);
+    if (!visit || !eval || !epochs || !epoch_visit)
         rc = jobctl_fail(j, EXIT_REFUSED, "simulate: out of memory");
     else if (from)
-        rc = measured(j, from, s, (int)W, visit, eval);
+        rc = measured(j, from, s, (int)W, visit, eval, epoch_visit, epochs, &stopped);
     for (int m = 0; rc == 0 && !from && m < M; m++) {
         double t = sleep_seconds(sweep_spec_model_specs(s)[m]);
         if (t < 0) {
@@ -179,6 +214,7 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
     for (int m = 0; rc == 0 && m < M; m++)
         batch[m] = model_batch(sweep_spec_model_specs(s)[m]);
     sweep_sim_in in = {.models = M, .shards = (int)W, .epochs = E, .visit_s = visit, .eval_s = eval,
+                       .model_epochs = from ? epochs : NULL, .epoch_visit_s = from ? epoch_visit : NULL,
                        .visit_overhead_s = overhead, .gang_overhead_s = gang, .batch = batch,
                        .host_slots = (int)slots};
     sweep_sim_out mop, hyb, rot, gng;
@@ -188,10 +224,10 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
                     sweep_sim_rotation(&in, &rot) != 0 || sweep_sim_gang(&in, &gng) != 0))
         rc = jobctl_fail(j, EXIT_REFUSED, "simulate: the sweep could not be simulated (no models or a bad time)");
     if (rc == 0 && j->json) {
-        json_t *o = json_pack("{s:i, s:i, s:I, s:s, s:b, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, "
+        json_t *o = json_pack("{s:i, s:i, s:I, s:s, s:i, s:b, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, s:{s:f, s:f}, "
                               "s:{s:f, s:f}}",
                               "models", M, "epochs", E, "workers", (json_int_t)W, "times", from ? from : "spec",
-                              "spec_hybrid", sweep_spec_hybrid(s), "mop", "makespan_s", mop.makespan_s, "utilisation",
+                              "stopped_early", stopped, "spec_hybrid", sweep_spec_hybrid(s), "mop", "makespan_s", mop.makespan_s, "utilisation",
                               mop.utilisation, "hybrid", "makespan_s", hyb.makespan_s, "utilisation", hyb.utilisation,
                               "rotation", "makespan_s", rot.makespan_s, "utilisation", rot.utilisation, "ddp",
                               "makespan_s", gng.makespan_s, "utilisation", gng.utilisation, "ma", "makespan_s",
@@ -199,8 +235,11 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
         jobctl_print_json(o);
         json_decref(o);
     } else if (rc == 0) {
-        printf("simulate: %d models x %d epochs on %lld workers (%lld shards), visit times %s%s\n", M, E, (long long)W,
+        printf("simulate: %d models x %d epochs on %lld workers (%lld shards), visit times %s%s", M, E, (long long)W,
                (long long)W, from ? "measured by sweep " : "from the spec's diag.sleep ms", from ? from : "");
+        if (stopped)
+            printf(", its %d model(s) stopped early train only the epochs they ran there", stopped);
+        printf("\n");
         printf("%-9s %11s %12s\n", "mode", "makespan s", "utilisation");
         print_row("mop", &mop, sweep_spec_hybrid(s) ? "the scheduler's greedy rule, visit by visit, the hybrid off"
                                                      : "the scheduler's greedy rule, visit by visit (as the spec runs)");
@@ -213,6 +252,8 @@ int jobctl_cmd_simulate(jobctl *j, int argc, char **argv)
     free(visit);
     free(eval);
     free(batch);
+    free(epochs);
+    free(epoch_visit);
     sweep_spec_free(s);
     return rc;
 }

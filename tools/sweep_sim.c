@@ -25,7 +25,20 @@ static int valid(const sweep_sim_in *in)
     for (int m = 0; in->eval_s && m < in->models; m++)
         if (!(in->eval_s[m] >= 0))
             return 0;
+    for (int m = 0; in->model_epochs && m < in->models; m++)
+        if (in->model_epochs[m] < 0 || in->model_epochs[m] > in->epochs)
+            return 0;
     return 1;
+}
+
+/* The epochs model m trains. */
+static int epochs_of(const sweep_sim_in *in, int m) { return in->model_epochs ? in->model_epochs[m] : in->epochs; }
+
+/* Model m's visit of shard k in epoch e (from 0). */
+static double visit_time(const sweep_sim_in *in, int m, int e, int k)
+{
+    double v = in->epoch_visit_s && e < in->epochs ? in->epoch_visit_s[(size_t)m * (size_t)in->epochs + (size_t)e] : -1;
+    return v >= 0 ? v : in->visit_s[(size_t)m * (size_t)in->shards + (size_t)k];
 }
 
 typedef struct model_state {
@@ -100,7 +113,7 @@ static void end_epoch(sim *x, model_state *s, int m)
     s->epoch++;
     s->n_visited = 0;
     memset(s->seen, 0, (size_t)x->in->shards);
-    if (s->epoch == x->in->epochs)
+    if (s->epoch == epochs_of(x->in, m))
         x->left--;
     x->evals[x->n_evals++] = m; /* queued by the commit */
 }
@@ -112,7 +125,7 @@ static int plan_gang(const sim *x, int k, double t, int *ready, int *n_ready, in
     int K = in->shards, runnable = 0, idle = 0, best = -1, nbusy = 0, idle_workers = 1;
     for (int m = 0; m < in->models; m++) {
         const model_state *s = &x->ms[m];
-        if (s->epoch >= in->epochs)
+        if (s->epoch >= epochs_of(in, m))
             continue;
         runnable++;
         if (s->busy_until > t)
@@ -165,7 +178,7 @@ static int try_gang(sim *x, int k, double t)
     for (int r = 0; r < W; r++) {
         double d = 0;
         for (int sh = r; sh < K; sh += W)
-            d += in->visit_s[(size_t)m * (size_t)K + (size_t)sh];
+            d += visit_time(in, m, x->ms[m].epoch, sh);
         longest = d > longest ? d : longest;
     }
     double end = start + in->gang_overhead_s + longest;
@@ -208,7 +221,7 @@ static int try_work(sim *x, int k, double t)
     int best = -1, best_progress = 0;
     for (int m = 0; m < in->models; m++) {
         model_state *s = &x->ms[m];
-        if (m == gang_m || s->epoch >= in->epochs || s->busy_until > t || s->seen[k])
+        if (m == gang_m || s->epoch >= epochs_of(in, m) || s->busy_until > t || s->seen[k])
             continue;
         int progress = s->epoch * K + s->n_visited;
         if (best < 0 || progress < best_progress)
@@ -219,7 +232,7 @@ static int try_work(sim *x, int k, double t)
     if (best < 0)
         return in->hybrid ? try_gang(x, k, t) : 0;
     model_state *s = &x->ms[best];
-    double d = in->visit_s[(size_t)best * (size_t)K + (size_t)k] + in->visit_overhead_s;
+    double d = visit_time(in, best, s->epoch, k) + in->visit_overhead_s;
     s->busy_until = t + d;
     x->ws[k].next = x->ws[k].busy_end = t + d;
     x->busy += d;
@@ -235,7 +248,9 @@ int sweep_sim_mop(const sweep_sim_in *in, sweep_sim_out *out)
     if (!valid(in))
         return -1;
     int M = in->models, K = in->shards, E = in->epochs;
-    sim x = {.in = in, .left = M};
+    sim x = {.in = in};
+    for (int m = 0; m < M; m++)
+        x.left += epochs_of(in, m) > 0;
     x.ms = calloc((size_t)M, sizeof *x.ms);
     x.ws = calloc((size_t)K, sizeof *x.ws);
     x.evals = calloc((size_t)M * (size_t)E + 1, sizeof *x.evals);
@@ -292,24 +307,35 @@ int sweep_sim_rotation(const sweep_sim_in *in, sweep_sim_out *out)
     if (!valid(in))
         return -1;
     int M = in->models, K = in->shards;
-    double per_epoch = 0, busy = 0;
-    for (int g = 0; g < M; g += K)
-        for (int j = 0; j < K; j++) {
-            /* sub-epoch j of group g: worker k trains model g + (k + j) mod K, if there is one */
-            double slowest = 0;
-            for (int k = 0; k < K; k++) {
-                int m = g + (k + j) % K;
-                if (m >= M)
-                    continue;
-                double d = in->visit_s[(size_t)m * (size_t)K + (size_t)k] + in->visit_overhead_s;
-                busy += d;
-                slowest = d > slowest ? d : slowest;
+    int *active = malloc((size_t)M * sizeof *active);
+    if (!active)
+        return -1;
+    double span = 0, busy = 0;
+    for (int e = 0; e < in->epochs; e++) {
+        /* The models still training in epoch e, in groups of K. */
+        int n = 0;
+        for (int m = 0; m < M; m++)
+            if (epochs_of(in, m) > e)
+                active[n++] = m;
+        for (int g = 0; g < n; g += K)
+            for (int j = 0; j < K; j++) {
+                /* sub-epoch j of group g: worker k trains the group's model (k + j) mod K, if there is one */
+                double slowest = 0;
+                for (int k = 0; k < K; k++) {
+                    int i = g + (k + j) % K;
+                    if (i >= n)
+                        continue;
+                    double d = visit_time(in, active[i], e, k) + in->visit_overhead_s;
+                    busy += d;
+                    slowest = d > slowest ? d : slowest;
+                }
+                span += slowest;
             }
-            per_epoch += slowest;
-        }
-    out->makespan_s = per_epoch * in->epochs;
-    out->busy_s = busy * in->epochs;
-    out->utilisation = out->makespan_s > 0 ? out->busy_s / ((double)K * out->makespan_s) : 0;
+    }
+    free(active);
+    out->makespan_s = span;
+    out->busy_s = busy;
+    out->utilisation = span > 0 ? busy / ((double)K * span) : 0;
     return 0;
 }
 
@@ -320,16 +346,18 @@ int sweep_sim_gang(const sweep_sim_in *in, sweep_sim_out *out)
     int M = in->models, K = in->shards;
     double span = 0, busy = 0;
     for (int m = 0; m < M; m++) {
-        double slowest = 0;
-        for (int k = 0; k < K; k++) {
-            double d = in->visit_s[(size_t)m * (size_t)K + (size_t)k];
-            busy += d;
-            slowest = d > slowest ? d : slowest;
+        for (int e = 0; e < epochs_of(in, m); e++) {
+            double slowest = 0;
+            for (int k = 0; k < K; k++) {
+                double d = visit_time(in, m, e, k);
+                busy += d;
+                slowest = d > slowest ? d : slowest;
+            }
+            span += slowest + in->gang_overhead_s + (in->eval_s ? in->eval_s[m] : 0);
         }
-        span += slowest + in->gang_overhead_s + (in->eval_s ? in->eval_s[m] : 0);
     }
-    out->makespan_s = span * in->epochs;
-    out->busy_s = busy * in->epochs;
-    out->utilisation = out->makespan_s > 0 ? out->busy_s / ((double)K * out->makespan_s) : 0;
+    out->makespan_s = span;
+    out->busy_s = busy;
+    out->utilisation = span > 0 ? busy / ((double)K * span) : 0;
     return 0;
 }

@@ -38,6 +38,11 @@ typedef struct sweep_sim_in {
     int models, shards, epochs; /* M, K (= the workers W), E */
     const double *visit_s;      /* M·K: model m's visit of shard k, seconds (row m) */
     const double *eval_s;       /* M: an evaluation of model m's epoch (NULL: none) */
+    const int *model_epochs;    /* M: the epochs each model trains, 0..E (NULL: all E; fewer: stopped early) */
+    /* M·E: model m's visit of any shard in epoch e (from 0), seconds, where
+     * a measured sweep says (a visit's time depends on what else ran beside
+     * it); a negative entry, or NULL: visit_s. */
+    const double *epoch_visit_s;
     double visit_overhead_s;    /* added to every MOP visit */
     double gang_overhead_s;     /* added to every DDP/MA epoch, and to every hybrid gang's */
     /* The hybrid (sweep_sim_mop only): 1 forms gangs as hybrid_plan does. */
