@@ -12,7 +12,8 @@
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
- *              key, and runs the reaper pass under its mutex;
+ *              key, samples the GPU's NVML once a second, and runs the reaper
+ *              pass under its mutex;
  *   signals    waits in sigwait() for SIGTERM/SIGINT: the first asks the main
  *              thread to finish the job in hand, ack it and exit; the second to
  *              release its lease at once (the job goes back to the queue, no
@@ -169,6 +170,18 @@ static int beat_leases(worker *w, queue_conn *q, cds_err *err)
     return rc;
 }
 
+/* Samples between a visit's start and stop are what its res averages: a
+ * failed one is simply not counted. */
+static void beat_gpu(worker *w, int64_t now, int64_t *next)
+{
+    if (!w->nvml || now < *next)
+        return;
+    cds_nvml_sample s;
+    cds_err err;
+    (void)cds_nvml_sample_now(w->nvml, &s, &err);
+    *next = now + 1000;
+}
+
 static void *heartbeat_thread(void *arg)
 {
     worker *w = arg;
@@ -184,10 +197,11 @@ static void *heartbeat_thread(void *arg)
         delay = delay * 2 > 5000 ? 5000 : delay * 2;
     }
     int64_t hb_every = w->cfg->lease_ms / 3 < 1000 ? w->cfg->lease_ms / 3 : 1000;
-    int64_t next_hb = 0, next_reg = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
+    int64_t next_hb = 0, next_reg = 0, next_gpu = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
     while (!atomic_load(&w->done)) {
         int64_t now = cds_mono_ms();
         int rc = 0;
+        beat_gpu(w, now, &next_gpu);
         if (now >= next_hb || (w->cfg->shard >= 0 && worker_mop_progress_waiting(w))) {
             rc = beat_leases(w, q, &err);
             if (rc == 0 && w->cfg->shard >= 0)
@@ -502,11 +516,17 @@ int worker_run(const worker_cfg *cfg)
         pthread_mutex_destroy(&w.mu);
         return 2;
     }
+    /* NVML for the worker's own card, before the metrics thread reads
+     * it; said in the log once connected. */
+    cds_err nvml_err = {0};
+    if (w.place.dev == NN_CUDA)
+        w.nvml = cds_nvml_open(w.place.index, &nvml_err);
     /* The metrics port before Redis: a port another process holds stops
      * the worker before it takes anything. */
     w.started_ms = cds_wall_ms();
     if (worker_metrics_start(&w, &err) != 0) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);
+        cds_nvml_close(w.nvml);
         free(w.held);
         pthread_mutex_destroy(&w.mu);
         return 2;
@@ -517,6 +537,7 @@ int worker_run(const worker_cfg *cfg)
         queue_close(w.q);
         atomic_store(&w.done, 1);
         worker_metrics_stop(&w);
+        cds_nvml_close(w.nvml);
         free(w.held);
         return 2;
     }
@@ -529,6 +550,12 @@ int worker_run(const worker_cfg *cfg)
      * train on its CPU unnoticed; --device cpu says it is meant. */
     if (note[0])
         cds_logf(&w.log, CDS_LOG_WARN, "%s (give --device cpu when that is meant)", note);
+    if (w.nvml)
+        cds_logf(&w.log, CDS_LOG_INFO, "GPU utilisation and memory of %s from NVML (%s)", w.device,
+                 cds_nvml_name(w.nvml));
+    else if (w.place.dev == NN_CUDA)
+        cds_logf(&w.log, CDS_LOG_WARN, "%s; resource records and metrics go without GPU utilisation and memory",
+                 nvml_err.msg);
     if (cfg->shard >= 0) {
         nn_par_set_threads(cfg->threads);
         cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep on %s (data root %s, %d training threads)",
@@ -552,6 +579,7 @@ int worker_run(const worker_cfg *cfg)
              (long long)atomic_load(&w.tests_recorded));
     queue_close(w.q);
     worker_results_db_free(w.results_db);
+    cds_nvml_close(w.nvml);
     free(w.held);
     pthread_mutex_destroy(&w.mu);
     return 0;

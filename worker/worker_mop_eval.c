@@ -73,16 +73,8 @@ static void train_metrics(worker *w, const char *sweep, int m, int e, int shards
             tr->seconds += json_number_value(json_object_get(v, "seconds"));
             add_device(devs, dn, json_string_value(json_object_get(v, "device")) ?: "");
             /* The epoch's training cost: its visits' (or ranks') summed,
-             * the highest peak. */
-            json_t *r = json_object_get(v, "res");
-            if (r) {
-                ru->wall_s += json_number_value(json_object_get(r, "wall_s"));
-                ru->cpu_s += json_number_value(json_object_get(r, "cpu_s"));
-                ru->bytes_read += json_integer_value(json_object_get(r, "bytes_read"));
-                int64_t kb = (int64_t)(json_number_value(json_object_get(r, "peak_rss_mb")) * 1024.0);
-                ru->peak_rss_kb = kb > ru->peak_rss_kb ? kb : ru->peak_rss_kb;
-                ru->peak_reset = 1;
-            }
+             * the highest peaks. */
+            cds_res_add_json(ru, json_object_get(v, "res"));
         }
         json_decref(v);
     }
@@ -170,7 +162,7 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     nn_pass_stats tr, va;
     int64_t t0 = cds_mono_ms();
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     if (worker_mop_sweep_info(w, sweep, dataset, sizeof dataset, &shards, &err) != 0 ||
         !(t = nn_trainer_load_at(file, 0, w->place, &err)) || eval_valid(w, t, dataset, &va, &err) != 0) {
         /* A lost lease is no longer this worker's to end; a stop or Redis
@@ -469,7 +461,7 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
     worker_set_current(w, what);
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     rc = score_test(w, file, dataset, &te, &err);
     cds_res_use use;
     cds_res_stop(&mark, te.bytes, &use);
