@@ -12,8 +12,9 @@
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
- *              key, samples the GPU's NVML once a second, and runs the reaper
- *              pass under its mutex;
+ *              key (with --metrics-port, reads its queues' depths in the
+ *              same second), samples the GPU's NVML once a second, and runs
+ *              the reaper pass under its mutex;
  *   signals    waits in sigwait() for SIGTERM/SIGINT: the first asks the main
  *              thread to finish the job in hand, ack it and exit; the second to
  *              release its lease at once (the job goes back to the queue, no
@@ -170,6 +171,20 @@ static int beat_leases(worker *w, queue_conn *q, cds_err *err)
     return rc;
 }
 
+/* With --metrics-port: the depth of every queue served, one pipelined
+ * round trip, for the metrics thread (which never talks to Redis). */
+static int beat_depths(worker *w, queue_conn *q, cds_err *err)
+{
+    if (w->cfg->metrics_port <= 0)
+        return 0;
+    int64_t d[WORKER_MAX_QUEUES];
+    if (queue_waiting(q, w->cfg->queues, w->cfg->n_queues, d, err) != 0)
+        return -1;
+    for (size_t i = 0; i < w->cfg->n_queues; i++)
+        atomic_store(&w->queue_depth[i], d[i]);
+    return 0;
+}
+
 /* Samples between a visit's start and stop are what its res averages: a
  * failed one is simply not counted. */
 static void beat_gpu(worker *w, int64_t now, int64_t *next)
@@ -214,6 +229,8 @@ static void *heartbeat_thread(void *arg)
             json_decref(info);
             if (rc == 0 && w->cfg->shard >= 0)
                 rc = queue_mop_shard_beat(q, w->cfg->shard, &err);
+            if (rc == 0)
+                rc = beat_depths(w, q, &err);
             next_reg = now + 1000;
         }
         if (rc == 0 && now >= next_reap) {
@@ -488,6 +505,8 @@ int worker_run(const worker_cfg *cfg)
     cds_log_init(&w.log, stderr, cfg->log_level, cfg->id);
     pthread_mutex_init(&w.mu, NULL);
     w.held = calloc(cfg->batch, sizeof *w.held);
+    for (size_t i = 0; i < WORKER_MAX_QUEUES; i++)
+        atomic_init(&w.queue_depth[i], -1);
 
     /* Block the stop signals here so every thread inherits the mask and only
      * the signal thread sees them. */

@@ -93,6 +93,10 @@ struct worker {
      * heartbeat samples it once a second, a scrape once.  Set before any
      * thread starts, closed after they end. */
     cds_nvml *nvml;
+    /* With --metrics-port: the jobs waiting in each queue served
+     * (cfg->queues' order), as the heartbeat read them last (once a
+     * second); -1 until it has. */
+    atomic_llong queue_depth[WORKER_MAX_QUEUES];
 };
 
 struct worker_run_ctx {
