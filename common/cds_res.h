@@ -9,7 +9,14 @@
  * through /proc/self/clear_refs ("5"), so it is this work's peak and not the
  * process's since it began; where the reset is refused the mark is the
  * process's own, and `peak_reset` says so.  Bytes read are what the caller
- * counts (shards are mapped, so the kernel's read counters miss them). */
+ * counts (shards are mapped, so the kernel's read counters miss them).
+ *
+ * On a GPU, given its NVML handle (cds_nvml.h), the work also gets the
+ * card's mean utilisation and peak memory in use over the samples taken
+ * while it ran: whatever else samples the handle meanwhile (the worker's
+ * heartbeat, once a second; a scrape of its metrics) and one sample at
+ * the stop, so a piece of work has at least one.  Without a handle, or
+ * when no sample could be taken, the GPU fields are absent, not zero. */
 #ifndef CDS_RES_H
 #define CDS_RES_H
 
@@ -17,10 +24,14 @@
 
 #include <jansson.h>
 
+#include "cds_nvml.h"
+
 typedef struct cds_res_mark {
     int64_t wall_us;
     int64_t cpu_us;
     int peak_reset; /* the high-water mark was reset at the start */
+    cds_nvml *gpu;  /* NULL: no GPU fields */
+    cds_nvml_mark gpu_at;
 } cds_res_mark;
 
 typedef struct cds_res_use {
@@ -28,13 +39,23 @@ typedef struct cds_res_use {
     int64_t peak_rss_kb; /* -1: not known (no /proc) */
     int peak_reset;
     int64_t bytes_read;
+    int gpu;             /* the GPU fields below hold something */
+    double gpu_util_pct; /* mean utilisation of the card, 0 to 100 */
+    double gpu_mem_mb;   /* peak memory in use on the card */
+    double gpu_wall_s;   /* the wall time gpu_util_pct is the mean over (a sum's may be less than wall_s) */
 } cds_res_use;
 
-void cds_res_start(cds_res_mark *m);
+/* gpu: the card the work runs on, or NULL. */
+void cds_res_start(cds_res_mark *m, cds_nvml *gpu);
 /* The use since m; bytes_read as the caller counted them. */
 void cds_res_stop(const cds_res_mark *m, int64_t bytes_read, cds_res_use *u);
-/* {"wall_s", "cpu_s", "peak_rss_mb", "bytes_read", "peak_reset"}: a new
- * object, or NULL when memory ran out. */
+/* {"wall_s", "cpu_s", "peak_rss_mb", "bytes_read", "peak_reset"}, and
+ * "gpu_util_pct", "gpu_mem_mb" when u->gpu: a new object, or NULL when
+ * memory ran out. */
 json_t *cds_res_json(const cds_res_use *u);
+/* Adds a recorded "res" object (cds_res_json's; NULL adds nothing) to sum,
+ * zeroed at first: wall, CPU and bytes summed, the highest peaks, the GPU
+ * utilisation averaged over the wall time of the records that have it. */
+void cds_res_add_json(cds_res_use *sum, const json_t *res);
 
 #endif

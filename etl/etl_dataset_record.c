@@ -162,11 +162,17 @@ int etl_dataset_record_finish_job(queue_conn *q, const char *name, const char *j
 }
 
 int etl_dataset_record_shard_rows(queue_conn *q, const char *name, const char *split, int shard, int64_t rows,
-                                  cds_err *err)
+                                  const json_t *res, cds_err *err)
 {
-    char field[64];
+    char field[64], res_field[64];
     snprintf(field, sizeof field, "rows:%s:%d", split, shard);
-    return set_fields(q, name, json_pack("{s:I}", field, (json_int_t)rows), err);
+    snprintf(res_field, sizeof res_field, "res:%s:%d", split, shard);
+    json_t *f = json_pack("{s:I}", field, (json_int_t)rows);
+    if (f && res && json_object_set(f, res_field, (json_t *)res) != 0) {
+        json_decref(f);
+        f = NULL;
+    }
+    return set_fields(q, name, f, err);
 }
 
 int etl_dataset_record_ready(queue_conn *q, const char *name, const char *version, const json_t *splits,

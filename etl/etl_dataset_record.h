@@ -3,13 +3,14 @@
  * fields are spelled, and their missing values decided, in one place.
  *
  * Written by an unload enqueued as queue jobs (etl_queue.c): "loading" with
- * the unload's token and plan when it is enqueued; rows:<split>:<k> as each
- * shard is unloaded; "ready" with the version and the splits when the finish
- * job has moved the dataset into place; "failed" with the reason when one of
- * its jobs goes dead.  Read by jobctl (a sweep pins the version and the train
- * split's shard count), by the worker (a sweep created while its dataset was
- * loading is pinned once it is ready; an evaluation's cds_results row goes to
- * the database the plan names) and by the ETL jobs themselves (the plan).
+ * the unload's token and plan when it is enqueued; rows:<split>:<k> and
+ * res:<split>:<k> as each shard is unloaded; "ready" with the version and
+ * the splits when the finish job has moved the dataset into place;
+ * "failed" with the reason when one of its jobs goes dead.  Read by jobctl
+ * (a sweep pins the version and the train split's shard count), by the
+ * worker (a sweep created while its dataset was loading is pinned once it
+ * is ready; an evaluation's cds_results row goes to the database the plan
+ * names) and by the ETL jobs themselves (the plan).
  *
  * Fields, all strings as Redis holds them (docs/redis-keys.md):
  *   state       loading | ready | failed
@@ -22,6 +23,10 @@
  *   splits      once ready: {"<split>": {"shards", "rows", "rows_per_shard"}}
  *   finish_job  the id of the etl.finish job (jobctl wait --after)
  *   rows:<split>:<k>  the rows of each shard unloaded so far
+ *   res:<split>:<k>   what unloading it cost the worker that did (JSON of
+ *                     common/cds_res.h: wall_s, cpu_s, peak_rss_mb,
+ *                     bytes_read of COPY data, peak_reset); absent from a
+ *                     record written before it was recorded
  * A record written by hand (tests, repairs) may lack any field: a missing
  * string reads as "", a missing number as 0, a missing plan as none. */
 #ifndef CDS_ETL_DATASET_RECORD_H
@@ -72,8 +77,10 @@ int etl_dataset_record_plan_dsn(const etl_dataset_record *r, char **dsn, cds_err
 int etl_dataset_record_loading(queue_conn *q, const char *name, const char *token, const json_t *plan,
                                cds_err *err);
 int etl_dataset_record_finish_job(queue_conn *q, const char *name, const char *job_id, cds_err *err);
+/* A shard unloaded: its rows, and what it cost (res, cds_res_json's
+ * object; NULL: none), in one HSET. */
 int etl_dataset_record_shard_rows(queue_conn *q, const char *name, const char *split, int shard, int64_t rows,
-                                  cds_err *err);
+                                  const json_t *res, cds_err *err);
 /* splits: the "splits" object of dataset.json (NULL: null). */
 int etl_dataset_record_ready(queue_conn *q, const char *name, const char *version, const json_t *splits,
                              cds_err *err);

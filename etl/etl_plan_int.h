@@ -84,7 +84,7 @@ struct etl_plan {
 /* etl_unload_task, keeping each row's id in keys (a prediction's plan,
  * label kind ROWID; NULL for any other plan). */
 typedef struct etl_keys etl_keys;
-int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, int64_t *rows,
+int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, etl_task_stats *st,
                           cds_err *err);
 
 /* The plan's spare connection (once; NULL after), or a new one. */

@@ -78,7 +78,7 @@ static int32_t key_len(const uint8_t *at)
 /* ---- reading a part ---------------------------------------------------- */
 
 int etl_predict_read(const json_t *part_plan, const char *scratch, char *shard_dir, size_t n, etl_keys *keys,
-                     int64_t *rows, cds_err *err)
+                     etl_task_stats *st, cds_err *err)
 {
     json_t *j = json_copy((json_t *)part_plan);
     if (!j)
@@ -94,7 +94,7 @@ int etl_predict_read(const json_t *part_plan, const char *scratch, char *shard_d
     if (rc == 0)
         rc = cds_layout_shard_dir(shard_dir, n, scratch, p->tasks[0].split, p->tasks[0].shard, err);
     if (rc == 0)
-        rc = etl_unload_task_keyed(p, 0, NULL, keys, rows, err);
+        rc = etl_unload_task_keyed(p, 0, NULL, keys, st, err);
     etl_plan_free(p);
     return rc;
 }

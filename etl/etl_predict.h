@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "cds_err.h"
+#include "etl_unload.h"
 
 /* Row ids as COPY's binary format has them: per row a 4-byte big-endian
  * length, then the value's bytes. */
@@ -90,9 +91,10 @@ json_t *etl_predict_part_plan(const json_t *plan, int k);
 json_t *etl_predict_finish_plan(const json_t *plan);
 
 /* Part: the rows of a part plan (etl_predict_part_plan) into a shard under
- * scratch (its directory into shard_dir), the ids into keys (empty). */
+ * scratch (its directory into shard_dir), the ids into keys (empty); *st
+ * the rows and the COPY bytes read from the database. */
 int etl_predict_read(const json_t *part_plan, const char *scratch, char *shard_dir, size_t n, etl_keys *keys,
-                     int64_t *rows, cds_err *err);
+                     etl_task_stats *st, cds_err *err);
 
 /* The part's staging table: BEGIN, the table (re)made, COPY started. */
 typedef struct etl_predict_stage etl_predict_stage;

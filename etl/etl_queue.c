@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cds_layout.h"
+#include "cds_res.h"
 #include "etl_dataset_record.h"
 #include "etl_plan_int.h"
 #include "etl_queue.h"
@@ -127,22 +128,44 @@ static void job_close(job_ctx *j)
     json_decref(j->payload);
 }
 
-int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err)
+/* The job's result: the shard, its rows and what it cost; NULL when
+ * memory ran out (the record has them all the same). */
+static char *shard_result(const etl_plan *p, size_t task, int64_t rows, json_t *res)
 {
+    json_t *o = json_pack("{s:s, s:s, s:i, s:I, s:O?}", "dataset", p->dataset, "split", etl_plan_task_split(p, task),
+                          "shard", etl_plan_task_shard(p, task), "rows", (json_int_t)rows, "res", res);
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(o);
+    return text;
+}
+
+int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, char **result, cds_err *err)
+{
+    *result = NULL;
     job_ctx j;
     if (job_open(q, payload, &j, err) != 0)
         return -1;
     etl_plan *p = j.plan;
     json_t *pl = j.payload;
     size_t task = (size_t)json_integer_value(json_object_get(pl, "task"));
-    int64_t rows = 0;
-    int rc = etl_unload_task(p, task, NULL, &rows, err);
+    etl_task_stats st = {0};
+    /* The unload alone: reading the plan from Redis is not the shard's cost. */
+    cds_res_mark mark;
+    cds_res_start(&mark, NULL);
+    int rc = etl_unload_task(p, task, NULL, &st, err);
+    cds_res_use use;
+    cds_res_stop(&mark, st.bytes_read, &use);
     if (rc == 0) {
+        json_t *res = cds_res_json(&use);
         rc = etl_dataset_record_shard_rows(q, p->dataset, etl_plan_task_split(p, task), etl_plan_task_shard(p, task),
-                                           rows, err);
+                                           st.rows, res, err);
+        if (rc == 0)
+            *result = shard_result(p, task, st.rows, res);
+        json_decref(res);
         if (log)
-            cds_logf(log, CDS_LOG_INFO, "dataset %s: %s shard %d unloaded, %lld rows", p->dataset,
-                     etl_plan_task_split(p, task), etl_plan_task_shard(p, task), (long long)rows);
+            cds_logf(log, CDS_LOG_INFO, "dataset %s: %s shard %d unloaded, %lld rows, %.1f MB read in %.2f s",
+                     p->dataset, etl_plan_task_split(p, task), etl_plan_task_shard(p, task), (long long)st.rows,
+                     (double)st.bytes_read / 1e6, use.wall_s);
     }
     job_close(&j);
     return rc;

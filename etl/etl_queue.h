@@ -30,8 +30,12 @@ typedef struct etl_enqueued {
 int etl_enqueue(queue_conn *q, const json_t *spec, const char *queue_name, int64_t priority, etl_enqueued *out,
                 const cds_log *log, cds_err *err);
 
-/* Worker side: run the payload of an etl.shard / etl.finish job. */
-int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err);
+/* Worker side: run the payload of an etl.shard / etl.finish job.  A shard
+ * job records its rows and what it cost (wall and CPU time, peak memory,
+ * bytes of COPY data read: res:<split>:<k>) in the dataset record, and
+ * returns them in *result (malloc'd JSON {"dataset", "split", "shard",
+ * "rows", "res"}, for the job's result; NULL when it failed). */
+int etl_run_shard_job(queue_conn *q, const char *payload, const cds_log *log, char **result, cds_err *err);
 int etl_run_finish_job(queue_conn *q, const char *payload, const cds_log *log, cds_err *err);
 /* Marks the dataset of a dead etl.* job failed, with the reason. */
 int etl_mark_failed(queue_conn *q, const char *payload, const char *reason, cds_err *err);

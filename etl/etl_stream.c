@@ -4,7 +4,8 @@
  * directory, then for each of its COPY queries opens a connection, starts a
  * read-only repeatable-read transaction (through the exported snapshot when
  * one is given), records the transaction's snapshot point, and streams the
- * COPY through the binary decoder into the row converter (etl_rows.c), which
+ * COPY through the binary decoder (counting the bytes it is fed: what the
+ * task read from the database) into the row converter (etl_rows.c), which
  * turns each row's fields into one row of features (float32, uint8, or the
  * 39 Criteo indices) and one int32 class id.  Any problem with a value or a
  * stream stops the task; the writer is then aborted so no partial shard
@@ -57,7 +58,8 @@ static int begin_read(PGconn *c, const char *snapshot, char *snap_point, size_t 
     return 0;
 }
 
-static int stream_copy(PGconn *c, const char *query, etl_converter *cv, cds_err *err)
+/* *bytes grows by the COPY data fed to the parser: what the task read. */
+static int stream_copy(PGconn *c, const char *query, etl_converter *cv, int64_t *bytes, cds_err *err)
 {
     PGresult *r = PQexec(c, query);
     if (PQresultStatus(r) != PGRES_COPY_OUT) {
@@ -74,6 +76,7 @@ static int stream_copy(PGconn *c, const char *query, etl_converter *cv, cds_err 
         char *buf = NULL;
         int n = PQgetCopyData(c, &buf, 0);
         if (n > 0) {
+            *bytes += n;
             if (rc == 0)
                 rc = etl_copy_parser_feed(parser, (const uint8_t *)buf, (size_t)n, err);
             PQfreemem(buf);
@@ -96,7 +99,7 @@ static int stream_copy(PGconn *c, const char *query, etl_converter *cv, cds_err 
 }
 
 static int run_query(const etl_plan *p, const char *query, const char *snapshot, etl_converter *cv, json_t *points,
-                     cds_err *err)
+                     int64_t *bytes, cds_err *err)
 {
     PGconn *c = etl_plan_conn(p, err);
     if (!c)
@@ -104,7 +107,7 @@ static int run_query(const etl_plan *p, const char *query, const char *snapshot,
     char point[512] = "";
     int rc = begin_read(c, snapshot, point, sizeof point, err);
     if (rc == 0)
-        rc = stream_copy(c, query, cv, err);
+        rc = stream_copy(c, query, cv, bytes, err);
     if (rc == 0)
         json_array_append_new(points, json_string(point));
     if (rc == 0)
@@ -158,12 +161,12 @@ static json_t *manifest_extra(const etl_plan *p, const etl_task *t, const char *
     return m;
 }
 
-int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *rows, cds_err *err)
+int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, etl_task_stats *st, cds_err *err)
 {
-    return etl_unload_task_keyed(p, i, snapshot, NULL, rows, err);
+    return etl_unload_task_keyed(p, i, snapshot, NULL, st, err);
 }
 
-int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, int64_t *rows,
+int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl_keys *keys, etl_task_stats *st,
                           cds_err *err)
 {
     if (i >= p->n_tasks)
@@ -183,8 +186,9 @@ int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl
     if (cv.wq)
         etl_writeq_batch(cv.wq, &cv.x, &cv.y);
     json_t *points = json_array();
+    int64_t bytes = 0;
     for (size_t q = 0; rc == 0 && q < t->n_queries; q++)
-        rc = run_query(p, t->queries[q], snapshot, &cv, points, err);
+        rc = run_query(p, t->queries[q], snapshot, &cv, points, &bytes, err);
     if (cv.wq) {
         cds_err werr;
         if (etl_writeq_finish(cv.wq, &werr) != 0 && rc == 0) {
@@ -203,8 +207,8 @@ int etl_unload_task_keyed(const etl_plan *p, size_t i, const char *snapshot, etl
     json_decref(points);
     if (rc != 0)
         cds_err_wrap(err, "unloading %s shard %d of dataset %s", t->split, t->shard, p->dataset);
-    if (rows)
-        *rows = cv.rows;
+    if (st)
+        *st = (etl_task_stats){.rows = cv.rows, .bytes_read = bytes};
     return rc;
 }
 
@@ -229,9 +233,9 @@ static void *pool_worker(void *arg)
         if (i >= pl->p->n_tasks || atomic_load(&pl->failed))
             return NULL;
         cds_err err;
-        int64_t rows = 0;
+        etl_task_stats st = {0};
         int64_t t0 = cds_mono_ms();
-        if (etl_unload_task(pl->p, i, pl->snapshot, &rows, &err) != 0) {
+        if (etl_unload_task(pl->p, i, pl->snapshot, &st, &err) != 0) {
             pthread_mutex_lock(&pl->mu);
             if (!atomic_exchange(&pl->failed, 1))
                 pl->err = err;
@@ -239,11 +243,11 @@ static void *pool_worker(void *arg)
             return NULL;
         }
         pthread_mutex_lock(&pl->mu);
-        pl->rows += rows;
+        pl->rows += st.rows;
         pthread_mutex_unlock(&pl->mu);
         if (pl->log)
             cds_logf(pl->log, CDS_LOG_INFO, "%s shard %d: %lld rows in %.2f s", pl->p->tasks[i].split,
-                     pl->p->tasks[i].shard, (long long)rows, (cds_mono_ms() - t0) / 1000.0);
+                     pl->p->tasks[i].shard, (long long)st.rows, (cds_mono_ms() - t0) / 1000.0);
     }
 }
 

@@ -81,9 +81,17 @@ int etl_plan_task_shard(const etl_plan *p, size_t i);
 const char *etl_plan_staging_dir(const etl_plan *p);
 const char *etl_plan_dataset_dir(const etl_plan *p);
 
+/* What a task did: the rows it wrote, and the bytes of COPY data it read
+ * from the database (what the COPY parser was fed). */
+typedef struct etl_task_stats {
+    int64_t rows;
+    int64_t bytes_read;
+} etl_task_stats;
+
 /* Unloads task i into the staging directory.  snapshot: an exported
- * snapshot id to read through, or NULL.  *rows gets the rows written. */
-int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, int64_t *rows, cds_err *err);
+ * snapshot id to read through, or NULL.  *st (may be NULL) gets what it
+ * did, as far as it went on failure. */
+int etl_unload_task(const etl_plan *p, size_t i, const char *snapshot, etl_task_stats *st, cds_err *err);
 /* Runs every task with at most spec.jobs streams at once, through one
  * exported snapshot on PostgreSQL, then finishes the dataset. */
 int etl_unload_all(const etl_plan *p, const cds_log *log, char version[65], cds_err *err);

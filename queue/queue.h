@@ -213,6 +213,10 @@ int queue_list(queue_conn *q, const char *queue, const char *state, size_t limit
                cds_err *err);
 /* Per queue: the size of each set and the counters. */
 int queue_stats(queue_conn *q, json_t **out, cds_err *err);
+/* The jobs waiting in each of n queues (their wait sets' sizes, as
+ * queue_stats's "waiting"), into waiting[0..n): one round trip of O(1)
+ * commands, cheap enough for a worker's heartbeat. */
+int queue_waiting(queue_conn *q, const char *const *queues, size_t n, int64_t *waiting, cds_err *err);
 /* Queue names known to this prefix (a JSON array). */
 int queue_names(queue_conn *q, json_t **out, cds_err *err);
 

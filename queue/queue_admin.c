@@ -337,6 +337,25 @@ int queue_stats(queue_conn *q, json_t **out, cds_err *err)
     return 0;
 }
 
+int queue_waiting(queue_conn *q, const char *const *queues, size_t n, int64_t *waiting, cds_err *err)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!qc_name_ok(queues[i], QUEUE_NAME_MAX))
+            return cds_errf(err, "bad queue name '%s'", queues[i]);
+    qbatch b;
+    if (n == 0 || qbatch_init(&b, n, err) != 0)
+        return n == 0 ? 0 : -1;
+    for (size_t i = 0; i < n; i++) {
+        qargs_add(&b.cmd[i], "ZCARD");
+        qargs_key(&b.cmd[i], q, "q:%s:wait", queues[i]);
+    }
+    int rc = qbatch_run(q, &b, err);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        waiting[i] = b.reply[i]->type == REDIS_REPLY_INTEGER ? b.reply[i]->integer : 0;
+    qbatch_free(&b);
+    return rc;
+}
+
 /* ---- records ------------------------------------------------------------- */
 
 static void add_json_value(qargs *a, const json_t *v)

@@ -70,6 +70,41 @@ assert 5000 < rows["valid"] < 7000, rows
 print("# rows", rows)
 PY
 ok $? "numpy loads every shard: 60,000 train+valid rows (about 10% valid), 10,000 test, one version"
+# What each shard job cost: res:<split>:<k> in the record, and the same in
+# the job's result (jobctl show).  A shard job runs on two threads (the COPY
+# stream and the shard writer) beside the worker's idle ones: its CPU time
+# is at most 3 times its wall time, with a margin for the clock's grain.
+done_ids=$(jobctl list --state done --limit 100 --json | $py -c 'import json,sys; print(" ".join(j["id"] for j in json.load(sys.stdin) if j["type"] == "etl.shard"))')
+for j in $done_ids; do jobctl show "$j" --json; done >"$root/shard-jobs.json"
+jobctl show "${done_ids%% *}" >"$root/shard-show.txt" 2>&1
+$py - "${prefix}dataset:fmnist" "$root/shard-jobs.json" <<'PY'
+import json, os, subprocess, sys
+def hget(field):
+    return subprocess.run(["redis-cli", "-u", os.environ["CDS_TEST_REDIS_URL"], "HGET", sys.argv[1], field],
+                          capture_output=True, text=True, check=True).stdout.strip()
+rec = {f"{w}:{s}:{k}": hget(f"{w}:{s}:{k}") for w in ("rows", "res") for s in ("train", "valid", "test") for k in (0, 1)}
+text, jobs, dec = open(sys.argv[2]).read(), [], json.JSONDecoder()
+while text.strip():
+    job, end = dec.raw_decode(text.strip())
+    jobs.append(job)
+    text = text.strip()[end:]
+results = {(r["split"], r["shard"]): r for r in (json.loads(j["result"]) for j in jobs)}
+assert len(results) == 6, sorted(results)
+for split in ("train", "valid", "test"):
+    for k in (0, 1):
+        res = json.loads(rec[f"res:{split}:{k}"])
+        rows = int(rec[f"rows:{split}:{k}"])
+        assert res["wall_s"] > 0 and 0 <= res["cpu_s"] <= res["wall_s"] * 3 + 0.05, res
+        assert res["bytes_read"] >= rows * 784, (rows, res)  # 784 pixels a row, a byte or more each
+        assert res["peak_rss_mb"] > 0, res
+        r = results[(split, k)]
+        assert r["dataset"] == "fmnist" and r["rows"] == rows and r["res"] == res, (r, res)
+        print(f"# {split} shard {k}: {rows} rows, {res['bytes_read']} bytes read, {res['wall_s']:.2f} s wall, "
+              f"{res['cpu_s']:.2f} s CPU, {res['peak_rss_mb']:.0f} MB peak")
+PY
+ok $? "every shard's res:<split>:<k> (wall, CPU <= 3 x wall, bytes read >= 784 a row, peak memory) and its job's result"
+grep -q '^result .*"bytes_read"' "$root/shard-show.txt"
+ok $? "jobctl show prints a shard job's result with its resources"
 
 # A backend killed in the middle of a shard job.
 psql -X -q -c "CREATE TABLE slow (id int PRIMARY KEY, a real, lab int)"

@@ -64,13 +64,21 @@ int main(void)
     free(dsn);
     etl_dataset_record_free(&r);
 
-    ok(etl_dataset_record_shard_rows(q, "fm", "train", 2, 1234, &err) == 0 &&
+    json_t *res = json_pack("{s:f, s:I}", "wall_s", 1.5, "bytes_read", (json_int_t)4096);
+    ok(etl_dataset_record_shard_rows(q, "fm", "train", 2, 1234, res, &err) == 0 &&
+           etl_dataset_record_shard_rows(q, "fm", "train", 1, 7, NULL, &err) == 0 &&
            etl_dataset_record_finish_job(q, "fm", "j9", &err) == 0,
-       "a shard's rows and the finish job are recorded");
+       "a shard's rows and resources and the finish job are recorded");
+    json_decref(res);
     char *rows = hget(c, "fm", "rows:train:2"), *fin = hget(c, "fm", "finish_job");
     ok(rows && strcmp(rows, "1234") == 0 && fin && strcmp(fin, "j9") == 0, "as fields rows:train:2 and finish_job");
     free(rows);
     free(fin);
+    char *rtext = hget(c, "fm", "res:train:2"), *none = hget(c, "fm", "res:train:1");
+    ok(rtext && strcmp(rtext, "{\"wall_s\":1.5,\"bytes_read\":4096}") == 0 && !none,
+       "the resources as JSON in res:train:2; none without them (%s)", rtext ? rtext : "missing");
+    free(rtext);
+    free(none);
 
     ok(etl_dataset_record_failed(q, "fm", "t0", "old news", &err) == 0 && etl_dataset_record_read(q, "fm", &r, &err) == 0 &&
            r.state == ETL_DATASET_LOADING,

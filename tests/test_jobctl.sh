@@ -286,7 +286,7 @@ refused 2 "bad queue name 'no/such'" "a bad queue name"
 before=$(keyspace "$prefix*" -u "$url")
 ok "$(grep -q "^${prefix}job:$id " <<<"$before"; echo $?)" "the key space under the test's prefix can be read (job $id is there)"
 jc enqueue diag.bogus --payload '{}'
-refused 2 "unknown job type 'diag.bogus': use one of diag.sleep, diag.fail, diag.noop, etl.shard, etl.finish (or enqueue etl or enqueue sweep" \
+refused 2 "unknown job type 'diag.bogus': use one of diag.sleep, diag.fail, diag.noop, etl.shard, etl.finish, predict.part, predict.finish (or enqueue etl or enqueue sweep" \
     "an unknown job type is refused, naming the known types"
 # bad_payload TYPE PAYLOAD PATTERN: refused, the message naming the JSON path.
 bad_payload() {

@@ -7,6 +7,9 @@
 # state, the visit in flight, the counters equal to what it did; a path
 # other than /metrics is a 404; a port in use and a bad port are one line
 # each and a non-zero exit; jobctl top shows the worker with its counts.
+# Then the depth of its queue: 0 idle, 3 while it runs a long job with 3
+# more waiting, as jobctl stats counts them; and on the CPU no GPU gauges,
+# and no NVML loaded at all (the dynamic loader's own log, LD_DEBUG=libs).
 # usage: test_metrics.sh BUILD_ROOT
 set -u
 build=${1:?usage: test_metrics.sh BUILD_ROOT}
@@ -35,8 +38,8 @@ cat >"$root/s.json" <<JSON
 {"mode": "mop", "dataset": "sl", "epochs": 3, "seed": 1, "models": [{"arch": "diag.sleep", "ms": 400}],
  "train": {"optimizer": "sgd"}, "grid": {"lr": [0.1, 0.2]}}
 JSON
-"$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" --id mw0 --shard 0 --data-root "$root" \
-    --threads 1 --metrics-port "$port" --idle-exit 30 2>"$root/w.log" &
+LD_DEBUG=libs LD_DEBUG_OUTPUT="$root/ld" "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" \
+    --id mw0 --device cpu --shard 0 --data-root "$root" --threads 1 --metrics-port "$port" --idle-exit 30 2>"$root/w.log" &
 wpid=$!
 up=1
 for _ in $(seq 100); do scrape >/dev/null 2>&1 && { up=0; break; }; sleep 0.05; done
@@ -90,5 +93,23 @@ ok "$(grep -q '^workers under .*: 1 alive' "$root/top.txt" && grep -qE '^mw0 +id
     "jobctl top --once shows the worker, idle, with its 6 visits"
 jobctl top --json >/dev/null 2>"$root/err"
 ok "$([ $? = 2 ] && grep -q 'needs --once' "$root/err"; echo $?)" "jobctl top --json without --once is refused"
+
+# The queue's depth, as the heartbeat reads it once a second: a job of
+# 2.5 s in hand and 3 more enqueued behind it hold the depth at 3.
+depth() { scrape 2>/dev/null | awk '$1 ~ /^cds_worker_queue_depth\{/ && /queue="default"/ { print $2 }'; }
+is "$(val cds_worker_queue_depth queue=default,worker=mw0)" 0.0 "an idle worker's queue depth is 0"
+long=$(jobctl enqueue diag.sleep --payload '{"ms": 2500}' 2>/dev/null)
+for _ in $(seq 100); do scrape 2>/dev/null | grep -q "^cds_worker_current{.*what=\"$long\"" && break; sleep 0.02; done
+for _ in 1 2 3; do jobctl enqueue diag.sleep --payload '{"ms": 10}' >/dev/null; done
+seen=""
+for _ in $(seq 100); do seen=$(depth); [ "$seen" = 3 ] && break; sleep 0.02; done
+waiting=$(jobctl stats --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["default"]["waiting"])')
+ok "$([ "$seen" = 3 ] && [ "$waiting" = 3 ]; echo $?)" \
+    "with a job in hand and 3 behind it: cds_worker_queue_depth{queue=\"default\"} $seen, jobctl stats $waiting waiting"
+for _ in $(seq 200); do seen=$(depth); [ "$seen" = 0 ] && break; sleep 0.02; done
+is "$seen" 0 "once they ran, the depth is 0 again"
+ok "$(! grep -q '^cds_worker_gpu_' "$root/after.txt"; echo $?)" "a worker on the CPU has no GPU gauges"
+ls "$root"/ld.* >/dev/null 2>&1 && grep -q 'find library=' "$root"/ld.* && ! grep -q 'nvidia-ml' "$root"/ld.*
+ok $? "a worker on the CPU never loads NVML (the loader's log names no libnvidia-ml)"
 kill -TERM "$wpid"; wait "$wpid"; wpid=""
 tap_done

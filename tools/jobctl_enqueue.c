@@ -204,7 +204,7 @@ static int check_job_type(const jobctl *j, const char *type)
         return 0;
     char names[256];
     return jobctl_fail(j, EXIT_USAGE, "unknown job type '%.64s': use one of %s (or enqueue etl or enqueue sweep with a "
-                               "spec; see jobctl enqueue --help)", type, queue_jobtype_names(names, sizeof names));
+                               "spec, or enqueue predict; see jobctl enqueue --help)", type, queue_jobtype_names(names, sizeof names));
 }
 
 /* The payload has the shape its job type needs (the worker checks the

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cds_res.h"
 #include "cds_util.h"
 #include "jobctl_fmt.h"
 #include "queue_mop.h"
@@ -581,8 +582,7 @@ int jobctl_sweep_plot(const json_t *s, const char *out, cds_err *err)
 typedef struct res_sum {
     char who[64];
     int n;
-    double wall, cpu, peak_mb;
-    long long bytes;
+    cds_res_use u; /* summed by cds_res_add_json */
 } res_sum;
 
 static void res_add(res_sum *r, const json_t *res)
@@ -590,11 +590,7 @@ static void res_add(res_sum *r, const json_t *res)
     if (!json_is_object(res))
         return;
     r->n++;
-    r->wall += json_number_value(json_object_get(res, "wall_s"));
-    r->cpu += json_number_value(json_object_get(res, "cpu_s"));
-    r->bytes += (long long)json_integer_value(json_object_get(res, "bytes_read"));
-    double pk = json_number_value(json_object_get(res, "peak_rss_mb"));
-    r->peak_mb = pk > r->peak_mb ? pk : r->peak_mb;
+    cds_res_add_json(&r->u, res);
 }
 
 /* The sum named who in a (train, eval) pair of arrays of n, added if new. */
@@ -612,10 +608,18 @@ static res_sum *res_slot(res_sum *t, res_sum *e, size_t *n, size_t cap, const ch
     return &t[(*n)++];
 }
 
+/* A row: training's sums, then evaluation's; the GPU columns are "-"
+ * where no record had a GPU sample. */
 static void res_row(FILE *out, const char *who, const res_sum *t, const res_sum *e)
 {
-    fprintf(out, "%-16.16s %6d %9.1f %9.1f %8.0f %10.1f %6d %9.1f %9.1f %8.0f\n", who, t->n, t->wall, t->cpu,
-            t->peak_mb, (double)t->bytes / 1e6, e->n, e->wall, e->cpu, e->peak_mb);
+    char gu[16] = "-", gm[16] = "-";
+    if (t->u.gpu) {
+        snprintf(gu, sizeof gu, "%.0f", t->u.gpu_util_pct);
+        snprintf(gm, sizeof gm, "%.0f", t->u.gpu_mem_mb);
+    }
+    fprintf(out, "%-16.16s %6d %9.1f %9.1f %8.0f %10.1f %6s %7s %6d %9.1f %9.1f %8.0f\n", who, t->n, t->u.wall_s,
+            t->u.cpu_s, (double)t->u.peak_rss_kb / 1024.0, (double)t->u.bytes_read / 1e6, gu, gm, e->n, e->u.wall_s,
+            e->u.cpu_s, (double)e->u.peak_rss_kb / 1024.0);
 }
 
 void jobctl_sweep_print_resources(FILE *out, const json_t *s)
@@ -631,9 +635,11 @@ void jobctl_sweep_print_resources(FILE *out, const json_t *s)
         fputs("resources: out of memory\n", out);
         return;
     }
-    const char *head = "%-16s %6s %9s %9s %8s %10s %6s %9s %9s %8s\n";
-    fputs("\nresources (training: visits and gang ranks; evaluation: validation passes; peak: the highest)\n", out);
-    fprintf(out, head, "model", "train", "wall s", "cpu s", "peak MB", "read MB", "evals", "wall s", "cpu s", "peak MB");
+    const char *head = "%-16s %6s %9s %9s %8s %10s %6s %7s %6s %9s %9s %8s\n";
+    fputs("\nresources (training: visits and gang ranks; evaluation: validation passes; peak: the highest; gpu: the\n"
+          "card's mean utilisation, by wall time, and its peak memory, where a GPU was sampled)\n", out);
+    fprintf(out, head, "model", "train", "wall s", "cpu s", "peak MB", "read MB", "gpu %", "gpu MB", "evals", "wall s",
+            "cpu s", "peak MB");
     json_array_foreach(models, i, m) {
         res_sum t = {0}, e = {0}, *ws, *wes;
         json_array_foreach(json_object_get(m, "visits"), k, v) {
@@ -652,7 +658,8 @@ void jobctl_sweep_print_resources(FILE *out, const json_t *s)
         snprintf(who, sizeof who, "%lld", (long long)json_integer_value(json_object_get(m, "model")));
         res_row(out, who, &t, &e);
     }
-    fprintf(out, head, "worker", "train", "wall s", "cpu s", "peak MB", "read MB", "evals", "wall s", "cpu s", "peak MB");
+    fprintf(out, head, "worker", "train", "wall s", "cpu s", "peak MB", "read MB", "gpu %", "gpu MB", "evals", "wall s",
+            "cpu s", "peak MB");
     for (size_t w = 0; w < nw; w++)
         res_row(out, wt[w].who, &wt[w], &we[w]);
     free(wt);

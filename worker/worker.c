@@ -12,7 +12,9 @@
  *   heartbeat  extends the leases of the jobs in hand every lease/3, marks a
  *              job lost when its lease is gone (cancelled or reaped, so the
  *              runner stops and never acks), renews the worker's registration
- *              key, and runs the reaper pass under its mutex;
+ *              key (with --metrics-port, reads its queues' depths in the
+ *              same second), samples the GPU's NVML once a second, and runs
+ *              the reaper pass under its mutex;
  *   signals    waits in sigwait() for SIGTERM/SIGINT: the first asks the main
  *              thread to finish the job in hand, ack it and exit; the second to
  *              release its lease at once (the job goes back to the queue, no
@@ -169,6 +171,32 @@ static int beat_leases(worker *w, queue_conn *q, cds_err *err)
     return rc;
 }
 
+/* With --metrics-port: the depth of every queue served, one pipelined
+ * round trip, for the metrics thread (which never talks to Redis). */
+static int beat_depths(worker *w, queue_conn *q, cds_err *err)
+{
+    if (w->cfg->metrics_port <= 0)
+        return 0;
+    int64_t d[WORKER_MAX_QUEUES];
+    if (queue_waiting(q, w->cfg->queues, w->cfg->n_queues, d, err) != 0)
+        return -1;
+    for (size_t i = 0; i < w->cfg->n_queues; i++)
+        atomic_store(&w->queue_depth[i], d[i]);
+    return 0;
+}
+
+/* Samples between a visit's start and stop are what its res averages: a
+ * failed one is simply not counted. */
+static void beat_gpu(worker *w, int64_t now, int64_t *next)
+{
+    if (!w->nvml || now < *next)
+        return;
+    cds_nvml_sample s;
+    cds_err err;
+    (void)cds_nvml_sample_now(w->nvml, &s, &err);
+    *next = now + 1000;
+}
+
 static void *heartbeat_thread(void *arg)
 {
     worker *w = arg;
@@ -184,10 +212,11 @@ static void *heartbeat_thread(void *arg)
         delay = delay * 2 > 5000 ? 5000 : delay * 2;
     }
     int64_t hb_every = w->cfg->lease_ms / 3 < 1000 ? w->cfg->lease_ms / 3 : 1000;
-    int64_t next_hb = 0, next_reg = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
+    int64_t next_hb = 0, next_reg = 0, next_gpu = 0, next_reap = cds_mono_ms() + w->cfg->reap_every_ms / 2;
     while (!atomic_load(&w->done)) {
         int64_t now = cds_mono_ms();
         int rc = 0;
+        beat_gpu(w, now, &next_gpu);
         if (now >= next_hb || (w->cfg->shard >= 0 && worker_mop_progress_waiting(w))) {
             rc = beat_leases(w, q, &err);
             if (rc == 0 && w->cfg->shard >= 0)
@@ -200,6 +229,8 @@ static void *heartbeat_thread(void *arg)
             json_decref(info);
             if (rc == 0 && w->cfg->shard >= 0)
                 rc = queue_mop_shard_beat(q, w->cfg->shard, &err);
+            if (rc == 0)
+                rc = beat_depths(w, q, &err);
             next_reg = now + 1000;
         }
         if (rc == 0 && now >= next_reap) {
@@ -474,6 +505,8 @@ int worker_run(const worker_cfg *cfg)
     cds_log_init(&w.log, stderr, cfg->log_level, cfg->id);
     pthread_mutex_init(&w.mu, NULL);
     w.held = calloc(cfg->batch, sizeof *w.held);
+    for (size_t i = 0; i < WORKER_MAX_QUEUES; i++)
+        atomic_init(&w.queue_depth[i], -1);
 
     /* Block the stop signals here so every thread inherits the mask and only
      * the signal thread sees them. */
@@ -502,11 +535,17 @@ int worker_run(const worker_cfg *cfg)
         pthread_mutex_destroy(&w.mu);
         return 2;
     }
+    /* NVML for the worker's own card, before the metrics thread reads
+     * it; said in the log once connected. */
+    cds_err nvml_err = {0};
+    if (w.place.dev == NN_CUDA)
+        w.nvml = cds_nvml_open(w.place.index, &nvml_err);
     /* The metrics port before Redis: a port another process holds stops
      * the worker before it takes anything. */
     w.started_ms = cds_wall_ms();
     if (worker_metrics_start(&w, &err) != 0) {
         fprintf(stderr, "cds-worker: %s\n", err.msg);
+        cds_nvml_close(w.nvml);
         free(w.held);
         pthread_mutex_destroy(&w.mu);
         return 2;
@@ -517,6 +556,7 @@ int worker_run(const worker_cfg *cfg)
         queue_close(w.q);
         atomic_store(&w.done, 1);
         worker_metrics_stop(&w);
+        cds_nvml_close(w.nvml);
         free(w.held);
         return 2;
     }
@@ -529,6 +569,12 @@ int worker_run(const worker_cfg *cfg)
      * train on its CPU unnoticed; --device cpu says it is meant. */
     if (note[0])
         cds_logf(&w.log, CDS_LOG_WARN, "%s (give --device cpu when that is meant)", note);
+    if (w.nvml)
+        cds_logf(&w.log, CDS_LOG_INFO, "GPU utilisation and memory of %s from NVML (%s)", w.device,
+                 cds_nvml_name(w.nvml));
+    else if (w.place.dev == NN_CUDA)
+        cds_logf(&w.log, CDS_LOG_WARN, "%s; resource records and metrics go without GPU utilisation and memory",
+                 nvml_err.msg);
     if (cfg->shard >= 0) {
         nn_par_set_threads(cfg->threads);
         cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep on %s (data root %s, %d training threads)",
@@ -552,6 +598,7 @@ int worker_run(const worker_cfg *cfg)
              (long long)atomic_load(&w.tests_recorded));
     queue_close(w.q);
     worker_results_db_free(w.results_db);
+    cds_nvml_close(w.nvml);
     free(w.held);
     pthread_mutex_destroy(&w.mu);
     return 0;

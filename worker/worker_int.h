@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include "cds_nvml.h"
 #include "nn_tensor.h"
 #include "queue_mop.h"
 #include "worker.h"
@@ -86,6 +87,16 @@ struct worker {
     atomic_llong jobs_done, jobs_failed, visits_committed, evals_recorded, tests_recorded;
     int64_t started_ms; /* when the worker started (wall clock) */
     struct worker_metrics *metrics; /* --metrics-port's server, or NULL */
+    /* The card's NVML, opened once at start when the worker trains on
+     * cuda:N and the driver has it, else NULL (a CPU worker never loads
+     * it): visits and evaluations record its samples (cds_res), the
+     * heartbeat samples it once a second, a scrape once.  Set before any
+     * thread starts, closed after they end. */
+    cds_nvml *nvml;
+    /* With --metrics-port: the jobs waiting in each queue served
+     * (cfg->queues' order), as the heartbeat read them last (once a
+     * second); -1 until it has. */
+    atomic_llong queue_depth[WORKER_MAX_QUEUES];
 };
 
 struct worker_run_ctx {

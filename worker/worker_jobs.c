@@ -60,11 +60,12 @@ static int run_diag_noop(worker_run_ctx *ctx, const queue_job *job, char **resul
     return 0;
 }
 
+/* Its result (the shard's rows and resources) is what jobctl show prints. */
 static int run_etl_shard(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)
 {
-    (void)result;
-    return etl_run_shard_job(worker_run_queue(ctx), job->payload, worker_run_log(ctx), err) == 0 ? 0
-                                                                                               : WORKER_RUN_FAILED;
+    return etl_run_shard_job(worker_run_queue(ctx), job->payload, worker_run_log(ctx), result, err) == 0
+               ? 0
+               : WORKER_RUN_FAILED;
 }
 
 static int run_etl_finish(worker_run_ctx *ctx, const queue_job *job, char **result, cds_err *err)

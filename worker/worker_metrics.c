@@ -7,15 +7,18 @@
  * time-out, answers and closes: a scrape is one small response, so one
  * thread serves any scrape interval.  It reads the worker only under its
  * mutex or through atomics, never Redis, so a scrape costs the queue
- * nothing.  The port binds --metrics-bind, 127.0.0.1 unless told: what the
- * worker does is not the whole network's to read.
+ * nothing (the queue depths are the heartbeat's last reading).  The port
+ * binds --metrics-bind, 127.0.0.1 unless told: what the worker does is
+ * not the whole network's to read.
  *
  * What it says: the worker (id, device, shard, host as labels of an info
  * gauge), its state (idle, busy, draining), what it holds (the job or the
  * model, as a label), the visit in flight (rows done and to do, rows a
  * second since it began), counters of jobs done and failed, visits (gang
- * epochs included), evaluations and test scores, its uptime, and the
- * process's CPU seconds and resident memory. */
+ * epochs included), evaluations and test scores, its uptime, the
+ * process's CPU seconds and resident memory, the jobs waiting in each queue
+ * it serves, and on a GPU with NVML the card's utilisation and memory in
+ * use, sampled by the scrape (absent without NVML: no GPU, or no driver). */
 #include <errno.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -70,6 +73,36 @@ static long long rss_bytes(void)
         fclose(f);
     }
     return resident * sysconf(_SC_PAGESIZE);
+}
+
+/* The card now; nothing when the worker has no NVML, or the sample
+ * fails (a gauge that is absent is not a gauge at 0). */
+static void gpu_gauges(FILE *f, worker *w, const char *id, const char *dev)
+{
+    cds_nvml_sample s;
+    cds_err err;
+    if (!w->nvml || cds_nvml_sample_now(w->nvml, &s, &err) != 0)
+        return;
+    metric(f, "cds_worker_gpu_utilization_ratio", "gauge",
+           "Share of NVML's last sample period the worker's GPU ran kernels (0 to 1).");
+    fprintf(f, "cds_worker_gpu_utilization_ratio{worker=\"%s\",device=\"%s\"} %.2f\n", id, dev, s.util_pct / 100.0);
+    metric(f, "cds_worker_gpu_memory_used_bytes", "gauge",
+           "Memory in use on the worker's GPU, by every process on it.");
+    fprintf(f, "cds_worker_gpu_memory_used_bytes{worker=\"%s\",device=\"%s\"} %llu\n", id, dev,
+            (unsigned long long)s.mem_used);
+}
+
+/* One sample per queue the heartbeat has read (once a second). */
+static void queue_gauges(FILE *f, worker *w, const char *id)
+{
+    metric(f, "cds_worker_queue_depth", "gauge", "Jobs waiting in each queue the worker serves, read once a second.");
+    for (size_t i = 0; i < w->cfg->n_queues; i++) {
+        long long d = atomic_load(&w->queue_depth[i]);
+        char qn[2 * QUEUE_NAME_MAX];
+        label(qn, sizeof qn, w->cfg->queues[i]);
+        if (d >= 0)
+            fprintf(f, "cds_worker_queue_depth{worker=\"%s\",queue=\"%s\"} %lld\n", id, qn, d);
+    }
 }
 
 /* The page, into a malloc'd buffer (*len bytes). */
@@ -131,6 +164,8 @@ static char *page(worker *w, size_t *len)
             (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
     metric(f, "cds_worker_resident_bytes", "gauge", "Resident memory of the worker process.");
     fprintf(f, "cds_worker_resident_bytes{worker=\"%s\"} %lld\n", id, rss_bytes());
+    queue_gauges(f, w, id);
+    gpu_gauges(f, w, id, dev);
     if (fclose(f) != 0) {
         free(buf);
         return NULL;

@@ -73,16 +73,8 @@ static void train_metrics(worker *w, const char *sweep, int m, int e, int shards
             tr->seconds += json_number_value(json_object_get(v, "seconds"));
             add_device(devs, dn, json_string_value(json_object_get(v, "device")) ?: "");
             /* The epoch's training cost: its visits' (or ranks') summed,
-             * the highest peak. */
-            json_t *r = json_object_get(v, "res");
-            if (r) {
-                ru->wall_s += json_number_value(json_object_get(r, "wall_s"));
-                ru->cpu_s += json_number_value(json_object_get(r, "cpu_s"));
-                ru->bytes_read += json_integer_value(json_object_get(r, "bytes_read"));
-                int64_t kb = (int64_t)(json_number_value(json_object_get(r, "peak_rss_mb")) * 1024.0);
-                ru->peak_rss_kb = kb > ru->peak_rss_kb ? kb : ru->peak_rss_kb;
-                ru->peak_reset = 1;
-            }
+             * the highest peaks. */
+            cds_res_add_json(ru, json_object_get(v, "res"));
         }
         json_decref(v);
     }
@@ -170,7 +162,7 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     nn_pass_stats tr, va;
     int64_t t0 = cds_mono_ms();
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     if (worker_mop_sweep_info(w, sweep, dataset, sizeof dataset, &shards, &err) != 0 ||
         !(t = nn_trainer_load_at(file, 0, w->place, &err)) || eval_valid(w, t, dataset, &va, &err) != 0) {
         /* A lost lease is no longer this worker's to end; a stop or Redis
@@ -251,15 +243,16 @@ void worker_mop_eval(worker *w, const char *sweep, const queue_mop_lease *l)
     }
     free(text);
     w->evals_recorded++;
-    char line[1024];
+    char line[1024], tgpu[48], vgpu[48];
     /* A list of several train devices is quoted: its commas are not columns. */
     snprintf(line, sizeof line,
-             "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s,%s,%s%s%s,%.3f,%.3f,%.1f,%lld,%.3f,%.3f,%.1f,%lld\n",
+             "%s,%d,%d,valid,%lld,%lld,%.6f,%.6f,%lld,%.6f,%.6f,%.6f,%s,%s,%s%s%s,%.3f,%.3f,%.1f,%lld,%.3f,%.3f,%.1f,%lld,%s,%s\n",
              sweep, m, e, (long long)version, (long long)tr.rows, tr.loss_sum / trn, (double)tr.top1 / trn,
              (long long)va.rows, va.loss_sum / van, vtop1, (double)va.top5 / van, iso, w->device,
              strchr(train_devs, ',') ? "\"" : "", train_devs, strchr(train_devs, ',') ? "\"" : "", tuse.wall_s, tuse.cpu_s,
              (double)tuse.peak_rss_kb / 1024.0, (long long)tuse.bytes_read, vuse.wall_s, vuse.cpu_s,
-             (double)vuse.peak_rss_kb / 1024.0, (long long)vuse.bytes_read);
+             (double)vuse.peak_rss_kb / 1024.0, (long long)vuse.bytes_read, worker_results_gpu_cols(&tuse, tgpu),
+             worker_results_gpu_cols(&vuse, vgpu));
     worker_results_csv_append(w, sweep, line);
     /* Retention: the best epoch's checkpoint is kept as best-e<E>.ckpt, every
      * other epoch file goes once evaluated, but for a failed model's: those
@@ -469,7 +462,7 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     snprintf(what, sizeof what, "%s/%d test", sweep, best_m);
     worker_set_current(w, what);
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     rc = score_test(w, file, dataset, &te, &err);
     cds_res_use use;
     cds_res_stop(&mark, te.bytes, &use);
@@ -503,11 +496,11 @@ static void run_test(worker *w, const char *sweep, const char *dataset, int M, i
     free(text);
     if (!recorded)
         return;
-    char line[512], iso[CDS_ISO8601_MAX];
-    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s,%s,,,,,,%.3f,%.3f,%.1f,%lld\n", sweep, best_m,
-             best_e, (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
+    char line[512], iso[CDS_ISO8601_MAX], gpu[48];
+    snprintf(line, sizeof line, "%s,%d,%d,test,,,,,%lld,%.6f,%.6f,%.6f,%s,%s,,,,,,%.3f,%.3f,%.1f,%lld,,,%s\n", sweep,
+             best_m, best_e, (long long)te.rows, te.loss_sum / rows, (double)te.top1 / rows, (double)te.top5 / rows,
              cds_iso8601_utc(cds_wall_ms(), iso), w->device, use.wall_s, use.cpu_s, (double)use.peak_rss_kb / 1024.0,
-             (long long)use.bytes_read);
+             (long long)use.bytes_read, worker_results_gpu_cols(&use, gpu));
     worker_results_csv_append(w, sweep, line);
     cds_logf(&w->log, CDS_LOG_INFO, "sweep %s: chosen model %d (epoch %d, valid top1 %.4f): test top1 %.4f "
              "top5 %.4f loss %.4f over %lld rows", sweep, best_m, best_e, best_top1, (double)te.top1 / rows,

@@ -39,7 +39,7 @@ void worker_mop_sleep_visit(worker *w, worker_visit *v, int64_t ms)
 {
     cds_err err;
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     if (v->lease.version > 0 && access(v->lease.ckpt, R_OK) != 0) {
         cds_errf(&err, "its committed checkpoint %s is missing", v->lease.ckpt);
         worker_visit_failed(w, v, &err, 0, NULL);

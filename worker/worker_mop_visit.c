@@ -159,7 +159,7 @@ void worker_mop_train_visit(worker *w, worker_visit *v)
 {
     cds_err err;
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     nn_trainer *t = load_model(w, v, v->lease.spec, &err);
     if (!t) {
         char note[2 * QUEUE_MOP_PATH_MAX] = "";

@@ -11,7 +11,8 @@
  * lost lease or a stop aborts the COPY, and its transaction with it: a
  * part's staging table is an attempt's, whole, or nothing.  The result
  * records the part's rows and what it cost (cds_res: wall, CPU, peak RSS,
- * bytes read from the shard).
+ * the COPY bytes read from the database; on a GPU its utilisation and
+ * memory).
  *
  * predict.finish: the output table from the staging tables, in one
  * transaction; its refusals (the output appeared meanwhile, a staging table
@@ -166,10 +167,10 @@ static int run_part(worker_run_ctx *ctx, const queue_job *job, char **result, cd
     snprintf(scratch, sizeof scratch, "%s/cds-predict-%s-%d.XXXXXX", tmp && *tmp ? tmp : "/tmp",
              json_string_value(json_object_get(pr, "token")) ?: "", part);
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, w->nvml);
     etl_keys keys = {0};
     nn_pass_stats st = {0};
-    int64_t rows = 0;
+    etl_task_stats read = {0};
     int permanent = 0;
     char shard[4096];
     int rc = mkdtemp(scratch) ? 0 : cds_errf(err, "cannot make a scratch directory %s: %s (set TMPDIR to a "
@@ -177,7 +178,7 @@ static int run_part(worker_run_ctx *ctx, const queue_job *job, char **result, cd
                                               scratch, strerror(errno));
     int made = rc == 0;
     if (rc == 0)
-        rc = etl_predict_read(plan, scratch, shard, sizeof shard, &keys, &rows, err);
+        rc = etl_predict_read(plan, scratch, shard, sizeof shard, &keys, &read, err);
     if (rc == 0 && worker_run_should_abort(ctx))
         rc = WORKER_RUN_ABORTED;
     if (rc == 0)
@@ -190,13 +191,13 @@ static int run_part(worker_run_ctx *ctx, const queue_job *job, char **result, cd
         return worker_run_should_abort(ctx) ? WORKER_RUN_ABORTED : permanent ? WORKER_RUN_PERMANENT : WORKER_RUN_FAILED;
     }
     cds_res_use use;
-    cds_res_stop(&mark, st.bytes, &use);
-    json_t *res = json_pack("{s:i, s:I, s:s, s:o*}", "part", part, "rows", (json_int_t)rows, "device", w->device,
+    cds_res_stop(&mark, read.bytes_read, &use);
+    json_t *res = json_pack("{s:i, s:I, s:s, s:o*}", "part", part, "rows", (json_int_t)read.rows, "device", w->device,
                             "res", cds_res_json(&use));
     *result = res ? json_dumps(res, JSON_COMPACT) : NULL;
     json_decref(res);
     cds_logf(&w->log, CDS_LOG_INFO, "prediction %s part %d: %lld rows scored on %s into its staging table",
-             json_string_value(json_object_get(pr, "token")) ?: "", part, (long long)rows, w->device);
+             json_string_value(json_object_get(pr, "token")) ?: "", part, (long long)read.rows, w->device);
     json_decref(plan);
     return 0;
 }

@@ -84,6 +84,8 @@ typedef struct rank_ctx {
     ddp_reducer *r;
     int reduce_failed; /* the gradient reduction failed: the gang broke */
     float *opt_states; /* MA: every rank's optimiser state (rank 0 saves them), or NULL */
+    cds_nvml *gpu;     /* the card's NVML, for the epoch's res; NULL on the CPU or without NVML */
+    int64_t last_gpu_ms;
 } rank_ctx;
 
 /* ---- the task ------------------------------------------------------------ */
@@ -191,6 +193,14 @@ static void line_progress(rank_ctx *x, int64_t done, int64_t total, int force)
     x->last_line_ms = now;
     fprintf(x->out, "p %lld %lld\n", (long long)done, (long long)total);
     fflush(x->out);
+    /* The rank has no heartbeat of its own: the GPU's samples for the
+     * epoch's res are taken here, once a second. */
+    cds_nvml_sample s;
+    cds_err err;
+    if (x->gpu && now - x->last_gpu_ms >= 1000) {
+        x->last_gpu_ms = now;
+        (void)cds_nvml_sample_now(x->gpu, &s, &err);
+    }
 }
 
 static int on_batch(void *ctx, int64_t done, int64_t total, const nn_pass_stats *st)
@@ -483,7 +493,7 @@ static int train_epoch(rank_ctx *x)
 {
     cds_err err;
     cds_res_mark mark;
-    cds_res_start(&mark);
+    cds_res_start(&mark, x->gpu);
     const queue_mop_lease *l = &x->l;
     int W = l->shards, rank = l->shard, ddp = strcmp(l->mode, "ddp") == 0, dp = ddp || is_hybrid(x);
     if (start_model(x, &err) != 0)
@@ -632,6 +642,9 @@ int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd)
         code = WORKER_RANK_BROKEN;
     } else {
         int64_t sleep_ms = worker_mop_sleep_ms(x.l.spec);
+        /* Its worker said at start whether NVML is there: a DEBUG line. */
+        if (sleep_ms < 0 && x.place.dev == NN_CUDA && !(x.gpu = cds_nvml_open(x.place.index, &err)))
+            cds_logf(&x.log, CDS_LOG_DEBUG, "%s", err.msg);
         code = sleep_ms >= 0 ? sleep_epoch(&x, sleep_ms) : train_epoch(&x);
     }
     if (x.c && code != 0)
@@ -640,6 +653,7 @@ int worker_rank_main(const worker_cfg *cfg, int task_fd, int out_fd)
     ddp_comm_destroy(x.c);
     nn_trainer_free(x.t);
     free(x.opt_states);
+    cds_nvml_close(x.gpu);
     queue_close(x.q);
     queue_mop_lease_clear(&x.l);
     fclose(x.out);

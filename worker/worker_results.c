@@ -21,6 +21,7 @@
 #include "cds_layout.h"
 #include "cds_util.h"
 #include "etl_dataset_record.h"
+#include "cds_res.h"
 #include "worker_results.h"
 
 /* The database an evaluation's cds_results row goes to: the DSN of the
@@ -67,12 +68,22 @@ int worker_results_row_dsn(worker *w, const char *dataset, char **dsn, cds_err *
  * UTC; device is where the split was scored, train_device where the
  * epoch's visits trained; the train_ resources are the epoch's visits'
  * (wall, CPU and bytes summed, the highest peak), the others the split's
- * scoring's.  New columns go last, so that readers by
+ * scoring's, and on a GPU the card's mean utilisation and peak memory
+ * (empty elsewhere).  New columns go last, so that readers by
  * position keep working.  docs/sweeps.md documents it. */
 #define RESULTS_CSV_HEADER                                                                                     \
     "sweep,model,epoch,split,version,train_rows,train_loss,train_top1,rows,loss,top1,top5,time,device,"        \
     "train_device,train_wall_s,train_cpu_s,train_peak_rss_mb,train_bytes_read,wall_s,cpu_s,peak_rss_mb,"      \
-    "bytes_read\n"
+    "bytes_read,train_gpu_util_pct,train_gpu_mem_mb,gpu_util_pct,gpu_mem_mb\n"
+
+const char *worker_results_gpu_cols(const cds_res_use *u, char out[48])
+{
+    if (u && u->gpu)
+        snprintf(out, 48, "%.1f,%.0f", u->gpu_util_pct, u->gpu_mem_mb);
+    else
+        snprintf(out, 48, ",");
+    return out;
+}
 
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv, with the header when
  * the file is new; under an exclusive lock, as several workers append. */

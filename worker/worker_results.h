@@ -78,6 +78,10 @@ void worker_results_tick(worker *w, int64_t *next_ms);
 /* Appends one line to DATA_ROOT/sweeps/<S>/results.csv (the header first
  * when the file is new), under a lock; a failure is logged, not returned. */
 void worker_results_csv_append(worker *w, const char *sweep, const char *line);
+/* A resource record's two GPU columns of results.csv ("util,mem", or ","
+ * when it has none) into out; returns out. */
+struct cds_res_use;
+const char *worker_results_gpu_cols(const struct cds_res_use *u, char out[48]);
 /* The database an evaluation's cds_results row goes to, from the dataset
  * record (see worker_results.c for the three outcomes). */
 int worker_results_row_dsn(worker *w, const char *dataset, char **dsn, cds_err *err);
