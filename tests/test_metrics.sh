@@ -88,6 +88,20 @@ ok "$([ "$(val cds_worker_visits_total worker=mw0)" = 6.0 ] && [ "$(val cds_work
       [ "$(val cds_worker_info device=cpu,host=$(hostname),shard=0,worker=mw0)" = 1.0 ] &&
       [ -n "$(val cds_worker_resident_bytes worker=mw0)" ]; echo $?)" \
     "after the sweep Prometheus's parser reads 6 visits, 1 job done, idle, the worker's labels and its memory"
+# Every metric the Grafana dashboard draws is one the worker exports (the
+# GPU gauges only with a GPU: they are absent here, and their names are
+# checked against the source instead).
+ok "$("$py" - "${CDS_SOURCE_ROOT:?}/jobs/grafana-workers.json" "$root/after.txt" "${CDS_SOURCE_ROOT}/worker/worker_metrics.c" <<'PY'
+import json, re, sys
+dash = json.load(open(sys.argv[1]))
+names = {n for p in dash["panels"] for t in p.get("targets", []) for n in re.findall(r"cds_worker_[a-z_]+", t["expr"])}
+scraped = set(re.findall(r"^(cds_worker_[a-z_]+)", open(sys.argv[2]).read(), re.M))
+source = open(sys.argv[3]).read()
+missing = sorted(n for n in names if n not in scraped and not (n.startswith("cds_worker_gpu_") and '"%s"' % n in source))
+print("# dashboard metrics:", len(names), "missing:", missing, file=sys.stderr)
+print(0 if names and not missing else 1)
+PY
+)" "every metric of jobs/grafana-workers.json is exported (the GPU ones by name in the source)"
 jobctl top --once >"$root/top.txt" 2>&1
 ok "$(grep -q '^workers under .*: 1 alive' "$root/top.txt" && grep -qE '^mw0 +idle +- +cpu +- +- +6 ' "$root/top.txt"; echo $?)" \
     "jobctl top --once shows the worker, idle, with its 6 visits"
