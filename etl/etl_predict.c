@@ -183,8 +183,9 @@ static size_t row_max(const etl_predict_stage *s)
 static int stage_exec(PGconn *c, const char *sql, const char *what, cds_err *err)
 {
     PGresult *r = etl_pq_exec(c, what, sql, 0, NULL, PGRES_COMMAND_OK, err);
+    int rc = r ? 0 : -1;
     PQclear(r);
-    return r ? 0 : -1;
+    return rc;
 }
 
 etl_predict_stage *etl_predict_stage_begin(const json_t *part_plan, const etl_keys *keys, cds_err *err)
