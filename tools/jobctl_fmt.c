@@ -401,17 +401,15 @@ void fmt_top(FILE *out, const json_t *workers, const char *prefix, int64_t now_m
         field_text(w, "job", job, sizeof job);
         field_text(w, "device", device, sizeof device);
         field_text(w, "host", host, sizeof host);
-        long long jd, jf, vi, ev, te, rd, rt;
-        double rs;
-        const char *counts = json_string_value(json_object_get(w, "counts"));
-        if (counts && sscanf(counts, "%lld %lld %lld %lld %lld %lld %lld %lf", &jd, &jf, &vi, &ev, &te, &rd, &rt, &rs) ==
-                          8) {
-            snprintf(visits, sizeof visits, "%lld", vi);
-            snprintf(evals, sizeof evals, "%lld", ev + te);
-            snprintf(jobs, sizeof jobs, "%lld/%lld", jd, jf);
+        /* A registration of a worker older than its counters has none. */
+        if (json_object_get(w, "visits")) {
+            long long rt = (long long)field_int(w, "rows_total");
+            snprintf(visits, sizeof visits, "%lld", (long long)field_int(w, "visits"));
+            snprintf(evals, sizeof evals, "%lld", (long long)(field_int(w, "evals") + field_int(w, "tests")));
+            snprintf(jobs, sizeof jobs, "%lld/%lld", (long long)field_int(w, "jobs_done"), (long long)field_int(w, "jobs_failed"));
             if (rt > 0) {
-                snprintf(rows, sizeof rows, "%lld/%lld", rd, rt);
-                snprintf(rate, sizeof rate, "%.0f", rs);
+                snprintf(rows, sizeof rows, "%lld/%lld", (long long)field_int(w, "rows_done"), rt);
+                snprintf(rate, sizeof rate, "%.0f", atof(json_string_value(json_object_get(w, "samples_per_s")) ?: "0"));
             }
         }
         fmt_duration(d, sizeof d, now_ms - field_int(w, "last_seen_ms"));

@@ -129,13 +129,17 @@ static json_t *registration(worker *w)
     pthread_mutex_unlock(&w->mu);
     long long done = visit ? atomic_load(&w->mop.rows_done) : 0, total = visit ? atomic_load(&w->mop.rows_total) : 0;
     double secs = (double)(cds_mono_ms() - started) / 1000.0;
-    char counts[256];
-    snprintf(counts, sizeof counts, "%lld %lld %lld %lld %lld %lld %lld %.1f", (long long)atomic_load(&w->jobs_done),
-             (long long)atomic_load(&w->jobs_failed), (long long)atomic_load(&w->visits_committed),
-             (long long)atomic_load(&w->evals_recorded), (long long)atomic_load(&w->tests_recorded), done, total,
-             visit && secs > 0 ? (double)done / secs : 0.0);
-    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid, "queues", queues, "job", cur,
-                     "state", stop ? "draining" : cur[0] ? "busy" : "idle", "device", w->device, "counts", counts);
+    /* One plain field each, as a registration's fields are strings. */
+    char n[8][32];
+    const long long v[7] = {atomic_load(&w->jobs_done), atomic_load(&w->jobs_failed), atomic_load(&w->visits_committed),
+                            atomic_load(&w->evals_recorded), atomic_load(&w->tests_recorded), done, total};
+    for (int i = 0; i < 7; i++)
+        snprintf(n[i], sizeof n[i], "%lld", v[i]);
+    snprintf(n[7], sizeof n[7], "%.1f", visit && secs > 0 ? (double)done / secs : 0.0);
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "host", host, "pid", pid,
+                     "queues", queues, "job", cur, "state", stop ? "draining" : cur[0] ? "busy" : "idle", "device",
+                     w->device, "jobs_done", n[0], "jobs_failed", n[1], "visits", n[2], "evals", n[3], "tests", n[4],
+                     "rows_done", n[5], "rows_total", n[6], "samples_per_s", n[7]);
 }
 
 /* Extends the leases of every held job and flags the ones that are lost. */
