@@ -6,7 +6,9 @@
 #   - text labels and a real[] feature: the class columns hold the class
 #     names (class text, top_classes text[]);
 #   - the Criteo transform (gen-criteo's raw rows, the dataset's bucket
-#     edges and hashes) into a sparse mlp, --dsn given as a URI, 3 parts.
+#     edges and hashes) into a sparse mlp, --dsn given as a URI, 3 parts;
+#   - a worker SIGKILLed in the middle of a part: the part is taken over
+#     and the table is the one an undisturbed run makes.
 # usage: test_predict_casts.sh BUILD_ROOT
 set -u
 py=/usr/bin/python3
@@ -97,6 +99,34 @@ wait "${pids[@]}"; pids=()
 st=$(predict_run --sweep cr --table crit --out-table crit_preds --parts 3 --dsn "postgresql:///$PGDATABASE")
 ok "$([ "$st" = done ]; echo $?)" "predict in 3 parts with --dsn as a URI: $st"
 ok "$(exact cr crit crit_preds t.label)" "the Criteo rows' predictions give exactly the test top-1"
+# --- a worker killed in the middle of a part ---------------------------------------
+# 100000 raw Criteo rows in 1 part, long enough to be caught: the part's
+# worker is SIGKILLed once its scratch directory appears, its lease (2 s)
+# expires, another worker takes the part over, and the table holds every
+# row once, with the very classes and probabilities of an undisturbed run.
+"$build/tools/gen-criteo" --rows 100000 --seed 4 --table crit_big >/dev/null
+st=$(predict_run --sweep cr --table crit_big --out-table big_ref --parts 1)
+ok "$([ "$st" = done ]; echo $?)" "an undisturbed prediction of 100000 rows: $st"
+fin=$(jobctl enqueue predict --sweep cr --table crit_big --out-table big_kill --parts 1 2>>"$root/err")
+mkdir -p "$root/scratch"
+worker_bg wk1 TMPDIR="$root/scratch" -- --lease 2 --idle-exit 30
+victim=${pids[-1]}
+for _ in $(seq 400); do [ -n "$(ls "$root/scratch")" ] && break; sleep 0.025; done
+caught=$(ls "$root/scratch" | wc -l)
+kill -KILL "$victim"; wait "$victim" 2>/dev/null
+worker_bg wk2 TMPDIR="$root/scratch" -- --lease 2 --idle-exit 30
+# wk2 takes the part once the reaper finds wk1's lease expired: wait for the
+# prediction's end rather than for wk2 to go idle (it is idle until then).
+for _ in $(seq 600); do
+    state=$(jobctl show "$fin" --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+    [ "$state" = done ] || [ "$state" = dead ] && break
+    sleep 0.05
+done
+kill -TERM "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; pids=()
+same=$(psql -XAtc "SELECT count(*), count(DISTINCT id), count(*) FILTER (WHERE k.class = r.class AND k.prob = r.prob) FROM big_kill k JOIN big_ref r USING (id)")
+ok "$([ "$caught" = 1 ] && [ "$state" = done ] && [ "$same" = "100000|100000|100000" ] &&
+      [ "$(psql -XAtc "SELECT count(*) FROM pg_class WHERE relname LIKE 'cds_predict_%'")" = 0 ]; echo $?)" \
+    "a worker SIGKILLed in the part: another takes it over, every row once with the undisturbed classes and probabilities, no staging table (caught $caught, $state, rows|ids|same $same)"
 san=$(grep -l "runtime error\|AddressSanitizer\|LeakSanitizer" "$root"/*.log 2>/dev/null)
 ok "$([ -z "$san" ]; echo $?)" "no sanitizer report in the workers' logs"
 [ "$failed" = 0 ] && [ -z "$san" ] || for l in "$root"/w*.log; do tail -n 15 "$l" | sed "s|^|# $(basename "$l"): |"; done
