@@ -579,8 +579,10 @@ int worker_run(const worker_cfg *cfg)
     else if (w.place.dev == NN_CUDA)
         cds_logf(&w.log, CDS_LOG_WARN, "%s; resource records and metrics go without GPU utilisation and memory",
                  nvml_err.msg);
+    /* Every engine pass this worker runs (a visit, an evaluation, a
+     * prediction's part) takes its cores, so all share the setting. */
+    nn_par_set_threads(cfg->threads);
     if (cfg->shard >= 0) {
-        nn_par_set_threads(cfg->threads);
         cds_logf(&w.log, CDS_LOG_INFO, "serving shard %d of every MOP sweep on %s (data root %s, %d training threads)",
                  cfg->shard, w.device, cfg->data_root, nn_par_threads());
     }

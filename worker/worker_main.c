@@ -36,7 +36,7 @@ static void usage(FILE *out)
           "  --device D                cpu, cuda:N (cuda is cuda:0) or auto, the default: cuda:0\n"
           "                            when a CUDA device is visible, else the CPU (said in one\n"
           "                            log line); cuda:N with no such device is an error at start\n"
-          "  --threads T               training threads for MOP visits (default: all cores)\n"
+          "  --threads T               engine threads: MOP visits, evaluations, predictions (default: all cores)\n"
           "  --shard-grace SECONDS     also serve a shard whose worker has been silent this long\n"
           "                            (default 60; 0: never)\n"
           "  --ddp-timeout SECONDS     DDP/MA gangs: time-out of every collective (default 10)\n"
