@@ -192,6 +192,7 @@ static int plan_parts(etl_planner *pl, const etl_predict_spec *s, json_t *plan, 
     char *qid = etl_pq_quote_ident(pl->c, jstr(json_object_get(plan, "label"), "name"));
     etl_sb_add(&sel, "%s", qid);
     pl->key_expr = qid;
+    json_object_set_new(plan, "shard_key", json_string(qid)); /* the id hashes PostgreSQL's rows into parts */
     etl_spec ps = {.shards = parts, .where = (char *)s->where};
     pl->s = &ps;
     json_t *tasks = json_array();
