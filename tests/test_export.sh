@@ -11,15 +11,8 @@
 # inputs, each one line, a non-zero exit and no file written or changed.
 # usage: test_export.sh BUILD_ROOT
 set -u
-build=${1:?usage: test_export.sh BUILD_ROOT}
-[ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! CDS_TEST_REDIS_URL is not set: run through scripts/with-services"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/redis_env.sh" export "${1:?usage: test_export.sh BUILD_ROOT}"
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-prefix="t:export:$$:"
-root=$(mktemp -d /tmp/cds-export.XXXXXX) # a mktemp template
-trap 'rm -rf "$root"' EXIT
-rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
-jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
 names="mlp cnn resnet18 mlp_sparse"
 
 "$build/tests/export_fixture" "$root" 2>"$root/fixture.err"

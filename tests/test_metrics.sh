@@ -12,16 +12,7 @@
 # and no NVML loaded at all (the dynamic loader's own log, LD_DEBUG=libs).
 # usage: test_metrics.sh BUILD_ROOT
 set -u
-build=${1:?usage: test_metrics.sh BUILD_ROOT}
-[ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! CDS_TEST_REDIS_URL is not set: run through scripts/with-services"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
-py=/usr/bin/python3
-prefix="t:metrics:$$:"
-root=$(mktemp -d /tmp/cds-metrics.XXXXXX) # a mktemp template
-wpid=""
-trap '[ -z "$wpid" ] || kill -KILL "$wpid" 2>/dev/null; rm -rf "$root"' EXIT
-rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
-jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
+. "$(dirname "${BASH_SOURCE[0]}")/redis_env.sh" metrics "${1:?usage: test_metrics.sh BUILD_ROOT}"
 port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 scrape() { "$py" -c 'import sys, urllib.request
 r = urllib.request.urlopen("http://127.0.0.1:%s%s" % (sys.argv[1], sys.argv[2]), timeout=5)
@@ -40,7 +31,7 @@ cat >"$root/s.json" <<JSON
 JSON
 LD_DEBUG=libs LD_DEBUG_OUTPUT="$root/ld" "$build/worker/cds-worker" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" \
     --id mw0 --device cpu --shard 0 --data-root "$root" --threads 1 --metrics-port "$port" --idle-exit 30 2>"$root/w.log" &
-wpid=$!
+wpid=$!; pids+=("$wpid")
 up=1
 for _ in $(seq 100); do scrape >/dev/null 2>&1 && { up=0; break; }; sleep 0.05; done
 ok $up "the worker serves http://127.0.0.1:$port/metrics"
@@ -125,5 +116,5 @@ is "$seen" 0 "once they ran, the depth is 0 again"
 ok "$(! grep -q '^cds_worker_gpu_' "$root/after.txt"; echo $?)" "a worker on the CPU has no GPU gauges"
 ls "$root"/ld.* >/dev/null 2>&1 && grep -q 'find library=' "$root"/ld.* && ! grep -q 'nvidia-ml' "$root"/ld.*
 ok $? "a worker on the CPU never loads NVML (the loader's log names no libnvidia-ml)"
-kill -TERM "$wpid"; wait "$wpid"; wpid=""
+kill -TERM "$wpid"; wait "$wpid"; wpid=""; pids=()
 tap_done

@@ -38,6 +38,18 @@ sweep_done() {
     done
     return 1
 }
+# train ID DATASET-WHAT SWEEP-WHAT: $root/etl.json unloaded, then sweep ID
+# of $root/sweep.json trained by one worker until its test score (3 checks).
+train() {
+    jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
+    ok $? "$2 ($(tail -1 "$root/err"))"
+    jobctl enqueue sweep --spec "$root/sweep.json" --id "$1" >/dev/null 2>"$root/err"
+    ok $? "$3 ($(tail -1 "$root/err"))"
+    worker w0 --shard 0 --idle-exit 3
+    sweep_done "$1"
+    ok $? "the sweep scores the test split: $(rcli HGET "${prefix}sweep:{$1}" test | cut -c1-120)"
+    wait "${pids[@]}"; pids=()
+}
 # predict_run ARGS...: enqueues, one worker runs it until idle; echoes the finishing job's state.
 predict_run() {
     local f
@@ -56,19 +68,12 @@ cat >"$root/etl.json" <<JSON
 {"table": "animals", "features": ["x"], "label": "kind", "valid_fraction": 0.2, "test_table": "animals",
  "dataset": "animals", "shards": 1, "data_root": "$root"}
 JSON
-jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
-ok $? "a dataset with text labels ($(tail -1 "$root/err"))"
 cat >"$root/sweep.json" <<'JSON'
 {"mode": "mop", "dataset": "animals", "epochs": 2, "seed": 1,
  "models": [{"arch": "mlp", "input": [4], "hidden": [8], "classes": 3}],
  "grid": {"optimizer": ["adam"], "lr": [0.01], "batch": [32]}}
 JSON
-jobctl enqueue sweep --spec "$root/sweep.json" --id an >/dev/null 2>"$root/err"
-ok $? "a sweep on it ($(tail -1 "$root/err"))"
-worker w0 --shard 0 --idle-exit 3
-sweep_done an
-ok $? "the sweep scores the test split: $(rcli HGET "${prefix}sweep:{an}" test | cut -c1-120)"
-wait "${pids[@]}"; pids=()
+train an "a dataset with text labels" "a sweep on it"
 st=$(predict_run --sweep an --table animals --out-table animal_preds --type topk --k 2)
 ok "$([ "$st" = done ]; echo $?)" "predict --type topk --k 2: $st"
 ok "$(exact an animals animal_preds t.kind)" "the predicted names give exactly the test top-1"
@@ -83,19 +88,12 @@ cat >"$root/etl.json" <<JSON
 {"table": "crit", "transform": "criteo", "label": "label", "features": [${feats%,}], "valid_fraction": 0.1,
  "test_table": "crit", "dataset": "crit", "shards": 1, "data_root": "$root"}
 JSON
-jobctl enqueue etl --spec "$root/etl.json" >/dev/null 2>"$root/err"
-ok $? "a Criteo dataset ($(tail -1 "$root/err"))"
 cat >"$root/sweep.json" <<'JSON'
 {"mode": "mop", "dataset": "crit", "epochs": 1, "seed": 1,
  "models": [{"arch": "mlp", "sparse": {"dim": 7306, "nnz": 39}, "hidden": [16], "classes": 2}],
  "grid": {"optimizer": ["adam"], "lr": [0.003], "batch": [64]}}
 JSON
-jobctl enqueue sweep --spec "$root/sweep.json" --id cr >/dev/null 2>"$root/err"
-ok $? "a sparse mlp sweep on it ($(tail -1 "$root/err"))"
-worker w0 --shard 0 --idle-exit 3
-sweep_done cr
-ok $? "the sweep scores the test split: $(rcli HGET "${prefix}sweep:{cr}" test | cut -c1-120)"
-wait "${pids[@]}"; pids=()
+train cr "a Criteo dataset" "a sparse mlp sweep on it"
 st=$(predict_run --sweep cr --table crit --out-table crit_preds --parts 3 --dsn "postgresql:///$PGDATABASE")
 ok "$([ "$st" = done ]; echo $?)" "predict in 3 parts with --dsn as a URI: $st"
 ok "$(exact cr crit crit_preds t.label)" "the Criteo rows' predictions give exactly the test top-1"

@@ -10,16 +10,7 @@
 # and a non-zero exit.
 # usage: test_simulate.sh BUILD_ROOT
 set -u
-build=${1:?usage: test_simulate.sh BUILD_ROOT}
-[ -n "${CDS_TEST_REDIS_URL:-}" ] || { echo "Bail out! CDS_TEST_REDIS_URL is not set: run through scripts/with-services"; exit 1; }
-. "$(dirname "${BASH_SOURCE[0]}")/tap.sh"
-py=/usr/bin/python3
-prefix="t:simulate:$$:"
-root=$(mktemp -d /tmp/cds-simulate.XXXXXX) # a mktemp template
-pids=()
-trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$root"' EXIT
-rcli() { redis-cli -u "$CDS_TEST_REDIS_URL" "$@"; }
-jobctl() { "$build/tools/jobctl" --redis "$CDS_TEST_REDIS_URL" --prefix "$prefix" "$@"; }
+. "$(dirname "${BASH_SOURCE[0]}")/redis_env.sh" simulate "${1:?usage: test_simulate.sh BUILD_ROOT}"
 rcli HSET "${prefix}dataset:sl" state ready version "$(printf '%064d' 1)" shards 2 splits '{"train":{"shards":2}}' >/dev/null
 spec() { # ID HYBRID MS...: a MOP sweep of diag.sleep models, 2 epochs
     local id=$1 hybrid=$2 models=""; shift 2
