@@ -10,7 +10,8 @@
 -- shard is k, so it sees its shards in the original order and its
 -- checkpoints come out the same.
 -- The hybrid (prelude's hybrid_plan): the model a gang of idle workers is
--- due to take is not leased here, and a worker with nothing to visit in a
+-- due to take is not leased here (the plan's scan of the models is also
+-- this script's: one pass over them either way), and a worker with nothing to visit in a
 -- sweep with the hybrid on hears 'gang', so that it marks itself ready
 -- (mop_gang.lua); a replay's model whose plan has a gang next waits for it.
 -- Expired leases are not freed here: only mop_reap does that, in one place.
@@ -37,25 +38,33 @@ if k < 0 or k >= nshards then return {'bad_shard', nshards} end
 local done = (s[1] == 'done' or s[1] == 'cancelled' or tonumber(s[5]) == 0) and 1 or 0
 if s[1] ~= 'running' then return {'none', done} end
 
-local best, best_progress
+-- The two eligible models with the least progress (lowest index among
+-- equals): the first, unless the hybrid gives it to a gang.  One scan of
+-- the models: hybrid_plan's own when it scans, else this script's.
+local first, first_p, second, second_p
+local scanned = 0
 local now = now_ms()
-local hybrid = redis.call('HGET', KEYS[1], 'hybrid') == '1'
-local gang_due = hybrid and hybrid_plan(KEYS[1], KEYS[2], KEYS[10], ARGV[2], now)
-each_model(KEYS[2], nmodels, {'state', 'epoch', 'visited', 'plan', 'paused', 'not_before'}, function(m, v, i)
-  local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 4]
-  if st == 'idle' and v[i + 5] ~= '1' and epoch <= nepochs and string.sub(visited, k + 1, k + 1) == '0' and
-      now >= (tonumber(v[i + 6]) or 0) then
-    local _, visits = string.gsub(visited, '1', '')
-    local progress = (epoch - 1) * nshards + visits
-    local follows = true
-    if plan and plan ~= '' then
-      follows = tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) == k
-    end
-    if follows and m ~= gang_due and (not best or progress < best_progress) then
-      best, best_progress = m, progress
-    end
+local function consider(m, v, i)
+  scanned = scanned + 1
+  local st, epoch, visited, plan = v[i + 1], tonumber(v[i + 2]), v[i + 3], v[i + 6]
+  if st ~= 'idle' or v[i + 4] == '1' or not epoch or epoch > nepochs or string.sub(visited, k + 1, k + 1) ~= '0' or
+      now < (tonumber(v[i + 5]) or 0) then
+    return
   end
-end)
+  local _, visits = string.gsub(visited, '1', '')
+  local progress = (epoch - 1) * nshards + visits
+  if plan and plan ~= '' and tonumber(string.sub(plan, progress * 4 + 1, progress * 4 + 4)) ~= k then return end
+  if not first or progress < first_p then
+    second, second_p, first, first_p = first, first_p, m, progress
+  elseif not second or progress < second_p then
+    second, second_p = m, progress
+  end
+end
+local hybrid = redis.call('HGET', KEYS[1], 'hybrid') == '1'
+local gang_due = hybrid and hybrid_plan(KEYS[1], KEYS[2], KEYS[10], ARGV[2], now, consider)
+if scanned == 0 then each_model(KEYS[2], nmodels, MODEL_SCAN_FIELDS, consider) end
+local best = first
+if best and best == gang_due then best = second end
 if not best then return hybrid and {'gang'} or {'none', done} end
 
 local deadline = int(now + tonumber(ARGV[3]))

@@ -105,10 +105,11 @@ end
 
 -- Calls visit(m, v, i) for every model m < n of a sweep's models hash, where
 -- v[i + j] is field names[j] of model m ("<m>.<name>"; false when absent).
--- HMGET in chunks of 1000 models: unpack() of more than a few thousand
--- values overflows the Lua C stack (mop_lease and mop_reap scan them all).
+-- HMGET in chunks of at most 7000 fields: unpack() takes about 8000 values
+-- (LUAI_MAXCSTACK), and mop_lease and mop_reap scan every model.
 local function each_model(models_key, n, names, visit)
-  local chunk, w = 1000, #names
+  local w = #names
+  local chunk = math.floor(7000 / w)
   for first = 0, n - 1, chunk do
     local last = math.min(first + chunk, n) - 1
     local f = {}
@@ -200,7 +201,12 @@ end
 -- and, among those, the fewest workers.  A replay (its plans record the
 -- original's gangs: 'h' and W in place of a shard) forms exactly the
 -- gangs of the original, at the epochs it had them, and no others.
-local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
+-- The fields of a model that hybrid_plan reads, in this order; a caller's
+-- visit(m, v, i) (mop_lease.lua) sees each model's row of them during the
+-- same scan, so a lease that asks for a plan reads the models once.
+local MODEL_SCAN_FIELDS = {'state', 'epoch', 'visited', 'paused', 'not_before', 'plan', 'gang', 'worker'}
+
+local function hybrid_plan(sweep_key, models_key, ready_key, caller, now, visit)
   local s = redis.call('HMGET', sweep_key, 'state', 'shards', 'epochs', 'models', 'mode', 'hybrid', 'replay_of')
   if s[1] ~= 'running' or s[5] ~= 'mop' or s[6] ~= '1' then return nil end
   local replay = s[7] and s[7] ~= ''
@@ -211,8 +217,9 @@ local function hybrid_plan(sweep_key, models_key, ready_key, caller, now)
   local K, nepochs, nmodels = tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
   local busy, nbusy, runnable, idle = {}, 0, 0, 0
   local best, best_progress, best_w
-  each_model(models_key, nmodels, {'state', 'epoch', 'visited', 'paused', 'not_before', 'plan', 'gang', 'worker'},
+  each_model(models_key, nmodels, MODEL_SCAN_FIELDS,
     function(m, v, i)
+      if visit then visit(m, v, i) end
       local st, epoch = v[i + 1], tonumber(v[i + 2])
       if st == 'leased' then
         local W = tonumber(string.match(v[i + 7] or '', '^%d+ (%d+)$'))
