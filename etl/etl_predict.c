@@ -365,33 +365,29 @@ void etl_predict_stage_abort(etl_predict_stage *s)
 
 /* ---- finish and discard ------------------------------------------------ */
 
-/* Which staging tables exist: *missing the first that does not (-1: none). */
-static int stages_present(PGconn *c, const json_t *plan, int parts, int *missing, int *present, cds_err *err)
+/* The first part whose staging table does not exist into *missing (-1:
+ * every one does), in one query however many parts. */
+static int first_missing_stage(PGconn *c, const json_t *plan, int parts, int *missing, cds_err *err)
 {
-    *missing = -1;
-    *present = 0;
-    for (int k = 0; k < parts; k++) {
-        char *name = stage_name(c, plan, k);
-        const char *params[1] = {name};
-        PGresult *r = etl_pq_exec(c, "looking up a staging table", "SELECT to_regclass($1) IS NOT NULL", 1, params,
-                                  PGRES_TUPLES_OK, err);
-        free(name);
-        if (!r)
-            return -1;
-        if (strcmp(PQgetvalue(r, 0, 0), "t") == 0)
-            (*present)++;
-        else if (*missing < 0)
-            *missing = k;
-        PQclear(r);
-    }
+    char n[16];
+    snprintf(n, sizeof n, "%d", parts);
+    const char *params[3] = {jstr(pred(plan), "schema"), n, jstr(pred(plan), "token")};
+    PGresult *r = etl_pq_exec(c, "looking up the staging tables",
+                              "SELECT min(k) FROM generate_series(0, $2::int - 1) k "
+                              "WHERE to_regclass(format('%I.%I', $1::text, 'cds_predict_' || $3 || '_' || k)) IS NULL",
+                              3, params, PGRES_TUPLES_OK, err);
+    if (!r)
+        return -1;
+    *missing = PQgetisnull(r, 0, 0) ? -1 : atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
     return 0;
 }
 
 static int finish_in_tx(PGconn *c, const json_t *plan, int parts, int64_t *rows, int *permanent, cds_err *err)
 {
     const char *out = jstr(pred(plan), "out_table"), *display = jstr(pred(plan), "out_display");
-    int missing, present;
-    if (stages_present(c, plan, parts, &missing, &present, err) != 0)
+    int missing;
+    if (first_missing_stage(c, plan, parts, &missing, err) != 0)
         return -1;
     if (missing >= 0) {
         *permanent = 1;

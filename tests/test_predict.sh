@@ -111,6 +111,19 @@ st=$(run_predict --sweep p1 --table fm_nokey --id id --out-table probs --type pr
 ok "$([ "$st" = done ] && [ "$(psql -XAtc "SELECT bool_and(array_length(probs, 1) = 10 AND abs((SELECT sum(x) FROM unnest(probs) x) - 1) < 1e-9 AND probs[class + 1] = prob) FROM probs")" = t ]; echo $?)" \
     "--type prob: 10 probabilities per row summing to 1, the class's among them"
 
+# --- a staging table dropped before the finish -----------------------------------
+fin=$(jobctl enqueue predict --sweep p1 --table fm_nokey --id id --out-table dropped --parts 2 --max-attempts 1 2>>"$root/err")
+worker w0 --max-jobs 2 --idle-exit 5
+wait "${pids[@]}"; pids=()
+staged=$(psql -XAtc "SELECT count(*) FROM pg_class WHERE relname LIKE 'cds_predict_%'")
+psql -Xqc "DO \$\$ BEGIN EXECUTE 'DROP TABLE ' || (SELECT relname FROM pg_class WHERE relname LIKE 'cds_predict_%\\_1' LIMIT 1); END \$\$"
+worker w0 --idle-exit 1.5
+wait "${pids[@]}"; pids=()
+ok "$([ "$staged" = 2 ] && [ "$(jobctl show "$fin" --json | "$py" -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = dead ] &&
+      grep -q 'the staging table of part 1 is gone' "$root/w0.log" &&
+      [ "$(psql -XAtc "SELECT to_regclass('dropped') IS NULL AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relname LIKE 'cds_predict_%')")" = t ]; echo $?)" \
+    "a staging table dropped before the finish: the finish refuses for good, naming the part, and the other part's table is dropped (staged $staged)"
+
 # --- a part that fails for good leaves nothing ---------------------------------
 psql -Xqc "CREATE TABLE fm_null AS SELECT * FROM fashion_mnist_test WHERE id < 400; ALTER TABLE fm_null ADD PRIMARY KEY (id); UPDATE fm_null SET pixels = NULL WHERE id = 7"
 st=$(run_predict --sweep p1 --table fm_null --out-table nulls --parts 2 --max-attempts 1)
