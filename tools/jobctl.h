@@ -121,6 +121,11 @@ int jobctl_model_ckpt(const jobctl *j, queue_conn *q, const char *sweep, int m, 
 /* SWEEP alone: the model and epoch its test scoring chose (what: the
  * start of an error's line).  0, or an exit code with the line printed. */
 int jobctl_chosen_model(const jobctl *j, queue_conn *q, const char *sweep, const char *what, int *m, int *epoch);
+/* SWEEP[/MODEL[@EPOCH]] to its checkpoint (SWEEP alone: the chosen model
+ * at its best epoch), for export and predict (what: the start of an error's
+ * line); *m and *epoch the model and epoch named (epoch 0: the latest). */
+int jobctl_resolve_model(const jobctl *j, queue_conn *q, const char *what, const char *target, char *path, size_t n,
+                         int *m, int *epoch);
 /* `jobctl enqueue predict ...` (jobctl_predict.c): argv[0] is "predict". */
 int jobctl_enqueue_predict(jobctl *j, int argc, char **argv);
 extern const char jobctl_usage_enqueue_predict[];

@@ -75,7 +75,8 @@ int jobctl_model_ckpt(const jobctl *j, queue_conn *q, const char *sweep, int m, 
 }
 
 /* SWEEP[/MODEL[@EPOCH]] into its parts (model -1: SWEEP alone). */
-static int parse_target(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *m, int *epoch)
+static int parse_target(const jobctl *j, const char *what, const char *arg, char sweep[QUEUE_SWEEP_ID_MAX], int *m,
+                        int *epoch)
 {
     char buf[256];
     *m = -1;
@@ -85,7 +86,7 @@ static int parse_target(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP
     if (at) {
         int64_t e;
         if (!strchr(buf, '/') || cds_parse_i64(at + 1, 1, INT32_MAX, &e) != 0)
-            return jobctl_fail(j, EXIT_USAGE, "export: '%.60s': write SWEEP/MODEL@EPOCH, EPOCH from 1", arg);
+            return jobctl_fail(j, EXIT_USAGE, "%s: '%.60s': write SWEEP/MODEL@EPOCH, EPOCH from 1", what, arg);
         *at = '\0';
         *epoch = (int)e;
     }
@@ -93,8 +94,8 @@ static int parse_target(const jobctl *j, const char *arg, char sweep[QUEUE_SWEEP
         return jobctl_parse_sweep_model(j, buf, sweep, m);
     cds_err err;
     if (strlen(buf) >= QUEUE_SWEEP_ID_MAX || queue_sweep_id_check(buf, &err) != 0)
-        return jobctl_fail(j, EXIT_USAGE, "export: bad sweep id '%.60s': give SWEEP[/MODEL[@EPOCH]] as jobctl enqueue "
-                           "sweep printed it", arg);
+        return jobctl_fail(j, EXIT_USAGE, "%s: bad sweep id '%.60s': give SWEEP[/MODEL[@EPOCH]] as jobctl enqueue "
+                           "sweep printed it", what, arg);
     memcpy(sweep, buf, strlen(buf) + 1); /* shorter than QUEUE_SWEEP_ID_MAX: checked above */
     return 0;
 }
@@ -119,6 +120,18 @@ int jobctl_chosen_model(const jobctl *j, queue_conn *q, const char *sweep, const
         *m = (int)json_integer_value(mj), *epoch = (int)json_integer_value(ej);
     json_decref(t);
     json_decref(sw);
+    return rc;
+}
+
+int jobctl_resolve_model(const jobctl *j, queue_conn *q, const char *what, const char *target, char *path, size_t n,
+                         int *m, int *epoch)
+{
+    char sweep[QUEUE_SWEEP_ID_MAX];
+    int rc = parse_target(j, what, target, sweep, m, epoch);
+    if (rc == 0 && *m < 0)
+        rc = jobctl_chosen_model(j, q, sweep, what, m, epoch);
+    if (rc == 0)
+        rc = jobctl_model_ckpt(j, q, sweep, *m, *epoch, what, path, n);
     return rc;
 }
 
@@ -163,16 +176,11 @@ int jobctl_cmd_export(jobctl *j, int argc, char **argv)
     if (ckpt) {
         snprintf(path, sizeof path, "%s", ckpt);
     } else {
-        char sweep[QUEUE_SWEEP_ID_MAX];
         int m, epoch;
         queue_conn *q = NULL;
-        rc = parse_target(j, argv[optind], sweep, &m, &epoch);
+        rc = jobctl_open_queue(j, &q);
         if (rc == 0)
-            rc = jobctl_open_queue(j, &q);
-        if (rc == 0 && m < 0)
-            rc = jobctl_chosen_model(j, q, sweep, "export", &m, &epoch);
-        if (rc == 0)
-            rc = jobctl_model_ckpt(j, q, sweep, m, epoch, "export", path, sizeof path);
+            rc = jobctl_resolve_model(j, q, "export", argv[optind], path, sizeof path, &m, &epoch);
         queue_close(q);
         if (rc != 0)
             return rc;

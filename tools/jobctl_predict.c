@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cds_util.h"
 #include "etl_dataset_record.h"
 #include "etl_predict.h"
 #include "jobctl.h"
@@ -113,36 +112,16 @@ static int parse(jobctl *j, int argc, char **argv, predict_args *a)
     return 0;
 }
 
-/* SWEEP and --model M[@EPOCH] as the model and epoch (epoch 0: the latest). */
+/* --sweep S [--model M[@EPOCH]] as jobctl export's SWEEP[/M[@EPOCH]]. */
 static int resolve_model(const jobctl *j, queue_conn *q, const predict_args *a, int *m, int *epoch, char *path,
                          size_t n)
 {
-    *m = -1;
-    *epoch = 0;
-    if (a->model) {
-        char buf[QUEUE_SWEEP_ID_MAX + 32];
-        int k = snprintf(buf, sizeof buf, "%s/%s", a->sweep, a->model);
-        char *at = strchr(buf, '@');
-        int64_t e = 0;
-        if (k < 0 || (size_t)k >= sizeof buf || (at && cds_parse_i64(at + 1, 1, INT32_MAX, &e) != 0))
-            return jobctl_fail(j, EXIT_USAGE, "enqueue predict: --model '%.40s': write M or M@EPOCH, EPOCH from 1",
-                               a->model);
-        if (at)
-            *at = '\0';
-        char sweep[QUEUE_SWEEP_ID_MAX];
-        if (jobctl_parse_sweep_model(j, buf, sweep, m) != 0)
-            return EXIT_USAGE;
-        *epoch = (int)e;
-    } else {
-        cds_err err;
-        if (strlen(a->sweep) >= QUEUE_SWEEP_ID_MAX || queue_sweep_id_check(a->sweep, &err) != 0)
-            return jobctl_fail(j, EXIT_USAGE, "enqueue predict: bad sweep id '%.60s': give it as jobctl enqueue sweep "
-                               "printed it", a->sweep);
-        int rc = jobctl_chosen_model(j, q, a->sweep, "predict", m, epoch);
-        if (rc != 0)
-            return rc;
-    }
-    return jobctl_model_ckpt(j, q, a->sweep, *m, *epoch, "predict", path, n);
+    char target[256];
+    int k = snprintf(target, sizeof target, "%s%s%s", a->sweep, a->model ? "/" : "", a->model ? a->model : "");
+    if (k < 0 || (size_t)k >= sizeof target)
+        return jobctl_fail(j, EXIT_USAGE, "enqueue predict: --sweep %.40s --model %.40s: too long", a->sweep,
+                           a->model ? a->model : "");
+    return jobctl_resolve_model(j, q, "predict", target, path, n, m, epoch);
 }
 
 /* The model's class count, from its checkpoint's spec. */
